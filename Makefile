@@ -1,0 +1,170 @@
+# libtblocks -- build, test, install.  `make help` lists the targets.
+#
+# Variables users may set: CC, CFLAGS_OPT, EXTRA_CFLAGS, EXTRA_LDFLAGS, PREFIX,
+# DESTDIR, WERROR (empty to allow warnings), BUILD (object directory).
+
+CC        ?= cc
+CXX       ?= c++
+PYTHON    ?= python3
+PREFIX    ?= /usr/local
+LIBDIR_INSTALL ?= $(PREFIX)/lib
+INCDIR_INSTALL ?= $(PREFIX)/include
+BUILD     ?= build
+LIBOUT    ?= lib
+WERROR    ?= -Werror
+CFLAGS_OPT ?= -O2 -g
+
+# The version comes from include/tblocks/version.h and nowhere else.
+VERSION := $(shell sed -n 's/^\#define TB_VERSION_MAJOR \([0-9]*\).*/\1/p' include/tblocks/version.h).$(shell sed -n 's/^\#define TB_VERSION_MINOR \([0-9]*\).*/\1/p' include/tblocks/version.h).$(shell sed -n 's/^\#define TB_VERSION_PATCH \([0-9]*\).*/\1/p' include/tblocks/version.h)
+
+WARN      := -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes $(WERROR)
+CFLAGS_ALL := -std=c11 $(CFLAGS_OPT) -fopenmp -fPIC $(WARN) -Iinclude $(EXTRA_CFLAGS)
+LDLIBS_ALL := -fopenmp -lm $(EXTRA_LDFLAGS)
+DEPFLAGS  = -MMD -MP
+
+LIB       := $(LIBOUT)/libtblocks.a
+LIB_SRC   := $(sort $(wildcard src/core/*.c src/kernels/*.c src/blocks/*.c))
+LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
+
+# Each example is examples/<name>/*.c plus the shared wiring in examples/common.
+EXAMPLES     := $(notdir $(patsubst %/,%,$(filter-out examples/common/,$(sort $(dir $(wildcard examples/*/*.c))))))
+EXAMPLE_COMMON_SRC := $(wildcard examples/common/*.c)
+EXAMPLE_COMMON_OBJ := $(EXAMPLE_COMMON_SRC:%.c=$(BUILD)/%.o)
+EXAMPLE_BINS := $(EXAMPLES:%=$(BUILD)/bin/%)
+
+CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
+CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lpthread)
+TEST_SRC  := $(sort $(wildcard test/unit/*.c))
+TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o)
+TEST_BIN  := $(BUILD)/test/unit_tests
+ORACLE_DIR := $(BUILD)/oracle
+ORACLE_STAMP := $(ORACLE_DIR)/.stamp
+ORACLE_PY := $(wildcard test/oracle/*.py)
+
+BENCH_SRC := $(sort $(wildcard test/bench/*.c))
+BENCH_BINS := $(BENCH_SRC:test/bench/%.c=$(BUILD)/bench/%)
+
+SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+.PHONY: all lib examples check deps test test-unit test-scripts sanitize bench docs demo \
+        install uninstall clean help
+
+all: lib examples
+
+lib: $(LIB)
+
+examples: $(EXAMPLE_BINS)
+
+help:
+	@echo "make [all]      build lib/libtblocks.a and the examples"
+	@echo "make demo       build and run the main example"
+	@echo "make check      install missing test dependencies, then run every test"
+	@echo "make test       run every test without installing anything"
+	@echo "make sanitize   the unit and oracle tests under ASan+UBSan"
+	@echo "make bench      benchmarks (ratios to measured machine peaks)"
+	@echo "make docs       Doxygen HTML in build/docs (warnings fail)"
+	@echo "make install    install into \$$(DESTDIR)\$$(PREFIX) (default /usr/local)"
+	@echo "make uninstall  remove what install put there"
+	@echo "make clean      remove build outputs"
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) $(DEPFLAGS) -c $< -o $@
+
+$(BUILD)/examples/common/%.o: examples/common/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Iexamples/common $(DEPFLAGS) -c $< -o $@
+
+# Example binaries: every .c in examples/<name>/ plus examples/common.
+.SECONDEXPANSION:
+$(BUILD)/bin/%: $$(patsubst %.c,$(BUILD)/%.o,$$(wildcard examples/$$*/*.c)) $(EXAMPLE_COMMON_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -o $@ $(filter %.o,$^) $(LIB) $(LDLIBS_ALL)
+
+$(BUILD)/examples/%.o: examples/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Iexamples/common $(DEPFLAGS) -c $< -o $@
+
+# ---- tests -----------------------------------------------------------------
+
+$(BUILD)/test/unit/%.o: test/unit/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Isrc $(CHECK_CFLAGS) $(DEPFLAGS) -c $< -o $@
+
+$(TEST_BIN): $(TEST_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -o $@ $(TEST_OBJ) $(LIB) $(CHECK_LIBS) $(LDLIBS_ALL)
+
+# PyTorch reference data for the oracle tests (regenerated when a script changes).
+$(ORACLE_STAMP): $(ORACLE_PY)
+	@mkdir -p $(ORACLE_DIR)
+	$(PYTHON) test/oracle/gen_reference.py --out $(ORACLE_DIR)
+	@touch $@
+
+deps:
+	sh test/scripts/install_deps.sh
+
+# What CI runs (through the README's command): dependencies, then everything.
+check: deps
+	$(MAKE) test
+	$(MAKE) sanitize
+
+test: test-unit test-scripts
+
+test-unit: $(TEST_BIN) $(ORACLE_STAMP) all
+	TB_ORACLE_DIR=$(ORACLE_DIR) TB_EXAMPLE_DIR=$(BUILD)/bin $(TEST_BIN)
+
+test-scripts: all
+	sh test/scripts/run_all.sh "$(CC)" "$(CXX)"
+
+sanitize:
+	$(MAKE) BUILD=build/sanitize LIBOUT=build/sanitize/lib \
+	    EXTRA_CFLAGS="$(SANITIZE_FLAGS)" EXTRA_LDFLAGS="$(SANITIZE_FLAGS)" \
+	    ORACLE_DIR=$(ORACLE_DIR) test-unit
+
+bench: $(BENCH_BINS)
+	@for b in $(BENCH_BINS); do echo "== $$b"; $$b || exit 1; done
+
+$(BUILD)/bench/%: test/bench/%.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Isrc -O3 $(DEPFLAGS) -o $@ $< $(LIB) $(LDLIBS_ALL)
+
+docs:
+	@mkdir -p $(BUILD)/docs
+	( cat docs/Doxyfile; echo "OUTPUT_DIRECTORY=$(BUILD)/docs"; \
+	  echo "PROJECT_NUMBER=$(VERSION)" ) | doxygen -
+
+demo: $(BUILD)/bin/mlp_classifier
+	$(BUILD)/bin/mlp_classifier
+
+# ---- install ---------------------------------------------------------------
+
+$(BUILD)/tblocks.pc: pkgconfig/tblocks.pc.in include/tblocks/version.h
+	@mkdir -p $(dir $@)
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR_INSTALL)|' \
+	    -e 's|@INCLUDEDIR@|$(INCDIR_INSTALL)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
+
+.PHONY: $(BUILD)/tblocks.pc
+
+install: $(LIB) $(BUILD)/tblocks.pc
+	install -d $(DESTDIR)$(LIBDIR_INSTALL)/pkgconfig $(DESTDIR)$(INCDIR_INSTALL)/tblocks
+	install -m 644 $(LIB) $(DESTDIR)$(LIBDIR_INSTALL)/libtblocks.a
+	install -m 644 include/tblocks.h $(DESTDIR)$(INCDIR_INSTALL)/tblocks.h
+	install -m 644 include/tblocks/*.h $(DESTDIR)$(INCDIR_INSTALL)/tblocks/
+	install -m 644 $(BUILD)/tblocks.pc $(DESTDIR)$(LIBDIR_INSTALL)/pkgconfig/tblocks.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR_INSTALL)/libtblocks.a $(DESTDIR)$(LIBDIR_INSTALL)/pkgconfig/tblocks.pc
+	rm -f $(DESTDIR)$(INCDIR_INSTALL)/tblocks.h
+	rm -f $(addprefix $(DESTDIR)$(INCDIR_INSTALL)/tblocks/,$(notdir $(wildcard include/tblocks/*.h)))
+	-rmdir $(DESTDIR)$(INCDIR_INSTALL)/tblocks 2>/dev/null
+
+clean:
+	rm -rf build lib/libtblocks.a
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,23 @@
+/**
+ * @file tblocks.h
+ * @brief Umbrella header: includes every public libtblocks header.
+ */
+#ifndef TBLOCKS_H
+#define TBLOCKS_H
+
+#include "tblocks/version.h"
+#include "tblocks/status.h"
+#include "tblocks/context.h"
+#include "tblocks/tensor.h"
+#include "tblocks/param.h"
+#include "tblocks/rng.h"
+#include "tblocks/arena.h"
+#include "tblocks/linear.h"
+#include "tblocks/embedding.h"
+#include "tblocks/activation.h"
+#include "tblocks/softmax.h"
+#include "tblocks/dropout.h"
+#include "tblocks/residual.h"
+#include "tblocks/loss.h"
+
+#endif /* TBLOCKS_H */

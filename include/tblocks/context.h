@@ -1,0 +1,102 @@
+/**
+ * @file context.h
+ * @brief The per-caller context: thread count, allocator hook, error detail.
+ *
+ * libtblocks has no global mutable state. Everything a call needs beyond its
+ * arguments comes from a tb_ctx, a plain struct the caller owns:
+ *
+ * @code
+ * tb_ctx ctx;
+ * tb_ctx_init(&ctx);          // all cores, malloc-based allocator
+ * ctx.num_threads = 1;        // optional: fields may be set directly
+ * if (tb_linear_forward(&ctx, &lin, &x, &y) != TB_OK)
+ *     fprintf(stderr, "%s\n", tb_ctx_error(&ctx));
+ * @endcode
+ *
+ * A context is used by one host thread at a time (it records the last error);
+ * give each host thread its own. The library runs its own work on
+ * `num_threads` OpenMP threads through `num_threads()` clauses and never
+ * changes the host program's OpenMP settings. Results are bitwise identical
+ * for every thread count.
+ */
+#ifndef TBLOCKS_CONTEXT_H
+#define TBLOCKS_CONTEXT_H
+
+#include <stddef.h>
+
+#include "status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Longest error detail a context keeps, including the terminating NUL. */
+#define TB_ERROR_DETAIL_MAX 256
+
+/**
+ * @brief Memory hooks through which the library allocates everything it owns
+ * (parameters, gradients, parameter lists).
+ *
+ * Activation caches are never allocated by the library: the caller passes
+ * them in (see the `*_cache_size` functions and tb_arena).
+ */
+typedef struct tb_allocator {
+    /** Return `size` bytes aligned to `alignment` (a power of two, at most
+     *  4096), or NULL on failure. `size` is never 0. */
+    void *(*alloc)(void *user, size_t size, size_t alignment);
+    /** Release memory returned by `alloc`; `ptr` is never NULL. */
+    void (*free)(void *user, void *ptr);
+    /** Passed unchanged to both hooks. */
+    void *user;
+} tb_allocator;
+
+/** @brief Training or inference: selects how mode-dependent blocks behave
+ *  (dropout is active only in training; BatchNorm uses batch statistics). */
+typedef enum tb_mode {
+    TB_MODE_INFERENCE = 0, /**< Deterministic evaluation behaviour. */
+    TB_MODE_TRAINING = 1   /**< Training behaviour (dropout active, ...). */
+} tb_mode;
+
+/** @brief Per-caller settings and the last error's detail. */
+typedef struct tb_ctx {
+    /** Threads the library may use for one call; values below 1 mean 1. */
+    int num_threads;
+    /** Hooks for every allocation the library makes. */
+    tb_allocator allocator;
+    /** Detail of the last error returned through this context ("" if none). */
+    char error[TB_ERROR_DETAIL_MAX];
+} tb_ctx;
+
+/**
+ * @brief Initialise a context: as many threads as OpenMP would use by
+ * default (read once, not changed), the C library's aligned allocator, no
+ * error recorded.
+ * @param ctx Context to fill; nothing happens if NULL.
+ */
+void tb_ctx_init(tb_ctx *ctx);
+
+/**
+ * @brief The allocator installed by tb_ctx_init(), built on aligned_alloc().
+ * @return A copy of the default hooks.
+ */
+tb_allocator tb_default_allocator(void);
+
+/**
+ * @brief The detail of the last error recorded in `ctx`.
+ * @param ctx A context, or NULL.
+ * @return A sentence such as "tb_linear_forward: x has last dimension 7,
+ *         expected 8"; "" if no error was recorded; never NULL.
+ */
+const char *tb_ctx_error(const tb_ctx *ctx);
+
+/**
+ * @brief Forget the recorded error detail.
+ * @param ctx A context, or NULL (then nothing happens).
+ */
+void tb_ctx_clear_error(tb_ctx *ctx);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TBLOCKS_CONTEXT_H */

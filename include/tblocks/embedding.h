@@ -1,0 +1,95 @@
+/**
+ * @file embedding.h
+ * @brief Token embedding lookup, as torch.nn.Embedding.
+ *
+ * Shapes: ids `(N)` int32, out `(N..., dim)` with N rows, weight
+ * `(num_embeddings, dim)` named `weight`.
+ */
+#ifndef TBLOCKS_EMBEDDING_H
+#define TBLOCKS_EMBEDDING_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "context.h"
+#include "param.h"
+#include "rng.h"
+#include "status.h"
+#include "tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** @brief An embedding table; initialise with tb_embedding_init(). */
+typedef struct tb_embedding {
+    size_t num_embeddings;  /**< Rows of the table (vocabulary size). */
+    size_t dim;             /**< Width of one embedding. */
+    tb_param weight;        /**< `(num_embeddings, dim)`. */
+    void *storage;          /**< Owned memory for value and gradient. */
+    tb_allocator allocator; /**< Hooks `storage` came from. */
+} tb_embedding;
+
+/**
+ * @brief Allocate a table initialised N(0, 1) from `rng` (PyTorch's
+ * default), gradient zero.
+ * @param ctx Context.
+ * @param emb Table to initialise; left empty on failure.
+ * @param num_embeddings Number of rows, >= 1 and <= INT32_MAX.
+ * @param dim Width, >= 1.
+ * @param rng Stream for the initial values.
+ * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_INVALID_ARG, TB_ERR_OVERFLOW or
+ *         TB_ERR_NO_MEMORY.
+ */
+tb_status tb_embedding_init(tb_ctx *ctx, tb_embedding *emb, size_t num_embeddings,
+                            size_t dim, tb_rng *rng);
+
+/**
+ * @brief Release the table's memory; the struct is left empty.
+ * @param emb Table; NULL or empty is fine.
+ */
+void tb_embedding_free(tb_embedding *emb);
+
+/**
+ * @brief Append `weight` to `list` under `prefix`.
+ * @param ctx Context.
+ * @param emb Table.
+ * @param prefix Name prefix, e.g. "wte", or NULL.
+ * @param list List to extend.
+ * @return As tb_param_list_add().
+ */
+tb_status tb_embedding_params(tb_ctx *ctx, tb_embedding *emb, const char *prefix,
+                              tb_param_list *list);
+
+/**
+ * @brief Forward: row i of out is row ids[i] of the table.
+ * @param ctx Context.
+ * @param emb Table.
+ * @param ids `n` token ids, each in [0, num_embeddings).
+ * @param n Number of ids, >= 1; must equal the row count of out.
+ * @param out Output `(n..., dim)`.
+ * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE, or TB_ERR_INVALID_ARG for an
+ *         out-of-range id (out untouched; the detail names the position).
+ */
+tb_status tb_embedding_forward(tb_ctx *ctx, const tb_embedding *emb, const int32_t *ids,
+                               size_t n, tb_tensor *out);
+
+/**
+ * @brief Backward: adds row i of dout into row ids[i] of weight.grad
+ * (repeated ids accumulate). Deterministic for any thread count.
+ * @param ctx Context.
+ * @param emb Table.
+ * @param ids The forward ids.
+ * @param n Number of ids.
+ * @param dout Gradient w.r.t. the forward output, `(n..., dim)`.
+ * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE or TB_ERR_INVALID_ARG
+ *         (nothing written).
+ */
+tb_status tb_embedding_backward(tb_ctx *ctx, tb_embedding *emb, const int32_t *ids,
+                                size_t n, const tb_tensor *dout);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TBLOCKS_EMBEDDING_H */

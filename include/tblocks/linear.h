@@ -1,0 +1,101 @@
+/**
+ * @file linear.h
+ * @brief Linear layer: `y = x W^T + b`, as torch.nn.Linear.
+ *
+ * Shapes: x `(N..., in)`, y `(N..., out)` (leading dimensions are flattened
+ * into N rows), W `(out, in)`, b `(out)`. Parameters are named `weight` and
+ * `bias`. No activation cache is needed: backward takes the forward input.
+ */
+#ifndef TBLOCKS_LINEAR_H
+#define TBLOCKS_LINEAR_H
+
+#include <stddef.h>
+
+#include "context.h"
+#include "param.h"
+#include "rng.h"
+#include "status.h"
+#include "tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** @brief A linear layer; initialise with tb_linear_init(), release with
+ *  tb_linear_free(). Fields may be read; change them only through the API. */
+typedef struct tb_linear {
+    size_t in_features;     /**< Input width. */
+    size_t out_features;    /**< Output width. */
+    int has_bias;           /**< Nonzero if `bias` exists. */
+    tb_param weight;        /**< `(out, in)`. */
+    tb_param bias;          /**< `(out)`; value and grad NULL if !has_bias. */
+    void *storage;          /**< Owned memory for values and gradients. */
+    tb_allocator allocator; /**< Hooks `storage` came from. */
+} tb_linear;
+
+/**
+ * @brief Allocate and initialise a linear layer with PyTorch's default
+ * initialisation: W and b uniform in [-1/sqrt(in), 1/sqrt(in)), drawn from
+ * `rng` (W first, row-major, then b). Gradients start at zero.
+ * @param ctx Context (allocator, threads, error detail).
+ * @param layer Layer to initialise; on failure it is left empty (freeing it
+ *        is still safe).
+ * @param in_features Input width, >= 1.
+ * @param out_features Output width, >= 1.
+ * @param has_bias Nonzero to include a bias.
+ * @param rng Stream the initial values are drawn from.
+ * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_INVALID_ARG, TB_ERR_OVERFLOW or
+ *         TB_ERR_NO_MEMORY.
+ */
+tb_status tb_linear_init(tb_ctx *ctx, tb_linear *layer, size_t in_features,
+                         size_t out_features, int has_bias, tb_rng *rng);
+
+/**
+ * @brief Release a layer's memory; the struct is left empty.
+ * @param layer Layer; NULL or an empty layer is fine.
+ */
+void tb_linear_free(tb_linear *layer);
+
+/**
+ * @brief Append the layer's parameters (`weight`, then `bias` if present)
+ * to `list` under `prefix`.
+ * @param ctx Context.
+ * @param layer Layer.
+ * @param prefix Name prefix, e.g. "h.0.mlp.c_fc", or NULL.
+ * @param list List to extend.
+ * @return As tb_param_list_add().
+ */
+tb_status tb_linear_params(tb_ctx *ctx, tb_linear *layer, const char *prefix,
+                           tb_param_list *list);
+
+/**
+ * @brief Forward: `y = x W^T + b`.
+ * @param ctx Context.
+ * @param layer Layer.
+ * @param x Input `(N..., in)`.
+ * @param y Output `(N..., out)` with the same row count; must not overlap x.
+ * @return TB_OK, TB_ERR_NULL_ARG, or TB_ERR_SHAPE (y untouched).
+ */
+tb_status tb_linear_forward(tb_ctx *ctx, const tb_linear *layer, const tb_tensor *x,
+                            tb_tensor *y);
+
+/**
+ * @brief Backward: writes `dx = dy W`, adds `dy^T x` to weight.grad and
+ * the column sums of dy to bias.grad (for trainable parameters with a
+ * gradient buffer).
+ * @param ctx Context.
+ * @param layer Layer.
+ * @param x The forward input `(N..., in)`.
+ * @param dy Gradient of the loss w.r.t. y, `(N..., out)`.
+ * @param dx Output `(N..., in)`, or NULL if the input gradient is not wanted;
+ *        must not overlap dy.
+ * @return TB_OK, TB_ERR_NULL_ARG, or TB_ERR_SHAPE (nothing written).
+ */
+tb_status tb_linear_backward(tb_ctx *ctx, tb_linear *layer, const tb_tensor *x,
+                             const tb_tensor *dy, tb_tensor *dx);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TBLOCKS_LINEAR_H */

@@ -1,0 +1,122 @@
+/**
+ * @file param.h
+ * @brief Named parameters and the list through which they are enumerated.
+ *
+ * A block keeps each learnable tensor as a tb_param (value, gradient, shape,
+ * trainable flag). `tb_<block>_params(block, prefix, list)` appends
+ * references to them to a tb_param_list under dotted names such as
+ * `"h.3.mlp.fc.weight"`. The optimizer, checkpoint I/O, adapters and
+ * freezing all work from that list and never need to know a model's layout.
+ *
+ * Gradient convention: backward passes ADD into parameter gradients, so
+ * tied weights and gradient accumulation need nothing special. Zeroing is
+ * explicit (tb_param_list_zero_grad()). Backward passes skip the gradient
+ * of a parameter whose `trainable` flag is 0 or whose `grad` is NULL.
+ */
+#ifndef TBLOCKS_PARAM_H
+#define TBLOCKS_PARAM_H
+
+#include <stddef.h>
+
+#include "context.h"
+#include "status.h"
+#include "tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Longest full parameter name, including the terminating NUL. */
+#define TB_PARAM_NAME_MAX 128
+
+/** @brief One learnable tensor of a block. */
+typedef struct tb_param {
+    float *value;              /**< `numel` values, row-major in `shape`. */
+    float *grad;               /**< `numel` gradients, or NULL if none kept. */
+    size_t ndim;               /**< Number of dimensions, 1..TB_MAX_DIMS. */
+    size_t shape[TB_MAX_DIMS]; /**< Sizes; entries past ndim are ignored. */
+    size_t numel;              /**< Product of the sizes. */
+    int trainable;             /**< Nonzero: backward accumulates `grad`. */
+} tb_param;
+
+/** @brief An entry of a tb_param_list: a full name and the parameter. */
+typedef struct tb_named_param {
+    char name[TB_PARAM_NAME_MAX]; /**< Full dotted name, unique in its list. */
+    tb_param *param;              /**< The block's parameter (not a copy). */
+} tb_named_param;
+
+/** @brief A growable list of named parameter references. */
+typedef struct tb_param_list {
+    tb_named_param *items;  /**< `count` entries, in insertion order. */
+    size_t count;           /**< Number of entries. */
+    size_t capacity;        /**< Allocated entries. */
+    tb_allocator allocator; /**< Hooks the entries were allocated with. */
+} tb_param_list;
+
+/**
+ * @brief Start an empty list that allocates through `ctx`'s allocator.
+ * @param ctx Context (allocator and error detail).
+ * @param list List to initialise.
+ * @return TB_OK, or TB_ERR_NULL_ARG.
+ */
+tb_status tb_param_list_init(tb_ctx *ctx, tb_param_list *list);
+
+/**
+ * @brief Release the list's entries (not the parameters they refer to).
+ * @param list List to release; NULL or an already freed list is fine.
+ */
+void tb_param_list_free(tb_param_list *list);
+
+/**
+ * @brief Append `param` under the name `prefix + "." + name` (or just
+ * `name` when `prefix` is NULL or empty).
+ * @param ctx Context.
+ * @param list List to extend.
+ * @param prefix Dotted prefix, or NULL.
+ * @param name Local name, non-empty.
+ * @param param The parameter; the list keeps a pointer to it.
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG for an empty name or a
+ *         full name of TB_PARAM_NAME_MAX characters or more; TB_ERR_DUPLICATE
+ *         if the full name is already in the list; TB_ERR_NO_MEMORY.
+ */
+tb_status tb_param_list_add(tb_ctx *ctx, tb_param_list *list, const char *prefix,
+                            const char *name, tb_param *param);
+
+/**
+ * @brief Look up a parameter by full name.
+ * @param list List to search.
+ * @param name Full dotted name.
+ * @return The parameter, or NULL if absent (or if an argument is NULL).
+ */
+tb_param *tb_param_list_find(const tb_param_list *list, const char *name);
+
+/**
+ * @brief Set every gradient in the list to zero (parameters without a
+ * gradient buffer are skipped).
+ * @param list List; NULL does nothing.
+ */
+void tb_param_list_zero_grad(tb_param_list *list);
+
+/**
+ * @brief Count the scalars in the list.
+ * @param list List (NULL gives 0).
+ * @param trainable_only Nonzero: count only trainable parameters.
+ * @return Sum of `numel` over the selected entries.
+ */
+size_t tb_param_list_numel(const tb_param_list *list, int trainable_only);
+
+/**
+ * @brief Set the trainable flag of every entry whose full name starts with
+ * `prefix` (all entries when `prefix` is NULL or "").
+ * @param list List.
+ * @param prefix Name prefix to match, or NULL.
+ * @param trainable New flag value.
+ * @return Number of entries changed.
+ */
+size_t tb_param_list_set_trainable(tb_param_list *list, const char *prefix, int trainable);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TBLOCKS_PARAM_H */

@@ -1,0 +1,119 @@
+/* GELU (exact and tanh forms) and ReLU, forward and backward. */
+#include <math.h>
+
+#include "../core/internal.h"
+
+#define TB_SQRT1_2 0.70710678118654752440f  /* 1/sqrt(2) */
+#define TB_INV_SQRT_2PI 0.39894228040143267794f /* 1/sqrt(2 pi) */
+#define TB_SQRT_2_PI 0.79788456080286535588f    /* sqrt(2/pi) */
+#define TB_GELU_C 0.044715f
+
+static inline float gelu_exact(float x)
+{
+    return 0.5f * x * (1.0f + erff(x * TB_SQRT1_2));
+}
+
+static inline float gelu_exact_grad(float x)
+{
+    float cdf = 0.5f * (1.0f + erff(x * TB_SQRT1_2));
+    float pdf = TB_INV_SQRT_2PI * expf(-0.5f * x * x);
+    return cdf + x * pdf;
+}
+
+static inline float gelu_tanh(float x)
+{
+    float u = TB_SQRT_2_PI * (x + TB_GELU_C * x * x * x);
+    return 0.5f * x * (1.0f + tanhf(u));
+}
+
+static inline float gelu_tanh_grad(float x)
+{
+    float u = TB_SQRT_2_PI * (x + TB_GELU_C * x * x * x);
+    float t = tanhf(u);
+    float du = TB_SQRT_2_PI * (1.0f + 3.0f * TB_GELU_C * x * x);
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
+}
+
+static tb_status check_approx(tb_ctx *ctx, const char *fn, tb_gelu_approx approx)
+{
+    if (approx != TB_GELU_EXACT && approx != TB_GELU_TANH)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown GELU approximation %d", (int)approx);
+    return TB_OK;
+}
+
+tb_status tb_gelu_forward(tb_ctx *ctx, tb_gelu_approx approx, const tb_tensor *x, tb_tensor *y)
+{
+    size_t n;
+    tb_status s = check_approx(ctx, __func__, approx);
+    if (s == TB_OK)
+        s = tb_check_same_numel(ctx, __func__, "x", x, "y", y, &n);
+    if (s != TB_OK)
+        return s;
+    const float *xd = x->data;
+    float *yd = y->data;
+    if (approx == TB_GELU_EXACT) {
+#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+        for (size_t i = 0; i < n; i++)
+            yd[i] = gelu_exact(xd[i]);
+    } else {
+#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+        for (size_t i = 0; i < n; i++)
+            yd[i] = gelu_tanh(xd[i]);
+    }
+    return TB_OK;
+}
+
+tb_status tb_gelu_backward(tb_ctx *ctx, tb_gelu_approx approx, const tb_tensor *x,
+                           const tb_tensor *dy, tb_tensor *dx)
+{
+    size_t n, n2;
+    tb_status s = check_approx(ctx, __func__, approx);
+    if (s == TB_OK)
+        s = tb_check_same_numel(ctx, __func__, "x", x, "dy", dy, &n);
+    if (s == TB_OK)
+        s = tb_check_same_numel(ctx, __func__, "x", x, "dx", dx, &n2);
+    if (s != TB_OK)
+        return s;
+    const float *xd = x->data, *g = dy->data;
+    float *o = dx->data;
+    if (approx == TB_GELU_EXACT) {
+#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+        for (size_t i = 0; i < n; i++)
+            o[i] = g[i] * gelu_exact_grad(xd[i]);
+    } else {
+#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+        for (size_t i = 0; i < n; i++)
+            o[i] = g[i] * gelu_tanh_grad(xd[i]);
+    }
+    return TB_OK;
+}
+
+tb_status tb_relu_forward(tb_ctx *ctx, const tb_tensor *x, tb_tensor *y)
+{
+    size_t n;
+    tb_status s = tb_check_same_numel(ctx, __func__, "x", x, "y", y, &n);
+    if (s != TB_OK)
+        return s;
+    const float *xd = x->data;
+    float *yd = y->data;
+#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+    for (size_t i = 0; i < n; i++)
+        yd[i] = xd[i] < 0.0f ? 0.0f : xd[i]; /* NaN < 0 is false: NaN kept */
+    return TB_OK;
+}
+
+tb_status tb_relu_backward(tb_ctx *ctx, const tb_tensor *x, const tb_tensor *dy, tb_tensor *dx)
+{
+    size_t n, n2;
+    tb_status s = tb_check_same_numel(ctx, __func__, "x", x, "dy", dy, &n);
+    if (s == TB_OK)
+        s = tb_check_same_numel(ctx, __func__, "x", x, "dx", dx, &n2);
+    if (s != TB_OK)
+        return s;
+    const float *xd = x->data, *g = dy->data;
+    float *o = dx->data;
+#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+    for (size_t i = 0; i < n; i++)
+        o[i] = xd[i] > 0.0f ? g[i] : 0.0f;
+    return TB_OK;
+}

@@ -1,0 +1,71 @@
+/* Inverted dropout with a mask regenerated from the stream position. */
+#include <math.h>
+#include <string.h>
+
+#include "../core/internal.h"
+
+tb_status tb_dropout_forward(tb_ctx *ctx, tb_mode mode, float p, tb_rng *rng,
+                             const tb_tensor *x, tb_tensor *y, tb_dropout_cache *cache)
+{
+    const char *fn = __func__;
+    size_t n;
+    if (!cache)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cache must not be NULL");
+    if (!(p >= 0.0f && p <= 1.0f)) /* also rejects NaN */
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "p = %g is outside [0, 1]", (double)p);
+    if (mode != TB_MODE_TRAINING && mode != TB_MODE_INFERENCE)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown mode %d", (int)mode);
+    tb_status s = tb_check_same_numel(ctx, fn, "x", x, "y", y, &n);
+    if (s != TB_OK)
+        return s;
+    memset(cache, 0, sizeof *cache);
+    cache->numel = n;
+    cache->p = p;
+    const float *xd = x->data;
+    float *yd = y->data;
+    if (mode == TB_MODE_INFERENCE || p == 0.0f) {
+        if (xd != yd)
+            memmove(yd, xd, n * sizeof(float));
+        return TB_OK;
+    }
+    if (!rng)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "rng must not be NULL in training mode");
+    cache->active = 1;
+    cache->key = rng->key;
+    cache->counter = rng->counter;
+    const uint64_t key = rng->key, base = rng->counter;
+    const float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+    for (size_t i = 0; i < n; i++)
+        yd[i] = tb_rng_uniform_at(key, base + i) >= p ? xd[i] * scale : 0.0f;
+    rng->counter += n;
+    return TB_OK;
+}
+
+tb_status tb_dropout_backward(tb_ctx *ctx, const tb_dropout_cache *cache, const tb_tensor *dy,
+                              tb_tensor *dx)
+{
+    const char *fn = __func__;
+    size_t n;
+    if (!cache)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cache must not be NULL");
+    tb_status s = tb_check_same_numel(ctx, fn, "dy", dy, "dx", dx, &n);
+    if (s != TB_OK)
+        return s;
+    if (n != cache->numel)
+        return tb_fail(ctx, TB_ERR_SHAPE, fn, "dy has %zu elements; forward saw %llu", n,
+                       (unsigned long long)cache->numel);
+    const float *g = dy->data;
+    float *o = dx->data;
+    if (!cache->active) {
+        if (g != o)
+            memmove(o, g, n * sizeof(float));
+        return TB_OK;
+    }
+    const uint64_t key = cache->key, base = cache->counter;
+    const float p = cache->p, scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+    for (size_t i = 0; i < n; i++)
+        o[i] = tb_rng_uniform_at(key, base + i) >= p ? g[i] * scale : 0.0f;
+    return TB_OK;
+}

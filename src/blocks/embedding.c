@@ -1,0 +1,122 @@
+/* Embedding lookup; backward scatter-adds rows. */
+#include <string.h>
+
+#include "../core/internal.h"
+
+tb_status tb_embedding_init(tb_ctx *ctx, tb_embedding *emb, size_t num_embeddings,
+                            size_t dim, tb_rng *rng)
+{
+    const char *fn = __func__;
+    if (emb)
+        memset(emb, 0, sizeof *emb);
+    if (!ctx || !emb || !rng)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx, emb and rng must not be NULL");
+    if (num_embeddings == 0 || dim == 0 || num_embeddings > INT32_MAX)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn,
+                       "num_embeddings (%zu) must be in [1, INT32_MAX] and dim (%zu) >= 1",
+                       num_embeddings, dim);
+    size_t n, bytes;
+    if (!tb_mul_size(num_embeddings, dim, &n) || !tb_mul_size(n, 2 * sizeof(float), &bytes))
+        return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "%zu x %zu table overflows", num_embeddings,
+                       dim);
+    void *storage;
+    tb_status s = tb_alloc(ctx, fn, bytes, &storage);
+    if (s != TB_OK)
+        return s;
+    float *w = storage;
+    if ((s = tb_rng_fill_normal(ctx, rng, w, n, 0.0f, 1.0f)) != TB_OK) {
+        tb_free_with(&ctx->allocator, storage);
+        return s;
+    }
+    memset(w + n, 0, n * sizeof(float));
+    emb->num_embeddings = num_embeddings;
+    emb->dim = dim;
+    emb->storage = storage;
+    emb->allocator = ctx->allocator;
+    size_t shape[2] = {num_embeddings, dim};
+    tb_param_set_shape(&emb->weight, 2, shape);
+    emb->weight.value = w;
+    emb->weight.grad = w + n;
+    emb->weight.trainable = 1;
+    return TB_OK;
+}
+
+void tb_embedding_free(tb_embedding *emb)
+{
+    if (!emb)
+        return;
+    tb_free_with(&emb->allocator, emb->storage);
+    memset(emb, 0, sizeof *emb);
+}
+
+tb_status tb_embedding_params(tb_ctx *ctx, tb_embedding *emb, const char *prefix,
+                              tb_param_list *list)
+{
+    if (!emb || !emb->storage)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "emb is NULL or not initialised");
+    return tb_param_list_add(ctx, list, prefix, "weight", &emb->weight);
+}
+
+/* Common checks: table, ids in range, tensor (n, dim). */
+static tb_status check_args(tb_ctx *ctx, const char *fn, const tb_embedding *emb,
+                            const int32_t *ids, size_t n, const tb_tensor *t, const char *tname)
+{
+    if (!ctx || !emb || !ids)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx, emb and ids must not be NULL");
+    if (!emb->storage)
+        return tb_fail(ctx, TB_ERR_STATE, fn, "emb is not initialised");
+    if (n == 0)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "the number of ids must be >= 1");
+    tb_status s = tb_check_matrix(ctx, fn, tname, t, n, emb->dim);
+    if (s != TB_OK)
+        return s;
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] < 0 || (size_t)ids[i] >= emb->num_embeddings)
+            return tb_fail(ctx, TB_ERR_INVALID_ARG, fn,
+                           "ids[%zu] = %ld is outside [0, %zu)", i, (long)ids[i],
+                           emb->num_embeddings);
+    return TB_OK;
+}
+
+tb_status tb_embedding_forward(tb_ctx *ctx, const tb_embedding *emb, const int32_t *ids,
+                               size_t n, tb_tensor *out)
+{
+    tb_status s = check_args(ctx, __func__, emb, ids, n, out, "out");
+    if (s != TB_OK)
+        return s;
+    const size_t d = emb->dim;
+    const float *w = emb->weight.value;
+    float *o = out->data;
+#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+    for (size_t i = 0; i < n; i++)
+        memcpy(o + i * d, w + (size_t)ids[i] * d, d * sizeof(float));
+    return TB_OK;
+}
+
+tb_status tb_embedding_backward(tb_ctx *ctx, tb_embedding *emb, const int32_t *ids, size_t n,
+                                const tb_tensor *dout)
+{
+    tb_status s = check_args(ctx, __func__, emb, ids, n, dout, "dout");
+    if (s != TB_OK || !tb_param_wants_grad(&emb->weight))
+        return s;
+    /*
+     * Split columns, not rows, among threads: every thread walks all ids in
+     * order over its own column range, so repeated ids never race and each
+     * gradient element is summed in the same order for any thread count.
+     */
+    const size_t d = emb->dim, block = 64;
+    const size_t nblocks = (d + block - 1) / block;
+    float *g = emb->weight.grad;
+    const float *dy = dout->data;
+#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+    for (size_t cb = 0; cb < nblocks; cb++) {
+        size_t c0 = cb * block, c1 = c0 + block < d ? c0 + block : d;
+        for (size_t i = 0; i < n; i++) {
+            float *gr = g + (size_t)ids[i] * d;
+            const float *dr = dy + i * d;
+            for (size_t c = c0; c < c1; c++)
+                gr[c] += dr[c];
+        }
+    }
+    return TB_OK;
+}

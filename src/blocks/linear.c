@@ -1,0 +1,160 @@
+/* Linear layer: y = x W^T + b. */
+#include <math.h>
+#include <string.h>
+
+#include "../core/internal.h"
+#include "../kernels/gemm.h"
+
+tb_status tb_linear_init(tb_ctx *ctx, tb_linear *layer, size_t in_features,
+                         size_t out_features, int has_bias, tb_rng *rng)
+{
+    const char *fn = __func__;
+    if (layer)
+        memset(layer, 0, sizeof *layer);
+    if (!ctx || !layer || !rng)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx, layer and rng must not be NULL");
+    if (in_features == 0 || out_features == 0)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "in_features (%zu) and out_features (%zu) must be >= 1",
+                       in_features, out_features);
+    size_t wn, n, bytes;
+    if (!tb_mul_size(in_features, out_features, &wn) ||
+        !tb_add_size(wn, has_bias ? out_features : 0, &n) || !tb_mul_size(n, 2, &n) ||
+        !tb_mul_size(n, sizeof(float), &bytes))
+        return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "%zu x %zu parameters overflow", out_features,
+                       in_features);
+    void *storage;
+    tb_status s = tb_alloc(ctx, fn, bytes, &storage);
+    if (s != TB_OK)
+        return s;
+    float *mem = storage;
+    size_t nb = has_bias ? out_features : 0;
+    float *w = mem, *b = mem + wn, *gw = mem + wn + nb, *gb = gw + wn;
+    float bound = 1.0f / sqrtf((float)in_features);
+    s = tb_rng_fill_uniform(ctx, rng, w, wn, -bound, bound);
+    if (s == TB_OK && has_bias)
+        s = tb_rng_fill_uniform(ctx, rng, b, nb, -bound, bound);
+    if (s != TB_OK) {
+        tb_free_with(&ctx->allocator, mem);
+        return s;
+    }
+    memset(gw, 0, (wn + nb) * sizeof(float));
+    layer->in_features = in_features;
+    layer->out_features = out_features;
+    layer->has_bias = has_bias ? 1 : 0;
+    layer->storage = mem;
+    layer->allocator = ctx->allocator;
+    size_t wshape[2] = {out_features, in_features};
+    tb_param_set_shape(&layer->weight, 2, wshape);
+    layer->weight.value = w;
+    layer->weight.grad = gw;
+    layer->weight.trainable = 1;
+    if (has_bias) {
+        size_t bshape[1] = {out_features};
+        tb_param_set_shape(&layer->bias, 1, bshape);
+        layer->bias.value = b;
+        layer->bias.grad = gb;
+        layer->bias.trainable = 1;
+    }
+    return TB_OK;
+}
+
+void tb_linear_free(tb_linear *layer)
+{
+    if (!layer)
+        return;
+    tb_free_with(&layer->allocator, layer->storage);
+    memset(layer, 0, sizeof *layer);
+}
+
+tb_status tb_linear_params(tb_ctx *ctx, tb_linear *layer, const char *prefix,
+                           tb_param_list *list)
+{
+    if (!layer || !layer->storage)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "layer is NULL or not initialised");
+    tb_status s = tb_param_list_add(ctx, list, prefix, "weight", &layer->weight);
+    if (s == TB_OK && layer->has_bias)
+        s = tb_param_list_add(ctx, list, prefix, "bias", &layer->bias);
+    return s;
+}
+
+static tb_status check_layer(tb_ctx *ctx, const char *fn, const tb_linear *layer)
+{
+    if (!ctx || !layer)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx and layer must not be NULL");
+    if (!layer->storage || !layer->weight.value)
+        return tb_fail(ctx, TB_ERR_STATE, fn, "layer is not initialised");
+    return TB_OK;
+}
+
+tb_status tb_linear_forward(tb_ctx *ctx, const tb_linear *layer, const tb_tensor *x,
+                            tb_tensor *y)
+{
+    const char *fn = __func__;
+    tb_status s = check_layer(ctx, fn, layer);
+    size_t n, cin, cout;
+    if (s != TB_OK)
+        return s;
+    if ((s = tb_check_tensor(ctx, fn, "x", x, &n, &cin)) != TB_OK)
+        return s;
+    if (cin != layer->in_features)
+        return tb_fail(ctx, TB_ERR_SHAPE, fn, "x has last dimension %zu, expected in_features %zu",
+                       cin, layer->in_features);
+    if ((s = tb_check_matrix(ctx, fn, "y", y, n, layer->out_features)) != TB_OK)
+        return s;
+    cout = layer->out_features;
+    if (tb_overlaps(x->data, n * cin, y->data, n * cout))
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "y overlaps x");
+    tb_gemm(ctx, 0, 1, n, cout, cin, 1.0f, x->data, cin, layer->weight.value, cin, 0.0f,
+            y->data, cout);
+    if (layer->has_bias) {
+        const float *b = layer->bias.value;
+        float *yd = y->data;
+#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+        for (size_t r = 0; r < n; r++)
+            for (size_t j = 0; j < cout; j++)
+                yd[r * cout + j] += b[j];
+    }
+    return TB_OK;
+}
+
+tb_status tb_linear_backward(tb_ctx *ctx, tb_linear *layer, const tb_tensor *x,
+                             const tb_tensor *dy, tb_tensor *dx)
+{
+    const char *fn = __func__;
+    tb_status s = check_layer(ctx, fn, layer);
+    size_t n, cin, cout = layer ? layer->out_features : 0;
+    if (s != TB_OK)
+        return s;
+    if ((s = tb_check_tensor(ctx, fn, "x", x, &n, &cin)) != TB_OK)
+        return s;
+    if (cin != layer->in_features)
+        return tb_fail(ctx, TB_ERR_SHAPE, fn, "x has last dimension %zu, expected in_features %zu",
+                       cin, layer->in_features);
+    if ((s = tb_check_matrix(ctx, fn, "dy", dy, n, cout)) != TB_OK)
+        return s;
+    if (dx) {
+        if ((s = tb_check_matrix(ctx, fn, "dx", dx, n, cin)) != TB_OK)
+            return s;
+        if (tb_overlaps(dx->data, n * cin, dy->data, n * cout))
+            return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dx overlaps dy");
+    }
+    if (dx) /* dx (n, in) = dy (n, out) W (out, in) */
+        tb_gemm(ctx, 0, 0, n, cin, cout, 1.0f, dy->data, cout, layer->weight.value, cin, 0.0f,
+                dx->data, cin);
+    if (tb_param_wants_grad(&layer->weight)) /* dW (out, in) += dy^T x */
+        tb_gemm(ctx, 1, 0, cout, cin, n, 1.0f, dy->data, cout, x->data, cin, 1.0f,
+                layer->weight.grad, cin);
+    if (layer->has_bias && tb_param_wants_grad(&layer->bias)) {
+        /* Column sums, each column summed over rows in order by one thread. */
+        float *gb = layer->bias.grad;
+        const float *d = dy->data;
+#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+        for (size_t j = 0; j < cout; j++) {
+            float acc = 0.0f;
+            for (size_t r = 0; r < n; r++)
+                acc += d[r * cout + j];
+            gb[j] += acc;
+        }
+    }
+    return TB_OK;
+}

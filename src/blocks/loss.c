@@ -1,0 +1,162 @@
+/*
+ * Cross-entropy from logits. Cache layout (floats after a fixed header):
+ *   header {magic, rows, counted rows}, lse[rows], row_loss[rows].
+ * Rows are computed in parallel; the reduction sums row losses serially in
+ * double in row order, so the loss is identical for any thread count.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "../core/internal.h"
+
+#define CE_MAGIC 0x7462434531ULL /* "tbCE1" */
+
+typedef struct ce_header {
+    uint64_t magic;
+    uint64_t rows;
+    uint64_t counted;
+    uint64_t reserved;
+} ce_header;
+
+tb_cross_entropy_config tb_cross_entropy_default_config(void)
+{
+    tb_cross_entropy_config c;
+    c.ignore_index = TB_IGNORE_INDEX;
+    c.reduction = TB_REDUCTION_MEAN;
+    return c;
+}
+
+tb_status tb_cross_entropy_cache_size(size_t rows, size_t *bytes)
+{
+    size_t n;
+    if (!bytes)
+        return TB_ERR_NULL_ARG;
+    if (!tb_mul_size(rows, 2 * sizeof(float), &n) || !tb_add_size(n, sizeof(ce_header), &n))
+        return TB_ERR_OVERFLOW;
+    *bytes = n;
+    return TB_OK;
+}
+
+/* Shared argument checks of forward and backward. */
+static tb_status check_args(tb_ctx *ctx, const char *fn, const tb_cross_entropy_config *cfg,
+                            const tb_tensor *logits, const int32_t *targets, size_t n_targets,
+                            const void *cache, size_t cache_bytes, size_t *rows, size_t *cols)
+{
+    if (!targets || !cache)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "targets and cache must not be NULL");
+    if (cfg->reduction != TB_REDUCTION_MEAN && cfg->reduction != TB_REDUCTION_SUM)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown reduction %d", (int)cfg->reduction);
+    tb_status s = tb_check_tensor(ctx, fn, "logits", logits, rows, cols);
+    if (s != TB_OK)
+        return s;
+    if (n_targets != *rows)
+        return tb_fail(ctx, TB_ERR_SHAPE, fn, "%zu targets for %zu rows of logits", n_targets,
+                       *rows);
+    if (*cols > INT32_MAX)
+        return tb_fail(ctx, TB_ERR_SHAPE, fn, "%zu classes exceed INT32_MAX", *cols);
+    size_t need;
+    if (tb_cross_entropy_cache_size(*rows, &need) != TB_OK || cache_bytes < need)
+        return tb_fail(ctx, TB_ERR_BUFFER_TOO_SMALL, fn, "cache has %zu bytes; %zu rows need %zu",
+                       cache_bytes, *rows, need);
+    if ((uintptr_t)cache % sizeof(float) != 0)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "cache is not aligned for float");
+    for (size_t i = 0; i < n_targets; i++) {
+        int32_t t = targets[i];
+        if (t != cfg->ignore_index && (t < 0 || (size_t)t >= *cols))
+            return tb_fail(ctx, TB_ERR_INVALID_ARG, fn,
+                           "targets[%zu] = %ld is outside [0, %zu) and is not the ignore index %ld",
+                           i, (long)t, *cols, (long)cfg->ignore_index);
+    }
+    return TB_OK;
+}
+
+tb_status tb_cross_entropy_forward(tb_ctx *ctx, const tb_cross_entropy_config *config,
+                                   const tb_tensor *logits, const int32_t *targets,
+                                   size_t n_targets, float *loss, void *cache,
+                                   size_t cache_bytes)
+{
+    const char *fn = __func__;
+    tb_cross_entropy_config cfg = config ? *config : tb_cross_entropy_default_config();
+    size_t rows, cols;
+    if (!loss)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "loss must not be NULL");
+    tb_status s = check_args(ctx, fn, &cfg, logits, targets, n_targets, cache, cache_bytes,
+                             &rows, &cols);
+    if (s != TB_OK)
+        return s;
+    float *lse = (float *)((unsigned char *)cache + sizeof(ce_header));
+    float *row_loss = lse + rows;
+    const float *x = logits->data;
+    const int32_t ignore = cfg.ignore_index;
+#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * cols;
+        float m = -INFINITY;
+        for (size_t j = 0; j < cols; j++)
+            if (xr[j] > m)
+                m = xr[j];
+        float sum = 0.0f;
+        for (size_t j = 0; j < cols; j++)
+            sum += expf(xr[j] - m);
+        lse[r] = m + logf(sum);
+        row_loss[r] = targets[r] == ignore ? 0.0f : lse[r] - xr[targets[r]];
+    }
+    double total = 0.0;
+    size_t counted = 0;
+    for (size_t r = 0; r < rows; r++) {
+        if (targets[r] == ignore)
+            continue;
+        total += row_loss[r];
+        counted++;
+    }
+    ce_header h = {CE_MAGIC, rows, counted, 0};
+    memcpy(cache, &h, sizeof h);
+    if (counted == 0)
+        *loss = 0.0f; /* documented: all-ignored batch gives 0, not NaN */
+    else
+        *loss = (float)(cfg.reduction == TB_REDUCTION_MEAN ? total / (double)counted : total);
+    return TB_OK;
+}
+
+tb_status tb_cross_entropy_backward(tb_ctx *ctx, const tb_cross_entropy_config *config,
+                                    const tb_tensor *logits, const int32_t *targets,
+                                    size_t n_targets, float dloss, const void *cache,
+                                    size_t cache_bytes, tb_tensor *dlogits)
+{
+    const char *fn = __func__;
+    tb_cross_entropy_config cfg = config ? *config : tb_cross_entropy_default_config();
+    size_t rows, cols;
+    tb_status s = check_args(ctx, fn, &cfg, logits, targets, n_targets, cache, cache_bytes,
+                             &rows, &cols);
+    if (s == TB_OK)
+        s = tb_check_matrix(ctx, fn, "dlogits", dlogits, rows, cols);
+    if (s != TB_OK)
+        return s;
+    ce_header h;
+    memcpy(&h, cache, sizeof h);
+    if (h.magic != CE_MAGIC || h.rows != rows)
+        return tb_fail(ctx, TB_ERR_STATE, fn,
+                       "cache was not filled by tb_cross_entropy_forward on %zu rows", rows);
+    const float *lse = (const float *)((const unsigned char *)cache + sizeof(ce_header));
+    float scale = 0.0f;
+    if (h.counted > 0)
+        scale = cfg.reduction == TB_REDUCTION_MEAN ? dloss / (float)h.counted : dloss;
+    const float *x = logits->data;
+    float *d = dlogits->data;
+    const int32_t ignore = cfg.ignore_index;
+#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * cols;
+        float *dr = d + r * cols;
+        if (targets[r] == ignore || h.counted == 0) {
+            for (size_t j = 0; j < cols; j++)
+                dr[j] = 0.0f;
+            continue;
+        }
+        const float l = lse[r];
+        for (size_t j = 0; j < cols; j++)
+            dr[j] = expf(xr[j] - l) * scale; /* reads xr[j] before writing: alias-safe */
+        dr[targets[r]] -= scale;
+    }
+    return TB_OK;
+}
