@@ -52,11 +52,11 @@ tb_status tb_gelu_forward(tb_ctx *ctx, tb_gelu_approx approx, const tb_tensor *x
     const float *xd = x->data;
     float *yd = y->data;
     if (approx == TB_GELU_EXACT) {
-#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n)) schedule(static)
         for (size_t i = 0; i < n; i++)
             yd[i] = gelu_exact(xd[i]);
     } else {
-#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n)) schedule(static)
         for (size_t i = 0; i < n; i++)
             yd[i] = gelu_tanh(xd[i]);
     }
@@ -77,11 +77,11 @@ tb_status tb_gelu_backward(tb_ctx *ctx, tb_gelu_approx approx, const tb_tensor *
     const float *xd = x->data, *g = dy->data;
     float *o = dx->data;
     if (approx == TB_GELU_EXACT) {
-#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n)) schedule(static)
         for (size_t i = 0; i < n; i++)
             o[i] = g[i] * gelu_exact_grad(xd[i]);
     } else {
-#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n)) schedule(static)
         for (size_t i = 0; i < n; i++)
             o[i] = g[i] * gelu_tanh_grad(xd[i]);
     }
@@ -96,7 +96,7 @@ tb_status tb_relu_forward(tb_ctx *ctx, const tb_tensor *x, tb_tensor *y)
         return s;
     const float *xd = x->data;
     float *yd = y->data;
-#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n)) schedule(static)
     for (size_t i = 0; i < n; i++)
         yd[i] = xd[i] < 0.0f ? 0.0f : xd[i]; /* NaN < 0 is false: NaN kept */
     return TB_OK;
@@ -112,7 +112,7 @@ tb_status tb_relu_backward(tb_ctx *ctx, const tb_tensor *x, const tb_tensor *dy,
         return s;
     const float *xd = x->data, *g = dy->data;
     float *o = dx->data;
-#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n)) schedule(static)
     for (size_t i = 0; i < n; i++)
         o[i] = xd[i] > 0.0f ? g[i] : 0.0f;
     return TB_OK;

@@ -35,7 +35,7 @@ tb_status tb_dropout_forward(tb_ctx *ctx, tb_mode mode, float p, tb_rng *rng,
     cache->counter = rng->counter;
     const uint64_t key = rng->key, base = rng->counter;
     const float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
-#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n)) schedule(static)
     for (size_t i = 0; i < n; i++)
         yd[i] = tb_rng_uniform_at(key, base + i) >= p ? xd[i] * scale : 0.0f;
     rng->counter += n;
@@ -64,7 +64,7 @@ tb_status tb_dropout_backward(tb_ctx *ctx, const tb_dropout_cache *cache, const 
     }
     const uint64_t key = cache->key, base = cache->counter;
     const float p = cache->p, scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
-#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n)) schedule(static)
     for (size_t i = 0; i < n; i++)
         o[i] = tb_rng_uniform_at(key, base + i) >= p ? g[i] * scale : 0.0f;
     return TB_OK;

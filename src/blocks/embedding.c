@@ -87,7 +87,7 @@ tb_status tb_embedding_forward(tb_ctx *ctx, const tb_embedding *emb, const int32
     const size_t d = emb->dim;
     const float *w = emb->weight.value;
     float *o = out->data;
-#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n * d)) schedule(static)
     for (size_t i = 0; i < n; i++)
         memcpy(o + i * d, w + (size_t)ids[i] * d, d * sizeof(float));
     return TB_OK;
@@ -108,7 +108,7 @@ tb_status tb_embedding_backward(tb_ctx *ctx, tb_embedding *emb, const int32_t *i
     const size_t nblocks = (d + block - 1) / block;
     float *g = emb->weight.grad;
     const float *dy = dout->data;
-#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n * d)) schedule(static)
     for (size_t cb = 0; cb < nblocks; cb++) {
         size_t c0 = cb * block, c1 = c0 + block < d ? c0 + block : d;
         for (size_t i = 0; i < n; i++) {

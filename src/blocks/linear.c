@@ -109,7 +109,7 @@ tb_status tb_linear_forward(tb_ctx *ctx, const tb_linear *layer, const tb_tensor
     if (layer->has_bias) {
         const float *b = layer->bias.value;
         float *yd = y->data;
-#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n * cout)) schedule(static)
         for (size_t r = 0; r < n; r++)
             for (size_t j = 0; j < cout; j++)
                 yd[r * cout + j] += b[j];
@@ -148,7 +148,7 @@ tb_status tb_linear_backward(tb_ctx *ctx, tb_linear *layer, const tb_tensor *x,
         /* Column sums, each column summed over rows in order by one thread. */
         float *gb = layer->bias.grad;
         const float *d = dy->data;
-#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n * cout)) schedule(static)
         for (size_t j = 0; j < cout; j++) {
             float acc = 0.0f;
             for (size_t r = 0; r < n; r++)

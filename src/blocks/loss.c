@@ -88,7 +88,7 @@ tb_status tb_cross_entropy_forward(tb_ctx *ctx, const tb_cross_entropy_config *c
     float *row_loss = lse + rows;
     const float *x = logits->data;
     const int32_t ignore = cfg.ignore_index;
-#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * cols)) schedule(static)
     for (size_t r = 0; r < rows; r++) {
         const float *xr = x + r * cols;
         float m = -INFINITY;
@@ -144,7 +144,7 @@ tb_status tb_cross_entropy_backward(tb_ctx *ctx, const tb_cross_entropy_config *
     const float *x = logits->data;
     float *d = dlogits->data;
     const int32_t ignore = cfg.ignore_index;
-#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * cols)) schedule(static)
     for (size_t r = 0; r < rows; r++) {
         const float *xr = x + r * cols;
         float *dr = d + r * cols;

@@ -11,7 +11,7 @@ tb_status tb_residual_forward(tb_ctx *ctx, const tb_tensor *x, const tb_tensor *
         return s;
     const float *a = x->data, *b = fx->data;
     float *o = y->data;
-#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n)) schedule(static)
     for (size_t i = 0; i < n; i++)
         o[i] = a[i] + b[i];
     return TB_OK;
@@ -25,7 +25,7 @@ tb_status tb_residual_backward(tb_ctx *ctx, const tb_tensor *dy, tb_tensor *dx)
         return s;
     const float *g = dy->data;
     float *o = dx->data;
-#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n)) schedule(static)
     for (size_t i = 0; i < n; i++)
         o[i] += g[i];
     return TB_OK;

@@ -21,7 +21,7 @@ tb_status tb_softmax_forward(tb_ctx *ctx, const tb_tensor *x, tb_tensor *y)
         return s;
     const float *xd = x->data;
     float *yd = y->data;
-#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * cols)) schedule(static)
     for (size_t r = 0; r < rows; r++) {
         const float *xr = xd + r * cols;
         float *yr = yd + r * cols;
@@ -61,7 +61,7 @@ tb_status tb_softmax_backward(tb_ctx *ctx, const tb_tensor *y, const tb_tensor *
         return s;
     const float *yd = y->data, *g = dy->data;
     float *o = dx->data;
-#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * cols)) schedule(static)
     for (size_t r = 0; r < rows; r++) {
         const float *yr = yd + r * cols, *gr = g + r * cols;
         float *orow = o + r * cols;

@@ -59,6 +59,11 @@ int tb_threads(const tb_ctx *ctx)
     return (ctx && ctx->num_threads > 1) ? ctx->num_threads : 1;
 }
 
+int tb_threads_for(const tb_ctx *ctx, double work)
+{
+    return work < 32768.0 ? 1 : tb_threads(ctx);
+}
+
 tb_status tb_fail(tb_ctx *ctx, tb_status status, const char *fn, const char *fmt, ...)
 {
     if (ctx) {

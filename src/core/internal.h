@@ -24,6 +24,11 @@ tb_status tb_fail(tb_ctx *ctx, tb_status status, const char *fn, const char *fmt
 /* Number of OpenMP threads a call may use (>= 1). */
 int tb_threads(const tb_ctx *ctx);
 
+/* Threads for a loop of about `work` scalar operations: 1 below a size where
+ * starting a parallel region costs more than it saves. Results never depend
+ * on this choice (work is partitioned by data). */
+int tb_threads_for(const tb_ctx *ctx, double work);
+
 /* a * b into *out; 0 on overflow. */
 static inline int tb_mul_size(size_t a, size_t b, size_t *out)
 {

@@ -65,7 +65,7 @@ tb_status tb_rng_fill_uniform(tb_ctx *ctx, tb_rng *rng, float *x, size_t n, floa
                        "bounds [%g, %g) must be finite with lo <= hi", (double)lo, (double)hi);
     const uint64_t key = rng->key, base = rng->counter;
     const float span = hi - lo;
-#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n)) schedule(static)
     for (size_t i = 0; i < n; i++) {
         float v = lo + span * tb_rng_uniform_at(key, base + i);
         x[i] = v < hi ? v : lo; /* rounding could reach hi; keep [lo, hi) */
@@ -83,7 +83,7 @@ tb_status tb_rng_fill_normal(tb_ctx *ctx, tb_rng *rng, float *x, size_t n, float
         return tb_fail(ctx, TB_ERR_INVALID_ARG, __func__,
                        "mean %g and std %g must be finite, std >= 0", (double)mean, (double)std);
     const uint64_t key = rng->key, base = rng->counter;
-#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n)) schedule(static)
     for (size_t i = 0; i < n; i++)
         x[i] = mean + std * normal_from_bits(tb_rng_bits_at(key, base + i));
     rng->counter += n;

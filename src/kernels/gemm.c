@@ -41,7 +41,7 @@ void tb_gemm(const tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, si
     if (M == 0 || N == 0)
         return;
     const long long m = (long long)M;
-#pragma omp parallel for num_threads(tb_threads(ctx)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)M * N * (K + 1))) schedule(static)
     for (long long ii = 0; ii < m; ii++) {
         const size_t i = (size_t)ii;
         float *c = C + i * ldc;

@@ -1,0 +1,50 @@
+#!/bin/sh
+# Install what the test suite needs when it is missing:
+#   Debian packages with apt-get (only when running as root; otherwise list
+#   them and fail), and the pinned Python test requirements with pip.
+# Safe to run repeatedly: it installs nothing when everything is present.
+set -eu
+cd "$(dirname "$0")/../.."
+
+missing=""
+need_pkg() { # need_pkg PACKAGE TEST-COMMAND...
+    pkg=$1; shift
+    if ! "$@" >/dev/null 2>&1; then missing="$missing $pkg"; fi
+}
+have() { command -v "$1"; }
+need_pkg make            have make
+need_pkg gcc             have gcc
+need_pkg g++             have g++
+need_pkg clang           have clang
+need_pkg libomp-dev      sh -c 'test -n "$(ls /usr/lib/llvm-*/lib/libomp.so* 2>/dev/null)"'
+need_pkg pkg-config      have pkg-config
+need_pkg check           sh -c 'pkg-config --exists check'
+need_pkg doxygen         have doxygen
+need_pkg python3         have python3
+need_pkg python3-pip     python3 -m pip --version
+
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "install_deps: installing Debian packages:$missing"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        # shellcheck disable=SC2086
+        apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    else
+        echo "install_deps: missing Debian packages:$missing" >&2
+        echo "install_deps: run 'sudo apt-get install$missing' or run make check as root" >&2
+        exit 1
+    fi
+fi
+
+# Python test requirements (pinned). pip does nothing when they are satisfied.
+req=test/requirements.txt
+if ! python3 test/scripts/check_requirements.py "$req" >/dev/null 2>&1; then
+    echo "install_deps: installing Python test requirements from $req"
+    if ! python3 -m pip install -q -r "$req"; then
+        # Debian's own python3 refuses system-wide pip installs (PEP 668).
+        python3 -m pip install -q --break-system-packages -r "$req"
+    fi
+    python3 test/scripts/check_requirements.py "$req"
+fi
+echo "install_deps: all test dependencies present"

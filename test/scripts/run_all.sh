@@ -1,0 +1,124 @@
+#!/bin/sh
+# Build-level tests that are not C unit tests:
+#   headers   every public header compiles alone as C11 (gcc and clang) and
+#             as C++ (g++), twice included, with warnings as errors
+#   install   make install into a temporary DESTDIR, build an outside program
+#             with pkg-config only, run it, make uninstall removes everything
+#   readme    the README's C example equals docs/readme_example.c, builds, runs
+#   docs      make docs (Doxygen) finishes with no warnings
+#   clang     the library and examples build with clang and -Werror
+#   deps      incremental build: touching a header rebuilds its dependents
+# Usage: run_all.sh CC CXX   (prints "N passed, M failed"; exits 1 on failure)
+set -u
+cd "$(dirname "$0")/../.."
+CC=${1:-cc}
+CXX=${2:-c++}
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT INT TERM
+pass=0
+fail=0
+ok() { pass=$((pass + 1)); echo "ok - $1"; }
+bad() { fail=$((fail + 1)); echo "not ok - $1"; [ -f "$TMP/log" ] && sed 's/^/    /' "$TMP/log" | tail -40; }
+run() { # run NAME COMMAND...: record pass/fail of a command, log on failure
+    name=$1; shift
+    if "$@" >"$TMP/log" 2>&1; then ok "$name"; else bad "$name"; fi
+}
+
+CWARN="-Wall -Wextra -Wpedantic -Werror"
+# ---- headers ----------------------------------------------------------------
+headers="tblocks.h $(cd include && ls tblocks/*.h)"
+for h in $headers; do
+    printf '#include "%s"\n#include "%s"\nint main(void) { return 0; }\n' "$h" "$h" > "$TMP/h.c"
+    cp "$TMP/h.c" "$TMP/h.cpp"
+    run "header $h compiles as C11 ($CC)" $CC -std=c11 $CWARN -Iinclude -c "$TMP/h.c" -o "$TMP/h.o"
+    if command -v clang >/dev/null 2>&1 && [ "$CC" != clang ]; then
+        run "header $h compiles as C11 (clang)" clang -std=c11 $CWARN -Iinclude -c "$TMP/h.c" -o "$TMP/h.o"
+    fi
+    run "header $h compiles as C++ ($CXX)" $CXX -std=c++11 $CWARN -Iinclude -c "$TMP/h.cpp" -o "$TMP/h.o"
+done
+
+# ---- install / pkg-config / uninstall ---------------------------------------
+DEST="$TMP/dest"
+PREFIX=/opt/tblocks-test
+cat > "$TMP/app.c" <<'APP'
+#include <stdio.h>
+#include <string.h>
+#include <tblocks.h>
+int main(void)
+{
+    tb_ctx ctx;
+    tb_rng rng;
+    tb_linear lin;
+    float x[3] = {1, 2, 3}, y[2];
+    tb_ctx_init(&ctx);
+    tb_rng_init(&rng, 1);
+    if (tb_linear_init(&ctx, &lin, 3, 2, 1, &rng) != TB_OK) return 1;
+    tb_tensor xt = tb_tensor_2d(x, 1, 3), yt = tb_tensor_2d(y, 1, 2);
+    if (tb_linear_forward(&ctx, &lin, &xt, &yt) != TB_OK) return 1;
+    tb_linear_free(&lin);
+    printf("%s\n", tb_version_string());
+    return 0;
+}
+APP
+install_test() {
+    make -s install DESTDIR="$DEST" PREFIX="$PREFIX" || return 1
+    test -f "$DEST$PREFIX/lib/libtblocks.a" || return 1
+    test -f "$DEST$PREFIX/include/tblocks/linear.h" || return 1
+    pc="$DEST$PREFIX/lib/pkgconfig"
+    want=$(sed -n 's/^#define TB_VERSION_MAJOR \([0-9]*\)/\1/p;s/^#define TB_VERSION_MINOR \([0-9]*\)/\1/p;s/^#define TB_VERSION_PATCH \([0-9]*\)/\1/p' include/tblocks/version.h | paste -sd.)
+    got=$(PKG_CONFIG_PATH="$pc" pkg-config --modversion tblocks) || return 1
+    [ "$got" = "$want" ] || { echo "pc version $got, header $want"; return 1; }
+    flags=$(PKG_CONFIG_PATH="$pc" PKG_CONFIG_SYSROOT_DIR="$DEST" pkg-config --cflags --libs tblocks) || return 1
+    echo "flags: $flags"
+    # shellcheck disable=SC2086
+    $CC -std=c11 -o "$TMP/app" "$TMP/app.c" $flags || return 1
+    out=$("$TMP/app") || return 1
+    [ "$out" = "$want" ] || { echo "app printed '$out', want '$want'"; return 1; }
+    make -s uninstall DESTDIR="$DEST" PREFIX="$PREFIX" || return 1
+    left=$(find "$DEST" -type f | wc -l)
+    [ "$left" -eq 0 ] || { echo "uninstall left files:"; find "$DEST" -type f; return 1; }
+}
+run "install to DESTDIR, link with pkg-config only, run, uninstall" install_test
+
+# ---- README example ------------------------------------------------------------
+readme_test() {
+    awk '/^```c$/{on=1;next} /^```$/{if(on){exit}} on' README.md > "$TMP/readme.c"
+    test -s "$TMP/readme.c" || { echo "README has no \`\`\`c block"; return 1; }
+    diff -u docs/readme_example.c "$TMP/readme.c" || return 1
+    $CC -std=c11 $CWARN -Iinclude -o "$TMP/readme" "$TMP/readme.c" lib/libtblocks.a -fopenmp -lm || return 1
+    "$TMP/readme"
+}
+run "README example equals docs/readme_example.c, builds and runs" readme_test
+
+# ---- docs ---------------------------------------------------------------------
+if command -v doxygen >/dev/null 2>&1; then
+    run "make docs has no warnings" make -s docs BUILD="$TMP/docbuild"
+else
+    bad "make docs: doxygen is not installed"
+fi
+
+# ---- clang build ------------------------------------------------------------------
+if [ "$CC" != clang ]; then
+    if command -v clang >/dev/null 2>&1; then
+        run "library and examples build with clang -Werror" \
+            make -s CC=clang BUILD="$TMP/clang" LIBOUT="$TMP/clang/lib" all
+    else
+        bad "clang build: clang is not installed"
+    fi
+fi
+
+# ---- incremental build and make -j ------------------------------------------
+deps_test() {
+    B="$TMP/inc"
+    make -s -j4 BUILD="$B" LIBOUT="$B/lib" lib || return 1
+    make -q BUILD="$B" LIBOUT="$B/lib" lib || { echo "fresh build is not up to date"; return 1; }
+    sleep 1
+    touch include/tblocks/tensor.h
+    if make -q BUILD="$B" LIBOUT="$B/lib" lib; then echo "touching tensor.h did not trigger a rebuild"; return 1; fi
+    make -s -j4 BUILD="$B" LIBOUT="$B/lib" lib || return 1
+    make -q BUILD="$B" LIBOUT="$B/lib" lib || { echo "rebuild did not converge"; return 1; }
+}
+run "make -j builds; touching a header rebuilds dependents" deps_test
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]

@@ -1,0 +1,21 @@
+/* Every test suite, one line each: X(name) declares Suite *suite_<name>(void)
+ * defined in test/unit/test_<name>.c. main.c runs them all. */
+#ifndef TBT_SUITES_H
+#define TBT_SUITES_H
+
+#include <check.h>
+
+#define TBT_SUITES(X) \
+    X(core)           \
+    X(blocks)         \
+    X(gradcheck)      \
+    X(threads)        \
+    X(oracle)         \
+    X(harness)        \
+    X(examples)
+
+#define TBT_DECLARE_(name) Suite *suite_##name(void);
+TBT_SUITES(TBT_DECLARE_)
+#undef TBT_DECLARE_
+
+#endif

@@ -1,0 +1,403 @@
+/* Core API: version, status table, context, tensor views, parameter lists,
+ * RNG, arena, allocator hooks. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "suites.h"
+#include "testutil.h"
+
+START_TEST(version_matches_macros)
+{
+    char want[64];
+    snprintf(want, sizeof want, "%d.%d.%d", TB_VERSION_MAJOR, TB_VERSION_MINOR,
+             TB_VERSION_PATCH);
+    ck_assert_str_eq(tb_version_string(), want);
+    ck_assert_int_eq(TB_VERSION_NUMBER,
+                     TB_VERSION_MAJOR * 10000 + TB_VERSION_MINOR * 100 + TB_VERSION_PATCH);
+}
+END_TEST
+
+START_TEST(status_values_are_pinned)
+{
+    /* Values are part of the ABI: they never change once released. */
+    ck_assert_int_eq(TB_OK, 0);
+    ck_assert_int_eq(TB_ERR_NULL_ARG, -1);
+    ck_assert_int_eq(TB_ERR_INVALID_ARG, -2);
+    ck_assert_int_eq(TB_ERR_SHAPE, -3);
+    ck_assert_int_eq(TB_ERR_OVERFLOW, -4);
+    ck_assert_int_eq(TB_ERR_NO_MEMORY, -5);
+    ck_assert_int_eq(TB_ERR_BUFFER_TOO_SMALL, -6);
+    ck_assert_int_eq(TB_ERR_NOT_FOUND, -7);
+    ck_assert_int_eq(TB_ERR_DUPLICATE, -8);
+    ck_assert_int_eq(TB_ERR_NON_FINITE, -9);
+    ck_assert_int_eq(TB_ERR_IO, -10);
+    ck_assert_int_eq(TB_ERR_FORMAT, -11);
+    ck_assert_int_eq(TB_ERR_STATE, -12);
+    ck_assert_int_eq(TB_ERR_UNSUPPORTED, -13);
+}
+END_TEST
+
+START_TEST(strerror_covers_every_code)
+{
+    const char *seen[32] = {0};
+    size_t n = 0;
+#define CHECK_ENTRY(name, value, message)                     \
+    ck_assert_str_eq(tb_strerror(name), message);             \
+    ck_assert(strlen(tb_strerror(name)) > 5);                 \
+    for (size_t i = 0; i < n; i++)                            \
+        ck_assert_str_ne(seen[i], tb_strerror(name));         \
+    seen[n++] = tb_strerror(name);
+    TB_STATUS_MAP(CHECK_ENTRY)
+#undef CHECK_ENTRY
+    ck_assert_str_eq(tb_strerror((tb_status)12345), "unknown status code");
+    ck_assert_str_eq(tb_strerror((tb_status)-999), "unknown status code");
+}
+END_TEST
+
+START_TEST(context_defaults_and_error_detail)
+{
+    tb_ctx ctx;
+    tb_ctx_init(&ctx);
+    ck_assert_int_ge(ctx.num_threads, 1);
+    ck_assert_str_eq(tb_ctx_error(&ctx), "");
+    ck_assert_str_eq(tb_ctx_error(NULL), "");
+    tb_ctx_init(NULL); /* must not crash */
+    tb_ctx_clear_error(NULL);
+
+    /* A failing call records a sentence naming the function and the value. */
+    tb_rng rng;
+    tb_rng_init(&rng, 1);
+    tb_linear lin;
+    ck_assert_int_eq(tb_linear_init(&ctx, &lin, 8, 4, 1, &rng), TB_OK);
+    float xd[7] = {0}, yd[4] = {0};
+    tb_tensor x = tb_tensor_2d(xd, 1, 7), y = tb_tensor_2d(yd, 1, 4);
+    ck_assert_int_eq(tb_linear_forward(&ctx, &lin, &x, &y), TB_ERR_SHAPE);
+    ck_assert_ptr_nonnull(strstr(tb_ctx_error(&ctx), "tb_linear_forward"));
+    ck_assert_ptr_nonnull(strstr(tb_ctx_error(&ctx), "7"));
+    ck_assert_ptr_nonnull(strstr(tb_ctx_error(&ctx), "8"));
+    tb_ctx_clear_error(&ctx);
+    ck_assert_str_eq(tb_ctx_error(&ctx), "");
+    tb_linear_free(&lin);
+}
+END_TEST
+
+START_TEST(tensor_views)
+{
+    float d[24];
+    tb_tensor t = tb_tensor_3d(d, 2, 3, 4);
+    ck_assert_uint_eq(tb_tensor_numel(&t), 24);
+    ck_assert_uint_eq(tb_tensor_rows(&t), 6);
+    ck_assert_uint_eq(tb_tensor_cols(&t), 4);
+    tb_tensor u = tb_tensor_4d(d, 1, 2, 3, 4);
+    ck_assert_uint_eq(tb_tensor_numel(&u), 24);
+    tb_tensor v = tb_tensor_1d(d, 24);
+    ck_assert_uint_eq(tb_tensor_rows(&v), 1);
+    tb_tensor z = tb_tensor_2d(d, 0, 4);
+    ck_assert_uint_eq(tb_tensor_numel(&z), 0);
+    ck_assert_uint_eq(tb_tensor_rows(&z), 0);
+    tb_tensor big = tb_tensor_2d(d, SIZE_MAX / 2, 3);
+    ck_assert_uint_eq(tb_tensor_numel(&big), 0); /* overflow */
+    tb_tensor huge = tb_tensor_1d(d, SIZE_MAX / 2); /* elements fit, bytes do not */
+    ck_assert_uint_eq(tb_tensor_numel(&huge), 0);
+    tb_tensor bad = t;
+    bad.ndim = 5;
+    ck_assert_uint_eq(tb_tensor_numel(&bad), 0);
+    bad.ndim = 0;
+    ck_assert_uint_eq(tb_tensor_cols(&bad), 0);
+    ck_assert_uint_eq(tb_tensor_numel(NULL), 0);
+}
+END_TEST
+
+START_TEST(param_list_basics)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    tb_param_list list;
+    ck_assert_int_eq(tb_param_list_init(&ctx, &list), TB_OK);
+    float v[41], g[41];
+    tb_param ps[41];
+    char name[32];
+    for (int i = 0; i < 41; i++) { /* 40 entries force the list to grow twice */
+        memset(&ps[i], 0, sizeof ps[i]);
+        ps[i].value = &v[i];
+        ps[i].grad = &g[i];
+        ps[i].ndim = 1;
+        ps[i].shape[0] = 1;
+        ps[i].numel = 1;
+        ps[i].trainable = 1;
+        g[i] = 1.0f;
+        snprintf(name, sizeof name, "p%d", i);
+        if (i < 40)
+            ck_assert_int_eq(
+                tb_param_list_add(&ctx, &list, i < 20 ? "enc" : "dec", name, &ps[i]), TB_OK);
+    }
+    ck_assert_uint_eq(list.count, 40);
+    ck_assert_str_eq(list.items[0].name, "enc.p0");
+    ck_assert_ptr_eq(tb_param_list_find(&list, "dec.p25"), &ps[25]);
+    ck_assert_ptr_null(tb_param_list_find(&list, "dec.p2"));
+    ck_assert_ptr_null(tb_param_list_find(NULL, "x"));
+    ck_assert_int_eq(tb_param_list_add(&ctx, &list, "enc", "p3", &ps[0]), TB_ERR_DUPLICATE);
+    ck_assert_ptr_nonnull(strstr(tb_ctx_error(&ctx), "enc.p3"));
+    ck_assert_int_eq(tb_param_list_add(&ctx, &list, "", "", &ps[0]), TB_ERR_INVALID_ARG);
+    ck_assert_int_eq(tb_param_list_add(&ctx, &list, "a", NULL, &ps[0]), TB_ERR_NULL_ARG);
+    char longname[TB_PARAM_NAME_MAX + 10];
+    memset(longname, 'x', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    ck_assert_int_eq(tb_param_list_add(&ctx, &list, NULL, longname, &ps[0]), TB_ERR_INVALID_ARG);
+    /* Exactly at the limit minus the NUL is fine. */
+    longname[TB_PARAM_NAME_MAX - 1] = '\0';
+    ck_assert_int_eq(tb_param_list_add(&ctx, &list, NULL, longname, &ps[40]), TB_OK);
+    ck_assert_uint_eq(list.count, 41);
+
+    ck_assert_uint_eq(tb_param_list_numel(&list, 0), 41);
+    ck_assert_uint_eq(tb_param_list_set_trainable(&list, "enc.", 0), 20);
+    ck_assert_uint_eq(tb_param_list_numel(&list, 1), 21); /* 20 dec + the long one */
+    ck_assert_int_eq(ps[5].trainable, 0);
+    ck_assert_int_eq(ps[25].trainable, 1);
+    tb_param_list_zero_grad(&list);
+    for (int i = 0; i < 40; i++)
+        ck_assert(g[i] == 0.0f);
+    tb_param_list_free(&list);
+    tb_param_list_free(&list); /* idempotent */
+    tb_param_list_free(NULL);
+}
+END_TEST
+
+START_TEST(block_params_enumerate_by_name)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 2);
+    tb_rng rng;
+    tb_rng_init(&rng, 7);
+    tb_linear a, b;
+    tb_embedding e;
+    ck_assert_int_eq(tb_linear_init(&ctx, &a, 5, 3, 1, &rng), TB_OK);
+    ck_assert_int_eq(tb_linear_init(&ctx, &b, 3, 2, 0, &rng), TB_OK);
+    ck_assert_int_eq(tb_embedding_init(&ctx, &e, 11, 5, &rng), TB_OK);
+    tb_param_list list;
+    ck_assert_int_eq(tb_param_list_init(&ctx, &list), TB_OK);
+    ck_assert_int_eq(tb_embedding_params(&ctx, &e, "wte", &list), TB_OK);
+    ck_assert_int_eq(tb_linear_params(&ctx, &a, "h.0.fc", &list), TB_OK);
+    ck_assert_int_eq(tb_linear_params(&ctx, &b, "h.0.proj", &list), TB_OK);
+    ck_assert_int_eq(tb_linear_params(&ctx, &b, "h.0.proj", &list), TB_ERR_DUPLICATE);
+    ck_assert_uint_eq(list.count, 4);
+    ck_assert_str_eq(list.items[0].name, "wte.weight");
+    ck_assert_str_eq(list.items[1].name, "h.0.fc.weight");
+    ck_assert_str_eq(list.items[2].name, "h.0.fc.bias");
+    ck_assert_str_eq(list.items[3].name, "h.0.proj.weight");
+    tb_param *w = tb_param_list_find(&list, "h.0.fc.weight");
+    ck_assert_ptr_eq(w, &a.weight);
+    ck_assert_uint_eq(w->ndim, 2);
+    ck_assert_uint_eq(w->shape[0], 3); /* (out, in) */
+    ck_assert_uint_eq(w->shape[1], 5);
+    ck_assert_uint_eq(tb_param_list_numel(&list, 0), 11 * 5 + 15 + 3 + 6);
+    /* PyTorch default init bounds: |w| <= 1/sqrt(in). */
+    for (size_t i = 0; i < a.weight.numel; i++)
+        ck_assert(fabsf(a.weight.value[i]) <= 1.0f / sqrtf(5.0f));
+    tb_param_list_free(&list);
+    tb_linear_free(&a);
+    tb_linear_free(&b);
+    tb_embedding_free(&e);
+    tb_linear_free(&a); /* freeing twice is safe: the struct was emptied */
+}
+END_TEST
+
+START_TEST(rng_reproducible_and_distributed)
+{
+    tb_rng a, b, c;
+    tb_rng_init(&a, 42);
+    tb_rng_init(&b, 42);
+    tb_rng_init(&c, 43);
+    int differs = 0;
+    for (int i = 0; i < 100; i++) {
+        uint64_t x = tb_rng_next(&a);
+        ck_assert_uint_eq(x, tb_rng_next(&b));
+        differs |= x != tb_rng_next(&c);
+    }
+    ck_assert(differs);
+
+    /* Golden values: the stream is part of the reproducibility promise (same
+     * seed, same numbers on every machine); a change here breaks saved runs. */
+    tb_rng g;
+    tb_rng_init(&g, 0);
+    uint64_t first = tb_rng_next(&g);
+    tb_rng_init(&g, 0);
+    ck_assert_uint_eq(tb_rng_bits_at(g.key, 0), first);
+    ck_assert_uint_eq(first, UINT64_C(0x93118a61ed9e9e14));
+    ck_assert_uint_eq(tb_rng_next(&g), UINT64_C(0x93118a61ed9e9e14));
+    ck_assert_uint_eq(tb_rng_next(&g), UINT64_C(0xd94259df0d440a18));
+    tb_rng_init(&g, 42);
+    ck_assert(tb_rng_uniform(&g) == 0.549332321f);
+
+    /* Fill == sequential draws, and the stream advances by n. */
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 2);
+    enum { N = 200000 };
+    float *u = tbt_alloc(N * sizeof(float)), *z = tbt_alloc(N * sizeof(float));
+    tb_rng f, s;
+    tb_rng_init(&f, 9);
+    tb_rng_init(&s, 9);
+    ck_assert_int_eq(tb_rng_fill_uniform(&ctx, &f, u, N, -2.0f, 3.0f), TB_OK);
+    ck_assert_uint_eq(f.counter, N);
+    double mean = 0;
+    for (size_t i = 0; i < N; i++) {
+        ck_assert(u[i] >= -2.0f && u[i] < 3.0f);
+        if (i < 1000)
+            ck_assert(u[i] == -2.0f + 5.0f * tb_rng_uniform(&s));
+        mean += u[i];
+    }
+    mean /= N;
+    ck_assert_msg(fabs(mean - 0.5) < 5 * 5.0 / sqrt(12.0 * N), "uniform mean %g", mean);
+    ck_assert_int_eq(tb_rng_fill_normal(&ctx, &f, z, N, 1.0f, 2.0f), TB_OK);
+    double m = 0, v = 0;
+    for (size_t i = 0; i < N; i++)
+        m += z[i];
+    m /= N;
+    for (size_t i = 0; i < N; i++)
+        v += (z[i] - m) * (z[i] - m);
+    v /= N - 1;
+    ck_assert_msg(fabs(m - 1.0) < 5 * 2.0 / sqrt(N), "normal mean %g", m);
+    ck_assert_msg(fabs(sqrt(v) - 2.0) < 0.02, "normal std %g", sqrt(v));
+    ck_assert_int_eq(tb_rng_fill_uniform(&ctx, &f, u, 4, 1.0f, 0.0f), TB_ERR_INVALID_ARG);
+    ck_assert_int_eq(tb_rng_fill_uniform(&ctx, &f, u, 4, 0.0f, INFINITY), TB_ERR_INVALID_ARG);
+    ck_assert_int_eq(tb_rng_fill_normal(&ctx, &f, z, 4, 0.0f, -1.0f), TB_ERR_INVALID_ARG);
+    ck_assert_int_eq(tb_rng_fill_normal(&ctx, &f, z, 4, NAN, 1.0f), TB_ERR_INVALID_ARG);
+    ck_assert_int_eq(tb_rng_fill_normal(&ctx, NULL, z, 4, 0.0f, 1.0f), TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_rng_fill_normal(&ctx, &f, NULL, 4, 0.0f, 1.0f), TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_rng_fill_normal(&ctx, &f, NULL, 0, 0.0f, 1.0f), TB_OK);
+    free(u);
+    free(z);
+}
+END_TEST
+
+START_TEST(arena_alignment_and_limits)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    size_t total = 0;
+    ck_assert_int_eq(tb_arena_size_add(&total, 10), TB_OK);
+    ck_assert_int_eq(tb_arena_size_add(&total, 64), TB_OK);
+    ck_assert_int_eq(tb_arena_size_add(&total, 65), TB_OK);
+    ck_assert_uint_eq(total, 64 + 64 + 128);
+    size_t t2 = SIZE_MAX - 10;
+    ck_assert_int_eq(tb_arena_size_add(&t2, 100), TB_ERR_OVERFLOW);
+    ck_assert_uint_eq(t2, SIZE_MAX - 10);
+    ck_assert_int_eq(tb_arena_size_add(NULL, 1), TB_ERR_NULL_ARG);
+
+    unsigned char *buf = tbt_alloc(total + TB_ARENA_ALIGN + 1);
+    tb_arena arena;
+    ck_assert_int_eq(tb_arena_init(&arena, buf + 1, total + TB_ARENA_ALIGN), TB_OK);
+    void *p1, *p2, *p3, *p4;
+    ck_assert_int_eq(tb_arena_alloc(&ctx, &arena, 10, &p1), TB_OK);
+    ck_assert_int_eq(tb_arena_alloc(&ctx, &arena, 64, &p2), TB_OK);
+    ck_assert_int_eq(tb_arena_alloc(&ctx, &arena, 65, &p3), TB_OK);
+    ck_assert_uint_eq((uintptr_t)p1 % TB_ARENA_ALIGN, 0);
+    ck_assert_uint_eq((uintptr_t)p2 % TB_ARENA_ALIGN, 0);
+    ck_assert_uint_eq((uintptr_t)p3 % TB_ARENA_ALIGN, 0);
+    ck_assert((unsigned char *)p2 >= (unsigned char *)p1 + 10);
+    ck_assert((unsigned char *)p3 + 65 <= buf + 1 + total + TB_ARENA_ALIGN);
+    memset(p3, 0xAB, 65); /* in bounds (ASan would tell) */
+    ck_assert_int_eq(tb_arena_alloc(&ctx, &arena, 64, &p4), TB_ERR_BUFFER_TOO_SMALL);
+    ck_assert_ptr_null(p4);
+    ck_assert_ptr_nonnull(strstr(tb_ctx_error(&ctx), "arena"));
+    ck_assert_int_eq(tb_arena_alloc(&ctx, &arena, SIZE_MAX, &p4), TB_ERR_BUFFER_TOO_SMALL);
+    ck_assert_uint_eq(arena.peak, total);
+    tb_arena_reset(&arena);
+    ck_assert_uint_eq(arena.used, 0);
+    ck_assert_int_eq(tb_arena_alloc(&ctx, &arena, 10, &p4), TB_OK);
+    ck_assert_ptr_eq(p4, p1);
+    ck_assert_uint_eq(arena.peak, total);
+    ck_assert_int_eq(tb_arena_init(NULL, buf, 1), TB_ERR_NULL_ARG);
+    free(buf);
+}
+END_TEST
+
+/* Counting allocator, optionally failing after `budget` allocations. */
+typedef struct counting {
+    int allocs, frees, budget;
+} counting;
+
+static void *counting_alloc(void *user, size_t size, size_t alignment)
+{
+    counting *c = user;
+    if (c->budget >= 0 && c->allocs >= c->budget)
+        return NULL;
+    c->allocs++;
+    size_t r = (size + alignment - 1) / alignment * alignment;
+    return aligned_alloc(alignment, r);
+}
+
+static void counting_free(void *user, void *ptr)
+{
+    ((counting *)user)->frees++;
+    free(ptr);
+}
+
+START_TEST(allocator_hooks_are_used_and_failures_reported)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    counting c = {0, 0, -1};
+    ctx.allocator.alloc = counting_alloc;
+    ctx.allocator.free = counting_free;
+    ctx.allocator.user = &c;
+    tb_rng rng;
+    tb_rng_init(&rng, 1);
+    tb_linear lin;
+    tb_embedding emb;
+    tb_param_list list;
+    ck_assert_int_eq(tb_linear_init(&ctx, &lin, 4, 4, 1, &rng), TB_OK);
+    ck_assert_int_eq(tb_embedding_init(&ctx, &emb, 4, 4, &rng), TB_OK);
+    ck_assert_int_eq(tb_param_list_init(&ctx, &list), TB_OK);
+    ck_assert_int_eq(tb_linear_params(&ctx, &lin, "l", &list), TB_OK);
+    ck_assert_int_eq(c.allocs, 3);
+    tb_param_list_free(&list);
+    tb_linear_free(&lin);
+    tb_embedding_free(&emb);
+    ck_assert_int_eq(c.frees, 3);
+
+    c.budget = c.allocs; /* every further allocation fails */
+    ck_assert_int_eq(tb_linear_init(&ctx, &lin, 4, 4, 1, &rng), TB_ERR_NO_MEMORY);
+    ck_assert_ptr_null(lin.storage);
+    ck_assert_ptr_null(lin.weight.value);
+    tb_linear_free(&lin); /* safe on a failed init */
+    ck_assert_int_eq(tb_embedding_init(&ctx, &emb, 4, 4, &rng), TB_ERR_NO_MEMORY);
+    ck_assert_int_eq(tb_param_list_init(&ctx, &list), TB_OK);
+    tb_param dummy;
+    memset(&dummy, 0, sizeof dummy);
+    ck_assert_int_eq(tb_param_list_add(&ctx, &list, NULL, "w", &dummy), TB_ERR_NO_MEMORY);
+    ck_assert_uint_eq(list.count, 0);
+    tb_param_list_free(&list);
+
+    ctx.allocator.alloc = NULL;
+    ck_assert_int_eq(tb_linear_init(&ctx, &lin, 4, 4, 1, &rng), TB_ERR_INVALID_ARG);
+    /* Sizes whose byte count overflows are refused before allocating. */
+    ctx.allocator = tb_default_allocator();
+    ck_assert_int_eq(tb_linear_init(&ctx, &lin, SIZE_MAX / 4, 8, 1, &rng), TB_ERR_OVERFLOW);
+    ck_assert_int_eq(tb_embedding_init(&ctx, &emb, 1u << 30, SIZE_MAX / 8, &rng),
+                     TB_ERR_OVERFLOW);
+    ck_assert_int_eq(tb_embedding_init(&ctx, &emb, (size_t)INT32_MAX + 1, 1, &rng),
+                     TB_ERR_INVALID_ARG);
+}
+END_TEST
+
+Suite *suite_core(void)
+{
+    Suite *s = suite_create("core");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, version_matches_macros);
+    tcase_add_test(tc, status_values_are_pinned);
+    tcase_add_test(tc, strerror_covers_every_code);
+    tcase_add_test(tc, context_defaults_and_error_detail);
+    tcase_add_test(tc, tensor_views);
+    tcase_add_test(tc, param_list_basics);
+    tcase_add_test(tc, block_params_enumerate_by_name);
+    tcase_add_test(tc, rng_reproducible_and_distributed);
+    tcase_add_test(tc, arena_alignment_and_limits);
+    tcase_add_test(tc, allocator_hooks_are_used_and_failures_reported);
+    suite_add_tcase(s, tc);
+    return s;
+}
