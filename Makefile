@@ -82,7 +82,8 @@ $(BUILD)/examples/common/%.o: examples/common/%.c
 
 # Example binaries: every .c in examples/<name>/ plus examples/common.
 .SECONDEXPANSION:
-$(BUILD)/bin/%: $$(patsubst %.c,$(BUILD)/%.o,$$(wildcard examples/$$*/*.c)) $(EXAMPLE_COMMON_OBJ) $(LIB)
+.SECONDARY:
+$(BUILD)/bin/%: $$(addprefix $(BUILD)/,$$(subst .c,.o,$$(wildcard examples/$$*/*.c))) $(EXAMPLE_COMMON_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -o $@ $(filter %.o,$^) $(LIB) $(LDLIBS_ALL)
 
@@ -132,7 +133,7 @@ bench: $(BENCH_BINS)
 
 $(BUILD)/bench/%: test/bench/%.c $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -Isrc -O3 $(DEPFLAGS) -o $@ $< $(LIB) $(LDLIBS_ALL)
+	$(CC) $(CFLAGS_ALL) -Isrc -O3 -march=native -ffp-contract=fast $(DEPFLAGS) -o $@ $< $(LIB) $(LDLIBS_ALL)
 
 docs:
 	@mkdir -p $(BUILD)/docs

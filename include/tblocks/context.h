@@ -82,7 +82,10 @@ void tb_ctx_init(tb_ctx *ctx);
 tb_allocator tb_default_allocator(void);
 
 /**
- * @brief The detail of the last error recorded in `ctx`.
+ * @brief The detail of the last error recorded in `ctx`. Successful calls
+ * do not clear it: read it right after a call returned an error. Functions
+ * that take no context (size queries such as tb_arena_size_add()) report
+ * through their status code only.
  * @param ctx A context, or NULL.
  * @return A sentence such as "tb_linear_forward: x has last dimension 7,
  *         expected 8"; "" if no error was recorded; never NULL.

@@ -56,7 +56,8 @@ void tb_embedding_free(tb_embedding *emb);
  * @param emb Table.
  * @param prefix Name prefix, e.g. "wte", or NULL.
  * @param list List to extend.
- * @return As tb_param_list_add().
+ * @return As tb_param_list_add(), or TB_ERR_STATE if the table is not
+ *         initialised.
  */
 tb_status tb_embedding_params(tb_ctx *ctx, tb_embedding *emb, const char *prefix,
                               tb_param_list *list);

@@ -63,7 +63,8 @@ void tb_linear_free(tb_linear *layer);
  * @param layer Layer.
  * @param prefix Name prefix, e.g. "h.0.mlp.c_fc", or NULL.
  * @param list List to extend.
- * @return As tb_param_list_add().
+ * @return As tb_param_list_add(), or TB_ERR_STATE if the layer is not
+ *         initialised.
  */
 tb_status tb_linear_params(tb_ctx *ctx, tb_linear *layer, const char *prefix,
                            tb_param_list *list);
@@ -74,7 +75,10 @@ tb_status tb_linear_params(tb_ctx *ctx, tb_linear *layer, const char *prefix,
  * @param layer Layer.
  * @param x Input `(N..., in)`.
  * @param y Output `(N..., out)` with the same row count; must not overlap x.
- * @return TB_OK, TB_ERR_NULL_ARG, or TB_ERR_SHAPE (y untouched).
+ * @return TB_OK; on error y is untouched and the status is TB_ERR_NULL_ARG,
+ *         TB_ERR_SHAPE, TB_ERR_OVERFLOW (a view too large to address),
+ *         TB_ERR_INVALID_ARG (y overlaps x) or TB_ERR_STATE (layer not
+ *         initialised).
  */
 tb_status tb_linear_forward(tb_ctx *ctx, const tb_linear *layer, const tb_tensor *x,
                             tb_tensor *y);
@@ -88,8 +92,10 @@ tb_status tb_linear_forward(tb_ctx *ctx, const tb_linear *layer, const tb_tensor
  * @param x The forward input `(N..., in)`.
  * @param dy Gradient of the loss w.r.t. y, `(N..., out)`.
  * @param dx Output `(N..., in)`, or NULL if the input gradient is not wanted;
- *        must not overlap dy.
- * @return TB_OK, TB_ERR_NULL_ARG, or TB_ERR_SHAPE (nothing written).
+ *        must not overlap dy or x.
+ * @return TB_OK; on error nothing is written and the status is
+ *         TB_ERR_NULL_ARG, TB_ERR_SHAPE, TB_ERR_OVERFLOW, TB_ERR_INVALID_ARG
+ *         (dx overlaps dy or x) or TB_ERR_STATE (layer not initialised).
  */
 tb_status tb_linear_backward(tb_ctx *ctx, tb_linear *layer, const tb_tensor *x,
                              const tb_tensor *dy, tb_tensor *dx);

@@ -107,7 +107,9 @@ size_t tb_param_list_numel(const tb_param_list *list, int trainable_only);
 
 /**
  * @brief Set the trainable flag of every entry whose full name starts with
- * `prefix` (all entries when `prefix` is NULL or "").
+ * `prefix` at a component boundary (all entries when `prefix` is NULL or
+ * ""): "h.1" selects "h.1" and "h.1.attn.weight" but not "h.10.bias"; a
+ * prefix ending in '.' is matched as written.
  * @param list List.
  * @param prefix Name prefix to match, or NULL.
  * @param trainable New flag value.

@@ -8,30 +8,40 @@
 #define TB_SQRT_2_PI 0.79788456080286535588f    /* sqrt(2/pi) */
 #define TB_GELU_C 0.044715f
 
+/*
+ * Written to avoid cancellation for negative x: 0.5 (1 + erf(z)) is computed
+ * as 0.5 erfc(-z), and 0.5 (1 + tanh u) as the logistic sigmoid s(2u), whose
+ * derivative factor 1 - tanh^2 u = 4 s (1 - s) stays accurate in the tails.
+ */
 static inline float gelu_exact(float x)
 {
-    return 0.5f * x * (1.0f + erff(x * TB_SQRT1_2));
+    return 0.5f * x * erfcf(-x * TB_SQRT1_2);
 }
 
 static inline float gelu_exact_grad(float x)
 {
-    float cdf = 0.5f * (1.0f + erff(x * TB_SQRT1_2));
+    float cdf = 0.5f * erfcf(-x * TB_SQRT1_2);
     float pdf = TB_INV_SQRT_2PI * expf(-0.5f * x * x);
     return cdf + x * pdf;
+}
+
+static inline float sigmoid(float z)
+{
+    return 1.0f / (1.0f + expf(-z));
 }
 
 static inline float gelu_tanh(float x)
 {
     float u = TB_SQRT_2_PI * (x + TB_GELU_C * x * x * x);
-    return 0.5f * x * (1.0f + tanhf(u));
+    return x * sigmoid(2.0f * u);
 }
 
 static inline float gelu_tanh_grad(float x)
 {
     float u = TB_SQRT_2_PI * (x + TB_GELU_C * x * x * x);
-    float t = tanhf(u);
+    float s = sigmoid(2.0f * u);
     float du = TB_SQRT_2_PI * (1.0f + 3.0f * TB_GELU_C * x * x);
-    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
+    return s + 2.0f * x * s * (1.0f - s) * du;
 }
 
 static tb_status check_approx(tb_ctx *ctx, const char *fn, tb_gelu_approx approx)

@@ -18,18 +18,19 @@ tb_status tb_dropout_forward(tb_ctx *ctx, tb_mode mode, float p, tb_rng *rng,
     tb_status s = tb_check_same_numel(ctx, fn, "x", x, "y", y, &n);
     if (s != TB_OK)
         return s;
+    const int active = mode == TB_MODE_TRAINING && p > 0.0f;
+    if (active && !rng)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "rng must not be NULL in training mode");
     memset(cache, 0, sizeof *cache);
     cache->numel = n;
     cache->p = p;
     const float *xd = x->data;
     float *yd = y->data;
-    if (mode == TB_MODE_INFERENCE || p == 0.0f) {
+    if (!active) {
         if (xd != yd)
             memmove(yd, xd, n * sizeof(float));
         return TB_OK;
     }
-    if (!rng)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "rng must not be NULL in training mode");
     cache->active = 1;
     cache->key = rng->key;
     cache->counter = rng->counter;

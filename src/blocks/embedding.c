@@ -52,8 +52,10 @@ void tb_embedding_free(tb_embedding *emb)
 tb_status tb_embedding_params(tb_ctx *ctx, tb_embedding *emb, const char *prefix,
                               tb_param_list *list)
 {
-    if (!emb || !emb->storage)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "emb is NULL or not initialised");
+    if (!emb)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "emb is NULL");
+    if (!emb->storage)
+        return tb_fail(ctx, TB_ERR_STATE, __func__, "emb is not initialised");
     return tb_param_list_add(ctx, list, prefix, "weight", &emb->weight);
 }
 

@@ -69,8 +69,10 @@ void tb_linear_free(tb_linear *layer)
 tb_status tb_linear_params(tb_ctx *ctx, tb_linear *layer, const char *prefix,
                            tb_param_list *list)
 {
-    if (!layer || !layer->storage)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "layer is NULL or not initialised");
+    if (!layer)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "layer is NULL");
+    if (!layer->storage)
+        return tb_fail(ctx, TB_ERR_STATE, __func__, "layer is not initialised");
     tb_status s = tb_param_list_add(ctx, list, prefix, "weight", &layer->weight);
     if (s == TB_OK && layer->has_bias)
         s = tb_param_list_add(ctx, list, prefix, "bias", &layer->bias);
@@ -137,6 +139,9 @@ tb_status tb_linear_backward(tb_ctx *ctx, tb_linear *layer, const tb_tensor *x,
             return s;
         if (tb_overlaps(dx->data, n * cin, dy->data, n * cout))
             return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dx overlaps dy");
+        /* x is still read for the weight gradient after dx is written. */
+        if (tb_overlaps(dx->data, n * cin, x->data, n * cin))
+            return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dx overlaps x");
     }
     if (dx) /* dx (n, in) = dy (n, out) W (out, in) */
         tb_gemm(ctx, 0, 0, n, cin, cout, 1.0f, dy->data, cout, layer->weight.value, cin, 0.0f,

@@ -117,7 +117,11 @@ size_t tb_param_list_set_trainable(tb_param_list *list, const char *prefix, int 
     if (!list)
         return 0;
     for (size_t i = 0; i < list->count; i++) {
-        if (plen && strncmp(list->items[i].name, prefix, plen) != 0)
+        const char *name = list->items[i].name;
+        /* Match whole dotted components: "fc1" selects "fc1.weight" but not
+         * "fc10.weight"; a prefix ending in '.' matches as written. */
+        if (plen && (strncmp(name, prefix, plen) != 0 ||
+                     (name[plen] != '\0' && name[plen] != '.' && prefix[plen - 1] != '.')))
             continue;
         list->items[i].param->trainable = trainable ? 1 : 0;
         changed++;

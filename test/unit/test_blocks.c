@@ -76,6 +76,9 @@ START_TEST(linear_rejects_bad_input)
     ck_assert_int_eq(tb_linear_backward(&ctx, &lin, &x, &dy, &dxbad), TB_ERR_SHAPE);
     assert_untouched(dxd, 8);
     ck_assert(lin.weight.grad[0] == gw0);
+    tb_tensor dx_on_x = tb_tensor_2d(xd, 2, 4); /* x is still needed for dW */
+    ck_assert_int_eq(tb_linear_backward(&ctx, &lin, &x, &dy, &dx_on_x), TB_ERR_INVALID_ARG);
+    ck_assert(lin.weight.grad[0] == gw0);
     ck_assert_int_eq(tb_linear_backward(&ctx, &lin, &x, &dy, NULL), TB_OK); /* dx optional */
     ck_assert(lin.weight.grad[0] != gw0);
 
@@ -270,8 +273,11 @@ START_TEST(dropout_errors_and_modes)
                      TB_ERR_INVALID_ARG);
     ck_assert_int_eq(tb_dropout_forward(&ctx, TB_MODE_TRAINING, NAN, &rng, &xt, &yt, &c),
                      TB_ERR_INVALID_ARG);
+    memset(&c, 0x5A, sizeof c);
+    tb_dropout_cache before = c;
     ck_assert_int_eq(tb_dropout_forward(&ctx, TB_MODE_TRAINING, 0.5f, NULL, &xt, &yt, &c),
                      TB_ERR_NULL_ARG);
+    ck_assert(memcmp(&c, &before, sizeof c) == 0); /* untouched on error */
     ck_assert_int_eq(tb_dropout_forward(&ctx, (tb_mode)3, 0.5f, &rng, &xt, &yt, &c),
                      TB_ERR_INVALID_ARG);
     ck_assert_int_eq(tb_dropout_forward(&ctx, TB_MODE_TRAINING, 0.5f, &rng, &xt, &y9, &c),

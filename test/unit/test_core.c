@@ -153,6 +153,13 @@ START_TEST(param_list_basics)
     ck_assert_uint_eq(list.count, 41);
 
     ck_assert_uint_eq(tb_param_list_numel(&list, 0), 41);
+    /* Prefixes match whole components: "enc.p1" is p1 only, not p10..p19. */
+    ck_assert_uint_eq(tb_param_list_set_trainable(&list, "enc.p1", 0), 1);
+    ck_assert_int_eq(ps[1].trainable, 0);
+    ck_assert_int_eq(ps[10].trainable, 1);
+    ck_assert_uint_eq(tb_param_list_set_trainable(&list, "enc.p1", 1), 1);
+    ck_assert_uint_eq(tb_param_list_set_trainable(&list, "dec.p2", 1), 0); /* p20.. differ */
+    ck_assert_uint_eq(tb_param_list_set_trainable(&list, "de", 0), 0);
     ck_assert_uint_eq(tb_param_list_set_trainable(&list, "enc.", 0), 20);
     ck_assert_uint_eq(tb_param_list_numel(&list, 1), 21); /* 20 dec + the long one */
     ck_assert_int_eq(ps[5].trainable, 0);
@@ -202,6 +209,9 @@ START_TEST(block_params_enumerate_by_name)
     tb_linear_free(&b);
     tb_embedding_free(&e);
     tb_linear_free(&a); /* freeing twice is safe: the struct was emptied */
+    ck_assert_int_eq(tb_linear_params(&ctx, &a, "x", &list), TB_ERR_STATE);
+    ck_assert_int_eq(tb_embedding_params(&ctx, &e, "x", &list), TB_ERR_STATE);
+    ck_assert_int_eq(tb_linear_params(&ctx, NULL, "x", &list), TB_ERR_NULL_ARG);
 }
 END_TEST
 

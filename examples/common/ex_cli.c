@@ -1,0 +1,103 @@
+/* Helpers shared by the examples; see ex_cli.h. */
+#include "ex_cli.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void print_usage(FILE *f, const char *prog, const char *summary, const ex_opt *opts,
+                        size_t nopts)
+{
+    fprintf(f, "usage: %s [options]\n%s\n\noptions:\n", prog, summary);
+    for (size_t i = 0; i < nopts; i++) {
+        char lhs[64];
+        snprintf(lhs, sizeof lhs, "--%s %s", opts[i].name, opts[i].metavar);
+        if (opts[i].min == 0 && opts[i].max == UINT64_MAX) /* any value */
+            fprintf(f, "  %-16s %s (default %" PRIu64 ")\n", lhs, opts[i].help,
+                    *opts[i].value);
+        else
+            fprintf(f, "  %-16s %s (%" PRIu64 "..%" PRIu64 ", default %" PRIu64 ")\n", lhs,
+                    opts[i].help, opts[i].min, opts[i].max, *opts[i].value);
+    }
+    fprintf(f, "  %-16s %s\n", "--help", "show this message and exit");
+}
+
+/* Strict decimal parse: digits only (no sign, no spaces), no overflow. */
+static int parse_u64(const char *s, uint64_t *out)
+{
+    if (!s || !(s[0] >= '0' && s[0] <= '9'))
+        return 0;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno != 0 || *end != '\0')
+        return 0;
+    *out = (uint64_t)v;
+    return 1;
+}
+
+int ex_parse_args(int argc, char **argv, const char *summary, const ex_opt *opts,
+                  size_t nopts)
+{
+    const char *prog = argc > 0 && argv[0] ? argv[0] : "example";
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+            print_usage(stdout, prog, summary, opts, nopts);
+            return EX_EXIT_OK;
+        }
+        if (strncmp(arg, "--", 2) != 0) {
+            fprintf(stderr, "%s: unexpected argument '%s' (try --help)\n", prog, arg);
+            return EX_EXIT_USAGE;
+        }
+        const char *name = arg + 2, *eq = strchr(name, '=');
+        size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        const ex_opt *opt = NULL;
+        for (size_t k = 0; k < nopts && !opt; k++)
+            if (strlen(opts[k].name) == len && strncmp(opts[k].name, name, len) == 0)
+                opt = &opts[k];
+        if (!opt) {
+            fprintf(stderr, "%s: unknown option '%s' (try --help)\n", prog, arg);
+            return EX_EXIT_USAGE;
+        }
+        const char *val = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+        if (!val) {
+            fprintf(stderr, "%s: option --%s needs a value %s\n", prog, opt->name, opt->metavar);
+            return EX_EXIT_USAGE;
+        }
+        uint64_t v;
+        if (!parse_u64(val, &v)) {
+            fprintf(stderr, "%s: --%s: '%s' is not a non-negative integer\n", prog, opt->name,
+                    val);
+            return EX_EXIT_USAGE;
+        }
+        if (v < opt->min || v > opt->max) {
+            fprintf(stderr, "%s: --%s: %" PRIu64 " is outside %" PRIu64 "..%" PRIu64 "\n", prog,
+                    opt->name, v, opt->min, opt->max);
+            return EX_EXIT_USAGE;
+        }
+        *opt->value = v;
+    }
+    return -1;
+}
+
+int ex_failed(const tb_ctx *ctx, tb_status status, const char *what)
+{
+    if (status == TB_OK)
+        return 0;
+    const char *detail = tb_ctx_error(ctx);
+    fprintf(stderr, "error: %s: %s%s%s%s\n", what, tb_strerror(status), detail[0] ? " (" : "",
+            detail, detail[0] ? ")" : "");
+    return 1;
+}
+
+double ex_seconds(void)
+{
+    struct timespec ts;
+    if (timespec_get(&ts, TIME_UTC) != TIME_UTC)
+        return 0.0;
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}

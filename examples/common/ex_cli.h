@@ -1,0 +1,48 @@
+/*
+ * Small helpers shared by the example programs: integer command-line
+ * options, reporting a failed library call, and a wall-clock timer.
+ * Not part of the library; the examples use only its public API.
+ */
+#ifndef EX_CLI_H
+#define EX_CLI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tblocks.h"
+
+/* Exit codes shared by the examples. */
+#define EX_EXIT_OK 0
+#define EX_EXIT_FAILURE 1 /* a library call or the run itself failed */
+#define EX_EXIT_USAGE 2   /* bad command line */
+
+/* One `--name N` option (also accepted as `--name=N`): an unsigned integer
+ * in [min, max], written in decimal. */
+typedef struct ex_opt {
+    const char *name;    /* without the dashes, e.g. "steps" */
+    const char *metavar; /* shown in the usage, e.g. "N" */
+    const char *help;    /* one line; the default is appended */
+    uint64_t min, max;   /* inclusive range of accepted values */
+    uint64_t *value;     /* holds the default on entry, the parsed value on exit */
+} ex_opt;
+
+/*
+ * Parse argv against opts. `--help` or `-h` prints the usage to stdout.
+ * Returns -1 when the program should go on, otherwise the exit code to
+ * return now: EX_EXIT_OK after --help; EX_EXIT_USAGE after a message on
+ * stderr for an unknown option, a missing or malformed value, a value out of
+ * range, or a stray argument.
+ */
+int ex_parse_args(int argc, char **argv, const char *summary, const ex_opt *opts,
+                  size_t nopts);
+
+/*
+ * If status is an error, print "error: <what>: <tb_strerror(status)>
+ * (<tb_ctx_error(ctx)>)" to stderr and return 1; otherwise return 0.
+ */
+int ex_failed(const tb_ctx *ctx, tb_status status, const char *what);
+
+/* Wall-clock seconds since an arbitrary origin (C11 timespec_get). */
+double ex_seconds(void);
+
+#endif /* EX_CLI_H */

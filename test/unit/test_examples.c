@@ -1,0 +1,96 @@
+/*
+ * The examples, run as a user would: the demo trains (loss falls, accuracy
+ * high), prints the same numbers for 1 and 2 threads, and rejects bad
+ * options with exit code 2. Binaries come from $TB_EXAMPLE_DIR (set by make).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "suites.h"
+#include "testutil.h"
+
+/* Run `<TB_EXAMPLE_DIR>/<prog> <args>`, capture stdout (up to cap bytes), and
+ * return the exit status (or -1 if it did not exit normally). */
+static int run_example(const char *prog, const char *args, char *out, size_t cap)
+{
+    const char *dir = getenv("TB_EXAMPLE_DIR");
+    ck_assert_msg(dir && dir[0], "TB_EXAMPLE_DIR is not set (run the tests through make)");
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s/%s %s 2>/dev/null", dir, prog, args);
+    FILE *p = popen(cmd, "r");
+    ck_assert_msg(p != NULL, "cannot run %s", cmd);
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = '\0';
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Drop the lines that legitimately differ between runs (thread count, time). */
+static void strip_run_lines(char *s)
+{
+    char *w = s;
+    for (char *line = s; *line;) {
+        char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line + 1) : strlen(line);
+        int drop = strncmp(line, "train:", 6) == 0 || strncmp(line, "done:", 5) == 0;
+        if (!drop) {
+            memmove(w, line, len);
+            w += len;
+        }
+        line += len;
+    }
+    *w = '\0';
+}
+
+START_TEST(mlp_demo_learns_and_is_thread_independent)
+{
+    enum { CAP = 1 << 16 };
+    char *a = tbt_alloc(CAP), *b = tbt_alloc(CAP);
+    ck_assert_int_eq(run_example("mlp_classifier", "--threads 1", a, CAP), 0);
+    ck_assert_int_eq(run_example("mlp_classifier", "--threads 2", b, CAP), 0);
+    /* The first progress row (step 0) and the final summary. */
+    float first_loss = -1, tl = -1, vl = -1, va = -1;
+    const char *row0 = strstr(a, "\n       0 ");
+    ck_assert_msg(row0 != NULL, "no step-0 progress line in:\n%s", a);
+    ck_assert_int_eq(sscanf(row0, " 0 %f", &first_loss), 1);
+    const char *fin = strstr(a, "final: ");
+    ck_assert_msg(fin != NULL, "no final line in:\n%s", a);
+    ck_assert_int_eq(sscanf(fin, "final: train_loss=%f val_loss=%f val_acc=%f", &tl, &vl, &va), 3);
+    printf("  mlp_classifier: loss %.4f -> %.4f, val_loss %.4f, val_acc %.4f\n", first_loss, tl,
+           vl, va);
+    ck_assert_msg(first_loss > 1.0f, "initial loss %g should be near ln 3", first_loss);
+    ck_assert_msg(tl < 0.3f * first_loss, "training loss did not fall: %g -> %g", first_loss, tl);
+    ck_assert_msg(va > 0.9f, "validation accuracy %g <= 0.9", va);
+    strip_run_lines(a);
+    strip_run_lines(b);
+    ck_assert_msg(strcmp(a, b) == 0, "1-thread and 2-thread outputs differ:\n%s\n---\n%s", a, b);
+    free(a);
+    free(b);
+}
+END_TEST
+
+START_TEST(mlp_demo_rejects_bad_options)
+{
+    char out[4096];
+    ck_assert_int_eq(run_example("mlp_classifier", "--bogus", out, sizeof out), 2);
+    ck_assert_int_eq(run_example("mlp_classifier", "--steps -5", out, sizeof out), 2);
+    ck_assert_int_eq(run_example("mlp_classifier", "--steps", out, sizeof out), 2);
+    ck_assert_int_eq(run_example("mlp_classifier", "--threads abc", out, sizeof out), 2);
+    ck_assert_int_eq(run_example("mlp_classifier", "--help", out, sizeof out), 0);
+    ck_assert_ptr_nonnull(strstr(out, "--steps"));
+}
+END_TEST
+
+Suite *suite_examples(void)
+{
+    Suite *s = suite_create("examples");
+    TCase *tc = tcase_create("examples");
+    tcase_set_timeout(tc, 600); /* the sanitizer build runs it ~10x slower */
+    tcase_add_test(tc, mlp_demo_learns_and_is_thread_independent);
+    tcase_add_test(tc, mlp_demo_rejects_bad_options);
+    suite_add_tcase(s, tc);
+    return s;
+}
