@@ -45,6 +45,8 @@ BENCH_SRC := $(sort $(wildcard test/bench/*.c))
 BENCH_BINS := $(BENCH_SRC:test/bench/%.c=$(BUILD)/bench/%)
 
 SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+SANITIZE_ENV   := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+                  LSAN_OPTIONS=suppressions=$(CURDIR)/test/lsan.supp:print_suppressions=0
 
 .PHONY: all lib examples check deps test test-unit test-scripts sanitize bench docs demo \
         install uninstall clean help
@@ -72,28 +74,36 @@ $(LIB): $(LIB_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/%.o: %.c
+# Objects depend on the compiler and flags they were built with, so that
+# `make CC=clang ...` after a gcc build rebuilds instead of mixing the two.
+FLAGS_STAMP := $(BUILD)/.flags
+FLAGS_LINE  := $(CC) $(CFLAGS_ALL) | $(CHECK_CFLAGS)
+# Rewritten (at parse time) only when the line changes.
+$(shell mkdir -p $(BUILD) && (echo '$(FLAGS_LINE)' | cmp -s - $(FLAGS_STAMP) || \
+        echo '$(FLAGS_LINE)' > $(FLAGS_STAMP)))
+
+$(BUILD)/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) $(DEPFLAGS) -c $< -o $@
 
-$(BUILD)/examples/common/%.o: examples/common/%.c
+$(BUILD)/examples/common/%.o: examples/common/%.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Iexamples/common $(DEPFLAGS) -c $< -o $@
 
 # Example binaries: every .c in examples/<name>/ plus examples/common.
 .SECONDEXPANSION:
-.SECONDARY:
+.SECONDARY: $(patsubst %.c,$(BUILD)/%.o,$(wildcard examples/*/*.c))
 $(BUILD)/bin/%: $$(addprefix $(BUILD)/,$$(subst .c,.o,$$(wildcard examples/$$*/*.c))) $(EXAMPLE_COMMON_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -o $@ $(filter %.o,$^) $(LIB) $(LDLIBS_ALL)
 
-$(BUILD)/examples/%.o: examples/%.c
+$(BUILD)/examples/%.o: examples/%.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Iexamples/common $(DEPFLAGS) -c $< -o $@
 
 # ---- tests -----------------------------------------------------------------
 
-$(BUILD)/test/unit/%.o: test/unit/%.c
+$(BUILD)/test/unit/%.o: test/unit/%.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Isrc $(CHECK_CFLAGS) $(DEPFLAGS) -c $< -o $@
 
@@ -118,7 +128,7 @@ check: deps
 test: test-unit test-scripts
 
 test-unit: $(TEST_BIN) $(ORACLE_STAMP) all
-	TB_ORACLE_DIR=$(ORACLE_DIR) TB_EXAMPLE_DIR=$(BUILD)/bin $(TEST_BIN)
+	$(TEST_ENV) TB_ORACLE_DIR=$(ORACLE_DIR) TB_EXAMPLE_DIR=$(BUILD)/bin $(TEST_BIN)
 
 test-scripts: all
 	sh test/scripts/run_all.sh "$(CC)" "$(CXX)"
@@ -126,12 +136,12 @@ test-scripts: all
 sanitize:
 	$(MAKE) BUILD=build/sanitize LIBOUT=build/sanitize/lib \
 	    EXTRA_CFLAGS="$(SANITIZE_FLAGS)" EXTRA_LDFLAGS="$(SANITIZE_FLAGS)" \
-	    ORACLE_DIR=$(ORACLE_DIR) test-unit
+	    ORACLE_DIR=$(ORACLE_DIR) TEST_ENV="$(SANITIZE_ENV)" test-unit
 
 bench: $(BENCH_BINS)
 	@for b in $(BENCH_BINS); do echo "== $$b"; $$b || exit 1; done
 
-$(BUILD)/bench/%: test/bench/%.c $(LIB)
+$(BUILD)/bench/%: test/bench/%.c $(LIB) $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Isrc -O3 -march=native -ffp-contract=fast $(DEPFLAGS) -o $@ $< $(LIB) $(LDLIBS_ALL)
 

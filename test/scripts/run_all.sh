@@ -7,7 +7,7 @@
 #   readme    the README's C example equals docs/readme_example.c, builds, runs
 #   docs      make docs (Doxygen) finishes with no warnings
 #   clang     the library and examples build with clang and -Werror
-#   deps      incremental build: touching a header rebuilds its dependents
+#   deps      incremental build: a header or flag change rebuilds dependents
 # Usage: run_all.sh CC CXX   (prints "N passed, M failed"; exits 1 on failure)
 set -u
 cd "$(dirname "$0")/../.."
@@ -110,15 +110,20 @@ fi
 # ---- incremental build and make -j ------------------------------------------
 deps_test() {
     B="$TMP/inc"
-    make -s -j4 BUILD="$B" LIBOUT="$B/lib" lib || return 1
-    make -q BUILD="$B" LIBOUT="$B/lib" lib || { echo "fresh build is not up to date"; return 1; }
+    # A clean make (no inherited -s) so that compile commands are printed.
+    M="env MAKEFLAGS= MAKELEVEL= make BUILD=$B LIBOUT=$B/lib"
+    compiles() { grep -c -- '-c .*\.c -o' "$1" || true; }
+    $M -j4 lib > "$TMP/b1" 2>&1 || { cat "$TMP/b1"; return 1; }
+    $M lib > "$TMP/b2" 2>&1 || return 1
+    [ "$(compiles "$TMP/b2")" -eq 0 ] || { echo "a second build recompiled:"; cat "$TMP/b2"; return 1; }
     sleep 1
     touch include/tblocks/tensor.h
-    if make -q BUILD="$B" LIBOUT="$B/lib" lib; then echo "touching tensor.h did not trigger a rebuild"; return 1; fi
-    make -s -j4 BUILD="$B" LIBOUT="$B/lib" lib || return 1
-    make -q BUILD="$B" LIBOUT="$B/lib" lib || { echo "rebuild did not converge"; return 1; }
+    $M lib > "$TMP/b3" 2>&1 || return 1
+    [ "$(compiles "$TMP/b3")" -gt 0 ] || { echo "touching tensor.h rebuilt nothing"; return 1; }
+    $M WERROR= lib > "$TMP/b4" 2>&1 || return 1
+    [ "$(compiles "$TMP/b4")" -gt 0 ] || { echo "changing flags rebuilt nothing"; return 1; }
 }
-run "make -j builds; touching a header rebuilds dependents" deps_test
+run "make -j builds; a header or flag change rebuilds, nothing else does" deps_test
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
