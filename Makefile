@@ -38,6 +38,9 @@ TEST_SRC  := $(sort $(wildcard test/unit/*.c))
 TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN  := $(BUILD)/test/unit_tests
 ORACLE_DIR := $(BUILD)/oracle
+# Every test runs once per kernel family (auto = the best this CPU has);
+# a family the CPU lacks is reported as skipped.
+TEST_KERNELS ?= portable avx2 avx512
 ORACLE_STAMP := $(ORACLE_DIR)/.stamp
 ORACLE_PY := $(wildcard test/oracle/*.py)
 
@@ -84,7 +87,17 @@ $(shell mkdir -p $(BUILD) && (echo '$(FLAGS_LINE)' | cmp -s - $(FLAGS_STAMP) || 
 
 $(BUILD)/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) $(DEPFLAGS) -c $< -o $@
+	$(CC) $(CFLAGS_ALL) $(KERNEL_FLAGS) $(DEPFLAGS) -c $< -o $@
+
+# Micro-kernels: compiled for their instruction set (and only called after
+# run-time CPU detection), at -O3, never contracting a*b+c into an FMA the
+# source did not ask for (edge and full tiles must round identically).
+ifneq ($(filter x86_64%,$(shell $(CC) -dumpmachine)),)
+$(BUILD)/src/kernels/gemm_avx2.o: KERNEL_FLAGS = -O3 -mavx2 -mfma -ffp-contract=off
+$(BUILD)/src/kernels/gemm_avx512.o: KERNEL_FLAGS = -O3 -mavx512f -mfma -ffp-contract=off
+endif
+$(BUILD)/src/kernels/gemm_portable.o: KERNEL_FLAGS = -O3 -ffp-contract=off
+$(BUILD)/src/kernels/gemm.o: KERNEL_FLAGS = -O3 -ffp-contract=off
 
 $(BUILD)/examples/common/%.o: examples/common/%.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
@@ -128,7 +141,11 @@ check: deps
 test: test-unit test-scripts
 
 test-unit: $(TEST_BIN) $(ORACLE_STAMP) all
-	$(TEST_ENV) TB_ORACLE_DIR=$(ORACLE_DIR) TB_EXAMPLE_DIR=$(BUILD)/bin $(TEST_BIN)
+	@for k in $(TEST_KERNELS); do \
+	    echo "== unit tests, kernel family $$k"; \
+	    $(TEST_ENV) TB_TEST_KERNEL=$$k TB_ORACLE_DIR=$(ORACLE_DIR) TB_EXAMPLE_DIR=$(BUILD)/bin \
+	        $(TEST_BIN) || exit 1; \
+	done
 
 test-scripts: all
 	sh test/scripts/run_all.sh "$(CC)" "$(CXX)"

@@ -57,10 +57,27 @@ typedef enum tb_mode {
     TB_MODE_TRAINING = 1   /**< Training behaviour (dropout active, ...). */
 } tb_mode;
 
+/**
+ * @brief Which family of compute kernels to run. Every family passes the
+ * same tests; results agree within floating-point tolerance (not bitwise)
+ * across families, and are bitwise identical across thread counts within
+ * one family.
+ */
+typedef enum tb_kernel {
+    TB_KERNEL_AUTO = 0,     /**< The fastest family this CPU supports. */
+    TB_KERNEL_PORTABLE = 1, /**< Plain C, runs everywhere. */
+    TB_KERNEL_AVX2 = 2,     /**< x86-64 AVX2 + FMA. */
+    TB_KERNEL_AVX512 = 3    /**< x86-64 AVX-512F. */
+} tb_kernel;
+
 /** @brief Per-caller settings and the last error's detail. */
 typedef struct tb_ctx {
     /** Threads the library may use for one call; values below 1 mean 1. */
     int num_threads;
+    /** Kernel family (TB_KERNEL_AUTO by default); set it with
+     *  tb_ctx_set_kernel(), which refuses families this CPU lacks. A value
+     *  the CPU does not support is treated as TB_KERNEL_AUTO. */
+    tb_kernel kernel;
     /** Hooks for every allocation the library makes. */
     tb_allocator allocator;
     /** Detail of the last error returned through this context ("" if none). */
@@ -74,6 +91,37 @@ typedef struct tb_ctx {
  * @param ctx Context to fill; nothing happens if NULL.
  */
 void tb_ctx_init(tb_ctx *ctx);
+
+/**
+ * @brief Whether this build and CPU can run a kernel family.
+ * @param kernel A family; TB_KERNEL_AUTO and TB_KERNEL_PORTABLE always can.
+ * @return 1 if supported, else 0 (also for values outside the enum).
+ */
+int tb_kernel_supported(tb_kernel kernel);
+
+/**
+ * @brief The family TB_KERNEL_AUTO resolves to on this CPU.
+ * @return TB_KERNEL_AVX512, TB_KERNEL_AVX2 or TB_KERNEL_PORTABLE.
+ */
+tb_kernel tb_kernel_best(void);
+
+/**
+ * @brief A short name for a kernel family ("auto", "portable", "avx2",
+ * "avx512"); "unknown" for other values; never NULL.
+ * @param kernel A family.
+ * @return A static string.
+ */
+const char *tb_kernel_name(tb_kernel kernel);
+
+/**
+ * @brief Select the kernel family for calls made through `ctx`.
+ * @param ctx Context.
+ * @param kernel The family.
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_UNSUPPORTED if this CPU or build
+ *         cannot run it (ctx unchanged); TB_ERR_INVALID_ARG for a value
+ *         outside the enum.
+ */
+tb_status tb_ctx_set_kernel(tb_ctx *ctx, tb_kernel kernel);
 
 /**
  * @brief The allocator installed by tb_ctx_init(), built on aligned_alloc().

@@ -106,8 +106,10 @@ tb_status tb_linear_forward(tb_ctx *ctx, const tb_linear *layer, const tb_tensor
     cout = layer->out_features;
     if (tb_overlaps(x->data, n * cin, y->data, n * cout))
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "y overlaps x");
-    tb_gemm(ctx, 0, 1, n, cout, cin, 1.0f, x->data, cin, layer->weight.value, cin, 0.0f,
-            y->data, cout);
+    s = tb_gemm(ctx, 0, 1, n, cout, cin, 1.0f, x->data, cin, layer->weight.value, cin, 0.0f,
+                y->data, cout);
+    if (s != TB_OK)
+        return s;
     if (layer->has_bias) {
         const float *b = layer->bias.value;
         float *yd = y->data;
@@ -143,12 +145,20 @@ tb_status tb_linear_backward(tb_ctx *ctx, tb_linear *layer, const tb_tensor *x,
         if (tb_overlaps(dx->data, n * cin, x->data, n * cin))
             return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dx overlaps x");
     }
-    if (dx) /* dx (n, in) = dy (n, out) W (out, in) */
-        tb_gemm(ctx, 0, 0, n, cin, cout, 1.0f, dy->data, cout, layer->weight.value, cin, 0.0f,
-                dx->data, cin);
-    if (tb_param_wants_grad(&layer->weight)) /* dW (out, in) += dy^T x */
-        tb_gemm(ctx, 1, 0, cout, cin, n, 1.0f, dy->data, cout, x->data, cin, 1.0f,
-                layer->weight.grad, cin);
+    /* The weight gradient first: if it fails (out of memory for packing),
+     * nothing has been written yet. */
+    if (tb_param_wants_grad(&layer->weight)) { /* dW (out, in) += dy^T x */
+        s = tb_gemm(ctx, 1, 0, cout, cin, n, 1.0f, dy->data, cout, x->data, cin, 1.0f,
+                    layer->weight.grad, cin);
+        if (s != TB_OK)
+            return s;
+    }
+    if (dx) { /* dx (n, in) = dy (n, out) W (out, in) */
+        s = tb_gemm(ctx, 0, 0, n, cin, cout, 1.0f, dy->data, cout, layer->weight.value, cin,
+                    0.0f, dx->data, cin);
+        if (s != TB_OK)
+            return s;
+    }
     if (layer->has_bias && tb_param_wants_grad(&layer->bias)) {
         /* Column sums, each column summed over rows in order by one thread. */
         float *gb = layer->bias.grad;

@@ -29,6 +29,9 @@ int tb_threads(const tb_ctx *ctx);
  * on this choice (work is partitioned by data). */
 int tb_threads_for(const tb_ctx *ctx, double work);
 
+/* The kernel family to run for ctx: its choice if supported, else the best. */
+tb_kernel tb_ctx_kernel(const tb_ctx *ctx);
+
 /* a * b into *out; 0 on overflow. */
 static inline int tb_mul_size(size_t a, size_t b, size_t *out)
 {

@@ -12,9 +12,14 @@
  *   input gradient  dx = dy W       NN
  *   weight gradient dW += dy^T x    TN, beta = 1
  *
- * Work is split over rows of C with a fixed partition and every element's
- * sum over K runs in the same order, so the result is bitwise identical for
- * any thread count.
+ * Structure (BLIS/GotoBLAS): C is first scaled by beta; then for blocks of
+ * N (NC) and K (KC), op(B) is packed into NR-wide slivers and, for blocks
+ * of M (MC), op(A) into MR-tall slivers; a register-blocked micro-kernel
+ * (gemm_ukernel.h) adds alpha * (sliver product) to each MR x NR tile.
+ * Threads split the larger of M and N into contiguous ranges of whole
+ * tiles. Each element of C is computed by one thread with the same
+ * operations in the same order whatever the split, so the result is
+ * bitwise identical for any thread count (within one kernel family).
  */
 #ifndef TB_KERNELS_GEMM_H
 #define TB_KERNELS_GEMM_H
@@ -23,8 +28,16 @@
 
 #include "tblocks/context.h"
 
-void tb_gemm(const tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, size_t K,
-             float alpha, const float *A, size_t lda, const float *B, size_t ldb, float beta,
-             float *C, size_t ldc);
+/* Returns TB_OK, or TB_ERR_NO_MEMORY if packing buffers could not be
+ * allocated (C is then unchanged). Dimensions are not validated here. */
+tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, size_t K,
+                  float alpha, const float *A, size_t lda, const float *B, size_t ldb,
+                  float beta, float *C, size_t ldc);
+
+/* `batch` independent products; operand i starts at A + i*stride_a etc. */
+tb_status tb_gemm_batched(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, size_t K,
+                          float alpha, const float *A, size_t lda, size_t stride_a,
+                          const float *B, size_t ldb, size_t stride_b, float beta, float *C,
+                          size_t ldc, size_t stride_c, size_t batch);
 
 #endif /* TB_KERNELS_GEMM_H */

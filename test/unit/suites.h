@@ -10,6 +10,7 @@
     X(blocks)         \
     X(gradcheck)      \
     X(threads)        \
+    X(gemm)           \
     X(oracle)         \
     X(harness)        \
     X(examples)

@@ -17,7 +17,12 @@
 
 #include "tblocks.h"
 
-/* A context with the given thread count (records errors as usual). */
+/* The kernel family named by $TB_TEST_KERNEL ("auto", "portable", "avx2",
+ * "avx512"; unset means auto), or -1 for an unknown name. */
+tb_kernel tbt_test_kernel(void);
+
+/* A context with the given thread count and the kernel family the test run
+ * was asked to use (TB_TEST_KERNEL); records errors as usual. */
 void tbt_ctx_init(tb_ctx *ctx, int threads);
 
 /* x[0..n) uniform in [lo, hi) from a private stream seeded with seed. */

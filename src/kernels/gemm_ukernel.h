@@ -1,0 +1,40 @@
+/*
+ * Register-blocked micro-kernels of the GEMM engine (internal).
+ *
+ * A micro-kernel multiplies a packed MR x kc sliver of op(A) by a packed
+ * kc x NR sliver of op(B) and adds alpha times the product to an MR x NR
+ * tile of C:
+ *
+ *   a: kc groups of MR floats  (a[k*MR + r] = op(A)[i0 + r][k0 + k])
+ *   b: kc groups of NR floats  (b[k*NR + j] = op(B)[k0 + k][j0 + j])
+ *   C[r*ldc + j] = C[r*ldc + j] + (alpha * sum_k a[k*MR+r] * b[k*NR+j])
+ *
+ * The sum runs over k in ascending order in every lane, and the update is a
+ * rounded multiply followed by a rounded add (never fused), so a tile
+ * computed into a zeroed scratch tile and then added to C gives the same
+ * bits as one computed in place: edge tiles need no special kernel.
+ * Pointers a and b are 64-byte aligned; C is not.
+ */
+#ifndef TB_KERNELS_GEMM_UKERNEL_H
+#define TB_KERNELS_GEMM_UKERNEL_H
+
+#include <stddef.h>
+
+typedef void (*tb_ukernel_fn)(size_t kc, const float *a, const float *b, float *c, size_t ldc,
+                              float alpha);
+
+typedef struct tb_ukernel {
+    const char *name;
+    int mr, nr;          /* tile shape */
+    tb_ukernel_fn fn;    /* NULL if this build has no such kernel */
+} tb_ukernel;
+
+/* The largest tile any kernel uses (for scratch tiles). */
+#define TB_UKERNEL_MAX_MR 16
+#define TB_UKERNEL_MAX_NR 32
+
+extern const tb_ukernel tb_ukernel_portable;
+extern const tb_ukernel tb_ukernel_avx2;
+extern const tb_ukernel tb_ukernel_avx512;
+
+#endif /* TB_KERNELS_GEMM_UKERNEL_H */
