@@ -1,0 +1,89 @@
+/*
+ * The harness shared by every benchmark in test/bench (compiled once by the
+ * Makefile and linked into each benchmark program).
+ *
+ *   - timing: a warm-up, then repetitions chosen adaptively (at least
+ *     BENCH_MIN_REPS and at least BENCH_MIN_TIME seconds in total, at most
+ *     BENCH_MAX_REPS), reported as median and spread (min..max);
+ *   - machine ceilings measured in the same run: the fp32 FMA peak of a
+ *     register-only FMA loop on one thread and on all threads, and memory
+ *     bandwidth from a STREAM-like triad on arrays far larger than any cache;
+ *   - case selection: BENCH_FILTER=substr[,substr...] keeps the cases whose
+ *     name contains one of the substrings; BENCH_QUICK=1 asks a benchmark for
+ *     its small subset (and shortens the timing);
+ *   - output: one machine-readable line per case, "tsv\t..." (grep '^tsv'),
+ *     beside the benchmark's readable table.
+ *
+ * Environment: BENCH_MIN_TIME (s, default 0.3; 0.1 with BENCH_QUICK),
+ * BENCH_MIN_REPS (3), BENCH_MAX_REPS (100), BENCH_WARMUP (1),
+ * BENCH_TRIAD_MFLOATS (64: three arrays of 64 Mi floats = 768 MiB in total).
+ */
+#ifndef TB_BENCH_HARNESS_H
+#define TB_BENCH_HARNESS_H
+
+#include <stddef.h>
+
+#if defined(__GNUC__) || defined(__clang__)
+#define BENCH_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define BENCH_PRINTF(f, a)
+#endif
+
+/* Wall-clock seconds (monotonic). */
+double bench_now(void);
+
+/* Timing statistics of one case, in seconds. */
+typedef struct bench_stats {
+    double median, min, max;
+    int reps; /* timed repetitions (warm-ups not counted) */
+} bench_stats;
+
+/* Run fn(arg) BENCH_WARMUP times untimed, then time repetitions until both
+ * the minimum count and the minimum total time are reached. */
+bench_stats bench_time(void (*fn)(void *arg), void *arg);
+
+/* (max - min) / median, the relative spread; 0 if median is 0. */
+double bench_spread(const bench_stats *s);
+
+/* Register-only fp32 FMA loop on `threads` threads: GFLOP/s, or 0 when the
+ * compiler targets no vector FMA (then fractions of peak are not reported). */
+double bench_fma_peak(int threads);
+
+/* STREAM-like triad a[i] = b[i] + s*c[i] over three arrays of `n` floats
+ * on `threads` threads; best pass in GB/s (STREAM's convention: 12 bytes
+ * per element, write-allocate traffic not counted); 0 on allocation failure. */
+double bench_triad(int threads, size_t n);
+
+/* The ceilings every kernel is reported against. */
+typedef struct bench_machine {
+    int threads;
+    double peak1;  /* fp32 FMA peak, one thread, GFLOP/s */
+    double peak;   /* fp32 FMA peak, all `threads` threads, GFLOP/s */
+    double triad;  /* triad bandwidth, all threads, GB/s */
+    size_t triad_n; /* floats per triad array */
+} bench_machine;
+
+/* Measure and print the ceilings (readable lines and a "tsv\tmachine" line).
+ * Takes a few seconds. */
+void bench_machine_measure(bench_machine *m, int threads);
+
+/* 100 * value / ref, or 0 when ref <= 0 (unmeasured ceiling). */
+double bench_pct(double value, double ref);
+
+/* BENCH_QUICK set to something other than "" or "0". */
+int bench_quick(void);
+
+/* Whether a case passes BENCH_FILTER (always, when it is unset or empty). */
+int bench_selected(const char *name);
+
+/* Print "tsv\t" + the formatted text + newline. */
+void bench_tsv(const char *fmt, ...) BENCH_PRINTF(1, 2);
+
+/* 64-byte-aligned allocation of `bytes` (rounded up); exits on failure.
+ * Release with free(). */
+void *bench_alloc(size_t bytes);
+
+/* An environment variable as a number, or `def` when unset or empty. */
+double bench_env_double(const char *name, double def);
+
+#endif /* TB_BENCH_HARNESS_H */
