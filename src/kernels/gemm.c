@@ -41,13 +41,16 @@ static const tb_ukernel *select_ukernel(const tb_ctx *ctx)
 
 /* Pack op(A)[i0 .. i0+mc) x [k0 .. k0+kc) into MR-tall slivers; rows past
  * mc are zero. Sliver s starts at ap + s*MR*kc. */
-static void pack_a(size_t mr, size_t mc, size_t kc, const float *A, size_t lda, int trans,
-                   size_t i0, size_t k0, float *ap)
+static void pack_a(const tb_ukernel *uk, size_t mc, size_t kc, const float *A, size_t lda,
+                   int trans, size_t i0, size_t k0, float *ap)
 {
+    const size_t mr = (size_t)uk->mr;
     for (size_t is = 0; is < mc; is += mr) {
         size_t rows = min_sz(mr, mc - is);
         float *dst = ap + is * kc;
-        if (!trans) {
+        if (!trans && uk->pack_rows) {
+            uk->pack_rows(mr, rows, kc, A + (i0 + is) * lda + k0, lda, dst);
+        } else if (!trans) {
             for (size_t r = 0; r < rows; r++) {
                 const float *src = A + (i0 + is + r) * lda + k0;
                 for (size_t k = 0; k < kc; k++)
@@ -72,13 +75,16 @@ static void pack_a(size_t mr, size_t mc, size_t kc, const float *A, size_t lda, 
 
 /* Pack op(B)[k0 .. k0+kc) x [j0 .. j0+nc) into NR-wide slivers; columns
  * past nc are zero. Sliver s starts at bp + s*NR*kc. */
-static void pack_b(size_t nr, size_t nc, size_t kc, const float *B, size_t ldb, int trans,
-                   size_t k0, size_t j0, float *bp)
+static void pack_b(const tb_ukernel *uk, size_t nc, size_t kc, const float *B, size_t ldb,
+                   int trans, size_t k0, size_t j0, float *bp)
 {
+    const size_t nr = (size_t)uk->nr;
     for (size_t js = 0; js < nc; js += nr) {
         size_t cols = min_sz(nr, nc - js);
         float *dst = bp + js * kc;
-        if (!trans) {
+        if (trans && uk->pack_rows) {
+            uk->pack_rows(nr, cols, kc, B + (j0 + js) * ldb + k0, ldb, dst);
+        } else if (!trans) {
             for (size_t k = 0; k < kc; k++) {
                 const float *src = B + (k0 + k) * ldb + j0 + js;
                 float *d = dst + k * nr;
@@ -122,10 +128,10 @@ static void gemm_range(const gemm_args *g, size_t m0, size_t m1, size_t n0, size
         const size_t nc = min_sz(g->nc, n1 - jc);
         for (size_t pc = 0; pc < g->K; pc += KC) {
             const size_t kc = min_sz(KC, g->K - pc);
-            pack_b(nr, nc, kc, g->B, g->ldb, g->trans_b, pc, jc, bp);
+            pack_b(g->uk, nc, kc, g->B, g->ldb, g->trans_b, pc, jc, bp);
             for (size_t ic = m0; ic < m1; ic += g->mc) {
                 const size_t mc = min_sz(g->mc, m1 - ic);
-                pack_a(mr, mc, kc, g->A, g->lda, g->trans_a, ic, pc, ap);
+                pack_a(g->uk, mc, kc, g->A, g->lda, g->trans_a, ic, pc, ap);
                 for (size_t jr = 0; jr < nc; jr += nr) {
                     const size_t nre = min_sz(nr, nc - jr);
                     const float *bs = bp + jr * kc;

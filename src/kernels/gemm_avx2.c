@@ -51,7 +51,7 @@ static void ukernel_avx2(size_t kc, const float *a, const float *b, float *c, si
 #undef STORE
 }
 
-const tb_ukernel tb_ukernel_avx2 = {"avx2", MR, NR, ukernel_avx2};
+const tb_ukernel tb_ukernel_avx2 = {"avx2", MR, NR, ukernel_avx2, 0};
 #else
-const tb_ukernel tb_ukernel_avx2 = {"avx2", 6, 16, 0};
+const tb_ukernel tb_ukernel_avx2 = {"avx2", 6, 16, 0, 0};
 #endif

@@ -71,7 +71,63 @@ static void ukernel_avx512(size_t kc, const float *a, const float *b, float *c, 
 #undef STORE
 }
 
-const tb_ukernel tb_ukernel_avx512 = {"avx512", MR, NR, ukernel_avx512};
+/* Transpose 16 rows of 16 floats in registers: on return r[q] holds what
+ * was column q. Four rounds of in-lane and cross-lane shuffles. */
+static void transpose16(__m512 r[16])
+{
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_castpd_ps(
+            _mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 1] = _mm512_castpd_ps(
+            _mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 2] = _mm512_castpd_ps(
+            _mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        r[i + 3] = _mm512_castpd_ps(
+            _mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    }
+    /* r[4b + j] now holds, in each 128-bit lane L, elements of column
+     * 4L + j from rows 4b .. 4b+3. Gather lanes across the four blocks. */
+    for (int j = 0; j < 4; j++) {
+        t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);      /* lanes 0,2 of b0, b1 */
+        t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);  /* lanes 1,3 of b0, b1 */
+        t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+        t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
+    }
+    for (int j = 0; j < 4; j++) {
+        r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);        /* column j      */
+        r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);    /* column 8 + j  */
+        r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88); /* column 4 + j */
+        r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xdd); /* column 12 + j */
+    }
+}
+
+static void pack_rows_avx512(size_t w, size_t rows, size_t kc, const float *src, size_t ld,
+                             float *dst)
+{
+    for (size_t r0 = 0; r0 < w; r0 += 16) {
+        const size_t nrow = w - r0 < 16 ? w - r0 : 16;            /* rows stored */
+        const size_t nsrc = rows > r0 ? (rows - r0 < 16 ? rows - r0 : 16) : 0; /* read */
+        const __mmask16 store_mask = (__mmask16)((1u << nrow) - 1u);
+        for (size_t k0 = 0; k0 < kc; k0 += 16) {
+            const size_t nk = kc - k0 < 16 ? kc - k0 : 16;
+            const __mmask16 load_mask = (__mmask16)((1u << nk) - 1u);
+            __m512 v[16];
+            for (size_t i = 0; i < 16; i++)
+                v[i] = i < nsrc ? _mm512_maskz_loadu_ps(load_mask, src + (r0 + i) * ld + k0)
+                                : _mm512_setzero_ps();
+            transpose16(v);
+            for (size_t q = 0; q < nk; q++)
+                _mm512_mask_storeu_ps(dst + (k0 + q) * w + r0, store_mask, v[q]);
+        }
+    }
+}
+
+const tb_ukernel tb_ukernel_avx512 = {"avx512", MR, NR, ukernel_avx512, pack_rows_avx512};
 #else
-const tb_ukernel tb_ukernel_avx512 = {"avx512", 12, 32, 0};
+const tb_ukernel tb_ukernel_avx512 = {"avx512", 12, 32, 0, 0};
 #endif

@@ -26,4 +26,4 @@ static void ukernel_portable(size_t kc, const float *a, const float *b, float *c
     }
 }
 
-const tb_ukernel tb_ukernel_portable = {"portable", MR, NR, ukernel_portable};
+const tb_ukernel tb_ukernel_portable = {"portable", MR, NR, ukernel_portable, 0};

@@ -23,10 +23,21 @@
 typedef void (*tb_ukernel_fn)(size_t kc, const float *a, const float *b, float *c, size_t ldc,
                               float alpha);
 
+/*
+ * Transposing pack (optional, per instruction set): `rows` (<= w) source
+ * rows of kc contiguous floats (row r at src + r*ld) become kc groups of w
+ * floats, dst[k*w + r]; rows [rows, w) are zero. This is the expensive
+ * packing case: op(A) when A is not transposed (w = MR) and op(B) when B is
+ * transposed (w = NR). dst is 64-byte aligned.
+ */
+typedef void (*tb_pack_rows_fn)(size_t w, size_t rows, size_t kc, const float *src, size_t ld,
+                                float *dst);
+
 typedef struct tb_ukernel {
     const char *name;
-    int mr, nr;          /* tile shape */
-    tb_ukernel_fn fn;    /* NULL if this build has no such kernel */
+    int mr, nr;               /* tile shape */
+    tb_ukernel_fn fn;         /* NULL if this build has no such kernel */
+    tb_pack_rows_fn pack_rows; /* NULL: the driver's plain C loop */
 } tb_ukernel;
 
 /* The largest tile any kernel uses (for scratch tiles). */
