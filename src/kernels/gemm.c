@@ -9,9 +9,15 @@
 
 /* Cache blocking. KC x NR floats of B (32 KiB for the AVX-512 kernel) stay
  * in L1 while the MC x KC block of A (~150 KiB) streams from L2. */
+#ifndef KC
 #define KC 256
+#endif
+#ifndef MC_TARGET
 #define MC_TARGET 144
+#endif
+#ifndef NC_TARGET
 #define NC_TARGET 2048
+#endif
 
 static size_t min_sz(size_t a, size_t b)
 {
