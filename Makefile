@@ -44,8 +44,40 @@ TEST_KERNELS ?= portable avx2 avx512
 ORACLE_STAMP := $(ORACLE_DIR)/.stamp
 ORACLE_PY := $(wildcard test/oracle/*.py)
 
-BENCH_SRC := $(sort $(wildcard test/bench/*.c))
+# Every test/bench/*.c but the shared harness is a benchmark program; the
+# harness is compiled once and linked into each of them.
+BENCH_HARNESS := test/bench/harness.c
+BENCH_SRC := $(sort $(filter-out $(BENCH_HARNESS),$(wildcard test/bench/*.c)))
 BENCH_BINS := $(BENCH_SRC:test/bench/%.c=$(BUILD)/bench/%)
+BENCH_HARNESS_OBJ := $(BUILD)/test/bench/harness.o
+BENCH_CFLAGS := -Isrc -O3 -march=native -ffp-contract=fast
+BENCH_LIBS := -Wl,--as-needed
+# Optional libraries the benchmarks compare against, detected here; what is
+# missing is skipped (`make bench BENCH_DNNL= BENCH_OPENBLAS=` skips both).
+ifeq ($(origin BENCH_DNNL),undefined)
+BENCH_DNNL := $(if $(wildcard /usr/include/dnnl.h /usr/local/include/dnnl.h),yes)
+endif
+ifeq ($(origin BENCH_OPENBLAS),undefined)
+BENCH_OPENBLAS := $(or $(shell pkg-config --exists openblas 2>/dev/null && echo pc),\
+                    $(if $(wildcard /usr/include/cblas.h /usr/include/*/cblas.h),$(if \
+                    $(wildcard /usr/lib/libopenblas.so /usr/lib/*/libopenblas.so /usr/lib64/libopenblas.so),yes)))
+endif
+ifneq ($(BENCH_DNNL),)
+BENCH_CFLAGS += -DHAVE_DNNL
+BENCH_LIBS += -ldnnl
+endif
+ifeq ($(BENCH_OPENBLAS),pc)
+BENCH_CFLAGS += -DHAVE_OPENBLAS $(patsubst -I%,-isystem %,$(shell pkg-config --cflags openblas))
+BENCH_LIBS += $(shell pkg-config --libs openblas)
+else ifneq ($(BENCH_OPENBLAS),)
+BENCH_CFLAGS += -DHAVE_OPENBLAS
+BENCH_LIBS += -lopenblas
+endif
+BENCH_SKIPPED := $(if $(BENCH_DNNL),,oneDNN (no dnnl.h)) $(if $(BENCH_OPENBLAS),,OpenBLAS (no openblas cblas.h/libopenblas))
+# Benchmarks are rebuilt when the detection result changes.
+BENCH_STAMP := $(BUILD)/bench/.flags
+$(shell mkdir -p $(BUILD)/bench && (echo '$(BENCH_CFLAGS) | $(BENCH_LIBS)' | cmp -s - $(BENCH_STAMP) || \
+        echo '$(BENCH_CFLAGS) | $(BENCH_LIBS)' > $(BENCH_STAMP)))
 
 SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 SANITIZE_ENV   := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
@@ -156,11 +188,17 @@ sanitize:
 	    ORACLE_DIR=$(ORACLE_DIR) TEST_ENV="$(SANITIZE_ENV)" test-unit
 
 bench: $(BENCH_BINS)
+	@echo "bench: comparing against: $(or $(strip $(if $(BENCH_DNNL),oneDNN) $(if $(BENCH_OPENBLAS),OpenBLAS)),nothing)"
+	@echo "bench: skipped (not installed): $(or $(strip $(BENCH_SKIPPED)),nothing)"
 	@for b in $(BENCH_BINS); do echo "== $$b"; $$b || exit 1; done
 
-$(BUILD)/bench/%: test/bench/%.c $(LIB) $(FLAGS_STAMP)
+$(BENCH_HARNESS_OBJ): $(BENCH_HARNESS) test/bench/harness.h $(FLAGS_STAMP) $(BENCH_STAMP)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -Isrc -O3 -march=native -ffp-contract=fast $(DEPFLAGS) -o $@ $< $(LIB) $(LDLIBS_ALL)
+	$(CC) $(CFLAGS_ALL) $(BENCH_CFLAGS) $(DEPFLAGS) -c $< -o $@
+
+$(BUILD)/bench/%: test/bench/%.c $(BENCH_HARNESS_OBJ) $(LIB) $(FLAGS_STAMP) $(BENCH_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) $(BENCH_CFLAGS) $(DEPFLAGS) -o $@ $< $(BENCH_HARNESS_OBJ) $(LIB) $(BENCH_LIBS) $(LDLIBS_ALL)
 
 docs:
 	@mkdir -p $(BUILD)/docs

@@ -11,8 +11,10 @@
  *   - case selection: BENCH_FILTER=substr[,substr...] keeps the cases whose
  *     name contains one of the substrings; BENCH_QUICK=1 asks a benchmark for
  *     its small subset (and shortens the timing);
- *   - output: one machine-readable line per case, "tsv\t..." (grep '^tsv'),
- *     beside the benchmark's readable table.
+ *   - output: one machine-readable line per case, "tsv\t<kind>\t..."
+ *     (grep '^tsv'), beside the benchmark's readable table; a line whose
+ *     kind starts with '#' ("tsv\t#<kind>\t...") names the columns of the
+ *     lines of that kind.
  *
  * Environment: BENCH_MIN_TIME (s, default 0.3; 0.1 with BENCH_QUICK),
  * BENCH_MIN_REPS (3), BENCH_MAX_REPS (100), BENCH_WARMUP (1),
