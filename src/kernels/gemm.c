@@ -7,16 +7,22 @@
 #include "../core/internal.h"
 #include "gemm_ukernel.h"
 
-/* Cache blocking. KC x NR floats of B (32 KiB for the AVX-512 kernel) stay
- * in L1 while the MC x KC block of A (~150 KiB) streams from L2. */
+/* Cache blocking, tuned on GPT-2 shapes (test/bench/bench_gemm.c): for each
+ * MR-row sliver of A (MR x KC, 18 KiB for the AVX-512 kernel, kept in L1)
+ * the kernel sweeps the packed KC x NC block of B (768 KiB, in L2); the
+ * MC x KC block of A (~290 KiB) also stays in L2. A large KC means C is
+ * read and written only ceil(K / KC) times. */
 #ifndef KC
-#define KC 256
+#define KC 384
 #endif
 #ifndef MC_TARGET
-#define MC_TARGET 144
+#define MC_TARGET 192
+#endif
+#ifndef IR_OUTER
+#define IR_OUTER 1
 #endif
 #ifndef NC_TARGET
-#define NC_TARGET 2048
+#define NC_TARGET 512
 #endif
 
 static size_t min_sz(size_t a, size_t b)
@@ -29,10 +35,21 @@ static size_t round_up(size_t x, size_t m)
     return (x + m - 1) / m * m;
 }
 
-static const tb_ukernel *select_ukernel(const tb_ctx *ctx)
+/* Rows of padding when M is cut into tiles of mr rows. */
+static size_t row_waste(size_t M, size_t mr)
+{
+    return round_up(M, mr) - M;
+}
+
+static const tb_ukernel *select_ukernel(const tb_ctx *ctx, size_t M)
 {
     switch (tb_ctx_kernel(ctx)) {
     case TB_KERNEL_AVX512:
+        /* The 8-row kernel (measured as fast per tile row) when 12-row
+         * tiles would pad a larger share of M, e.g. M = 64 or 1024. The
+         * choice depends on M only, never on the thread count. */
+        if (tb_ukernel_avx512_m8.fn && row_waste(M, 8) * 12 < row_waste(M, 12) * 8)
+            return &tb_ukernel_avx512_m8;
         if (tb_ukernel_avx512.fn)
             return &tb_ukernel_avx512;
         /* fall through */
@@ -45,91 +62,109 @@ static const tb_ukernel *select_ukernel(const tb_ctx *ctx)
     }
 }
 
-/* Pack op(A)[i0 .. i0+mc) x [k0 .. k0+kc) into MR-tall slivers; rows past
- * mc are zero. Sliver s starts at ap + s*MR*kc. */
-static void pack_a(const tb_ukernel *uk, size_t mc, size_t kc, const float *A, size_t lda,
-                   int trans, size_t i0, size_t k0, float *ap)
+/* Copy rows of a row-major matrix into w-wide slivers (the cheap packing
+ * case: op(A) = A^T, op(B) = B). Row k of the block (n contiguous floats at
+ * src + k*ld) lands in group k of every sliver: sliver s holds columns
+ * [s*w, s*w + w) as dst[s*w*kc + k*w + j]; columns past n are zero. One
+ * sliver at a time: writing all slivers per source row would touch addresses
+ * w*kc*4 bytes apart, which alias in the L1 cache. */
+static void pack_copy(size_t w, size_t n, size_t kc, const float *src, size_t ld, float *dst)
 {
-    const size_t mr = (size_t)uk->mr;
-    for (size_t is = 0; is < mc; is += mr) {
-        size_t rows = min_sz(mr, mc - is);
-        float *dst = ap + is * kc;
-        if (!trans && uk->pack_rows) {
-            uk->pack_rows(mr, rows, kc, A + (i0 + is) * lda + k0, lda, dst);
-        } else if (!trans) {
-            for (size_t r = 0; r < rows; r++) {
-                const float *src = A + (i0 + is + r) * lda + k0;
-                for (size_t k = 0; k < kc; k++)
-                    dst[k * mr + r] = src[k];
-            }
-            for (size_t r = rows; r < mr; r++)
-                for (size_t k = 0; k < kc; k++)
-                    dst[k * mr + r] = 0.0f;
-        } else {
-            for (size_t k = 0; k < kc; k++) {
-                const float *src = A + (k0 + k) * lda + i0 + is;
-                float *d = dst + k * mr;
-                size_t r = 0;
-                for (; r < rows; r++)
-                    d[r] = src[r];
-                for (; r < mr; r++)
-                    d[r] = 0.0f;
-            }
+    for (size_t s0 = 0; s0 < n; s0 += w) {
+        const size_t cols = min_sz(w, n - s0);
+        float *d = dst + s0 * kc;
+        if (cols == w) {
+            for (size_t k = 0; k < kc; k++)
+                memcpy(d + k * w, src + k * ld + s0, w * sizeof(float));
+            continue;
+        }
+        for (size_t k = 0; k < kc; k++) {
+            size_t j = 0;
+            for (; j < cols; j++)
+                d[k * w + j] = src[k * ld + s0 + j];
+            for (; j < w; j++)
+                d[k * w + j] = 0.0f;
         }
     }
 }
 
-/* Pack op(B)[k0 .. k0+kc) x [j0 .. j0+nc) into NR-wide slivers; columns
- * past nc are zero. Sliver s starts at bp + s*NR*kc. */
+/* Transposing pack, plain C: rows (<= w) rows of kc floats (row r at
+ * src + r*ld) into dst[k*w + r], rows past `rows` zero. */
+static void pack_rows_c(size_t w, size_t rows, size_t kc, const float *src, size_t ld,
+                        float *dst)
+{
+    for (size_t r = 0; r < rows; r++)
+        for (size_t k = 0; k < kc; k++)
+            dst[k * w + r] = src[r * ld + k];
+    for (size_t r = rows; r < w; r++)
+        for (size_t k = 0; k < kc; k++)
+            dst[k * w + r] = 0.0f;
+}
+
+/* Pack op(A)[i0 .. i0+mc) x [k0 .. k0+kc) into MR-tall slivers (sliver s at
+ * ap + s*MR*kc, rows past mc zero). */
+static void pack_a(const tb_ukernel *uk, size_t mc, size_t kc, const float *A, size_t lda,
+                   int trans, size_t i0, size_t k0, float *ap)
+{
+    const size_t mr = (size_t)uk->mr;
+    if (trans) { /* op(A)[i][k] = A[k][i]: rows of A are contiguous in i */
+        pack_copy(mr, mc, kc, A + k0 * lda + i0, lda, ap);
+        return;
+    }
+    const tb_pack_rows_fn pack_rows = uk->pack_rows ? uk->pack_rows : pack_rows_c;
+    for (size_t is = 0; is < mc; is += mr)
+        pack_rows(mr, min_sz(mr, mc - is), kc, A + (i0 + is) * lda + k0, lda, ap + is * kc);
+}
+
+/* Pack op(B)[k0 .. k0+kc) x [j0 .. j0+nc) into NR-wide slivers (sliver s at
+ * bp + s*NR*kc, columns past nc zero). */
 static void pack_b(const tb_ukernel *uk, size_t nc, size_t kc, const float *B, size_t ldb,
                    int trans, size_t k0, size_t j0, float *bp)
 {
     const size_t nr = (size_t)uk->nr;
-    for (size_t js = 0; js < nc; js += nr) {
-        size_t cols = min_sz(nr, nc - js);
-        float *dst = bp + js * kc;
-        if (trans && uk->pack_rows) {
-            uk->pack_rows(nr, cols, kc, B + (j0 + js) * ldb + k0, ldb, dst);
-        } else if (!trans) {
-            for (size_t k = 0; k < kc; k++) {
-                const float *src = B + (k0 + k) * ldb + j0 + js;
-                float *d = dst + k * nr;
-                size_t c = 0;
-                for (; c < cols; c++)
-                    d[c] = src[c];
-                for (; c < nr; c++)
-                    d[c] = 0.0f;
-            }
-        } else {
-            for (size_t c = 0; c < cols; c++) {
-                const float *src = B + (j0 + js + c) * ldb + k0;
-                for (size_t k = 0; k < kc; k++)
-                    dst[k * nr + c] = src[k];
-            }
-            for (size_t c = cols; c < nr; c++)
-                for (size_t k = 0; k < kc; k++)
-                    dst[k * nr + c] = 0.0f;
-        }
+    if (!trans) { /* op(B)[k][j] = B[k][j]: rows of B are contiguous in j */
+        pack_copy(nr, nc, kc, B + k0 * ldb + j0, ldb, bp);
+        return;
     }
+    const tb_pack_rows_fn pack_rows = uk->pack_rows ? uk->pack_rows : pack_rows_c;
+    for (size_t js = 0; js < nc; js += nr)
+        pack_rows(nr, min_sz(nr, nc - js), kc, B + (j0 + js) * ldb + k0, ldb, bp + js * kc);
 }
 
 typedef struct gemm_args {
     const tb_ukernel *uk;
     int trans_a, trans_b;
     size_t M, N, K, mc, nc;
-    float alpha;
+    float alpha, beta;
     const float *A, *B;
     size_t lda, ldb, ldc;
     float *C;
 } gemm_args;
+
+/* One MR x NR tile of C (mre x nre of it valid) += alpha * sliver product. */
+static void tile_update(const gemm_args *g, size_t kc, const float *as, const float *bs,
+                        float *c, size_t mre, size_t nre, int add)
+{
+    const size_t mr = (size_t)g->uk->mr, nr = (size_t)g->uk->nr;
+    if (mre == mr && nre == nr) {
+        g->uk->fn(kc, as, bs, c, g->ldc, g->alpha, add);
+        return;
+    }
+    /* Edge tile: the kernel stores alpha * product into scratch, then the
+     * valid part is added to (or stored into) C: the same operations, so
+     * the same bits, as a full tile computed in place. */
+    float tile[TB_UKERNEL_MAX_MR * TB_UKERNEL_MAX_NR];
+    g->uk->fn(kc, as, bs, tile, nr, g->alpha, 0);
+    for (size_t r = 0; r < mre; r++)
+        for (size_t j = 0; j < nre; j++)
+            c[r * g->ldc + j] = add ? c[r * g->ldc + j] + tile[r * nr + j] : tile[r * nr + j];
+}
 
 /* C[m0..m1) x [n0..n1) += alpha * op(A) op(B), with private pack buffers. */
 static void gemm_range(const gemm_args *g, size_t m0, size_t m1, size_t n0, size_t n1,
                        float *ap, float *bp)
 {
     const size_t mr = (size_t)g->uk->mr, nr = (size_t)g->uk->nr;
-    const tb_ukernel_fn fn = g->uk->fn;
-    float tile[TB_UKERNEL_MAX_MR * TB_UKERNEL_MAX_NR];
     for (size_t jc = n0; jc < n1; jc += g->nc) {
         const size_t nc = min_sz(g->nc, n1 - jc);
         for (size_t pc = 0; pc < g->K; pc += KC) {
@@ -138,27 +173,16 @@ static void gemm_range(const gemm_args *g, size_t m0, size_t m1, size_t n0, size
             for (size_t ic = m0; ic < m1; ic += g->mc) {
                 const size_t mc = min_sz(g->mc, m1 - ic);
                 pack_a(g->uk, mc, kc, g->A, g->lda, g->trans_a, ic, pc, ap);
-                for (size_t jr = 0; jr < nc; jr += nr) {
-                    const size_t nre = min_sz(nr, nc - jr);
-                    const float *bs = bp + jr * kc;
-                    for (size_t ir = 0; ir < mc; ir += mr) {
-                        const size_t mre = min_sz(mr, mc - ir);
-                        float *c = g->C + (ic + ir) * g->ldc + jc + jr;
-                        if (mre == mr && nre == nr) {
-                            fn(kc, ap + ir * kc, bs, c, g->ldc, g->alpha);
-                            continue;
-                        }
-                        /* Edge tile: compute into scratch, then add the
-                         * valid part (-0.0 + x == x for every x, so the
-                         * bits equal an in-place full tile). */
-                        for (size_t t = 0; t < mr * nr; t++)
-                            tile[t] = -0.0f;
-                        fn(kc, ap + ir * kc, bs, tile, nr, g->alpha);
-                        for (size_t r = 0; r < mre; r++)
-                            for (size_t j = 0; j < nre; j++)
-                                c[r * g->ldc + j] = c[r * g->ldc + j] + tile[r * nr + j];
-                    }
-                }
+#if IR_OUTER
+                for (size_t ir = 0; ir < mc; ir += mr)
+                    for (size_t jr = 0; jr < nc; jr += nr)
+#else
+                for (size_t jr = 0; jr < nc; jr += nr)
+                    for (size_t ir = 0; ir < mc; ir += mr)
+#endif
+                        tile_update(g, kc, ap + ir * kc, bp + jr * kc,
+                                    g->C + (ic + ir) * g->ldc + jc + jr, min_sz(mr, mc - ir),
+                                    min_sz(nr, nc - jr), pc > 0 || g->beta != 0.0f);
             }
         }
     }
@@ -187,7 +211,7 @@ tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, siz
     if (M == 0 || N == 0)
         return TB_OK;
     gemm_args g;
-    g.uk = select_ukernel(ctx);
+    g.uk = select_ukernel(ctx, M);
     const size_t mr = (size_t)g.uk->mr, nr = (size_t)g.uk->nr;
 
     /* Split the larger dimension (counted in tiles) among threads; the
@@ -202,6 +226,7 @@ tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, siz
     g.trans_a = trans_a, g.trans_b = trans_b;
     g.M = M, g.N = N, g.K = K;
     g.alpha = alpha;
+    g.beta = beta;
     g.A = A, g.B = B, g.C = C;
     g.lda = lda, g.ldb = ldb, g.ldc = ldc;
     g.mc = round_up(MC_TARGET, mr);
@@ -223,7 +248,10 @@ tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, siz
     tb_status s = tb_alloc(ctx, "tb_gemm", bytes, &mem);
     if (s != TB_OK)
         return s;
-    scale_c(ctx, M, N, beta, C, ldc);
+    /* beta == 0: the first K block stores instead of adding (C is not
+     * read); beta == 1: nothing to do; otherwise scale C first. */
+    if (beta != 0.0f)
+        scale_c(ctx, M, N, beta, C, ldc);
     float *buf = mem;
 #pragma omp parallel num_threads(threads)
     {

@@ -9,7 +9,7 @@
 #define NR 16
 
 static void ukernel_avx2(size_t kc, const float *a, const float *b, float *c, size_t ldc,
-                         float alpha)
+                         float alpha, int add)
 {
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
     __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
@@ -38,9 +38,13 @@ static void ukernel_avx2(size_t kc, const float *a, const float *b, float *c, si
 #define STORE(r, x0, x1)                                                                 \
     {                                                                                    \
         float *cr = c + (size_t)(r) * ldc;                                               \
-        _mm256_storeu_ps(cr, _mm256_add_ps(_mm256_loadu_ps(cr), _mm256_mul_ps(va, x0))); \
-        _mm256_storeu_ps(cr + 8,                                                         \
-                         _mm256_add_ps(_mm256_loadu_ps(cr + 8), _mm256_mul_ps(va, x1))); \
+        __m256 t0 = _mm256_mul_ps(va, x0), t1 = _mm256_mul_ps(va, x1);                   \
+        if (add) {                                                                       \
+            t0 = _mm256_add_ps(_mm256_loadu_ps(cr), t0);                                 \
+            t1 = _mm256_add_ps(_mm256_loadu_ps(cr + 8), t1);                             \
+        }                                                                                \
+        _mm256_storeu_ps(cr, t0);                                                        \
+        _mm256_storeu_ps(cr + 8, t1);                                                    \
     }
     STORE(0, c00, c01)
     STORE(1, c10, c11)

@@ -1,75 +1,54 @@
-/* AVX-512F micro-kernel: 12 x 32 tile in 24 zmm accumulators (two vectors
- * of B per k, one broadcast of A per row). This file is compiled with
- * -mavx512f -mfma and only called after CPU detection. */
+/* AVX-512F micro-kernels: MR x 32 tiles, two vectors of B per k and one
+ * broadcast of A per row, 2*MR zmm accumulators: 12 x 32 (24 accumulators)
+ * for general use and 8 x 32 for M that 12 would pad badly (M = 64).
+ * This file is compiled with -mavx512f -mfma and only called after CPU
+ * detection. */
 #include "gemm_ukernel.h"
 
 #if defined(__x86_64__) && defined(__AVX512F__)
 #include <immintrin.h>
 
-#define MR 12
 #define NR 32
 
-static void ukernel_avx512(size_t kc, const float *a, const float *b, float *c, size_t ldc,
-                           float alpha)
-{
-    __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps();
-    __m512 c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
-    __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps();
-    __m512 c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps();
-    __m512 c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps();
-    __m512 c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps();
-    __m512 c60 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps();
-    __m512 c70 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps();
-    __m512 c80 = _mm512_setzero_ps(), c81 = _mm512_setzero_ps();
-    __m512 c90 = _mm512_setzero_ps(), c91 = _mm512_setzero_ps();
-    __m512 ca0 = _mm512_setzero_ps(), ca1 = _mm512_setzero_ps();
-    __m512 cb0 = _mm512_setzero_ps(), cb1 = _mm512_setzero_ps();
-    for (size_t k = 0; k < kc; k++) {
-        const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
-        _mm_prefetch((const char *)(b + 8 * NR), _MM_HINT_T0);
-        __m512 ar;
-#define ROW(r, x0, x1)                    \
-    ar = _mm512_set1_ps(a[r]);            \
-    x0 = _mm512_fmadd_ps(ar, b0, x0);     \
-    x1 = _mm512_fmadd_ps(ar, b1, x1);
-        ROW(0, c00, c01)
-        ROW(1, c10, c11)
-        ROW(2, c20, c21)
-        ROW(3, c30, c31)
-        ROW(4, c40, c41)
-        ROW(5, c50, c51)
-        ROW(6, c60, c61)
-        ROW(7, c70, c71)
-        ROW(8, c80, c81)
-        ROW(9, c90, c91)
-        ROW(10, ca0, ca1)
-        ROW(11, cb0, cb1)
-#undef ROW
-        a += MR;
-        b += NR;
+#define ACC_DECL(r) __m512 c##r##_0 = _mm512_setzero_ps(), c##r##_1 = _mm512_setzero_ps();
+#define ACC_FMA(r)                              \
+    ar = _mm512_set1_ps(a[r]);                  \
+    c##r##_0 = _mm512_fmadd_ps(ar, b0, c##r##_0); \
+    c##r##_1 = _mm512_fmadd_ps(ar, b1, c##r##_1);
+#define ACC_STORE(r)                                                            \
+    {                                                                           \
+        float *cr = c + (size_t)(r) * ldc;                                      \
+        __m512 t0 = _mm512_mul_ps(va, c##r##_0), t1 = _mm512_mul_ps(va, c##r##_1); \
+        if (add) {                                                              \
+            t0 = _mm512_add_ps(_mm512_loadu_ps(cr), t0);                        \
+            t1 = _mm512_add_ps(_mm512_loadu_ps(cr + 16), t1);                   \
+        }                                                                       \
+        _mm512_storeu_ps(cr, t0);                                               \
+        _mm512_storeu_ps(cr + 16, t1);                                          \
     }
-    const __m512 va = _mm512_set1_ps(alpha);
-#define STORE(r, x0, x1)                                                                 \
-    {                                                                                    \
-        float *cr = c + (size_t)(r) * ldc;                                               \
-        _mm512_storeu_ps(cr, _mm512_add_ps(_mm512_loadu_ps(cr), _mm512_mul_ps(va, x0))); \
-        _mm512_storeu_ps(cr + 16,                                                        \
-                         _mm512_add_ps(_mm512_loadu_ps(cr + 16), _mm512_mul_ps(va, x1))); \
+#define ROWS12(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+#define ROWS8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+
+/* C[MR x 32] += alpha * a (kc x MR) b (kc x 32); see gemm_ukernel.h. */
+#define DEFINE_UKERNEL(name, mr, ROWS)                                                    \
+    static void name(size_t kc, const float *a, const float *b, float *c, size_t ldc,     \
+                     float alpha, int add)                                                \
+    {                                                                                     \
+        ROWS(ACC_DECL)                                                                    \
+        for (size_t k = 0; k < kc; k++) {                                                 \
+            const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);             \
+            _mm_prefetch((const char *)(b + 8 * NR), _MM_HINT_T0);                        \
+            __m512 ar;                                                                    \
+            ROWS(ACC_FMA)                                                                 \
+            a += (mr);                                                                    \
+            b += NR;                                                                      \
+        }                                                                                 \
+        const __m512 va = _mm512_set1_ps(alpha);                                          \
+        ROWS(ACC_STORE)                                                                   \
     }
-    STORE(0, c00, c01)
-    STORE(1, c10, c11)
-    STORE(2, c20, c21)
-    STORE(3, c30, c31)
-    STORE(4, c40, c41)
-    STORE(5, c50, c51)
-    STORE(6, c60, c61)
-    STORE(7, c70, c71)
-    STORE(8, c80, c81)
-    STORE(9, c90, c91)
-    STORE(10, ca0, ca1)
-    STORE(11, cb0, cb1)
-#undef STORE
-}
+
+DEFINE_UKERNEL(ukernel_12x32, 12, ROWS12)
+DEFINE_UKERNEL(ukernel_8x32, 8, ROWS8)
 
 /* Transpose 16 rows of 16 floats in registers: on return r[q] holds what
  * was column q. Four rounds of in-lane and cross-lane shuffles. */
@@ -127,7 +106,9 @@ static void pack_rows_avx512(size_t w, size_t rows, size_t kc, const float *src,
     }
 }
 
-const tb_ukernel tb_ukernel_avx512 = {"avx512", MR, NR, ukernel_avx512, pack_rows_avx512};
+const tb_ukernel tb_ukernel_avx512 = {"avx512", 12, NR, ukernel_12x32, pack_rows_avx512};
+const tb_ukernel tb_ukernel_avx512_m8 = {"avx512_8x32", 8, NR, ukernel_8x32, pack_rows_avx512};
 #else
 const tb_ukernel tb_ukernel_avx512 = {"avx512", 12, 32, 0, 0};
+const tb_ukernel tb_ukernel_avx512_m8 = {"avx512_8x32", 8, 32, 0, 0};
 #endif

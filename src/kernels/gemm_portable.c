@@ -6,7 +6,7 @@
 #define NR 16
 
 static void ukernel_portable(size_t kc, const float *a, const float *b, float *c, size_t ldc,
-                             float alpha)
+                             float alpha, int add)
 {
     float acc[MR][NR] = {{0}};
     for (size_t k = 0; k < kc; k++) {
@@ -21,7 +21,7 @@ static void ukernel_portable(size_t kc, const float *a, const float *b, float *c
         float *cr = c + (size_t)r * ldc;
         for (int j = 0; j < NR; j++) {
             float t = alpha * acc[r][j];
-            cr[j] = cr[j] + t;
+            cr[j] = add ? cr[j] + t : t;
         }
     }
 }

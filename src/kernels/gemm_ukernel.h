@@ -7,7 +7,8 @@
  *
  *   a: kc groups of MR floats  (a[k*MR + r] = op(A)[i0 + r][k0 + k])
  *   b: kc groups of NR floats  (b[k*NR + j] = op(B)[k0 + k][j0 + j])
- *   C[r*ldc + j] = C[r*ldc + j] + (alpha * sum_k a[k*MR+r] * b[k*NR+j])
+ *   add != 0:  C[r*ldc + j] = C[r*ldc + j] + (alpha * sum_k a[k*MR+r] * b[k*NR+j])
+ *   add == 0:  C[r*ldc + j] = alpha * sum_k ...      (C is not read)
  *
  * The sum runs over k in ascending order in every lane, and the update is a
  * rounded multiply followed by a rounded add (never fused), so a tile
@@ -21,7 +22,7 @@
 #include <stddef.h>
 
 typedef void (*tb_ukernel_fn)(size_t kc, const float *a, const float *b, float *c, size_t ldc,
-                              float alpha);
+                              float alpha, int add);
 
 /*
  * Transposing pack (optional, per instruction set): `rows` (<= w) source
@@ -47,5 +48,6 @@ typedef struct tb_ukernel {
 extern const tb_ukernel tb_ukernel_portable;
 extern const tb_ukernel tb_ukernel_avx2;
 extern const tb_ukernel tb_ukernel_avx512;
+extern const tb_ukernel tb_ukernel_avx512_m8; /* 8 x 32, for small M */
 
 #endif /* TB_KERNELS_GEMM_UKERNEL_H */
