@@ -8,8 +8,8 @@
 #define MR 6
 #define NR 16
 
-static void ukernel_avx2(size_t kc, const float *a, const float *b, float *c, size_t ldc,
-                         float alpha, int add)
+static void ukernel_avx2(size_t kc, const float *a, const float *b, size_t ldb, float *c,
+                         size_t ldc, float alpha, int add)
 {
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
     __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
@@ -18,7 +18,7 @@ static void ukernel_avx2(size_t kc, const float *a, const float *b, float *c, si
     __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
     __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
     for (size_t k = 0; k < kc; k++) {
-        const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+        const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
         __m256 ar;
 #define ROW(r, x0, x1)                        \
     ar = _mm256_broadcast_ss(a + (r));        \
@@ -32,7 +32,7 @@ static void ukernel_avx2(size_t kc, const float *a, const float *b, float *c, si
         ROW(5, c50, c51)
 #undef ROW
         a += MR;
-        b += NR;
+        b += ldb;
     }
     const __m256 va = _mm256_set1_ps(alpha);
 #define STORE(r, x0, x1)                                                                 \

@@ -31,17 +31,17 @@
 
 /* C[MR x 32] += alpha * a (kc x MR) b (kc x 32); see gemm_ukernel.h. */
 #define DEFINE_UKERNEL(name, mr, ROWS)                                                    \
-    static void name(size_t kc, const float *a, const float *b, float *c, size_t ldc,     \
-                     float alpha, int add)                                                \
+    static void name(size_t kc, const float *a, const float *b, size_t ldb, float *c,     \
+                     size_t ldc, float alpha, int add)                                    \
     {                                                                                     \
         ROWS(ACC_DECL)                                                                    \
         for (size_t k = 0; k < kc; k++) {                                                 \
-            const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);             \
-            _mm_prefetch((const char *)(b + 8 * NR), _MM_HINT_T0);                        \
+            const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);           \
+            _mm_prefetch((const char *)(b + 8 * ldb), _MM_HINT_T0);                       \
             __m512 ar;                                                                    \
             ROWS(ACC_FMA)                                                                 \
             a += (mr);                                                                    \
-            b += NR;                                                                      \
+            b += ldb;                                                                     \
         }                                                                                 \
         const __m512 va = _mm512_set1_ps(alpha);                                          \
         ROWS(ACC_STORE)                                                                   \

@@ -5,12 +5,12 @@
 #define MR 4
 #define NR 16
 
-static void ukernel_portable(size_t kc, const float *a, const float *b, float *c, size_t ldc,
-                             float alpha, int add)
+static void ukernel_portable(size_t kc, const float *a, const float *b, size_t ldb, float *c,
+                             size_t ldc, float alpha, int add)
 {
     float acc[MR][NR] = {{0}};
     for (size_t k = 0; k < kc; k++) {
-        const float *ak = a + k * MR, *bk = b + k * NR;
+        const float *ak = a + k * MR, *bk = b + k * ldb;
         for (int r = 0; r < MR; r++) {
             const float ar = ak[r];
             for (int j = 0; j < NR; j++)

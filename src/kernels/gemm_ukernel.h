@@ -6,7 +6,9 @@
  * tile of C:
  *
  *   a: kc groups of MR floats  (a[k*MR + r] = op(A)[i0 + r][k0 + k])
- *   b: kc groups of NR floats  (b[k*NR + j] = op(B)[k0 + k][j0 + j])
+ *   b: kc groups of NR floats, ldb apart (b[k*ldb + j] = op(B)[k0 + k][j0 + j]);
+ *      ldb == NR for a packed sliver, or B's own row stride when the driver
+ *      reads an untransposed B in place (no packing)
  *   add != 0:  C[r*ldc + j] = C[r*ldc + j] + (alpha * sum_k a[k*MR+r] * b[k*NR+j])
  *   add == 0:  C[r*ldc + j] = alpha * sum_k ...      (C is not read)
  *
@@ -14,15 +16,15 @@
  * rounded multiply followed by a rounded add (never fused), so a tile
  * computed into a zeroed scratch tile and then added to C gives the same
  * bits as one computed in place: edge tiles need no special kernel.
- * Pointers a and b are 64-byte aligned; C is not.
+ * a is 64-byte aligned; b and C need not be.
  */
 #ifndef TB_KERNELS_GEMM_UKERNEL_H
 #define TB_KERNELS_GEMM_UKERNEL_H
 
 #include <stddef.h>
 
-typedef void (*tb_ukernel_fn)(size_t kc, const float *a, const float *b, float *c, size_t ldc,
-                              float alpha, int add);
+typedef void (*tb_ukernel_fn)(size_t kc, const float *a, const float *b, size_t ldb, float *c,
+                              size_t ldc, float alpha, int add);
 
 /*
  * Transposing pack (optional, per instruction set): `rows` (<= w) source
