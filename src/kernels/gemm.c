@@ -253,11 +253,12 @@ tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, siz
     g.trans_a = trans_a, g.trans_b = trans_b;
     /* An untransposed B is read in place: its rows already hold NR
      * contiguous columns per k, and skipping the copy was measured faster
-     * for every M on the GPT-2 shapes (most at small M, where each element
-     * of B is used only M times). Rows more than 32 KiB apart (the 50257-wide
-     * vocabulary matrix) are packed instead: reading them strided would touch
-     * a new page for every k. */
-    g.direct_b = !trans_b && ldb <= 8192;
+     * on the GPT-2 shapes (most at small M, where each element of B is used
+     * only M times). It is packed instead when its rows are a multiple of
+     * 2 KiB apart (N = 1024, 2048, 3072: the rows alias in the L1 cache and
+     * run ~30% slower) or more than 32 KiB apart (the 50257-wide vocabulary
+     * matrix: every k would touch a new page). */
+    g.direct_b = !trans_b && ldb <= 8192 && ldb % 512 != 0;
     g.M = M, g.N = N, g.K = K;
     g.alpha = alpha;
     g.beta = beta;

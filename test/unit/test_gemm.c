@@ -126,6 +126,10 @@ START_TEST(gemm_matches_double_reference)
             {1, 0, 77, 2100, 260, 0, 2.0f, 0.5f},   {1, 1, 290, 45, 700, 1, 1.0f, 0.0f},
             {0, 1, 2, 50257, 64, 0, 1.0f, 0.0f},    {0, 0, 5, 31, 3000, 0, 1.0f, 0.0f},
             {1, 0, 768, 20, 97, 0, 1.0f, 1.0f},
+            /* Untransposed B rows more than 8192 floats apart are packed
+             * rather than read in place: cover both sides of that rule. */
+            {0, 0, 3, 9000, 40, 0, 1.0f, 0.0f},     {1, 0, 13, 8193, 33, 0, -1.0f, 1.0f},
+            {0, 0, 9, 8192, 20, 0, 1.0f, 0.5f},
         };
         for (size_t b = 0; b < sizeof big / sizeof big[0]; b++) {
             run_case(families[f], &big[b], 2);
