@@ -29,20 +29,32 @@
 #define ROWS12(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
 #define ROWS8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 
+#define ACC_PREFETCH_C(r)                                               \
+    _mm_prefetch((const char *)(c + (size_t)(r) * ldc), _MM_HINT_T0);   \
+    _mm_prefetch((const char *)(c + (size_t)(r) * ldc + 16), _MM_HINT_T0);
+
+/* One step of k: two vectors of B, one broadcast of A per row. */
+#define UK_STEP(ROWS, mr)                                                 \
+    {                                                                     \
+        const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16); \
+        _mm_prefetch((const char *)(b + 8 * ldb), _MM_HINT_T0);           \
+        __m512 ar;                                                        \
+        ROWS(ACC_FMA)                                                     \
+        a += (mr);                                                        \
+        b += ldb;                                                         \
+    }
+
 /* C[MR x 32] += alpha * a (kc x MR) b (kc x 32); see gemm_ukernel.h. */
 #define DEFINE_UKERNEL(name, mr, ROWS)                                                    \
     static void name(size_t kc, const float *a, const float *b, size_t ldb, float *c,     \
                      size_t ldc, float alpha, int add)                                    \
     {                                                                                     \
         ROWS(ACC_DECL)                                                                    \
-        for (size_t k = 0; k < kc; k++) {                                                 \
-            const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);           \
-            _mm_prefetch((const char *)(b + 8 * ldb), _MM_HINT_T0);                       \
-            __m512 ar;                                                                    \
-            ROWS(ACC_FMA)                                                                 \
-            a += (mr);                                                                    \
-            b += ldb;                                                                     \
+        if (add) { /* C is read at the end: start fetching it now */                      \
+            ROWS(ACC_PREFETCH_C)                                                          \
         }                                                                                 \
+        for (size_t k = 0; k < kc; k++)                                                   \
+            UK_STEP(ROWS, mr)                                                             \
         const __m512 va = _mm512_set1_ps(alpha);                                          \
         ROWS(ACC_STORE)                                                                   \
     }
