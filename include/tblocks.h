@@ -19,5 +19,9 @@
 #include "tblocks/dropout.h"
 #include "tblocks/residual.h"
 #include "tblocks/loss.h"
+#include "tblocks/norm.h"
+#include "tblocks/layernorm.h"
+#include "tblocks/rmsnorm.h"
+#include "tblocks/batchnorm.h"
 
 #endif /* TBLOCKS_H */

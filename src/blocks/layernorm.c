@@ -1,0 +1,238 @@
+/*
+ * LayerNorm over the last dimension. Forward per row: two passes in double
+ * for the statistics, a split mean for the deviations. Backward per row:
+ * dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * weight;
+ * the weight and bias gradients are column sums, reduced over fixed row
+ * chunks and combined in order (deterministic for any thread count).
+ * Cache: header {magic, rows}, then per row mean_hi, mean_lo, rstd.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "norm_common.h"
+
+#define LN_MAGIC 0x74624C4E31ULL /* "tbLN1" */
+
+tb_status tb_layernorm_init(tb_ctx *ctx, tb_layernorm *ln, size_t dim, float eps,
+                            unsigned flags)
+{
+    const char *fn = __func__;
+    if (ln)
+        memset(ln, 0, sizeof *ln);
+    if (!ctx || !ln)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx and ln must not be NULL");
+    if (dim == 0)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dim must be >= 1");
+    if (flags & ~(TB_NORM_SCALE | TB_NORM_SHIFT))
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "flags 0x%x: only TB_NORM_SCALE and "
+                       "TB_NORM_SHIFT apply to LayerNorm", flags);
+    tb_status s = tb_norm_check_eps(ctx, fn, eps);
+    if (s != TB_OK)
+        return s;
+    float *mem;
+    /* weight, bias, their gradients (allocated even if unused: 4 small vectors) */
+    if ((s = tb_norm_alloc(ctx, fn, dim, 4, &mem)) != TB_OK)
+        return s;
+    ln->dim = dim;
+    ln->eps = eps;
+    ln->flags = flags;
+    ln->storage = mem;
+    ln->allocator = ctx->allocator;
+    if (flags & TB_NORM_SCALE) {
+        for (size_t i = 0; i < dim; i++)
+            mem[i] = 1.0f;
+        tb_norm_vector(&ln->weight, mem, mem + 2 * dim, dim, 1);
+    }
+    if (flags & TB_NORM_SHIFT)
+        tb_norm_vector(&ln->bias, mem + dim, mem + 3 * dim, dim, 1);
+    return TB_OK;
+}
+
+void tb_layernorm_free(tb_layernorm *ln)
+{
+    if (!ln)
+        return;
+    tb_free_with(&ln->allocator, ln->storage);
+    memset(ln, 0, sizeof *ln);
+}
+
+tb_status tb_layernorm_params(tb_ctx *ctx, tb_layernorm *ln, const char *prefix,
+                              tb_param_list *list)
+{
+    if (!ln)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "ln is NULL");
+    if (!ln->storage)
+        return tb_fail(ctx, TB_ERR_STATE, __func__, "ln is not initialised");
+    tb_status s = TB_OK;
+    if (ln->flags & TB_NORM_SCALE)
+        s = tb_param_list_add(ctx, list, prefix, "weight", &ln->weight);
+    if (s == TB_OK && (ln->flags & TB_NORM_SHIFT))
+        s = tb_param_list_add(ctx, list, prefix, "bias", &ln->bias);
+    return s;
+}
+
+tb_status tb_layernorm_cache_size(size_t rows, size_t *bytes)
+{
+    size_t floats;
+    if (!tb_mul_size(rows, 3, &floats))
+        return TB_ERR_OVERFLOW;
+    return tb_norm_cache_bytes(floats, bytes);
+}
+
+/* Shared checks: block initialised, x valid with C columns, other same shape. */
+static tb_status check_io(tb_ctx *ctx, const char *fn, const tb_layernorm *ln,
+                          const tb_tensor *x, const char *oname, const tb_tensor *o, size_t *rows)
+{
+    size_t cols;
+    if (!ctx || !ln)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx and ln must not be NULL");
+    if (!ln->storage)
+        return tb_fail(ctx, TB_ERR_STATE, fn, "ln is not initialised");
+    tb_status s = tb_check_tensor(ctx, fn, "x", x, rows, &cols);
+    if (s != TB_OK)
+        return s;
+    if (cols != ln->dim)
+        return tb_fail(ctx, TB_ERR_SHAPE, fn, "x has last dimension %zu, expected %zu", cols,
+                       ln->dim);
+    return tb_check_matrix(ctx, fn, oname, o, *rows, cols);
+}
+
+tb_status tb_layernorm_forward(tb_ctx *ctx, const tb_layernorm *ln, const tb_tensor *x,
+                               tb_tensor *y, void *cache, size_t cache_bytes)
+{
+    const char *fn = __func__;
+    size_t rows;
+    tb_status s = check_io(ctx, fn, ln, x, "y", y, &rows);
+    if (s != TB_OK)
+        return s;
+    if (cache && (s = tb_norm_check_cache(ctx, fn, cache, cache_bytes, rows * 3)) != TB_OK)
+        return s;
+    const size_t C = ln->dim;
+    const float *w = (ln->flags & TB_NORM_SCALE) ? ln->weight.value : NULL;
+    const float *b = (ln->flags & TB_NORM_SHIFT) ? ln->bias.value : NULL;
+    const float eps = ln->eps;
+    const float *xd = x->data;
+    float *yd = y->data;
+    float *stats = cache ? tb_norm_cache_data(cache) : NULL;
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * C)) schedule(static)
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = xd + r * C;
+        float *yr = yd + r * C;
+        double sum = 0.0;
+        for (size_t j = 0; j < C; j++)
+            sum += xr[j];
+        float hi, lo;
+        tb_norm_split(sum / (double)C, &hi, &lo);
+        double sq = 0.0;
+        for (size_t j = 0; j < C; j++) {
+            float d = (xr[j] - hi) - lo;
+            sq += (double)d * d;
+        }
+        const float rstd = (float)(1.0 / sqrt(sq / (double)C + (double)eps));
+        for (size_t j = 0; j < C; j++) {
+            float v = ((xr[j] - hi) - lo) * rstd; /* reads x[j] before y[j]: alias-safe */
+            if (w)
+                v *= w[j];
+            if (b)
+                v += b[j];
+            yr[j] = v;
+        }
+        if (stats) {
+            stats[3 * r] = hi;
+            stats[3 * r + 1] = lo;
+            stats[3 * r + 2] = rstd;
+        }
+    }
+    if (cache) {
+        tb_norm_cache_header h = {LN_MAGIC, rows, 0, 0};
+        memcpy(cache, &h, sizeof h);
+    }
+    return TB_OK;
+}
+
+tb_status tb_layernorm_backward(tb_ctx *ctx, tb_layernorm *ln, const tb_tensor *x,
+                                const tb_tensor *dy, const void *cache, size_t cache_bytes,
+                                tb_tensor *dx)
+{
+    const char *fn = __func__;
+    size_t rows;
+    tb_status s = check_io(ctx, fn, ln, x, "dy", dy, &rows);
+    if (s == TB_OK)
+        s = tb_check_matrix(ctx, fn, "dx", dx, rows, ln->dim);
+    if (s != TB_OK)
+        return s;
+    if (!cache)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cache must not be NULL");
+    if ((s = tb_norm_check_cache(ctx, fn, cache, cache_bytes, rows * 3)) != TB_OK)
+        return s;
+    tb_norm_cache_header h;
+    memcpy(&h, cache, sizeof h);
+    if (h.magic != LN_MAGIC || h.count != rows)
+        return tb_fail(ctx, TB_ERR_STATE, fn,
+                       "cache was not filled by tb_layernorm_forward on %zu rows", rows);
+    const size_t C = ln->dim;
+    if (tb_overlaps(dx->data, rows * C, x->data, rows * C))
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dx overlaps x");
+    const int want_w = (ln->flags & TB_NORM_SCALE) && tb_param_wants_grad(&ln->weight);
+    const int want_b = (ln->flags & TB_NORM_SHIFT) && tb_param_wants_grad(&ln->bias);
+    const size_t nchunks = tb_norm_chunks(rows);
+    double *partial = NULL;
+    if (want_w || want_b) { /* per chunk: sum(dy * xhat) then sum(dy), C each */
+        size_t n, bytes;
+        if (!tb_mul_size(nchunks, 2 * C, &n) || !tb_mul_size(n, sizeof(double), &bytes))
+            return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "scratch size overflows");
+        void *mem;
+        if ((s = tb_alloc(ctx, fn, bytes, &mem)) != TB_OK)
+            return s;
+        partial = mem;
+    }
+    const float *w = (ln->flags & TB_NORM_SCALE) ? ln->weight.value : NULL;
+    const float *stats = tb_norm_cache_data((void *)(uintptr_t)cache);
+    const float *xd = x->data, *g = dy->data;
+    float *o = dx->data;
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * C)) schedule(static)
+    for (size_t q = 0; q < nchunks; q++) {
+        double *pw = partial ? partial + q * 2 * C : NULL, *pb = pw ? pw + C : NULL;
+        if (pw)
+            for (size_t j = 0; j < 2 * C; j++)
+                pw[j] = 0.0;
+        const size_t r1 = (q + 1) * TB_NORM_CHUNK < rows ? (q + 1) * TB_NORM_CHUNK : rows;
+        for (size_t r = q * TB_NORM_CHUNK; r < r1; r++) {
+            const float *xr = xd + r * C, *gr = g + r * C;
+            float *orow = o + r * C;
+            const float hi = stats[3 * r], lo = stats[3 * r + 1], rstd = stats[3 * r + 2];
+            double sg = 0.0, sgx = 0.0;
+            for (size_t j = 0; j < C; j++) {
+                const float xhat = ((xr[j] - hi) - lo) * rstd;
+                const float gj = w ? gr[j] * w[j] : gr[j];
+                sg += gj;
+                sgx += (double)gj * xhat;
+                if (pw) {
+                    pw[j] += (double)gr[j] * xhat;
+                    pb[j] += gr[j];
+                }
+            }
+            const float mg = (float)(sg / (double)C), mgx = (float)(sgx / (double)C);
+            for (size_t j = 0; j < C; j++) { /* dy[j] is read before dx[j] is written */
+                const float xhat = ((xr[j] - hi) - lo) * rstd;
+                const float gj = w ? gr[j] * w[j] : gr[j];
+                orow[j] = rstd * ((gj - mg) - xhat * mgx);
+            }
+        }
+    }
+    if (partial) {
+        for (size_t j = 0; j < C; j++) {
+            double sw = 0.0, sb = 0.0;
+            for (size_t q = 0; q < nchunks; q++) {
+                sw += partial[q * 2 * C + j];
+                sb += partial[q * 2 * C + C + j];
+            }
+            if (want_w)
+                ln->weight.grad[j] += (float)sw;
+            if (want_b)
+                ln->bias.grad[j] += (float)sb;
+        }
+        tb_free_with(&ctx->allocator, partial);
+    }
+    return TB_OK;
+}

@@ -1,0 +1,69 @@
+/*
+ * Pieces shared by the normalization blocks (internal): parameter storage,
+ * argument checks, the cache header, the split mean representation, and
+ * deterministic chunked column sums.
+ */
+#ifndef TB_BLOCKS_NORM_COMMON_H
+#define TB_BLOCKS_NORM_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../core/internal.h"
+
+/* Rows per chunk of a column reduction. Fixed (never derived from the thread
+ * count), so partial sums and their combination order depend only on N. */
+#define TB_NORM_CHUNK 64
+
+/* Cache header written by forward, checked by backward. */
+typedef struct tb_norm_cache_header {
+    uint64_t magic;
+    uint64_t count;  /* rows (LayerNorm/RMSNorm) or channels (BatchNorm) */
+    uint64_t extra;  /* BatchNorm: counted rows; otherwise 0 */
+    uint64_t flags;  /* BatchNorm: 1 if batch statistics were used */
+} tb_norm_cache_header;
+
+/* Allocate `nvec` zeroed vectors of dim floats in one block. */
+tb_status tb_norm_alloc(tb_ctx *ctx, const char *fn, size_t dim, size_t nvec, float **out);
+
+/* Make p a 1-D parameter of dim elements (grad may be NULL). */
+void tb_norm_vector(tb_param *p, float *value, float *grad, size_t dim, int trainable);
+
+/* eps finite and > 0. */
+tb_status tb_norm_check_eps(tb_ctx *ctx, const char *fn, float eps);
+
+/* Cache checks: size >= header + floats * sizeof(float), float aligned. */
+tb_status tb_norm_check_cache(tb_ctx *ctx, const char *fn, const void *cache, size_t bytes,
+                              size_t floats);
+/* Bytes for a header plus `floats` floats (TB_ERR_OVERFLOW if too large). */
+tb_status tb_norm_cache_bytes(size_t floats, size_t *bytes);
+static inline float *tb_norm_cache_data(void *cache)
+{
+    return (float *)((unsigned char *)cache + sizeof(tb_norm_cache_header));
+}
+
+/*
+ * A mean held as two floats, hi + lo = the double mean to ~48 bits. Then
+ * (x - hi) - lo is an accurate deviation even when the mean is large and
+ * the spread small (x - hi is exact for x near hi), without doing the
+ * per-element work in double.
+ */
+static inline void tb_norm_split(double mean, float *hi, float *lo)
+{
+    *hi = (float)mean;
+    *lo = (float)(mean - (double)*hi);
+}
+
+/*
+ * Column sums over rows, deterministic for any thread count: row chunk q
+ * (TB_NORM_CHUNK rows) adds into partial[q * width ...]; then
+ * tb_norm_combine() sums the chunks in order. scratch needs
+ * nchunks * width doubles.
+ */
+static inline size_t tb_norm_chunks(size_t rows)
+{
+    return (rows + TB_NORM_CHUNK - 1) / TB_NORM_CHUNK;
+}
+void tb_norm_combine(const double *partial, size_t nchunks, size_t width, double *out);
+
+#endif /* TB_BLOCKS_NORM_COMMON_H */
