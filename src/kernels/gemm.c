@@ -241,15 +241,6 @@ tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, siz
     g.uk = select_ukernel(ctx, M);
     const size_t mr = (size_t)g.uk->mr, nr = (size_t)g.uk->nr;
 
-    /* Split the larger dimension (counted in tiles) among threads; the
-     * other operand is packed by every thread, so keep that one small. */
-    const size_t m_tiles = (M + mr - 1) / mr, n_tiles = (N + nr - 1) / nr;
-    const int split_n = n_tiles * nr >= m_tiles * mr;
-    const size_t units = split_n ? n_tiles : m_tiles;
-    int threads = tb_threads_for(ctx, (double)M * (double)N * (double)K);
-    if ((size_t)threads > units)
-        threads = (int)units;
-
     g.trans_a = trans_a, g.trans_b = trans_b;
     /* An untransposed B is read in place: its rows already hold NR
      * contiguous columns per k, and skipping the copy was measured faster
@@ -259,6 +250,20 @@ tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, siz
      * run ~30% slower) or more than 32 KiB apart (the 50257-wide vocabulary
      * matrix: every k would touch a new page). */
     g.direct_b = !trans_b && ldb <= 8192 && ldb % 512 != 0;
+
+    /* Threads split M or N into ranges of whole tiles. Whatever is not split
+     * is packed by every thread, so split the larger dimension; but an
+     * in-place B costs nothing to share, so then split M whenever it has a
+     * few tiles per thread. */
+    const size_t m_tiles = (M + mr - 1) / mr, n_tiles = (N + nr - 1) / nr;
+    int threads = tb_threads_for(ctx, (double)M * (double)N * (double)K);
+    const int split_n = (g.direct_b && m_tiles >= 2 * (size_t)threads)
+                            ? 0
+                            : n_tiles * nr >= m_tiles * mr;
+    const size_t units = split_n ? n_tiles : m_tiles;
+    if ((size_t)threads > units)
+        threads = (int)units;
+
     g.M = M, g.N = N, g.K = K;
     g.alpha = alpha;
     g.beta = beta;
