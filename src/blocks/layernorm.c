@@ -1,9 +1,7 @@
 /*
- * LayerNorm over the last dimension. Forward per row: two passes in double
- * for the statistics, a split mean for the deviations. Backward per row:
- * dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * weight;
- * the weight and bias gradients are column sums, reduced over fixed row
- * chunks and combined in order (deterministic for any thread count).
+ * LayerNorm over the last dimension: the centred case of the row
+ * normalization in norm_common.c (two passes in double for the statistics,
+ * a split mean for the deviations, column sums over fixed row chunks).
  * Cache: header {magic, rows}, then per row mean_hi, mean_lo, rstd.
  */
 #include <math.h>
@@ -107,42 +105,10 @@ tb_status tb_layernorm_forward(tb_ctx *ctx, const tb_layernorm *ln, const tb_ten
         return s;
     if (cache && (s = tb_norm_check_cache(ctx, fn, cache, cache_bytes, rows * 3)) != TB_OK)
         return s;
-    const size_t C = ln->dim;
-    const float *w = (ln->flags & TB_NORM_SCALE) ? ln->weight.value : NULL;
-    const float *b = (ln->flags & TB_NORM_SHIFT) ? ln->bias.value : NULL;
-    const float eps = ln->eps;
-    const float *xd = x->data;
-    float *yd = y->data;
-    float *stats = cache ? tb_norm_cache_data(cache) : NULL;
-#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * C)) schedule(static)
-    for (size_t r = 0; r < rows; r++) {
-        const float *xr = xd + r * C;
-        float *yr = yd + r * C;
-        double sum = 0.0;
-        for (size_t j = 0; j < C; j++)
-            sum += xr[j];
-        float hi, lo;
-        tb_norm_split(sum / (double)C, &hi, &lo);
-        double sq = 0.0;
-        for (size_t j = 0; j < C; j++) {
-            float d = (xr[j] - hi) - lo;
-            sq += (double)d * d;
-        }
-        const float rstd = (float)(1.0 / sqrt(sq / (double)C + (double)eps));
-        for (size_t j = 0; j < C; j++) {
-            float v = ((xr[j] - hi) - lo) * rstd; /* reads x[j] before y[j]: alias-safe */
-            if (w)
-                v *= w[j];
-            if (b)
-                v += b[j];
-            yr[j] = v;
-        }
-        if (stats) {
-            stats[3 * r] = hi;
-            stats[3 * r + 1] = lo;
-            stats[3 * r + 2] = rstd;
-        }
-    }
+    tb_rownorm_forward(ctx, rows, ln->dim, 1, ln->eps,
+                       (ln->flags & TB_NORM_SCALE) ? ln->weight.value : NULL,
+                       (ln->flags & TB_NORM_SHIFT) ? ln->bias.value : NULL, x->data, y->data,
+                       cache ? tb_norm_cache_data(cache) : NULL);
     if (cache) {
         tb_norm_cache_header h = {LN_MAGIC, rows, 0, 0};
         memcpy(cache, &h, sizeof h);
@@ -175,64 +141,9 @@ tb_status tb_layernorm_backward(tb_ctx *ctx, tb_layernorm *ln, const tb_tensor *
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dx overlaps x");
     const int want_w = (ln->flags & TB_NORM_SCALE) && tb_param_wants_grad(&ln->weight);
     const int want_b = (ln->flags & TB_NORM_SHIFT) && tb_param_wants_grad(&ln->bias);
-    const size_t nchunks = tb_norm_chunks(rows);
-    double *partial = NULL;
-    if (want_w || want_b) { /* per chunk: sum(dy * xhat) then sum(dy), C each */
-        size_t n, bytes;
-        if (!tb_mul_size(nchunks, 2 * C, &n) || !tb_mul_size(n, sizeof(double), &bytes))
-            return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "scratch size overflows");
-        void *mem;
-        if ((s = tb_alloc(ctx, fn, bytes, &mem)) != TB_OK)
-            return s;
-        partial = mem;
-    }
-    const float *w = (ln->flags & TB_NORM_SCALE) ? ln->weight.value : NULL;
-    const float *stats = tb_norm_cache_data((void *)(uintptr_t)cache);
-    const float *xd = x->data, *g = dy->data;
-    float *o = dx->data;
-#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * C)) schedule(static)
-    for (size_t q = 0; q < nchunks; q++) {
-        double *pw = partial ? partial + q * 2 * C : NULL, *pb = pw ? pw + C : NULL;
-        if (pw)
-            for (size_t j = 0; j < 2 * C; j++)
-                pw[j] = 0.0;
-        const size_t r1 = (q + 1) * TB_NORM_CHUNK < rows ? (q + 1) * TB_NORM_CHUNK : rows;
-        for (size_t r = q * TB_NORM_CHUNK; r < r1; r++) {
-            const float *xr = xd + r * C, *gr = g + r * C;
-            float *orow = o + r * C;
-            const float hi = stats[3 * r], lo = stats[3 * r + 1], rstd = stats[3 * r + 2];
-            double sg = 0.0, sgx = 0.0;
-            for (size_t j = 0; j < C; j++) {
-                const float xhat = ((xr[j] - hi) - lo) * rstd;
-                const float gj = w ? gr[j] * w[j] : gr[j];
-                sg += gj;
-                sgx += (double)gj * xhat;
-                if (pw) {
-                    pw[j] += (double)gr[j] * xhat;
-                    pb[j] += gr[j];
-                }
-            }
-            const float mg = (float)(sg / (double)C), mgx = (float)(sgx / (double)C);
-            for (size_t j = 0; j < C; j++) { /* dy[j] is read before dx[j] is written */
-                const float xhat = ((xr[j] - hi) - lo) * rstd;
-                const float gj = w ? gr[j] * w[j] : gr[j];
-                orow[j] = rstd * ((gj - mg) - xhat * mgx);
-            }
-        }
-    }
-    if (partial) {
-        for (size_t j = 0; j < C; j++) {
-            double sw = 0.0, sb = 0.0;
-            for (size_t q = 0; q < nchunks; q++) {
-                sw += partial[q * 2 * C + j];
-                sb += partial[q * 2 * C + C + j];
-            }
-            if (want_w)
-                ln->weight.grad[j] += (float)sw;
-            if (want_b)
-                ln->bias.grad[j] += (float)sb;
-        }
-        tb_free_with(&ctx->allocator, partial);
-    }
-    return TB_OK;
+    return tb_rownorm_backward(ctx, fn, rows, C, 1,
+                               (ln->flags & TB_NORM_SCALE) ? ln->weight.value : NULL,
+                               (const float *)((const unsigned char *)cache + sizeof h), x->data,
+                               dy->data, dx->data, want_w ? ln->weight.grad : NULL,
+                               want_b ? ln->bias.grad : NULL);
 }

@@ -70,3 +70,102 @@ void tb_norm_combine(const double *partial, size_t nchunks, size_t width, double
         for (size_t j = 0; j < width; j++)
             out[j] += partial[q * width + j];
 }
+
+void tb_rownorm_forward(tb_ctx *ctx, size_t rows, size_t C, int center, float eps,
+                        const float *w, const float *b, const float *x, float *y, float *stats)
+{
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * C)) schedule(static)
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * C;
+        float *yr = y + r * C;
+        float hi = 0.0f, lo = 0.0f;
+        if (center) {
+            double sum = 0.0;
+            for (size_t j = 0; j < C; j++)
+                sum += xr[j];
+            tb_norm_split(sum / (double)C, &hi, &lo);
+        }
+        double sq = 0.0;
+        for (size_t j = 0; j < C; j++) {
+            float d = (xr[j] - hi) - lo;
+            sq += (double)d * d;
+        }
+        const float rstd = (float)(1.0 / sqrt(sq / (double)C + (double)eps));
+        for (size_t j = 0; j < C; j++) {
+            float v = ((xr[j] - hi) - lo) * rstd; /* reads x[j] before y[j]: alias-safe */
+            if (w)
+                v *= w[j];
+            if (b)
+                v += b[j];
+            yr[j] = v;
+        }
+        if (stats) {
+            stats[3 * r] = hi;
+            stats[3 * r + 1] = lo;
+            stats[3 * r + 2] = rstd;
+        }
+    }
+}
+
+tb_status tb_rownorm_backward(tb_ctx *ctx, const char *fn, size_t rows, size_t C, int center,
+                              const float *w, const float *stats, const float *x,
+                              const float *dy, float *dx, float *dw, float *db)
+{
+    const size_t nchunks = tb_norm_chunks(rows);
+    double *partial = NULL;
+    if (dw || db) { /* per chunk: sum(dy * xhat) then sum(dy), C each */
+        size_t n, bytes;
+        if (!tb_mul_size(nchunks, 2 * C, &n) || !tb_mul_size(n, sizeof(double), &bytes))
+            return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "scratch size overflows");
+        void *mem;
+        tb_status s = tb_alloc(ctx, fn, bytes, &mem);
+        if (s != TB_OK)
+            return s;
+        partial = mem;
+    }
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * C)) schedule(static)
+    for (size_t q = 0; q < nchunks; q++) {
+        double *pw = partial ? partial + q * 2 * C : NULL, *pb = pw ? pw + C : NULL;
+        if (pw)
+            for (size_t j = 0; j < 2 * C; j++)
+                pw[j] = 0.0;
+        const size_t r1 = (q + 1) * TB_NORM_CHUNK < rows ? (q + 1) * TB_NORM_CHUNK : rows;
+        for (size_t r = q * TB_NORM_CHUNK; r < r1; r++) {
+            const float *xr = x + r * C, *gr = dy + r * C;
+            float *orow = dx + r * C;
+            const float hi = stats[3 * r], lo = stats[3 * r + 1], rstd = stats[3 * r + 2];
+            double sg = 0.0, sgx = 0.0;
+            for (size_t j = 0; j < C; j++) {
+                const float xhat = ((xr[j] - hi) - lo) * rstd;
+                const float gj = w ? gr[j] * w[j] : gr[j];
+                sg += gj;
+                sgx += (double)gj * xhat;
+                if (pw) {
+                    pw[j] += (double)gr[j] * xhat;
+                    pb[j] += gr[j];
+                }
+            }
+            const float mg = center ? (float)(sg / (double)C) : 0.0f;
+            const float mgx = (float)(sgx / (double)C);
+            for (size_t j = 0; j < C; j++) { /* dy[j] is read before dx[j] is written */
+                const float xhat = ((xr[j] - hi) - lo) * rstd;
+                const float gj = w ? gr[j] * w[j] : gr[j];
+                orow[j] = rstd * ((gj - mg) - xhat * mgx);
+            }
+        }
+    }
+    if (partial) {
+        double *tot = partial; /* chunk 0 accumulates the others, in order */
+        for (size_t q = 1; q < nchunks; q++)
+            for (size_t j = 0; j < 2 * C; j++)
+                tot[j] += partial[q * 2 * C + j];
+        for (size_t j = 0; j < C; j++) {
+            if (dw)
+                dw[j] += (float)tot[j];
+            if (db)
+                db[j] += (float)tot[C + j];
+        }
+        tb_free_with(&ctx->allocator, partial);
+    }
+    return TB_OK;
+}

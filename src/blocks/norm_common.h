@@ -66,4 +66,25 @@ static inline size_t tb_norm_chunks(size_t rows)
 }
 void tb_norm_combine(const double *partial, size_t nchunks, size_t width, double *out);
 
+/*
+ * Row normalization shared by LayerNorm (center = 1) and RMSNorm (center =
+ * 0, no shift): per row, mean (if centring) and 1/std over the C features
+ * in double; y = xhat * w + b with xhat = ((x - hi) - lo) * rstd. stats, if
+ * not NULL, receives hi, lo, rstd per row (3 floats; hi = lo = 0 without
+ * centring). w and b may be NULL.
+ */
+void tb_rownorm_forward(tb_ctx *ctx, size_t rows, size_t C, int center, float eps,
+                        const float *w, const float *b, const float *x, float *y, float *stats);
+
+/*
+ * Backward of tb_rownorm_forward: dx = rstd * (g - mean(g) - xhat *
+ * mean(g * xhat)), g = dy * w (mean(g) only when centring). dw and db, if
+ * not NULL, receive the added column sums of dy * xhat and dy, reduced over
+ * fixed row chunks in order. Returns TB_ERR_NO_MEMORY/OVERFLOW for the
+ * scratch; nothing is written then.
+ */
+tb_status tb_rownorm_backward(tb_ctx *ctx, const char *fn, size_t rows, size_t C, int center,
+                              const float *w, const float *stats, const float *x,
+                              const float *dy, float *dx, float *dw, float *db);
+
 #endif /* TB_BLOCKS_NORM_COMMON_H */

@@ -1,9 +1,8 @@
 /*
  * RMSNorm over the last dimension: y = x * rstd * weight, rstd =
- * 1/sqrt(mean(x^2) + eps) (mean of squares in double). Backward per row:
- * dx = rstd * (g - xhat * mean(g * xhat)) with g = dy * weight, xhat =
- * x * rstd; the weight gradient is a column sum over fixed row chunks.
- * Cache: header {magic, rows}, then rstd per row.
+ * 1/sqrt(mean(x^2) + eps): the uncentred case of the row normalization in
+ * norm_common.c. Cache: header {magic, rows}, then per row 0, 0, rstd (the
+ * layout LayerNorm uses, with a zero mean).
  */
 #include <math.h>
 #include <string.h>
@@ -64,7 +63,10 @@ tb_status tb_rmsnorm_params(tb_ctx *ctx, tb_rmsnorm *rn, const char *prefix, tb_
 
 tb_status tb_rmsnorm_cache_size(size_t rows, size_t *bytes)
 {
-    return tb_norm_cache_bytes(rows, bytes);
+    size_t floats;
+    if (!tb_mul_size(rows, 3, &floats))
+        return TB_ERR_OVERFLOW;
+    return tb_norm_cache_bytes(floats, bytes);
 }
 
 static tb_status check_io(tb_ctx *ctx, const char *fn, const tb_rmsnorm *rn, const tb_tensor *x,
@@ -92,27 +94,11 @@ tb_status tb_rmsnorm_forward(tb_ctx *ctx, const tb_rmsnorm *rn, const tb_tensor 
     tb_status s = check_io(ctx, fn, rn, x, "y", y, &rows);
     if (s != TB_OK)
         return s;
-    if (cache && (s = tb_norm_check_cache(ctx, fn, cache, cache_bytes, rows)) != TB_OK)
+    if (cache && (s = tb_norm_check_cache(ctx, fn, cache, cache_bytes, rows * 3)) != TB_OK)
         return s;
-    const size_t C = rn->dim;
-    const float *w = (rn->flags & TB_NORM_SCALE) ? rn->weight.value : NULL;
-    const double eps = rn->eps;
-    const float *xd = x->data;
-    float *yd = y->data;
-    float *stats = cache ? tb_norm_cache_data(cache) : NULL;
-#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * C)) schedule(static)
-    for (size_t r = 0; r < rows; r++) {
-        const float *xr = xd + r * C;
-        float *yr = yd + r * C;
-        double sq = 0.0;
-        for (size_t j = 0; j < C; j++)
-            sq += (double)xr[j] * xr[j];
-        const float rstd = (float)(1.0 / sqrt(sq / (double)C + eps));
-        for (size_t j = 0; j < C; j++)
-            yr[j] = w ? xr[j] * rstd * w[j] : xr[j] * rstd;
-        if (stats)
-            stats[r] = rstd;
-    }
+    tb_rownorm_forward(ctx, rows, rn->dim, 0, rn->eps,
+                       (rn->flags & TB_NORM_SCALE) ? rn->weight.value : NULL, NULL, x->data,
+                       y->data, cache ? tb_norm_cache_data(cache) : NULL);
     if (cache) {
         tb_norm_cache_header h = {RMS_MAGIC, rows, 0, 0};
         memcpy(cache, &h, sizeof h);
@@ -133,7 +119,7 @@ tb_status tb_rmsnorm_backward(tb_ctx *ctx, tb_rmsnorm *rn, const tb_tensor *x,
         return s;
     if (!cache)
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cache must not be NULL");
-    if ((s = tb_norm_check_cache(ctx, fn, cache, cache_bytes, rows)) != TB_OK)
+    if ((s = tb_norm_check_cache(ctx, fn, cache, cache_bytes, rows * 3)) != TB_OK)
         return s;
     tb_norm_cache_header h;
     memcpy(&h, cache, sizeof h);
@@ -144,56 +130,8 @@ tb_status tb_rmsnorm_backward(tb_ctx *ctx, tb_rmsnorm *rn, const tb_tensor *x,
     if (tb_overlaps(dx->data, rows * C, x->data, rows * C))
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dx overlaps x");
     const int want_w = (rn->flags & TB_NORM_SCALE) && tb_param_wants_grad(&rn->weight);
-    const size_t nchunks = tb_norm_chunks(rows);
-    double *partial = NULL;
-    if (want_w) {
-        size_t n, bytes;
-        if (!tb_mul_size(nchunks, C, &n) || !tb_mul_size(n, sizeof(double), &bytes))
-            return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "scratch size overflows");
-        void *mem;
-        if ((s = tb_alloc(ctx, fn, bytes, &mem)) != TB_OK)
-            return s;
-        partial = mem;
-    }
-    const float *w = (rn->flags & TB_NORM_SCALE) ? rn->weight.value : NULL;
-    const float *stats = (const float *)((const unsigned char *)cache + sizeof h);
-    const float *xd = x->data, *g = dy->data;
-    float *o = dx->data;
-#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * C)) schedule(static)
-    for (size_t q = 0; q < nchunks; q++) {
-        double *pw = partial ? partial + q * C : NULL;
-        if (pw)
-            for (size_t j = 0; j < C; j++)
-                pw[j] = 0.0;
-        const size_t r1 = (q + 1) * TB_NORM_CHUNK < rows ? (q + 1) * TB_NORM_CHUNK : rows;
-        for (size_t r = q * TB_NORM_CHUNK; r < r1; r++) {
-            const float *xr = xd + r * C, *gr = g + r * C;
-            float *orow = o + r * C;
-            const float rstd = stats[r];
-            double sgx = 0.0;
-            for (size_t j = 0; j < C; j++) {
-                const float xhat = xr[j] * rstd;
-                const float gj = w ? gr[j] * w[j] : gr[j];
-                sgx += (double)gj * xhat;
-                if (pw)
-                    pw[j] += (double)gr[j] * xhat;
-            }
-            const float mgx = (float)(sgx / (double)C);
-            for (size_t j = 0; j < C; j++) {
-                const float xhat = xr[j] * rstd;
-                const float gj = w ? gr[j] * w[j] : gr[j];
-                orow[j] = rstd * (gj - xhat * mgx);
-            }
-        }
-    }
-    if (partial) {
-        double *sum = partial; /* reduce in place into the first chunk, in order */
-        for (size_t q = 1; q < nchunks; q++)
-            for (size_t j = 0; j < C; j++)
-                sum[j] += partial[q * C + j];
-        for (size_t j = 0; j < C; j++)
-            rn->weight.grad[j] += (float)sum[j];
-        tb_free_with(&ctx->allocator, partial);
-    }
-    return TB_OK;
+    return tb_rownorm_backward(ctx, fn, rows, C, 0,
+                               (rn->flags & TB_NORM_SCALE) ? rn->weight.value : NULL,
+                               (const float *)((const unsigned char *)cache + sizeof h), x->data,
+                               dy->data, dx->data, want_w ? rn->weight.grad : NULL, NULL);
 }
