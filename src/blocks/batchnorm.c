@@ -255,22 +255,18 @@ tb_status tb_batchnorm_backward(tb_ctx *ctx, tb_batchnorm *bn, const tb_tensor *
     if (s != TB_OK)
         return s;
     const size_t C = bn->channels;
-    if (!cache)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cache must not be NULL");
-    if ((s = tb_norm_check_cache(ctx, fn, cache, cache_bytes, 3 * C)) != TB_OK)
-        return s;
     tb_norm_cache_header h;
-    memcpy(&h, cache, sizeof h);
+    if ((s = tb_norm_read_cache(ctx, fn, cache, cache_bytes, 3 * C, BN_MAGIC, C, &h)) != TB_OK)
+        return s;
     const size_t n = count_valid(valid, rows);
-    if (h.magic != BN_MAGIC || h.count != C || h.extra != n)
+    if (h.extra != n)
         return tb_fail(ctx, TB_ERR_STATE, fn,
-                       "cache was not filled by tb_batchnorm_forward on this input and mask "
-                       "(%zu counted positions)",
-                       n);
+                       "the mask counts %zu positions but forward counted %llu", n,
+                       (unsigned long long)h.extra);
     if (tb_overlaps(dx->data, rows * C, x->data, rows * C))
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dx overlaps x");
     const int batch_stats = h.flags != 0;
-    const float *hi = (const float *)((const unsigned char *)cache + sizeof h), *lo = hi + C,
+    const float *hi = tb_norm_cache_cdata(cache), *lo = hi + C,
                 *rstd = lo + C;
     const size_t nchunks = tb_norm_chunks(rows);
     size_t bytes;

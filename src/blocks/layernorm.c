@@ -127,15 +127,9 @@ tb_status tb_layernorm_backward(tb_ctx *ctx, tb_layernorm *ln, const tb_tensor *
         s = tb_check_matrix(ctx, fn, "dx", dx, rows, ln->dim);
     if (s != TB_OK)
         return s;
-    if (!cache)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cache must not be NULL");
-    if ((s = tb_norm_check_cache(ctx, fn, cache, cache_bytes, rows * 3)) != TB_OK)
-        return s;
     tb_norm_cache_header h;
-    memcpy(&h, cache, sizeof h);
-    if (h.magic != LN_MAGIC || h.count != rows)
-        return tb_fail(ctx, TB_ERR_STATE, fn,
-                       "cache was not filled by tb_layernorm_forward on %zu rows", rows);
+    if ((s = tb_norm_read_cache(ctx, fn, cache, cache_bytes, rows * 3, LN_MAGIC, rows, &h)) != TB_OK)
+        return s;
     const size_t C = ln->dim;
     if (tb_overlaps(dx->data, rows * C, x->data, rows * C))
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dx overlaps x");
@@ -143,7 +137,7 @@ tb_status tb_layernorm_backward(tb_ctx *ctx, tb_layernorm *ln, const tb_tensor *
     const int want_b = (ln->flags & TB_NORM_SHIFT) && tb_param_wants_grad(&ln->bias);
     return tb_rownorm_backward(ctx, fn, rows, C, 1,
                                (ln->flags & TB_NORM_SCALE) ? ln->weight.value : NULL,
-                               (const float *)((const unsigned char *)cache + sizeof h), x->data,
+                               tb_norm_cache_cdata(cache), x->data,
                                dy->data, dx->data, want_w ? ln->weight.grad : NULL,
                                want_b ? ln->bias.grad : NULL);
 }

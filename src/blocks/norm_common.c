@@ -62,6 +62,24 @@ tb_status tb_norm_check_cache(tb_ctx *ctx, const char *fn, const void *cache, si
     return TB_OK;
 }
 
+tb_status tb_norm_read_cache(tb_ctx *ctx, const char *fn, const void *cache, size_t bytes,
+                             size_t floats, uint64_t magic, size_t count,
+                             tb_norm_cache_header *h)
+{
+    if (!cache)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cache must not be NULL");
+    tb_status s = tb_norm_check_cache(ctx, fn, cache, bytes, floats);
+    if (s != TB_OK)
+        return s;
+    memcpy(h, cache, sizeof *h);
+    if (h->magic != magic || h->count != count)
+        return tb_fail(ctx, TB_ERR_STATE, fn,
+                       "cache was not filled by the matching forward call on this input "
+                       "(%zu rows or channels)",
+                       count);
+    return TB_OK;
+}
+
 void tb_norm_combine(const double *partial, size_t nchunks, size_t width, double *out)
 {
     for (size_t j = 0; j < width; j++)

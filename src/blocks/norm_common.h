@@ -35,11 +35,21 @@ tb_status tb_norm_check_eps(tb_ctx *ctx, const char *fn, float eps);
 /* Cache checks: size >= header + floats * sizeof(float), float aligned. */
 tb_status tb_norm_check_cache(tb_ctx *ctx, const char *fn, const void *cache, size_t bytes,
                               size_t floats);
+/* Backward's view of a forward cache: non-NULL, large enough, aligned,
+ * written by the forward call of this block (magic) on `count` rows or
+ * channels. Copies the header to *h. */
+tb_status tb_norm_read_cache(tb_ctx *ctx, const char *fn, const void *cache, size_t bytes,
+                             size_t floats, uint64_t magic, size_t count,
+                             tb_norm_cache_header *h);
 /* Bytes for a header plus `floats` floats (TB_ERR_OVERFLOW if too large). */
 tb_status tb_norm_cache_bytes(size_t floats, size_t *bytes);
 static inline float *tb_norm_cache_data(void *cache)
 {
     return (float *)((unsigned char *)cache + sizeof(tb_norm_cache_header));
+}
+static inline const float *tb_norm_cache_cdata(const void *cache)
+{
+    return (const float *)((const unsigned char *)cache + sizeof(tb_norm_cache_header));
 }
 
 /*

@@ -117,21 +117,15 @@ tb_status tb_rmsnorm_backward(tb_ctx *ctx, tb_rmsnorm *rn, const tb_tensor *x,
         s = tb_check_matrix(ctx, fn, "dx", dx, rows, rn->dim);
     if (s != TB_OK)
         return s;
-    if (!cache)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cache must not be NULL");
-    if ((s = tb_norm_check_cache(ctx, fn, cache, cache_bytes, rows * 3)) != TB_OK)
-        return s;
     tb_norm_cache_header h;
-    memcpy(&h, cache, sizeof h);
-    if (h.magic != RMS_MAGIC || h.count != rows)
-        return tb_fail(ctx, TB_ERR_STATE, fn,
-                       "cache was not filled by tb_rmsnorm_forward on %zu rows", rows);
+    if ((s = tb_norm_read_cache(ctx, fn, cache, cache_bytes, rows * 3, RMS_MAGIC, rows, &h)) != TB_OK)
+        return s;
     const size_t C = rn->dim;
     if (tb_overlaps(dx->data, rows * C, x->data, rows * C))
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dx overlaps x");
     const int want_w = (rn->flags & TB_NORM_SCALE) && tb_param_wants_grad(&rn->weight);
     return tb_rownorm_backward(ctx, fn, rows, C, 0,
                                (rn->flags & TB_NORM_SCALE) ? rn->weight.value : NULL,
-                               (const float *)((const unsigned char *)cache + sizeof h), x->data,
+                               tb_norm_cache_cdata(cache), x->data,
                                dy->data, dx->data, want_w ? rn->weight.grad : NULL, NULL);
 }
