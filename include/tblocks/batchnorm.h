@@ -111,10 +111,10 @@ tb_status tb_batchnorm_cache_size(size_t channels, size_t *bytes);
  * @param cache tb_batchnorm_cache_size(C) bytes aligned for float, or NULL
  *        when no backward will follow.
  * @param cache_bytes Size of cache.
- * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_SHAPE; TB_ERR_STATE;
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_SHAPE; TB_ERR_OVERFLOW; TB_ERR_STATE;
  *         TB_ERR_BUFFER_TOO_SMALL; TB_ERR_INVALID_ARG for fewer than two
  *         counted positions in training with batch statistics, a bad mode
- *         or a misaligned cache. Nothing (y, cache, running statistics) is
+ *         a misaligned cache or y partly overlapping x. Nothing (y, cache, running statistics) is
  *         changed on error.
  */
 tb_status tb_batchnorm_forward(tb_ctx *ctx, tb_batchnorm *bn, tb_mode mode, const tb_tensor *x,
@@ -134,8 +134,9 @@ tb_status tb_batchnorm_forward(tb_ctx *ctx, tb_batchnorm *bn, tb_mode mode, cons
  * @param cache The cache filled by forward on x.
  * @param cache_bytes Size of cache.
  * @param dx Output (may alias dy; must not overlap x).
- * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE, TB_ERR_STATE,
- *         TB_ERR_BUFFER_TOO_SMALL or TB_ERR_INVALID_ARG.
+ * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE, TB_ERR_OVERFLOW,
+ *         TB_ERR_STATE (cache not from a forward call on this input and
+ *         mask), TB_ERR_BUFFER_TOO_SMALL or TB_ERR_INVALID_ARG.
  */
 tb_status tb_batchnorm_backward(tb_ctx *ctx, tb_batchnorm *bn, const tb_tensor *x,
                                 const uint8_t *valid, const tb_tensor *dy, const void *cache,

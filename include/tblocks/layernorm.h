@@ -89,8 +89,9 @@ tb_status tb_layernorm_cache_size(size_t rows, size_t *bytes);
  * @param cache tb_layernorm_cache_size(N) bytes, aligned for float, filled
  *        for backward; or NULL when no backward will follow.
  * @param cache_bytes Size of cache (ignored when cache is NULL).
- * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE, TB_ERR_STATE,
- *         TB_ERR_BUFFER_TOO_SMALL or TB_ERR_INVALID_ARG (misaligned cache).
+ * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE, TB_ERR_OVERFLOW, TB_ERR_STATE,
+ *         TB_ERR_BUFFER_TOO_SMALL or TB_ERR_INVALID_ARG (misaligned cache, or
+ *         y partly overlapping x).
  */
 tb_status tb_layernorm_forward(tb_ctx *ctx, const tb_layernorm *ln, const tb_tensor *x,
                                tb_tensor *y, void *cache, size_t cache_bytes);

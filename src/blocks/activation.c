@@ -57,6 +57,8 @@ tb_status tb_gelu_forward(tb_ctx *ctx, tb_gelu_approx approx, const tb_tensor *x
     tb_status s = check_approx(ctx, __func__, approx);
     if (s == TB_OK)
         s = tb_check_same_numel(ctx, __func__, "x", x, "y", y, &n);
+    if (s == TB_OK)
+        s = tb_check_inplace(ctx, __func__, "x", x->data, "y", y->data, n);
     if (s != TB_OK)
         return s;
     const float *xd = x->data;
@@ -82,6 +84,10 @@ tb_status tb_gelu_backward(tb_ctx *ctx, tb_gelu_approx approx, const tb_tensor *
         s = tb_check_same_numel(ctx, __func__, "x", x, "dy", dy, &n);
     if (s == TB_OK)
         s = tb_check_same_numel(ctx, __func__, "x", x, "dx", dx, &n2);
+    if (s == TB_OK)
+        s = tb_check_inplace(ctx, __func__, "dy", dy->data, "dx", dx->data, n);
+    if (s == TB_OK)
+        s = tb_check_inplace(ctx, __func__, "x", x->data, "dx", dx->data, n);
     if (s != TB_OK)
         return s;
     const float *xd = x->data, *g = dy->data;
@@ -102,6 +108,8 @@ tb_status tb_relu_forward(tb_ctx *ctx, const tb_tensor *x, tb_tensor *y)
 {
     size_t n;
     tb_status s = tb_check_same_numel(ctx, __func__, "x", x, "y", y, &n);
+    if (s == TB_OK)
+        s = tb_check_inplace(ctx, __func__, "x", x->data, "y", y->data, n);
     if (s != TB_OK)
         return s;
     const float *xd = x->data;
@@ -118,6 +126,10 @@ tb_status tb_relu_backward(tb_ctx *ctx, const tb_tensor *x, const tb_tensor *dy,
     tb_status s = tb_check_same_numel(ctx, __func__, "x", x, "dy", dy, &n);
     if (s == TB_OK)
         s = tb_check_same_numel(ctx, __func__, "x", x, "dx", dx, &n2);
+    if (s == TB_OK)
+        s = tb_check_inplace(ctx, __func__, "dy", dy->data, "dx", dx->data, n);
+    if (s == TB_OK)
+        s = tb_check_inplace(ctx, __func__, "x", x->data, "dx", dx->data, n);
     if (s != TB_OK)
         return s;
     const float *xd = x->data, *g = dy->data;

@@ -68,8 +68,8 @@ void tb_batchnorm_free(tb_batchnorm *bn)
 tb_status tb_batchnorm_params(tb_ctx *ctx, tb_batchnorm *bn, const char *prefix,
                               tb_param_list *list)
 {
-    if (!bn)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "bn is NULL");
+    if (!bn || !list)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "bn and list must not be NULL");
     if (!bn->storage)
         return tb_fail(ctx, TB_ERR_STATE, __func__, "bn is not initialised");
     tb_status s = TB_OK;
@@ -119,6 +119,18 @@ static size_t count_valid(const uint8_t *valid, size_t rows)
     return n;
 }
 
+/* FNV-1a over the mask (as 0/1), so backward can tell it was given the
+ * forward's mask; 0 for no mask. */
+static uint64_t mask_hash(const uint8_t *valid, size_t rows)
+{
+    if (!valid)
+        return 0;
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t r = 0; r < rows; r++)
+        h = (h ^ (uint64_t)(valid[r] != 0)) * 0x100000001b3ULL;
+    return h;
+}
+
 static size_t chunk_end(size_t q, size_t rows)
 {
     size_t e = (q + 1) * TB_NORM_CHUNK;
@@ -162,6 +174,8 @@ tb_status tb_batchnorm_forward(tb_ctx *ctx, tb_batchnorm *bn, tb_mode mode, cons
     const char *fn = __func__;
     size_t rows;
     tb_status s = check_io(ctx, fn, bn, x, "y", y, &rows);
+    if (s == TB_OK)
+        s = tb_check_inplace(ctx, fn, "x", x->data, "y", y->data, tb_tensor_numel(x));
     if (s != TB_OK)
         return s;
     if (mode != TB_MODE_TRAINING && mode != TB_MODE_INFERENCE)
@@ -234,7 +248,8 @@ tb_status tb_batchnorm_forward(tb_ctx *ctx, tb_batchnorm *bn, tb_mode mode, cons
         }
     }
     if (cache) {
-        tb_norm_cache_header h = {BN_MAGIC, C, n, (uint64_t)batch_stats};
+        tb_norm_cache_header h = {BN_MAGIC, C, n, (uint64_t)batch_stats,
+                                  mask_hash(valid, rows)};
         memcpy(cache, &h, sizeof h);
         float *cd = tb_norm_cache_data(cache);
         memcpy(cd, hi, 3 * C * sizeof(float)); /* hi, lo, rstd are contiguous */
@@ -259,12 +274,15 @@ tb_status tb_batchnorm_backward(tb_ctx *ctx, tb_batchnorm *bn, const tb_tensor *
     if ((s = tb_norm_read_cache(ctx, fn, cache, cache_bytes, 3 * C, BN_MAGIC, C, &h)) != TB_OK)
         return s;
     const size_t n = count_valid(valid, rows);
-    if (h.extra != n)
+    if (h.extra != n || h.check != mask_hash(valid, rows))
         return tb_fail(ctx, TB_ERR_STATE, fn,
-                       "the mask counts %zu positions but forward counted %llu", n,
-                       (unsigned long long)h.extra);
+                       "the padding mask differs from the one forward used (%zu counted "
+                       "positions now, %llu then)",
+                       n, (unsigned long long)h.extra);
     if (tb_overlaps(dx->data, rows * C, x->data, rows * C))
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dx overlaps x");
+    if ((s = tb_check_inplace(ctx, fn, "dy", dy->data, "dx", dx->data, rows * C)) != TB_OK)
+        return s;
     const int batch_stats = h.flags != 0;
     const float *hi = tb_norm_cache_cdata(cache), *lo = hi + C,
                 *rstd = lo + C;

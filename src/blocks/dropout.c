@@ -16,6 +16,8 @@ tb_status tb_dropout_forward(tb_ctx *ctx, tb_mode mode, float p, tb_rng *rng,
     if (mode != TB_MODE_TRAINING && mode != TB_MODE_INFERENCE)
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown mode %d", (int)mode);
     tb_status s = tb_check_same_numel(ctx, fn, "x", x, "y", y, &n);
+    if (s == TB_OK)
+        s = tb_check_inplace(ctx, fn, "x", x->data, "y", y->data, n);
     if (s != TB_OK)
         return s;
     const int active = mode == TB_MODE_TRAINING && p > 0.0f;
@@ -51,6 +53,8 @@ tb_status tb_dropout_backward(tb_ctx *ctx, const tb_dropout_cache *cache, const 
     if (!cache)
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cache must not be NULL");
     tb_status s = tb_check_same_numel(ctx, fn, "dy", dy, "dx", dx, &n);
+    if (s == TB_OK)
+        s = tb_check_inplace(ctx, fn, "dy", dy->data, "dx", dx->data, n);
     if (s != TB_OK)
         return s;
     if (n != cache->numel)

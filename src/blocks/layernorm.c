@@ -57,8 +57,8 @@ void tb_layernorm_free(tb_layernorm *ln)
 tb_status tb_layernorm_params(tb_ctx *ctx, tb_layernorm *ln, const char *prefix,
                               tb_param_list *list)
 {
-    if (!ln)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "ln is NULL");
+    if (!ln || !list)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "ln and list must not be NULL");
     if (!ln->storage)
         return tb_fail(ctx, TB_ERR_STATE, __func__, "ln is not initialised");
     tb_status s = TB_OK;
@@ -101,6 +101,8 @@ tb_status tb_layernorm_forward(tb_ctx *ctx, const tb_layernorm *ln, const tb_ten
     const char *fn = __func__;
     size_t rows;
     tb_status s = check_io(ctx, fn, ln, x, "y", y, &rows);
+    if (s == TB_OK)
+        s = tb_check_inplace(ctx, fn, "x", x->data, "y", y->data, tb_tensor_numel(x));
     if (s != TB_OK)
         return s;
     if (cache && (s = tb_norm_check_cache(ctx, fn, cache, cache_bytes, rows * 3)) != TB_OK)
@@ -110,7 +112,7 @@ tb_status tb_layernorm_forward(tb_ctx *ctx, const tb_layernorm *ln, const tb_ten
                        (ln->flags & TB_NORM_SHIFT) ? ln->bias.value : NULL, x->data, y->data,
                        cache ? tb_norm_cache_data(cache) : NULL);
     if (cache) {
-        tb_norm_cache_header h = {LN_MAGIC, rows, 0, 0};
+        tb_norm_cache_header h = {LN_MAGIC, rows, 0, 0, 0};
         memcpy(cache, &h, sizeof h);
     }
     return TB_OK;
@@ -133,6 +135,8 @@ tb_status tb_layernorm_backward(tb_ctx *ctx, tb_layernorm *ln, const tb_tensor *
     const size_t C = ln->dim;
     if (tb_overlaps(dx->data, rows * C, x->data, rows * C))
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dx overlaps x");
+    if ((s = tb_check_inplace(ctx, fn, "dy", dy->data, "dx", dx->data, rows * C)) != TB_OK)
+        return s;
     const int want_w = (ln->flags & TB_NORM_SCALE) && tb_param_wants_grad(&ln->weight);
     const int want_b = (ln->flags & TB_NORM_SHIFT) && tb_param_wants_grad(&ln->bias);
     return tb_rownorm_backward(ctx, fn, rows, C, 1,

@@ -130,6 +130,9 @@ tb_status tb_cross_entropy_backward(tb_ctx *ctx, const tb_cross_entropy_config *
                              &rows, &cols);
     if (s == TB_OK)
         s = tb_check_matrix(ctx, fn, "dlogits", dlogits, rows, cols);
+    if (s == TB_OK)
+        s = tb_check_inplace(ctx, fn, "logits", logits->data, "dlogits", dlogits->data,
+                             rows * cols);
     if (s != TB_OK)
         return s;
     ce_header h;

@@ -21,6 +21,7 @@ typedef struct tb_norm_cache_header {
     uint64_t count;  /* rows (LayerNorm/RMSNorm) or channels (BatchNorm) */
     uint64_t extra;  /* BatchNorm: counted rows; otherwise 0 */
     uint64_t flags;  /* BatchNorm: 1 if batch statistics were used */
+    uint64_t check;  /* BatchNorm: hash of the padding mask; otherwise 0 */
 } tb_norm_cache_header;
 
 /* Allocate `nvec` zeroed vectors of dim floats in one block. */

@@ -52,8 +52,8 @@ void tb_rmsnorm_free(tb_rmsnorm *rn)
 
 tb_status tb_rmsnorm_params(tb_ctx *ctx, tb_rmsnorm *rn, const char *prefix, tb_param_list *list)
 {
-    if (!rn)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "rn is NULL");
+    if (!rn || !list)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "rn and list must not be NULL");
     if (!rn->storage)
         return tb_fail(ctx, TB_ERR_STATE, __func__, "rn is not initialised");
     if (rn->flags & TB_NORM_SCALE)
@@ -92,6 +92,8 @@ tb_status tb_rmsnorm_forward(tb_ctx *ctx, const tb_rmsnorm *rn, const tb_tensor 
     const char *fn = __func__;
     size_t rows;
     tb_status s = check_io(ctx, fn, rn, x, "y", y, &rows);
+    if (s == TB_OK)
+        s = tb_check_inplace(ctx, fn, "x", x->data, "y", y->data, tb_tensor_numel(x));
     if (s != TB_OK)
         return s;
     if (cache && (s = tb_norm_check_cache(ctx, fn, cache, cache_bytes, rows * 3)) != TB_OK)
@@ -100,7 +102,7 @@ tb_status tb_rmsnorm_forward(tb_ctx *ctx, const tb_rmsnorm *rn, const tb_tensor 
                        (rn->flags & TB_NORM_SCALE) ? rn->weight.value : NULL, NULL, x->data,
                        y->data, cache ? tb_norm_cache_data(cache) : NULL);
     if (cache) {
-        tb_norm_cache_header h = {RMS_MAGIC, rows, 0, 0};
+        tb_norm_cache_header h = {RMS_MAGIC, rows, 0, 0, 0};
         memcpy(cache, &h, sizeof h);
     }
     return TB_OK;
@@ -123,6 +125,8 @@ tb_status tb_rmsnorm_backward(tb_ctx *ctx, tb_rmsnorm *rn, const tb_tensor *x,
     const size_t C = rn->dim;
     if (tb_overlaps(dx->data, rows * C, x->data, rows * C))
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dx overlaps x");
+    if ((s = tb_check_inplace(ctx, fn, "dy", dy->data, "dx", dx->data, rows * C)) != TB_OK)
+        return s;
     const int want_w = (rn->flags & TB_NORM_SCALE) && tb_param_wants_grad(&rn->weight);
     return tb_rownorm_backward(ctx, fn, rows, C, 0,
                                (rn->flags & TB_NORM_SCALE) ? rn->weight.value : NULL,

@@ -17,6 +17,8 @@ tb_status tb_softmax_forward(tb_ctx *ctx, const tb_tensor *x, tb_tensor *y)
 {
     size_t rows, cols;
     tb_status s = check_like(ctx, __func__, "x", x, "y", y, &rows, &cols);
+    if (s == TB_OK)
+        s = tb_check_inplace(ctx, __func__, "x", x->data, "y", y->data, rows * cols);
     if (s != TB_OK)
         return s;
     const float *xd = x->data;
@@ -57,6 +59,10 @@ tb_status tb_softmax_backward(tb_ctx *ctx, const tb_tensor *y, const tb_tensor *
     tb_status s = check_like(ctx, __func__, "y", y, "dy", dy, &rows, &cols);
     if (s == TB_OK)
         s = tb_check_matrix(ctx, __func__, "dx", dx, rows, cols);
+    if (s == TB_OK)
+        s = tb_check_inplace(ctx, __func__, "dy", dy->data, "dx", dx->data, rows * cols);
+    if (s == TB_OK)
+        s = tb_check_inplace(ctx, __func__, "y", y->data, "dx", dx->data, rows * cols);
     if (s != TB_OK)
         return s;
     const float *yd = y->data, *g = dy->data;

@@ -70,6 +70,12 @@ tb_status tb_check_same_numel(tb_ctx *ctx, const char *fn, const char *a_name,
 /* True if [a, a+an) and [b, b+bn) floats overlap. */
 int tb_overlaps(const float *a, size_t an, const float *b, size_t bn);
 
+/* An output of n floats may be the input itself (in place) or separate
+ * memory, never a partial overlap (elements would be read after being
+ * overwritten, by another thread): TB_ERR_INVALID_ARG then. */
+tb_status tb_check_inplace(tb_ctx *ctx, const char *fn, const char *in_name, const float *in,
+                           const char *out_name, const float *out, size_t n);
+
 /* Allocate and free through ctx's allocator (64-byte aligned). */
 tb_status tb_alloc(tb_ctx *ctx, const char *fn, size_t bytes, void **out);
 void tb_free_with(const tb_allocator *allocator, void *ptr);

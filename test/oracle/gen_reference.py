@@ -18,11 +18,16 @@ Naming convention inside a file:
     results:  y, loss (forward); dx, dweight, dbias, dlogits (backward)
     config:   i32 scalars such as ignore_index, reduction, approximate
 
+The cases of test_oracle.c are listed in ``<out>/cases.txt``, those of
+test_norm_oracle.c (LayerNorm, RMSNorm, BatchNorm; they also carry float64
+results named ``<name>_f64``) in ``<out>/norm_cases.txt``.
+
 The script fails (non-zero exit) if torch or numpy is missing or if any
 case cannot be produced: the oracle tests must never be skipped silently.
 """
 
 import argparse
+import copy
 import os
 import struct
 import sys
@@ -281,6 +286,347 @@ def case_residual_linear(seed, rows, c):
             ("dx", x.grad), ("dweight", lin.weight.grad), ("dbias", lin.bias.grad)]
 
 
+# ---------------------------------------------------------------------------
+# normalization blocks (tested by test/unit/test_norm_oracle.c)
+#
+# Every norm case stores, next to the float32 PyTorch results, the same
+# module run in float64 on the same (float32) inputs and parameters, rounded
+# to float32 ("<name>_f64"): float32 PyTorch is itself inaccurate for large
+# offsets (it centres with a float32 mean) and noisy where the gradient
+# cancels, so the accuracy claims of the library are checked against the
+# float64 results. `f32_accurate` = 0 marks the cases where the float32
+# PyTorch results must not be used as a reference at all.
+#
+# eps and momentum are the float32 values the C library stores, passed to
+# PyTorch as such, so both sides use exactly the same constants.
+
+
+def as_f32(v):
+    """The float32 value a C `float` parameter holds, as a Python float."""
+    return float(np.float32(v))
+
+
+def signed_uniform(n, lo, hi, g):
+    """|v| uniform in [lo, hi), random sign: non-trivial weights, never ~0."""
+    mag = uniform((n,), lo, hi, g)
+    sign = torch.where(torch.rand((n,), generator=g) < 0.5, -1.0, 1.0).to(torch.float32)
+    return (mag * sign).contiguous()
+
+
+def log_uniform(shape, lo, hi, g):
+    return torch.exp(uniform(shape, float(np.log(lo)), float(np.log(hi)), g)).contiguous()
+
+
+def _fwd_bwd(module, x, dy, valid=None, layout_bct=False):
+    """y = module(x) (optionally on the valid rows only, scattered back into
+    zeros; optionally through the (B, C, T) layout), then autograd with dy.
+    Returns y, dx and the parameter gradients by name."""
+    xl = leaf(x)
+    if layout_bct:  # x is (B, T, C); BatchNorm1d wants (B, C, T)
+        y = module(xl.permute(0, 2, 1)).permute(0, 2, 1)
+    elif valid is not None:
+        idx = torch.nonzero(valid).reshape(-1)
+        y = torch.zeros_like(xl)
+        y[idx] = module(xl[idx])
+    else:
+        y = module(xl)
+    y.backward(dy)
+    grads = {n: p.grad for n, p in module.named_parameters()}
+    return y, xl.grad, grads
+
+
+def _f64_copy(module):
+    m = copy.deepcopy(module).double()
+    m.zero_grad(set_to_none=True)
+    return m
+
+
+def _f32(t):
+    return t.detach().to(torch.float32).contiguous()
+
+
+def norm_rows(shape, g, lo, hi, offset_ratio):
+    """Rows with log-uniform spreads in [lo, hi) and a mean of up to
+    offset_ratio times the spread (so mean/std stays moderate)."""
+    rows = int(np.prod(shape[:-1]))
+    c = shape[-1]
+    scale = log_uniform((rows, 1), lo, hi, g)
+    offset = uniform((rows, 1), -offset_ratio, offset_ratio, g) * scale
+    x = offset + scale * uniform((rows, c), -1.0, 1.0, g)
+    return x.reshape(shape).contiguous()
+
+
+def case_layernorm(seed, shape, eps, affine, bias, kind="random"):
+    g = gen(seed)
+    c = shape[-1]
+    f32_accurate = 1
+    if kind == "random":
+        # Spreads from 3e-3 (variance ~3e-6, below eps: eps dominates) to 3.
+        x = norm_rows(shape, g, 3e-3, 3.0, 2.0)
+    elif kind == "offset":
+        # mean 1e4, std 0.1 per row: float32 PyTorch centres with a float32
+        # mean (ulp(1e4) = 9.8e-4, i.e. 1% of the std) and is not a
+        # reference here; only the float64 results are.
+        x = (1.0e4 + 0.1 * torch.randn(shape, generator=g, dtype=torch.float64)).to(torch.float32)
+        f32_accurate = 0
+    elif kind == "const":
+        # Rows 1, 3, 4 constant (variance exactly 0), the others ordinary.
+        # float32 PyTorch's backward gets a gradient off by 0.04 (of ~300)
+        # on the row of -1234.5678 (its recomputed mean is 1 ulp off, so
+        # x - mean is not 0): float64 is the only reference.
+        x = norm_rows(shape, g, 0.1, 2.0, 2.0)
+        f32_accurate = 0
+        x[1, :] = 2.5
+        x[3, :] = 0.0
+        x[4, :] = -1234.5678
+    else:
+        raise ValueError(kind)
+    x = x.contiguous()
+    mod = torch.nn.LayerNorm(c, eps=as_f32(eps), elementwise_affine=affine, bias=bias,
+                             dtype=torch.float32)
+    if affine:
+        with torch.no_grad():
+            mod.weight.copy_(signed_uniform(c, 0.5, 1.5, g))
+            if bias:
+                mod.bias.copy_(uniform((c,), -0.5, 0.5, g))
+    dy = uniform(shape, -1.0, 1.0, g)
+    mod64 = _f64_copy(mod)
+    y, dx, grads = _fwd_bwd(mod, x, dy)
+    y64, dx64, grads64 = _fwd_bwd(mod64, x.double(), dy.double())
+    has_bias = affine and bias
+    t = [("eps", f32_scalar(eps)), ("affine", i32(int(affine))), ("has_bias", i32(int(has_bias))),
+         ("f32_accurate", i32(f32_accurate)), ("x", x)]
+    if affine:
+        t.append(("weight", mod.weight))
+    if has_bias:
+        t.append(("bias", mod.bias))
+    t += [("dy", dy), ("y", y), ("dx", dx), ("y_f64", _f32(y64)), ("dx_f64", _f32(dx64))]
+    if affine:
+        t += [("dweight", grads["weight"]), ("dweight_f64", _f32(grads64["weight"]))]
+    if has_bias:
+        t += [("dbias", grads["bias"]), ("dbias_f64", _f32(grads64["bias"]))]
+    return t
+
+
+def case_rmsnorm(seed, shape, eps, affine, kind="random"):
+    g = gen(seed)
+    c = shape[-1]
+    if kind == "random":
+        # RMS from 1e-3 (mean square ~3e-7, below eps) to 3; one-row cases
+        # get a spread of 3e-3, where eps still matters: for C = 1 the
+        # gradient is eps / (x^2 + eps)^1.5 and would be ~0 for |x| ~ 1.
+        if int(np.prod(shape[:-1])) == 1:
+            x = norm_rows(shape, g, 3e-3, 3.0001e-3, 1.0)
+        else:
+            x = norm_rows(shape, g, 1e-3, 3.0, 1.0)
+    elif kind == "special":
+        # A zero row, a constant row, a large row (1e4 + noise), a tiny row
+        # (|x| ~ 1e-4, eps dominates), ordinary rows.
+        x = norm_rows(shape, g, 0.1, 2.0, 1.0)
+        x[1, :] = 0.0
+        x[2, :] = 2.5
+        x[3, :] = (1.0e4 + 0.1 * torch.randn((c,), generator=g, dtype=torch.float64)).to(torch.float32)
+        x[4, :] = 1e-4 * uniform((c,), -1.0, 1.0, g)
+    else:
+        raise ValueError(kind)
+    x = x.contiguous()
+    mod = torch.nn.RMSNorm(c, eps=as_f32(eps), elementwise_affine=affine, dtype=torch.float32)
+    if affine:
+        with torch.no_grad():
+            mod.weight.copy_(signed_uniform(c, 0.5, 1.5, g))
+    dy = uniform(shape, -1.0, 1.0, g)
+    mod64 = _f64_copy(mod)
+    y, dx, grads = _fwd_bwd(mod, x, dy)
+    y64, dx64, grads64 = _fwd_bwd(mod64, x.double(), dy.double())
+    t = [("eps", f32_scalar(eps)), ("affine", i32(int(affine))), ("x", x)]
+    if affine:
+        t.append(("weight", mod.weight))
+    t += [("dy", dy), ("y", y), ("dx", dx), ("y_f64", _f32(y64)), ("dx_f64", _f32(dx64))]
+    if affine:
+        t += [("dweight", grads["weight"]), ("dweight_f64", _f32(grads64["weight"]))]
+    return t
+
+
+def bn_mask(n, n_padded, g):
+    """Boolean (N,) mask with n_padded False entries (never fewer than 2 True)."""
+    assert n - n_padded >= 2
+    valid = torch.ones(n, dtype=torch.bool)
+    valid[torch.randperm(n, generator=g)[:n_padded]] = False
+    return valid
+
+
+def case_batchnorm(seed, n, c, momentum, training, affine=True, bias=True, n_padded=0,
+                   bt=None, eps=1e-5):
+    """torch.nn.BatchNorm1d(C) on (N, C) rows (or (B, T, C) through the
+    (B, C, T) layout when bt = (B, T)): statistics per channel over all N
+    positions. Training: forward on x (y, backward: dx, dweight, dbias,
+    running stats after 1 call) then on x2 and x3 (running stats after 3
+    calls). Inference: the given running statistics, one call.
+    n_padded > 0: the library's padding mask, emulated by running PyTorch on
+    the valid rows only and scattering back (padded y = 0, dx = 0)."""
+    g = gen(seed)
+    if bt is not None:
+        assert bt[0] * bt[1] == n and n_padded == 0
+    # Per-channel spread log-uniform in [1e-2, 3) (variance down to ~3e-5,
+    # comparable to eps; one channel gets 5e-3 so a C = 1 case has it too),
+    # mean up to 3x the spread.
+    scale = log_uniform((1, c), 1e-2, 3.0, g)
+    if c == 1:
+        scale[0, 0] = 5e-3
+    offset = uniform((1, c), -3.0, 3.0, g) * scale
+    calls = 3 if training else 1
+    xs, masks = [], []
+    for _ in range(calls):
+        x = offset + scale * uniform((n, c), -1.0, 1.0, g)
+        valid = None
+        if n_padded:
+            valid = bn_mask(n, n_padded, g)
+            # Padded positions hold garbage that must not leak into anything.
+            x[~valid] = uniform((n_padded, c), 50.0, 150.0, g)
+        xs.append(x.contiguous())
+        masks.append(valid)
+    mod = torch.nn.BatchNorm1d(c, eps=as_f32(eps), momentum=as_f32(momentum), affine=affine,
+                               bias=bias, dtype=torch.float32)
+    with torch.no_grad():
+        mod.running_mean.copy_(uniform((c,), -1.0, 1.0, g))
+        mod.running_var.copy_(uniform((c,), 0.5, 2.0, g))
+        if affine:
+            mod.weight.copy_(signed_uniform(c, 0.5, 1.5, g))
+            if bias:
+                mod.bias.copy_(uniform((c,), -0.5, 0.5, g))
+    rm0, rv0 = mod.running_mean.clone(), mod.running_var.clone()
+    mod64 = _f64_copy(mod)
+    mod.train(training)
+    mod64.train(training)
+    shape = (n, c) if bt is None else (bt[0], bt[1], c)
+    dy = uniform(shape, -1.0, 1.0, g)
+    res = {}
+    for tag, m, dt in (("", mod, torch.float32), ("_f64", mod64, torch.float64)):
+        x1 = xs[0].reshape(shape).to(dt)
+        y, dx, grads = _fwd_bwd(m, x1, dy.to(dt), valid=masks[0], layout_bct=bt is not None)
+        res["y" + tag], res["dx" + tag] = y, dx
+        if affine:
+            res["dweight" + tag] = grads["weight"]
+            if bias:
+                res["dbias" + tag] = grads["bias"]
+        res["running_mean1" + tag] = m.running_mean.clone()
+        res["running_var1" + tag] = m.running_var.clone()
+        with torch.no_grad():
+            for k in range(1, calls):
+                xk = xs[k].to(dt)
+                if masks[k] is not None:
+                    m(xk[masks[k]])
+                else:
+                    m(xk)
+        res["running_mean3" + tag] = m.running_mean.clone()
+        res["running_var3" + tag] = m.running_var.clone()
+    if not training:
+        assert torch.equal(res["running_mean1"], rm0) and torch.equal(res["running_var1"], rv0)
+    t = [("eps", f32_scalar(eps)), ("momentum", f32_scalar(momentum)),
+         ("training", i32(int(training))), ("affine", i32(int(affine))),
+         ("has_bias", i32(int(affine and bias))), ("x", xs[0].reshape(shape).contiguous())]
+    if n_padded:
+        t.append(("valid", masks[0].to(torch.int32)))
+    if affine:
+        t.append(("weight", mod.weight))
+        if bias:
+            t.append(("bias", mod.bias))
+    t += [("running_mean0", rm0), ("running_var0", rv0), ("dy", dy)]
+    names = ["y", "dx"]
+    if affine:
+        names.append("dweight")
+        if bias:
+            names.append("dbias")
+    names += ["running_mean1", "running_var1"]
+    if training:
+        names += ["running_mean3", "running_var3"]
+        for k in (1, 2):
+            t.append(("x%d" % (k + 1), xs[k]))
+            if n_padded:
+                t.append(("valid%d" % (k + 1), masks[k].to(torch.int32)))
+    for nm in names:
+        t.append((nm, _f32(res[nm])))
+    for nm in names:
+        t.append((nm + "_f64", _f32(res[nm + "_f64"])))
+    return t
+
+
+NORM_SHAPES = [(1, 1), (3, 17), (17, 33), (2, 3, 50), (4, 768), (2, 8192)]
+
+
+def _shape_tag(shape):
+    return "x".join(str(d) for d in shape)
+
+
+def build_norm_cases():
+    """(case name, thunk). Names must match test/unit/test_norm_oracle.c."""
+    c = []
+    # LayerNorm: every shape with affine+bias at eps 1e-5 and 1e-3, affine
+    # without bias, and no affine at all.
+    for k, shape in enumerate(NORM_SHAPES):
+        tag = _shape_tag(shape)
+        for j, (eps, affine, bias, what) in enumerate([(1e-5, True, True, "affine"),
+                                                       (1e-3, True, True, "affine"),
+                                                       (1e-5, True, False, "nobias"),
+                                                       (1e-3, False, False, "plain")]):
+            name = "layernorm_%s_%s_eps%s" % (tag, what, "1e-5" if eps == 1e-5 else "1e-3")
+            c.append((name, lambda shape=shape, eps=eps, affine=affine, bias=bias, s=800 + 4 * k + j:
+                      case_layernorm(s, shape, eps, affine, bias)))
+    c.append(("layernorm_offset1e4_7x96", lambda: case_layernorm(850, (7, 96), 1e-5, True, True,
+                                                                  "offset")))
+    c.append(("layernorm_constrows_6x40", lambda: case_layernorm(851, (6, 40), 1e-5, True, True,
+                                                                  "const")))
+    c.append(("layernorm_constrows_6x40_plain", lambda: case_layernorm(852, (6, 40), 1e-3, False,
+                                                                        False, "const")))
+    # RMSNorm: every shape with and without weight, eps 1e-6 and 1e-5.
+    for k, shape in enumerate(NORM_SHAPES):
+        tag = _shape_tag(shape)
+        for j, (eps, affine) in enumerate([(1e-6, True), (1e-5, True), (1e-6, False)]):
+            name = "rmsnorm_%s_%s_eps%s" % (tag, "weight" if affine else "plain",
+                                            "1e-6" if eps == 1e-6 else "1e-5")
+            c.append((name, lambda shape=shape, eps=eps, affine=affine, s=900 + 3 * k + j:
+                      case_rmsnorm(s, shape, eps, affine)))
+    c.append(("rmsnorm_special_6x40", lambda: case_rmsnorm(950, (6, 40), 1e-6, True, "special")))
+    # BatchNorm, training: every C in {1, 3, 17, 64} with every N in
+    # {2, 3, 17, 96} at momentum 0.1; momentum 0.3, (B, T, C) layout, no
+    # affine, scale without shift, larger eps on a few.
+    k = 0
+    for cc in (1, 3, 17, 64):
+        for n in (2, 3, 17, 96):
+            c.append(("batchnorm_train_%dx%d_m0.1" % (n, cc),
+                      lambda n=n, cc=cc, s=1000 + k: case_batchnorm(s, n, cc, 0.1, True)))
+            k += 1
+    c.append(("batchnorm_train_17x3_m0.3", lambda: case_batchnorm(1030, 17, 3, 0.3, True)))
+    c.append(("batchnorm_train_96x64_m0.3", lambda: case_batchnorm(1031, 96, 64, 0.3, True)))
+    c.append(("batchnorm_train_2x17_m0.3_eps1e-3",
+              lambda: case_batchnorm(1032, 2, 17, 0.3, True, eps=1e-3)))
+    c.append(("batchnorm_train_b4t24x17_m0.1",
+              lambda: case_batchnorm(1033, 96, 17, 0.1, True, bt=(4, 24))))
+    c.append(("batchnorm_train_b3t1x64_m0.3",
+              lambda: case_batchnorm(1034, 3, 64, 0.3, True, bt=(3, 1))))
+    c.append(("batchnorm_train_17x17_m0.1_noaffine",
+              lambda: case_batchnorm(1035, 17, 17, 0.1, True, affine=False)))
+    c.append(("batchnorm_train_17x17_m0.1_nobias",
+              lambda: case_batchnorm(1036, 17, 17, 0.1, True, bias=False)))
+    # BatchNorm, inference (given running statistics).
+    for j, (n, cc) in enumerate(((3, 1), (17, 3), (96, 17), (2, 64))):
+        c.append(("batchnorm_eval_%dx%d" % (n, cc),
+                  lambda n=n, cc=cc, s=1040 + j: case_batchnorm(s, n, cc, 0.1, False)))
+    c.append(("batchnorm_eval_b2t3x17", lambda: case_batchnorm(1045, 6, 17, 0.1, False, bt=(2, 3))))
+    # BatchNorm with a padding mask (PyTorch on the valid rows, scattered).
+    c.append(("batchnorm_mask_train_17x3_m0.1",
+              lambda: case_batchnorm(1050, 17, 3, 0.1, True, n_padded=5)))
+    c.append(("batchnorm_mask_train_96x64_m0.3",
+              lambda: case_batchnorm(1051, 96, 64, 0.3, True, n_padded=30)))
+    c.append(("batchnorm_mask_train_3x17_m0.1",
+              lambda: case_batchnorm(1052, 3, 17, 0.1, True, n_padded=1)))
+    c.append(("batchnorm_mask_train_17x1_m0.3",
+              lambda: case_batchnorm(1053, 17, 1, 0.3, True, n_padded=15)))
+    c.append(("batchnorm_mask_eval_17x17",
+              lambda: case_batchnorm(1054, 17, 17, 0.1, False, n_padded=6)))
+    return c
+
+
 def build_cases():
     """(case name, thunk). Names must match test/unit/test_oracle.c."""
     c = []
@@ -346,25 +692,30 @@ def main():
     torch.use_deterministic_algorithms(True)
     os.makedirs(args.out, exist_ok=True)
     total = 0
-    cases = build_cases()
-    names = [n for n, _ in cases]
+    # Two manifests: cases.txt lists the cases of test_oracle.c (which checks
+    # that it tests every one of them), norm_cases.txt those of
+    # test_norm_oracle.c (which does the same for its own list).
+    groups = [("cases.txt", build_cases()), ("norm_cases.txt", build_norm_cases())]
+    names = [n for _, cases in groups for n, _ in cases]
     assert len(set(names)) == len(names), "duplicate case names"
-    for name, thunk in cases:
-        tensors = thunk()
-        for tname, t in tensors:
-            if isinstance(t, torch.Tensor) and t.is_floating_point():
-                assert t.dtype == torch.float32, "%s.%s is %s" % (name, tname, t.dtype)
-        path = os.path.join(args.out, name + ".tbref")
-        total += write_tbref(path, tensors)
-        back = read_tbref(path)
-        for tname, t in tensors:
-            want = _as_array(t)[1]
-            if not np.array_equal(back[tname], want, equal_nan=True) or back[tname].shape != want.shape:
-                raise RuntimeError("%s: round trip of %s failed" % (path, tname))
-    with open(os.path.join(args.out, "cases.txt"), "w") as f:
-        f.write("\n".join(names) + "\n")
+    for _, cases in groups:
+        for name, thunk in cases:
+            tensors = thunk()
+            for tname, t in tensors:
+                if isinstance(t, torch.Tensor) and t.is_floating_point():
+                    assert t.dtype == torch.float32, "%s.%s is %s" % (name, tname, t.dtype)
+            path = os.path.join(args.out, name + ".tbref")
+            total += write_tbref(path, tensors)
+            back = read_tbref(path)
+            for tname, t in tensors:
+                want = _as_array(t)[1]
+                if not np.array_equal(back[tname], want, equal_nan=True) or back[tname].shape != want.shape:
+                    raise RuntimeError("%s: round trip of %s failed" % (path, tname))
+    for manifest, cases in groups:
+        with open(os.path.join(args.out, manifest), "w") as f:
+            f.write("\n".join(n for n, _ in cases) + "\n")
     print("gen_reference.py: torch %s, %d cases, %.1f KiB in %s (%.1f s)"
-          % (torch.__version__, len(cases), total / 1024.0, args.out, time.time() - t0))
+          % (torch.__version__, len(names), total / 1024.0, args.out, time.time() - t0))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@
     X(threads)        \
     X(gemm)           \
     X(oracle)         \
+    X(norm)           \
+    X(norm_oracle)    \
     X(harness)        \
     X(examples)
 

@@ -331,6 +331,52 @@ START_TEST(elementwise_errors)
 }
 END_TEST
 
+START_TEST(partial_overlap_is_rejected)
+{
+    /* In place (same pointer) is allowed; an output shifted into its input
+     * would be read after being overwritten, so it is refused. */
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 2);
+    float buf[40];
+    tbt_fill_uniform(buf, 40, -1, 1, 9);
+    tb_tensor a = tb_tensor_2d(buf, 4, 8), shifted = tb_tensor_2d(buf + 3, 4, 8);
+    ck_assert_int_eq(tb_gelu_forward(&ctx, TB_GELU_TANH, &a, &shifted), TB_ERR_INVALID_ARG);
+    ck_assert_int_eq(tb_relu_forward(&ctx, &a, &shifted), TB_ERR_INVALID_ARG);
+    ck_assert_int_eq(tb_softmax_forward(&ctx, &a, &shifted), TB_ERR_INVALID_ARG);
+    ck_assert_int_eq(tb_residual_forward(&ctx, &a, &a, &shifted), TB_ERR_INVALID_ARG);
+    tb_layernorm ln;
+    ck_assert_int_eq(tb_layernorm_init(&ctx, &ln, 8, 1e-5f, TB_NORM_SCALE | TB_NORM_SHIFT), TB_OK);
+    ck_assert_int_eq(tb_layernorm_forward(&ctx, &ln, &a, &shifted, NULL, 0), TB_ERR_INVALID_ARG);
+    ck_assert_int_eq(tb_layernorm_forward(&ctx, &ln, &a, &a, NULL, 0), TB_OK); /* in place */
+    tb_layernorm_free(&ln);
+    ck_assert_int_eq(tb_gelu_forward(&ctx, TB_GELU_TANH, &a, &a), TB_OK);
+}
+END_TEST
+
+START_TEST(batchnorm_backward_needs_the_forward_mask)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    tb_batchnorm bn;
+    ck_assert_int_eq(tb_batchnorm_init(&ctx, &bn, 3, 1e-5f, 0.1f, TB_NORM_SCALE | TB_NORM_SHIFT),
+                     TB_OK);
+    float x[5 * 3], y[5 * 3], dx[5 * 3];
+    tbt_fill_uniform(x, 15, -1, 1, 4);
+    uint8_t m1[5] = {1, 1, 0, 1, 0}, m2[5] = {1, 0, 1, 1, 0}; /* same count, other rows */
+    size_t cb;
+    ck_assert_int_eq(tb_batchnorm_cache_size(3, &cb), TB_OK);
+    void *cache = tbt_alloc(cb);
+    tb_tensor xt = tb_tensor_2d(x, 5, 3), yt = tb_tensor_2d(y, 5, 3), dxt = tb_tensor_2d(dx, 5, 3);
+    ck_assert_int_eq(tb_batchnorm_forward(&ctx, &bn, TB_MODE_TRAINING, &xt, m1, &yt, cache, cb),
+                     TB_OK);
+    ck_assert_int_eq(tb_batchnorm_backward(&ctx, &bn, &xt, m2, &yt, cache, cb, &dxt), TB_ERR_STATE);
+    ck_assert_int_eq(tb_batchnorm_backward(&ctx, &bn, &xt, NULL, &yt, cache, cb, &dxt), TB_ERR_STATE);
+    ck_assert_int_eq(tb_batchnorm_backward(&ctx, &bn, &xt, m1, &yt, cache, cb, &dxt), TB_OK);
+    free(cache);
+    tb_batchnorm_free(&bn);
+}
+END_TEST
+
 Suite *suite_blocks(void)
 {
     Suite *s = suite_create("blocks");
@@ -342,6 +388,8 @@ Suite *suite_blocks(void)
     tcase_add_test(tc, cross_entropy_errors_and_all_ignored);
     tcase_add_test(tc, dropout_errors_and_modes);
     tcase_add_test(tc, elementwise_errors);
+    tcase_add_test(tc, partial_overlap_is_rejected);
+    tcase_add_test(tc, batchnorm_backward_needs_the_forward_mask);
     suite_add_tcase(s, tc);
     return s;
 }
