@@ -80,66 +80,12 @@ static const double RTOL64 = 2e-6, ATOL64_REL = 1e-6;
 
 /* ---- helpers ------------------------------------------------------------ */
 
-typedef struct ref_f32 {
-    const float *data;
-    size_t n;
-    size_t ndim;
-    size_t shape[4];
-} ref_f32;
 
-static ref_f32 get_f32(const tbt_ref *ref, const char *name)
-{
-    ref_f32 r;
-    r.data = tbt_ref_f32(ref, name, &r.n, &r.ndim, r.shape);
-    ck_assert_msg(r.ndim >= 1 && r.ndim <= TB_MAX_DIMS, "tensor '%s' has %zu dims", name, r.ndim);
-    return r;
-}
 
-static int32_t get_i32_scalar(const tbt_ref *ref, const char *name)
-{
-    size_t n;
-    const int32_t *v = tbt_ref_i32(ref, name, &n);
-    ck_assert_msg(n == 1, "'%s' is not a scalar", name);
-    return v[0];
-}
 
-static tb_tensor view_like(float *data, const ref_f32 *like)
-{
-    tb_tensor t;
-    memset(&t, 0, sizeof t);
-    t.data = data;
-    t.ndim = like->ndim;
-    for (size_t d = 0; d < like->ndim; d++)
-        t.shape[d] = like->shape[d];
-    return t;
-}
 
-static float *dup_f32(const ref_f32 *r)
-{
-    float *p = tbt_alloc(r->n * sizeof(float));
-    memcpy(p, r->data, r->n * sizeof(float));
-    return p;
-}
 
-static float *nan_buffer(size_t n)
-{
-    float *p = tbt_alloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++)
-        p[i] = NAN;
-    return p;
-}
 
-static void shape_str(char *buf, size_t size, size_t ndim, const size_t *shape)
-{
-    size_t used = 0;
-    buf[0] = '\0';
-    for (size_t d = 0; d < ndim && used < size; d++) {
-        int w = snprintf(buf + used, size - used, d ? "x%zu" : "%zu", shape[d]);
-        if (w < 0)
-            break;
-        used += (size_t)w;
-    }
-}
 
 /* A mask of a reference file (i32 0/1) as the library's bytes. */
 static uint8_t *get_mask(const tbt_ref *ref, const char *name, size_t n)
@@ -179,13 +125,13 @@ static void check_vs(const tbt_ref *ref, const char *blk, const char *name, cons
     char lbl[192], nm64[64];
     ck_assert_msg(unit > 0 && isfinite(unit), "%s.%s: unit %g", blk, name, unit);
     if (f32_ok) {
-        ref_f32 w = get_f32(ref, name);
+        tbt_reft w = tbt_ref_get(ref, name);
         ck_assert_uint_eq(w.n, n);
         snprintf(lbl, sizeof lbl, "%s.%s", blk, name);
         tbt_assert_close(lbl, got, w.data, n, RTOL32, ATOL32_REL * unit);
     }
     snprintf(nm64, sizeof nm64, "%s_f64", name);
-    ref_f32 w64 = get_f32(ref, nm64);
+    tbt_reft w64 = tbt_ref_get(ref, nm64);
     ck_assert_uint_eq(w64.n, n);
     snprintf(lbl, sizeof lbl, "%s.%s_vs_f64", blk, name);
     tbt_assert_close(lbl, got, w64.data, n, RTOL64, ATOL64_REL * unit);
@@ -198,7 +144,7 @@ static void check_zero_at_scale(const tbt_ref *ref, const char *blk, const char 
 {
     char lbl[192], nm64[64];
     snprintf(nm64, sizeof nm64, "%s_f64", name);
-    ref_f32 w64 = get_f32(ref, nm64);
+    tbt_reft w64 = tbt_ref_get(ref, nm64);
     ck_assert_uint_eq(w64.n, n);
     const double atol = ATOL64_REL * unit;
     ck_assert_msg(unit > 0 && isfinite(unit), "%s.%s: unit %g", blk, name, unit);
@@ -278,10 +224,10 @@ START_TEST(test_norm_oracle_layernorm)
     const char *name = layernorm_cases[_i];
     tbt_ref *ref = tbt_ref_load(name);
     const float eps = tbt_ref_scalar(ref, "eps");
-    const int affine = get_i32_scalar(ref, "affine");
-    const int has_bias = get_i32_scalar(ref, "has_bias");
-    const int f32_ok = get_i32_scalar(ref, "f32_accurate");
-    ref_f32 x = get_f32(ref, "x"), dy = get_f32(ref, "dy"), y_ref = get_f32(ref, "y");
+    const int affine = tbt_ref_i32_scalar(ref, "affine");
+    const int has_bias = tbt_ref_i32_scalar(ref, "has_bias");
+    const int f32_ok = tbt_ref_i32_scalar(ref, "f32_accurate");
+    tbt_reft x = tbt_ref_get(ref, "x"), dy = tbt_ref_get(ref, "dy"), y_ref = tbt_ref_get(ref, "y");
     const size_t c = x.shape[x.ndim - 1], rows = x.n / c;
     ck_assert_uint_eq(dy.n, x.n);
     ck_assert_uint_eq(y_ref.n, x.n);
@@ -293,7 +239,7 @@ START_TEST(test_norm_oracle_layernorm)
     CHECK_OK(ctx, tb_layernorm_init(&ctx, &ln, c, eps, flags));
     const float *w = NULL, *b = NULL;
     if (affine) {
-        ref_f32 wr = get_f32(ref, "weight");
+        tbt_reft wr = tbt_ref_get(ref, "weight");
         ck_assert_uint_eq(wr.n, c);
         ck_assert_ptr_nonnull(ln.weight.value);
         memcpy(ln.weight.value, wr.data, c * sizeof(float));
@@ -301,7 +247,7 @@ START_TEST(test_norm_oracle_layernorm)
         w = wr.data;
     }
     if (has_bias) {
-        ref_f32 br = get_f32(ref, "bias");
+        tbt_reft br = tbt_ref_get(ref, "bias");
         ck_assert_uint_eq(br.n, c);
         ck_assert_ptr_nonnull(ln.bias.value);
         memcpy(ln.bias.value, br.data, c * sizeof(float));
@@ -311,17 +257,17 @@ START_TEST(test_norm_oracle_layernorm)
     size_t cache_bytes;
     CHECK_OK(ctx, tb_layernorm_cache_size(rows, &cache_bytes));
     void *cache = tbt_alloc(cache_bytes);
-    float *xb = dup_f32(&x), *dyb = dup_f32(&dy);
-    float *yb = nan_buffer(x.n), *dxb = nan_buffer(x.n);
-    tb_tensor xt = view_like(xb, &x), dyt = view_like(dyb, &dy);
-    tb_tensor yt = view_like(yb, &x), dxt = view_like(dxb, &x);
+    float *xb = tbt_ref_dup(&x), *dyb = tbt_ref_dup(&dy);
+    float *yb = tbt_nan_buffer(x.n), *dxb = tbt_nan_buffer(x.n);
+    tb_tensor xt = tbt_view_like(xb, &x), dyt = tbt_view_like(dyb, &dy);
+    tb_tensor yt = tbt_view_like(yb, &x), dxt = tbt_view_like(dxb, &x);
     CHECK_OK(ctx, tb_layernorm_forward(&ctx, &ln, &xt, &yt, cache, cache_bytes));
     CHECK_OK(ctx, tb_layernorm_backward(&ctx, &ln, &xt, &dyt, cache, cache_bytes, &dxt));
 
     const units u = row_units(x.data, dy.data, w, rows, c, eps, 1);
-    const double u_y = max_abs(get_f32(ref, "y_f64").data, x.n);
+    const double u_y = max_abs(tbt_ref_get(ref, "y_f64").data, x.n);
     char blk[128], sx[32];
-    shape_str(sx, sizeof sx, x.ndim, x.shape);
+    tbt_shape_str(sx, sizeof sx, x.ndim, x.shape);
     snprintf(blk, sizeof blk, "layernorm[%s%s%s,eps=%.0e]", sx,
              strstr(name, "offset") ? ",mean1e4"
              : strstr(name, "constrows") ? ",constrows" : "",
@@ -395,8 +341,8 @@ START_TEST(test_norm_oracle_rmsnorm)
     const char *name = rmsnorm_cases[_i];
     tbt_ref *ref = tbt_ref_load(name);
     const float eps = tbt_ref_scalar(ref, "eps");
-    const int affine = get_i32_scalar(ref, "affine");
-    ref_f32 x = get_f32(ref, "x"), dy = get_f32(ref, "dy"), y_ref = get_f32(ref, "y");
+    const int affine = tbt_ref_i32_scalar(ref, "affine");
+    tbt_reft x = tbt_ref_get(ref, "x"), dy = tbt_ref_get(ref, "dy"), y_ref = tbt_ref_get(ref, "y");
     const size_t c = x.shape[x.ndim - 1], rows = x.n / c;
     ck_assert_uint_eq(dy.n, x.n);
     ck_assert_uint_eq(y_ref.n, x.n);
@@ -407,7 +353,7 @@ START_TEST(test_norm_oracle_rmsnorm)
     CHECK_OK(ctx, tb_rmsnorm_init(&ctx, &rn, c, eps, affine ? TB_NORM_SCALE : 0u));
     const float *w = NULL;
     if (affine) {
-        ref_f32 wr = get_f32(ref, "weight");
+        tbt_reft wr = tbt_ref_get(ref, "weight");
         ck_assert_uint_eq(wr.n, c);
         ck_assert_ptr_nonnull(rn.weight.value);
         memcpy(rn.weight.value, wr.data, c * sizeof(float));
@@ -417,17 +363,17 @@ START_TEST(test_norm_oracle_rmsnorm)
     size_t cache_bytes;
     CHECK_OK(ctx, tb_rmsnorm_cache_size(rows, &cache_bytes));
     void *cache = tbt_alloc(cache_bytes);
-    float *xb = dup_f32(&x), *dyb = dup_f32(&dy);
-    float *yb = nan_buffer(x.n), *dxb = nan_buffer(x.n);
-    tb_tensor xt = view_like(xb, &x), dyt = view_like(dyb, &dy);
-    tb_tensor yt = view_like(yb, &x), dxt = view_like(dxb, &x);
+    float *xb = tbt_ref_dup(&x), *dyb = tbt_ref_dup(&dy);
+    float *yb = tbt_nan_buffer(x.n), *dxb = tbt_nan_buffer(x.n);
+    tb_tensor xt = tbt_view_like(xb, &x), dyt = tbt_view_like(dyb, &dy);
+    tb_tensor yt = tbt_view_like(yb, &x), dxt = tbt_view_like(dxb, &x);
     CHECK_OK(ctx, tb_rmsnorm_forward(&ctx, &rn, &xt, &yt, cache, cache_bytes));
     CHECK_OK(ctx, tb_rmsnorm_backward(&ctx, &rn, &xt, &dyt, cache, cache_bytes, &dxt));
 
     const units u = row_units(x.data, dy.data, w, rows, c, eps, 0);
-    const double u_y = max_abs(get_f32(ref, "y_f64").data, x.n);
+    const double u_y = max_abs(tbt_ref_get(ref, "y_f64").data, x.n);
     char blk[128], sx[32];
-    shape_str(sx, sizeof sx, x.ndim, x.shape);
+    tbt_shape_str(sx, sizeof sx, x.ndim, x.shape);
     snprintf(blk, sizeof blk, "rmsnorm[%s%s%s,eps=%.0e]", sx,
              strstr(name, "special") ? ",special" : "", affine ? "" : ",noweight", (double)eps);
     check_vs(ref, blk, "y", yb, x.n, u_y, 1);
@@ -558,15 +504,15 @@ static void run_bn_case(const tbt_ref *ref, tb_mode mode, unsigned flags, const 
 {
     const float eps = tbt_ref_scalar(ref, "eps");
     const float momentum = tbt_ref_scalar(ref, "momentum");
-    const int training = get_i32_scalar(ref, "training");
-    const int affine = get_i32_scalar(ref, "affine");
-    const int has_bias = get_i32_scalar(ref, "has_bias");
+    const int training = tbt_ref_i32_scalar(ref, "training");
+    const int affine = tbt_ref_i32_scalar(ref, "affine");
+    const int has_bias = tbt_ref_i32_scalar(ref, "has_bias");
     const int batch_stats = mode == TB_MODE_TRAINING && !(flags & TB_NORM_GLOBAL_STATS);
     ck_assert_int_eq(batch_stats, training); /* the reference's semantics */
-    ref_f32 x = get_f32(ref, "x"), dy = get_f32(ref, "dy");
+    tbt_reft x = tbt_ref_get(ref, "x"), dy = tbt_ref_get(ref, "dy");
     const size_t c = x.shape[x.ndim - 1], n = x.n / c;
     ck_assert_uint_eq(dy.n, x.n);
-    ref_f32 rm0 = get_f32(ref, "running_mean0"), rv0 = get_f32(ref, "running_var0");
+    tbt_reft rm0 = tbt_ref_get(ref, "running_mean0"), rv0 = tbt_ref_get(ref, "running_var0");
     ck_assert_uint_eq(rm0.n, c);
     ck_assert_uint_eq(rv0.n, c);
     uint8_t *valid = tbt_ref_has(ref, "valid") ? get_mask(ref, "valid", n) : NULL;
@@ -577,14 +523,14 @@ static void run_bn_case(const tbt_ref *ref, tb_mode mode, unsigned flags, const 
     CHECK_OK(ctx, tb_batchnorm_init(&ctx, &bn, c, eps, momentum, flags));
     const float *w = NULL;
     if (affine) {
-        ref_f32 wr = get_f32(ref, "weight");
+        tbt_reft wr = tbt_ref_get(ref, "weight");
         ck_assert_uint_eq(wr.n, c);
         memcpy(bn.weight.value, wr.data, c * sizeof(float));
         memset(bn.weight.grad, 0, c * sizeof(float));
         w = wr.data;
     }
     if (has_bias) {
-        ref_f32 br = get_f32(ref, "bias");
+        tbt_reft br = tbt_ref_get(ref, "bias");
         ck_assert_uint_eq(br.n, c);
         memcpy(bn.bias.value, br.data, c * sizeof(float));
         memset(bn.bias.grad, 0, c * sizeof(float));
@@ -595,10 +541,10 @@ static void run_bn_case(const tbt_ref *ref, tb_mode mode, unsigned flags, const 
     size_t cache_bytes;
     CHECK_OK(ctx, tb_batchnorm_cache_size(c, &cache_bytes));
     void *cache = tbt_alloc(cache_bytes);
-    float *xb = dup_f32(&x), *dyb = dup_f32(&dy);
-    float *yb = nan_buffer(x.n), *dxb = nan_buffer(x.n);
-    tb_tensor xt = view_like(xb, &x), dyt = view_like(dyb, &dy);
-    tb_tensor yt = view_like(yb, &x), dxt = view_like(dxb, &x);
+    float *xb = tbt_ref_dup(&x), *dyb = tbt_ref_dup(&dy);
+    float *yb = tbt_nan_buffer(x.n), *dxb = tbt_nan_buffer(x.n);
+    tb_tensor xt = tbt_view_like(xb, &x), dyt = tbt_view_like(dyb, &dy);
+    tb_tensor yt = tbt_view_like(yb, &x), dxt = tbt_view_like(dxb, &x);
     CHECK_OK(ctx, tb_batchnorm_forward(&ctx, &bn, mode, &xt, valid, &yt, cache, cache_bytes));
     float *rm1 = tbt_alloc(c * sizeof(float)), *rv1 = tbt_alloc(c * sizeof(float));
     memcpy(rm1, bn.running_mean.value, c * sizeof(float));
@@ -607,9 +553,9 @@ static void run_bn_case(const tbt_ref *ref, tb_mode mode, unsigned flags, const 
 
     const bn_units u =
         bn_col_units(x.data, dy.data, valid, w, rm0.data, rv0.data, n, c, eps, batch_stats);
-    const double u_y = max_abs(get_f32(ref, "y_f64").data, x.n);
+    const double u_y = max_abs(tbt_ref_get(ref, "y_f64").data, x.n);
     char blk[160], sx[32];
-    shape_str(sx, sizeof sx, x.ndim, x.shape);
+    tbt_shape_str(sx, sizeof sx, x.ndim, x.shape);
     snprintf(blk, sizeof blk, "batchnorm[%s,%s%s%s%s,eps=%.0e]", sx, tag,
              valid ? ",mask" : "", affine ? (has_bias ? "" : ",nobias") : ",noaffine",
              training ? (momentum > 0.2f ? ",m=0.3" : ",m=0.1") : "", (double)eps);
@@ -627,7 +573,7 @@ static void run_bn_case(const tbt_ref *ref, tb_mode mode, unsigned flags, const 
                                   "%s: padded row %zu has y=%g dx=%g", blk, r,
                                   (double)yb[r * c + j], (double)dxb[r * c + j]);
     if (training) {
-        ref_f32 rm_ref = get_f32(ref, "running_mean1_f64"), rv_ref = get_f32(ref, "running_var1_f64");
+        tbt_reft rm_ref = tbt_ref_get(ref, "running_mean1_f64"), rv_ref = tbt_ref_get(ref, "running_var1_f64");
         check_vs(ref, blk, "running_mean1", rm1, c, max_abs(rm_ref.data, c), 1);
         check_vs(ref, blk, "running_var1", rv1, c, max_abs(rv_ref.data, c), 1);
         /* Two more training forwards (no backward follows: cache NULL). */
@@ -635,17 +581,17 @@ static void run_bn_case(const tbt_ref *ref, tb_mode mode, unsigned flags, const 
             char nx[16], nv[16];
             snprintf(nx, sizeof nx, "x%d", k);
             snprintf(nv, sizeof nv, "valid%d", k);
-            ref_f32 xk = get_f32(ref, nx);
+            tbt_reft xk = tbt_ref_get(ref, nx);
             ck_assert_uint_eq(xk.n, x.n);
             uint8_t *vk = valid ? get_mask(ref, nv, n) : NULL;
-            float *xkb = dup_f32(&xk);
-            tb_tensor xkt = view_like(xkb, &x);
+            float *xkb = tbt_ref_dup(&xk);
+            tb_tensor xkt = tbt_view_like(xkb, &x);
             CHECK_OK(ctx, tb_batchnorm_forward(&ctx, &bn, mode, &xkt, vk, &yt, NULL, 0));
             free(xkb);
             free(vk);
         }
-        rm_ref = get_f32(ref, "running_mean3_f64");
-        rv_ref = get_f32(ref, "running_var3_f64");
+        rm_ref = tbt_ref_get(ref, "running_mean3_f64");
+        rv_ref = tbt_ref_get(ref, "running_var3_f64");
         check_vs(ref, blk, "running_mean3", bn.running_mean.value, c, max_abs(rm_ref.data, c), 1);
         check_vs(ref, blk, "running_var3", bn.running_var.value, c, max_abs(rv_ref.data, c), 1);
     } else {
@@ -670,9 +616,9 @@ START_TEST(test_norm_oracle_batchnorm)
 {
     const char *name = batchnorm_cases[_i];
     tbt_ref *ref = tbt_ref_load(name);
-    const int training = get_i32_scalar(ref, "training");
-    const unsigned flags = (get_i32_scalar(ref, "affine") ? TB_NORM_SCALE : 0u) |
-                           (get_i32_scalar(ref, "has_bias") ? TB_NORM_SHIFT : 0u);
+    const int training = tbt_ref_i32_scalar(ref, "training");
+    const unsigned flags = (tbt_ref_i32_scalar(ref, "affine") ? TB_NORM_SCALE : 0u) |
+                           (tbt_ref_i32_scalar(ref, "has_bias") ? TB_NORM_SHIFT : 0u);
     if (training) {
         run_bn_case(ref, TB_MODE_TRAINING, flags, "train");
     } else {

@@ -37,78 +37,13 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-/* A float32 tensor of a reference file. */
-typedef struct ref_f32 {
-    const float *data;
-    size_t n;
-    size_t ndim;
-    size_t shape[4];
-} ref_f32;
 
-static ref_f32 get_f32(const tbt_ref *ref, const char *name)
-{
-    ref_f32 r;
-    r.data = tbt_ref_f32(ref, name, &r.n, &r.ndim, r.shape);
-    ck_assert_msg(r.ndim >= 1 && r.ndim <= TB_MAX_DIMS, "tensor '%s' has %zu dims", name, r.ndim);
-    return r;
-}
 
-static int32_t get_i32_scalar(const tbt_ref *ref, const char *name)
-{
-    size_t n;
-    const int32_t *v = tbt_ref_i32(ref, name, &n);
-    ck_assert_msg(n == 1, "'%s' is not a scalar", name);
-    return v[0];
-}
 
-/* A view of `data` with the shape of reference tensor `like`. */
-static tb_tensor view_like(float *data, const ref_f32 *like)
-{
-    tb_tensor t;
-    memset(&t, 0, sizeof t);
-    t.data = data;
-    t.ndim = like->ndim;
-    for (size_t d = 0; d < like->ndim; d++)
-        t.shape[d] = like->shape[d];
-    return t;
-}
 
-/* A private, writable copy of a reference input. */
-static float *dup_f32(const ref_f32 *r)
-{
-    float *p = tbt_alloc(r->n * sizeof(float));
-    memcpy(p, r->data, r->n * sizeof(float));
-    return p;
-}
 
-/* An output buffer pre-filled with NaN (so unwritten elements fail). */
-static float *nan_buffer(size_t n)
-{
-    float *p = tbt_alloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++)
-        p[i] = NAN;
-    return p;
-}
 
-/* "17x33" from a shape. */
-static void shape_str(char *buf, size_t size, size_t ndim, const size_t *shape)
-{
-    size_t used = 0;
-    buf[0] = '\0';
-    for (size_t d = 0; d < ndim && used < size; d++) {
-        int w = snprintf(buf + used, size - used, d ? "x%zu" : "%zu", shape[d]);
-        if (w < 0)
-            break;
-        used += (size_t)w;
-    }
-}
 
-/* "<block>.<what>" label for tbt_assert_close. */
-static const char *label(char *buf, size_t size, const char *block, const char *what)
-{
-    snprintf(buf, size, "%s.%s", block, what);
-    return buf;
-}
 
 /* For a reference that PyTorch computes as exactly zero everywhere (e.g. the
  * loss and gradient of a 1-class cross-entropy), any tolerance-based
@@ -164,9 +99,9 @@ START_TEST(test_oracle_linear)
 {
     const char *name = linear_cases[_i];
     tbt_ref *ref = tbt_ref_load(name);
-    ref_f32 x = get_f32(ref, "x"), w = get_f32(ref, "weight"), dy = get_f32(ref, "dy");
-    ref_f32 y_ref = get_f32(ref, "y"), dx_ref = get_f32(ref, "dx");
-    ref_f32 dw_ref = get_f32(ref, "dweight");
+    tbt_reft x = tbt_ref_get(ref, "x"), w = tbt_ref_get(ref, "weight"), dy = tbt_ref_get(ref, "dy");
+    tbt_reft y_ref = tbt_ref_get(ref, "y"), dx_ref = tbt_ref_get(ref, "dx");
+    tbt_reft dw_ref = tbt_ref_get(ref, "dweight");
     const int has_bias = tbt_ref_has(ref, "bias");
     ck_assert_uint_eq(w.ndim, 2);
     const size_t out = w.shape[0], in = w.shape[1];
@@ -180,30 +115,30 @@ START_TEST(test_oracle_linear)
     memcpy(lin.weight.value, w.data, w.n * sizeof(float));
     memset(lin.weight.grad, 0, w.n * sizeof(float));
     if (has_bias) {
-        ref_f32 b = get_f32(ref, "bias");
+        tbt_reft b = tbt_ref_get(ref, "bias");
         ck_assert_uint_eq(b.n, out);
         memcpy(lin.bias.value, b.data, out * sizeof(float));
         memset(lin.bias.grad, 0, out * sizeof(float));
     }
 
-    float *xb = dup_f32(&x), *dyb = dup_f32(&dy);
-    float *yb = nan_buffer(y_ref.n), *dxb = nan_buffer(dx_ref.n);
-    tb_tensor xt = view_like(xb, &x), dyt = view_like(dyb, &dy);
-    tb_tensor yt = view_like(yb, &y_ref), dxt = view_like(dxb, &dx_ref);
+    float *xb = tbt_ref_dup(&x), *dyb = tbt_ref_dup(&dy);
+    float *yb = tbt_nan_buffer(y_ref.n), *dxb = tbt_nan_buffer(dx_ref.n);
+    tb_tensor xt = tbt_view_like(xb, &x), dyt = tbt_view_like(dyb, &dy);
+    tb_tensor yt = tbt_view_like(yb, &y_ref), dxt = tbt_view_like(dxb, &dx_ref);
     CHECK_OK(ctx, tb_linear_forward(&ctx, &lin, &xt, &yt));
     CHECK_OK(ctx, tb_linear_backward(&ctx, &lin, &xt, &dyt, &dxt));
 
     char blk[96], sx[32], lbl[128];
-    shape_str(sx, sizeof sx, x.ndim, x.shape);
+    tbt_shape_str(sx, sizeof sx, x.ndim, x.shape);
     snprintf(blk, sizeof blk, "linear[%s->%zu%s]", sx, out, has_bias ? "" : ",nobias");
-    tbt_assert_close(label(lbl, sizeof lbl, blk, "y"), yb, y_ref.data, y_ref.n, LIN_RTOL, LIN_ATOL);
-    tbt_assert_close(label(lbl, sizeof lbl, blk, "dx"), dxb, dx_ref.data, dx_ref.n, LIN_RTOL,
+    tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, "y"), yb, y_ref.data, y_ref.n, LIN_RTOL, LIN_ATOL);
+    tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, "dx"), dxb, dx_ref.data, dx_ref.n, LIN_RTOL,
                      LIN_ATOL);
-    tbt_assert_close(label(lbl, sizeof lbl, blk, "dW"), lin.weight.grad, dw_ref.data, dw_ref.n,
+    tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, "dW"), lin.weight.grad, dw_ref.data, dw_ref.n,
                      LIN_RTOL, LIN_ATOL);
     if (has_bias) {
-        ref_f32 db_ref = get_f32(ref, "dbias");
-        tbt_assert_close(label(lbl, sizeof lbl, blk, "db"), lin.bias.grad, db_ref.data, db_ref.n,
+        tbt_reft db_ref = tbt_ref_get(ref, "dbias");
+        tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, "db"), lin.bias.grad, db_ref.data, db_ref.n,
                          LIN_RTOL, LIN_ATOL);
     }
     free(xb);
@@ -236,8 +171,8 @@ START_TEST(test_oracle_embedding)
     tbt_ref *ref = tbt_ref_load(name);
     size_t n_ids;
     const int32_t *ids = tbt_ref_i32(ref, "ids", &n_ids);
-    ref_f32 w = get_f32(ref, "weight"), dy = get_f32(ref, "dy");
-    ref_f32 y_ref = get_f32(ref, "y"), dw_ref = get_f32(ref, "dweight");
+    tbt_reft w = tbt_ref_get(ref, "weight"), dy = tbt_ref_get(ref, "dy");
+    tbt_reft y_ref = tbt_ref_get(ref, "y"), dw_ref = tbt_ref_get(ref, "dweight");
     ck_assert_uint_eq(w.ndim, 2);
 
     tb_ctx ctx;
@@ -249,15 +184,15 @@ START_TEST(test_oracle_embedding)
     memcpy(emb.weight.value, w.data, w.n * sizeof(float));
     memset(emb.weight.grad, 0, w.n * sizeof(float));
 
-    float *dyb = dup_f32(&dy), *yb = nan_buffer(y_ref.n);
-    tb_tensor yt = view_like(yb, &y_ref), dyt = view_like(dyb, &dy);
+    float *dyb = tbt_ref_dup(&dy), *yb = tbt_nan_buffer(y_ref.n);
+    tb_tensor yt = tbt_view_like(yb, &y_ref), dyt = tbt_view_like(dyb, &dy);
     CHECK_OK(ctx, tb_embedding_forward(&ctx, &emb, ids, n_ids, &yt));
     CHECK_OK(ctx, tb_embedding_backward(&ctx, &emb, ids, n_ids, &dyt));
 
     char blk[96], lbl[128];
     snprintf(blk, sizeof blk, "embedding[%zux%zu,n=%zu]", w.shape[0], w.shape[1], n_ids);
-    tbt_assert_close(label(lbl, sizeof lbl, blk, "y"), yb, y_ref.data, y_ref.n, 0.0, 0.0);
-    tbt_assert_close(label(lbl, sizeof lbl, blk, "dW"), emb.weight.grad, dw_ref.data, dw_ref.n,
+    tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, "y"), yb, y_ref.data, y_ref.n, 0.0, 0.0);
+    tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, "dW"), emb.weight.grad, dw_ref.data, dw_ref.n,
                      EMB_RTOL, EMB_ATOL);
     free(dyb);
     free(yb);
@@ -302,32 +237,32 @@ START_TEST(test_oracle_gelu)
 {
     const char *name = gelu_cases[_i];
     tbt_ref *ref = tbt_ref_load(name);
-    const int32_t form = get_i32_scalar(ref, "approximate");
+    const int32_t form = tbt_ref_i32_scalar(ref, "approximate");
     ck_assert(form == 0 || form == 1);
     const tb_gelu_approx approx = form == 0 ? TB_GELU_EXACT : TB_GELU_TANH;
-    ref_f32 x = get_f32(ref, "x"), dy = get_f32(ref, "dy");
-    ref_f32 y_ref = get_f32(ref, "y"), dx_ref = get_f32(ref, "dx");
+    tbt_reft x = tbt_ref_get(ref, "x"), dy = tbt_ref_get(ref, "dy");
+    tbt_reft y_ref = tbt_ref_get(ref, "y"), dx_ref = tbt_ref_get(ref, "dx");
 
     tb_ctx ctx;
     tbt_ctx_init(&ctx, 2);
-    float *xb = dup_f32(&x), *dyb = dup_f32(&dy);
-    float *yb = nan_buffer(y_ref.n), *dxb = nan_buffer(dx_ref.n);
-    tb_tensor xt = view_like(xb, &x), dyt = view_like(dyb, &dy);
-    tb_tensor yt = view_like(yb, &y_ref), dxt = view_like(dxb, &dx_ref);
+    float *xb = tbt_ref_dup(&x), *dyb = tbt_ref_dup(&dy);
+    float *yb = tbt_nan_buffer(y_ref.n), *dxb = tbt_nan_buffer(dx_ref.n);
+    tb_tensor xt = tbt_view_like(xb, &x), dyt = tbt_view_like(dyb, &dy);
+    tb_tensor yt = tbt_view_like(yb, &y_ref), dxt = tbt_view_like(dxb, &dx_ref);
     CHECK_OK(ctx, tb_gelu_forward(&ctx, approx, &xt, &yt));
     CHECK_OK(ctx, tb_gelu_backward(&ctx, approx, &xt, &dyt, &dxt));
 
     char blk[96], sx[32], lbl[128];
-    shape_str(sx, sizeof sx, x.ndim, x.shape);
+    tbt_shape_str(sx, sizeof sx, x.ndim, x.shape);
     snprintf(blk, sizeof blk, "gelu_%s[%s]", form == 0 ? "exact" : "tanh", sx);
-    tbt_assert_close(label(lbl, sizeof lbl, blk, "y"), yb, y_ref.data, y_ref.n, GELU_RTOL,
+    tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, "y"), yb, y_ref.data, y_ref.n, GELU_RTOL,
                      GELU_ATOL);
-    tbt_assert_close(label(lbl, sizeof lbl, blk, "dx"), dxb, dx_ref.data, dx_ref.n, GELU_RTOL,
+    tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, "dx"), dxb, dx_ref.data, dx_ref.n, GELU_RTOL,
                      GELU_ATOL);
-    ref_f32 y64 = get_f32(ref, "y_f64"), dx64 = get_f32(ref, "dx_f64");
-    tbt_assert_close(label(lbl, sizeof lbl, blk, "y_vs_f64"), yb, y64.data, y64.n, GELU64_RTOL,
+    tbt_reft y64 = tbt_ref_get(ref, "y_f64"), dx64 = tbt_ref_get(ref, "dx_f64");
+    tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, "y_vs_f64"), yb, y64.data, y64.n, GELU64_RTOL,
                      GELU64_ATOL);
-    tbt_assert_close(label(lbl, sizeof lbl, blk, "dx_vs_f64"), dxb, dx64.data, dx64.n,
+    tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, "dx_vs_f64"), dxb, dx64.data, dx64.n,
                      GELU64_RTOL, GELU64_ATOL);
     free(xb);
     free(dyb);
@@ -348,23 +283,23 @@ static const char *const relu_cases[] = {"relu_17x50", "relu_3x1"};
 START_TEST(test_oracle_relu)
 {
     tbt_ref *ref = tbt_ref_load(relu_cases[_i]);
-    ref_f32 x = get_f32(ref, "x"), dy = get_f32(ref, "dy");
-    ref_f32 y_ref = get_f32(ref, "y"), dx_ref = get_f32(ref, "dx");
+    tbt_reft x = tbt_ref_get(ref, "x"), dy = tbt_ref_get(ref, "dy");
+    tbt_reft y_ref = tbt_ref_get(ref, "y"), dx_ref = tbt_ref_get(ref, "dx");
 
     tb_ctx ctx;
     tbt_ctx_init(&ctx, 2);
-    float *xb = dup_f32(&x), *dyb = dup_f32(&dy);
-    float *yb = nan_buffer(y_ref.n), *dxb = nan_buffer(dx_ref.n);
-    tb_tensor xt = view_like(xb, &x), dyt = view_like(dyb, &dy);
-    tb_tensor yt = view_like(yb, &y_ref), dxt = view_like(dxb, &dx_ref);
+    float *xb = tbt_ref_dup(&x), *dyb = tbt_ref_dup(&dy);
+    float *yb = tbt_nan_buffer(y_ref.n), *dxb = tbt_nan_buffer(dx_ref.n);
+    tb_tensor xt = tbt_view_like(xb, &x), dyt = tbt_view_like(dyb, &dy);
+    tb_tensor yt = tbt_view_like(yb, &y_ref), dxt = tbt_view_like(dxb, &dx_ref);
     CHECK_OK(ctx, tb_relu_forward(&ctx, &xt, &yt));
     CHECK_OK(ctx, tb_relu_backward(&ctx, &xt, &dyt, &dxt));
 
     char blk[96], sx[32], lbl[128];
-    shape_str(sx, sizeof sx, x.ndim, x.shape);
+    tbt_shape_str(sx, sizeof sx, x.ndim, x.shape);
     snprintf(blk, sizeof blk, "relu[%s]", sx);
-    tbt_assert_close(label(lbl, sizeof lbl, blk, "y"), yb, y_ref.data, y_ref.n, 0.0, 0.0);
-    tbt_assert_close(label(lbl, sizeof lbl, blk, "dx"), dxb, dx_ref.data, dx_ref.n, 0.0, 0.0);
+    tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, "y"), yb, y_ref.data, y_ref.n, 0.0, 0.0);
+    tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, "dx"), dxb, dx_ref.data, dx_ref.n, 0.0, 0.0);
     free(xb);
     free(dyb);
     free(yb);
@@ -398,15 +333,15 @@ static const char *const softmax_cases[] = {
 START_TEST(test_oracle_softmax)
 {
     tbt_ref *ref = tbt_ref_load(softmax_cases[_i]);
-    ref_f32 x = get_f32(ref, "x"), dy = get_f32(ref, "dy");
-    ref_f32 y_ref = get_f32(ref, "y"), dx_ref = get_f32(ref, "dx");
+    tbt_reft x = tbt_ref_get(ref, "x"), dy = tbt_ref_get(ref, "dy");
+    tbt_reft y_ref = tbt_ref_get(ref, "y"), dx_ref = tbt_ref_get(ref, "dx");
 
     tb_ctx ctx;
     tbt_ctx_init(&ctx, 2);
-    float *xb = dup_f32(&x), *dyb = dup_f32(&dy);
-    float *yb = nan_buffer(y_ref.n), *dxb = nan_buffer(dx_ref.n);
-    tb_tensor xt = view_like(xb, &x), dyt = view_like(dyb, &dy);
-    tb_tensor yt = view_like(yb, &y_ref), dxt = view_like(dxb, &dx_ref);
+    float *xb = tbt_ref_dup(&x), *dyb = tbt_ref_dup(&dy);
+    float *yb = tbt_nan_buffer(y_ref.n), *dxb = tbt_nan_buffer(dx_ref.n);
+    tb_tensor xt = tbt_view_like(xb, &x), dyt = tbt_view_like(dyb, &dy);
+    tb_tensor yt = tbt_view_like(yb, &y_ref), dxt = tbt_view_like(dxb, &dx_ref);
     CHECK_OK(ctx, tb_softmax_forward(&ctx, &xt, &yt));
     CHECK_OK(ctx, tb_softmax_backward(&ctx, &yt, &dyt, &dxt));
 
@@ -414,10 +349,10 @@ START_TEST(test_oracle_softmax)
     for (size_t i = 0; i < x.n; i++)
         masked += isinf(x.data[i]) && x.data[i] < 0;
     char blk[96], sx[32], lbl[128];
-    shape_str(sx, sizeof sx, x.ndim, x.shape);
+    tbt_shape_str(sx, sizeof sx, x.ndim, x.shape);
     snprintf(blk, sizeof blk, "softmax[%s%s]", sx, masked ? ",-inf" : "");
-    tbt_assert_close(label(lbl, sizeof lbl, blk, "y"), yb, y_ref.data, y_ref.n, SM_RTOL, SM_ATOL);
-    tbt_assert_close(label(lbl, sizeof lbl, blk, "dx"), dxb, dx_ref.data, dx_ref.n, SM_RTOL,
+    tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, "y"), yb, y_ref.data, y_ref.n, SM_RTOL, SM_ATOL);
+    tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, "dx"), dxb, dx_ref.data, dx_ref.n, SM_RTOL,
                      SM_ATOL);
     /* Masked entries: probability and gradient exactly 0, as in PyTorch. */
     for (size_t i = 0; i < x.n; i++)
@@ -466,21 +401,21 @@ START_TEST(test_oracle_cross_entropy)
 {
     const char *name = ce_cases[_i];
     tbt_ref *ref = tbt_ref_load(name);
-    ref_f32 logits = get_f32(ref, "logits"), dl_ref = get_f32(ref, "dlogits");
+    tbt_reft logits = tbt_ref_get(ref, "logits"), dl_ref = tbt_ref_get(ref, "dlogits");
     size_t n_targets;
     const int32_t *targets = tbt_ref_i32(ref, "targets", &n_targets);
     const float want_loss = tbt_ref_scalar(ref, "loss");
     const float dloss = tbt_ref_scalar(ref, "dloss");
-    const int32_t red = get_i32_scalar(ref, "reduction");
+    const int32_t red = tbt_ref_i32_scalar(ref, "reduction");
     ck_assert(red == 0 || red == 1);
     tb_cross_entropy_config cfg = tb_cross_entropy_default_config();
-    cfg.ignore_index = get_i32_scalar(ref, "ignore_index");
+    cfg.ignore_index = tbt_ref_i32_scalar(ref, "ignore_index");
     cfg.reduction = red == 0 ? TB_REDUCTION_MEAN : TB_REDUCTION_SUM;
 
     tb_ctx ctx;
     tbt_ctx_init(&ctx, 2);
-    float *lb = dup_f32(&logits), *dlb = nan_buffer(dl_ref.n);
-    tb_tensor lt = view_like(lb, &logits), dlt = view_like(dlb, &dl_ref);
+    float *lb = tbt_ref_dup(&logits), *dlb = tbt_nan_buffer(dl_ref.n);
+    tb_tensor lt = tbt_view_like(lb, &logits), dlt = tbt_view_like(dlb, &dl_ref);
     size_t cache_bytes;
     CHECK_OK(ctx, tb_cross_entropy_cache_size(tb_tensor_rows(&lt), &cache_bytes));
     void *cache = tbt_alloc(cache_bytes);
@@ -501,12 +436,12 @@ START_TEST(test_oracle_cross_entropy)
              tb_tensor_cols(&lt), red == 0 ? "mean" : "sum", (long)cfg.ignore_index);
     if (tb_tensor_cols(&lt) == 1) {
         /* One class: PyTorch's loss and gradient are exactly 0. */
-        assert_exact_zero(label(lbl, sizeof lbl, blk, "loss"), &loss, &want_loss, 1);
-        assert_exact_zero(label(lbl, sizeof lbl, blk, "dlogits"), dlb, dl_ref.data, dl_ref.n);
+        assert_exact_zero(tbt_label(lbl, sizeof lbl, blk, "loss"), &loss, &want_loss, 1);
+        assert_exact_zero(tbt_label(lbl, sizeof lbl, blk, "dlogits"), dlb, dl_ref.data, dl_ref.n);
     } else {
-        tbt_assert_close(label(lbl, sizeof lbl, blk, "loss"), &loss, &want_loss, 1, CE_LOSS_RTOL,
+        tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, "loss"), &loss, &want_loss, 1, CE_LOSS_RTOL,
                          CE_LOSS_ATOL);
-        tbt_assert_close(label(lbl, sizeof lbl, blk, "dlogits"), dlb, dl_ref.data, dl_ref.n,
+        tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, "dlogits"), dlb, dl_ref.data, dl_ref.n,
                          CE_GRAD_RTOL, CE_GRAD_ATOL_REL * scale);
     }
     /* Ignored rows: exactly zero gradient, as in PyTorch. */
@@ -537,15 +472,15 @@ static const char *const residual_cases[] = {"residual_gelu_2x3x17", "residual_l
 START_TEST(test_oracle_residual_gelu)
 {
     tbt_ref *ref = tbt_ref_load(residual_cases[0]);
-    ref_f32 x = get_f32(ref, "x"), dy = get_f32(ref, "dy");
-    ref_f32 y_ref = get_f32(ref, "y"), dx_ref = get_f32(ref, "dx");
+    tbt_reft x = tbt_ref_get(ref, "x"), dy = tbt_ref_get(ref, "dy");
+    tbt_reft y_ref = tbt_ref_get(ref, "y"), dx_ref = tbt_ref_get(ref, "dx");
 
     tb_ctx ctx;
     tbt_ctx_init(&ctx, 2);
-    float *xb = dup_f32(&x), *dyb = dup_f32(&dy), *fxb = nan_buffer(x.n);
-    float *yb = nan_buffer(y_ref.n), *dxb = nan_buffer(dx_ref.n);
-    tb_tensor xt = view_like(xb, &x), dyt = view_like(dyb, &dy), fxt = view_like(fxb, &x);
-    tb_tensor yt = view_like(yb, &y_ref), dxt = view_like(dxb, &dx_ref);
+    float *xb = tbt_ref_dup(&x), *dyb = tbt_ref_dup(&dy), *fxb = tbt_nan_buffer(x.n);
+    float *yb = tbt_nan_buffer(y_ref.n), *dxb = tbt_nan_buffer(dx_ref.n);
+    tb_tensor xt = tbt_view_like(xb, &x), dyt = tbt_view_like(dyb, &dy), fxt = tbt_view_like(fxb, &x);
+    tb_tensor yt = tbt_view_like(yb, &y_ref), dxt = tbt_view_like(dxb, &dx_ref);
     CHECK_OK(ctx, tb_gelu_forward(&ctx, TB_GELU_TANH, &xt, &fxt));
     CHECK_OK(ctx, tb_residual_forward(&ctx, &xt, &fxt, &yt));
     CHECK_OK(ctx, tb_gelu_backward(&ctx, TB_GELU_TANH, &xt, &dyt, &dxt));
@@ -567,10 +502,10 @@ END_TEST
 START_TEST(test_oracle_residual_linear)
 {
     tbt_ref *ref = tbt_ref_load(residual_cases[1]);
-    ref_f32 x = get_f32(ref, "x"), dy = get_f32(ref, "dy"), w = get_f32(ref, "weight");
-    ref_f32 b = get_f32(ref, "bias");
-    ref_f32 y_ref = get_f32(ref, "y"), dx_ref = get_f32(ref, "dx");
-    ref_f32 dw_ref = get_f32(ref, "dweight"), db_ref = get_f32(ref, "dbias");
+    tbt_reft x = tbt_ref_get(ref, "x"), dy = tbt_ref_get(ref, "dy"), w = tbt_ref_get(ref, "weight");
+    tbt_reft b = tbt_ref_get(ref, "bias");
+    tbt_reft y_ref = tbt_ref_get(ref, "y"), dx_ref = tbt_ref_get(ref, "dx");
+    tbt_reft dw_ref = tbt_ref_get(ref, "dweight"), db_ref = tbt_ref_get(ref, "dbias");
     const size_t c = w.shape[1];
 
     tb_ctx ctx;
@@ -586,10 +521,10 @@ START_TEST(test_oracle_residual_linear)
     memcpy(lin.bias.value, b.data, b.n * sizeof(float));
     tb_param_list_zero_grad(&params);
 
-    float *xb = dup_f32(&x), *dyb = dup_f32(&dy), *fxb = nan_buffer(x.n);
-    float *yb = nan_buffer(y_ref.n), *dxb = nan_buffer(dx_ref.n);
-    tb_tensor xt = view_like(xb, &x), dyt = view_like(dyb, &dy), fxt = view_like(fxb, &x);
-    tb_tensor yt = view_like(yb, &y_ref), dxt = view_like(dxb, &dx_ref);
+    float *xb = tbt_ref_dup(&x), *dyb = tbt_ref_dup(&dy), *fxb = tbt_nan_buffer(x.n);
+    float *yb = tbt_nan_buffer(y_ref.n), *dxb = tbt_nan_buffer(dx_ref.n);
+    tb_tensor xt = tbt_view_like(xb, &x), dyt = tbt_view_like(dyb, &dy), fxt = tbt_view_like(fxb, &x);
+    tb_tensor yt = tbt_view_like(yb, &y_ref), dxt = tbt_view_like(dxb, &dx_ref);
     CHECK_OK(ctx, tb_linear_forward(&ctx, &lin, &xt, &fxt));
     CHECK_OK(ctx, tb_residual_forward(&ctx, &xt, &fxt, &yt));
     CHECK_OK(ctx, tb_linear_backward(&ctx, &lin, &xt, &dyt, &dxt));
@@ -636,8 +571,8 @@ START_TEST(test_oracle_dropout)
     tbt_ctx_init(&ctx, 2);
     tb_rng rng;
     tb_rng_init(&rng, 12345);
-    float *x = tbt_alloc(DROP_N * sizeof(float)), *y = nan_buffer(DROP_N);
-    float *dy = tbt_alloc(DROP_N * sizeof(float)), *dx = nan_buffer(DROP_N);
+    float *x = tbt_alloc(DROP_N * sizeof(float)), *y = tbt_nan_buffer(DROP_N);
+    float *dy = tbt_alloc(DROP_N * sizeof(float)), *dx = tbt_nan_buffer(DROP_N);
     /* Nonzero inputs, so "kept" is exactly "y != 0". */
     tbt_fill_away_from_zero(x, DROP_N, -2.0f, 2.0f, 1e-3f, 7);
     tbt_fill_away_from_zero(dy, DROP_N, -1.0f, 1.0f, 1e-3f, 8);
@@ -676,7 +611,7 @@ START_TEST(test_oracle_dropout)
     }
 
     /* A second call draws a fresh mask (the stream advanced). */
-    float *y2 = nan_buffer(DROP_N);
+    float *y2 = tbt_nan_buffer(DROP_N);
     tb_tensor y2t = tb_tensor_1d(y2, DROP_N);
     tb_dropout_cache cache2;
     CHECK_OK(ctx, tb_dropout_forward(&ctx, TB_MODE_TRAINING, p, &rng, &xt, &y2t, &cache2));

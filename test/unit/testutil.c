@@ -267,3 +267,65 @@ float tbt_ref_scalar(const tbt_ref *ref, const char *name)
     ck_assert_msg(n == 1, "%s: '%s' is not a scalar", ref->path, name);
     return v[0];
 }
+
+/* ---- helpers for tests built on reference files ------------------------- */
+
+tbt_reft tbt_ref_get(const tbt_ref *ref, const char *name)
+{
+    tbt_reft r;
+    r.data = tbt_ref_f32(ref, name, &r.n, &r.ndim, r.shape);
+    ck_assert_msg(r.ndim >= 1 && r.ndim <= TB_MAX_DIMS, "tensor '%s' has %zu dims", name, r.ndim);
+    return r;
+}
+
+int32_t tbt_ref_i32_scalar(const tbt_ref *ref, const char *name)
+{
+    size_t n;
+    const int32_t *v = tbt_ref_i32(ref, name, &n);
+    ck_assert_msg(n == 1, "'%s' is not a scalar", name);
+    return v[0];
+}
+
+tb_tensor tbt_view_like(float *data, const tbt_reft *like)
+{
+    tb_tensor t;
+    memset(&t, 0, sizeof t);
+    t.data = data;
+    t.ndim = like->ndim;
+    for (size_t d = 0; d < like->ndim; d++)
+        t.shape[d] = like->shape[d];
+    return t;
+}
+
+float *tbt_ref_dup(const tbt_reft *r)
+{
+    float *p = tbt_alloc(r->n * sizeof(float));
+    memcpy(p, r->data, r->n * sizeof(float));
+    return p;
+}
+
+float *tbt_nan_buffer(size_t n)
+{
+    float *p = tbt_alloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        p[i] = NAN;
+    return p;
+}
+
+void tbt_shape_str(char *buf, size_t size, size_t ndim, const size_t *shape)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t d = 0; d < ndim && used < size; d++) {
+        int w = snprintf(buf + used, size - used, d ? "x%zu" : "%zu", shape[d]);
+        if (w < 0)
+            break;
+        used += (size_t)w;
+    }
+}
+
+const char *tbt_label(char *buf, size_t size, const char *block, const char *what)
+{
+    snprintf(buf, size, "%s.%s", block, what);
+    return buf;
+}

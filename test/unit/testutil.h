@@ -95,4 +95,27 @@ float tbt_ref_scalar(const tbt_ref *ref, const char *name);
 /* Whether the file has a tensor of that name. */
 int tbt_ref_has(const tbt_ref *ref, const char *name);
 
+/* ---- helpers for tests built on reference files ------------------------- */
+
+/* A float32 tensor of a reference file (1 to TB_MAX_DIMS dims). */
+typedef struct tbt_reft {
+    const float *data;
+    size_t n;
+    size_t ndim;
+    size_t shape[4];
+} tbt_reft;
+tbt_reft tbt_ref_get(const tbt_ref *ref, const char *name);
+/* The single int32 value of a 1-element tensor. */
+int32_t tbt_ref_i32_scalar(const tbt_ref *ref, const char *name);
+/* A view of `data` with the shape of reference tensor `like`. */
+tb_tensor tbt_view_like(float *data, const tbt_reft *like);
+/* A private, writable copy of a reference tensor (free it). */
+float *tbt_ref_dup(const tbt_reft *r);
+/* n floats pre-filled with NaN, so elements a call fails to write fail. */
+float *tbt_nan_buffer(size_t n);
+/* "17x33" from a shape. */
+void tbt_shape_str(char *buf, size_t size, size_t ndim, const size_t *shape);
+/* "<block>.<what>" into buf; returns buf. */
+const char *tbt_label(char *buf, size_t size, const char *block, const char *what);
+
 #endif /* TBT_TESTUTIL_H */
