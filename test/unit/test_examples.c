@@ -84,6 +84,44 @@ START_TEST(mlp_demo_rejects_bad_options)
 }
 END_TEST
 
+/* norm_compare measures LayerNorm's invariance (exactly 0), BatchNorm's
+ * dependence on the batch (clearly nonzero), trains a LayerNorm transformer
+ * that solves its task, and prints the same numbers for 1 and 2 threads. */
+START_TEST(norm_compare_measures_and_is_thread_independent)
+{
+    enum { CAP = 1 << 16 };
+    char *a = tbt_alloc(CAP), *b = tbt_alloc(CAP);
+    ck_assert_int_eq(run_example("norm_compare", "--threads 1", a, CAP), 0);
+    ck_assert_int_eq(run_example("norm_compare", "--threads 2", b, CAP), 0);
+    const char *fin = strstr(a, "final: ");
+    ck_assert_msg(fin != NULL, "no final line in:\n%s", a);
+    float ln_val = -1, bn_val = -1, ln_bs1 = -1, bn_bs1 = -1;
+    double inv_ln = -1, inv_bn = -1;
+    ck_assert_int_eq(sscanf(fin,
+                            "final: ln_val_acc=%f bn_val_acc=%f ln_bs1_acc=%f bn_bs1_acc=%f "
+                            "invariance_ln_max=%lf invariance_bn_max=%lf",
+                            &ln_val, &bn_val, &ln_bs1, &bn_bs1, &inv_ln, &inv_bn),
+                     6);
+    printf("  norm_compare: val_acc LN %.4f BN %.4f, batch-1 acc LN %.4f BN %.4f, "
+           "invariance LN %g BN %g\n",
+           ln_val, bn_val, ln_bs1, bn_bs1, inv_ln, inv_bn);
+    ck_assert_msg(inv_ln == 0.0, "LayerNorm output changed with the batch: %g", inv_ln);
+    ck_assert_msg(inv_bn > 1e-3, "BatchNorm output did not depend on the batch: %g", inv_bn);
+    /* Observed: 1.0000 for seeds 1-4 at the default steps (chance is about 0.5). */
+    ck_assert_msg(ln_val > 0.95f, "LayerNorm validation accuracy %g <= 0.95", ln_val);
+    ck_assert_msg(ln_bs1 == ln_val, "LayerNorm accuracy differs at batch size 1: %g vs %g",
+                  ln_bs1, ln_val);
+    strip_run_lines(a);
+    strip_run_lines(b);
+    ck_assert_msg(strcmp(a, b) == 0, "1-thread and 2-thread outputs differ:\n%s\n---\n%s", a, b);
+    char out[4096];
+    ck_assert_int_eq(run_example("norm_compare", "--bogus", out, sizeof out), 2);
+    ck_assert_int_eq(run_example("norm_compare", "--steps 1", out, sizeof out), 2);
+    free(a);
+    free(b);
+}
+END_TEST
+
 Suite *suite_examples(void)
 {
     Suite *s = suite_create("examples");
@@ -91,6 +129,7 @@ Suite *suite_examples(void)
     tcase_set_timeout(tc, 600); /* the sanitizer build runs it ~10x slower */
     tcase_add_test(tc, mlp_demo_learns_and_is_thread_independent);
     tcase_add_test(tc, mlp_demo_rejects_bad_options);
+    tcase_add_test(tc, norm_compare_measures_and_is_thread_independent);
     suite_add_tcase(s, tc);
     return s;
 }
