@@ -130,6 +130,8 @@ $(BUILD)/src/kernels/gemm_avx512.o: KERNEL_FLAGS = -O3 -mavx512f -mfma -ffp-cont
 endif
 $(BUILD)/src/kernels/gemm_portable.o: KERNEL_FLAGS = -O3 -ffp-contract=off
 $(BUILD)/src/kernels/gemm.o: KERNEL_FLAGS = -O3 -ffp-contract=off
+# Row and column reductions of the normalization blocks: -O3 to vectorise.
+$(BUILD)/src/blocks/norm_common.o $(BUILD)/src/blocks/batchnorm.o: KERNEL_FLAGS = -O3
 
 $(BUILD)/examples/common/%.o: examples/common/%.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)

@@ -116,6 +116,8 @@ tb_status tb_batchnorm_cache_size(size_t channels, size_t *bytes);
  *         counted positions in training with batch statistics, a bad mode
  *         a misaligned cache or y partly overlapping x. Nothing (y, cache, running statistics) is
  *         changed on error.
+ *         Also TB_ERR_NO_MEMORY when the call's short-lived scratch cannot be
+ *         allocated (then nothing is written).
  */
 tb_status tb_batchnorm_forward(tb_ctx *ctx, tb_batchnorm *bn, tb_mode mode, const tb_tensor *x,
                                const uint8_t *valid, tb_tensor *y, void *cache,
@@ -137,6 +139,8 @@ tb_status tb_batchnorm_forward(tb_ctx *ctx, tb_batchnorm *bn, tb_mode mode, cons
  * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE, TB_ERR_OVERFLOW,
  *         TB_ERR_STATE (cache not from a forward call on this input and
  *         mask), TB_ERR_BUFFER_TOO_SMALL or TB_ERR_INVALID_ARG.
+ *         Also TB_ERR_NO_MEMORY when the call's short-lived scratch cannot be
+ *         allocated (then nothing is written).
  */
 tb_status tb_batchnorm_backward(tb_ctx *ctx, tb_batchnorm *bn, const tb_tensor *x,
                                 const uint8_t *valid, const tb_tensor *dy, const void *cache,

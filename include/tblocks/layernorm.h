@@ -108,6 +108,8 @@ tb_status tb_layernorm_forward(tb_ctx *ctx, const tb_layernorm *ln, const tb_ten
  * @param dx Output, same rows and columns (may alias dy; must not overlap x).
  * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE, TB_ERR_STATE (cache not from
  *         a forward on N rows), TB_ERR_BUFFER_TOO_SMALL or TB_ERR_INVALID_ARG.
+ *         Also TB_ERR_NO_MEMORY when the call's short-lived scratch cannot be
+ *         allocated (then nothing is written).
  */
 tb_status tb_layernorm_backward(tb_ctx *ctx, tb_layernorm *ln, const tb_tensor *x,
                                 const tb_tensor *dy, const void *cache, size_t cache_bytes,

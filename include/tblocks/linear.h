@@ -79,6 +79,8 @@ tb_status tb_linear_params(tb_ctx *ctx, tb_linear *layer, const char *prefix,
  *         TB_ERR_SHAPE, TB_ERR_OVERFLOW (a view too large to address),
  *         TB_ERR_INVALID_ARG (y overlaps x) or TB_ERR_STATE (layer not
  *         initialised).
+ *         Also TB_ERR_NO_MEMORY when the call's short-lived scratch cannot be
+ *         allocated (then nothing is written).
  */
 tb_status tb_linear_forward(tb_ctx *ctx, const tb_linear *layer, const tb_tensor *x,
                             tb_tensor *y);
@@ -96,6 +98,8 @@ tb_status tb_linear_forward(tb_ctx *ctx, const tb_linear *layer, const tb_tensor
  * @return TB_OK; on error nothing is written and the status is
  *         TB_ERR_NULL_ARG, TB_ERR_SHAPE, TB_ERR_OVERFLOW, TB_ERR_INVALID_ARG
  *         (dx overlaps dy or x) or TB_ERR_STATE (layer not initialised).
+ *         Also TB_ERR_NO_MEMORY when the call's short-lived scratch cannot be
+ *         allocated (then nothing is written).
  */
 tb_status tb_linear_backward(tb_ctx *ctx, tb_linear *layer, const tb_tensor *x,
                              const tb_tensor *dy, tb_tensor *dx);

@@ -1,6 +1,6 @@
 /*
  * BatchNorm over rows (positions) per channel. Statistics: partial sums of
- * x, then of (x - mean)^2, over fixed chunks of TB_NORM_CHUNK rows in
+ * x, then of (x - mean)^2, over chunks of tb_norm_chunk_rows(N) rows in
  * double, combined in chunk order (deterministic for any thread count).
  * Backward through batch statistics:
  *   dx = weight * rstd * (dy - mean(dy) - xhat * mean(dy * xhat))
@@ -131,12 +131,6 @@ static uint64_t mask_hash(const uint8_t *valid, size_t rows)
     return h;
 }
 
-static size_t chunk_end(size_t q, size_t rows)
-{
-    size_t e = (q + 1) * TB_NORM_CHUNK;
-    return e < rows ? e : rows;
-}
-
 /* Per-chunk column sums of x (pass 1) or of the squared deviation (pass 2,
  * hi/lo given) over counted rows; result[C] = sum over chunks in order. */
 static void column_sums(tb_ctx *ctx, const float *x, const uint8_t *valid, size_t rows,
@@ -149,7 +143,7 @@ static void column_sums(tb_ctx *ctx, const float *x, const uint8_t *valid, size_
         double *p = partial + q * C;
         for (size_t j = 0; j < C; j++)
             p[j] = 0.0;
-        for (size_t r = q * TB_NORM_CHUNK; r < chunk_end(q, rows); r++) {
+        for (size_t r = q * tb_norm_chunk_rows(rows); r < tb_norm_chunk_end(q, rows); r++) {
             if (valid && !valid[r])
                 continue;
             const float *xr = x + r * C;
@@ -301,7 +295,7 @@ tb_status tb_batchnorm_backward(tb_ctx *ctx, tb_batchnorm *bn, const tb_tensor *
         double *pd = partial + q * 2 * C, *px = pd + C;
         for (size_t j = 0; j < 2 * C; j++)
             pd[j] = 0.0;
-        for (size_t r = q * TB_NORM_CHUNK; r < chunk_end(q, rows); r++) {
+        for (size_t r = q * tb_norm_chunk_rows(rows); r < tb_norm_chunk_end(q, rows); r++) {
             if (valid && !valid[r])
                 continue;
             const float *xr = xd + r * C, *gr = g + r * C;

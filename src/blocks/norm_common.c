@@ -89,6 +89,28 @@ void tb_norm_combine(const double *partial, size_t nchunks, size_t width, double
             out[j] += partial[q * width + j];
 }
 
+/* sum(x) or, with center != NULL, sum(((x - hi) - lo)^2) over n floats, in
+ * double with 8 independent lanes (a fixed split: breaks the add latency
+ * chain and vectorises, same result on every run). */
+static double row_sum(const float *x, size_t n, const float *center)
+{
+    double acc[8] = {0};
+    const float hi = center ? center[0] : 0.0f, lo = center ? center[1] : 0.0f;
+    size_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; l++) {
+            const float v = center ? (x[j + l] - hi) - lo : x[j + l];
+            acc[l] += center ? (double)v * v : (double)v;
+        }
+    double tail = 0.0;
+    for (; j < n; j++) {
+        const float v = center ? (x[j] - hi) - lo : x[j];
+        tail += center ? (double)v * v : (double)v;
+    }
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) +
+           tail;
+}
+
 void tb_rownorm_forward(tb_ctx *ctx, size_t rows, size_t C, int center, float eps,
                         const float *w, const float *b, const float *x, float *y, float *stats)
 {
@@ -96,18 +118,11 @@ void tb_rownorm_forward(tb_ctx *ctx, size_t rows, size_t C, int center, float ep
     for (size_t r = 0; r < rows; r++) {
         const float *xr = x + r * C;
         float *yr = y + r * C;
-        float hi = 0.0f, lo = 0.0f;
-        if (center) {
-            double sum = 0.0;
-            for (size_t j = 0; j < C; j++)
-                sum += xr[j];
-            tb_norm_split(sum / (double)C, &hi, &lo);
-        }
-        double sq = 0.0;
-        for (size_t j = 0; j < C; j++) {
-            float d = (xr[j] - hi) - lo;
-            sq += (double)d * d;
-        }
+        float hl[2] = {0.0f, 0.0f};
+        if (center)
+            tb_norm_split(row_sum(xr, C, NULL) / (double)C, &hl[0], &hl[1]);
+        const float hi = hl[0], lo = hl[1];
+        const double sq = row_sum(xr, C, hl);
         const float rstd = (float)(1.0 / sqrt(sq / (double)C + (double)eps));
         for (size_t j = 0; j < C; j++) {
             float v = ((xr[j] - hi) - lo) * rstd; /* reads x[j] before y[j]: alias-safe */
@@ -129,11 +144,16 @@ tb_status tb_rownorm_backward(tb_ctx *ctx, const char *fn, size_t rows, size_t C
                               const float *w, const float *stats, const float *x,
                               const float *dy, float *dx, float *dw, float *db)
 {
+    /* Backward is arithmetic-bound, so its sums run in float: each row's
+     * sums of g and g * xhat in 8 fixed lanes, and each chunk's (<= 64 rows)
+     * column sums of dy * xhat and dy; chunks are then combined in double,
+     * in order. Float partials over at most 64 rows or C/8 terms keep the
+     * error near 1e-6 relative, far inside the tests' tolerances. */
     const size_t nchunks = tb_norm_chunks(rows);
-    double *partial = NULL;
+    float *partial = NULL;
     if (dw || db) { /* per chunk: sum(dy * xhat) then sum(dy), C each */
         size_t n, bytes;
-        if (!tb_mul_size(nchunks, 2 * C, &n) || !tb_mul_size(n, sizeof(double), &bytes))
+        if (!tb_mul_size(nchunks, 2 * C, &n) || !tb_mul_size(n, sizeof(float), &bytes))
             return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "scratch size overflows");
         void *mem;
         tb_status s = tb_alloc(ctx, fn, bytes, &mem);
@@ -143,29 +163,43 @@ tb_status tb_rownorm_backward(tb_ctx *ctx, const char *fn, size_t rows, size_t C
     }
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * C)) schedule(static)
     for (size_t q = 0; q < nchunks; q++) {
-        double *pw = partial ? partial + q * 2 * C : NULL, *pb = pw ? pw + C : NULL;
+        float *pw = partial ? partial + q * 2 * C : NULL, *pb = pw ? pw + C : NULL;
         if (pw)
             for (size_t j = 0; j < 2 * C; j++)
-                pw[j] = 0.0;
-        const size_t r1 = (q + 1) * TB_NORM_CHUNK < rows ? (q + 1) * TB_NORM_CHUNK : rows;
-        for (size_t r = q * TB_NORM_CHUNK; r < r1; r++) {
+                pw[j] = 0.0f;
+        const size_t r1 = tb_norm_chunk_end(q, rows);
+        for (size_t r = q * tb_norm_chunk_rows(rows); r < r1; r++) {
             const float *xr = x + r * C, *gr = dy + r * C;
             float *orow = dx + r * C;
             const float hi = stats[3 * r], lo = stats[3 * r + 1], rstd = stats[3 * r + 2];
-            double sg = 0.0, sgx = 0.0;
-            for (size_t j = 0; j < C; j++) {
+            float sg8[8] = {0}, sgx8[8] = {0};
+            size_t j = 0;
+            for (; j + 8 <= C; j += 8)
+                for (int l = 0; l < 8; l++) {
+                    const float xhat = ((xr[j + l] - hi) - lo) * rstd;
+                    const float gj = w ? gr[j + l] * w[j + l] : gr[j + l];
+                    sg8[l] += gj;
+                    sgx8[l] += gj * xhat;
+                }
+            for (; j < C; j++) {
                 const float xhat = ((xr[j] - hi) - lo) * rstd;
                 const float gj = w ? gr[j] * w[j] : gr[j];
-                sg += gj;
-                sgx += (double)gj * xhat;
-                if (pw) {
-                    pw[j] += (double)gr[j] * xhat;
+                sg8[0] += gj;
+                sgx8[0] += gj * xhat;
+            }
+            if (pw)
+                for (j = 0; j < C; j++) {
+                    const float xhat = ((xr[j] - hi) - lo) * rstd;
+                    pw[j] += gr[j] * xhat;
                     pb[j] += gr[j];
                 }
-            }
-            const float mg = center ? (float)(sg / (double)C) : 0.0f;
-            const float mgx = (float)(sgx / (double)C);
-            for (size_t j = 0; j < C; j++) { /* dy[j] is read before dx[j] is written */
+            const float sg = ((sg8[0] + sg8[1]) + (sg8[2] + sg8[3])) +
+                             ((sg8[4] + sg8[5]) + (sg8[6] + sg8[7]));
+            const float sgx = ((sgx8[0] + sgx8[1]) + (sgx8[2] + sgx8[3])) +
+                              ((sgx8[4] + sgx8[5]) + (sgx8[6] + sgx8[7]));
+            const float mg = center ? sg / (float)C : 0.0f;
+            const float mgx = sgx / (float)C;
+            for (j = 0; j < C; j++) { /* dy[j] is read before dx[j] is written */
                 const float xhat = ((xr[j] - hi) - lo) * rstd;
                 const float gj = w ? gr[j] * w[j] : gr[j];
                 orow[j] = rstd * ((gj - mg) - xhat * mgx);
@@ -173,15 +207,16 @@ tb_status tb_rownorm_backward(tb_ctx *ctx, const char *fn, size_t rows, size_t C
         }
     }
     if (partial) {
-        double *tot = partial; /* chunk 0 accumulates the others, in order */
-        for (size_t q = 1; q < nchunks; q++)
-            for (size_t j = 0; j < 2 * C; j++)
-                tot[j] += partial[q * 2 * C + j];
         for (size_t j = 0; j < C; j++) {
+            double sw = 0.0, sb = 0.0;
+            for (size_t q = 0; q < nchunks; q++) {
+                sw += partial[q * 2 * C + j];
+                sb += partial[q * 2 * C + C + j];
+            }
             if (dw)
-                dw[j] += (float)tot[j];
+                dw[j] += (float)sw;
             if (db)
-                db[j] += (float)tot[C + j];
+                db[j] += (float)sb;
         }
         tb_free_with(&ctx->allocator, partial);
     }

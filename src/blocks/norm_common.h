@@ -11,9 +11,14 @@
 
 #include "../core/internal.h"
 
-/* Rows per chunk of a column reduction. Fixed (never derived from the thread
- * count), so partial sums and their combination order depend only on N. */
-#define TB_NORM_CHUNK 64
+/* Rows per chunk of a column reduction: a function of N only (never of the
+ * thread count), so partial sums and their combination order depend only on
+ * the data's shape. Small N still yields several chunks to share out. */
+static inline size_t tb_norm_chunk_rows(size_t rows)
+{
+    size_t c = rows / 32;
+    return c < 4 ? 4 : c > 64 ? 64 : c;
+}
 
 /* Cache header written by forward, checked by backward. */
 typedef struct tb_norm_cache_header {
@@ -67,13 +72,20 @@ static inline void tb_norm_split(double mean, float *hi, float *lo)
 
 /*
  * Column sums over rows, deterministic for any thread count: row chunk q
- * (TB_NORM_CHUNK rows) adds into partial[q * width ...]; then
+ * (tb_norm_chunk_rows() rows) adds into partial[q * width ...]; then
  * tb_norm_combine() sums the chunks in order. scratch needs
  * nchunks * width doubles.
  */
 static inline size_t tb_norm_chunks(size_t rows)
 {
-    return (rows + TB_NORM_CHUNK - 1) / TB_NORM_CHUNK;
+    const size_t c = tb_norm_chunk_rows(rows);
+    return (rows + c - 1) / c;
+}
+/* One past the last row of chunk q. */
+static inline size_t tb_norm_chunk_end(size_t q, size_t rows)
+{
+    const size_t e = (q + 1) * tb_norm_chunk_rows(rows);
+    return e < rows ? e : rows;
 }
 void tb_norm_combine(const double *partial, size_t nchunks, size_t width, double *out);
 
