@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "ex_cli.h"
+#include "ex_random.h"
 #include "tblocks.h"
 
 #define IN_DIM 2
@@ -68,23 +69,6 @@ static void dataset_free(dataset *d)
     memset(d, 0, sizeof *d);
 }
 
-/* A uniformly random index in [0, n) (modulo bias is negligible here). */
-static size_t rand_below(tb_rng *rng, size_t n)
-{
-    return (size_t)(tb_rng_next(rng) % (uint64_t)n);
-}
-
-/* Fisher-Yates shuffle of idx[0..n). */
-static void shuffle(tb_rng *rng, size_t *idx, size_t n)
-{
-    for (size_t i = n; i > 1; i--) {
-        size_t j = rand_below(rng, i);
-        size_t t = idx[i - 1];
-        idx[i - 1] = idx[j];
-        idx[j] = t;
-    }
-}
-
 /*
  * Three spiral arms, one per class: point i of arm k sits at radius r and
  * angle 2*pi*k/3 + 3*pi*r plus Gaussian noise (0.3 rad), so the arms wind
@@ -112,7 +96,7 @@ static int make_spiral(tb_rng *rng, dataset *train, dataset *val)
                 idx[p] = p;
             }
         }
-        shuffle(rng, idx, n);
+        ex_shuffle(rng, idx, n);
         for (size_t i = 0; i < n; i++) {
             dataset *d = i < n_val ? val : train;
             size_t row = i < n_val ? i : i - n_val;
@@ -344,7 +328,7 @@ static void sampler_next(sampler *s, const dataset *d)
         if (s->next == d->n) {
             for (size_t i = 0; i < d->n; i++)
                 s->order[i] = i;
-            shuffle(s->rng, s->order, d->n);
+            ex_shuffle(s->rng, s->order, d->n);
             s->next = 0;
         }
         size_t i = s->order[s->next++];

@@ -46,6 +46,7 @@
 #include <string.h>
 
 #include "ex_cli.h"
+#include "ex_random.h"
 #include "tblocks.h"
 #include "tiny_attention.h"
 
@@ -90,23 +91,6 @@
     } while (0)
 
 /* ---- small helpers -------------------------------------------------------- */
-
-/* A uniformly random index in [0, n) (modulo bias is negligible here). */
-static size_t rand_below(tb_rng *rng, size_t n)
-{
-    return (size_t)(tb_rng_next(rng) % (uint64_t)n);
-}
-
-/* Fisher-Yates shuffle of idx[0..n). */
-static void shuffle(tb_rng *rng, size_t *idx, size_t n)
-{
-    for (size_t i = n; i > 1; i--) {
-        size_t j = rand_below(rng, i);
-        size_t t = idx[i - 1];
-        idx[i - 1] = idx[j];
-        idx[j] = t;
-    }
-}
 
 static void *xcalloc(size_t n, size_t size, int *ok)
 {
@@ -300,7 +284,7 @@ static tb_status part1(tb_ctx *ctx, const feature_source *fs, tb_rng *rng, invar
     feature_sequence(fs, rng, seq, P1_LEN);
     for (size_t i = 0; i < N_NEIGH; i++) {
         neigh_len[i] = i < 2 * (P1_BATCH - 1) ? P1_LEN
-                                              : MIN_LEN + rand_below(rng, MAX_LEN - MIN_LEN + 1);
+                                              : MIN_LEN + ex_rand_below(rng, MAX_LEN - MIN_LEN + 1);
         feature_sequence(fs, rng, neigh + i * MAX_LEN * DIM, neigh_len[i]);
     }
     inv->bn_max = inv->ln_max = 0.0;
@@ -392,7 +376,7 @@ static void random_feature_batch(const feature_source *fs, tb_rng *rng, feature_
 {
     size_t len[BATCH], t = 0;
     for (size_t i = 0; i < BATCH; i++) {
-        len[i] = MIN_LEN + rand_below(rng, MAX_LEN - MIN_LEN + 1);
+        len[i] = MIN_LEN + ex_rand_below(rng, MAX_LEN - MIN_LEN + 1);
         if (len[i] > t)
             t = len[i];
     }
@@ -501,7 +485,7 @@ static int seqset_make(seqset *d, size_t n, tb_rng *rng)
         int32_t *t = d->tok + i * MAX_LEN;
         int diff;
         do { /* redraw ties */
-            d->len[i] = MIN_LEN + rand_below(rng, MAX_LEN - MIN_LEN + 1);
+            d->len[i] = MIN_LEN + ex_rand_below(rng, MAX_LEN - MIN_LEN + 1);
             diff = 0;
             for (size_t p = 0; p < MAX_LEN; p++) {
                 if (p >= d->len[i]) {
@@ -509,7 +493,7 @@ static int seqset_make(seqset *d, size_t n, tb_rng *rng)
                     continue;
                 }
                 double u = tb_rng_uniform(rng);
-                t[p] = u < P_A ? TOK_A : u < P_A + P_B ? TOK_B : 3 + (int32_t)rand_below(rng, 3);
+                t[p] = u < P_A ? TOK_A : u < P_A + P_B ? TOK_B : 3 + (int32_t)ex_rand_below(rng, 3);
                 diff += (t[p] == TOK_A) - (t[p] == TOK_B);
             }
         } while (diff == 0);
@@ -1073,7 +1057,7 @@ static tb_status part3(tb_ctx *ctx, uint64_t steps, tb_rng *data_rng, tb_rng *in
             if (next == N_TRAIN) {
                 for (size_t j = 0; j < N_TRAIN; j++)
                     order[j] = j;
-                shuffle(batch_rng, order, N_TRAIN);
+                ex_shuffle(batch_rng, order, N_TRAIN);
                 next = 0;
             }
             idx[i] = order[next++];
