@@ -23,5 +23,6 @@
 #include "tblocks/layernorm.h"
 #include "tblocks/rmsnorm.h"
 #include "tblocks/batchnorm.h"
+#include "tblocks/attention.h"
 
 #endif /* TBLOCKS_H */

@@ -1,0 +1,162 @@
+/**
+ * @file attention.h
+ * @brief Scaled dot-product attention core: forward and backward, causal,
+ * sliding-window, key-padding and additive masks, cross-attention
+ * (Tq != Tk) and grouped-query attention, without storing T x T.
+ *
+ * `out = softmax(scale * Q K^T + mask) V` per batch row and head.
+ *
+ * Layout: every operand is a tb_heads, a `(B, T, W)` tensor whose columns
+ * `[offset, offset + heads * D)` hold the heads side by side (head h at
+ * `offset + h*D`). A separate Q of shape `(B, T, C)` is `{q, 0}`; the packed
+ * `(B, T, 3C)` output of a fused QKV projection is used in place as
+ * `{qkv, 0}`, `{qkv, C}`, `{qkv, 2C}` (no copies), and gradients can be
+ * written into a packed `(B, T, 3C)` buffer the same way. The output is a
+ * `(B, Tq, H*D)` tensor.
+ *
+ * Memory: forward streams over the keys with an online softmax (never
+ * materialising the T x T scores) and keeps one log-sum-exp per (batch,
+ * head, query) in a caller-provided cache (tb_attention_cache_size());
+ * backward recomputes the scores. Activation memory is linear in T.
+ *
+ * Masks (all optional, combined): causal (query i of Tq sees keys
+ * j <= i + Tk - Tq, i.e. queries are the last Tq positions, as in
+ * incremental decoding), a sliding window of width w (query i sees only the
+ * w keys ending at its diagonal), key lengths or a key-valid mask per batch
+ * row, and an additive `(Tq, Tk)` bias (-inf entries mask). A query whose
+ * keys are all masked gets a zero output and zero gradients (PyTorch's
+ * scaled_dot_product_attention returns NaN there).
+ *
+ * Every output element is computed by one thread in a fixed order: results
+ * are bitwise identical for any thread count.
+ */
+#ifndef TBLOCKS_ATTENTION_H
+#define TBLOCKS_ATTENTION_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "context.h"
+#include "status.h"
+#include "tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** @brief Shape and masking options of the attention core. */
+typedef struct tb_attention_config {
+    size_t n_heads;    /**< H, query heads, >= 1. */
+    size_t n_kv_heads; /**< Key/value heads; 0 means H. Must divide H (grouped-query:
+                            query head h uses kv head h / (H / n_kv_heads)). */
+    size_t head_dim;   /**< D, >= 1. */
+    int causal;        /**< Nonzero: causal mask (aligned at the end, see above). */
+    size_t window;     /**< 0: none; w >= 1: each query sees at most the w keys
+                            ending at its diagonal (use with causal). */
+    float scale;       /**< 0 means 1/sqrt(D); else finite and > 0. */
+} tb_attention_config;
+
+/**
+ * @brief Defaults: n_kv_heads = H, not causal, no window, scale 1/sqrt(D).
+ * @param n_heads H.
+ * @param head_dim D.
+ * @return The configuration.
+ */
+tb_attention_config tb_attention_default_config(size_t n_heads, size_t head_dim);
+
+/** @brief Heads laid out side by side inside a `(B, T, W)` tensor. */
+typedef struct tb_heads {
+    tb_tensor *tensor; /**< `(B, T, W)`; W >= offset + heads * D. */
+    size_t offset;     /**< First column of head 0. */
+} tb_heads;
+
+/** @brief Optional masks (NULL pointers mean "none"). */
+typedef struct tb_attention_mask {
+    const int32_t *key_lengths; /**< B entries: keys j >= key_lengths[b] are masked
+                                     (0 <= length <= Tk), or NULL. */
+    const uint8_t *key_valid;   /**< `(B, Tk)` bytes, zero = masked key, or NULL. */
+    const float *bias;          /**< `(Tq, Tk)` added to every batch row and head's
+                                     scores (-inf masks), or NULL. */
+} tb_attention_mask;
+
+/**
+ * @brief Bytes of cache forward needs (one float per batch row, head and
+ * query, plus a small header).
+ * @param cfg Configuration (n_heads is used).
+ * @param batch B.
+ * @param t_q Tq.
+ * @param bytes Receives the size.
+ * @return TB_OK, TB_ERR_NULL_ARG or TB_ERR_OVERFLOW.
+ */
+tb_status tb_attention_cache_size(const tb_attention_config *cfg, size_t batch, size_t t_q,
+                                  size_t *bytes);
+
+/**
+ * @brief Forward: `out = softmax(scale Q K^T + masks) V`.
+ * @param ctx Context.
+ * @param cfg Configuration.
+ * @param mask Masks, or NULL.
+ * @param q Queries: `(B, Tq, W)` with H heads.
+ * @param k Keys: `(B, Tk, W)` with n_kv_heads heads.
+ * @param v Values: same B and Tk as k.
+ * @param out Output `(B, Tq, H*D)`; must not overlap q, k or v.
+ * @param cache tb_attention_cache_size() bytes aligned for float, or NULL if
+ *        no backward will follow.
+ * @param cache_bytes Size of cache.
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_SHAPE; TB_ERR_OVERFLOW;
+ *         TB_ERR_INVALID_ARG (bad configuration, key length out of range,
+ *         misaligned cache, out overlapping an input);
+ *         TB_ERR_BUFFER_TOO_SMALL. Nothing is written on error.
+ */
+tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
+                               const tb_attention_mask *mask, const tb_heads *q,
+                               const tb_heads *k, const tb_heads *v, tb_tensor *out, void *cache,
+                               size_t cache_bytes);
+
+/**
+ * @brief Backward: writes dq, dk, dv (overwriting) from the forward inputs,
+ * output and cache and the output gradient.
+ * @param ctx Context.
+ * @param cfg The forward configuration.
+ * @param mask The forward masks, or NULL.
+ * @param q Forward queries.
+ * @param k Forward keys.
+ * @param v Forward values.
+ * @param out Forward output `(B, Tq, H*D)`.
+ * @param dout Gradient w.r.t. out, same shape.
+ * @param cache The cache filled by forward.
+ * @param cache_bytes Size of cache.
+ * @param dq Receives dL/dq, laid out like q (may share a packed buffer with
+ *        dk and dv); must not overlap the inputs.
+ * @param dk Receives dL/dk, laid out like k.
+ * @param dv Receives dL/dv, laid out like v.
+ * @return As forward, plus TB_ERR_STATE if the cache was not filled by a
+ *         forward call of this shape.
+ */
+tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
+                                const tb_attention_mask *mask, const tb_heads *q,
+                                const tb_heads *k, const tb_heads *v, const tb_tensor *out,
+                                const tb_tensor *dout, const void *cache, size_t cache_bytes,
+                                tb_heads *dq, tb_heads *dk, tb_heads *dv);
+
+/**
+ * @brief The attention probabilities themselves, for teaching and
+ * visualisation (this does materialise B*H*Tq*Tk floats).
+ * @param ctx Context.
+ * @param cfg Configuration.
+ * @param mask Masks, or NULL.
+ * @param q Queries.
+ * @param k Keys.
+ * @param probs Output `(B, H, Tq, Tk)`: rows sum to 1 (0 for fully masked
+ *        queries).
+ * @return As forward.
+ */
+tb_status tb_attention_probs(tb_ctx *ctx, const tb_attention_config *cfg,
+                             const tb_attention_mask *mask, const tb_heads *q, const tb_heads *k,
+                             tb_tensor *probs);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TBLOCKS_ATTENTION_H */
