@@ -24,5 +24,6 @@
 #include "tblocks/rmsnorm.h"
 #include "tblocks/batchnorm.h"
 #include "tblocks/attention.h"
+#include "tblocks/mha.h"
 
 #endif /* TBLOCKS_H */
