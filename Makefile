@@ -42,7 +42,7 @@ ORACLE_DIR := $(BUILD)/oracle
 # a family the CPU lacks is reported as skipped.
 TEST_KERNELS ?= portable avx2 avx512
 ORACLE_STAMP := $(ORACLE_DIR)/.stamp
-ORACLE_PY := $(wildcard test/oracle/*.py)
+ORACLE_PY := $(sort $(wildcard test/oracle/gen_*.py))
 
 # Every test/bench/*.c but the shared harness is a benchmark program; the
 # harness is compiled once and linked into each of them.
@@ -161,7 +161,8 @@ $(TEST_BIN): $(TEST_OBJ) $(LIB)
 # PyTorch reference data for the oracle tests (regenerated when a script changes).
 $(ORACLE_STAMP): $(ORACLE_PY)
 	@mkdir -p $(ORACLE_DIR)
-	$(PYTHON) test/oracle/gen_reference.py --out $(ORACLE_DIR)
+	@for g in $(ORACLE_PY); do echo "$(PYTHON) $$g --out $(ORACLE_DIR)"; \
+	    $(PYTHON) $$g --out $(ORACLE_DIR) || exit 1; done
 	@touch $@
 
 deps:

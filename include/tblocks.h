@@ -24,6 +24,7 @@
 #include "tblocks/rmsnorm.h"
 #include "tblocks/batchnorm.h"
 #include "tblocks/attention.h"
+#include "tblocks/kvcache.h"
 #include "tblocks/mha.h"
 
 #endif /* TBLOCKS_H */

@@ -23,6 +23,7 @@
 
 #include "attention.h"
 #include "context.h"
+#include "kvcache.h"
 #include "linear.h"
 #include "param.h"
 #include "rng.h"
@@ -128,6 +129,23 @@ tb_status tb_mha_forward(tb_ctx *ctx, const tb_mha *mha, const tb_attention_mask
 tb_status tb_mha_backward(tb_ctx *ctx, tb_mha *mha, const tb_attention_mask *mask,
                           const tb_tensor *x, const tb_tensor *mem, const tb_tensor *dy,
                           const void *cache, size_t cache_bytes, tb_tensor *dx, tb_tensor *dmem);
+
+/**
+ * @brief Incremental decoding (inference): project Tn new positions,
+ * append their keys and values to `kv`, attend from them over everything
+ * stored, project the output. With `mha->attn.causal` set, feeding a
+ * sequence in pieces gives the same outputs as tb_mha_forward() on the
+ * whole sequence.
+ * @param ctx Context.
+ * @param mha Module.
+ * @param kv Cache with n_kv_heads = H and head_dim = C / H.
+ * @param x New positions `(B, Tn, C)`.
+ * @param y Output `(B, Tn, C)`; must not overlap x.
+ * @return TB_OK or the errors of the parts (TB_ERR_BUFFER_TOO_SMALL when the
+ *         cache is full); TB_ERR_NO_MEMORY for the call's scratch.
+ */
+tb_status tb_mha_decode(tb_ctx *ctx, const tb_mha *mha, tb_kv_cache *kv, const tb_tensor *x,
+                        tb_tensor *y);
 
 #ifdef __cplusplus
 }

@@ -340,3 +340,47 @@ tb_status tb_mha_backward(tb_ctx *ctx, tb_mha *mha, const tb_attention_mask *mas
     tb_free_with(&ctx->allocator, buf);
     return s;
 }
+
+tb_status tb_mha_decode(tb_ctx *ctx, const tb_mha *mha, tb_kv_cache *kv, const tb_tensor *x,
+                        tb_tensor *y)
+{
+    const char *fn = __func__;
+    size_t B, Tn, Tk;
+    tb_status s = check_inputs(ctx, fn, mha, x, NULL, &B, &Tn, &Tk);
+    if (s != TB_OK)
+        return s;
+    const size_t C = mha->embed_dim;
+    if (!kv)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "kv must not be NULL");
+    if ((s = tb_check_tensor(ctx, fn, "y", y, NULL, NULL)) != TB_OK)
+        return s;
+    if (y->ndim != 3 || y->shape[0] != B || y->shape[1] != Tn || y->shape[2] != C)
+        return tb_fail(ctx, TB_ERR_SHAPE, fn, "y must be (%zu, %zu, %zu)", B, Tn, C);
+    if (tb_overlaps(y->data, B * Tn * C, x->data, B * Tn * C))
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "y overlaps x");
+    if (kv->batch != B || kv->n_kv_heads != mha->n_heads || kv->head_dim != C / mha->n_heads)
+        return tb_fail(ctx, TB_ERR_SHAPE, fn, "kv must hold %zu rows of %zu heads x %zu", B,
+                       mha->n_heads, C / mha->n_heads);
+    if (Tn > kv->max_len - kv->len)
+        return tb_fail(ctx, TB_ERR_BUFFER_TOO_SMALL, fn,
+                       "%zu stored + %zu new positions exceed the cache's %zu", kv->len, Tn,
+                       kv->max_len);
+    size_t n, bytes;
+    if (!tb_mul_size(B * Tn, 4 * C, &n) || !tb_mul_size(n, sizeof(float), &bytes))
+        return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "scratch size overflows");
+    void *buf;
+    if ((s = tb_alloc(ctx, fn, bytes, &buf)) != TB_OK)
+        return s;
+    float *qkv = buf, *att = qkv + B * Tn * 3 * C;
+    tb_tensor qkv_t = tb_tensor_3d(qkv, B, Tn, 3 * C), att_t = tb_tensor_3d(att, B, Tn, C);
+    tb_heads q = {&qkv_t, 0}, k = {&qkv_t, C}, v = {&qkv_t, 2 * C};
+    s = project(ctx, mha, x->data, B * Tn, 0, 3 * C, qkv);
+    if (s == TB_OK)
+        s = tb_kv_cache_append(ctx, kv, &k, &v);
+    if (s == TB_OK)
+        s = tb_kv_cache_attend(ctx, kv, &mha->attn, NULL, &q, &att_t);
+    if (s == TB_OK)
+        s = tb_linear_forward(ctx, &mha->out_proj, &att_t, y);
+    tb_free_with(&ctx->allocator, buf);
+    return s;
+}
