@@ -24,8 +24,9 @@
  * incremental decoding), a sliding window of width w (query i sees only the
  * w keys ending at its diagonal), key lengths or a key-valid mask per batch
  * row, and an additive `(Tq, Tk)` bias (-inf entries mask). A query whose
- * keys are all masked gets a zero output and zero gradients (PyTorch's
- * scaled_dot_product_attention returns NaN there).
+ * keys are all masked gets a zero output and zero gradients (older PyTorch
+ * releases return NaN there; 2.13's scaled_dot_product_attention also
+ * returns 0).
  *
  * Every output element is computed by one thread in a fixed order: results
  * are bitwise identical for any thread count.
@@ -131,7 +132,8 @@ tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
  * @param dk Receives dL/dk, laid out like k.
  * @param dv Receives dL/dv, laid out like v.
  * @return As forward, plus TB_ERR_STATE if the cache was not filled by a
- *         forward call of this shape.
+ *         forward call with this shape and configuration (B, H, Tq, Tk, D,
+ *         key/value heads, causal, window, scale).
  */
 tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
                                 const tb_attention_mask *mask, const tb_heads *q,

@@ -21,8 +21,10 @@
 
 #define ATTN_MAGIC 0x7462415431ULL /* "tbAT1" */
 
+/* Everything the cached log-sum-exp values depend on (except the data and
+ * the masks): backward refuses a cache from a call of another shape. */
 typedef struct attn_header {
-    uint64_t magic, batch, heads, t_q;
+    uint64_t magic, batch, heads, t_q, t_k, head_dim, kv_heads, options;
 } attn_header;
 
 tb_attention_config tb_attention_default_config(size_t n_heads, size_t head_dim)
@@ -196,6 +198,16 @@ static tb_status check_cache(tb_ctx *ctx, const char *fn, const attn *a, const v
     return TB_OK;
 }
 
+static attn_header header_of(const attn *a)
+{
+    uint32_t scale_bits;
+    memcpy(&scale_bits, &a->scale, sizeof scale_bits);
+    attn_header h = {ATTN_MAGIC, a->B,   a->H,   a->Tq,
+                     a->Tk,      a->D,   a->Hkv, ((uint64_t)scale_bits << 32) ^
+                                                    ((uint64_t)a->window << 1) ^ (uint64_t)a->causal};
+    return h;
+}
+
 /* Memory spanned by an operand's tensor (for overlap checks). */
 static size_t span(const tb_tensor *t)
 {
@@ -263,7 +275,7 @@ tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
             lse[r] = l > 0.0f ? m + logf(l) : -INFINITY; /* -inf: fully masked */
     }
     if (cache) {
-        attn_header hd = {ATTN_MAGIC, a.B, a.H, a.Tq};
+        attn_header hd = header_of(&a);
         memcpy(cache, &hd, sizeof hd);
     }
     return TB_OK;
@@ -331,11 +343,12 @@ tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cache must not be NULL");
     if ((s = check_cache(ctx, fn, &a, cache, cache_bytes)) != TB_OK)
         return s;
-    attn_header hd;
+    attn_header hd, want = header_of(&a);
     memcpy(&hd, cache, sizeof hd);
-    if (hd.magic != ATTN_MAGIC || hd.batch != a.B || hd.heads != a.H || hd.t_q != a.Tq)
+    if (memcmp(&hd, &want, sizeof hd) != 0)
         return tb_fail(ctx, TB_ERR_STATE, fn,
-                       "cache was not filled by tb_attention_forward on this shape");
+                       "cache was not filled by tb_attention_forward with this shape and "
+                       "configuration");
     const float *lse = (const float *)((const unsigned char *)cache + sizeof hd);
     const size_t rows = a.B * a.H * a.Tq;
     void *mem;

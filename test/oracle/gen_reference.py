@@ -20,7 +20,9 @@ Naming convention inside a file:
 
 The cases of test_oracle.c are listed in ``<out>/cases.txt``, those of
 test_norm_oracle.c (LayerNorm, RMSNorm, BatchNorm; they also carry float64
-results named ``<name>_f64``) in ``<out>/norm_cases.txt``.
+results named ``<name>_f64``) in ``<out>/norm_cases.txt``, those of
+test_attention_oracle.c (the attention core, also with ``<name>_f64``) in
+``<out>/attention_cases.txt``.
 
 The script fails (non-zero exit) if torch or numpy is missing or if any
 case cannot be produced: the oracle tests must never be skipped silently.
@@ -683,6 +685,295 @@ def build_cases():
     return c
 
 
+# ---------------------------------------------------------------------------
+# attention core (tested by test/unit/test_attention_oracle.c)
+#
+# softmax(scale * Q K^T + mask) V per batch row and head, the library's
+# layout: q (B, Tq, H*D), k and v (B, Tk, n_kv*D), head h at columns
+# [h*D, (h+1)*D). Two references per quantity:
+#   - "<name>": float32 torch.nn.functional.scaled_dot_product_attention
+#     (autograd), with the masks expressed as an explicit boolean or
+#     additive float attn_mask (is_causal=True where Tq == Tk and causal is
+#     the only mask);
+#   - "<name>_f64": a manual softmax(scale QK^T + mask) V in float64 on the
+#     same float32 numbers (rounded to float32), with a "safe" softmax whose
+#     fully masked rows are 0 (the library's convention); the generator
+#     asserts that it agrees with float64 scaled_dot_product_attention
+#     (which also returns 0 for such rows in this PyTorch) to 1e-12.
+# Grouped-query attention expands K/V with repeat_interleave (query head h
+# uses kv head h // (H / n_kv)). Causal alignment is the library's: query i
+# sees keys j <= i + Tk - Tq (for Tq == Tk this is is_causal=True, which the
+# generator checks); a window w additionally requires j > i + Tk - Tq - w.
+# "probs" / "probs_f64" (B, H, Tq, Tk) are saved for small cases.
+# "row_masked" (B, Tq) marks queries with no visible key (zero output and
+# zero gradient expected).
+
+
+def _attn_allowed(b, tq, tk, causal, window, key_lengths, key_valid):
+    """Boolean (B, 1, Tq, Tk): which keys each query may see."""
+    i = torch.arange(tq).reshape(tq, 1)
+    j = torch.arange(tk).reshape(1, tk)
+    diag = i + (tk - tq)
+    a = torch.ones(b, 1, tq, tk, dtype=torch.bool)
+    if causal:
+        a = a & (j <= diag)
+    if window:
+        a = a & (j > diag - window) & (j <= diag)
+    if key_lengths is not None:
+        a = a & (j.reshape(1, 1, 1, tk) < key_lengths.reshape(b, 1, 1, 1))
+    if key_valid is not None:
+        a = a & key_valid.reshape(b, 1, 1, tk)
+    return a
+
+
+def _attn_split(x, b, t, heads, d):
+    """(B, T, heads*D) -> (B, heads, T, D)."""
+    return x.reshape(b, t, heads, d).transpose(1, 2)
+
+
+def _attn_merge(x):
+    """(B, H, T, D) -> (B, T, H*D)."""
+    b, h, t, d = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * d)
+
+
+def _attn_manual(q, k, v, dout, h, hkv, d, scale, allowed, bias):
+    """Manual safe-softmax attention in q's dtype; returns out, dq, dk, dv
+    (library layout) and the probabilities (B, H, Tq, Tk)."""
+    b, tq, _ = q.shape
+    tk = k.shape[1]
+    ql, kl, vl = leaf(q), leaf(k), leaf(v)
+    q4 = _attn_split(ql, b, tq, h, d)
+    k4 = _attn_split(kl, b, tk, hkv, d).repeat_interleave(h // hkv, dim=1)
+    v4 = _attn_split(vl, b, tk, hkv, d).repeat_interleave(h // hkv, dim=1)
+    s = scale * (q4 @ k4.transpose(-1, -2))
+    if bias is not None:
+        s = s + bias.to(s.dtype)
+    s = s.masked_fill(~allowed, float("-inf"))
+    m = s.detach().amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    e = torch.exp(s - m)
+    den = e.sum(dim=-1, keepdim=True)
+    p = e / torch.where(den > 0, den, torch.ones_like(den))
+    out = _attn_merge(p @ v4)
+    out.backward(dout.to(out.dtype))
+    return out.detach(), ql.grad, kl.grad, vl.grad, p.detach()
+
+
+def _attn_units(q, k, v, dout, h, hkv, d, scale, p):
+    """Natural units (float64) of out, dq, dk, dv: the largest element of
+    the same sums taken over absolute values (the size of the terms that
+    are added and cancel; float rounding errors scale with it). With
+    A_ij = |dout_i| . |v_j| and Abar_i = sum_j p_ij A_ij:
+      out: p |v|;  dv: sum over the group's heads of p^T |dout|;
+      dq: scale * W |k|;  dk: scale * sum over the group of W^T |q|,
+    where W_ij = p_ij (A_ij + Abar_i) bounds |p_ij (dp_ij - delta_i)|."""
+    b, tq, _ = q.shape
+    tk = k.shape[1]
+    grp = h // hkv
+    q4 = _attn_split(q, b, tq, h, d).abs()
+    k4 = _attn_split(k, b, tk, hkv, d).repeat_interleave(grp, dim=1).abs()
+    v4 = _attn_split(v, b, tk, hkv, d).repeat_interleave(grp, dim=1).abs()
+    g4 = _attn_split(dout, b, tq, h, d).abs()
+    a = g4 @ v4.transpose(-1, -2)
+    abar = (p * a).sum(dim=-1, keepdim=True)
+    w = p * (a + abar)
+    u_out = (p @ v4).max().item()
+    u_dv = (p.transpose(-1, -2) @ g4).reshape(b, hkv, grp, tk, d).sum(dim=2).max().item()
+    u_dq = scale * (w @ k4).max().item()
+    u_dk = scale * (w.transpose(-1, -2) @ q4).reshape(b, hkv, grp, tk, d).sum(dim=2).max().item()
+    return u_out, u_dq, u_dk, u_dv
+
+
+def _attn_sdpa(q, k, v, dout, h, hkv, d, scale, allowed, bias, plain_causal):
+    """torch.nn.functional.scaled_dot_product_attention in q's dtype."""
+    b, tq, _ = q.shape
+    tk = k.shape[1]
+    ql, kl, vl = leaf(q), leaf(k), leaf(v)
+    q4 = _attn_split(ql, b, tq, h, d)
+    k4 = _attn_split(kl, b, tk, hkv, d).repeat_interleave(h // hkv, dim=1)
+    v4 = _attn_split(vl, b, tk, hkv, d).repeat_interleave(h // hkv, dim=1)
+    if plain_causal:
+        o4 = F.scaled_dot_product_attention(q4, k4, v4, is_causal=True, scale=scale)
+    elif bias is None:
+        o4 = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=allowed, scale=scale)
+    else:
+        fm = bias.to(q.dtype).reshape(1, 1, tq, tk).expand(b, 1, tq, tk)
+        fm = fm.masked_fill(~allowed, float("-inf"))
+        o4 = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=fm, scale=scale)
+    out = _attn_merge(o4)
+    out.backward(dout.to(out.dtype))
+    return out.detach(), ql.grad, kl.grad, vl.grad
+
+
+def case_attention(seed, b, tq, tk, h, d, hkv=None, causal=False, window=0, lengths=None,
+                   n_invalid=0, bias=False, n_bias_inf=0, scale=None, packed=False,
+                   amp=1.0, fullmask_rows=(), probs=None):
+    """One attention case. lengths: list of B key lengths or None; n_invalid:
+    keys per batch row cleared in a random key_valid mask (0: no mask);
+    bias: an additive (Tq, Tk) float mask (uniform in [-2, 2]) with
+    n_bias_inf random -inf entries and whole -inf rows for the query indices
+    in fullmask_rows; scale: None for the default 1/sqrt(D) (the library is
+    given 0); packed: q, k, v are column blocks of one (B, T, 3C) tensor
+    (Tq == Tk, hkv == h); amp: inputs uniform in [-amp, amp]."""
+    g = gen(seed)
+    hkv = hkv or h
+    assert h % hkv == 0
+    c, ckv = h * d, hkv * d
+    if packed:
+        assert tq == tk and hkv == h
+        qkv = uniform((b, tq, 3 * c), -amp, amp, g)
+        q, k, v = (qkv[:, :, :c].contiguous(), qkv[:, :, c:2 * c].contiguous(),
+                   qkv[:, :, 2 * c:].contiguous())
+    else:
+        q = uniform((b, tq, c), -amp, amp, g)
+        k = uniform((b, tk, ckv), -amp, amp, g)
+        v = uniform((b, tk, ckv), -1.0, 1.0, g)
+    dout = uniform((b, tq, c), -1.0, 1.0, g)
+    kl = None if lengths is None else torch.tensor(lengths, dtype=torch.int32)
+    kv = None
+    if n_invalid:
+        kv = torch.ones(b, tk, dtype=torch.bool)
+        for r in range(b):
+            kv[r, torch.randperm(tk, generator=g)[:n_invalid]] = False
+    bias_t = None
+    if bias:
+        bias_t = uniform((tq, tk), -2.0, 2.0, g)
+        if n_bias_inf:
+            flat = bias_t.reshape(-1)
+            flat[torch.randperm(tq * tk, generator=g)[:n_bias_inf]] = float("-inf")
+        for r in fullmask_rows:
+            bias_t[r, :] = float("-inf")
+    scale_used = as_f32(1.0 / np.sqrt(np.float32(d))) if scale is None else as_f32(scale)
+    allowed = _attn_allowed(b, tq, tk, causal, window, kl, kv)
+    if bias_t is not None:
+        allowed_all = allowed & torch.isfinite(bias_t).reshape(1, 1, tq, tk)
+    else:
+        allowed_all = allowed
+    row_masked = ~allowed_all.any(dim=-1).reshape(b, tq)
+    plain_causal = (causal and tq == tk and not window and kl is None and kv is None
+                    and bias_t is None)
+    if causal and tq == tk:  # the library's alignment is torch's is_causal here
+        assert torch.equal(_attn_allowed(1, tq, tk, True, 0, None, None).reshape(tq, tk),
+                           torch.ones(tq, tk, dtype=torch.bool).tril())
+    o32, dq32, dk32, dv32 = _attn_sdpa(q, k, v, dout, h, hkv, d, scale_used, allowed, bias_t,
+                                       plain_causal)
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    o64, dq64, dk64, dv64, p64 = _attn_manual(q64, k64, v64, dout.double(), h, hkv, d,
+                                              scale_used, allowed, bias_t)
+    # The manual float64 reference against float64 SDPA (same masks).
+    s64 = _attn_sdpa(q64, k64, v64, dout.double(), h, hkv, d, scale_used, allowed, bias_t,
+                     plain_causal)
+    for nm, a, r in zip(("out", "dq", "dk", "dv"), (o64, dq64, dk64, dv64), s64):
+        err = (a - r).abs().max().item()
+        assert err <= 1e-12 * max(1.0, r.abs().max().item()), \
+            "attention seed %d: manual vs SDPA float64 %s differ by %g" % (seed, nm, err)
+    for t in (o32, dq32, dk32, dv32):
+        assert torch.isfinite(t).all()
+    # Fully masked queries: zero output and zero gradient in both references.
+    rm = row_masked.reshape(b, tq, 1)
+    assert (o64.masked_select(rm) == 0).all() and (dq64.masked_select(rm) == 0).all()
+    if fullmask_rows or lengths is not None and 0 in lengths:
+        assert row_masked.any()
+    p32 = None
+    if probs is None:
+        probs = b * h * tq * tk <= 40000
+    if probs:
+        p32 = _attn_manual(q, k, v, dout, h, hkv, d, scale_used, allowed, bias_t)[4]
+    t = [("n_heads", i32(h)), ("n_kv_heads", i32(hkv)), ("head_dim", i32(d)),
+         ("causal", i32(int(causal))), ("window", i32(window)),
+         ("scale", f32_scalar(0.0 if scale is None else scale)),
+         ("scale_used", f32_scalar(scale_used)), ("packed", i32(int(packed)))]
+    if packed:
+        t.append(("qkv", qkv))
+    else:
+        t += [("q", q), ("k", k), ("v", v)]
+    if kl is not None:
+        t.append(("key_lengths", kl))
+    if kv is not None:
+        t.append(("key_valid", kv.to(torch.int32)))
+    if bias_t is not None:
+        t.append(("bias", bias_t))
+    units = _attn_units(q64, k64, v64, dout.double(), h, hkv, d, scale_used, p64)
+    assert min(units) > 0
+    t += [("unit_" + nm, f32_scalar(u)) for nm, u in zip(("out", "dq", "dk", "dv"), units)]
+    t += [("row_masked", row_masked.to(torch.int32)), ("dout", dout),
+          ("out", o32), ("dq", dq32), ("dk", dk32), ("dv", dv32),
+          ("out_f64", _f32(o64)), ("dq_f64", _f32(dq64)), ("dk_f64", _f32(dk64)),
+          ("dv_f64", _f32(dv64))]
+    if probs:
+        t += [("probs", p32.contiguous()), ("probs_f64", _f32(p64).contiguous())]
+    return t
+
+
+def build_attention_cases():
+    """(case name, thunk). Names must match test/unit/test_attention_oracle.c."""
+    c = []
+    s = [1100]
+
+    def add(name, **kw):
+        seed = s[0]
+        s[0] += 1
+        c.append(("attention_" + name, lambda kw=kw, seed=seed: case_attention(seed, **kw)))
+
+    # Self-attention: H in {1, 2, 12} (D in {1, 3, 16}; D = 8 for H = 12),
+    # B in {1, 2}, odd T in {1, 3, 17, 65}, without and with the causal mask.
+    for (b, t, h, d) in ((1, 1, 1, 1), (2, 3, 1, 3), (1, 17, 1, 16), (2, 65, 1, 3),
+                         (2, 1, 2, 16), (1, 3, 2, 1), (2, 17, 2, 16), (1, 65, 2, 16),
+                         (2, 3, 12, 8), (1, 17, 12, 8), (2, 65, 12, 8)):
+        for causal in (False, True):
+            add("b%d_t%d_h%d_d%d%s" % (b, t, h, d, "_causal" if causal else ""),
+                b=b, tq=t, tk=t, h=h, d=d, causal=causal)
+    # Cross-attention (Tq != Tk); causal aligned at the end. Tq = 17 > Tk = 5
+    # causal: queries 0..11 see no key (fully masked rows).
+    for (b, tq, tk, h, d) in ((2, 3, 17, 2, 16), (2, 17, 5, 2, 3), (1, 1, 65, 12, 8),
+                              (2, 17, 65, 1, 16)):
+        for causal in (False, True):
+            add("cross_b%d_tq%d_tk%d_h%d_d%d%s" % (b, tq, tk, h, d, "_causal" if causal else ""),
+                b=b, tq=tq, tk=tk, h=h, d=d, causal=causal)
+    # Key padding by lengths (a full and a short row), by a boolean mask.
+    add("keylen_b2_t17_h2_d16", b=2, tq=17, tk=17, h=2, d=16, lengths=[17, 9])
+    add("keylen_b2_t17_h2_d16_causal", b=2, tq=17, tk=17, h=2, d=16, lengths=[11, 17],
+        causal=True)
+    add("keylen_cross_b2_tq3_tk17_h12_d8", b=2, tq=3, tk=17, h=12, d=8, lengths=[5, 16])
+    add("keyvalid_b2_t17_h2_d16", b=2, tq=17, tk=17, h=2, d=16, n_invalid=6)
+    add("keyvalid_b2_t65_h1_d3", b=2, tq=65, tk=65, h=1, d=3, n_invalid=40)
+    add("keyvalid_cross_b2_tq17_tk5_h2_d3", b=2, tq=17, tk=5, h=2, d=3, n_invalid=2)
+    # Additive float mask (finite values and some -inf, never a whole row).
+    add("bias_b2_t17_h2_d16", b=2, tq=17, tk=17, h=2, d=16, bias=True, n_bias_inf=40)
+    add("bias_b2_t17_h2_d16_causal", b=2, tq=17, tk=17, h=2, d=16, bias=True, n_bias_inf=20,
+        causal=True)
+    add("bias_cross_b1_tq3_tk17_h12_d8", b=1, tq=3, tk=17, h=12, d=8, bias=True, n_bias_inf=5)
+    # Sliding window with causal.
+    for (b, tq, tk, h, d, w) in ((2, 17, 17, 2, 16, 1), (2, 17, 17, 2, 16, 4),
+                                 (1, 65, 65, 12, 8, 16), (2, 3, 17, 2, 16, 5),
+                                 (2, 17, 5, 1, 3, 2)):
+        add("window%d_b%d_tq%d_tk%d_h%d_d%d" % (w, b, tq, tk, h, d), b=b, tq=tq, tk=tk, h=h,
+            d=d, causal=True, window=w)
+    # Grouped-query attention: H = 4 with 1 and 2 kv heads.
+    for hkv in (1, 2):
+        add("gqa%d_b2_t17_h4_d8_causal" % hkv, b=2, tq=17, tk=17, h=4, d=8, hkv=hkv,
+            causal=True)
+        add("gqa%d_cross_b2_tq3_tk17_h4_d16" % hkv, b=2, tq=3, tk=17, h=4, d=16, hkv=hkv)
+    add("gqa2_b2_t65_h4_d3_window8", b=2, tq=65, tk=65, h=4, d=3, hkv=2, causal=True, window=8)
+    # Packed QKV (one (B, T, 3C) tensor, offsets 0, C, 2C).
+    add("packed_b2_t17_h2_d8_causal", b=2, tq=17, tk=17, h=2, d=8, packed=True, causal=True)
+    add("packed_b1_t65_h12_d8", b=1, tq=65, tk=65, h=12, d=8, packed=True)
+    # An explicit scale, and large scores (|s| up to ~50: online softmax
+    # rescaling must stay stable).
+    add("scale0.3_b2_t17_h2_d16_causal", b=2, tq=17, tk=17, h=2, d=16, causal=True, scale=0.3)
+    add("large_b2_t65_h2_d16", b=2, tq=65, tk=65, h=2, d=16, amp=3.5)
+    add("large_b1_t17_h1_d16_causal", b=1, tq=17, tk=17, h=1, d=16, amp=3.5, causal=True)
+    # Fully masked query rows: key length 0 for a batch row, whole -inf bias
+    # rows, every mask combined.
+    add("fullmask_keylen0_b2_t17_h2_d16", b=2, tq=17, tk=17, h=2, d=16, lengths=[13, 0])
+    add("fullmask_bias_b2_t17_h2_d8_causal", b=2, tq=17, tk=17, h=2, d=8, bias=True,
+        n_bias_inf=10, fullmask_rows=(0, 5, 16), causal=True)
+    add("fullmask_all_b2_tq5_tk7_h4_d4_gqa2", b=2, tq=5, tk=7, h=4, d=4, hkv=2, causal=True,
+        window=3, lengths=[7, 5], n_invalid=2, bias=True, n_bias_inf=3, fullmask_rows=(1,))
+    return c
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="output directory")
@@ -692,10 +983,12 @@ def main():
     torch.use_deterministic_algorithms(True)
     os.makedirs(args.out, exist_ok=True)
     total = 0
-    # Two manifests: cases.txt lists the cases of test_oracle.c (which checks
-    # that it tests every one of them), norm_cases.txt those of
-    # test_norm_oracle.c (which does the same for its own list).
-    groups = [("cases.txt", build_cases()), ("norm_cases.txt", build_norm_cases())]
+    # Three manifests: cases.txt lists the cases of test_oracle.c (which
+    # checks that it tests every one of them), norm_cases.txt those of
+    # test_norm_oracle.c and attention_cases.txt those of
+    # test_attention_oracle.c (which do the same for their own lists).
+    groups = [("cases.txt", build_cases()), ("norm_cases.txt", build_norm_cases()),
+              ("attention_cases.txt", build_attention_cases())]
     names = [n for _, cases in groups for n, _ in cases]
     assert len(set(names)) == len(names), "duplicate case names"
     for _, cases in groups:

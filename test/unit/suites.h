@@ -14,6 +14,9 @@
     X(oracle)         \
     X(norm)           \
     X(norm_oracle)    \
+    X(attention)      \
+    X(attention_oracle) \
+    X(mha)            \
     X(harness)        \
     X(examples)
 

@@ -1,0 +1,1032 @@
+/*
+ * Attention core (attention.h): finite-difference gradient checks of
+ * tb_attention_backward w.r.t. q, k and v on odd shapes with causal,
+ * sliding-window, key-length, key-valid and additive masks, grouped-query
+ * and cross-attention and a packed QKV buffer; error paths; fully masked
+ * query rows; bitwise determinism across thread counts; the cache size
+ * (activation memory linear in T). The PyTorch comparison is in
+ * test_attention_oracle.c.
+ *
+ * Gradient checks: L = sum(w .* out) for a fixed random w (dL/dout = w),
+ * forward in float (no cache), L accumulated in double, central
+ * differences with h = 1e-2, rtol 1e-2, atol 1e-3 (as test_gradcheck.c and
+ * test_norm.c). Rounding: a perturbation of one q element changes one
+ * query's C <= 12 outputs, of one k or v element at most Tq * D <= 40
+ * outputs of |out| <= 1.5, so L moves by float rounding of at most
+ * ~40 * 6e-8 * 1.5 ~ 4e-6, i.e. <= 2e-4 after dividing by 2h; the
+ * truncation error h^2/6 |f'''| is ~1e-5 for scores of order 1 (inputs in
+ * +-1.5, scale 1/sqrt(D)). A zero, sign-flipped or mis-assigned gradient
+ * fails, since every check also requires max |numeric| > 10 * atol.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "suites.h"
+#include "testutil.h"
+
+#define H_STEP 1e-2f
+#define RTOL 1e-2
+#define ATOL 1e-3
+#define MAX_CHECKS 600
+
+#define SENTINEL 12345.0f
+
+#define CHECK_OK(ctx, call)                                                          \
+    do {                                                                             \
+        tb_status st_ = (call);                                                      \
+        ck_assert_msg(st_ == TB_OK, "%s failed: %s (%s)", #call, tb_strerror(st_),   \
+                      tb_ctx_error(&(ctx)));                                         \
+    } while (0)
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static void fill_sentinel(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = SENTINEL;
+}
+
+static void assert_untouched(const float *x, size_t n, const char *what)
+{
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(x[i] == SENTINEL, "%s element %zu was written on error", what, i);
+}
+
+static void assert_all_finite(const char *what, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(isfinite(x[i]), "%s[%zu] = %g is not finite", what, i, (double)x[i]);
+}
+
+/* ======================================================================
+ * Finite-difference gradient checks
+ * ==================================================================== */
+
+/* One configuration: shapes, options, masks (NULL: none). */
+typedef struct grad_spec {
+    const char *tag;
+    size_t b, tq, tk, h, hkv, d;
+    int causal;
+    size_t window;
+    float scale;
+    const int32_t *lengths;
+    const uint8_t *valid;
+    const float *bias;
+    int packed; /* q, k, v in one (B, T, 3C) buffer (tq == tk, hkv == h) */
+} grad_spec;
+
+typedef struct attn_prob {
+    tb_ctx ctx;
+    tb_attention_config cfg;
+    tb_attention_mask mask;
+    tb_tensor qt, kt, vt, outt;
+    tb_heads q, k, v;
+    float *out, *w;
+    size_t n_out;
+} attn_prob;
+
+static double attn_loss(void *user)
+{
+    attn_prob *p = user;
+    CHECK_OK(p->ctx, tb_attention_forward(&p->ctx, &p->cfg, &p->mask, &p->q, &p->k, &p->v,
+                                          &p->outt, NULL, 0));
+    return tbt_dot(p->w, p->out, p->n_out);
+}
+
+static void check_attn_grad(const grad_spec *s)
+{
+    attn_prob p;
+    memset(&p, 0, sizeof p);
+    tbt_ctx_init(&p.ctx, 1);
+    const size_t hkv = s->hkv ? s->hkv : s->h;
+    const size_t c = s->h * s->d, ckv = hkv * s->d;
+    p.cfg = tb_attention_default_config(s->h, s->d);
+    p.cfg.n_kv_heads = s->hkv;
+    p.cfg.causal = s->causal;
+    p.cfg.window = s->window;
+    p.cfg.scale = s->scale;
+    p.mask.key_lengths = s->lengths;
+    p.mask.key_valid = s->valid;
+    p.mask.bias = s->bias;
+    const uint64_t seed = s->b * 1000 + s->tq * 100 + s->tk * 10 + s->h + 7 * s->d;
+    float *bufs[3], *grads[3];
+    size_t sizes[3];
+    tb_tensor gt[3];
+    tb_heads dq, dk, dv;
+    if (s->packed) {
+        ck_assert(s->tq == s->tk && hkv == s->h);
+        sizes[0] = s->b * s->tq * 3 * c;
+        bufs[0] = tbt_alloc(sizes[0] * sizeof(float));
+        tbt_fill_uniform(bufs[0], sizes[0], -1.5f, 1.5f, seed);
+        p.qt = tb_tensor_3d(bufs[0], s->b, s->tq, 3 * c);
+        p.q = (tb_heads){&p.qt, 0}, p.k = (tb_heads){&p.qt, c}, p.v = (tb_heads){&p.qt, 2 * c};
+        grads[0] = tbt_nan_buffer(sizes[0]);
+        gt[0] = tb_tensor_3d(grads[0], s->b, s->tq, 3 * c);
+        dq = (tb_heads){&gt[0], 0}, dk = (tb_heads){&gt[0], c}, dv = (tb_heads){&gt[0], 2 * c};
+    } else {
+        sizes[0] = s->b * s->tq * c;
+        sizes[1] = sizes[2] = s->b * s->tk * ckv;
+        for (int i = 0; i < 3; i++) {
+            bufs[i] = tbt_alloc(sizes[i] * sizeof(float));
+            tbt_fill_uniform(bufs[i], sizes[i], i == 2 ? -1.0f : -1.5f, i == 2 ? 1.0f : 1.5f,
+                             seed + (uint64_t)i + 1);
+            grads[i] = tbt_nan_buffer(sizes[i]);
+        }
+        p.qt = tb_tensor_3d(bufs[0], s->b, s->tq, c);
+        p.kt = tb_tensor_3d(bufs[1], s->b, s->tk, ckv);
+        p.vt = tb_tensor_3d(bufs[2], s->b, s->tk, ckv);
+        p.q = (tb_heads){&p.qt, 0}, p.k = (tb_heads){&p.kt, 0}, p.v = (tb_heads){&p.vt, 0};
+        gt[0] = tb_tensor_3d(grads[0], s->b, s->tq, c);
+        gt[1] = tb_tensor_3d(grads[1], s->b, s->tk, ckv);
+        gt[2] = tb_tensor_3d(grads[2], s->b, s->tk, ckv);
+        dq = (tb_heads){&gt[0], 0}, dk = (tb_heads){&gt[1], 0}, dv = (tb_heads){&gt[2], 0};
+    }
+    p.n_out = s->b * s->tq * c;
+    p.out = tbt_nan_buffer(p.n_out);
+    p.w = tbt_alloc(p.n_out * sizeof(float));
+    tbt_fill_uniform(p.w, p.n_out, -1.0f, 1.0f, seed + 99);
+    p.outt = tb_tensor_3d(p.out, s->b, s->tq, c);
+    tb_tensor wt = tb_tensor_3d(p.w, s->b, s->tq, c);
+
+    size_t bytes;
+    CHECK_OK(p.ctx, tb_attention_cache_size(&p.cfg, s->b, s->tq, &bytes));
+    void *cache = tbt_alloc(bytes);
+    CHECK_OK(p.ctx, tb_attention_forward(&p.ctx, &p.cfg, &p.mask, &p.q, &p.k, &p.v, &p.outt,
+                                         cache, bytes));
+    CHECK_OK(p.ctx, tb_attention_backward(&p.ctx, &p.cfg, &p.mask, &p.q, &p.k, &p.v, &p.outt,
+                                          &wt, cache, bytes, &dq, &dk, &dv));
+    char label[160];
+    if (s->packed) {
+        assert_all_finite("dqkv", grads[0], sizes[0]);
+        snprintf(label, sizeof label, "attention[%s].dqkv", s->tag);
+        tbt_gradcheck(label, bufs[0], sizes[0], grads[0], attn_loss, &p, H_STEP, RTOL, ATOL,
+                      MAX_CHECKS);
+    } else {
+        static const char *const names[3] = {"dq", "dk", "dv"};
+        for (int i = 0; i < 3; i++) {
+            assert_all_finite(names[i], grads[i], sizes[i]);
+            snprintf(label, sizeof label, "attention[%s].%s", s->tag, names[i]);
+            tbt_gradcheck(label, bufs[i], sizes[i], grads[i], attn_loss, &p, H_STEP, RTOL,
+                          ATOL, MAX_CHECKS);
+        }
+    }
+    for (int i = 0; i < (s->packed ? 1 : 3); i++) {
+        free(bufs[i]);
+        free(grads[i]);
+    }
+    free(cache);
+    free(p.out);
+    free(p.w);
+}
+
+START_TEST(gradients_plain_and_causal)
+{
+    const grad_spec specs[] = {
+        {"b2,t5,h2,d3", 2, 5, 5, 2, 0, 3, 0, 0, 0.0f, NULL, NULL, NULL, 0},
+        {"b2,t5,h2,d3,causal", 2, 5, 5, 2, 0, 3, 1, 0, 0.0f, NULL, NULL, NULL, 0},
+        {"b1,t7,h3,d1,causal", 1, 7, 7, 3, 0, 1, 1, 0, 0.0f, NULL, NULL, NULL, 0},
+        {"b1,t3,h1,d5,scale0.7", 1, 3, 3, 1, 0, 5, 0, 0, 0.7f, NULL, NULL, NULL, 0},
+    };
+    for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++)
+        check_attn_grad(&specs[i]);
+}
+END_TEST
+
+START_TEST(gradients_cross_attention)
+{
+    /* Tq = 7 > Tk = 4 causal: queries 0..2 see no key (zero gradient). */
+    const grad_spec specs[] = {
+        {"b1,tq3,tk7,h3,d5", 1, 3, 7, 3, 0, 5, 0, 0, 0.0f, NULL, NULL, NULL, 0},
+        {"b1,tq3,tk7,h3,d5,causal", 1, 3, 7, 3, 0, 5, 1, 0, 0.0f, NULL, NULL, NULL, 0},
+        {"b2,tq7,tk4,h2,d3,causal", 2, 7, 4, 2, 0, 3, 1, 0, 0.0f, NULL, NULL, NULL, 0},
+        {"b2,tq1,tk9,h2,d3,causal", 2, 1, 9, 2, 0, 3, 1, 0, 0.0f, NULL, NULL, NULL, 0},
+    };
+    for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++)
+        check_attn_grad(&specs[i]);
+}
+END_TEST
+
+START_TEST(gradients_window_padding_bias)
+{
+    static const int32_t len2[2] = {5, 2};
+    static const int32_t len2b[2] = {1, 7};
+    static const uint8_t valid2x6[12] = {1, 0, 1, 1, 0, 1, 0, 0, 3, 1, 1, 0};
+    float bias[5 * 5], bias_x[3 * 7];
+    tbt_fill_uniform(bias, 25, -1.0f, 1.0f, 501);
+    bias[3] = bias[11] = bias[20] = -INFINITY;
+    tbt_fill_uniform(bias_x, 21, -1.0f, 1.0f, 502);
+    bias_x[0] = bias_x[9] = bias_x[10] = -INFINITY;
+    const grad_spec specs[] = {
+        {"b1,t9,h1,d4,causal,w3", 1, 9, 9, 1, 0, 4, 1, 3, 0.0f, NULL, NULL, NULL, 0},
+        {"b2,t6,h2,d3,causal,w2", 2, 6, 6, 2, 0, 3, 1, 2, 0.0f, NULL, NULL, NULL, 0},
+        {"b2,tq3,tk7,h2,d3,causal,w4", 2, 3, 7, 2, 0, 3, 1, 4, 0.0f, NULL, NULL, NULL, 0},
+        {"b2,t6,h2,d3,keylen5,2", 2, 6, 6, 2, 0, 3, 0, 0, 0.0f, len2, NULL, NULL, 0},
+        {"b2,tq3,tk7,h2,d3,keylen1,7,causal", 2, 3, 7, 2, 0, 3, 1, 0, 0.0f, len2b, NULL, NULL,
+         0},
+        {"b2,t6,h2,d3,keyvalid", 2, 6, 6, 2, 0, 3, 0, 0, 0.0f, NULL, valid2x6, NULL, 0},
+        {"b1,t5,h2,d4,bias", 1, 5, 5, 2, 0, 4, 0, 0, 0.0f, NULL, NULL, bias, 0},
+        {"b1,t5,h2,d4,bias,causal", 1, 5, 5, 2, 0, 4, 1, 0, 0.0f, NULL, NULL, bias, 0},
+        {"b1,tq3,tk7,h2,d3,bias", 1, 3, 7, 2, 0, 3, 0, 0, 0.0f, NULL, NULL, bias_x, 0},
+    };
+    for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++)
+        check_attn_grad(&specs[i]);
+}
+END_TEST
+
+START_TEST(gradients_gqa_and_packed)
+{
+    static const int32_t len2[2] = {4, 5};
+    const grad_spec specs[] = {
+        {"b2,t5,h4,kv2,d3,causal", 2, 5, 5, 4, 2, 3, 1, 0, 0.0f, NULL, NULL, NULL, 0},
+        {"b2,t5,h4,kv1,d3,causal", 2, 5, 5, 4, 1, 3, 1, 0, 0.0f, NULL, NULL, NULL, 0},
+        {"b1,tq3,tk6,h4,kv2,d2", 1, 3, 6, 4, 2, 2, 0, 0, 0.0f, NULL, NULL, NULL, 0},
+        {"b2,t5,h6,kv3,d1,causal,w2,keylen", 2, 5, 5, 6, 3, 1, 1, 2, 0.0f, len2, NULL, NULL, 0},
+        {"b2,t5,h2,d3,packed,causal", 2, 5, 5, 2, 0, 3, 1, 0, 0.0f, NULL, NULL, NULL, 1},
+        {"b1,t7,h3,d2,packed", 1, 7, 7, 3, 0, 2, 0, 0, 0.0f, NULL, NULL, NULL, 1},
+    };
+    for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++)
+        check_attn_grad(&specs[i]);
+}
+END_TEST
+
+/* ======================================================================
+ * Error paths
+ * ==================================================================== */
+
+/* Fixture: B = 2, Tq = 3, Tk = 5, H = 4, D = 2 (C = 8), 2 kv heads in a
+ * (B, Tk, 12) tensor (W larger than 2 * D: allowed). Buffers have slack so
+ * that overlapping views can be built. */
+enum { EB = 2, ETQ = 3, ETK = 5, EH = 4, EHKV = 2, ED = 2, EC = EH * ED, EW = 12 };
+enum { SLACK = 256 };
+
+typedef struct fixture {
+    tb_ctx ctx;
+    tb_attention_config cfg;
+    float *q, *k, *v, *out, *dout, *dq, *dk, *dv, *probs;
+    tb_tensor qt, kt, vt, outt, doutt, dqt, dkt, dvt, pt;
+    tb_heads qh, kh, vh, dqh, dkh, dvh;
+    size_t bytes;
+    unsigned char *cbuf;
+    void *cache;
+} fixture;
+
+static void fixture_init(fixture *f)
+{
+    memset(f, 0, sizeof *f);
+    tbt_ctx_init(&f->ctx, 2);
+    f->cfg = tb_attention_default_config(EH, ED);
+    f->cfg.n_kv_heads = EHKV;
+    f->cfg.causal = 1;
+    const size_t nq = EB * ETQ * EC + SLACK, nk = EB * ETK * EW + SLACK;
+    f->q = tbt_alloc(nq * sizeof(float));
+    f->k = tbt_alloc(nk * sizeof(float));
+    f->v = tbt_alloc(nk * sizeof(float));
+    f->dout = tbt_alloc(nq * sizeof(float));
+    tbt_fill_uniform(f->q, nq, -1, 1, 1);
+    tbt_fill_uniform(f->k, nk, -1, 1, 2);
+    tbt_fill_uniform(f->v, nk, -1, 1, 3);
+    tbt_fill_uniform(f->dout, nq, -1, 1, 4);
+    f->out = tbt_alloc(nq * sizeof(float));
+    f->dq = tbt_alloc(nq * sizeof(float));
+    f->dk = tbt_alloc(nk * sizeof(float));
+    f->dv = tbt_alloc(nk * sizeof(float));
+    f->probs = tbt_alloc((EB * EH * ETQ * ETK + SLACK) * sizeof(float));
+    f->qt = tb_tensor_3d(f->q, EB, ETQ, EC);
+    f->kt = tb_tensor_3d(f->k, EB, ETK, EW);
+    f->vt = tb_tensor_3d(f->v, EB, ETK, EW);
+    f->outt = tb_tensor_3d(f->out, EB, ETQ, EC);
+    f->doutt = tb_tensor_3d(f->dout, EB, ETQ, EC);
+    f->dqt = tb_tensor_3d(f->dq, EB, ETQ, EC);
+    f->dkt = tb_tensor_3d(f->dk, EB, ETK, EW);
+    f->dvt = tb_tensor_3d(f->dv, EB, ETK, EW);
+    f->pt = tb_tensor_4d(f->probs, EB, EH, ETQ, ETK);
+    f->qh = (tb_heads){&f->qt, 0};
+    f->kh = (tb_heads){&f->kt, 0};
+    f->vh = (tb_heads){&f->vt, 4}; /* v's heads in columns [4, 8) */
+    f->dqh = (tb_heads){&f->dqt, 0};
+    f->dkh = (tb_heads){&f->dkt, 0};
+    f->dvh = (tb_heads){&f->dvt, 4};
+    ck_assert_int_eq(tb_attention_cache_size(&f->cfg, EB, ETQ, &f->bytes), TB_OK);
+    f->cbuf = tbt_alloc(f->bytes + 64);
+    f->cache = f->cbuf;
+}
+
+static void fixture_free(fixture *f)
+{
+    free(f->q), free(f->k), free(f->v), free(f->out), free(f->dout);
+    free(f->dq), free(f->dk), free(f->dv), free(f->probs), free(f->cbuf);
+}
+
+static tb_status fwd(fixture *f, const tb_attention_config *cfg, const tb_attention_mask *m,
+                     const tb_heads *q, const tb_heads *k, const tb_heads *v, tb_tensor *out)
+{
+    return tb_attention_forward(&f->ctx, cfg, m, q, k, v, out, f->cache, f->bytes);
+}
+
+/* Forward must fail with `want` and write neither out nor the cache. */
+#define EXPECT_FWD(f_, want_, cfg_, m_, q_, k_, v_, out_)                                \
+    do {                                                                                    \
+        fill_sentinel((f_)->out, EB * ETQ * EC);                                            \
+        memset((f_)->cbuf, 0x77, (f_)->bytes + 64);                                         \
+        tb_ctx_clear_error(&(f_)->ctx);                                                     \
+        tb_status st_ = fwd((f_), (cfg_), (m_), (q_), (k_), (v_), (out_));                  \
+        ck_assert_msg(st_ == (want_), "line %d: forward returned %s, expected %s (%s)",     \
+                      __LINE__, tb_strerror(st_), tb_strerror(want_),                      \
+                      tb_ctx_error(&(f_)->ctx));                                            \
+        ck_assert_str_ne(tb_ctx_error(&(f_)->ctx), "");                                     \
+        assert_untouched((f_)->out, EB * ETQ * EC, "out");                                  \
+        for (size_t i_ = 0; i_ < (f_)->bytes + 64; i_++)                                    \
+            ck_assert_msg((f_)->cbuf[i_] == 0x77, "line %d: cache byte %zu written on error", \
+                          __LINE__, i_);                                                    \
+    } while (0)
+
+START_TEST(forward_errors)
+{
+    fixture f;
+    fixture_init(&f);
+    const tb_attention_config *cfg = &f.cfg;
+    tb_heads *q = &f.qh, *k = &f.kh, *v = &f.vh;
+    tb_tensor *out = &f.outt;
+    /* The fixture itself is valid (and so is a NULL mask or a NULL cache). */
+    CHECK_OK(f.ctx, fwd(&f, cfg, NULL, q, k, v, out));
+    CHECK_OK(f.ctx, tb_attention_forward(&f.ctx, cfg, NULL, q, k, v, out, NULL, 0));
+
+    /* NULL arguments. */
+    fill_sentinel(f.out, EB * ETQ * EC);
+    ck_assert_int_eq(tb_attention_forward(NULL, cfg, NULL, q, k, v, out, f.cache, f.bytes),
+                     TB_ERR_NULL_ARG);
+    assert_untouched(f.out, EB * ETQ * EC, "out");
+    EXPECT_FWD(&f, TB_ERR_NULL_ARG, NULL, NULL, q, k, v, out);
+    EXPECT_FWD(&f, TB_ERR_NULL_ARG, cfg, NULL, NULL, k, v, out);
+    EXPECT_FWD(&f, TB_ERR_NULL_ARG, cfg, NULL, q, NULL, v, out);
+    EXPECT_FWD(&f, TB_ERR_NULL_ARG, cfg, NULL, q, k, NULL, out);
+    EXPECT_FWD(&f, TB_ERR_NULL_ARG, cfg, NULL, q, k, v, NULL);
+    tb_heads q_notensor = {NULL, 0};
+    EXPECT_FWD(&f, TB_ERR_NULL_ARG, cfg, NULL, &q_notensor, k, v, out);
+    tb_tensor k_nodata = f.kt;
+    k_nodata.data = NULL;
+    tb_heads k_nd = {&k_nodata, 0};
+    EXPECT_FWD(&f, TB_ERR_NULL_ARG, cfg, NULL, q, &k_nd, v, out);
+    tb_tensor out_nodata = f.outt;
+    out_nodata.data = NULL;
+    EXPECT_FWD(&f, TB_ERR_NULL_ARG, cfg, NULL, q, k, v, &out_nodata);
+
+    /* Bad configurations: zero heads / head size, kv heads not dividing H,
+     * scale negative or not finite. */
+    tb_attention_config bad = f.cfg;
+    bad.n_heads = 0;
+    EXPECT_FWD(&f, TB_ERR_INVALID_ARG, &bad, NULL, q, k, v, out);
+    bad = f.cfg;
+    bad.head_dim = 0;
+    EXPECT_FWD(&f, TB_ERR_INVALID_ARG, &bad, NULL, q, k, v, out);
+    bad = f.cfg;
+    bad.n_kv_heads = 3; /* 4 % 3 != 0; k's W = 12 would hold 3 heads of D = 2 */
+    EXPECT_FWD(&f, TB_ERR_INVALID_ARG, &bad, NULL, q, k, v, &f.outt);
+    const float bad_scale[] = {-0.5f, -1e-30f, NAN, INFINITY, -INFINITY};
+    for (size_t i = 0; i < sizeof bad_scale / sizeof bad_scale[0]; i++) {
+        bad = f.cfg;
+        bad.scale = bad_scale[i];
+        EXPECT_FWD(&f, TB_ERR_INVALID_ARG, &bad, NULL, q, k, v, out);
+    }
+
+    /* Zero sizes in a tensor (every dimension is >= 1). */
+    tb_tensor q_t0 = tb_tensor_3d(f.q, EB, 0, EC), q_b0 = tb_tensor_3d(f.q, 0, ETQ, EC);
+    tb_heads qh_t0 = {&q_t0, 0}, qh_b0 = {&q_b0, 0};
+    EXPECT_FWD(&f, TB_ERR_SHAPE, cfg, NULL, &qh_t0, k, v, out);
+    EXPECT_FWD(&f, TB_ERR_SHAPE, cfg, NULL, &qh_b0, k, v, out);
+    tb_tensor k_t0 = tb_tensor_3d(f.k, EB, 0, EW);
+    tb_heads kh_t0 = {&k_t0, 0};
+    EXPECT_FWD(&f, TB_ERR_SHAPE, cfg, NULL, q, &kh_t0, v, out);
+
+    /* W too small for offset + heads * D. */
+    tb_tensor q_narrow = tb_tensor_3d(f.q, EB, ETQ, EC - 1);
+    tb_heads qh_narrow = {&q_narrow, 0}, qh_off = {&f.qt, 1};
+    EXPECT_FWD(&f, TB_ERR_SHAPE, cfg, NULL, &qh_narrow, k, v, out);
+    EXPECT_FWD(&f, TB_ERR_SHAPE, cfg, NULL, &qh_off, k, v, out);
+    tb_heads kh_off = {&f.kt, EW - EHKV * ED + 1}, vh_off = {&f.vt, EW - EHKV * ED + 1};
+    EXPECT_FWD(&f, TB_ERR_SHAPE, cfg, NULL, q, &kh_off, v, out);
+    EXPECT_FWD(&f, TB_ERR_SHAPE, cfg, NULL, q, k, &vh_off, out);
+    tb_heads kh_edge = {&f.kt, EW - EHKV * ED}; /* exactly fits */
+    CHECK_OK(f.ctx, fwd(&f, cfg, NULL, q, &kh_edge, v, out));
+    /* An offset so large that offset + heads * D wraps around. */
+    tb_heads kh_wrap = {&f.kt, SIZE_MAX - 1};
+    {
+        fill_sentinel(f.out, EB * ETQ * EC);
+        tb_status st = fwd(&f, cfg, NULL, q, &kh_wrap, v, out);
+        ck_assert_msg(st == TB_ERR_SHAPE || st == TB_ERR_OVERFLOW,
+                      "offset SIZE_MAX - 1 accepted: %s", tb_strerror(st));
+        assert_untouched(f.out, EB * ETQ * EC, "out");
+    }
+
+    /* Tensors that are not (B, T, W). */
+    tb_tensor q_2d = tb_tensor_2d(f.q, EB * ETQ, EC), q_4d = tb_tensor_4d(f.q, 1, EB, ETQ, EC);
+    tb_heads qh_2d = {&q_2d, 0}, qh_4d = {&q_4d, 0};
+    EXPECT_FWD(&f, TB_ERR_SHAPE, cfg, NULL, &qh_2d, k, v, out);
+    EXPECT_FWD(&f, TB_ERR_SHAPE, cfg, NULL, &qh_4d, k, v, out);
+    tb_tensor out_2d = tb_tensor_2d(f.out, EB * ETQ, EC);
+    EXPECT_FWD(&f, TB_ERR_SHAPE, cfg, NULL, q, k, v, &out_2d);
+
+    /* Mismatched B or Tk, wrong output shape. */
+    tb_tensor k_b1 = tb_tensor_3d(f.k, 1, ETK, EW), v_b1 = tb_tensor_3d(f.v, 1, ETK, EW);
+    tb_tensor v_t4 = tb_tensor_3d(f.v, EB, ETK - 1, EW), k_b3 = tb_tensor_3d(f.k, 3, ETK, EW);
+    tb_heads kh_b1 = {&k_b1, 0}, vh_b1 = {&v_b1, 4}, vh_t4 = {&v_t4, 4}, kh_b3 = {&k_b3, 0};
+    EXPECT_FWD(&f, TB_ERR_SHAPE, cfg, NULL, q, &kh_b1, v, out);
+    EXPECT_FWD(&f, TB_ERR_SHAPE, cfg, NULL, q, &kh_b3, v, out);
+    EXPECT_FWD(&f, TB_ERR_SHAPE, cfg, NULL, q, k, &vh_b1, out);
+    EXPECT_FWD(&f, TB_ERR_SHAPE, cfg, NULL, q, k, &vh_t4, out);
+    tb_tensor out_w = tb_tensor_3d(f.out, EB, ETQ, EC + 1);
+    tb_tensor out_t = tb_tensor_3d(f.out, EB, ETQ - 1, EC);
+    tb_tensor out_b = tb_tensor_3d(f.out, 1, ETQ, EC);
+    EXPECT_FWD(&f, TB_ERR_SHAPE, cfg, NULL, q, k, v, &out_w);
+    EXPECT_FWD(&f, TB_ERR_SHAPE, cfg, NULL, q, k, v, &out_t);
+    EXPECT_FWD(&f, TB_ERR_SHAPE, cfg, NULL, q, k, v, &out_b);
+
+    /* Key lengths out of [0, Tk]; the bounds themselves are fine. */
+    const int32_t len_neg[EB] = {ETK, -1}, len_big[EB] = {ETK + 1, 2};
+    const int32_t len_ok[EB] = {0, ETK};
+    tb_attention_mask m = {NULL, NULL, NULL};
+    m.key_lengths = len_neg;
+    EXPECT_FWD(&f, TB_ERR_INVALID_ARG, cfg, &m, q, k, v, out);
+    m.key_lengths = len_big;
+    EXPECT_FWD(&f, TB_ERR_INVALID_ARG, cfg, &m, q, k, v, out);
+    m.key_lengths = len_ok;
+    CHECK_OK(f.ctx, fwd(&f, cfg, &m, q, k, v, out));
+
+    /* Cache: too small, misaligned (both untouched). */
+    fill_sentinel(f.out, EB * ETQ * EC);
+    memset(f.cbuf, 0x77, f.bytes + 64);
+    ck_assert_int_eq(tb_attention_forward(&f.ctx, cfg, NULL, q, k, v, out, f.cache, f.bytes - 1),
+                     TB_ERR_BUFFER_TOO_SMALL);
+    ck_assert_int_eq(tb_attention_forward(&f.ctx, cfg, NULL, q, k, v, out, f.cache, 0),
+                     TB_ERR_BUFFER_TOO_SMALL);
+    ck_assert_int_eq(
+        tb_attention_forward(&f.ctx, cfg, NULL, q, k, v, out, f.cbuf + 1, f.bytes + 8),
+        TB_ERR_INVALID_ARG);
+    assert_untouched(f.out, EB * ETQ * EC, "out");
+    for (size_t i = 0; i < f.bytes + 64; i++)
+        ck_assert_msg(f.cbuf[i] == 0x77, "cache byte %zu written on error", i);
+
+    /* out overlapping q, k or v (fully or partially). */
+    tb_tensor out_on_q = tb_tensor_3d(f.q, EB, ETQ, EC);
+    tb_tensor out_on_q1 = tb_tensor_3d(f.q + 1, EB, ETQ, EC);
+    tb_tensor out_on_k = tb_tensor_3d(f.k + 5, EB, ETQ, EC);
+    tb_tensor out_on_v = tb_tensor_3d(f.v + EB * ETK * EW - 3, EB, ETQ, EC);
+    EXPECT_FWD(&f, TB_ERR_INVALID_ARG, cfg, NULL, q, k, v, &out_on_q);
+    EXPECT_FWD(&f, TB_ERR_INVALID_ARG, cfg, NULL, q, k, v, &out_on_q1);
+    EXPECT_FWD(&f, TB_ERR_INVALID_ARG, cfg, NULL, q, k, v, &out_on_k);
+    EXPECT_FWD(&f, TB_ERR_INVALID_ARG, cfg, NULL, q, k, v, &out_on_v);
+    /* ... and the inputs were not modified by any of this. */
+    fixture g;
+    fixture_init(&g);
+    ck_assert(memcmp(f.q, g.q, (EB * ETQ * EC + SLACK) * sizeof(float)) == 0);
+    ck_assert(memcmp(f.k, g.k, (EB * ETK * EW + SLACK) * sizeof(float)) == 0);
+    ck_assert(memcmp(f.v, g.v, (EB * ETK * EW + SLACK) * sizeof(float)) == 0);
+    fixture_free(&g);
+    fixture_free(&f);
+}
+END_TEST
+
+START_TEST(packed_overlap_errors)
+{
+    /* out overlapping a packed (B, T, 3C) QKV buffer is rejected; q, k, v
+     * sharing that buffer is the supported in-place layout. */
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 2);
+    enum { B = 2, T = 5, HH = 2, D = 3, C = HH * D };
+    float *qkv = tbt_alloc(B * T * 3 * C * sizeof(float)), *out = tbt_alloc(B * T * C * sizeof(float));
+    tbt_fill_uniform(qkv, B * T * 3 * C, -1, 1, 9);
+    tb_tensor qkvt = tb_tensor_3d(qkv, B, T, 3 * C), outt = tb_tensor_3d(out, B, T, C);
+    tb_heads q = {&qkvt, 0}, k = {&qkvt, C}, v = {&qkvt, 2 * C};
+    tb_attention_config cfg = tb_attention_default_config(HH, D);
+    cfg.causal = 1;
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, NULL, &q, &k, &v, &outt, NULL, 0));
+    tb_tensor out_in = tb_tensor_3d(qkv + 2 * C * B * T, B, T, C); /* last third of the buffer */
+    ck_assert_int_eq(tb_attention_forward(&ctx, &cfg, NULL, &q, &k, &v, &out_in, NULL, 0),
+                     TB_ERR_INVALID_ARG);
+    /* Gradients into the packed buffer of the inputs: overlap. */
+    size_t bytes;
+    CHECK_OK(ctx, tb_attention_cache_size(&cfg, B, T, &bytes));
+    void *cache = tbt_alloc(bytes);
+    float *dout = tbt_alloc(B * T * C * sizeof(float));
+    tbt_fill_uniform(dout, B * T * C, -1, 1, 10);
+    tb_tensor doutt = tb_tensor_3d(dout, B, T, C);
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, NULL, &q, &k, &v, &outt, cache, bytes));
+    float *saved = tbt_alloc(B * T * 3 * C * sizeof(float));
+    memcpy(saved, qkv, B * T * 3 * C * sizeof(float));
+    ck_assert_int_eq(tb_attention_backward(&ctx, &cfg, NULL, &q, &k, &v, &outt, &doutt, cache,
+                                           bytes, &q, &k, &v),
+                     TB_ERR_INVALID_ARG);
+    ck_assert(memcmp(saved, qkv, B * T * 3 * C * sizeof(float)) == 0);
+    free(qkv), free(out), free(cache), free(dout), free(saved);
+}
+END_TEST
+
+/* Backward must fail with `want` and write none of dq, dk, dv. */
+#define EXPECT_BWD(f_, want_, cfg_, q_, k_, v_, out_, dout_, cache_, bytes_, dq_, dk_, dv_)   \
+    do {                                                                                     \
+        fill_sentinel((f_)->dq, EB * ETQ * EC + SLACK);                                      \
+        fill_sentinel((f_)->dk, EB * ETK * EW + SLACK);                                      \
+        fill_sentinel((f_)->dv, EB * ETK * EW + SLACK);                                      \
+        tb_ctx_clear_error(&(f_)->ctx);                                                      \
+        tb_status st_ = tb_attention_backward(&(f_)->ctx, (cfg_), NULL, (q_), (k_), (v_),    \
+                                              (out_), (dout_), (cache_), (bytes_), (dq_),    \
+                                              (dk_), (dv_));                                 \
+        ck_assert_msg(st_ == (want_), "line %d: backward returned %s, expected %s (%s)",     \
+                      __LINE__, tb_strerror(st_), tb_strerror(want_),                       \
+                      tb_ctx_error(&(f_)->ctx));                                             \
+        ck_assert_str_ne(tb_ctx_error(&(f_)->ctx), "");                                      \
+        assert_untouched((f_)->dq, EB * ETQ * EC + SLACK, "dq");                             \
+        assert_untouched((f_)->dk, EB * ETK * EW + SLACK, "dk");                             \
+        assert_untouched((f_)->dv, EB * ETK * EW + SLACK, "dv");                             \
+    } while (0)
+
+START_TEST(backward_errors)
+{
+    fixture f;
+    fixture_init(&f);
+    tb_attention_config *cfg = &f.cfg;
+    tb_heads *q = &f.qh, *k = &f.kh, *v = &f.vh, *dq = &f.dqh, *dk = &f.dkh, *dv = &f.dvh;
+    tb_tensor *out = &f.outt, *dout = &f.doutt;
+    void *cache = f.cache;
+    const size_t bytes = f.bytes;
+
+    /* A cache that no forward filled. */
+    memset(f.cbuf, 0, bytes + 64);
+    EXPECT_BWD(&f, TB_ERR_STATE, cfg, q, k, v, out, dout, cache, bytes, dq, dk, dv);
+
+    /* A cache filled by a forward of another shape: B, Tq, Tk, H x D. */
+    tb_tensor q_b1 = tb_tensor_3d(f.q, 1, ETQ, EC), k_b1 = tb_tensor_3d(f.k, 1, ETK, EW);
+    tb_tensor v_b1 = tb_tensor_3d(f.v, 1, ETK, EW), out_b1 = tb_tensor_3d(f.out, 1, ETQ, EC);
+    tb_heads qh_b1 = {&q_b1, 0}, kh_b1 = {&k_b1, 0}, vh_b1 = {&v_b1, 4};
+    CHECK_OK(f.ctx, fwd(&f, cfg, NULL, &qh_b1, &kh_b1, &vh_b1, &out_b1));
+    EXPECT_BWD(&f, TB_ERR_STATE, cfg, q, k, v, out, dout, cache, bytes, dq, dk, dv);
+
+    tb_tensor q_t2 = tb_tensor_3d(f.q, EB, ETQ - 1, EC), out_t2 = tb_tensor_3d(f.out, EB, ETQ - 1, EC);
+    tb_heads qh_t2 = {&q_t2, 0};
+    CHECK_OK(f.ctx, fwd(&f, cfg, NULL, &qh_t2, k, v, &out_t2));
+    EXPECT_BWD(&f, TB_ERR_STATE, cfg, q, k, v, out, dout, cache, bytes, dq, dk, dv);
+
+    /* Same C = 8 split as 2 heads of 4 (kv: 1 head of 4): fewer LSE rows. */
+    tb_attention_config cfg24 = tb_attention_default_config(2, 4);
+    cfg24.n_kv_heads = 1;
+    cfg24.causal = 1;
+    CHECK_OK(f.ctx, fwd(&f, &cfg24, NULL, q, k, v, out));
+    EXPECT_BWD(&f, TB_ERR_STATE, cfg, q, k, v, out, dout, cache, bytes, dq, dk, dv);
+
+    /* A proper forward, then every other kind of error. */
+    CHECK_OK(f.ctx, fwd(&f, cfg, NULL, q, k, v, out));
+    fill_sentinel(f.dq, EB * ETQ * EC + SLACK);
+    ck_assert_int_eq(tb_attention_backward(NULL, cfg, NULL, q, k, v, out, dout, cache, bytes, dq,
+                                           dk, dv),
+                     TB_ERR_NULL_ARG);
+    assert_untouched(f.dq, EB * ETQ * EC + SLACK, "dq");
+    EXPECT_BWD(&f, TB_ERR_NULL_ARG, NULL, q, k, v, out, dout, cache, bytes, dq, dk, dv);
+    EXPECT_BWD(&f, TB_ERR_NULL_ARG, cfg, NULL, k, v, out, dout, cache, bytes, dq, dk, dv);
+    EXPECT_BWD(&f, TB_ERR_NULL_ARG, cfg, q, NULL, v, out, dout, cache, bytes, dq, dk, dv);
+    EXPECT_BWD(&f, TB_ERR_NULL_ARG, cfg, q, k, NULL, out, dout, cache, bytes, dq, dk, dv);
+    EXPECT_BWD(&f, TB_ERR_NULL_ARG, cfg, q, k, v, NULL, dout, cache, bytes, dq, dk, dv);
+    EXPECT_BWD(&f, TB_ERR_NULL_ARG, cfg, q, k, v, out, NULL, cache, bytes, dq, dk, dv);
+    EXPECT_BWD(&f, TB_ERR_NULL_ARG, cfg, q, k, v, out, dout, NULL, bytes, dq, dk, dv);
+    EXPECT_BWD(&f, TB_ERR_NULL_ARG, cfg, q, k, v, out, dout, cache, bytes, NULL, dk, dv);
+    EXPECT_BWD(&f, TB_ERR_NULL_ARG, cfg, q, k, v, out, dout, cache, bytes, dq, NULL, dv);
+    EXPECT_BWD(&f, TB_ERR_NULL_ARG, cfg, q, k, v, out, dout, cache, bytes, dq, dk, NULL);
+    EXPECT_BWD(&f, TB_ERR_BUFFER_TOO_SMALL, cfg, q, k, v, out, dout, cache, bytes - 1, dq, dk,
+               dv);
+    tb_attention_config bad = f.cfg;
+    bad.n_kv_heads = 3;
+    EXPECT_BWD(&f, TB_ERR_INVALID_ARG, &bad, q, k, v, out, dout, cache, bytes, dq, dk, dv);
+
+    /* Shapes: out, dout, dq, dk, dv. */
+    tb_tensor dout_t = tb_tensor_3d(f.dout, EB, ETQ - 1, EC), dout_w = tb_tensor_3d(f.dout, EB, ETQ, EC + 1);
+    tb_tensor out_w = tb_tensor_3d(f.out, EB, ETQ, EC - 1);
+    EXPECT_BWD(&f, TB_ERR_SHAPE, cfg, q, k, v, out, &dout_t, cache, bytes, dq, dk, dv);
+    EXPECT_BWD(&f, TB_ERR_SHAPE, cfg, q, k, v, out, &dout_w, cache, bytes, dq, dk, dv);
+    EXPECT_BWD(&f, TB_ERR_SHAPE, cfg, q, k, v, &out_w, dout, cache, bytes, dq, dk, dv);
+    tb_tensor dq_t = tb_tensor_3d(f.dq, EB, ETQ + 1, EC), dq_w = tb_tensor_3d(f.dq, EB, ETQ, EC - 1);
+    tb_tensor dk_t = tb_tensor_3d(f.dk, EB, ETK - 1, EW), dv_b = tb_tensor_3d(f.dv, 1, ETK, EW);
+    tb_heads dqh_t = {&dq_t, 0}, dqh_w = {&dq_w, 0}, dkh_t = {&dk_t, 0}, dvh_b = {&dv_b, 4};
+    tb_heads dvh_off = {&f.dvt, EW - EHKV * ED + 1};
+    EXPECT_BWD(&f, TB_ERR_SHAPE, cfg, q, k, v, out, dout, cache, bytes, &dqh_t, dk, dv);
+    EXPECT_BWD(&f, TB_ERR_SHAPE, cfg, q, k, v, out, dout, cache, bytes, &dqh_w, dk, dv);
+    EXPECT_BWD(&f, TB_ERR_SHAPE, cfg, q, k, v, out, dout, cache, bytes, dq, &dkh_t, dv);
+    EXPECT_BWD(&f, TB_ERR_SHAPE, cfg, q, k, v, out, dout, cache, bytes, dq, dk, &dvh_b);
+    EXPECT_BWD(&f, TB_ERR_SHAPE, cfg, q, k, v, out, dout, cache, bytes, dq, dk, &dvh_off);
+
+    /* Gradients overlapping the inputs (q, k, v, out, dout). */
+    tb_tensor on_q = tb_tensor_3d(f.q, EB, ETQ, EC), on_v = tb_tensor_3d(f.v + 2, EB, ETK, EW);
+    tb_tensor on_out = tb_tensor_3d(f.out, EB, ETQ, EC), on_dout = tb_tensor_3d(f.dout + 7, EB, ETK, EW);
+    tb_tensor on_k = tb_tensor_3d(f.k, EB, ETK, EW);
+    tb_heads g_on_q = {&on_q, 0}, g_on_v = {&on_v, 4}, g_on_out = {&on_out, 0};
+    tb_heads g_on_dout = {&on_dout, 0}, g_on_k = {&on_k, 4};
+    EXPECT_BWD(&f, TB_ERR_INVALID_ARG, cfg, q, k, v, out, dout, cache, bytes, &g_on_q, dk, dv);
+    EXPECT_BWD(&f, TB_ERR_INVALID_ARG, cfg, q, k, v, out, dout, cache, bytes, &g_on_out, dk, dv);
+    EXPECT_BWD(&f, TB_ERR_INVALID_ARG, cfg, q, k, v, out, dout, cache, bytes, dq, &g_on_v, dv);
+    EXPECT_BWD(&f, TB_ERR_INVALID_ARG, cfg, q, k, v, out, dout, cache, bytes, dq, &g_on_dout, dv);
+    EXPECT_BWD(&f, TB_ERR_INVALID_ARG, cfg, q, k, v, out, dout, cache, bytes, dq, dk, &g_on_k);
+
+    /* After all that the cache still works, and a valid call succeeds. */
+    CHECK_OK(f.ctx, tb_attention_backward(&f.ctx, cfg, NULL, q, k, v, out, dout, cache, bytes, dq,
+                                          dk, dv));
+    assert_all_finite("dq", f.dq, EB * ETQ * EC);
+    fixture_free(&f);
+}
+END_TEST
+
+/* The log-sum-exp rows in the cache depend on the keys too: a forward over
+ * Tk - 1 keys, or with another head size D (same B, H, Tq, so the same
+ * number of cache rows), is "not filled by a forward call of this shape". */
+START_TEST(backward_cache_from_other_key_shape)
+{
+    fixture f;
+    fixture_init(&f);
+    tb_attention_config *cfg = &f.cfg;
+    tb_heads *q = &f.qh, *k = &f.kh, *v = &f.vh, *dq = &f.dqh, *dk = &f.dkh, *dv = &f.dvh;
+    tb_tensor *out = &f.outt, *dout = &f.doutt;
+    tb_tensor k_t4 = tb_tensor_3d(f.k, EB, ETK - 1, EW), v_t4 = tb_tensor_3d(f.v, EB, ETK - 1, EW);
+    tb_heads kh_t4 = {&k_t4, 0}, vh_t4 = {&v_t4, 4};
+    CHECK_OK(f.ctx, fwd(&f, cfg, NULL, q, &kh_t4, &vh_t4, out));
+    EXPECT_BWD(&f, TB_ERR_STATE, cfg, q, k, v, out, dout, f.cache, f.bytes, dq, dk, dv);
+
+    /* H = 4 heads of D = 1 (q, out and dout as (B, Tq, 4) views). */
+    tb_attention_config cfg41 = tb_attention_default_config(EH, 1);
+    cfg41.n_kv_heads = EHKV;
+    cfg41.causal = 1;
+    tb_tensor q4 = tb_tensor_3d(f.q, EB, ETQ, EH), out4 = tb_tensor_3d(f.out, EB, ETQ, EH);
+    tb_tensor dout4 = tb_tensor_3d(f.dout, EB, ETQ, EH), dq4 = tb_tensor_3d(f.dq, EB, ETQ, EH);
+    tb_heads qh4 = {&q4, 0}, dqh4 = {&dq4, 0};
+    CHECK_OK(f.ctx, fwd(&f, cfg, NULL, q, k, v, out));
+    EXPECT_BWD(&f, TB_ERR_STATE, &cfg41, &qh4, k, v, &out4, &dout4, f.cache, f.bytes, &dqh4, dk,
+               dv);
+    fixture_free(&f);
+}
+END_TEST
+
+START_TEST(probs_and_cache_size_errors)
+{
+    fixture f;
+    fixture_init(&f);
+    tb_attention_config *cfg = &f.cfg;
+    tb_heads *q = &f.qh, *k = &f.kh;
+    const size_t np = EB * EH * ETQ * ETK;
+    CHECK_OK(f.ctx, tb_attention_probs(&f.ctx, cfg, NULL, q, k, &f.pt));
+    fill_sentinel(f.probs, np + SLACK);
+    ck_assert_int_eq(tb_attention_probs(NULL, cfg, NULL, q, k, &f.pt), TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_attention_probs(&f.ctx, NULL, NULL, q, k, &f.pt), TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_attention_probs(&f.ctx, cfg, NULL, NULL, k, &f.pt), TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_attention_probs(&f.ctx, cfg, NULL, q, NULL, &f.pt), TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_attention_probs(&f.ctx, cfg, NULL, q, k, NULL), TB_ERR_NULL_ARG);
+    tb_tensor p_k = tb_tensor_4d(f.probs, EB, EH, ETQ, ETK + 1);
+    tb_tensor p_h = tb_tensor_4d(f.probs, EB, EHKV, ETQ, ETK);
+    tb_tensor p_3d = tb_tensor_3d(f.probs, EB * EH, ETQ, ETK);
+    ck_assert_int_eq(tb_attention_probs(&f.ctx, cfg, NULL, q, k, &p_k), TB_ERR_SHAPE);
+    ck_assert_int_eq(tb_attention_probs(&f.ctx, cfg, NULL, q, k, &p_h), TB_ERR_SHAPE);
+    ck_assert_int_eq(tb_attention_probs(&f.ctx, cfg, NULL, q, k, &p_3d), TB_ERR_SHAPE);
+    const int32_t len_big[EB] = {ETK + 1, 2};
+    tb_attention_mask m = {len_big, NULL, NULL};
+    ck_assert_int_eq(tb_attention_probs(&f.ctx, cfg, &m, q, k, &f.pt), TB_ERR_INVALID_ARG);
+    tb_attention_config bad = f.cfg;
+    bad.n_kv_heads = 3;
+    ck_assert_int_eq(tb_attention_probs(&f.ctx, &bad, NULL, q, k, &f.pt), TB_ERR_INVALID_ARG);
+    assert_untouched(f.probs, np + SLACK, "probs");
+    /* probs over q: overlap. */
+    float *qcopy = tbt_alloc((EB * ETQ * EC + SLACK) * sizeof(float));
+    memcpy(qcopy, f.q, (EB * ETQ * EC + SLACK) * sizeof(float));
+    tb_tensor p_on_q = tb_tensor_4d(f.q, EB, EH, ETQ, ETK);
+    ck_assert_int_eq(tb_attention_probs(&f.ctx, cfg, NULL, q, k, &p_on_q), TB_ERR_INVALID_ARG);
+    ck_assert(memcmp(qcopy, f.q, (EB * ETQ * EC + SLACK) * sizeof(float)) == 0);
+    free(qcopy);
+
+    /* Cache size. */
+    size_t bytes;
+    ck_assert_int_eq(tb_attention_cache_size(NULL, 2, 3, &bytes), TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_attention_cache_size(cfg, 2, 3, NULL), TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_attention_cache_size(cfg, SIZE_MAX / 2, 3, &bytes), TB_ERR_OVERFLOW);
+    ck_assert_int_eq(tb_attention_cache_size(cfg, 3, SIZE_MAX / 4, &bytes), TB_ERR_OVERFLOW);
+    fixture_free(&f);
+}
+END_TEST
+
+/* ======================================================================
+ * Fully masked query rows
+ * ==================================================================== */
+
+typedef struct masked_case {
+    const char *tag;
+    size_t b, tq, tk, h, hkv, d;
+    int causal;
+    size_t window;
+    const int32_t *lengths;
+    const uint8_t *valid;
+    const float *bias;
+} masked_case;
+
+/* Whether query i of batch row r sees at least one key (the spec's masks). */
+static int query_sees_a_key(const masked_case *mc, size_t r, size_t i)
+{
+    for (size_t j = 0; j < mc->tk; j++) {
+        const long diag = (long)i + (long)mc->tk - (long)mc->tq;
+        if (mc->causal && (long)j > diag)
+            continue;
+        if (mc->window && !((long)j > diag - (long)mc->window && (long)j <= diag))
+            continue;
+        if (mc->lengths && (long)j >= (long)mc->lengths[r])
+            continue;
+        if (mc->valid && !mc->valid[r * mc->tk + j])
+            continue;
+        if (mc->bias && mc->bias[i * mc->tk + j] == -INFINITY)
+            continue;
+        return 1;
+    }
+    return 0;
+}
+
+/* Whether key j of batch row r is seen by some query. */
+static int key_is_seen(const masked_case *mc, size_t r, size_t j)
+{
+    for (size_t i = 0; i < mc->tq; i++) {
+        const long diag = (long)i + (long)mc->tk - (long)mc->tq;
+        if (mc->causal && (long)j > diag)
+            continue;
+        if (mc->window && !((long)j > diag - (long)mc->window && (long)j <= diag))
+            continue;
+        if (mc->lengths && (long)j >= (long)mc->lengths[r])
+            continue;
+        if (mc->valid && !mc->valid[r * mc->tk + j])
+            continue;
+        if (mc->bias && mc->bias[i * mc->tk + j] == -INFINITY)
+            continue;
+        return 1;
+    }
+    return 0;
+}
+
+static void check_masked_case(const masked_case *mc)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 2);
+    const size_t hkv = mc->hkv ? mc->hkv : mc->h;
+    const size_t c = mc->h * mc->d, ckv = hkv * mc->d;
+    const size_t nq = mc->b * mc->tq * c, nk = mc->b * mc->tk * ckv;
+    tb_attention_config cfg = tb_attention_default_config(mc->h, mc->d);
+    cfg.n_kv_heads = mc->hkv;
+    cfg.causal = mc->causal;
+    cfg.window = mc->window;
+    tb_attention_mask mask = {mc->lengths, mc->valid, mc->bias};
+    /* Large inputs (scores up to ~100): no overflow, no NaN anywhere. */
+    float *q = tbt_alloc(nq * sizeof(float)), *k = tbt_alloc(nk * sizeof(float));
+    float *v = tbt_alloc(nk * sizeof(float)), *dout = tbt_alloc(nq * sizeof(float));
+    tbt_fill_uniform(q, nq, -5, 5, 61);
+    tbt_fill_uniform(k, nk, -5, 5, 62);
+    tbt_fill_uniform(v, nk, -3, 3, 63);
+    tbt_fill_uniform(dout, nq, -1, 1, 64);
+    float *out = tbt_nan_buffer(nq), *dq = tbt_nan_buffer(nq);
+    float *dk = tbt_nan_buffer(nk), *dv = tbt_nan_buffer(nk);
+    const size_t np = mc->b * mc->h * mc->tq * mc->tk;
+    float *probs = tbt_nan_buffer(np);
+    tb_tensor qt = tb_tensor_3d(q, mc->b, mc->tq, c), kt = tb_tensor_3d(k, mc->b, mc->tk, ckv);
+    tb_tensor vt = tb_tensor_3d(v, mc->b, mc->tk, ckv), outt = tb_tensor_3d(out, mc->b, mc->tq, c);
+    tb_tensor doutt = tb_tensor_3d(dout, mc->b, mc->tq, c);
+    tb_tensor dqt = tb_tensor_3d(dq, mc->b, mc->tq, c), dkt = tb_tensor_3d(dk, mc->b, mc->tk, ckv);
+    tb_tensor dvt = tb_tensor_3d(dv, mc->b, mc->tk, ckv);
+    tb_tensor pt = tb_tensor_4d(probs, mc->b, mc->h, mc->tq, mc->tk);
+    tb_heads qh = {&qt, 0}, kh = {&kt, 0}, vh = {&vt, 0}, dqh = {&dqt, 0}, dkh = {&dkt, 0},
+             dvh = {&dvt, 0};
+    size_t bytes;
+    CHECK_OK(ctx, tb_attention_cache_size(&cfg, mc->b, mc->tq, &bytes));
+    void *cache = tbt_alloc(bytes);
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, &mask, &qh, &kh, &vh, &outt, cache, bytes));
+    CHECK_OK(ctx, tb_attention_backward(&ctx, &cfg, &mask, &qh, &kh, &vh, &outt, &doutt, cache,
+                                        bytes, &dqh, &dkh, &dvh));
+    CHECK_OK(ctx, tb_attention_probs(&ctx, &cfg, &mask, &qh, &kh, &pt));
+    assert_all_finite("out", out, nq);
+    assert_all_finite("dq", dq, nq);
+    assert_all_finite("dk", dk, nk);
+    assert_all_finite("dv", dv, nk);
+    assert_all_finite("probs", probs, np);
+    size_t n_masked = 0, n_unseen = 0;
+    for (size_t r = 0; r < mc->b; r++) {
+        for (size_t i = 0; i < mc->tq; i++) {
+            const int sees = query_sees_a_key(mc, r, i);
+            const float *o = out + (r * mc->tq + i) * c, *g = dq + (r * mc->tq + i) * c;
+            double rowmax = 0.0;
+            for (size_t j = 0; j < c; j++) {
+                if (!sees)
+                    ck_assert_msg(o[j] == 0.0f && g[j] == 0.0f,
+                                  "[%s] fully masked query b=%zu i=%zu: out[%zu] = %g, "
+                                  "dq = %g (expected 0)",
+                                  mc->tag, r, i, j, (double)o[j], (double)g[j]);
+                rowmax = fmax(rowmax, fabs((double)o[j]));
+            }
+            if (sees)
+                ck_assert_msg(rowmax > 0.0, "[%s] query b=%zu i=%zu sees keys but out = 0",
+                              mc->tag, r, i);
+            n_masked += !sees;
+            for (size_t hh = 0; hh < mc->h; hh++) {
+                const float *pr = probs + ((r * mc->h + hh) * mc->tq + i) * mc->tk;
+                double sum = 0.0;
+                for (size_t j = 0; j < mc->tk; j++)
+                    sum += pr[j];
+                ck_assert_msg(sees ? fabs(sum - 1.0) <= 1e-5 : sum == 0.0,
+                              "[%s] probs row b=%zu h=%zu i=%zu sums to %.9g (expected %d)",
+                              mc->tag, r, hh, i, sum, sees);
+            }
+        }
+        /* Keys no query sees get exactly zero gradients. */
+        for (size_t j = 0; j < mc->tk; j++) {
+            if (key_is_seen(mc, r, j))
+                continue;
+            n_unseen++;
+            for (size_t e = 0; e < ckv; e++) {
+                const size_t at = (r * mc->tk + j) * ckv + e;
+                ck_assert_msg(dk[at] == 0.0f && dv[at] == 0.0f,
+                              "[%s] key b=%zu j=%zu seen by no query: dk = %g, dv = %g",
+                              mc->tag, r, j, (double)dk[at], (double)dv[at]);
+            }
+        }
+    }
+    ck_assert_msg(n_masked > 0, "[%s] the case has no fully masked query", mc->tag);
+    printf("  check   attention[%s]: %zu fully masked queries, %zu unseen keys: zeros, "
+           "no NaN\n",
+           mc->tag, n_masked, n_unseen);
+    fflush(stdout);
+    free(q), free(k), free(v), free(dout), free(out), free(dq), free(dk), free(dv);
+    free(probs), free(cache);
+}
+
+START_TEST(fully_masked_rows)
+{
+    static const int32_t len0[2] = {6, 0};
+    static const uint8_t valid0[2 * 6] = {1, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0};
+    float bias[4 * 6];
+    tbt_fill_uniform(bias, 24, -1, 1, 71);
+    for (size_t j = 0; j < 6; j++)
+        bias[2 * 6 + j] = -INFINITY;
+    const masked_case cases[] = {
+        {"keylen0", 2, 4, 6, 2, 0, 3, 0, 0, len0, NULL, NULL},
+        {"keyvalid_allzero", 2, 4, 6, 2, 0, 3, 0, 0, NULL, valid0, NULL},
+        {"bias_row_-inf", 2, 4, 6, 2, 0, 3, 0, 0, NULL, NULL, bias},
+        {"causal_tq7_tk3", 2, 7, 3, 2, 1, 3, 1, 0, NULL, NULL, NULL},
+        {"causal_w2_tq9_tk4_keylen", 2, 9, 4, 4, 2, 2, 1, 2, (const int32_t[2]){4, 2}, NULL,
+         NULL},
+        {"all_masks", 2, 4, 6, 4, 2, 3, 1, 3, len0, valid0, bias},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        check_masked_case(&cases[i]);
+}
+END_TEST
+
+/* ======================================================================
+ * Determinism across thread counts
+ * ==================================================================== */
+
+typedef struct run_out {
+    float *buf;
+    size_t n;
+} run_out;
+
+/* Forward, backward and probs of two configurations, concatenated. */
+static run_out run_attention(int threads)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, threads);
+    typedef struct shape {
+        size_t b, tq, tk, h, hkv, d, window;
+        int lengths;
+    } shape;
+    const shape shapes[] = {{2, 200, 200, 4, 0, 32, 0, 0}, {2, 150, 200, 4, 2, 16, 64, 1}};
+    size_t total = 0;
+    for (size_t s = 0; s < 2; s++) {
+        const shape *sh = &shapes[s];
+        const size_t hkv = sh->hkv ? sh->hkv : sh->h;
+        total += 2 * sh->b * sh->tq * sh->h * sh->d + 2 * sh->b * sh->tk * hkv * sh->d +
+                 sh->b * sh->h * sh->tq * sh->tk;
+    }
+    run_out r = {tbt_alloc(total * sizeof(float)), total};
+    float *at = r.buf;
+    for (size_t s = 0; s < 2; s++) {
+        const shape *sh = &shapes[s];
+        const size_t hkv = sh->hkv ? sh->hkv : sh->h;
+        const size_t c = sh->h * sh->d, ckv = hkv * sh->d;
+        const size_t nq = sh->b * sh->tq * c, nk = sh->b * sh->tk * ckv;
+        tb_attention_config cfg = tb_attention_default_config(sh->h, sh->d);
+        cfg.n_kv_heads = sh->hkv;
+        cfg.causal = 1;
+        cfg.window = sh->window;
+        const int32_t lengths[2] = {200, 117};
+        tb_attention_mask mask = {sh->lengths ? lengths : NULL, NULL, NULL};
+        float *q = tbt_alloc(nq * sizeof(float)), *k = tbt_alloc(nk * sizeof(float));
+        float *v = tbt_alloc(nk * sizeof(float)), *dout = tbt_alloc(nq * sizeof(float));
+        tbt_fill_uniform(q, nq, -2, 2, 81 + s);
+        tbt_fill_uniform(k, nk, -2, 2, 83 + s);
+        tbt_fill_uniform(v, nk, -1, 1, 85 + s);
+        tbt_fill_uniform(dout, nq, -1, 1, 87 + s);
+        float *out = at, *dq = at + nq, *dk = at + 2 * nq, *dv = at + 2 * nq + nk;
+        float *probs = at + 2 * nq + 2 * nk;
+        at += 2 * nq + 2 * nk + sh->b * sh->h * sh->tq * sh->tk;
+        tb_tensor qt = tb_tensor_3d(q, sh->b, sh->tq, c), kt = tb_tensor_3d(k, sh->b, sh->tk, ckv);
+        tb_tensor vt = tb_tensor_3d(v, sh->b, sh->tk, ckv);
+        tb_tensor outt = tb_tensor_3d(out, sh->b, sh->tq, c), doutt = tb_tensor_3d(dout, sh->b, sh->tq, c);
+        tb_tensor dqt = tb_tensor_3d(dq, sh->b, sh->tq, c), dkt = tb_tensor_3d(dk, sh->b, sh->tk, ckv);
+        tb_tensor dvt = tb_tensor_3d(dv, sh->b, sh->tk, ckv);
+        tb_tensor pt = tb_tensor_4d(probs, sh->b, sh->h, sh->tq, sh->tk);
+        tb_heads qh = {&qt, 0}, kh = {&kt, 0}, vh = {&vt, 0}, dqh = {&dqt, 0}, dkh = {&dkt, 0},
+                 dvh = {&dvt, 0};
+        size_t bytes;
+        CHECK_OK(ctx, tb_attention_cache_size(&cfg, sh->b, sh->tq, &bytes));
+        void *cache = tbt_alloc(bytes);
+        CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, &mask, &qh, &kh, &vh, &outt, cache, bytes));
+        CHECK_OK(ctx, tb_attention_backward(&ctx, &cfg, &mask, &qh, &kh, &vh, &outt, &doutt,
+                                            cache, bytes, &dqh, &dkh, &dvh));
+        CHECK_OK(ctx, tb_attention_probs(&ctx, &cfg, &mask, &qh, &kh, &pt));
+        free(q), free(k), free(v), free(dout), free(cache);
+    }
+    return r;
+}
+
+START_TEST(bitwise_identical_for_1_2_3_threads)
+{
+    run_out ref = run_attention(1);
+    assert_all_finite("attention results", ref.buf, ref.n);
+    for (int t = 2; t <= 3; t++) {
+        run_out r = run_attention(t);
+        ck_assert_uint_eq(r.n, ref.n);
+        size_t first = r.n;
+        for (size_t i = 0; i < r.n && first == r.n; i++)
+            if (memcmp(&r.buf[i], &ref.buf[i], sizeof(float)) != 0)
+                first = i;
+        ck_assert_msg(first == r.n, "%d threads differ from 1 thread at element %zu of %zu", t,
+                      first, r.n);
+        free(r.buf);
+    }
+    free(ref.buf);
+}
+END_TEST
+
+/* ======================================================================
+ * Activation memory: one float per (batch row, head, query) plus a header
+ * ==================================================================== */
+
+START_TEST(cache_size_linear_in_t)
+{
+    const size_t hs[] = {1, 8, 12}, bs[] = {1, 4};
+    for (size_t a = 0; a < 3; a++)
+        for (size_t c = 0; c < 2; c++) {
+            tb_attention_config cfg = tb_attention_default_config(hs[a], 64);
+            const size_t b = bs[c];
+            size_t s1, s1024, s2048;
+            ck_assert_int_eq(tb_attention_cache_size(&cfg, b, 1, &s1), TB_OK);
+            ck_assert_int_eq(tb_attention_cache_size(&cfg, b, 1024, &s1024), TB_OK);
+            ck_assert_int_eq(tb_attention_cache_size(&cfg, b, 2048, &s2048), TB_OK);
+            const size_t per_t = b * hs[a] * sizeof(float);
+            ck_assert_msg(s2048 - s1024 == 1024 * per_t,
+                          "H=%zu B=%zu: cache(2048) - cache(1024) = %zu bytes, expected %zu "
+                          "(one float per batch row, head and query)",
+                          hs[a], b, s2048 - s1024, 1024 * per_t);
+            ck_assert_msg(s1024 - s1 == 1023 * per_t, "H=%zu B=%zu: cache not linear in T",
+                          hs[a], b);
+            ck_assert_msg(s1 >= per_t && s1 - per_t <= 1024,
+                          "H=%zu B=%zu: header of %zu bytes is not small", hs[a], b, s1 - per_t);
+            /* Independent of what the spec says is unused (kv heads, D, masks). */
+            tb_attention_config cfg2 = cfg;
+            cfg2.n_kv_heads = 1;
+            cfg2.head_dim = 7;
+            cfg2.causal = 1;
+            cfg2.window = 5;
+            size_t s2;
+            ck_assert_int_eq(tb_attention_cache_size(&cfg2, b, 1024, &s2), TB_OK);
+            ck_assert_uint_eq(s2, s1024);
+        }
+    printf("  check   attention cache: B*H*4 bytes per query position + a fixed header\n");
+}
+END_TEST
+
+Suite *suite_attention(void)
+{
+    Suite *s = suite_create("attention");
+    TCase *tg = tcase_create("finite_differences");
+    tcase_set_timeout(tg, 120);
+    tcase_add_test(tg, gradients_plain_and_causal);
+    tcase_add_test(tg, gradients_cross_attention);
+    tcase_add_test(tg, gradients_window_padding_bias);
+    tcase_add_test(tg, gradients_gqa_and_packed);
+    suite_add_tcase(s, tg);
+    TCase *te = tcase_create("errors");
+    tcase_add_test(te, forward_errors);
+    tcase_add_test(te, packed_overlap_errors);
+    tcase_add_test(te, backward_errors);
+    tcase_add_test(te, backward_cache_from_other_key_shape);
+    tcase_add_test(te, probs_and_cache_size_errors);
+    suite_add_tcase(s, te);
+    TCase *tm = tcase_create("masking");
+    tcase_add_test(tm, fully_masked_rows);
+    tcase_add_test(tm, cache_size_linear_in_t);
+    suite_add_tcase(s, tm);
+    TCase *tt = tcase_create("threads");
+    tcase_set_timeout(tt, 180);
+    tcase_add_test(tt, bitwise_identical_for_1_2_3_threads);
+    suite_add_tcase(s, tt);
+    return s;
+}
