@@ -301,9 +301,11 @@ tb_status tb_mha_backward(tb_ctx *ctx, tb_mha *mha, const tb_attention_mask *mas
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "cache size overflows");
     if (!cache)
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cache must not be NULL");
-    if (cache_bytes < z.total_bytes || (uintptr_t)cache % sizeof(float) != 0)
+    if (cache_bytes < z.total_bytes)
         return tb_fail(ctx, TB_ERR_BUFFER_TOO_SMALL, fn, "cache must hold %zu bytes",
                        z.total_bytes);
+    if ((uintptr_t)cache % sizeof(float) != 0)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "cache is not aligned for float");
     mha_header h;
     memcpy(&h, cache, sizeof h);
     if (h.magic != MHA_MAGIC || h.batch != B || h.t_q != Tq || h.t_k != Tk ||
@@ -352,6 +354,8 @@ tb_status tb_mha_decode(tb_ctx *ctx, const tb_mha *mha, tb_kv_cache *kv, const t
     const size_t C = mha->embed_dim;
     if (!kv)
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "kv must not be NULL");
+    if (!kv->storage)
+        return tb_fail(ctx, TB_ERR_STATE, fn, "kv is not initialised");
     if ((s = tb_check_tensor(ctx, fn, "y", y, NULL, NULL)) != TB_OK)
         return s;
     if (y->ndim != 3 || y->shape[0] != B || y->shape[1] != Tn || y->shape[2] != C)
