@@ -176,10 +176,11 @@ check: deps
 test: test-unit test-scripts
 
 test-unit: $(TEST_BIN) $(ORACLE_STAMP) all
-	@for k in $(TEST_KERNELS); do \
+	@ex="TB_EXAMPLE_DIR=$(BUILD)/bin"; for k in $(TEST_KERNELS); do \
 	    echo "== unit tests, kernel family $$k"; \
-	    $(TEST_ENV) TB_TEST_KERNEL=$$k TB_ORACLE_DIR=$(ORACLE_DIR) TB_EXAMPLE_DIR=$(BUILD)/bin \
+	    env $(TEST_ENV) $$ex TB_TEST_KERNEL=$$k TB_ORACLE_DIR=$(ORACLE_DIR) \
 	        $(TEST_BIN) || exit 1; \
+	    ex=; \
 	done
 
 test-scripts: all

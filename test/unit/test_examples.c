@@ -1,9 +1,11 @@
 /*
  * The examples, run as a user would: the demo trains (loss falls, accuracy
  * high), prints the same numbers for 1 and 2 threads, and rejects bad
- * options with exit code 2. Binaries come from $TB_EXAMPLE_DIR (set by make).
+ * options with exit code 2; attention_scaling's memory table and heat maps
+ * are checked. Binaries come from $TB_EXAMPLE_DIR (set by make).
  */
 #define _POSIX_C_SOURCE 200809L
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -122,14 +124,86 @@ START_TEST(norm_compare_measures_and_is_thread_independent)
 }
 END_TEST
 
+/* attention_scaling with a short --tmax: the table has one row per T, the
+ * streaming and window paths keep the same bytes per token at every T while
+ * the materialising path's grow, the heat-map section is there and its
+ * designed heads attend where they should; bad options exit with 2. */
+START_TEST(attention_scaling_memory_and_heat_maps)
+{
+    enum { CAP = 1 << 15, MAXT = 8 };
+    char *out = tbt_alloc(CAP);
+    ck_assert_int_eq(run_example("attention_scaling", "--tmax 256 --threads 2", out, CAP), 0);
+    size_t ts[MAXT];
+    double full[MAXT], stream[MAXT], window[MAXT];
+    int n = 0;
+    for (const char *line = out; *line;) {
+        size_t t;
+        double fm, fb, sm, sb, wm, wb;
+        char g1[16], g2[16], g3[16];
+        if (n < MAXT && sscanf(line, " %zu | %lf %15s %lf | %lf %15s %lf | %lf %15s %lf", &t, &fm,
+                               g1, &fb, &sm, g2, &sb, &wm, g3, &wb) == 10) {
+            ts[n] = t;
+            full[n] = fb;
+            stream[n] = sb;
+            window[n] = wb;
+            n++;
+        }
+        const char *end = strchr(line, '\n');
+        line = end ? end + 1 : line + strlen(line);
+    }
+    ck_assert_msg(n == 3, "expected rows for T = 64, 128, 256, found %d in:\n%s", n, out);
+    printf("  attention_scaling: bytes/token full %.0f -> %.0f, streaming %.0f -> %.0f, "
+           "window %.0f -> %.0f\n",
+           full[0], full[n - 1], stream[0], stream[n - 1], window[0], window[n - 1]);
+    for (int i = 0; i < n; i++) {
+        ck_assert_uint_eq(ts[i], (size_t)64 << i);
+        ck_assert_msg(fabs(stream[i] - stream[0]) <= 0.01 * stream[0],
+                      "streaming bytes/token changed with T: %g at T=%zu vs %g", stream[i], ts[i],
+                      stream[0]);
+        ck_assert_msg(fabs(window[i] - window[0]) <= 0.01 * window[0],
+                      "window bytes/token changed with T: %g at T=%zu vs %g", window[i], ts[i],
+                      window[0]);
+        if (i > 0)
+            ck_assert_msg(full[i] > 1.15 * full[i - 1],
+                          "full bytes/token did not grow from T=%zu to T=%zu: %g -> %g",
+                          ts[i - 1], ts[i], full[i - 1], full[i]);
+    }
+    ck_assert_msg(full[n - 1] > 1.5 * full[0], "full bytes/token grew only %g -> %g", full[0],
+                  full[n - 1]);
+    ck_assert_msg(full[0] > stream[0], "full path (%g) should keep more than streaming (%g)",
+                  full[0], stream[0]);
+    ck_assert_msg(strstr(out, "attention heat maps") != NULL, "no heat-map section in:\n%s", out);
+    ck_assert_ptr_nonnull(strstr(out, "   15  |"));
+    ck_assert_ptr_nonnull(strstr(out, "largest weight on the previous token in 15 of 15 rows"));
+    ck_assert_ptr_nonnull(strstr(out, "largest weight on the first token in 15 of 15 rows"));
+    ck_assert_ptr_nonnull(strstr(out, "mean total weight on same-parity keys 1.000"));
+    char small[4096];
+    ck_assert_int_eq(run_example("attention_scaling", "--bogus", small, sizeof small), 2);
+    ck_assert_int_eq(run_example("attention_scaling", "--tmax 10", small, sizeof small), 2);
+    ck_assert_int_eq(run_example("attention_scaling", "--tmax", small, sizeof small), 2);
+    ck_assert_int_eq(run_example("attention_scaling", "--threads 0", small, sizeof small), 2);
+    ck_assert_int_eq(run_example("attention_scaling", "--help", small, sizeof small), 0);
+    ck_assert_ptr_nonnull(strstr(small, "--tmax"));
+    free(out);
+}
+END_TEST
+
 Suite *suite_examples(void)
 {
     Suite *s = suite_create("examples");
+    /* The examples choose their own kernels (they do not read
+     * TB_TEST_KERNEL), so the Makefile runs them in one pass of the
+     * per-family loop only, the one where it sets TB_EXAMPLE_DIR. */
+    if (!getenv("TB_EXAMPLE_DIR")) {
+        printf(" examples: run in the first kernel-family pass only\n");
+        return s;
+    }
     TCase *tc = tcase_create("examples");
     tcase_set_timeout(tc, 600); /* the sanitizer build runs it ~10x slower */
     tcase_add_test(tc, mlp_demo_learns_and_is_thread_independent);
     tcase_add_test(tc, mlp_demo_rejects_bad_options);
     tcase_add_test(tc, norm_compare_measures_and_is_thread_independent);
+    tcase_add_test(tc, attention_scaling_memory_and_heat_maps);
     suite_add_tcase(s, tc);
     return s;
 }
