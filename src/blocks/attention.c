@@ -156,6 +156,27 @@ static void key_range(const attn *a, size_t b, size_t i, size_t *lo, size_t *hi)
     *hi = (size_t)(h > 0 ? h : 0);
 }
 
+/* Queries [*lo, *hi) of batch row b that may see key j (the inverse of
+ * key_range for the causal, window and length limits; per-key masks and the
+ * bias are applied by the caller). */
+static void query_range(const attn *a, size_t b, size_t j, size_t *lo, size_t *hi)
+{
+    const long long shift = (long long)a->Tk - (long long)a->Tq; /* diag(i) = i + shift */
+    long long l = 0, h = (long long)a->Tq;
+    if (a->causal || a->window) /* j <= diag(i)  <=>  i >= j - shift */
+        l = (long long)j - shift > 0 ? (long long)j - shift : 0;
+    if (a->window) /* j >= diag(i) + 1 - w  <=>  i <= j + w - 1 - shift */
+        h = (long long)j + (long long)a->window - shift < h
+                ? (long long)j + (long long)a->window - shift
+                : h;
+    if (a->key_lengths && (long long)j >= (long long)a->key_lengths[b])
+        h = l; /* the key is past this row's length: no query sees it */
+    if (h < l)
+        h = l;
+    *lo = (size_t)(l > 0 ? l : 0);
+    *hi = (size_t)(h > 0 ? h : 0);
+}
+
 /* Dot product of two D-vectors with 8 fixed lanes (vectorisable). */
 static float dot(const float *x, const float *y, size_t n)
 {
@@ -239,8 +260,10 @@ tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
     float *lse = cache ? (float *)((unsigned char *)cache + sizeof(attn_header)) : NULL;
     const size_t rows = a.B * a.H * a.Tq, D = a.D;
     float *od = out->data;
+    /* schedule(static, 1): causal rows grow in cost with i, so interleave
+     * them; every row is still computed whole by one thread. */
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * a.Tk * D)) \
-    schedule(static)
+    schedule(static, 1)
     for (size_t r = 0; r < rows; r++) {
         const size_t i = r % a.Tq, h = (r / a.Tq) % a.H, b = r / (a.Tq * a.H);
         float *o = od + (b * a.Tq + i) * a.H * D + h * D;
@@ -366,7 +389,7 @@ tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
     float *dqd = dq->tensor->data + dq->offset;
     const size_t wdq = dq->tensor->shape[2];
     /* dq, one query row per iteration. */
-#pragma omp parallel for num_threads(tb_threads_for(ctx, work)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, work)) schedule(static, 1)
     for (size_t r = 0; r < rows; r++) {
         const size_t i = r % a.Tq, h = (r / a.Tq) % a.H, b = r / (a.Tq * a.H);
         float *g = dqd + (b * a.Tq + i) * wdq + h * D;
@@ -394,7 +417,7 @@ tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
     float *dkd = dk->tensor->data + dk->offset, *dvd = dv->tensor->data + dv->offset;
     const size_t wdk = dk->tensor->shape[2], wdv = dv->tensor->shape[2];
     const size_t krows = a.B * a.Hkv * a.Tk;
-#pragma omp parallel for num_threads(tb_threads_for(ctx, work)) schedule(static)
+#pragma omp parallel for num_threads(tb_threads_for(ctx, work)) schedule(static, 1)
     for (size_t r = 0; r < krows; r++) {
         const size_t j = r % a.Tk, g = (r / a.Tk) % a.Hkv, b = r / (a.Tk * a.Hkv);
         float *gk = dkd + (b * a.Tk + j) * wdk + g * D;
@@ -402,8 +425,10 @@ tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
         for (size_t d = 0; d < D; d++)
             gk[d] = gv[d] = 0.0f;
         const float *vj = a.v + (b * a.Tk + j) * a.wv + g * D;
+        size_t ilo, ihi;
+        query_range(&a, b, j, &ilo, &ihi);
         for (size_t h = g * a.group; h < (g + 1) * a.group; h++)
-            for (size_t i = 0; i < a.Tq; i++) {
+            for (size_t i = ilo; i < ihi; i++) {
                 size_t lo, hi;
                 key_range(&a, b, i, &lo, &hi);
                 const size_t qr = (b * a.H + h) * a.Tq + i;
