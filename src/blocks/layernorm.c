@@ -77,71 +77,48 @@ tb_status tb_layernorm_cache_size(size_t rows, size_t *bytes)
     return tb_norm_cache_bytes(floats, bytes);
 }
 
-/* Shared checks: block initialised, x valid with C columns, other same shape. */
-static tb_status check_io(tb_ctx *ctx, const char *fn, const tb_layernorm *ln,
-                          const tb_tensor *x, const char *oname, const tb_tensor *o, size_t *rows)
+/* The block as the shared row-norm entry points see it; NULL if ctx or ln
+ * is unusable (the status is then in *s). */
+static const tb_rownorm_spec *spec_of(tb_ctx *ctx, const char *fn, const tb_layernorm *ln,
+                                      int grads, tb_rownorm_spec *sp, tb_status *s)
 {
-    size_t cols;
-    if (!ctx || !ln)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx and ln must not be NULL");
-    if (!ln->storage)
-        return tb_fail(ctx, TB_ERR_STATE, fn, "ln is not initialised");
-    tb_status s = tb_check_tensor(ctx, fn, "x", x, rows, &cols);
-    if (s != TB_OK)
-        return s;
-    if (cols != ln->dim)
-        return tb_fail(ctx, TB_ERR_SHAPE, fn, "x has last dimension %zu, expected %zu", cols,
-                       ln->dim);
-    return tb_check_matrix(ctx, fn, oname, o, *rows, cols);
+    if (!ctx || !ln) {
+        *s = tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx and ln must not be NULL");
+        return NULL;
+    }
+    if (!ln->storage) {
+        *s = tb_fail(ctx, TB_ERR_STATE, fn, "ln is not initialised");
+        return NULL;
+    }
+    const int scale = (ln->flags & TB_NORM_SCALE) != 0, shift = (ln->flags & TB_NORM_SHIFT) != 0;
+    sp->magic = LN_MAGIC;
+    sp->dim = ln->dim;
+    sp->center = 1;
+    sp->eps = ln->eps;
+    sp->w = scale ? ln->weight.value : NULL;
+    sp->b = shift ? ln->bias.value : NULL;
+    sp->dw = grads && scale && tb_param_wants_grad(&ln->weight) ? ln->weight.grad : NULL;
+    sp->db = grads && shift && tb_param_wants_grad(&ln->bias) ? ln->bias.grad : NULL;
+    return sp;
 }
 
 tb_status tb_layernorm_forward(tb_ctx *ctx, const tb_layernorm *ln, const tb_tensor *x,
                                tb_tensor *y, void *cache, size_t cache_bytes)
 {
-    const char *fn = __func__;
-    size_t rows;
-    tb_status s = check_io(ctx, fn, ln, x, "y", y, &rows);
-    if (s == TB_OK)
-        s = tb_check_inplace(ctx, fn, "x", x->data, "y", y->data, tb_tensor_numel(x));
-    if (s != TB_OK)
+    tb_rownorm_spec sp;
+    tb_status s = TB_OK;
+    if (!spec_of(ctx, __func__, ln, 0, &sp, &s))
         return s;
-    if (cache && (s = tb_norm_check_cache(ctx, fn, cache, cache_bytes, rows * 3)) != TB_OK)
-        return s;
-    tb_rownorm_forward(ctx, rows, ln->dim, 1, ln->eps,
-                       (ln->flags & TB_NORM_SCALE) ? ln->weight.value : NULL,
-                       (ln->flags & TB_NORM_SHIFT) ? ln->bias.value : NULL, x->data, y->data,
-                       cache ? tb_norm_cache_data(cache) : NULL);
-    if (cache) {
-        tb_norm_cache_header h = {LN_MAGIC, rows, 0, 0, 0};
-        memcpy(cache, &h, sizeof h);
-    }
-    return TB_OK;
+    return tb_rownorm_forward_op(ctx, __func__, &sp, x, y, cache, cache_bytes);
 }
 
 tb_status tb_layernorm_backward(tb_ctx *ctx, tb_layernorm *ln, const tb_tensor *x,
                                 const tb_tensor *dy, const void *cache, size_t cache_bytes,
                                 tb_tensor *dx)
 {
-    const char *fn = __func__;
-    size_t rows;
-    tb_status s = check_io(ctx, fn, ln, x, "dy", dy, &rows);
-    if (s == TB_OK)
-        s = tb_check_matrix(ctx, fn, "dx", dx, rows, ln->dim);
-    if (s != TB_OK)
+    tb_rownorm_spec sp;
+    tb_status s = TB_OK;
+    if (!spec_of(ctx, __func__, ln, 1, &sp, &s))
         return s;
-    tb_norm_cache_header h;
-    if ((s = tb_norm_read_cache(ctx, fn, cache, cache_bytes, rows * 3, LN_MAGIC, rows, &h)) != TB_OK)
-        return s;
-    const size_t C = ln->dim;
-    if (tb_overlaps(dx->data, rows * C, x->data, rows * C))
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dx overlaps x");
-    if ((s = tb_check_inplace(ctx, fn, "dy", dy->data, "dx", dx->data, rows * C)) != TB_OK)
-        return s;
-    const int want_w = (ln->flags & TB_NORM_SCALE) && tb_param_wants_grad(&ln->weight);
-    const int want_b = (ln->flags & TB_NORM_SHIFT) && tb_param_wants_grad(&ln->bias);
-    return tb_rownorm_backward(ctx, fn, rows, C, 1,
-                               (ln->flags & TB_NORM_SCALE) ? ln->weight.value : NULL,
-                               tb_norm_cache_cdata(cache), x->data,
-                               dy->data, dx->data, want_w ? ln->weight.grad : NULL,
-                               want_b ? ln->bias.grad : NULL);
+    return tb_rownorm_backward_op(ctx, __func__, &sp, x, dy, cache, cache_bytes, dx);
 }

@@ -222,3 +222,62 @@ tb_status tb_rownorm_backward(tb_ctx *ctx, const char *fn, size_t rows, size_t C
     }
     return TB_OK;
 }
+
+/* x valid with sp->dim columns, o with the same rows and columns. */
+static tb_status rownorm_check_io(tb_ctx *ctx, const char *fn, const tb_rownorm_spec *sp,
+                                  const tb_tensor *x, const char *oname, const tb_tensor *o,
+                                  size_t *rows)
+{
+    size_t cols;
+    tb_status s = tb_check_tensor(ctx, fn, "x", x, rows, &cols);
+    if (s != TB_OK)
+        return s;
+    if (cols != sp->dim)
+        return tb_fail(ctx, TB_ERR_SHAPE, fn, "x has last dimension %zu, expected %zu", cols,
+                       sp->dim);
+    return tb_check_matrix(ctx, fn, oname, o, *rows, cols);
+}
+
+tb_status tb_rownorm_forward_op(tb_ctx *ctx, const char *fn, const tb_rownorm_spec *sp,
+                                const tb_tensor *x, tb_tensor *y, void *cache,
+                                size_t cache_bytes)
+{
+    size_t rows;
+    tb_status s = rownorm_check_io(ctx, fn, sp, x, "y", y, &rows);
+    if (s == TB_OK)
+        s = tb_check_inplace(ctx, fn, "x", x->data, "y", y->data, tb_tensor_numel(x));
+    if (s != TB_OK)
+        return s;
+    if (cache && (s = tb_norm_check_cache(ctx, fn, cache, cache_bytes, rows * 3)) != TB_OK)
+        return s;
+    tb_rownorm_forward(ctx, rows, sp->dim, sp->center, sp->eps, sp->w, sp->b, x->data, y->data,
+                       cache ? tb_norm_cache_data(cache) : NULL);
+    if (cache) {
+        tb_norm_cache_header h = {sp->magic, rows, 0, 0, 0};
+        memcpy(cache, &h, sizeof h);
+    }
+    return TB_OK;
+}
+
+tb_status tb_rownorm_backward_op(tb_ctx *ctx, const char *fn, const tb_rownorm_spec *sp,
+                                 const tb_tensor *x, const tb_tensor *dy, const void *cache,
+                                 size_t cache_bytes, tb_tensor *dx)
+{
+    size_t rows;
+    tb_status s = rownorm_check_io(ctx, fn, sp, x, "dy", dy, &rows);
+    if (s == TB_OK)
+        s = tb_check_matrix(ctx, fn, "dx", dx, rows, sp->dim);
+    if (s != TB_OK)
+        return s;
+    tb_norm_cache_header h;
+    if ((s = tb_norm_read_cache(ctx, fn, cache, cache_bytes, rows * 3, sp->magic, rows, &h)) !=
+        TB_OK)
+        return s;
+    const size_t C = sp->dim;
+    if (tb_overlaps(dx->data, rows * C, x->data, rows * C))
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dx overlaps x");
+    if ((s = tb_check_inplace(ctx, fn, "dy", dy->data, "dx", dx->data, rows * C)) != TB_OK)
+        return s;
+    return tb_rownorm_backward(ctx, fn, rows, C, sp->center, sp->w, tb_norm_cache_cdata(cache),
+                               x->data, dy->data, dx->data, sp->dw, sp->db);
+}

@@ -110,4 +110,23 @@ tb_status tb_rownorm_backward(tb_ctx *ctx, const char *fn, size_t rows, size_t C
                               const float *w, const float *stats, const float *x,
                               const float *dy, float *dx, float *dw, float *db);
 
+/* What the LayerNorm and RMSNorm entry points share: a block described by
+ * its cache magic, width, centring, eps and parameter pointers (NULL where
+ * absent; dw/db NULL where no gradient is wanted). The _op functions do the
+ * argument, cache and overlap checks, then run the row kernel. */
+typedef struct tb_rownorm_spec {
+    uint64_t magic;
+    size_t dim;
+    int center;
+    float eps;
+    const float *w, *b;
+    float *dw, *db;
+} tb_rownorm_spec;
+tb_status tb_rownorm_forward_op(tb_ctx *ctx, const char *fn, const tb_rownorm_spec *sp,
+                                const tb_tensor *x, tb_tensor *y, void *cache,
+                                size_t cache_bytes);
+tb_status tb_rownorm_backward_op(tb_ctx *ctx, const char *fn, const tb_rownorm_spec *sp,
+                                 const tb_tensor *x, const tb_tensor *dy, const void *cache,
+                                 size_t cache_bytes, tb_tensor *dx);
+
 #endif /* TB_BLOCKS_NORM_COMMON_H */

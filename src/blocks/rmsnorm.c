@@ -69,67 +69,48 @@ tb_status tb_rmsnorm_cache_size(size_t rows, size_t *bytes)
     return tb_norm_cache_bytes(floats, bytes);
 }
 
-static tb_status check_io(tb_ctx *ctx, const char *fn, const tb_rmsnorm *rn, const tb_tensor *x,
-                          const char *oname, const tb_tensor *o, size_t *rows)
+/* The block as the shared row-norm entry points see it; NULL if ctx or rn
+ * is unusable (the status is then in *s). */
+static const tb_rownorm_spec *spec_of(tb_ctx *ctx, const char *fn, const tb_rmsnorm *rn,
+                                      int grads, tb_rownorm_spec *sp, tb_status *s)
 {
-    size_t cols;
-    if (!ctx || !rn)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx and rn must not be NULL");
-    if (!rn->storage)
-        return tb_fail(ctx, TB_ERR_STATE, fn, "rn is not initialised");
-    tb_status s = tb_check_tensor(ctx, fn, "x", x, rows, &cols);
-    if (s != TB_OK)
-        return s;
-    if (cols != rn->dim)
-        return tb_fail(ctx, TB_ERR_SHAPE, fn, "x has last dimension %zu, expected %zu", cols,
-                       rn->dim);
-    return tb_check_matrix(ctx, fn, oname, o, *rows, cols);
+    if (!ctx || !rn) {
+        *s = tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx and rn must not be NULL");
+        return NULL;
+    }
+    if (!rn->storage) {
+        *s = tb_fail(ctx, TB_ERR_STATE, fn, "rn is not initialised");
+        return NULL;
+    }
+    const int scale = (rn->flags & TB_NORM_SCALE) != 0;
+    sp->magic = RMS_MAGIC;
+    sp->dim = rn->dim;
+    sp->center = 0;
+    sp->eps = rn->eps;
+    sp->w = scale ? rn->weight.value : NULL;
+    sp->b = NULL;
+    sp->dw = grads && scale && tb_param_wants_grad(&rn->weight) ? rn->weight.grad : NULL;
+    sp->db = NULL;
+    return sp;
 }
 
 tb_status tb_rmsnorm_forward(tb_ctx *ctx, const tb_rmsnorm *rn, const tb_tensor *x, tb_tensor *y,
                              void *cache, size_t cache_bytes)
 {
-    const char *fn = __func__;
-    size_t rows;
-    tb_status s = check_io(ctx, fn, rn, x, "y", y, &rows);
-    if (s == TB_OK)
-        s = tb_check_inplace(ctx, fn, "x", x->data, "y", y->data, tb_tensor_numel(x));
-    if (s != TB_OK)
+    tb_rownorm_spec sp;
+    tb_status s = TB_OK;
+    if (!spec_of(ctx, __func__, rn, 0, &sp, &s))
         return s;
-    if (cache && (s = tb_norm_check_cache(ctx, fn, cache, cache_bytes, rows * 3)) != TB_OK)
-        return s;
-    tb_rownorm_forward(ctx, rows, rn->dim, 0, rn->eps,
-                       (rn->flags & TB_NORM_SCALE) ? rn->weight.value : NULL, NULL, x->data,
-                       y->data, cache ? tb_norm_cache_data(cache) : NULL);
-    if (cache) {
-        tb_norm_cache_header h = {RMS_MAGIC, rows, 0, 0, 0};
-        memcpy(cache, &h, sizeof h);
-    }
-    return TB_OK;
+    return tb_rownorm_forward_op(ctx, __func__, &sp, x, y, cache, cache_bytes);
 }
 
 tb_status tb_rmsnorm_backward(tb_ctx *ctx, tb_rmsnorm *rn, const tb_tensor *x,
                               const tb_tensor *dy, const void *cache, size_t cache_bytes,
                               tb_tensor *dx)
 {
-    const char *fn = __func__;
-    size_t rows;
-    tb_status s = check_io(ctx, fn, rn, x, "dy", dy, &rows);
-    if (s == TB_OK)
-        s = tb_check_matrix(ctx, fn, "dx", dx, rows, rn->dim);
-    if (s != TB_OK)
+    tb_rownorm_spec sp;
+    tb_status s = TB_OK;
+    if (!spec_of(ctx, __func__, rn, 1, &sp, &s))
         return s;
-    tb_norm_cache_header h;
-    if ((s = tb_norm_read_cache(ctx, fn, cache, cache_bytes, rows * 3, RMS_MAGIC, rows, &h)) != TB_OK)
-        return s;
-    const size_t C = rn->dim;
-    if (tb_overlaps(dx->data, rows * C, x->data, rows * C))
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dx overlaps x");
-    if ((s = tb_check_inplace(ctx, fn, "dy", dy->data, "dx", dx->data, rows * C)) != TB_OK)
-        return s;
-    const int want_w = (rn->flags & TB_NORM_SCALE) && tb_param_wants_grad(&rn->weight);
-    return tb_rownorm_backward(ctx, fn, rows, C, 0,
-                               (rn->flags & TB_NORM_SCALE) ? rn->weight.value : NULL,
-                               tb_norm_cache_cdata(cache), x->data,
-                               dy->data, dx->data, want_w ? rn->weight.grad : NULL, NULL);
+    return tb_rownorm_backward_op(ctx, __func__, &sp, x, dy, cache, cache_bytes, dx);
 }

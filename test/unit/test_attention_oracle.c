@@ -68,13 +68,6 @@ static const double RTOL = 1e-5;
 static const double ATOL64_REL = 2e-6, ATOL32_REL = 3e-6;
 static const double ZERO_REF_REL = 1e-6;
 
-#define CHECK_OK(ctx, call)                                                          \
-    do {                                                                             \
-        tb_status st_ = (call);                                                      \
-        ck_assert_msg(st_ == TB_OK, "%s failed: %s (%s)", #call, tb_strerror(st_),   \
-                      tb_ctx_error(&(ctx)));                                         \
-    } while (0)
-
 static const char *const attention_cases[] = {
     "attention_b1_t1_h1_d1",
     "attention_b1_t1_h1_d1_causal",

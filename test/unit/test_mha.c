@@ -89,13 +89,6 @@ static const double ZERO_REF_REL = 1e-6;
 
 #define SENTINEL 12345.0f
 
-#define CHECK_OK(ctx, call)                                                          \
-    do {                                                                             \
-        tb_status st_ = (call);                                                      \
-        ck_assert_msg(st_ == TB_OK, "%s failed: %s (%s)", #call, tb_strerror(st_),   \
-                      tb_ctx_error(&(ctx)));                                         \
-    } while (0)
-
 #define CHECK_ERR(ctx, call, want)                                                   \
     do {                                                                             \
         tb_status st_ = (call);                                                      \

@@ -42,13 +42,6 @@ static const double RTOL64 = 2e-6, ATOL64_REL = 1e-6;
 
 #define SENTINEL 12345.0f
 
-#define CHECK_OK(ctx, call)                                                          \
-    do {                                                                             \
-        tb_status st_ = (call);                                                      \
-        ck_assert_msg(st_ == TB_OK, "%s failed: %s (%s)", #call, tb_strerror(st_),   \
-                      tb_ctx_error(&(ctx)));                                         \
-    } while (0)
-
 /* ---- helpers ------------------------------------------------------------ */
 
 static void fill_sentinel(float *x, size_t n)

@@ -80,13 +80,6 @@ static const double RTOL64 = 2e-6, ATOL64_REL = 1e-6;
 
 /* ---- helpers ------------------------------------------------------------ */
 
-
-
-
-
-
-
-
 /* A mask of a reference file (i32 0/1) as the library's bytes. */
 static uint8_t *get_mask(const tbt_ref *ref, const char *name, size_t n)
 {
@@ -109,13 +102,6 @@ static double max_abs(const float *x, size_t n)
             m = fabs((double)x[i]);
     return m;
 }
-
-#define CHECK_OK(ctx, call)                                                          \
-    do {                                                                             \
-        tb_status st_ = (call);                                                      \
-        ck_assert_msg(st_ == TB_OK, "%s failed: %s (%s)", #call, tb_strerror(st_),   \
-                      tb_ctx_error(&(ctx)));                                         \
-    } while (0)
 
 /* Compare `got` with the reference `name` (float32 PyTorch, if f32_ok) and
  * with `name`_f64 (float64 PyTorch), atol relative to `unit`. */

@@ -37,14 +37,6 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-
-
-
-
-
-
-
-
 /* For a reference that PyTorch computes as exactly zero everywhere (e.g. the
  * loss and gradient of a 1-class cross-entropy), any tolerance-based
  * comparison is degenerate; require exact equality instead. */
@@ -62,13 +54,6 @@ static void assert_exact_zero(const char *lbl, const float *got, const float *wa
     ck_assert_msg(bad == 0, "%s: %zu of %zu elements are not exactly 0; first at %zu: %.9g", lbl,
                   bad, n, first, (double)got[first]);
 }
-
-#define CHECK_OK(ctx, call)                                                          \
-    do {                                                                             \
-        tb_status st_ = (call);                                                      \
-        ck_assert_msg(st_ == TB_OK, "%s failed: %s (%s)", #call, tb_strerror(st_),   \
-                      tb_ctx_error(&(ctx)));                                         \
-    } while (0)
 
 /* ---- Linear --------------------------------------------------------------
  *

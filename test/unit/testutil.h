@@ -31,6 +31,15 @@ void tbt_fill_uniform(float *x, size_t n, float lo, float hi, uint64_t seed);
 /* Same, but every value has |v| >= gap (keeps inputs away from kinks). */
 void tbt_fill_away_from_zero(float *x, size_t n, float lo, float hi, float gap, uint64_t seed);
 
+/* Fail the test, naming the call, its status and the context's detail, if a
+ * library call does not return TB_OK. */
+#define CHECK_OK(ctx, call)                                                          \
+    do {                                                                             \
+        tb_status st_ = (call);                                                      \
+        ck_assert_msg(st_ == TB_OK, "%s failed: %s (%s)", #call, tb_strerror(st_),   \
+                      tb_ctx_error(&(ctx)));                                         \
+    } while (0)
+
 /* calloc that fails the test on exhaustion. */
 void *tbt_alloc(size_t bytes);
 
