@@ -127,11 +127,14 @@ $(BUILD)/%.o: %.c $(FLAGS_STAMP)
 ifneq ($(filter x86_64%,$(shell $(CC) -dumpmachine)),)
 $(BUILD)/src/kernels/gemm_avx2.o: KERNEL_FLAGS = -O3 -mavx2 -mfma -ffp-contract=off
 $(BUILD)/src/kernels/gemm_avx512.o: KERNEL_FLAGS = -O3 -mavx512f -mfma -ffp-contract=off
+$(BUILD)/src/kernels/vexp_avx512.o: KERNEL_FLAGS = -O3 -mavx512f -ffp-contract=off
 endif
 $(BUILD)/src/kernels/gemm_portable.o: KERNEL_FLAGS = -O3 -ffp-contract=off
 $(BUILD)/src/kernels/gemm.o: KERNEL_FLAGS = -O3 -ffp-contract=off
-# Row and column reductions of the normalization blocks: -O3 to vectorise.
-$(BUILD)/src/blocks/norm_common.o $(BUILD)/src/blocks/batchnorm.o: KERNEL_FLAGS = -O3
+# Row and column reductions of the normalization blocks and attention's
+# tile loops: -O3 to vectorise.
+$(BUILD)/src/blocks/norm_common.o $(BUILD)/src/blocks/batchnorm.o \
+$(BUILD)/src/blocks/attention.o: KERNEL_FLAGS = -O3
 
 $(BUILD)/examples/common/%.o: examples/common/%.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)

@@ -30,9 +30,8 @@
  *
  * with MLP = Linear(C, 4C), GELU (tanh form), Linear(4C, C), Norm =
  * LayerNorm or BatchNorm (given the padding mask), and Attn a single-head
- * self-attention that ignores padded keys. libtblocks has no attention block yet:
- * examples/common/tiny_attention.c is a plain stand-in, to be replaced by the
- * library's attention block when it lands. The optimizer (Adam) is written
+ * self-attention that ignores padded keys (the library's tb_mha with one
+ * head and a key-valid mask). The optimizer (Adam) is written
  * here over the tb_param_list, as mlp_classifier writes its SGD.
  *
  * Every number printed is bitwise identical for any --threads value; only
@@ -48,7 +47,6 @@
 #include "ex_cli.h"
 #include "ex_random.h"
 #include "tblocks.h"
-#include "tiny_attention.h"
 
 #define DIM 32           /* model width C (also the channels of parts 1 and 2) */
 #define HIDDEN (4 * DIM) /* MLP width */
@@ -62,6 +60,7 @@
 #define BN_MOMENTUM 0.1f /* PyTorch's default */
 #define NORM_FLAGS (TB_NORM_SCALE | TB_NORM_SHIFT)
 #define GELU TB_GELU_TANH
+#define ATTN_HEADS 1
 
 /* Part 3 task: tokens PAD (padding only), A, B and three fillers; the label
  * says whether the sequence holds more A than B (ties are never generated). */
@@ -542,7 +541,7 @@ static void batch_make(batch *bt, const seqset *d, const size_t *idx, size_t b)
 
 typedef struct block {
     norm n1, n2;
-    tiny_attention attn;
+    tb_mha attn; /* one head: the task needs no more */
     tb_linear fc1, fc2;
 } block;
 
@@ -568,13 +567,13 @@ static tb_status model_init(tb_ctx *ctx, model *m, norm_kind kind, tb_rng *rng)
         block *b = &m->blocks[l];
         TRY(norm_init(ctx, &b->n1, kind));
         TRY(norm_init(ctx, &b->n2, kind));
-        TRY(tiny_attention_init(ctx, &b->attn, DIM, rng));
+        TRY(tb_mha_init(ctx, &b->attn, DIM, ATTN_HEADS, 1, rng));
         TRY(tb_linear_init(ctx, &b->fc1, DIM, HIDDEN, 1, rng));
         TRY(tb_linear_init(ctx, &b->fc2, HIDDEN, DIM, 1, rng));
         snprintf(name, sizeof name, "h.%d.norm_1", l);
         TRY(norm_params(ctx, &b->n1, name, &m->params));
         snprintf(name, sizeof name, "h.%d.attn", l);
-        TRY(tiny_attention_params(ctx, &b->attn, name, &m->params));
+        TRY(tb_mha_params(ctx, &b->attn, name, &m->params));
         snprintf(name, sizeof name, "h.%d.norm_2", l);
         TRY(norm_params(ctx, &b->n2, name, &m->params));
         snprintf(name, sizeof name, "h.%d.mlp.fc", l);
@@ -597,7 +596,7 @@ static void model_free(model *m)
     for (int l = 0; l < N_LAYERS; l++) {
         norm_free(&m->blocks[l].n1);
         norm_free(&m->blocks[l].n2);
-        tiny_attention_free(&m->blocks[l].attn);
+        tb_mha_free(&m->blocks[l].attn);
         tb_linear_free(&m->blocks[l].fc1);
         tb_linear_free(&m->blocks[l].fc2);
     }
@@ -652,12 +651,12 @@ static tb_status takef(tb_ctx *ctx, tb_arena *arena, size_t n, float **out)
     return s;
 }
 
-static tb_status acts_init(tb_ctx *ctx, acts *a, norm_kind kind)
+static tb_status acts_init(tb_ctx *ctx, acts *a, const model *m, norm_kind kind)
 {
     const size_t rc = MAX_ROWS * DIM * sizeof(float), rh = MAX_ROWS * HIDDEN * sizeof(float);
     size_t total = 0;
     TRY(norm_cache_size(kind, MAX_ROWS, &a->norm_cache_bytes));
-    TRY(tiny_attention_cache_size(BATCH, MAX_LEN, DIM, &a->attn_cache_bytes));
+    TRY(tb_mha_cache_size(&m->blocks[0].attn, BATCH, MAX_LEN, MAX_LEN, &a->attn_cache_bytes));
     TRY(tb_cross_entropy_cache_size(BATCH, &a->ce_cache_bytes));
     /* (R, C): x[0..L], pos_tmp, per block a1 h1 a2, fo, dx dh1 da dfo */
     for (int i = 0; i < N_LAYERS + 1 + 1 + 3 * N_LAYERS + 1 + 4; i++)
@@ -725,6 +724,9 @@ static tb_status model_forward(tb_ctx *ctx, model *m, acts *a, tb_mode mode, con
                                float *loss)
 {
     const size_t B = bt->b, T = bt->t, R = B * T;
+    tb_attention_mask keys; /* padded positions are never attended to */
+    memset(&keys, 0, sizeof keys);
+    keys.key_valid = bt->valid;
     tb_tensor x0 = tb_tensor_3d(a->x[0], B, T, DIM), pe = tb_tensor_3d(a->pos_tmp, B, T, DIM);
     TRY(tb_embedding_forward(ctx, &m->tok, bt->ids, R, &x0));
     TRY(tb_embedding_forward(ctx, &m->pos, bt->pos, R, &pe));
@@ -740,8 +742,8 @@ static tb_status model_forward(tb_ctx *ctx, model *m, acts *a, tb_mode mode, con
         /* x + Attn(Norm(x)) */
         TRY(norm_forward(ctx, &b->n1, mode, &x, bt->valid, &a1, ba->n1_cache,
                          a->norm_cache_bytes));
-        TRY(tiny_attention_forward(ctx, &b->attn, &a1, bt->valid, &h1, ba->attn_cache,
-                                   a->attn_cache_bytes));
+        TRY(tb_mha_forward(ctx, &b->attn, &keys, &a1, NULL, &h1, ba->attn_cache,
+                           a->attn_cache_bytes));
         TRY(tb_residual_forward(ctx, &x, &h1, &h1));
         /* h1 + MLP(Norm(h1)) */
         TRY(norm_forward(ctx, &b->n2, mode, &h1, bt->valid, &a2, ba->n2_cache,
@@ -776,6 +778,9 @@ static tb_status model_forward(tb_ctx *ctx, model *m, acts *a, tb_mode mode, con
 static tb_status model_backward(tb_ctx *ctx, model *m, acts *a, const batch *bt)
 {
     const size_t B = bt->b, T = bt->t, R = B * T;
+    tb_attention_mask keys;
+    memset(&keys, 0, sizeof keys);
+    keys.key_valid = bt->valid;
     tb_tensor logits = tb_tensor_2d(a->logits, B, N_CLASSES);
     tb_tensor dlogits = tb_tensor_2d(a->dlogits, B, N_CLASSES);
     tb_tensor pooled = tb_tensor_2d(a->pooled, B, DIM), dpooled = tb_tensor_2d(a->dpooled, B, DIM);
@@ -808,8 +813,8 @@ static tb_status model_backward(tb_ctx *ctx, model *m, acts *a, const batch *bt)
                           &dh1));
         TRY(tb_residual_backward(ctx, &dx, &dh1)); /* dh1 = dL/dh1 */
         /* Attention branch, then the skip path. */
-        TRY(tiny_attention_backward(ctx, &b->attn, &a1, bt->valid, &dh1, ba->attn_cache,
-                                    a->attn_cache_bytes, &da));
+        TRY(tb_mha_backward(ctx, &b->attn, &keys, &a1, NULL, &dh1, ba->attn_cache,
+                            a->attn_cache_bytes, &da, NULL));
         TRY(norm_backward(ctx, &b->n1, &x, bt->valid, &da, ba->n1_cache, a->norm_cache_bytes,
                           &dx));
         TRY(tb_residual_backward(ctx, &dh1, &dx)); /* dx = dL/dx */
@@ -942,7 +947,7 @@ typedef struct part3_result {
 static tb_status run_init(tb_ctx *ctx, run *r, norm_kind kind, tb_rng init_rng)
 {
     TRY(model_init(ctx, &r->m, kind, &init_rng));
-    TRY(acts_init(ctx, &r->a, kind));
+    TRY(acts_init(ctx, &r->a, &r->m, kind));
     size_t n = tb_param_list_numel(&r->m.params, 0);
     int ok = 1;
     r->opt.m = xcalloc(n, sizeof(float), &ok);
@@ -1014,7 +1019,7 @@ static tb_status part3(tb_ctx *ctx, uint64_t steps, tb_rng *data_rng, tb_rng *in
     printf("   sequences (%.1f%% of validation labels are 'more A'); batches of %d padded to "
            "their longest\n",
            100.0 * (double)n_a / N_VAL, BATCH);
-    printf("   model: embeddings + %d pre-norm blocks (single-head attention stand-in, MLP "
+    printf("   model: embeddings + %d pre-norm blocks (single-head tb_mha attention, MLP "
            "%d-%d-%d),\n",
            N_LAYERS, DIM, HIDDEN, DIM);
     printf("   final norm, masked mean pool, Linear(%d,%d); %zu trainable parameters each\n", DIM,

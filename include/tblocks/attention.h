@@ -14,10 +14,13 @@
  * written into a packed `(B, T, 3C)` buffer the same way. The output is a
  * `(B, Tq, H*D)` tensor.
  *
- * Memory: forward streams over the keys with an online softmax (never
- * materialising the T x T scores) and keeps one log-sum-exp per (batch,
- * head, query) in a caller-provided cache (tb_attention_cache_size());
- * backward recomputes the scores. Activation memory is linear in T.
+ * Memory: forward streams over the keys in tiles of 64 queries x 64 keys
+ * with an online softmax (never materialising the T x T scores) and keeps
+ * one log-sum-exp per (batch, head, query) in a caller-provided cache
+ * (tb_attention_cache_size()); backward recomputes the scores tile by tile.
+ * Activation memory is linear in T; each call also allocates scratch of
+ * about 65 KiB per thread for D <= 64 (plus B*H*Tq floats in
+ * backward).
  *
  * Masks (all optional, combined): causal (query i of Tq sees keys
  * j <= i + Tk - Tq, i.e. queries are the last Tq positions, as in
@@ -38,6 +41,7 @@
 #include <stdint.h>
 
 #include "context.h"
+#include "rng.h"
 #include "status.h"
 #include "tensor.h"
 
@@ -71,14 +75,50 @@ typedef struct tb_heads {
     size_t offset;     /**< First column of head 0. */
 } tb_heads;
 
-/** @brief Optional masks (NULL pointers mean "none"). */
+/**
+ * @brief Optional masks (NULL pointers and zeros mean "none"), including
+ * the random mask of attention dropout.
+ *
+ * Dropout (training only) zeroes each attention weight p_bhij with
+ * probability `dropout` and scales the others by 1 / (1 - dropout), after
+ * the softmax, as `F.scaled_dot_product_attention(dropout_p=...)` does.
+ * Weight (b, h, i, j) is kept when u >= dropout, where u is the top 24
+ * bits of `tb_rng_bits_at(dropout_key, n)` divided by 2^24 and
+ * n = `dropout_counter + ((b*H + h)*Tq + i)*Tk + j` (the same draw as
+ * tb_dropout_forward()), so backward regenerates the same mask from
+ * the same struct (nothing T x T is stored). tb_attention_dropout_draw()
+ * fills the three fields from a tb_rng and advances it. The cache records
+ * the draw: backward with another draw is TB_ERR_STATE.
+ */
 typedef struct tb_attention_mask {
     const int32_t *key_lengths; /**< B entries: keys j >= key_lengths[b] are masked
                                      (0 <= length <= Tk), or NULL. */
     const uint8_t *key_valid;   /**< `(B, Tk)` bytes, zero = masked key, or NULL. */
     const float *bias;          /**< `(Tq, Tk)` added to every batch row and head's
                                      scores (-inf masks), or NULL. */
+    float dropout;              /**< Attention dropout probability in [0, 1); 0: off. */
+    uint64_t dropout_key;       /**< Key of the dropout stream (tb_rng::key). */
+    uint64_t dropout_counter;   /**< Stream position of weight (0, 0, 0, 0). */
 } tb_attention_mask;
+
+/**
+ * @brief Turn on attention dropout for one forward/backward pair: sets
+ * `mask->dropout = p` and the stream fields from `rng`, then advances `rng`
+ * past the `B*H*Tq*Tk` numbers the call uses (so the next call draws a new
+ * mask).
+ * @param mask Mask struct to update (its other fields are kept).
+ * @param rng Stream to draw from.
+ * @param p Probability in [0, 1).
+ * @param cfg Configuration (n_heads is used).
+ * @param batch B.
+ * @param t_q Tq.
+ * @param t_k Tk.
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG for p outside [0, 1);
+ *         TB_ERR_OVERFLOW if B*H*Tq*Tk does not fit in 64 bits.
+ */
+tb_status tb_attention_dropout_draw(tb_attention_mask *mask, tb_rng *rng, float p,
+                                    const tb_attention_config *cfg, size_t batch, size_t t_q,
+                                    size_t t_k);
 
 /**
  * @brief Bytes of cache forward needs (one float per batch row, head and
@@ -143,7 +183,9 @@ tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
 
 /**
  * @brief The attention probabilities themselves, for teaching and
- * visualisation (this does materialise B*H*Tq*Tk floats).
+ * visualisation (this does materialise B*H*Tq*Tk floats). Attention
+ * dropout, if set in the mask, is not applied: these are the weights
+ * before dropout.
  * @param ctx Context.
  * @param cfg Configuration.
  * @param mask Masks, or NULL.

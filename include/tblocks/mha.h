@@ -14,7 +14,9 @@
  * values from a second sequence `mem` with the same in_proj rows.
  * Shapes: x, y `(B, Tq, C)`; mem `(B, Tk, C)`. The masks and the causal /
  * window options of the core apply (set them in `attn`).
- * Attention dropout is not implemented yet.
+ * Attention dropout (training): draw it into the mask with
+ * tb_attention_dropout_draw() before each forward and give backward the same
+ * mask; leave it 0 for evaluation and for tb_mha_decode().
  */
 #ifndef TBLOCKS_MHA_H
 #define TBLOCKS_MHA_H

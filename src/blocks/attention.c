@@ -1,30 +1,38 @@
 /*
  * Scaled dot-product attention without a T x T matrix.
  *
- * Forward, per (batch row, head, query): stream over the visible keys with
- * an online softmax (running max m, running sum l, running output acc,
- * rescaled when m grows); out = acc / l, and log-sum-exp m + log l goes to
- * the cache. Backward recomputes p_ij = exp(s_ij - lse_i):
+ * Forward, per (batch row, head, block of 64 queries): stream over the
+ * visible keys in tiles of 64 with an online softmax (running max m,
+ * running sum l, running output, rescaled when m grows); out = acc / l, and
+ * the log-sum-exp m + log l goes to the cache. Backward recomputes the
+ * probabilities p_ij = exp(s_ij - lse_i) tile by tile:
  *   D_i  = dout_i . out_i
- *   dq_i = scale * sum_j p_ij (dout_i . v_j - D_i) k_j   (parallel over i)
- *   dk_j = scale * sum_i p_ij (dout_i . v_j - D_i) q_i   (parallel over j)
- *   dv_j =         sum_i p_ij dout_i
- * so every output row is owned by one thread and summed in a fixed order
- * (query heads of a key/value group in order, then queries in order).
- * This is the straightforward streaming formulation; a tiled, vectorised
- * kernel can replace the inner loops without changing the interface.
+ *   dP   = dout V^T,  dS = scale * P o (dP - D)
+ *   dV_j = sum_i P_ij dout_i,  dK_j = sum_i dS_ij q_i  (pass 1, per key block)
+ *   dQ_i = sum_j dS_ij k_j                              (pass 2, per query block)
+ * Two passes so that every gradient row has a single owner (no atomics, no
+ * per-thread partial sums): results are bitwise identical for any thread
+ * count. The tile products (Q K^T, P V, P^T dO, dO V^T, dS^T Q, dS K) run on
+ * the GEMM micro-kernels; the exponentials on a vectorised exp
+ * (src/kernels/vexp.h). Attention dropout regenerates its mask from a
+ * counter-based stream in both passes.
  */
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
 #include "../core/internal.h"
+#include "../kernels/gemm.h"
+#include "../kernels/vexp.h"
 
-#define ATTN_MAGIC 0x7462415431ULL /* "tbAT1" */
+#define ATTN_MAGIC 0x7462415432ULL /* "tbAT2" */
 
 /* Everything the cached log-sum-exp values depend on (except the data and
- * the masks): backward refuses a cache from a call of another shape. */
+ * the deterministic masks): backward refuses a cache from a call of another
+ * shape or with another dropout draw. */
 typedef struct attn_header {
     uint64_t magic, batch, heads, t_q, t_k, head_dim, kv_heads, options;
+    uint64_t drop_p, drop_key, drop_counter;
 } attn_header;
 
 tb_attention_config tb_attention_default_config(size_t n_heads, size_t head_dim)
@@ -50,6 +58,25 @@ tb_status tb_attention_cache_size(const tb_attention_config *cfg, size_t batch, 
     return TB_OK;
 }
 
+tb_status tb_attention_dropout_draw(tb_attention_mask *mask, tb_rng *rng, float p,
+                                    const tb_attention_config *cfg, size_t batch, size_t t_q,
+                                    size_t t_k)
+{
+    if (!mask || !rng || !cfg)
+        return TB_ERR_NULL_ARG;
+    if (!(p >= 0.0f && p < 1.0f))
+        return TB_ERR_INVALID_ARG;
+    size_t n;
+    if (!tb_mul_size(batch, cfg->n_heads, &n) || !tb_mul_size(n, t_q, &n) ||
+        !tb_mul_size(n, t_k, &n) || (uint64_t)n != n)
+        return TB_ERR_OVERFLOW;
+    mask->dropout = p;
+    mask->dropout_key = rng->key;
+    mask->dropout_counter = rng->counter;
+    rng->counter += (uint64_t)n;
+    return TB_OK;
+}
+
 /* Everything the loops need, validated once. */
 typedef struct attn {
     size_t B, H, Hkv, group, D, Tq, Tk;
@@ -61,6 +88,8 @@ typedef struct attn {
     const int32_t *key_lengths;
     const uint8_t *key_valid;
     const float *bias;
+    float drop_p, drop_scale; /* dropout probability and 1 / (1 - p) */
+    uint64_t drop_key, drop_counter;
 } attn;
 
 static tb_status check_heads(tb_ctx *ctx, const char *fn, const char *name, const tb_heads *o,
@@ -109,7 +138,7 @@ static tb_status setup(tb_ctx *ctx, const char *fn, const tb_attention_config *c
     a->scale = cfg->scale != 0.0f ? cfg->scale : (float)(1.0 / sqrt((double)a->D));
     a->causal = cfg->causal != 0;
     a->window = cfg->window;
-    size_t bq, bk, bv, tk2;
+    size_t bq = 0, bk = 0, bv = 0, tk2 = 0;
     tb_status s;
     if ((s = check_heads(ctx, fn, "q", q, a->H, a->D, &bq, &a->Tq, &a->wq)) != TB_OK ||
         (s = check_heads(ctx, fn, "k", k, a->Hkv, a->D, &bk, &a->Tk, &a->wk)) != TB_OK ||
@@ -134,6 +163,13 @@ static tb_status setup(tb_ctx *ctx, const char *fn, const tb_attention_config *c
                     return tb_fail(ctx, TB_ERR_INVALID_ARG, fn,
                                    "key_lengths[%zu] = %ld is outside [0, %zu]", b,
                                    (long)a->key_lengths[b], a->Tk);
+        if (!(mask->dropout >= 0.0f && mask->dropout < 1.0f))
+            return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dropout %g must be in [0, 1)",
+                           (double)mask->dropout);
+        a->drop_p = mask->dropout;
+        a->drop_scale = 1.0f / (1.0f - mask->dropout);
+        a->drop_key = mask->dropout_key;
+        a->drop_counter = mask->dropout_counter;
     }
     return TB_OK;
 }
@@ -225,7 +261,15 @@ static attn_header header_of(const attn *a)
     memcpy(&scale_bits, &a->scale, sizeof scale_bits);
     attn_header h = {ATTN_MAGIC, a->B,   a->H,   a->Tq,
                      a->Tk,      a->D,   a->Hkv, ((uint64_t)scale_bits << 32) ^
-                                                    ((uint64_t)a->window << 1) ^ (uint64_t)a->causal};
+                                                    ((uint64_t)a->window << 1) ^ (uint64_t)a->causal,
+                     0, 0, 0};
+    uint32_t p_bits;
+    memcpy(&p_bits, &a->drop_p, sizeof p_bits);
+    h.drop_p = p_bits;
+    if (a->drop_p > 0.0f) { /* the draw matters only when dropout is on */
+        h.drop_key = a->drop_key;
+        h.drop_counter = a->drop_counter;
+    }
     return h;
 }
 
@@ -233,6 +277,301 @@ static attn_header header_of(const attn *a)
 static size_t span(const tb_tensor *t)
 {
     return tb_tensor_numel(t);
+}
+
+/* ---- Tiles ---------------------------------------------------------------
+ * Work is cut into tiles of BQ queries x BK keys, aligned to multiples of
+ * BQ and BK from position 0, so a query meets the same key tiles whatever
+ * other queries share its block: incremental decoding (Tq = 1) gives the
+ * same bits as the full pass. Tile products run on the GEMM micro-kernels
+ * (tb_gemm_serial) on the calling thread. A task (a block of queries, or of
+ * keys in the dK/dV pass) is computed whole by one thread in a fixed order,
+ * so the dynamic schedule that balances causal work cannot change a bit. */
+#define BQ 64
+#define BK 64
+
+static size_t min_sz(size_t a, size_t b)
+{
+    return a < b ? a : b;
+}
+
+/* One thread's scratch: the score tile, a second tile (dP), packing space
+ * for tb_gemm_serial and per-row running statistics. */
+typedef struct tile_ws {
+    float *s, *dp, *gemm, *m, *l;
+} tile_ws;
+
+static size_t ws_floats(size_t D)
+{
+    const size_t big = D > BK ? D : BK;
+    return 2 * BQ * BK + (tb_gemm_serial_work(BQ, big, big) + 15) / 16 * 16 + 2 * BQ;
+}
+
+static tile_ws ws_at(float *base, size_t D, size_t t)
+{
+    tile_ws w;
+    w.s = base + t * ws_floats(D);
+    w.dp = w.s + BQ * BK;
+    w.m = w.dp + BQ * BK;
+    w.l = w.m + BQ;
+    w.gemm = w.l + BQ;
+    return w;
+}
+
+/* Scratch for `threads` threads (the call's only allocation). */
+static tb_status ws_alloc(tb_ctx *ctx, const char *fn, size_t D, int threads, float **ws)
+{
+    size_t bytes;
+    void *mem = NULL;
+    if (!tb_mul_size(ws_floats(D), (size_t)threads, &bytes) ||
+        !tb_mul_size(bytes, sizeof(float), &bytes))
+        return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "attention scratch size overflows");
+    tb_status s = tb_alloc(ctx, fn, bytes, &mem);
+    *ws = mem;
+    return s;
+}
+
+/* Threads for `tasks` tasks of about `work_per_task` multiply-adds each. */
+static int threads_for_tasks(const tb_ctx *ctx, size_t tasks, double work_per_task)
+{
+    int t = tb_threads_for(ctx, (double)tasks * work_per_task);
+    return (size_t)t > tasks ? (int)tasks : t;
+}
+
+/* Mask the score tile S (mq x jn, row stride BK) of queries i0.. and keys
+ * j0.. of batch row b: -inf outside each query's key range and on invalid
+ * keys, plus the additive bias. Interior tiles of an unmasked call are
+ * left alone. */
+static void mask_tile(const attn *a, size_t b, size_t i0, size_t mq, size_t j0, size_t jn,
+                      float *S)
+{
+    size_t lo_first, hi_first, lo_last, hi_last;
+    key_range(a, b, i0, &lo_first, &hi_first);
+    key_range(a, b, i0 + mq - 1, &lo_last, &hi_last);
+    if (!a->bias && !a->key_valid && lo_last <= j0 && hi_first >= j0 + jn)
+        return; /* every query of the tile sees every key of it */
+    const uint8_t *valid = a->key_valid ? a->key_valid + b * a->Tk + j0 : NULL;
+    for (size_t r = 0; r < mq; r++) {
+        float *row = S + r * BK;
+        size_t lo, hi;
+        key_range(a, b, i0 + r, &lo, &hi);
+        const float *bias = a->bias ? a->bias + (i0 + r) * a->Tk + j0 : NULL;
+        for (size_t c = 0; c < jn; c++) {
+            const size_t j = j0 + c;
+            if (j < lo || j >= hi || (valid && !valid[c]))
+                row[c] = -INFINITY;
+            else if (bias)
+                row[c] += bias[c];
+        }
+    }
+}
+
+/* Attention dropout on a probability tile: P[r][c] *= keep(b, h, i0+r, j0+c)
+ * / (1 - p), where keep is 0 with probability p, drawn from the counter
+ * stream at position counter + ((b*H + h)*Tq + i)*Tk + j. */
+static void dropout_tile(const attn *a, size_t b, size_t h, size_t i0, size_t mq, size_t j0,
+                         size_t jn, float *P)
+{
+    for (size_t r = 0; r < mq; r++) {
+        const uint64_t base =
+            a->drop_counter + ((b * a->H + h) * a->Tq + i0 + r) * (uint64_t)a->Tk + j0;
+        float *row = P + r * BK;
+        for (size_t c = 0; c < jn; c++)
+            row[c] = tb_rng_uniform_at(a->drop_key, base + c) >= a->drop_p
+                         ? row[c] * a->drop_scale
+                         : 0.0f;
+    }
+}
+
+/* Forward for queries [i0, i0+BQ) of batch row b, head h: writes their
+ * output rows and log-sum-exps. */
+static void forward_block(const tb_ctx *ctx, const attn *a, const tb_vexp_ops *vx, size_t b,
+                          size_t h, size_t i0, float *out, float *lse, const tile_ws *w)
+{
+    const size_t D = a->D, HD = a->H * a->D, kvh = h / a->group;
+    const size_t mq = min_sz(BQ, a->Tq - i0);
+    const float *q = a->q + (b * a->Tq + i0) * a->wq + h * D;
+    float *o = out + (b * a->Tq + i0) * HD + h * D;
+    for (size_t r = 0; r < mq; r++) {
+        memset(o + r * HD, 0, D * sizeof(float));
+        w->m[r] = -INFINITY;
+        w->l[r] = 0.0f;
+    }
+    size_t lo, hi, lo_last, hi_last;
+    key_range(a, b, i0, &lo, &hi);
+    key_range(a, b, i0 + mq - 1, &lo_last, &hi_last);
+    for (size_t j0 = lo / BK * BK; j0 < hi_last; j0 += BK) {
+        const size_t jn = min_sz(BK, hi_last - j0);
+        tb_gemm_serial(ctx, 0, 1, mq, jn, D, a->scale, q, a->wq,
+                       a->k + (b * a->Tk + j0) * a->wk + kvh * D, a->wk, 0.0f, w->s, BK, w->gemm);
+        mask_tile(a, b, i0, mq, j0, jn, w->s);
+        /* Online softmax: rescale what was accumulated when the row's
+         * maximum grows. */
+        for (size_t r = 0; r < mq; r++) {
+            float *row = w->s + r * BK;
+            const float tmax = vx->max(row, jn);
+            const float m_new = tmax > w->m[r] ? tmax : w->m[r];
+            if (m_new == -INFINITY) { /* nothing visible yet */
+                memset(row, 0, jn * sizeof(float));
+                continue;
+            }
+            float corr = w->m[r];
+            vx->exp_sub_sum(&corr, 1, m_new); /* exp(m_old - m_new); 0 at the start */
+            const float sum = vx->exp_sub_sum(row, jn, m_new);
+            w->l[r] = w->l[r] * corr + sum;
+            w->m[r] = m_new;
+            if (corr != 1.0f) {
+                float *orow = o + r * HD;
+                for (size_t d = 0; d < D; d++)
+                    orow[d] *= corr;
+            }
+        }
+        if (a->drop_p > 0.0f)
+            dropout_tile(a, b, h, i0, mq, j0, jn, w->s);
+        tb_gemm_serial(ctx, 0, 0, mq, D, jn, 1.0f, w->s, BK,
+                       a->v + (b * a->Tk + j0) * a->wv + kvh * D, a->wv, 1.0f, o, HD, w->gemm);
+    }
+    for (size_t r = 0; r < mq; r++) {
+        const float l = w->l[r];
+        if (l > 0.0f) {
+            float *orow = o + r * HD;
+            const float inv = 1.0f / l;
+            for (size_t d = 0; d < D; d++)
+                orow[d] *= inv;
+        }
+        if (lse)
+            lse[r] = l > 0.0f ? w->m[r] + logf(l) : -INFINITY; /* -inf: fully masked */
+    }
+}
+
+/* Probabilities of a score tile in place: P = exp(S - lse) per row (0 for
+ * fully masked queries). lse points at the block's first query. */
+static void probs_tile(const tb_vexp_ops *vx, size_t mq, size_t jn, const float *lse, float *S)
+{
+    for (size_t r = 0; r < mq; r++) {
+        float *row = S + r * BK;
+        if (lse[r] == -INFINITY)
+            memset(row, 0, jn * sizeof(float));
+        else
+            vx->exp_sub_sum(row, jn, lse[r]);
+    }
+}
+
+/* dS = scale * P o (dP' - delta) in place of dP, where dP' is dP with the
+ * dropout mask applied (the gradient flows only through kept weights). */
+static void dscores_tile(const attn *a, size_t b, size_t h, size_t i0, size_t mq, size_t j0,
+                         size_t jn, const float *P, const float *delta, float *dP)
+{
+    if (a->drop_p > 0.0f)
+        dropout_tile(a, b, h, i0, mq, j0, jn, dP);
+    for (size_t r = 0; r < mq; r++) {
+        const float *p = P + r * BK;
+        float *g = dP + r * BK;
+        const float dr = delta[r];
+        for (size_t c = 0; c < jn; c++)
+            g[c] = a->scale * (p[c] * (g[c] - dr));
+    }
+}
+
+/* Scores and probabilities of queries [i0, i0+mq) against keys
+ * [j0, j0+jn) into w->s. */
+static void recompute_probs(const tb_ctx *ctx, const attn *a, const tb_vexp_ops *vx, size_t b,
+                            size_t h, size_t i0, size_t mq, size_t j0, size_t jn,
+                            const float *lse, const tile_ws *w)
+{
+    const size_t D = a->D, kvh = h / a->group;
+    tb_gemm_serial(ctx, 0, 1, mq, jn, D, a->scale, a->q + (b * a->Tq + i0) * a->wq + h * D, a->wq,
+                   a->k + (b * a->Tk + j0) * a->wk + kvh * D, a->wk, 0.0f, w->s, BK, w->gemm);
+    mask_tile(a, b, i0, mq, j0, jn, w->s);
+    probs_tile(vx, mq, jn, lse, w->s);
+}
+
+/* Gradient operands of the backward passes. */
+typedef struct attn_grads {
+    const float *dout, *lse, *delta; /* dout (B, Tq, H*D); lse, delta per (b, h, i) */
+    float *dq, *dk, *dv;             /* first element of head 0 */
+    size_t wdq, wdk, wdv;            /* row strides */
+} attn_grads;
+
+/* dK and dV of keys [j0, j0+BK) of batch row b, kv head g: over the query
+ * heads of the group in order, each over its query tiles in order. */
+static void backward_kv_block(const tb_ctx *ctx, const attn *a, const tb_vexp_ops *vx,
+                              const attn_grads *gr, size_t b, size_t g, size_t j0,
+                              const tile_ws *w)
+{
+    const size_t D = a->D, HD = a->H * a->D;
+    const size_t jn = min_sz(BK, a->Tk - j0);
+    float *dk = gr->dk + (b * a->Tk + j0) * gr->wdk + g * D;
+    float *dv = gr->dv + (b * a->Tk + j0) * gr->wdv + g * D;
+    for (size_t c = 0; c < jn; c++) {
+        memset(dk + c * gr->wdk, 0, D * sizeof(float));
+        memset(dv + c * gr->wdv, 0, D * sizeof(float));
+    }
+    /* Queries that may see some key of the block (key lengths make the
+     * per-key range non-monotone, so take the union). */
+    size_t ilo = a->Tq, ihi = 0;
+    for (size_t c = 0; c < jn; c++) {
+        size_t lo, hi;
+        query_range(a, b, j0 + c, &lo, &hi);
+        if (lo < hi) {
+            ilo = lo < ilo ? lo : ilo;
+            ihi = hi > ihi ? hi : ihi;
+        }
+    }
+    if (ilo >= ihi)
+        return;
+    const float *vj = a->v + (b * a->Tk + j0) * a->wv + g * D;
+    for (size_t h = g * a->group; h < (g + 1) * a->group; h++)
+        for (size_t i0 = ilo / BQ * BQ; i0 < ihi; i0 += BQ) {
+            const size_t mq = min_sz(BQ, a->Tq - i0), row0 = (b * a->H + h) * a->Tq + i0;
+            const float *qi = a->q + (b * a->Tq + i0) * a->wq + h * D;
+            const float *go = gr->dout + (b * a->Tq + i0) * HD + h * D;
+            recompute_probs(ctx, a, vx, b, h, i0, mq, j0, jn, gr->lse + row0, w);
+            /* dV += P'^T dO, with P' the dropped-out probabilities. */
+            const float *pd = w->s;
+            if (a->drop_p > 0.0f) {
+                for (size_t r = 0; r < mq; r++)
+                    memcpy(w->dp + r * BK, w->s + r * BK, jn * sizeof(float));
+                dropout_tile(a, b, h, i0, mq, j0, jn, w->dp);
+                pd = w->dp;
+            }
+            tb_gemm_serial(ctx, 1, 0, jn, D, mq, 1.0f, pd, BK, go, HD, 1.0f, dv, gr->wdv,
+                           w->gemm);
+            /* dP = dO V^T, then dS, then dK += dS^T Q. */
+            tb_gemm_serial(ctx, 0, 1, mq, jn, D, 1.0f, go, HD, vj, a->wv, 0.0f, w->dp, BK,
+                           w->gemm);
+            dscores_tile(a, b, h, i0, mq, j0, jn, w->s, gr->delta + row0, w->dp);
+            tb_gemm_serial(ctx, 1, 0, jn, D, mq, 1.0f, w->dp, BK, qi, a->wq, 1.0f, dk, gr->wdk,
+                           w->gemm);
+        }
+}
+
+/* dQ of queries [i0, i0+BQ) of batch row b, head h: over their key tiles in
+ * order. */
+static void backward_q_block(const tb_ctx *ctx, const attn *a, const tb_vexp_ops *vx,
+                             const attn_grads *gr, size_t b, size_t h, size_t i0,
+                             const tile_ws *w)
+{
+    const size_t D = a->D, HD = a->H * a->D, kvh = h / a->group;
+    const size_t mq = min_sz(BQ, a->Tq - i0), row0 = (b * a->H + h) * a->Tq + i0;
+    float *dq = gr->dq + (b * a->Tq + i0) * gr->wdq + h * D;
+    for (size_t r = 0; r < mq; r++)
+        memset(dq + r * gr->wdq, 0, D * sizeof(float));
+    const float *go = gr->dout + (b * a->Tq + i0) * HD + h * D;
+    size_t lo, hi, lo_last, hi_last;
+    key_range(a, b, i0, &lo, &hi);
+    key_range(a, b, i0 + mq - 1, &lo_last, &hi_last);
+    for (size_t j0 = lo / BK * BK; j0 < hi_last; j0 += BK) {
+        const size_t jn = min_sz(BK, hi_last - j0);
+        recompute_probs(ctx, a, vx, b, h, i0, mq, j0, jn, gr->lse + row0, w);
+        tb_gemm_serial(ctx, 0, 1, mq, jn, D, 1.0f, go, HD,
+                       a->v + (b * a->Tk + j0) * a->wv + kvh * D, a->wv, 0.0f, w->dp, BK,
+                       w->gemm);
+        dscores_tile(a, b, h, i0, mq, j0, jn, w->s, gr->delta + row0, w->dp);
+        tb_gemm_serial(ctx, 0, 0, mq, D, jn, 1.0f, w->dp, BK,
+                       a->k + (b * a->Tk + j0) * a->wk + kvh * D, a->wk, 1.0f, dq, gr->wdq,
+                       w->gemm);
+    }
 }
 
 tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
@@ -258,45 +597,27 @@ tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
     if (cache && (s = check_cache(ctx, fn, &a, cache, cache_bytes)) != TB_OK)
         return s;
     float *lse = cache ? (float *)((unsigned char *)cache + sizeof(attn_header)) : NULL;
-    const size_t rows = a.B * a.H * a.Tq, D = a.D;
+    const size_t qblocks = (a.Tq + BQ - 1) / BQ, tasks = a.B * a.H * qblocks;
+    const int threads = threads_for_tasks(ctx, tasks, (double)BQ * a.Tk * a.D);
+    float *ws;
+    if ((s = ws_alloc(ctx, fn, a.D, threads, &ws)) != TB_OK)
+        return s;
+    const tb_vexp_ops *vx = tb_vexp_select(ctx);
     float *od = out->data;
-    /* schedule(static, 1): causal rows grow in cost with i, so interleave
-     * them; every row is still computed whole by one thread. */
-#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * a.Tk * D)) \
-    schedule(static, 1)
-    for (size_t r = 0; r < rows; r++) {
-        const size_t i = r % a.Tq, h = (r / a.Tq) % a.H, b = r / (a.Tq * a.H);
-        float *o = od + (b * a.Tq + i) * a.H * D + h * D;
-        for (size_t d = 0; d < D; d++)
-            o[d] = 0.0f; /* the running output accumulates in place */
-        size_t lo, hi;
-        key_range(&a, b, i, &lo, &hi);
-        float m = -INFINITY, l = 0.0f;
-        for (size_t j = lo; j < hi; j++) {
-            const float sc = score(&a, b, h, i, j);
-            if (sc == -INFINITY)
-                continue;
-            if (sc > m) { /* new maximum: rescale what was accumulated */
-                const float corr = expf(m - sc);
-                l *= corr;
-                for (size_t d = 0; d < D; d++)
-                    o[d] *= corr;
-                m = sc;
-            }
-            const float p = expf(sc - m);
-            l += p;
-            const float *vj = a.v + (b * a.Tk + j) * a.wv + (h / a.group) * D;
-            for (size_t d = 0; d < D; d++)
-                o[d] += p * vj[d];
+#pragma omp parallel num_threads(threads)
+    {
+        const tile_ws w = ws_at(ws, a.D, (size_t)omp_get_thread_num());
+#pragma omp for schedule(dynamic, 1)
+        for (size_t t = 0; t < tasks; t++) {
+            /* Blocks of the same (b, h) in reverse order: under a causal
+             * mask the last blocks cost the most, so they start first. */
+            const size_t qb = qblocks - 1 - t % qblocks, bh = t / qblocks;
+            const size_t h = bh % a.H, b = bh / a.H;
+            forward_block(ctx, &a, vx, b, h, qb * BQ, od, lse ? lse + bh * a.Tq + qb * BQ : NULL,
+                          &w);
         }
-        if (l > 0.0f) {
-            const float inv = 1.0f / l;
-            for (size_t d = 0; d < D; d++)
-                o[d] *= inv;
-        }
-        if (lse)
-            lse[r] = l > 0.0f ? m + logf(l) : -INFINITY; /* -inf: fully masked */
     }
+    tb_free_with(&ctx->allocator, ws);
     if (cache) {
         attn_header hd = header_of(&a);
         memcpy(cache, &hd, sizeof hd);
@@ -308,7 +629,7 @@ tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
 static tb_status check_grad(tb_ctx *ctx, const char *fn, const char *name, const tb_heads *g,
                             size_t heads, size_t D, size_t B, size_t T)
 {
-    size_t gb, gt, gw;
+    size_t gb = 0, gt = 0, gw = 0;
     tb_status s = check_heads(ctx, fn, name, g, heads, D, &gb, &gt, &gw);
     if (s != TB_OK)
         return s;
@@ -374,79 +695,54 @@ tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
                        "configuration");
     const float *lse = (const float *)((const unsigned char *)cache + sizeof hd);
     const size_t rows = a.B * a.H * a.Tq;
+    const size_t qblocks = (a.Tq + BQ - 1) / BQ, kblocks = (a.Tk + BK - 1) / BK;
+    const size_t q_tasks = a.B * a.H * qblocks, kv_tasks = a.B * a.Hkv * kblocks;
+    const size_t max_tasks = q_tasks > kv_tasks ? q_tasks : kv_tasks;
+    const int threads = threads_for_tasks(ctx, max_tasks, (double)BQ * a.Tk * a.D);
+    size_t delta_bytes;
+    if (!tb_mul_size(rows, sizeof(float), &delta_bytes))
+        return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "attention scratch size overflows");
     void *mem;
-    if ((s = tb_alloc(ctx, fn, rows * sizeof(float), &mem)) != TB_OK)
+    if ((s = tb_alloc(ctx, fn, delta_bytes, &mem)) != TB_OK)
         return s;
+    float *ws;
+    if ((s = ws_alloc(ctx, fn, D, threads, &ws)) != TB_OK) {
+        tb_free_with(&ctx->allocator, mem);
+        return s;
+    }
     float *delta = mem; /* D_i = dout_i . out_i */
     const float *od = out->data, *gd = dout->data;
-    const double work = (double)rows * a.Tk * D;
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * D)) schedule(static)
     for (size_t r = 0; r < rows; r++) {
         const size_t i = r % a.Tq, h = (r / a.Tq) % a.H, b = r / (a.Tq * a.H);
         const size_t at = (b * a.Tq + i) * HD + h * D;
         delta[r] = dot(gd + at, od + at, D);
     }
-    float *dqd = dq->tensor->data + dq->offset;
-    const size_t wdq = dq->tensor->shape[2];
-    /* dq, one query row per iteration. */
-#pragma omp parallel for num_threads(tb_threads_for(ctx, work)) schedule(static, 1)
-    for (size_t r = 0; r < rows; r++) {
-        const size_t i = r % a.Tq, h = (r / a.Tq) % a.H, b = r / (a.Tq * a.H);
-        float *g = dqd + (b * a.Tq + i) * wdq + h * D;
-        for (size_t d = 0; d < D; d++)
-            g[d] = 0.0f;
-        if (lse[r] == -INFINITY)
-            continue;
-        const float *go = gd + (b * a.Tq + i) * HD + h * D;
-        size_t lo, hi;
-        key_range(&a, b, i, &lo, &hi);
-        for (size_t j = lo; j < hi; j++) {
-            const float sc = score(&a, b, h, i, j);
-            if (sc == -INFINITY)
-                continue;
-            const float p = expf(sc - lse[r]);
-            const float *vj = a.v + (b * a.Tk + j) * a.wv + (h / a.group) * D;
-            const float *kj = a.k + (b * a.Tk + j) * a.wk + (h / a.group) * D;
-            const float ds = a.scale * p * (dot(go, vj, D) - delta[r]);
-            for (size_t d = 0; d < D; d++)
-                g[d] += ds * kj[d];
+    attn_grads gr;
+    gr.dout = gd, gr.lse = lse, gr.delta = delta;
+    gr.dq = dq->tensor->data + dq->offset, gr.wdq = dq->tensor->shape[2];
+    gr.dk = dk->tensor->data + dk->offset, gr.wdk = dk->tensor->shape[2];
+    gr.dv = dv->tensor->data + dv->offset, gr.wdv = dv->tensor->shape[2];
+    const tb_vexp_ops *vx = tb_vexp_select(ctx);
+    /* Two passes, so that every gradient row has one owner: dK and dV per
+     * key block, then dQ per query block (recomputing the probabilities
+     * once more instead of summing dQ across threads). */
+#pragma omp parallel num_threads(threads)
+    {
+        const tile_ws w = ws_at(ws, D, (size_t)omp_get_thread_num());
+#pragma omp for schedule(dynamic, 1)
+        for (size_t t = 0; t < kv_tasks; t++) {
+            /* Under a causal mask the first key blocks cost the most. */
+            const size_t kb = t % kblocks, bg = t / kblocks;
+            backward_kv_block(ctx, &a, vx, &gr, bg / a.Hkv, bg % a.Hkv, kb * BK, &w);
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (size_t t = 0; t < q_tasks; t++) {
+            const size_t qb = qblocks - 1 - t % qblocks, bh = t / qblocks;
+            backward_q_block(ctx, &a, vx, &gr, bh / a.H, bh % a.H, qb * BQ, &w);
         }
     }
-    /* dk and dv, one key row (of one kv head) per iteration: its query
-     * heads in order, each over its queries in order. */
-    float *dkd = dk->tensor->data + dk->offset, *dvd = dv->tensor->data + dv->offset;
-    const size_t wdk = dk->tensor->shape[2], wdv = dv->tensor->shape[2];
-    const size_t krows = a.B * a.Hkv * a.Tk;
-#pragma omp parallel for num_threads(tb_threads_for(ctx, work)) schedule(static, 1)
-    for (size_t r = 0; r < krows; r++) {
-        const size_t j = r % a.Tk, g = (r / a.Tk) % a.Hkv, b = r / (a.Tk * a.Hkv);
-        float *gk = dkd + (b * a.Tk + j) * wdk + g * D;
-        float *gv = dvd + (b * a.Tk + j) * wdv + g * D;
-        for (size_t d = 0; d < D; d++)
-            gk[d] = gv[d] = 0.0f;
-        const float *vj = a.v + (b * a.Tk + j) * a.wv + g * D;
-        size_t ilo, ihi;
-        query_range(&a, b, j, &ilo, &ihi);
-        for (size_t h = g * a.group; h < (g + 1) * a.group; h++)
-            for (size_t i = ilo; i < ihi; i++) {
-                size_t lo, hi;
-                key_range(&a, b, i, &lo, &hi);
-                const size_t qr = (b * a.H + h) * a.Tq + i;
-                if (j < lo || j >= hi || lse[qr] == -INFINITY)
-                    continue;
-                const float sc = score(&a, b, h, i, j);
-                if (sc == -INFINITY)
-                    continue;
-                const float p = expf(sc - lse[qr]);
-                const float *go = gd + (b * a.Tq + i) * HD + h * D;
-                const float *qi = a.q + (b * a.Tq + i) * a.wq + h * D;
-                const float ds = a.scale * p * (dot(go, vj, D) - delta[qr]);
-                for (size_t d = 0; d < D; d++) {
-                    gv[d] += p * go[d];
-                    gk[d] += ds * qi[d];
-                }
-            }
-    }
+    tb_free_with(&ctx->allocator, ws);
     tb_free_with(&ctx->allocator, mem);
     return TB_OK;
 }

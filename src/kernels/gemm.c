@@ -309,6 +309,48 @@ tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, siz
     return TB_OK;
 }
 
+size_t tb_gemm_serial_work(size_t M, size_t N, size_t K)
+{
+    /* Upper bounds over every kernel family (MR <= 16, NR <= 32), plus 16
+     * floats to align the A buffer to 64 bytes. */
+    const size_t kc = min_sz(KC, K ? K : 1);
+    const size_t mc = round_up(min_sz(round_up(MC_TARGET, 16), M), 16);
+    const size_t nc = round_up(min_sz(round_up(NC_TARGET, TB_UKERNEL_MAX_NR), N), TB_UKERNEL_MAX_NR);
+    return round_up(mc * kc, 16) + round_up(nc * kc, 16) + 16;
+}
+
+void tb_gemm_serial(const tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, size_t K,
+                    float alpha, const float *A, size_t lda, const float *B, size_t ldb,
+                    float beta, float *C, size_t ldc, float *work)
+{
+    if (M == 0 || N == 0)
+        return;
+    if (K == 0 || alpha == 0.0f || beta != 0.0f) {
+        if (beta != 1.0f)
+            for (size_t i = 0; i < M; i++)
+                for (size_t j = 0; j < N; j++)
+                    C[i * ldc + j] = beta == 0.0f ? 0.0f : C[i * ldc + j] * beta;
+        if (K == 0 || alpha == 0.0f)
+            return;
+    }
+    gemm_args g;
+    g.uk = select_ukernel(ctx, M);
+    const size_t mr = (size_t)g.uk->mr, nr = (size_t)g.uk->nr;
+    g.trans_a = trans_a, g.trans_b = trans_b;
+    g.direct_b = !trans_b && ldb <= 8192 && ldb % 512 != 0;
+    g.M = M, g.N = N, g.K = K;
+    g.alpha = alpha;
+    g.beta = beta;
+    g.A = A, g.B = B, g.C = C;
+    g.lda = lda, g.ldb = ldb, g.ldc = ldc;
+    g.mc = min_sz(round_up(MC_TARGET, mr), round_up(M, mr));
+    g.nc = min_sz(round_up(NC_TARGET, nr), round_up(N, nr));
+    const size_t kc = min_sz(KC, K);
+    float *ap = (float *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
+    float *bp = ap + round_up(g.mc * kc, 16);
+    gemm_range(&g, 0, M, 0, N, ap, bp);
+}
+
 tb_status tb_gemm_batched(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, size_t K,
                           float alpha, const float *A, size_t lda, size_t stride_a,
                           const float *B, size_t ldb, size_t stride_b, float beta, float *C,

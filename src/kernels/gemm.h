@@ -40,4 +40,13 @@ tb_status tb_gemm_batched(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_
                           const float *B, size_t ldb, size_t stride_b, float beta, float *C,
                           size_t ldc, size_t stride_c, size_t batch);
 
+/* The same product on the calling thread only, with no allocation: for
+ * blocks that tile their own work and call this from inside their own
+ * parallel region (attention). `work` holds tb_gemm_serial_work(M, N, K)
+ * floats (any alignment). Same kernels and rounding as tb_gemm. */
+size_t tb_gemm_serial_work(size_t M, size_t N, size_t K);
+void tb_gemm_serial(const tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, size_t K,
+                    float alpha, const float *A, size_t lda, const float *B, size_t ldb,
+                    float beta, float *C, size_t ldc, float *work);
+
 #endif /* TB_KERNELS_GEMM_H */

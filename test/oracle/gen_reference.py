@@ -737,9 +737,39 @@ def _attn_merge(x):
     return x.transpose(1, 2).reshape(b, t, h * d)
 
 
-def _attn_manual(q, k, v, dout, h, hkv, d, scale, allowed, bias):
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _mix64(z):
+    """SplitMix64's output function on a uint64 numpy array (the library's
+    src/core/rng.c, re-stated here from its documented definition)."""
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def _dropout_keep(seed, counter, b, h, tq, tk, p):
+    """The library's attention dropout mask (attention.h): weight
+    (b, h, i, j) is kept when the uniform number at stream position
+    counter + ((b*H + h)*Tq + i)*Tk + j of the stream of tb_rng_init(seed)
+    is >= p; the uniform is the top 24 bits of mix64(key + (n + 1) golden)
+    over 2^24. Returns a bool tensor (B, H, Tq, Tk)."""
+    key = _mix64(np.array([(seed ^ 0x6A09E667F3BCC909) & _MASK64], dtype=np.uint64))[0]
+    n = np.uint64(counter) + np.arange(b * h * tq * tk, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        bits = _mix64(key + (n + np.uint64(1)) * np.uint64(_GOLDEN))
+    u = (bits >> np.uint64(40)).astype(np.float32) * np.float32(1.0 / 16777216.0)
+    return torch.from_numpy(u >= np.float32(p)).reshape(b, h, tq, tk)
+
+
+def _attn_manual(q, k, v, dout, h, hkv, d, scale, allowed, bias, keep=None, drop_p=0.0):
     """Manual safe-softmax attention in q's dtype; returns out, dq, dk, dv
-    (library layout) and the probabilities (B, H, Tq, Tk)."""
+    (library layout) and the probabilities (B, H, Tq, Tk). keep: optional
+    dropout mask applied after the softmax, kept weights scaled by
+    1 / (1 - drop_p) (what torch's dropout does to the weights in SDPA's
+    reference math path)."""
     b, tq, _ = q.shape
     tk = k.shape[1]
     ql, kl, vl = leaf(q), leaf(k), leaf(v)
@@ -755,7 +785,10 @@ def _attn_manual(q, k, v, dout, h, hkv, d, scale, allowed, bias):
     e = torch.exp(s - m)
     den = e.sum(dim=-1, keepdim=True)
     p = e / torch.where(den > 0, den, torch.ones_like(den))
-    out = _attn_merge(p @ v4)
+    pd = p
+    if keep is not None:
+        pd = p * keep.to(p.dtype) * (1.0 / (1.0 - as_f32(drop_p)))
+    out = _attn_merge(pd @ v4)
     out.backward(dout.to(out.dtype))
     return out.detach(), ql.grad, kl.grad, vl.grad, p.detach()
 
@@ -808,14 +841,19 @@ def _attn_sdpa(q, k, v, dout, h, hkv, d, scale, allowed, bias, plain_causal):
 
 def case_attention(seed, b, tq, tk, h, d, hkv=None, causal=False, window=0, lengths=None,
                    n_invalid=0, bias=False, n_bias_inf=0, scale=None, packed=False,
-                   amp=1.0, fullmask_rows=(), probs=None):
+                   amp=1.0, fullmask_rows=(), probs=None, dropout=0.0, drop_seed=0,
+                   drop_counter=0):
     """One attention case. lengths: list of B key lengths or None; n_invalid:
     keys per batch row cleared in a random key_valid mask (0: no mask);
     bias: an additive (Tq, Tk) float mask (uniform in [-2, 2]) with
     n_bias_inf random -inf entries and whole -inf rows for the query indices
     in fullmask_rows; scale: None for the default 1/sqrt(D) (the library is
     given 0); packed: q, k, v are column blocks of one (B, T, 3C) tensor
-    (Tq == Tk, hkv == h); amp: inputs uniform in [-amp, amp]."""
+    (Tq == Tk, hkv == h); amp: inputs uniform in [-amp, amp]; dropout: the
+    attention dropout probability, with the library's mask from
+    tb_rng_init(drop_seed) at stream position drop_counter (both references
+    are then the manual implementation with that mask: SDPA draws its own
+    dropout mask, which cannot be given to it)."""
     g = gen(seed)
     hkv = hkv or h
     assert h % hkv == 0
@@ -856,15 +894,24 @@ def case_attention(seed, b, tq, tk, h, d, hkv=None, causal=False, window=0, leng
     if causal and tq == tk:  # the library's alignment is torch's is_causal here
         assert torch.equal(_attn_allowed(1, tq, tk, True, 0, None, None).reshape(tq, tk),
                            torch.ones(tq, tk, dtype=torch.bool).tril())
-    o32, dq32, dk32, dv32 = _attn_sdpa(q, k, v, dout, h, hkv, d, scale_used, allowed, bias_t,
-                                       plain_causal)
+    keep = _dropout_keep(drop_seed, drop_counter, b, h, tq, tk, dropout) if dropout else None
     q64, k64, v64 = q.double(), k.double(), v.double()
+    if keep is None:
+        o32, dq32, dk32, dv32 = _attn_sdpa(q, k, v, dout, h, hkv, d, scale_used, allowed,
+                                           bias_t, plain_causal)
+    else:
+        o32, dq32, dk32, dv32 = _attn_manual(q, k, v, dout, h, hkv, d, scale_used, allowed,
+                                             bias_t, keep, dropout)[:4]
+        kept = keep.float().mean().item()
+        assert abs(kept - (1.0 - dropout)) < 0.02, "dropout keeps %g" % kept
     o64, dq64, dk64, dv64, p64 = _attn_manual(q64, k64, v64, dout.double(), h, hkv, d,
-                                              scale_used, allowed, bias_t)
+                                              scale_used, allowed, bias_t, keep, dropout)
+    o64n, dq64n, dk64n, dv64n, _ = _attn_manual(q64, k64, v64, dout.double(), h, hkv, d,
+                                                scale_used, allowed, bias_t)
     # The manual float64 reference against float64 SDPA (same masks).
     s64 = _attn_sdpa(q64, k64, v64, dout.double(), h, hkv, d, scale_used, allowed, bias_t,
                      plain_causal)
-    for nm, a, r in zip(("out", "dq", "dk", "dv"), (o64, dq64, dk64, dv64), s64):
+    for nm, a, r in zip(("out", "dq", "dk", "dv"), (o64n, dq64n, dk64n, dv64n), s64):
         err = (a - r).abs().max().item()
         assert err <= 1e-12 * max(1.0, r.abs().max().item()), \
             "attention seed %d: manual vs SDPA float64 %s differ by %g" % (seed, nm, err)
@@ -884,6 +931,9 @@ def case_attention(seed, b, tq, tk, h, d, hkv=None, causal=False, window=0, leng
          ("causal", i32(int(causal))), ("window", i32(window)),
          ("scale", f32_scalar(0.0 if scale is None else scale)),
          ("scale_used", f32_scalar(scale_used)), ("packed", i32(int(packed)))]
+    if dropout:
+        t += [("dropout", f32_scalar(dropout)), ("dropout_seed", i32(drop_seed)),
+              ("dropout_counter", i32(drop_counter))]
     if packed:
         t.append(("qkv", qkv))
     else:
@@ -894,7 +944,10 @@ def case_attention(seed, b, tq, tk, h, d, hkv=None, causal=False, window=0, leng
         t.append(("key_valid", kv.to(torch.int32)))
     if bias_t is not None:
         t.append(("bias", bias_t))
-    units = _attn_units(q64, k64, v64, dout.double(), h, hkv, d, scale_used, p64)
+    # With dropout the kept weights are p / (1 - dropout): bound the terms by
+    # that (an upper bound of the sums over absolute values).
+    units = _attn_units(q64, k64, v64, dout.double(), h, hkv, d, scale_used,
+                        p64 / (1.0 - dropout))
     assert min(units) > 0
     t += [("unit_" + nm, f32_scalar(u)) for nm, u in zip(("out", "dq", "dk", "dv"), units)]
     t += [("row_masked", row_masked.to(torch.int32)), ("dout", dout),
@@ -971,6 +1024,30 @@ def build_attention_cases():
         n_bias_inf=10, fullmask_rows=(0, 5, 16), causal=True)
     add("fullmask_all_b2_tq5_tk7_h4_d4_gqa2", b=2, tq=5, tk=7, h=4, d=4, hkv=2, causal=True,
         window=3, lengths=[7, 5], n_invalid=2, bias=True, n_bias_inf=3, fullmask_rows=(1,))
+    # Several 64 x 64 tiles, with tile edges cutting through every mask:
+    # T not a multiple of 64, windows wider than a tile, key lengths ending
+    # mid-tile, cross-attention with Tq and Tk in different tile counts.
+    add("tiles_b2_t200_h2_d16_causal", b=2, tq=200, tk=200, h=2, d=16, causal=True,
+        probs=False)
+    add("tiles_b1_t131_h3_d8", b=1, tq=131, tk=131, h=3, d=8, probs=False)
+    add("tiles_window70_b1_t200_h2_d8", b=1, tq=200, tk=200, h=2, d=8, causal=True, window=70,
+        probs=False)
+    add("tiles_keylen_b2_t150_h2_d8_causal", b=2, tq=150, tk=150, h=2, d=8,
+        lengths=[150, 77], n_invalid=9, causal=True, probs=False)
+    add("tiles_cross_b1_tq130_tk300_h2_d8_causal", b=1, tq=130, tk=300, h=2, d=8, causal=True,
+        probs=False)
+    add("tiles_bias_b1_t129_h1_d16", b=1, tq=129, tk=129, h=1, d=16, bias=True,
+        n_bias_inf=500, probs=False)
+    add("tiles_gqa2_b1_t140_h4_d8_causal", b=1, tq=140, tk=140, h=4, d=8, hkv=2, causal=True,
+        probs=False)
+    # Attention dropout (the library's mask, re-generated here from its
+    # definition), alone and with masks, across tiles.
+    add("dropout0.1_b2_t17_h2_d8", b=2, tq=17, tk=17, h=2, d=8, dropout=0.1, drop_seed=5,
+        drop_counter=0)
+    add("dropout0.5_b1_t70_h3_d8_causal", b=1, tq=70, tk=70, h=3, d=8, causal=True,
+        dropout=0.5, drop_seed=6, drop_counter=12345, probs=False)
+    add("dropout0.3_b2_tq5_tk80_h2_d4_gqa_keylen", b=2, tq=5, tk=80, h=2, d=4, hkv=1,
+        lengths=[80, 33], dropout=0.3, drop_seed=7, drop_counter=99, probs=False)
     return c
 
 

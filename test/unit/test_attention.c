@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/vexp.h"
 #include "suites.h"
 #include "testutil.h"
 
@@ -89,7 +90,10 @@ static double attn_loss(void *user)
     return tbt_dot(p->w, p->out, p->n_out);
 }
 
-static void check_attn_grad(const grad_spec *s)
+/* The check, with attention dropout p (0: off) drawn from a fixed stream:
+ * the mask is a fixed function of the stream, so the loss is a smooth
+ * function of q, k, v and finite differences apply. */
+static void check_attn_grad_dropout(const grad_spec *s, float dropout)
 {
     attn_prob p;
     memset(&p, 0, sizeof p);
@@ -105,6 +109,12 @@ static void check_attn_grad(const grad_spec *s)
     p.mask.key_valid = s->valid;
     p.mask.bias = s->bias;
     const uint64_t seed = s->b * 1000 + s->tq * 100 + s->tk * 10 + s->h + 7 * s->d;
+    if (dropout > 0.0f) {
+        tb_rng rng;
+        tb_rng_init(&rng, seed + 4242);
+        ck_assert_int_eq(
+            tb_attention_dropout_draw(&p.mask, &rng, dropout, &p.cfg, s->b, s->tq, s->tk), TB_OK);
+    }
     float *bufs[3], *grads[3];
     size_t sizes[3];
     tb_tensor gt[3];
@@ -175,6 +185,11 @@ static void check_attn_grad(const grad_spec *s)
     free(p.w);
 }
 
+static void check_attn_grad(const grad_spec *s)
+{
+    check_attn_grad_dropout(s, 0.0f);
+}
+
 START_TEST(gradients_plain_and_causal)
 {
     const grad_spec specs[] = {
@@ -242,6 +257,215 @@ START_TEST(gradients_gqa_and_packed)
     };
     for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++)
         check_attn_grad(&specs[i]);
+}
+END_TEST
+
+START_TEST(gradients_with_dropout)
+{
+    static const int32_t len2[2] = {5, 3};
+    const grad_spec specs[] = {
+        {"b2,t6,h2,d3,drop0.3", 2, 6, 6, 2, 0, 3, 0, 0, 0.0f, NULL, NULL, NULL, 0},
+        {"b1,tq4,tk7,h4,kv2,d2,causal,drop0.5", 1, 4, 7, 4, 2, 2, 1, 0, 0.0f, NULL, NULL, NULL, 0},
+        {"b2,t5,h2,d3,packed,causal,keylen,drop0.2", 2, 5, 5, 2, 0, 3, 1, 0, 0.0f, len2, NULL,
+         NULL, 1},
+    };
+    const float ps[] = {0.3f, 0.5f, 0.2f};
+    for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++)
+        check_attn_grad_dropout(&specs[i], ps[i]);
+}
+END_TEST
+
+/* ======================================================================
+ * The exponential of the score rows (src/kernels/vexp.h), per family
+ * ==================================================================== */
+
+START_TEST(vexp_accuracy)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    const tb_vexp_ops *vx = tb_vexp_select(&ctx);
+    enum { N = 200003 };
+    float *x = tbt_alloc(N * sizeof(float));
+    double worst = 0.0, worst_x = 0.0;
+    /* Every n from 0 to 40 (tails of every length), then a sweep. */
+    for (size_t n = 0; n <= 40; n++) {
+        for (size_t j = 0; j < n; j++)
+            x[j] = -3.0f + 0.37f * (float)j;
+        const float sum = vx->exp_sub_sum(x, n, 1.5f);
+        double want = 0.0;
+        for (size_t j = 0; j < n; j++)
+            want += exp(-3.0 + (double)(0.37f * (float)j) - 1.5);
+        ck_assert_msg(fabs(sum - want) <= 1e-6 * want + 1e-30, "n=%zu: sum %g, want %g", n,
+                      (double)sum, want);
+    }
+    for (size_t j = 0; j < N; j++)
+        x[j] = -100.0f + 190.0f * (float)j / (float)(N - 1);
+    x[7] = -INFINITY;
+    x[8] = NAN;
+    float *y = tbt_alloc(N * sizeof(float));
+    memcpy(y, x, N * sizeof(float));
+    vx->exp_sub_sum(y, N, 0.0f);
+    for (size_t j = 0; j < N; j++) {
+        if (j == 7) {
+            ck_assert_msg(y[j] == 0.0f, "exp(-inf) = %g", (double)y[j]);
+            continue;
+        }
+        if (j == 8) {
+            ck_assert_msg(isnan(y[j]), "exp(NaN) = %g", (double)y[j]);
+            continue;
+        }
+        const double want = exp((double)x[j]);
+        if (want > 3.4028234663852886e38) {
+            ck_assert_msg(isinf(y[j]) && y[j] > 0, "exp(%g) = %g, expected +inf", (double)x[j],
+                          (double)y[j]);
+            continue;
+        }
+        if (want < 1.2e-38) { /* below FLT_MIN: 0 or a denormal is fine */
+            ck_assert_msg(y[j] >= 0.0f && y[j] < 1.2e-38f, "exp(%g) = %g", (double)x[j],
+                          (double)y[j]);
+            continue;
+        }
+        const double rel = fabs(y[j] - want) / want;
+        if (rel > worst)
+            worst = rel, worst_x = x[j];
+    }
+    printf("  check   vexp (%s): max relative error %.2e (at x = %.3f) over [-87.3, 88.7], 0 below, +inf above\n",
+           vx == &tb_vexp_avx512 ? "avx512" : "portable", worst, worst_x);
+    ck_assert_msg(worst < 2.5e-7, "exp relative error %g at x = %g", worst, worst_x);
+    ck_assert_msg(vx->max(x, 0) == -INFINITY, "max of nothing");
+    ck_assert_msg(vx->max(x, 7) == x[6], "max of a rising row");
+    ck_assert_msg(vx->max(x + 9, 21) == x[29], "max with a tail");
+    free(x);
+    free(y);
+}
+END_TEST
+
+/* ======================================================================
+ * Attention dropout: what the mask does, reproducibility, errors
+ * ==================================================================== */
+
+/* With V = 1 every output is (1 / (1 - p)) * (sum of the kept weights of
+ * its row): 1 without dropout, a random number of mean 1 with it. */
+START_TEST(dropout_statistics_and_reproducibility)
+{
+    enum { B = 2, H = 3, T = 40, D = 4, C = H * D, DRAWS = 25 };
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 2);
+    tb_attention_config cfg = tb_attention_default_config(H, D);
+    cfg.causal = 1;
+    float *q = tbt_alloc(B * T * C * sizeof(float)), *k = tbt_alloc(B * T * C * sizeof(float));
+    float *v = tbt_alloc(B * T * C * sizeof(float));
+    float *o1 = tbt_alloc(B * T * C * sizeof(float)), *o2 = tbt_alloc(B * T * C * sizeof(float));
+    tbt_fill_uniform(q, B * T * C, -1.0f, 1.0f, 11);
+    tbt_fill_uniform(k, B * T * C, -1.0f, 1.0f, 12);
+    for (size_t i = 0; i < B * T * C; i++)
+        v[i] = 1.0f;
+    tb_tensor qt = tb_tensor_3d(q, B, T, C), kt = tb_tensor_3d(k, B, T, C);
+    tb_tensor vt = tb_tensor_3d(v, B, T, C), t1 = tb_tensor_3d(o1, B, T, C);
+    tb_tensor t2 = tb_tensor_3d(o2, B, T, C);
+    tb_heads qh = {&qt, 0}, kh = {&kt, 0}, vh = {&vt, 0};
+    tb_attention_mask m;
+    memset(&m, 0, sizeof m);
+    tb_rng rng;
+    tb_rng_init(&rng, 77);
+    const float p = 0.4f;
+    double sum = 0.0, max_dev = 0.0;
+    size_t n = 0;
+    for (int draw = 0; draw < DRAWS; draw++) {
+        const uint64_t before = rng.counter;
+        CHECK_OK(ctx, tb_attention_dropout_draw(&m, &rng, p, &cfg, B, T, T));
+        ck_assert(rng.counter == before + (uint64_t)B * H * T * T);
+        ck_assert(m.dropout_counter == before && m.dropout == p);
+        CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, &m, &qh, &kh, &vh, &t1, NULL, 0));
+        /* The same draw gives the same bits. */
+        CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, &m, &qh, &kh, &vh, &t2, NULL, 0));
+        ck_assert(memcmp(o1, o2, sizeof(float) * B * T * C) == 0);
+        for (size_t r = 0; r < B * T; r++)
+            for (size_t h = 0; h < H; h++) {
+                const float x = o1[r * C + h * D];
+                for (size_t d = 1; d < D; d++) /* every column of a head is equal */
+                    ck_assert(o1[r * C + h * D + d] == x);
+                sum += x;
+                n++;
+                if (fabs(x - 1.0) > max_dev)
+                    max_dev = fabs(x - 1.0);
+            }
+    }
+    const double mean = sum / (double)n;
+    printf("  check   attention dropout p=%.1f, V=1: mean output %.4f over %zu rows (expected 1), "
+           "max |out - 1| = %.3f\n",
+           (double)p, mean, n, max_dev);
+    /* Without the 1/(1-p) scaling the mean would be 0.6; without dropping
+     * every output would be exactly 1. The standard error here is ~0.01. */
+    ck_assert_msg(fabs(mean - 1.0) < 0.05, "mean output %g, expected 1", mean);
+    ck_assert_msg(max_dev > 0.3, "outputs hardly vary (max deviation %g): nothing dropped?",
+                  max_dev);
+    /* p = 0 through the helper: exactly 1 everywhere (the softmax sums to 1
+     * up to rounding). */
+    CHECK_OK(ctx, tb_attention_dropout_draw(&m, &rng, 0.0f, &cfg, B, T, T));
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, &m, &qh, &kh, &vh, &t1, NULL, 0));
+    for (size_t i = 0; i < B * T * C; i++)
+        ck_assert_msg(fabs(o1[i] - 1.0f) < 1e-5f, "p = 0: out[%zu] = %g", i, (double)o1[i]);
+    /* Invalid probabilities. */
+    const float bad[] = {1.0f, -0.1f, NAN, INFINITY};
+    for (size_t i = 0; i < 4; i++) {
+        tb_attention_mask mb;
+        memset(&mb, 0, sizeof mb);
+        ck_assert_int_eq(tb_attention_dropout_draw(&mb, &rng, bad[i], &cfg, B, T, T),
+                         TB_ERR_INVALID_ARG);
+        mb.dropout = bad[i];
+        fill_sentinel(o1, B * T * C);
+        ck_assert_int_eq(tb_attention_forward(&ctx, &cfg, &mb, &qh, &kh, &vh, &t1, NULL, 0),
+                         TB_ERR_INVALID_ARG);
+        assert_untouched(o1, B * T * C, "out after an invalid dropout");
+    }
+    ck_assert_int_eq(tb_attention_dropout_draw(NULL, &rng, 0.1f, &cfg, B, T, T), TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_attention_dropout_draw(&m, NULL, 0.1f, &cfg, B, T, T), TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_attention_dropout_draw(&m, &rng, 0.1f, NULL, B, T, T), TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_attention_dropout_draw(&m, &rng, 0.1f, &cfg, SIZE_MAX / 2, 4, 4),
+                     TB_ERR_OVERFLOW);
+    free(q), free(k), free(v), free(o1), free(o2);
+}
+END_TEST
+
+/* Backward must use the forward's draw: another draw (or none) is refused. */
+START_TEST(dropout_backward_needs_the_forward_draw)
+{
+    enum { B = 1, H = 2, T = 9, D = 3, C = H * D };
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    tb_attention_config cfg = tb_attention_default_config(H, D);
+    float *x = tbt_alloc(3 * B * T * C * sizeof(float)), *o = tbt_alloc(B * T * C * sizeof(float));
+    float *g = tbt_alloc(3 * B * T * C * sizeof(float));
+    tbt_fill_uniform(x, 3 * B * T * C, -1.0f, 1.0f, 5);
+    tb_tensor xt = tb_tensor_3d(x, B, T, 3 * C), ot = tb_tensor_3d(o, B, T, C);
+    tb_tensor gt = tb_tensor_3d(g, B, T, 3 * C);
+    tb_heads qh = {&xt, 0}, kh = {&xt, C}, vh = {&xt, 2 * C};
+    tb_heads dq = {&gt, 0}, dk = {&gt, C}, dv = {&gt, 2 * C};
+    size_t bytes;
+    CHECK_OK(ctx, tb_attention_cache_size(&cfg, B, T, &bytes));
+    void *cache = tbt_alloc(bytes);
+    tb_attention_mask m;
+    memset(&m, 0, sizeof m);
+    tb_rng rng;
+    tb_rng_init(&rng, 3);
+    CHECK_OK(ctx, tb_attention_dropout_draw(&m, &rng, 0.25f, &cfg, B, T, T));
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, &m, &qh, &kh, &vh, &ot, cache, bytes));
+    tb_attention_mask other = m;
+    other.dropout_counter++;
+    tb_attention_mask none;
+    memset(&none, 0, sizeof none);
+    tb_attention_mask other_p = m;
+    other_p.dropout = 0.3f;
+    const tb_attention_mask *wrong[] = {&other, &none, &other_p, NULL};
+    for (size_t i = 0; i < 4; i++) {
+        fill_sentinel(g, 3 * B * T * C);
+        ck_assert_int_eq(tb_attention_backward(&ctx, &cfg, wrong[i], &qh, &kh, &vh, &ot, &ot,
+                                               cache, bytes, &dq, &dk, &dv),
+                         TB_ERR_STATE);
+        assert_untouched(g, 3 * B * T * C, "gradients after a refused backward");
+    }
+    free(x), free(o), free(g), free(cache);
 }
 END_TEST
 
@@ -440,7 +664,7 @@ START_TEST(forward_errors)
     /* Key lengths out of [0, Tk]; the bounds themselves are fine. */
     const int32_t len_neg[EB] = {ETK, -1}, len_big[EB] = {ETK + 1, 2};
     const int32_t len_ok[EB] = {0, ETK};
-    tb_attention_mask m = {NULL, NULL, NULL};
+    tb_attention_mask m = {NULL, NULL, NULL, 0.0f, 0, 0};
     m.key_lengths = len_neg;
     EXPECT_FWD(&f, TB_ERR_INVALID_ARG, cfg, &m, q, k, v, out);
     m.key_lengths = len_big;
@@ -678,7 +902,7 @@ START_TEST(probs_and_cache_size_errors)
     ck_assert_int_eq(tb_attention_probs(&f.ctx, cfg, NULL, q, k, &p_h), TB_ERR_SHAPE);
     ck_assert_int_eq(tb_attention_probs(&f.ctx, cfg, NULL, q, k, &p_3d), TB_ERR_SHAPE);
     const int32_t len_big[EB] = {ETK + 1, 2};
-    tb_attention_mask m = {len_big, NULL, NULL};
+    tb_attention_mask m = {len_big, NULL, NULL, 0.0f, 0, 0};
     ck_assert_int_eq(tb_attention_probs(&f.ctx, cfg, &m, q, k, &f.pt), TB_ERR_INVALID_ARG);
     tb_attention_config bad = f.cfg;
     bad.n_kv_heads = 3;
@@ -767,7 +991,7 @@ static void check_masked_case(const masked_case *mc)
     cfg.n_kv_heads = mc->hkv;
     cfg.causal = mc->causal;
     cfg.window = mc->window;
-    tb_attention_mask mask = {mc->lengths, mc->valid, mc->bias};
+    tb_attention_mask mask = {mc->lengths, mc->valid, mc->bias, 0.0f, 0, 0};
     /* Large inputs (scores up to ~100): no overflow, no NaN anywhere. */
     float *q = tbt_alloc(nq * sizeof(float)), *k = tbt_alloc(nk * sizeof(float));
     float *v = tbt_alloc(nk * sizeof(float)), *dout = tbt_alloc(nq * sizeof(float));
@@ -909,7 +1133,9 @@ static run_out run_attention(int threads)
         cfg.causal = 1;
         cfg.window = sh->window;
         const int32_t lengths[2] = {200, 117};
-        tb_attention_mask mask = {sh->lengths ? lengths : NULL, NULL, NULL};
+        /* The second shape also has attention dropout. */
+        tb_attention_mask mask = {sh->lengths ? lengths : NULL, NULL, NULL,
+                                  sh->lengths ? 0.2f : 0.0f, 0x1234567ULL, 99};
         float *q = tbt_alloc(nq * sizeof(float)), *k = tbt_alloc(nk * sizeof(float));
         float *v = tbt_alloc(nk * sizeof(float)), *dout = tbt_alloc(nq * sizeof(float));
         tbt_fill_uniform(q, nq, -2, 2, 81 + s);
@@ -1005,6 +1231,10 @@ Suite *suite_attention(void)
     tcase_add_test(tg, gradients_cross_attention);
     tcase_add_test(tg, gradients_window_padding_bias);
     tcase_add_test(tg, gradients_gqa_and_packed);
+    tcase_add_test(tg, gradients_with_dropout);
+    tcase_add_test(tg, vexp_accuracy);
+    tcase_add_test(tg, dropout_statistics_and_reproducibility);
+    tcase_add_test(tg, dropout_backward_needs_the_forward_draw);
     suite_add_tcase(s, tg);
     TCase *te = tcase_create("errors");
     tcase_add_test(te, forward_errors);

@@ -16,7 +16,13 @@
  * masks, additive float masks with -inf entries, sliding windows, grouped
  * queries (H = 4 with 1 or 2 kv heads), a packed (B, T, 3C) QKV tensor
  * (gradients written into a packed buffer too), an explicit scale, scores
- * up to ~50 (online-softmax rescaling), and fully masked query rows.
+ * up to ~50 (online-softmax rescaling), fully masked query rows, shapes
+ * of several 64 x 64 tiles (T up to 300, windows wider than a tile, masks
+ * ending mid-tile), and attention dropout. For the dropout cases both
+ * references are the manual implementation with the library's mask
+ * (re-generated in Python from its definition in attention.h), since SDPA
+ * draws its own mask: a wrong mask position, a missing 1/(1-p) or dropout
+ * forgotten in backward changes results by O(1).
  *
  * Outputs and gradients are pre-filled with NaN, so an element the library
  * forgets to write fails (backward must overwrite, not accumulate).
@@ -126,6 +132,16 @@ static const char *const attention_cases[] = {
     "attention_fullmask_keylen0_b2_t17_h2_d16",
     "attention_fullmask_bias_b2_t17_h2_d8_causal",
     "attention_fullmask_all_b2_tq5_tk7_h4_d4_gqa2",
+    "attention_tiles_b2_t200_h2_d16_causal",
+    "attention_tiles_b1_t131_h3_d8",
+    "attention_tiles_window70_b1_t200_h2_d8",
+    "attention_tiles_keylen_b2_t150_h2_d8_causal",
+    "attention_tiles_cross_b1_tq130_tk300_h2_d8_causal",
+    "attention_tiles_bias_b1_t129_h1_d16",
+    "attention_tiles_gqa2_b1_t140_h4_d8_causal",
+    "attention_dropout0.1_b2_t17_h2_d8",
+    "attention_dropout0.5_b1_t70_h3_d8_causal",
+    "attention_dropout0.3_b2_tq5_tk80_h2_d4_gqa_keylen",
 };
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -236,7 +252,7 @@ START_TEST(test_attention_oracle_case)
     }
 
     /* Masks. key_valid bytes: any nonzero value means valid. */
-    tb_attention_mask mask = {NULL, NULL, NULL};
+    tb_attention_mask mask = {NULL, NULL, NULL, 0.0f, 0, 0};
     uint8_t *valid = NULL;
     if (tbt_ref_has(ref, "key_lengths")) {
         size_t n;
@@ -256,6 +272,17 @@ START_TEST(test_attention_oracle_case)
         tbt_reft br = tbt_ref_get(ref, "bias");
         ck_assert_uint_eq(br.n, tq * tk);
         mask.bias = br.data;
+    }
+    if (tbt_ref_has(ref, "dropout")) {
+        tb_rng rng;
+        tb_rng_init(&rng, (uint64_t)tbt_ref_i32_scalar(ref, "dropout_seed"));
+        rng.counter = (uint64_t)tbt_ref_i32_scalar(ref, "dropout_counter");
+        const tb_rng before = rng;
+        ck_assert_int_eq(tb_attention_dropout_draw(&mask, &rng, tbt_ref_scalar(ref, "dropout"),
+                                                   &cfg, b, tq, tk),
+                         TB_OK);
+        ck_assert(mask.dropout_key == before.key && mask.dropout_counter == before.counter);
+        ck_assert(rng.counter == before.counter + (uint64_t)(b * h * tq * tk));
     }
     size_t nrm;
     const int32_t *row_masked = tbt_ref_i32(ref, "row_masked", &nrm);

@@ -654,8 +654,10 @@ static double mha_loss(void *user)
     return tbt_dot(p->w, p->y, p->ny);
 }
 
+/* dropout > 0: attention dropout drawn once (a fixed mask, so the loss is
+ * smooth and finite differences apply). */
 static void gradcheck_mha(const char *tag, size_t c, size_t h, size_t b, size_t tq, size_t tk,
-                          int cross, int causal, int bias, const int32_t *lengths)
+                          int cross, int causal, int bias, const int32_t *lengths, float dropout)
 {
     mha_prob p;
     memset(&p, 0, sizeof p);
@@ -665,6 +667,11 @@ static void gradcheck_mha(const char *tag, size_t c, size_t h, size_t b, size_t 
     init_module(&p.ctx, &p.m, c, h, bias, 1.2f * sqrtf((float)c), seed);
     p.m.attn.causal = causal;
     p.mask.key_lengths = lengths;
+    if (dropout > 0.0f) {
+        tb_rng rng;
+        tb_rng_init(&rng, seed + 5);
+        CHECK_OK(p.ctx, tb_attention_dropout_draw(&p.mask, &rng, dropout, &p.m.attn, b, tq, tk));
+    }
     p.cross = cross;
     const size_t nx = b * tq * c, nm = b * tk * c;
     p.ny = nx;
@@ -723,18 +730,20 @@ static void gradcheck_mha(const char *tag, size_t c, size_t h, size_t b, size_t 
 START_TEST(test_mha_gradcheck_self)
 {
     static const int32_t lens[2] = {4, 3};
-    gradcheck_mha("c6,h2,b2,t4,causal,keylen", 6, 2, 2, 4, 4, 0, 1, 1, lens);
-    gradcheck_mha("c6,h3,b2,t3", 6, 3, 2, 3, 3, 0, 0, 1, NULL);
-    gradcheck_mha("c4,h1,b1,t5,causal,nobias", 4, 1, 1, 5, 5, 0, 1, 0, NULL);
+    gradcheck_mha("c6,h2,b2,t4,causal,keylen", 6, 2, 2, 4, 4, 0, 1, 1, lens, 0.0f);
+    gradcheck_mha("c6,h3,b2,t3", 6, 3, 2, 3, 3, 0, 0, 1, NULL, 0.0f);
+    gradcheck_mha("c4,h1,b1,t5,causal,nobias", 4, 1, 1, 5, 5, 0, 1, 0, NULL, 0.0f);
+    gradcheck_mha("c6,h2,b2,t5,causal,drop0.3", 6, 2, 2, 5, 5, 0, 1, 1, NULL, 0.3f);
 }
 END_TEST
 
 START_TEST(test_mha_gradcheck_cross)
 {
     static const int32_t lens[2] = {5, 2};
-    gradcheck_mha("c6,h3,b2,tq3,tk5,cross,keylen", 6, 3, 2, 3, 5, 1, 0, 1, lens);
-    gradcheck_mha("c6,h2,b2,tq2,tk4,cross,causal", 6, 2, 2, 2, 4, 1, 1, 1, NULL);
-    gradcheck_mha("c4,h2,b1,tq4,tk3,cross,nobias", 4, 2, 1, 4, 3, 1, 0, 0, NULL);
+    gradcheck_mha("c6,h3,b2,tq3,tk5,cross,keylen", 6, 3, 2, 3, 5, 1, 0, 1, lens, 0.0f);
+    gradcheck_mha("c6,h2,b2,tq2,tk4,cross,causal", 6, 2, 2, 2, 4, 1, 1, 1, NULL, 0.0f);
+    gradcheck_mha("c4,h2,b1,tq4,tk3,cross,nobias", 4, 2, 1, 4, 3, 1, 0, 0, NULL, 0.0f);
+    gradcheck_mha("c6,h3,b1,tq3,tk6,cross,drop0.5", 6, 3, 1, 3, 6, 1, 0, 1, NULL, 0.5f);
 }
 END_TEST
 
