@@ -23,7 +23,7 @@ LDLIBS_ALL := -fopenmp -lm $(EXTRA_LDFLAGS)
 DEPFLAGS  = -MMD -MP
 
 LIB       := $(LIBOUT)/libtblocks.a
-LIB_SRC   := $(sort $(wildcard src/core/*.c src/kernels/*.c src/blocks/*.c))
+LIB_SRC   := $(sort $(wildcard src/core/*.c src/kernels/*.c src/blocks/*.c src/io/*.c))
 LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
 
 # Each example is examples/<name>/*.c plus the shared wiring in examples/common.
@@ -83,7 +83,7 @@ SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-om
 SANITIZE_ENV   := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
                   LSAN_OPTIONS=suppressions=$(CURDIR)/test/lsan.supp:print_suppressions=0
 
-.PHONY: all lib examples check deps test test-unit test-scripts sanitize bench docs demo \
+.PHONY: all lib examples check deps test test-unit test-scripts sanitize fuzz bench docs demo \
         install uninstall clean help
 
 all: lib examples
@@ -171,10 +171,13 @@ $(ORACLE_STAMP): $(ORACLE_PY)
 deps:
 	sh test/scripts/install_deps.sh
 
-# What CI runs (through the README's command): dependencies, then everything.
+# What CI runs (through the README's command): dependencies, then everything,
+# then the safetensors fuzzer for a bounded time.
+CHECK_FUZZ_SECONDS ?= 20
 check: deps
 	$(MAKE) test
 	$(MAKE) sanitize
+	$(MAKE) fuzz FUZZ_SECONDS=$(CHECK_FUZZ_SECONDS)
 
 test: test-unit test-scripts
 
@@ -193,6 +196,32 @@ sanitize:
 	$(MAKE) BUILD=build/sanitize LIBOUT=build/sanitize/lib \
 	    EXTRA_CFLAGS="$(SANITIZE_FLAGS)" EXTRA_LDFLAGS="$(SANITIZE_FLAGS)" \
 	    ORACLE_DIR=$(ORACLE_DIR) TEST_ENV="$(SANITIZE_ENV)" test-unit
+
+# ---- fuzzing (libFuzzer, clang) ------------------------------------------------
+# The parser of untrusted safetensors files, under ASan and UBSan. New
+# inputs go to $(FUZZ_DIR)/corpus; test/fuzz/corpus seeds it and
+# test/fuzz/regressions keeps inputs that once failed (test_safetensors.c
+# replays both). A crash stops the run with the input in $(FUZZ_DIR)/artifacts.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_DIR     := $(BUILD)/fuzz
+FUZZ_BIN     := $(FUZZ_DIR)/fuzz_safetensors
+FUZZ_FLAGS   := -std=c11 -g -O1 -fopenmp -fsanitize=fuzzer,address,undefined \
+                -fno-sanitize-recover=undefined -Iinclude
+
+$(FUZZ_BIN): test/fuzz/fuzz_safetensors.c $(LIB_SRC) $(wildcard include/*.h include/tblocks/*.h src/*/*.h)
+	@mkdir -p $(FUZZ_DIR)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ test/fuzz/fuzz_safetensors.c $(LIB_SRC) -lm
+
+fuzz: $(FUZZ_BIN)
+	@mkdir -p $(FUZZ_DIR)/corpus $(FUZZ_DIR)/artifacts
+	@echo "fuzz: tb_st_parse for $(FUZZ_SECONDS) s (a crash input lands in $(FUZZ_DIR)/artifacts;"
+	@echo "fuzz: copy it to test/fuzz/regressions/ with the fix)"
+	ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS=suppressions=$(CURDIR)/test/lsan.supp \
+	    $(FUZZ_BIN) -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	    -print_final_stats=1 -dict=test/fuzz/safetensors.dict \
+	    -artifact_prefix=$(FUZZ_DIR)/artifacts/ \
+	    $(FUZZ_DIR)/corpus test/fuzz/corpus test/fuzz/regressions
 
 bench: $(BENCH_BINS)
 	@echo "bench: comparing against: $(or $(strip $(if $(BENCH_DNNL),oneDNN) $(if $(BENCH_OPENBLAS),OpenBLAS)),nothing)"

@@ -26,5 +26,10 @@
 #include "tblocks/attention.h"
 #include "tblocks/kvcache.h"
 #include "tblocks/mha.h"
+#include "tblocks/optim.h"
+#include "tblocks/schedule.h"
+#include "tblocks/grad.h"
+#include "tblocks/safetensors.h"
+#include "tblocks/checkpoint.h"
 
 #endif /* TBLOCKS_H */

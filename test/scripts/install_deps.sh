@@ -17,6 +17,8 @@ need_pkg gcc             have gcc
 need_pkg g++             have g++
 need_pkg clang           have clang
 need_pkg libomp-dev      sh -c 'test -n "$(ls /usr/lib/llvm-*/lib/libomp.so* 2>/dev/null)"'
+# libFuzzer's runtime, for `make fuzz` (Debian 12's clang is version 14).
+need_pkg libclang-rt-14-dev sh -c 'test -n "$(ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-*.a 2>/dev/null)"'
 need_pkg pkg-config      have pkg-config
 need_pkg check           sh -c 'pkg-config --exists check'
 need_pkg doxygen         have doxygen

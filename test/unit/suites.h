@@ -17,6 +17,9 @@
     X(attention)      \
     X(attention_oracle) \
     X(mha)            \
+    X(optim)          \
+    X(safetensors)    \
+    X(checkpoint)     \
     X(harness)        \
     X(examples)
 

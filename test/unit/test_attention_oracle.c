@@ -395,31 +395,10 @@ END_TEST
 
 START_TEST(test_attention_oracle_all_cases_tested)
 {
-    const char *dir = getenv("TB_ORACLE_DIR");
-    ck_assert_msg(dir && dir[0], "TB_ORACLE_DIR is not set");
-    char path[512];
-    snprintf(path, sizeof path, "%s/attention_cases.txt", dir);
-    FILE *f = fopen(path, "r");
-    ck_assert_msg(f != NULL, "cannot open %s (written by gen_reference.py)", path);
-    char line[256];
-    size_t n = 0;
-    while (fgets(line, sizeof line, f)) {
-        line[strcspn(line, "\r\n")] = '\0';
-        if (!line[0])
-            continue;
-        n++;
-        int found = 0;
-        for (size_t k = 0; k < ARRAY_LEN(attention_cases) && !found; k++)
-            found = strcmp(attention_cases[k], line) == 0;
-        if (!found) {
-            fclose(f);
-            ck_abort_msg("reference case '%s' is generated but not tested by "
-                         "test_attention_oracle.c",
-                         line);
-        }
-    }
-    fclose(f);
-    ck_assert_uint_eq(n, ARRAY_LEN(attention_cases));
+    const tbt_names l = {attention_cases, ARRAY_LEN(attention_cases)};
+    ck_assert_uint_eq(tbt_check_manifest("attention_cases.txt", "test_attention_oracle.c",
+                                         tbt_name_listed, &l),
+                      ARRAY_LEN(attention_cases));
 }
 END_TEST
 

@@ -124,6 +124,46 @@ START_TEST(norm_compare_measures_and_is_thread_independent)
 }
 END_TEST
 
+/* finetune_forgetting shows forgetting and what limits it, with the same
+ * numbers for 1 and 2 threads. */
+START_TEST(finetune_forgetting_measures_forgetting)
+{
+    enum { CAP = 1 << 14 };
+    char *a = tbt_alloc(CAP), *b = tbt_alloc(CAP);
+    ck_assert_int_eq(run_example("finetune_forgetting", "--threads 1", a, CAP), 0);
+    ck_assert_int_eq(run_example("finetune_forgetting", "--threads 2", b, CAP), 0);
+    const char *fin = strstr(a, "final: ");
+    ck_assert_msg(fin != NULL, "no final line in:\n%s", a);
+    float pre, al, bl, as, bs, ae, be, aes, bes;
+    ck_assert_int_eq(sscanf(fin,
+                            "final: pre_acc_a=%f a_large=%f b_large=%f a_small=%f b_small=%f "
+                            "a_ewc=%f b_ewc=%f a_ewc_strong=%f b_ewc_strong=%f",
+                            &pre, &al, &bl, &as, &bs, &ae, &be, &aes, &bes),
+                     9);
+    printf("  finetune_forgetting: task A %.3f after pre-training; after B: large lr %.3f, "
+           "small lr + early stop %.3f, EWC %.3f (B: %.3f %.3f %.3f)\n",
+           pre, al, as, ae, bl, bs, be);
+    ck_assert_msg(pre > 0.95f, "pre-training on A reached only %g", pre);
+    ck_assert_msg(al < 0.5f && bl > 0.95f, "large lr: A %g (should be forgotten), B %g", al, bl);
+    ck_assert_msg(as > al + 0.2f && bs > 0.9f, "small lr + early stop: A %g, B %g", as, bs);
+    ck_assert_msg(ae > as + 0.1f && be > 0.85f, "EWC: A %g, B %g", ae, be);
+    ck_assert_msg(aes > ae && bes < be, "stronger EWC should keep more A (%g vs %g) and learn "
+                  "less B (%g vs %g)", aes, ae, bes, be);
+    ck_assert_ptr_nonnull(strstr(a, "activation memory: 25088 bytes for a micro-batch of 16, "
+                                    "99968 for a whole batch of 64"));
+    strip_run_lines(a);
+    strip_run_lines(b);
+    ck_assert_msg(strcmp(a, b) == 0, "1-thread and 2-thread outputs differ:\n%s\n---\n%s", a, b);
+    char small[4096];
+    ck_assert_int_eq(run_example("finetune_forgetting", "--micro-batches 7", small, sizeof small),
+                     2);
+    ck_assert_int_eq(run_example("finetune_forgetting", "--bogus", small, sizeof small), 2);
+    ck_assert_int_eq(run_example("finetune_forgetting", "--help", small, sizeof small), 0);
+    free(a);
+    free(b);
+}
+END_TEST
+
 /* attention_scaling with a short --tmax: the table has one row per T, the
  * streaming and window paths' memory is linear in T (a fixed part -- the
  * tile scratch -- plus the same bytes for every added token) while the
@@ -219,6 +259,7 @@ Suite *suite_examples(void)
     tcase_add_test(tc, mlp_demo_learns_and_is_thread_independent);
     tcase_add_test(tc, mlp_demo_rejects_bad_options);
     tcase_add_test(tc, norm_compare_measures_and_is_thread_independent);
+    tcase_add_test(tc, finetune_forgetting_measures_forgetting);
     tcase_add_test(tc, attention_scaling_memory_and_heat_maps);
     suite_add_tcase(s, tc);
     return s;

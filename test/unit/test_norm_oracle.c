@@ -618,8 +618,9 @@ END_TEST
 
 /* ---- Coverage: every norm case the generator wrote is tested here ------- */
 
-static int case_is_tested(const char *name)
+static int case_is_tested(const char *name, const void *user)
 {
+    (void)user;
     const char *const *lists[] = {layernorm_cases, rmsnorm_cases, batchnorm_cases};
     const size_t lens[] = {ARRAY_LEN(layernorm_cases), ARRAY_LEN(rmsnorm_cases),
                            ARRAY_LEN(batchnorm_cases)};
@@ -632,27 +633,8 @@ static int case_is_tested(const char *name)
 
 START_TEST(test_norm_oracle_all_cases_tested)
 {
-    const char *dir = getenv("TB_ORACLE_DIR");
-    ck_assert_msg(dir && dir[0], "TB_ORACLE_DIR is not set");
-    char path[512];
-    snprintf(path, sizeof path, "%s/norm_cases.txt", dir);
-    FILE *f = fopen(path, "r");
-    ck_assert_msg(f != NULL, "cannot open %s (written by gen_reference.py)", path);
-    char line[256];
-    size_t n = 0;
-    while (fgets(line, sizeof line, f)) {
-        line[strcspn(line, "\r\n")] = '\0';
-        if (!line[0])
-            continue;
-        n++;
-        if (!case_is_tested(line)) {
-            fclose(f);
-            ck_abort_msg("reference case '%s' is generated but not tested by "
-                         "test_norm_oracle.c",
-                         line);
-        }
-    }
-    fclose(f);
+    const size_t n = tbt_check_manifest("norm_cases.txt", "test_norm_oracle.c", case_is_tested,
+                                        NULL);
     ck_assert_uint_eq(n, ARRAY_LEN(layernorm_cases) + ARRAY_LEN(rmsnorm_cases) +
                              ARRAY_LEN(batchnorm_cases));
 }

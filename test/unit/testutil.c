@@ -169,6 +169,41 @@ static int read_exact(FILE *f, void *buf, size_t n)
     return fread(buf, 1, n, f) == n;
 }
 
+int tbt_name_listed(const char *name, const void *names)
+{
+    const tbt_names *l = names;
+    for (size_t k = 0; k < l->n; k++)
+        if (strcmp(l->names[k], name) == 0)
+            return 1;
+    return 0;
+}
+
+size_t tbt_check_manifest(const char *manifest, const char *test_file, tbt_case_pred is_tested,
+                          const void *user)
+{
+    const char *dir = getenv("TB_ORACLE_DIR");
+    ck_assert_msg(dir && dir[0], "TB_ORACLE_DIR is not set");
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, manifest);
+    FILE *f = fopen(path, "r");
+    ck_assert_msg(f != NULL, "cannot open %s (written by the generators in test/oracle)", path);
+    char line[256];
+    size_t listed = 0;
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\r\n")] = '\0';
+        if (!line[0])
+            continue;
+        listed++;
+        if (!is_tested(line, user)) {
+            fclose(f);
+            ck_abort_msg("reference case '%s' of %s is generated but not tested by %s", line,
+                         manifest, test_file);
+        }
+    }
+    fclose(f);
+    return listed;
+}
+
 tbt_ref *tbt_ref_load(const char *case_name)
 {
     const char *dir = getenv("TB_ORACLE_DIR");

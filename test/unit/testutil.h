@@ -93,6 +93,20 @@ double tbt_dot(const float *w, const float *y, size_t n);
  */
 typedef struct tbt_ref tbt_ref;
 tbt_ref *tbt_ref_load(const char *case_name);
+
+/* The generators list the cases they wrote in TB_ORACLE_DIR/<manifest>, one
+ * name per line. Fails (naming the case and test_file) unless is_tested()
+ * accepts every listed name; returns how many names were listed. */
+typedef int (*tbt_case_pred)(const char *name, const void *user);
+size_t tbt_check_manifest(const char *manifest, const char *test_file, tbt_case_pred is_tested,
+                          const void *user);
+
+/* A predicate for tbt_check_manifest: the name is in the tbt_names list. */
+typedef struct tbt_names {
+    const char *const *names;
+    size_t n;
+} tbt_names;
+int tbt_name_listed(const char *name, const void *names);
 void tbt_ref_free(tbt_ref *ref);
 /* Pointer to the named tensor's data (fails the test if absent or if the
  * dtype differs). numel and shape (up to 4 dims; may be NULL) are filled. */

@@ -1,0 +1,222 @@
+/**
+ * @file safetensors.h
+ * @brief Read and write the safetensors format (Hugging Face's tensor
+ * file), so parameters move between libtblocks, PyTorch and the Hugging
+ * Face tools.
+ *
+ * Format: an 8-byte little-endian header length n, n bytes of JSON
+ * (`{"name": {"dtype": "F32", "shape": [2, 3], "data_offsets": [b, e]},
+ * ..., "__metadata__": {"key": "value"}}`), then the data section, raw
+ * little-endian, tensor bytes at [b, e) of it.
+ *
+ * Reading treats every file as untrusted. tb_st_parse() rejects, with
+ * TB_ERR_FORMAT and a message naming the problem: a header length beyond
+ * the file or above 100 MB; JSON that is malformed, nested deeper than 64
+ * levels, not an object, or has duplicate keys; a tensor entry without
+ * dtype, shape or data_offsets, or with an unknown dtype, a negative,
+ * fractional or huge number, more than TB_ST_MAX_DIMS dimensions, a shape
+ * whose element count or byte size overflows, offsets that are reversed,
+ * out of the data section, or whose length is not the shape's byte size;
+ * tensors that overlap or leave holes (the data section must be covered
+ * exactly, as the reference implementation requires); metadata values
+ * that are not strings. It never reads outside the buffer, and a fuzz
+ * target (test/fuzz/fuzz_safetensors.c) runs it under ASan and UBSan.
+ *
+ * Values: tb_st_read_f32() converts F32, F16, BF16 and F64 to float
+ * (F16 and BF16 exactly; F64 rounded to nearest). Other dtypes are parsed
+ * (so a file that also holds, say, int64 buffers is accepted) but not
+ * converted.
+ *
+ * Writing (tb_st_save(), tb_st_save_params()) produces F32 tensors in the
+ * given order, the header padded with spaces to a multiple of 8 bytes, and
+ * is crash-safe: the file is written under a temporary name in the same
+ * directory, flushed to disk (fsync), and renamed over `path` only when
+ * complete, so an interrupted save leaves any previous file intact. Needs
+ * POSIX (fsync, rename, getpid).
+ */
+#ifndef TBLOCKS_SAFETENSORS_H
+#define TBLOCKS_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "context.h"
+#include "param.h"
+#include "status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Most dimensions a tensor in a file may have. */
+#define TB_ST_MAX_DIMS 8
+
+/** @brief Element types of the format. */
+typedef enum tb_st_dtype {
+    TB_ST_BOOL = 0,  /**< "BOOL", 1 byte. */
+    TB_ST_U8 = 1,    /**< "U8". */
+    TB_ST_I8 = 2,    /**< "I8". */
+    TB_ST_I16 = 3,   /**< "I16". */
+    TB_ST_U16 = 4,   /**< "U16". */
+    TB_ST_F16 = 5,   /**< "F16", IEEE half. */
+    TB_ST_BF16 = 6,  /**< "BF16", bfloat16. */
+    TB_ST_I32 = 7,   /**< "I32". */
+    TB_ST_U32 = 8,   /**< "U32". */
+    TB_ST_F32 = 9,   /**< "F32". */
+    TB_ST_I64 = 10,  /**< "I64". */
+    TB_ST_U64 = 11,  /**< "U64". */
+    TB_ST_F64 = 12,  /**< "F64". */
+    TB_ST_F8_E4M3 = 13, /**< "F8_E4M3". */
+    TB_ST_F8_E5M2 = 14  /**< "F8_E5M2". */
+} tb_st_dtype;
+
+/** @brief One tensor of a parsed file. */
+typedef struct tb_st_tensor {
+    const char *name;             /**< Its name (points into the file's strings). */
+    tb_st_dtype dtype;            /**< Element type. */
+    size_t ndim;                  /**< Dimensions, 0..TB_ST_MAX_DIMS (0: a scalar). */
+    size_t shape[TB_ST_MAX_DIMS]; /**< Sizes. */
+    size_t numel;                 /**< Product of the sizes (1 for a scalar). */
+    const unsigned char *data;    /**< Its bytes (inside the file's buffer). */
+    size_t nbytes;                /**< numel times the element size. */
+} tb_st_tensor;
+
+/** @brief A metadata entry (`__metadata__`). */
+typedef struct tb_st_meta {
+    const char *key;   /**< Key. */
+    const char *value; /**< Value. */
+} tb_st_meta;
+
+/** @brief A parsed file; fill with tb_st_open() or tb_st_parse(). */
+typedef struct tb_st_file {
+    tb_st_tensor *tensors;  /**< `count` tensors in data order. */
+    size_t count;           /**< Number of tensors. */
+    tb_st_meta *meta;       /**< `n_meta` metadata entries. */
+    size_t n_meta;          /**< Number of metadata entries. */
+    unsigned char *owned;   /**< The file's bytes when read by tb_st_open(). */
+    void *storage;          /**< Tensors, metadata and unescaped strings. */
+    tb_allocator allocator; /**< Hooks the memory came from. */
+} tb_st_file;
+
+/**
+ * @brief Parse a safetensors image in memory. The file refers to `bytes`
+ * (nothing is copied): keep them alive while it is used.
+ * @param ctx Context (allocator, error detail).
+ * @param bytes The image.
+ * @param size Its length.
+ * @param file Receives the index; left empty on failure.
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_FORMAT (see the file comment);
+ *         TB_ERR_NO_MEMORY.
+ */
+tb_status tb_st_parse(tb_ctx *ctx, const void *bytes, size_t size, tb_st_file *file);
+
+/**
+ * @brief Read a file into memory and parse it.
+ * @param ctx Context.
+ * @param path File name.
+ * @param file Receives the file; left empty on failure.
+ * @return As tb_st_parse(), plus TB_ERR_IO when the file cannot be read.
+ */
+tb_status tb_st_open(tb_ctx *ctx, const char *path, tb_st_file *file);
+
+/**
+ * @brief Release a file; the struct is left empty.
+ * @param file File; NULL or empty is fine.
+ */
+void tb_st_close(tb_st_file *file);
+
+/**
+ * @brief Look a tensor up by name.
+ * @param file File.
+ * @param name Name.
+ * @return The tensor, or NULL.
+ */
+const tb_st_tensor *tb_st_find(const tb_st_file *file, const char *name);
+
+/**
+ * @brief Look a metadata value up.
+ * @param file File.
+ * @param key Key.
+ * @return The value, or NULL.
+ */
+const char *tb_st_meta_get(const tb_st_file *file, const char *key);
+
+/**
+ * @brief The tensor's values as floats (F32, F16, BF16 or F64).
+ * @param ctx Context.
+ * @param t Tensor of a parsed file.
+ * @param out Receives t->numel floats.
+ * @param n Size of out in floats (must equal t->numel).
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_SHAPE (n != numel);
+ *         TB_ERR_UNSUPPORTED (another dtype).
+ */
+tb_status tb_st_read_f32(tb_ctx *ctx, const tb_st_tensor *t, float *out, size_t n);
+
+/** Loading flags. */
+enum {
+    TB_ST_STRICT = 0,                /**< Every parameter present, nothing else in the file. */
+    TB_ST_ALLOW_MISSING = 1u << 0,   /**< Parameters absent from the file keep their values. */
+    TB_ST_ALLOW_UNEXPECTED = 1u << 1 /**< Tensors not in the list are ignored. */
+};
+
+/**
+ * @brief Copy tensors into the list's parameters by name (all of them, or a
+ * subset with the flags: adapters, partial fine-tuning). Everything is
+ * checked before anything is written, so on error no parameter changes.
+ * Tensors whose name starts with `skip_prefix` (if not NULL) are ignored,
+ * as unexpected ones would be (e.g. an optimizer's state in a checkpoint).
+ * @param ctx Context.
+ * @param file Parsed file.
+ * @param list Parameters (values are written; gradients untouched).
+ * @param flags TB_ST_STRICT or an OR of TB_ST_ALLOW_*.
+ * @param skip_prefix Prefix of tensors to ignore, or NULL.
+ * @param n_loaded Receives how many parameters were written, or NULL.
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_NOT_FOUND (a parameter missing,
+ *         named in the message); TB_ERR_INVALID_ARG (an unexpected tensor,
+ *         named); TB_ERR_SHAPE (a shape mismatch, both shapes in the
+ *         message); TB_ERR_UNSUPPORTED (a non-float dtype).
+ */
+tb_status tb_st_load_params(tb_ctx *ctx, const tb_st_file *file, tb_param_list *list,
+                            unsigned flags, const char *skip_prefix, size_t *n_loaded);
+
+/** @brief A tensor to write. */
+typedef struct tb_st_entry {
+    const char *name;    /**< Non-empty, unique in the file. */
+    const float *data;   /**< numel floats (may be NULL when numel is 0). */
+    size_t ndim;         /**< 0..TB_ST_MAX_DIMS. */
+    const size_t *shape; /**< ndim sizes. */
+} tb_st_entry;
+
+/**
+ * @brief Write tensors as F32 with optional metadata, crash-safely.
+ * @param ctx Context.
+ * @param path Destination.
+ * @param entries Tensors, in the order their data is laid out.
+ * @param n Number of entries.
+ * @param meta Metadata pairs, or NULL.
+ * @param n_meta Number of pairs.
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG (empty or duplicate
+ *         names, "__metadata__" as a name, too many dimensions);
+ *         TB_ERR_OVERFLOW; TB_ERR_NO_MEMORY; TB_ERR_IO (the previous file at
+ *         `path`, if any, is then unchanged).
+ */
+tb_status tb_st_save(tb_ctx *ctx, const char *path, const tb_st_entry *entries, size_t n,
+                     const tb_st_meta *meta, size_t n_meta);
+
+/**
+ * @brief Write every parameter of a list (values, by name).
+ * @param ctx Context.
+ * @param path Destination.
+ * @param list Parameters.
+ * @param meta Metadata pairs, or NULL.
+ * @param n_meta Number of pairs.
+ * @return As tb_st_save().
+ */
+tb_status tb_st_save_params(tb_ctx *ctx, const char *path, const tb_param_list *list,
+                            const tb_st_meta *meta, size_t n_meta);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TBLOCKS_SAFETENSORS_H */
