@@ -31,5 +31,6 @@
 #include "tblocks/grad.h"
 #include "tblocks/safetensors.h"
 #include "tblocks/checkpoint.h"
+#include "tblocks/sample.h"
 
 #endif /* TBLOCKS_H */

@@ -1,10 +1,18 @@
 /**
  * @file linear.h
- * @brief Linear layer: `y = x W^T + b`, as torch.nn.Linear.
+ * @brief Linear layer: `y = x W^T + b`, as torch.nn.Linear (or, with the
+ * (in, out) layout, `y = x W + b`, as GPT-2's Conv1D).
  *
  * Shapes: x `(N..., in)`, y `(N..., out)` (leading dimensions are flattened
- * into N rows), W `(out, in)`, b `(out)`. Parameters are named `weight` and
- * `bias`. No activation cache is needed: backward takes the forward input.
+ * into N rows), W `(out, in)` (TB_LINEAR_OUT_IN, PyTorch's nn.Linear) or
+ * `(in, out)` (TB_LINEAR_IN_OUT, the layout of GPT-2 checkpoints, so their
+ * weights load without a transpose), b `(out)`. Parameters are named
+ * `weight` and `bias`. No activation cache is needed: backward takes the
+ * forward input.
+ *
+ * Weight tying: tb_linear_view() makes a layer over parameters owned
+ * elsewhere (a language model's output layer over the token embedding);
+ * its backward adds into that parameter's gradient.
  */
 #ifndef TBLOCKS_LINEAR_H
 #define TBLOCKS_LINEAR_H
@@ -21,15 +29,22 @@
 extern "C" {
 #endif
 
+/** @brief Memory layout of a linear layer's weight. */
+typedef enum tb_linear_layout {
+    TB_LINEAR_OUT_IN = 0, /**< `(out, in)`, torch.nn.Linear. */
+    TB_LINEAR_IN_OUT = 1  /**< `(in, out)`, GPT-2's Conv1D. */
+} tb_linear_layout;
+
 /** @brief A linear layer; initialise with tb_linear_init(), release with
  *  tb_linear_free(). Fields may be read; change them only through the API. */
 typedef struct tb_linear {
     size_t in_features;     /**< Input width. */
     size_t out_features;    /**< Output width. */
     int has_bias;           /**< Nonzero if `bias` exists. */
-    tb_param weight;        /**< `(out, in)`. */
+    tb_linear_layout layout; /**< Weight layout. */
+    tb_param weight;        /**< `(out, in)` or `(in, out)`, see layout. */
     tb_param bias;          /**< `(out)`; value and grad NULL if !has_bias. */
-    void *storage;          /**< Owned memory for values and gradients. */
+    void *storage;          /**< Owned memory for values and gradients (NULL for a view). */
     tb_allocator allocator; /**< Hooks `storage` came from. */
 } tb_linear;
 
@@ -49,6 +64,37 @@ typedef struct tb_linear {
  */
 tb_status tb_linear_init(tb_ctx *ctx, tb_linear *layer, size_t in_features,
                          size_t out_features, int has_bias, tb_rng *rng);
+
+/**
+ * @brief tb_linear_init() with a choice of weight layout (the same initial
+ * values, in that layout's order).
+ * @param ctx Context.
+ * @param layer Layer to initialise; left empty on failure.
+ * @param in_features Input width, >= 1.
+ * @param out_features Output width, >= 1.
+ * @param has_bias Nonzero to include a bias.
+ * @param layout TB_LINEAR_OUT_IN or TB_LINEAR_IN_OUT.
+ * @param rng Stream the initial values are drawn from.
+ * @return As tb_linear_init(); TB_ERR_INVALID_ARG for an unknown layout.
+ */
+tb_status tb_linear_init_layout(tb_ctx *ctx, tb_linear *layer, size_t in_features,
+                                size_t out_features, int has_bias, tb_linear_layout layout,
+                                tb_rng *rng);
+
+/**
+ * @brief A layer over existing parameters, owning nothing (weight tying).
+ * tb_linear_free() on it only clears the struct.
+ * @param ctx Context (error detail).
+ * @param layer Layer to set up.
+ * @param weight A 2-D parameter: `(out, in)` or `(in, out)` per layout.
+ * @param bias A `(out)` parameter, or NULL for none.
+ * @param layout Layout of weight.
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_SHAPE (weight not 2-D, bias not
+ *         `(out)`); TB_ERR_INVALID_ARG (unknown layout).
+ */
+tb_status tb_linear_view(tb_ctx *ctx, tb_linear *layer, const tb_param *weight,
+                         const tb_param *bias, tb_linear_layout layout);
+
 
 /**
  * @brief Release a layer's memory; the struct is left empty.

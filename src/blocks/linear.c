@@ -8,11 +8,21 @@
 tb_status tb_linear_init(tb_ctx *ctx, tb_linear *layer, size_t in_features,
                          size_t out_features, int has_bias, tb_rng *rng)
 {
-    const char *fn = __func__;
+    return tb_linear_init_layout(ctx, layer, in_features, out_features, has_bias,
+                                 TB_LINEAR_OUT_IN, rng);
+}
+
+tb_status tb_linear_init_layout(tb_ctx *ctx, tb_linear *layer, size_t in_features,
+                                size_t out_features, int has_bias, tb_linear_layout layout,
+                                tb_rng *rng)
+{
+    const char *fn = "tb_linear_init";
     if (layer)
         memset(layer, 0, sizeof *layer);
     if (!ctx || !layer || !rng)
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx, layer and rng must not be NULL");
+    if (layout != TB_LINEAR_OUT_IN && layout != TB_LINEAR_IN_OUT)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown weight layout %d", (int)layout);
     if (in_features == 0 || out_features == 0)
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "in_features (%zu) and out_features (%zu) must be >= 1",
                        in_features, out_features);
@@ -41,9 +51,12 @@ tb_status tb_linear_init(tb_ctx *ctx, tb_linear *layer, size_t in_features,
     layer->in_features = in_features;
     layer->out_features = out_features;
     layer->has_bias = has_bias ? 1 : 0;
+    layer->layout = layout;
     layer->storage = mem;
     layer->allocator = ctx->allocator;
     size_t wshape[2] = {out_features, in_features};
+    if (layout == TB_LINEAR_IN_OUT)
+        wshape[0] = in_features, wshape[1] = out_features;
     tb_param_set_shape(&layer->weight, 2, wshape);
     layer->weight.value = w;
     layer->weight.grad = gw;
@@ -58,11 +71,38 @@ tb_status tb_linear_init(tb_ctx *ctx, tb_linear *layer, size_t in_features,
     return TB_OK;
 }
 
+tb_status tb_linear_view(tb_ctx *ctx, tb_linear *layer, const tb_param *weight,
+                         const tb_param *bias, tb_linear_layout layout)
+{
+    const char *fn = __func__;
+    if (!layer || !weight)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "layer and weight must not be NULL");
+    memset(layer, 0, sizeof *layer);
+    if (layout != TB_LINEAR_OUT_IN && layout != TB_LINEAR_IN_OUT)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown weight layout %d", (int)layout);
+    if (weight->ndim != 2 || !weight->value)
+        return tb_fail(ctx, TB_ERR_SHAPE, fn, "weight must be a 2-D parameter with values");
+    const size_t out = layout == TB_LINEAR_OUT_IN ? weight->shape[0] : weight->shape[1];
+    const size_t in = layout == TB_LINEAR_OUT_IN ? weight->shape[1] : weight->shape[0];
+    if (bias && (bias->ndim != 1 || bias->shape[0] != out || !bias->value))
+        return tb_fail(ctx, TB_ERR_SHAPE, fn, "bias must be a (%zu) parameter with values", out);
+    layer->in_features = in;
+    layer->out_features = out;
+    layer->layout = layout;
+    layer->weight = *weight; /* the same value and grad pointers */
+    if (bias) {
+        layer->has_bias = 1;
+        layer->bias = *bias;
+    }
+    return TB_OK;
+}
+
 void tb_linear_free(tb_linear *layer)
 {
     if (!layer)
         return;
-    tb_free_with(&layer->allocator, layer->storage);
+    if (layer->storage)
+        tb_free_with(&layer->allocator, layer->storage);
     memset(layer, 0, sizeof *layer);
 }
 
@@ -71,7 +111,7 @@ tb_status tb_linear_params(tb_ctx *ctx, tb_linear *layer, const char *prefix,
 {
     if (!layer)
         return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "layer is NULL");
-    if (!layer->storage)
+    if (!layer->weight.value)
         return tb_fail(ctx, TB_ERR_STATE, __func__, "layer is not initialised");
     tb_status s = tb_param_list_add(ctx, list, prefix, "weight", &layer->weight);
     if (s == TB_OK && layer->has_bias)
@@ -83,7 +123,7 @@ static tb_status check_layer(tb_ctx *ctx, const char *fn, const tb_linear *layer
 {
     if (!ctx || !layer)
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx and layer must not be NULL");
-    if (!layer->storage || !layer->weight.value)
+    if (!layer->weight.value)
         return tb_fail(ctx, TB_ERR_STATE, fn, "layer is not initialised");
     return TB_OK;
 }
@@ -106,8 +146,12 @@ tb_status tb_linear_forward(tb_ctx *ctx, const tb_linear *layer, const tb_tensor
     cout = layer->out_features;
     if (tb_overlaps(x->data, n * cin, y->data, n * cout))
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "y overlaps x");
-    s = tb_gemm(ctx, 0, 1, n, cout, cin, 1.0f, x->data, cin, layer->weight.value, cin, 0.0f,
-                y->data, cout);
+    if (layer->layout == TB_LINEAR_IN_OUT) /* y = x W, W (in, out) */
+        s = tb_gemm(ctx, 0, 0, n, cout, cin, 1.0f, x->data, cin, layer->weight.value, cout, 0.0f,
+                    y->data, cout);
+    else /* y = x W^T, W (out, in) */
+        s = tb_gemm(ctx, 0, 1, n, cout, cin, 1.0f, x->data, cin, layer->weight.value, cin, 0.0f,
+                    y->data, cout);
     if (s != TB_OK)
         return s;
     if (layer->has_bias) {
@@ -147,15 +191,24 @@ tb_status tb_linear_backward(tb_ctx *ctx, tb_linear *layer, const tb_tensor *x,
     }
     /* The weight gradient first: if it fails (out of memory for packing),
      * nothing has been written yet. */
-    if (tb_param_wants_grad(&layer->weight)) { /* dW (out, in) += dy^T x */
-        s = tb_gemm(ctx, 1, 0, cout, cin, n, 1.0f, dy->data, cout, x->data, cin, 1.0f,
-                    layer->weight.grad, cin);
+    const int in_out = layer->layout == TB_LINEAR_IN_OUT;
+    if (tb_param_wants_grad(&layer->weight)) {
+        if (in_out) /* dW (in, out) += x^T dy */
+            s = tb_gemm(ctx, 1, 0, cin, cout, n, 1.0f, x->data, cin, dy->data, cout, 1.0f,
+                        layer->weight.grad, cout);
+        else /* dW (out, in) += dy^T x */
+            s = tb_gemm(ctx, 1, 0, cout, cin, n, 1.0f, dy->data, cout, x->data, cin, 1.0f,
+                        layer->weight.grad, cin);
         if (s != TB_OK)
             return s;
     }
-    if (dx) { /* dx (n, in) = dy (n, out) W (out, in) */
-        s = tb_gemm(ctx, 0, 0, n, cin, cout, 1.0f, dy->data, cout, layer->weight.value, cin,
-                    0.0f, dx->data, cin);
+    if (dx) {
+        if (in_out) /* dx (n, in) = dy (n, out) W^T, W (in, out) */
+            s = tb_gemm(ctx, 0, 1, n, cin, cout, 1.0f, dy->data, cout, layer->weight.value, cout,
+                        0.0f, dx->data, cin);
+        else /* dx (n, in) = dy (n, out) W (out, in) */
+            s = tb_gemm(ctx, 0, 0, n, cin, cout, 1.0f, dy->data, cout, layer->weight.value, cin,
+                        0.0f, dx->data, cin);
         if (s != TB_OK)
             return s;
     }

@@ -20,6 +20,7 @@
     X(optim)          \
     X(safetensors)    \
     X(checkpoint)     \
+    X(sample)         \
     X(harness)        \
     X(examples)
 

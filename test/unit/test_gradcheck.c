@@ -39,13 +39,15 @@ static double linear_loss(void *user)
     return tbt_dot(p->w, p->y, p->n * p->out);
 }
 
-static void check_linear(size_t n, size_t in, size_t out, int bias)
+static void check_linear_layout(size_t n, size_t in, size_t out, int bias,
+                                tb_linear_layout layout)
 {
     linear_prob p;
     tbt_ctx_init(&p.ctx, 1);
     tb_rng rng;
     tb_rng_init(&rng, n * 1000 + in * 10 + out);
-    ck_assert_int_eq(tb_linear_init(&p.ctx, &p.lin, in, out, bias, &rng), TB_OK);
+    ck_assert_int_eq(tb_linear_init_layout(&p.ctx, &p.lin, in, out, bias, layout, &rng), TB_OK);
+    ck_assert_uint_eq(p.lin.weight.shape[0], layout == TB_LINEAR_IN_OUT ? in : out);
     p.n = n, p.in = in, p.out = out;
     p.x = tbt_alloc(n * in * sizeof(float));
     p.y = tbt_alloc(n * out * sizeof(float));
@@ -57,9 +59,11 @@ static void check_linear(size_t n, size_t in, size_t out, int bias)
               dxt = tb_tensor_2d(dx, n, in);
     ck_assert_int_eq(tb_linear_backward(&p.ctx, &p.lin, &x, &dy, &dxt), TB_OK);
     char label[96];
-    snprintf(label, sizeof label, "linear[%zux%zu->%zu%s].dx", n, in, out, bias ? "" : ",nobias");
+    const char *tag = layout == TB_LINEAR_IN_OUT ? (bias ? ",in_out" : ",nobias,in_out")
+                                                 : (bias ? "" : ",nobias");
+    snprintf(label, sizeof label, "linear[%zux%zu->%zu%s].dx", n, in, out, tag);
     tbt_gradcheck(label, p.x, n * in, dx, linear_loss, &p, H, RTOL, ATOL, MAX_CHECKS);
-    snprintf(label, sizeof label, "linear[%zux%zu->%zu%s].dW", n, in, out, bias ? "" : ",nobias");
+    snprintf(label, sizeof label, "linear[%zux%zu->%zu%s].dW", n, in, out, tag);
     tbt_gradcheck(label, p.lin.weight.value, in * out, p.lin.weight.grad, linear_loss, &p, H,
                   RTOL, ATOL, MAX_CHECKS);
     if (bias) {
@@ -71,12 +75,79 @@ static void check_linear(size_t n, size_t in, size_t out, int bias)
     free(p.x), free(p.y), free(p.w), free(dx);
 }
 
+static void check_linear(size_t n, size_t in, size_t out, int bias)
+{
+    check_linear_layout(n, in, out, bias, TB_LINEAR_OUT_IN);
+}
+
 START_TEST(linear_gradients)
 {
     check_linear(1, 1, 1, 1);
     check_linear(3, 17, 5, 1);
     check_linear(17, 33, 50, 1);
     check_linear(5, 3, 17, 0);
+    /* GPT-2's Conv1D layout, W (in, out). */
+    check_linear_layout(1, 1, 1, 1, TB_LINEAR_IN_OUT);
+    check_linear_layout(3, 17, 5, 1, TB_LINEAR_IN_OUT);
+    check_linear_layout(17, 33, 50, 0, TB_LINEAR_IN_OUT);
+}
+END_TEST
+
+/* The (in, out) layout computes what nn.Linear computes with W transposed,
+ * and a view over another layer's parameters (weight tying) shares its
+ * values and accumulates into its gradients. */
+START_TEST(linear_layout_and_view)
+{
+    enum { N = 7, IN = 19, OUT = 33 };
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 2);
+    tb_rng rng;
+    tb_rng_init(&rng, 4);
+    tb_linear a, b, v;
+    ck_assert_int_eq(tb_linear_init_layout(&ctx, &a, IN, OUT, 1, TB_LINEAR_OUT_IN, &rng), TB_OK);
+    ck_assert_int_eq(tb_linear_init_layout(&ctx, &b, IN, OUT, 1, TB_LINEAR_IN_OUT, &rng), TB_OK);
+    for (size_t o = 0; o < OUT; o++)
+        for (size_t i = 0; i < IN; i++)
+            b.weight.value[i * OUT + o] = a.weight.value[o * IN + i];
+    memcpy(b.bias.value, a.bias.value, OUT * sizeof(float));
+    float x[N * IN], ya[N * OUT], yb[N * OUT], dy[N * OUT], dxa[N * IN], dxb[N * IN];
+    tbt_fill_uniform(x, N * IN, -1, 1, 5);
+    tbt_fill_uniform(dy, N * OUT, -1, 1, 6);
+    tb_tensor xt = tb_tensor_2d(x, N, IN), yat = tb_tensor_2d(ya, N, OUT),
+              ybt = tb_tensor_2d(yb, N, OUT), dyt = tb_tensor_2d(dy, N, OUT),
+              dxat = tb_tensor_2d(dxa, N, IN), dxbt = tb_tensor_2d(dxb, N, IN);
+    ck_assert_int_eq(tb_linear_forward(&ctx, &a, &xt, &yat), TB_OK);
+    ck_assert_int_eq(tb_linear_forward(&ctx, &b, &xt, &ybt), TB_OK);
+    tbt_assert_close("linear in_out y", yb, ya, N * OUT, 1e-6, 1e-6);
+    ck_assert_int_eq(tb_linear_backward(&ctx, &a, &xt, &dyt, &dxat), TB_OK);
+    ck_assert_int_eq(tb_linear_backward(&ctx, &b, &xt, &dyt, &dxbt), TB_OK);
+    tbt_assert_close("linear in_out dx", dxb, dxa, N * IN, 1e-6, 1e-6);
+    float gt[IN * OUT];
+    for (size_t o = 0; o < OUT; o++)
+        for (size_t i = 0; i < IN; i++)
+            gt[i * OUT + o] = a.weight.grad[o * IN + i];
+    tbt_assert_close("linear in_out dW", b.weight.grad, gt, IN * OUT, 1e-6, 1e-6);
+    /* A view over a's parameters: same outputs, gradients land in a's. */
+    ck_assert_int_eq(tb_linear_view(&ctx, &v, &a.weight, &a.bias, TB_LINEAR_OUT_IN), TB_OK);
+    ck_assert_uint_eq(v.in_features, IN);
+    ck_assert_uint_eq(v.out_features, OUT);
+    float gw0 = a.weight.grad[3];
+    ck_assert_int_eq(tb_linear_forward(&ctx, &v, &xt, &ybt), TB_OK);
+    ck_assert(memcmp(ya, yb, sizeof ya) == 0);
+    ck_assert_int_eq(tb_linear_backward(&ctx, &v, &xt, &dyt, NULL), TB_OK);
+    ck_assert(a.weight.grad[3] == gw0 + gw0); /* the same sum added again */
+    tb_linear_free(&v); /* frees nothing: a is still usable (ASan would see a use after free) */
+    ck_assert_int_eq(tb_linear_forward(&ctx, &a, &xt, &yat), TB_OK);
+    ck_assert_int_eq(tb_linear_view(&ctx, &v, &a.weight, &b.weight, TB_LINEAR_OUT_IN),
+                     TB_ERR_SHAPE);
+    ck_assert_int_eq(tb_linear_view(&ctx, &v, &a.bias, NULL, TB_LINEAR_OUT_IN), TB_ERR_SHAPE);
+    ck_assert_int_eq(tb_linear_view(&ctx, &v, &a.weight, NULL, (tb_linear_layout)5),
+                     TB_ERR_INVALID_ARG);
+    ck_assert_int_eq(tb_linear_view(&ctx, &v, NULL, NULL, TB_LINEAR_OUT_IN), TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_linear_init_layout(&ctx, &v, 2, 2, 1, (tb_linear_layout)5, &rng),
+                     TB_ERR_INVALID_ARG);
+    tb_linear_free(&a);
+    tb_linear_free(&b);
 }
 END_TEST
 
@@ -304,6 +375,7 @@ Suite *suite_gradcheck(void)
     TCase *tc = tcase_create("finite_differences");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, linear_gradients);
+    tcase_add_test(tc, linear_layout_and_view);
     tcase_add_test(tc, embedding_gradients);
     tcase_add_test(tc, elementwise_gradients);
     tcase_add_test(tc, cross_entropy_gradients);
