@@ -35,7 +35,8 @@ EXAMPLE_BINS := $(EXAMPLES:%=$(BUILD)/bin/%)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lpthread)
 TEST_SRC  := $(sort $(wildcard test/unit/*.c))
-TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o)
+# The unit tests also test the examples' shared model wiring (test_gpt.c).
+TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o) $(BUILD)/examples/common/gpt.o
 TEST_BIN  := $(BUILD)/test/unit_tests
 ORACLE_DIR := $(BUILD)/oracle
 # Every test runs once per kernel family (auto = the best this CPU has);
@@ -155,7 +156,7 @@ $(BUILD)/examples/%.o: examples/%.c $(FLAGS_STAMP)
 
 $(BUILD)/test/unit/%.o: test/unit/%.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -Isrc $(CHECK_CFLAGS) $(DEPFLAGS) -c $< -o $@
+	$(CC) $(CFLAGS_ALL) -Isrc -Iexamples/common $(CHECK_CFLAGS) $(DEPFLAGS) -c $< -o $@
 
 $(TEST_BIN): $(TEST_OBJ) $(LIB)
 	@mkdir -p $(dir $@)

@@ -21,6 +21,7 @@
     X(safetensors)    \
     X(checkpoint)     \
     X(sample)         \
+    X(gpt)            \
     X(harness)        \
     X(examples)
 

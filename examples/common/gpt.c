@@ -1,0 +1,485 @@
+/* GPT-2-style model wiring for the examples (gpt.h). */
+#include "gpt.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TRY(call)                       \
+    do {                                \
+        tb_status try_status_ = (call); \
+        if (try_status_ != TB_OK)       \
+            return try_status_;         \
+    } while (0)
+
+#define LN_EPS 1e-5f
+#define GELU TB_GELU_TANH /* GPT-2's "gelu_new" */
+
+tb_status gpt_config_check(tb_ctx *ctx, const gpt_config *c)
+{
+    if (!c)
+        return TB_ERR_NULL_ARG;
+    if (!c->n_layer || !c->n_head || !c->n_embd || !c->block_size || !c->vocab_size ||
+        c->n_embd % c->n_head != 0 || !(c->dropout >= 0.0f && c->dropout < 1.0f) ||
+        c->vocab_size > INT32_MAX) {
+        snprintf(ctx->error, sizeof ctx->error,
+                 "gpt: bad configuration (layers %zu, heads %zu, width %zu, context %zu, vocab "
+                 "%zu, dropout %g): sizes must be >= 1, the width a multiple of the heads, "
+                 "dropout in [0, 1)",
+                 c->n_layer, c->n_head, c->n_embd, c->block_size, c->vocab_size,
+                 (double)c->dropout);
+        return TB_ERR_INVALID_ARG;
+    }
+    return TB_OK;
+}
+
+static tb_status normal_init(tb_ctx *ctx, tb_rng *rng, tb_param *p, float std)
+{
+    return tb_rng_fill_normal(ctx, rng, p->value, p->numel, 0.0f, std);
+}
+
+static void zero(tb_param *p)
+{
+    memset(p->value, 0, p->numel * sizeof(float));
+}
+
+static tb_status linear_init(tb_ctx *ctx, tb_linear *l, size_t in, size_t out, tb_rng *rng,
+                             float std)
+{
+    TRY(tb_linear_init_layout(ctx, l, in, out, 1, TB_LINEAR_IN_OUT, rng));
+    TRY(normal_init(ctx, rng, &l->weight, std));
+    zero(&l->bias);
+    return TB_OK;
+}
+
+tb_status gpt_init(tb_ctx *ctx, gpt *m, const gpt_config *cfg, tb_rng *rng)
+{
+    memset(m, 0, sizeof *m);
+    TRY(gpt_config_check(ctx, cfg));
+    m->cfg = *cfg;
+    const size_t C = cfg->n_embd, L = cfg->n_layer;
+    const float std = 0.02f, proj_std = 0.02f / sqrtf(2.0f * (float)L);
+    TRY(tb_embedding_init(ctx, &m->wte, cfg->vocab_size, C, rng));
+    TRY(tb_embedding_init(ctx, &m->wpe, cfg->block_size, C, rng));
+    TRY(normal_init(ctx, rng, &m->wte.weight, std));
+    TRY(normal_init(ctx, rng, &m->wpe.weight, std));
+    m->h = calloc(L, sizeof *m->h);
+    if (!m->h)
+        return TB_ERR_NO_MEMORY;
+    for (size_t l = 0; l < L; l++) {
+        gpt_block *b = &m->h[l];
+        TRY(tb_layernorm_init(ctx, &b->ln_1, C, LN_EPS, TB_NORM_SCALE | TB_NORM_SHIFT));
+        TRY(linear_init(ctx, &b->c_attn, C, 3 * C, rng, std));
+        TRY(linear_init(ctx, &b->attn_proj, C, C, rng, proj_std));
+        TRY(tb_layernorm_init(ctx, &b->ln_2, C, LN_EPS, TB_NORM_SCALE | TB_NORM_SHIFT));
+        TRY(linear_init(ctx, &b->c_fc, C, 4 * C, rng, std));
+        TRY(linear_init(ctx, &b->mlp_proj, 4 * C, C, rng, proj_std));
+    }
+    TRY(tb_layernorm_init(ctx, &m->ln_f, C, LN_EPS, TB_NORM_SCALE | TB_NORM_SHIFT));
+    TRY(tb_linear_view(ctx, &m->lm_head, &m->wte.weight, NULL, TB_LINEAR_OUT_IN));
+    m->attn = tb_attention_default_config(cfg->n_head, C / cfg->n_head);
+    m->attn.causal = 1;
+    TRY(tb_param_list_init(ctx, &m->params));
+    return gpt_param_list(ctx, m, "", &m->params);
+}
+
+void gpt_free(gpt *m)
+{
+    if (!m)
+        return;
+    tb_param_list_free(&m->params);
+    tb_embedding_free(&m->wte);
+    tb_embedding_free(&m->wpe);
+    if (m->h)
+        for (size_t l = 0; l < m->cfg.n_layer; l++) {
+            gpt_block *b = &m->h[l];
+            tb_layernorm_free(&b->ln_1);
+            tb_layernorm_free(&b->ln_2);
+            tb_linear_free(&b->c_attn);
+            tb_linear_free(&b->attn_proj);
+            tb_linear_free(&b->c_fc);
+            tb_linear_free(&b->mlp_proj);
+        }
+    free(m->h);
+    tb_layernorm_free(&m->ln_f);
+    tb_linear_free(&m->lm_head);
+    memset(m, 0, sizeof *m);
+}
+
+tb_status gpt_param_list(tb_ctx *ctx, gpt *m, const char *prefix, tb_param_list *list)
+{
+    char name[TB_PARAM_NAME_MAX];
+#define ADD(fn, obj, fmt, ...)                                        \
+    do {                                                              \
+        snprintf(name, sizeof name, "%s" fmt, prefix, __VA_ARGS__);   \
+        TRY(fn(ctx, obj, name, list));                                \
+    } while (0)
+    ADD(tb_embedding_params, &m->wte, "%s", "wte");
+    ADD(tb_embedding_params, &m->wpe, "%s", "wpe");
+    for (size_t l = 0; l < m->cfg.n_layer; l++) {
+        gpt_block *b = &m->h[l];
+        ADD(tb_layernorm_params, &b->ln_1, "h.%zu.ln_1", l);
+        ADD(tb_linear_params, &b->c_attn, "h.%zu.attn.c_attn", l);
+        ADD(tb_linear_params, &b->attn_proj, "h.%zu.attn.c_proj", l);
+        ADD(tb_layernorm_params, &b->ln_2, "h.%zu.ln_2", l);
+        ADD(tb_linear_params, &b->c_fc, "h.%zu.mlp.c_fc", l);
+        ADD(tb_linear_params, &b->mlp_proj, "h.%zu.mlp.c_proj", l);
+    }
+    ADD(tb_layernorm_params, &m->ln_f, "%s", "ln_f");
+#undef ADD
+    return TB_OK;
+}
+
+/* Tensors a GPT-2 file may hold that are not parameters here. */
+static int ignorable(const char *name)
+{
+    const size_t n = strlen(name);
+    return strcmp(name, "lm_head.weight") == 0 ||
+           (n > 9 && strcmp(name + n - 9, ".attn.bias") == 0) ||
+           (n > 16 && strcmp(name + n - 16, ".attn.masked_bias") == 0);
+}
+
+tb_status gpt_load_weights(tb_ctx *ctx, gpt *m, const char *path)
+{
+    tb_st_file f;
+    TRY(tb_st_open(ctx, path, &f));
+    const char *prefix = tb_st_find(&f, "transformer.wte.weight") ? "transformer." : "";
+    tb_param_list list;
+    tb_status s = tb_param_list_init(ctx, &list);
+    if (s == TB_OK)
+        s = gpt_param_list(ctx, m, prefix, &list);
+    for (size_t i = 0; s == TB_OK && i < f.count; i++) {
+        const char *name = f.tensors[i].name;
+        if (!tb_param_list_find(&list, name) && !ignorable(name)) {
+            snprintf(ctx->error, sizeof ctx->error,
+                     "gpt: '%s' holds tensor '%s', which this model (%zu layers) does not have: "
+                     "a checkpoint of another configuration",
+                     path, name, m->cfg.n_layer);
+            s = TB_ERR_INVALID_ARG;
+        }
+    }
+    if (s == TB_OK)
+        s = tb_st_load_params(ctx, &f, &list, TB_ST_ALLOW_UNEXPECTED, NULL, NULL);
+    tb_param_list_free(&list);
+    tb_st_close(&f);
+    return s;
+}
+
+/* ---- activations ---------------------------------------------------------------- */
+
+static tb_status take(tb_ctx *ctx, tb_arena *ar, size_t n, float **out)
+{
+    void *p = NULL;
+    tb_status s = tb_arena_alloc(ctx, ar, n * sizeof(float), &p);
+    *out = p;
+    return s;
+}
+
+/* Lay out (or, with ar NULL, count into *total) every buffer. */
+static tb_status acts_layout(tb_ctx *ctx, gpt_acts *a, const gpt *m, tb_arena *ar,
+                             size_t *total)
+{
+    const size_t R = a->max_b * a->max_t, C = m->cfg.n_embd, V = m->cfg.vocab_size;
+    const size_t L = m->cfg.n_layer;
+#define BUF(ptr, n)                                                  \
+    do {                                                             \
+        if (ar)                                                      \
+            TRY(take(ctx, ar, (n), &(ptr)));                         \
+        else                                                         \
+            TRY(tb_arena_size_add(total, (n) * sizeof(float)));      \
+    } while (0)
+#define RAW(ptr, bytes)                                              \
+    do {                                                             \
+        if (ar)                                                      \
+            TRY(tb_arena_alloc(ctx, ar, (bytes), &(ptr)));           \
+        else                                                         \
+            TRY(tb_arena_size_add(total, (bytes)));                  \
+    } while (0)
+    for (size_t l = 0; l <= L; l++) {
+        gpt_layer_acts *la = &a->layer[l];
+        BUF(la->x, R * C);
+        if (l == L)
+            break;
+        BUF(la->a1, R * C);
+        BUF(la->qkv, R * 3 * C);
+        BUF(la->att, R * C);
+        BUF(la->p, R * C);
+        BUF(la->x1, R * C);
+        BUF(la->a2, R * C);
+        BUF(la->f, R * 4 * C);
+        BUF(la->g, R * 4 * C);
+        BUF(la->mo, R * C);
+        RAW(la->ln1_cache, a->ln_cache_bytes);
+        RAW(la->ln2_cache, a->ln_cache_bytes);
+        RAW(la->att_cache, a->att_cache_bytes);
+    }
+    BUF(a->emb, R * C);
+    BUF(a->xf, R * C);
+    BUF(a->logits, R * V);
+    BUF(a->dlogits, R * V);
+    RAW(a->lnf_cache, a->ln_cache_bytes);
+    RAW(a->ce_cache, a->ce_cache_bytes);
+    BUF(a->dx, R * C);
+    BUF(a->dt1, R * C);
+    BUF(a->dt2, R * C);
+    BUF(a->d4, R * 4 * C);
+    BUF(a->dqkv, R * 3 * C);
+    void *pos = NULL;
+    RAW(pos, R * sizeof(int32_t));
+    a->pos = pos;
+#undef BUF
+#undef RAW
+    return TB_OK;
+}
+
+tb_status gpt_acts_init(tb_ctx *ctx, gpt_acts *a, const gpt *m, size_t max_b, size_t max_t)
+{
+    memset(a, 0, sizeof *a);
+    if (!max_b || !max_t || max_t > m->cfg.block_size)
+        return TB_ERR_INVALID_ARG;
+    a->max_b = max_b, a->max_t = max_t;
+    const size_t R = max_b * max_t;
+    TRY(tb_layernorm_cache_size(R, &a->ln_cache_bytes));
+    TRY(tb_attention_cache_size(&m->attn, max_b, max_t, &a->att_cache_bytes));
+    TRY(tb_cross_entropy_cache_size(R, &a->ce_cache_bytes));
+    a->layer = calloc(m->cfg.n_layer + 1, sizeof *a->layer);
+    if (!a->layer)
+        return TB_ERR_NO_MEMORY;
+    size_t total = 0;
+    TRY(acts_layout(ctx, a, m, NULL, &total));
+    total += TB_ARENA_ALIGN;
+    a->buffer = malloc(total);
+    if (!a->buffer)
+        return TB_ERR_NO_MEMORY;
+    a->bytes = total;
+    tb_arena ar;
+    TRY(tb_arena_init(&ar, a->buffer, total));
+    return acts_layout(ctx, a, m, &ar, NULL);
+}
+
+void gpt_acts_free(gpt_acts *a)
+{
+    free(a->buffer);
+    free(a->layer);
+    memset(a, 0, sizeof *a);
+}
+
+/* ---- training forward / backward ----------------------------------------------------- */
+
+tb_status gpt_forward(tb_ctx *ctx, gpt *m, gpt_acts *a, tb_mode mode, tb_rng *rng,
+                      const int32_t *tokens, const int32_t *targets, size_t B, size_t T,
+                      float *loss)
+{
+    if (B > a->max_b || T > a->max_t || !B || !T)
+        return TB_ERR_SHAPE;
+    const size_t R = B * T, C = m->cfg.n_embd, V = m->cfg.vocab_size, L = m->cfg.n_layer;
+    const float p = mode == TB_MODE_TRAINING ? m->cfg.dropout : 0.0f;
+    a->b = B, a->t = T;
+    for (size_t r = 0; r < R; r++)
+        a->pos[r] = (int32_t)(r % T);
+    tb_tensor emb = tb_tensor_3d(a->emb, B, T, C), x0 = tb_tensor_3d(a->layer[0].x, B, T, C);
+    tb_tensor pe = tb_tensor_3d(a->xf, B, T, C); /* xf as scratch for the positions */
+    TRY(tb_embedding_forward(ctx, &m->wte, tokens, R, &emb));
+    TRY(tb_embedding_forward(ctx, &m->wpe, a->pos, R, &pe));
+    TRY(tb_residual_forward(ctx, &emb, &pe, &emb));
+    TRY(tb_dropout_forward(ctx, mode, p, rng, &emb, &x0, &a->drop_emb));
+    for (size_t l = 0; l < L; l++) {
+        gpt_block *b = &m->h[l];
+        gpt_layer_acts *la = &a->layer[l];
+        tb_tensor x = tb_tensor_3d(la->x, B, T, C), a1 = tb_tensor_3d(la->a1, B, T, C);
+        tb_tensor qkv = tb_tensor_3d(la->qkv, B, T, 3 * C), att = tb_tensor_3d(la->att, B, T, C);
+        tb_tensor pt = tb_tensor_3d(la->p, B, T, C), x1 = tb_tensor_3d(la->x1, B, T, C);
+        tb_tensor a2 = tb_tensor_3d(la->a2, B, T, C), f = tb_tensor_3d(la->f, B, T, 4 * C);
+        tb_tensor g = tb_tensor_3d(la->g, B, T, 4 * C), mo = tb_tensor_3d(la->mo, B, T, C);
+        tb_tensor xn = tb_tensor_3d(a->layer[l + 1].x, B, T, C);
+        memset(&la->mask, 0, sizeof la->mask);
+        if (p > 0.0f)
+            TRY(tb_attention_dropout_draw(&la->mask, rng, p, &m->attn, B, T, T));
+        TRY(tb_layernorm_forward(ctx, &b->ln_1, &x, &a1, la->ln1_cache, a->ln_cache_bytes));
+        TRY(tb_linear_forward(ctx, &b->c_attn, &a1, &qkv));
+        tb_heads q = {&qkv, 0}, k = {&qkv, C}, v = {&qkv, 2 * C};
+        TRY(tb_attention_forward(ctx, &m->attn, &la->mask, &q, &k, &v, &att, la->att_cache,
+                                 a->att_cache_bytes));
+        TRY(tb_linear_forward(ctx, &b->attn_proj, &att, &pt));
+        TRY(tb_dropout_forward(ctx, mode, p, rng, &pt, &pt, &la->drop_attn));
+        TRY(tb_residual_forward(ctx, &x, &pt, &x1));
+        TRY(tb_layernorm_forward(ctx, &b->ln_2, &x1, &a2, la->ln2_cache, a->ln_cache_bytes));
+        TRY(tb_linear_forward(ctx, &b->c_fc, &a2, &f));
+        TRY(tb_gelu_forward(ctx, GELU, &f, &g));
+        TRY(tb_linear_forward(ctx, &b->mlp_proj, &g, &mo));
+        TRY(tb_dropout_forward(ctx, mode, p, rng, &mo, &mo, &la->drop_mlp));
+        TRY(tb_residual_forward(ctx, &x1, &mo, &xn));
+    }
+    tb_tensor xl = tb_tensor_3d(a->layer[L].x, B, T, C), xf = tb_tensor_3d(a->xf, B, T, C);
+    tb_tensor lo = tb_tensor_2d(a->logits, R, V);
+    TRY(tb_layernorm_forward(ctx, &m->ln_f, &xl, &xf, a->lnf_cache, a->ln_cache_bytes));
+    tb_tensor xf2 = tb_tensor_2d(a->xf, R, C);
+    TRY(tb_linear_forward(ctx, &m->lm_head, &xf2, &lo));
+    if (targets)
+        TRY(tb_cross_entropy_forward(ctx, NULL, &lo, targets, R, loss, a->ce_cache,
+                                     a->ce_cache_bytes));
+    return TB_OK;
+}
+
+tb_status gpt_backward(tb_ctx *ctx, gpt *m, gpt_acts *a, const int32_t *tokens,
+                       const int32_t *targets, float dloss)
+{
+    const size_t B = a->b, T = a->t, R = B * T, C = m->cfg.n_embd, V = m->cfg.vocab_size;
+    const size_t L = m->cfg.n_layer;
+    tb_tensor lo = tb_tensor_2d(a->logits, R, V), dlo = tb_tensor_2d(a->dlogits, R, V);
+    tb_tensor xf2 = tb_tensor_2d(a->xf, R, C), dt1_2 = tb_tensor_2d(a->dt1, R, C);
+    TRY(tb_cross_entropy_backward(ctx, NULL, &lo, targets, R, dloss, a->ce_cache,
+                                  a->ce_cache_bytes, &dlo));
+    TRY(tb_linear_backward(ctx, &m->lm_head, &xf2, &dlo, &dt1_2)); /* into wte.grad */
+    tb_tensor xl = tb_tensor_3d(a->layer[L].x, B, T, C), dt1 = tb_tensor_3d(a->dt1, B, T, C);
+    tb_tensor dx = tb_tensor_3d(a->dx, B, T, C), dt2 = tb_tensor_3d(a->dt2, B, T, C);
+    TRY(tb_layernorm_backward(ctx, &m->ln_f, &xl, &dt1, a->lnf_cache, a->ln_cache_bytes, &dx));
+    tb_tensor d4 = tb_tensor_3d(a->d4, B, T, 4 * C), dqkv = tb_tensor_3d(a->dqkv, B, T, 3 * C);
+    for (size_t li = L; li-- > 0;) {
+        gpt_block *b = &m->h[li];
+        gpt_layer_acts *la = &a->layer[li];
+        tb_tensor x = tb_tensor_3d(la->x, B, T, C), a1 = tb_tensor_3d(la->a1, B, T, C);
+        tb_tensor qkv = tb_tensor_3d(la->qkv, B, T, 3 * C), att = tb_tensor_3d(la->att, B, T, C);
+        tb_tensor x1 = tb_tensor_3d(la->x1, B, T, C), a2 = tb_tensor_3d(la->a2, B, T, C);
+        tb_tensor f = tb_tensor_3d(la->f, B, T, 4 * C), g = tb_tensor_3d(la->g, B, T, 4 * C);
+        /* dx = dL/d(layer output). MLP branch: */
+        TRY(tb_dropout_backward(ctx, &la->drop_mlp, &dx, &dt1));
+        TRY(tb_linear_backward(ctx, &b->mlp_proj, &g, &dt1, &d4));
+        TRY(tb_gelu_backward(ctx, GELU, &f, &d4, &d4));
+        TRY(tb_linear_backward(ctx, &b->c_fc, &a2, &d4, &dt2));
+        TRY(tb_layernorm_backward(ctx, &b->ln_2, &x1, &dt2, la->ln2_cache, a->ln_cache_bytes,
+                                  &dt1));
+        TRY(tb_residual_backward(ctx, &dx, &dt1)); /* dt1 = dL/dx1 */
+        /* Attention branch: */
+        TRY(tb_dropout_backward(ctx, &la->drop_attn, &dt1, &dt2));
+        TRY(tb_linear_backward(ctx, &b->attn_proj, &att, &dt2, &dx)); /* dx = dL/datt */
+        tb_heads q = {&qkv, 0}, k = {&qkv, C}, v = {&qkv, 2 * C};
+        tb_heads dq = {&dqkv, 0}, dk = {&dqkv, C}, dv = {&dqkv, 2 * C};
+        TRY(tb_attention_backward(ctx, &m->attn, &la->mask, &q, &k, &v, &att, &dx, la->att_cache,
+                                  a->att_cache_bytes, &dq, &dk, &dv));
+        TRY(tb_linear_backward(ctx, &b->c_attn, &a1, &dqkv, &dt2));
+        TRY(tb_layernorm_backward(ctx, &b->ln_1, &x, &dt2, la->ln1_cache, a->ln_cache_bytes,
+                                  &dx));
+        TRY(tb_residual_backward(ctx, &dt1, &dx)); /* dx = dL/d(layer input) */
+    }
+    TRY(tb_dropout_backward(ctx, &a->drop_emb, &dx, &dx));
+    TRY(tb_embedding_backward(ctx, &m->wte, tokens, R, &dx));
+    return tb_embedding_backward(ctx, &m->wpe, a->pos, R, &dx);
+}
+
+/* ---- incremental decoding ---------------------------------------------------------------- */
+
+tb_status gpt_decoder_init(tb_ctx *ctx, gpt_decoder *d, const gpt *m, size_t batch,
+                           size_t max_len, size_t max_new)
+{
+    memset(d, 0, sizeof *d);
+    if (!batch || !max_len || !max_new || max_len > m->cfg.block_size || max_new > max_len)
+        return TB_ERR_INVALID_ARG;
+    const size_t L = m->cfg.n_layer, C = m->cfg.n_embd, V = m->cfg.vocab_size;
+    const size_t R = batch * max_new;
+    d->batch = batch, d->max_len = max_len, d->max_new = max_new;
+    d->kv = calloc(L, sizeof *d->kv);
+    d->n_layer = d->kv ? L : 0;
+    const size_t floats = R * C * 4 + R * 3 * C + R * 4 * C + batch * V;
+    d->buffer = malloc(floats * sizeof(float) + R * sizeof(int32_t));
+    if (!d->kv || !d->buffer)
+        return TB_ERR_NO_MEMORY;
+    float *at = d->buffer;
+    d->x = at, at += R * C;
+    d->a = at, at += R * C;
+    d->att = at, at += R * C;
+    d->p = at, at += R * C;
+    d->qkv = at, at += R * 3 * C;
+    d->f = at, at += R * 4 * C;
+    d->logits = at, at += batch * V;
+    d->pos = (int32_t *)at;
+    for (size_t l = 0; l < L; l++)
+        TRY(tb_kv_cache_init(ctx, &d->kv[l], batch, max_len, m->cfg.n_head, C / m->cfg.n_head));
+    return TB_OK;
+}
+
+void gpt_decoder_free(gpt_decoder *d)
+{
+    for (size_t l = 0; l < d->n_layer; l++)
+        tb_kv_cache_free(&d->kv[l]);
+    free(d->kv);
+    free(d->buffer);
+    memset(d, 0, sizeof *d);
+}
+
+void gpt_decoder_reset(gpt_decoder *d)
+{
+    for (size_t l = 0; l < d->n_layer; l++)
+        tb_kv_cache_reset(&d->kv[l]);
+}
+
+tb_status gpt_decoder_step(tb_ctx *ctx, const gpt *m, gpt_decoder *d, const int32_t *tokens,
+                           size_t n, float *all_logits)
+{
+    const size_t B = d->batch, C = m->cfg.n_embd, V = m->cfg.vocab_size, L = m->cfg.n_layer;
+    const size_t start = d->kv[0].len, R = B * n;
+    if (!n || n > d->max_new || start + n > d->max_len)
+        return TB_ERR_BUFFER_TOO_SMALL;
+    for (size_t r = 0; r < R; r++)
+        d->pos[r] = (int32_t)(start + r % n);
+    tb_tensor x = tb_tensor_3d(d->x, B, n, C), a = tb_tensor_3d(d->a, B, n, C);
+    tb_tensor qkv = tb_tensor_3d(d->qkv, B, n, 3 * C), att = tb_tensor_3d(d->att, B, n, C);
+    tb_tensor pt = tb_tensor_3d(d->p, B, n, C), f = tb_tensor_3d(d->f, B, n, 4 * C);
+    TRY(tb_embedding_forward(ctx, &m->wte, tokens, R, &x));
+    TRY(tb_embedding_forward(ctx, &m->wpe, d->pos, R, &a));
+    TRY(tb_residual_forward(ctx, &x, &a, &x));
+    for (size_t l = 0; l < L; l++) {
+        const gpt_block *b = &m->h[l];
+        /* LayerNorm forward without a cache is inference. */
+        TRY(tb_layernorm_forward(ctx, &b->ln_1, &x, &a, NULL, 0));
+        TRY(tb_linear_forward(ctx, &b->c_attn, &a, &qkv));
+        tb_heads q = {&qkv, 0}, k = {&qkv, C}, v = {&qkv, 2 * C};
+        TRY(tb_kv_cache_append(ctx, &d->kv[l], &k, &v));
+        TRY(tb_kv_cache_attend(ctx, &d->kv[l], &m->attn, NULL, &q, &att));
+        TRY(tb_linear_forward(ctx, &b->attn_proj, &att, &pt));
+        TRY(tb_residual_forward(ctx, &x, &pt, &x));
+        TRY(tb_layernorm_forward(ctx, &b->ln_2, &x, &a, NULL, 0));
+        TRY(tb_linear_forward(ctx, &b->c_fc, &a, &f));
+        TRY(tb_gelu_forward(ctx, GELU, &f, &f));
+        TRY(tb_linear_forward(ctx, &b->mlp_proj, &f, &pt));
+        TRY(tb_residual_forward(ctx, &x, &pt, &x));
+    }
+    TRY(tb_layernorm_forward(ctx, &m->ln_f, &x, &a, NULL, 0));
+    if (all_logits) {
+        tb_tensor a2 = tb_tensor_2d(d->a, R, C), lo = tb_tensor_2d(all_logits, R, V);
+        TRY(tb_linear_forward(ctx, &m->lm_head, &a2, &lo));
+        for (size_t bi = 0; bi < B; bi++)
+            memcpy(d->logits + bi * V, all_logits + (bi * n + n - 1) * V, V * sizeof(float));
+        return TB_OK;
+    }
+    /* Only the last position of each sequence needs logits. */
+    for (size_t bi = 0; bi < B; bi++)
+        memmove(d->x + bi * C, d->a + (bi * n + n - 1) * C, C * sizeof(float));
+    tb_tensor last = tb_tensor_2d(d->x, B, C), lo = tb_tensor_2d(d->logits, B, V);
+    return tb_linear_forward(ctx, &m->lm_head, &last, &lo);
+}
+
+tb_status gpt_decoder_reorder(gpt_decoder *d, const size_t *src)
+{
+    const size_t B = d->batch;
+    for (size_t l = 0; l < d->n_layer; l++) {
+        tb_kv_cache *kv = &d->kv[l];
+        const size_t W = kv->n_kv_heads * kv->head_dim, row = kv->max_len * W;
+        float *tmp = malloc(2 * B * row * sizeof(float));
+        if (!tmp)
+            return TB_ERR_NO_MEMORY;
+        memcpy(tmp, kv->keys, B * row * sizeof(float));
+        memcpy(tmp + B * row, kv->values, B * row * sizeof(float));
+        for (size_t b = 0; b < B; b++) {
+            if (src[b] >= B) {
+                free(tmp);
+                return TB_ERR_INVALID_ARG;
+            }
+            memcpy(kv->keys + b * row, tmp + src[b] * row, kv->len * W * sizeof(float));
+            memcpy(kv->values + b * row, tmp + B * row + src[b] * row, kv->len * W * sizeof(float));
+        }
+        free(tmp);
+    }
+    return TB_OK;
+}

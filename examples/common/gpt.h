@@ -1,0 +1,130 @@
+/*
+ * A GPT-2-style decoder-only transformer wired from libtblocks' blocks, for
+ * the example programs (the library itself stays blocks).
+ *
+ *   tokens (B, T) -> wte + wpe -> dropout
+ *   n_layer x [ x = x + dropout(c_proj(attn(c_attn(ln_1(x)))))       causal
+ *               x = x + dropout(mlp.c_proj(gelu(mlp.c_fc(ln_2(x))))) ]  GELU tanh
+ *   ln_f -> logits = x wte^T (tied) -> cross-entropy
+ *
+ * Parameter names and layouts are GPT-2's ("wte.weight" (V, C),
+ * "wpe.weight" (T, C), "h.{i}.ln_1.weight", "h.{i}.attn.c_attn.weight"
+ * (C, 3C) in Conv1D's (in, out) layout, ..., "ln_f.bias"), so GPT-2-format
+ * safetensors files load directly (with or without Hugging Face's
+ * "transformer." prefix). Attention dropout and residual/embedding dropout
+ * use the one `dropout` probability, as GPT2Config's pdrop values do when
+ * equal.
+ *
+ * Shapes: B sequences of T tokens; rows R = B*T; C = n_embd; H = n_head.
+ * Every function returns a tb_status; errors leave a message in ctx.
+ */
+#ifndef EX_GPT_H
+#define EX_GPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tblocks.h"
+
+typedef struct gpt_config {
+    size_t n_layer, n_head, n_embd, block_size, vocab_size;
+    float dropout;
+} gpt_config;
+
+typedef struct gpt_block {
+    tb_layernorm ln_1, ln_2;
+    tb_linear c_attn, attn_proj, c_fc, mlp_proj; /* (in, out) layout */
+} gpt_block;
+
+typedef struct gpt {
+    gpt_config cfg;
+    tb_embedding wte, wpe;
+    gpt_block *h;
+    tb_layernorm ln_f;
+    tb_linear lm_head; /* a view over wte.weight: the tied output layer */
+    tb_attention_config attn;
+    tb_param_list params; /* GPT-2 names, no prefix */
+} gpt;
+
+/* A valid configuration (every size >= 1, C divisible by H, dropout in
+ * [0, 1)); TB_ERR_INVALID_ARG with a message otherwise. */
+tb_status gpt_config_check(tb_ctx *ctx, const gpt_config *cfg);
+
+/* Build the model with GPT-2's initialisation (normal(0, 0.02) weights,
+ * residual projections scaled by 1/sqrt(2 n_layer), zero biases, LayerNorm
+ * 1 and 0), drawn from rng. */
+tb_status gpt_init(tb_ctx *ctx, gpt *m, const gpt_config *cfg, tb_rng *rng);
+void gpt_free(gpt *m);
+
+/* Append the parameters to list under prefix ("" or "transformer."). */
+tb_status gpt_param_list(tb_ctx *ctx, gpt *m, const char *prefix, tb_param_list *list);
+
+/* Load a GPT-2-format safetensors file (names with or without the
+ * "transformer." prefix; "lm_head.weight" and the attn.bias buffers of
+ * older files are ignored). A missing, mismatched or unexpected tensor is
+ * an error naming it; nothing is written then. */
+tb_status gpt_load_weights(tb_ctx *ctx, gpt *m, const char *path);
+
+/* Activations of one training step on up to B x T tokens. */
+typedef struct gpt_layer_acts {
+    float *x, *a1, *qkv, *att, *p, *x1, *a2, *f, *g, *mo;
+    void *ln1_cache, *ln2_cache, *att_cache;
+    tb_dropout_cache drop_attn, drop_mlp;
+    tb_attention_mask mask;
+} gpt_layer_acts;
+
+typedef struct gpt_acts {
+    size_t max_b, max_t, b, t;
+    size_t ln_cache_bytes, att_cache_bytes, ce_cache_bytes;
+    int32_t *pos;
+    float *emb, *xf, *logits, *dlogits;
+    void *lnf_cache, *ce_cache;
+    tb_dropout_cache drop_emb;
+    gpt_layer_acts *layer; /* n_layer + 1 entries: layer[n_layer].x is the output */
+    float *dx, *dt1, *dt2, *d4, *dqkv;
+    void *buffer;
+    size_t bytes;
+} gpt_acts;
+
+tb_status gpt_acts_init(tb_ctx *ctx, gpt_acts *a, const gpt *m, size_t max_b, size_t max_t);
+void gpt_acts_free(gpt_acts *a);
+
+/* Forward on tokens (B, T) (T <= block_size). In TB_MODE_TRAINING dropout
+ * draws from rng. With targets (B, T) (-100 ignored) *loss receives the
+ * mean cross-entropy; logits (R, V) are left in a->logits either way. */
+tb_status gpt_forward(tb_ctx *ctx, gpt *m, gpt_acts *a, tb_mode mode, tb_rng *rng,
+                      const int32_t *tokens, const int32_t *targets, size_t B, size_t T,
+                      float *loss);
+
+/* Backward of the last forward (which had targets): ADDS dloss * the
+ * gradient of the mean loss to every parameter gradient. */
+tb_status gpt_backward(tb_ctx *ctx, gpt *m, gpt_acts *a, const int32_t *tokens,
+                       const int32_t *targets, float dloss);
+
+/* ---- incremental decoding -------------------------------------------------- */
+
+typedef struct gpt_decoder {
+    size_t batch, max_len, max_new, n_layer;
+    tb_kv_cache *kv; /* one per layer */
+    int32_t *pos;
+    float *x, *a, *qkv, *att, *p, *f, *logits;
+    void *buffer;
+} gpt_decoder;
+
+/* Caches for `batch` sequences of up to max_len tokens, feeding at most
+ * max_new tokens per call. */
+tb_status gpt_decoder_init(tb_ctx *ctx, gpt_decoder *d, const gpt *m, size_t batch,
+                           size_t max_len, size_t max_new);
+void gpt_decoder_free(gpt_decoder *d);
+void gpt_decoder_reset(gpt_decoder *d);
+
+/* Feed n new tokens per sequence (tokens (batch, n)); the logits of the last
+ * one of each sequence land in d->logits (batch, V). With all_logits
+ * non-NULL, the logits of every new position are copied there (batch, n, V). */
+tb_status gpt_decoder_step(tb_ctx *ctx, const gpt *m, gpt_decoder *d, const int32_t *tokens,
+                           size_t n, float *all_logits);
+
+/* Make sequence b a copy of sequence src[b] (beam search), for every b. */
+tb_status gpt_decoder_reorder(gpt_decoder *d, const size_t *src);
+
+#endif /* EX_GPT_H */
