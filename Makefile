@@ -242,8 +242,13 @@ docs:
 	( cat docs/Doxyfile; echo "OUTPUT_DIRECTORY=$(BUILD)/docs"; \
 	  echo "PROJECT_NUMBER=$(VERSION)" ) | doxygen -
 
-demo: $(BUILD)/bin/mlp_classifier
-	$(BUILD)/bin/mlp_classifier
+# The flagship example: train the byte-level GPT on its built-in corpus
+# (about a minute on 2 cores), then generate with every decoding strategy.
+DEMO_CKPT := $(BUILD)/gpt_demo.safetensors
+demo: $(BUILD)/bin/gpt
+	$(BUILD)/bin/gpt train --ckpt $(DEMO_CKPT) --csv $(BUILD)/gpt_demo_loss.csv \
+	    --svg $(BUILD)/gpt_demo_loss.svg
+	$(BUILD)/bin/gpt repetition --ckpt $(DEMO_CKPT) --max-new 300
 
 # ---- install ---------------------------------------------------------------
 

@@ -3,13 +3,14 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 static void print_usage(FILE *f, const char *prog, const char *summary, const ex_opt *opts,
-                        size_t nopts)
+                        size_t nopts, const ex_xopt *xopts, size_t nx)
 {
     fprintf(f, "usage: %s [options]\n%s\n\noptions:\n", prog, summary);
     for (size_t i = 0; i < nopts; i++) {
@@ -21,6 +22,16 @@ static void print_usage(FILE *f, const char *prog, const char *summary, const ex
         else
             fprintf(f, "  %-16s %s (%" PRIu64 "..%" PRIu64 ", default %" PRIu64 ")\n", lhs,
                     opts[i].help, opts[i].min, opts[i].max, *opts[i].value);
+    }
+    for (size_t i = 0; i < nx; i++) {
+        char lhs[64];
+        snprintf(lhs, sizeof lhs, "--%s %s", xopts[i].name, xopts[i].metavar);
+        if (xopts[i].real)
+            fprintf(f, "  %-16s %s (%g..%g, default %g)\n", lhs, xopts[i].help, xopts[i].min,
+                    xopts[i].max, *xopts[i].real);
+        else
+            fprintf(f, "  %-16s %s (default %s)\n", lhs, xopts[i].help,
+                    *xopts[i].text ? *xopts[i].text : "none");
     }
     fprintf(f, "  %-16s %s\n", "--help", "show this message and exit");
 }
@@ -42,11 +53,40 @@ static int parse_u64(const char *s, uint64_t *out)
 int ex_parse_args(int argc, char **argv, const char *summary, const ex_opt *opts,
                   size_t nopts)
 {
+    return ex_parse_args_ex(argc, argv, summary, opts, nopts, NULL, 0);
+}
+
+/* Value of an ex_xopt; returns 0 after a message on a bad value. */
+static int set_xopt(const char *prog, const ex_xopt *x, const char *val)
+{
+    if (x->text) {
+        if (!val[0]) {
+            fprintf(stderr, "%s: --%s: empty value\n", prog, x->name);
+            return 0;
+        }
+        *x->text = val;
+        return 1;
+    }
+    char *end;
+    errno = 0;
+    const double v = strtod(val, &end);
+    if (errno != 0 || end == val || *end != '\0' || !isfinite(v) || v < x->min || v > x->max) {
+        fprintf(stderr, "%s: --%s: '%s' is not a number in %g..%g\n", prog, x->name, val, x->min,
+                x->max);
+        return 0;
+    }
+    *x->real = v;
+    return 1;
+}
+
+int ex_parse_args_ex(int argc, char **argv, const char *summary, const ex_opt *opts,
+                     size_t nopts, const ex_xopt *xopts, size_t nx)
+{
     const char *prog = argc > 0 && argv[0] ? argv[0] : "example";
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
         if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
-            print_usage(stdout, prog, summary, opts, nopts);
+            print_usage(stdout, prog, summary, opts, nopts, xopts, nx);
             return EX_EXIT_OK;
         }
         if (strncmp(arg, "--", 2) != 0) {
@@ -59,6 +99,20 @@ int ex_parse_args(int argc, char **argv, const char *summary, const ex_opt *opts
         for (size_t k = 0; k < nopts && !opt; k++)
             if (strlen(opts[k].name) == len && strncmp(opts[k].name, name, len) == 0)
                 opt = &opts[k];
+        const ex_xopt *xo = NULL;
+        for (size_t k = 0; k < nx && !opt && !xo; k++)
+            if (strlen(xopts[k].name) == len && strncmp(xopts[k].name, name, len) == 0)
+                xo = &xopts[k];
+        if (xo) {
+            const char *xval = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+            if (!xval) {
+                fprintf(stderr, "%s: option --%s needs a value %s\n", prog, xo->name, xo->metavar);
+                return EX_EXIT_USAGE;
+            }
+            if (!set_xopt(prog, xo, xval))
+                return EX_EXIT_USAGE;
+            continue;
+        }
         if (!opt) {
             fprintf(stderr, "%s: unknown option '%s' (try --help)\n", prog, arg);
             return EX_EXIT_USAGE;

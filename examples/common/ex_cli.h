@@ -26,6 +26,19 @@ typedef struct ex_opt {
     uint64_t *value;     /* holds the default on entry, the parsed value on exit */
 } ex_opt;
 
+/* A `--name VALUE` option holding a real number (real != NULL, in
+ * [min, max]) or a string (text != NULL, non-empty). */
+typedef struct ex_xopt {
+    const char *name, *metavar, *help;
+    double *real;      /* holds the default on entry */
+    const char **text; /* holds the default (may be NULL) on entry */
+    double min, max;
+} ex_xopt;
+
+/* ex_parse_args() with real and string options as well. */
+int ex_parse_args_ex(int argc, char **argv, const char *summary, const ex_opt *opts,
+                     size_t nopts, const ex_xopt *xopts, size_t nx);
+
 /*
  * Parse argv against opts. `--help` or `-h` prints the usage to stdout.
  * Returns -1 when the program should go on, otherwise the exit code to

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "suites.h"
 #include "testutil.h"
@@ -164,6 +165,101 @@ START_TEST(finetune_forgetting_measures_forgetting)
 }
 END_TEST
 
+/* Whole files as bytes (NULL if unreadable). */
+static unsigned char *read_all(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    const long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *b = tbt_alloc((size_t)len + 1);
+    *n = fread(b, 1, (size_t)len, f);
+    fclose(f);
+    b[*n] = 0;
+    return b;
+}
+
+/* gpt: a short training run learns (the loss falls), gives the same loss
+ * curve for 1 and 2 threads, resumes exactly (20 steps + checkpoint + 20
+ * more in a new process = 40 straight: byte-identical checkpoints), then
+ * generates with every strategy; bad input is refused with a message. */
+START_TEST(gpt_trains_resumes_and_generates)
+{
+    enum { CAP = 1 << 16 };
+    const char *dir = getenv("TB_ORACLE_DIR");
+    ck_assert_msg(dir && dir[0], "TB_ORACLE_DIR is not set");
+    char p[8][600], args[4096];
+    const char *names[8] = {"a.st", "a.csv", "b.st", "b.csv", "c.st", "c1.csv", "c2.csv", "e.txt"};
+    for (int i = 0; i < 8; i++)
+        snprintf(p[i], sizeof p[i], "%s/tmp-gpt-%ld-%s", dir, (long)getpid(), names[i]);
+    char *out = tbt_alloc(CAP);
+    const char *common = "--steps 40 --eval-every 10 --layers 2 --width 64 --context 32 "
+                         "--batch 8 --corpus-kb 64 --max-seconds 0";
+    snprintf(args, sizeof args, "train %s --threads 1 --ckpt %s --csv %s", common, p[0], p[1]);
+    ck_assert_int_eq(run_example("gpt", args, out, CAP), 0);
+    const char *fin = strstr(out, "final: ");
+    ck_assert_msg(fin != NULL, "no final line:\n%s", out);
+    snprintf(args, sizeof args, "train %s --threads 2 --ckpt %s --csv %s", common, p[2], p[3]);
+    ck_assert_int_eq(run_example("gpt", args, out, CAP), 0);
+    snprintf(args, sizeof args, "train %s --stop-at 20 --ckpt %s --csv %s", common, p[4], p[5]);
+    ck_assert_int_eq(run_example("gpt", args, out, CAP), 0);
+    snprintf(args, sizeof args, "train %s --resume %s --ckpt %s --csv %s", common, p[4], p[4],
+             p[6]);
+    ck_assert_int_eq(run_example("gpt", args, out, CAP), 0);
+    size_t na, nb, n1, n2;
+    unsigned char *ca = read_all(p[1], &na), *cb = read_all(p[3], &nb);
+    unsigned char *sa = read_all(p[0], &n1), *sc = read_all(p[4], &n2);
+    ck_assert_msg(ca && cb && na == nb && memcmp(ca, cb, na) == 0,
+                  "loss curves differ for 1 and 2 threads:\n%s\n---\n%s", ca, cb);
+    ck_assert_msg(sa && sc && n1 == n2 && memcmp(sa, sc, n1) == 0,
+                  "40 steps straight and 20 + resume + 20 give different checkpoints");
+    /* The loss fell: first and last CSV rows. */
+    double l0, l1;
+    const char *row1 = strchr((const char *)ca, '\n') + 1, *last = row1;
+    for (const char *q = row1; (q = strchr(q, '\n')) && q[1]; q++)
+        last = q + 1;
+    ck_assert_int_eq(sscanf(row1, "%*d,%lf", &l0), 1);
+    ck_assert_int_eq(sscanf(last, "%*d,%lf", &l1), 1);
+    printf("  gpt: train loss %.3f -> %.3f in 40 steps; same curve for 1 and 2 threads; "
+           "resume exact (%zu-byte checkpoints identical)\n",
+           l0, l1, n1);
+    ck_assert_msg(l0 > 3.0 && l1 < 0.75 * l0, "loss did not fall: %g -> %g", l0, l1);
+    /* Generation: every strategy runs from the checkpoint. */
+    snprintf(args, sizeof args, "repetition --ckpt %s --max-new 60", p[0]);
+    ck_assert_int_eq(run_example("gpt", args, out, CAP), 0);
+    ck_assert_ptr_nonnull(strstr(out, "beam search, 4 beams"));
+    ck_assert_ptr_nonnull(strstr(out, "sample, top-p 0.9"));
+    snprintf(args, sizeof args, "generate --ckpt %s --strategy greedy --max-new 20 --prompt Th",
+             p[0]);
+    ck_assert_int_eq(run_example("gpt", args, out, CAP), 0);
+    ck_assert_msg(strncmp(out, "Th", 2) == 0 && strlen(out) >= 22, "generate printed: %s", out);
+    /* Bad input: a missing or empty data file, a prompt longer than the
+     * context, a checkpoint that is not this program's, a bad strategy. */
+    FILE *e = fopen(p[7], "w");
+    ck_assert(e != NULL);
+    fclose(e);
+    char small[4096];
+    snprintf(args, sizeof args, "train --data %s/nonexistent.txt", dir);
+    ck_assert_int_eq(run_example("gpt", args, small, sizeof small), 1);
+    snprintf(args, sizeof args, "train --data %s", p[7]);
+    ck_assert_int_eq(run_example("gpt", args, small, sizeof small), 1);
+    snprintf(args, sizeof args,
+             "generate --ckpt %s --prompt 0123456789012345678901234567890123456789", p[0]);
+    ck_assert_int_eq(run_example("gpt", args, small, sizeof small), 2);
+    snprintf(args, sizeof args, "generate --ckpt %s/st_mixed.safetensors", dir);
+    ck_assert_int_eq(run_example("gpt", args, small, sizeof small), 1);
+    snprintf(args, sizeof args, "generate --ckpt %s --strategy nope", p[0]);
+    ck_assert_int_eq(run_example("gpt", args, small, sizeof small), 2);
+    ck_assert_int_eq(run_example("gpt", "train --heads 3 --width 64", small, sizeof small), 2);
+    ck_assert_int_eq(run_example("gpt", "frobnicate", small, sizeof small), 2);
+    for (int i = 0; i < 8; i++)
+        remove(p[i]);
+    free(ca), free(cb), free(sa), free(sc), free(out);
+}
+END_TEST
+
 /* attention_scaling with a short --tmax: the table has one row per T, the
  * streaming and window paths' memory is linear in T (a fixed part -- the
  * tile scratch -- plus the same bytes for every added token) while the
@@ -260,6 +356,7 @@ Suite *suite_examples(void)
     tcase_add_test(tc, mlp_demo_rejects_bad_options);
     tcase_add_test(tc, norm_compare_measures_and_is_thread_independent);
     tcase_add_test(tc, finetune_forgetting_measures_forgetting);
+    tcase_add_test(tc, gpt_trains_resumes_and_generates);
     tcase_add_test(tc, attention_scaling_memory_and_heat_maps);
     suite_add_tcase(s, tc);
     return s;
