@@ -233,9 +233,10 @@ $(BENCH_HARNESS_OBJ): $(BENCH_HARNESS) test/bench/harness.h $(FLAGS_STAMP) $(BEN
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) $(BENCH_CFLAGS) $(DEPFLAGS) -c $< -o $@
 
-$(BUILD)/bench/%: test/bench/%.c $(BENCH_HARNESS_OBJ) $(LIB) $(FLAGS_STAMP) $(BENCH_STAMP)
+# Benchmarks may use the examples' model wiring (bench_gpt.c).
+$(BUILD)/bench/%: test/bench/%.c $(BENCH_HARNESS_OBJ) $(BUILD)/examples/common/gpt.o $(LIB) $(FLAGS_STAMP) $(BENCH_STAMP)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) $(BENCH_CFLAGS) $(DEPFLAGS) -o $@ $< $(BENCH_HARNESS_OBJ) $(LIB) $(BENCH_LIBS) $(LDLIBS_ALL)
+	$(CC) $(CFLAGS_ALL) $(BENCH_CFLAGS) -Iexamples/common $(DEPFLAGS) -o $@ $< $(BENCH_HARNESS_OBJ) $(BUILD)/examples/common/gpt.o $(LIB) $(BENCH_LIBS) $(LDLIBS_ALL)
 
 docs:
 	@mkdir -p $(BUILD)/docs
