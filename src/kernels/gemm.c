@@ -45,6 +45,10 @@ static const tb_ukernel *select_ukernel(const tb_ctx *ctx, size_t M)
 {
     switch (tb_ctx_kernel(ctx)) {
     case TB_KERNEL_AVX512:
+        /* One row: no padding (every kernel of the family computes each
+         * element with the same operations, so results do not change). */
+        if (M == 1 && tb_ukernel_avx512_m1.fn)
+            return &tb_ukernel_avx512_m1;
         /* The 8-row kernel (measured as fast per tile row) when 12-row
          * tiles would pad a larger share of M, e.g. M = 64 or 1024. The
          * choice depends on M only, never on the thread count. */
@@ -247,9 +251,11 @@ tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, siz
      * on the GPT-2 shapes (most at small M, where each element of B is used
      * only M times). It is packed instead when its rows are a multiple of
      * 2 KiB apart (N = 1024, 2048, 3072: the rows alias in the L1 cache and
-     * run ~30% slower) or more than 32 KiB apart (the 50257-wide vocabulary
-     * matrix: every k would touch a new page). */
-    g.direct_b = !trans_b && ldb <= 8192 && ldb % 512 != 0;
+     * run ~30% slower; unless M <= 8: each element of B is then used so few
+     * times that copying it costs more than the aliasing) or more than
+     * 32 KiB apart (the 50257-wide vocabulary matrix: every k would touch a
+     * new page). */
+    g.direct_b = !trans_b && ldb <= 8192 && (ldb % 512 != 0 || M <= 8);
 
     /* Threads split M or N into ranges of whole tiles. Whatever is not split
      * is packed by every thread, so split the larger dimension; but an
@@ -337,7 +343,7 @@ void tb_gemm_serial(const tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_
     g.uk = select_ukernel(ctx, M);
     const size_t mr = (size_t)g.uk->mr, nr = (size_t)g.uk->nr;
     g.trans_a = trans_a, g.trans_b = trans_b;
-    g.direct_b = !trans_b && ldb <= 8192 && ldb % 512 != 0;
+    g.direct_b = !trans_b && ldb <= 8192 && (ldb % 512 != 0 || M <= 8);
     g.M = M, g.N = N, g.K = K;
     g.alpha = alpha;
     g.beta = beta;

@@ -28,6 +28,7 @@
     }
 #define ROWS12(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
 #define ROWS8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define ROWS1(X) X(0)
 
 #define ACC_PREFETCH_C(r)                                               \
     _mm_prefetch((const char *)(c + (size_t)(r) * ldc), _MM_HINT_T0);   \
@@ -61,6 +62,9 @@
 
 DEFINE_UKERNEL(ukernel_12x32, 12, ROWS12)
 DEFINE_UKERNEL(ukernel_8x32, 8, ROWS8)
+/* One row (M = 1: decoding one token): the same per-element arithmetic as
+ * the wider kernels, without computing 7 rows of padding. */
+DEFINE_UKERNEL(ukernel_1x32, 1, ROWS1)
 
 /* Transpose 16 rows of 16 floats in registers: on return r[q] holds what
  * was column q. Four rounds of in-lane and cross-lane shuffles. */
@@ -120,7 +124,9 @@ static void pack_rows_avx512(size_t w, size_t rows, size_t kc, const float *src,
 
 const tb_ukernel tb_ukernel_avx512 = {"avx512", 12, NR, ukernel_12x32, pack_rows_avx512};
 const tb_ukernel tb_ukernel_avx512_m8 = {"avx512_8x32", 8, NR, ukernel_8x32, pack_rows_avx512};
+const tb_ukernel tb_ukernel_avx512_m1 = {"avx512_1x32", 1, NR, ukernel_1x32, pack_rows_avx512};
 #else
 const tb_ukernel tb_ukernel_avx512 = {"avx512", 12, 32, 0, 0};
 const tb_ukernel tb_ukernel_avx512_m8 = {"avx512_8x32", 8, 32, 0, 0};
+const tb_ukernel tb_ukernel_avx512_m1 = {"avx512_1x32", 1, 32, 0, 0};
 #endif

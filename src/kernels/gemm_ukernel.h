@@ -51,5 +51,6 @@ extern const tb_ukernel tb_ukernel_portable;
 extern const tb_ukernel tb_ukernel_avx2;
 extern const tb_ukernel tb_ukernel_avx512;
 extern const tb_ukernel tb_ukernel_avx512_m8; /* 8 x 32, for small M */
+extern const tb_ukernel tb_ukernel_avx512_m1; /* 1 x 32, for M = 1 (decoding) */
 
 #endif /* TB_KERNELS_GEMM_UKERNEL_H */

@@ -130,6 +130,10 @@ START_TEST(gemm_matches_double_reference)
              * rather than read in place: cover both sides of that rule. */
             {0, 0, 3, 9000, 40, 0, 1.0f, 0.0f},     {1, 0, 13, 8193, 33, 0, -1.0f, 1.0f},
             {0, 0, 9, 8192, 20, 0, 1.0f, 0.5f},
+            /* Rows a multiple of 512 floats apart: packed, except for
+             * M <= 8 (read in place); M = 1 uses the one-row kernel. */
+            {0, 0, 1, 3072, 777, 0, 1.0f, 0.0f},    {0, 0, 8, 1024, 400, 0, 1.0f, 1.0f},
+            {0, 0, 9, 1024, 400, 0, 1.0f, 0.0f},    {0, 1, 1, 2048, 385, 0, -1.0f, 0.5f},
         };
         for (size_t b = 0; b < sizeof big / sizeof big[0]; b++) {
             run_case(families[f], &big[b], 2);
