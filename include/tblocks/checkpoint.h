@@ -47,7 +47,7 @@ extern "C" {
  *        "tblocks." or be "format"), or NULL.
  * @param n_extra Number of pairs.
  * @return TB_OK or the errors of tb_st_save(); TB_ERR_INVALID_ARG for a
- *         reserved key.
+ *         reserved metadata key or a parameter named "optimizer.*".
  */
 tb_status tb_checkpoint_save(tb_ctx *ctx, const char *path, const tb_param_list *params,
                              const tb_adam *opt, const tb_rng *rng, const tb_st_meta *extra,

@@ -11,8 +11,11 @@
  *
  * Reading treats every file as untrusted. tb_st_parse() rejects, with
  * TB_ERR_FORMAT and a message naming the problem: a header length beyond
- * the file or above 100 MB; JSON that is malformed, nested deeper than 64
- * levels, not an object, or has duplicate keys; a tensor entry without
+ * the file or above 100 MB; JSON that is malformed (strict JSON numbers,
+ * strings and escapes), nested deeper than 64 levels or not an object;
+ * duplicate tensor names, metadata keys or dtype/shape/data_offsets fields
+ * (other fields of an entry are skipped, as the reference reader does); a
+ * tensor entry without
  * dtype, shape or data_offsets, or with an unknown dtype, a negative,
  * fractional or huge number, more than TB_ST_MAX_DIMS dimensions, a shape
  * whose element count or byte size overflows, offsets that are reversed,
@@ -29,10 +32,12 @@
  *
  * Writing (tb_st_save(), tb_st_save_params()) produces F32 tensors in the
  * given order, the header padded with spaces to a multiple of 8 bytes, and
- * is crash-safe: the file is written under a temporary name in the same
- * directory, flushed to disk (fsync), and renamed over `path` only when
- * complete, so an interrupted save leaves any previous file intact. Needs
- * POSIX (fsync, rename, getpid).
+ * is crash-safe: the file is written under a fresh temporary name in the
+ * same directory (`<path>.tmp-XXXXXX`, mode 0644), flushed to disk (fsync),
+ * and renamed over `path` only when complete, so an interrupted save leaves
+ * any previous file intact. Anything the reader would refuse (duplicate
+ * names or metadata keys, invalid UTF-8, a header over 100 MB) is refused
+ * before the old file is touched. Needs POSIX (mkstemp, fsync, rename).
  */
 #ifndef TBLOCKS_SAFETENSORS_H
 #define TBLOCKS_SAFETENSORS_H

@@ -31,6 +31,12 @@ tb_status tb_checkpoint_save(tb_ctx *ctx, const char *path, const tb_param_list 
     const char *fn = __func__;
     if (!ctx || !path || !params || (!extra && n_extra))
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx, path, params and extra must not be NULL");
+    for (size_t i = 0; i < params->count; i++)
+        if (strncmp(params->items[i].name, OPT_PREFIX, strlen(OPT_PREFIX)) == 0)
+            return tb_fail(ctx, TB_ERR_INVALID_ARG, fn,
+                           "parameter '%s': names starting with '" OPT_PREFIX
+                           "' are reserved for the optimizer's state",
+                           params->items[i].name);
     for (size_t i = 0; i < n_extra; i++)
         if (!extra[i].key || !extra[i].value || strncmp(extra[i].key, "tblocks.", 8) == 0 ||
             strcmp(extra[i].key, "format") == 0)

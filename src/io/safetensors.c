@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -299,16 +300,36 @@ static tb_status skip_value(parser *ps, int depth)
             return TB_OK;
         }
     }
-    if (c == '-' || (c >= '0' && c <= '9')) { /* any JSON number */
-        const unsigned char *start = ps->p;
-        if (*ps->p == '-')
-            ps->p++;
-        while (ps->p < ps->end && ((*ps->p >= '0' && *ps->p <= '9') || *ps->p == '.' ||
-                                   *ps->p == 'e' || *ps->p == 'E' || *ps->p == '+' ||
-                                   *ps->p == '-'))
-            ps->p++;
-        if (ps->p == start + (c == '-'))
-            return bad_at(ps, ps->p, "bad number");
+    if (c == '-' || (c >= '0' && c <= '9')) { /* a JSON number: -?(0|[1-9]d*)(.d+)?([eE][+-]?d+)? */
+#define DIGIT(q) ((q) < ps->end && *(q) >= '0' && *(q) <= '9')
+        const unsigned char *q = ps->p;
+        if (*q == '-')
+            q++;
+        if (!DIGIT(q))
+            return bad_at(ps, q, "bad number");
+        if (*q == '0')
+            q++;
+        else
+            while (DIGIT(q))
+                q++;
+        if (q < ps->end && *q == '.') {
+            q++;
+            if (!DIGIT(q))
+                return bad_at(ps, q, "bad number");
+            while (DIGIT(q))
+                q++;
+        }
+        if (q < ps->end && (*q == 'e' || *q == 'E')) {
+            q++;
+            if (q < ps->end && (*q == '+' || *q == '-'))
+                q++;
+            if (!DIGIT(q))
+                return bad_at(ps, q, "bad number");
+            while (DIGIT(q))
+                q++;
+        }
+#undef DIGIT
+        ps->p = q;
         return TB_OK;
     }
     return bad_at(ps, ps->p, "unexpected character");
@@ -361,10 +382,6 @@ static tb_status parse_metadata(parser *ps)
                            "metadata value of '%s' is not a string", key);
         if ((s = parse_string(ps, &value)) != TB_OK)
             return s;
-        for (size_t i = 0; i < ps->n_meta; i++)
-            if (strcmp(ps->meta[i].key, key) == 0)
-                return tb_fail(ps->ctx, TB_ERR_FORMAT, "tb_st_parse",
-                               "duplicate metadata key '%s'", key);
         if ((s = grow(ps, (void **)&ps->meta, &ps->meta_cap, ps->n_meta + 1,
                       sizeof(tb_st_meta))) != TB_OK)
             return s;
@@ -482,6 +499,32 @@ static int cmp_name(const void *a, const void *b)
     return strcmp((*(const tb_st_tensor *const *)a)->name, (*(const tb_st_tensor *const *)b)->name);
 }
 
+static int cmp_meta(const void *a, const void *b)
+{
+    return strcmp(((const tb_st_meta *)a)->key, ((const tb_st_meta *)b)->key);
+}
+
+/* Duplicate metadata keys, found by sorting a copy (O(n log n): a header
+ * may hold millions of keys). */
+static tb_status check_meta(parser *ps)
+{
+    if (ps->n_meta < 2)
+        return TB_OK;
+    void *mem;
+    tb_status s = tb_alloc(ps->ctx, "tb_st_parse", ps->n_meta * sizeof(tb_st_meta), &mem);
+    if (s != TB_OK)
+        return s;
+    tb_st_meta *m = mem;
+    memcpy(m, ps->meta, ps->n_meta * sizeof(tb_st_meta));
+    qsort(m, ps->n_meta, sizeof *m, cmp_meta);
+    for (size_t i = 1; i < ps->n_meta && s == TB_OK; i++)
+        if (strcmp(m[i - 1].key, m[i].key) == 0)
+            s = tb_fail(ps->ctx, TB_ERR_FORMAT, "tb_st_parse", "duplicate metadata key '%s'",
+                        m[i].key);
+    tb_free_with(&ps->ctx->allocator, mem);
+    return s;
+}
+
 static int cmp_data(const void *a, const void *b)
 {
     const tb_st_tensor *x = *(const tb_st_tensor *const *)a, *y = *(const tb_st_tensor *const *)b;
@@ -571,6 +614,8 @@ static tb_status parse_header(parser *ps)
     skip_ws(ps);
     if (ps->p != ps->end)
         return bad_at(ps, ps->p, "bytes after the header's JSON object");
+    if ((s = check_meta(ps)) != TB_OK)
+        return s;
     return check_layout(ps);
 }
 
@@ -915,6 +960,19 @@ static void sb_size(sbuf *b, size_t v)
     sb_str(b, num);
 }
 
+/* Whether s is valid UTF-8 (the reader refuses anything else). */
+static int valid_utf8(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s, *end = p + strlen(s);
+    while (p < end) {
+        const size_t n = utf8_len(p, end);
+        if (!n)
+            return 0;
+        p += n;
+    }
+    return 1;
+}
+
 /* Write all of buf or fail. */
 static int write_all(FILE *f, const void *buf, size_t n)
 {
@@ -993,11 +1051,24 @@ tb_status tb_st_save(tb_ctx *ctx, const char *path, const tb_st_entry *entries, 
             if (strcmp(entries[j].name, e->name) == 0)
                 return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "duplicate tensor name '%s'",
                                e->name);
+        if (!valid_utf8(e->name))
+            return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "tensor name %zu is not valid UTF-8", i);
     }
-    for (size_t i = 0; i < n_meta; i++)
+    /* Everything the reader would refuse is refused here, before the old
+     * file is touched: a save never replaces a good file with one that
+     * cannot be loaded. */
+    for (size_t i = 0; i < n_meta; i++) {
         if (!meta[i].key || !meta[i].value)
             return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "metadata entry %zu has a NULL key or value",
                            i);
+        if (!valid_utf8(meta[i].key) || !valid_utf8(meta[i].value))
+            return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "metadata entry %zu is not valid UTF-8",
+                           i);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(meta[j].key, meta[i].key) == 0)
+                return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "duplicate metadata key '%s'",
+                               meta[i].key);
+    }
     sbuf h = {ctx, NULL, 0, 0, TB_OK};
     sb_str(&h, "{");
     if (n_meta) {
@@ -1036,20 +1107,36 @@ tb_status tb_st_save(tb_ctx *ctx, const char *path, const tb_st_entry *entries, 
     sb_str(&h, "}");
     while (h.status == TB_OK && (8 + h.len) % 8 != 0)
         sb_str(&h, " ");
+    if (h.status == TB_OK && h.len > MAX_HEADER)
+        h.status = tb_fail(ctx, TB_ERR_INVALID_ARG, fn,
+                           "the header would be %zu bytes, above the format's %u-byte limit",
+                           h.len, MAX_HEADER);
     if (h.status != TB_OK) {
         if (h.p)
             tb_free_with(&ctx->allocator, h.p);
         return h.status;
     }
+    /* A fresh temporary name in the same directory (mkstemp: created
+     * exclusively, so concurrent saves never share one). */
     char tmp[4096];
-    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp-%ld", path, (long)getpid()) >= sizeof tmp) {
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", path) >= sizeof tmp) {
         tb_free_with(&ctx->allocator, h.p);
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "path is too long");
     }
     tb_status s = TB_OK;
-    FILE *f = fopen(tmp, "wb");
+    const int fd = mkstemp(tmp);
+    FILE *f = NULL;
+    if (fd >= 0) {
+        (void)fchmod(fd, 0644); /* mkstemp creates 0600 */
+        f = fdopen(fd, "wb");
+        if (!f) {
+            close(fd);
+            remove(tmp);
+        }
+    }
     if (!f) {
-        s = tb_fail(ctx, TB_ERR_IO, fn, "cannot create '%s': %s", tmp, strerror(errno));
+        s = tb_fail(ctx, TB_ERR_IO, fn, "cannot create a temporary file next to '%s': %s", path,
+                    strerror(errno));
         tb_free_with(&ctx->allocator, h.p);
         return s;
     }
@@ -1065,9 +1152,12 @@ tb_status tb_st_save(tb_ctx *ctx, const char *path, const tb_st_entry *entries, 
     }
     tb_free_with(&ctx->allocator, h.p);
     ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    const int err = errno;
-    if (fclose(f) != 0)
+    int err = errno;
+    if (fclose(f) != 0) {
+        if (ok)
+            err = errno;
         ok = 0;
+    }
     if (!ok) {
         remove(tmp);
         return tb_fail(ctx, TB_ERR_IO, fn, "cannot write '%s': %s (any previous '%s' is intact)",

@@ -221,6 +221,12 @@ START_TEST(test_checkpoint_refusals_change_nothing)
                      TB_ERR_INVALID_ARG);
     ck_assert_int_eq(tb_checkpoint_save(&ctx, a, &m.list, &m.opt, NULL, reserved + 1, 1),
                      TB_ERR_INVALID_ARG);
+    /* A parameter may not take the optimizer's names. */
+    tb_param_list odd;
+    CHECK_OK(ctx, tb_param_list_init(&ctx, &odd));
+    CHECK_OK(ctx, tb_param_list_add(&ctx, &odd, "optimizer", "m", &m.fc1.bias));
+    ck_assert_int_eq(tb_checkpoint_save(&ctx, a, &odd, NULL, NULL, NULL, 0), TB_ERR_INVALID_ARG);
+    tb_param_list_free(&odd);
 
     /* Another model configuration: hidden 9 instead of 8. */
     model other;
