@@ -463,23 +463,25 @@ tb_status gpt_decoder_step(tb_ctx *ctx, const gpt *m, gpt_decoder *d, const int3
 tb_status gpt_decoder_reorder(gpt_decoder *d, const size_t *src)
 {
     const size_t B = d->batch;
+    for (size_t b = 0; b < B; b++) /* check before changing anything */
+        if (src[b] >= B)
+            return TB_ERR_INVALID_ARG;
+    if (d->n_layer == 0)
+        return TB_OK;
+    const tb_kv_cache *k0 = &d->kv[0];
+    const size_t W = k0->n_kv_heads * k0->head_dim, row = k0->max_len * W;
+    float *tmp = malloc(2 * B * row * sizeof(float));
+    if (!tmp)
+        return TB_ERR_NO_MEMORY;
     for (size_t l = 0; l < d->n_layer; l++) {
         tb_kv_cache *kv = &d->kv[l];
-        const size_t W = kv->n_kv_heads * kv->head_dim, row = kv->max_len * W;
-        float *tmp = malloc(2 * B * row * sizeof(float));
-        if (!tmp)
-            return TB_ERR_NO_MEMORY;
         memcpy(tmp, kv->keys, B * row * sizeof(float));
         memcpy(tmp + B * row, kv->values, B * row * sizeof(float));
         for (size_t b = 0; b < B; b++) {
-            if (src[b] >= B) {
-                free(tmp);
-                return TB_ERR_INVALID_ARG;
-            }
             memcpy(kv->keys + b * row, tmp + src[b] * row, kv->len * W * sizeof(float));
             memcpy(kv->values + b * row, tmp + B * row + src[b] * row, kv->len * W * sizeof(float));
         }
-        free(tmp);
     }
+    free(tmp);
     return TB_OK;
 }

@@ -299,26 +299,34 @@ static int cmd_train(int argc, char **argv)
            data_path ? data_path : "built-in corpus", len, d.n_train, d.n_val);
     tb_rng rng;
     tb_rng_init(&rng, seed);
+    /* Everything below is released at `done`, whatever fails. */
     gpt m;
     gpt_acts a;
-    if (ex_failed(&ctx, gpt_init(&ctx, &m, &cfg, &rng), "building the model") ||
-        ex_failed(&ctx, gpt_acts_init(&ctx, &a, &m, B, T), "activations")) {
-        free(text);
-        return EX_EXIT_FAILURE;
-    }
+    tb_adam opt;
+    memset(&m, 0, sizeof m), memset(&a, 0, sizeof a), memset(&opt, 0, sizeof opt);
+    int32_t *x = NULL, *y = NULL;
+    double *px = NULL, *ptr = NULL, *pv = NULL;
+    FILE *csvf = NULL;
+    size_t n_pts = 0, cap_pts = steps / eval_every + 3;
+    int failed = 0;
     tb_adam_config oc = tb_adamw_default_config();
     oc.lr = (float)lr;
     oc.beta2 = 0.95f;
     oc.weight_decay = (float)wd;
-    tb_adam opt;
-    if (ex_failed(&ctx, tb_adam_init(&ctx, &opt, &m.params, &oc), "optimizer") ||
+    if (ex_failed(&ctx, gpt_init(&ctx, &m, &cfg, &rng), "building the model") ||
+        ex_failed(&ctx, gpt_acts_init(&ctx, &a, &m, B, T), "activations") ||
+        ex_failed(&ctx, tb_adam_init(&ctx, &opt, &m.params, &oc), "optimizer") ||
         ex_failed(&ctx, tb_adam_add_group(&ctx, &opt, oc.lr, 0.0f, tb_select_no_decay, NULL, NULL),
-                  "optimizer groups"))
-        return EX_EXIT_FAILURE;
+                  "optimizer groups")) {
+        failed = 1;
+        goto done;
+    }
     if (resume) {
         if (ex_failed(&ctx, tb_checkpoint_load(&ctx, resume, &m.params, &opt, &rng),
-                      "loading the checkpoint"))
-            return EX_EXIT_FAILURE;
+                      "loading the checkpoint")) {
+            failed = 1;
+            goto done;
+        }
         printf("resumed from %s at step %llu\n", resume, (unsigned long long)opt.step);
     }
     if (warmup > steps / 2)
@@ -335,14 +343,14 @@ static int cmd_train(int argc, char **argv)
     printf("memory: activations %.1f MiB for %zu x %zu tokens, optimizer state %.1f MiB\n",
            (double)a.bytes / 1048576.0, B, T, (double)tb_adam_state_bytes(&opt) / 1048576.0);
     printf("%8s %10s %10s %10s %9s %9s\n", "step", "train", "val", "tokens/s", "elapsed", "eta");
-    int32_t *x = malloc(B * T * sizeof(int32_t)), *y = malloc(B * T * sizeof(int32_t));
-    size_t n_pts = 0, cap_pts = steps / eval_every + 3;
-    double *px = malloc(cap_pts * sizeof(double)), *ptr = malloc(cap_pts * sizeof(double));
-    double *pv = malloc(cap_pts * sizeof(double));
-    FILE *csvf = csv ? fopen(csv, "w") : NULL;
+    x = malloc(B * T * sizeof(int32_t)), y = malloc(B * T * sizeof(int32_t));
+    px = malloc(cap_pts * sizeof(double)), ptr = malloc(cap_pts * sizeof(double));
+    pv = malloc(cap_pts * sizeof(double));
+    csvf = csv ? fopen(csv, "w") : NULL;
     if (!x || !y || !px || !ptr || !pv || (csv && !csvf)) {
         fprintf(stderr, "error: out of memory or cannot write %s\n", csv ? csv : "");
-        return EX_EXIT_FAILURE;
+        failed = 1;
+        goto done;
     }
     if (csvf)
         fprintf(csvf, "step,train_loss,val_loss,lr\n");
@@ -351,7 +359,6 @@ static int cmd_train(int argc, char **argv)
     double train_acc = 0.0;
     uint64_t train_n = 0;
     const char *stop = "all steps done";
-    int failed = 0;
     while (opt.step < steps) {
         tb_param_list_zero_grad(&m.params);
         double loss = 0.0;
@@ -445,10 +452,12 @@ static int cmd_train(int argc, char **argv)
         tb_sampler_config sc = tb_sampler_default_config();
         sc.temperature = 0.8f;
         sc.top_k = 40;
-        if (sample_text(&ctx, &m, "The ", 160 < T ? 160 : T - 4, seed, &sc, out, sizeof out) == 0)
+        if (T > 8 && sample_text(&ctx, &m, "The ", T - 4 < 160 ? T - 4 : 160, seed, &sc, out,
+                                 sizeof out) == 0)
             printf("sample (temperature 0.8, top-k 40) after \"The \":\n  The %s\n", out);
         printf("final: steps=%llu best_val=%.4f\n", (unsigned long long)opt.step, ts.best_val);
     }
+done:
     if (csvf)
         fclose(csvf);
     free(px), free(ptr), free(pv), free(x), free(y), free(text);
@@ -466,11 +475,15 @@ static int sample_text(tb_ctx *ctx, const gpt *m, const char *prompt, size_t n_n
                        const tb_sampler_config *sc, char *out, size_t cap)
 {
     const size_t np = strlen(prompt), T = m->cfg.block_size;
-    if (np == 0 || np + n_new > T || n_new + 1 > cap)
+    if (cap)
+        out[0] = '\0';
+    if (np == 0 || np > T || n_new > T - np || n_new >= cap)
         return -1;
     gpt_decoder d;
+    memset(&d, 0, sizeof d);
     int32_t *hist = malloc((np + n_new) * sizeof(int32_t));
     if (!hist || gpt_decoder_init(ctx, &d, m, 1, T, np) != TB_OK) {
+        gpt_decoder_free(&d);
         free(hist);
         return -1;
     }
@@ -524,8 +537,10 @@ static tb_status generate_sampled(tb_ctx *ctx, const gpt *m, const tb_sampler_co
     s.T = m->cfg.block_size;
     const size_t pre = np < s.T ? np : s.T;
     tb_status st = gpt_decoder_init(ctx, &s.d, m, 1, s.T, s.T / 2 > pre ? s.T / 2 : pre);
-    if (st != TB_OK)
+    if (st != TB_OK) {
+        gpt_decoder_free(&s.d);
         return st;
+    }
     tb_rng rng;
     tb_rng_init(&rng, seed);
     st = gpt_decoder_step(ctx, m, &s.d, hist + np - pre, pre, NULL);
@@ -543,9 +558,10 @@ static tb_status generate_sampled(tb_ctx *ctx, const gpt *m, const tb_sampler_co
     return st;
 }
 
-/* Beam search (width W, scores = sum of log-probabilities / generated
- * length^length_penalty, as Hugging Face ranks hypotheses); a newline ends a
- * hypothesis. The repetition penalty and n-gram blocking of sc apply to
+/* Beam search as transformers' BeamSearchScorer ranks hypotheses: a
+ * hypothesis's score is its sum of log-probabilities divided by its
+ * generated length (without the end token) to the power length_penalty; a
+ * newline ends a hypothesis (when ranked within the beam width). The repetition penalty and n-gram blocking of sc apply to
  * each beam's own history. The best hypothesis goes to hist. */
 static tb_status generate_beam(tb_ctx *ctx, const gpt *m, const tb_sampler_config *sc, size_t W,
                                double length_penalty, int32_t *hist, size_t np, size_t n_new)
@@ -574,10 +590,11 @@ static tb_status generate_beam(tb_ctx *ctx, const gpt *m, const tb_sampler_confi
     g.temperature = 0.0f; /* penalties and blocking only */
     size_t len = np;
     for (size_t step = 0; st == TB_OK && step < n_new; step++) {
+        /* Log-probabilities first, then the penalties on them, as
+         * transformers' beam search applies its logits processors. */
         for (size_t b = 0; b < W && st == TB_OK; b++) {
             float *row = lp + b * VOCAB;
             memcpy(row, d.logits + b * VOCAB, VOCAB * sizeof(float));
-            st = tb_logits_process(ctx, &g, beams + b * L, len, row, VOCAB);
             double mx = -INFINITY, z = 0.0;
             for (size_t v = 0; v < VOCAB; v++)
                 mx = row[v] > mx ? row[v] : mx;
@@ -585,7 +602,10 @@ static tb_status generate_beam(tb_ctx *ctx, const gpt *m, const tb_sampler_confi
                 z += exp((double)row[v] - mx);
             for (size_t v = 0; v < VOCAB; v++)
                 row[v] = (float)((double)row[v] - mx - log(z));
+            st = tb_logits_process(ctx, &g, beams + b * L, len, row, VOCAB);
         }
+        if (st != TB_OK)
+            break;
         /* The W best continuations that do not end the hypothesis; those
          * that end it (a newline) are ranked as finished. */
         const size_t n_beams = step == 0 ? 1 : W; /* all beams start equal */
@@ -603,8 +623,11 @@ static tb_status generate_beam(tb_ctx *ctx, const gpt *m, const tb_sampler_confi
             if (bs == -INFINITY)
                 break;
             lp[bb * VOCAB + bv] = -INFINITY; /* taken */
-            const double norm = bs / pow((double)(len + 1 - np), length_penalty);
+            /* The generated length, without the newline that ends it. */
+            const double norm = bs / pow((double)(len > np ? len - np : 1), length_penalty);
             if (bv == '\n') {
+                if (k >= W)
+                    continue; /* an end ranked below the beam width is not kept */
                 if (norm > best_score) {
                     best_score = norm, best_len = len + 1;
                     memcpy(best, beams + bb * L, len * sizeof(int32_t));
@@ -730,9 +753,12 @@ static int load_model(tb_ctx *ctx, const char *ckpt, gpt *m)
     cfg.dropout = 0.0f;
     tb_rng rng;
     tb_rng_init(&rng, 0);
-    return !ex_failed(ctx, gpt_init(ctx, m, &cfg, &rng), "building the model") &&
-           !ex_failed(ctx, tb_checkpoint_load(ctx, ckpt, &m->params, NULL, NULL),
-                      "loading the checkpoint");
+    if (!ex_failed(ctx, gpt_init(ctx, m, &cfg, &rng), "building the model") &&
+        !ex_failed(ctx, tb_checkpoint_load(ctx, ckpt, &m->params, NULL, NULL),
+                   "loading the checkpoint"))
+        return 1;
+    gpt_free(m);
+    return 0;
 }
 
 static int parse_gen(int argc, char **argv, gen_opts *g, const char *summary)

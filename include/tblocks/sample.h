@@ -10,11 +10,13 @@
  *     a positive logit is divided by r, a negative one multiplied by r;
  *  2. no-repeat n-gram: tokens that would complete an n-gram already in
  *     the history get -inf;
- *  3. temperature t: logits divided by t (skipped for greedy, t = 0);
+ *  3. temperature t: logits divided by t;
  *  4. top-k: logits below the k-th largest get -inf (ties with it stay);
  *  5. top-p: sorting the probabilities in ascending order, the tokens whose
  *     cumulative probability is <= 1 - p get -inf (at least one token
  *     stays).
+ * For greedy decoding (t = 0) steps 3-5 are skipped: they never change the
+ * argmax.
  * test_sample.c checks the result against transformers'
  * RepetitionPenaltyLogitsProcessor, NoRepeatNGramLogitsProcessor,
  * TemperatureLogitsWarper, TopKLogitsWarper and TopPLogitsWarper.
@@ -66,8 +68,9 @@ tb_sampler_config tb_sampler_default_config(void);
  * @param vocab Vocabulary size, >= 1.
  * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG (a negative or
  *         non-finite temperature, top_p outside (0, 1], a penalty <= 0, a
- *         history token outside [0, vocab)); TB_ERR_NO_MEMORY (top-p's
- *         sort scratch).
+ *         history token outside [0, vocab)); TB_ERR_NON_FINITE (a NaN
+ *         logit when top-k or top-p must sort); TB_ERR_OVERFLOW;
+ *         TB_ERR_NO_MEMORY (scratch).
  */
 tb_status tb_logits_process(tb_ctx *ctx, const tb_sampler_config *cfg, const int32_t *history,
                             size_t n_history, float *logits, size_t vocab);

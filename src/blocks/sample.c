@@ -60,17 +60,22 @@ tb_status tb_logits_process(tb_ctx *ctx, const tb_sampler_config *cfg, const int
     tb_status s = check(ctx, fn, cfg, history, n_history, logits, vocab);
     if (s != TB_OK)
         return s;
-    /* 1. Repetition penalty, once per distinct token of the history. */
-    if (cfg->repetition_penalty != 1.0f) {
+    /* 1. Repetition penalty, once per distinct token of the history (a
+     * vocabulary-sized "seen" map keeps long histories linear). */
+    if (cfg->repetition_penalty != 1.0f && n_history) {
         const float r = cfg->repetition_penalty;
+        void *seen_mem;
+        if ((s = tb_alloc(ctx, fn, vocab, &seen_mem)) != TB_OK)
+            return s;
+        unsigned char *seen = seen_mem;
+        memset(seen, 0, vocab);
         for (size_t i = 0; i < n_history; i++) {
             const int32_t t = history[i];
-            int seen = 0;
-            for (size_t j = 0; j < i && !seen; j++)
-                seen = history[j] == t;
-            if (!seen)
+            if (!seen[t])
                 logits[t] = logits[t] < 0.0f ? logits[t] * r : logits[t] / r;
+            seen[t] = 1;
         }
+        tb_free_with(&ctx->allocator, seen_mem);
     }
     /* 2. No-repeat n-gram: the n-1 last tokens were seen before, followed
      * by some token: that token would repeat the n-gram. */
@@ -90,6 +95,9 @@ tb_status tb_logits_process(tb_ctx *ctx, const tb_sampler_config *cfg, const int
     const int need_sort = (cfg->top_k > 0 && cfg->top_k < vocab) || cfg->top_p < 1.0f;
     if (!need_sort)
         return TB_OK;
+    for (size_t v = 0; v < vocab; v++) /* sorting needs a total order */
+        if (isnan(logits[v]))
+            return tb_fail(ctx, TB_ERR_NON_FINITE, fn, "logit %zu is NaN", v);
     size_t bytes;
     if (!tb_mul_size(vocab, sizeof(ranked), &bytes))
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "vocab too large");
@@ -149,7 +157,9 @@ tb_status tb_sample_token(tb_ctx *ctx, const tb_sampler_config *cfg, const int32
     }
     if (logits[best] == -INFINITY)
         return tb_fail(ctx, TB_ERR_NON_FINITE, fn, "every token is excluded (all logits -inf)");
-    if (cfg->temperature == 0.0f) {
+    /* An infinite logit (a tiny temperature overflowing) takes all the
+     * probability: the first one is the draw. */
+    if (cfg->temperature == 0.0f || logits[best] == INFINITY) {
         *token = (int32_t)best;
         return TB_OK;
     }
