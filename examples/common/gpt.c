@@ -236,8 +236,12 @@ static tb_status acts_layout(tb_ctx *ctx, gpt_acts *a, const gpt *m, tb_arena *a
 tb_status gpt_acts_init(tb_ctx *ctx, gpt_acts *a, const gpt *m, size_t max_b, size_t max_t)
 {
     memset(a, 0, sizeof *a);
-    if (!max_b || !max_t || max_t > m->cfg.block_size)
+    if (!max_b || !max_t || max_t > m->cfg.block_size) {
+        snprintf(ctx->error, sizeof ctx->error,
+                 "gpt: activations for %zu x %zu tokens (the context is %zu)", max_b, max_t,
+                 m->cfg.block_size);
         return TB_ERR_INVALID_ARG;
+    }
     a->max_b = max_b, a->max_t = max_t;
     const size_t R = max_b * max_t;
     TRY(tb_layernorm_cache_size(R, &a->ln_cache_bytes));
@@ -271,8 +275,12 @@ tb_status gpt_forward(tb_ctx *ctx, gpt *m, gpt_acts *a, tb_mode mode, tb_rng *rn
                       const int32_t *tokens, const int32_t *targets, size_t B, size_t T,
                       float *loss)
 {
-    if (B > a->max_b || T > a->max_t || !B || !T)
+    if (B > a->max_b || T > a->max_t || !B || !T) {
+        snprintf(ctx->error, sizeof ctx->error,
+                 "gpt: a batch of %zu x %zu tokens; the activations hold %zu x %zu", B, T,
+                 a->max_b, a->max_t);
         return TB_ERR_SHAPE;
+    }
     const size_t R = B * T, C = m->cfg.n_embd, V = m->cfg.vocab_size, L = m->cfg.n_layer;
     const float p = mode == TB_MODE_TRAINING ? m->cfg.dropout : 0.0f;
     a->b = B, a->t = T;
@@ -374,8 +382,12 @@ tb_status gpt_decoder_init(tb_ctx *ctx, gpt_decoder *d, const gpt *m, size_t bat
                            size_t max_len, size_t max_new)
 {
     memset(d, 0, sizeof *d);
-    if (!batch || !max_len || !max_new || max_len > m->cfg.block_size || max_new > max_len)
+    if (!batch || !max_len || !max_new || max_len > m->cfg.block_size || max_new > max_len) {
+        snprintf(ctx->error, sizeof ctx->error,
+                 "gpt: decoder for %zu sequences of %zu tokens, %zu per step (the context is %zu)",
+                 batch, max_len, max_new, m->cfg.block_size);
         return TB_ERR_INVALID_ARG;
+    }
     const size_t L = m->cfg.n_layer, C = m->cfg.n_embd, V = m->cfg.vocab_size;
     const size_t R = batch * max_new;
     d->batch = batch, d->max_len = max_len, d->max_new = max_new;
@@ -419,8 +431,12 @@ tb_status gpt_decoder_step(tb_ctx *ctx, const gpt *m, gpt_decoder *d, const int3
 {
     const size_t B = d->batch, C = m->cfg.n_embd, V = m->cfg.vocab_size, L = m->cfg.n_layer;
     const size_t start = d->kv[0].len, R = B * n;
-    if (!n || n > d->max_new || start + n > d->max_len)
+    if (!n || n > d->max_new || start + n > d->max_len) {
+        snprintf(ctx->error, sizeof ctx->error,
+                 "gpt: %zu new tokens after %zu; the decoder takes %zu per step, %zu in all", n,
+                 start, d->max_new, d->max_len);
         return TB_ERR_BUFFER_TOO_SMALL;
+    }
     for (size_t r = 0; r < R; r++)
         d->pos[r] = (int32_t)(start + r % n);
     tb_tensor x = tb_tensor_3d(d->x, B, n, C), a = tb_tensor_3d(d->a, B, n, C);

@@ -119,7 +119,8 @@ void gpt_decoder_free(gpt_decoder *d);
 void gpt_decoder_reset(gpt_decoder *d);
 
 /* Feed n new tokens per sequence (tokens (batch, n)); the logits of the last
- * one of each sequence land in d->logits (batch, V). With all_logits
+ * one of each sequence land in d->logits (batch, V). After an error the
+ * caches may disagree between layers: reset the decoder. With all_logits
  * non-NULL, the logits of every new position are copied there (batch, n, V). */
 tb_status gpt_decoder_step(tb_ctx *ctx, const gpt *m, gpt_decoder *d, const int32_t *tokens,
                            size_t n, float *all_logits);

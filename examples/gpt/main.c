@@ -808,8 +808,12 @@ static int run_strategy(tb_ctx *ctx, const gpt *m, const char *strategy,
     tb_status s;
     size_t n = g->max_new;
     if (strcmp(strategy, "beam") == 0) {
-        if (np + n > m->cfg.block_size)
+        if (np + n > m->cfg.block_size) {
             n = m->cfg.block_size - np;
+            fprintf(stderr, "note: beam search keeps every beam's history in the context: %zu "
+                            "bytes at most here\n",
+                    n);
+        }
         s = generate_beam(ctx, m, sc, g->beams, g->length_penalty, hist, np, n);
     } else {
         s = generate_sampled(ctx, m, sc, g->seed, hist, np, n);
