@@ -940,43 +940,36 @@ typedef struct masked_case {
     const float *bias;
 } masked_case;
 
-/* Whether query i of batch row r sees at least one key (the spec's masks). */
+/* Whether query i of batch row r may see key j (the spec's masks). */
+static int pair_visible(const masked_case *mc, size_t r, size_t i, size_t j)
+{
+    const long diag = (long)i + (long)mc->tk - (long)mc->tq;
+    if (mc->causal && (long)j > diag)
+        return 0;
+    if (mc->window && !((long)j > diag - (long)mc->window && (long)j <= diag))
+        return 0;
+    if (mc->lengths && (long)j >= (long)mc->lengths[r])
+        return 0;
+    if (mc->valid && !mc->valid[r * mc->tk + j])
+        return 0;
+    return !(mc->bias && mc->bias[i * mc->tk + j] == -INFINITY);
+}
+
+/* Whether query i of batch row r sees at least one key. */
 static int query_sees_a_key(const masked_case *mc, size_t r, size_t i)
 {
-    for (size_t j = 0; j < mc->tk; j++) {
-        const long diag = (long)i + (long)mc->tk - (long)mc->tq;
-        if (mc->causal && (long)j > diag)
-            continue;
-        if (mc->window && !((long)j > diag - (long)mc->window && (long)j <= diag))
-            continue;
-        if (mc->lengths && (long)j >= (long)mc->lengths[r])
-            continue;
-        if (mc->valid && !mc->valid[r * mc->tk + j])
-            continue;
-        if (mc->bias && mc->bias[i * mc->tk + j] == -INFINITY)
-            continue;
-        return 1;
-    }
+    for (size_t j = 0; j < mc->tk; j++)
+        if (pair_visible(mc, r, i, j))
+            return 1;
     return 0;
 }
 
 /* Whether key j of batch row r is seen by some query. */
 static int key_is_seen(const masked_case *mc, size_t r, size_t j)
 {
-    for (size_t i = 0; i < mc->tq; i++) {
-        const long diag = (long)i + (long)mc->tk - (long)mc->tq;
-        if (mc->causal && (long)j > diag)
-            continue;
-        if (mc->window && !((long)j > diag - (long)mc->window && (long)j <= diag))
-            continue;
-        if (mc->lengths && (long)j >= (long)mc->lengths[r])
-            continue;
-        if (mc->valid && !mc->valid[r * mc->tk + j])
-            continue;
-        if (mc->bias && mc->bias[i * mc->tk + j] == -INFINITY)
-            continue;
-        return 1;
-    }
+    for (size_t i = 0; i < mc->tq; i++)
+        if (pair_visible(mc, r, i, j))
+            return 1;
     return 0;
 }
 
