@@ -164,6 +164,31 @@ typedef struct gemm_args {
     float *C;
 } gemm_args;
 
+/* The product's arguments, its micro-kernel and whether B is read in
+ * place; blocking (mc, nc) is the caller's. An untransposed B is read in
+ * place: its rows already hold NR contiguous columns per k, and skipping
+ * the copy was measured faster on the GPT-2 shapes (most at small M, where
+ * each element of B is used only M times). It is packed instead when its
+ * rows are a multiple of 2 KiB apart (N = 1024, 2048, 3072: the rows alias
+ * in the L1 cache and run ~30% slower; unless M <= 8: each element of B is
+ * then used so few times that copying it costs more than the aliasing) or
+ * more than 32 KiB apart (the 50257-wide vocabulary matrix: every k would
+ * touch a new page). */
+static void gemm_args_init(gemm_args *g, const tb_ctx *ctx, int trans_a, int trans_b, size_t M,
+                           size_t N, size_t K, float alpha, const float *A, size_t lda,
+                           const float *B, size_t ldb, float beta, float *C, size_t ldc)
+{
+    g->uk = select_ukernel(ctx, M);
+    g->trans_a = trans_a, g->trans_b = trans_b;
+    g->direct_b = !trans_b && ldb <= 8192 && (ldb % 512 != 0 || M <= 8);
+    g->M = M, g->N = N, g->K = K;
+    g->alpha = alpha;
+    g->beta = beta;
+    g->A = A, g->B = B, g->C = C;
+    g->lda = lda, g->ldb = ldb, g->ldc = ldc;
+    g->mc = g->nc = 0;
+}
+
 /* One MR x NR tile of C (mre x nre of it valid) += alpha * sliver product. */
 static void tile_update(const gemm_args *g, size_t kc, const float *as, const float *bs,
                         size_t ldb, float *c, size_t mre, size_t nre, int add)
@@ -219,20 +244,24 @@ static void gemm_range(const gemm_args *g, size_t m0, size_t m1, size_t n0, size
     }
 }
 
+/* One row of C = beta * C (beta == 0: zeros, C not read). */
+static void scale_row(float *c, size_t N, float beta)
+{
+    if (beta == 0.0f)
+        memset(c, 0, N * sizeof(float));
+    else
+        for (size_t j = 0; j < N; j++)
+            c[j] *= beta;
+}
+
 /* C = beta * C (beta == 0: C = 0 without reading it). */
 static void scale_c(tb_ctx *ctx, size_t M, size_t N, float beta, float *C, size_t ldc)
 {
     if (beta == 1.0f)
         return;
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)M * N)) schedule(static)
-    for (size_t i = 0; i < M; i++) {
-        float *c = C + i * ldc;
-        if (beta == 0.0f)
-            memset(c, 0, N * sizeof(float));
-        else
-            for (size_t j = 0; j < N; j++)
-                c[j] *= beta;
-    }
+    for (size_t i = 0; i < M; i++)
+        scale_row(C + i * ldc, N, beta);
 }
 
 tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, size_t K,
@@ -242,20 +271,8 @@ tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, siz
     if (M == 0 || N == 0)
         return TB_OK;
     gemm_args g;
-    g.uk = select_ukernel(ctx, M);
+    gemm_args_init(&g, ctx, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     const size_t mr = (size_t)g.uk->mr, nr = (size_t)g.uk->nr;
-
-    g.trans_a = trans_a, g.trans_b = trans_b;
-    /* An untransposed B is read in place: its rows already hold NR
-     * contiguous columns per k, and skipping the copy was measured faster
-     * on the GPT-2 shapes (most at small M, where each element of B is used
-     * only M times). It is packed instead when its rows are a multiple of
-     * 2 KiB apart (N = 1024, 2048, 3072: the rows alias in the L1 cache and
-     * run ~30% slower; unless M <= 8: each element of B is then used so few
-     * times that copying it costs more than the aliasing) or more than
-     * 32 KiB apart (the 50257-wide vocabulary matrix: every k would touch a
-     * new page). */
-    g.direct_b = !trans_b && ldb <= 8192 && (ldb % 512 != 0 || M <= 8);
 
     /* Threads split M or N into ranges of whole tiles. Whatever is not split
      * is packed by every thread, so split the larger dimension; but an
@@ -270,11 +287,6 @@ tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, siz
     if ((size_t)threads > units)
         threads = (int)units;
 
-    g.M = M, g.N = N, g.K = K;
-    g.alpha = alpha;
-    g.beta = beta;
-    g.A = A, g.B = B, g.C = C;
-    g.lda = lda, g.ldb = ldb, g.ldc = ldc;
     g.mc = round_up(MC_TARGET, mr);
     /* Widest N range one thread handles, rounded to whole slivers. */
     size_t n_range = split_n ? ((units + (size_t)threads - 1) / (size_t)threads) * nr : N;
@@ -331,24 +343,15 @@ void tb_gemm_serial(const tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_
 {
     if (M == 0 || N == 0)
         return;
-    if (K == 0 || alpha == 0.0f || beta != 0.0f) {
-        if (beta != 1.0f)
-            for (size_t i = 0; i < M; i++)
-                for (size_t j = 0; j < N; j++)
-                    C[i * ldc + j] = beta == 0.0f ? 0.0f : C[i * ldc + j] * beta;
-        if (K == 0 || alpha == 0.0f)
-            return;
-    }
+    /* As tb_gemm: beta applied first unless the first K block stores. */
+    if ((K == 0 || alpha == 0.0f || beta != 0.0f) && beta != 1.0f)
+        for (size_t i = 0; i < M; i++)
+            scale_row(C + i * ldc, N, beta);
+    if (K == 0 || alpha == 0.0f)
+        return;
     gemm_args g;
-    g.uk = select_ukernel(ctx, M);
+    gemm_args_init(&g, ctx, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     const size_t mr = (size_t)g.uk->mr, nr = (size_t)g.uk->nr;
-    g.trans_a = trans_a, g.trans_b = trans_b;
-    g.direct_b = !trans_b && ldb <= 8192 && (ldb % 512 != 0 || M <= 8);
-    g.M = M, g.N = N, g.K = K;
-    g.alpha = alpha;
-    g.beta = beta;
-    g.A = A, g.B = B, g.C = C;
-    g.lda = lda, g.ldb = ldb, g.ldc = ldc;
     g.mc = min_sz(round_up(MC_TARGET, mr), round_up(M, mr));
     g.nc = min_sz(round_up(NC_TARGET, nr), round_up(N, nr));
     const size_t kc = min_sz(KC, K);
