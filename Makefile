@@ -39,9 +39,14 @@ TEST_SRC  := $(sort $(wildcard test/unit/*.c))
 TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o) $(BUILD)/examples/common/gpt.o
 TEST_BIN  := $(BUILD)/test/unit_tests
 ORACLE_DIR := $(BUILD)/oracle
-# Every test runs once per kernel family (auto = the best this CPU has);
-# a family the CPU lacks is reported as skipped.
+# The whole suite (unit, oracle, example runs, script tests and the
+# sanitizer pass) runs once per kernel family, forced with the library's
+# own switch TB_KERNEL, so an AVX-512 machine exercises the AVX2 and
+# portable paths exactly as an AVX2-only machine would. A family the CPU
+# lacks is reported by name as NOT RUN (test/scripts/per_family.sh).
 TEST_KERNELS ?= portable avx2 avx512
+FAMILY_TOOL := $(BUILD)/test/kernel_family
+PER_FAMILY  := sh test/scripts/per_family.sh "$(TEST_KERNELS)" $(FAMILY_TOOL)
 ORACLE_STAMP := $(ORACLE_DIR)/.stamp
 ORACLE_PY := $(sort $(wildcard test/oracle/gen_*.py))
 
@@ -81,6 +86,9 @@ $(shell mkdir -p $(BUILD)/bench && (echo '$(BENCH_CFLAGS) | $(BENCH_LIBS)' | cmp
         echo '$(BENCH_CFLAGS) | $(BENCH_LIBS)' > $(BENCH_STAMP)))
 
 SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+# The sanitizer build is also the debug build: internal invariants such as
+# "no kernel writes past the scratch it was handed" are checked (TB_DEBUG).
+DEBUG_FLAGS    := -DTB_DEBUG
 SANITIZE_ENV   := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
                   LSAN_OPTIONS=suppressions=$(CURDIR)/test/lsan.supp:print_suppressions=0
 
@@ -162,6 +170,10 @@ $(TEST_BIN): $(TEST_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -o $@ $(TEST_OBJ) $(LIB) $(CHECK_LIBS) $(LDLIBS_ALL)
 
+$(FAMILY_TOOL): test/tools/kernel_family.c $(LIB) $(FLAGS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(LIB) $(LDLIBS_ALL)
+
 # PyTorch reference data for the oracle tests (regenerated when a script changes).
 $(ORACLE_STAMP): $(ORACLE_PY)
 	@mkdir -p $(ORACLE_DIR)
@@ -182,21 +194,18 @@ check: deps
 
 test: test-unit test-scripts
 
-test-unit: $(TEST_BIN) $(ORACLE_STAMP) all
-	@ex="TB_EXAMPLE_DIR=$(BUILD)/bin"; for k in $(TEST_KERNELS); do \
-	    echo "== unit tests, kernel family $$k"; \
-	    env $(TEST_ENV) $$ex TB_TEST_KERNEL=$$k TB_ORACLE_DIR=$(ORACLE_DIR) \
-	        $(TEST_BIN) || exit 1; \
-	    ex=; \
-	done
+test-unit: $(TEST_BIN) $(ORACLE_STAMP) $(FAMILY_TOOL) all
+	@$(PER_FAMILY) "unit, oracle and example tests$(if $(TEST_LABEL), $(TEST_LABEL))" \
+	    env $(TEST_ENV) TB_EXAMPLE_DIR=$(BUILD)/bin TB_ORACLE_DIR=$(ORACLE_DIR) $(TEST_BIN)
 
-test-scripts: all
-	sh test/scripts/run_all.sh "$(CC)" "$(CXX)"
+test-scripts: all $(FAMILY_TOOL)
+	@$(PER_FAMILY) "script tests" sh test/scripts/run_all.sh "$(CC)" "$(CXX)"
 
 sanitize:
 	$(MAKE) BUILD=build/sanitize LIBOUT=build/sanitize/lib \
-	    EXTRA_CFLAGS="$(SANITIZE_FLAGS)" EXTRA_LDFLAGS="$(SANITIZE_FLAGS)" \
-	    ORACLE_DIR=$(ORACLE_DIR) TEST_ENV="$(SANITIZE_ENV)" test-unit
+	    EXTRA_CFLAGS="$(SANITIZE_FLAGS) $(DEBUG_FLAGS)" EXTRA_LDFLAGS="$(SANITIZE_FLAGS)" \
+	    ORACLE_DIR=$(ORACLE_DIR) TEST_ENV="$(SANITIZE_ENV)" \
+	    TEST_LABEL="under ASan+UBSan" test-unit
 
 # ---- fuzzing (libFuzzer, clang) ------------------------------------------------
 # The parser of untrusted safetensors files, under ASan and UBSan. New

@@ -464,7 +464,9 @@ int main(int argc, char **argv)
 {
     counter mem = {0, 0};
     tb_ctx ctx;
-    tb_ctx_init(&ctx);
+    int rc = ex_ctx_init(&ctx);
+    if (rc >= 0)
+        return rc;
     ctx.allocator.alloc = counted_alloc;
     ctx.allocator.free = counted_free;
     ctx.allocator.user = &mem;
@@ -478,7 +480,7 @@ int main(int argc, char **argv)
          &tmax},
         {"threads", "N", "threads the library may use", 1, 1024, &threads},
     };
-    int rc = ex_parse_args(argc, argv,
+    rc = ex_parse_args(argc, argv,
                            "How attention's time and memory grow with the sequence length\n"
                            "(materialised probabilities vs the streaming core vs a sliding\n"
                            "window), and heat maps of heads that attend to different positions.",
@@ -486,8 +488,8 @@ int main(int argc, char **argv)
     if (rc >= 0)
         return rc;
     ctx.num_threads = (int)threads;
-    printf("attention_scaling: libtblocks %s, threads %d\n", tb_version_string(),
-           ctx.num_threads);
+    printf("attention_scaling: libtblocks %s, threads %d, kernels %s\n", tb_version_string(),
+           ctx.num_threads, ex_kernel_name(&ctx));
     const double t0 = ex_seconds();
     if (ex_failed(&ctx, part1(&ctx, &mem, (size_t)tmax), "part 1 (scaling)") ||
         ex_failed(&ctx, part2(&ctx), "part 2 (heat maps)"))

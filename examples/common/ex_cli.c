@@ -148,6 +148,23 @@ int ex_failed(const tb_ctx *ctx, tb_status status, const char *what)
     return 1;
 }
 
+int ex_ctx_init(tb_ctx *ctx)
+{
+    tb_ctx_init(ctx);
+    tb_kernel k;
+    if (tb_kernel_from_env(ctx, &k) != TB_OK) {
+        fprintf(stderr, "error: %s\n", tb_ctx_error(ctx));
+        tb_ctx_clear_error(ctx);
+        return EX_EXIT_USAGE;
+    }
+    return -1;
+}
+
+const char *ex_kernel_name(const tb_ctx *ctx)
+{
+    return tb_kernel_name(tb_ctx_kernel(ctx));
+}
+
 double ex_seconds(void)
 {
     struct timespec ts;

@@ -55,6 +55,19 @@ int ex_parse_args(int argc, char **argv, const char *summary, const ex_opt *opts
  */
 int ex_failed(const tb_ctx *ctx, tb_status status, const char *what);
 
+/*
+ * tb_ctx_init(), which takes the kernel family from the environment
+ * variable TB_KERNEL (portable, avx2, avx512 or auto), and refuse a value
+ * the library would ignore: a family that silently fell back to another
+ * would run, and measure, the wrong kernels. Returns -1 when the program
+ * should go on, otherwise EX_EXIT_USAGE after a message on stderr.
+ */
+int ex_ctx_init(tb_ctx *ctx);
+
+/* The kernel family the calls through ctx run ("portable", "avx2",
+ * "avx512"), for the programs' banners. */
+const char *ex_kernel_name(const tb_ctx *ctx);
+
 /* Wall-clock seconds since an arbitrary origin (C11 timespec_get). */
 double ex_seconds(void);
 

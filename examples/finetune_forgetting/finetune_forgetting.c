@@ -256,12 +256,13 @@ int main(int argc, char **argv)
         return EX_EXIT_USAGE;
     }
     tb_ctx ctx;
-    tb_ctx_init(&ctx);
+    if ((rc = ex_ctx_init(&ctx)) >= 0)
+        return rc;
     if (threads)
         ctx.num_threads = (int)threads;
     const double t0 = ex_seconds();
-    printf("finetune_forgetting: libtblocks %s, seed %llu\n\n", tb_version_string(),
-           (unsigned long long)seed);
+    printf("finetune_forgetting: libtblocks %s, seed %llu, kernels %s\n\n", tb_version_string(),
+           (unsigned long long)seed, ex_kernel_name(&ctx));
 
     tb_rng rng;
     tb_rng_init(&rng, seed);

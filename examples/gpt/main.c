@@ -265,7 +265,8 @@ static int cmd_train(int argc, char **argv)
     if (rc >= 0)
         return rc;
     tb_ctx ctx;
-    tb_ctx_init(&ctx);
+    if ((rc = ex_ctx_init(&ctx)) >= 0)
+        return rc;
     if (threads)
         ctx.num_threads = (int)threads;
     gpt_config cfg = {layers, heads, width, context, VOCAB, (float)dropout};
@@ -293,8 +294,8 @@ static int cmd_train(int argc, char **argv)
         free(text);
         return EX_EXIT_FAILURE;
     }
-    printf("gpt train: libtblocks %s, seed %llu, threads %d\n", tb_version_string(),
-           (unsigned long long)seed, ctx.num_threads);
+    printf("gpt train: libtblocks %s, seed %llu, threads %d, kernels %s\n", tb_version_string(),
+           (unsigned long long)seed, ctx.num_threads, ex_kernel_name(&ctx));
     printf("data: %s, %zu bytes (%zu train, %zu validation)\n",
            data_path ? data_path : "built-in corpus", len, d.n_train, d.n_val);
     tb_rng rng;
@@ -849,7 +850,8 @@ static int cmd_generate(int argc, char **argv)
         return EX_EXIT_USAGE;
     }
     tb_ctx ctx;
-    tb_ctx_init(&ctx);
+    if ((rc = ex_ctx_init(&ctx)) >= 0)
+        return rc;
     if (g.threads)
         ctx.num_threads = (int)g.threads;
     gpt m;
@@ -874,7 +876,8 @@ static int cmd_repetition(int argc, char **argv)
     if (rc >= 0)
         return rc;
     tb_ctx ctx;
-    tb_ctx_init(&ctx);
+    if ((rc = ex_ctx_init(&ctx)) >= 0)
+        return rc;
     if (g.threads)
         ctx.num_threads = (int)g.threads;
     gpt m;

@@ -396,8 +396,10 @@ static int train(tb_ctx *ctx, mlp *m, activations *a, const dataset *train_set,
 
 int main(int argc, char **argv)
 {
-    tb_ctx ctx;
-    tb_ctx_init(&ctx); /* default: as many threads as OpenMP would use */
+    tb_ctx ctx; /* default: as many threads as OpenMP would use */
+    int rc = ex_ctx_init(&ctx);
+    if (rc >= 0)
+        return rc;
 
     uint64_t steps = 3000, seed = 1, threads = (uint64_t)ctx.num_threads;
     if (threads > 1024)
@@ -408,7 +410,7 @@ int main(int argc, char **argv)
          &seed},
         {"threads", "T", "threads the library may use", 1, 1024, &threads},
     };
-    int rc = ex_parse_args(argc, argv,
+    rc = ex_parse_args(argc, argv,
                            "Train an MLP classifier (Linear-GELU-Dropout-Linear-GELU-Linear)\n"
                            "on a generated three-arm spiral with libtblocks.",
                            opts, sizeof opts / sizeof opts[0]);
@@ -467,9 +469,9 @@ int main(int argc, char **argv)
            "%zu parameters\n",
            IN_DIM, HIDDEN, (double)DROPOUT_P, HIDDEN, HIDDEN, HIDDEN, N_CLASSES, n_params);
     printf("train: %llu steps, batch %d, SGD lr %.3f (cosine) momentum %.2f, seed %llu, "
-           "threads %d\n",
+           "threads %d, kernels %s\n",
            (unsigned long long)steps, BATCH, (double)LEARNING_RATE, (double)MOMENTUM,
-           (unsigned long long)seed, ctx.num_threads);
+           (unsigned long long)seed, ctx.num_threads, ex_kernel_name(&ctx));
     if (train(&ctx, &model, &act, &train_set, &val_set, &batches, &drop_rng, velocity, steps) ==
         0)
         rc = EX_EXIT_OK;

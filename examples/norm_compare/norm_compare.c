@@ -1024,8 +1024,9 @@ static tb_status part3(tb_ctx *ctx, uint64_t steps, tb_rng *data_rng, tb_rng *in
            N_LAYERS, DIM, HIDDEN, DIM);
     printf("   final norm, masked mean pool, Linear(%d,%d); %zu trainable parameters each\n", DIM,
            N_CLASSES, n_params);
-    printf("train: %llu steps, Adam lr %.0e (warm-up %d, cosine), threads %d\n",
-           (unsigned long long)steps, (double)LR, WARMUP_STEPS, ctx->num_threads);
+    printf("train: %llu steps, Adam lr %.0e (warm-up %d, cosine), threads %d, kernels %s\n",
+           (unsigned long long)steps, (double)LR, WARMUP_STEPS, ctx->num_threads,
+           ex_kernel_name(ctx));
     printf("   validation in batches of %d, training-mode forward (as the models train)\n",
            BATCH);
     printf("   %6s | %-27s | %s\n", "", "          LayerNorm", "          BatchNorm");
@@ -1124,7 +1125,9 @@ out:
 int main(int argc, char **argv)
 {
     tb_ctx ctx;
-    tb_ctx_init(&ctx);
+    int rc = ex_ctx_init(&ctx);
+    if (rc >= 0)
+        return rc;
     uint64_t steps = 400, seed = 1, threads = (uint64_t)ctx.num_threads;
     if (threads > 1024)
         threads = 1024;
@@ -1134,7 +1137,7 @@ int main(int argc, char **argv)
          &seed},
         {"threads", "T", "threads the library may use", 1, 1024, &threads},
     };
-    int rc = ex_parse_args(argc, argv,
+    rc = ex_parse_args(argc, argv,
                            "Compare LayerNorm and BatchNorm: batch-composition, padding and\n"
                            "batch-size invariance, BatchNorm's train/inference gap, and a tiny\n"
                            "transformer classifier trained with each.",

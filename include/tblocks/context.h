@@ -74,9 +74,11 @@ typedef enum tb_kernel {
 typedef struct tb_ctx {
     /** Threads the library may use for one call; values below 1 mean 1. */
     int num_threads;
-    /** Kernel family (TB_KERNEL_AUTO by default); set it with
-     *  tb_ctx_set_kernel(), which refuses families this CPU lacks. A value
-     *  the CPU does not support is treated as TB_KERNEL_AUTO. */
+    /** Kernel family: tb_ctx_init() takes it from the environment variable
+     *  TB_KERNEL (see tb_kernel_from_env()), TB_KERNEL_AUTO when that is
+     *  unset or unusable; tb_ctx_set_kernel() changes it and refuses
+     *  families this CPU lacks. A value the CPU does not support is treated
+     *  as TB_KERNEL_AUTO. */
     tb_kernel kernel;
     /** Hooks for every allocation the library makes. */
     tb_allocator allocator;
@@ -87,7 +89,15 @@ typedef struct tb_ctx {
 /**
  * @brief Initialise a context: as many threads as OpenMP would use by
  * default (read once, not changed), the C library's aligned allocator, no
- * error recorded.
+ * error recorded, and the kernel family named by the environment variable
+ * TB_KERNEL (tb_kernel_from_env(); TB_KERNEL_AUTO when it is unset, names
+ * no family or names one this CPU cannot run: programs that want such a
+ * value reported call tb_kernel_from_env() themselves).
+ *
+ * TB_KERNEL is the one switch that forces a family for every context a
+ * program initialises, whatever the program: `TB_KERNEL=avx2 ./app` runs
+ * an AVX-512 machine's products on the AVX2 kernels, exactly as an
+ * AVX2-only CPU would. The environment is read here and nowhere else.
  * @param ctx Context to fill; nothing happens if NULL.
  */
 void tb_ctx_init(tb_ctx *ctx);
@@ -112,6 +122,32 @@ tb_kernel tb_kernel_best(void);
  * @return A static string.
  */
 const char *tb_kernel_name(tb_kernel kernel);
+
+/**
+ * @brief The kernel family named by the environment variable TB_KERNEL:
+ * "auto", "portable", "avx2" or "avx512" (exactly, lower case); unset or
+ * empty means "auto".
+ *
+ * Reads the environment with getenv(), so it must not race with setenv()
+ * in another thread (as for any getenv() caller).
+ * @param ctx Context for the error detail, or NULL.
+ * @param kernel Receives the family: TB_KERNEL_AUTO when unset or on
+ *        TB_ERR_INVALID_ARG, the named family on TB_OK and on
+ *        TB_ERR_UNSUPPORTED.
+ * @return TB_OK; TB_ERR_NULL_ARG if `kernel` is NULL; TB_ERR_INVALID_ARG if
+ *         the value names no family; TB_ERR_UNSUPPORTED if this CPU or
+ *         build cannot run the named family.
+ */
+tb_status tb_kernel_from_env(tb_ctx *ctx, tb_kernel *kernel);
+
+/**
+ * @brief The family that calls through `ctx` run: its kernel field when
+ * this CPU supports it, otherwise (TB_KERNEL_AUTO included) tb_kernel_best().
+ * @param ctx A context, or NULL (then tb_kernel_best()).
+ * @return TB_KERNEL_PORTABLE, TB_KERNEL_AVX2 or TB_KERNEL_AVX512; never
+ *         TB_KERNEL_AUTO.
+ */
+tb_kernel tb_ctx_kernel(const tb_ctx *ctx);
 
 /**
  * @brief Select the kernel family for calls made through `ctx`.

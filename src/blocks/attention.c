@@ -299,22 +299,33 @@ static size_t min_sz(size_t a, size_t b)
  * for tb_gemm_serial and per-row running statistics. */
 typedef struct tile_ws {
     float *s, *dp, *gemm, *m, *l;
+    size_t gemm_floats; /* packing space at gemm */
+    int *failed;        /* set (shared by all threads) if a tile product failed */
 } tile_ws;
 
-static size_t ws_floats(size_t D)
+/* Every tile product has M <= max(BQ, BK) rows and N, K <= max(D, BK); the
+ * packing bound comes from the kernels ctx's family runs. */
+static size_t gemm_ws_floats(const tb_ctx *ctx, size_t D)
 {
-    const size_t big = D > BK ? D : BK;
-    return 2 * BQ * BK + (tb_gemm_serial_work(BQ, big, big) + 15) / 16 * 16 + 2 * BQ;
+    const size_t big = D > BK ? D : BK, m = BQ > BK ? BQ : BK;
+    return (tb_gemm_serial_work(ctx, m, big, big) + 15) / 16 * 16;
 }
 
-static tile_ws ws_at(float *base, size_t D, size_t t)
+static size_t ws_floats(const tb_ctx *ctx, size_t D)
+{
+    return 2 * BQ * BK + 2 * BQ + gemm_ws_floats(ctx, D);
+}
+
+static tile_ws ws_at(const tb_ctx *ctx, float *base, size_t D, size_t t, int *failed)
 {
     tile_ws w;
-    w.s = base + t * ws_floats(D);
+    w.s = base + t * ws_floats(ctx, D);
     w.dp = w.s + BQ * BK;
     w.m = w.dp + BQ * BK;
     w.l = w.m + BQ;
     w.gemm = w.l + BQ;
+    w.gemm_floats = gemm_ws_floats(ctx, D);
+    w.failed = failed;
     return w;
 }
 
@@ -323,12 +334,33 @@ static tb_status ws_alloc(tb_ctx *ctx, const char *fn, size_t D, int threads, fl
 {
     size_t bytes;
     void *mem = NULL;
-    if (!tb_mul_size(ws_floats(D), (size_t)threads, &bytes) ||
+    if (!tb_mul_size(ws_floats(ctx, D), (size_t)threads, &bytes) ||
         !tb_mul_size(bytes, sizeof(float), &bytes))
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "attention scratch size overflows");
     tb_status s = tb_alloc(ctx, fn, bytes, &mem);
     *ws = mem;
     return s;
+}
+
+/* C = alpha op(A) op(B) + beta C on the calling thread, in its scratch. A
+ * failure means the scratch bound above is wrong (a library bug, caught
+ * under TB_DEBUG): it is recorded and the call reports it. */
+static void tile_gemm(const tb_ctx *ctx, const tile_ws *w, int ta, int tb, size_t M, size_t N,
+                      size_t K, float alpha, const float *A, size_t lda, const float *B,
+                      size_t ldb, float beta, float *C, size_t ldc)
+{
+    if (tb_gemm_serial(ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, w->gemm,
+                       w->gemm_floats) != TB_OK) {
+#pragma omp atomic write
+        *w->failed = 1;
+    }
+}
+
+static tb_status tiles_failed(tb_ctx *ctx, const char *fn)
+{
+    return tb_fail(ctx, TB_ERR_BUFFER_TOO_SMALL, fn,
+                   "internal error: a tile product did not fit its scratch (a libtblocks bug; "
+                   "outputs are not valid)");
 }
 
 /* Threads for `tasks` tasks of about `work_per_task` multiply-adds each. */
@@ -402,8 +434,8 @@ static void forward_block(const tb_ctx *ctx, const attn *a, const tb_vexp_ops *v
     key_range(a, b, i0 + mq - 1, &lo_last, &hi_last);
     for (size_t j0 = lo / BK * BK; j0 < hi_last; j0 += BK) {
         const size_t jn = min_sz(BK, hi_last - j0);
-        tb_gemm_serial(ctx, 0, 1, mq, jn, D, a->scale, q, a->wq,
-                       a->k + (b * a->Tk + j0) * a->wk + kvh * D, a->wk, 0.0f, w->s, BK, w->gemm);
+        tile_gemm(ctx, w, 0, 1, mq, jn, D, a->scale, q, a->wq,
+                       a->k + (b * a->Tk + j0) * a->wk + kvh * D, a->wk, 0.0f, w->s, BK);
         mask_tile(a, b, i0, mq, j0, jn, w->s);
         /* Online softmax: rescale what was accumulated when the row's
          * maximum grows. */
@@ -428,8 +460,8 @@ static void forward_block(const tb_ctx *ctx, const attn *a, const tb_vexp_ops *v
         }
         if (a->drop_p > 0.0f)
             dropout_tile(a, b, h, i0, mq, j0, jn, w->s);
-        tb_gemm_serial(ctx, 0, 0, mq, D, jn, 1.0f, w->s, BK,
-                       a->v + (b * a->Tk + j0) * a->wv + kvh * D, a->wv, 1.0f, o, HD, w->gemm);
+        tile_gemm(ctx, w, 0, 0, mq, D, jn, 1.0f, w->s, BK,
+                       a->v + (b * a->Tk + j0) * a->wv + kvh * D, a->wv, 1.0f, o, HD);
     }
     for (size_t r = 0; r < mq; r++) {
         const float l = w->l[r];
@@ -480,8 +512,8 @@ static void recompute_probs(const tb_ctx *ctx, const attn *a, const tb_vexp_ops 
                             const float *lse, const tile_ws *w)
 {
     const size_t D = a->D, kvh = h / a->group;
-    tb_gemm_serial(ctx, 0, 1, mq, jn, D, a->scale, a->q + (b * a->Tq + i0) * a->wq + h * D, a->wq,
-                   a->k + (b * a->Tk + j0) * a->wk + kvh * D, a->wk, 0.0f, w->s, BK, w->gemm);
+    tile_gemm(ctx, w, 0, 1, mq, jn, D, a->scale, a->q + (b * a->Tq + i0) * a->wq + h * D, a->wq,
+                   a->k + (b * a->Tk + j0) * a->wk + kvh * D, a->wk, 0.0f, w->s, BK);
     mask_tile(a, b, i0, mq, j0, jn, w->s);
     probs_tile(vx, mq, jn, lse, w->s);
 }
@@ -535,14 +567,11 @@ static void backward_kv_block(const tb_ctx *ctx, const attn *a, const tb_vexp_op
                 dropout_tile(a, b, h, i0, mq, j0, jn, w->dp);
                 pd = w->dp;
             }
-            tb_gemm_serial(ctx, 1, 0, jn, D, mq, 1.0f, pd, BK, go, HD, 1.0f, dv, gr->wdv,
-                           w->gemm);
+            tile_gemm(ctx, w, 1, 0, jn, D, mq, 1.0f, pd, BK, go, HD, 1.0f, dv, gr->wdv);
             /* dP = dO V^T, then dS, then dK += dS^T Q. */
-            tb_gemm_serial(ctx, 0, 1, mq, jn, D, 1.0f, go, HD, vj, a->wv, 0.0f, w->dp, BK,
-                           w->gemm);
+            tile_gemm(ctx, w, 0, 1, mq, jn, D, 1.0f, go, HD, vj, a->wv, 0.0f, w->dp, BK);
             dscores_tile(a, b, h, i0, mq, j0, jn, w->s, gr->delta + row0, w->dp);
-            tb_gemm_serial(ctx, 1, 0, jn, D, mq, 1.0f, w->dp, BK, qi, a->wq, 1.0f, dk, gr->wdk,
-                           w->gemm);
+            tile_gemm(ctx, w, 1, 0, jn, D, mq, 1.0f, w->dp, BK, qi, a->wq, 1.0f, dk, gr->wdk);
         }
 }
 
@@ -564,13 +593,11 @@ static void backward_q_block(const tb_ctx *ctx, const attn *a, const tb_vexp_ops
     for (size_t j0 = lo / BK * BK; j0 < hi_last; j0 += BK) {
         const size_t jn = min_sz(BK, hi_last - j0);
         recompute_probs(ctx, a, vx, b, h, i0, mq, j0, jn, gr->lse + row0, w);
-        tb_gemm_serial(ctx, 0, 1, mq, jn, D, 1.0f, go, HD,
-                       a->v + (b * a->Tk + j0) * a->wv + kvh * D, a->wv, 0.0f, w->dp, BK,
-                       w->gemm);
+        tile_gemm(ctx, w, 0, 1, mq, jn, D, 1.0f, go, HD,
+                       a->v + (b * a->Tk + j0) * a->wv + kvh * D, a->wv, 0.0f, w->dp, BK);
         dscores_tile(a, b, h, i0, mq, j0, jn, w->s, gr->delta + row0, w->dp);
-        tb_gemm_serial(ctx, 0, 0, mq, D, jn, 1.0f, w->dp, BK,
-                       a->k + (b * a->Tk + j0) * a->wk + kvh * D, a->wk, 1.0f, dq, gr->wdq,
-                       w->gemm);
+        tile_gemm(ctx, w, 0, 0, mq, D, jn, 1.0f, w->dp, BK,
+                       a->k + (b * a->Tk + j0) * a->wk + kvh * D, a->wk, 1.0f, dq, gr->wdq);
     }
 }
 
@@ -604,9 +631,10 @@ tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
         return s;
     const tb_vexp_ops *vx = tb_vexp_select(ctx);
     float *od = out->data;
+    int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
-        const tile_ws w = ws_at(ws, a.D, (size_t)omp_get_thread_num());
+        const tile_ws w = ws_at(ctx, ws, a.D, (size_t)omp_get_thread_num(), &failed);
 #pragma omp for schedule(dynamic, 1)
         for (size_t t = 0; t < tasks; t++) {
             /* Blocks of the same (b, h) in reverse order: under a causal
@@ -618,6 +646,8 @@ tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
         }
     }
     tb_free_with(&ctx->allocator, ws);
+    if (failed)
+        return tiles_failed(ctx, fn);
     if (cache) {
         attn_header hd = header_of(&a);
         memcpy(cache, &hd, sizeof hd);
@@ -724,12 +754,13 @@ tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
     gr.dk = dk->tensor->data + dk->offset, gr.wdk = dk->tensor->shape[2];
     gr.dv = dv->tensor->data + dv->offset, gr.wdv = dv->tensor->shape[2];
     const tb_vexp_ops *vx = tb_vexp_select(ctx);
+    int failed = 0;
     /* Two passes, so that every gradient row has one owner: dK and dV per
      * key block, then dQ per query block (recomputing the probabilities
      * once more instead of summing dQ across threads). */
 #pragma omp parallel num_threads(threads)
     {
-        const tile_ws w = ws_at(ws, D, (size_t)omp_get_thread_num());
+        const tile_ws w = ws_at(ctx, ws, D, (size_t)omp_get_thread_num(), &failed);
 #pragma omp for schedule(dynamic, 1)
         for (size_t t = 0; t < kv_tasks; t++) {
             /* Under a causal mask the first key blocks cost the most. */
@@ -744,7 +775,7 @@ tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
     }
     tb_free_with(&ctx->allocator, ws);
     tb_free_with(&ctx->allocator, mem);
-    return TB_OK;
+    return failed ? tiles_failed(ctx, fn) : TB_OK;
 }
 
 tb_status tb_attention_probs(tb_ctx *ctx, const tb_attention_config *cfg,

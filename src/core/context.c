@@ -41,6 +41,9 @@ void tb_ctx_init(tb_ctx *ctx)
     if (ctx->num_threads < 1)
         ctx->num_threads = 1;
     ctx->allocator = tb_default_allocator();
+    /* TB_KERNEL, when it names a family this CPU runs; else auto. */
+    tb_kernel k;
+    ctx->kernel = tb_kernel_from_env(NULL, &k) == TB_OK ? k : TB_KERNEL_AUTO;
 }
 
 const char *tb_ctx_error(const tb_ctx *ctx)
@@ -62,6 +65,13 @@ int tb_threads(const tb_ctx *ctx)
 int tb_threads_for(const tb_ctx *ctx, double work)
 {
     return work < 32768.0 ? 1 : tb_threads(ctx);
+}
+
+void tb_debug_fail(const char *file, int line, const char *what)
+{
+    fprintf(stderr, "libtblocks internal check failed at %s:%d: %s\n", file, line, what);
+    fflush(stderr);
+    abort();
 }
 
 tb_status tb_fail(tb_ctx *ctx, tb_status status, const char *fn, const char *fmt, ...)

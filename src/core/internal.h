@@ -17,6 +17,18 @@
 #define TB_PRINTF(fmt, args)
 #endif
 
+/* Internal invariants (never the caller's input: that gets a status code),
+ * checked in debug builds: compile with -DTB_DEBUG (`make sanitize` does).
+ * A violated one prints file, line and condition to stderr and aborts, so a
+ * library bug fails the test that reached it instead of corrupting memory.
+ * Release builds compile the check away. */
+#ifdef TB_DEBUG
+#define TB_DEBUG_ASSERT(cond) ((cond) ? (void)0 : tb_debug_fail(__FILE__, __LINE__, #cond))
+#else
+#define TB_DEBUG_ASSERT(cond) ((void)0)
+#endif
+void tb_debug_fail(const char *file, int line, const char *what);
+
 /* Record "fn: detail" in ctx (if any) and return status. */
 tb_status tb_fail(tb_ctx *ctx, tb_status status, const char *fn, const char *fmt, ...)
     TB_PRINTF(4, 5);
@@ -28,9 +40,6 @@ int tb_threads(const tb_ctx *ctx);
  * starting a parallel region costs more than it saves. Results never depend
  * on this choice (work is partitioned by data). */
 int tb_threads_for(const tb_ctx *ctx, double work);
-
-/* The kernel family to run for ctx: its choice if supported, else the best. */
-tb_kernel tb_ctx_kernel(const tb_ctx *ctx);
 
 /* a * b into *out; 0 on overflow. */
 static inline int tb_mul_size(size_t a, size_t b, size_t *out)

@@ -1,4 +1,7 @@
 /* CPU feature detection and kernel-family selection. */
+#include <stdlib.h>
+#include <string.h>
+
 #include "../core/internal.h"
 #include "gemm_ukernel.h"
 
@@ -42,6 +45,29 @@ const char *tb_kernel_name(tb_kernel kernel)
     case TB_KERNEL_AVX512: return "avx512";
     }
     return "unknown";
+}
+
+tb_status tb_kernel_from_env(tb_ctx *ctx, tb_kernel *kernel)
+{
+    if (!kernel)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "kernel is NULL");
+    *kernel = TB_KERNEL_AUTO;
+    const char *name = getenv("TB_KERNEL");
+    if (!name || !name[0])
+        return TB_OK;
+    for (int k = TB_KERNEL_AUTO; k <= TB_KERNEL_AVX512; k++) {
+        if (strcmp(name, tb_kernel_name((tb_kernel)k)) != 0)
+            continue;
+        *kernel = (tb_kernel)k;
+        if (!tb_kernel_supported(*kernel))
+            return tb_fail(ctx, TB_ERR_UNSUPPORTED, __func__,
+                           "TB_KERNEL=%s: this CPU or build cannot run the %s kernels", name,
+                           name);
+        return TB_OK;
+    }
+    return tb_fail(ctx, TB_ERR_INVALID_ARG, __func__,
+                   "TB_KERNEL=%.40s names no kernel family (auto, portable, avx2, avx512)",
+                   name);
 }
 
 tb_status tb_ctx_set_kernel(tb_ctx *ctx, tb_kernel kernel)

@@ -41,28 +41,41 @@ static size_t row_waste(size_t M, size_t mr)
     return round_up(M, mr) - M;
 }
 
-static const tb_ukernel *select_ukernel(const tb_ctx *ctx, size_t M)
+/* The micro-kernel a product of M rows runs on. The choice depends on the
+ * family and M only, never on the thread count; every kernel of a family
+ * computes an element with the same operations, so results do not depend
+ * on which of them is picked. Each pick is one of tb_ukernels_of_family(). */
+static const tb_ukernel *select_ukernel(tb_kernel family, size_t M)
 {
-    switch (tb_ctx_kernel(ctx)) {
+    switch (family) {
     case TB_KERNEL_AVX512:
-        /* One row: no padding (every kernel of the family computes each
-         * element with the same operations, so results do not change). */
-        if (M == 1 && tb_ukernel_avx512_m1.fn)
+        /* One row: no padding. */
+        if (M == 1)
             return &tb_ukernel_avx512_m1;
         /* The 8-row kernel (measured as fast per tile row) when 12-row
-         * tiles would pad a larger share of M, e.g. M = 64 or 1024. The
-         * choice depends on M only, never on the thread count. */
-        if (tb_ukernel_avx512_m8.fn && row_waste(M, 8) * 12 < row_waste(M, 12) * 8)
+         * tiles would pad a larger share of M, e.g. M = 64 or 1024. */
+        if (row_waste(M, 8) * 12 < row_waste(M, 12) * 8)
             return &tb_ukernel_avx512_m8;
-        if (tb_ukernel_avx512.fn)
-            return &tb_ukernel_avx512;
-        /* fall through */
+        return &tb_ukernel_avx512;
     case TB_KERNEL_AVX2:
-        if (tb_ukernel_avx2.fn && tb_kernel_supported(TB_KERNEL_AVX2))
-            return &tb_ukernel_avx2;
-        /* fall through */
+        return &tb_ukernel_avx2;
     default:
         return &tb_ukernel_portable;
+    }
+}
+
+size_t tb_ukernels_of_family(int family, const tb_ukernel **uk)
+{
+    switch (family) {
+    case TB_KERNEL_AVX512:
+        uk[0] = &tb_ukernel_avx512, uk[1] = &tb_ukernel_avx512_m8, uk[2] = &tb_ukernel_avx512_m1;
+        return 3;
+    case TB_KERNEL_AVX2:
+        uk[0] = &tb_ukernel_avx2;
+        return 1;
+    default:
+        uk[0] = &tb_ukernel_portable;
+        return 1;
     }
 }
 
@@ -155,6 +168,7 @@ static void pack_b(const tb_ukernel *uk, size_t nc, size_t kc, const float *B, s
 
 typedef struct gemm_args {
     const tb_ukernel *uk;
+    size_t a_cap, b_cap; /* floats of packing space at ap and bp (checked under TB_DEBUG) */
     int trans_a, trans_b;
     int direct_b; /* read full slivers of an untransposed B in place */
     size_t M, N, K, mc, nc;
@@ -178,7 +192,9 @@ static void gemm_args_init(gemm_args *g, const tb_ctx *ctx, int trans_a, int tra
                            size_t N, size_t K, float alpha, const float *A, size_t lda,
                            const float *B, size_t ldb, float beta, float *C, size_t ldc)
 {
-    g->uk = select_ukernel(ctx, M);
+    g->uk = select_ukernel(tb_ctx_kernel(ctx), M);
+    TB_DEBUG_ASSERT(g->uk->fn != NULL && g->uk->mr <= TB_UKERNEL_MAX_MR &&
+                    g->uk->nr <= TB_UKERNEL_MAX_NR);
     g->trans_a = trans_a, g->trans_b = trans_b;
     g->direct_b = !trans_b && ldb <= 8192 && (ldb % 512 != 0 || M <= 8);
     g->M = M, g->N = N, g->K = K;
@@ -187,6 +203,7 @@ static void gemm_args_init(gemm_args *g, const tb_ctx *ctx, int trans_a, int tra
     g->A = A, g->B = B, g->C = C;
     g->lda = lda, g->ldb = ldb, g->ldc = ldc;
     g->mc = g->nc = 0;
+    g->a_cap = g->b_cap = 0;
 }
 
 /* One MR x NR tile of C (mre x nre of it valid) += alpha * sliver product. */
@@ -219,11 +236,15 @@ static void gemm_range(const gemm_args *g, size_t m0, size_t m1, size_t n0, size
             const size_t kc = min_sz(KC, g->K - pc);
             /* Direct B: only a ragged last sliver is packed. */
             const size_t full_nc = g->direct_b ? nc / nr * nr : 0;
+            /* pack_b writes [bp + full_nc*kc, bp + round_up(nc, nr)*kc). */
+            TB_DEBUG_ASSERT(full_nc == nc || round_up(nc, nr) * kc <= g->b_cap);
             if (full_nc < nc)
                 pack_b(g->uk, nc - full_nc, kc, g->B, g->ldb, g->trans_b, pc, jc + full_nc,
                        bp + full_nc * kc);
             for (size_t ic = m0; ic < m1; ic += g->mc) {
                 const size_t mc = min_sz(g->mc, m1 - ic);
+                /* pack_a writes [ap, ap + round_up(mc, mr)*kc). */
+                TB_DEBUG_ASSERT(round_up(mc, mr) * kc <= g->a_cap);
                 pack_a(g->uk, mc, kc, g->A, g->lda, g->trans_a, ic, pc, ap);
 #if IR_OUTER
                 for (size_t ir = 0; ir < mc; ir += mr)
@@ -311,6 +332,7 @@ tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, siz
     if (beta != 0.0f)
         scale_c(ctx, M, N, beta, C, ldc);
     float *buf = mem;
+    g.a_cap = a_floats, g.b_cap = b_floats;
 #pragma omp parallel num_threads(threads)
     {
         const size_t t = (size_t)omp_get_thread_num(), nt = (size_t)omp_get_num_threads();
@@ -327,37 +349,71 @@ tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, siz
     return TB_OK;
 }
 
-size_t tb_gemm_serial_work(size_t M, size_t N, size_t K)
+/* Blocking and packing space of a serial product on kernel uk: A's
+ * MR-tall slivers for min(M, MC) rows and B's NR-wide slivers for
+ * min(N, NC) columns, both kc = min(K, KC) deep. Every term grows with M,
+ * N and K, so the space for (M, N, K) covers every smaller product. */
+typedef struct serial_plan {
+    size_t mc, nc, kc, a_floats, b_floats;
+} serial_plan;
+
+static serial_plan plan_serial(const tb_ukernel *uk, size_t M, size_t N, size_t K)
 {
-    /* Upper bounds over every kernel family (MR <= 16, NR <= 32), plus 16
-     * floats to align the A buffer to 64 bytes. */
-    const size_t kc = min_sz(KC, K ? K : 1);
-    const size_t mc = round_up(min_sz(round_up(MC_TARGET, 16), M), 16);
-    const size_t nc = round_up(min_sz(round_up(NC_TARGET, TB_UKERNEL_MAX_NR), N), TB_UKERNEL_MAX_NR);
-    return round_up(mc * kc, 16) + round_up(nc * kc, 16) + 16;
+    const size_t mr = (size_t)uk->mr, nr = (size_t)uk->nr;
+    serial_plan p;
+    p.mc = min_sz(round_up(MC_TARGET, mr), round_up(M ? M : 1, mr));
+    p.nc = min_sz(round_up(NC_TARGET, nr), round_up(N ? N : 1, nr));
+    p.kc = min_sz(KC, K ? K : 1);
+    p.a_floats = round_up(p.mc * p.kc, 16); /* keeps B's buffer 64-byte aligned */
+    p.b_floats = p.nc * p.kc;
+    return p;
 }
 
-void tb_gemm_serial(const tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, size_t K,
-                    float alpha, const float *A, size_t lda, const float *B, size_t ldb,
-                    float beta, float *C, size_t ldc, float *work)
+/* `work` is aligned up to 64 bytes first: at most this many floats. */
+#define SERIAL_ALIGN_FLOATS 15
+
+size_t tb_gemm_serial_work(const tb_ctx *ctx, size_t M, size_t N, size_t K)
+{
+    const tb_ukernel *uk[TB_UKERNELS_PER_FAMILY];
+    const size_t n = tb_ukernels_of_family(tb_ctx_kernel(ctx), uk);
+    size_t most = 0;
+    for (size_t i = 0; i < n; i++) {
+        const serial_plan p = plan_serial(uk[i], M, N, K);
+        if (p.a_floats + p.b_floats > most)
+            most = p.a_floats + p.b_floats;
+    }
+    return most + SERIAL_ALIGN_FLOATS;
+}
+
+tb_status tb_gemm_serial(const tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N,
+                         size_t K, float alpha, const float *A, size_t lda, const float *B,
+                         size_t ldb, float beta, float *C, size_t ldc, float *work,
+                         size_t work_floats)
 {
     if (M == 0 || N == 0)
-        return;
+        return TB_OK;
+    gemm_args g;
+    gemm_args_init(&g, ctx, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    const serial_plan p = plan_serial(g.uk, M, N, K);
+    float *ap = (float *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
+    const size_t skip = (size_t)(ap - work);
+    /* The caller sized work with tb_gemm_serial_work() for at least this
+     * product on this family: anything else is a bug in the caller. */
+    const int fits = skip <= SERIAL_ALIGN_FLOATS && work_floats >= skip &&
+                     work_floats - skip >= p.a_floats + p.b_floats;
+    TB_DEBUG_ASSERT(fits);
+    if (!fits)
+        return TB_ERR_BUFFER_TOO_SMALL;
     /* As tb_gemm: beta applied first unless the first K block stores. */
     if ((K == 0 || alpha == 0.0f || beta != 0.0f) && beta != 1.0f)
         for (size_t i = 0; i < M; i++)
             scale_row(C + i * ldc, N, beta);
     if (K == 0 || alpha == 0.0f)
-        return;
-    gemm_args g;
-    gemm_args_init(&g, ctx, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    const size_t mr = (size_t)g.uk->mr, nr = (size_t)g.uk->nr;
-    g.mc = min_sz(round_up(MC_TARGET, mr), round_up(M, mr));
-    g.nc = min_sz(round_up(NC_TARGET, nr), round_up(N, nr));
-    const size_t kc = min_sz(KC, K);
-    float *ap = (float *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
-    float *bp = ap + round_up(g.mc * kc, 16);
-    gemm_range(&g, 0, M, 0, N, ap, bp);
+        return TB_OK;
+    g.mc = p.mc, g.nc = p.nc;
+    g.a_cap = p.a_floats, g.b_cap = p.b_floats;
+    gemm_range(&g, 0, M, 0, N, ap, ap + p.a_floats);
+    return TB_OK;
 }
 
 tb_status tb_gemm_batched(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, size_t K,

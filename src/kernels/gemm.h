@@ -42,11 +42,20 @@ tb_status tb_gemm_batched(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_
 
 /* The same product on the calling thread only, with no allocation: for
  * blocks that tile their own work and call this from inside their own
- * parallel region (attention). `work` holds tb_gemm_serial_work(M, N, K)
- * floats (any alignment). Same kernels and rounding as tb_gemm. */
-size_t tb_gemm_serial_work(size_t M, size_t N, size_t K);
-void tb_gemm_serial(const tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, size_t K,
-                    float alpha, const float *A, size_t lda, const float *B, size_t ldb,
-                    float beta, float *C, size_t ldc, float *work);
+ * parallel region (attention). Same kernels and rounding as tb_gemm.
+ *
+ * Scratch: `work` holds `work_floats` floats (any float alignment), at
+ * least tb_gemm_serial_work(ctx, M', N', K') for some M' >= M, N' >= N,
+ * K' >= K: the bound is taken over every micro-kernel ctx's family may
+ * pick (tile shapes differ: 4 x 16 portable, 6 x 16 AVX2, 12/8/1 x 32
+ * AVX-512), so one size covers every smaller product on that family.
+ * A smaller `work` returns TB_ERR_BUFFER_TOO_SMALL with C unchanged (and
+ * aborts under TB_DEBUG: it is a bug in the caller, never user input);
+ * nothing is written outside the floats the bound counts. */
+size_t tb_gemm_serial_work(const tb_ctx *ctx, size_t M, size_t N, size_t K);
+tb_status tb_gemm_serial(const tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N,
+                         size_t K, float alpha, const float *A, size_t lda, const float *B,
+                         size_t ldb, float beta, float *C, size_t ldc, float *work,
+                         size_t work_floats);
 
 #endif /* TB_KERNELS_GEMM_H */

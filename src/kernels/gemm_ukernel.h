@@ -53,4 +53,12 @@ extern const tb_ukernel tb_ukernel_avx512;
 extern const tb_ukernel tb_ukernel_avx512_m8; /* 8 x 32, for small M */
 extern const tb_ukernel tb_ukernel_avx512_m1; /* 1 x 32, for M = 1 (decoding) */
 
+/* Every micro-kernel the driver may pick for a family (tb_kernel from
+ * tblocks/context.h; TB_KERNEL_AUTO and unknown values mean portable) into
+ * uk[0 .. TB_UKERNELS_PER_FAMILY), the general one first; returns how
+ * many. Scratch bounds are taken over these, so they hold for whatever M a
+ * caller passes; the tests sweep shapes around each one's MR and NR. */
+#define TB_UKERNELS_PER_FAMILY 3
+size_t tb_ukernels_of_family(int family, const tb_ukernel **uk);
+
 #endif /* TB_KERNELS_GEMM_UKERNEL_H */

@@ -18,7 +18,10 @@ T in {1, 3, 17}, with and without biases:
     cross     cross-attention: key = value = mem with Tk != Tq
     crosskl   cross-attention with key lengths on mem
 plus, per (C, H) and bias, self-attention with causal and key lengths
-(B = 2, T = 17) and end-aligned causal cross-attention (Tq = 3, Tk = 17).
+(B = 2, T = 17) and end-aligned causal cross-attention (Tq = 3, Tk = 17);
+and a sweep over head sizes D in SWEEP_D (1 to 128, 49..65 among them) with
+sequence lengths in {63, 64, 65, 129}: causal self-attention and
+cross-attention, one case each per D.
 
 Tensors in a file:
     config   embed_dim, n_heads, has_bias, causal, cross (i32 scalars);
@@ -51,6 +54,10 @@ BATCHES = (1, 2)
 LENGTHS = (1, 3, 17)
 # Tk of the cross-attention cases for each Tq (never equal to Tq).
 CROSS_TK = {1: 5, 3: 17, 17: 5}
+# The sweep (mirrored in test_mha.c): head sizes D (H = 2 up to 64, else 1)
+# and sequence lengths around the 64-key tiles.
+SWEEP_D = (1, 17, 31, 48, 49, 55, 61, 63, 64, 65, 100, 128)
+SWEEP_T = (63, 64, 65, 129)
 
 
 def key_lengths_for(b, t):
@@ -298,6 +305,16 @@ def build_mha_cases():
                 causal=True, lengths=[11, 17])
             add("c%d_h%d_b2_t3_causal_cross_tk17%s" % (c, h, sfx), c=c, h=h, b=2, tq=3,
                 bias=bias, causal=True, tk=17)
+    # Head sizes across the micro-kernel tiles (49..65 among them: the AVX2
+    # kernel's 6-row tiles once overran their scratch there) and sequence
+    # lengths on both sides of the attention core's 64-key tiles.
+    for i, d in enumerate(SWEEP_D):
+        h = 2 if d <= 64 else 1
+        t, tq, tk = SWEEP_T[i % 4], SWEEP_T[(i + 2) % 4], SWEEP_T[(i + 1) % 4]
+        add("sweep_d%d_h%d_t%d_causal" % (d, h, t), c=h * d, h=h, b=1, tq=t, bias=True,
+            causal=True)
+        add("sweep_d%d_h%d_tq%d_cross_tk%d" % (d, h, tq, tk), c=h * d, h=h, b=1, tq=tq,
+            bias=i % 2 == 0, tk=tk)
     return cases
 
 

@@ -22,7 +22,9 @@ The cases of test_oracle.c are listed in ``<out>/cases.txt``, those of
 test_norm_oracle.c (LayerNorm, RMSNorm, BatchNorm; they also carry float64
 results named ``<name>_f64``) in ``<out>/norm_cases.txt``, those of
 test_attention_oracle.c (the attention core, also with ``<name>_f64``) in
-``<out>/attention_cases.txt``.
+``<out>/attention_cases.txt``, and its sweep over head sizes 1..128 and key
+counts on both sides of the tile boundaries in
+``<out>/attention_sweep_cases.txt``.
 
 The script fails (non-zero exit) if torch or numpy is missing or if any
 case cannot be produced: the oracle tests must never be skipped silently.
@@ -1051,6 +1053,44 @@ def build_attention_cases():
     return c
 
 
+# Head sizes and key counts around every tile and micro-kernel edge: each
+# head size 1..128 once (key counts cycling through both sides of the 64-key
+# tile boundaries), and every key count for the head sizes 49..65, where the
+# AVX2 kernel's 6-row tiles once overran their scratch. The rule is mirrored
+# by sweep_case_names() in test_attention_oracle.c.
+SWEEP_TKS = (63, 64, 65, 127, 128, 129)
+SWEEP_TQS = (1, 63, 64, 65, 129)
+
+
+def attention_sweep_specs():
+    """(name, kwargs) of the sweep cases, in order."""
+    specs = []
+
+    def spec(d, tq, tk, causal):
+        name = "attention_sweep_d%d_tq%d_tk%d%s" % (d, tq, tk, "_causal" if causal else "")
+        specs.append((name, dict(b=1, tq=tq, tk=tk, h=1, d=d, causal=causal, probs=False)))
+
+    for d in range(1, 129):
+        tk = SWEEP_TKS[d % len(SWEEP_TKS)]
+        if d % 2 == 0:  # self-attention, causal on every other one
+            spec(d, tk, tk, d % 4 == 0)
+        else:           # cross-attention, queries across the query tiles
+            spec(d, SWEEP_TQS[(d // 2) % len(SWEEP_TQS)], tk, d % 3 == 0)
+    for d in range(49, 66):
+        for i, tk in enumerate(SWEEP_TKS):
+            if tk == SWEEP_TKS[d % len(SWEEP_TKS)]:
+                continue  # already in the first sweep with this key count
+            spec(d, tk, tk, (d + i) % 2 == 0)
+    return specs
+
+
+def build_attention_sweep_cases():
+    c = []
+    for i, (name, kw) in enumerate(attention_sweep_specs()):
+        c.append((name, lambda kw=kw, seed=5000 + i: case_attention(seed, **kw)))
+    return c
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="output directory")
@@ -1060,12 +1100,14 @@ def main():
     torch.use_deterministic_algorithms(True)
     os.makedirs(args.out, exist_ok=True)
     total = 0
-    # Three manifests: cases.txt lists the cases of test_oracle.c (which
+    # Four manifests: cases.txt lists the cases of test_oracle.c (which
     # checks that it tests every one of them), norm_cases.txt those of
-    # test_norm_oracle.c and attention_cases.txt those of
-    # test_attention_oracle.c (which do the same for their own lists).
+    # test_norm_oracle.c, attention_cases.txt and attention_sweep_cases.txt
+    # those of test_attention_oracle.c (which do the same for their own
+    # lists).
     groups = [("cases.txt", build_cases()), ("norm_cases.txt", build_norm_cases()),
-              ("attention_cases.txt", build_attention_cases())]
+              ("attention_cases.txt", build_attention_cases()),
+              ("attention_sweep_cases.txt", build_attention_sweep_cases())]
     names = [n for _, cases in groups for n, _ in cases]
     assert len(set(names)) == len(names), "duplicate case names"
     for _, cases in groups:

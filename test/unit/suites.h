@@ -11,6 +11,7 @@
     X(gradcheck)      \
     X(threads)        \
     X(gemm)           \
+    X(scratch)        \
     X(oracle)         \
     X(norm)           \
     X(norm_oracle)    \

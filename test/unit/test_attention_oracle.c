@@ -18,7 +18,10 @@
  * (gradients written into a packed buffer too), an explicit scale, scores
  * up to ~50 (online-softmax rescaling), fully masked query rows, shapes
  * of several 64 x 64 tiles (T up to 300, windows wider than a tile, masks
- * ending mid-tile), and attention dropout. For the dropout cases both
+ * ending mid-tile), attention dropout, and a sweep over every head size
+ * 1..128 with key (and query) counts on both sides of every 64-row tile
+ * boundary (all six key counts for head sizes 49..65, where the AVX2
+ * kernel's tiles once overran their scratch). For the dropout cases both
  * references are the manual implementation with the library's mask
  * (re-generated in Python from its definition in attention.h), since SDPA
  * draws its own mask: a wrong mask position, a missing 1/(1-p) or dropout
@@ -203,9 +206,50 @@ static void check_vs(const tbt_ref *ref, const char *blk, const char *name, cons
 
 /* ---- the cases ------------------------------------------------------------ */
 
-START_TEST(test_attention_oracle_case)
+/* ---- the sweep: head sizes 1..128, key counts around the tiles ------------
+ * The names gen_reference.py's attention_sweep_specs() writes, built by the
+ * same rule: every head size once (key counts cycling through 63, 64, 65,
+ * 127, 128, 129; even sizes self-attention, causal on multiples of 4; odd
+ * sizes cross-attention with 1, 63, 64, 65 or 129 queries, causal on
+ * multiples of 3), then every other key count for head sizes 49..65. */
+static const size_t SWEEP_TKS[6] = {63, 64, 65, 127, 128, 129};
+static const size_t SWEEP_TQS[5] = {1, 63, 64, 65, 129};
+#define MAX_SWEEP 256
+static char g_sweep[MAX_SWEEP][64];
+static size_t g_n_sweep;
+
+static void sweep_add(size_t d, size_t tq, size_t tk, int causal)
 {
-    const char *name = attention_cases[_i];
+    if (g_n_sweep >= MAX_SWEEP) { /* called before any test runs: no ck_assert here */
+        fprintf(stderr, "test_attention_oracle.c: more than %d sweep cases\n", MAX_SWEEP);
+        abort();
+    }
+    snprintf(g_sweep[g_n_sweep++], sizeof g_sweep[0], "attention_sweep_d%zu_tq%zu_tk%zu%s", d,
+             tq, tk, causal ? "_causal" : "");
+}
+
+static void sweep_case_names(void)
+{
+    if (g_n_sweep)
+        return;
+    for (size_t d = 1; d <= 128; d++) {
+        const size_t tk = SWEEP_TKS[d % 6];
+        if (d % 2 == 0)
+            sweep_add(d, tk, tk, d % 4 == 0);
+        else
+            sweep_add(d, SWEEP_TQS[(d / 2) % 5], tk, d % 3 == 0);
+    }
+    for (size_t d = 49; d <= 65; d++)
+        for (size_t i = 0; i < 6; i++)
+            if (SWEEP_TKS[i] != SWEEP_TKS[d % 6])
+                sweep_add(d, SWEEP_TKS[i], SWEEP_TKS[i], (d + i) % 2 == 0);
+}
+
+/* One case: forward, backward (and the probabilities where the file has
+ * them), against both references. */
+static void run_attention_case(const char *name, int case_index)
+{
+    const int _i = case_index; /* alternates n_kv_heads = 0 / = H below */
     tbt_ref *ref = tbt_ref_load(name);
     const size_t h = ref_size(ref, "n_heads"), hkv = ref_size(ref, "n_kv_heads");
     const size_t d = ref_size(ref, "head_dim"), window = ref_size(ref, "window");
@@ -389,9 +433,29 @@ START_TEST(test_attention_oracle_case)
     free(valid);
     tbt_ref_free(ref);
 }
+
+START_TEST(test_attention_oracle_case)
+{
+    run_attention_case(attention_cases[_i], _i);
+}
+END_TEST
+
+START_TEST(test_attention_oracle_sweep_case)
+{
+    run_attention_case(g_sweep[_i], _i);
+}
 END_TEST
 
 /* ---- Coverage: every attention case the generator wrote is tested here -- */
+
+static int sweep_listed(const char *name, const void *user)
+{
+    (void)user;
+    for (size_t i = 0; i < g_n_sweep; i++)
+        if (strcmp(g_sweep[i], name) == 0)
+            return 1;
+    return 0;
+}
 
 START_TEST(test_attention_oracle_all_cases_tested)
 {
@@ -399,6 +463,12 @@ START_TEST(test_attention_oracle_all_cases_tested)
     ck_assert_uint_eq(tbt_check_manifest("attention_cases.txt", "test_attention_oracle.c",
                                          tbt_name_listed, &l),
                       ARRAY_LEN(attention_cases));
+    /* Names are unique (the generator asserts it): equal counts mean the
+     * same set. */
+    ck_assert_uint_eq(tbt_check_manifest("attention_sweep_cases.txt", "test_attention_oracle.c",
+                                         sweep_listed, NULL),
+                      g_n_sweep);
+    ck_assert_uint_eq(g_n_sweep, 213);
 }
 END_TEST
 
@@ -408,6 +478,8 @@ Suite *suite_attention_oracle(void)
     TCase *tc = tcase_create("pytorch");
     tcase_set_timeout(tc, 60);
     tcase_add_loop_test(tc, test_attention_oracle_case, 0, (int)ARRAY_LEN(attention_cases));
+    sweep_case_names();
+    tcase_add_loop_test(tc, test_attention_oracle_sweep_case, 0, (int)g_n_sweep);
     tcase_add_test(tc, test_attention_oracle_all_cases_tested);
     suite_add_tcase(s, tc);
     return s;

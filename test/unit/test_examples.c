@@ -17,18 +17,35 @@
 
 /* Run `<TB_EXAMPLE_DIR>/<prog> <args>`, capture stdout (up to cap bytes), and
  * return the exit status (or -1 if it did not exit normally). */
-static int run_example(const char *prog, const char *args, char *out, size_t cap)
+static int run_example_env(const char *env, const char *prog, const char *args, char *out,
+                           size_t cap)
 {
     const char *dir = getenv("TB_EXAMPLE_DIR");
     ck_assert_msg(dir && dir[0], "TB_EXAMPLE_DIR is not set (run the tests through make)");
     char cmd[1024];
-    snprintf(cmd, sizeof cmd, "%s/%s %s 2>/dev/null", dir, prog, args);
+    snprintf(cmd, sizeof cmd, "%s %s/%s %s 2>/dev/null", env, dir, prog, args);
     FILE *p = popen(cmd, "r");
     ck_assert_msg(p != NULL, "cannot run %s", cmd);
     size_t n = fread(out, 1, cap - 1, p);
     out[n] = '\0';
     int st = pclose(p);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* The examples inherit TB_KERNEL, so each run exercises the family under
+ * test (make check runs this suite once per family). */
+static int run_example(const char *prog, const char *args, char *out, size_t cap)
+{
+    return run_example_env("", prog, args, out, cap);
+}
+
+/* Fails unless the program's banner names the family of this run. */
+static void assert_kernel_banner(const char *prog, const char *out)
+{
+    char want[64];
+    snprintf(want, sizeof want, "kernels %s", tb_kernel_name(tbt_test_kernel()));
+    ck_assert_msg(strstr(out, want) != NULL, "%s does not report \"%s\":\n%.2000s", prog, want,
+                  out);
 }
 
 /* Drop the lines that legitimately differ between runs (thread count, time). */
@@ -67,6 +84,7 @@ START_TEST(mlp_demo_learns_and_is_thread_independent)
     ck_assert_msg(first_loss > 1.0f, "initial loss %g should be near ln 3", first_loss);
     ck_assert_msg(tl < 0.3f * first_loss, "training loss did not fall: %g -> %g", first_loss, tl);
     ck_assert_msg(va > 0.9f, "validation accuracy %g <= 0.9", va);
+    assert_kernel_banner("mlp_classifier", a);
     strip_run_lines(a);
     strip_run_lines(b);
     ck_assert_msg(strcmp(a, b) == 0, "1-thread and 2-thread outputs differ:\n%s\n---\n%s", a, b);
@@ -84,6 +102,17 @@ START_TEST(mlp_demo_rejects_bad_options)
     ck_assert_int_eq(run_example("mlp_classifier", "--threads abc", out, sizeof out), 2);
     ck_assert_int_eq(run_example("mlp_classifier", "--help", out, sizeof out), 0);
     ck_assert_ptr_nonnull(strstr(out, "--steps"));
+    /* A forced kernel family the library would ignore is refused, not run
+     * on another family. */
+    ck_assert_int_eq(run_example_env("TB_KERNEL=avx3", "mlp_classifier", "--steps 1", out,
+                                     sizeof out),
+                     2);
+    ck_assert_int_eq(run_example_env("TB_KERNEL=AVX2", "gpt", "train --steps 1", out, sizeof out),
+                     2);
+    if (!tb_kernel_supported(TB_KERNEL_AVX512))
+        ck_assert_int_eq(run_example_env("TB_KERNEL=avx512", "norm_compare", "--steps 50", out,
+                                         sizeof out),
+                         2);
 }
 END_TEST
 
@@ -96,6 +125,7 @@ START_TEST(norm_compare_measures_and_is_thread_independent)
     char *a = tbt_alloc(CAP), *b = tbt_alloc(CAP);
     ck_assert_int_eq(run_example("norm_compare", "--threads 1", a, CAP), 0);
     ck_assert_int_eq(run_example("norm_compare", "--threads 2", b, CAP), 0);
+    assert_kernel_banner("norm_compare", a);
     const char *fin = strstr(a, "final: ");
     ck_assert_msg(fin != NULL, "no final line in:\n%s", a);
     float ln_val = -1, bn_val = -1, ln_bs1 = -1, bn_bs1 = -1;
@@ -133,6 +163,7 @@ START_TEST(finetune_forgetting_measures_forgetting)
     char *a = tbt_alloc(CAP), *b = tbt_alloc(CAP);
     ck_assert_int_eq(run_example("finetune_forgetting", "--threads 1", a, CAP), 0);
     ck_assert_int_eq(run_example("finetune_forgetting", "--threads 2", b, CAP), 0);
+    assert_kernel_banner("finetune_forgetting", a);
     const char *fin = strstr(a, "final: ");
     ck_assert_msg(fin != NULL, "no final line in:\n%s", a);
     float pre, al, bl, as, bs, ae, be, aes, bes;
@@ -199,6 +230,7 @@ START_TEST(gpt_trains_resumes_and_generates)
                          "--batch 8 --corpus-kb 64 --max-seconds 0";
     snprintf(args, sizeof args, "train %s --threads 1 --ckpt %s --csv %s", common, p[0], p[1]);
     ck_assert_int_eq(run_example("gpt", args, out, CAP), 0);
+    assert_kernel_banner("gpt train", out);
     const char *fin = strstr(out, "final: ");
     ck_assert_msg(fin != NULL, "no final line:\n%s", out);
     snprintf(args, sizeof args, "train %s --threads 2 --ckpt %s --csv %s", common, p[2], p[3]);
@@ -270,6 +302,7 @@ START_TEST(attention_scaling_memory_and_heat_maps)
     enum { CAP = 1 << 15, MAXT = 8 };
     char *out = tbt_alloc(CAP);
     ck_assert_int_eq(run_example("attention_scaling", "--tmax 256 --threads 2", out, CAP), 0);
+    assert_kernel_banner("attention_scaling", out);
     size_t ts[MAXT];
     double full[MAXT], stream[MAXT], window[MAXT];
     int n = 0;
@@ -343,13 +376,6 @@ END_TEST
 Suite *suite_examples(void)
 {
     Suite *s = suite_create("examples");
-    /* The examples choose their own kernels (they do not read
-     * TB_TEST_KERNEL), so the Makefile runs them in one pass of the
-     * per-family loop only, the one where it sets TB_EXAMPLE_DIR. */
-    if (!getenv("TB_EXAMPLE_DIR")) {
-        printf(" examples: run in the first kernel-family pass only\n");
-        return s;
-    }
     TCase *tc = tcase_create("examples");
     tcase_set_timeout(tc, 600); /* the sanitizer build runs it ~10x slower */
     tcase_add_test(tc, mlp_demo_learns_and_is_thread_independent);

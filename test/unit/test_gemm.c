@@ -11,12 +11,16 @@
  * (u = 2^-24). We allow twice that. A dropped or wrong term of average size
  * exceeds it for every K used here (up to 3000).
  */
+#define _POSIX_C_SOURCE 200809L /* setenv, strdup */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <signal.h>
+
 #include "kernels/gemm.h"
+#include "kernels/gemm_ukernel.h"
 #include "suites.h"
 #include "testutil.h"
 
@@ -28,7 +32,17 @@ typedef struct gemm_case {
 
 static const float U = 5.9604645e-8f; /* 2^-24 */
 
-static void run_case(tb_kernel kernel, const gemm_case *gc, int threads)
+/* Floats of sentinel after a serial product's scratch (and NaN bits that a
+ * stray write of any computed value cannot reproduce). */
+#define GUARD_FLOATS 64
+static const uint32_t GUARD_BITS = 0x7fc0dead;
+
+/* One product through tb_gemm (serial == 0, `threads` threads) or through
+ * tb_gemm_serial (serial != 0) in a scratch of exactly
+ * tb_gemm_serial_work(M, N, K) floats that starts `misalign` floats past a
+ * 64-byte boundary, followed by a guard zone that must stay untouched. */
+static void run_case_impl(tb_kernel kernel, const gemm_case *gc, int threads, int serial,
+                          size_t misalign)
 {
     const size_t M = gc->M, N = gc->N, K = gc->K;
     const size_t ar = gc->ta ? K : M, ac = gc->ta ? M : K; /* stored A shape */
@@ -49,9 +63,30 @@ static void run_case(tb_kernel kernel, const gemm_case *gc, int threads)
     tb_ctx ctx;
     tbt_ctx_init(&ctx, threads);
     ck_assert_int_eq(tb_ctx_set_kernel(&ctx, kernel), TB_OK);
-    ck_assert_int_eq(tb_gemm(&ctx, gc->ta, gc->tb, M, N, K, gc->alpha, A, lda, B, ldb, gc->beta,
-                             C, ldc),
-                     TB_OK);
+    if (serial) {
+        const size_t wf = tb_gemm_serial_work(&ctx, M, N, K);
+        float *mem = tbt_alloc((16 + wf + GUARD_FLOATS) * sizeof(float) + 64);
+        float *work = (float *)(((uintptr_t)mem + 63) & ~(uintptr_t)63) + misalign;
+        for (size_t i = 0; i < GUARD_FLOATS; i++)
+            memcpy(&work[wf + i], &GUARD_BITS, sizeof GUARD_BITS);
+        ck_assert_int_eq(tb_gemm_serial(&ctx, gc->ta, gc->tb, M, N, K, gc->alpha, A, lda, B, ldb,
+                                        gc->beta, C, ldc, work, wf),
+                         TB_OK);
+        for (size_t i = 0; i < GUARD_FLOATS; i++) {
+            uint32_t bits;
+            memcpy(&bits, &work[wf + i], sizeof bits);
+            ck_assert_msg(bits == GUARD_BITS,
+                          "%s serial %c%c M=%zu N=%zu K=%zu: wrote %zu floats past the %zu "
+                          "floats tb_gemm_serial_work() asked for",
+                          tb_kernel_name(kernel), gc->ta ? 'T' : 'N', gc->tb ? 'T' : 'N', M, N, K,
+                          i + 1, wf);
+        }
+        free(mem);
+    } else {
+        ck_assert_int_eq(tb_gemm(&ctx, gc->ta, gc->tb, M, N, K, gc->alpha, A, lda, B, ldb,
+                                 gc->beta, C, ldc),
+                         TB_OK);
+    }
     size_t bad = 0, first_i = 0, first_j = 0;
     double worst = 0, first_got = 0, first_want = 0;
     for (size_t i = 0; i < M; i++) {
@@ -86,26 +121,26 @@ static void run_case(tb_kernel kernel, const gemm_case *gc, int threads)
         }
     }
     ck_assert_msg(bad == 0,
-                  "%s %c%c M=%zu N=%zu K=%zu pad=%zu alpha=%g beta=%g threads=%d: %zu bad, first "
+                  "%s%s %c%c M=%zu N=%zu K=%zu pad=%zu alpha=%g beta=%g threads=%d: %zu bad, first "
                   "C[%zu][%zu] = %.9g want %.9g",
-                  tb_kernel_name(kernel), gc->ta ? 'T' : 'N', gc->tb ? 'T' : 'N', M, N, K, gc->pad,
-                  (double)gc->alpha, (double)gc->beta, threads, bad, first_i, first_j, first_got,
+                  tb_kernel_name(kernel), serial ? " serial" : "", gc->ta ? 'T' : 'N',
+                  gc->tb ? 'T' : 'N', M, N, K, gc->pad, (double)gc->alpha, (double)gc->beta, threads, bad, first_i, first_j, first_got,
                   first_want);
     free(A), free(B), free(C), free(C0);
 }
 
-static const tb_kernel families[] = {TB_KERNEL_PORTABLE, TB_KERNEL_AVX2, TB_KERNEL_AVX512};
+static void run_case(tb_kernel kernel, const gemm_case *gc, int threads)
+{
+    run_case_impl(kernel, gc, threads, 0, 0);
+}
 
 START_TEST(gemm_matches_double_reference)
 {
     static const size_t dims[] = {1, 3, 17, 33, 64, 100};
     size_t n_cases = 0;
-    for (size_t f = 0; f < 3; f++) {
-        if (!tb_kernel_supported(families[f])) {
-            printf("  gemm: %s kernels not supported on this CPU: not tested here\n",
-                   tb_kernel_name(families[f]));
-            continue;
-        }
+    /* The family of this run (TB_KERNEL): make check runs every family. */
+    const tb_kernel families[1] = {tbt_test_kernel()};
+    for (size_t f = 0; f < 1; f++) {
         for (int form = 0; form < 4; form++)
             for (size_t mi = 0; mi < 6; mi++)
                 for (size_t ni = 0; ni < 6; ni++)
@@ -140,7 +175,8 @@ START_TEST(gemm_matches_double_reference)
             n_cases++;
         }
     }
-    printf("  gemm: %zu cases against the double-precision reference\n", n_cases);
+    printf("  gemm: %zu cases against the double-precision reference (%s)\n", n_cases,
+           tb_kernel_name(families[0]));
 }
 END_TEST
 
@@ -169,9 +205,8 @@ START_TEST(gemm_bitwise_identical_across_threads)
      * threads, splitting N (wide) and M (tall), with edge tiles. */
     static const size_t shapes[][3] = {{50, 1000, 300}, {1000, 50, 300}, {129, 131, 257},
                                        {7, 4000, 65}};
-    for (size_t f = 0; f < 3; f++) {
-        if (!tb_kernel_supported(families[f]))
-            continue;
+    const tb_kernel families[1] = {tbt_test_kernel()};
+    for (size_t f = 0; f < 1; f++) {
         for (size_t s = 0; s < 4; s++)
             for (int form = 0; form < 3; form++) {
                 int ta = form == 2, tb = form == 0;
@@ -188,6 +223,173 @@ START_TEST(gemm_bitwise_identical_across_threads)
                 free(ref);
             }
     }
+}
+END_TEST
+
+/* ---- tb_gemm_serial in caller-sized scratch ------------------------------
+ * The scratch bound must hold for every micro-kernel of the family: M, N
+ * and K are swept over each kernel's MR and NR multiples and one either
+ * side (and across the MC/NC/KC blocking), with a guard zone right after
+ * the exact size tb_gemm_serial_work() returns. */
+
+/* Sorted, duplicate-free list of values around multiples of `steps`. */
+typedef struct size_list {
+    size_t v[256];
+    size_t n;
+} size_list;
+
+static void list_add(size_list *l, size_t x)
+{
+    if (x == 0)
+        return;
+    for (size_t i = 0; i < l->n; i++)
+        if (l->v[i] == x)
+            return;
+    ck_assert_uint_lt(l->n, 256);
+    size_t i = l->n++;
+    for (; i > 0 && l->v[i - 1] > x; i--)
+        l->v[i] = l->v[i - 1];
+    l->v[i] = x;
+}
+
+/* q*step - 1, q*step, q*step + 1 for every multiple up to `upto`. */
+static void list_add_multiples(size_list *l, size_t step, size_t upto)
+{
+    for (size_t m = step; m <= upto; m += step) {
+        list_add(l, m - 1);
+        list_add(l, m);
+        list_add(l, m + 1);
+    }
+}
+
+static void serial_case(tb_kernel fam, int ta, int tb, size_t M, size_t N, size_t K, size_t i)
+{
+    gemm_case gc = {ta, tb, M, N, K, i % 3 == 2 ? 1 : 0, 1.0f, 0.0f};
+    if (i % 3 == 1)
+        gc.alpha = -0.5f, gc.beta = 1.0f;
+    if (i % 3 == 2)
+        gc.beta = 0.3f;
+    run_case_impl(fam, &gc, 1, 1, i % 16);
+}
+
+START_TEST(gemm_serial_stays_in_its_scratch)
+{
+    const tb_kernel fam = tbt_test_kernel();
+    const tb_ukernel *uk[TB_UKERNELS_PER_FAMILY];
+    const size_t nk = tb_ukernels_of_family(fam, uk);
+    size_list ms = {{0}, 0}, ns = {{0}, 0}, ks = {{0}, 0};
+    list_add(&ms, 1), list_add(&ms, 2), list_add(&ns, 1), list_add(&ns, 2);
+    for (size_t i = 0; i < nk; i++) {
+        list_add_multiples(&ms, (size_t)uk[i]->mr, 72);   /* past one attention tile */
+        list_add_multiples(&ns, (size_t)uk[i]->nr, 5 * 32);
+        list_add_multiples(&ms, 192, 192);                /* the MC block */
+        list_add_multiples(&ns, 512, 512);                /* the NC block */
+    }
+    list_add_multiples(&ks, 16, 16);
+    list_add_multiples(&ks, 64, 128);
+    list_add_multiples(&ks, 384, 384);                    /* the KC block */
+    list_add(&ks, 1), list_add(&ks, 2), list_add(&ks, 769);
+    size_t n = 0;
+    for (int form = 0; form < 4; form++) {
+        const int ta = form >> 1, tb = form & 1;
+        for (size_t i = 0; i < ms.n; i++, n++) /* M, with a tile-sized and a skinny N, K */
+            serial_case(fam, ta, tb, ms.v[i], i % 2 ? 64 : 17, i % 2 ? 65 : 7, n);
+        for (size_t i = 0; i < ns.n; i++, n++)
+            serial_case(fam, ta, tb, i % 2 ? 64 : 13, ns.v[i], i % 2 ? 33 : 64, n);
+        for (size_t i = 0; i < ks.n; i++, n++)
+            serial_case(fam, ta, tb, i % 2 ? 61 : 64, i % 2 ? 49 : 64, ks.v[i], n);
+    }
+    printf("  gemm serial (%s, MR/NR of %zu kernel%s): %zu products, each in exactly "
+           "tb_gemm_serial_work() floats + a guard zone\n",
+           tb_kernel_name(fam), nk, nk == 1 ? "" : "s", n);
+}
+END_TEST
+
+/* One scratch sized for the largest product covers every smaller one on
+ * the family (the way attention sizes its per-thread scratch): every M up
+ * to one tile past it, N and K around the tile, in a scratch of exactly
+ * tb_gemm_serial_work(64, 128, 128) floats followed by a guard zone. */
+START_TEST(gemm_serial_bound_covers_smaller_products)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    const size_t MM = 64, NN = 128, KK = 128;
+    const size_t wf = tb_gemm_serial_work(&ctx, MM, NN, KK);
+    float *mem = tbt_alloc((wf + GUARD_FLOATS) * sizeof(float) + 64);
+    float *work = (float *)(((uintptr_t)mem + 63) & ~(uintptr_t)63) + 1; /* worst alignment */
+    for (size_t i = 0; i < GUARD_FLOATS; i++)
+        memcpy(&work[wf + i], &GUARD_BITS, sizeof GUARD_BITS);
+    float *A = tbt_alloc(MM * KK * sizeof(float)), *B = tbt_alloc(KK * NN * sizeof(float));
+    float *C = tbt_alloc(MM * NN * sizeof(float)), *R = tbt_alloc(MM * NN * sizeof(float));
+    tbt_fill_uniform(A, MM * KK, -1, 1, 5);
+    tbt_fill_uniform(B, KK * NN, -1, 1, 6);
+    static const size_t nks[] = {1, 17, 63, 64, 65, 128};
+    enum { NNK = sizeof nks / sizeof nks[0] };
+    size_t count = 0;
+    for (size_t M = 1; M <= MM; M++)
+        for (size_t t = 0; t < NNK * NNK; t++)
+            for (int form = 0; form < 4; form++) {
+                const size_t N = nks[t % NNK], K = nks[t / NNK];
+                const int ta = form >> 1, tb = form & 1;
+                ck_assert_int_eq(tb_gemm_serial(&ctx, ta, tb, M, N, K, 1.0f, A, ta ? M : K, B,
+                                                tb ? K : N, 0.0f, C, N, work, wf),
+                                 TB_OK);
+                count++;
+                /* Same kernels, same order: the bits of tb_gemm's product
+                 * (a pack overwritten by a neighbour would change them). */
+                CHECK_OK(ctx, tb_gemm(&ctx, ta, tb, M, N, K, 1.0f, A, ta ? M : K, B, tb ? K : N,
+                                      0.0f, R, N));
+                ck_assert_msg(memcmp(C, R, M * N * sizeof(float)) == 0,
+                              "%s: M=%zu N=%zu K=%zu form %d: serial product differs from tb_gemm",
+                              tb_kernel_name(tb_ctx_kernel(&ctx)), M, N, K, form);
+                for (size_t g = 0; g < GUARD_FLOATS; g++) {
+                    uint32_t bits;
+                    memcpy(&bits, &work[wf + g], sizeof bits);
+                    ck_assert_msg(bits == GUARD_BITS,
+                                  "%s: M=%zu N=%zu K=%zu form %d wrote past the scratch sized "
+                                  "for %zux%zux%zu",
+                                  tb_kernel_name(tb_ctx_kernel(&ctx)), M, N, K, form, MM, NN, KK);
+                }
+            }
+    printf("  gemm serial (%s): %zu products up to %zux%zux%zu in one scratch of %zu floats\n",
+           tb_kernel_name(tb_ctx_kernel(&ctx)), count, MM, NN, KK, wf);
+    free(A), free(B), free(C), free(R), free(mem);
+}
+END_TEST
+
+/* A scratch one float short is refused with C untouched in a release build;
+ * a debug build (-DTB_DEBUG, the sanitizer pass) aborts at the check. */
+START_TEST(gemm_serial_refuses_short_scratch)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    enum { M = 61, N = 50, K = 40 };
+    const size_t wf = tb_gemm_serial_work(&ctx, M, N, K);
+    float *mem = tbt_alloc(wf * sizeof(float) + 64);
+    float *work = (float *)(((uintptr_t)mem + 63) & ~(uintptr_t)63);
+    float *A = tbt_alloc(M * K * sizeof(float)), *B = tbt_alloc(K * N * sizeof(float));
+    float *C = tbt_alloc(M * N * sizeof(float)), *C0 = tbt_alloc(M * N * sizeof(float));
+    tbt_fill_uniform(A, M * K, -1, 1, 1);
+    tbt_fill_uniform(B, K * N, -1, 1, 2);
+    tbt_fill_uniform(C0, M * N, -1, 1, 3);
+    memcpy(C, C0, M * N * sizeof(float));
+    /* 64-byte aligned work needs no alignment slack. Walk down from the
+     * bound to the first size refused (the exact need of the kernel this
+     * product runs on, at most the bound minus the slack). */
+    size_t w = wf;
+    tb_status st;
+    while ((st = tb_gemm_serial(&ctx, 0, 1, M, N, K, 1.0f, A, K, B, K, 0.5f, C, N, work, w)) ==
+           TB_OK) {
+        ck_assert_uint_gt(w, 0);
+        memcpy(C, C0, M * N * sizeof(float));
+        w--;
+    }
+    ck_assert_int_eq(st, TB_ERR_BUFFER_TOO_SMALL);
+    ck_assert(memcmp(C, C0, M * N * sizeof(float)) == 0);
+    ck_assert_uint_lt(w, wf - 15);
+    printf("  gemm serial (%s): %zu floats refused, %zu accepted (bound %zu)\n",
+           tb_kernel_name(tb_ctx_kernel(&ctx)), w, w + 1, wf);
+    free(mem), free(A), free(B), free(C), free(C0);
 }
 END_TEST
 
@@ -226,20 +428,70 @@ START_TEST(kernel_selection)
 {
     tb_ctx ctx;
     tb_ctx_init(&ctx);
-    ck_assert_int_eq(ctx.kernel, TB_KERNEL_AUTO);
+    tb_kernel env;
+    ck_assert_int_eq(tb_kernel_from_env(NULL, &env), TB_OK);
+    ck_assert_int_eq(ctx.kernel, env); /* tb_ctx_init() takes TB_KERNEL */
     ck_assert(tb_kernel_supported(TB_KERNEL_PORTABLE));
     ck_assert(tb_kernel_supported(TB_KERNEL_AUTO));
     ck_assert(!tb_kernel_supported((tb_kernel)42));
     ck_assert(tb_kernel_supported(tb_kernel_best()));
     ck_assert_int_eq(tb_ctx_set_kernel(&ctx, (tb_kernel)42), TB_ERR_INVALID_ARG);
     ck_assert_int_eq(tb_ctx_set_kernel(NULL, TB_KERNEL_AUTO), TB_ERR_NULL_ARG);
+    static const tb_kernel families[] = {TB_KERNEL_PORTABLE, TB_KERNEL_AVX2, TB_KERNEL_AVX512};
     for (size_t f = 0; f < 3; f++) {
         tb_status s = tb_ctx_set_kernel(&ctx, families[f]);
         ck_assert_int_eq(s, tb_kernel_supported(families[f]) ? TB_OK : TB_ERR_UNSUPPORTED);
+        ck_assert_int_eq(tb_ctx_kernel(&ctx), s == TB_OK ? families[f] : tb_kernel_best());
     }
     ck_assert_str_eq(tb_kernel_name(TB_KERNEL_AVX512), "avx512");
     ck_assert_str_eq(tb_kernel_name((tb_kernel)42), "unknown");
     printf("  kernels: best on this CPU is %s\n", tb_kernel_name(tb_kernel_best()));
+}
+END_TEST
+
+/* TB_KERNEL, the one switch: parsed exactly, applied by tb_ctx_init(),
+ * unknown or unsupported values reported (and ignored by tb_ctx_init()). */
+START_TEST(kernel_from_environment)
+{
+    const char *saved = getenv("TB_KERNEL");
+    char *keep = saved ? strdup(saved) : NULL;
+    tb_ctx ctx;
+    tb_kernel k;
+    ck_assert_int_eq(tb_kernel_from_env(NULL, NULL), TB_ERR_NULL_ARG);
+    static const struct {
+        const char *value;
+        tb_status status;
+        tb_kernel kernel;
+    } cases[] = {{"", TB_OK, TB_KERNEL_AUTO},           {"auto", TB_OK, TB_KERNEL_AUTO},
+                 {"portable", TB_OK, TB_KERNEL_PORTABLE}, {"avx2", TB_OK, TB_KERNEL_AVX2},
+                 {"avx512", TB_OK, TB_KERNEL_AVX512},     {"AVX2", TB_ERR_INVALID_ARG, 0},
+                 {"avx2 ", TB_ERR_INVALID_ARG, 0},         {"avx", TB_ERR_INVALID_ARG, 0},
+                 {"3", TB_ERR_INVALID_ARG, 0}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ck_assert_int_eq(setenv("TB_KERNEL", cases[i].value, 1), 0);
+        tb_status want = cases[i].status;
+        if (want == TB_OK && !tb_kernel_supported(cases[i].kernel))
+            want = TB_ERR_UNSUPPORTED;
+        tb_ctx_init(&ctx);
+        const tb_status got = tb_kernel_from_env(&ctx, &k);
+        ck_assert_msg(got == want, "TB_KERNEL='%s': %s, expected %s", cases[i].value,
+                      tb_strerror(got), tb_strerror(want));
+        ck_assert_int_eq(k, cases[i].kernel); /* the named family, even if unsupported */
+        if (got != TB_OK)
+            ck_assert_ptr_nonnull(strstr(tb_ctx_error(&ctx), "TB_KERNEL"));
+        /* tb_ctx_init() applies a usable value, else auto. */
+        ck_assert_int_eq(ctx.kernel, got == TB_OK ? cases[i].kernel : TB_KERNEL_AUTO);
+        ck_assert_int_eq(tb_ctx_kernel(&ctx),
+                         got == TB_OK && cases[i].kernel != TB_KERNEL_AUTO ? cases[i].kernel
+                                                                           : tb_kernel_best());
+    }
+    ck_assert_int_eq(unsetenv("TB_KERNEL"), 0);
+    ck_assert_int_eq(tb_kernel_from_env(NULL, &k), TB_OK);
+    ck_assert_int_eq(k, TB_KERNEL_AUTO);
+    ck_assert_int_eq(tb_ctx_kernel(NULL), tb_kernel_best());
+    if (keep)
+        setenv("TB_KERNEL", keep, 1);
+    free(keep);
 }
 END_TEST
 
@@ -249,9 +501,17 @@ Suite *suite_gemm(void)
     TCase *tc = tcase_create("gemm");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, kernel_selection);
+    tcase_add_test(tc, kernel_from_environment);
     tcase_add_test(tc, gemm_matches_double_reference);
     tcase_add_test(tc, gemm_bitwise_identical_across_threads);
     tcase_add_test(tc, gemm_reports_allocation_failure_and_leaves_c);
+    tcase_add_test(tc, gemm_serial_stays_in_its_scratch);
+    tcase_add_test(tc, gemm_serial_bound_covers_smaller_products);
+#ifdef TB_DEBUG
+    tcase_add_test_raise_signal(tc, gemm_serial_refuses_short_scratch, SIGABRT);
+#else
+    tcase_add_test(tc, gemm_serial_refuses_short_scratch);
+#endif
     suite_add_tcase(s, tc);
     return s;
 }

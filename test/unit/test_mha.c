@@ -242,6 +242,19 @@ static void build_case_names(void)
             add_case(nm, c, h, 2, 3, 17, bias, 1, 1, 0);
         }
     }
+    /* gen_mha.py's sweep: head sizes across the micro-kernel tiles, lengths
+     * on both sides of the attention core's 64-key tiles. */
+    static const size_t sweep_d[12] = {1, 17, 31, 48, 49, 55, 61, 63, 64, 65, 100, 128};
+    static const size_t sweep_t[4] = {63, 64, 65, 129};
+    for (size_t i = 0; i < 12; i++) {
+        const size_t d = sweep_d[i], h = d <= 64 ? 2 : 1;
+        const size_t t = sweep_t[i % 4], tq = sweep_t[(i + 2) % 4], tk = sweep_t[(i + 1) % 4];
+        char nm[80];
+        snprintf(nm, sizeof nm, "sweep_d%zu_h%zu_t%zu_causal", d, h, t);
+        add_case(nm, h * d, h, 1, t, t, 1, 1, 0, 0);
+        snprintf(nm, sizeof nm, "sweep_d%zu_h%zu_tq%zu_cross_tk%zu", d, h, tq, tk);
+        add_case(nm, h * d, h, 1, tq, tk, i % 2 == 0, 0, 1, 0);
+    }
 }
 
 static size_t ref_size(const tbt_ref *ref, const char *name)
@@ -426,7 +439,7 @@ START_TEST(test_mha_oracle_all_cases_tested)
     const size_t n = tbt_check_manifest("mha_cases.txt", "test_mha.c", mha_case_listed, NULL);
     ck_assert_msg(n == g_n_cases, "mha_cases.txt lists %zu cases; test_mha.c tests %zu", n,
                   g_n_cases);
-    ck_assert_uint_eq(g_n_cases, 180);
+    ck_assert_uint_eq(g_n_cases, 204);
 }
 END_TEST
 

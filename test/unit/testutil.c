@@ -7,20 +7,16 @@
 
 tb_kernel tbt_test_kernel(void)
 {
-    const char *name = getenv("TB_TEST_KERNEL");
-    if (!name || !name[0])
-        return TB_KERNEL_AUTO;
-    for (int k = TB_KERNEL_AUTO; k <= TB_KERNEL_AVX512; k++)
-        if (strcmp(name, tb_kernel_name((tb_kernel)k)) == 0)
-            return (tb_kernel)k;
-    return (tb_kernel)-1;
+    tb_kernel k;
+    ck_assert_int_eq(tb_kernel_from_env(NULL, &k), TB_OK);
+    return k == TB_KERNEL_AUTO ? tb_kernel_best() : k;
 }
 
 void tbt_ctx_init(tb_ctx *ctx, int threads)
 {
     tb_ctx_init(ctx);
     ctx->num_threads = threads;
-    ck_assert_int_eq(tb_ctx_set_kernel(ctx, tbt_test_kernel()), TB_OK);
+    ck_assert_int_eq(tb_ctx_kernel(ctx), tbt_test_kernel());
 }
 
 void tbt_fill_uniform(float *x, size_t n, float lo, float hi, uint64_t seed)

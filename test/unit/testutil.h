@@ -17,12 +17,13 @@
 
 #include "tblocks.h"
 
-/* The kernel family named by $TB_TEST_KERNEL ("auto", "portable", "avx2",
- * "avx512"; unset means auto), or -1 for an unknown name. */
+/* The kernel family this run tests: the one $TB_KERNEL names ("portable",
+ * "avx2", "avx512"; unset, empty or "auto": the best this CPU has), never
+ * TB_KERNEL_AUTO. main.c refuses an unknown or unsupported name first. */
 tb_kernel tbt_test_kernel(void);
 
-/* A context with the given thread count and the kernel family the test run
- * was asked to use (TB_TEST_KERNEL); records errors as usual. */
+/* A context with the given thread count and the kernel family of the run
+ * (tb_ctx_init() reads TB_KERNEL; asserted); records errors as usual. */
 void tbt_ctx_init(tb_ctx *ctx, int threads);
 
 /* x[0..n) uniform in [lo, hi) from a private stream seeded with seed. */
