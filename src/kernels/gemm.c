@@ -7,23 +7,31 @@
 #include "../core/internal.h"
 #include "gemm_ukernel.h"
 
-/* Cache blocking, tuned on GPT-2 shapes (test/bench/bench_gemm.c): for each
- * MR-row sliver of A (MR x KC, 18 KiB for the AVX-512 kernel, kept in L1)
- * the kernel sweeps the packed KC x NC block of B (768 KiB, in L2); the
- * MC x KC block of A (~290 KiB) also stays in L2. A large KC means C is
- * read and written only ceil(K / KC) times. */
-#ifndef KC
-#define KC 384
-#endif
-#ifndef MC_TARGET
-#define MC_TARGET 192
-#endif
-#ifndef IR_OUTER
-#define IR_OUTER 1
-#endif
-#ifndef NC_TARGET
-#define NC_TARGET 512
-#endif
+/* Cache blocking, per kernel family, tuned on the GPT-2 shapes
+ * (test/bench/bench_gemm.c). kc is the depth of one K block (C is read and
+ * written ceil(K / kc) times; every kernel of a family must use the same
+ * kc, since the K blocks fix the rounding); mc and nc are the M and N
+ * blocks (rounded up to whole tiles); ir_outer picks the order of the two
+ * innermost loops.
+ *   AVX-512 (12 x 32 tiles): for each MR-row sliver of A (MR x kc, 18 KiB,
+ *     in L1) the kernel sweeps the packed kc x nc block of B (768 KiB, in
+ *     L2); the mc x kc block of A (~290 KiB) also stays in L2.
+ *   AVX2 (6 x 16 tiles): the other way round, as BLIS does for Haswell:
+ *     each NR-wide sliver of B (kc x 16, 16 KiB) stays in L1 while the
+ *     kernel sweeps the A block (mc x kc, 192 KiB, in L2); kc = 256
+ *     measured better than 384 (5 points of peak on NN and TN). */
+typedef struct gemm_blocking {
+    size_t kc, mc, nc;
+    int ir_outer;
+} gemm_blocking;
+
+static gemm_blocking family_blocking(tb_kernel family)
+{
+    gemm_blocking b = {384, 192, 512, 1};
+    if (family == TB_KERNEL_AVX2)
+        b.kc = 256, b.ir_outer = 0;
+    return b;
+}
 
 static size_t min_sz(size_t a, size_t b)
 {
@@ -58,7 +66,7 @@ static const tb_ukernel *select_ukernel(tb_kernel family, size_t M)
             return &tb_ukernel_avx512_m8;
         return &tb_ukernel_avx512;
     case TB_KERNEL_AVX2:
-        return &tb_ukernel_avx2;
+        return M == 1 ? &tb_ukernel_avx2_m1 : &tb_ukernel_avx2;
     default:
         return &tb_ukernel_portable;
     }
@@ -71,8 +79,8 @@ size_t tb_ukernels_of_family(int family, const tb_ukernel **uk)
         uk[0] = &tb_ukernel_avx512, uk[1] = &tb_ukernel_avx512_m8, uk[2] = &tb_ukernel_avx512_m1;
         return 3;
     case TB_KERNEL_AVX2:
-        uk[0] = &tb_ukernel_avx2;
-        return 1;
+        uk[0] = &tb_ukernel_avx2, uk[1] = &tb_ukernel_avx2_m1;
+        return 2;
     default:
         uk[0] = &tb_ukernel_portable;
         return 1;
@@ -168,6 +176,7 @@ static void pack_b(const tb_ukernel *uk, size_t nc, size_t kc, const float *B, s
 
 typedef struct gemm_args {
     const tb_ukernel *uk;
+    gemm_blocking blk;
     size_t a_cap, b_cap; /* floats of packing space at ap and bp (checked under TB_DEBUG) */
     int trans_a, trans_b;
     int direct_b; /* read full slivers of an untransposed B in place */
@@ -192,7 +201,9 @@ static void gemm_args_init(gemm_args *g, const tb_ctx *ctx, int trans_a, int tra
                            size_t N, size_t K, float alpha, const float *A, size_t lda,
                            const float *B, size_t ldb, float beta, float *C, size_t ldc)
 {
-    g->uk = select_ukernel(tb_ctx_kernel(ctx), M);
+    const tb_kernel family = tb_ctx_kernel(ctx);
+    g->uk = select_ukernel(family, M);
+    g->blk = family_blocking(family);
     TB_DEBUG_ASSERT(g->uk->fn != NULL && g->uk->mr <= TB_UKERNEL_MAX_MR &&
                     g->uk->nr <= TB_UKERNEL_MAX_NR);
     g->trans_a = trans_a, g->trans_b = trans_b;
@@ -225,15 +236,63 @@ static void tile_update(const gemm_args *g, size_t kc, const float *as, const fl
             c[r * g->ldc + j] = add ? c[r * g->ldc + j] + tile[r * nr + j] : tile[r * nr + j];
 }
 
+/* The tile of C at rows ic + ir, columns jc + jr of a packed block: the
+ * A sliver at ap + ir*kc, the B sliver packed at bp + jr*kc or read in
+ * place (the first full_nc columns of a direct B). */
+static void block_tile(const gemm_args *g, size_t ic, size_t jc, size_t pc, size_t mc, size_t nc,
+                       size_t kc, size_t full_nc, const float *ap, const float *bp, size_t ir,
+                       size_t jr)
+{
+    const size_t mr = (size_t)g->uk->mr, nr = (size_t)g->uk->nr;
+    const int in_place = jr < full_nc;
+    const float *bs = in_place ? g->B + pc * g->ldb + jc + jr : bp + jr * kc;
+    tile_update(g, kc, ap + ir * kc, bs, in_place ? g->ldb : nr,
+                g->C + (ic + ir) * g->ldc + jc + jr, min_sz(mr, mc - ir), min_sz(nr, nc - jr),
+                pc > 0 || g->beta != 0.0f);
+}
+
+/* One row of tiles against a transposed B (M <= MR, e.g. decoding's
+ * M = 1 against the vocabulary matrix): each NR-wide sliver of B is packed
+ * for the whole of K at once when it fits (its rows, contiguous in K, are
+ * then read straight through; measured 27 -> 31 GB/s on the vocabulary
+ * matrix) and gets all of its K blocks before the next sliver. Each element
+ * gets the same K blocks in the same order as in gemm_range's usual loops,
+ * so the same bits. */
+static void gemm_row_of_tiles(const gemm_args *g, size_t m0, size_t mc, size_t n0, size_t n1,
+                              float *ap, float *bp)
+{
+    const size_t nr = (size_t)g->uk->nr;
+    const int whole_k = nr * g->K <= g->b_cap;
+    for (size_t jr = n0; jr < n1; jr += nr) {
+        const size_t nre = min_sz(nr, n1 - jr);
+        if (whole_k) /* K groups of NR: the K blocks' slivers back to back */
+            pack_b(g->uk, nre, g->K, g->B, g->ldb, g->trans_b, 0, jr, bp);
+        for (size_t pc = 0; pc < g->K; pc += g->blk.kc) {
+            const size_t kc = min_sz(g->blk.kc, g->K - pc);
+            TB_DEBUG_ASSERT(round_up(mc, (size_t)g->uk->mr) * kc <= g->a_cap &&
+                            nr * kc <= g->b_cap);
+            pack_a(g->uk, mc, kc, g->A, g->lda, g->trans_a, m0, pc, ap);
+            if (!whole_k)
+                pack_b(g->uk, nre, kc, g->B, g->ldb, g->trans_b, pc, jr, bp);
+            tile_update(g, kc, ap, whole_k ? bp + pc * nr : bp, nr, g->C + m0 * g->ldc + jr, mc,
+                        nre, pc > 0 || g->beta != 0.0f);
+        }
+    }
+}
+
 /* C[m0..m1) x [n0..n1) += alpha * op(A) op(B), with private pack buffers. */
 static void gemm_range(const gemm_args *g, size_t m0, size_t m1, size_t n0, size_t n1,
                        float *ap, float *bp)
 {
     const size_t mr = (size_t)g->uk->mr, nr = (size_t)g->uk->nr;
+    if (g->trans_b && m1 - m0 <= mr) {
+        gemm_row_of_tiles(g, m0, m1 - m0, n0, n1, ap, bp);
+        return;
+    }
     for (size_t jc = n0; jc < n1; jc += g->nc) {
         const size_t nc = min_sz(g->nc, n1 - jc);
-        for (size_t pc = 0; pc < g->K; pc += KC) {
-            const size_t kc = min_sz(KC, g->K - pc);
+        for (size_t pc = 0; pc < g->K; pc += g->blk.kc) {
+            const size_t kc = min_sz(g->blk.kc, g->K - pc);
             /* Direct B: only a ragged last sliver is packed. */
             const size_t full_nc = g->direct_b ? nc / nr * nr : 0;
             /* pack_b writes [bp + full_nc*kc, bp + round_up(nc, nr)*kc). */
@@ -246,20 +305,16 @@ static void gemm_range(const gemm_args *g, size_t m0, size_t m1, size_t n0, size
                 /* pack_a writes [ap, ap + round_up(mc, mr)*kc). */
                 TB_DEBUG_ASSERT(round_up(mc, mr) * kc <= g->a_cap);
                 pack_a(g->uk, mc, kc, g->A, g->lda, g->trans_a, ic, pc, ap);
-#if IR_OUTER
-                for (size_t ir = 0; ir < mc; ir += mr)
-                    for (size_t jr = 0; jr < nc; jr += nr)
-#else
-                for (size_t jr = 0; jr < nc; jr += nr)
+                /* Each tile is the same computation in either order. */
+                if (g->blk.ir_outer) {
                     for (size_t ir = 0; ir < mc; ir += mr)
-#endif
-                    {
-                        const int in_place = jr < full_nc;
-                        const float *bs = in_place ? g->B + pc * g->ldb + jc + jr : bp + jr * kc;
-                        tile_update(g, kc, ap + ir * kc, bs, in_place ? g->ldb : nr,
-                                    g->C + (ic + ir) * g->ldc + jc + jr, min_sz(mr, mc - ir),
-                                    min_sz(nr, nc - jr), pc > 0 || g->beta != 0.0f);
-                    }
+                        for (size_t jr = 0; jr < nc; jr += nr)
+                            block_tile(g, ic, jc, pc, mc, nc, kc, full_nc, ap, bp, ir, jr);
+                } else {
+                    for (size_t jr = 0; jr < nc; jr += nr)
+                        for (size_t ir = 0; ir < mc; ir += mr)
+                            block_tile(g, ic, jc, pc, mc, nc, kc, full_nc, ap, bp, ir, jr);
+                }
             }
         }
     }
@@ -308,11 +363,11 @@ tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, siz
     if ((size_t)threads > units)
         threads = (int)units;
 
-    g.mc = round_up(MC_TARGET, mr);
+    g.mc = round_up(g.blk.mc, mr);
     /* Widest N range one thread handles, rounded to whole slivers. */
     size_t n_range = split_n ? ((units + (size_t)threads - 1) / (size_t)threads) * nr : N;
-    g.nc = min_sz(round_up(NC_TARGET, nr), round_up(n_range, nr));
-    const size_t kc = min_sz(KC, K ? K : 1);
+    g.nc = min_sz(round_up(g.blk.nc, nr), round_up(n_range, nr));
+    const size_t kc = min_sz(g.blk.kc, K ? K : 1);
     const size_t a_floats = round_up(g.mc * kc, 16), b_floats = round_up(g.nc * kc, 16);
 
     /* K == 0 or alpha == 0: only the beta scaling remains. */
@@ -351,19 +406,21 @@ tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, siz
 
 /* Blocking and packing space of a serial product on kernel uk: A's
  * MR-tall slivers for min(M, MC) rows and B's NR-wide slivers for
- * min(N, NC) columns, both kc = min(K, KC) deep. Every term grows with M,
- * N and K, so the space for (M, N, K) covers every smaller product. */
+ * min(N, NC) columns, both kc = min(K, KC) deep (the family's blocking).
+ * Every term grows with M, N and K, so the space for (M, N, K) covers every
+ * smaller product. */
 typedef struct serial_plan {
     size_t mc, nc, kc, a_floats, b_floats;
 } serial_plan;
 
-static serial_plan plan_serial(const tb_ukernel *uk, size_t M, size_t N, size_t K)
+static serial_plan plan_serial(const tb_ukernel *uk, const gemm_blocking *blk, size_t M,
+                               size_t N, size_t K)
 {
     const size_t mr = (size_t)uk->mr, nr = (size_t)uk->nr;
     serial_plan p;
-    p.mc = min_sz(round_up(MC_TARGET, mr), round_up(M ? M : 1, mr));
-    p.nc = min_sz(round_up(NC_TARGET, nr), round_up(N ? N : 1, nr));
-    p.kc = min_sz(KC, K ? K : 1);
+    p.mc = min_sz(round_up(blk->mc, mr), round_up(M ? M : 1, mr));
+    p.nc = min_sz(round_up(blk->nc, nr), round_up(N ? N : 1, nr));
+    p.kc = min_sz(blk->kc, K ? K : 1);
     p.a_floats = round_up(p.mc * p.kc, 16); /* keeps B's buffer 64-byte aligned */
     p.b_floats = p.nc * p.kc;
     return p;
@@ -374,11 +431,13 @@ static serial_plan plan_serial(const tb_ukernel *uk, size_t M, size_t N, size_t 
 
 size_t tb_gemm_serial_work(const tb_ctx *ctx, size_t M, size_t N, size_t K)
 {
+    const tb_kernel family = tb_ctx_kernel(ctx);
+    const gemm_blocking blk = family_blocking(family);
     const tb_ukernel *uk[TB_UKERNELS_PER_FAMILY];
-    const size_t n = tb_ukernels_of_family(tb_ctx_kernel(ctx), uk);
+    const size_t n = tb_ukernels_of_family(family, uk);
     size_t most = 0;
     for (size_t i = 0; i < n; i++) {
-        const serial_plan p = plan_serial(uk[i], M, N, K);
+        const serial_plan p = plan_serial(uk[i], &blk, M, N, K);
         if (p.a_floats + p.b_floats > most)
             most = p.a_floats + p.b_floats;
     }
@@ -394,7 +453,7 @@ tb_status tb_gemm_serial(const tb_ctx *ctx, int trans_a, int trans_b, size_t M, 
         return TB_OK;
     gemm_args g;
     gemm_args_init(&g, ctx, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    const serial_plan p = plan_serial(g.uk, M, N, K);
+    const serial_plan p = plan_serial(g.uk, &g.blk, M, N, K);
     float *ap = (float *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
     const size_t skip = (size_t)(ap - work);
     /* The caller sized work with tb_gemm_serial_work() for at least this

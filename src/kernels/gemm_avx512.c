@@ -112,9 +112,13 @@ static void pack_rows_avx512(size_t w, size_t rows, size_t kc, const float *src,
             const size_t nk = kc - k0 < 16 ? kc - k0 : 16;
             const __mmask16 load_mask = (__mmask16)((1u << nk) - 1u);
             __m512 v[16];
-            for (size_t i = 0; i < 16; i++)
+            for (size_t i = 0; i < 16; i++) {
+                /* Rows are separate streams: fetch ahead in each. */
+                if (i < nsrc)
+                    _mm_prefetch((const char *)(src + (r0 + i) * ld + k0 + 128), _MM_HINT_T0);
                 v[i] = i < nsrc ? _mm512_maskz_loadu_ps(load_mask, src + (r0 + i) * ld + k0)
                                 : _mm512_setzero_ps();
+            }
             transpose16(v);
             for (size_t q = 0; q < nk; q++)
                 _mm512_mask_storeu_ps(dst + (k0 + q) * w + r0, store_mask, v[q]);

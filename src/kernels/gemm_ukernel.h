@@ -45,10 +45,11 @@ typedef struct tb_ukernel {
 
 /* The largest tile any kernel uses (for scratch tiles). */
 #define TB_UKERNEL_MAX_MR 16
-#define TB_UKERNEL_MAX_NR 32
+#define TB_UKERNEL_MAX_NR 64
 
 extern const tb_ukernel tb_ukernel_portable;
 extern const tb_ukernel tb_ukernel_avx2;
+extern const tb_ukernel tb_ukernel_avx2_m1;   /* 1 x 64, for M = 1 (decoding) */
 extern const tb_ukernel tb_ukernel_avx512;
 extern const tb_ukernel tb_ukernel_avx512_m8; /* 8 x 32, for small M */
 extern const tb_ukernel tb_ukernel_avx512_m1; /* 1 x 32, for M = 1 (decoding) */

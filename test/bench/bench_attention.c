@@ -295,12 +295,12 @@ int main(void)
     const double t_start = bench_now();
     mem_count mc = {0, 0};
     tb_ctx ctx;
-    tb_ctx_init(&ctx);
+    bench_ctx_init(&ctx);
     ctx.allocator.alloc = count_alloc;
     ctx.allocator.free = count_free;
     ctx.allocator.user = &mc;
     bench_machine m;
-    bench_machine_measure(&m, ctx.num_threads);
+    bench_machine_measure(&m, &ctx);
     printf("attention: B=%d C=%d H=%d D=%d, causal, q/k/v read in place from a packed "
            "(B, T, 3C) buffer, dq/dk/dv written into one\n",
            BATCH, EMBED, HEADS, HEAD_DIM);

@@ -1,5 +1,6 @@
 /*
- * GEMM benchmark: the library's tb_gemm (auto kernel family, all threads) on
+ * GEMM benchmark: the library's tb_gemm (the kernel family TB_KERNEL names,
+ * else the best this CPU runs; all threads) on
  * the GPT-2-small shapes, M = B*T in {64, 256, 1024, 4096} and (N, K) in
  * {(2304,768), (768,768), (3072,768), (768,3072), (50257,768)}, plus square
  * 1024 and 2048, each in the three forms the blocks use:
@@ -13,8 +14,11 @@
  * were found at build time, the same cases through oneDNN's matmul (in this
  * process, primitive created once per case, transposes by strides) and
  * OpenBLAS's cblas_sgemm (in child processes, because OPENBLAS_CORETYPE is
- * read when the library loads: once with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE
- * unset, once with OPENBLAS_CORETYPE=SkylakeX), with ours/theirs ratios
+ * read when the library loads: for the AVX-512 family once with
+ * OPENBLAS_CORETYPE unset and once with SkylakeX; for the AVX2 family once
+ * with Haswell and once with Zen, and oneDNN capped at AVX2, so that a
+ * forced AVX2 run on an AVX-512 machine meets the peers an AVX2-only
+ * machine would), with ours/theirs ratios
  * (> 1: ours is faster). Every result of ours is checked once per case: on
  * sampled elements against a double-precision dot product, and in full
  * against oneDNN's and OpenBLAS's results (max |diff| / max |theirs|).
@@ -23,7 +27,7 @@
  * lm_head, _TN); BENCH_QUICK=1 runs a small subset. Exit status 1 if a
  * result of ours is wrong.
  *
- * Internal mode: bench_gemm --openblas-only <default|skylakex> <case-id>
+ * Internal mode: bench_gemm --openblas-only <mode> <case-id>
  * <threads> times one case with OpenBLAS and prints one "child\t..." line.
  */
 #define _GNU_SOURCE /* environ; OpenBLAS's header wants it for cpu_set_t */
@@ -358,8 +362,19 @@ static void run_dnnl(void *arg)
 
 /* ---- OpenBLAS (child processes) -------------------------------------------------- */
 
-#define OBL_MODES 2 /* default, SkylakeX */
-static const char *const obl_mode_names[OBL_MODES] = {"default", "skylakex"};
+/* Two OpenBLAS runs per case, each with the best kernels OpenBLAS has for
+ * the instruction set of the family under test (set by obl_modes_for()):
+ * for AVX-512, its own choice (OPENBLAS_CORETYPE unset) and SkylakeX; for
+ * AVX2 (an AVX2-only machine, or the AVX2 family forced on an AVX-512 one),
+ * its Haswell and Zen kernels. mode names are passed to the child. */
+#define OBL_MODES 2
+static const char *obl_mode_names[OBL_MODES] = {"default", "SkylakeX"};
+
+static void obl_modes_for(int family)
+{
+    if (family == TB_KERNEL_AVX2)
+        obl_mode_names[0] = "Haswell", obl_mode_names[1] = "Zen";
+}
 
 typedef struct obl_result {
     int ok;
@@ -393,14 +408,14 @@ static int openblas_child(const char *mode, const char *id, int threads)
         return 2;
     }
     tb_ctx ctx;
-    tb_ctx_init(&ctx);
+    bench_ctx_init(&ctx);
     ctx.num_threads = threads;
     omp_set_num_threads(threads);
     operands o;
     operands_init(&o, c, &ctx);
     double rel = -1;
     float *ours = NULL;
-    if (strcmp(mode, "default") == 0) {
+    if (strcmp(mode, obl_mode_names[0]) == 0) {
         /* Ours first, so that idle OpenMP threads have stopped spinning by
          * the time OpenBLAS is timed (after its warm-up). */
         prepare_c(&o, o.C, NAN);
@@ -457,8 +472,11 @@ static int spawn_openblas(int mode, const gcase *c, int threads, obl_result *r)
      * must not spin beside OpenBLAS's threads while it is timed; LLVM's
      * runtime spins for 200 ms by default. */
     envp[k++] = (char *)"OMP_WAIT_POLICY=PASSIVE";
-    if (mode == 1)
-        envp[k++] = (char *)"OPENBLAS_CORETYPE=SkylakeX";
+    char coretype[64];
+    if (strcmp(obl_mode_names[mode], "default") != 0) {
+        snprintf(coretype, sizeof coretype, "OPENBLAS_CORETYPE=%s", obl_mode_names[mode]);
+        envp[k++] = coretype;
+    }
     envp[k] = NULL;
 
     int fd[2];
@@ -561,12 +579,20 @@ static double median_of(double *v, size_t n)
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-/* Table columns: case | ours | oneDNN | OpenBLAS default | OpenBLAS SkylakeX |
+/* Table columns: case | ours | oneDNN | OpenBLAS mode 0 | OpenBLAS mode 1 |
  * checks. "x" columns are ours/theirs (> 1: ours faster). */
 #define ROW_HEAD "%-10s %-2s %5s %5s %5s"
 #define ROW_OURS "%8s %19s %6s %6s"
 #define ROW_LIB "%6s %5s"
 #define ROW_CHK "%7s %7s %7s"
+
+/* A column label for an OpenBLAS mode (at most 6 characters). */
+static const char *obl_short(int mode)
+{
+    static char b[OBL_MODES][8];
+    snprintf(b[mode], sizeof b[mode], "%.6s", obl_mode_names[mode]);
+    return b[mode];
+}
 
 static void print_table_header(void)
 {
@@ -574,8 +600,8 @@ static void print_table_header(void)
            "", "", "", "", "", "ours ms", "(min..max)", "", "", "oneDNN", "", "OBL", "", "OBL", "",
            "max", "rel", "diff");
     printf(ROW_HEAD " | " ROW_OURS " | " ROW_LIB " | " ROW_LIB " | " ROW_LIB " | " ROW_CHK "\n",
-           "case", "fm", "M", "N", "K", "median", "", "GF/s", "%peak", "GF/s", "x", "dflt", "x", "SKX",
-           "x", "oneDNN", "OBL", "sample");
+           "case", "fm", "M", "N", "K", "median", "", "GF/s", "%peak", "GF/s", "x", obl_short(0), "x",
+           obl_short(1), "x", "oneDNN", "OBL", "sample");
 }
 
 static void print_row(const gres *r)
@@ -708,7 +734,10 @@ static void print_summary(const gres *res, size_t n, const bench_machine *m)
     printf("\n");
 
     /* Minimum (and median) ratios against each comparison. */
-    const char *names[3] = {"oneDNN", "OpenBLAS default", "OpenBLAS SkylakeX"};
+    char obl0[64], obl1[64];
+    snprintf(obl0, sizeof obl0, "OpenBLAS %s", obl_mode_names[0]);
+    snprintf(obl1, sizeof obl1, "OpenBLAS %s", obl_mode_names[1]);
+    const char *names[3] = {"oneDNN", obl0, obl1};
     for (int lib = 0; lib < 3; lib++) {
         double lo = INFINITY;
         const gcase *at = NULL;
@@ -781,10 +810,12 @@ int main(int argc, char **argv)
     if (argc >= 2 && strcmp(argv[1], "--openblas-only") == 0) {
 #ifdef HAVE_OPENBLAS
         if (argc != 5) {
-            fprintf(stderr, "usage: %s --openblas-only <default|skylakex> <case> <threads>\n",
-                    argv[0]);
+            fprintf(stderr, "usage: %s --openblas-only <mode> <case> <threads>\n", argv[0]);
             return 2;
         }
+        tb_ctx fam;
+        bench_ctx_init(&fam);
+        obl_modes_for((int)tb_ctx_kernel(&fam));
         return openblas_child(argv[2], argv[3], atoi(argv[4]));
 #else
         fprintf(stderr, "bench_gemm: built without OpenBLAS\n");
@@ -798,9 +829,17 @@ int main(int argc, char **argv)
         snprintf(self_path, sizeof self_path, "%s", argv[0]);
 
     tb_ctx ctx;
-    tb_ctx_init(&ctx);
+    bench_ctx_init(&ctx);
     int threads = ctx.num_threads < 1 ? 1 : ctx.num_threads;
     omp_set_num_threads(threads); /* oneDNN's OpenMP threads: as many as ours */
+    const int family = (int)tb_ctx_kernel(&ctx);
+    obl_modes_for(family);
+#ifdef HAVE_DNNL
+    /* The AVX2 family is compared with oneDNN's best AVX2 code (as on an
+     * AVX2-only machine), set before any primitive exists. */
+    if (family == TB_KERNEL_AVX2 && dnnl_set_max_cpu_isa(dnnl_cpu_isa_avx2) != dnnl_success)
+        printf("gemm: note: oneDNN refused to cap its ISA at AVX2\n");
+#endif
 
     static gcase cases[MAX_CASES];
     size_t ncases = build_cases(cases, bench_quick());
@@ -814,16 +853,18 @@ int main(int argc, char **argv)
     }
 
     bench_machine m;
-    bench_machine_measure(&m, threads);
-    printf("gemm: ours = tb_gemm, kernel family %s (auto), %d threads; %zu case%s%s\n",
-           tb_kernel_name(tb_kernel_best()), threads, nsel, nsel == 1 ? "" : "s",
+    bench_machine_measure(&m, &ctx);
+    printf("gemm: ours = tb_gemm, kernel family %s, %d threads; %zu case%s%s\n",
+           tb_kernel_name(tb_ctx_kernel(&ctx)), threads, nsel, nsel == 1 ? "" : "s",
            bench_quick() ? " (BENCH_QUICK subset)" : "");
 #ifdef HAVE_DNNL
     const dnnl_version_t *dv = dnnl_version();
     if (dnnl_global_init() != 0)
         return 2;
-    printf("gemm: oneDNN %d.%d.%d matmul, OpenMP, %d threads (implementation per case in TSV)\n",
-           dv->major, dv->minor, dv->patch, omp_get_max_threads());
+    printf("gemm: oneDNN %d.%d.%d matmul, OpenMP, %d threads, ISA %s (implementation per case "
+           "in TSV)\n",
+           dv->major, dv->minor, dv->patch, omp_get_max_threads(),
+           family == TB_KERNEL_AVX2 ? "capped at AVX2 (dnnl_set_max_cpu_isa)" : "its own choice");
 #if defined(__clang__)
     printf("gemm: note: clang build: ours runs on LLVM's OpenMP runtime, oneDNN on its own (GNU)\n"
            "      one; two thread pools share the cores, so prefer a gcc build for the ratios\n");
@@ -836,10 +877,10 @@ int main(int argc, char **argv)
     use_obl = 1;
     {
         const char *ct = getenv("OPENBLAS_CORETYPE"), *l2 = getenv("OPENBLAS_L2_SIZE");
-        printf("gemm: OpenBLAS cblas_sgemm in child processes, OPENBLAS_NUM_THREADS=%d: "
-               "'default' with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset, "
-               "'SkylakeX' with OPENBLAS_CORETYPE=SkylakeX\n",
-               threads);
+        printf("gemm: OpenBLAS cblas_sgemm in child processes, OPENBLAS_NUM_THREADS=%d, "
+               "OPENBLAS_L2_SIZE unset, twice: OPENBLAS_CORETYPE=%s and =%s ('default': unset, "
+               "its own choice)\n",
+               threads, obl_mode_names[0], obl_mode_names[1]);
         if ((ct && *ct) || (l2 && *l2))
             printf("gemm: note: this environment presets OPENBLAS_CORETYPE=%s OPENBLAS_L2_SIZE=%s "
                    "(not passed to the children)\n",
@@ -872,9 +913,9 @@ int main(int argc, char **argv)
         for (int mode = 0; mode < OBL_MODES; mode++)
             for (size_t i = 0; i < nsel; i++)
                 if (res[i].obl[mode].ok) {
-                    printf("%sOpenBLAS %s run: core %s (%s)\n", mode ? "" : "\n",
-                           mode ? "OPENBLAS_CORETYPE=SkylakeX" : "default (CORETYPE unset)",
-                           res[i].obl[mode].core, res[i].obl[mode].config);
+                    printf("%sOpenBLAS OPENBLAS_CORETYPE=%s run: core %s (%s)\n",
+                           mode ? "" : "\n", obl_mode_names[mode], res[i].obl[mode].core,
+                           res[i].obl[mode].config);
                     break;
                 }
     }

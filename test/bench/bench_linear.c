@@ -54,10 +54,10 @@ int main(void)
         return 0;
     }
     tb_ctx ctx;
-    tb_ctx_init(&ctx);
+    bench_ctx_init(&ctx);
     bench_machine m;
-    bench_machine_measure(&m, ctx.num_threads);
-    printf("linear: kernel family %s\n", tb_kernel_name(tb_kernel_best()));
+    bench_machine_measure(&m, &ctx);
+    printf("linear: kernel family %s\n", tb_kernel_name(tb_ctx_kernel(&ctx)));
     bench_tsv("#linear\tcase\tthreads\treps\tmedian_ms\tmin_ms\tmax_ms\tgflops\tfrac_of_peak");
     tb_rng rng;
     tb_rng_init(&rng, 1);

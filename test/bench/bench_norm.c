@@ -138,9 +138,9 @@ int main(void)
         return 0;
     }
     tb_ctx ctx;
-    tb_ctx_init(&ctx);
+    bench_ctx_init(&ctx);
     bench_machine m;
-    bench_machine_measure(&m, ctx.num_threads);
+    bench_machine_measure(&m, &ctx);
     printf("norm: GB/s of the minimal traffic (x, y / x, dy, dx, caches, vectors); "
            "%% of the %.1f GB/s triad\n",
            m.triad);

@@ -2,6 +2,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include "harness.h"
 
+#include "tblocks.h"
+
 #include <omp.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -127,39 +129,80 @@ bench_stats bench_time(void (*fn)(void *arg), void *arg)
     return s;
 }
 
-/* Register-only FMA loop: 12 independent vector accumulators (enough to
- * cover FMA latency on two ports). AVX-512 or AVX2 intrinsics when the
- * compiler targets them (the Makefile builds benchmarks with -march=native). */
-#if defined(__AVX512F__)
+/* Register-only multiply-add loops, one per instruction set a kernel family
+ * uses: 12 independent vector accumulators (enough to cover FMA latency on
+ * two ports). Each is compiled for its own target (function attributes),
+ * whatever -march the harness is built with, and only called when the CPU
+ * runs that family. The portable kernels are built for baseline x86-64:
+ * their ceiling is SSE2's separate multiply and add. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-#define VLEN 16
-typedef __m512 vec;
-#define VSET1 _mm512_set1_ps
-#define VFMA _mm512_fmadd_ps
-#define VADD _mm512_add_ps
-static float vsum(vec v)
+#define PEAK_ITERS 40000000L
+#define PEAK_BODY(vec, set1, madd, add, vlen, store)                                        \
+    {                                                                                       \
+        vec acc[12];                                                                        \
+        for (int i = 0; i < 12; i++)                                                        \
+            acc[i] = set1((float)i * 1e-3f);                                                \
+        const vec m = set1(0.999999f), a = set1(1e-7f);                                     \
+        for (long it = 0; it < PEAK_ITERS; it++)                                            \
+            for (int i = 0; i < 12; i++)                                                    \
+                acc[i] = madd(acc[i], m, a);                                                \
+        vec t = acc[0];                                                                     \
+        for (int i = 1; i < 12; i++)                                                        \
+            t = add(t, acc[i]);                                                             \
+        float lanes[16];                                                                    \
+        store(lanes, t);                                                                    \
+        float sum = 0;                                                                      \
+        for (int i = 0; i < (vlen); i++)                                                    \
+            sum += lanes[i];                                                                \
+        return sum;                                                                         \
+    }
+
+__attribute__((target("avx512f"))) static float peak_loop_avx512(void)
+PEAK_BODY(__m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, 16, _mm512_storeu_ps)
+
+__attribute__((target("avx2,fma"))) static float peak_loop_avx2(void)
+PEAK_BODY(__m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps, 8, _mm256_storeu_ps)
+
+static __m128 sse_madd(__m128 x, __m128 m, __m128 a)
 {
-    return _mm512_reduce_add_ps(v);
+    return _mm_add_ps(_mm_mul_ps(x, m), a);
 }
-#elif defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define VLEN 8
-typedef __m256 vec;
-#define VSET1 _mm256_set1_ps
-#define VFMA _mm256_fmadd_ps
-#define VADD _mm256_add_ps
-static float vsum(vec v)
-{
-    float t[8];
-    _mm256_storeu_ps(t, v);
-    return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
-}
+static float peak_loop_sse2(void)
+PEAK_BODY(__m128, _mm_set1_ps, sse_madd, _mm_add_ps, 4, _mm_storeu_ps)
+
+#define HAVE_PEAK_LOOPS 1
 #endif
 
-double bench_fma_peak(int threads)
+/* The vector multiply-add a family's kernels run: loop, floats per vector. */
+static int peak_loop_of(int family, float (**loop)(void), int *vlen, const char **isa)
 {
-#ifdef VLEN
-    const long iters = 40000000;
+#ifdef HAVE_PEAK_LOOPS
+    switch (family) {
+    case TB_KERNEL_AVX512:
+        *loop = peak_loop_avx512, *vlen = 16, *isa = "AVX-512 FMA (zmm)";
+        return 1;
+    case TB_KERNEL_AVX2:
+        *loop = peak_loop_avx2, *vlen = 8, *isa = "AVX2 FMA (ymm)";
+        return 1;
+    default:
+        *loop = peak_loop_sse2, *vlen = 4, *isa = "SSE2 mul+add (xmm)";
+        return 1;
+    }
+#else
+    (void)family, (void)loop, (void)vlen;
+    *isa = "none";
+    return 0;
+#endif
+}
+
+double bench_fma_peak(int family, int threads)
+{
+    float (*loop)(void);
+    int vlen;
+    const char *isa;
+    if (!peak_loop_of(family, &loop, &vlen, &isa))
+        return 0.0;
     double best = 0;
     if (threads < 1)
         threads = 1;
@@ -167,42 +210,48 @@ double bench_fma_peak(int threads)
         double t0 = bench_now();
         float sink = 0;
 #pragma omp parallel num_threads(threads) reduction(+ : sink)
-        {
-            vec acc[12];
-            for (int i = 0; i < 12; i++)
-                acc[i] = VSET1((float)i * 1e-3f);
-            const vec m = VSET1(0.999999f), a = VSET1(1e-7f);
-            for (long it = 0; it < iters; it++) {
-                acc[0] = VFMA(acc[0], m, a);
-                acc[1] = VFMA(acc[1], m, a);
-                acc[2] = VFMA(acc[2], m, a);
-                acc[3] = VFMA(acc[3], m, a);
-                acc[4] = VFMA(acc[4], m, a);
-                acc[5] = VFMA(acc[5], m, a);
-                acc[6] = VFMA(acc[6], m, a);
-                acc[7] = VFMA(acc[7], m, a);
-                acc[8] = VFMA(acc[8], m, a);
-                acc[9] = VFMA(acc[9], m, a);
-                acc[10] = VFMA(acc[10], m, a);
-                acc[11] = VFMA(acc[11], m, a);
-            }
-            vec t = acc[0];
-            for (int i = 1; i < 12; i++)
-                t = VADD(t, acc[i]);
-            sink += vsum(t);
-        }
+        sink += loop();
         double dt = bench_now() - t0;
-        double flops = 2.0 * VLEN * 12.0 * (double)iters * threads;
+        double flops = 2.0 * vlen * 12.0 * (double)PEAK_ITERS * threads;
         if (sink == 12345.0f) /* keeps the loop alive */
             printf(" ");
         if (flops / dt > best)
             best = flops / dt;
     }
     return best * 1e-9;
-#else
-    (void)threads;
-    return 0.0;
-#endif
+}
+
+void bench_cpu_model(char *buf, size_t size)
+{
+    snprintf(buf, size, "unknown CPU");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f)
+        return;
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "model name", 10) != 0)
+            continue;
+        const char *v = strchr(line, ':');
+        if (!v)
+            break;
+        v++;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        snprintf(buf, size, "%s", v);
+        buf[strcspn(buf, "\n")] = '\0';
+        break;
+    }
+    fclose(f);
+}
+
+void bench_ctx_init(tb_ctx *ctx)
+{
+    tb_ctx_init(ctx);
+    tb_kernel k;
+    if (tb_kernel_from_env(ctx, &k) != TB_OK) {
+        fprintf(stderr, "bench: %s\n", tb_ctx_error(ctx));
+        exit(2);
+    }
 }
 
 double bench_triad(int threads, size_t n)
@@ -245,14 +294,22 @@ double bench_triad(int threads, size_t n)
     return best;
 }
 
-void bench_machine_measure(bench_machine *m, int threads)
+void bench_machine_measure(bench_machine *m, const tb_ctx *ctx)
 {
-    if (threads < 1)
-        threads = 1;
+    int threads = ctx->num_threads < 1 ? 1 : ctx->num_threads;
     m->threads = threads;
+    m->family = (int)tb_ctx_kernel(ctx);
+    float (*loop)(void);
+    int vlen;
+    if (!peak_loop_of(m->family, &loop, &vlen, &m->isa))
+        m->isa = "none";
+    bench_cpu_model(m->cpu, sizeof m->cpu);
+    const char *forced = getenv("TB_KERNEL");
+    printf("machine: %s; kernel family %s (%s)\n", m->cpu, tb_kernel_name((tb_kernel)m->family),
+           forced && *forced ? "forced by TB_KERNEL" : "auto: the best this CPU runs");
     double t0 = bench_now();
-    m->peak1 = bench_fma_peak(1);
-    m->peak = threads > 1 ? bench_fma_peak(threads) : m->peak1;
+    m->peak1 = bench_fma_peak(m->family, 1);
+    m->peak = threads > 1 ? bench_fma_peak(m->family, threads) : m->peak1;
     double mfloats = bench_env_double("BENCH_TRIAD_MFLOATS", 64);
     if (mfloats < 1)
         mfloats = 1;
@@ -262,17 +319,19 @@ void bench_machine_measure(bench_machine *m, int threads)
         n /= 2; /* allocation failed: try smaller arrays */
     m->triad_n = n;
     double dt = bench_now() - t0;
-    printf("machine: %d thread%s; measured fp32 FMA peak %.1f GFLOP/s on 1 thread, "
-           "%.1f GFLOP/s on %d (x%.2f)\n",
-           threads, threads == 1 ? "" : "s", m->peak1, m->peak, threads,
+    printf("machine: %d thread%s; measured fp32 peak of the family's vector ISA, %s: "
+           "%.1f GFLOP/s on 1 thread, %.1f GFLOP/s on %d (x%.2f)\n",
+           threads, threads == 1 ? "" : "s", m->isa, m->peak1, m->peak, threads,
            m->peak1 > 0 ? m->peak / m->peak1 : 0.0);
     printf("machine: triad bandwidth %.1f GB/s (%d threads, 3 arrays x %zu MiB, best pass; "
            "ceilings measured in %.1f s)\n",
            m->triad, threads, n * sizeof(float) >> 20, dt);
     if (m->peak <= 0)
         printf("machine: no vector FMA target: fractions of peak are not reported\n");
-    bench_tsv("#machine\tthreads\tpeak1_gflops\tpeak_gflops\ttriad_gbs\ttriad_mib_per_array");
-    bench_tsv("machine\t%d\t%.2f\t%.2f\t%.2f\t%zu", threads, m->peak1, m->peak, m->triad,
-              n * sizeof(float) >> 20);
+    bench_tsv("#machine\tthreads\tpeak1_gflops\tpeak_gflops\ttriad_gbs\ttriad_mib_per_array\t"
+              "family\tisa\tcpu");
+    bench_tsv("machine\t%d\t%.2f\t%.2f\t%.2f\t%zu\t%s\t%s\t%s", threads, m->peak1, m->peak,
+              m->triad, n * sizeof(float) >> 20, tb_kernel_name((tb_kernel)m->family), m->isa,
+              m->cpu);
     fflush(stdout);
 }

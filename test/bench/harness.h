@@ -5,8 +5,10 @@
  *   - timing: a warm-up, then repetitions chosen adaptively (at least
  *     BENCH_MIN_REPS and at least BENCH_MIN_TIME seconds in total, at most
  *     BENCH_MAX_REPS), reported as median and spread (min..max);
- *   - machine ceilings measured in the same run: the fp32 FMA peak of a
- *     register-only FMA loop on one thread and on all threads, and memory
+ *   - machine ceilings measured in the same run: the fp32 peak of a
+ *     register-only multiply-add loop in the vector instructions of the
+ *     kernel family under test (TB_KERNEL; AVX-512 zmm FMA, AVX2 ymm FMA,
+ *     SSE2 mul+add) on one thread and on all threads, and memory
  *     bandwidth from a STREAM-like triad on arrays far larger than any cache;
  *   - case selection: BENCH_FILTER=substr[,substr...] keeps the cases whose
  *     name contains one of the substrings; BENCH_QUICK=1 asks a benchmark for
@@ -24,6 +26,8 @@
 #define TB_BENCH_HARNESS_H
 
 #include <stddef.h>
+
+#include "tblocks.h"
 
 #if defined(__GNUC__) || defined(__clang__)
 #define BENCH_PRINTF(f, a) __attribute__((format(printf, f, a)))
@@ -47,27 +51,43 @@ bench_stats bench_time(void (*fn)(void *arg), void *arg);
 /* (max - min) / median, the relative spread; 0 if median is 0. */
 double bench_spread(const bench_stats *s);
 
-/* Register-only fp32 FMA loop on `threads` threads: GFLOP/s, or 0 when the
- * compiler targets no vector FMA (then fractions of peak are not reported). */
-double bench_fma_peak(int threads);
+/* Register-only fp32 multiply-add loop in the vector instructions of kernel
+ * family `family` (a tb_kernel: AVX-512 zmm FMA, AVX2 ymm FMA, or SSE2 xmm
+ * mul+add for the portable kernels) on `threads` threads: GFLOP/s, or 0 on
+ * a non-x86 build (then fractions of peak are not reported). The family
+ * must be one the CPU runs. */
+double bench_fma_peak(int family, int threads);
+
+/* The CPU's model name ("model name" of /proc/cpuinfo; "unknown CPU"). */
+void bench_cpu_model(char *buf, size_t size);
+
+/* tb_ctx_init() (which takes the kernel family from TB_KERNEL), exiting
+ * with status 2 and a message when TB_KERNEL names no family or one this
+ * CPU lacks: a benchmark never measures another family than asked for. */
+void bench_ctx_init(tb_ctx *ctx);
 
 /* STREAM-like triad a[i] = b[i] + s*c[i] over three arrays of `n` floats
  * on `threads` threads; best pass in GB/s (STREAM's convention: 12 bytes
  * per element, write-allocate traffic not counted); 0 on allocation failure. */
 double bench_triad(int threads, size_t n);
 
-/* The ceilings every kernel is reported against. */
+/* The ceilings every kernel is reported against, for the kernel family the
+ * benchmark's context runs. */
 typedef struct bench_machine {
     int threads;
-    double peak1;  /* fp32 FMA peak, one thread, GFLOP/s */
-    double peak;   /* fp32 FMA peak, all `threads` threads, GFLOP/s */
+    int family;     /* tb_kernel the context runs (never TB_KERNEL_AUTO) */
+    const char *isa; /* the vector instructions its peak was measured with */
+    char cpu[128];  /* CPU model name */
+    double peak1;  /* fp32 peak of the family's ISA, one thread, GFLOP/s */
+    double peak;   /* the same on all `threads` threads, GFLOP/s */
     double triad;  /* triad bandwidth, all threads, GB/s */
     size_t triad_n; /* floats per triad array */
 } bench_machine;
 
-/* Measure and print the ceilings (readable lines and a "tsv\tmachine" line).
- * Takes a few seconds. */
-void bench_machine_measure(bench_machine *m, int threads);
+/* Measure and print the ceilings for ctx (its threads and kernel family),
+ * naming the CPU model and the family (readable lines and a
+ * "tsv\tmachine" line). Takes a few seconds. */
+void bench_machine_measure(bench_machine *m, const tb_ctx *ctx);
 
 /* 100 * value / ref, or 0 when ref <= 0 (unmeasured ceiling). */
 double bench_pct(double value, double ref);

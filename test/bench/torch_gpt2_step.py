@@ -3,13 +3,25 @@
 AdamW) of transformers' GPT2LMHeadModel in the configuration given, in
 float32 and under bf16 autocast, timed in this process. Prints lines
 "torch_fp32_ms <median>", "torch_bf16_ms <median>" and "torch_version <v>"
-(bench_gpt.c reads them). Dropout is 0, as in the C benchmark."""
+(bench_gpt.c reads them). Dropout is 0, as in the C benchmark.
+
+A ninth argument "avx2" caps PyTorch at AVX2 (ATen's kernels, MKL and
+oneDNN), for comparison with libtblocks' AVX2 kernel family forced on an
+AVX-512 machine: what PyTorch would run on an AVX2-only CPU. bf16 autocast
+is then not timed (without bf16 hardware it is emulated, tens of times
+slower than fp32) and "torch_bf16_ms skipped" is printed."""
 import os
 import statistics
 import sys
 import time
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+ISA = sys.argv[9] if len(sys.argv) > 9 else "native"
+if ISA == "avx2":  # read when the libraries load: before importing torch
+    os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
+    os.environ["MKL_ENABLE_INSTRUCTIONS"] = "AVX2"
+    os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+    os.environ["DNNL_MAX_CPU_ISA"] = "AVX2"
 import torch  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
@@ -34,8 +46,14 @@ def main():
         loss.backward()
         opt.step()
 
-    print("torch_version %s" % torch.__version__)
-    for name, ac in (("torch_fp32_ms", False), ("torch_bf16_ms", True)):
+    print("torch_version %s (CPU capability %s)"
+          % (torch.__version__, torch.backends.cpu.get_cpu_capability()))
+    modes = [("torch_fp32_ms", False)]
+    if ISA == "avx2":
+        print("torch_bf16_ms skipped")
+    else:
+        modes.append(("torch_bf16_ms", True))
+    for name, ac in modes:
         step(ac)  # warm-up
         times = []
         for _ in range(reps):

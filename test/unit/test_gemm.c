@@ -82,6 +82,19 @@ static void run_case_impl(tb_kernel kernel, const gemm_case *gc, int threads, in
                           i + 1, wf);
         }
         free(mem);
+        /* Same kernels, same order: tb_gemm's bits (a pack that spilled
+         * into its neighbour inside the scratch would change them). */
+        float *R = tbt_alloc(M * ldc * sizeof(float) + 4);
+        memcpy(R, C0, M * ldc * sizeof(float));
+        ck_assert_int_eq(tb_gemm(&ctx, gc->ta, gc->tb, M, N, K, gc->alpha, A, lda, B, ldb,
+                                 gc->beta, R, ldc),
+                         TB_OK);
+        for (size_t i = 0; i < M; i++)
+            ck_assert_msg(memcmp(C + i * ldc, R + i * ldc, N * sizeof(float)) == 0,
+                          "%s serial %c%c M=%zu N=%zu K=%zu: row %zu differs from tb_gemm",
+                          tb_kernel_name(kernel), gc->ta ? 'T' : 'N', gc->tb ? 'T' : 'N', M, N, K,
+                          i);
+        free(R);
     } else {
         ck_assert_int_eq(tb_gemm(&ctx, gc->ta, gc->tb, M, N, K, gc->alpha, A, lda, B, ldb,
                                  gc->beta, C, ldc),
@@ -287,7 +300,8 @@ START_TEST(gemm_serial_stays_in_its_scratch)
     }
     list_add_multiples(&ks, 16, 16);
     list_add_multiples(&ks, 64, 128);
-    list_add_multiples(&ks, 384, 384);                    /* the KC block */
+    list_add_multiples(&ks, 256, 256);                    /* the KC blocks (AVX2, others) */
+    list_add_multiples(&ks, 384, 384);
     list_add(&ks, 1), list_add(&ks, 2), list_add(&ks, 769);
     size_t n = 0;
     for (int form = 0; form < 4; form++) {
@@ -298,6 +312,10 @@ START_TEST(gemm_serial_stays_in_its_scratch)
             serial_case(fam, ta, tb, i % 2 ? 64 : 13, ns.v[i], i % 2 ? 33 : 64, n);
         for (size_t i = 0; i < ks.n; i++, n++)
             serial_case(fam, ta, tb, i % 2 ? 61 : 64, i % 2 ? 49 : 64, ks.v[i], n);
+        for (size_t i = 0; i < ks.n; i++, n += 2) { /* one- and two-row products */
+            serial_case(fam, ta, tb, 1, i % 2 ? 65 : 1, ks.v[i], n);
+            serial_case(fam, ta, tb, 2, i % 2 ? 16 : 130, ks.v[i], n + 1);
+        }
     }
     printf("  gemm serial (%s, MR/NR of %zu kernel%s): %zu products, each in exactly "
            "tb_gemm_serial_work() floats + a guard zone\n",
