@@ -45,7 +45,9 @@ ORACLE_DIR := $(BUILD)/oracle
 # portable paths exactly as an AVX2-only machine would. A family the CPU
 # lacks is reported by name as NOT RUN (test/scripts/per_family.sh).
 TEST_KERNELS ?= portable avx2 avx512
-FAMILY_TOOL := $(BUILD)/test/kernel_family
+# The tool that says whether this CPU runs a family: always the plain build
+# (a sanitizer report in it must not read as "family not supported").
+FAMILY_TOOL ?= $(BUILD)/test/kernel_family
 PER_FAMILY  := sh test/scripts/per_family.sh "$(TEST_KERNELS)" $(FAMILY_TOOL)
 ORACLE_STAMP := $(ORACLE_DIR)/.stamp
 ORACLE_PY := $(sort $(wildcard test/oracle/gen_*.py))
@@ -170,7 +172,7 @@ $(TEST_BIN): $(TEST_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -o $@ $(TEST_OBJ) $(LIB) $(CHECK_LIBS) $(LDLIBS_ALL)
 
-$(FAMILY_TOOL): test/tools/kernel_family.c $(LIB) $(FLAGS_STAMP)
+$(BUILD)/test/kernel_family: test/tools/kernel_family.c $(LIB) $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -o $@ $< $(LIB) $(LDLIBS_ALL)
 
@@ -201,8 +203,8 @@ test-unit: $(TEST_BIN) $(ORACLE_STAMP) $(FAMILY_TOOL) all
 test-scripts: all $(FAMILY_TOOL)
 	@$(PER_FAMILY) "script tests" sh test/scripts/run_all.sh "$(CC)" "$(CXX)"
 
-sanitize:
-	$(MAKE) BUILD=build/sanitize LIBOUT=build/sanitize/lib \
+sanitize: $(FAMILY_TOOL)
+	$(MAKE) BUILD=build/sanitize LIBOUT=build/sanitize/lib FAMILY_TOOL=$(CURDIR)/$(FAMILY_TOOL) \
 	    EXTRA_CFLAGS="$(SANITIZE_FLAGS) $(DEBUG_FLAGS)" EXTRA_LDFLAGS="$(SANITIZE_FLAGS)" \
 	    ORACLE_DIR=$(ORACLE_DIR) TEST_ENV="$(SANITIZE_ENV)" \
 	    TEST_LABEL="under ASan+UBSan" test-unit
@@ -233,10 +235,16 @@ fuzz: $(FUZZ_BIN)
 	    -artifact_prefix=$(FUZZ_DIR)/artifacts/ \
 	    $(FUZZ_DIR)/corpus test/fuzz/corpus test/fuzz/regressions
 
-bench: $(BENCH_BINS)
+# Every benchmark runs for the best family this CPU has and, on an AVX-512
+# machine, again with the AVX2 family forced (what an AVX2-only CPU runs);
+# BENCH_KERNELS="avx2 portable" picks others.
+bench: $(BENCH_BINS) $(FAMILY_TOOL)
 	@echo "bench: comparing against: $(or $(strip $(if $(BENCH_DNNL),oneDNN) $(if $(BENCH_OPENBLAS),OpenBLAS)),nothing)"
 	@echo "bench: skipped (not installed): $(or $(strip $(BENCH_SKIPPED)),nothing)"
-	@for b in $(BENCH_BINS); do echo "== $$b"; $$b || exit 1; done
+	@best=$$(TB_KERNEL=auto $(FAMILY_TOOL)) || exit 1; \
+	fams="$${BENCH_KERNELS:-$$best $$(test "$$best" = avx512 && echo avx2)}"; \
+	sh test/scripts/per_family.sh "$$fams" $(FAMILY_TOOL) "benchmarks" \
+	    sh -c 'for b; do echo "== $$b (TB_KERNEL=$$TB_KERNEL)"; $$b || exit 1; done' sh $(BENCH_BINS)
 
 $(BENCH_HARNESS_OBJ): $(BENCH_HARNESS) test/bench/harness.h $(FLAGS_STAMP) $(BENCH_STAMP)
 	@mkdir -p $(dir $@)

@@ -97,7 +97,9 @@ typedef struct tb_ctx {
  * TB_KERNEL is the one switch that forces a family for every context a
  * program initialises, whatever the program: `TB_KERNEL=avx2 ./app` runs
  * an AVX-512 machine's products on the AVX2 kernels, exactly as an
- * AVX2-only CPU would. The environment is read here and nowhere else.
+ * AVX2-only CPU would. The library reads the environment nowhere else
+ * (here, through tb_kernel_from_env(), whose note on setenv() races
+ * applies to this function too).
  * @param ctx Context to fill; nothing happens if NULL.
  */
 void tb_ctx_init(tb_ctx *ctx);

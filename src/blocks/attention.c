@@ -303,11 +303,12 @@ typedef struct tile_ws {
     int *failed;        /* set (shared by all threads) if a tile product failed */
 } tile_ws;
 
-/* Every tile product has M <= max(BQ, BK) rows and N, K <= max(D, BK); the
- * packing bound comes from the kernels ctx's family runs. */
+/* Every tile product has M <= max(BQ, BK) rows and N, K <= max(D, BQ, BK)
+ * (K is a query count in the dV and dK products); the packing bound comes
+ * from the kernels ctx's family runs. */
 static size_t gemm_ws_floats(const tb_ctx *ctx, size_t D)
 {
-    const size_t big = D > BK ? D : BK, m = BQ > BK ? BQ : BK;
+    const size_t m = BQ > BK ? BQ : BK, big = D > m ? D : m;
     return (tb_gemm_serial_work(ctx, m, big, big) + 15) / 16 * 16;
 }
 

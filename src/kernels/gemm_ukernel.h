@@ -16,7 +16,8 @@
  * rounded multiply followed by a rounded add (never fused), so a tile
  * computed into a zeroed scratch tile and then added to C gives the same
  * bits as one computed in place: edge tiles need no special kernel.
- * a is 64-byte aligned; b and C need not be.
+ * None of a, b, C need be aligned (the first A sliver of a block is 64-byte
+ * aligned, the others start MR*kc floats apart).
  */
 #ifndef TB_KERNELS_GEMM_UKERNEL_H
 #define TB_KERNELS_GEMM_UKERNEL_H
@@ -31,7 +32,7 @@ typedef void (*tb_ukernel_fn)(size_t kc, const float *a, const float *b, size_t 
  * rows of kc contiguous floats (row r at src + r*ld) become kc groups of w
  * floats, dst[k*w + r]; rows [rows, w) are zero. This is the expensive
  * packing case: op(A) when A is not transposed (w = MR) and op(B) when B is
- * transposed (w = NR). dst is 64-byte aligned.
+ * transposed (w = NR). dst need not be aligned.
  */
 typedef void (*tb_pack_rows_fn)(size_t w, size_t rows, size_t kc, const float *src, size_t ld,
                                 float *dst);

@@ -181,7 +181,8 @@ int main(void)
         } else {
             printf("  PyTorch: %s (skipped)\n", ver);
         }
-        printf("  target: <= 1500 ms/step fp32 and faster than PyTorch fp32 in the same run\n");
+        printf("  target: >= 1.5x faster than PyTorch fp32 in the same run (the AVX2 family: PyTorch "
+               "capped at AVX2)\n");
     }
 
     /* ---- decoding with the KV cache ---- */
@@ -213,7 +214,7 @@ int main(void)
                "of weights at %.1f GB/s): %.0f%% of it\n",
                "decode, batch 1, KV cache", tps, 1e3 / tps, bound, wbytes / 1e6, mach.triad,
                bench_pct(tps, bound));
-        printf("  target: >= 50%% of the bandwidth bound\n");
+        printf("  target: >= 80%% of the bandwidth bound\n");
         bench_tsv("gpt_decode\t%.2f\t%.2f\t%.1f", tps, bound, bench_pct(tps, bound));
         gpt_decoder_free(&d);
     }

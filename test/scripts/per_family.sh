@@ -1,9 +1,13 @@
 #!/bin/sh
 # Run one test command once per kernel family, with TB_KERNEL set to it:
 #   per_family.sh "FAMILIES" KERNEL_FAMILY_TOOL LABEL COMMAND...
-# A family this CPU or build cannot run is reported by name as NOT RUN
-# (never skipped silently); an unknown name, or a failing run, fails.
-# Prints a summary line naming the families run and not run.
+# The tool (test/tools/kernel_family.c) answers, through the library's own
+# TB_KERNEL parsing, whether this CPU runs a family: exit 0 and the family's
+# name when it does, 77 when it does not. A family the CPU lacks is reported
+# by name as NOT RUN, never skipped silently; anything else from the tool
+# (an unknown name, a crash), the portable family (which runs everywhere)
+# reported as not run, a failing run, or no family run at all, fails. Ends
+# with a line naming the families run and not run.
 set -u
 families=$1
 tool=$2
@@ -12,18 +16,25 @@ shift 3
 ran=""
 not_run=""
 for k in $families; do
-    TB_KERNEL=$k "$tool" >/dev/null 2>&1
+    got=$(TB_KERNEL=$k "$tool" 2>&1)
     rc=$?
-    if [ "$rc" -eq 1 ]; then
+    if [ "$rc" -eq 77 ] && [ "$k" = portable ]; then
+        echo "== $label: the portable family reported as unsupported" >&2
+        exit 1
+    elif [ "$rc" -eq 77 ]; then
         echo "== $label, kernel family $k: NOT RUN (this CPU or build cannot run it)"
         not_run="$not_run $k"
         continue
-    elif [ "$rc" -ne 0 ]; then
-        echo "== $label: TB_KERNEL=$k names no kernel family" >&2
+    elif [ "$rc" -ne 0 ] || [ "$got" != "$k" ]; then
+        echo "== $label: cannot tell whether family $k runs here (kernel_family exit $rc: $got)" >&2
         exit 1
     fi
     echo "== $label, kernel family $k"
     TB_KERNEL=$k "$@" || { echo "== $label, kernel family $k: FAILED" >&2; exit 1; }
     ran="$ran $k"
 done
-echo "== $label: kernel families run:${ran:- none}; not run on this CPU:${not_run:- none}"
+if [ -z "$ran" ]; then
+    echo "== $label: no kernel family ran (asked for: '$families')" >&2
+    exit 1
+fi
+echo "== $label: kernel families run:$ran; not run on this CPU:${not_run:- none}"

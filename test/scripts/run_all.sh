@@ -125,5 +125,30 @@ deps_test() {
 }
 run "make -j builds; a header or flag change rebuilds, nothing else does" deps_test
 
+# ---- per-family runner ----------------------------------------------------------
+# per_family.sh names a family the CPU lacks as NOT RUN and goes on, but fails
+# on a tool that cannot answer (a crash must never read as "unsupported"), on
+# an unsupported portable family, and when nothing ran. A fake tool stands in
+# for a CPU without AVX-512.
+per_family_test() {
+    cat > "$TMP/fake_tool" <<'TOOL'
+#!/bin/sh
+case "$TB_KERNEL" in avx512) exit 77 ;; *) echo "$TB_KERNEL" ;; esac
+TOOL
+    chmod +x "$TMP/fake_tool"
+    out=$(sh test/scripts/per_family.sh "portable avx2 avx512" "$TMP/fake_tool" t true) || return 1
+    echo "$out"
+    echo "$out" | grep -q "kernel family avx512: NOT RUN" || return 1
+    echo "$out" | grep -q "kernel families run: portable avx2; not run on this CPU: avx512" || return 1
+    if sh test/scripts/per_family.sh "portable avx2" /bin/false t true; then return 1; fi
+    if sh test/scripts/per_family.sh "avx512" "$TMP/fake_tool" t true; then return 1; fi
+    if sh test/scripts/per_family.sh "portable" "$TMP/fake_tool" t false; then return 1; fi
+    printf '#!/bin/sh\nexit 77\n' > "$TMP/none_tool"
+    chmod +x "$TMP/none_tool"
+    if sh test/scripts/per_family.sh "portable" "$TMP/none_tool" t true; then return 1; fi
+    return 0
+}
+run "per-family runner: NOT RUN named, unanswerable tool / nothing run / failure fail" per_family_test
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
