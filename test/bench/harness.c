@@ -294,6 +294,40 @@ double bench_triad(int threads, size_t n)
     return best;
 }
 
+double bench_read_bw(int threads, size_t n)
+{
+    if (threads < 1)
+        threads = 1;
+    float *a = aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64);
+    if (!a)
+        return 0.0;
+    const long len = (long)n;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (long i = 0; i < len; i++)
+        a[i] = 1.0f;
+    double best = 0, spent = 0;
+    float sink = 0;
+    for (int pass = 0; pass < 20; pass++) {
+        double t0 = bench_now();
+        float s = 0;
+#pragma omp parallel for simd schedule(static) num_threads(threads) reduction(+ : s)
+        for (long i = 0; i < len; i++)
+            s += a[i];
+        double dt = bench_now() - t0;
+        sink += s;
+        spent += dt;
+        double gbs = sizeof(float) * (double)n / dt * 1e-9;
+        if (gbs > best)
+            best = gbs;
+        if (pass >= 4 && spent > 1.0)
+            break;
+    }
+    if (sink == 0.0f) /* the sums are used, and nonzero */
+        fprintf(stderr, "bench: read bandwidth sum wrong\n");
+    free(a);
+    return best;
+}
+
 void bench_machine_measure(bench_machine *m, const tb_ctx *ctx)
 {
     int threads = ctx->num_threads < 1 ? 1 : ctx->num_threads;

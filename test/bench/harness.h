@@ -71,6 +71,12 @@ void bench_ctx_init(tb_ctx *ctx);
  * per element, write-allocate traffic not counted); 0 on allocation failure. */
 double bench_triad(int threads, size_t n);
 
+/* Read-only bandwidth: a sum over an array of `n` floats (far larger than
+ * any cache) on `threads` threads, best of several passes, in GB/s (4 bytes
+ * per element); 0 on allocation failure. The ceiling of a computation that
+ * only reads its data once, such as decoding through all the weights. */
+double bench_read_bw(int threads, size_t n);
+
 /* The ceilings every kernel is reported against, for the kernel family the
  * benchmark's context runs. */
 typedef struct bench_machine {
