@@ -39,6 +39,26 @@ static const float U = 5.9604645e-8f; /* 2^-24 */
 #define GUARD_FLOATS 64
 static const uint32_t GUARD_BITS = 0x7fc0dead;
 
+/* Fill the GUARD_FLOATS floats at p with the sentinel. */
+static void guard_fill(float *p)
+{
+    for (size_t i = 0; i < GUARD_FLOATS; i++)
+        memcpy(&p[i], &GUARD_BITS, sizeof GUARD_BITS);
+}
+
+/* How many floats of the guard zone at p are intact before the first
+ * overwritten one (GUARD_FLOATS: all). */
+static size_t guard_intact(const float *p)
+{
+    size_t i = 0;
+    for (uint32_t bits; i < GUARD_FLOATS; i++) {
+        memcpy(&bits, &p[i], sizeof bits);
+        if (bits != GUARD_BITS)
+            break;
+    }
+    return i;
+}
+
 /* One product through tb_gemm (serial == 0, `threads` threads) or through
  * tb_gemm_serial (serial != 0) in a scratch of exactly
  * tb_gemm_serial_work(M, N, K) floats that starts `misalign` floats past a
@@ -69,20 +89,16 @@ static void run_case_impl(tb_kernel kernel, const gemm_case *gc, int threads, in
         const size_t wf = tb_gemm_serial_work(&ctx, M, N, K);
         float *mem = tbt_alloc((16 + wf + GUARD_FLOATS) * sizeof(float) + 64);
         float *work = (float *)(((uintptr_t)mem + 63) & ~(uintptr_t)63) + misalign;
-        for (size_t i = 0; i < GUARD_FLOATS; i++)
-            memcpy(&work[wf + i], &GUARD_BITS, sizeof GUARD_BITS);
+        guard_fill(work + wf);
         ck_assert_int_eq(tb_gemm_serial(&ctx, gc->ta, gc->tb, M, N, K, gc->alpha, A, lda, B, ldb,
                                         gc->beta, C, ldc, work, wf),
                          TB_OK);
-        for (size_t i = 0; i < GUARD_FLOATS; i++) {
-            uint32_t bits;
-            memcpy(&bits, &work[wf + i], sizeof bits);
-            ck_assert_msg(bits == GUARD_BITS,
-                          "%s serial %c%c M=%zu N=%zu K=%zu: wrote %zu floats past the %zu "
-                          "floats tb_gemm_serial_work() asked for",
-                          tb_kernel_name(kernel), gc->ta ? 'T' : 'N', gc->tb ? 'T' : 'N', M, N, K,
-                          i + 1, wf);
-        }
+        const size_t intact = guard_intact(work + wf);
+        ck_assert_msg(intact == GUARD_FLOATS,
+                      "%s serial %c%c M=%zu N=%zu K=%zu: wrote float %zu past the %zu floats "
+                      "tb_gemm_serial_work() asked for",
+                      tb_kernel_name(kernel), gc->ta ? 'T' : 'N', gc->tb ? 'T' : 'N', M, N, K,
+                      intact + 1, wf);
         free(mem);
         /* Same kernels, same order: tb_gemm's bits (a pack that spilled
          * into its neighbour inside the scratch would change them). */
@@ -389,8 +405,7 @@ START_TEST(gemm_serial_bound_covers_smaller_products)
     const size_t wf = tb_gemm_serial_work(&ctx, MM, NN, KK);
     float *mem = tbt_alloc((wf + GUARD_FLOATS) * sizeof(float) + 64);
     float *work = (float *)(((uintptr_t)mem + 63) & ~(uintptr_t)63) + 1; /* worst alignment */
-    for (size_t i = 0; i < GUARD_FLOATS; i++)
-        memcpy(&work[wf + i], &GUARD_BITS, sizeof GUARD_BITS);
+    guard_fill(work + wf);
     float *A = tbt_alloc(MM * KK * sizeof(float)), *B = tbt_alloc(KK * NN * sizeof(float));
     float *C = tbt_alloc(MM * NN * sizeof(float)), *R = tbt_alloc(MM * NN * sizeof(float));
     tbt_fill_uniform(A, MM * KK, -1, 1, 5);
@@ -414,14 +429,10 @@ START_TEST(gemm_serial_bound_covers_smaller_products)
                 ck_assert_msg(memcmp(C, R, M * N * sizeof(float)) == 0,
                               "%s: M=%zu N=%zu K=%zu form %d: serial product differs from tb_gemm",
                               tb_kernel_name(tb_ctx_kernel(&ctx)), M, N, K, form);
-                for (size_t g = 0; g < GUARD_FLOATS; g++) {
-                    uint32_t bits;
-                    memcpy(&bits, &work[wf + g], sizeof bits);
-                    ck_assert_msg(bits == GUARD_BITS,
-                                  "%s: M=%zu N=%zu K=%zu form %d wrote past the scratch sized "
-                                  "for %zux%zux%zu",
-                                  tb_kernel_name(tb_ctx_kernel(&ctx)), M, N, K, form, MM, NN, KK);
-                }
+                ck_assert_msg(guard_intact(work + wf) == GUARD_FLOATS,
+                              "%s: M=%zu N=%zu K=%zu form %d wrote past the scratch sized for "
+                              "%zux%zux%zu",
+                              tb_kernel_name(tb_ctx_kernel(&ctx)), M, N, K, form, MM, NN, KK);
             }
     printf("  gemm serial (%s): %zu products up to %zux%zux%zu in one scratch of %zu floats\n",
            tb_kernel_name(tb_ctx_kernel(&ctx)), count, MM, NN, KK, wf);
