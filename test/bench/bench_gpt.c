@@ -230,7 +230,8 @@ int main(void)
         gpt_decoder_free(&d);
     }
     printf("  peak resident memory: %.0f MiB after setup (weights, gradients, AdamW state, "
-           "activations), %.0f MiB after training steps, %.0f MiB at the end\n",
+           "activations), %.0f MiB after training steps, %.0f MiB at the end (with the 512 MiB "
+           "array of the read-bandwidth measurement)\n",
            mem_setup, mem_train, peak_rss_mib());
     tb_adam_free(&opt);
     gpt_free(&m);
