@@ -88,8 +88,8 @@ $(shell mkdir -p $(BUILD)/bench && (echo '$(BENCH_CFLAGS) | $(BENCH_LIBS)' | cmp
         echo '$(BENCH_CFLAGS) | $(BENCH_LIBS)' > $(BENCH_STAMP)))
 
 SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
-# The sanitizer build is also the debug build: internal invariants such as
-# "no kernel writes past the scratch it was handed" are checked (TB_DEBUG).
+# The sanitizer build is also the debug build (TB_DEBUG): tb_gemm_serial
+# checks that no pack or kernel wrote past the scratch it was handed.
 DEBUG_FLAGS    := -DTB_DEBUG
 SANITIZE_ENV   := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
                   LSAN_OPTIONS=suppressions=$(CURDIR)/test/lsan.supp:print_suppressions=0

@@ -345,7 +345,8 @@ static tb_status ws_alloc(tb_ctx *ctx, const char *fn, size_t D, int threads, fl
 
 /* C = alpha op(A) op(B) + beta C on the calling thread, in its scratch. A
  * failure means the scratch bound above is wrong (a library bug, caught
- * under TB_DEBUG): it is recorded and the call reports it. */
+ * and by the debug build's sentinel check): it is recorded and the call
+ * reports it. */
 static void tile_gemm(const tb_ctx *ctx, const tile_ws *w, int ta, int tb, size_t M, size_t N,
                       size_t K, float alpha, const float *A, size_t lda, const float *B,
                       size_t ldb, float beta, float *C, size_t ldc)

@@ -67,13 +67,6 @@ int tb_threads_for(const tb_ctx *ctx, double work)
     return work < 32768.0 ? 1 : tb_threads(ctx);
 }
 
-void tb_debug_fail(const char *file, int line, const char *what)
-{
-    fprintf(stderr, "libtblocks internal check failed at %s:%d: %s\n", file, line, what);
-    fflush(stderr);
-    abort();
-}
-
 tb_status tb_fail(tb_ctx *ctx, tb_status status, const char *fn, const char *fmt, ...)
 {
     if (ctx) {

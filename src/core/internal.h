@@ -17,18 +17,6 @@
 #define TB_PRINTF(fmt, args)
 #endif
 
-/* Internal invariants (never the caller's input: that gets a status code),
- * checked in debug builds: compile with -DTB_DEBUG (`make sanitize` does).
- * A violated one prints file, line and condition to stderr and aborts, so a
- * library bug fails the test that reached it instead of corrupting memory.
- * Release builds compile the check away. */
-#ifdef TB_DEBUG
-#define TB_DEBUG_ASSERT(cond) ((cond) ? (void)0 : tb_debug_fail(__FILE__, __LINE__, #cond))
-#else
-#define TB_DEBUG_ASSERT(cond) ((void)0)
-#endif
-void tb_debug_fail(const char *file, int line, const char *what);
-
 /* Record "fn: detail" in ctx (if any) and return status. */
 tb_status tb_fail(tb_ctx *ctx, tb_status status, const char *fn, const char *fmt, ...)
     TB_PRINTF(4, 5);

@@ -197,7 +197,7 @@ static void pack_b(const tb_ukernel *uk, size_t nc, size_t kc, const float *B, s
 typedef struct gemm_args {
     const tb_ukernel *uk;
     gemm_blocking blk;
-    size_t a_cap, b_cap; /* floats of packing space at ap and bp (checked under TB_DEBUG) */
+    size_t a_cap, b_cap; /* floats of packing space at ap and bp */
     int trans_a, trans_b;
     int direct_b; /* read full slivers of an untransposed B in place */
     size_t M, N, K, mc, nc;
@@ -224,8 +224,6 @@ static void gemm_args_init(gemm_args *g, const tb_ctx *ctx, int trans_a, int tra
     const tb_kernel family = tb_ctx_kernel(ctx);
     g->uk = select_ukernel(family, M);
     g->blk = family_blocking(family);
-    TB_DEBUG_ASSERT(g->uk->fn != NULL && g->uk->mr <= TB_UKERNEL_MAX_MR &&
-                    g->uk->nr <= TB_UKERNEL_MAX_NR);
     g->trans_a = trans_a, g->trans_b = trans_b;
     g->direct_b = !trans_b && ldb <= 8192 && (ldb % 512 != 0 || M <= 8);
     g->M = M, g->N = N, g->K = K;
@@ -289,8 +287,6 @@ static void gemm_row_of_tiles(const gemm_args *g, size_t m0, size_t mc, size_t n
             pack_b(g->uk, nre, g->K, g->B, g->ldb, g->trans_b, 0, jr, bp);
         for (size_t pc = 0; pc < g->K; pc += g->blk.kc) {
             const size_t kc = min_sz(g->blk.kc, g->K - pc);
-            TB_DEBUG_ASSERT(round_up(mc, (size_t)g->uk->mr) * kc <= g->a_cap &&
-                            nr * kc <= g->b_cap);
             pack_a(g->uk, mc, kc, g->A, g->lda, g->trans_a, m0, pc, ap);
             if (!whole_k)
                 pack_b(g->uk, nre, kc, g->B, g->ldb, g->trans_b, pc, jr, bp);
@@ -316,14 +312,12 @@ static void gemm_range(const gemm_args *g, size_t m0, size_t m1, size_t n0, size
             /* Direct B: only a ragged last sliver is packed. */
             const size_t full_nc = g->direct_b ? nc / nr * nr : 0;
             /* pack_b writes [bp + full_nc*kc, bp + round_up(nc, nr)*kc). */
-            TB_DEBUG_ASSERT(full_nc == nc || round_up(nc, nr) * kc <= g->b_cap);
             if (full_nc < nc)
                 pack_b(g->uk, nc - full_nc, kc, g->B, g->ldb, g->trans_b, pc, jc + full_nc,
                        bp + full_nc * kc);
             for (size_t ic = m0; ic < m1; ic += g->mc) {
                 const size_t mc = min_sz(g->mc, m1 - ic);
                 /* pack_a writes [ap, ap + round_up(mc, mr)*kc). */
-                TB_DEBUG_ASSERT(round_up(mc, mr) * kc <= g->a_cap);
                 pack_a(g->uk, mc, kc, g->A, g->lda, g->trans_a, ic, pc, ap);
                 /* Each tile is the same computation in either order. */
                 if (g->blk.ir_outer) {
@@ -446,6 +440,25 @@ static serial_plan plan_serial(const tb_ukernel *uk, const gemm_blocking *blk, s
     return p;
 }
 
+#ifdef TB_DEBUG
+/* The sentinel of tb_gemm_serial's debug check: a NaN no product stores. */
+static const uint32_t DEBUG_BITS = 0x7fc0beef;
+
+static void debug_fill(float *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        memcpy(&p[i], &DEBUG_BITS, sizeof DEBUG_BITS);
+}
+
+static int debug_intact(const float *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&p[i], &DEBUG_BITS, sizeof DEBUG_BITS) != 0)
+            return 0;
+    return 1;
+}
+#endif
+
 /* `work` is aligned up to 64 bytes first: at most this many floats. */
 #define SERIAL_ALIGN_FLOATS 15
 
@@ -480,9 +493,18 @@ tb_status tb_gemm_serial(const tb_ctx *ctx, int trans_a, int trans_b, size_t M, 
      * product on this family: anything else is a bug in the caller. */
     const int fits = skip <= SERIAL_ALIGN_FLOATS && work_floats >= skip &&
                      work_floats - skip >= p.a_floats + p.b_floats;
-    TB_DEBUG_ASSERT(fits);
     if (!fits)
         return TB_ERR_BUFFER_TOO_SMALL;
+#ifdef TB_DEBUG
+    /* Debug build: every float of the scratch no pack may write (the
+     * rounding gap after A's slivers and everything after B's) is set to a
+     * sentinel and checked afterwards, so a pack or kernel writing past the
+     * extent it was given is reported, never silent. */
+    const size_t a_used = round_up(p.mc, (size_t)g.uk->mr) * p.kc;
+    const size_t tail0 = skip + p.a_floats + p.b_floats;
+    debug_fill(ap + a_used, p.a_floats - a_used);
+    debug_fill(work + tail0, work_floats - tail0);
+#endif
     /* As tb_gemm: beta applied first unless the first K block stores. */
     if ((K == 0 || alpha == 0.0f || beta != 0.0f) && beta != 1.0f)
         for (size_t i = 0; i < M; i++)
@@ -492,6 +514,11 @@ tb_status tb_gemm_serial(const tb_ctx *ctx, int trans_a, int trans_b, size_t M, 
     g.mc = p.mc, g.nc = p.nc;
     g.a_cap = p.a_floats, g.b_cap = p.b_floats;
     gemm_range(&g, 0, M, 0, N, ap, ap + p.a_floats);
+#ifdef TB_DEBUG
+    if (!debug_intact(ap + a_used, p.a_floats - a_used) ||
+        !debug_intact(work + tail0, work_floats - tail0))
+        return TB_ERR_BUFFER_TOO_SMALL; /* C is not valid: a library bug */
+#endif
     return TB_OK;
 }
 

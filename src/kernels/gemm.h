@@ -50,9 +50,12 @@ tb_status tb_gemm_batched(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_
  * pick (tile shapes differ: 4 x 16 portable, 6 x 16 and 1 x 64 AVX2,
  * 12/8/1 x 32 AVX-512), so one size covers every smaller product on that
  * family.
- * A smaller `work` returns TB_ERR_BUFFER_TOO_SMALL with C unchanged (and
- * aborts under TB_DEBUG: it is a bug in the caller, never user input);
- * nothing is written outside the floats the bound counts. */
+ * A smaller `work` returns TB_ERR_BUFFER_TOO_SMALL with C unchanged (a bug
+ * in the caller, never user input); nothing is written outside the floats
+ * the bound counts. Debug builds (-DTB_DEBUG, the sanitizer pass) also fill
+ * every float of `work` the product must not write with a sentinel and
+ * check it afterwards: a pack or kernel that wrote past its extent makes the
+ * call return TB_ERR_BUFFER_TOO_SMALL (C then holds no valid result). */
 size_t tb_gemm_serial_work(const tb_ctx *ctx, size_t M, size_t N, size_t K);
 tb_status tb_gemm_serial(const tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N,
                          size_t K, float alpha, const float *A, size_t lda, const float *B,
