@@ -43,6 +43,10 @@ static size_t round_up(size_t x, size_t m)
     return (x + m - 1) / m * m;
 }
 
+/* Columns of one row that gemm_one_row takes at once (at most 8 KiB of
+ * sums per K block, in L1 beside the rows of B streaming through). */
+#define ONE_ROW_COLS 2048
+
 /* Rows of padding when M is cut into tiles of mr rows. */
 static size_t row_waste(size_t M, size_t mr)
 {
@@ -235,6 +239,22 @@ static void gemm_args_init(gemm_args *g, const tb_ctx *ctx, int trans_a, int tra
     g->a_cap = g->b_cap = 0;
 }
 
+/* Scratch of gemm_one_row for one thread's n_range columns (M = 1 with
+ * the kernel's one-row function), far less than the tile path's packing
+ * space: a gathered row of op(A), and the sums of up to ONE_ROW_COLS
+ * columns (for every K block, against a transposed B). 0 when the tile
+ * path runs instead. */
+static int one_row_scratch(const gemm_args *g, size_t n_range, size_t *a_floats,
+                           size_t *b_floats)
+{
+    if (g->M != 1 || (g->trans_b ? g->uk->dots == NULL : g->uk->rows == NULL))
+        return 0;
+    const size_t blocks = (g->K + g->blk.kc - 1) / g->blk.kc;
+    const size_t cols = min_sz(ONE_ROW_COLS, n_range);
+    *a_floats = round_up(g->trans_a ? g->K : 1, 16);
+    return tb_mul_size(g->trans_b ? blocks : 1, round_up(cols, 16), b_floats);
+}
+
 /* One MR x NR tile of C (mre x nre of it valid) += alpha * sliver product. */
 static void tile_update(const gemm_args *g, size_t kc, const float *as, const float *bs,
                         size_t ldb, float *c, size_t mre, size_t nre, int add)
@@ -296,11 +316,77 @@ static void gemm_row_of_tiles(const gemm_args *g, size_t m0, size_t mc, size_t n
     }
 }
 
+/* op(A)[m0][k0 .. k0+n): A's own row, or gathered from its column into ap. */
+static const float *a_row(const gemm_args *g, size_t m0, size_t k0, size_t n, float *ap)
+{
+    if (!g->trans_a)
+        return g->A + m0 * g->lda + k0;
+    for (size_t k = 0; k < n; k++)
+        ap[k] = g->A[(k0 + k) * g->lda + m0];
+    return ap;
+}
+
+/* c[0 .. n) gets alpha * sums and the add exactly as a tile's store does. */
+static void one_row_update(const gemm_args *g, float *c, const float *sums, size_t n, int add)
+{
+    for (size_t j = 0; j < n; j++) {
+        const float t = g->alpha * sums[j];
+        c[j] = add ? c[j] + t : t;
+    }
+}
+
+/* Whether gemm_one_row can take row products of this shape: the kernel
+ * has the function, and (against a transposed B) the sums of every K block
+ * for at least one column fit B's scratch and op(A)'s whole row, if it
+ * must be gathered, fits A's. Otherwise the tile path runs. */
+static int one_row_fits(const gemm_args *g)
+{
+    if (!g->trans_b)
+        return g->uk->rows != NULL;
+    const size_t blocks = (g->K + g->blk.kc - 1) / g->blk.kc;
+    return g->uk->dots != NULL && g->b_cap >= blocks && (!g->trans_a || g->a_cap >= g->K);
+}
+
+/* Row m0 of C, columns [n0, n1), for M = 1 (decoding), without packing B.
+ * An untransposed B (a layer stored (in, out)) goes through the kernel's
+ * rows function, which reads each row of B straight through, one K block
+ * at a time, where tiles would read NR columns of kc rows lying a whole row
+ * of B apart. A transposed one (the vocabulary matrix) goes through its
+ * dots function, which reads each row of B end to end over all K blocks,
+ * transposing in registers instead of packing and reading again. Per K
+ * block the sums then get alpha and the add as a tile's do, in the same
+ * order of blocks, so the bits are those of the tile path. Measured on the
+ * GPT-2 decoding shapes: see docs/gpt.md. */
+static void gemm_one_row(const gemm_args *g, size_t m0, size_t n0, size_t n1, float *ap,
+                         float *bp)
+{
+    const size_t kc_max = g->blk.kc, blocks = (g->K + kc_max - 1) / kc_max;
+    const size_t cols = min_sz(ONE_ROW_COLS, g->trans_b ? g->b_cap / blocks : g->b_cap);
+    const float *a_all = g->trans_b ? a_row(g, m0, 0, g->K, ap) : NULL;
+    for (size_t j0 = n0; j0 < n1; j0 += cols) {
+        const size_t n = min_sz(cols, n1 - j0);
+        float *c = g->C + m0 * g->ldc + j0;
+        if (g->trans_b)
+            g->uk->dots(g->K, kc_max, a_all, g->B + j0 * g->ldb, g->ldb, n, bp, n);
+        for (size_t pc = 0, blk = 0; pc < g->K; pc += kc_max, blk++) {
+            const size_t kc = min_sz(kc_max, g->K - pc);
+            if (!g->trans_b)
+                g->uk->rows(kc, a_row(g, m0, pc, kc, ap), g->B + pc * g->ldb + j0, g->ldb, n,
+                            bp);
+            one_row_update(g, c, g->trans_b ? bp + blk * n : bp, n, pc > 0 || g->beta != 0.0f);
+        }
+    }
+}
+
 /* C[m0..m1) x [n0..n1) += alpha * op(A) op(B), with private pack buffers. */
 static void gemm_range(const gemm_args *g, size_t m0, size_t m1, size_t n0, size_t n1,
                        float *ap, float *bp)
 {
     const size_t mr = (size_t)g->uk->mr, nr = (size_t)g->uk->nr;
+    if (m1 - m0 == 1 && one_row_fits(g)) {
+        gemm_one_row(g, m0, n0, n1, ap, bp);
+        return;
+    }
     if (g->trans_b && m1 - m0 <= mr) {
         gemm_row_of_tiles(g, m0, m1 - m0, n0, n1, ap, bp);
         return;
@@ -382,7 +468,10 @@ tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, siz
     size_t n_range = split_n ? ((units + (size_t)threads - 1) / (size_t)threads) * nr : N;
     g.nc = min_sz(round_up(g.blk.nc, nr), round_up(n_range, nr));
     const size_t kc = min_sz(g.blk.kc, K ? K : 1);
-    const size_t a_floats = round_up(g.mc * kc, 16), b_floats = round_up(g.nc * kc, 16);
+    size_t a_floats = round_up(g.mc * kc, 16), b_floats = round_up(g.nc * kc, 16);
+    size_t one_a, one_b; /* M = 1 without packing needs far less */
+    if (one_row_scratch(&g, n_range, &one_a, &one_b))
+        a_floats = one_a, b_floats = one_b;
 
     /* K == 0 or alpha == 0: only the beta scaling remains. */
     if (K == 0 || alpha == 0.0f) {
@@ -512,7 +601,8 @@ tb_status tb_gemm_serial(const tb_ctx *ctx, int trans_a, int trans_b, size_t M, 
     if (K == 0 || alpha == 0.0f)
         return TB_OK;
     g.mc = p.mc, g.nc = p.nc;
-    g.a_cap = p.a_floats, g.b_cap = p.b_floats;
+    /* A's space ends where its slivers do (the rest is the debug build's). */
+    g.a_cap = round_up(p.mc, (size_t)g.uk->mr) * p.kc, g.b_cap = p.b_floats;
     gemm_range(&g, 0, M, 0, N, ap, ap + p.a_floats);
 #ifdef TB_DEBUG
     if (!debug_intact(ap + a_used, p.a_floats - a_used) ||

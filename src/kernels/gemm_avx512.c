@@ -7,6 +7,7 @@
 
 #if defined(__x86_64__) && defined(__AVX512F__)
 #include <immintrin.h>
+#include <math.h>
 
 #define NR 32
 
@@ -68,7 +69,7 @@ DEFINE_UKERNEL(ukernel_1x32, 1, ROWS1)
 
 /* Transpose 16 rows of 16 floats in registers: on return r[q] holds what
  * was column q. Four rounds of in-lane and cross-lane shuffles. */
-static void transpose16(__m512 r[16])
+static inline __attribute__((always_inline)) void transpose16(__m512 r[16])
 {
     __m512 t[16];
     for (int i = 0; i < 16; i += 2) {
@@ -126,11 +127,120 @@ static void pack_rows_avx512(size_t w, size_t rows, size_t kc, const float *src,
     }
 }
 
-const tb_ukernel tb_ukernel_avx512 = {"avx512", 12, NR, ukernel_12x32, pack_rows_avx512};
-const tb_ukernel tb_ukernel_avx512_m8 = {"avx512_8x32", 8, NR, ukernel_8x32, pack_rows_avx512};
-const tb_ukernel tb_ukernel_avx512_m1 = {"avx512_1x32", 1, NR, ukernel_1x32, pack_rows_avx512};
+/* One row of A against B's rows in place (gemm_ukernel.h, tb_rows_fn):
+ * four rows of B per pass over acc, each lane's FMA chain over k in
+ * ascending order from zero, as in the tile kernels. */
+static void rows_avx512(size_t kc, const float *a, const float *b, size_t ldb, size_t n,
+                      float *acc)
+{
+    for (size_t j = 0; j < n; j++)
+        acc[j] = 0.0f;
+    size_t k = 0;
+    for (; k + 4 <= kc; k += 4) {
+        const float *b0 = b + k * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+        const __m512 a0 = _mm512_set1_ps(a[k]), a1 = _mm512_set1_ps(a[k + 1]);
+        const __m512 a2 = _mm512_set1_ps(a[k + 2]), a3 = _mm512_set1_ps(a[k + 3]);
+        size_t j = 0;
+        for (; j + 16 <= n; j += 16) {
+            __m512 v = _mm512_loadu_ps(acc + j);
+            v = _mm512_fmadd_ps(a0, _mm512_loadu_ps(b0 + j), v);
+            v = _mm512_fmadd_ps(a1, _mm512_loadu_ps(b1 + j), v);
+            v = _mm512_fmadd_ps(a2, _mm512_loadu_ps(b2 + j), v);
+            v = _mm512_fmadd_ps(a3, _mm512_loadu_ps(b3 + j), v);
+            _mm512_storeu_ps(acc + j, v);
+        }
+        for (; j < n; j++)
+            acc[j] = fmaf(a[k + 3], b3[j],
+                          fmaf(a[k + 2], b2[j], fmaf(a[k + 1], b1[j], fmaf(a[k], b0[j], acc[j]))));
+    }
+    for (; k < kc; k++) {
+        const float *bk = b + k * ldb;
+        const __m512 ak = _mm512_set1_ps(a[k]);
+        size_t j = 0;
+        for (; j + 16 <= n; j += 16)
+            _mm512_storeu_ps(acc + j,
+                             _mm512_fmadd_ps(ak, _mm512_loadu_ps(bk + j), _mm512_loadu_ps(acc + j)));
+        for (; j < n; j++)
+            acc[j] = fmaf(a[k], bk[j], acc[j]);
+    }
+}
+
+/* Sixteen rows at k0 .. k0+16 of a transposed B (b points at row 0, k0),
+ * dotted into s: the 16 x 16 block is transposed in registers so that lane
+ * r holds row r, then one FMA per k, in ascending order; the same place in
+ * the rows at pf is fetched meanwhile. The hot path: everything stays in
+ * registers. */
+static inline __attribute__((always_inline)) __m512
+dots_full16(const float *a, const float *b, size_t ldb, const float *pf, __m512 s)
+{
+    __m512 v[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) {
+        _mm_prefetch((const char *)(pf + (size_t)i * ldb), _MM_HINT_T0);
+        v[i] = _mm512_loadu_ps(b + (size_t)i * ldb);
+    }
+    transpose16(v);
+#pragma GCC unroll 16
+    for (int q = 0; q < 16; q++)
+        s = _mm512_fmadd_ps(_mm512_set1_ps(a[q]), v[q], s);
+    return s;
+}
+
+/* As dots_full16 for a partial block: n < 16 real rows (the others zero)
+ * or nk < 16 values of k. */
+static __m512 dots_part16(const float *a, const float *b, size_t ldb, size_t n, size_t nk,
+                          __m512 s)
+{
+    const __mmask16 load_mask = (__mmask16)((1u << nk) - 1u);
+    __m512 v[16];
+    for (size_t i = 0; i < 16; i++)
+        v[i] = i < n ? _mm512_maskz_loadu_ps(load_mask, b + i * ldb) : _mm512_setzero_ps();
+    transpose16(v);
+    for (size_t q = 0; q < nk; q++)
+        s = _mm512_fmadd_ps(_mm512_set1_ps(a[q]), v[q], s);
+    return s;
+}
+
+/* Rows of a transposed B dotted with a (gemm_ukernel.h, tb_dots_fn),
+ * sixteen rows at a time, each group through the whole of K (its rows read
+ * end to end) before the next, with a new chain from zero at each K block;
+ * each lane's chain runs over k in ascending order, as in the tile kernels.
+ * Each row is fetched DOTS_PF floats ahead of where it is read, and near
+ * its end the next group's row is (measured 40 -> 44 GB/s on the
+ * vocabulary matrix, 2 threads). */
+#define DOTS_PF 32
+static void dots_avx512(size_t K, size_t kc, const float *a, const float *b, size_t ldb,
+                        size_t rows, float *acc, size_t ld_acc)
+{
+    for (size_t r0 = 0; r0 < rows; r0 += 16) {
+        const size_t n = rows - r0 < 16 ? rows - r0 : 16;
+        const float *g = b + r0 * ldb;
+        const int has_next = rows - r0 >= 32 && K >= DOTS_PF + 16; /* a full group follows */
+        for (size_t pc = 0, blk = 0; pc < K; pc += kc, blk++) {
+            const size_t kend = pc + kc < K ? pc + kc : K;
+            __m512 s = _mm512_setzero_ps();
+            size_t k0 = pc;
+            if (n == 16) /* prefetch: further on in the rows, then the next group's */
+                for (; k0 + 16 <= kend; k0 += 16) {
+                    const size_t kp = k0 + DOTS_PF;
+                    const float *pf = kp + 16 <= K          ? g + kp
+                                      : has_next && kp >= K ? g + 16 * ldb + (kp - K)
+                                                            : g + k0;
+                    s = dots_full16(a + k0, g + k0, ldb, pf, s);
+                }
+            for (; k0 < kend; k0 += 16)
+                s = dots_part16(a + k0, g + k0, ldb, n, kend - k0 < 16 ? kend - k0 : 16, s);
+            _mm512_mask_storeu_ps(acc + blk * ld_acc + r0, (__mmask16)((1u << n) - 1u), s);
+        }
+    }
+}
+
+const tb_ukernel tb_ukernel_avx512 = {"avx512", 12, NR, ukernel_12x32, pack_rows_avx512, 0, 0};
+const tb_ukernel tb_ukernel_avx512_m8 = {"avx512_8x32", 8, NR, ukernel_8x32, pack_rows_avx512, 0, 0};
+const tb_ukernel tb_ukernel_avx512_m1 = {"avx512_1x32", 1, NR, ukernel_1x32, pack_rows_avx512,
+                                         rows_avx512, dots_avx512};
 #else
-const tb_ukernel tb_ukernel_avx512 = {"avx512", 12, 32, 0, 0};
-const tb_ukernel tb_ukernel_avx512_m8 = {"avx512_8x32", 8, 32, 0, 0};
-const tb_ukernel tb_ukernel_avx512_m1 = {"avx512_1x32", 1, 32, 0, 0};
+const tb_ukernel tb_ukernel_avx512 = {"avx512", 12, 32, 0, 0, 0, 0};
+const tb_ukernel tb_ukernel_avx512_m8 = {"avx512_8x32", 8, 32, 0, 0, 0, 0};
+const tb_ukernel tb_ukernel_avx512_m1 = {"avx512_1x32", 1, 32, 0, 0, 0, 0};
 #endif

@@ -26,4 +26,36 @@ static void ukernel_portable(size_t kc, const float *a, const float *b, size_t l
     }
 }
 
-const tb_ukernel tb_ukernel_portable = {"portable", MR, NR, ukernel_portable, 0};
+/* One row of A against B's rows in place (gemm_ukernel.h): the same
+ * rounded product and add per element, k ascending from zero. */
+static void rows_portable(size_t kc, const float *a, const float *b, size_t ldb, size_t n,
+                          float *acc)
+{
+    for (size_t j = 0; j < n; j++)
+        acc[j] = 0.0f;
+    for (size_t k = 0; k < kc; k++) {
+        const float ak = a[k], *bk = b + k * ldb;
+        for (size_t j = 0; j < n; j++)
+            acc[j] += ak * bk[j];
+    }
+}
+
+/* One row of A against rows of a transposed B (gemm_ukernel.h): per K
+ * block, each a dot product, k ascending from zero, as the tile kernel. */
+static void dots_portable(size_t K, size_t kc, const float *a, const float *b, size_t ldb,
+                          size_t rows, float *acc, size_t ld_acc)
+{
+    for (size_t r = 0; r < rows; r++) {
+        const float *br = b + r * ldb;
+        for (size_t pc = 0, blk = 0; pc < K; pc += kc, blk++) {
+            const size_t kend = pc + kc < K ? pc + kc : K;
+            float s = 0.0f;
+            for (size_t k = pc; k < kend; k++)
+                s += a[k] * br[k];
+            acc[blk * ld_acc + r] = s;
+        }
+    }
+}
+
+const tb_ukernel tb_ukernel_portable = {"portable", MR,           NR, ukernel_portable, 0,
+                                        rows_portable, dots_portable};

@@ -37,11 +37,38 @@ typedef void (*tb_ukernel_fn)(size_t kc, const float *a, const float *b, size_t 
 typedef void (*tb_pack_rows_fn)(size_t w, size_t rows, size_t kc, const float *src, size_t ld,
                                 float *dst);
 
+/*
+ * One row of A against rows of an untransposed B read in place (optional,
+ * for M = 1: decoding): acc[j] = sum over k < kc of a[k] * b[k*ldb + j] for
+ * j < n, each element by the same operations, in the same order, as the
+ * family's micro-kernels (so the driver's alpha and add then give the same
+ * bits as a tile). B is read row after row, each row's n floats straight
+ * through, where a micro-kernel's tile would read NR columns of kc rows far
+ * apart; acc lives in L1 between rows. Nothing need be aligned.
+ */
+typedef void (*tb_rows_fn)(size_t kc, const float *a, const float *b, size_t ldb, size_t n,
+                           float *acc);
+
+/*
+ * One row of A against a transposed B (optional, for M = 1: decoding's
+ * vocabulary product), K blocks of kc at once: for each K block b (k in
+ * [b*kc, min(b*kc + kc, K))) and r < rows,
+ *   acc[b*ld_acc + r] = sum over the block's k of a[k] * b[r*ldb + k],
+ * each by the same operations, in the same order, as the family's
+ * micro-kernels compute that block. All of K at once lets each row of B be
+ * read end to end; the rows are transposed in registers as they are read,
+ * instead of being packed into a sliver and read again.
+ */
+typedef void (*tb_dots_fn)(size_t K, size_t kc, const float *a, const float *b, size_t ldb,
+                           size_t rows, float *acc, size_t ld_acc);
+
 typedef struct tb_ukernel {
     const char *name;
     int mr, nr;               /* tile shape */
     tb_ukernel_fn fn;         /* NULL if this build has no such kernel */
     tb_pack_rows_fn pack_rows; /* NULL: the driver's plain C loop */
+    tb_rows_fn rows;          /* NULL: one-row products go through fn */
+    tb_dots_fn dots;          /* NULL: one-row products go through fn */
 } tb_ukernel;
 
 /* The largest tile any kernel uses (for scratch tiles). */
