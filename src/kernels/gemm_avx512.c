@@ -128,30 +128,34 @@ static void pack_rows_avx512(size_t w, size_t rows, size_t kc, const float *src,
 }
 
 /* One row of A against B's rows in place (gemm_ukernel.h, tb_rows_fn):
- * four rows of B per pass over acc, each lane's FMA chain over k in
- * ascending order from zero, as in the tile kernels. */
+ * eight rows of B per pass over acc (fewer passes over acc per byte of B),
+ * each lane's FMA chain over k in ascending order from zero, as in the
+ * tile kernels. */
 static void rows_avx512(size_t kc, const float *a, const float *b, size_t ldb, size_t n,
-                      float *acc)
+                        float *acc)
 {
     for (size_t j = 0; j < n; j++)
         acc[j] = 0.0f;
     size_t k = 0;
-    for (; k + 4 <= kc; k += 4) {
-        const float *b0 = b + k * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
-        const __m512 a0 = _mm512_set1_ps(a[k]), a1 = _mm512_set1_ps(a[k + 1]);
-        const __m512 a2 = _mm512_set1_ps(a[k + 2]), a3 = _mm512_set1_ps(a[k + 3]);
+    for (; k + 8 <= kc; k += 8) {
+        const float *bk = b + k * ldb;
+        __m512 ak[8];
+        for (int r = 0; r < 8; r++)
+            ak[r] = _mm512_set1_ps(a[k + (size_t)r]);
         size_t j = 0;
         for (; j + 16 <= n; j += 16) {
             __m512 v = _mm512_loadu_ps(acc + j);
-            v = _mm512_fmadd_ps(a0, _mm512_loadu_ps(b0 + j), v);
-            v = _mm512_fmadd_ps(a1, _mm512_loadu_ps(b1 + j), v);
-            v = _mm512_fmadd_ps(a2, _mm512_loadu_ps(b2 + j), v);
-            v = _mm512_fmadd_ps(a3, _mm512_loadu_ps(b3 + j), v);
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++)
+                v = _mm512_fmadd_ps(ak[r], _mm512_loadu_ps(bk + (size_t)r * ldb + j), v);
             _mm512_storeu_ps(acc + j, v);
         }
-        for (; j < n; j++)
-            acc[j] = fmaf(a[k + 3], b3[j],
-                          fmaf(a[k + 2], b2[j], fmaf(a[k + 1], b1[j], fmaf(a[k], b0[j], acc[j]))));
+        for (; j < n; j++) {
+            float v = acc[j];
+            for (int r = 0; r < 8; r++)
+                v = fmaf(a[k + (size_t)r], bk[(size_t)r * ldb + j], v);
+            acc[j] = v;
+        }
     }
     for (; k < kc; k++) {
         const float *bk = b + k * ldb;
