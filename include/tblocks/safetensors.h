@@ -98,9 +98,15 @@ typedef struct tb_st_file {
     size_t count;           /**< Number of tensors. */
     tb_st_meta *meta;       /**< `n_meta` metadata entries. */
     size_t n_meta;          /**< Number of metadata entries. */
-    unsigned char *owned;   /**< The file's bytes when read by tb_st_open(). */
+    unsigned char *owned;   /**< Bytes tb_st_open() read: the header, and the data
+                                 section too when it is not mapped; NULL after
+                                 tb_st_parse(). */
     void *storage;          /**< Tensors, metadata and unescaped strings. */
-    tb_allocator allocator; /**< Hooks the memory came from. */
+    tb_allocator allocator; /**< Hooks `owned` and `storage` came from. */
+    void *map;              /**< tb_st_open()'s read-only mapping of the data
+                                 section (from the page holding its first byte),
+                                 or NULL (read instead, empty, or tb_st_parse()). */
+    size_t map_size;        /**< Length of `map` in bytes (0 without one). */
 } tb_st_file;
 
 /**
