@@ -1448,7 +1448,12 @@ tb_status tb_st_save(tb_ctx *ctx, const char *path, const tb_st_entry *entries, 
     int lock_fd = -1;
     tb_status s = resolve_target(ctx, path, target);
     if (s == TB_OK) {
-        remove_stale_temps(target); /* before writing: their space is free for this save */
+        /* Before writing, so their space is free for this save. Through a
+         * link, also those next to the link itself (left there by saves of
+         * earlier versions, which did not write through). */
+        remove_stale_temps(target);
+        if (strcmp(target, path) != 0)
+            remove_stale_temps(path);
         s = create_temp(ctx, target, tmp, &f, &lock_fd);
     }
     if (s != TB_OK) {

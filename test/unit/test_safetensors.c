@@ -13,7 +13,21 @@
  *   - loading by name: strict, subsets, missing/unexpected/mismatched
  *     tensors named in the error, nothing written on error;
  *   - crash safety: a save that fails half-way (file size limit) leaves the
- *     previous file intact and no temporary file behind.
+ *     previous file intact and no temporary file behind; a save killed with
+ *     SIGKILL leaves the previous file loadable and its temporary is removed
+ *     by the next save, which removes exactly the unlocked `<name>.tmp-XXXXXX`
+ *     files of that path and nothing that only looks like one;
+ *   - bounded reads: what is not a regular file (/dev/zero, a FIFO, a
+ *     directory, a socket) is refused at once (in a child with an alarm, so
+ *     a regression fails instead of hanging); a bad header length is
+ *     refused before the rest of the file is read (bytes read measured);
+ *     a 64 MiB file's data is a read-only file mapping (anonymous memory
+ *     measured); a file that changes size while opened is refused;
+ *   - saves through symbolic links (relative, absolute, chained, dangling)
+ *     keep the link and write the target; link loops are refused;
+ *   - the reader refuses what the writer refuses (names, metadata);
+ *   - a parameter list whose block was freed is refused (TB_ERR_STATE) by
+ *     every call that reads or writes a list's values.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -1137,6 +1151,11 @@ START_TEST(test_save_writes_through_symbolic_links)
         snprintf(absolute, sizeof absolute, "%s", target);
     ck_assert_int_eq(symlink(absolute, abs_link), 0);
     ck_assert_int_eq(symlink("rel.safetensors", chain), 0); /* chain -> rel -> target */
+    /* A stale temporary next to the link, as saves that replaced the link
+     * left them: removed too. */
+    char old_tmp[1000];
+    snprintf(old_tmp, sizeof old_tmp, "%s.tmp-OLD123", rel);
+    touch(old_tmp);
     const char *const links[] = {rel, abs_link, chain};
     for (size_t i = 0; i < ARRAY_LEN(links); i++) {
         const float x = 10.0f * (float)(i + 1);
@@ -1149,6 +1168,7 @@ START_TEST(test_save_writes_through_symbolic_links)
         ck_assert_uint_eq(count_prefixed(d1, "rel.safetensors.tmp-") +
                               count_prefixed(d2, "real.safetensors.tmp-"),
                           0);
+        ck_assert(!path_exists(old_tmp));
     }
     char buf[64];
     const ssize_t n = readlink(rel, buf, sizeof buf - 1);
