@@ -352,11 +352,11 @@ START_TEST(test_malformed_files_are_refused)
             "{}",
             "  {  }  ",
             "{\"__metadata__\":null}",
-            "{\"__metadata__\":{\"a\":\"\\u00e9\\ud83d\\ude00\\n\"},"
-            "\"x\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[0,4],\"extra\":[1,{\"y\":"
-            "null},-0.5e+3,0,1E-2,true,false]}}",
-            "{\"s\":{\"dtype\":\"F64\",\"shape\":[],\"data_offsets\":[0,8]},"
-            "\"e\":{\"dtype\":\"F32\",\"shape\":[0,3],\"data_offsets\":[8,8]}}",
+            ("{\"__metadata__\":{\"a\":\"\\u00e9\\ud83d\\ude00\\n\"},"
+             "\"x\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[0,4],\"extra\":[1,{\"y\":"
+             "null},-0.5e+3,0,1E-2,true,false]}}"),
+            ("{\"s\":{\"dtype\":\"F64\",\"shape\":[],\"data_offsets\":[0,8]},"
+             "\"e\":{\"dtype\":\"F32\",\"shape\":[0,3],\"data_offsets\":[8,8]}}"),
         };
         static const size_t good_len[] = {0, 0, 0, 4, 8};
         for (size_t i = 0; i < ARRAY_LEN(good); i++) {
