@@ -849,6 +849,22 @@ START_TEST(test_open_checks_the_header_length_first)
 }
 END_TEST
 
+/* How many mappings of this process are of the file with inode ino. */
+static size_t mappings_of(ino_t ino)
+{
+    FILE *maps = fopen("/proc/self/maps", "r");
+    ck_assert_msg(maps != NULL, "/proc/self/maps is needed to check mappings (Linux)");
+    char line[1400];
+    size_t n = 0;
+    while (fgets(line, sizeof line, maps)) {
+        unsigned long inode;
+        if (sscanf(line, "%*s %*s %*s %*s %lu", &inode) == 1 && inode == (unsigned long)ino)
+            n++;
+    }
+    fclose(maps);
+    return n;
+}
+
 /* A large file is not copied into anonymous memory: the data section is a
  * read-only file mapping, and only the header is read. */
 START_TEST(test_open_maps_the_data_section)
@@ -905,6 +921,7 @@ START_TEST(test_open_maps_the_data_section)
            (unsigned long long)(read1 - read0));
     tb_st_close(&f);
     ck_assert(f.map == NULL && f.map_size == 0 && f.owned == NULL);
+    ck_assert_msg(mappings_of(st.st_ino) == 0, "tb_st_close left the file mapped");
     tb_st_close(&f); /* twice is fine */
     remove_tree(dir);
 }
@@ -939,6 +956,7 @@ START_TEST(test_open_refuses_a_file_that_changes_size)
             ck_assert_msg(strstr(tb_ctx_error(&ctx), "changed size") != NULL, "%s",
                           tb_ctx_error(&ctx));
             ck_assert(f.count == 0 && f.owned == NULL && f.map == NULL);
+            ck_assert_msg(mappings_of(st.st_ino) == 0, "a refused open left the file mapped");
         }
         tb_st_file f;
         CHECK_OK(ctx, tb_st_open_fd(&ctx, fd, path, size, map, &f));
@@ -948,7 +966,9 @@ START_TEST(test_open_refuses_a_file_that_changes_size)
         ck_assert(t != NULL);
         CHECK_OK(ctx, tb_st_read_f32(&ctx, t, got, 51));
         ck_assert(memcmp(got, data, sizeof got) == 0);
+        ck_assert_uint_eq(mappings_of(st.st_ino), (size_t)map);
         tb_st_close(&f);
+        ck_assert_uint_eq(mappings_of(st.st_ino), 0);
     }
     close(fd);
     free(data);
