@@ -1385,6 +1385,26 @@ START_TEST(test_stale_parameter_list_is_refused)
     tb_ewc_free(&ewc);
     tb_adam_free(&opt);
     tb_param_list_free(&list);
+    /* An optimizer whose parameter's block was freed, saved with a list that
+     * no longer holds it: refused too, naming the optimizer's parameter. */
+    tb_linear keep, gone;
+    CHECK_OK(ctx, tb_linear_init(&ctx, &keep, 3, 2, 0, &rng));
+    CHECK_OK(ctx, tb_linear_init(&ctx, &gone, 3, 2, 0, &rng));
+    tb_param_list both, alive;
+    CHECK_OK(ctx, tb_param_list_init(&ctx, &both));
+    CHECK_OK(ctx, tb_param_list_init(&ctx, &alive));
+    CHECK_OK(ctx, tb_linear_params(&ctx, &keep, "keep", &both));
+    CHECK_OK(ctx, tb_linear_params(&ctx, &gone, "gone", &both));
+    CHECK_OK(ctx, tb_linear_params(&ctx, &keep, "keep", &alive));
+    CHECK_OK(ctx, tb_adam_init(&ctx, &opt, &both, &cfg));
+    tb_linear_free(&gone);
+    ck_assert_int_eq(tb_checkpoint_save(&ctx, other, &alive, &opt, NULL, NULL, 0), TB_ERR_STATE);
+    ck_assert_msg(strstr(tb_ctx_error(&ctx), "'gone.weight'") != NULL, "%s", tb_ctx_error(&ctx));
+    ck_assert(!path_exists(other));
+    tb_adam_free(&opt);
+    tb_param_list_free(&both);
+    tb_param_list_free(&alive);
+    tb_linear_free(&keep);
     remove(path);
 }
 END_TEST
