@@ -47,7 +47,9 @@ extern "C" {
  *        "tblocks." or be "format"), or NULL.
  * @param n_extra Number of pairs.
  * @return TB_OK or the errors of tb_st_save(); TB_ERR_INVALID_ARG for a
- *         reserved metadata key or a parameter named "optimizer.*".
+ *         reserved metadata key or a parameter named "optimizer.*";
+ *         TB_ERR_STATE (a stale list, see param.h, or an optimizer whose
+ *         parameter's block was freed).
  */
 tb_status tb_checkpoint_save(tb_ctx *ctx, const char *path, const tb_param_list *params,
                              const tb_adam *opt, const tb_rng *rng, const tb_st_meta *extra,
@@ -67,8 +69,8 @@ tb_status tb_checkpoint_save(tb_ctx *ctx, const char *path, const tb_param_list 
  *         TB_ERR_SHAPE, TB_ERR_INVALID_ARG (a missing, mismatched or
  *         unexpected tensor, named in the message: a checkpoint of another
  *         model configuration); TB_ERR_STATE (the optimizer's kind or its
- *         set of parameters differs from the file's). Nothing is changed
- *         on error.
+ *         set of parameters differs from the file's, or a stale list, see
+ *         param.h). Nothing is changed on error.
  */
 tb_status tb_checkpoint_load(tb_ctx *ctx, const char *path, tb_param_list *params, tb_adam *opt,
                              tb_rng *rng);

@@ -32,7 +32,7 @@ extern "C" {
  * @param ctx Context.
  * @param list Parameters.
  * @param norm Receives the norm (NaN or infinity if a gradient is).
- * @return TB_OK or TB_ERR_NULL_ARG.
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_STATE (a stale list, see param.h).
  */
 tb_status tb_grad_norm(tb_ctx *ctx, const tb_param_list *list, double *norm);
 
@@ -45,7 +45,7 @@ tb_status tb_grad_norm(tb_ctx *ctx, const tb_param_list *list, double *norm);
  * @param max_norm Finite and > 0.
  * @param total_norm Receives the norm before clipping, or NULL.
  * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG for a bad max_norm;
- *         TB_ERR_NON_FINITE if the norm is NaN or infinite (the gradients
+ *         TB_ERR_STATE (a stale list, see param.h); TB_ERR_NON_FINITE if the norm is NaN or infinite (the gradients
  *         are left unchanged and *total_norm holds the norm).
  */
 tb_status tb_clip_grad_norm(tb_ctx *ctx, tb_param_list *list, float max_norm,
@@ -68,7 +68,8 @@ typedef struct tb_ewc {
  * @param ctx Context.
  * @param ewc State to initialise; left empty on failure.
  * @param list Parameters.
- * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_OVERFLOW; TB_ERR_NO_MEMORY.
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_STATE (a stale list, see
+ *         param.h); TB_ERR_OVERFLOW; TB_ERR_NO_MEMORY.
  */
 tb_status tb_ewc_init(tb_ctx *ctx, tb_ewc *ewc, const tb_param_list *list);
 
@@ -87,7 +88,9 @@ void tb_ewc_free(tb_ewc *ewc);
  * @param list The same parameters as at init (same trainable set).
  * @param weight Finite and >= 0.
  * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG (bad weight);
- *         TB_ERR_SHAPE if the list's trainable scalars differ from init.
+ *         TB_ERR_STATE (a stale list, see param.h, or an uninitialised
+ *         state); TB_ERR_SHAPE if the list's trainable scalars differ from
+ *         init.
  */
 tb_status tb_ewc_accumulate_fisher(tb_ctx *ctx, tb_ewc *ewc, const tb_param_list *list,
                                    float weight);

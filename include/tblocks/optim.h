@@ -141,7 +141,8 @@ typedef struct tb_adam {
  * @param cfg Configuration.
  * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG for a bad
  *         hyper-parameter or a trainable parameter without a gradient
- *         buffer; TB_ERR_OVERFLOW; TB_ERR_NO_MEMORY.
+ *         buffer; TB_ERR_STATE (a stale list, see param.h);
+ *         TB_ERR_OVERFLOW; TB_ERR_NO_MEMORY.
  */
 tb_status tb_adam_init(tb_ctx *ctx, tb_adam *opt, const tb_param_list *list,
                        const tb_adam_config *cfg);

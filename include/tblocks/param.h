@@ -12,6 +12,15 @@
  * tied weights and gradient accumulation need nothing special. Zeroing is
  * explicit (tb_param_list_zero_grad()). Backward passes skip the gradient
  * of a parameter whose `trainable` flag is 0 or whose `grad` is NULL.
+ *
+ * A stale list: freeing a block zeroes its tb_param structs (value NULL),
+ * but a list still points at them. Every call that reads or writes the
+ * values or gradients of a list's parameters (loading and saving them,
+ * checkpoints, the optimizer's init, gradient norms and clipping, EWC)
+ * refuses a list with an entry whose parameter is NULL or has no values,
+ * with TB_ERR_STATE naming that entry, before it reads or changes
+ * anything. The list's own walkers (zero_grad, numel, set_trainable) skip
+ * an entry without a parameter.
  */
 #ifndef TBLOCKS_PARAM_H
 #define TBLOCKS_PARAM_H

@@ -44,6 +44,9 @@ tb_status tb_grad_norm(tb_ctx *ctx, const tb_param_list *list, double *norm)
 {
     if (!ctx || !list || !norm)
         return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "ctx, list and norm must not be NULL");
+    const tb_status s = tb_check_param_list(ctx, __func__, list);
+    if (s != TB_OK)
+        return s;
     double ss = 0.0;
     for (size_t i = 0; i < list->count; i++) {
         const tb_param *p = list->items[i].param;
@@ -106,13 +109,15 @@ tb_status tb_ewc_init(tb_ctx *ctx, tb_ewc *ewc, const tb_param_list *list)
     memset(ewc, 0, sizeof *ewc);
     if (!ctx || !list)
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx and list must not be NULL");
+    tb_status s = tb_check_param_list(ctx, fn, list);
+    if (s != TB_OK)
+        return s;
     const size_t n = trainable_numel(list);
     size_t bytes;
     if (!tb_mul_size(n ? n : 1, 2 * sizeof(float), &bytes))
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "EWC buffers overflow");
     void *mem;
-    tb_status s = tb_alloc(ctx, fn, bytes, &mem);
-    if (s != TB_OK)
+    if ((s = tb_alloc(ctx, fn, bytes, &mem)) != TB_OK)
         return s;
     ewc->n = n;
     ewc->anchor = mem;
@@ -149,6 +154,9 @@ static tb_status ewc_check(tb_ctx *ctx, const char *fn, const tb_ewc *ewc,
     if (!(x >= 0.0f && isfinite(x)))
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "%s %g must be finite and >= 0", xname,
                        (double)x);
+    const tb_status s = tb_check_param_list(ctx, fn, list);
+    if (s != TB_OK)
+        return s;
     const size_t n = trainable_numel(list);
     if (n != ewc->n)
         return tb_fail(ctx, TB_ERR_SHAPE, fn,

@@ -61,6 +61,8 @@ tb_status tb_adam_init(tb_ctx *ctx, tb_adam *opt, const tb_param_list *list,
     if (!ctx || !list || !cfg)
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx, list and cfg must not be NULL");
     tb_status s = check_config(ctx, fn, cfg);
+    if (s == TB_OK)
+        s = tb_check_param_list(ctx, fn, list);
     if (s != TB_OK)
         return s;
     size_t n_slots = 0, n_state = 0;

@@ -80,6 +80,13 @@ void tb_free_with(const tb_allocator *allocator, void *ptr);
 /* Fill a parameter's metadata (value/grad pointers set by the caller). */
 void tb_param_set_shape(tb_param *p, size_t ndim, const size_t *shape);
 
+/* TB_ERR_STATE naming the first entry of list whose parameter is NULL or
+ * has no values: the list still refers to a block that was freed (its
+ * tb_param zeroed) or never initialised. Every function that reads or
+ * writes the values or gradients of a list's parameters calls this first,
+ * so such a list is refused before anything is read or changed. */
+tb_status tb_check_param_list(tb_ctx *ctx, const char *fn, const tb_param_list *list);
+
 /* Whether backward should accumulate into this parameter's gradient. */
 static inline int tb_param_wants_grad(const tb_param *p)
 {

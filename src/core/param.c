@@ -13,6 +13,19 @@ void tb_param_set_shape(tb_param *p, size_t ndim, const size_t *shape)
         p->numel *= shape[i];
 }
 
+tb_status tb_check_param_list(tb_ctx *ctx, const char *fn, const tb_param_list *list)
+{
+    for (size_t i = 0; i < list->count; i++) {
+        const tb_param *p = list->items[i].param;
+        if (!p || !p->value)
+            return tb_fail(ctx, TB_ERR_STATE, fn,
+                           "parameter '%s' has no values: its block was freed (or never "
+                           "initialised) while the list still refers to it",
+                           list->items[i].name);
+    }
+    return TB_OK;
+}
+
 tb_status tb_param_list_init(tb_ctx *ctx, tb_param_list *list)
 {
     if (!ctx || !list)
@@ -93,7 +106,7 @@ void tb_param_list_zero_grad(tb_param_list *list)
         return;
     for (size_t i = 0; i < list->count; i++) {
         tb_param *p = list->items[i].param;
-        if (p->grad)
+        if (p && p->grad)
             memset(p->grad, 0, p->numel * sizeof(float));
     }
 }
@@ -105,7 +118,7 @@ size_t tb_param_list_numel(const tb_param_list *list, int trainable_only)
         return 0;
     for (size_t i = 0; i < list->count; i++) {
         const tb_param *p = list->items[i].param;
-        if (!trainable_only || p->trainable)
+        if (p && (!trainable_only || p->trainable))
             n += p->numel;
     }
     return n;
@@ -118,6 +131,8 @@ size_t tb_param_list_set_trainable(tb_param_list *list, const char *prefix, int 
         return 0;
     for (size_t i = 0; i < list->count; i++) {
         const char *name = list->items[i].name;
+        if (!list->items[i].param)
+            continue;
         /* Match whole dotted components: "fc1" selects "fc1.weight" but not
          * "fc10.weight"; a prefix ending in '.' matches as written. */
         if (plen && (strncmp(name, prefix, plen) != 0 ||

@@ -31,6 +31,14 @@ tb_status tb_checkpoint_save(tb_ctx *ctx, const char *path, const tb_param_list 
     const char *fn = __func__;
     if (!ctx || !path || !params || (!extra && n_extra))
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx, path, params and extra must not be NULL");
+    tb_status s = tb_check_param_list(ctx, fn, params);
+    if (s != TB_OK)
+        return s;
+    for (size_t i = 0; opt && i < opt->n_slots; i++)
+        if (!opt->slots[i].param || !opt->slots[i].param->value)
+            return tb_fail(ctx, TB_ERR_STATE, fn,
+                           "the optimizer's parameter '%s' has no values: its block was freed",
+                           opt->slots[i].name);
     for (size_t i = 0; i < params->count; i++)
         if (strncmp(params->items[i].name, OPT_PREFIX, strlen(OPT_PREFIX)) == 0)
             return tb_fail(ctx, TB_ERR_INVALID_ARG, fn,
@@ -51,7 +59,7 @@ tb_status tb_checkpoint_save(tb_ctx *ctx, const char *path, const tb_param_list 
         !tb_add_size(bytes, name_bytes, &bytes))
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "checkpoint index overflows");
     void *mem;
-    tb_status s = tb_alloc(ctx, fn, bytes, &mem);
+    s = tb_alloc(ctx, fn, bytes, &mem);
     if (s != TB_OK)
         return s;
     tb_st_entry *e = mem;
@@ -131,9 +139,11 @@ tb_status tb_checkpoint_load(tb_ctx *ctx, const char *path, tb_param_list *param
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx, path and params must not be NULL");
     if (opt && !opt->slots)
         return tb_fail(ctx, TB_ERR_STATE, fn, "the optimizer is not initialised");
-    tb_st_file f;
-    tb_status s = tb_st_open(ctx, path, &f);
+    tb_status s = tb_check_param_list(ctx, fn, params);
     if (s != TB_OK)
+        return s;
+    tb_st_file f;
+    if ((s = tb_st_open(ctx, path, &f)) != TB_OK)
         return s;
     uint64_t step = 0, skipped = 0, key = 0, counter = 0;
     const int moments = opt ? (opt->vmax ? 3 : 2) : 0;

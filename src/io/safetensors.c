@@ -7,16 +7,20 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../core/internal.h"
+#include "safetensors_fd.h"
 
 #define MAX_HEADER (100u * 1000u * 1000u) /* the reference implementation's limit */
 #define MAX_DEPTH 64
@@ -597,6 +601,8 @@ static tb_status parse_header(parser *ps)
                 if ((s = parse_metadata(ps)) != TB_OK)
                     return s;
             } else {
+                if (!key[0]) /* the writer's rule: a tensor needs a name */
+                    return bad_at(ps, ps->p, "a tensor with an empty name");
                 if ((s = grow(ps, (void **)&ps->tensors, &ps->cap, ps->count + 1,
                               sizeof(tb_st_tensor))) != TB_OK)
                     return s;
@@ -631,41 +637,50 @@ void tb_st_close(tb_st_file *file)
         tb_free_with(&file->allocator, file->storage);
     if (file->owned)
         tb_free_with(&file->allocator, file->owned);
+    if (file->map)
+        (void)munmap(file->map, file->map_size);
     memset(file, 0, sizeof *file);
 }
 
-tb_status tb_st_parse(tb_ctx *ctx, const void *bytes, size_t size, tb_st_file *file)
+/* The 8-byte little-endian header length. */
+static uint64_t read_u64le(const unsigned char *b)
 {
-    const char *fn = __func__;
-    if (!file)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "file must not be NULL");
-    memset(file, 0, sizeof *file);
-    if (!ctx || (!bytes && size))
-        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx and bytes must not be NULL");
-    const unsigned char *b = bytes;
-    if (size < 8)
-        return tb_fail(ctx, TB_ERR_FORMAT, fn, "%zu bytes: shorter than the 8-byte header length",
-                       size);
     uint64_t n = 0;
     for (int i = 7; i >= 0; i--)
         n = (n << 8) | b[i];
+    return n;
+}
+
+/* A header length n against the cap and the `after` bytes that follow the
+ * length field (the cap first: a huge n is refused for what it is). */
+static tb_status check_header_length(tb_ctx *ctx, const char *fn, uint64_t n, uint64_t after)
+{
     if (n > MAX_HEADER)
         return tb_fail(ctx, TB_ERR_FORMAT, fn, "header length %llu is above the %u-byte limit",
                        (unsigned long long)n, MAX_HEADER);
-    if (n > size - 8)
+    if (n > after)
         return tb_fail(ctx, TB_ERR_FORMAT, fn,
-                       "header length %llu is larger than the %zu bytes after it",
-                       (unsigned long long)n, size - 8);
+                       "header length %llu is larger than the %llu bytes after it",
+                       (unsigned long long)n, (unsigned long long)after);
+    return TB_OK;
+}
+
+/* Parse the n-byte JSON header with the data section [data, data +
+ * data_size) into file (left empty on failure). The two need not be
+ * adjacent: tb_st_open() maps the data section on its own. */
+static tb_status parse_parts(tb_ctx *ctx, const unsigned char *header, size_t n,
+                             const unsigned char *data, size_t data_size, tb_st_file *file)
+{
     parser ps;
     memset(&ps, 0, sizeof ps);
     ps.ctx = ctx;
-    ps.start = ps.p = b + 8;
-    ps.end = b + 8 + n;
-    ps.data = ps.end;
-    ps.data_size = size - 8 - (size_t)n;
-    ps.pool_cap = (size_t)n + 1;
+    ps.start = ps.p = header;
+    ps.end = header + n;
+    ps.data = data;
+    ps.data_size = data_size;
+    ps.pool_cap = n + 1;
     void *pool;
-    tb_status s = tb_alloc(ctx, fn, ps.pool_cap, &pool);
+    tb_status s = tb_alloc(ctx, "tb_st_parse", ps.pool_cap, &pool);
     if (s != TB_OK)
         return s;
     ps.pool = pool;
@@ -683,6 +698,176 @@ tb_status tb_st_parse(tb_ctx *ctx, const void *bytes, size_t size, tb_st_file *f
     return TB_OK;
 }
 
+tb_status tb_st_parse(tb_ctx *ctx, const void *bytes, size_t size, tb_st_file *file)
+{
+    const char *fn = __func__;
+    if (!file)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "file must not be NULL");
+    memset(file, 0, sizeof *file);
+    if (!ctx || (!bytes && size))
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx and bytes must not be NULL");
+    const unsigned char *b = bytes;
+    if (size < 8)
+        return tb_fail(ctx, TB_ERR_FORMAT, fn, "%zu bytes: shorter than the 8-byte header length",
+                       size);
+    const uint64_t n = read_u64le(b);
+    tb_status s = check_header_length(ctx, fn, n, size - 8);
+    if (s != TB_OK)
+        return s;
+    return parse_parts(ctx, b + 8, (size_t)n, b + 8 + n, size - 8 - (size_t)n, file);
+}
+
+/* ---- reading a file ----------------------------------------------------------- */
+
+/* Exactly n bytes at offset off of fd into buf. Returns 1; 0 on an error
+ * (errno set) or when the file ends first (errno 0: it shrank). */
+static int pread_all(int fd, void *buf, size_t n, uint64_t off)
+{
+    unsigned char *p = buf;
+    while (n) {
+        const size_t chunk = n < ((size_t)1 << 30) ? n : (size_t)1 << 30;
+        const ssize_t got = pread(fd, p, chunk, (off_t)off);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0) {
+            if (got == 0)
+                errno = 0;
+            return 0;
+        }
+        p += got;
+        off += (uint64_t)got;
+        n -= (size_t)got;
+    }
+    return 1;
+}
+
+static tb_status read_failed(tb_ctx *ctx, const char *path, uint64_t size)
+{
+    if (errno == 0)
+        return tb_fail(ctx, TB_ERR_IO, "tb_st_open",
+                       "'%s' ended before its %llu bytes: it changed size while being read",
+                       path, (unsigned long long)size);
+    return tb_fail(ctx, TB_ERR_IO, "tb_st_open", "cannot read '%s': %s", path, strerror(errno));
+}
+
+/* Map bytes [off, off + len) of fd read-only and private; the mapping
+ * starts at the page holding off. Returns the address of byte off and sets
+ * *base, *base_len (what munmap takes), or returns NULL when the system
+ * refuses (the caller then reads instead). */
+static const unsigned char *map_range(int fd, uint64_t off, size_t len, void **base,
+                                      size_t *base_len)
+{
+    const long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0)
+        return NULL;
+    const uint64_t start = off - off % (uint64_t)page;
+    const size_t lead = (size_t)(off - start);
+    size_t total;
+    if (!tb_add_size(lead, len, &total))
+        return NULL;
+    void *m = mmap(NULL, total, PROT_READ, MAP_PRIVATE, fd, (off_t)start);
+    if (m == MAP_FAILED)
+        return NULL;
+    *base = m;
+    *base_len = total;
+    return (const unsigned char *)m + lead;
+}
+
+tb_status tb_st_open_fd(tb_ctx *ctx, int fd, const char *path, uint64_t size, int map,
+                        tb_st_file *file)
+{
+    const char *fn = "tb_st_open";
+    memset(file, 0, sizeof *file);
+    if (size < 8)
+        return tb_fail(ctx, TB_ERR_FORMAT, fn,
+                       "'%s' is %llu bytes: shorter than the 8-byte header length", path,
+                       (unsigned long long)size);
+#if SIZE_MAX < UINT64_MAX
+    if (size > SIZE_MAX)
+        return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "'%s' (%llu bytes) is too large to address",
+                       path, (unsigned long long)size);
+#endif
+    unsigned char len8[8];
+    if (!pread_all(fd, len8, 8, 0))
+        return read_failed(ctx, path, size);
+    const uint64_t n = read_u64le(len8);
+    tb_status s = check_header_length(ctx, fn, n, size - 8);
+    if (s != TB_OK)
+        return s;
+    /* Only now is anything allocated: the header, bounded by the cap, and
+     * the data section only when it cannot be mapped. */
+    const size_t hlen = (size_t)n, data_size = (size_t)(size - 8 - n);
+    void *map_base = NULL;
+    size_t map_len = 0;
+    const unsigned char *data =
+        map && data_size ? map_range(fd, 8 + n, data_size, &map_base, &map_len) : NULL;
+    void *mem;
+    s = tb_alloc(ctx, fn, hlen + (data ? 0 : data_size) + 1, &mem);
+    if (s != TB_OK) {
+        if (map_base)
+            (void)munmap(map_base, map_len);
+        return s;
+    }
+    unsigned char *buf = mem;
+    if (!data)
+        data = buf + hlen; /* read below, right after the header */
+    struct stat st;
+    if (!pread_all(fd, buf, hlen + (map_base ? 0 : data_size), 8))
+        s = read_failed(ctx, path, size);
+    else if (fstat(fd, &st) != 0)
+        s = tb_fail(ctx, TB_ERR_IO, fn, "cannot examine '%s': %s", path, strerror(errno));
+    else if ((uint64_t)st.st_size != size)
+        s = tb_fail(ctx, TB_ERR_IO, fn,
+                    "'%s' changed size while being read (%llu bytes, then %llu)", path,
+                    (unsigned long long)size, (unsigned long long)st.st_size);
+    else
+        s = parse_parts(ctx, buf, hlen, data, data_size, file);
+    if (s != TB_OK) {
+        tb_free_with(&ctx->allocator, buf);
+        if (map_base)
+            (void)munmap(map_base, map_len);
+        return s;
+    }
+    file->owned = buf;
+    file->map = map_base;
+    file->map_size = map_len;
+    return TB_OK;
+}
+
+/* Open path for reading if it is a regular file; anything else (a
+ * directory, FIFO, device, socket) is refused before it is read. A FIFO
+ * is opened non-blocking, so even one swapped in after the stat cannot
+ * block; fstat then refuses it, and the flag is cleared for the reads. */
+static tb_status open_regular(tb_ctx *ctx, const char *path, int *fd_out, uint64_t *size)
+{
+    const char *fn = "tb_st_open";
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return tb_fail(ctx, TB_ERR_IO, fn, "cannot open '%s': %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return tb_fail(ctx, TB_ERR_IO, fn, "'%s' is not a regular file (%s)", path,
+                       S_ISDIR(st.st_mode)    ? "a directory"
+                       : S_ISFIFO(st.st_mode) ? "a FIFO"
+                       : S_ISCHR(st.st_mode)  ? "a character device"
+                       : S_ISBLK(st.st_mode)  ? "a block device"
+                       : S_ISSOCK(st.st_mode) ? "a socket"
+                                              : "not a file");
+    const int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0)
+        return tb_fail(ctx, TB_ERR_IO, fn, "cannot open '%s': %s", path, strerror(errno));
+    const int flags = fcntl(fd, F_GETFL);
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || flags < 0 ||
+        fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+        const int err = errno;
+        close(fd);
+        return tb_fail(ctx, TB_ERR_IO, fn, "'%s' is not a regular file (it changed after the "
+                       "stat, or cannot be examined: %s)", path, strerror(err));
+    }
+    *fd_out = fd;
+    *size = (uint64_t)st.st_size;
+    return TB_OK;
+}
+
 tb_status tb_st_open(tb_ctx *ctx, const char *path, tb_st_file *file)
 {
     const char *fn = __func__;
@@ -691,49 +876,14 @@ tb_status tb_st_open(tb_ctx *ctx, const char *path, tb_st_file *file)
     memset(file, 0, sizeof *file);
     if (!ctx || !path)
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx and path must not be NULL");
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return tb_fail(ctx, TB_ERR_IO, fn, "cannot open '%s': %s", path, strerror(errno));
-    /* Read to the end in growing chunks (the size from fseek/ftell is not
-     * trusted: the file may change or be a pipe). */
-    size_t cap = 1 << 16, len = 0;
-    void *mem;
-    tb_status s = tb_alloc(ctx, fn, cap, &mem);
-    unsigned char *buf = mem;
-    while (s == TB_OK) {
-        if (len == cap) {
-            size_t ncap;
-            if (!tb_mul_size(cap, 2, &ncap)) {
-                s = tb_fail(ctx, TB_ERR_OVERFLOW, fn, "'%s' is too large", path);
-                break;
-            }
-            if ((s = tb_alloc(ctx, fn, ncap, &mem)) != TB_OK)
-                break;
-            memcpy(mem, buf, len);
-            tb_free_with(&ctx->allocator, buf);
-            buf = mem;
-            cap = ncap;
-        }
-        const size_t got = fread(buf + len, 1, cap - len, f);
-        len += got;
-        if (got == 0) {
-            if (ferror(f))
-                s = tb_fail(ctx, TB_ERR_IO, fn, "cannot read '%s': %s", path, strerror(errno));
-            break;
-        }
-    }
-    fclose(f);
-    if (s != TB_OK) {
-        if (buf)
-            tb_free_with(&ctx->allocator, buf);
+    int fd = -1;
+    uint64_t size = 0;
+    tb_status s = open_regular(ctx, path, &fd, &size);
+    if (s != TB_OK)
         return s;
-    }
-    if ((s = tb_st_parse(ctx, buf, len, file)) != TB_OK) {
-        tb_free_with(&ctx->allocator, buf);
-        return s;
-    }
-    file->owned = buf;
-    return TB_OK;
+    s = tb_st_open_fd(ctx, fd, path, size, 1, file);
+    close(fd); /* a mapping outlives its descriptor */
+    return s;
 }
 
 const tb_st_tensor *tb_st_find(const tb_st_file *file, const char *name)
@@ -845,6 +995,9 @@ tb_status tb_st_load_params(tb_ctx *ctx, const tb_st_file *file, tb_param_list *
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx, file and list must not be NULL");
     if (flags & ~(unsigned)(TB_ST_ALLOW_MISSING | TB_ST_ALLOW_UNEXPECTED))
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown flags 0x%x", flags);
+    tb_status s = tb_check_param_list(ctx, fn, list);
+    if (s != TB_OK)
+        return s;
     const size_t skip_len = skip_prefix ? strlen(skip_prefix) : 0;
     /* Check everything first: on error no parameter is touched. */
     for (size_t i = 0; i < list->count; i++) {
@@ -1000,28 +1153,202 @@ static int write_floats(FILE *f, const float *x, size_t n)
     return at == 0 || write_all(f, buf, at);
 }
 
+/* ---- crash-safe replacement ------------------------------------------------- */
+
+#define PATH_CAP 4096 /* longest path handled, with its NUL (Linux's PATH_MAX) */
+#define MAX_LINKS 40  /* symbolic links followed, as Linux's path lookup allows */
+#define TMP_SUFFIX ".tmp-XXXXXX" /* mkstemp's template after the target's name */
+
+/* The last component of path. */
+static const char *base_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    return slash ? slash + 1 : path;
+}
+
+/* The directory part of path into dir ("." when it has none); 0 if it does
+ * not fit. */
+static int dir_of(const char *path, char *dir, size_t cap)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash) {
+        if (cap < 2)
+            return 0;
+        strcpy(dir, ".");
+        return 1;
+    }
+    size_t n = (size_t)(slash - path);
+    if (n == 0)
+        n = 1; /* "/name" lives in "/" */
+    if (n >= cap)
+        return 0;
+    memcpy(dir, path, n);
+    dir[n] = '\0';
+    return 1;
+}
+
 /* fsync the directory holding path, so the rename itself is durable
  * (best effort: some file systems refuse). */
 static void sync_dir(const char *path)
 {
-    char dir[4096];
-    const char *slash = strrchr(path, '/');
-    if (!slash) {
-        strcpy(dir, ".");
-    } else {
-        size_t n = (size_t)(slash - path);
-        if (n == 0)
-            n = 1;
-        if (n >= sizeof dir)
-            return;
-        memcpy(dir, path, n);
-        dir[n] = '\0';
-    }
-    const int fd = open(dir, O_RDONLY);
+    char dir[PATH_CAP];
+    if (!dir_of(path, dir, sizeof dir))
+        return;
+    const int fd = open(dir, O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
         (void)fsync(fd);
         close(fd);
     }
+}
+
+/* The file a save to path replaces, into target: path itself, or, when
+ * path is a symbolic link, the end of its chain of links (a relative link
+ * resolved against the directory of the link), so the save writes through
+ * the link and leaves it a link. A target that does not exist yet (a new
+ * file, or a dangling link's target) is fine: the save creates it. A
+ * target that exists but is not a regular file, a chain longer than
+ * MAX_LINKS (a loop) or a path that names no file is refused. */
+static tb_status resolve_target(tb_ctx *ctx, const char *path, char *target)
+{
+    const char *fn = "tb_st_save";
+    const size_t room = PATH_CAP - (sizeof TMP_SUFFIX - 1); /* the temporary's name must fit */
+    if (strlen(path) >= room)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "path is too long");
+    strcpy(target, path);
+    for (int links = 0;; links++) {
+        if (!base_of(target)[0])
+            return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "'%s' names no file (empty, or ends in '/')",
+                           target);
+        struct stat st;
+        if (lstat(target, &st) != 0) {
+            if (errno == ENOENT)
+                return TB_OK; /* created by the rename */
+            return tb_fail(ctx, TB_ERR_IO, fn, "cannot examine '%s': %s", target,
+                           strerror(errno));
+        }
+        if (!S_ISLNK(st.st_mode)) {
+            if (!S_ISREG(st.st_mode))
+                return tb_fail(ctx, TB_ERR_IO, fn,
+                               "'%s' exists and is not a regular file; it is not replaced", target);
+            return TB_OK;
+        }
+        if (links == MAX_LINKS)
+            return tb_fail(ctx, TB_ERR_IO, fn,
+                           "more than %d symbolic links from '%s' (a loop?); nothing written",
+                           MAX_LINKS, path);
+        char link[PATH_CAP];
+        const ssize_t len = readlink(target, link, sizeof link);
+        if (len < 0)
+            return tb_fail(ctx, TB_ERR_IO, fn, "cannot read the link '%s': %s", target,
+                           strerror(errno));
+        if ((size_t)len >= sizeof link)
+            return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "the link '%s' is too long", target);
+        link[len] = '\0';
+        /* A relative link is relative to the link's directory: keep that
+         * prefix of target (up to its last '/'), replace the rest. */
+        const size_t keep = link[0] == '/' ? 0 : (size_t)(base_of(target) - target);
+        if (keep + (size_t)len >= room)
+            return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "the path '%s' leads to is too long",
+                           path);
+        memcpy(target + keep, link, (size_t)len + 1);
+    }
+}
+
+/* Whether name is exactly base + ".tmp-" + 6 letters or digits (what
+ * mkstemp makes of TMP_SUFFIX). */
+static int is_temp_name(const char *name, const char *base, size_t base_len)
+{
+    const size_t sfx = sizeof TMP_SUFFIX - 1, rnd = 6;
+    if (strlen(name) != base_len + sfx || memcmp(name, base, base_len) != 0 ||
+        memcmp(name + base_len, TMP_SUFFIX, sfx - rnd) != 0)
+        return 0;
+    for (const char *c = name + base_len + sfx - rnd; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9')))
+            return 0;
+    return 1;
+}
+
+/* Remove the temporaries of target that no save is writing: regular files
+ * named target + ".tmp-XXXXXX" that are not locked (a save holds an
+ * exclusive flock on its temporary until it is renamed, and the kernel
+ * drops it when the process dies, so an unlocked one is a killed save's
+ * leftover). The name is checked to still be the file that was locked
+ * before it is unlinked. Best effort: anything that cannot be opened,
+ * locked or removed is left alone, as is everything on a file system
+ * without flock. */
+static void remove_stale_temps(const char *target)
+{
+    char dir[PATH_CAP];
+    if (!dir_of(target, dir, sizeof dir))
+        return;
+    const char *base = base_of(target);
+    const size_t base_len = strlen(base);
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    const int dfd = dirfd(d);
+    const struct dirent *e;
+    while (dfd >= 0 && (e = readdir(d)) != NULL) {
+        if (!is_temp_name(e->d_name, base, base_len))
+            continue;
+        const int fd =
+            openat(dfd, e->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        struct stat held, named;
+        if (fstat(fd, &held) == 0 && S_ISREG(held.st_mode) && flock(fd, LOCK_EX | LOCK_NB) == 0 &&
+            fstatat(dfd, e->d_name, &named, AT_SYMLINK_NOFOLLOW) == 0 &&
+            named.st_dev == held.st_dev && named.st_ino == held.st_ino)
+            (void)unlinkat(dfd, e->d_name, 0);
+        close(fd); /* drops the lock */
+    }
+    closedir(d);
+}
+
+/* A fresh temporary next to target (mkstemp: created exclusively, so
+ * concurrent saves never share one), mode 0644, locked (flock, exclusive)
+ * through *lock_fd for as long as the save runs; the stream writes it.
+ * Between mkstemp and flock another save's cleanup could take the new file
+ * for a leftover and remove it; the name is checked to still be the file
+ * once locked, and a new one made if not. */
+static tb_status create_temp(tb_ctx *ctx, const char *target, char *tmp, FILE **out,
+                             int *lock_fd)
+{
+    const char *fn = "tb_st_save";
+    for (int attempt = 0; attempt < 16; attempt++) {
+        snprintf(tmp, PATH_CAP, "%s" TMP_SUFFIX, target); /* fits: resolve_target checked */
+        const int fd = mkstemp(tmp);
+        if (fd < 0)
+            break;
+        int locked;
+        while ((locked = flock(fd, LOCK_EX)) != 0 && errno == EINTR)
+            ;
+        (void)locked; /* no flock on this file system: cleanups leave it alone too */
+        struct stat held, named;
+        if (fstat(fd, &held) != 0 || lstat(tmp, &named) != 0 || named.st_dev != held.st_dev ||
+            named.st_ino != held.st_ino) {
+            close(fd); /* removed under us: not ours any more */
+            errno = EAGAIN;
+            continue;
+        }
+        (void)fchmod(fd, 0644); /* mkstemp creates 0600 */
+        const int keep = dup(fd);
+        FILE *f = keep >= 0 ? fdopen(fd, "wb") : NULL;
+        if (!f) {
+            const int err = errno;
+            if (keep >= 0)
+                close(keep);
+            close(fd);
+            remove(tmp);
+            errno = err;
+            break;
+        }
+        *out = f;
+        *lock_fd = keep;
+        return TB_OK;
+    }
+    return tb_fail(ctx, TB_ERR_IO, fn, "cannot create a temporary file next to '%s': %s", target,
+                   strerror(errno));
 }
 
 tb_status tb_st_save(tb_ctx *ctx, const char *path, const tb_st_entry *entries, size_t n,
@@ -1116,27 +1443,20 @@ tb_status tb_st_save(tb_ctx *ctx, const char *path, const tb_st_entry *entries, 
             tb_free_with(&ctx->allocator, h.p);
         return h.status;
     }
-    /* A fresh temporary name in the same directory (mkstemp: created
-     * exclusively, so concurrent saves never share one). */
-    char tmp[4096];
-    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", path) >= sizeof tmp) {
-        tb_free_with(&ctx->allocator, h.p);
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "path is too long");
-    }
-    tb_status s = TB_OK;
-    const int fd = mkstemp(tmp);
+    char target[PATH_CAP], tmp[PATH_CAP];
     FILE *f = NULL;
-    if (fd >= 0) {
-        (void)fchmod(fd, 0644); /* mkstemp creates 0600 */
-        f = fdopen(fd, "wb");
-        if (!f) {
-            close(fd);
-            remove(tmp);
-        }
+    int lock_fd = -1;
+    tb_status s = resolve_target(ctx, path, target);
+    if (s == TB_OK) {
+        /* Before writing, so their space is free for this save. Through a
+         * link, also those next to the link itself (left there by saves of
+         * earlier versions, which did not write through). */
+        remove_stale_temps(target);
+        if (strcmp(target, path) != 0)
+            remove_stale_temps(path);
+        s = create_temp(ctx, target, tmp, &f, &lock_fd);
     }
-    if (!f) {
-        s = tb_fail(ctx, TB_ERR_IO, fn, "cannot create a temporary file next to '%s': %s", path,
-                    strerror(errno));
+    if (s != TB_OK) {
         tb_free_with(&ctx->allocator, h.p);
         return s;
     }
@@ -1160,17 +1480,21 @@ tb_status tb_st_save(tb_ctx *ctx, const char *path, const tb_st_entry *entries, 
     }
     if (!ok) {
         remove(tmp);
+        close(lock_fd);
         return tb_fail(ctx, TB_ERR_IO, fn, "cannot write '%s': %s (any previous '%s' is intact)",
-                       tmp, strerror(err), path);
+                       tmp, strerror(err), target);
     }
-    if (rename(tmp, path) != 0) {
-        const int e2 = errno;
+    /* Renamed while still locked: a cleanup never sees it unlocked. */
+    if (rename(tmp, target) != 0) {
+        err = errno;
         remove(tmp);
-        return tb_fail(ctx, TB_ERR_IO, fn, "cannot rename '%s' to '%s': %s", tmp, path,
-                       strerror(e2));
+        close(lock_fd);
+        return tb_fail(ctx, TB_ERR_IO, fn, "cannot rename '%s' to '%s': %s", tmp, target,
+                       strerror(err));
     }
-    sync_dir(path);
-    return s;
+    close(lock_fd);
+    sync_dir(target);
+    return TB_OK;
 }
 
 tb_status tb_st_save_params(tb_ctx *ctx, const char *path, const tb_param_list *list,
@@ -1179,11 +1503,14 @@ tb_status tb_st_save_params(tb_ctx *ctx, const char *path, const tb_param_list *
     const char *fn = __func__;
     if (!ctx || !list)
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx and list must not be NULL");
+    tb_status s = tb_check_param_list(ctx, fn, list);
+    if (s != TB_OK)
+        return s;
     size_t bytes;
     if (!tb_mul_size(list->count ? list->count : 1, sizeof(tb_st_entry), &bytes))
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "too many parameters");
     void *mem;
-    tb_status s = tb_alloc(ctx, fn, bytes, &mem);
+    s = tb_alloc(ctx, fn, bytes, &mem);
     if (s != TB_OK)
         return s;
     tb_st_entry *e = mem;
