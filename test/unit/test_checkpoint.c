@@ -517,12 +517,14 @@ static void rewrite(const char *in, const char *out, const meta_edit *edits, siz
         size_t i = 0;
         while (i < k && strcmp(meta[i].key, edits[j].key) != 0)
             i++;
-        if (i == k)
-            meta[k++] = (tb_st_meta){edits[j].key, edits[j].value};
-        else if (edits[j].value)
+        if (i == k) {
+            if (edits[j].value)
+                meta[k++] = (tb_st_meta){edits[j].key, edits[j].value};
+        } else if (edits[j].value) {
             meta[i].value = edits[j].value;
-        else
+        } else {
             meta[i] = meta[--k];
+        }
     }
     char hex[16];
     for (size_t i = 0; fix_header && i < k; i++)
