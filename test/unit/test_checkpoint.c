@@ -1186,7 +1186,13 @@ END_TEST
 
 START_TEST(test_crc32c_paths_agree_at_every_length_and_alignment)
 {
-    enum { CAP = 1 << 13 };
+    /* Every length to 600 at 16 alignments; then lengths around the SSE4.2
+     * path's three-stream threshold (4096) and its thirds' rounding, up to
+     * 1 MiB, at three alignments. */
+    static const size_t longer[] = {1023,  1024,  1025,  4095,  4096,  4097,  4098,
+                                    4103,  4104,  4111,  8191,  8192,  12288, 12289,
+                                    12295, 65543, 99999, (1u << 20) + 5};
+    enum { CAP = (1 << 20) + 32 };
     unsigned char *buf = tbt_alloc(CAP + 16);
     tb_rng rng;
     tb_rng_init(&rng, 2024);
@@ -1194,11 +1200,10 @@ START_TEST(test_crc32c_paths_agree_at_every_length_and_alignment)
         buf[i] = (unsigned char)(tb_rng_next(&rng) >> 56);
     const int hw = tb_crc32c_hw_available() != 0;
     size_t checked = 0;
-    for (size_t align = 0; align < 16; align++)
-        for (size_t n = 0; n <= 600 || n == 4095 || n == 4096 || n == 4097 || n == CAP;
-             n = n < 600 ? n + 1 : n < 4095 ? 4095 : n < 4097 ? n + 1 : CAP + 1) {
-            if (n > CAP)
-                break;
+    const size_t n_short = 601, n_all = n_short + sizeof longer / sizeof longer[0];
+    for (size_t k = 0; k < n_all; k++) {
+        const size_t n = k < n_short ? k : longer[k - n_short];
+        for (size_t align = 0; align < 16; align += k < n_short ? 1 : 7) {
             const unsigned char *p = buf + align;
             const uint32_t want = crc_bitwise(0, p, n);
             ck_assert_msg(tb_crc32c_portable(0, p, n) == want, "portable: length %zu align %zu",
@@ -1210,15 +1215,18 @@ START_TEST(test_crc32c_paths_agree_at_every_length_and_alignment)
                               align);
             checked++;
         }
-    /* Chaining: split anywhere, the same CRC. */
-    const uint32_t whole = crc_bitwise(0, buf, 300);
+    }
+    /* Chaining: split anywhere, the same CRC (short and long pieces). */
+    const uint32_t whole = crc_bitwise(0, buf, 300), big = crc_bitwise(0, buf, 20000);
     for (size_t cut = 0; cut <= 300; cut++) {
         ck_assert_uint_eq(tb_crc32c_portable(tb_crc32c_portable(0, buf, cut), buf + cut, 300 - cut),
                           whole);
         ck_assert_uint_eq(tb_crc32c(tb_crc32c(0, buf, cut), buf + cut, 300 - cut), whole);
     }
-    printf("  check   crc32c: %zu lengths x alignments agree with the bitwise definition "
-           "(portable, dispatched%s)\n",
+    for (size_t cut = 0; cut <= 20000; cut += 997)
+        ck_assert_uint_eq(tb_crc32c(tb_crc32c(0, buf, cut), buf + cut, 20000 - cut), big);
+    printf("  check   crc32c: %zu lengths x alignments (to 1 MiB) agree with the bitwise "
+           "definition (portable, dispatched%s)\n",
            checked, hw ? ", SSE4.2" : "; SSE4.2 NOT RUN: this CPU lacks it");
     free(buf);
 }
