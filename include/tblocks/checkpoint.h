@@ -49,12 +49,15 @@
  * is checked, also those a parameters-only load does not read.
  *
  * **Non-finite values.** A NaN or an infinity in a parameter or an
- * optimizer moment is refused by both calls with TB_ERR_NON_FINITE, naming
- * the tensor and the index of its first bad element, unless
- * TB_CKPT_ALLOW_NONFINITE is passed: a training run that blew up does not
- * overwrite the last good checkpoint, and a damaged or poisoned one is not
- * trained on. Checksums come first: a file whose checksums fail is
- * TB_ERR_FORMAT even if it also holds NaN.
+ * optimizer moment is refused with TB_ERR_NON_FINITE, naming the tensor
+ * and the index (row-major, from 0) of its first bad element, unless
+ * TB_CKPT_ALLOW_NONFINITE is passed: by tb_checkpoint_save() among
+ * everything it would write, so a training run that blew up does not
+ * overwrite the last good checkpoint; by tb_checkpoint_load() among the
+ * values it would load (as tb_st_read_f32() converts them: an F64 beyond
+ * the float range is an infinity), with or without checksums, so a
+ * poisoned checkpoint is not trained on. Checksums come first: a file
+ * whose checksums fail is TB_ERR_FORMAT even if it also holds NaN.
  *
  * Saving is crash-safe (see safetensors.h). Loading checks everything
  * before changing anything: on any error the parameters, the optimizer and
