@@ -146,6 +146,9 @@ $(BUILD)/src/kernels/gemm.o: KERNEL_FLAGS = -O3 -ffp-contract=off
 # tile loops: -O3 to vectorise.
 $(BUILD)/src/blocks/norm_common.o $(BUILD)/src/blocks/batchnorm.o \
 $(BUILD)/src/blocks/attention.o: KERNEL_FLAGS = -O3
+# The checkpoint loader's scan for NaN and infinities: -O3 to vectorise
+# (a read at memory speed instead of a fifth of it).
+$(BUILD)/src/io/checkpoint.o: KERNEL_FLAGS = -O3
 
 $(BUILD)/examples/common/%.o: examples/common/%.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)

@@ -352,9 +352,9 @@ static size_t first_suspect_block(const void *words, size_t n)
         for (size_t i = b; i < e; i++) {
             uint32_t u;
             memcpy(&u, p + 4 * i, sizeof u);
-            hit |= (u & 0x7F800000u) == 0x7F800000u;
+            hit |= (u & 0x7F800000u) + 0x00800000u; /* carries into bit 31 iff all set */
         }
-        if (hit)
+        if (hit & 0x80000000u)
             return b;
     }
     return n;
