@@ -775,14 +775,15 @@ START_TEST(test_nonfinite_values_refused_unless_allowed)
 }
 END_TEST
 
-/* A one-parameter list "x" (4 values) and a safetensors image holding x
- * with the given dtype and raw little-endian element bytes. */
-static void one_param_file(const char *path, const char *dtype, const void *data, size_t nbytes)
+/* A safetensors image holding one tensor "x" of numel elements with the
+ * given dtype and raw little-endian element bytes. */
+static void one_param_file_n(const char *path, const char *dtype, size_t numel, const void *data,
+                             size_t nbytes)
 {
     char header[256];
     int h = snprintf(header, sizeof header,
-                     "{\"x\":{\"dtype\":\"%s\",\"shape\":[4],\"data_offsets\":[0,%zu]}}", dtype,
-                     nbytes);
+                     "{\"x\":{\"dtype\":\"%s\",\"shape\":[%zu],\"data_offsets\":[0,%zu]}}",
+                     dtype, numel, nbytes);
     while (h % 8)
         header[h++] = ' ';
     unsigned char *img = tbt_alloc(8 + (size_t)h + nbytes);
@@ -792,6 +793,11 @@ static void one_param_file(const char *path, const char *dtype, const void *data
     memcpy(img + 8 + h, data, nbytes);
     put_file(path, img, 8 + (size_t)h + nbytes);
     free(img);
+}
+
+static void one_param_file(const char *path, const char *dtype, const void *data, size_t nbytes)
+{
+    one_param_file_n(path, dtype, 4, data, nbytes);
 }
 
 START_TEST(test_nonfinite_detected_in_every_float_dtype)
@@ -848,6 +854,76 @@ START_TEST(test_nonfinite_detected_in_every_float_dtype)
     }
     tb_param_list_free(&list);
     remove(a);
+}
+END_TEST
+
+/* Tensors longer than the scan's blocks (1024 values): a NaN or an
+ * infinity at a block's first or last element or in the partial last block
+ * is found, with its exact index, on load and on save; the largest finite
+ * values are not refused. */
+START_TEST(test_nonfinite_found_across_scan_blocks)
+{
+    char ck[600], a[600], b[600], c[600];
+    paths(ck, a, b, c, sizeof ck);
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    enum { N = 3000 };
+    float *xv = tbt_alloc(N * sizeof(float)), *bits = tbt_alloc(N * sizeof(float));
+    tb_param x = {xv, NULL, 1, {N}, N, 0};
+    tb_param_list list;
+    CHECK_OK(ctx, tb_param_list_init(&ctx, &list));
+    CHECK_OK(ctx, tb_param_list_add(&ctx, &list, NULL, "x", &x));
+    const uint32_t edge[4] = {0x7F7FFFFFu, 0xFF7FFFFFu, 0x00000001u, 0x80000000u};
+    static const struct {
+        size_t at;
+        uint32_t bad;
+        const char *what;
+    } cases[] = {{1024, 0x7FC00000u, "NaN"}, {2047, 0xFF800000u, "-inf"},
+                 {2999, 0x7F800001u, "NaN"}, {1023, 0x7F800000u, "+inf"},
+                 {0, 0xFFFFFFFFu, "NaN"},    {N, 0, NULL}};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        for (size_t i = 0; i < N; i++) { /* finite, the largest magnitudes among them */
+            const uint32_t u = i % 7 == 0 ? edge[i / 7 % 4] : 0x3F800000u + (uint32_t)i;
+            memcpy(&bits[i], &u, 4);
+        }
+        if (cases[k].what)
+            memcpy(&bits[cases[k].at], &cases[k].bad, 4);
+        /* load (the file's bytes are these floats, little-endian) */
+        unsigned char *le = tbt_alloc(4 * N);
+        for (size_t i = 0; i < N; i++) {
+            uint32_t u;
+            memcpy(&u, &bits[i], 4);
+            for (int j = 0; j < 4; j++)
+                le[4 * i + (size_t)j] = (unsigned char)(u >> (8 * j));
+        }
+        one_param_file_n(a, "F32", N, le, 4 * N);
+        free(le);
+        xv[0] = 7;
+        tb_status s = tb_checkpoint_load(&ctx, a, &list, NULL, NULL, TB_CKPT_DEFAULT);
+        char want[96];
+        snprintf(want, sizeof want, "holds %s at element %zu", cases[k].what ? cases[k].what : "",
+                 cases[k].at);
+        if (cases[k].what) {
+            ck_assert_msg(s == TB_ERR_NON_FINITE && has(&ctx, want) && xv[0] == 7,
+                          "load, case %zu: %s (%s)", k, tb_strerror(s), tb_ctx_error(&ctx));
+        } else {
+            ck_assert_msg(s == TB_OK, "load of finite edge values: %s (%s)", tb_strerror(s),
+                          tb_ctx_error(&ctx));
+            ck_assert(memcmp(xv, bits, N * sizeof(float)) == 0);
+        }
+        /* save */
+        memcpy(xv, bits, N * sizeof(float));
+        s = tb_checkpoint_save(&ctx, b, &list, NULL, NULL, NULL, 0, TB_CKPT_DEFAULT);
+        if (cases[k].what)
+            ck_assert_msg(s == TB_ERR_NON_FINITE && has(&ctx, want), "save, case %zu: %s (%s)",
+                          k, tb_strerror(s), tb_ctx_error(&ctx));
+        else
+            ck_assert_msg(s == TB_OK, "save of finite edge values: %s (%s)", tb_strerror(s),
+                          tb_ctx_error(&ctx));
+    }
+    tb_param_list_free(&list);
+    free(xv), free(bits);
+    remove(a), remove(b);
 }
 END_TEST
 
@@ -1246,6 +1322,7 @@ Suite *suite_checkpoint(void)
     tcase_add_test(ti, test_every_metadata_change_is_refused);
     tcase_add_test(ti, test_nonfinite_values_refused_unless_allowed);
     tcase_add_test(ti, test_nonfinite_detected_in_every_float_dtype);
+    tcase_add_test(ti, test_nonfinite_found_across_scan_blocks);
     tcase_add_test(ti, test_save_refuses_nonfinite_unless_allowed);
     tcase_add_test(ti, test_files_without_checksums_load);
     tcase_add_test(ti, test_partial_or_malformed_checksums_fail_cleanly);
