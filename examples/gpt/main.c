@@ -120,7 +120,7 @@ static tb_status save_ckpt(tb_ctx *ctx, const char *path, gpt *m, const tb_adam 
                                 {"gpt.vocab_size", v[4]}, {"gpt.dropout", v[5]},
                                 {"gpt.best_val", v[6]},   {"gpt.bad_evals", v[7]},
                                 {"gpt.tokenizer", "bytes"}};
-    return tb_checkpoint_save(ctx, path, &m->params, opt, rng, meta, 9);
+    return tb_checkpoint_save(ctx, path, &m->params, opt, rng, meta, 9, TB_CKPT_DEFAULT);
 }
 
 /* The model configuration and training state a checkpoint was saved with. */
@@ -323,7 +323,8 @@ static int cmd_train(int argc, char **argv)
         goto done;
     }
     if (resume) {
-        if (ex_failed(&ctx, tb_checkpoint_load(&ctx, resume, &m.params, &opt, &rng),
+        if (ex_failed(&ctx,
+                      tb_checkpoint_load(&ctx, resume, &m.params, &opt, &rng, TB_CKPT_DEFAULT),
                       "loading the checkpoint")) {
             failed = 1;
             goto done;
@@ -755,7 +756,7 @@ static int load_model(tb_ctx *ctx, const char *ckpt, gpt *m)
     tb_rng rng;
     tb_rng_init(&rng, 0);
     if (!ex_failed(ctx, gpt_init(ctx, m, &cfg, &rng), "building the model") &&
-        !ex_failed(ctx, tb_checkpoint_load(ctx, ckpt, &m->params, NULL, NULL),
+        !ex_failed(ctx, tb_checkpoint_load(ctx, ckpt, &m->params, NULL, NULL, TB_CKPT_DEFAULT),
                    "loading the checkpoint"))
         return 1;
     gpt_free(m);

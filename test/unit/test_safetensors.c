@@ -1354,10 +1354,12 @@ START_TEST(test_stale_parameter_list_is_refused)
         } calls[] = {
             {"tb_st_load_params", tb_st_load_params(&ctx, &f, &list, flag_sets[round], NULL, NULL)},
             {"tb_st_save_params", tb_st_save_params(&ctx, other, &list, NULL, 0)},
-            {"tb_checkpoint_save", tb_checkpoint_save(&ctx, other, &list, NULL, NULL, NULL, 0)},
+            {"tb_checkpoint_save",
+             tb_checkpoint_save(&ctx, other, &list, NULL, NULL, NULL, 0, TB_CKPT_DEFAULT)},
             {"tb_checkpoint_save (optimizer)",
-             tb_checkpoint_save(&ctx, other, &list, &opt, NULL, NULL, 0)},
-            {"tb_checkpoint_load", tb_checkpoint_load(&ctx, path, &list, NULL, NULL)},
+             tb_checkpoint_save(&ctx, other, &list, &opt, NULL, NULL, 0, TB_CKPT_DEFAULT)},
+            {"tb_checkpoint_load",
+             tb_checkpoint_load(&ctx, path, &list, NULL, NULL, TB_CKPT_DEFAULT)},
             {"tb_adam_init", tb_adam_init(&ctx, &opt2, &list, &cfg)},
             {"tb_grad_norm", tb_grad_norm(&ctx, &list, &norm)},
             {"tb_clip_grad_norm", tb_clip_grad_norm(&ctx, &list, 1.0f, NULL)},
@@ -1398,7 +1400,7 @@ START_TEST(test_stale_parameter_list_is_refused)
     CHECK_OK(ctx, tb_linear_params(&ctx, &keep, "keep", &alive));
     CHECK_OK(ctx, tb_adam_init(&ctx, &opt, &both, &cfg));
     tb_linear_free(&gone);
-    ck_assert_int_eq(tb_checkpoint_save(&ctx, other, &alive, &opt, NULL, NULL, 0), TB_ERR_STATE);
+    ck_assert_int_eq(tb_checkpoint_save(&ctx, other, &alive, &opt, NULL, NULL, 0, TB_CKPT_DEFAULT), TB_ERR_STATE);
     ck_assert_msg(strstr(tb_ctx_error(&ctx), "'gone.weight'") != NULL, "%s", tb_ctx_error(&ctx));
     ck_assert(!path_exists(other));
     tb_adam_free(&opt);
