@@ -290,7 +290,8 @@ void tb_attention_mask_spans(const tb_attention_mask *mask, size_t B, size_t Tq,
 /* The cache's header and log-sum-exp rows (its size was checked before). */
 static tb_span cache_span(const attn *a, const void *cache)
 {
-    return tb_span_bytes("cache", cache, sizeof(attn_header) + a->B * a->H * a->Tq * sizeof(float));
+    const size_t rows = a->B * a->H * a->Tq;
+    return tb_span_bytes("cache", cache, sizeof(attn_header) + rows * sizeof(float));
 }
 
 /* Operands q, k, v (v may be NULL: tb_attention_probs), then the masks. */

@@ -1216,7 +1216,8 @@ static void setup_kv(fix *f, tb_ctx *ctx)
 /* Positions [t0, t0 + n) of every row of a (B, max_len, W) buffer. */
 static void positions(acase *c, size_t i, size_t B, size_t max_len, size_t W, size_t t0, size_t n)
 {
-    touched(c, i, t0 * W * sizeof(float), ((B - 1) * max_len * W + (t0 + n) * W - 1) * sizeof(float));
+    const size_t last = (B - 1) * max_len * W + (t0 + n) * W - 1;
+    touched(c, i, t0 * W * sizeof(float), last * sizeof(float));
 }
 
 /* append: k, v | kv->keys, kv->values (the new positions) */
@@ -1266,7 +1267,8 @@ static void fill_kv_attend(const acase *c, fix *f, tb_ctx *ctx, bufs p)
 
 static tb_status c_kv_attend(fix *f, tb_ctx *ctx, bufs p)
 {
-    tb_tensor qt = tb_tensor_3d(F(p, 0), KB, KTQ, KWQ), out = tb_tensor_3d(F(p, 4), KB, KTQ, KH * KD);
+    tb_tensor qt = tb_tensor_3d(F(p, 0), KB, KTQ, KWQ);
+    tb_tensor out = tb_tensor_3d(F(p, 4), KB, KTQ, KH * KD);
     tb_heads q = {&qt, KOQ};
     return tb_kv_cache_attend(ctx, &f->kv, &f->acfg, (const int32_t *)p[3], &q, &out);
 }
@@ -1338,7 +1340,8 @@ static void fill_mha_fwd(const acase *c, fix *f, tb_ctx *ctx, bufs p)
 
 static tb_status c_mha_fwd(fix *f, tb_ctx *ctx, bufs p)
 {
-    tb_tensor x = tb_tensor_3d(F(p, MF_X), MB, MTQ, MC), mem = tb_tensor_3d(F(p, MF_MEM), MB, MTK, MC);
+    tb_tensor x = tb_tensor_3d(F(p, MF_X), MB, MTQ, MC);
+    tb_tensor mem = tb_tensor_3d(F(p, MF_MEM), MB, MTK, MC);
     tb_tensor y = tb_tensor_3d(F(p, MF_Y), MB, MTQ, MC);
     return tb_mha_forward(ctx, &f->mha, &f->mask, &x, &mem, &y, p[MF_CACHE], mha_cache(1));
 }
@@ -1388,16 +1391,20 @@ static void fill_mha_bwd(const acase *c, fix *f, tb_ctx *ctx, bufs p)
     fill_plain(c, f, ctx, p);
     fill_mask(p, MG_MASK, MB, MTK);
     float y[MB * MTQ * MC];
-    tb_tensor x = tb_tensor_3d(F(p, MG_X), MB, MTQ, MC), mem = tb_tensor_3d(F(p, MG_MEM), MB, MTK, MC);
+    tb_tensor x = tb_tensor_3d(F(p, MG_X), MB, MTQ, MC);
+    tb_tensor mem = tb_tensor_3d(F(p, MG_MEM), MB, MTK, MC);
     tb_tensor yt = tb_tensor_3d(y, MB, MTQ, MC);
-    CHECK_OK(*ctx, tb_mha_forward(ctx, &f->mha, &f->mask, &x, &mem, &yt, p[MG_CACHE], mha_cache(1)));
+    CHECK_OK(*ctx,
+             tb_mha_forward(ctx, &f->mha, &f->mask, &x, &mem, &yt, p[MG_CACHE], mha_cache(1)));
 }
 
 static tb_status c_mha_bwd(fix *f, tb_ctx *ctx, bufs p)
 {
-    tb_tensor x = tb_tensor_3d(F(p, MG_X), MB, MTQ, MC), mem = tb_tensor_3d(F(p, MG_MEM), MB, MTK, MC);
+    tb_tensor x = tb_tensor_3d(F(p, MG_X), MB, MTQ, MC);
+    tb_tensor mem = tb_tensor_3d(F(p, MG_MEM), MB, MTK, MC);
     tb_tensor dy = tb_tensor_3d(F(p, MG_DY), MB, MTQ, MC);
-    tb_tensor dx = tb_tensor_3d(F(p, MG_DX), MB, MTQ, MC), dmem = tb_tensor_3d(F(p, MG_DMEM), MB, MTK, MC);
+    tb_tensor dx = tb_tensor_3d(F(p, MG_DX), MB, MTQ, MC);
+    tb_tensor dmem = tb_tensor_3d(F(p, MG_DMEM), MB, MTK, MC);
     return tb_mha_backward(ctx, &f->mha, &f->mask, &x, &mem, &dy, p[MG_CACHE], mha_cache(1), &dx,
                            &dmem);
 }
@@ -1459,7 +1466,8 @@ static void fill_mha_self(const acase *c, fix *f, tb_ctx *ctx, bufs p)
 
 static tb_status c_mha_self(fix *f, tb_ctx *ctx, bufs p)
 {
-    tb_tensor x = tb_tensor_3d(F(p, MS_X), MB, MTQ, MC), dy = tb_tensor_3d(F(p, MS_DY), MB, MTQ, MC);
+    tb_tensor x = tb_tensor_3d(F(p, MS_X), MB, MTQ, MC);
+    tb_tensor dy = tb_tensor_3d(F(p, MS_DY), MB, MTQ, MC);
     tb_tensor dx = tb_tensor_3d(F(p, MS_DX), MB, MTQ, MC);
     return tb_mha_backward(ctx, &f->mha, NULL, &x, NULL, &dy, p[MS_CACHE], mha_cache(0), &dx,
                            NULL);
@@ -1503,7 +1511,8 @@ static void b_mha_decode(fix *f, bufs p)
 
 static tb_status c_mha_decode(fix *f, tb_ctx *ctx, bufs p)
 {
-    tb_tensor x = tb_tensor_3d(F(p, MD_X), MB, MDTN, MC), y = tb_tensor_3d(F(p, MD_Y), MB, MDTN, MC);
+    tb_tensor x = tb_tensor_3d(F(p, MD_X), MB, MDTN, MC);
+    tb_tensor y = tb_tensor_3d(F(p, MD_Y), MB, MDTN, MC);
     return tb_mha_decode(ctx, &f->mha, &f->kv, &x, &y);
 }
 
