@@ -93,8 +93,9 @@ void tb_ewc_free(tb_ewc *ewc);
  * @param ewc State.
  * @param list The same parameters as at init (same trainable set).
  * @param weight Finite and >= 0.
- * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG (bad weight; F, the
- *         output, overlaps a gradient); TB_ERR_SHAPE if the list's
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG (bad weight; an
+ *         output overlaps an input it still reads, or another output: F is
+ *         the output, the gradients the inputs); TB_ERR_SHAPE if the list's
  *         trainable scalars differ from init; TB_ERR_NO_MEMORY or
  *         TB_ERR_OVERFLOW for the check's scratch.
  */

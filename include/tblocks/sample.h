@@ -88,8 +88,9 @@ tb_status tb_logits_process(tb_ctx *ctx, const tb_sampler_config *cfg, const int
  * @param rng Stream for the draw (unused and may be NULL when greedy).
  * @param token Receives the token. logits, rng (when drawing) and token
  *        are the outputs: none may overlap another or history.
- * @return As tb_logits_process(); TB_ERR_NON_FINITE if every logit is
- *         -inf or one is NaN.
+ * @return As tb_logits_process() (TB_ERR_INVALID_ARG also when an output
+ *         overlaps an input it still reads, or another output);
+ *         TB_ERR_NON_FINITE if every logit is -inf or one is NaN.
  */
 tb_status tb_sample_token(tb_ctx *ctx, const tb_sampler_config *cfg, const int32_t *history,
                           size_t n_history, float *logits, size_t vocab, tb_rng *rng,
