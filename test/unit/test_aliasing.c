@@ -231,11 +231,13 @@ static void move(const acase *c, const arena *a, size_t o, unsigned char *at, un
             p[i] = at;
 }
 
+/* "fn: a overlaps b", then the end or a parenthesis: whole names only. */
 static int names_pair(const char *err, const char *a, const char *b)
 {
     char want[256];
-    snprintf(want, sizeof want, "%s overlaps %s", a, b);
-    return strstr(err, want) != NULL;
+    snprintf(want, sizeof want, ": %s overlaps %s", a, b);
+    const char *at = strstr(err, want);
+    return at && (at[strlen(want)] == '\0' || at[strlen(want)] == ' ');
 }
 
 static size_t owner(const acase *c, size_t i);
