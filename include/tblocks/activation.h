@@ -3,8 +3,10 @@
  * @brief Elementwise activations: GELU (exact and tanh forms) and ReLU.
  *
  * x, y, dy and dx must all have the same number of elements (their shapes
- * may be different views of it). y may alias x, and dx may alias dy;
- * backward takes the forward input x, so keep it if you run backward.
+ * may be different views of it). In place (docs/conventions.md, Aliasing):
+ * y may be exactly x, and dx exactly dy or x (the same memory; any other
+ * overlap is refused). Backward takes the forward input x, so keep it if
+ * you run backward.
  */
 #ifndef TBLOCKS_ACTIVATION_H
 #define TBLOCKS_ACTIVATION_H
@@ -31,8 +33,10 @@ typedef enum tb_gelu_approx {
  * @param ctx Context.
  * @param approx Formula.
  * @param x Input.
- * @param y Output, same element count (may alias x).
- * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_INVALID_ARG or TB_ERR_SHAPE.
+ * @param y Output, same element count; may be exactly x (in place).
+ * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE or TB_ERR_INVALID_ARG (an
+ *         unknown approx; an output overlaps an input it still reads, or
+ *         another output).
  */
 tb_status tb_gelu_forward(tb_ctx *ctx, tb_gelu_approx approx, const tb_tensor *x,
                           tb_tensor *y);
@@ -43,8 +47,10 @@ tb_status tb_gelu_forward(tb_ctx *ctx, tb_gelu_approx approx, const tb_tensor *x
  * @param approx Formula used in forward.
  * @param x The forward input.
  * @param dy Gradient w.r.t. y.
- * @param dx Output (may alias dy).
- * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_INVALID_ARG or TB_ERR_SHAPE.
+ * @param dx Output; may be exactly dy or x (in place).
+ * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE or TB_ERR_INVALID_ARG (an
+ *         unknown approx; an output overlaps an input it still reads, or
+ *         another output).
  */
 tb_status tb_gelu_backward(tb_ctx *ctx, tb_gelu_approx approx, const tb_tensor *x,
                            const tb_tensor *dy, tb_tensor *dx);
@@ -53,8 +59,9 @@ tb_status tb_gelu_backward(tb_ctx *ctx, tb_gelu_approx approx, const tb_tensor *
  * @brief ReLU forward: `y = max(x, 0)`; NaN stays NaN.
  * @param ctx Context.
  * @param x Input.
- * @param y Output, same element count (may alias x).
- * @return TB_OK, TB_ERR_NULL_ARG or TB_ERR_SHAPE.
+ * @param y Output, same element count; may be exactly x (in place).
+ * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE or TB_ERR_INVALID_ARG
+ *         (an output overlaps an input it still reads, or another output).
  */
 tb_status tb_relu_forward(tb_ctx *ctx, const tb_tensor *x, tb_tensor *y);
 
@@ -64,8 +71,9 @@ tb_status tb_relu_forward(tb_ctx *ctx, const tb_tensor *x, tb_tensor *y);
  * @param ctx Context.
  * @param x The forward input.
  * @param dy Gradient w.r.t. y.
- * @param dx Output (may alias dy).
- * @return TB_OK, TB_ERR_NULL_ARG or TB_ERR_SHAPE.
+ * @param dx Output; may be exactly dy or x (in place).
+ * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE or TB_ERR_INVALID_ARG
+ *         (an output overlaps an input it still reads, or another output).
  */
 tb_status tb_relu_backward(tb_ctx *ctx, const tb_tensor *x, const tb_tensor *dy,
                            tb_tensor *dx);

@@ -140,14 +140,17 @@ tb_status tb_attention_cache_size(const tb_attention_config *cfg, size_t batch, 
  * @param q Queries: `(B, Tq, W)` with H heads.
  * @param k Keys: `(B, Tk, W)` with n_kv_heads heads.
  * @param v Values: same B and Tk as k.
- * @param out Output `(B, Tq, H*D)`; must not overlap q, k or v.
+ * @param out Output `(B, Tq, H*D)`; must not overlap the columns of q, k
+ *        or v that hold their heads, the mask's arrays, or the cache (no
+ *        in-place form).
  * @param cache tb_attention_cache_size() bytes aligned for float, or NULL if
  *        no backward will follow.
  * @param cache_bytes Size of cache.
  * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_SHAPE; TB_ERR_OVERFLOW;
  *         TB_ERR_INVALID_ARG (bad configuration, key length out of range,
- *         misaligned cache, out overlapping an input);
- *         TB_ERR_BUFFER_TOO_SMALL. Nothing is written on error.
+ *         misaligned cache; an output overlaps an input it still reads, or
+ *         another output); TB_ERR_BUFFER_TOO_SMALL. Nothing is written on
+ *         error.
  */
 tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
                                const tb_attention_mask *mask, const tb_heads *q,
@@ -168,12 +171,14 @@ tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
  * @param cache The cache filled by forward.
  * @param cache_bytes Size of cache.
  * @param dq Receives dL/dq, laid out like q (may share a packed buffer with
- *        dk and dv); must not overlap the inputs.
+ *        dk and dv in disjoint columns); must not overlap q, k, v (their
+ *        heads' columns), out, dout, the cache or the mask's arrays.
  * @param dk Receives dL/dk, laid out like k.
  * @param dv Receives dL/dv, laid out like v.
- * @return As forward, plus TB_ERR_STATE if the cache was not filled by a
- *         forward call with this shape and configuration (B, H, Tq, Tk, D,
- *         key/value heads, causal, window, scale).
+ * @return As forward (TB_ERR_INVALID_ARG also when an output overlaps an input
+ *         it still reads, or another output), plus TB_ERR_STATE if the cache
+ *         was not filled by a forward call with this shape and configuration
+ *         (B, H, Tq, Tk, D, key/value heads, causal, window, scale).
  */
 tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
                                 const tb_attention_mask *mask, const tb_heads *q,
@@ -192,8 +197,9 @@ tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
  * @param q Queries.
  * @param k Keys.
  * @param probs Output `(B, H, Tq, Tk)`: rows sum to 1 (0 for fully masked
- *        queries).
- * @return As forward.
+ *        queries); must not overlap q, k or the mask's arrays.
+ * @return As forward (TB_ERR_INVALID_ARG when an output overlaps an input it
+ *         still reads, or another output).
  */
 tb_status tb_attention_probs(tb_ctx *ctx, const tb_attention_config *cfg,
                              const tb_attention_mask *mask, const tb_heads *q, const tb_heads *k,

@@ -107,17 +107,19 @@ tb_status tb_batchnorm_cache_size(size_t channels, size_t *bytes);
  * @param mode Training (batch statistics) or inference (running ones).
  * @param x Input `(N..., C)`.
  * @param valid N bytes, nonzero for real positions, or NULL (all real).
- * @param y Output, same rows and columns (may alias x).
+ * @param y Output, same rows and columns; may be exactly x (in place).
  * @param cache tb_batchnorm_cache_size(C) bytes aligned for float, or NULL
- *        when no backward will follow.
+ *        when no backward will follow. Must not overlap x, valid, y, the
+ *        parameters or (when updated) the running statistics.
  * @param cache_bytes Size of cache.
  * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_SHAPE; TB_ERR_OVERFLOW; TB_ERR_STATE;
  *         TB_ERR_BUFFER_TOO_SMALL; TB_ERR_INVALID_ARG for fewer than two
- *         counted positions in training with batch statistics, a bad mode
- *         a misaligned cache or y partly overlapping x. Nothing (y, cache, running statistics) is
- *         changed on error.
- *         Also TB_ERR_NO_MEMORY when the call's short-lived scratch cannot be
- *         allocated (then nothing is written).
+ *         counted positions in training with batch statistics, a bad mode, a
+ *         misaligned cache, or when an output overlaps an input it still
+ *         reads, or another output (the running statistics count as outputs
+ *         when they are updated). Nothing (y, cache, running statistics) is
+ *         changed on error. Also TB_ERR_NO_MEMORY when the call's short-lived
+ *         scratch cannot be allocated (then nothing is written).
  */
 tb_status tb_batchnorm_forward(tb_ctx *ctx, tb_batchnorm *bn, tb_mode mode, const tb_tensor *x,
                                const uint8_t *valid, tb_tensor *y, void *cache,
@@ -135,11 +137,13 @@ tb_status tb_batchnorm_forward(tb_ctx *ctx, tb_batchnorm *bn, tb_mode mode, cons
  * @param dy Gradient w.r.t. y.
  * @param cache The cache filled by forward on x.
  * @param cache_bytes Size of cache.
- * @param dx Output (may alias dy; must not overlap x).
- * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE, TB_ERR_OVERFLOW,
- *         TB_ERR_STATE (cache not from a forward call on this input and
- *         mask), TB_ERR_BUFFER_TOO_SMALL or TB_ERR_INVALID_ARG.
- *         Also TB_ERR_NO_MEMORY when the call's short-lived scratch cannot be
+ * @param dx Output; may be exactly dy (in place), must not overlap x, valid,
+ *        the cache, weight or the gradients.
+ * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE, TB_ERR_OVERFLOW, TB_ERR_STATE
+ *         (cache not from a forward call on this input and mask),
+ *         TB_ERR_BUFFER_TOO_SMALL or TB_ERR_INVALID_ARG (misaligned cache; an
+ *         output overlaps an input it still reads, or another output). Also
+ *         TB_ERR_NO_MEMORY when the call's short-lived scratch cannot be
  *         allocated (then nothing is written).
  */
 tb_status tb_batchnorm_backward(tb_ctx *ctx, tb_batchnorm *bn, const tb_tensor *x,

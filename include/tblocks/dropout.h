@@ -39,12 +39,15 @@ typedef struct tb_dropout_cache {
  * @param ctx Context.
  * @param mode TB_MODE_TRAINING applies dropout; TB_MODE_INFERENCE copies.
  * @param p Drop probability in [0, 1].
- * @param rng Stream for the mask (may be NULL in inference).
+ * @param rng Stream for the mask (may be NULL in inference); advanced last,
+ *        so it must not overlap y or cache.
  * @param x Input.
- * @param y Output, same element count (may alias x).
- * @param cache Receives what backward needs.
- * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_INVALID_ARG (p outside [0, 1] or
- *         NaN) or TB_ERR_SHAPE.
+ * @param y Output, same element count; may be exactly x (in place).
+ * @param cache Receives what backward needs (written first: it must not
+ *        overlap x).
+ * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE or TB_ERR_INVALID_ARG (p
+ *         outside [0, 1] or NaN; an output overlaps an input it still reads,
+ *         or another output).
  */
 tb_status tb_dropout_forward(tb_ctx *ctx, tb_mode mode, float p, tb_rng *rng,
                              const tb_tensor *x, tb_tensor *y, tb_dropout_cache *cache);
@@ -52,10 +55,12 @@ tb_status tb_dropout_forward(tb_ctx *ctx, tb_mode mode, float p, tb_rng *rng,
 /**
  * @brief Dropout backward: writes `dx = dy * mask / (1 - p)`.
  * @param ctx Context.
- * @param cache Filled by the matching forward call.
+ * @param cache Filled by the matching forward call (read before dx is
+ *        written).
  * @param dy Gradient w.r.t. y, same element count as the forward input.
- * @param dx Output (may alias dy).
- * @return TB_OK, TB_ERR_NULL_ARG or TB_ERR_SHAPE.
+ * @param dx Output; may be exactly dy (in place).
+ * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE or TB_ERR_INVALID_ARG
+ *         (an output overlaps an input it still reads, or another output).
  */
 tb_status tb_dropout_backward(tb_ctx *ctx, const tb_dropout_cache *cache,
                               const tb_tensor *dy, tb_tensor *dx);

@@ -68,9 +68,10 @@ tb_status tb_embedding_params(tb_ctx *ctx, tb_embedding *emb, const char *prefix
  * @param emb Table.
  * @param ids `n` token ids, each in [0, num_embeddings).
  * @param n Number of ids, >= 1; must equal the row count of out.
- * @param out Output `(n..., dim)`.
+ * @param out Output `(n..., dim)`; must not overlap ids or weight.
  * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE, or TB_ERR_INVALID_ARG for an
- *         out-of-range id (out untouched; the detail names the position).
+ *         out-of-range id (out untouched; the detail names the position) or
+ *         when an output overlaps an input it still reads, or another output.
  */
 tb_status tb_embedding_forward(tb_ctx *ctx, const tb_embedding *emb, const int32_t *ids,
                                size_t n, tb_tensor *out);
@@ -82,9 +83,11 @@ tb_status tb_embedding_forward(tb_ctx *ctx, const tb_embedding *emb, const int32
  * @param emb Table.
  * @param ids The forward ids.
  * @param n Number of ids.
- * @param dout Gradient w.r.t. the forward output, `(n..., dim)`.
- * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE or TB_ERR_INVALID_ARG
- *         (nothing written).
+ * @param dout Gradient w.r.t. the forward output, `(n..., dim)`; weight.grad
+ *        must not overlap it or ids.
+ * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE or TB_ERR_INVALID_ARG (an id
+ *         out of range; an output overlaps an input it still reads, or another
+ *         output), nothing written then.
  */
 tb_status tb_embedding_backward(tb_ctx *ctx, tb_embedding *emb, const int32_t *ids,
                                 size_t n, const tb_tensor *dout);

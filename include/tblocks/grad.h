@@ -31,7 +31,8 @@ extern "C" {
  * @brief The L2 norm of all gradients taken together.
  * @param ctx Context.
  * @param list Parameters.
- * @param norm Receives the norm (NaN or infinity if a gradient is).
+ * @param norm Receives the norm (NaN or infinity if a gradient is); written
+ *        after the last gradient is read, so no aliasing rule applies.
  * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_STATE (a stale list, see param.h).
  */
 tb_status tb_grad_norm(tb_ctx *ctx, const tb_param_list *list, double *norm);
@@ -43,10 +44,16 @@ tb_status tb_grad_norm(tb_ctx *ctx, const tb_param_list *list, double *norm);
  * @param ctx Context.
  * @param list Parameters.
  * @param max_norm Finite and > 0.
- * @param total_norm Receives the norm before clipping, or NULL.
- * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG for a bad max_norm;
- *         TB_ERR_STATE (a stale list, see param.h); TB_ERR_NON_FINITE if the norm is NaN or infinite (the gradients
- *         are left unchanged and *total_norm holds the norm).
+ * @param total_norm Receives the norm before clipping, or NULL; it is
+ *        written before the gradients are scaled, so it must not overlap
+ *        one.
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG for a bad max_norm, or
+ *         when an output overlaps an input it still reads, or another output
+ *         (the gradients are outputs, and must not overlap each other: a
+ *         parameter listed twice is refused); TB_ERR_STATE (a stale list, see
+ *         param.h); TB_ERR_NON_FINITE if the norm is NaN or infinite (the
+ *         gradients are left unchanged and *total_norm holds the norm);
+ *         TB_ERR_NO_MEMORY or TB_ERR_OVERFLOW for the check's scratch.
  */
 tb_status tb_clip_grad_norm(tb_ctx *ctx, tb_param_list *list, float max_norm,
                             double *total_norm);
@@ -87,10 +94,12 @@ void tb_ewc_free(tb_ewc *ewc);
  * @param ewc State.
  * @param list The same parameters as at init (same trainable set).
  * @param weight Finite and >= 0.
- * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG (bad weight);
- *         TB_ERR_STATE (a stale list, see param.h, or an uninitialised
- *         state); TB_ERR_SHAPE if the list's trainable scalars differ from
- *         init.
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG (bad weight; an
+ *         output overlaps an input it still reads, or another output: F is
+ *         the output, the gradients the inputs); TB_ERR_STATE (a stale list,
+ *         see param.h, or an uninitialised state); TB_ERR_SHAPE if the list's
+ *         trainable scalars differ from init; TB_ERR_NO_MEMORY or
+ *         TB_ERR_OVERFLOW for the check's scratch.
  */
 tb_status tb_ewc_accumulate_fisher(tb_ctx *ctx, tb_ewc *ewc, const tb_param_list *list,
                                    float weight);
@@ -103,7 +112,10 @@ tb_status tb_ewc_accumulate_fisher(tb_ctx *ctx, tb_ewc *ewc, const tb_param_list
  * @param list The same parameters as at init.
  * @param lambda Finite and >= 0.
  * @param penalty Receives the penalty (to add to the reported loss), or NULL.
- * @return As tb_ewc_accumulate_fisher().
+ * @return As tb_ewc_accumulate_fisher(), with TB_ERR_INVALID_ARG when an
+ *         output overlaps an input it still reads, or another output (the
+ *         gradients and penalty are the outputs; the values, the anchor and F
+ *         the inputs).
  */
 tb_status tb_ewc_penalty(tb_ctx *ctx, const tb_ewc *ewc, tb_param_list *list, float lambda,
                          double *penalty);

@@ -67,10 +67,13 @@ void tb_kv_cache_reset(tb_kv_cache *kv);
  * @param ctx Context.
  * @param kv Cache.
  * @param k New keys `(B, Tn, W)` with n_kv_heads heads from `offset`.
- * @param v New values, same B and Tn.
+ * @param v New values, same B and Tn. The positions written, [len, len + Tn)
+ *        of each batch row of kv->keys and kv->values, must not overlap the
+ *        heads of k or v.
  * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_SHAPE; TB_ERR_STATE (not
- *         initialised); TB_ERR_BUFFER_TOO_SMALL if len + Tn > max_len
- *         (nothing appended).
+ *         initialised); TB_ERR_BUFFER_TOO_SMALL if len + Tn > max_len;
+ *         TB_ERR_INVALID_ARG when an output overlaps an input it still reads,
+ *         or another output (nothing appended on error).
  */
 tb_status tb_kv_cache_append(tb_ctx *ctx, tb_kv_cache *kv, const tb_heads *k, const tb_heads *v);
 
@@ -82,10 +85,13 @@ tb_status tb_kv_cache_append(tb_ctx *ctx, tb_kv_cache *kv, const tb_heads *k, co
  * @param kv Cache (its n_kv_heads and head_dim must match cfg).
  * @param cfg Core configuration.
  * @param key_lengths B entries limiting the keys per batch row, or NULL.
- * @param q Queries `(B, Tq, W)`.
- * @param out Output `(B, Tq, H * D)`.
- * @return As tb_attention_forward(); TB_ERR_STATE if the cache is empty or
- *         not initialised; TB_ERR_SHAPE if cfg does not match the cache.
+ * @param q Queries `(B, Tq, W)` with H heads from `offset`.
+ * @param out Output `(B, Tq, H * D)`; must not overlap q's heads, the
+ *        stored positions or key_lengths.
+ * @return As tb_attention_forward() (TB_ERR_INVALID_ARG also when an output
+ *         overlaps an input it still reads, or another output); TB_ERR_STATE
+ *         if the cache is empty or not initialised; TB_ERR_SHAPE if cfg does
+ *         not match the cache or q and out.
  */
 tb_status tb_kv_cache_attend(tb_ctx *ctx, const tb_kv_cache *kv, const tb_attention_config *cfg,
                              const int32_t *key_lengths, const tb_heads *q, tb_tensor *out);

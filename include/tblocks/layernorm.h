@@ -85,13 +85,14 @@ tb_status tb_layernorm_cache_size(size_t rows, size_t *bytes);
  * @param ctx Context.
  * @param ln Block.
  * @param x Input `(N..., C)`; NaN or infinity makes its row NaN.
- * @param y Output, same rows and columns (may alias x).
+ * @param y Output, same rows and columns; may be exactly x (in place).
  * @param cache tb_layernorm_cache_size(N) bytes, aligned for float, filled
- *        for backward; or NULL when no backward will follow.
+ *        for backward; or NULL when no backward will follow. Must not
+ *        overlap x, y, weight or bias.
  * @param cache_bytes Size of cache (ignored when cache is NULL).
  * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE, TB_ERR_OVERFLOW, TB_ERR_STATE,
- *         TB_ERR_BUFFER_TOO_SMALL or TB_ERR_INVALID_ARG (misaligned cache, or
- *         y partly overlapping x).
+ *         TB_ERR_BUFFER_TOO_SMALL or TB_ERR_INVALID_ARG (misaligned cache;
+ *         an output overlaps an input it still reads, or another output).
  */
 tb_status tb_layernorm_forward(tb_ctx *ctx, const tb_layernorm *ln, const tb_tensor *x,
                                tb_tensor *y, void *cache, size_t cache_bytes);
@@ -105,11 +106,13 @@ tb_status tb_layernorm_forward(tb_ctx *ctx, const tb_layernorm *ln, const tb_ten
  * @param dy Gradient w.r.t. y, same rows and columns.
  * @param cache The cache filled by forward on x.
  * @param cache_bytes Size of cache.
- * @param dx Output, same rows and columns (may alias dy; must not overlap x).
- * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE, TB_ERR_STATE (cache not from
- *         a forward on N rows), TB_ERR_BUFFER_TOO_SMALL or TB_ERR_INVALID_ARG.
- *         Also TB_ERR_NO_MEMORY when the call's short-lived scratch cannot be
- *         allocated (then nothing is written).
+ * @param dx Output, same rows and columns; may be exactly dy (in place),
+ *        must not overlap x, the cache, weight or the gradients.
+ * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE, TB_ERR_STATE (cache not from a
+ *         forward on N rows), TB_ERR_BUFFER_TOO_SMALL or TB_ERR_INVALID_ARG
+ *         (misaligned cache; an output overlaps an input it still reads, or
+ *         another output). Also TB_ERR_NO_MEMORY when the call's short-lived
+ *         scratch cannot be allocated (then nothing is written).
  */
 tb_status tb_layernorm_backward(tb_ctx *ctx, tb_layernorm *ln, const tb_tensor *x,
                                 const tb_tensor *dy, const void *cache, size_t cache_bytes,

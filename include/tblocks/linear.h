@@ -120,12 +120,13 @@ tb_status tb_linear_params(tb_ctx *ctx, tb_linear *layer, const char *prefix,
  * @param ctx Context.
  * @param layer Layer.
  * @param x Input `(N..., in)`.
- * @param y Output `(N..., out)` with the same row count; must not overlap x.
+ * @param y Output `(N..., out)` with the same row count; must not overlap
+ *        x, weight or bias (no in-place form).
  * @return TB_OK; on error y is untouched and the status is TB_ERR_NULL_ARG,
  *         TB_ERR_SHAPE, TB_ERR_OVERFLOW (a view too large to address),
- *         TB_ERR_INVALID_ARG (y overlaps x) or TB_ERR_STATE (layer not
- *         initialised).
- *         Also TB_ERR_NO_MEMORY when the call's short-lived scratch cannot be
+ *         TB_ERR_INVALID_ARG (an output overlaps an input it still reads, or
+ *         another output) or TB_ERR_STATE (layer not initialised). Also
+ *         TB_ERR_NO_MEMORY when the call's short-lived scratch cannot be
  *         allocated (then nothing is written).
  */
 tb_status tb_linear_forward(tb_ctx *ctx, const tb_linear *layer, const tb_tensor *x,
@@ -140,12 +141,14 @@ tb_status tb_linear_forward(tb_ctx *ctx, const tb_linear *layer, const tb_tensor
  * @param x The forward input `(N..., in)`.
  * @param dy Gradient of the loss w.r.t. y, `(N..., out)`.
  * @param dx Output `(N..., in)`, or NULL if the input gradient is not wanted;
- *        must not overlap dy or x.
+ *        must not overlap x, dy, weight, weight.grad or bias.grad (no
+ *        in-place form).
  * @return TB_OK; on error nothing is written and the status is
  *         TB_ERR_NULL_ARG, TB_ERR_SHAPE, TB_ERR_OVERFLOW, TB_ERR_INVALID_ARG
- *         (dx overlaps dy or x) or TB_ERR_STATE (layer not initialised).
- *         Also TB_ERR_NO_MEMORY when the call's short-lived scratch cannot be
- *         allocated (then nothing is written).
+ *         (an output overlaps an input it still reads, or another output) or
+ *         TB_ERR_STATE (layer not initialised). Also TB_ERR_NO_MEMORY when the
+ *         call's short-lived scratch cannot be allocated (then nothing is
+ *         written).
  */
 tb_status tb_linear_backward(tb_ctx *ctx, tb_linear *layer, const tb_tensor *x,
                              const tb_tensor *dy, tb_tensor *dx);

@@ -65,10 +65,13 @@ tb_status tb_cross_entropy_cache_size(size_t rows, size_t *bytes);
  * @param n_targets N; must equal the row count of logits.
  * @param loss Receives the loss.
  * @param cache At least tb_cross_entropy_cache_size(N) bytes, aligned for
- *        float; filled for backward.
+ *        float; filled for backward (its first tb_cross_entropy_cache_size(N)
+ *        bytes must not overlap logits, targets or loss).
  * @param cache_bytes Size of cache.
  * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE, TB_ERR_BUFFER_TOO_SMALL, or
- *         TB_ERR_INVALID_ARG for a target out of range (detail names it).
+ *         TB_ERR_INVALID_ARG for a target out of range (detail names it), a
+ *         misaligned cache, or when an output overlaps an input it still
+ *         reads, or another output.
  */
 tb_status tb_cross_entropy_forward(tb_ctx *ctx, const tb_cross_entropy_config *config,
                                    const tb_tensor *logits, const int32_t *targets,
@@ -87,10 +90,13 @@ tb_status tb_cross_entropy_forward(tb_ctx *ctx, const tb_cross_entropy_config *c
  * @param dloss Gradient w.r.t. the reduced loss.
  * @param cache The cache filled by forward on these logits.
  * @param cache_bytes Size of cache.
- * @param dlogits Output, same rows and columns as logits (may alias logits).
+ * @param dlogits Output, same rows and columns as logits; may be exactly
+ *        logits (in place), must not overlap targets or the cache.
  * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE, TB_ERR_BUFFER_TOO_SMALL,
- *         TB_ERR_INVALID_ARG, or TB_ERR_STATE if the cache was not filled by
- *         a forward call on N rows.
+ *         TB_ERR_INVALID_ARG (a bad target or cache alignment; an output
+ *         overlaps an input it still reads, or another output), or
+ *         TB_ERR_STATE if the cache was not filled by a forward call on N
+ *         rows.
  */
 tb_status tb_cross_entropy_backward(tb_ctx *ctx, const tb_cross_entropy_config *config,
                                     const tb_tensor *logits, const int32_t *targets,

@@ -102,11 +102,14 @@ tb_status tb_mha_cache_size(const tb_mha *mha, size_t batch, size_t t_q, size_t 
  * @param mask Core masks, or NULL.
  * @param x Queries' input `(B, Tq, C)`.
  * @param mem Keys' and values' input `(B, Tk, C)`, or NULL.
- * @param y Output `(B, Tq, C)`; must not overlap x or mem.
+ * @param y Output `(B, Tq, C)`; must not overlap x, mem, the parameters,
+ *        the mask's arrays or the cache (no in-place form).
  * @param cache tb_mha_cache_size() bytes aligned for float (required).
  * @param cache_bytes Size of cache.
  * @return TB_OK or the errors of tb_attention_forward() and
- *         tb_linear_forward(), TB_ERR_BUFFER_TOO_SMALL for a small cache.
+ *         tb_linear_forward(), TB_ERR_BUFFER_TOO_SMALL for a small cache,
+ *         TB_ERR_INVALID_ARG when an output overlaps an input it still reads,
+ *         or another output.
  */
 tb_status tb_mha_forward(tb_ctx *ctx, const tb_mha *mha, const tb_attention_mask *mask,
                          const tb_tensor *x, const tb_tensor *mem, tb_tensor *y, void *cache,
@@ -123,10 +126,15 @@ tb_status tb_mha_forward(tb_ctx *ctx, const tb_mha *mha, const tb_attention_mask
  * @param dy Gradient w.r.t. y.
  * @param cache The cache filled by forward.
  * @param cache_bytes Size of cache.
- * @param dx Receives dL/dx `(B, Tq, C)`.
- * @param dmem Receives dL/dmem `(B, Tk, C)` (cross-attention), else NULL.
+ * @param dx Receives dL/dx `(B, Tq, C)`; must not overlap x, mem, dy, the
+ *        cache, in_proj_weight, out_proj.weight, the mask's arrays, dmem or
+ *        a gradient written (no in-place form).
+ * @param dmem Receives dL/dmem `(B, Tk, C)` (cross-attention), else NULL;
+ *        the same rule as dx.
  * @return TB_OK or the errors of the parts; TB_ERR_STATE for a cache not
- *         filled by forward on this shape.
+ *         filled by forward on this shape; TB_ERR_INVALID_ARG when an output
+ *         overlaps an input it still reads, or another output (the parameters'
+ *         gradients are outputs too).
  */
 tb_status tb_mha_backward(tb_ctx *ctx, tb_mha *mha, const tb_attention_mask *mask,
                           const tb_tensor *x, const tb_tensor *mem, const tb_tensor *dy,
@@ -142,9 +150,12 @@ tb_status tb_mha_backward(tb_ctx *ctx, tb_mha *mha, const tb_attention_mask *mas
  * @param mha Module.
  * @param kv Cache with n_kv_heads = H and head_dim = C / H.
  * @param x New positions `(B, Tn, C)`.
- * @param y Output `(B, Tn, C)`; must not overlap x.
+ * @param y Output `(B, Tn, C)`; must not overlap x, the parameters or kv's
+ *        positions (stored or new).
  * @return TB_OK or the errors of the parts (TB_ERR_BUFFER_TOO_SMALL when the
- *         cache is full); TB_ERR_NO_MEMORY for the call's scratch.
+ *         cache is full); TB_ERR_NO_MEMORY for the call's scratch;
+ *         TB_ERR_INVALID_ARG when an output overlaps an input it still reads,
+ *         or another output (the new positions of kv are outputs).
  */
 tb_status tb_mha_decode(tb_ctx *ctx, const tb_mha *mha, tb_kv_cache *kv, const tb_tensor *x,
                         tb_tensor *y);

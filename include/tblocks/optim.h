@@ -175,9 +175,14 @@ tb_status tb_adam_add_group(tb_ctx *ctx, tb_adam *opt, float lr, float weight_de
  * @param opt Optimizer.
  * @param lr_factor Multiplies every group's lr (a schedule's factor; 1 for
  *        none), finite and >= 0.
- * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG for a bad factor;
- *         TB_ERR_NON_FINITE if a gradient holds NaN or infinity (nothing is
- *         changed; `skipped` counts it).
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG for a bad factor, or when
+ *         an output overlaps an input it still reads, or another output: each
+ *         trainable parameter's value and its slices of m, v and vmax are
+ *         outputs, every gradient an input (so a parameter listed twice is
+ *         refused); TB_ERR_NON_FINITE if a gradient holds NaN or infinity
+ *         (nothing is changed; `skipped` counts it); TB_ERR_NO_MEMORY or
+ *         TB_ERR_OVERFLOW for the check's scratch. Nothing is changed on
+ *         error.
  */
 tb_status tb_adam_step(tb_ctx *ctx, tb_adam *opt, float lr_factor);
 

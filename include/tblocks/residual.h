@@ -23,8 +23,10 @@ extern "C" {
  * @param ctx Context.
  * @param x The skip input.
  * @param fx The branch output, same element count.
- * @param y Output, same element count (may alias x or fx).
- * @return TB_OK, TB_ERR_NULL_ARG or TB_ERR_SHAPE.
+ * @param y Output, same element count; may be exactly x or fx (the
+ *        residual add in place).
+ * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE or TB_ERR_INVALID_ARG
+ *         (an output overlaps an input it still reads, or another output).
  */
 tb_status tb_residual_forward(tb_ctx *ctx, const tb_tensor *x, const tb_tensor *fx,
                               tb_tensor *y);
@@ -34,8 +36,9 @@ tb_status tb_residual_forward(tb_ctx *ctx, const tb_tensor *x, const tb_tensor *
  * @param ctx Context.
  * @param dy Gradient w.r.t. y.
  * @param dx Gradient w.r.t. x, same element count, already holding the
- *        branch's contribution.
- * @return TB_OK, TB_ERR_NULL_ARG or TB_ERR_SHAPE.
+ *        branch's contribution; may be exactly dy (then dx = 2 dy).
+ * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE or TB_ERR_INVALID_ARG
+ *         (an output overlaps an input it still reads, or another output).
  */
 tb_status tb_residual_backward(tb_ctx *ctx, const tb_tensor *dy, tb_tensor *dx);
 

@@ -76,13 +76,13 @@ tb_status tb_rmsnorm_cache_size(size_t rows, size_t *bytes);
  * @param ctx Context.
  * @param rn Block.
  * @param x Input `(N..., C)`.
- * @param y Output, same rows and columns (may alias x).
+ * @param y Output, same rows and columns; may be exactly x (in place).
  * @param cache tb_rmsnorm_cache_size(N) bytes aligned for float, or NULL
- *        when no backward will follow.
+ *        when no backward will follow. Must not overlap x, y or weight.
  * @param cache_bytes Size of cache.
  * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE, TB_ERR_OVERFLOW, TB_ERR_STATE,
- *         TB_ERR_BUFFER_TOO_SMALL or TB_ERR_INVALID_ARG (misaligned cache, or
- *         y partly overlapping x).
+ *         TB_ERR_BUFFER_TOO_SMALL or TB_ERR_INVALID_ARG (misaligned cache;
+ *         an output overlaps an input it still reads, or another output).
  */
 tb_status tb_rmsnorm_forward(tb_ctx *ctx, const tb_rmsnorm *rn, const tb_tensor *x,
                              tb_tensor *y, void *cache, size_t cache_bytes);
@@ -95,9 +95,11 @@ tb_status tb_rmsnorm_forward(tb_ctx *ctx, const tb_rmsnorm *rn, const tb_tensor 
  * @param dy Gradient w.r.t. y.
  * @param cache The cache filled by forward on x.
  * @param cache_bytes Size of cache.
- * @param dx Output (may alias dy; must not overlap x).
+ * @param dx Output; may be exactly dy (in place), must not overlap x, the
+ *        cache, weight or weight.grad.
  * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE, TB_ERR_STATE,
- *         TB_ERR_BUFFER_TOO_SMALL or TB_ERR_INVALID_ARG.
+ *         TB_ERR_BUFFER_TOO_SMALL or TB_ERR_INVALID_ARG (misaligned cache;
+ *         an output overlaps an input it still reads, or another output).
  *         Also TB_ERR_NO_MEMORY when the call's short-lived scratch cannot be
  *         allocated (then nothing is written).
  */

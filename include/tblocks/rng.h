@@ -72,7 +72,9 @@ float tb_rng_normal(tb_rng *rng);
  * @param n Count (0 is allowed and does nothing).
  * @param lo Lower bound.
  * @param hi Upper bound, finite and >= lo.
- * @return TB_OK, TB_ERR_NULL_ARG or TB_ERR_INVALID_ARG.
+ * @return TB_OK, TB_ERR_NULL_ARG or TB_ERR_INVALID_ARG (bad bounds; an
+ *         output overlaps an input it still reads, or another output: x and
+ *         rng, advanced after x is written, are both outputs).
  */
 tb_status tb_rng_fill_uniform(tb_ctx *ctx, tb_rng *rng, float *x, size_t n, float lo,
                               float hi);
@@ -86,7 +88,9 @@ tb_status tb_rng_fill_uniform(tb_ctx *ctx, tb_rng *rng, float *x, size_t n, floa
  * @param n Count (0 is allowed and does nothing).
  * @param mean Mean, finite.
  * @param std Standard deviation, finite and >= 0.
- * @return TB_OK, TB_ERR_NULL_ARG or TB_ERR_INVALID_ARG.
+ * @return TB_OK, TB_ERR_NULL_ARG or TB_ERR_INVALID_ARG (bad mean or std;
+ *         an output overlaps an input it still reads, or another output: x
+ *         and rng, advanced after x is written, are both outputs).
  */
 tb_status tb_rng_fill_normal(tb_ctx *ctx, tb_rng *rng, float *x, size_t n, float mean,
                              float std);

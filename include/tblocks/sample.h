@@ -64,13 +64,14 @@ tb_sampler_config tb_sampler_default_config(void);
  * @param history Tokens so far (the prompt and what was generated), or
  *        NULL when n_history is 0.
  * @param n_history Number of tokens in history.
- * @param logits `vocab` logits, rewritten in place.
+ * @param logits `vocab` logits, rewritten in place; must not overlap
+ *        history.
  * @param vocab Vocabulary size, >= 1.
- * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG (a negative or
- *         non-finite temperature, top_p outside (0, 1], a penalty <= 0, a
- *         history token outside [0, vocab)); TB_ERR_NON_FINITE (a NaN
- *         logit when top-k or top-p must sort); TB_ERR_OVERFLOW;
- *         TB_ERR_NO_MEMORY (scratch).
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG (a negative or non-finite
+ *         temperature, top_p outside (0, 1], a penalty <= 0, a history token
+ *         outside [0, vocab); an output overlaps an input it still reads, or
+ *         another output); TB_ERR_NON_FINITE (a NaN logit when top-k or top-p
+ *         must sort); TB_ERR_OVERFLOW; TB_ERR_NO_MEMORY (scratch).
  */
 tb_status tb_logits_process(tb_ctx *ctx, const tb_sampler_config *cfg, const int32_t *history,
                             size_t n_history, float *logits, size_t vocab);
@@ -85,9 +86,11 @@ tb_status tb_logits_process(tb_ctx *ctx, const tb_sampler_config *cfg, const int
  * @param logits `vocab` logits (rewritten in place).
  * @param vocab Vocabulary size.
  * @param rng Stream for the draw (unused and may be NULL when greedy).
- * @param token Receives the token.
- * @return As tb_logits_process(); TB_ERR_NON_FINITE if every logit is
- *         -inf or one is NaN.
+ * @param token Receives the token. logits, rng (when drawing) and token
+ *        are the outputs: none may overlap another or history.
+ * @return As tb_logits_process() (TB_ERR_INVALID_ARG also when an output
+ *         overlaps an input it still reads, or another output);
+ *         TB_ERR_NON_FINITE if every logit is -inf or one is NaN.
  */
 tb_status tb_sample_token(tb_ctx *ctx, const tb_sampler_config *cfg, const int32_t *history,
                           size_t n_history, float *logits, size_t vocab, tb_rng *rng,

@@ -23,8 +23,10 @@ extern "C" {
  * @brief Softmax forward over rows: `y[r] = exp(x[r] - max) / sum`.
  * @param ctx Context.
  * @param x Input `(N..., C)`.
- * @param y Output with the same rows and columns (may alias x).
- * @return TB_OK, TB_ERR_NULL_ARG or TB_ERR_SHAPE.
+ * @param y Output with the same rows and columns; may be exactly x (in
+ *        place).
+ * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE or TB_ERR_INVALID_ARG
+ *         (an output overlaps an input it still reads, or another output).
  */
 tb_status tb_softmax_forward(tb_ctx *ctx, const tb_tensor *x, tb_tensor *y);
 
@@ -34,8 +36,10 @@ tb_status tb_softmax_forward(tb_ctx *ctx, const tb_tensor *x, tb_tensor *y);
  * @param ctx Context.
  * @param y The forward output `(N..., C)`.
  * @param dy Gradient w.r.t. y, same rows and columns.
- * @param dx Output, same rows and columns (may alias dy).
- * @return TB_OK, TB_ERR_NULL_ARG or TB_ERR_SHAPE.
+ * @param dx Output, same rows and columns; may be exactly dy or y (in
+ *        place).
+ * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE or TB_ERR_INVALID_ARG
+ *         (an output overlaps an input it still reads, or another output).
  */
 tb_status tb_softmax_backward(tb_ctx *ctx, const tb_tensor *y, const tb_tensor *dy,
                               tb_tensor *dx);

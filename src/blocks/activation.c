@@ -44,6 +44,25 @@ static inline float gelu_tanh_grad(float x)
     return s + 2.0f * x * s * (1.0f - s) * du;
 }
 
+/* Forward: y may be x exactly (each element is read before it is written). */
+static tb_status check_forward_alias(tb_ctx *ctx, const char *fn, const tb_tensor *x,
+                                     const tb_tensor *y)
+{
+    const tb_span in[] = {tb_span_tensor("x", x)};
+    const tb_span out[] = {tb_span_in_place(tb_span_tensor("y", y), TB_INPUT(0))};
+    return tb_check_alias(ctx, fn, out, 1, in, 1);
+}
+
+/* Backward: dx may be dy or x exactly (element i reads x[i] and dy[i]
+ * before writing dx[i]). */
+static tb_status check_backward_alias(tb_ctx *ctx, const char *fn, const tb_tensor *x,
+                                      const tb_tensor *dy, const tb_tensor *dx)
+{
+    const tb_span in[] = {tb_span_tensor("x", x), tb_span_tensor("dy", dy)};
+    const tb_span out[] = {tb_span_in_place(tb_span_tensor("dx", dx), TB_INPUT(0) | TB_INPUT(1))};
+    return tb_check_alias(ctx, fn, out, 1, in, 2);
+}
+
 static tb_status check_approx(tb_ctx *ctx, const char *fn, tb_gelu_approx approx)
 {
     if (approx != TB_GELU_EXACT && approx != TB_GELU_TANH)
@@ -58,7 +77,7 @@ tb_status tb_gelu_forward(tb_ctx *ctx, tb_gelu_approx approx, const tb_tensor *x
     if (s == TB_OK)
         s = tb_check_same_numel(ctx, __func__, "x", x, "y", y, &n);
     if (s == TB_OK)
-        s = tb_check_inplace(ctx, __func__, "x", x->data, "y", y->data, n);
+        s = check_forward_alias(ctx, __func__, x, y);
     if (s != TB_OK)
         return s;
     const float *xd = x->data;
@@ -85,9 +104,7 @@ tb_status tb_gelu_backward(tb_ctx *ctx, tb_gelu_approx approx, const tb_tensor *
     if (s == TB_OK)
         s = tb_check_same_numel(ctx, __func__, "x", x, "dx", dx, &n2);
     if (s == TB_OK)
-        s = tb_check_inplace(ctx, __func__, "dy", dy->data, "dx", dx->data, n);
-    if (s == TB_OK)
-        s = tb_check_inplace(ctx, __func__, "x", x->data, "dx", dx->data, n);
+        s = check_backward_alias(ctx, __func__, x, dy, dx);
     if (s != TB_OK)
         return s;
     const float *xd = x->data, *g = dy->data;
@@ -109,7 +126,7 @@ tb_status tb_relu_forward(tb_ctx *ctx, const tb_tensor *x, tb_tensor *y)
     size_t n;
     tb_status s = tb_check_same_numel(ctx, __func__, "x", x, "y", y, &n);
     if (s == TB_OK)
-        s = tb_check_inplace(ctx, __func__, "x", x->data, "y", y->data, n);
+        s = check_forward_alias(ctx, __func__, x, y);
     if (s != TB_OK)
         return s;
     const float *xd = x->data;
@@ -127,9 +144,7 @@ tb_status tb_relu_backward(tb_ctx *ctx, const tb_tensor *x, const tb_tensor *dy,
     if (s == TB_OK)
         s = tb_check_same_numel(ctx, __func__, "x", x, "dx", dx, &n2);
     if (s == TB_OK)
-        s = tb_check_inplace(ctx, __func__, "dy", dy->data, "dx", dx->data, n);
-    if (s == TB_OK)
-        s = tb_check_inplace(ctx, __func__, "x", x->data, "dx", dx->data, n);
+        s = check_backward_alias(ctx, __func__, x, dy, dx);
     if (s != TB_OK)
         return s;
     const float *xd = x->data, *g = dy->data;

@@ -273,10 +273,36 @@ static attn_header header_of(const attn *a)
     return h;
 }
 
-/* Memory spanned by an operand's tensor (for overlap checks). */
-static size_t span(const tb_tensor *t)
+/* ---- Aliasing (docs/conventions.md): no in-place form; every output is
+ * checked against every operand and mask array, which the tiles read to
+ * the end, and against the other outputs. ---------------------------------- */
+
+void tb_attention_mask_spans(const tb_attention_mask *mask, size_t B, size_t Tq, size_t Tk,
+                             tb_span spans[TB_MASK_SPANS])
 {
-    return tb_tensor_numel(t);
+    const tb_attention_mask none = {NULL, NULL, NULL, 0.0f, 0, 0};
+    const tb_attention_mask *m = mask ? mask : &none;
+    spans[0] = tb_span_array("key_lengths", m->key_lengths, B, sizeof(int32_t));
+    spans[1] = tb_span_bytes("key_valid", m->key_valid, B * Tk);
+    spans[2] = tb_span_rows("bias", m->bias, Tq, Tk, Tk);
+}
+
+/* The cache's header and log-sum-exp rows (its size was checked before). */
+static tb_span cache_span(const attn *a, const void *cache)
+{
+    const size_t rows = a->B * a->H * a->Tq;
+    return tb_span_bytes("cache", cache, sizeof(attn_header) + rows * sizeof(float));
+}
+
+/* Operands q, k, v (v may be NULL: tb_attention_probs), then the masks. */
+enum { OPERAND_SPANS = 3 + TB_MASK_SPANS };
+static void operand_spans(const attn *a, const tb_attention_mask *mask, const tb_heads *q,
+                          const tb_heads *k, const tb_heads *v, tb_span spans[OPERAND_SPANS])
+{
+    spans[0] = tb_span_heads("q", q, a->H, a->D);
+    spans[1] = tb_span_heads("k", k, a->Hkv, a->D);
+    spans[2] = tb_span_heads("v", v, a->Hkv, a->D);
+    tb_attention_mask_spans(mask, a->B, a->Tq, a->Tk, spans + 3);
 }
 
 /* ---- Tiles ---------------------------------------------------------------
@@ -618,12 +644,12 @@ tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
     if (out->ndim != 3 || out->shape[0] != a.B || out->shape[1] != a.Tq ||
         out->shape[2] != a.H * a.D)
         return tb_fail(ctx, TB_ERR_SHAPE, fn, "out must be (%zu, %zu, %zu)", a.B, a.Tq, a.H * a.D);
-    const size_t no = span(out);
-    if (tb_overlaps(out->data, no, q->tensor->data, span(q->tensor)) ||
-        tb_overlaps(out->data, no, k->tensor->data, span(k->tensor)) ||
-        tb_overlaps(out->data, no, v->tensor->data, span(v->tensor)))
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "out overlaps q, k or v");
     if (cache && (s = check_cache(ctx, fn, &a, cache, cache_bytes)) != TB_OK)
+        return s;
+    tb_span in[OPERAND_SPANS];
+    operand_spans(&a, mask, q, k, v, in);
+    const tb_span outs[] = {tb_span_tensor("out", out), cache_span(&a, cache)};
+    if ((s = tb_check_alias(ctx, fn, outs, 2, in, OPERAND_SPANS)) != TB_OK)
         return s;
     float *lse = cache ? (float *)((unsigned char *)cache + sizeof(attn_header)) : NULL;
     const size_t qblocks = (a.Tq + BQ - 1) / BQ, tasks = a.B * a.H * qblocks;
@@ -671,15 +697,6 @@ static tb_status check_grad(tb_ctx *ctx, const char *fn, const char *name, const
     return TB_OK;
 }
 
-/* Two gradient operands may share a packed buffer only in disjoint columns. */
-static int grads_clash(const tb_heads *x, size_t xh, const tb_heads *y, size_t yh, size_t D)
-{
-    if (x->tensor->data != y->tensor->data)
-        return tb_overlaps(x->tensor->data, span(x->tensor), y->tensor->data, span(y->tensor));
-    const size_t x1 = x->offset + xh * D, y1 = y->offset + yh * D;
-    return x->offset < y1 && y->offset < x1;
-}
-
 tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
                                 const tb_attention_mask *mask, const tb_heads *q,
                                 const tb_heads *k, const tb_heads *v, const tb_tensor *out,
@@ -704,20 +721,20 @@ tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
         (s = check_grad(ctx, fn, "dk", dk, a.Hkv, D, a.B, a.Tk)) != TB_OK ||
         (s = check_grad(ctx, fn, "dv", dv, a.Hkv, D, a.B, a.Tk)) != TB_OK)
         return s;
-    if (grads_clash(dq, a.H, dk, a.Hkv, D) || grads_clash(dq, a.H, dv, a.Hkv, D) ||
-        grads_clash(dk, a.Hkv, dv, a.Hkv, D))
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dq, dk and dv overlap each other");
-    const tb_tensor *ins[5] = {q->tensor, k->tensor, v->tensor, out, dout};
-    const tb_heads *gs[3] = {dq, dk, dv};
-    for (int gi = 0; gi < 3; gi++)
-        for (int ii = 0; ii < 5; ii++)
-            if (tb_overlaps(gs[gi]->tensor->data, span(gs[gi]->tensor), ins[ii]->data,
-                            span(ins[ii])))
-                return tb_fail(ctx, TB_ERR_INVALID_ARG, fn,
-                               "dq, dk and dv must not overlap q, k, v, out or dout");
     if (!cache)
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cache must not be NULL");
     if ((s = check_cache(ctx, fn, &a, cache, cache_bytes)) != TB_OK)
+        return s;
+    /* dq, dk and dv may share a packed buffer in disjoint columns: their
+     * spans are the columns they write. */
+    tb_span in[OPERAND_SPANS + 3];
+    operand_spans(&a, mask, q, k, v, in);
+    in[OPERAND_SPANS] = tb_span_tensor("out", out);
+    in[OPERAND_SPANS + 1] = tb_span_tensor("dout", dout);
+    in[OPERAND_SPANS + 2] = cache_span(&a, cache);
+    const tb_span outs[] = {tb_span_heads("dq", dq, a.H, D), tb_span_heads("dk", dk, a.Hkv, D),
+                            tb_span_heads("dv", dv, a.Hkv, D)};
+    if ((s = tb_check_alias(ctx, fn, outs, 3, in, OPERAND_SPANS + 3)) != TB_OK)
         return s;
     attn_header hd, want = header_of(&a);
     memcpy(&hd, cache, sizeof hd);
@@ -796,9 +813,11 @@ tb_status tb_attention_probs(tb_ctx *ctx, const tb_attention_config *cfg,
         probs->shape[2] != a.Tq || probs->shape[3] != a.Tk)
         return tb_fail(ctx, TB_ERR_SHAPE, fn, "probs must be (%zu, %zu, %zu, %zu)", a.B, a.H,
                        a.Tq, a.Tk);
-    if (tb_overlaps(probs->data, span(probs), q->tensor->data, span(q->tensor)) ||
-        tb_overlaps(probs->data, span(probs), k->tensor->data, span(k->tensor)))
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "probs overlaps q or k");
+    tb_span in[OPERAND_SPANS];
+    operand_spans(&a, mask, q, k, NULL, in);
+    const tb_span outs[] = {tb_span_tensor("probs", probs)};
+    if ((s = tb_check_alias(ctx, fn, outs, 1, in, OPERAND_SPANS)) != TB_OK)
+        return s;
     const size_t rows = a.B * a.H * a.Tq;
     float *pd = probs->data;
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * a.Tk * a.D)) \

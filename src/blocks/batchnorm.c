@@ -161,6 +161,57 @@ static void column_sums(tb_ctx *ctx, const float *x, const uint8_t *valid, size_
     tb_norm_combine(partial, nchunks, C, result);
 }
 
+/* The cache's header and per-channel statistics (written by forward, read
+ * by backward; its size was checked before). */
+static tb_span cache_span(const void *cache, size_t C)
+{
+    return tb_span_bytes("cache", cache, sizeof(tb_norm_cache_header) + 3 * C * sizeof(float));
+}
+
+static tb_span param_span(const char *name, const tb_batchnorm *bn, unsigned flag,
+                          const float *p)
+{
+    return tb_span_floats(name, (bn->flags & flag) ? p : NULL, bn->channels);
+}
+
+/* y may be x exactly: x is read column-wise for the statistics before y is
+ * written, then element by element before it is overwritten. With batch
+ * statistics the running statistics are written between the two passes,
+ * so they too must not meet x, y or the cache. */
+static tb_status forward_alias(tb_ctx *ctx, const char *fn, const tb_batchnorm *bn,
+                               const tb_tensor *x, const uint8_t *valid, size_t rows,
+                               const tb_tensor *y, const void *cache, int batch_stats)
+{
+    const size_t C = bn->channels;
+    const tb_span in[] = {tb_span_tensor("x", x), tb_span_bytes("valid", valid, rows),
+                          param_span("weight", bn, TB_NORM_SCALE, bn->weight.value),
+                          param_span("bias", bn, TB_NORM_SHIFT, bn->bias.value)};
+    const tb_span out[] = {
+        tb_span_in_place(tb_span_tensor("y", y), TB_INPUT(0)), cache_span(cache, C),
+        tb_span_floats("running_mean", batch_stats ? bn->running_mean.value : NULL, C),
+        tb_span_floats("running_var", batch_stats ? bn->running_var.value : NULL, C)};
+    return tb_check_alias(ctx, fn, out, 4, in, 4);
+}
+
+/* dx may be dy exactly: every column sum of dy is taken before dx is
+ * written, then element j reads dy[j] before writing dx[j]. x, the mask,
+ * the cache and the weight are read to the end. */
+static tb_status backward_alias(tb_ctx *ctx, const char *fn, const tb_batchnorm *bn,
+                                const tb_tensor *x, const uint8_t *valid, size_t rows,
+                                const tb_tensor *dy, const void *cache, const tb_tensor *dx)
+{
+    const size_t C = bn->channels;
+    const int gw = (bn->flags & TB_NORM_SCALE) && tb_param_wants_grad(&bn->weight);
+    const int gb = (bn->flags & TB_NORM_SHIFT) && tb_param_wants_grad(&bn->bias);
+    const tb_span in[] = {tb_span_tensor("x", x), tb_span_bytes("valid", valid, rows),
+                          tb_span_tensor("dy", dy), cache_span(cache, C),
+                          param_span("weight", bn, TB_NORM_SCALE, bn->weight.value)};
+    const tb_span out[] = {tb_span_in_place(tb_span_tensor("dx", dx), TB_INPUT(2)),
+                           tb_span_floats("weight.grad", gw ? bn->weight.grad : NULL, C),
+                           tb_span_floats("bias.grad", gb ? bn->bias.grad : NULL, C)};
+    return tb_check_alias(ctx, fn, out, 3, in, 5);
+}
+
 tb_status tb_batchnorm_forward(tb_ctx *ctx, tb_batchnorm *bn, tb_mode mode, const tb_tensor *x,
                                const uint8_t *valid, tb_tensor *y, void *cache,
                                size_t cache_bytes)
@@ -168,8 +219,6 @@ tb_status tb_batchnorm_forward(tb_ctx *ctx, tb_batchnorm *bn, tb_mode mode, cons
     const char *fn = __func__;
     size_t rows;
     tb_status s = check_io(ctx, fn, bn, x, "y", y, &rows);
-    if (s == TB_OK)
-        s = tb_check_inplace(ctx, fn, "x", x->data, "y", y->data, tb_tensor_numel(x));
     if (s != TB_OK)
         return s;
     if (mode != TB_MODE_TRAINING && mode != TB_MODE_INFERENCE)
@@ -178,6 +227,8 @@ tb_status tb_batchnorm_forward(tb_ctx *ctx, tb_batchnorm *bn, tb_mode mode, cons
     if (cache && (s = tb_norm_check_cache(ctx, fn, cache, cache_bytes, 3 * C)) != TB_OK)
         return s;
     const int batch_stats = mode == TB_MODE_TRAINING && !(bn->flags & TB_NORM_GLOBAL_STATS);
+    if ((s = forward_alias(ctx, fn, bn, x, valid, rows, y, cache, batch_stats)) != TB_OK)
+        return s;
     const size_t n = count_valid(valid, rows);
     if (batch_stats && n < 2)
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn,
@@ -273,9 +324,7 @@ tb_status tb_batchnorm_backward(tb_ctx *ctx, tb_batchnorm *bn, const tb_tensor *
                        "the padding mask differs from the one forward used (%zu counted "
                        "positions now, %llu then)",
                        n, (unsigned long long)h.extra);
-    if (tb_overlaps(dx->data, rows * C, x->data, rows * C))
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dx overlaps x");
-    if ((s = tb_check_inplace(ctx, fn, "dy", dy->data, "dx", dx->data, rows * C)) != TB_OK)
+    if ((s = backward_alias(ctx, fn, bn, x, valid, rows, dy, cache, dx)) != TB_OK)
         return s;
     const int batch_stats = h.flags != 0;
     const float *hi = tb_norm_cache_cdata(cache), *lo = hi + C,

@@ -16,13 +16,20 @@ tb_status tb_dropout_forward(tb_ctx *ctx, tb_mode mode, float p, tb_rng *rng,
     if (mode != TB_MODE_TRAINING && mode != TB_MODE_INFERENCE)
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown mode %d", (int)mode);
     tb_status s = tb_check_same_numel(ctx, fn, "x", x, "y", y, &n);
-    if (s == TB_OK)
-        s = tb_check_inplace(ctx, fn, "x", x->data, "y", y->data, n);
     if (s != TB_OK)
         return s;
     const int active = mode == TB_MODE_TRAINING && p > 0.0f;
     if (active && !rng)
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "rng must not be NULL in training mode");
+    /* y may be x exactly (element i is read before it is written); the
+     * cache is written first and the stream advanced last, so neither may
+     * share memory with x, y or each other. */
+    const tb_span in[] = {tb_span_tensor("x", x)};
+    const tb_span out[] = {tb_span_in_place(tb_span_tensor("y", y), TB_INPUT(0)),
+                           tb_span_bytes("cache", cache, sizeof *cache),
+                           tb_span_bytes("rng", active ? rng : NULL, sizeof *rng)};
+    if ((s = tb_check_alias(ctx, fn, out, 3, in, 1)) != TB_OK)
+        return s;
     memset(cache, 0, sizeof *cache);
     cache->numel = n;
     cache->p = p;
@@ -53,8 +60,13 @@ tb_status tb_dropout_backward(tb_ctx *ctx, const tb_dropout_cache *cache, const 
     if (!cache)
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cache must not be NULL");
     tb_status s = tb_check_same_numel(ctx, fn, "dy", dy, "dx", dx, &n);
-    if (s == TB_OK)
-        s = tb_check_inplace(ctx, fn, "dy", dy->data, "dx", dx->data, n);
+    if (s == TB_OK) {
+        /* dx may be dy exactly (element i is read before it is written).
+         * The cache is read only before dx is written. */
+        const tb_span in[] = {tb_span_tensor("dy", dy)};
+        const tb_span out[] = {tb_span_in_place(tb_span_tensor("dx", dx), TB_INPUT(0))};
+        s = tb_check_alias(ctx, fn, out, 1, in, 1);
+    }
     if (s != TB_OK)
         return s;
     if (n != cache->numel)

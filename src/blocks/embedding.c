@@ -80,10 +80,38 @@ static tb_status check_args(tb_ctx *ctx, const char *fn, const tb_embedding *emb
     return TB_OK;
 }
 
+/* The table as a span (value or gradient). */
+static tb_span table_span(const char *name, const tb_embedding *emb, const float *p)
+{
+    return tb_span_rows(name, p, emb->num_embeddings, emb->dim, emb->dim);
+}
+
+/* Rows are copied into out while ids and the table are read. */
+static tb_status check_forward_alias(tb_ctx *ctx, const char *fn, const tb_embedding *emb,
+                                     const int32_t *ids, size_t n, const tb_tensor *out)
+{
+    const tb_span in[] = {tb_span_array("ids", ids, n, sizeof *ids),
+                          table_span("weight", emb, emb->weight.value)};
+    const tb_span o[] = {tb_span_tensor("out", out)};
+    return tb_check_alias(ctx, fn, o, 1, in, 2);
+}
+
+/* Rows of dout are added into weight.grad while ids and dout are read. */
+static tb_status check_backward_alias(tb_ctx *ctx, const char *fn, const tb_embedding *emb,
+                                      const int32_t *ids, size_t n, const tb_tensor *dout)
+{
+    const tb_span in[] = {tb_span_array("ids", ids, n, sizeof *ids),
+                          tb_span_tensor("dout", dout)};
+    const tb_span o[] = {table_span("weight.grad", emb, emb->weight.grad)};
+    return tb_check_alias(ctx, fn, o, 1, in, 2);
+}
+
 tb_status tb_embedding_forward(tb_ctx *ctx, const tb_embedding *emb, const int32_t *ids,
                                size_t n, tb_tensor *out)
 {
     tb_status s = check_args(ctx, __func__, emb, ids, n, out, "out");
+    if (s == TB_OK)
+        s = check_forward_alias(ctx, __func__, emb, ids, n, out);
     if (s != TB_OK)
         return s;
     const size_t d = emb->dim;
@@ -100,6 +128,8 @@ tb_status tb_embedding_backward(tb_ctx *ctx, tb_embedding *emb, const int32_t *i
 {
     tb_status s = check_args(ctx, __func__, emb, ids, n, dout, "dout");
     if (s != TB_OK || !tb_param_wants_grad(&emb->weight))
+        return s;
+    if ((s = check_backward_alias(ctx, __func__, emb, ids, n, dout)) != TB_OK)
         return s;
     /*
      * Split columns, not rows, among threads: every thread walks all ids in

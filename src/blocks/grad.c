@@ -40,6 +40,62 @@ static double sum_squares(const tb_ctx *ctx, const float *x, size_t n)
     return total;
 }
 
+/* ---- Aliasing (docs/conventions.md). The gradients are visited once per
+ * pass in list order: two entries sharing memory would be scaled or
+ * added into twice, so gradients written must not meet each other (not
+ * even exactly: a parameter listed twice), the inputs read, or the
+ * scalar results. -------------------------------------------------------- */
+
+/* Which buffer of an entry: its value or its gradient. */
+enum { VALUES, GRADS };
+
+/* Appends the value or gradient span of every entry `pick` accepts, named
+ * "value of 'name'" / "gradient of 'name'". */
+static size_t list_spans(const tb_param_list *list, int (*pick)(const tb_param *), int which,
+                         tb_span *spans)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < list->count; i++) {
+        const tb_param *p = list->items[i].param;
+        if (!pick(p))
+            continue;
+        spans[n] = tb_span_floats(which == GRADS ? "gradient" : "value",
+                                  which == GRADS ? p->grad : p->value, p->numel);
+        spans[n++].owner = list->items[i].name;
+    }
+    return n;
+}
+
+static int trainable(const tb_param *p)
+{
+    return p->trainable;
+}
+
+/* The gradients `pick` accepts (written) and the result `scalar` (written;
+ * absent when NULL), against the values `vpick` accepts (read; none when
+ * NULL) and `extra` more inputs. */
+static tb_status list_alias(tb_ctx *ctx, const char *fn, const tb_param_list *list,
+                            int (*pick)(const tb_param *), const tb_span *scalar,
+                            int (*vpick)(const tb_param *), const tb_span *extra, size_t n_extra)
+{
+    tb_span *spans;
+    size_t room;
+    if (!tb_add_size(list->count, list->count, &room) || !tb_add_size(room, 1 + n_extra, &room))
+        return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "the list is too long");
+    tb_status s = tb_spans_alloc(ctx, fn, room, &spans);
+    if (s != TB_OK)
+        return s;
+    size_t n_out = list_spans(list, pick, GRADS, spans);
+    spans[n_out++] = *scalar;
+    tb_span *in = spans + n_out;
+    size_t n_in = vpick ? list_spans(list, vpick, VALUES, in) : 0;
+    for (size_t i = 0; i < n_extra; i++)
+        in[n_in++] = extra[i];
+    s = tb_check_alias(ctx, fn, spans, n_out, in, n_in);
+    tb_free_with(&ctx->allocator, spans);
+    return s;
+}
+
 tb_status tb_grad_norm(tb_ctx *ctx, const tb_param_list *list, double *norm)
 {
     if (!ctx || !list || !norm)
@@ -66,9 +122,12 @@ tb_status tb_clip_grad_norm(tb_ctx *ctx, tb_param_list *list, float max_norm,
     if (!(max_norm > 0.0f && isfinite(max_norm)))
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "max_norm %g must be finite and > 0",
                        (double)max_norm);
-    double n;
-    tb_status s = tb_grad_norm(ctx, list, &n);
+    const tb_span result = tb_span_bytes("total_norm", total_norm, sizeof *total_norm);
+    tb_status s = list_alias(ctx, fn, list, uses, &result, NULL, NULL, 0);
     if (s != TB_OK)
+        return s;
+    double n;
+    if ((s = tb_grad_norm(ctx, list, &n)) != TB_OK)
         return s;
     if (total_norm)
         *total_norm = n;
@@ -171,10 +230,27 @@ static tb_status ewc_check(tb_ctx *ctx, const char *fn, const tb_ewc *ewc,
     return TB_OK;
 }
 
+/* F is added into while the trainable gradients are read. */
+static tb_status fisher_alias(tb_ctx *ctx, const char *fn, const tb_ewc *ewc,
+                              const tb_param_list *list)
+{
+    tb_span *spans;
+    tb_status s = tb_spans_alloc(ctx, fn, list->count + 1, &spans);
+    if (s != TB_OK)
+        return s;
+    spans[0] = tb_span_floats("ewc->fisher", ewc->fisher, ewc->n);
+    const size_t n_in = list_spans(list, trainable, GRADS, spans + 1);
+    s = tb_check_alias(ctx, fn, spans, 1, spans + 1, n_in);
+    tb_free_with(&ctx->allocator, spans);
+    return s;
+}
+
 tb_status tb_ewc_accumulate_fisher(tb_ctx *ctx, tb_ewc *ewc, const tb_param_list *list,
                                    float weight)
 {
     tb_status s = ewc_check(ctx, __func__, ewc, list, weight, "weight");
+    if (s == TB_OK)
+        s = fisher_alias(ctx, __func__, ewc, list);
     if (s != TB_OK)
         return s;
     size_t at = 0;
@@ -192,10 +268,23 @@ tb_status tb_ewc_accumulate_fisher(tb_ctx *ctx, tb_ewc *ewc, const tb_param_list
     return TB_OK;
 }
 
+/* The gradients get lambda F (theta - theta*) added while the values, the
+ * anchor and F are read; the penalty is written last. */
+static tb_status penalty_alias(tb_ctx *ctx, const char *fn, const tb_ewc *ewc,
+                               const tb_param_list *list, const double *penalty)
+{
+    const tb_span result = tb_span_bytes("penalty", penalty, sizeof *penalty);
+    const tb_span state[] = {tb_span_floats("ewc->anchor", ewc->anchor, ewc->n),
+                             tb_span_floats("ewc->fisher", ewc->fisher, ewc->n)};
+    return list_alias(ctx, fn, list, trainable, &result, trainable, state, 2);
+}
+
 tb_status tb_ewc_penalty(tb_ctx *ctx, const tb_ewc *ewc, tb_param_list *list, float lambda,
                          double *penalty)
 {
     tb_status s = ewc_check(ctx, __func__, ewc, list, lambda, "lambda");
+    if (s == TB_OK)
+        s = penalty_alias(ctx, __func__, ewc, list, penalty);
     if (s != TB_OK)
         return s;
     double total = 0.0;

@@ -65,6 +65,38 @@ static tb_status check_new(tb_ctx *ctx, const char *fn, const char *name, const 
     return TB_OK;
 }
 
+tb_span tb_kv_positions_span(const char *name, const tb_kv_cache *kv, const float *buf,
+                             size_t t0, size_t n)
+{
+    const size_t W = kv->n_kv_heads * kv->head_dim;
+    return tb_span_rows(name, n ? buf + t0 * W : NULL, kv->batch, n * W, kv->max_len * W);
+}
+
+/* The new positions are copied from k and v into the cache, row by row. */
+static tb_status append_alias(tb_ctx *ctx, const char *fn, const tb_kv_cache *kv,
+                              const tb_heads *k, const tb_heads *v, size_t tn)
+{
+    const tb_span in[] = {tb_span_heads("k", k, kv->n_kv_heads, kv->head_dim),
+                          tb_span_heads("v", v, kv->n_kv_heads, kv->head_dim)};
+    const tb_span out[] = {tb_kv_positions_span("kv->keys", kv, kv->keys, kv->len, tn),
+                           tb_kv_positions_span("kv->values", kv, kv->values, kv->len, tn)};
+    return tb_check_alias(ctx, fn, out, 2, in, 2);
+}
+
+/* out is written batch row by batch row while q, the stored positions and
+ * key_lengths are still read. */
+static tb_status attend_alias(tb_ctx *ctx, const char *fn, const tb_kv_cache *kv,
+                              size_t n_heads, const int32_t *key_lengths, const tb_heads *q,
+                              const tb_tensor *out)
+{
+    const tb_span in[] = {tb_span_heads("q", q, n_heads, kv->head_dim),
+                          tb_kv_positions_span("kv->keys", kv, kv->keys, 0, kv->len),
+                          tb_kv_positions_span("kv->values", kv, kv->values, 0, kv->len),
+                          tb_span_array("key_lengths", key_lengths, kv->batch, sizeof(int32_t))};
+    const tb_span o[] = {tb_span_tensor("out", out)};
+    return tb_check_alias(ctx, fn, o, 1, in, 4);
+}
+
 tb_status tb_kv_cache_append(tb_ctx *ctx, tb_kv_cache *kv, const tb_heads *k, const tb_heads *v)
 {
     const char *fn = __func__;
@@ -84,6 +116,8 @@ tb_status tb_kv_cache_append(tb_ctx *ctx, tb_kv_cache *kv, const tb_heads *k, co
         return tb_fail(ctx, TB_ERR_BUFFER_TOO_SMALL, fn,
                        "%zu stored + %zu new positions exceed the capacity %zu", kv->len, tk,
                        kv->max_len);
+    if ((s = append_alias(ctx, fn, kv, k, v, tk)) != TB_OK)
+        return s;
     const size_t W = kv->n_kv_heads * kv->head_dim;
     const size_t wk = k->tensor->shape[2], wv = v->tensor->shape[2];
     for (size_t b = 0; b < kv->batch; b++)
@@ -118,12 +152,20 @@ tb_status tb_kv_cache_attend(tb_ctx *ctx, const tb_kv_cache *kv, const tb_attent
     if (q->tensor->ndim != 3 || q->tensor->shape[0] != kv->batch || out->ndim != 3 ||
         out->shape[0] != kv->batch || out->shape[1] != q->tensor->shape[1])
         return tb_fail(ctx, TB_ERR_SHAPE, fn, "q and out must be (%zu, Tq, ...)", kv->batch);
+    size_t hd;
+    if (!tb_mul_size(cfg->n_heads, cfg->head_dim, &hd) || q->offset > q->tensor->shape[2] ||
+        hd > q->tensor->shape[2] - q->offset || out->shape[2] != hd)
+        return tb_fail(ctx, TB_ERR_SHAPE, fn,
+                       "q must hold %zu heads x %zu from column %zu, and out that width",
+                       cfg->n_heads, cfg->head_dim, q->offset);
     if (key_lengths)
         for (size_t b = 0; b < kv->batch; b++)
             if (key_lengths[b] < 0 || (size_t)key_lengths[b] > kv->len)
                 return tb_fail(ctx, TB_ERR_INVALID_ARG, fn,
                                "key_lengths[%zu] = %ld is outside [0, %zu]", b,
                                (long)key_lengths[b], kv->len);
+    if ((s = attend_alias(ctx, fn, kv, cfg->n_heads, key_lengths, q, out)) != TB_OK)
+        return s;
     /* One core call per batch row: the cache's rows are max_len apart. */
     const size_t W = kv->n_kv_heads * kv->head_dim, tq = q->tensor->shape[1];
     const size_t wq = q->tensor->shape[2], wo = out->shape[2];

@@ -128,6 +128,44 @@ static tb_status check_layer(tb_ctx *ctx, const char *fn, const tb_linear *layer
     return TB_OK;
 }
 
+/* The weight's floats (in * out in either layout; a view's shape fields
+ * are not trusted for the count). */
+static tb_span weight_span(const char *name, const tb_linear *layer, const float *p)
+{
+    return tb_span_rows(name, p, layer->out_features, layer->in_features, layer->in_features);
+}
+
+/* y against x and the parameters: the product reads them all while it
+ * writes y, and the bias is added after it. No in-place form. */
+static tb_status check_forward_alias(tb_ctx *ctx, const char *fn, const tb_linear *layer,
+                                     const tb_tensor *x, const tb_tensor *y)
+{
+    const tb_span in[] = {tb_span_tensor("x", x),
+                          weight_span("weight", layer, layer->weight.value),
+                          tb_span_floats("bias", layer->has_bias ? layer->bias.value : NULL,
+                                         layer->out_features)};
+    const tb_span out[] = {tb_span_tensor("y", y)};
+    return tb_check_alias(ctx, fn, out, 1, in, 3);
+}
+
+/* The gradients written (dx, and weight.grad and bias.grad where wanted)
+ * against x, dy and the weight, which the later products still read, and
+ * against each other. No in-place form. */
+static tb_status check_backward_alias(tb_ctx *ctx, const char *fn, const tb_linear *layer,
+                                      const tb_tensor *x, const tb_tensor *dy,
+                                      const tb_tensor *dx)
+{
+    const int gw = tb_param_wants_grad(&layer->weight);
+    const int gb = layer->has_bias && tb_param_wants_grad(&layer->bias);
+    const tb_span in[] = {tb_span_tensor("x", x), tb_span_tensor("dy", dy),
+                          weight_span("weight", layer, layer->weight.value)};
+    const tb_span out[] = {
+        tb_span_tensor("dx", dx),
+        weight_span("weight.grad", layer, gw ? layer->weight.grad : NULL),
+        tb_span_floats("bias.grad", gb ? layer->bias.grad : NULL, layer->out_features)};
+    return tb_check_alias(ctx, fn, out, 3, in, 3);
+}
+
 tb_status tb_linear_forward(tb_ctx *ctx, const tb_linear *layer, const tb_tensor *x,
                             tb_tensor *y)
 {
@@ -144,8 +182,8 @@ tb_status tb_linear_forward(tb_ctx *ctx, const tb_linear *layer, const tb_tensor
     if ((s = tb_check_matrix(ctx, fn, "y", y, n, layer->out_features)) != TB_OK)
         return s;
     cout = layer->out_features;
-    if (tb_overlaps(x->data, n * cin, y->data, n * cout))
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "y overlaps x");
+    if ((s = check_forward_alias(ctx, fn, layer, x, y)) != TB_OK)
+        return s;
     if (layer->layout == TB_LINEAR_IN_OUT) /* y = x W, W (in, out) */
         s = tb_gemm(ctx, 0, 0, n, cout, cin, 1.0f, x->data, cin, layer->weight.value, cout, 0.0f,
                     y->data, cout);
@@ -183,12 +221,9 @@ tb_status tb_linear_backward(tb_ctx *ctx, tb_linear *layer, const tb_tensor *x,
     if (dx) {
         if ((s = tb_check_matrix(ctx, fn, "dx", dx, n, cin)) != TB_OK)
             return s;
-        if (tb_overlaps(dx->data, n * cin, dy->data, n * cout))
-            return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dx overlaps dy");
-        /* x is still read for the weight gradient after dx is written. */
-        if (tb_overlaps(dx->data, n * cin, x->data, n * cin))
-            return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dx overlaps x");
     }
+    if ((s = check_backward_alias(ctx, fn, layer, x, dy, dx)) != TB_OK)
+        return s;
     /* The weight gradient first: if it fails (out of memory for packing),
      * nothing has been written yet. */
     const int in_out = layer->layout == TB_LINEAR_IN_OUT;

@@ -70,6 +70,34 @@ static tb_status check_args(tb_ctx *ctx, const char *fn, const tb_cross_entropy_
     return TB_OK;
 }
 
+/* Forward writes the cache's rows while it reads logits and targets, then
+ * the loss. */
+static tb_status check_forward_alias(tb_ctx *ctx, const char *fn, const tb_tensor *logits,
+                                     const int32_t *targets, size_t rows, const float *loss,
+                                     const void *cache)
+{
+    size_t touched;
+    tb_cross_entropy_cache_size(rows, &touched); /* checked by check_args */
+    const tb_span in[] = {tb_span_tensor("logits", logits),
+                          tb_span_array("targets", targets, rows, sizeof *targets)};
+    const tb_span out[] = {tb_span_bytes("cache", cache, touched),
+                           tb_span_bytes("loss", loss, sizeof *loss)};
+    return tb_check_alias(ctx, fn, out, 2, in, 2);
+}
+
+/* dlogits may be logits exactly: element j of a row reads logits[j] before
+ * writing dlogits[j]. The cache's header and log-sum-exp row are read. */
+static tb_status check_backward_alias(tb_ctx *ctx, const char *fn, const tb_tensor *logits,
+                                      const int32_t *targets, size_t rows, const void *cache,
+                                      const tb_tensor *dlogits)
+{
+    const tb_span in[] = {tb_span_tensor("logits", logits),
+                          tb_span_array("targets", targets, rows, sizeof *targets),
+                          tb_span_bytes("cache", cache, sizeof(ce_header) + rows * sizeof(float))};
+    const tb_span out[] = {tb_span_in_place(tb_span_tensor("dlogits", dlogits), TB_INPUT(0))};
+    return tb_check_alias(ctx, fn, out, 1, in, 3);
+}
+
 tb_status tb_cross_entropy_forward(tb_ctx *ctx, const tb_cross_entropy_config *config,
                                    const tb_tensor *logits, const int32_t *targets,
                                    size_t n_targets, float *loss, void *cache,
@@ -82,6 +110,8 @@ tb_status tb_cross_entropy_forward(tb_ctx *ctx, const tb_cross_entropy_config *c
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "loss must not be NULL");
     tb_status s = check_args(ctx, fn, &cfg, logits, targets, n_targets, cache, cache_bytes,
                              &rows, &cols);
+    if (s == TB_OK)
+        s = check_forward_alias(ctx, fn, logits, targets, rows, loss, cache);
     if (s != TB_OK)
         return s;
     float *lse = (float *)((unsigned char *)cache + sizeof(ce_header));
@@ -131,8 +161,7 @@ tb_status tb_cross_entropy_backward(tb_ctx *ctx, const tb_cross_entropy_config *
     if (s == TB_OK)
         s = tb_check_matrix(ctx, fn, "dlogits", dlogits, rows, cols);
     if (s == TB_OK)
-        s = tb_check_inplace(ctx, fn, "logits", logits->data, "dlogits", dlogits->data,
-                             rows * cols);
+        s = check_backward_alias(ctx, fn, logits, targets, rows, cache, dlogits);
     if (s != TB_OK)
         return s;
     ce_header h;

@@ -179,6 +179,92 @@ static tb_status check_inputs(tb_ctx *ctx, const char *fn, const tb_mha *mha,
     return TB_OK;
 }
 
+/* ---- Aliasing (docs/conventions.md): no in-place form. Each call writes
+ * its cache or scratch first and reads its inputs, the parameters and the
+ * mask arrays to the end, so every output is checked against all of them
+ * and against the other outputs. ------------------------------------------ */
+
+enum { PARAM_SPANS = 4 };
+/* in_proj_weight, in_proj_bias, out_proj.weight, out_proj.bias (values) as
+ * forward and decoding read them (the biases absent without bias). */
+static void param_spans(const tb_mha *mha, tb_span spans[PARAM_SPANS])
+{
+    const size_t C = mha->embed_dim;
+    spans[0] = tb_span_rows("in_proj_weight", mha->in_proj_weight.value, 3 * C, C, C);
+    spans[1] = tb_span_floats("in_proj_bias", mha->has_bias ? mha->in_proj_bias.value : NULL,
+                              3 * C);
+    spans[2] = tb_span_rows("out_proj.weight", mha->out_proj.weight.value, C, C, C);
+    spans[3] = tb_span_floats("out_proj.bias",
+                              mha->has_bias ? mha->out_proj.bias.value : NULL, C);
+}
+
+static tb_status forward_alias(tb_ctx *ctx, const char *fn, const tb_mha *mha,
+                               const tb_attention_mask *mask, const tb_tensor *x,
+                               const tb_tensor *mem, const tb_tensor *y, const void *cache,
+                               size_t cache_bytes)
+{
+    enum { N_IN = 2 + PARAM_SPANS + TB_MASK_SPANS };
+    tb_span in[N_IN];
+    in[0] = tb_span_tensor("x", x);
+    in[1] = tb_span_tensor("mem", mem);
+    param_spans(mha, in + 2);
+    tb_attention_mask_spans(mask, x->shape[0], x->shape[1], mem ? mem->shape[1] : x->shape[1],
+                            in + 2 + PARAM_SPANS);
+    const tb_span out[] = {tb_span_tensor("y", y), tb_span_bytes("cache", cache, cache_bytes)};
+    return tb_check_alias(ctx, fn, out, 2, in, N_IN);
+}
+
+/* Backward reads the weights (not the biases) and writes dx, dmem and the
+ * gradients of the parameters that want one. */
+static tb_status backward_alias(tb_ctx *ctx, const char *fn, const tb_mha *mha,
+                                const tb_attention_mask *mask, const tb_tensor *x,
+                                const tb_tensor *mem, const tb_tensor *dy, const void *cache,
+                                size_t cache_bytes, const tb_tensor *dx, const tb_tensor *dmem)
+{
+    enum { N_IN = 6 + TB_MASK_SPANS };
+    const size_t C = mha->embed_dim;
+    tb_span in[N_IN];
+    in[0] = tb_span_tensor("x", x);
+    in[1] = tb_span_tensor("mem", mem);
+    in[2] = tb_span_tensor("dy", dy);
+    in[3] = tb_span_bytes("cache", cache, cache_bytes);
+    in[4] = tb_span_rows("in_proj_weight", mha->in_proj_weight.value, 3 * C, C, C);
+    in[5] = tb_span_rows("out_proj.weight", mha->out_proj.weight.value, C, C, C);
+    tb_attention_mask_spans(mask, x->shape[0], x->shape[1], mem ? mem->shape[1] : x->shape[1],
+                            in + 6);
+    const tb_linear *op = &mha->out_proj;
+    const int gw = tb_param_wants_grad(&mha->in_proj_weight);
+    const int gb = mha->has_bias && tb_param_wants_grad(&mha->in_proj_bias);
+    const int ow = tb_param_wants_grad(&op->weight);
+    const int ob = mha->has_bias && tb_param_wants_grad(&op->bias);
+    const tb_span out[] = {
+        tb_span_tensor("dx", dx),
+        tb_span_tensor("dmem", mem ? dmem : NULL),
+        tb_span_rows("in_proj_weight.grad", gw ? mha->in_proj_weight.grad : NULL, 3 * C, C, C),
+        tb_span_floats("in_proj_bias.grad", gb ? mha->in_proj_bias.grad : NULL, 3 * C),
+        tb_span_rows("out_proj.weight.grad", ow ? op->weight.grad : NULL, C, C, C),
+        tb_span_floats("out_proj.bias.grad", ob ? op->bias.grad : NULL, C)};
+    return tb_check_alias(ctx, fn, out, 6, in, N_IN);
+}
+
+/* Decoding writes the new positions into kv and y; it reads x, the
+ * parameters and the positions already stored. */
+static tb_status decode_alias(tb_ctx *ctx, const char *fn, const tb_mha *mha,
+                              const tb_kv_cache *kv, const tb_tensor *x, const tb_tensor *y,
+                              size_t tn)
+{
+    enum { N_IN = 3 + PARAM_SPANS };
+    tb_span in[N_IN];
+    in[0] = tb_span_tensor("x", x);
+    param_spans(mha, in + 1);
+    in[1 + PARAM_SPANS] = tb_kv_positions_span("kv->keys", kv, kv->keys, 0, kv->len);
+    in[2 + PARAM_SPANS] = tb_kv_positions_span("kv->values", kv, kv->values, 0, kv->len);
+    const tb_span out[] = {tb_span_tensor("y", y),
+                           tb_kv_positions_span("kv->keys", kv, kv->keys, kv->len, tn),
+                           tb_kv_positions_span("kv->values", kv, kv->values, kv->len, tn)};
+    return tb_check_alias(ctx, fn, out, 3, in, N_IN);
+}
+
 /* The core's operands over the cached projections. */
 typedef struct mha_views {
     tb_tensor qt, kvt; /* self: qt is the packed (B, T, 3C) buffer, kvt unused */
@@ -216,9 +302,6 @@ tb_status tb_mha_forward(tb_ctx *ctx, const tb_mha *mha, const tb_attention_mask
         return s;
     if (y->ndim != 3 || y->shape[0] != B || y->shape[1] != Tq || y->shape[2] != C)
         return tb_fail(ctx, TB_ERR_SHAPE, fn, "y must be (%zu, %zu, %zu)", B, Tq, C);
-    if (tb_overlaps(y->data, B * Tq * C, x->data, B * Tq * C) ||
-        (mem && tb_overlaps(y->data, B * Tq * C, mem->data, B * Tk * C)))
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "y overlaps x or mem");
     mha_sizes z;
     if (sizes(mha, B, Tq, Tk, &z) != TB_OK)
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "cache size overflows");
@@ -228,6 +311,8 @@ tb_status tb_mha_forward(tb_ctx *ctx, const tb_mha *mha, const tb_attention_mask
         return tb_fail(ctx, cache_bytes < z.total_bytes ? TB_ERR_BUFFER_TOO_SMALL
                                                         : TB_ERR_INVALID_ARG,
                        fn, "cache must hold %zu bytes, aligned for float", z.total_bytes);
+    if ((s = forward_alias(ctx, fn, mha, mask, x, mem, y, cache, z.total_bytes)) != TB_OK)
+        return s;
     float *proj = (float *)((unsigned char *)cache + sizeof(mha_header));
     float *att = proj + z.proj;
     void *acache = att + z.att;
@@ -312,6 +397,9 @@ tb_status tb_mha_backward(tb_ctx *ctx, tb_mha *mha, const tb_attention_mask *mas
         h.cross != (mem != NULL))
         return tb_fail(ctx, TB_ERR_STATE, fn, "cache was not filled by tb_mha_forward on this "
                                               "input");
+    if ((s = backward_alias(ctx, fn, mha, mask, x, mem, dy, cache, z.total_bytes, dx, dmem)) !=
+        TB_OK)
+        return s;
     float *proj = (float *)((unsigned char *)(uintptr_t)cache + sizeof(mha_header));
     float *att = proj + z.proj;
     const void *acache = att + z.att;
@@ -360,8 +448,6 @@ tb_status tb_mha_decode(tb_ctx *ctx, const tb_mha *mha, tb_kv_cache *kv, const t
         return s;
     if (y->ndim != 3 || y->shape[0] != B || y->shape[1] != Tn || y->shape[2] != C)
         return tb_fail(ctx, TB_ERR_SHAPE, fn, "y must be (%zu, %zu, %zu)", B, Tn, C);
-    if (tb_overlaps(y->data, B * Tn * C, x->data, B * Tn * C))
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "y overlaps x");
     if (kv->batch != B || kv->n_kv_heads != mha->n_heads || kv->head_dim != C / mha->n_heads)
         return tb_fail(ctx, TB_ERR_SHAPE, fn, "kv must hold %zu rows of %zu heads x %zu", B,
                        mha->n_heads, C / mha->n_heads);
@@ -369,6 +455,8 @@ tb_status tb_mha_decode(tb_ctx *ctx, const tb_mha *mha, tb_kv_cache *kv, const t
         return tb_fail(ctx, TB_ERR_BUFFER_TOO_SMALL, fn,
                        "%zu stored + %zu new positions exceed the cache's %zu", kv->len, Tn,
                        kv->max_len);
+    if ((s = decode_alias(ctx, fn, mha, kv, x, y, Tn)) != TB_OK)
+        return s;
     size_t n, bytes;
     if (!tb_mul_size(B * Tn, 4 * C, &n) || !tb_mul_size(n, sizeof(float), &bytes))
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "scratch size overflows");

@@ -238,17 +238,54 @@ static tb_status rownorm_check_io(tb_ctx *ctx, const char *fn, const tb_rownorm_
     return tb_check_matrix(ctx, fn, oname, o, *rows, cols);
 }
 
+/* Bytes of a row-norm cache's header and per-row statistics for `rows` rows
+ * (the memory forward writes and backward reads; sizes checked before). */
+static size_t rownorm_cache_touched(size_t rows)
+{
+    return sizeof(tb_norm_cache_header) + rows * 3 * sizeof(float);
+}
+
+/* y may be x exactly: a row's statistics are taken before the row is
+ * written, then each element is read before it is overwritten. The
+ * statistics go to the cache row by row while x is still being read. */
+static tb_status rownorm_forward_alias(tb_ctx *ctx, const char *fn, const tb_rownorm_spec *sp,
+                                       const tb_tensor *x, const tb_tensor *y,
+                                       const void *cache, size_t rows)
+{
+    const tb_span in[] = {tb_span_tensor("x", x), tb_span_floats("weight", sp->w, sp->dim),
+                          tb_span_floats("bias", sp->b, sp->dim)};
+    const tb_span out[] = {tb_span_in_place(tb_span_tensor("y", y), TB_INPUT(0)),
+                           tb_span_bytes("cache", cache, rownorm_cache_touched(rows))};
+    return tb_check_alias(ctx, fn, out, 2, in, 3);
+}
+
+/* dx may be dy exactly: a row's sums are taken before the row is written,
+ * then element j reads dy[j] before writing dx[j]. x is the forward input
+ * the caller keeps: dx may not replace it, not even exactly. */
+static tb_status rownorm_backward_alias(tb_ctx *ctx, const char *fn, const tb_rownorm_spec *sp,
+                                        const tb_tensor *x, const tb_tensor *dy,
+                                        const void *cache, size_t rows, const tb_tensor *dx)
+{
+    const tb_span in[] = {tb_span_tensor("x", x), tb_span_tensor("dy", dy),
+                          tb_span_bytes("cache", cache, rownorm_cache_touched(rows)),
+                          tb_span_floats("weight", sp->w, sp->dim)};
+    const tb_span out[] = {tb_span_in_place(tb_span_tensor("dx", dx), TB_INPUT(1)),
+                           tb_span_floats("weight.grad", sp->dw, sp->dim),
+                           tb_span_floats("bias.grad", sp->db, sp->dim)};
+    return tb_check_alias(ctx, fn, out, 3, in, 4);
+}
+
 tb_status tb_rownorm_forward_op(tb_ctx *ctx, const char *fn, const tb_rownorm_spec *sp,
                                 const tb_tensor *x, tb_tensor *y, void *cache,
                                 size_t cache_bytes)
 {
     size_t rows;
     tb_status s = rownorm_check_io(ctx, fn, sp, x, "y", y, &rows);
-    if (s == TB_OK)
-        s = tb_check_inplace(ctx, fn, "x", x->data, "y", y->data, tb_tensor_numel(x));
     if (s != TB_OK)
         return s;
     if (cache && (s = tb_norm_check_cache(ctx, fn, cache, cache_bytes, rows * 3)) != TB_OK)
+        return s;
+    if ((s = rownorm_forward_alias(ctx, fn, sp, x, y, cache, rows)) != TB_OK)
         return s;
     tb_rownorm_forward(ctx, rows, sp->dim, sp->center, sp->eps, sp->w, sp->b, x->data, y->data,
                        cache ? tb_norm_cache_data(cache) : NULL);
@@ -274,9 +311,7 @@ tb_status tb_rownorm_backward_op(tb_ctx *ctx, const char *fn, const tb_rownorm_s
         TB_OK)
         return s;
     const size_t C = sp->dim;
-    if (tb_overlaps(dx->data, rows * C, x->data, rows * C))
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "dx overlaps x");
-    if ((s = tb_check_inplace(ctx, fn, "dy", dy->data, "dx", dx->data, rows * C)) != TB_OK)
+    if ((s = rownorm_backward_alias(ctx, fn, sp, x, dy, cache, rows, dx)) != TB_OK)
         return s;
     return tb_rownorm_backward(ctx, fn, rows, C, sp->center, sp->w, tb_norm_cache_cdata(cache),
                                x->data, dy->data, dx->data, sp->dw, sp->db);

@@ -201,6 +201,41 @@ static step_scalars scalars_for(const tb_adam *opt, const tb_adam_group *g, floa
     return s;
 }
 
+/* Aliasing (docs/conventions.md): a step writes each trainable parameter's
+ * value and its slices of m, v (and vmax) while every gradient is still to
+ * be read, so those must not meet any gradient or each other (a parameter
+ * listed twice would be stepped twice). */
+static tb_status step_alias(tb_ctx *ctx, const char *fn, const tb_adam *opt)
+{
+    tb_span *spans;
+    size_t room;
+    if (!tb_mul_size(opt->n_slots, 5, &room))
+        return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "too many parameters");
+    tb_status s = tb_spans_alloc(ctx, fn, room, &spans);
+    if (s != TB_OK)
+        return s;
+    size_t n_out = 0, n_in = 0;
+    tb_span *in = spans + 4 * opt->n_slots;
+    for (size_t i = 0; i < opt->n_slots; i++) {
+        const tb_adam_slot *sl = &opt->slots[i];
+        const tb_param *p = sl->param;
+        if (!p->trainable)
+            continue;
+        const size_t at = sl->offset, n = p->numel;
+        spans[n_out++] = tb_span_floats("value", p->value, n);
+        spans[n_out++] = tb_span_floats("m", opt->m + at, n);
+        spans[n_out++] = tb_span_floats("v", opt->v + at, n);
+        spans[n_out++] = tb_span_floats("vmax", opt->vmax ? opt->vmax + at : NULL, n);
+        in[n_in++] = tb_span_floats("gradient", p->grad, n);
+        for (size_t k = 1; k <= 4; k++)
+            spans[n_out - k].owner = sl->name;
+        in[n_in - 1].owner = sl->name;
+    }
+    s = tb_check_alias(ctx, fn, spans, n_out, in, n_in);
+    tb_free_with(&ctx->allocator, spans);
+    return s;
+}
+
 tb_status tb_adam_step(tb_ctx *ctx, tb_adam *opt, float lr_factor)
 {
     const char *fn = __func__;
@@ -211,6 +246,9 @@ tb_status tb_adam_step(tb_ctx *ctx, tb_adam *opt, float lr_factor)
     if (!nonneg_finite(lr_factor))
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "lr_factor %g must be finite and >= 0",
                        (double)lr_factor);
+    const tb_status aliasing = step_alias(ctx, fn, opt);
+    if (aliasing != TB_OK)
+        return aliasing;
     for (size_t i = 0; i < opt->n_slots; i++) {
         const tb_param *p = opt->slots[i].param;
         if (p->trainable && any_non_finite(ctx, p->grad, p->numel)) {

@@ -53,13 +53,32 @@ static int cmp_ranked(const void *a, const void *b)
     return (x->i > y->i) - (x->i < y->i);
 }
 
+/* Processing rewrites logits while the history is read; drawing also
+ * advances rng (unless greedy) and writes token (both NULL when only
+ * processing). */
+static tb_status sample_alias(tb_ctx *ctx, const char *fn, const tb_sampler_config *cfg,
+                              const int32_t *history, size_t n_history, const float *logits,
+                              size_t vocab, const tb_rng *rng, const int32_t *token)
+{
+    const tb_span in[] = {tb_span_array("history", history, n_history, sizeof *history)};
+    const tb_span out[] = {
+        tb_span_floats("logits", logits, vocab),
+        tb_span_bytes("rng", cfg->temperature != 0.0f ? rng : NULL, sizeof *rng),
+        tb_span_bytes("token", token, sizeof *token)};
+    return tb_check_alias(ctx, fn, out, 3, in, 1);
+}
+
 tb_status tb_logits_process(tb_ctx *ctx, const tb_sampler_config *cfg, const int32_t *history,
                             size_t n_history, float *logits, size_t vocab)
 {
     const char *fn = __func__;
     tb_status s = check(ctx, fn, cfg, history, n_history, logits, vocab);
+    if (s == TB_OK)
+        s = sample_alias(ctx, fn, cfg, history, n_history, logits, vocab, NULL, NULL);
     if (s != TB_OK)
         return s;
+    const tb_sampler_config options = *cfg; /* read to the end: a copy cannot be written over */
+    cfg = &options;
     /* 1. Repetition penalty, once per distinct token of the history (a
      * vocabulary-sized "seen" map keeps long histories linear). */
     if (cfg->repetition_penalty != 1.0f && n_history) {
@@ -145,8 +164,14 @@ tb_status tb_sample_token(tb_ctx *ctx, const tb_sampler_config *cfg, const int32
     const char *fn = __func__;
     if (!token || (!rng && cfg && cfg->temperature != 0.0f))
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "token and rng must not be NULL");
-    tb_status s = tb_logits_process(ctx, cfg, history, n_history, logits, vocab);
+    tb_status s = check(ctx, fn, cfg, history, n_history, logits, vocab);
+    if (s == TB_OK)
+        s = sample_alias(ctx, fn, cfg, history, n_history, logits, vocab, rng, token);
     if (s != TB_OK)
+        return s;
+    const tb_sampler_config options = *cfg; /* read to the end: a copy cannot be written over */
+    cfg = &options;
+    if ((s = tb_logits_process(ctx, cfg, history, n_history, logits, vocab)) != TB_OK)
         return s;
     size_t best = 0;
     for (size_t v = 0; v < vocab; v++) {

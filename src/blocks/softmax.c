@@ -13,12 +13,32 @@ static tb_status check_like(tb_ctx *ctx, const char *fn, const char *aname, cons
     return s;
 }
 
+/* y may be x exactly: a row's maximum is taken before the row is written,
+ * then each element is read before it is overwritten. */
+static tb_status check_forward_alias(tb_ctx *ctx, const char *fn, const tb_tensor *x,
+                                     const tb_tensor *y)
+{
+    const tb_span in[] = {tb_span_tensor("x", x)};
+    const tb_span out[] = {tb_span_in_place(tb_span_tensor("y", y), TB_INPUT(0))};
+    return tb_check_alias(ctx, fn, out, 1, in, 1);
+}
+
+/* dx may be y or dy exactly: a row's sum(y * dy) is taken before the row is
+ * written, then element j reads y[j] and dy[j] before writing dx[j]. */
+static tb_status check_backward_alias(tb_ctx *ctx, const char *fn, const tb_tensor *y,
+                                      const tb_tensor *dy, const tb_tensor *dx)
+{
+    const tb_span in[] = {tb_span_tensor("y", y), tb_span_tensor("dy", dy)};
+    const tb_span out[] = {tb_span_in_place(tb_span_tensor("dx", dx), TB_INPUT(0) | TB_INPUT(1))};
+    return tb_check_alias(ctx, fn, out, 1, in, 2);
+}
+
 tb_status tb_softmax_forward(tb_ctx *ctx, const tb_tensor *x, tb_tensor *y)
 {
     size_t rows, cols;
     tb_status s = check_like(ctx, __func__, "x", x, "y", y, &rows, &cols);
     if (s == TB_OK)
-        s = tb_check_inplace(ctx, __func__, "x", x->data, "y", y->data, rows * cols);
+        s = check_forward_alias(ctx, __func__, x, y);
     if (s != TB_OK)
         return s;
     const float *xd = x->data;
@@ -60,9 +80,7 @@ tb_status tb_softmax_backward(tb_ctx *ctx, const tb_tensor *y, const tb_tensor *
     if (s == TB_OK)
         s = tb_check_matrix(ctx, __func__, "dx", dx, rows, cols);
     if (s == TB_OK)
-        s = tb_check_inplace(ctx, __func__, "dy", dy->data, "dx", dx->data, rows * cols);
-    if (s == TB_OK)
-        s = tb_check_inplace(ctx, __func__, "y", y->data, "dx", dx->data, rows * cols);
+        s = check_backward_alias(ctx, __func__, y, dy, dx);
     if (s != TB_OK)
         return s;
     const float *yd = y->data, *g = dy->data;

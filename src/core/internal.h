@@ -64,14 +64,71 @@ tb_status tb_check_same_numel(tb_ctx *ctx, const char *fn, const char *a_name,
                               const tb_tensor *a, const char *b_name, const tb_tensor *b,
                               size_t *numel);
 
-/* True if [a, a+an) and [b, b+bn) floats overlap. */
-int tb_overlaps(const float *a, size_t an, const float *b, size_t bn);
+/*
+ * Aliasing (docs/conventions.md, "Aliasing"): the one check every public
+ * function that writes caller memory runs before its first write.
+ *
+ * A span is the memory one argument touches: `rows` runs of `len` bytes,
+ * `stride` bytes apart (a contiguous buffer is one run; the heads of a
+ * packed (B, T, W) tensor are B*T runs of heads*D floats, W floats apart).
+ * A span with len 0 (a NULL or absent argument) touches nothing.
+ */
+typedef struct tb_span {
+    const char *name;  /* the argument as the function's header names it */
+    const char *owner; /* NULL, or the parameter it belongs to: "name of 'owner'" */
+    uintptr_t base;    /* first byte */
+    size_t len;        /* bytes per run (0: absent) */
+    size_t stride;     /* bytes from one run to the next */
+    size_t rows;       /* number of runs */
+    unsigned same_ok;  /* outputs: bit j set = may be exactly input j (in place) */
+    int overflow;      /* the byte count does not fit in size_t */
+} tb_span;
 
-/* An output of n floats may be the input itself (in place) or separate
- * memory, never a partial overlap (elements would be read after being
- * overwritten, by another thread): TB_ERR_INVALID_ARG then. */
-tb_status tb_check_inplace(tb_ctx *ctx, const char *fn, const char *in_name, const float *in,
-                           const char *out_name, const float *out, size_t n);
+/* Constructors (sizes in bytes, floats, or the float geometry of a view).
+ * tb_span_tensor and tb_span_heads expect views already validated. */
+tb_span tb_span_bytes(const char *name, const void *p, size_t bytes);
+tb_span tb_span_array(const char *name, const void *p, size_t n, size_t elem_bytes);
+tb_span tb_span_floats(const char *name, const float *p, size_t n);
+tb_span tb_span_rows(const char *name, const float *p, size_t rows, size_t len, size_t stride);
+tb_span tb_span_tensor(const char *name, const tb_tensor *t);
+tb_span tb_span_heads(const char *name, const tb_heads *h, size_t heads, size_t head_dim);
+
+/* Input j of the call's input list, for tb_span_in_place(). */
+#define TB_INPUT(j) (1u << (j))
+
+/* An output that may be exactly the inputs in `inputs` (TB_INPUT bits):
+ * the same memory, byte for byte, where the function is written for it. */
+static inline tb_span tb_span_in_place(tb_span s, unsigned inputs)
+{
+    s.same_ok = inputs;
+    return s;
+}
+
+/*
+ * Fail fn with TB_ERR_INVALID_ARG, "<output> overlaps <input>", at the
+ * first output that shares a byte with an input the call still reads after
+ * its first write (unless it is exactly an input it may replace in place),
+ * then at the first pair of outputs that share a byte; TB_ERR_OVERFLOW if a
+ * span ends past the address space. Pairs are tested in list order
+ * (outputs against inputs first), each in O(min(rows)).
+ */
+tb_status tb_check_alias(tb_ctx *ctx, const char *fn, const tb_span *outs, size_t n_out,
+                         const tb_span *ins, size_t n_in);
+
+/* Room for n spans (a parameter list's), from ctx's allocator. */
+tb_status tb_spans_alloc(tb_ctx *ctx, const char *fn, size_t n, tb_span **out);
+
+/* The arrays an attention mask points to, as spans (absent when NULL or
+ * when mask is NULL): key_lengths (B int32), key_valid (B*Tk bytes), bias
+ * (Tq*Tk floats). Defined with the masks, in src/blocks/attention.c. */
+#define TB_MASK_SPANS 3
+void tb_attention_mask_spans(const tb_attention_mask *mask, size_t B, size_t Tq, size_t Tk,
+                             tb_span spans[TB_MASK_SPANS]);
+
+/* Positions [t0, t0 + n) of every batch row of a KV cache's keys or values
+ * (buf): B runs, max_len positions apart. Defined in src/blocks/kvcache.c. */
+tb_span tb_kv_positions_span(const char *name, const tb_kv_cache *kv, const float *buf,
+                             size_t t0, size_t n);
 
 /* Allocate and free through ctx's allocator (64-byte aligned). */
 tb_status tb_alloc(tb_ctx *ctx, const char *fn, size_t bytes, void **out);

@@ -56,6 +56,14 @@ float tb_rng_normal(tb_rng *rng)
     return normal_from_bits(tb_rng_next(rng));
 }
 
+/* x is written before the stream is advanced: they must not share memory. */
+static tb_status fill_alias(tb_ctx *ctx, const char *fn, const tb_rng *rng, const float *x,
+                            size_t n)
+{
+    const tb_span out[] = {tb_span_floats("x", x, n), tb_span_bytes("rng", rng, sizeof *rng)};
+    return tb_check_alias(ctx, fn, out, 2, NULL, 0);
+}
+
 tb_status tb_rng_fill_uniform(tb_ctx *ctx, tb_rng *rng, float *x, size_t n, float lo, float hi)
 {
     if (!rng || (!x && n))
@@ -63,6 +71,9 @@ tb_status tb_rng_fill_uniform(tb_ctx *ctx, tb_rng *rng, float *x, size_t n, floa
     if (!isfinite(lo) || !isfinite(hi) || hi < lo)
         return tb_fail(ctx, TB_ERR_INVALID_ARG, __func__,
                        "bounds [%g, %g) must be finite with lo <= hi", (double)lo, (double)hi);
+    tb_status s = fill_alias(ctx, __func__, rng, x, n);
+    if (s != TB_OK)
+        return s;
     const uint64_t key = rng->key, base = rng->counter;
     const float span = hi - lo;
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n)) schedule(static)
@@ -82,6 +93,9 @@ tb_status tb_rng_fill_normal(tb_ctx *ctx, tb_rng *rng, float *x, size_t n, float
     if (!isfinite(mean) || !isfinite(std) || std < 0)
         return tb_fail(ctx, TB_ERR_INVALID_ARG, __func__,
                        "mean %g and std %g must be finite, std >= 0", (double)mean, (double)std);
+    tb_status s = fill_alias(ctx, __func__, rng, x, n);
+    if (s != TB_OK)
+        return s;
     const uint64_t key = rng->key, base = rng->counter;
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n)) schedule(static)
     for (size_t i = 0; i < n; i++)

@@ -133,20 +133,3 @@ tb_status tb_check_same_numel(tb_ctx *ctx, const char *fn, const char *a_name,
     *numel = ar * ac;
     return TB_OK;
 }
-
-int tb_overlaps(const float *a, size_t an, const float *b, size_t bn)
-{
-    uintptr_t a0 = (uintptr_t)a, a1 = a0 + an * sizeof(float);
-    uintptr_t b0 = (uintptr_t)b, b1 = b0 + bn * sizeof(float);
-    return a0 < b1 && b0 < a1;
-}
-
-tb_status tb_check_inplace(tb_ctx *ctx, const char *fn, const char *in_name, const float *in,
-                           const char *out_name, const float *out, size_t n)
-{
-    if (in != out && tb_overlaps(in, n, out, n))
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn,
-                       "%s partially overlaps %s (only exact in-place use is allowed)", out_name,
-                       in_name);
-    return TB_OK;
-}

@@ -22,6 +22,7 @@
     X(safetensors)    \
     X(checkpoint)     \
     X(sample)         \
+    X(aliasing)       \
     X(gpt)            \
     X(harness)        \
     X(examples)
