@@ -6,7 +6,8 @@
 #             with pkg-config only, run it, make uninstall removes everything
 #   readme    the README's C example equals docs/readme_example.c, builds, runs
 #   docs      make docs (Doxygen) finishes with no warnings
-#   clang     the library and examples build with clang and -Werror
+#   clang     the library, examples, unit tests and benchmarks build with clang
+#             and -Werror
 #   deps      incremental build: a header or flag change rebuilds dependents
 # Usage: run_all.sh CC CXX   (prints "N passed, M failed"; exits 1 on failure)
 set -u
@@ -100,8 +101,10 @@ fi
 # ---- clang build ------------------------------------------------------------------
 if [ "$CC" != clang ]; then
     if command -v clang >/dev/null 2>&1; then
-        run "library and examples build with clang -Werror" \
-            make -s CC=clang BUILD="$TMP/clang" LIBOUT="$TMP/clang/lib" all
+        run "library, examples, unit tests and benchmarks build with clang -Werror" \
+            make -s CC=clang BUILD="$TMP/clang" LIBOUT="$TMP/clang/lib" all \
+            "$TMP/clang/test/unit_tests" $(for b in test/bench/bench_*.c; do
+                n=${b##*/}; printf '%s ' "$TMP/clang/bench/${n%.c}"; done)
     else
         bad "clang build: clang is not installed"
     fi
