@@ -930,6 +930,13 @@ static int is_float_dtype(tb_st_dtype d)
 static void convert(const tb_st_tensor *t, float *out)
 {
     const unsigned char *p = t->data;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (t->dtype == TB_ST_F32) { /* the file's byte order is the host's */
+        if (t->numel)
+            memcpy(out, p, t->numel * sizeof(float));
+        return;
+    }
+#endif
     for (size_t i = 0; i < t->numel; i++) {
         switch (t->dtype) {
         case TB_ST_F32: {
