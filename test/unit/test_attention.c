@@ -943,16 +943,9 @@ typedef struct masked_case {
 /* Whether query i of batch row r may see key j (the spec's masks). */
 static int pair_visible(const masked_case *mc, size_t r, size_t i, size_t j)
 {
-    const long diag = (long)i + (long)mc->tk - (long)mc->tq;
-    if (mc->causal && (long)j > diag)
-        return 0;
-    if (mc->window && !((long)j > diag - (long)mc->window && (long)j <= diag))
-        return 0;
-    if (mc->lengths && (long)j >= (long)mc->lengths[r])
-        return 0;
-    if (mc->valid && !mc->valid[r * mc->tk + j])
-        return 0;
-    return !(mc->bias && mc->bias[i * mc->tk + j] == -INFINITY);
+    const tbt_attn_masks m = {mc->tq,      mc->tk,    mc->causal, mc->window,
+                              mc->lengths, mc->valid, mc->bias};
+    return tbt_attn_visible(&m, r, i, j);
 }
 
 /* Whether query i of batch row r sees at least one key. */
