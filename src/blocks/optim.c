@@ -197,15 +197,15 @@ static step_scalars scalars_for(const tb_adam *opt, const tb_adam_group *g, floa
 }
 
 /* The new moments of one element and its value after the weight decay
- * (AdamW), in PyTorch's order of operations. No branches on the element
- * (the conditions are the step's), so that the check below vectorises; the
- * step and the check compute the same values here. */
+ * (AdamW), in PyTorch's order of operations. The step and the exact check
+ * before it both compute them here, so a checked step writes exactly the
+ * values that were checked. */
 typedef struct adam_moments {
     float x, m, v, vmax; /* vmax: AMSGrad only */
 } adam_moments;
 
-static inline adam_moments moments_of(const step_scalars *s, int decoupled, int amsgrad, float g,
-                               float x, float m, float v, float vmax)
+static inline adam_moments moments_of(const step_scalars *s, int decoupled, int amsgrad,
+                                      float g, float x, float m, float v, float vmax)
 {
     const int l2 = s->wd != 0.0f && !decoupled, decay = s->wd != 0.0f && decoupled;
     adam_moments o;
@@ -219,7 +219,8 @@ static inline adam_moments moments_of(const step_scalars *s, int decoupled, int 
 }
 
 /* The parameter's new value from moments_of(). */
-static inline float param_of(const step_scalars *s, float eps, int amsgrad, const adam_moments *o)
+static inline float param_of(const step_scalars *s, float eps, int amsgrad,
+                             const adam_moments *o)
 {
     const float denom = sqrtf(amsgrad ? o->vmax : o->v) / s->bc2_sqrt + eps;
     return o->x + s->neg_step * o->m / denom; /* addcdiv: (value * m) / denom */

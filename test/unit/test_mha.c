@@ -1566,7 +1566,8 @@ static run_out run_mha_garbage(const mha_garbage *g, int threads, const float *g
     m.attn.causal = g->vis.causal;
     m.attn.window = g->vis.window;
     const size_t nx = b * tq * c, nm = b * tk * c;
-    float *x = tbt_alloc(nx * sizeof(float)), *mem = g->cross ? tbt_alloc(nm * sizeof(float)) : NULL;
+    float *x = tbt_alloc(nx * sizeof(float));
+    float *mem = g->cross ? tbt_alloc(nm * sizeof(float)) : NULL;
     float *dy = tbt_alloc(nx * sizeof(float));
     tbt_fill_uniform(x, nx, -1.0f, 1.0f, 910);
     tbt_fill_uniform(dy, nx, -1.0f, 1.0f, 911);
@@ -1759,7 +1760,8 @@ START_TEST(test_mha_decode_garbage)
                 m.attn.window = 0;
                 if (n > 1) {
                     clean = decode_garbage_run(&m, threads, x, b, t, prefix, n, NULL, 0, 0, 0);
-                    dirty = decode_garbage_run(&m, threads, x, b, t, prefix, n, &values[k], 0, 0, 1);
+                    dirty = decode_garbage_run(&m, threads, x, b, t, prefix, n, &values[k], 0, 0,
+                                               1);
                     snprintf(what, sizeof what,
                              "decode causal, last new position garbage (%g), c%zu, prefix %zu + "
                              "%zu, %d threads, earlier new positions",
@@ -1816,7 +1818,8 @@ START_TEST(test_kv_cache_attend_garbage_past_lengths)
                                 values[g];
                 CHECK_OK(ctx, tb_kv_cache_attend(&ctx, &kv, &cfg, lens, &qh, &dt));
                 char what[120];
-                snprintf(what, sizeof what, "kv attend, garbage %g past the key lengths%s, %d threads",
+                snprintf(what, sizeof what,
+                         "kv attend, garbage %g past the key lengths%s, %d threads",
                          (double)values[g], causal ? ", causal" : "", threads);
                 assert_bitwise(what, dirty, clean, b * tq * cq);
             }

@@ -546,7 +546,8 @@ START_TEST(test_optim_moment_overflow_skips_the_step)
             four f;
             four_init(&ctx, &f);
             tbt_fill_uniform(f.mem, 2 * (51 + 17 + 17 + 4), -1, 1, 8);
-            tb_adam_config cfg = variant == 1 ? tb_adamw_default_config() : tb_adam_default_config();
+            tb_adam_config cfg =
+                variant == 1 ? tb_adamw_default_config() : tb_adam_default_config();
             if (variant == 2)
                 cfg.weight_decay = 0.1f;
             if (variant == 3)
@@ -591,8 +592,9 @@ START_TEST(test_optim_moment_overflow_skips_the_step)
             opt.m[opt.slots[1].offset + 3] = 1e10f;
             optim_snapshot s = take_snapshot(&f, &opt);
             const tb_status st = tb_adam_step(&ctx, &opt, 1.0f);
-            ck_assert_msg(st == TB_ERR_NON_FINITE, "%s: the overflowing update gave %s (p1[3] = %g)",
-                          what, tb_strerror(st), (double)f.p[1].value[3]);
+            ck_assert_msg(st == TB_ERR_NON_FINITE,
+                          "%s: the overflowing update gave %s (p1[3] = %g)", what,
+                          tb_strerror(st), (double)f.p[1].value[3]);
             ck_assert_msg(strstr(tb_ctx_error(&ctx), "value of 'p1'") &&
                               strstr(tb_ctx_error(&ctx), "element 3"),
                           "%s: %s", what, tb_ctx_error(&ctx));
