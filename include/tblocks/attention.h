@@ -19,7 +19,7 @@
  * one log-sum-exp per (batch, head, query) in a caller-provided cache
  * (tb_attention_cache_size()); backward recomputes the scores tile by tile.
  * Activation memory is linear in T; each call also allocates scratch of
- * about 65 KiB per thread for D <= 64 (plus B*H*Tq floats in
+ * about 87 KiB per thread for D <= 64 (plus B*H*Tq floats in
  * backward).
  *
  * Masks (all optional, combined): causal (query i of Tq sees keys
@@ -30,6 +30,17 @@
  * keys are all masked gets a zero output and zero gradients (older PyTorch
  * releases return NaN there; 2.13's scaled_dot_product_attention also
  * returns 0).
+ *
+ * Masked pairs contribute nothing, whatever the masked rows hold: padding
+ * rows may be garbage (NaN, Inf, huge values). For every mask form and
+ * combination, in every call (forward, backward, probabilities, and the
+ * KV-cache path), the K and V rows of a key masked for query i cannot reach
+ * query i's output, probabilities or dq, and reach no dk or dv through
+ * that pair; the Q row of a query whose keys are all masked reaches
+ * nothing. Keys no query sees get exactly zero dk and dv. What a query does
+ * see is used as it is: a NaN in a visible key's value makes that query's
+ * output NaN, as in PyTorch (and through the softmax, the gradients of the
+ * keys that query sees).
  *
  * Every output element is computed by one thread in a fixed order: results
  * are bitwise identical for any thread count.

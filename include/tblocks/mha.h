@@ -17,6 +17,13 @@
  * Attention dropout (training): draw it into the mask with
  * tb_attention_dropout_draw() before each forward and give backward the same
  * mask; leave it 0 for evaluation and for tb_mha_decode().
+ *
+ * Padding may hold garbage: a row of x or mem that the masks hide entirely
+ * (a key no query sees whose own query, in self-attention, sees nothing; a
+ * query that sees nothing) can hold NaN or Inf without changing y, dx,
+ * dmem or any parameter gradient (attention.h: masked pairs contribute
+ * nothing; and a row whose projection gradient is exactly zero adds
+ * exactly nothing to in_proj's gradients). dx and dmem are 0 at those rows.
  */
 #ifndef TBLOCKS_MHA_H
 #define TBLOCKS_MHA_H

@@ -33,9 +33,19 @@
  * Learning-rate schedules (schedule.h) give a factor that tb_adam_step()
  * multiplies into every group's lr.
  *
- * Non-finite gradients: tb_adam_step() first checks every gradient; if one
- * is NaN or infinite it changes nothing (parameters, moments, step count),
- * counts the skipped step and returns TB_ERR_NON_FINITE.
+ * Non-finite values: tb_adam_step() is all or nothing. It first checks
+ * that every gradient is finite and that every new value the step would
+ * write -- first and second moments (and AMSGrad's maximum), parameters --
+ * would be finite; otherwise it changes nothing (parameters, moments, step
+ * count), counts the skipped step and returns TB_ERR_NON_FINITE with a
+ * message naming the parameter, the element and what would overflow. A
+ * finite gradient of 3e38, say, would make v = beta2 v + (1 - beta2) g^2
+ * infinite for good and freeze the parameter (m / sqrt(inf) = 0 from then
+ * on); PyTorch takes that step. The check costs one pass over the state
+ * (about 30% of a step): the largest magnitudes of the gradients, moments
+ * and values bound every new value, and only a parameter whose bound comes
+ * near FLT_MAX gets the new values computed exactly first. Normal steps
+ * are unchanged bit for bit.
  *
  * Threads: the update is element-wise, so results are identical for any
  * thread count.
@@ -59,7 +69,11 @@ typedef struct tb_adam_config {
     float lr;           /**< Learning rate, finite and >= 0. */
     float beta1;        /**< First-moment decay, in [0, 1). */
     float beta2;        /**< Second-moment decay, in [0, 1). */
-    float eps;          /**< Added to the denominator, finite and >= 0. */
+    float eps;          /**< Added to the denominator, finite and >= FLT_MIN (the
+                             smallest normal float, ~1.2e-38). PyTorch accepts 0,
+                             which turns a parameter whose gradient has always been 0
+                             into 0/0 = NaN; a subnormal eps is 0 where denormals are
+                             flushed. Both are refused. */
     float weight_decay; /**< L2 (Adam) or decoupled (AdamW) decay, finite and >= 0. */
     int decoupled;      /**< 0: Adam; nonzero: AdamW. */
     int amsgrad;        /**< Nonzero: AMSGrad (keeps the running maximum of v). */
@@ -127,7 +141,8 @@ typedef struct tb_adam {
     float *v;                                  /**< Second moments. */
     float *vmax;                               /**< Running max of v (AMSGrad), else NULL. */
     uint64_t step;                             /**< Steps taken. */
-    uint64_t skipped;                          /**< Steps refused (non-finite gradients). */
+    uint64_t skipped;                          /**< Steps refused (non-finite gradients or
+                                                    values that would overflow). */
     tb_allocator allocator;                    /**< Hooks the state came from. */
 } tb_adam;
 
@@ -140,8 +155,10 @@ typedef struct tb_adam {
  *        list).
  * @param cfg Configuration.
  * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG for a bad
- *         hyper-parameter or a trainable parameter without a gradient
- *         buffer; TB_ERR_STATE (a stale list, see param.h);
+ *         hyper-parameter (lr not finite or < 0; beta1 or beta2 outside
+ *         [0, 1) or NaN; eps not finite or below FLT_MIN, 0 included;
+ *         weight_decay not finite or < 0) or a trainable parameter without a
+ *         gradient buffer; TB_ERR_STATE (a stale list, see param.h);
  *         TB_ERR_OVERFLOW; TB_ERR_NO_MEMORY.
  */
 tb_status tb_adam_init(tb_ctx *ctx, tb_adam *opt, const tb_param_list *list,
@@ -179,10 +196,10 @@ tb_status tb_adam_add_group(tb_ctx *ctx, tb_adam *opt, float lr, float weight_de
  *         an output overlaps an input it still reads, or another output: each
  *         trainable parameter's value and its slices of m, v and vmax are
  *         outputs, every gradient an input (so a parameter listed twice is
- *         refused); TB_ERR_NON_FINITE if a gradient holds NaN or infinity
- *         (nothing is changed; `skipped` counts it); TB_ERR_NO_MEMORY or
- *         TB_ERR_OVERFLOW for the check's scratch. Nothing is changed on
- *         error.
+ *         refused); TB_ERR_NON_FINITE if a gradient holds NaN or infinity, or
+ *         a moment or parameter would overflow (nothing is changed; `skipped`
+ *         counts it); TB_ERR_NO_MEMORY or TB_ERR_OVERFLOW for the check's
+ *         scratch. Nothing is changed on error.
  */
 tb_status tb_adam_step(tb_ctx *ctx, tb_adam *opt, float lr_factor);
 

@@ -227,10 +227,14 @@ static float dot(const float *x, const float *y, size_t n)
     return s;
 }
 
-/* Score of query i (head h) against key j (its kv head), or -inf if masked. */
+/* Score of query i (head h) against key j (its kv head), or -inf if masked
+ * (then without reading q or k: a masked key's NaN or Inf plus a -inf bias
+ * would be NaN, not -inf). */
 static float score(const attn *a, size_t b, size_t h, size_t i, size_t j)
 {
     if (a->key_valid && !a->key_valid[b * a->Tk + j])
+        return -INFINITY;
+    if (a->bias && a->bias[i * a->Tk + j] == -INFINITY)
         return -INFINITY;
     const float *qi = a->q + (b * a->Tq + i) * a->wq + h * a->D;
     const float *kj = a->k + (b * a->Tk + j) * a->wk + (h / a->group) * a->D;
@@ -322,12 +326,19 @@ static size_t min_sz(size_t a, size_t b)
 }
 
 /* One thread's scratch: the score tile, a second tile (dP), packing space
- * for tb_gemm_serial and per-row running statistics. */
+ * for tb_gemm_serial, per-row running statistics, a copy of one operand
+ * tile (max(BQ, BK) rows of D, for products that must skip masked rows;
+ * see masked_product) and the tile's mask (see tile_mask). */
 typedef struct tile_ws {
-    float *s, *dp, *gemm, *m, *l;
-    size_t gemm_floats; /* packing space at gemm */
-    int *failed;        /* set (shared by all threads) if a tile product failed */
+    float *s, *dp, *gemm, *m, *l, *rows;
+    size_t gemm_floats;       /* packing space at gemm */
+    unsigned char *vis;       /* BQ x BK: 1 where query r sees key c */
+    unsigned char *key_hid;   /* BK: queries of the tile key c is masked for */
+    unsigned char *query_hid; /* BQ: keys of the tile query r is masked for */
+    int *failed;              /* set (shared by all threads) if a tile product failed */
 } tile_ws;
+
+_Static_assert(BQ <= 255 && BK <= 255, "the masked counts of a tile are kept in bytes");
 
 /* Every tile product has M <= max(BQ, BK) rows and N, K <= max(D, BQ, BK)
  * (K is a query count in the dV and dK products); the packing bound comes
@@ -338,9 +349,20 @@ static size_t gemm_ws_floats(const tb_ctx *ctx, size_t D)
     return (tb_gemm_serial_work(ctx, m, big, big) + 15) / 16 * 16;
 }
 
+/* Floats of the operand copy and of the mask bytes (rounded up). */
+static size_t rows_floats(size_t D)
+{
+    return (BQ > BK ? BQ : BK) * D;
+}
+
+#define MASK_FLOATS ((BQ * BK + BQ + BK + sizeof(float) - 1) / sizeof(float))
+
+/* Whole multiples of 16 floats, so that every thread's scratch starts on its
+ * own cache line. */
 static size_t ws_floats(const tb_ctx *ctx, size_t D)
 {
-    return 2 * BQ * BK + 2 * BQ + gemm_ws_floats(ctx, D);
+    const size_t n = 2 * BQ * BK + 2 * BQ + rows_floats(D) + MASK_FLOATS + gemm_ws_floats(ctx, D);
+    return (n + 15) / 16 * 16;
 }
 
 static tile_ws ws_at(const tb_ctx *ctx, float *base, size_t D, size_t t, int *failed)
@@ -350,7 +372,11 @@ static tile_ws ws_at(const tb_ctx *ctx, float *base, size_t D, size_t t, int *fa
     w.dp = w.s + BQ * BK;
     w.m = w.dp + BQ * BK;
     w.l = w.m + BQ;
-    w.gemm = w.l + BQ;
+    w.rows = w.l + BQ;
+    w.vis = (unsigned char *)(w.rows + rows_floats(D));
+    w.key_hid = w.vis + BQ * BK;
+    w.query_hid = w.key_hid + BK;
+    w.gemm = w.rows + rows_floats(D) + MASK_FLOATS;
     w.gemm_floats = gemm_ws_floats(ctx, D);
     w.failed = failed;
     return w;
@@ -398,31 +424,154 @@ static int threads_for_tasks(const tb_ctx *ctx, size_t tasks, double work_per_ta
     return (size_t)t > tasks ? (int)tasks : t;
 }
 
+/* ---- Masked pairs ----------------------------------------------------------
+ * A masked (query, key) pair must contribute nothing: not 0 x value, since
+ * padding rows often hold garbage and a GEMM computes 0 * NaN = NaN. The
+ * scores of masked pairs are overwritten with -inf (never computed from
+ * them), their probabilities and score gradients are then exactly 0, and
+ * the four products that multiply those zeros into operand rows (P V,
+ * dS K, dS^T Q, P^T dO) go through masked_product, which keeps a
+ * non-finite row out of the outputs it is masked for. A zero times a finite
+ * value adds exactly nothing to a GEMM sum (the kernels' sums start at +0,
+ * which adding +-0 leaves unchanged), so finite rows need no care: the
+ * usual tile products run unless a masked row holds NaN or Inf. */
+
+/* Which pairs of a tile (mq queries x jn keys) are masked. When `partial`
+ * is 0 every pair is visible and the byte arrays are not filled. */
+typedef struct tile_mask {
+    size_t mq, jn;
+    int partial;     /* some pair is masked */
+    int any_visible; /* some pair is visible */
+    const unsigned char *vis;       /* mq x jn, row stride BK: 1 = visible */
+    const unsigned char *key_hid;   /* jn: how many of the mq queries key c is masked for */
+    const unsigned char *query_hid; /* mq: how many of the jn keys query r is masked for */
+} tile_mask;
+
 /* Mask the score tile S (mq x jn, row stride BK) of queries i0.. and keys
- * j0.. of batch row b: -inf outside each query's key range and on invalid
- * keys, plus the additive bias. Interior tiles of an unmasked call are
- * left alone. */
-static void mask_tile(const attn *a, size_t b, size_t i0, size_t mq, size_t j0, size_t jn,
-                      float *S)
+ * j0.. of batch row b: -inf outside each query's key range, on invalid
+ * keys and where the bias is -inf (whatever the score was: a garbage key's
+ * NaN or +Inf plus -inf would be NaN), plus the additive bias elsewhere.
+ * Interior tiles of an unmasked call are left alone. Returns which pairs
+ * are masked (kept in w). */
+static tile_mask mask_tile(const attn *a, size_t b, size_t i0, size_t mq, size_t j0, size_t jn,
+                           float *S, const tile_ws *w)
 {
+    tile_mask tm = {mq, jn, 0, 1, w->vis, w->key_hid, w->query_hid};
     size_t lo_first, hi_first, lo_last, hi_last;
     key_range(a, b, i0, &lo_first, &hi_first);
     key_range(a, b, i0 + mq - 1, &lo_last, &hi_last);
     if (!a->bias && !a->key_valid && lo_last <= j0 && hi_first >= j0 + jn)
-        return; /* every query of the tile sees every key of it */
+        return tm; /* every query of the tile sees every key of it */
     const uint8_t *valid = a->key_valid ? a->key_valid + b * a->Tk + j0 : NULL;
+    memset(w->key_hid, 0, jn);
+    size_t hidden = 0;
     for (size_t r = 0; r < mq; r++) {
         float *row = S + r * BK;
+        unsigned char *vis = w->vis + r * BK;
         size_t lo, hi;
         key_range(a, b, i0 + r, &lo, &hi);
-        const float *bias = a->bias ? a->bias + (i0 + r) * a->Tk + j0 : NULL;
-        for (size_t c = 0; c < jn; c++) {
-            const size_t j = j0 + c;
-            if (j < lo || j >= hi || (valid && !valid[c]))
-                row[c] = -INFINITY;
-            else if (bias)
-                row[c] += bias[c];
+        /* The row's key range within the tile: [c0, c1). */
+        const size_t c0 = lo > j0 ? min_sz(lo - j0, jn) : 0;
+        const size_t c1 = hi > j0 + c0 ? min_sz(hi - j0, jn) : c0;
+        size_t row_hidden = jn - (c1 - c0);
+        for (size_t c = 0; c < c0; c++)
+            row[c] = -INFINITY, w->key_hid[c]++;
+        for (size_t c = c1; c < jn; c++)
+            row[c] = -INFINITY, w->key_hid[c]++;
+        memset(vis, 0, jn);
+        memset(vis + c0, 1, c1 - c0);
+        if (valid || a->bias) {
+            const float *bias = a->bias ? a->bias + (i0 + r) * a->Tk + j0 : NULL;
+            for (size_t c = c0; c < c1; c++) {
+                if ((valid && !valid[c]) || (bias && bias[c] == -INFINITY)) {
+                    row[c] = -INFINITY;
+                    w->key_hid[c]++;
+                    vis[c] = 0;
+                    row_hidden++;
+                } else if (bias) {
+                    row[c] += bias[c];
+                }
+            }
         }
+        w->query_hid[r] = (unsigned char)row_hidden;
+        hidden += row_hidden;
+    }
+    tm.partial = hidden > 0;
+    tm.any_visible = hidden < mq * jn;
+    return tm;
+}
+
+/* Whether the n floats at x are all finite (8 fixed lanes: vectorisable). */
+static int row_finite(const float *x, size_t n)
+{
+    float acc[8] = {0};
+    size_t d = 0;
+    for (; d + 8 <= n; d += 8)
+        for (int l = 0; l < 8; l++)
+            acc[l] += x[d + l] - x[d + l]; /* 0, or NaN for NaN and +-Inf */
+    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; d < n; d++)
+        s += x[d] - x[d];
+    return s == 0.0f;
+}
+
+/* C (n_out x D, ldc) += op(A) X: one of the products of a tile's
+ * coefficients (P or dS: zero at masked pairs) and operand rows X (n_in
+ * rows of D floats, ldx apart). keys_out = 0: the outputs are the tile's
+ * queries and X its keys' rows (P V, dS K), op(A) = A (mq x jn, row stride
+ * BK); keys_out = 1: the outputs are its keys and X its queries' rows
+ * (dS^T Q, P^T dO), op(A) = A^T.
+ * The tile product runs as it is unless a row of X that is masked for some
+ * output holds NaN or Inf. Then X is copied with those rows zeroed: one
+ * product when every output is masked from every such row (padding: the
+ * common case), else one one-row product per output with a copy that keeps
+ * the rows that output sees. The GEMM gives a row of a product the bits of
+ * its one-row product and a zero row adds exactly what 0 x finite adds, so
+ * every path gives the bits of the plain product on finite data. */
+static void masked_product(const tb_ctx *ctx, const tile_ws *w, const tile_mask *tm,
+                           int keys_out, size_t D, const float *A, const float *X, size_t ldx,
+                           float *C, size_t ldc)
+{
+    const size_t n_out = keys_out ? tm->jn : tm->mq, n_in = keys_out ? tm->mq : tm->jn;
+    if (!tm->partial) {
+        tile_gemm(ctx, w, keys_out, 0, n_out, D, n_in, 1.0f, A, BK, X, ldx, 1.0f, C, ldc);
+        return;
+    }
+    /* Masked counts of the input rows; a row masked for all outputs is dead. */
+    const unsigned char *hid = keys_out ? tm->query_hid : tm->key_hid;
+    unsigned char bad[BQ > BK ? BQ : BK];
+    size_t n_bad = 0;
+    int all_dead = 1;
+    for (size_t k = 0; k < n_in; k++)
+        if (hid[k] && !row_finite(X + k * ldx, D)) {
+            bad[n_bad++] = (unsigned char)k;
+            all_dead &= hid[k] == n_out;
+        }
+    if (n_bad == 0) {
+        tile_gemm(ctx, w, keys_out, 0, n_out, D, n_in, 1.0f, A, BK, X, ldx, 1.0f, C, ldc);
+        return;
+    }
+    for (size_t k = 0; k < n_in; k++)
+        memcpy(w->rows + k * D, X + k * ldx, D * sizeof(float));
+    for (size_t e = 0; e < n_bad; e++)
+        memset(w->rows + bad[e] * D, 0, D * sizeof(float));
+    if (all_dead) {
+        tile_gemm(ctx, w, keys_out, 0, n_out, D, n_in, 1.0f, A, BK, w->rows, D, 1.0f, C, ldc);
+        return;
+    }
+    for (size_t o = 0; o < n_out; o++) {
+        for (size_t e = 0; e < n_bad; e++) {
+            const size_t k = bad[e];
+            const int seen = keys_out ? tm->vis[k * BK + o] : tm->vis[o * BK + k];
+            if (seen) /* garbage this output sees is its own */
+                memcpy(w->rows + k * D, X + k * ldx, D * sizeof(float));
+            else
+                memset(w->rows + k * D, 0, D * sizeof(float));
+        }
+        /* Row o of op(A): row o of A, or its column o. */
+        const float *ao = keys_out ? A + o : A + o * BK;
+        tile_gemm(ctx, w, keys_out, 0, 1, D, n_in, 1.0f, ao, BK, w->rows, D, 1.0f, C + o * ldc,
+                  ldc);
     }
 }
 
@@ -464,7 +613,11 @@ static void forward_block(const tb_ctx *ctx, const attn *a, const tb_vexp_ops *v
         const size_t jn = min_sz(BK, hi_last - j0);
         tile_gemm(ctx, w, 0, 1, mq, jn, D, a->scale, q, a->wq,
                        a->k + (b * a->Tk + j0) * a->wk + kvh * D, a->wk, 0.0f, w->s, BK);
-        mask_tile(a, b, i0, mq, j0, jn, w->s);
+        const tile_mask tm = mask_tile(a, b, i0, mq, j0, jn, w->s, w);
+        /* A tile with nothing visible would change nothing (its maximum is
+         * -inf, its sum 0, its products add zeros): skip it. */
+        if (!tm.any_visible)
+            continue;
         /* Online softmax: rescale what was accumulated when the row's
          * maximum grows. */
         for (size_t r = 0; r < mq; r++) {
@@ -488,8 +641,8 @@ static void forward_block(const tb_ctx *ctx, const attn *a, const tb_vexp_ops *v
         }
         if (a->drop_p > 0.0f)
             dropout_tile(a, b, h, i0, mq, j0, jn, w->s);
-        tile_gemm(ctx, w, 0, 0, mq, D, jn, 1.0f, w->s, BK,
-                       a->v + (b * a->Tk + j0) * a->wv + kvh * D, a->wv, 1.0f, o, HD);
+        masked_product(ctx, w, &tm, 0, D, w->s, a->v + (b * a->Tk + j0) * a->wv + kvh * D, a->wv,
+                       o, HD);
     }
     for (size_t r = 0; r < mq; r++) {
         const float l = w->l[r];
@@ -517,33 +670,60 @@ static void probs_tile(const tb_vexp_ops *vx, size_t mq, size_t jn, const float 
     }
 }
 
-/* dS = scale * P o (dP' - delta) in place of dP, where dP' is dP with the
- * dropout mask applied (the gradient flows only through kept weights). */
-static void dscores_tile(const attn *a, size_t b, size_t h, size_t i0, size_t mq, size_t j0,
-                         size_t jn, const float *P, const float *delta, float *dP)
+/* One row of dS = scale * P o (dP - delta), and the same with zeros where
+ * vis (0 or 1) is 0 (restrict: the stores cannot change P or vis, so both
+ * loops vectorise). */
+static void dscores_row(float scale, size_t jn, const float *restrict p, float dr,
+                        float *restrict g)
 {
-    if (a->drop_p > 0.0f)
-        dropout_tile(a, b, h, i0, mq, j0, jn, dP);
-    for (size_t r = 0; r < mq; r++) {
-        const float *p = P + r * BK;
-        float *g = dP + r * BK;
-        const float dr = delta[r];
-        for (size_t c = 0; c < jn; c++)
-            g[c] = a->scale * (p[c] * (g[c] - dr));
+    for (size_t c = 0; c < jn; c++)
+        g[c] = scale * (p[c] * (g[c] - dr));
+}
+
+static void dscores_row_masked(float scale, size_t jn, const float *restrict p, float dr,
+                               const unsigned char *restrict vis, float *restrict g)
+{
+    for (size_t c = 0; c < jn; c++) {
+        const float x = scale * (p[c] * (g[c] - dr));
+        uint32_t bits; /* x, or +0 where vis is 0 (a bit mask: no branch) */
+        memcpy(&bits, &x, sizeof bits);
+        bits &= 0u - (uint32_t)vis[c];
+        memcpy(&g[c], &bits, sizeof bits);
     }
 }
 
+/* dS = scale * P o (dP' - delta) in place of dP, where dP' is dP with the
+ * dropout mask applied (the gradient flows only through kept weights);
+ * exactly 0 at masked pairs (dP = dO V^T there may be 0 x garbage). */
+static void dscores_tile(const attn *a, size_t b, size_t h, size_t i0, const tile_mask *tm,
+                         size_t j0, const float *P, const float *delta, float *dP)
+{
+    const size_t mq = tm->mq, jn = tm->jn;
+    if (a->drop_p > 0.0f)
+        dropout_tile(a, b, h, i0, mq, j0, jn, dP);
+    if (!tm->partial)
+        for (size_t r = 0; r < mq; r++)
+            dscores_row(a->scale, jn, P + r * BK, delta[r], dP + r * BK);
+    else
+        for (size_t r = 0; r < mq; r++)
+            dscores_row_masked(a->scale, jn, P + r * BK, delta[r], tm->vis + r * BK,
+                               dP + r * BK);
+}
+
 /* Scores and probabilities of queries [i0, i0+mq) against keys
- * [j0, j0+jn) into w->s. */
-static void recompute_probs(const tb_ctx *ctx, const attn *a, const tb_vexp_ops *vx, size_t b,
-                            size_t h, size_t i0, size_t mq, size_t j0, size_t jn,
-                            const float *lse, const tile_ws *w)
+ * [j0, j0+jn) into w->s; returns the tile's mask (nothing computed past
+ * the scores when no pair is visible). */
+static tile_mask recompute_probs(const tb_ctx *ctx, const attn *a, const tb_vexp_ops *vx,
+                                 size_t b, size_t h, size_t i0, size_t mq, size_t j0, size_t jn,
+                                 const float *lse, const tile_ws *w)
 {
     const size_t D = a->D, kvh = h / a->group;
     tile_gemm(ctx, w, 0, 1, mq, jn, D, a->scale, a->q + (b * a->Tq + i0) * a->wq + h * D, a->wq,
                    a->k + (b * a->Tk + j0) * a->wk + kvh * D, a->wk, 0.0f, w->s, BK);
-    mask_tile(a, b, i0, mq, j0, jn, w->s);
-    probs_tile(vx, mq, jn, lse, w->s);
+    const tile_mask tm = mask_tile(a, b, i0, mq, j0, jn, w->s, w);
+    if (tm.any_visible)
+        probs_tile(vx, mq, jn, lse, w->s);
+    return tm;
 }
 
 /* Gradient operands of the backward passes. */
@@ -560,22 +740,26 @@ static void backward_kv_block(const tb_ctx *ctx, const attn *a, const tb_vexp_op
                               const tile_ws *w)
 {
     const size_t D = a->D, HD = a->H * a->D;
-    const size_t jn = min_sz(BK, a->Tk - j0);
+    const size_t kn = min_sz(BK, a->Tk - j0);
     float *dk = gr->dk + (b * a->Tk + j0) * gr->wdk + g * D;
     float *dv = gr->dv + (b * a->Tk + j0) * gr->wdv + g * D;
-    for (size_t c = 0; c < jn; c++) {
+    for (size_t c = 0; c < kn; c++) {
         memset(dk + c * gr->wdk, 0, D * sizeof(float));
         memset(dv + c * gr->wdv, 0, D * sizeof(float));
     }
     /* Queries that may see some key of the block (key lengths make the
-     * per-key range non-monotone, so take the union). */
-    size_t ilo = a->Tq, ihi = 0;
-    for (size_t c = 0; c < jn; c++) {
+     * per-key range non-monotone, so take the union), and the keys [0, jn)
+     * of the block some query may see: keys past a row's length or after
+     * every query's diagonal stay out of the products (their gradients
+     * stay 0). */
+    size_t ilo = a->Tq, ihi = 0, jn = 0;
+    for (size_t c = 0; c < kn; c++) {
         size_t lo, hi;
         query_range(a, b, j0 + c, &lo, &hi);
         if (lo < hi) {
             ilo = lo < ilo ? lo : ilo;
             ihi = hi > ihi ? hi : ihi;
+            jn = c + 1;
         }
     }
     if (ilo >= ihi)
@@ -586,7 +770,10 @@ static void backward_kv_block(const tb_ctx *ctx, const attn *a, const tb_vexp_op
             const size_t mq = min_sz(BQ, a->Tq - i0), row0 = (b * a->H + h) * a->Tq + i0;
             const float *qi = a->q + (b * a->Tq + i0) * a->wq + h * D;
             const float *go = gr->dout + (b * a->Tq + i0) * HD + h * D;
-            recompute_probs(ctx, a, vx, b, h, i0, mq, j0, jn, gr->lse + row0, w);
+            const tile_mask tm =
+                recompute_probs(ctx, a, vx, b, h, i0, mq, j0, jn, gr->lse + row0, w);
+            if (!tm.any_visible) /* adds nothing */
+                continue;
             /* dV += P'^T dO, with P' the dropped-out probabilities. */
             const float *pd = w->s;
             if (a->drop_p > 0.0f) {
@@ -595,11 +782,11 @@ static void backward_kv_block(const tb_ctx *ctx, const attn *a, const tb_vexp_op
                 dropout_tile(a, b, h, i0, mq, j0, jn, w->dp);
                 pd = w->dp;
             }
-            tile_gemm(ctx, w, 1, 0, jn, D, mq, 1.0f, pd, BK, go, HD, 1.0f, dv, gr->wdv);
+            masked_product(ctx, w, &tm, 1, D, pd, go, HD, dv, gr->wdv);
             /* dP = dO V^T, then dS, then dK += dS^T Q. */
             tile_gemm(ctx, w, 0, 1, mq, jn, D, 1.0f, go, HD, vj, a->wv, 0.0f, w->dp, BK);
-            dscores_tile(a, b, h, i0, mq, j0, jn, w->s, gr->delta + row0, w->dp);
-            tile_gemm(ctx, w, 1, 0, jn, D, mq, 1.0f, w->dp, BK, qi, a->wq, 1.0f, dk, gr->wdk);
+            dscores_tile(a, b, h, i0, &tm, j0, w->s, gr->delta + row0, w->dp);
+            masked_product(ctx, w, &tm, 1, D, w->dp, qi, a->wq, dk, gr->wdk);
         }
 }
 
@@ -620,12 +807,14 @@ static void backward_q_block(const tb_ctx *ctx, const attn *a, const tb_vexp_ops
     key_range(a, b, i0 + mq - 1, &lo_last, &hi_last);
     for (size_t j0 = lo / BK * BK; j0 < hi_last; j0 += BK) {
         const size_t jn = min_sz(BK, hi_last - j0);
-        recompute_probs(ctx, a, vx, b, h, i0, mq, j0, jn, gr->lse + row0, w);
+        const tile_mask tm = recompute_probs(ctx, a, vx, b, h, i0, mq, j0, jn, gr->lse + row0, w);
+        if (!tm.any_visible) /* adds nothing */
+            continue;
         tile_gemm(ctx, w, 0, 1, mq, jn, D, 1.0f, go, HD,
                        a->v + (b * a->Tk + j0) * a->wv + kvh * D, a->wv, 0.0f, w->dp, BK);
-        dscores_tile(a, b, h, i0, mq, j0, jn, w->s, gr->delta + row0, w->dp);
-        tile_gemm(ctx, w, 0, 0, mq, D, jn, 1.0f, w->dp, BK,
-                       a->k + (b * a->Tk + j0) * a->wk + kvh * D, a->wk, 1.0f, dq, gr->wdq);
+        dscores_tile(a, b, h, i0, &tm, j0, w->s, gr->delta + row0, w->dp);
+        masked_product(ctx, w, &tm, 0, D, w->dp, a->k + (b * a->Tk + j0) * a->wk + kvh * D, a->wk,
+                       dq, gr->wdq);
     }
 }
 

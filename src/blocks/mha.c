@@ -348,16 +348,78 @@ static void add_colsums(tb_ctx *ctx, const float *g, size_t rows, size_t n, floa
     }
 }
 
+/* Whether the n floats at x are all zero / all finite. */
+static int all_zero(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (x[i] != 0.0f)
+            return 0;
+    return 1;
+}
+
+static int all_finite(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return 0;
+    return 1;
+}
+
+/* Whether input row r (of C floats) adds nothing to the weight gradient
+ * although it is not finite: its gradient row (of n) is exactly zero. */
+static int dead_garbage_row(const float *in, size_t C, const float *dout, size_t n, size_t r)
+{
+    return all_zero(dout + r * n, n) && !all_finite(in + r * C, C);
+}
+
+/* dW (n, C) += dout^T in for in (rows, C), dout (rows, n), where a row of
+ * `in` whose gradient row is exactly zero adds exactly nothing, even when it
+ * holds NaN or Inf (0 x NaN would poison the whole gradient). Those rows
+ * are the positions the attention masks out entirely (a key no query sees,
+ * whose own query, if any, sees nothing: padding), and padding rows often
+ * hold garbage. They are zeroed in a copy of `in`, made only when one of
+ * them is not finite; 0 x finite adds nothing to a GEMM sum, so the result
+ * has the bits of the plain product. */
+static tb_status weight_grad(tb_ctx *ctx, const char *fn, const float *in, size_t rows, size_t C,
+                             const float *dout, size_t n, float *dw)
+{
+    int garbage = 0;
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * n)) \
+    reduction(| : garbage) schedule(static)
+    for (size_t r = 0; r < rows; r++)
+        garbage |= dead_garbage_row(in, C, dout, n, r);
+    if (!garbage)
+        return tb_gemm(ctx, 1, 0, n, C, rows, 1.0f, dout, n, in, C, 1.0f, dw, C);
+    size_t bytes;
+    void *buf;
+    if (!tb_mul_size(rows, C * sizeof(float), &bytes))
+        return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "scratch size overflows");
+    tb_status s = tb_alloc(ctx, fn, bytes, &buf);
+    if (s != TB_OK)
+        return s;
+    float *clean = buf;
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * C)) schedule(static)
+    for (size_t r = 0; r < rows; r++) {
+        if (dead_garbage_row(in, C, dout, n, r))
+            memset(clean + r * C, 0, C * sizeof(float));
+        else
+            memcpy(clean + r * C, in + r * C, C * sizeof(float));
+    }
+    s = tb_gemm(ctx, 1, 0, n, C, rows, 1.0f, dout, n, clean, C, 1.0f, dw, C);
+    tb_free_with(&ctx->allocator, buf);
+    return s;
+}
+
 /* Gradients of one projection: in (rows, C) -> out (rows, n) with in_proj
  * rows r0 .. r0+n: dW += dout^T in, db += colsum(dout), din = dout W. */
-static tb_status project_backward(tb_ctx *ctx, tb_mha *mha, const float *in, size_t rows,
-                                  size_t r0, size_t n, const float *dout, float *din)
+static tb_status project_backward(tb_ctx *ctx, const char *fn, tb_mha *mha, const float *in,
+                                  size_t rows, size_t r0, size_t n, const float *dout,
+                                  float *din)
 {
     const size_t C = mha->embed_dim;
     tb_status s = TB_OK;
     if (tb_param_wants_grad(&mha->in_proj_weight))
-        s = tb_gemm(ctx, 1, 0, n, C, rows, 1.0f, dout, n, in, C, 1.0f,
-                    mha->in_proj_weight.grad + r0 * C, C);
+        s = weight_grad(ctx, fn, in, rows, C, dout, n, mha->in_proj_weight.grad + r0 * C);
     if (s != TB_OK)
         return s;
     if (mha->has_bias && tb_param_wants_grad(&mha->in_proj_bias))
@@ -420,11 +482,11 @@ tb_status tb_mha_backward(tb_ctx *ctx, tb_mha *mha, const tb_attention_mask *mas
         s = tb_attention_backward(ctx, &mha->attn, mask, &w.q, &w.k, &w.v, &att_t, &datt_t,
                                   acache, z.attn_bytes, &dw.q, &dw.k, &dw.v);
     if (s == TB_OK && !mem)
-        s = project_backward(ctx, mha, x->data, B * Tq, 0, 3 * C, dproj, dx->data);
+        s = project_backward(ctx, fn, mha, x->data, B * Tq, 0, 3 * C, dproj, dx->data);
     else if (s == TB_OK) {
-        s = project_backward(ctx, mha, x->data, B * Tq, 0, C, dproj, dx->data);
+        s = project_backward(ctx, fn, mha, x->data, B * Tq, 0, C, dproj, dx->data);
         if (s == TB_OK)
-            s = project_backward(ctx, mha, mem->data, B * Tk, C, 2 * C, dproj + B * Tq * C,
+            s = project_backward(ctx, fn, mha, mem->data, B * Tk, C, 2 * C, dproj + B * Tq * C,
                                  dmem->data);
     }
     tb_free_with(&ctx->allocator, buf);

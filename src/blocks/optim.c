@@ -1,4 +1,5 @@
 /* Adam / AdamW (see optim.h for the update and its order of operations). */
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -39,12 +40,19 @@ static tb_status check_config(tb_ctx *ctx, const char *fn, const tb_adam_config 
 {
     if (!nonneg_finite(c->lr))
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "lr %g must be finite and >= 0", (double)c->lr);
-    if (!(c->beta1 >= 0.0f && c->beta1 < 1.0f) || !(c->beta2 >= 0.0f && c->beta2 < 1.0f))
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "betas (%g, %g) must be in [0, 1)",
-                       (double)c->beta1, (double)c->beta2);
-    if (!nonneg_finite(c->eps))
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "eps %g must be finite and >= 0",
-                       (double)c->eps);
+    if (!(c->beta1 >= 0.0f && c->beta1 < 1.0f))
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "beta1 %g must be in [0, 1)",
+                       (double)c->beta1);
+    if (!(c->beta2 >= 0.0f && c->beta2 < 1.0f))
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "beta2 %g must be in [0, 1)",
+                       (double)c->beta2);
+    /* eps = 0 makes the update 0/0 = NaN wherever the gradient has always
+     * been 0; a subnormal eps is 0 where denormals are flushed. */
+    if (!(c->eps >= FLT_MIN && isfinite(c->eps)))
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn,
+                       "eps %g must be finite and at least FLT_MIN (%g, the smallest normal "
+                       "float): with eps = 0 a parameter whose gradient is 0 becomes 0/0 = NaN",
+                       (double)c->eps, (double)FLT_MIN);
     if (!nonneg_finite(c->weight_decay))
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "weight_decay %g must be finite and >= 0",
                        (double)c->weight_decay);
@@ -163,17 +171,6 @@ size_t tb_adam_state_bytes(const tb_adam *opt)
            opt->n_slots * sizeof(tb_adam_slot);
 }
 
-/* Nonzero if any of the n gradients is NaN or infinite. */
-static int any_non_finite(const tb_ctx *ctx, const float *g, size_t n)
-{
-    int bad = 0;
-#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n)) reduction(| : bad) \
-    schedule(static)
-    for (size_t i = 0; i < n; i++)
-        bad |= !isfinite(g[i]);
-    return bad;
-}
-
 /* The scalars of one group at step t, computed in double as PyTorch's
  * Python code does, then used as floats. */
 typedef struct step_scalars {
@@ -236,6 +233,185 @@ static tb_status step_alias(tb_ctx *ctx, const char *fn, const tb_adam *opt)
     return s;
 }
 
+/* The new moments of one element and its value after the weight decay
+ * (AdamW), in PyTorch's order of operations. The step and the exact check
+ * before it both compute them here, so a checked step writes exactly the
+ * values that were checked. */
+typedef struct adam_moments {
+    float x, m, v, vmax; /* vmax: AMSGrad only */
+} adam_moments;
+
+static inline adam_moments moments_of(const step_scalars *s, int decoupled, int amsgrad,
+                                      float g, float x, float m, float v, float vmax)
+{
+    const int l2 = s->wd != 0.0f && !decoupled, decay = s->wd != 0.0f && decoupled;
+    adam_moments o;
+    o.x = decay ? x * s->decay_mul : x;
+    g = l2 ? g + s->wd * x : g;
+    /* lerp(m, g, w) as ATen computes it on both sides of w = 0.5 */
+    o.m = s->one_m_b1 < 0.5f ? m + s->one_m_b1 * (g - m) : g - (g - m) * (1.0f - s->one_m_b1);
+    o.v = v * s->b2 + s->one_m_b2 * g * g;
+    o.vmax = amsgrad ? (vmax > o.v ? vmax : o.v) : 0.0f;
+    return o;
+}
+
+/* The parameter's new value from moments_of(). */
+static inline float param_of(const step_scalars *s, float eps, int amsgrad,
+                             const adam_moments *o)
+{
+    const float denom = sqrtf(amsgrad ? o->vmax : o->v) / s->bc2_sqrt + eps;
+    return o->x + s->neg_step * o->m / denom; /* addcdiv: (value * m) / denom */
+}
+
+/* What a step would break at one element (bits). */
+enum {
+    FAULT_GRAD = 1, /* the gradient is NaN or infinite */
+    FAULT_M = 2,    /* the new first moment would not be finite */
+    FAULT_V = 4,    /* the new second moment (or its running max) would not be finite */
+    FAULT_PARAM = 8 /* the new parameter value would not be finite */
+};
+
+/* One slot's state and the step's scalars, as the element loops use them.
+ * vm is vmax, or (no AMSGrad) v again, so that it can always be read. */
+typedef struct slot_view {
+    float *w, *m, *v, *vmax;
+    const float *g, *vm;
+    size_t n;
+    int amsgrad;
+    step_scalars s;
+} slot_view;
+
+static slot_view view_of(const tb_adam *opt, const tb_adam_slot *sl, const step_scalars *sc)
+{
+    slot_view sv;
+    sv.w = sl->param->value;
+    sv.g = sl->param->grad;
+    sv.n = sl->param->numel;
+    sv.m = opt->m + sl->offset;
+    sv.v = opt->v + sl->offset;
+    sv.vmax = opt->vmax ? opt->vmax + sl->offset : NULL;
+    sv.vm = sv.vmax ? sv.vmax : sv.v;
+    sv.amsgrad = sv.vmax != NULL;
+    sv.s = sc[sl->group];
+    return sv;
+}
+
+static inline adam_moments moments_at(const tb_adam *opt, const slot_view *sv, size_t k)
+{
+    return moments_of(&sv->s, opt->cfg.decoupled, sv->amsgrad, sv->g[k], sv->w[k], sv->m[k],
+                      sv->v[k], sv->vm[k]);
+}
+
+/* The faults of element k: its new values computed as the step would. */
+static unsigned element_faults(const tb_adam *opt, const slot_view *sv, size_t k)
+{
+    const adam_moments o = moments_at(opt, sv, k);
+    unsigned f = 0;
+    if (!isfinite(sv->g[k]))
+        f |= FAULT_GRAD;
+    if (!isfinite(o.m))
+        f |= FAULT_M;
+    if (!isfinite(o.v) || (sv->amsgrad && !isfinite(o.vmax)))
+        f |= FAULT_V;
+    if (!f && !isfinite(param_of(&sv->s, opt->cfg.eps, sv->amsgrad, &o)))
+        f |= FAULT_PARAM;
+    return f;
+}
+
+/* |x| as its bit pattern: for magnitudes the integer order is the numeric
+ * order, and NaN and +-Inf (>= 0x7f800000) lie above every finite value. */
+static inline uint32_t magnitude_bits(float x)
+{
+    uint32_t b;
+    memcpy(&b, &x, sizeof b);
+    return b & 0x7fffffffu;
+}
+
+static double magnitude_of(uint32_t b)
+{
+    float x;
+    memcpy(&x, &b, sizeof x);
+    return (double)x;
+}
+
+/* Whether every new value of the slot is sure to be finite, from the
+ * largest magnitudes of its gradients, moments and values (one cheap pass:
+ * integer maxima, no division). In exact arithmetic, with g' = g + wd x
+ * (Adam's L2 term) and x' the decayed value (AdamW): |m'| <= 2 (|m| + |g'|),
+ * v' <= v + g'^2, and |x_new| <= |x'| + |step| |m'| / eps (the denominator
+ * is at least eps). Bounds in double below FLT_MAX / 2 leave room for every
+ * float rounding of the step's few operations. A slot that fails this (huge
+ * or non-finite values) gets the exact check, element by element. (The
+ * product step * m' is bounded too: it is formed before the division.) */
+static int surely_finite(const tb_ctx *ctx, const tb_adam *opt, const slot_view *sv)
+{
+    uint32_t bg = 0, bm = 0, bv = 0, bx = 0;
+#pragma omp parallel for num_threads(tb_threads_for(ctx, 2.0 * (double)sv->n)) \
+    reduction(max : bg, bm, bv, bx) schedule(static)
+    for (size_t k = 0; k < sv->n; k++) {
+        const uint32_t g = magnitude_bits(sv->g[k]), m = magnitude_bits(sv->m[k]);
+        const uint32_t v = magnitude_bits(sv->v[k]), vm = magnitude_bits(sv->vm[k]);
+        const uint32_t x = magnitude_bits(sv->w[k]);
+        bg = g > bg ? g : bg;
+        bm = m > bm ? m : bm;
+        bv = v > bv ? v : bv;
+        bv = vm > bv ? vm : bv;
+        bx = x > bx ? x : bx;
+    }
+    const uint32_t inf = 0x7f800000u;
+    if (bg >= inf || bm >= inf || bv >= inf || bx >= inf)
+        return 0;
+    const step_scalars *s = &sv->s;
+    const int decoupled = opt->cfg.decoupled;
+    const double G = magnitude_of(bg), M = magnitude_of(bm), V = magnitude_of(bv);
+    const double X = magnitude_of(bx), wd = s->wd;
+    const double g1 = G + (decoupled ? 0.0 : wd) * X;
+    const double decay = decoupled && wd != 0.0 ? fabs((double)s->decay_mul) : 1.0;
+    const double m1 = 2.0 * (M + g1), v1 = V + g1 * g1, step_m = fabs((double)s->neg_step) * m1;
+    const double x1 = X * (decay > 1.0 ? decay : 1.0) + step_m / (double)opt->cfg.eps;
+    const double lim = (double)FLT_MAX / 2.0;
+    return m1 <= lim && v1 <= lim && step_m <= lim && x1 <= lim;
+}
+
+/* The faults the step would meet in one slot (0 for none). */
+static unsigned slot_faults(const tb_ctx *ctx, const tb_adam *opt, const slot_view *sv)
+{
+    if (surely_finite(ctx, opt, sv))
+        return 0;
+    unsigned faults = 0;
+#pragma omp parallel for num_threads(tb_threads_for(ctx, 8.0 * (double)sv->n)) \
+    reduction(| : faults) schedule(static)
+    for (size_t k = 0; k < sv->n; k++)
+        faults |= element_faults(opt, sv, k);
+    return faults;
+}
+
+/* Refuse the step: name the parameter, what would break and the first
+ * element at fault. */
+static tb_status refuse_step(tb_ctx *ctx, const char *fn, tb_adam *opt, const tb_adam_slot *sl,
+                             const slot_view *sv, unsigned faults)
+{
+    const unsigned long long t = (unsigned long long)(opt->step + 1);
+    opt->skipped++;
+    if (faults & FAULT_GRAD)
+        return tb_fail(ctx, TB_ERR_NON_FINITE, fn,
+                       "gradient of '%s' holds NaN or infinity; step %llu skipped, nothing "
+                       "changed",
+                       sl->name, t);
+    size_t k = 0;
+    unsigned f = 0;
+    for (; k < sv->n && !f; k++)
+        f = element_faults(opt, sv, k);
+    k--; /* the first element at fault (faults != 0: there is one) */
+    const char *what = (f & FAULT_V)   ? "second moment v = beta2 v + (1 - beta2) g^2"
+                       : (f & FAULT_M) ? "first moment m"
+                                       : "value";
+    return tb_fail(ctx, TB_ERR_NON_FINITE, fn,
+                   "the %s of '%s' would overflow (element %zu: gradient %g, value %g); step %llu "
+                   "skipped, nothing changed",
+                   what, sl->name, k, (double)sv->g[k], (double)sv->w[k], t);
+}
+
 tb_status tb_adam_step(tb_ctx *ctx, tb_adam *opt, float lr_factor)
 {
     const char *fn = __func__;
@@ -249,54 +425,37 @@ tb_status tb_adam_step(tb_ctx *ctx, tb_adam *opt, float lr_factor)
     const tb_status aliasing = step_alias(ctx, fn, opt);
     if (aliasing != TB_OK)
         return aliasing;
-    for (size_t i = 0; i < opt->n_slots; i++) {
-        const tb_param *p = opt->slots[i].param;
-        if (p->trainable && any_non_finite(ctx, p->grad, p->numel)) {
-            opt->skipped++;
-            return tb_fail(ctx, TB_ERR_NON_FINITE, fn,
-                           "gradient of '%s' holds NaN or infinity; step %llu skipped, nothing "
-                           "changed",
-                           opt->slots[i].name, (unsigned long long)(opt->step + 1));
-        }
-    }
-    const uint64_t t = ++opt->step;
+    const uint64_t t = opt->step + 1;
     step_scalars sc[TB_ADAM_MAX_GROUPS];
     for (size_t g = 0; g < opt->n_groups; g++)
         sc[g] = scalars_for(opt, &opt->groups[g], lr_factor, t);
-    const float eps = opt->cfg.eps;
-    const int decoupled = opt->cfg.decoupled;
+    /* All or nothing: every new value of every parameter is computed and
+     * checked first (a non-finite gradient, or a finite one large enough
+     * that g*g overflows v, which would freeze the parameter for good). */
     for (size_t i = 0; i < opt->n_slots; i++) {
         const tb_adam_slot *sl = &opt->slots[i];
-        tb_param *p = sl->param;
-        if (!p->trainable)
+        if (!sl->param->trainable)
             continue;
-        const step_scalars s = sc[sl->group];
-        float *w = p->value;
-        const float *gr = p->grad;
-        float *m = opt->m + sl->offset, *v = opt->v + sl->offset;
-        float *vmax = opt->vmax ? opt->vmax + sl->offset : NULL;
-        const size_t n = p->numel;
-#pragma omp parallel for num_threads(tb_threads_for(ctx, 8.0 * (double)n)) schedule(static)
-        for (size_t k = 0; k < n; k++) {
-            float g = gr[k];
-            float x = w[k];
-            if (s.wd != 0.0f) {
-                if (decoupled)
-                    x = x * s.decay_mul;
-                else
-                    g = g + s.wd * x;
-            }
-            /* lerp(m, g, w) as ATen computes it on both sides of w = 0.5 */
-            m[k] = s.one_m_b1 < 0.5f ? m[k] + s.one_m_b1 * (g - m[k])
-                                     : g - (g - m[k]) * (1.0f - s.one_m_b1);
-            v[k] = v[k] * s.b2 + s.one_m_b2 * g * g;
-            float vv = v[k];
-            if (vmax) {
-                vmax[k] = vmax[k] > vv ? vmax[k] : vv;
-                vv = vmax[k];
-            }
-            const float denom = sqrtf(vv) / s.bc2_sqrt + eps;
-            w[k] = x + s.neg_step * m[k] / denom; /* addcdiv: (value * m) / denom */
+        const slot_view sv = view_of(opt, sl, sc);
+        const unsigned faults = slot_faults(ctx, opt, &sv);
+        if (faults)
+            return refuse_step(ctx, fn, opt, sl, &sv, faults);
+    }
+    opt->step = t;
+    const float eps = opt->cfg.eps;
+    for (size_t i = 0; i < opt->n_slots; i++) {
+        const tb_adam_slot *sl = &opt->slots[i];
+        if (!sl->param->trainable)
+            continue;
+        const slot_view sv = view_of(opt, sl, sc);
+#pragma omp parallel for num_threads(tb_threads_for(ctx, 8.0 * (double)sv.n)) schedule(static)
+        for (size_t k = 0; k < sv.n; k++) {
+            const adam_moments o = moments_at(opt, &sv, k);
+            sv.m[k] = o.m;
+            sv.v[k] = o.v;
+            if (sv.amsgrad)
+                sv.vmax[k] = o.vmax;
+            sv.w[k] = param_of(&sv.s, eps, sv.amsgrad, &o);
         }
     }
     return TB_OK;

@@ -945,16 +945,9 @@ typedef struct masked_case {
 /* Whether query i of batch row r may see key j (the spec's masks). */
 static int pair_visible(const masked_case *mc, size_t r, size_t i, size_t j)
 {
-    const long diag = (long)i + (long)mc->tk - (long)mc->tq;
-    if (mc->causal && (long)j > diag)
-        return 0;
-    if (mc->window && !((long)j > diag - (long)mc->window && (long)j <= diag))
-        return 0;
-    if (mc->lengths && (long)j >= (long)mc->lengths[r])
-        return 0;
-    if (mc->valid && !mc->valid[r * mc->tk + j])
-        return 0;
-    return !(mc->bias && mc->bias[i * mc->tk + j] == -INFINITY);
+    const tbt_attn_masks m = {mc->tq,      mc->tk,    mc->causal, mc->window,
+                              mc->lengths, mc->valid, mc->bias};
+    return tbt_attn_visible(&m, r, i, j);
 }
 
 /* Whether query i of batch row r sees at least one key. */
@@ -1087,6 +1080,482 @@ START_TEST(fully_masked_rows)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         check_masked_case(&cases[i]);
+}
+END_TEST
+
+/* ======================================================================
+ * Garbage at masked positions cannot matter
+ *
+ * Padding rows often hold garbage. Every masking form must keep the K and
+ * V contents of a masked (query, key) pair out of that query's output and
+ * out of every gradient: a clean run and runs with NaN, +Inf, -Inf or 1e30
+ * written into the masked positions must agree BITWISE on everything the
+ * garbage may not reach. The positions that get garbage are
+ *   - every key no query sees (its K and V rows, every kv head),
+ *   - the Q and dout rows of fully masked queries,
+ *   - per case, keys a rule picks that some queries do see (future keys
+ *     under a causal mask, keys before a sliding window, keys a scattered
+ *     -inf bias masks for some queries only), and queries whose own Q and
+ *     dout rows get garbage. A query that sees a garbage key, or has a
+ *     garbage Q, is "dirty": its output may be garbage.
+ * Compared bitwise: the output, dq and probability rows of every query that
+ * is not dirty; dk and dv of every key that no dirty query sees (a dirty
+ * query's garbage legitimately reaches the keys it sees through the
+ * softmax). Keys no query sees must get exactly 0, fully masked queries a
+ * zero output and zero dq (as documented). The other way round, garbage a
+ * query sees is not hidden: with NaN in V only, the output of every query
+ * that sees a garbage key is NaN (as it is in PyTorch).
+ * ==================================================================== */
+
+typedef struct garbage_case {
+    masked_case m;
+    int packed;    /* q, k, v in one (B, T, 3C) buffer (tq == tk, hkv == h) */
+    float dropout; /* attention dropout (the same draw in every run) */
+    /* Keys that get garbage besides those no query sees, or NULL. */
+    int (*extra_key)(const struct garbage_case *gc, size_t j);
+    /* Queries whose Q and dout rows get garbage though they see keys. */
+    int (*extra_query)(const struct garbage_case *gc, size_t i);
+    long cut; /* the key rule's parameter */
+} garbage_case;
+
+static int key_from_cut(const garbage_case *gc, size_t j)
+{
+    return (long)j >= gc->cut;
+}
+
+static int key_before_cut(const garbage_case *gc, size_t j)
+{
+    return (long)j < gc->cut;
+}
+
+static int index_mod3_is_1(const garbage_case *gc, size_t j)
+{
+    (void)gc;
+    return j % 3 == 1;
+}
+
+static int index_mod5_is_2(const garbage_case *gc, size_t i)
+{
+    (void)gc;
+    return i % 5 == 2;
+}
+
+/* Per batch row r: gk[r*Tk + j] key j gets garbage; gq[r*Tq + i] the Q
+ * and dout rows of query i get garbage (1: fully masked, 2: by the rule);
+ * dirty[r*Tq + i] bit 1: query i sees a garbage key, bit 2: its own Q is
+ * garbage; kcmp[r*Tk + j] 0: key seen by a dirty query (not compared),
+ * 1: compared, 2: seen by no query (must be exactly 0). */
+typedef struct garbage_plan {
+    unsigned char *gk, *gq, *dirty, *kcmp;
+    size_t n_gk, n_gq, n_dirty, n_clean_seeing, n_kcmp, n_unseen;
+} garbage_plan;
+
+static garbage_plan plan_garbage(const garbage_case *gc)
+{
+    const masked_case *m = &gc->m;
+    garbage_plan p;
+    memset(&p, 0, sizeof p);
+    p.gk = tbt_alloc(m->b * m->tk), p.kcmp = tbt_alloc(m->b * m->tk);
+    p.gq = tbt_alloc(m->b * m->tq), p.dirty = tbt_alloc(m->b * m->tq);
+    for (size_t r = 0; r < m->b; r++) {
+        for (size_t j = 0; j < m->tk; j++) {
+            const size_t at = r * m->tk + j;
+            p.gk[at] = !key_is_seen(m, r, j) || (gc->extra_key && gc->extra_key(gc, j));
+            p.n_gk += p.gk[at];
+        }
+        for (size_t i = 0; i < m->tq; i++) {
+            const size_t at = r * m->tq + i;
+            const int sees = query_sees_a_key(m, r, i);
+            p.gq[at] = !sees ? 1 : (gc->extra_query && gc->extra_query(gc, i)) ? 2 : 0;
+            p.n_gq += p.gq[at] != 0;
+            for (size_t j = 0; j < m->tk; j++)
+                if (pair_visible(m, r, i, j) && p.gk[r * m->tk + j])
+                    p.dirty[at] |= 1;
+            if (p.gq[at] == 2)
+                p.dirty[at] |= 2;
+            p.n_dirty += p.dirty[at] != 0;
+            p.n_clean_seeing += sees && !p.dirty[at];
+        }
+        for (size_t j = 0; j < m->tk; j++) {
+            unsigned char c = 2;
+            for (size_t i = 0; i < m->tq; i++)
+                if (pair_visible(m, r, i, j))
+                    c = (p.dirty[r * m->tq + i] || c == 0) ? 0 : 1;
+            p.kcmp[r * m->tk + j] = c;
+            p.n_kcmp += c == 1;
+            p.n_unseen += c == 2;
+        }
+    }
+    return p;
+}
+
+static void free_plan(garbage_plan *p)
+{
+    free(p->gk), free(p->gq), free(p->dirty), free(p->kcmp);
+}
+
+/* Results of one run, each row-major and unpacked: out, dq (B, Tq, C);
+ * dk, dv (B, Tk, Ckv); probs (B, H, Tq, Tk). */
+typedef struct garbage_run {
+    float *out, *dq, *dk, *dv, *probs;
+} garbage_run;
+
+static void free_garbage_run(garbage_run *g)
+{
+    free(g->out), free(g->dq), free(g->dk), free(g->dv), free(g->probs);
+}
+
+/* Row `row` of a block of `width` columns from column col of a buffer of
+ * row stride ld: every element set to value. */
+static void set_row(float *buf, size_t ld, size_t col, size_t row, size_t width, float value)
+{
+    for (size_t e = 0; e < width; e++)
+        buf[row * ld + col + e] = value;
+}
+
+/* Where the garbage goes in a run. */
+enum garbage_where { GW_NONE, GW_ALL, GW_V_ONLY };
+
+/* Forward, backward and probs of the case; GW_ALL writes *garbage into
+ * every garbage position of q, k, v and dout, GW_V_ONLY into the garbage
+ * keys' V rows only. */
+static garbage_run run_garbage(const garbage_case *gc, const garbage_plan *pl, int threads,
+                               int where, float garbage)
+{
+    const masked_case *m = &gc->m;
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, threads);
+    const size_t hkv = m->hkv ? m->hkv : m->h;
+    const size_t c = m->h * m->d, ckv = hkv * m->d;
+    const size_t nq = m->b * m->tq * c, nk = m->b * m->tk * ckv;
+    tb_attention_config cfg = tb_attention_default_config(m->h, m->d);
+    cfg.n_kv_heads = m->hkv;
+    cfg.causal = m->causal;
+    cfg.window = m->window;
+    tb_attention_mask mask = {m->lengths, m->valid, m->bias, 0.0f, 0, 0};
+    if (gc->dropout > 0.0f) {
+        tb_rng rng;
+        tb_rng_init(&rng, 777);
+        CHECK_OK(ctx, tb_attention_dropout_draw(&mask, &rng, gc->dropout, &cfg, m->b, m->tq,
+                                                m->tk));
+    }
+    /* Inputs: separate (B, T, C) buffers, or one packed (B, T, 3C). */
+    const size_t wq = gc->packed ? 3 * c : c, wk = gc->packed ? 3 * c : ckv;
+    const size_t ok = gc->packed ? c : 0, ov = gc->packed ? 2 * c : 0;
+    const size_t nbuf_q = m->b * m->tq * wq, nbuf_k = m->b * m->tk * wk;
+    float *qb = tbt_alloc(nbuf_q * sizeof(float)), *gqb = tbt_nan_buffer(nbuf_q);
+    float *kb = qb, *vb = qb, *gkb = gqb, *gvb = gqb;
+    tbt_fill_uniform(qb, nbuf_q, -1.5f, 1.5f, 91);
+    if (!gc->packed) {
+        kb = tbt_alloc(nbuf_k * sizeof(float)), vb = tbt_alloc(nbuf_k * sizeof(float));
+        tbt_fill_uniform(kb, nbuf_k, -1.5f, 1.5f, 92);
+        tbt_fill_uniform(vb, nbuf_k, -1.0f, 1.0f, 93);
+        gkb = tbt_nan_buffer(nbuf_k), gvb = tbt_nan_buffer(nbuf_k);
+    }
+    float *dout = tbt_alloc(nq * sizeof(float));
+    tbt_fill_uniform(dout, nq, -1.0f, 1.0f, 94);
+    for (size_t r = 0; r < m->b && where != GW_NONE; r++) {
+        for (size_t j = 0; j < m->tk; j++)
+            if (pl->gk[r * m->tk + j]) {
+                if (where == GW_ALL)
+                    set_row(kb, wk, ok, r * m->tk + j, ckv, garbage);
+                set_row(vb, wk, ov, r * m->tk + j, ckv, garbage);
+            }
+        for (size_t i = 0; i < m->tq && where == GW_ALL; i++)
+            if (pl->gq[r * m->tq + i]) {
+                set_row(qb, wq, 0, r * m->tq + i, c, garbage);
+                set_row(dout, c, 0, r * m->tq + i, c, garbage);
+            }
+    }
+    garbage_run g;
+    g.out = tbt_nan_buffer(nq);
+    g.probs = tbt_nan_buffer(m->b * m->h * m->tq * m->tk);
+    tb_tensor qt = tb_tensor_3d(qb, m->b, m->tq, wq), kt = tb_tensor_3d(kb, m->b, m->tk, wk);
+    tb_tensor vt = tb_tensor_3d(vb, m->b, m->tk, wk), outt = tb_tensor_3d(g.out, m->b, m->tq, c);
+    tb_tensor doutt = tb_tensor_3d(dout, m->b, m->tq, c);
+    tb_tensor gqt = tb_tensor_3d(gqb, m->b, m->tq, wq), gkt = tb_tensor_3d(gkb, m->b, m->tk, wk);
+    tb_tensor gvt = tb_tensor_3d(gvb, m->b, m->tk, wk);
+    tb_tensor pt = tb_tensor_4d(g.probs, m->b, m->h, m->tq, m->tk);
+    tb_tensor *kt_ = gc->packed ? &qt : &kt, *vt_ = gc->packed ? &qt : &vt;
+    tb_tensor *gkt_ = gc->packed ? &gqt : &gkt, *gvt_ = gc->packed ? &gqt : &gvt;
+    tb_heads qh = {&qt, 0}, kh = {kt_, ok}, vh = {vt_, ov};
+    tb_heads dqh = {&gqt, 0}, dkh = {gkt_, ok}, dvh = {gvt_, ov};
+    size_t bytes;
+    CHECK_OK(ctx, tb_attention_cache_size(&cfg, m->b, m->tq, &bytes));
+    void *cache = tbt_alloc(bytes);
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, &mask, &qh, &kh, &vh, &outt, cache, bytes));
+    CHECK_OK(ctx, tb_attention_backward(&ctx, &cfg, &mask, &qh, &kh, &vh, &outt, &doutt, cache,
+                                        bytes, &dqh, &dkh, &dvh));
+    CHECK_OK(ctx, tb_attention_probs(&ctx, &cfg, &mask, &qh, &kh, &pt));
+    /* Unpack the gradients. */
+    g.dq = tbt_alloc(nq * sizeof(float));
+    g.dk = tbt_alloc(nk * sizeof(float)), g.dv = tbt_alloc(nk * sizeof(float));
+    for (size_t r = 0; r < m->b * m->tq; r++)
+        memcpy(g.dq + r * c, gqb + r * wq, c * sizeof(float));
+    for (size_t r = 0; r < m->b * m->tk; r++) {
+        memcpy(g.dk + r * ckv, gkb + r * wk + ok, ckv * sizeof(float));
+        memcpy(g.dv + r * ckv, gvb + r * wk + ov, ckv * sizeof(float));
+    }
+    free(qb), free(gqb), free(dout), free(cache);
+    if (!gc->packed)
+        free(kb), free(vb), free(gkb), free(gvb);
+    return g;
+}
+
+/* memcmp of n floats, failing with the first differing element (an
+ * assertion only on failure: check records every passing one). */
+static void assert_same_bits(const char *tag, const char *what, size_t row, const float *got,
+                             const float *want, size_t n)
+{
+    if (memcmp(got, want, n * sizeof(float)) == 0)
+        return;
+    size_t e = 0;
+    while (memcmp(&got[e], &want[e], sizeof(float)) == 0)
+        e++;
+    ck_abort_msg("[%s] %s row %zu element %zu: %a with garbage, %a clean", tag, what, row, e,
+                 (double)got[e], (double)want[e]);
+}
+
+/* The first nonzero of n floats, or n. */
+static size_t first_nonzero(const float *x, size_t n)
+{
+    size_t e = 0;
+    while (e < n && x[e] == 0.0f)
+        e++;
+    return e;
+}
+
+static void compare_garbage(const garbage_case *gc, const garbage_plan *pl,
+                            const garbage_run *got, const garbage_run *want, const char *tag)
+{
+    const masked_case *m = &gc->m;
+    const size_t hkv = m->hkv ? m->hkv : m->h;
+    const size_t c = m->h * m->d, ckv = hkv * m->d;
+    for (size_t r = 0; r < m->b; r++) {
+        for (size_t i = 0; i < m->tq; i++) {
+            const size_t row = r * m->tq + i;
+            if (pl->dirty[row])
+                continue;
+            assert_same_bits(tag, "out", row, got->out + row * c, want->out + row * c, c);
+            assert_same_bits(tag, "dq", row, got->dq + row * c, want->dq + row * c, c);
+            for (size_t hh = 0; hh < m->h; hh++) {
+                const size_t at = ((r * m->h + hh) * m->tq + i) * m->tk;
+                assert_same_bits(tag, "probs", row, got->probs + at, want->probs + at, m->tk);
+            }
+            if (pl->gq[row] == 1) {
+                const size_t eo = first_nonzero(got->out + row * c, c);
+                const size_t eq = first_nonzero(got->dq + row * c, c);
+                if (eo < c || eq < c)
+                    ck_abort_msg("[%s] fully masked query %zu: out[%zu], dq[%zu] nonzero "
+                                 "(expected 0)",
+                                 tag, row, eo, eq);
+            }
+        }
+        for (size_t j = 0; j < m->tk; j++) {
+            const size_t row = r * m->tk + j;
+            if (pl->kcmp[row] == 0)
+                continue;
+            assert_same_bits(tag, "dk", row, got->dk + row * ckv, want->dk + row * ckv, ckv);
+            assert_same_bits(tag, "dv", row, got->dv + row * ckv, want->dv + row * ckv, ckv);
+            if (pl->kcmp[row] == 2) {
+                const size_t ek = first_nonzero(got->dk + row * ckv, ckv);
+                const size_t ev = first_nonzero(got->dv + row * ckv, ckv);
+                if (ek < ckv || ev < ckv)
+                    ck_abort_msg("[%s] key %zu seen by no query: dk[%zu], dv[%zu] nonzero "
+                                 "(expected 0)",
+                                 tag, row, ek, ev);
+            }
+        }
+    }
+}
+
+/* With NaN in the garbage keys' V rows only, every query that sees one has
+ * an all-NaN output: garbage a query sees is not hidden. */
+static size_t assert_seen_garbage_propagates(const garbage_case *gc, const garbage_plan *pl,
+                                             const garbage_run *got, const char *tag)
+{
+    const masked_case *m = &gc->m;
+    const size_t c = m->h * m->d;
+    size_t n = 0;
+    for (size_t row = 0; row < m->b * m->tq; row++) {
+        if (!(pl->dirty[row] & 1))
+            continue;
+        n++;
+        for (size_t e = 0; e < c; e++)
+            if (!isnan(got->out[row * c + e]))
+                ck_abort_msg("[%s] query %zu sees a NaN value row but out[%zu] = %g", tag, row,
+                             e, (double)got->out[row * c + e]);
+    }
+    return n;
+}
+
+/* Every garbage value, 1 and 2 threads; returns the plan (for its counts). */
+static garbage_plan check_garbage_case(const garbage_case *gc, size_t *n_propagated)
+{
+    static const float values[] = {NAN, INFINITY, -INFINITY, 1e30f};
+    static const char *const names[] = {"NaN", "+Inf", "-Inf", "1e30"};
+    garbage_plan pl = plan_garbage(gc);
+    for (int threads = 1; threads <= 2; threads++) {
+        char tag[200];
+        garbage_run clean = run_garbage(gc, &pl, threads, GW_NONE, 0.0f);
+        for (size_t v = 0; v < sizeof values / sizeof values[0]; v++) {
+            snprintf(tag, sizeof tag, "%s, %s, %d thread%s", gc->m.tag, names[v], threads,
+                     threads > 1 ? "s" : "");
+            garbage_run dirty = run_garbage(gc, &pl, threads, GW_ALL, values[v]);
+            compare_garbage(gc, &pl, &dirty, &clean, tag);
+            free_garbage_run(&dirty);
+        }
+        snprintf(tag, sizeof tag, "%s, NaN in V only, %d thread%s", gc->m.tag, threads,
+                 threads > 1 ? "s" : "");
+        garbage_run vnan = run_garbage(gc, &pl, threads, GW_V_ONLY, NAN);
+        compare_garbage(gc, &pl, &vnan, &clean, tag);
+        *n_propagated += assert_seen_garbage_propagates(gc, &pl, &vnan, tag);
+        free_garbage_run(&vnan);
+        free_garbage_run(&clean);
+    }
+    return pl;
+}
+
+/* The masking forms, each over odd shapes (Tq, Tk in {1, 3, 17, 65}, D in
+ * {1, 3, 64}) in self- (packed QKV for some) and cross-attention, with
+ * plain, grouped-query and single-kv-head variants. */
+enum garbage_form {
+    GF_CAUSAL_FUTURE,   /* causal; garbage in the keys from the middle on */
+    GF_WINDOW_PAST,     /* causal + window; garbage in the keys before the middle */
+    GF_WINDOW_QUERIES,  /* causal + window; garbage Q and dout of queries i % 5 == 2 */
+    GF_KEY_LENGTHS,     /* lengths (Tk - Tk/3, 0) */
+    GF_KEY_VALID,       /* scattered invalid keys; batch row 1 left-padded */
+    GF_LEFT_PAD_CAUSAL, /* causal + left padding by key_valid (padding queries fully masked) */
+    GF_BIAS_DEAD,       /* -inf bias columns and rows (keys no query sees, fully masked queries) */
+    GF_BIAS_SCATTERED,  /* -inf bias at (even i, j % 3 == 1): garbage in keys j % 3 == 1 */
+    GF_ALL,             /* causal + window + lengths + key_valid + bias + dropout */
+    GF_COUNT
+};
+
+static const char *const garbage_form_names[GF_COUNT] = {
+    "causal_future",   "window_past", "window_garbage_queries", "key_lengths",       "key_valid",
+    "left_pad_causal", "bias_dead",   "bias_scattered",         "all_masks+dropout"};
+
+typedef struct garbage_shape {
+    size_t tq, tk, d;
+} garbage_shape;
+
+static const garbage_shape garbage_shapes[] = {
+    {1, 1, 3},   {3, 3, 1},  {17, 17, 3}, {65, 65, 64}, {17, 17, 64}, {65, 65, 1}, {1, 65, 64},
+    {3, 17, 1},  {17, 65, 3}, {65, 17, 64}, {65, 3, 3},  {17, 1, 64},  {3, 65, 3},  {65, 1, 1},
+};
+
+/* Fill a garbage case of `form` on `shape` (variant picks the heads and
+ * packing); masks go into the caller's buffers (lengths: 2, valid: 2 Tk,
+ * bias: Tq Tk). */
+static void make_garbage_case(garbage_case *gc, int form, const garbage_shape *sh, size_t variant,
+                              char *tag, size_t tag_size, int32_t *lengths, uint8_t *valid,
+                              float *bias)
+{
+    static const size_t heads[3][2] = {{2, 0}, {4, 2}, {3, 1}};
+    memset(gc, 0, sizeof *gc);
+    masked_case *m = &gc->m;
+    const size_t tq = sh->tq, tk = sh->tk;
+    const long shift = (long)tk - (long)tq; /* query i's diagonal is i + shift */
+    m->b = 2, m->tq = tq, m->tk = tk, m->d = sh->d;
+    m->h = heads[variant % 3][0], m->hkv = heads[variant % 3][1];
+    gc->packed = tq == tk && m->hkv == 0 && variant % 2 == 0;
+    switch (form) {
+    case GF_CAUSAL_FUTURE: /* query 0 (diagonal shift) still sees no garbage */
+        m->causal = 1;
+        gc->extra_key = key_from_cut;
+        gc->cut = (long)(tk + 1) / 2 > shift ? (long)(tk + 1) / 2 : shift + 1;
+        break;
+    case GF_WINDOW_PAST:
+        m->causal = 1, m->window = tk / 4 + 1;
+        gc->extra_key = key_before_cut, gc->cut = (long)tk / 2;
+        break;
+    case GF_WINDOW_QUERIES:
+        m->causal = 1, m->window = tk / 8 + 2;
+        gc->extra_query = index_mod5_is_2;
+        break;
+    case GF_KEY_LENGTHS:
+        lengths[0] = (int32_t)(tk - tk / 3), lengths[1] = 0;
+        m->lengths = lengths;
+        break;
+    case GF_KEY_VALID:
+        for (size_t j = 0; j < tk; j++) {
+            valid[j] = (j * 7) % 5 != 0 || j == tk - 1;
+            valid[tk + j] = j >= tk / 2;
+        }
+        m->valid = valid;
+        break;
+    case GF_LEFT_PAD_CAUSAL:
+        for (size_t j = 0; j < tk; j++) {
+            valid[j] = j >= tk / 3;
+            valid[tk + j] = j >= (2 * tk) / 3;
+        }
+        m->valid = valid, m->causal = 1;
+        break;
+    case GF_BIAS_DEAD:
+    case GF_BIAS_SCATTERED:
+    case GF_ALL:
+        tbt_fill_uniform(bias, tq * tk, -1.0f, 1.0f, 95 + (uint64_t)form);
+        for (size_t i = 0; i < tq; i++)
+            for (size_t j = 0; j < tk; j++) {
+                const int hide = form == GF_BIAS_SCATTERED ? (i % 2 == 0 && j % 3 == 1)
+                                                           : (j % 4 == 2 || i % 5 == 3);
+                if (hide)
+                    bias[i * tk + j] = -INFINITY;
+            }
+        m->bias = bias;
+        if (form == GF_BIAS_SCATTERED)
+            gc->extra_key = index_mod3_is_1;
+        if (form == GF_ALL) {
+            m->causal = 1, m->window = tk / 2 + 1;
+            lengths[0] = (int32_t)tk, lengths[1] = (int32_t)(tk - tk / 4);
+            m->lengths = lengths;
+            for (size_t j = 0; j < tk; j++)
+                valid[j] = valid[tk + j] = j % 7 != 5;
+            m->valid = valid;
+            gc->dropout = 0.2f;
+        }
+        break;
+    default:
+        break;
+    }
+    snprintf(tag, tag_size, "%s tq%zu tk%zu d%zu h%zu kv%zu%s", garbage_form_names[form], tq, tk,
+             sh->d, m->h, m->hkv ? m->hkv : m->h, gc->packed ? " packed" : "");
+    m->tag = tag;
+}
+
+START_TEST(garbage_at_masked_positions)
+{
+    const int form = _i;
+    size_t cases = 0, gk = 0, gq = 0, dirty = 0, clean = 0, kcmp = 0, unseen = 0, prop = 0;
+    const size_t n_shapes = sizeof garbage_shapes / sizeof garbage_shapes[0];
+    for (size_t s = 0; s < n_shapes; s++) {
+        const garbage_shape *sh = &garbage_shapes[s];
+        int32_t lengths[2];
+        uint8_t *valid = tbt_alloc(2 * sh->tk);
+        float *bias = tbt_alloc(sh->tq * sh->tk * sizeof(float));
+        char tag[160];
+        garbage_case gc;
+        make_garbage_case(&gc, form, sh, s, tag, sizeof tag, lengths, valid, bias);
+        garbage_plan pl = check_garbage_case(&gc, &prop);
+        cases++;
+        gk += pl.n_gk, gq += pl.n_gq, dirty += pl.n_dirty, clean += pl.n_clean_seeing;
+        kcmp += pl.n_kcmp, unseen += pl.n_unseen;
+        free_plan(&pl);
+        free(valid), free(bias);
+    }
+    /* The form must really have put garbage somewhere and compared queries
+     * that see keys and key gradients (else the test proves nothing). */
+    ck_assert_msg(gk + gq > 0 && clean > 0 && kcmp > 0,
+                  "[%s] degenerate: %zu garbage keys, %zu garbage queries, %zu clean queries "
+                  "that see keys, %zu keys compared",
+                  garbage_form_names[form], gk, gq, clean, kcmp);
+    printf("  check   attention garbage[%s]: %zu shapes x {NaN, +-Inf, 1e30, NaN in V} x {1, 2} "
+           "threads: %zu garbage keys, %zu garbage q rows; bitwise equal: %zu queries that "
+           "see keys (%zu dirty ones skipped), dk/dv of %zu keys, %zu unseen keys exactly 0; "
+           "%zu rows saw NaN and are NaN\n",
+           garbage_form_names[form], cases, gk, gq, clean, dirty, kcmp, unseen, prop);
+    fflush(stdout);
 }
 END_TEST
 
@@ -1242,6 +1711,10 @@ Suite *suite_attention(void)
     tcase_add_test(tm, fully_masked_rows);
     tcase_add_test(tm, cache_size_linear_in_t);
     suite_add_tcase(s, tm);
+    TCase *tgb = tcase_create("garbage_at_masked_positions");
+    tcase_set_timeout(tgb, 300);
+    tcase_add_loop_test(tgb, garbage_at_masked_positions, 0, GF_COUNT);
+    suite_add_tcase(s, tgb);
     TCase *tt = tcase_create("threads");
     tcase_set_timeout(tt, 180);
     tcase_add_test(tt, bitwise_identical_for_1_2_3_threads);

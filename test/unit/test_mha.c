@@ -1435,6 +1435,401 @@ START_TEST(test_mha_threads_bitwise)
 }
 END_TEST
 
+/* ======================================================================
+ * Garbage at masked positions (see test_attention.c for the core)
+ *
+ * Module level: a row of x or mem that the masks hide entirely -- a key no
+ * query sees, whose own query (self-attention) sees nothing, or a query
+ * (cross-attention) that sees nothing -- may hold garbage (padding). A
+ * clean run and runs with NaN, +Inf, -Inf or 1e30 in every such row must
+ * agree BITWISE on y, dx, dmem and every parameter gradient, with dx and
+ * dmem exactly 0 at those rows. Decoding: keys that no new query sees
+ * (before the sliding window; a later key of the same piece under the
+ * causal mask; past a key length) may hold garbage in the KV cache, and
+ * the outputs of the queries that do not see them must not change.
+ * ==================================================================== */
+
+enum mha_garbage_form {
+    MG_LEFT_PAD,       /* self, causal, left padding by key_valid */
+    MG_EMPTY_ROW,      /* self, key lengths (T - T/4, 0): batch row 1 is all padding */
+    MG_BIAS_ISOLATED,  /* self, causal window, -inf bias rows and columns t % 5 == 3 */
+    MG_CROSS_VALID,    /* cross, scattered key_valid and key lengths */
+    MG_CROSS_CAUSAL,   /* cross, causal (Tq > Tk: leading queries see nothing), lengths */
+    MG_CROSS_BIAS,     /* cross, -inf bias rows i % 4 == 1 and columns j % 3 == 2 */
+    MG_COUNT
+};
+
+static const char *const mha_garbage_names[MG_COUNT] = {
+    "left_pad_causal", "empty_batch_row", "bias_isolated",
+    "cross_key_valid", "cross_causal",    "cross_bias"};
+
+/* One module case: the shapes, the masks (in the caller's buffers) and
+ * which rows of x and mem get garbage. */
+typedef struct mha_garbage {
+    size_t c, h, b, tq, tk;
+    int cross;
+    tb_attention_mask mask;
+    tbt_attn_masks vis;
+    unsigned char *gx, *gmem; /* (B, Tq), (B, Tk): 1 = garbage row */
+    size_t n_gx, n_gmem;
+} mha_garbage;
+
+static void plan_mha_garbage(mha_garbage *g)
+{
+    const size_t b = g->b, tq = g->tq, tk = g->tk;
+    g->gx = tbt_alloc(b * tq), g->gmem = tbt_alloc(b * tk);
+    for (size_t r = 0; r < b; r++) {
+        for (size_t i = 0; i < tq; i++) {
+            int sees = 0;
+            for (size_t j = 0; j < tk && !sees; j++)
+                sees = tbt_attn_visible(&g->vis, r, i, j);
+            g->gx[r * tq + i] = !sees;
+        }
+        for (size_t j = 0; j < tk; j++) {
+            int seen = 0;
+            for (size_t i = 0; i < tq && !seen; i++)
+                seen = tbt_attn_visible(&g->vis, r, i, j);
+            g->gmem[r * tk + j] = !seen;
+        }
+    }
+    /* Self-attention: one row is both; it may hold garbage only when it is
+     * hidden both ways. */
+    for (size_t k = 0; k < b * tq && !g->cross; k++)
+        g->gx[k] = g->gx[k] && g->gmem[k];
+    g->n_gx = g->n_gmem = 0;
+    for (size_t k = 0; k < b * tq; k++)
+        g->n_gx += g->gx[k];
+    for (size_t k = 0; k < b * tk && g->cross; k++)
+        g->n_gmem += g->gmem[k];
+}
+
+static void make_mha_garbage(mha_garbage *g, int form, size_t c, size_t h, size_t tq, size_t tk,
+                             int32_t *lengths, uint8_t *valid, float *bias)
+{
+    memset(g, 0, sizeof *g);
+    g->c = c, g->h = h, g->b = 2, g->tq = tq, g->tk = tk;
+    g->cross = form >= MG_CROSS_VALID;
+    int causal = 0;
+    size_t window = 0;
+    switch (form) {
+    case MG_LEFT_PAD:
+        causal = 1;
+        for (size_t j = 0; j < tk; j++)
+            valid[j] = j >= tk / 3, valid[tk + j] = j >= (2 * tk) / 3;
+        g->mask.key_valid = valid;
+        break;
+    case MG_EMPTY_ROW:
+        lengths[0] = (int32_t)(tk - tk / 4), lengths[1] = 0;
+        g->mask.key_lengths = lengths;
+        break;
+    case MG_BIAS_ISOLATED:
+    case MG_CROSS_BIAS:
+        tbt_fill_uniform(bias, tq * tk, -1.0f, 1.0f, 801);
+        for (size_t i = 0; i < tq; i++)
+            for (size_t j = 0; j < tk; j++)
+                if (form == MG_BIAS_ISOLATED ? (i % 5 == 3 || j % 5 == 3)
+                                             : (i % 4 == 1 || j % 3 == 2))
+                    bias[i * tk + j] = -INFINITY;
+        g->mask.bias = bias;
+        if (form == MG_BIAS_ISOLATED)
+            causal = 1, window = tk / 3 + 2;
+        break;
+    case MG_CROSS_VALID:
+        for (size_t j = 0; j < tk; j++)
+            valid[j] = j % 4 != 1 || j == 0, valid[tk + j] = j % 2 == 0;
+        lengths[0] = (int32_t)tk, lengths[1] = (int32_t)(tk - tk / 3);
+        g->mask.key_valid = valid, g->mask.key_lengths = lengths;
+        break;
+    case MG_CROSS_CAUSAL:
+        causal = 1;
+        lengths[0] = (int32_t)(tk - 1), lengths[1] = (int32_t)(tk / 2 + 1);
+        g->mask.key_lengths = lengths;
+        break;
+    default:
+        break;
+    }
+    const tbt_attn_masks vis = {tq, tk, causal, window, g->mask.key_lengths, g->mask.key_valid,
+                                g->mask.bias};
+    g->vis = vis;
+    plan_mha_garbage(g);
+}
+
+/* Forward and backward of the module (fixed weights and inputs); with
+ * garbage != NULL, *garbage is first written into every garbage row. */
+static run_out run_mha_garbage(const mha_garbage *g, int threads, const float *garbage)
+{
+    const size_t c = g->c, b = g->b, tq = g->tq, tk = g->tk;
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, threads);
+    tb_mha m;
+    init_module(&ctx, &m, c, g->h, 1, 3.0f, 900 + c);
+    m.attn.causal = g->vis.causal;
+    m.attn.window = g->vis.window;
+    const size_t nx = b * tq * c, nm = b * tk * c;
+    float *x = tbt_alloc(nx * sizeof(float));
+    float *mem = g->cross ? tbt_alloc(nm * sizeof(float)) : NULL;
+    float *dy = tbt_alloc(nx * sizeof(float));
+    tbt_fill_uniform(x, nx, -1.0f, 1.0f, 910);
+    tbt_fill_uniform(dy, nx, -1.0f, 1.0f, 911);
+    if (mem)
+        tbt_fill_uniform(mem, nm, -1.0f, 1.0f, 912);
+    for (size_t k = 0; k < b * tq && garbage; k++)
+        if (g->gx[k])
+            for (size_t e = 0; e < c; e++)
+                x[k * c + e] = *garbage;
+    for (size_t k = 0; k < b * tk && garbage && mem; k++)
+        if (g->gmem[k])
+            for (size_t e = 0; e < c; e++)
+                mem[k * c + e] = *garbage;
+    run_out r;
+    memset(&r, 0, sizeof r);
+    r.y = tbt_nan_buffer(nx), r.dx = tbt_nan_buffer(nx);
+    r.dmem = mem ? tbt_nan_buffer(nm) : NULL;
+    tb_tensor xt = tb_tensor_3d(x, b, tq, c), yt = tb_tensor_3d(r.y, b, tq, c);
+    tb_tensor dyt = tb_tensor_3d(dy, b, tq, c), dxt = tb_tensor_3d(r.dx, b, tq, c);
+    tb_tensor mt = tb_tensor_3d(mem ? mem : x, b, tk, c);
+    tb_tensor dmt = tb_tensor_3d(mem ? r.dmem : r.dx, b, tk, c);
+    size_t bytes;
+    void *cache = alloc_cache(&ctx, &m, b, tq, tk, &bytes);
+    CHECK_OK(ctx, tb_mha_forward(&ctx, &m, &g->mask, &xt, mem ? &mt : NULL, &yt, cache, bytes));
+    CHECK_OK(ctx, tb_mha_backward(&ctx, &m, &g->mask, &xt, mem ? &mt : NULL, &dyt, cache, bytes,
+                                  &dxt, mem ? &dmt : NULL));
+    r.gw = dup_floats(m.in_proj_weight.grad, 3 * c * c);
+    r.gb = dup_floats(m.in_proj_bias.grad, 3 * c);
+    r.gow = dup_floats(m.out_proj.weight.grad, c * c);
+    r.gob = dup_floats(m.out_proj.bias.grad, c);
+    free(x), free(mem), free(dy), free(cache);
+    tb_mha_free(&m);
+    return r;
+}
+
+/* Rows of x (n floats each) flagged in `rows` are exactly zero. */
+static void assert_zero_rows(const char *what, const float *x, const unsigned char *rows,
+                             size_t n_rows, size_t n)
+{
+    for (size_t k = 0; k < n_rows; k++)
+        if (rows[k])
+            for (size_t e = 0; e < n; e++)
+                if (x[k * n + e] != 0.0f)
+                    ck_abort_msg("%s row %zu (garbage) element %zu = %g, expected 0", what, k, e,
+                                 (double)x[k * n + e]);
+}
+
+START_TEST(test_mha_garbage_rows)
+{
+    static const float values[] = {NAN, INFINITY, -INFINITY, 1e30f};
+    static const char *const names[] = {"NaN", "+Inf", "-Inf", "1e30"};
+    static const size_t ch[3][2] = {{6, 2}, {64, 1}, {3, 3}}; /* D = 3, 64, 1 */
+    static const size_t self_t[][2] = {{17, 17}, {65, 65}, {3, 3}};
+    static const size_t cross_t[][2] = {{17, 65}, {65, 17}, {3, 17}, {1, 3}};
+    const int form = _i;
+    const int cross = form >= MG_CROSS_VALID;
+    const size_t n_t = cross ? ARRAY_LEN(cross_t) : ARRAY_LEN(self_t);
+    size_t gx = 0, gm = 0, runs = 0;
+    for (size_t s = 0; s < n_t; s++)
+        for (size_t v = 0; v < 3; v++) {
+            const size_t tq = cross ? cross_t[s][0] : self_t[s][0];
+            const size_t tk = cross ? cross_t[s][1] : self_t[s][1];
+            const size_t c = ch[(s + v) % 3][0], h = ch[(s + v) % 3][1];
+            int32_t lengths[2];
+            uint8_t *valid = tbt_alloc(2 * tk);
+            float *bias = tbt_alloc(tq * tk * sizeof(float));
+            mha_garbage g;
+            make_mha_garbage(&g, form, c, h, tq, tk, lengths, valid, bias);
+            gx += g.n_gx, gm += g.n_gmem;
+            for (int threads = 1; threads <= 2; threads++) {
+                run_out clean = run_mha_garbage(&g, threads, NULL);
+                for (size_t k = 0; k < ARRAY_LEN(values); k++) {
+                    run_out dirty = run_mha_garbage(&g, threads, &values[k]);
+                    char what[160];
+#define MG_CMP(field, n)                                                                       \
+    do {                                                                                       \
+        snprintf(what, sizeof what, "mha garbage[%s c%zu h%zu tq%zu tk%zu, %s, %d threads] %s", \
+                 mha_garbage_names[form], c, h, tq, tk, names[k], threads, #field);           \
+        assert_bitwise(what, dirty.field, clean.field, (n));                                  \
+    } while (0)
+                    MG_CMP(y, 2 * tq * c);
+                    MG_CMP(dx, 2 * tq * c);
+                    if (cross)
+                        MG_CMP(dmem, 2 * tk * c);
+                    MG_CMP(gw, 3 * c * c);
+                    MG_CMP(gb, 3 * c);
+                    MG_CMP(gow, c * c);
+                    MG_CMP(gob, c);
+#undef MG_CMP
+                    assert_zero_rows("dx", dirty.dx, g.gx, 2 * tq, c);
+                    if (cross)
+                        assert_zero_rows("dmem", dirty.dmem, g.gmem, 2 * tk, c);
+                    free_run(&dirty);
+                    runs++;
+                }
+                free_run(&clean);
+            }
+            free(g.gx), free(g.gmem), free(valid), free(bias);
+        }
+    ck_assert_msg(gx + gm > 0, "[%s] no garbage row: the case tests nothing",
+                  mha_garbage_names[form]);
+    printf("  check   mha garbage[%s]: %zu garbage x rows, %zu garbage mem rows over %zu "
+           "shapes; %zu runs bitwise equal to the clean run (y, dx, dmem, every gradient)\n",
+           mha_garbage_names[form], gx, gm, n_t * 3, runs);
+    fflush(stdout);
+}
+END_TEST
+
+/* Overwrite positions [p0, p1) of every batch row of the cache's keys and
+ * values with `value`. */
+static void spoil_cache(tb_kv_cache *kv, size_t p0, size_t p1, float value)
+{
+    const size_t w = kv->n_kv_heads * kv->head_dim;
+    for (size_t r = 0; r < kv->batch; r++)
+        for (size_t p = p0; p < p1; p++)
+            for (size_t e = 0; e < w; e++) {
+                kv->keys[(r * kv->max_len + p) * w + e] = value;
+                kv->values[(r * kv->max_len + p) * w + e] = value;
+            }
+}
+
+/* Decode `prefix` positions of x, then `n` more; with garbage, spoil the
+ * cached positions [g0, g1) before the second call, or (spoil_last) put the
+ * garbage into the x row of the last new position. Returns the second
+ * call's y (B, n, C). */
+static float *decode_garbage_run(const tb_mha *m, int threads, const float *x, size_t b, size_t t,
+                                 size_t prefix, size_t n, const float *garbage, size_t g0,
+                                 size_t g1, int spoil_last)
+{
+    const size_t c = m->embed_dim;
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, threads);
+    tb_kv_cache kv;
+    CHECK_OK(ctx, tb_kv_cache_init(&ctx, &kv, b, t, m->n_heads, c / m->n_heads));
+    float *x1 = gather_rows(x, b, t, c, 0, prefix), *y1 = tbt_nan_buffer(b * prefix * c);
+    tb_tensor x1t = tb_tensor_3d(x1, b, prefix, c), y1t = tb_tensor_3d(y1, b, prefix, c);
+    CHECK_OK(ctx, tb_mha_decode(&ctx, m, &kv, &x1t, &y1t));
+    if (garbage && g1 > g0)
+        spoil_cache(&kv, g0, g1, *garbage);
+    float *x2 = gather_rows(x, b, t, c, prefix, n), *y2 = tbt_nan_buffer(b * n * c);
+    if (garbage && spoil_last)
+        for (size_t r = 0; r < b; r++)
+            for (size_t e = 0; e < c; e++)
+                x2[(r * n + n - 1) * c + e] = *garbage;
+    tb_tensor x2t = tb_tensor_3d(x2, b, n, c), y2t = tb_tensor_3d(y2, b, n, c);
+    CHECK_OK(ctx, tb_mha_decode(&ctx, m, &kv, &x2t, &y2t));
+    free(x1), free(y1), free(x2);
+    tb_kv_cache_free(&kv);
+    return y2;
+}
+
+START_TEST(test_mha_decode_garbage)
+{
+    static const float values[] = {NAN, INFINITY, -INFINITY, 1e30f};
+    static const size_t ch[3][2] = {{6, 2}, {64, 1}, {3, 3}};
+    /* (prefix, new positions, window) */
+    static const size_t plan[][3] = {{17, 1, 3}, {17, 3, 5}, {65, 1, 17}, {64, 3, 9}, {3, 3, 1}};
+    const size_t b = 2;
+    size_t checks = 0;
+    for (size_t s = 0; s < ARRAY_LEN(plan); s++) {
+        const size_t prefix = plan[s][0], n = plan[s][1], w = plan[s][2], t = prefix + n;
+        const size_t c = ch[s % 3][0], h = ch[s % 3][1];
+        tb_ctx ctx;
+        tbt_ctx_init(&ctx, 1);
+        tb_mha m;
+        init_module(&ctx, &m, c, h, 1, 3.0f, 950 + s);
+        m.attn.causal = 1;
+        float *x = tbt_alloc(b * t * c * sizeof(float));
+        tbt_fill_uniform(x, b * t * c, -1.0f, 1.0f, 960 + s);
+        for (int threads = 1; threads <= 2; threads++)
+            for (size_t k = 0; k < ARRAY_LEN(values); k++) {
+                char what[160];
+                /* Sliding window: the first new query (position prefix)
+                 * sees keys from prefix + 1 - w on; the earlier ones are
+                 * garbage. */
+                m.attn.window = w;
+                const size_t g1 = prefix + 1 > w ? prefix + 1 - w : 0;
+                float *clean = decode_garbage_run(&m, threads, x, b, t, prefix, n, NULL, 0, 0, 0);
+                float *dirty =
+                    decode_garbage_run(&m, threads, x, b, t, prefix, n, &values[k], 0, g1, 0);
+                snprintf(what, sizeof what,
+                         "decode window %zu, cache positions 0..%zu garbage (%g), c%zu, "
+                         "prefix %zu + %zu, %d threads",
+                         w, g1, (double)values[k], c, prefix, n, threads);
+                ck_assert_msg(g1 > 0, "%s: nothing spoiled", what);
+                assert_bitwise(what, dirty, clean, b * n * c);
+                free(clean), free(dirty);
+                /* Causal within the new piece: the last new position's
+                 * garbage key and value are future keys for the others. */
+                m.attn.window = 0;
+                if (n > 1) {
+                    clean = decode_garbage_run(&m, threads, x, b, t, prefix, n, NULL, 0, 0, 0);
+                    dirty = decode_garbage_run(&m, threads, x, b, t, prefix, n, &values[k], 0, 0,
+                                               1);
+                    snprintf(what, sizeof what,
+                             "decode causal, last new position garbage (%g), c%zu, prefix %zu + "
+                             "%zu, %d threads, earlier new positions",
+                             (double)values[k], c, prefix, n, threads);
+                    for (size_t r = 0; r < b; r++)
+                        assert_bitwise(what, dirty + r * n * c, clean + r * n * c, (n - 1) * c);
+                    free(clean), free(dirty);
+                    checks++;
+                }
+                checks++;
+            }
+        free(x);
+        tb_mha_free(&m);
+    }
+    printf("  check   mha decode garbage: %zu decodes with garbage outside the window or in "
+           "a later key of the piece, bitwise equal to clean\n",
+           checks);
+}
+END_TEST
+
+/* tb_kv_cache_attend with key lengths: garbage in the stored positions past
+ * each row's length (grouped-query heads). */
+START_TEST(test_kv_cache_attend_garbage_past_lengths)
+{
+    const size_t b = 2, t = 70, h = 4, hkv = 2, d = 3, cq = h * d, ckv = hkv * d, tq = 3;
+    static const int32_t lens[2] = {66, 17};
+    static const float values[] = {NAN, INFINITY, -INFINITY, 1e30f};
+    tb_attention_config cfg = tb_attention_default_config(h, d);
+    cfg.n_kv_heads = hkv;
+    float *q = tbt_alloc(b * tq * cq * sizeof(float)), *k = tbt_alloc(b * t * ckv * sizeof(float));
+    float *v = tbt_alloc(b * t * ckv * sizeof(float));
+    tbt_fill_uniform(q, b * tq * cq, -2.0f, 2.0f, 971);
+    tbt_fill_uniform(k, b * t * ckv, -2.0f, 2.0f, 972);
+    tbt_fill_uniform(v, b * t * ckv, -2.0f, 2.0f, 973);
+    tb_tensor qt = tb_tensor_3d(q, b, tq, cq), kt = tb_tensor_3d(k, b, t, ckv);
+    tb_tensor vt = tb_tensor_3d(v, b, t, ckv);
+    tb_heads qh = {&qt, 0}, kh = {&kt, 0}, vh = {&vt, 0};
+    for (int threads = 1; threads <= 2; threads++)
+        for (int causal = 0; causal <= 1; causal++) {
+            tb_ctx ctx;
+            tbt_ctx_init(&ctx, threads);
+            cfg.causal = causal;
+            tb_kv_cache kv;
+            CHECK_OK(ctx, tb_kv_cache_init(&ctx, &kv, b, t, hkv, d));
+            CHECK_OK(ctx, tb_kv_cache_append(&ctx, &kv, &kh, &vh));
+            float *clean = tbt_nan_buffer(b * tq * cq), *dirty = tbt_nan_buffer(b * tq * cq);
+            tb_tensor ct = tb_tensor_3d(clean, b, tq, cq), dt = tb_tensor_3d(dirty, b, tq, cq);
+            CHECK_OK(ctx, tb_kv_cache_attend(&ctx, &kv, &cfg, lens, &qh, &ct));
+            for (size_t g = 0; g < ARRAY_LEN(values); g++) {
+                for (size_t r = 0; r < b; r++)
+                    for (size_t p = (size_t)lens[r]; p < t; p++)
+                        for (size_t e = 0; e < ckv; e++)
+                            kv.keys[(r * t + p) * ckv + e] = kv.values[(r * t + p) * ckv + e] =
+                                values[g];
+                CHECK_OK(ctx, tb_kv_cache_attend(&ctx, &kv, &cfg, lens, &qh, &dt));
+                char what[120];
+                snprintf(what, sizeof what,
+                         "kv attend, garbage %g past the key lengths%s, %d threads",
+                         (double)values[g], causal ? ", causal" : "", threads);
+                assert_bitwise(what, dirty, clean, b * tq * cq);
+            }
+            free(clean), free(dirty);
+            tb_kv_cache_free(&kv);
+        }
+    free(q), free(k), free(v);
+}
+END_TEST
+
 Suite *suite_mha(void)
 {
     build_case_names();
@@ -1462,6 +1857,13 @@ Suite *suite_mha(void)
     tcase_add_test(tc, test_kv_cache_attend_gqa);
     tcase_add_test(tc, test_kv_cache_capacity_and_reset);
     tcase_add_test(tc, test_kv_cache_errors);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("garbage_at_masked_positions");
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, test_mha_garbage_rows, 0, MG_COUNT);
+    tcase_add_test(tc, test_mha_decode_garbage);
+    tcase_add_test(tc, test_kv_cache_attend_garbage_past_lengths);
     suite_add_tcase(s, tc);
     return s;
 }

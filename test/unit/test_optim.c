@@ -22,6 +22,7 @@
  * a decay applied the wrong way, or a missed group changes them by >1e-3,
  * 1000x the tolerance). Measured worst: printed per case.
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -407,6 +408,218 @@ static float halve_every_10(uint64_t step, void *user)
     return ldexpf(1.0f, -(int)(step / 10));
 }
 
+/* ---- numerics: eps, hyper-parameter ranges, moment overflow ----------------- */
+
+/* eps must be a normal float: eps = 0 made a zero gradient's update 0/0 =
+ * NaN (and TB_OK); a subnormal eps is 0 where denormals are flushed. Every
+ * other hyper-parameter outside its range or non-finite is refused too, at
+ * init, in tb_adam_add_group and (the factor) in tb_adam_step; the smallest
+ * accepted values work. */
+START_TEST(test_optim_hyperparameter_ranges)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    four f;
+    four_init(&ctx, &f);
+    tb_adam opt;
+    const tb_adam_config base = tb_adam_default_config();
+    typedef struct bad {
+        const char *field;
+        float value;
+    } bad;
+    const bad refused[] = {
+        {"eps", 0.0f},          {"eps", -0.0f},       {"eps", -1e-8f},        {"eps", 1e-40f},
+        {"eps", FLT_TRUE_MIN},  {"eps", NAN},         {"eps", INFINITY},      {"lr", -1e-3f},
+        {"lr", NAN},            {"lr", INFINITY},     {"lr", -INFINITY},      {"beta1", 1.0f},
+        {"beta1", -0.1f},       {"beta1", NAN},       {"beta1", INFINITY},    {"beta2", 1.0f},
+        {"beta2", 1.5f},        {"beta2", -1e-3f},    {"beta2", NAN},         {"beta2", -INFINITY},
+        {"weight_decay", -1.0f}, {"weight_decay", NAN}, {"weight_decay", INFINITY},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(refused); i++) {
+        tb_adam_config c = base;
+        const char *fd = refused[i].field;
+        float *slot = strcmp(fd, "eps") == 0     ? &c.eps
+                      : strcmp(fd, "lr") == 0    ? &c.lr
+                      : strcmp(fd, "beta1") == 0 ? &c.beta1
+                      : strcmp(fd, "beta2") == 0 ? &c.beta2
+                                                 : &c.weight_decay;
+        *slot = refused[i].value;
+        ck_assert_msg(tb_adam_init(&ctx, &opt, &f.list, &c) == TB_ERR_INVALID_ARG,
+                      "%s = %g was accepted", fd, (double)refused[i].value);
+        ck_assert_msg(strstr(tb_ctx_error(&ctx), fd) != NULL, "the error names %s: %s", fd,
+                      tb_ctx_error(&ctx));
+        ck_assert_ptr_null(opt.slots);
+    }
+    /* Accepted edges: eps = FLT_MIN, lr 0, betas 0 and just below 1. With
+     * eps = FLT_MIN and zero gradients the parameters stay put, finite. */
+    tb_adam_config c = base;
+    c.eps = FLT_MIN;
+    c.beta1 = 0.0f;
+    c.beta2 = nextafterf(1.0f, 0.0f);
+    tbt_fill_uniform(f.mem, 2 * (51 + 17 + 17 + 4), -1, 1, 7);
+    for (int i = 0; i < 4; i++)
+        memset(f.p[i].grad, 0, f.p[i].numel * sizeof(float));
+    const size_t nbytes = 2 * (51 + 17 + 17 + 4) * sizeof(float);
+    float *snap = tbt_alloc(nbytes);
+    memcpy(snap, f.mem, nbytes);
+    CHECK_OK(ctx, tb_adam_init(&ctx, &opt, &f.list, &c));
+    for (int t = 0; t < 3; t++)
+        CHECK_OK(ctx, tb_adam_step(&ctx, &opt, 1.0f));
+    ck_assert_msg(memcmp(snap, f.mem, nbytes) == 0, "zero gradients moved a parameter");
+    /* Groups and the step's factor. */
+    const float bad_lr[] = {-1.0f, NAN, INFINITY};
+    for (size_t i = 0; i < ARRAY_LEN(bad_lr); i++) {
+        ck_assert_int_eq(tb_adam_add_group(&ctx, &opt, bad_lr[i], 0.0f, tb_select_no_decay, NULL,
+                                           NULL),
+                         TB_ERR_INVALID_ARG);
+        ck_assert_int_eq(tb_adam_add_group(&ctx, &opt, 1e-3f, bad_lr[i], tb_select_no_decay, NULL,
+                                           NULL),
+                         TB_ERR_INVALID_ARG);
+        ck_assert_int_eq(tb_adam_step(&ctx, &opt, bad_lr[i]), TB_ERR_INVALID_ARG);
+    }
+    ck_assert_uint_eq(opt.n_groups, 1);
+    ck_assert(opt.step == 3 && opt.skipped == 0);
+    tb_adam_free(&opt);
+    c = base;
+    c.lr = 0.0f;
+    c.beta2 = 0.0f;
+    CHECK_OK(ctx, tb_adam_init(&ctx, &opt, &f.list, &c));
+    tb_adam_free(&opt);
+    free(snap);
+    four_free(&f);
+}
+END_TEST
+
+/* Everything a step may change, to check that a refused one changed
+ * nothing. */
+typedef struct optim_snapshot {
+    float *mem, *state;
+    size_t mem_bytes, state_bytes;
+    uint64_t step;
+} optim_snapshot;
+
+static optim_snapshot take_snapshot(const four *f, const tb_adam *opt)
+{
+    optim_snapshot s;
+    s.mem_bytes = 2 * (51 + 17 + 17 + 4) * sizeof(float);
+    s.state_bytes = opt->n_state * (opt->vmax ? 3 : 2) * sizeof(float);
+    s.mem = tbt_alloc(s.mem_bytes);
+    s.state = tbt_alloc(s.state_bytes);
+    memcpy(s.mem, f->mem, s.mem_bytes);
+    memcpy(s.state, opt->m, s.state_bytes); /* m, v, vmax are one block */
+    s.step = opt->step;
+    return s;
+}
+
+static void assert_unchanged(const optim_snapshot *s, const four *f, const tb_adam *opt,
+                             const char *what)
+{
+    ck_assert_msg(memcmp(s->mem, f->mem, s->mem_bytes) == 0, "%s: a parameter changed", what);
+    ck_assert_msg(memcmp(s->state, opt->m, s->state_bytes) == 0, "%s: m, v or vmax changed",
+                  what);
+    ck_assert_msg(opt->step == s->step, "%s: the step count changed", what);
+}
+
+static void free_snapshot(optim_snapshot *s)
+{
+    free(s->mem);
+    free(s->state);
+}
+
+/* A finite gradient of 3e38 made v = beta2 v + (1 - beta2) g^2 infinite
+ * for good (the parameter then never moves again: m / sqrt(inf) = 0), with
+ * TB_OK. Now the step is refused like a non-finite gradient: all or
+ * nothing (the overflow is in the last parameter, after two that would
+ * have been updated), TB_ERR_NON_FINITE naming the parameter and the
+ * second moment, `skipped` counts it; the next normal step proceeds. For
+ * Adam, AdamW, Adam + L2 and AMSGrad, 1 and 2 threads. Also the other
+ * overflow a step can meet: the update m / (sqrt(v) + eps) itself (v
+ * underflowed to 0 while m did not, eps tiny), and a large gradient that
+ * does not overflow anything (the exact check, not the quick bound,
+ * decides: the step goes ahead). */
+START_TEST(test_optim_moment_overflow_skips_the_step)
+{
+    for (int variant = 0; variant < 4; variant++)
+        for (int threads = 1; threads <= 2; threads++) {
+            tb_ctx ctx;
+            tbt_ctx_init(&ctx, threads);
+            four f;
+            four_init(&ctx, &f);
+            tbt_fill_uniform(f.mem, 2 * (51 + 17 + 17 + 4), -1, 1, 8);
+            tb_adam_config cfg =
+                variant == 1 ? tb_adamw_default_config() : tb_adam_default_config();
+            if (variant == 2)
+                cfg.weight_decay = 0.1f;
+            if (variant == 3)
+                cfg.amsgrad = 1;
+            char what[96];
+            snprintf(what, sizeof what, "variant %d, %d threads", variant, threads);
+            tb_adam opt;
+            CHECK_OK(ctx, tb_adam_init(&ctx, &opt, &f.list, &cfg));
+            CHECK_OK(ctx, tb_adam_step(&ctx, &opt, 1.0f));
+            const float g_keep = f.p[2].grad[5];
+            const float big[] = {3e38f, -3e38f, 1e21f};
+            for (size_t b = 0; b < ARRAY_LEN(big); b++) {
+                f.p[2].grad[5] = big[b];
+                optim_snapshot s = take_snapshot(&f, &opt);
+                ck_assert_int_eq(tb_adam_step(&ctx, &opt, 1.0f), TB_ERR_NON_FINITE);
+                const char *msg = tb_ctx_error(&ctx);
+                ck_assert_msg(strstr(msg, "'p2'") && strstr(msg, "second moment") &&
+                                  strstr(msg, "element 5") && strstr(msg, "nothing changed"),
+                              "%s: the message names the parameter, the moment and the element: "
+                              "%s",
+                              what, msg);
+                assert_unchanged(&s, &f, &opt, what);
+                ck_assert(opt.skipped == (uint64_t)b + 1);
+                free_snapshot(&s);
+            }
+            /* Large but harmless: (1 - beta2) g^2 = 2.25e35 is finite. */
+            f.p[2].grad[5] = 1.5e19f;
+            CHECK_OK(ctx, tb_adam_step(&ctx, &opt, 1.0f));
+            ck_assert(opt.step == 2 && isfinite(opt.v[opt.slots[2].offset + 5]));
+            f.p[2].grad[5] = g_keep;
+            CHECK_OK(ctx, tb_adam_step(&ctx, &opt, 1.0f));
+            ck_assert(opt.step == 3);
+            tb_adam_free(&opt);
+
+            /* The update overflows: v = 0, m = 1e10, eps = FLT_MIN (the
+             * value 0, so that Adam's L2 term adds no gradient). */
+            cfg.eps = FLT_MIN;
+            CHECK_OK(ctx, tb_adam_init(&ctx, &opt, &f.list, &cfg));
+            for (int i = 0; i < 3; i++)
+                memset(f.p[i].grad, 0, f.p[i].numel * sizeof(float));
+            f.p[1].value[3] = 0.0f;
+            opt.m[opt.slots[1].offset + 3] = 1e10f;
+            optim_snapshot s = take_snapshot(&f, &opt);
+            const tb_status st = tb_adam_step(&ctx, &opt, 1.0f);
+            ck_assert_msg(st == TB_ERR_NON_FINITE,
+                          "%s: the overflowing update gave %s (p1[3] = %g)", what,
+                          tb_strerror(st), (double)f.p[1].value[3]);
+            ck_assert_msg(strstr(tb_ctx_error(&ctx), "value of 'p1'") &&
+                              strstr(tb_ctx_error(&ctx), "element 3"),
+                          "%s: %s", what, tb_ctx_error(&ctx));
+            assert_unchanged(&s, &f, &opt, what);
+            ck_assert(opt.skipped == 1);
+            free_snapshot(&s);
+            opt.m[opt.slots[1].offset + 3] = 0.0f;
+            CHECK_OK(ctx, tb_adam_step(&ctx, &opt, 1.0f));
+            tb_adam_free(&opt);
+            /* The product step * m overflows before the division: lr 1e30,
+             * m 1e10, eps 1e30 (the quotient alone would be 1e10). */
+            cfg.lr = 1e30f;
+            cfg.eps = 1e30f;
+            CHECK_OK(ctx, tb_adam_init(&ctx, &opt, &f.list, &cfg));
+            opt.m[opt.slots[1].offset + 3] = 1e10f;
+            s = take_snapshot(&f, &opt);
+            ck_assert_int_eq(tb_adam_step(&ctx, &opt, 1.0f), TB_ERR_NON_FINITE);
+            assert_unchanged(&s, &f, &opt, what);
+            free_snapshot(&s);
+            tb_adam_free(&opt);
+            four_free(&f);
+        }
+}
+END_TEST
+
 START_TEST(test_schedule_callback_and_shapes)
 {
     tb_lr_schedule s = tb_lr_schedule_make(TB_LR_CALLBACK, 0, 0, 0.0f);
@@ -706,6 +919,8 @@ Suite *suite_optim(void)
     tcase_add_test(tu, test_no_decay_group_is_one_line);
     tcase_add_test(tu, test_non_finite_gradient_skips_the_step);
     tcase_add_test(tu, test_optim_errors);
+    tcase_add_test(tu, test_optim_hyperparameter_ranges);
+    tcase_add_test(tu, test_optim_moment_overflow_skips_the_step);
     tcase_add_test(tu, test_schedule_callback_and_shapes);
     tcase_add_test(tu, test_optim_bitwise_for_1_2_3_threads);
     tcase_add_test(tu, test_gradient_accumulation_equals_the_big_batch);

@@ -360,3 +360,17 @@ const char *tbt_label(char *buf, size_t size, const char *block, const char *wha
     snprintf(buf, size, "%s.%s", block, what);
     return buf;
 }
+
+int tbt_attn_visible(const tbt_attn_masks *m, size_t r, size_t i, size_t j)
+{
+    const long diag = (long)i + (long)m->tk - (long)m->tq;
+    if (m->causal && (long)j > diag)
+        return 0;
+    if (m->window && !((long)j > diag - (long)m->window && (long)j <= diag))
+        return 0;
+    if (m->lengths && (long)j >= (long)m->lengths[r])
+        return 0;
+    if (m->valid && !m->valid[r * m->tk + j])
+        return 0;
+    return !(m->bias && m->bias[i * m->tk + j] == -INFINITY);
+}

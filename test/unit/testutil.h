@@ -142,4 +142,21 @@ void tbt_shape_str(char *buf, size_t size, size_t ndim, const size_t *shape);
 /* "<block>.<what>" into buf; returns buf. */
 const char *tbt_label(char *buf, size_t size, const char *block, const char *what);
 
+/* ---- attention masks ------------------------------------------------------ */
+
+/* The masks of one attention call as the tests see them (NULL and 0 mean
+ * none), for tbt_attn_visible(). */
+typedef struct tbt_attn_masks {
+    size_t tq, tk;
+    int causal;
+    size_t window;
+    const int32_t *lengths; /* B entries */
+    const uint8_t *valid;   /* (B, Tk) */
+    const float *bias;      /* (Tq, Tk); -inf masks */
+} tbt_attn_masks;
+
+/* Whether query i of batch row r sees key j, by attention.h's rules
+ * written out independently of the library (diagonal i + Tk - Tq). */
+int tbt_attn_visible(const tbt_attn_masks *m, size_t r, size_t i, size_t j);
+
 #endif /* TBT_TESTUTIL_H */
