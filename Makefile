@@ -35,8 +35,10 @@ EXAMPLE_BINS := $(EXAMPLES:%=$(BUILD)/bin/%)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lpthread)
 TEST_SRC  := $(sort $(wildcard test/unit/*.c))
-# The unit tests also test the examples' shared model wiring (test_gpt.c).
-TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o) $(BUILD)/examples/common/gpt.o
+# The unit tests also test the examples' shared model wiring (test_gpt.c);
+# GPT_OBJ is that wiring with the strict number parsing it reads files with.
+GPT_OBJ   := $(BUILD)/examples/common/gpt.o $(BUILD)/examples/common/ex_text.o
+TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o) $(GPT_OBJ)
 TEST_BIN  := $(BUILD)/test/unit_tests
 ORACLE_DIR := $(BUILD)/oracle
 # The whole suite (unit, oracle, example runs, script tests and the
@@ -251,9 +253,9 @@ $(BENCH_HARNESS_OBJ): $(BENCH_HARNESS) test/bench/harness.h $(FLAGS_STAMP) $(BEN
 	$(CC) $(CFLAGS_ALL) $(BENCH_CFLAGS) $(DEPFLAGS) -c $< -o $@
 
 # Benchmarks may use the examples' model wiring (bench_gpt.c).
-$(BUILD)/bench/%: test/bench/%.c $(BENCH_HARNESS_OBJ) $(BUILD)/examples/common/gpt.o $(LIB) $(FLAGS_STAMP) $(BENCH_STAMP)
+$(BUILD)/bench/%: test/bench/%.c $(BENCH_HARNESS_OBJ) $(GPT_OBJ) $(LIB) $(FLAGS_STAMP) $(BENCH_STAMP)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) $(BENCH_CFLAGS) -Iexamples/common $(DEPFLAGS) -o $@ $< $(BENCH_HARNESS_OBJ) $(BUILD)/examples/common/gpt.o $(LIB) $(BENCH_LIBS) $(LDLIBS_ALL)
+	$(CC) $(CFLAGS_ALL) $(BENCH_CFLAGS) -Iexamples/common $(DEPFLAGS) -o $@ $< $(BENCH_HARNESS_OBJ) $(GPT_OBJ) $(LIB) $(BENCH_LIBS) $(LDLIBS_ALL)
 
 docs:
 	@mkdir -p $(BUILD)/docs
