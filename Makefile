@@ -227,8 +227,17 @@ $(FUZZ_BIN): test/fuzz/fuzz_safetensors.c $(LIB_SRC) $(wildcard include/*.h incl
 	@mkdir -p $(FUZZ_DIR)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ test/fuzz/fuzz_safetensors.c $(LIB_SRC) -lm
 
-fuzz: $(FUZZ_BIN)
-	@mkdir -p $(FUZZ_DIR)/corpus $(FUZZ_DIR)/artifacts
+# The gpt examples' check of a checkpoint's configuration (gpt.c), built
+# like the parser's target; its corpus seeds come from test/fuzz/corpus_gpt.
+FUZZ_GPT_BIN := $(FUZZ_DIR)/fuzz_gpt_config
+FUZZ_GPT_SRC := test/fuzz/fuzz_gpt_config.c examples/common/gpt.c examples/common/ex_text.c
+
+$(FUZZ_GPT_BIN): $(FUZZ_GPT_SRC) examples/common/gpt.h examples/common/ex_text.h $(LIB_SRC) $(wildcard include/*.h include/tblocks/*.h src/*/*.h)
+	@mkdir -p $(FUZZ_DIR)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -Iexamples/common -o $@ $(FUZZ_GPT_SRC) $(LIB_SRC) -lm
+
+fuzz: $(FUZZ_BIN) $(FUZZ_GPT_BIN)
+	@mkdir -p $(FUZZ_DIR)/corpus $(FUZZ_DIR)/corpus_gpt $(FUZZ_DIR)/artifacts
 	@echo "fuzz: tb_st_parse for $(FUZZ_SECONDS) s (a crash input lands in $(FUZZ_DIR)/artifacts;"
 	@echo "fuzz: copy it to test/fuzz/regressions/ with the fix)"
 	ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS=suppressions=$(CURDIR)/test/lsan.supp \
@@ -236,6 +245,10 @@ fuzz: $(FUZZ_BIN)
 	    -print_final_stats=1 -dict=test/fuzz/safetensors.dict \
 	    -artifact_prefix=$(FUZZ_DIR)/artifacts/ \
 	    $(FUZZ_DIR)/corpus test/fuzz/corpus test/fuzz/regressions
+	ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS=suppressions=$(CURDIR)/test/lsan.supp \
+	    $(FUZZ_GPT_BIN) -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	    -malloc_limit_mb=64 -print_final_stats=1 -dict=test/fuzz/gpt_config.dict \
+	    -artifact_prefix=$(FUZZ_DIR)/artifacts/gpt- $(FUZZ_DIR)/corpus_gpt test/fuzz/corpus_gpt
 
 # Every benchmark runs for the best family this CPU has and, on an AVX-512
 # machine, again with the AVX2 family forced (what an AVX2-only CPU runs);

@@ -98,23 +98,33 @@ static size_t printable_utf8(const unsigned char *s, size_t n)
     return len;
 }
 
+/* Bytes the escaped form of s[0..n) takes: len bytes for a kept
+ * character, 4 for an escaped byte. */
+static size_t escaped_len(const unsigned char *u, size_t n, unsigned flags, size_t i,
+                          size_t *len)
+{
+    const int line = (u[i] == '\n' || u[i] == '\t') && (flags & EX_ESC_KEEP_LINES);
+    *len = line ? 1 : printable_utf8(u + i, n - i);
+    return *len ? *len : 4;
+}
+
 const char *ex_escape(const char *s, size_t n, unsigned flags, char *out, size_t cap)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *u = (const unsigned char *)s;
-    size_t k = 0;
     if (cap < 4) { /* too small for anything but an empty result */
         if (cap)
             out[0] = '\0';
         return out;
     }
-    for (size_t i = 0; i < n;) {
-        const int line = (u[i] == '\n' || u[i] == '\t') && (flags & EX_ESC_KEEP_LINES);
-        const size_t len = line ? 1 : printable_utf8(u + i, n - i);
-        const size_t need = len ? len : 4;
-        /* Room for this character and, if more follows, for "..." after
-         * some later character: keep 3 bytes spare unless this is the last. */
-        const size_t spare = i + (len ? len : 1) < n ? 3 : 0;
+    size_t total = 0, len;
+    for (size_t i = 0; i < n && total < cap; i += len ? len : 1)
+        total += escaped_len(u, n, flags, i, &len);
+    /* When it does not all fit, keep room for "..." after each character. */
+    const size_t spare = total > cap - 1 ? 3 : 0;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i += len ? len : 1) {
+        const size_t need = escaped_len(u, n, flags, i, &len);
         if (k + need + spare > cap - 1) {
             memcpy(out + k, "...", 3);
             k += 3;
@@ -122,11 +132,10 @@ const char *ex_escape(const char *s, size_t n, unsigned flags, char *out, size_t
         }
         if (len) {
             memcpy(out + k, s + i, len);
-            k += len, i += len;
+            k += len;
         } else {
             out[k++] = '\\', out[k++] = 'x';
             out[k++] = hex[u[i] >> 4], out[k++] = hex[u[i] & 15];
-            i++;
         }
     }
     out[k] = '\0';

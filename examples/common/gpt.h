@@ -105,7 +105,9 @@ void gpt_config_meta(const gpt_config *cfg, gpt_config_text *text,
  *    TB_ERR_UNSUPPORTED (a dtype), naming the tensor.
  * It allocates nothing and reads only the file's index (names, dtypes,
  * shapes) and metadata. *cfg is written only on success. Other gpt.* keys
- * (a program's own state) are left to the caller.
+ * (a program's own state) are left to the caller. n_head is the one value
+ * no tensor shape shows (the heads split the width): it is checked against
+ * the limits and the width only.
  */
 tb_status gpt_config_from_checkpoint(tb_ctx *ctx, const tb_st_file *f, gpt_config *cfg);
 
