@@ -37,6 +37,15 @@ static int add_size(size_t a, size_t b, size_t *out)
     return 1;
 }
 
+#if defined(__GNUC__) || defined(__clang__)
+#define GPT_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+#else
+#define GPT_PRINTF(fmt, args)
+#endif
+
+/* The message in ctx, then s. */
+static tb_status fail(tb_ctx *ctx, tb_status s, const char *fmt, ...) GPT_PRINTF(3, 4);
+
 static tb_status fail(tb_ctx *ctx, tb_status s, const char *fmt, ...)
 {
     va_list ap;

@@ -476,8 +476,21 @@ static int evaluate(trainer *t, const train_opts *o, outputs *out, double train_
     return 1;
 }
 
+/* A run that ended as asked succeeded if at least one of its steps changed
+ * the weights; 1, or 0 after a message. */
+static int made_progress(const trainer *t, uint64_t first, uint64_t skipped)
+{
+    if (t->opt.step - first > skipped)
+        return 1;
+    fprintf(stderr,
+            "error: every step of this run (%llu-%llu) was skipped for non-finite gradients: "
+            "the weights did not change\n",
+            (unsigned long long)first + 1, (unsigned long long)t->opt.step);
+    return 0;
+}
+
 /* The training loop; returns 1 with *why set when it ended as asked, 0
- * after a message when it failed or stopped making progress. */
+ * after a message when it failed or made no progress. */
 static int train_loop(trainer *t, const train_opts *o, outputs *out, const char **why,
                       uint64_t *skipped_total)
 {
@@ -517,14 +530,14 @@ static int train_loop(trainer *t, const train_opts *o, outputs *out, const char 
         train_acc = 0.0, train_n = 0;
         if (o->patience && t->ts.bad_evals >= o->patience) {
             *why = "early stop: the validation loss stopped improving";
-            return 1;
+            break;
         }
         if (last && t->opt.step < o->steps) {
             *why = t->opt.step == o->stop_at ? "stopped at --stop-at" : "time limit (--max-seconds)";
-            return 1;
+            break;
         }
     }
-    return 1;
+    return made_progress(t, first, *skipped_total);
 }
 
 /* Commit what the run wrote (a CSV or chart with no rows is discarded,

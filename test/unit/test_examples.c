@@ -422,8 +422,9 @@ START_TEST(gpt_fails_when_training_makes_no_progress)
     snprintf(args, sizeof args, "train " GPT_SMALL " --steps 40 --resume %s --ckpt %s --csv %s",
              nan_ck, target, csv);
     int rc = run_shell("", "gpt", args, "2>&1", out, CAP, NULL);
-    printf("  gpt: resuming NaN weights: exit %d, \"%s\"\n", rc,
-           strstr(out, "error:") ? "error: ..." : "no error line");
+    const char *err = strstr(out, "error:");
+    printf("  gpt: resuming NaN weights: exit %d, %.*s\n", rc,
+           err ? (int)strcspn(err, "\n") : 13, err ? err : "no error line");
     ck_assert_msg(rc == 1, "exit %d (want 1):\n%s", rc, out);
     ck_assert_msg(strstr(out, "done:") == NULL, "reported success:\n%s", out);
     ck_assert_msg(strstr(out, "error:") != NULL, "no error message:\n%s", out);
@@ -459,8 +460,18 @@ START_TEST(gpt_fails_when_training_makes_no_progress)
     ck_assert_msg(rc == 1 && count_of(out, "step skipped") == 10 &&
                       strstr(out, "10 steps in a row skipped") != NULL,
                   "the default --max-skipped is not 10 (exit %d):\n%s", rc, out);
+    /* Fewer steps left than --max-skipped, all skipped: the run ends as
+     * asked but changed nothing, which is not a success either. */
+    snprintf(args, sizeof args, "train " GPT_SMALL " --steps 7 --eval-every 20 --resume %s "
+             "--ckpt %s", big_ck, target);
+    rc = run_shell("", "gpt", args, "2>&1", out, CAP, NULL);
+    ck_assert_msg(rc == 1 && count_of(out, "step skipped") == 3 &&
+                      strstr(out, "every step of this run (5-7) was skipped") != NULL &&
+                      strstr(out, "done:") == NULL,
+                  "a run of skipped steps only was not a failure (exit %d):\n%s", rc, out);
+    remove(target); /* its final evaluation did write the (unchanged) weights */
     printf("  gpt: NaN gradients with a finite loss: stopped after 3 (--max-skipped 3) and 10 "
-           "(default) skipped steps, exit 1, nothing written\n");
+           "(default) skipped steps, and a run of only skipped steps fails, exit 1\n");
 
     /* Nothing left to train: refused, not reported as done. */
     snprintf(args, sizeof args, "train " GPT_SMALL " --steps 4 --resume %s --ckpt %s", ok, target);
