@@ -35,8 +35,10 @@ EXAMPLE_BINS := $(EXAMPLES:%=$(BUILD)/bin/%)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lpthread)
 TEST_SRC  := $(sort $(wildcard test/unit/*.c))
-# The unit tests also test the examples' shared model wiring (test_gpt.c).
-TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o) $(BUILD)/examples/common/gpt.o
+# The unit tests also test the examples' shared model wiring (test_gpt.c);
+# GPT_OBJ is that wiring with the strict number parsing it reads files with.
+GPT_OBJ   := $(BUILD)/examples/common/gpt.o $(BUILD)/examples/common/ex_text.o
+TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o) $(GPT_OBJ)
 TEST_BIN  := $(BUILD)/test/unit_tests
 ORACLE_DIR := $(BUILD)/oracle
 # The whole suite (unit, oracle, example runs, script tests and the
@@ -238,9 +240,17 @@ FUZZ_ARTIFACTS_safetensors := $(FUZZ_DIR)/artifacts/
 # values (seeds: `make fuzz-seeds`, test/fuzz/gen_checkpoint_corpus.c).
 FUZZ_SEEDS_checkpoint := test/fuzz/corpus_checkpoint
 FUZZ_DICT_checkpoint  := test/fuzz/checkpoint.dict
+# The gpt examples' check of a checkpoint's configuration (gpt.c): it must
+# never allocate (a 64 MB malloc limit) and accept only configurations the
+# tensors agree with.
+FUZZ_TARGETS += gpt_config
+FUZZ_SEEDS_gpt_config := test/fuzz/corpus_gpt
+FUZZ_DICT_gpt_config  := test/fuzz/gpt_config.dict
+FUZZ_SRC_gpt_config   := examples/common/gpt.c examples/common/ex_text.c
+FUZZ_OPTS_gpt_config  := -malloc_limit_mb=64
 
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
-FUZZ_DEPS := $(LIB_SRC) $(wildcard include/*.h include/tblocks/*.h src/*/*.h test/fuzz/*.h)
+FUZZ_DEPS := $(LIB_SRC) $(wildcard include/*.h include/tblocks/*.h src/*/*.h test/fuzz/*.h examples/common/*.h)
 
 $(FUZZ_DIR)/fuzz_%: test/fuzz/fuzz_%.c $(FUZZ_DEPS) $$(FUZZ_SRC_$$*)
 	@mkdir -p $(FUZZ_DIR)
@@ -257,7 +267,7 @@ $(FUZZ_TARGETS:%=fuzz-run-%): fuzz-run-%: $(FUZZ_DIR)/fuzz_%
 	@echo "fuzz: copy it to the target's regressions directory with the fix)"
 	ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS=suppressions=$(CURDIR)/test/lsan.supp \
 	    $(FUZZ_DIR)/fuzz_$* -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
-	    -print_final_stats=1 $(if $(FUZZ_DICT_$*),-dict=$(FUZZ_DICT_$*)) \
+	    -print_final_stats=1 $(if $(FUZZ_DICT_$*),-dict=$(FUZZ_DICT_$*)) $(FUZZ_OPTS_$*) \
 	    -artifact_prefix=$(call fuzz_artifacts,$*) \
 	    $(call fuzz_corpus,$*) $(wildcard $(FUZZ_SEEDS_$*))
 
@@ -290,9 +300,9 @@ $(BENCH_HARNESS_OBJ): $(BENCH_HARNESS) test/bench/harness.h $(FLAGS_STAMP) $(BEN
 	$(CC) $(CFLAGS_ALL) $(BENCH_CFLAGS) $(DEPFLAGS) -c $< -o $@
 
 # Benchmarks may use the examples' model wiring (bench_gpt.c).
-$(BUILD)/bench/%: test/bench/%.c $(BENCH_HARNESS_OBJ) $(BUILD)/examples/common/gpt.o $(LIB) $(FLAGS_STAMP) $(BENCH_STAMP)
+$(BUILD)/bench/%: test/bench/%.c $(BENCH_HARNESS_OBJ) $(GPT_OBJ) $(LIB) $(FLAGS_STAMP) $(BENCH_STAMP)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) $(BENCH_CFLAGS) -Iexamples/common $(DEPFLAGS) -o $@ $< $(BENCH_HARNESS_OBJ) $(BUILD)/examples/common/gpt.o $(LIB) $(BENCH_LIBS) $(LDLIBS_ALL)
+	$(CC) $(CFLAGS_ALL) $(BENCH_CFLAGS) -Iexamples/common $(DEPFLAGS) -o $@ $< $(BENCH_HARNESS_OBJ) $(GPT_OBJ) $(LIB) $(BENCH_LIBS) $(LDLIBS_ALL)
 
 docs:
 	@mkdir -p $(BUILD)/docs

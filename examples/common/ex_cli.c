@@ -1,13 +1,12 @@
 /* Helpers shared by the examples; see ex_cli.h. */
 #include "ex_cli.h"
 
-#include <errno.h>
 #include <inttypes.h>
-#include <math.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "ex_text.h"
 
 static void print_usage(FILE *f, const char *prog, const char *summary, const ex_opt *opts,
                         size_t nopts, const ex_xopt *xopts, size_t nx)
@@ -36,20 +35,6 @@ static void print_usage(FILE *f, const char *prog, const char *summary, const ex
     fprintf(f, "  %-16s %s\n", "--help", "show this message and exit");
 }
 
-/* Strict decimal parse: digits only (no sign, no spaces), no overflow. */
-static int parse_u64(const char *s, uint64_t *out)
-{
-    if (!s || !(s[0] >= '0' && s[0] <= '9'))
-        return 0;
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno != 0 || *end != '\0')
-        return 0;
-    *out = (uint64_t)v;
-    return 1;
-}
-
 int ex_parse_args(int argc, char **argv, const char *summary, const ex_opt *opts,
                   size_t nopts)
 {
@@ -67,12 +52,11 @@ static int set_xopt(const char *prog, const ex_xopt *x, const char *val)
         *x->text = val;
         return 1;
     }
-    char *end;
-    errno = 0;
-    const double v = strtod(val, &end);
-    if (errno != 0 || end == val || *end != '\0' || !isfinite(v) || v < x->min || v > x->max) {
-        fprintf(stderr, "%s: --%s: '%s' is not a number in %g..%g\n", prog, x->name, val, x->min,
-                x->max);
+    double v;
+    if (!ex_parse_real(val, &v) || v < x->min || v > x->max) {
+        ex_shown sv;
+        fprintf(stderr, "%s: --%s: '%s' is not a decimal number in %g..%g\n", prog, x->name,
+                ex_show(&sv, val), x->min, x->max);
         return 0;
     }
     *x->real = v;
@@ -82,7 +66,8 @@ static int set_xopt(const char *prog, const ex_xopt *x, const char *val)
 int ex_parse_args_ex(int argc, char **argv, const char *summary, const ex_opt *opts,
                      size_t nopts, const ex_xopt *xopts, size_t nx)
 {
-    const char *prog = argc > 0 && argv[0] ? argv[0] : "example";
+    ex_shown prog_shown, arg_shown;
+    const char *prog = ex_show(&prog_shown, argc > 0 && argv[0] ? argv[0] : "example");
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
         if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
@@ -90,7 +75,8 @@ int ex_parse_args_ex(int argc, char **argv, const char *summary, const ex_opt *o
             return EX_EXIT_OK;
         }
         if (strncmp(arg, "--", 2) != 0) {
-            fprintf(stderr, "%s: unexpected argument '%s' (try --help)\n", prog, arg);
+            fprintf(stderr, "%s: unexpected argument '%s' (try --help)\n", prog,
+                    ex_show(&arg_shown, arg));
             return EX_EXIT_USAGE;
         }
         const char *name = arg + 2, *eq = strchr(name, '=');
@@ -114,7 +100,8 @@ int ex_parse_args_ex(int argc, char **argv, const char *summary, const ex_opt *o
             continue;
         }
         if (!opt) {
-            fprintf(stderr, "%s: unknown option '%s' (try --help)\n", prog, arg);
+            fprintf(stderr, "%s: unknown option '%s' (try --help)\n", prog,
+                    ex_show(&arg_shown, arg));
             return EX_EXIT_USAGE;
         }
         const char *val = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
@@ -123,9 +110,9 @@ int ex_parse_args_ex(int argc, char **argv, const char *summary, const ex_opt *o
             return EX_EXIT_USAGE;
         }
         uint64_t v;
-        if (!parse_u64(val, &v)) {
-            fprintf(stderr, "%s: --%s: '%s' is not a non-negative integer\n", prog, opt->name,
-                    val);
+        if (!ex_parse_u64(val, &v)) {
+            fprintf(stderr, "%s: --%s: '%s' is not a non-negative decimal integer\n", prog,
+                    opt->name, ex_show(&arg_shown, val));
             return EX_EXIT_USAGE;
         }
         if (v < opt->min || v > opt->max) {
@@ -142,9 +129,12 @@ int ex_failed(const tb_ctx *ctx, tb_status status, const char *what)
 {
     if (status == TB_OK)
         return 0;
-    const char *detail = tb_ctx_error(ctx);
-    fprintf(stderr, "error: %s: %s%s%s%s\n", what, tb_strerror(status), detail[0] ? " (" : "",
-            detail, detail[0] ? ")" : "");
+    /* The detail may quote user input (a file name, a tensor name from a
+     * file): shown without raw control characters. */
+    ex_shown detail;
+    ex_show(&detail, tb_ctx_error(ctx));
+    fprintf(stderr, "error: %s: %s%s%s%s\n", what, tb_strerror(status),
+            detail.text[0] ? " (" : "", detail.text, detail.text[0] ? ")" : "");
     return 1;
 }
 

@@ -27,7 +27,8 @@ typedef struct ex_opt {
 } ex_opt;
 
 /* A `--name VALUE` option holding a real number (real != NULL, in
- * [min, max]) or a string (text != NULL, non-empty). */
+ * [min, max], written in decimal: ex_parse_real()) or a string (text !=
+ * NULL, non-empty). */
 typedef struct ex_xopt {
     const char *name, *metavar, *help;
     double *real;      /* holds the default on entry */
@@ -44,14 +45,16 @@ int ex_parse_args_ex(int argc, char **argv, const char *summary, const ex_opt *o
  * Returns -1 when the program should go on, otherwise the exit code to
  * return now: EX_EXIT_OK after --help; EX_EXIT_USAGE after a message on
  * stderr for an unknown option, a missing or malformed value, a value out of
- * range, or a stray argument.
+ * range, or a stray argument (values quoted through ex_show()).
  */
 int ex_parse_args(int argc, char **argv, const char *summary, const ex_opt *opts,
                   size_t nopts);
 
 /*
  * If status is an error, print "error: <what>: <tb_strerror(status)>
- * (<tb_ctx_error(ctx)>)" to stderr and return 1; otherwise return 0.
+ * (<tb_ctx_error(ctx)>)" to stderr and return 1; otherwise return 0. The
+ * context's detail is shown through ex_show(): it may quote a file name or
+ * a name read from a file.
  */
 int ex_failed(const tb_ctx *ctx, tb_status status, const char *what);
 

@@ -11,7 +11,7 @@
 #define T 40.0
 #define B 50.0
 
-int ex_svg_plot(const char *path, const char *title, const char *xlabel, const char *ylabel,
+int ex_svg_plot(FILE *f, const char *title, const char *xlabel, const char *ylabel,
                 const ex_series *series, size_t n_series)
 {
     double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
@@ -27,9 +27,6 @@ int ex_svg_plot(const char *path, const char *title, const char *xlabel, const c
     if (!(y1 > y0))
         y1 = y0 + 1;
     y0 = y0 > 0 ? 0 : y0; /* losses: start the axis at 0 */
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return -1;
     fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
                "font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%%\" "
                "height=\"100%%\" fill=\"white\"/>\n",
@@ -67,5 +64,5 @@ int ex_svg_plot(const char *path, const char *title, const char *xlabel, const c
                 T + 20 + 16 * (double)s, series[s].color, series[s].name);
     }
     fprintf(f, "</svg>\n");
-    return fclose(f) == 0 ? 0 : -1;
+    return fflush(f) == 0 && !ferror(f) ? 0 : -1;
 }

@@ -6,6 +6,7 @@
 #define EX_PLOT_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 typedef struct ex_series {
     const char *name;  /* legend */
@@ -14,9 +15,11 @@ typedef struct ex_series {
     size_t n;
 } ex_series;
 
-/* Write an 800x480 chart of the series; returns 0 on success, -1 if the
- * file cannot be written. Non-finite points are skipped. */
-int ex_svg_plot(const char *path, const char *title, const char *xlabel, const char *ylabel,
+/* Write an 800x480 chart of the series to f (left open: the caller
+ * decides where it goes, e.g. an ex_out that replaces the file only when
+ * complete). Non-finite points are skipped. Returns 0, or -1 if a write
+ * failed. The strings are written as they are: pass SVG-safe text. */
+int ex_svg_plot(FILE *f, const char *title, const char *xlabel, const char *ylabel,
                 const ex_series *series, size_t n_series);
 
 #endif /* EX_PLOT_H */

@@ -2,9 +2,13 @@
 #include "gpt.h"
 
 #include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "ex_text.h"
 
 #define TRY(call)                       \
     do {                                \
@@ -16,21 +20,354 @@
 #define LN_EPS 1e-5f
 #define GELU TB_GELU_TANH /* GPT-2's "gelu_new" */
 
+/* a * b and a + b, or 0 on overflow. */
+static int mul_size(size_t a, size_t b, size_t *out)
+{
+    if (b && a > SIZE_MAX / b)
+        return 0;
+    *out = a * b;
+    return 1;
+}
+
+static int add_size(size_t a, size_t b, size_t *out)
+{
+    if (a > SIZE_MAX - b)
+        return 0;
+    *out = a + b;
+    return 1;
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+#define GPT_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+#else
+#define GPT_PRINTF(fmt, args)
+#endif
+
+/* The message in ctx, then s. */
+static tb_status fail(tb_ctx *ctx, tb_status s, const char *fmt, ...) GPT_PRINTF(3, 4);
+
+static tb_status fail(tb_ctx *ctx, tb_status s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx->error, sizeof ctx->error, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+/* The integer fields of a configuration: their metadata keys (which also
+ * name them in messages) and limits. */
+typedef struct config_field {
+    const char *key;
+    size_t offset, max;
+} config_field;
+
+static const config_field config_fields[5] = {
+    {"gpt.n_layer", offsetof(gpt_config, n_layer), GPT_MAX_LAYER},
+    {"gpt.n_head", offsetof(gpt_config, n_head), GPT_MAX_EMBD},
+    {"gpt.n_embd", offsetof(gpt_config, n_embd), GPT_MAX_EMBD},
+    {"gpt.block_size", offsetof(gpt_config, block_size), GPT_MAX_CONTEXT},
+    {"gpt.vocab_size", offsetof(gpt_config, vocab_size), GPT_MAX_VOCAB},
+};
+#define DROPOUT_KEY "gpt.dropout"
+
+static size_t *field_of(gpt_config *c, const config_field *f)
+{
+    return (size_t *)(void *)((char *)c + f->offset);
+}
+
+static size_t field_value(const gpt_config *c, const config_field *f)
+{
+    return *(const size_t *)(const void *)((const char *)c + f->offset);
+}
+
+static tb_attention_config attention_of(const gpt_config *cfg)
+{
+    tb_attention_config a = tb_attention_default_config(cfg->n_head, cfg->n_embd / cfg->n_head);
+    a.causal = 1;
+    return a;
+}
+
+tb_status gpt_param_count(const gpt_config *c, size_t *count)
+{
+    const size_t C = c->n_embd;
+    size_t c2, layer, all, vt, t;
+    /* L (12 C^2 + 13 C) + (V + T) C + 2 C */
+    if (!mul_size(C, C, &c2) || !mul_size(c2, 12, &layer) || !mul_size(C, 13, &t) ||
+        !add_size(layer, t, &layer) || !mul_size(layer, c->n_layer, &all) ||
+        !add_size(c->vocab_size, c->block_size, &vt) || !mul_size(vt, C, &vt) ||
+        !add_size(all, vt, &all) || !mul_size(C, 2, &t) || !add_size(all, t, &all))
+        return TB_ERR_OVERFLOW;
+    *count = all;
+    return TB_OK;
+}
+
 tb_status gpt_config_check(tb_ctx *ctx, const gpt_config *c)
 {
-    if (!c)
+    if (!ctx || !c)
         return TB_ERR_NULL_ARG;
-    if (!c->n_layer || !c->n_head || !c->n_embd || !c->block_size || !c->vocab_size ||
-        c->n_embd % c->n_head != 0 || !(c->dropout >= 0.0f && c->dropout < 1.0f) ||
-        c->vocab_size > INT32_MAX) {
-        snprintf(ctx->error, sizeof ctx->error,
-                 "gpt: bad configuration (layers %zu, heads %zu, width %zu, context %zu, vocab "
-                 "%zu, dropout %g): sizes must be >= 1, the width a multiple of the heads, "
-                 "dropout in [0, 1)",
-                 c->n_layer, c->n_head, c->n_embd, c->block_size, c->vocab_size,
-                 (double)c->dropout);
-        return TB_ERR_INVALID_ARG;
+    for (size_t i = 0; i < sizeof config_fields / sizeof config_fields[0]; i++) {
+        const size_t v = field_value(c, &config_fields[i]);
+        if (v < 1 || v > config_fields[i].max)
+            return fail(ctx, TB_ERR_INVALID_ARG, "gpt: %s = %zu is outside 1..%zu",
+                        config_fields[i].key, v, config_fields[i].max);
     }
+    if (c->n_embd % c->n_head != 0)
+        return fail(ctx, TB_ERR_INVALID_ARG,
+                    "gpt: gpt.n_embd = %zu is not a multiple of gpt.n_head = %zu", c->n_embd,
+                    c->n_head);
+    if (!(c->dropout >= 0.0f && c->dropout < 1.0f))
+        return fail(ctx, TB_ERR_INVALID_ARG, "gpt: " DROPOUT_KEY " = %g is outside [0, 1)",
+                    (double)c->dropout);
+    size_t params = 0, act = 0;
+    if (gpt_param_count(c, &params) != TB_OK || params > GPT_MAX_PARAMS)
+        return fail(ctx, TB_ERR_INVALID_ARG,
+                    "gpt: %zu layers of width %zu, vocabulary %zu, context %zu: %s parameters, "
+                    "more than %zu",
+                    c->n_layer, c->n_embd, c->vocab_size, c->block_size,
+                    params ? "too many" : "an overflowing count of", GPT_MAX_PARAMS);
+    if (gpt_acts_size(ctx, c, 1, c->block_size, &act) != TB_OK || act > GPT_MAX_SEQ_ACT_BYTES)
+        return fail(ctx, TB_ERR_INVALID_ARG,
+                    "gpt: %zu layers of width %zu, vocabulary %zu, context %zu: training one "
+                    "sequence of the whole context needs more than %zu bytes of activations",
+                    c->n_layer, c->n_embd, c->vocab_size, c->block_size, GPT_MAX_SEQ_ACT_BYTES);
+    return TB_OK;
+}
+
+/* ---- configurations in checkpoint files ------------------------------------ */
+
+void gpt_config_meta(const gpt_config *cfg, gpt_config_text *text,
+                     tb_st_meta meta[GPT_CONFIG_N_META])
+{
+    for (size_t i = 0; i < 5; i++) {
+        snprintf(text->value[i], sizeof text->value[i], "%zu", field_value(cfg, &config_fields[i]));
+        meta[i].key = config_fields[i].key;
+        meta[i].value = text->value[i];
+    }
+    snprintf(text->value[5], sizeof text->value[5], "%.17g", (double)cfg->dropout);
+    meta[5].key = DROPOUT_KEY;
+    meta[5].value = text->value[5];
+}
+
+/* The configuration's metadata, parsed strictly (ranges are checked later). */
+static tb_status config_from_meta(tb_ctx *ctx, const tb_st_file *f, gpt_config *c)
+{
+    for (size_t i = 0; i < sizeof config_fields / sizeof config_fields[0]; i++) {
+        const char *key = config_fields[i].key, *v = tb_st_meta_get(f, key);
+        uint64_t u;
+        if (!v)
+            return fail(ctx, TB_ERR_FORMAT,
+                        "gpt: no '%s' metadata: not a checkpoint of this model", key);
+        if (!ex_parse_u64(v, &u))
+            return fail(ctx, TB_ERR_FORMAT,
+                        "gpt: %s = '%.40s' is not a decimal integer (digits only, below 2^64)",
+                        key, v);
+        if (u > config_fields[i].max)
+            return fail(ctx, TB_ERR_FORMAT, "gpt: %s = %.40s is outside 1..%zu", key, v,
+                        config_fields[i].max);
+        *field_of(c, &config_fields[i]) = (size_t)u;
+    }
+    const char *v = tb_st_meta_get(f, DROPOUT_KEY);
+    double p;
+    if (!v)
+        return fail(ctx, TB_ERR_FORMAT,
+                    "gpt: no '" DROPOUT_KEY "' metadata: not a checkpoint of this model");
+    if (!ex_parse_real(v, &p))
+        return fail(ctx, TB_ERR_FORMAT, "gpt: " DROPOUT_KEY " = '%.40s' is not a decimal number",
+                    v);
+    if (!(p >= 0.0 && p < 1.0))
+        return fail(ctx, TB_ERR_FORMAT, "gpt: " DROPOUT_KEY " = %.40s is outside [0, 1)", v);
+    c->dropout = (float)p;
+    return TB_OK;
+}
+
+/* The parameters of one layer, in gpt_param_list() order: name after
+ * "h.<i>.", shape in units of C. */
+typedef struct layer_param {
+    const char *suffix;
+    size_t ndim, c0, c1;
+} layer_param;
+
+#define LAYER_PARAMS 12
+static const layer_param layer_params[LAYER_PARAMS] = {
+    {"ln_1.weight", 1, 1, 0},       {"ln_1.bias", 1, 1, 0},
+    {"attn.c_attn.weight", 2, 1, 3}, {"attn.c_attn.bias", 1, 3, 0},
+    {"attn.c_proj.weight", 2, 1, 1}, {"attn.c_proj.bias", 1, 1, 0},
+    {"ln_2.weight", 1, 1, 0},       {"ln_2.bias", 1, 1, 0},
+    {"mlp.c_fc.weight", 2, 1, 4},    {"mlp.c_fc.bias", 1, 4, 0},
+    {"mlp.c_proj.weight", 2, 4, 1},  {"mlp.c_proj.bias", 1, 1, 0},
+};
+
+/* Parameters outside the layers: wte (V, C) and wpe (T, C) first, ln_f
+ * last. */
+static size_t param_total(const gpt_config *c)
+{
+    return 4 + LAYER_PARAMS * c->n_layer;
+}
+
+/* Name and shape of parameter k (gpt_param_list() order). */
+static void param_at(const gpt_config *c, size_t k, char *name, size_t cap, size_t *ndim,
+                     size_t shape[2])
+{
+    const size_t C = c->n_embd, last = param_total(c) - 2;
+    shape[1] = C;
+    *ndim = 2;
+    if (k == 0) {
+        snprintf(name, cap, "wte.weight");
+        shape[0] = c->vocab_size;
+    } else if (k == 1) {
+        snprintf(name, cap, "wpe.weight");
+        shape[0] = c->block_size;
+    } else if (k >= last) {
+        snprintf(name, cap, "ln_f.%s", k == last ? "weight" : "bias");
+        *ndim = 1, shape[0] = C;
+    } else {
+        const layer_param *lp = &layer_params[(k - 2) % LAYER_PARAMS];
+        snprintf(name, cap, "h.%zu.%s", (k - 2) / LAYER_PARAMS, lp->suffix);
+        *ndim = lp->ndim, shape[0] = lp->c0 * C, shape[1] = lp->c1 * C;
+    }
+}
+
+/* Shape of the parameter called name, or 0 if the configuration has none:
+ * parsed, not looked up, so this needs no table of names. */
+static int param_shape(const gpt_config *c, const char *name, size_t *ndim, size_t shape[2])
+{
+    size_t k;
+    if (strcmp(name, "wte.weight") == 0)
+        k = 0;
+    else if (strcmp(name, "wpe.weight") == 0)
+        k = 1;
+    else if (strcmp(name, "ln_f.weight") == 0)
+        k = param_total(c) - 2;
+    else if (strcmp(name, "ln_f.bias") == 0)
+        k = param_total(c) - 1;
+    else {
+        /* "h.<i>.<suffix>" with i in canonical decimal (no leading zero) */
+        if (strncmp(name, "h.", 2) != 0 || !(name[2] >= '0' && name[2] <= '9') ||
+            (name[2] == '0' && name[3] != '.'))
+            return 0;
+        size_t i = 0;
+        const char *p = name + 2;
+        for (; *p >= '0' && *p <= '9'; p++) {
+            i = i * 10 + (size_t)(*p - '0');
+            if (i >= c->n_layer)
+                return 0;
+        }
+        if (*p != '.')
+            return 0;
+        size_t j = 0;
+        while (j < LAYER_PARAMS && strcmp(p + 1, layer_params[j].suffix) != 0)
+            j++;
+        if (j == LAYER_PARAMS)
+            return 0;
+        k = 2 + i * LAYER_PARAMS + j;
+    }
+    char unused[8];
+    param_at(c, k, unused, sizeof unused, ndim, shape);
+    return 1;
+}
+
+static int float_dtype(tb_st_dtype d)
+{
+    return d == TB_ST_F32 || d == TB_ST_F16 || d == TB_ST_BF16 || d == TB_ST_F64;
+}
+
+/* Kinds of tensor a checkpoint holds: the parameter itself and the Adam
+ * state tb_checkpoint_save() writes for it. */
+#define N_KINDS 4
+static const char *const kind_prefix[N_KINDS] = {"", "optimizer.m.", "optimizer.v.",
+                                                 "optimizer.vmax."};
+
+static int kind_of(const char *name, const char **param)
+{
+    for (int k = N_KINDS - 1; k > 0; k--) {
+        const size_t n = strlen(kind_prefix[k]);
+        if (strncmp(name, kind_prefix[k], n) == 0) {
+            *param = name + n;
+            return k;
+        }
+    }
+    *param = name;
+    return 0;
+}
+
+/* The first tensor of a kind the configuration implies and the file lacks. */
+static tb_status name_missing(tb_ctx *ctx, const tb_st_file *f, const gpt_config *c, int kind,
+                              size_t have)
+{
+    char name[TB_PARAM_NAME_MAX], full[TB_PARAM_NAME_MAX + 16];
+    size_t ndim, shape[2];
+    for (size_t k = 0; k < param_total(c); k++) {
+        param_at(c, k, name, sizeof name, &ndim, shape);
+        snprintf(full, sizeof full, "%s%s", kind_prefix[kind], name);
+        if (!tb_st_find(f, full))
+            return fail(ctx, TB_ERR_NOT_FOUND,
+                        "gpt: the configuration (%zu layers) implies tensor '%s', which the "
+                        "file lacks (%zu of %zu such tensors present)",
+                        c->n_layer, full, have, param_total(c));
+    }
+    return fail(ctx, TB_ERR_NOT_FOUND, "gpt: %zu of %zu tensors '%s*' present", have,
+                param_total(c), kind_prefix[kind]);
+}
+
+/* The file's tensors are exactly the parameters of c, each with its shape,
+ * and optionally the Adam state of all of them. */
+static tb_status check_tensors(tb_ctx *ctx, const tb_st_file *f, const gpt_config *c)
+{
+    size_t count[N_KINDS] = {0, 0, 0, 0};
+    for (size_t i = 0; i < f->count; i++) {
+        const tb_st_tensor *t = &f->tensors[i];
+        const char *pname;
+        const int kind = kind_of(t->name, &pname);
+        size_t ndim, shape[2];
+        if (!param_shape(c, pname, &ndim, shape))
+            return fail(ctx, TB_ERR_INVALID_ARG,
+                        "gpt: unexpected tensor '%.80s': not part of a model of %zu layers",
+                        t->name, c->n_layer);
+        if (t->ndim != ndim || t->shape[0] != shape[0] || (ndim == 2 && t->shape[1] != shape[1])) {
+            char got[64] = "(";
+            for (size_t d = 0; d < t->ndim && strlen(got) < 40; d++)
+                snprintf(got + strlen(got), sizeof got - strlen(got), "%s%zu", d ? ", " : "",
+                         t->shape[d]);
+            snprintf(got + strlen(got), sizeof got - strlen(got), ")");
+            return ndim == 1 ? fail(ctx, TB_ERR_SHAPE,
+                                    "gpt: tensor '%.80s' has shape %s; the configuration "
+                                    "implies (%zu)",
+                                    t->name, got, shape[0])
+                             : fail(ctx, TB_ERR_SHAPE,
+                                    "gpt: tensor '%.80s' has shape %s; the configuration "
+                                    "implies (%zu, %zu)",
+                                    t->name, got, shape[0], shape[1]);
+        }
+        if (!float_dtype(t->dtype))
+            return fail(ctx, TB_ERR_UNSUPPORTED,
+                        "gpt: tensor '%.80s' is not F32, F16, BF16 or F64", t->name);
+        count[kind]++;
+    }
+    const size_t n = param_total(c);
+    /* Names are unique (the parser refuses duplicates) and each maps to a
+     * parameter, so a full count means every one is there. */
+    if (count[0] != n)
+        return name_missing(ctx, f, c, 0, count[0]);
+    const int with_state = count[1] || count[2] || count[3];
+    for (int k = 1; with_state && k < N_KINDS; k++)
+        if (count[k] != n && !(k == 3 && count[k] == 0)) /* vmax only with AMSGrad */
+            return name_missing(ctx, f, c, k, count[k]);
+    return TB_OK;
+}
+
+tb_status gpt_config_from_checkpoint(tb_ctx *ctx, const tb_st_file *f, gpt_config *cfg)
+{
+    if (!ctx || !f || !cfg)
+        return TB_ERR_NULL_ARG;
+    gpt_config c;
+    memset(&c, 0, sizeof c);
+    TRY(config_from_meta(ctx, f, &c));
+    const tb_status s = gpt_config_check(ctx, &c);
+    if (s != TB_OK) /* a configuration out of range is a bad file here */
+        return s == TB_ERR_INVALID_ARG ? TB_ERR_FORMAT : s;
+    TRY(check_tensors(ctx, f, &c));
+    *cfg = c;
     return TB_OK;
 }
 
@@ -78,8 +415,7 @@ tb_status gpt_init(tb_ctx *ctx, gpt *m, const gpt_config *cfg, tb_rng *rng)
     }
     TRY(tb_layernorm_init(ctx, &m->ln_f, C, LN_EPS, TB_NORM_SCALE | TB_NORM_SHIFT));
     TRY(tb_linear_view(ctx, &m->lm_head, &m->wte.weight, NULL, TB_LINEAR_OUT_IN));
-    m->attn = tb_attention_default_config(cfg->n_head, C / cfg->n_head);
-    m->attn.causal = 1;
+    m->attn = attention_of(cfg);
     TRY(tb_param_list_init(ctx, &m->params));
     return gpt_param_list(ctx, m, "", &m->params);
 }
@@ -176,12 +512,15 @@ static tb_status take(tb_ctx *ctx, tb_arena *ar, size_t n, float **out)
     return s;
 }
 
-/* Lay out (or, with ar NULL, count into *total) every buffer. */
-static tb_status acts_layout(tb_ctx *ctx, gpt_acts *a, const gpt *m, tb_arena *ar,
+/* Lay out (or, with ar NULL, count into *total) every buffer. The caller
+ * has checked that R (4C + V) floats fit in size_t, which bounds every
+ * product below; the sums are checked by tb_arena_size_add(). */
+static tb_status acts_layout(tb_ctx *ctx, gpt_acts *a, const gpt_config *cfg, tb_arena *ar,
                              size_t *total)
 {
-    const size_t R = a->max_b * a->max_t, C = m->cfg.n_embd, V = m->cfg.vocab_size;
-    const size_t L = m->cfg.n_layer;
+    const size_t R = a->max_b * a->max_t, C = cfg->n_embd, V = cfg->vocab_size;
+    const size_t L = cfg->n_layer;
+    gpt_layer_acts counted; /* where counting "puts" a layer's buffers */
 #define BUF(ptr, n)                                                  \
     do {                                                             \
         if (ar)                                                      \
@@ -197,7 +536,7 @@ static tb_status acts_layout(tb_ctx *ctx, gpt_acts *a, const gpt *m, tb_arena *a
             TRY(tb_arena_size_add(total, (bytes)));                  \
     } while (0)
     for (size_t l = 0; l <= L; l++) {
-        gpt_layer_acts *la = &a->layer[l];
+        gpt_layer_acts *la = ar ? &a->layer[l] : &counted;
         BUF(la->x, R * C);
         if (l == L)
             break;
@@ -233,33 +572,59 @@ static tb_status acts_layout(tb_ctx *ctx, gpt_acts *a, const gpt *m, tb_arena *a
     return TB_OK;
 }
 
+/* max_b, max_t and the cache sizes of a, which must fit in memory. */
+static tb_status acts_header(tb_ctx *ctx, gpt_acts *a, const gpt_config *cfg, size_t max_b,
+                             size_t max_t)
+{
+    memset(a, 0, sizeof *a);
+    if (!max_b || !max_t || max_t > cfg->block_size)
+        return fail(ctx, TB_ERR_INVALID_ARG,
+                    "gpt: activations for %zu x %zu tokens (the context is %zu)", max_b, max_t,
+                    cfg->block_size);
+    size_t R, widest;
+    if (!mul_size(max_b, max_t, &R) || !mul_size(cfg->n_embd, 4, &widest) ||
+        !add_size(widest, cfg->vocab_size, &widest) || !mul_size(R, widest, &widest) ||
+        !mul_size(widest, sizeof(float), &widest))
+        return fail(ctx, TB_ERR_OVERFLOW, "gpt: activations for %zu x %zu tokens overflow",
+                    max_b, max_t);
+    a->max_b = max_b, a->max_t = max_t;
+    const tb_attention_config att = attention_of(cfg);
+    TRY(tb_layernorm_cache_size(R, &a->ln_cache_bytes));
+    TRY(tb_attention_cache_size(&att, max_b, max_t, &a->att_cache_bytes));
+    TRY(tb_cross_entropy_cache_size(R, &a->ce_cache_bytes));
+    return TB_OK;
+}
+
+tb_status gpt_acts_size(tb_ctx *ctx, const gpt_config *cfg, size_t max_b, size_t max_t,
+                        size_t *bytes)
+{
+    gpt_acts a;
+    TRY(acts_header(ctx, &a, cfg, max_b, max_t));
+    size_t total = 0;
+    TRY(acts_layout(ctx, &a, cfg, NULL, &total));
+    if (!add_size(total, TB_ARENA_ALIGN, &total))
+        return fail(ctx, TB_ERR_OVERFLOW, "gpt: activations for %zu x %zu tokens overflow",
+                    max_b, max_t);
+    *bytes = total;
+    return TB_OK;
+}
+
 tb_status gpt_acts_init(tb_ctx *ctx, gpt_acts *a, const gpt *m, size_t max_b, size_t max_t)
 {
     memset(a, 0, sizeof *a);
-    if (!max_b || !max_t || max_t > m->cfg.block_size) {
-        snprintf(ctx->error, sizeof ctx->error,
-                 "gpt: activations for %zu x %zu tokens (the context is %zu)", max_b, max_t,
-                 m->cfg.block_size);
-        return TB_ERR_INVALID_ARG;
-    }
-    a->max_b = max_b, a->max_t = max_t;
-    const size_t R = max_b * max_t;
-    TRY(tb_layernorm_cache_size(R, &a->ln_cache_bytes));
-    TRY(tb_attention_cache_size(&m->attn, max_b, max_t, &a->att_cache_bytes));
-    TRY(tb_cross_entropy_cache_size(R, &a->ce_cache_bytes));
+    size_t total;
+    TRY(gpt_acts_size(ctx, &m->cfg, max_b, max_t, &total));
+    TRY(acts_header(ctx, a, &m->cfg, max_b, max_t));
     a->layer = calloc(m->cfg.n_layer + 1, sizeof *a->layer);
     if (!a->layer)
         return TB_ERR_NO_MEMORY;
-    size_t total = 0;
-    TRY(acts_layout(ctx, a, m, NULL, &total));
-    total += TB_ARENA_ALIGN;
     a->buffer = malloc(total);
     if (!a->buffer)
         return TB_ERR_NO_MEMORY;
     a->bytes = total;
     tb_arena ar;
     TRY(tb_arena_init(&ar, a->buffer, total));
-    return acts_layout(ctx, a, m, &ar, NULL);
+    return acts_layout(ctx, a, &m->cfg, &ar, NULL);
 }
 
 void gpt_acts_free(gpt_acts *a)
@@ -389,12 +754,18 @@ tb_status gpt_decoder_init(tb_ctx *ctx, gpt_decoder *d, const gpt *m, size_t bat
         return TB_ERR_INVALID_ARG;
     }
     const size_t L = m->cfg.n_layer, C = m->cfg.n_embd, V = m->cfg.vocab_size;
-    const size_t R = batch * max_new;
+    /* R (11 C + 1) + batch V values (floats and int32 positions) */
+    size_t R, per_row, floats, bv, bytes;
+    if (!mul_size(batch, max_new, &R) || !mul_size(C, 11, &per_row) ||
+        !add_size(per_row, 1, &per_row) || !mul_size(R, per_row, &floats) ||
+        !mul_size(batch, V, &bv) || !add_size(floats, bv, &floats) ||
+        !mul_size(floats, sizeof(float), &bytes))
+        return fail(ctx, TB_ERR_OVERFLOW, "gpt: decoder for %zu sequences, %zu per step overflows",
+                    batch, max_new);
     d->batch = batch, d->max_len = max_len, d->max_new = max_new;
     d->kv = calloc(L, sizeof *d->kv);
     d->n_layer = d->kv ? L : 0;
-    const size_t floats = R * C * 4 + R * 3 * C + R * 4 * C + batch * V;
-    d->buffer = malloc(floats * sizeof(float) + R * sizeof(int32_t));
+    d->buffer = malloc(bytes);
     if (!d->kv || !d->buffer)
         return TB_ERR_NO_MEMORY;
     float *at = d->buffer;

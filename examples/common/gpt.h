@@ -46,9 +46,70 @@ typedef struct gpt {
     tb_param_list params; /* GPT-2 names, no prefix */
 } gpt;
 
-/* A valid configuration (every size >= 1, C divisible by H, dropout in
- * [0, 1)); TB_ERR_INVALID_ARG with a message otherwise. */
+/*
+ * Limits of a configuration, so that sizes read from a file cannot drive
+ * allocation (gpt_config_check() enforces them, so gpt_init() does too).
+ * GPT-2 XL (48 layers, width 1600, 25 heads, vocabulary 50257, context
+ * 1024: 1.56e9 parameters, 5.8 GB of activations for one sequence) fits.
+ */
+#define GPT_MAX_LAYER 256
+#define GPT_MAX_EMBD 16384
+#define GPT_MAX_VOCAB ((size_t)1 << 20)
+#define GPT_MAX_CONTEXT ((size_t)1 << 16)
+#define GPT_MAX_PARAMS ((size_t)1 << 31) /* 8 GiB of float32 values */
+/* Training activations (gpt_acts_size()) of one sequence of the whole
+ * context: 16 GiB. */
+#define GPT_MAX_SEQ_ACT_BYTES ((size_t)1 << 34)
+
+/* A valid configuration: every size in 1..its limit above, n_embd a
+ * multiple of n_head, dropout in [0, 1), at most GPT_MAX_PARAMS parameters
+ * and GPT_MAX_SEQ_ACT_BYTES of activations for one full-context sequence
+ * (sizes computed without overflow). TB_ERR_INVALID_ARG with a message
+ * naming the value (by its metadata key, e.g. "gpt.n_layer") otherwise. */
 tb_status gpt_config_check(tb_ctx *ctx, const gpt_config *cfg);
+
+/* Parameters of a configuration: V C + T C + L (12 C^2 + 13 C) + 2 C.
+ * TB_ERR_OVERFLOW if that does not fit in size_t. */
+tb_status gpt_param_count(const gpt_config *cfg, size_t *count);
+
+/* ---- configurations in checkpoint files ------------------------------------ */
+
+/* The configuration as metadata pairs "gpt.n_layer", "gpt.n_head",
+ * "gpt.n_embd", "gpt.block_size", "gpt.vocab_size" (decimal integers) and
+ * "gpt.dropout" (a decimal real with 17 significant digits, so it reads
+ * back exactly): the form gpt_config_from_checkpoint() reads. The values
+ * live in *text, which must outlive meta. */
+#define GPT_CONFIG_N_META 6
+typedef struct gpt_config_text {
+    char value[GPT_CONFIG_N_META][32];
+} gpt_config_text;
+void gpt_config_meta(const gpt_config *cfg, gpt_config_text *text,
+                     tb_st_meta meta[GPT_CONFIG_N_META]);
+
+/*
+ * The configuration of a checkpoint of this model (written with
+ * tb_checkpoint_save() and gpt_config_meta()), validated before anything
+ * is allocated for it, so that a file cannot make a program build a model
+ * it cannot hold:
+ *  - every gpt_config_meta() key present and parsed strictly (ex_text.h:
+ *    digits only, no sign, hexadecimal or overflow; the dropout a finite
+ *    decimal) and within the limits of gpt_config_check(): TB_ERR_FORMAT
+ *    naming the key otherwise;
+ *  - the tensors exactly those the configuration implies: every parameter
+ *    under its GPT-2 name (no prefix) with its shape, and optionally the
+ *    Adam state of every parameter ("optimizer.m.<name>" and
+ *    "optimizer.v.<name>", plus "optimizer.vmax.<name>" with AMSGrad) with
+ *    the parameter's shape, in a float dtype (F32, F16, BF16, F64); nothing
+ *    else. TB_ERR_NOT_FOUND (a missing tensor), TB_ERR_SHAPE (a shape, both
+ *    in the message), TB_ERR_INVALID_ARG (an unexpected tensor) or
+ *    TB_ERR_UNSUPPORTED (a dtype), naming the tensor.
+ * It allocates nothing and reads only the file's index (names, dtypes,
+ * shapes) and metadata. *cfg is written only on success. Other gpt.* keys
+ * (a program's own state) are left to the caller. n_head is the one value
+ * no tensor shape shows (the heads split the width): it is checked against
+ * the limits and the width only.
+ */
+tb_status gpt_config_from_checkpoint(tb_ctx *ctx, const tb_st_file *f, gpt_config *cfg);
 
 /* Build the model with GPT-2's initialisation (normal(0, 0.02) weights,
  * residual projections scaled by 1/sqrt(2 n_layer), zero biases, LayerNorm
@@ -86,6 +147,10 @@ typedef struct gpt_acts {
     size_t bytes;
 } gpt_acts;
 
+/* Bytes gpt_acts_init() allocates for up to max_b x max_t tokens of a
+ * configuration (computed without overflow: TB_ERR_OVERFLOW otherwise). */
+tb_status gpt_acts_size(tb_ctx *ctx, const gpt_config *cfg, size_t max_b, size_t max_t,
+                        size_t *bytes);
 tb_status gpt_acts_init(tb_ctx *ctx, gpt_acts *a, const gpt *m, size_t max_b, size_t max_t);
 void gpt_acts_free(gpt_acts *a);
 

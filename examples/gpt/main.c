@@ -20,8 +20,10 @@
 #include <string.h>
 
 #include "ex_cli.h"
+#include "ex_file.h"
 #include "ex_plot.h"
 #include "ex_random.h"
+#include "ex_text.h"
 #include "gpt.h"
 #include "tblocks.h"
 
@@ -68,98 +70,87 @@ static char *builtin_corpus(uint64_t seed, size_t target, size_t *len)
     return buf;
 }
 
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    size_t cap = 1 << 20, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap)
-            break;
-        char *nb = realloc(buf, cap * 2);
-        if (!nb) {
-            free(buf);
-            buf = NULL;
-            break;
-        }
-        buf = nb, cap *= 2;
-    }
-    if (ferror(f)) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    *len = n;
-    return buf;
-}
-
 /* ---- checkpoints ------------------------------------------------------------------ */
 
+/* What early stopping needs to resume: kept in the checkpoint as
+ * gpt.best_val (a decimal real, 17 digits: exact) and gpt.bad_evals. */
 typedef struct train_state {
     double best_val;
     uint64_t bad_evals;
 } train_state;
 
+#define BEST_VAL_KEY "gpt.best_val"
+#define BAD_EVALS_KEY "gpt.bad_evals"
+
 static tb_status save_ckpt(tb_ctx *ctx, const char *path, gpt *m, const tb_adam *opt,
                            const tb_rng *rng, const train_state *ts)
 {
-    char v[8][48];
-    snprintf(v[0], 48, "%zu", m->cfg.n_layer);
-    snprintf(v[1], 48, "%zu", m->cfg.n_head);
-    snprintf(v[2], 48, "%zu", m->cfg.n_embd);
-    snprintf(v[3], 48, "%zu", m->cfg.block_size);
-    snprintf(v[4], 48, "%zu", m->cfg.vocab_size);
-    snprintf(v[5], 48, "%a", (double)m->cfg.dropout);
-    snprintf(v[6], 48, "%a", ts->best_val);
-    snprintf(v[7], 48, "%llu", (unsigned long long)ts->bad_evals);
-    const tb_st_meta meta[9] = {{"gpt.n_layer", v[0]},    {"gpt.n_head", v[1]},
-                                {"gpt.n_embd", v[2]},     {"gpt.block_size", v[3]},
-                                {"gpt.vocab_size", v[4]}, {"gpt.dropout", v[5]},
-                                {"gpt.best_val", v[6]},   {"gpt.bad_evals", v[7]},
-                                {"gpt.tokenizer", "bytes"}};
-    return tb_checkpoint_save(ctx, path, &m->params, opt, rng, meta, 9, TB_CKPT_DEFAULT);
+    enum { N = GPT_CONFIG_N_META + 3 };
+    gpt_config_text text;
+    tb_st_meta meta[N];
+    gpt_config_meta(&m->cfg, &text, meta);
+    char bv[48], be[24];
+    snprintf(bv, sizeof bv, "%.17g", ts->best_val);
+    snprintf(be, sizeof be, "%llu", (unsigned long long)ts->bad_evals);
+    meta[GPT_CONFIG_N_META] = (tb_st_meta){BEST_VAL_KEY, bv};
+    meta[GPT_CONFIG_N_META + 1] = (tb_st_meta){BAD_EVALS_KEY, be};
+    meta[GPT_CONFIG_N_META + 2] = (tb_st_meta){"gpt.tokenizer", "bytes"};
+    return tb_checkpoint_save(ctx, path, &m->params, opt, rng, meta, N, TB_CKPT_DEFAULT);
 }
 
-/* The model configuration and training state a checkpoint was saved with. */
+static tb_status fail_msg(tb_ctx *ctx, tb_status s, const char *msg, const char *key,
+                          const char *value)
+{
+    snprintf(ctx->error, sizeof ctx->error, "%s = '%.40s' %s", key, value, msg);
+    return s;
+}
+
+/* The training state, parsed strictly; absent (a checkpoint another
+ * program wrote) it stays as it was. */
+static tb_status read_train_state(tb_ctx *ctx, const tb_st_file *f, train_state *ts)
+{
+    const char *bv = tb_st_meta_get(f, BEST_VAL_KEY), *be = tb_st_meta_get(f, BAD_EVALS_KEY);
+    train_state t = *ts;
+    if (bv && !ex_parse_real(bv, &t.best_val))
+        return fail_msg(ctx, TB_ERR_FORMAT, "is not a decimal number", BEST_VAL_KEY, bv);
+    if (be && !ex_parse_u64(be, &t.bad_evals))
+        return fail_msg(ctx, TB_ERR_FORMAT, "is not a decimal integer", BAD_EVALS_KEY, be);
+    *ts = t;
+    return TB_OK;
+}
+
+/* "error: checkpoint <path>: ..." for a failed call; 1 if it failed. */
+static int ckpt_failed(const tb_ctx *ctx, tb_status s, const char *path)
+{
+    if (s == TB_OK)
+        return 0;
+    ex_shown p;
+    char what[EX_SHOWN_MAX + 16];
+    snprintf(what, sizeof what, "checkpoint %s", ex_show(&p, path));
+    return ex_failed(ctx, s, what);
+}
+
+/* The model configuration (and, with ts, the training state) of a
+ * checkpoint of this program, validated against its tensors before
+ * anything is allocated for the model (gpt_config_from_checkpoint()). */
 static int read_ckpt_config(tb_ctx *ctx, const char *path, gpt_config *cfg, train_state *ts)
 {
+    if (!ex_check_regular(path, "checkpoint"))
+        return 0;
     tb_st_file f;
-    if (ex_failed(ctx, tb_st_open(ctx, path, &f), "reading the checkpoint"))
-        return 0;
-    const char *keys[6] = {"gpt.n_layer", "gpt.n_head", "gpt.n_embd", "gpt.block_size",
-                           "gpt.vocab_size", "gpt.dropout"};
-    size_t *dst[5] = {&cfg->n_layer, &cfg->n_head, &cfg->n_embd, &cfg->block_size,
-                      &cfg->vocab_size};
-    int ok = 1;
-    for (int i = 0; i < 6 && ok; i++) {
-        const char *v = tb_st_meta_get(&f, keys[i]);
-        char *end = NULL;
-        if (!v) {
-            ok = 0;
-            break;
-        }
-        if (i < 5)
-            *dst[i] = (size_t)strtoull(v, &end, 10);
-        else
-            cfg->dropout = (float)strtod(v, &end);
-        ok = end && *end == '\0';
+    tb_status s = tb_st_open(ctx, path, &f);
+    if (s == TB_OK)
+        s = gpt_config_from_checkpoint(ctx, &f, cfg);
+    if (s == TB_OK && cfg->vocab_size != VOCAB) {
+        snprintf(ctx->error, sizeof ctx->error,
+                 "gpt.vocab_size = %zu; this program is byte-level (vocabulary %d)",
+                 cfg->vocab_size, VOCAB);
+        s = TB_ERR_INVALID_ARG;
     }
-    const char *bv = tb_st_meta_get(&f, "gpt.best_val"), *be = tb_st_meta_get(&f, "gpt.bad_evals");
-    if (ts && bv && be) {
-        ts->best_val = strtod(bv, NULL);
-        ts->bad_evals = strtoull(be, NULL, 10);
-    }
+    if (s == TB_OK && ts)
+        s = read_train_state(ctx, &f, ts);
     tb_st_close(&f);
-    if (!ok || cfg->vocab_size != VOCAB) {
-        fprintf(stderr, "error: %s is not a checkpoint of this program (no gpt.* configuration "
-                        "or not byte-level)\n",
-                path);
-        return 0;
-    }
-    return 1;
+    return !ckpt_failed(ctx, s, path);
 }
 
 /* ---- training ----------------------------------------------------------------------- */
@@ -215,271 +206,502 @@ static void fmt_time(char *buf, size_t cap, double s)
         snprintf(buf, cap, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
 }
 
-static int sample_text(tb_ctx *ctx, const gpt *m, const char *prompt, size_t n_new, uint64_t seed,
-                       const tb_sampler_config *sc, char *out, size_t cap);
 
-static int cmd_train(int argc, char **argv)
+static int sample_text(tb_ctx *ctx, const gpt *m, const char *prompt, size_t n_new, uint64_t seed,
+                       const tb_sampler_config *sc, char *out, size_t *n_out);
+
+typedef struct train_opts {
+    uint64_t steps, layers, heads, width, context, batch, accum, warmup, seed, threads;
+    uint64_t eval_every, patience, max_seconds, corpus_kb, stop_at, max_skipped;
+    double lr, dropout, wd;
+    const char *data_path, *ckpt, *resume, *csv, *svg;
+} train_opts;
+
+/* -1 to go on, or the exit code (ex_parse_args_ex()). */
+static int parse_train(int argc, char **argv, train_opts *o)
 {
-    uint64_t steps = 1000, layers = 4, heads = 4, width = 128, context = 64, batch = 16;
-    uint64_t accum = 1, warmup = 100, seed = 1, threads = 0, eval_every = 100, patience = 5;
-    uint64_t max_seconds = 100, corpus_kb = 400, stop_at = 0;
-    double lr = 3e-3, dropout = 0.0, wd = 0.1;
-    const char *data_path = NULL, *ckpt = "gpt.safetensors", *resume = NULL, *csv = NULL,
-               *svg = NULL;
+    *o = (train_opts){.steps = 1000, .layers = 4, .heads = 4, .width = 128, .context = 64,
+                      .batch = 16, .accum = 1, .warmup = 100, .seed = 1, .eval_every = 100,
+                      .patience = 5, .max_seconds = 100, .corpus_kb = 400, .max_skipped = 10,
+                      .lr = 3e-3, .wd = 0.1, .ckpt = "gpt.safetensors"};
     const ex_opt opts[] = {
-        {"steps", "N", "optimizer steps (the schedule's length)", 1, 10000000, &steps},
-        {"layers", "N", "transformer blocks", 1, 48, &layers},
-        {"heads", "N", "attention heads (must divide --width)", 1, 64, &heads},
-        {"width", "C", "model width", 8, 4096, &width},
-        {"context", "T", "context length in bytes", 2, 2048, &context},
-        {"batch", "B", "sequences per micro-batch", 1, 1024, &batch},
-        {"accum", "K", "micro-batches accumulated per step", 1, 1024, &accum},
-        {"warmup", "N", "warm-up steps", 0, 1000000, &warmup},
-        {"seed", "N", "seed (initial weights, batches, dropout)", 0, UINT64_MAX, &seed},
-        {"threads", "N", "threads (0: OpenMP's default)", 0, 256, &threads},
+        {"steps", "N", "optimizer steps (the schedule's length)", 1, 10000000, &o->steps},
+        {"layers", "N", "transformer blocks", 1, 48, &o->layers},
+        {"heads", "N", "attention heads (must divide --width)", 1, 64, &o->heads},
+        {"width", "C", "model width", 8, 4096, &o->width},
+        {"context", "T", "context length in bytes", 2, 2048, &o->context},
+        {"batch", "B", "sequences per micro-batch", 1, 1024, &o->batch},
+        {"accum", "K", "micro-batches accumulated per step", 1, 1024, &o->accum},
+        {"warmup", "N", "warm-up steps", 0, 1000000, &o->warmup},
+        {"seed", "N", "seed (initial weights, batches, dropout)", 0, UINT64_MAX, &o->seed},
+        {"threads", "N", "threads (0: OpenMP's default)", 0, 256, &o->threads},
         {"eval-every", "N", "steps between validation, checkpoint and progress line", 1,
-         1000000, &eval_every},
+         1000000, &o->eval_every},
         {"patience", "N", "stop after N evaluations without a better validation loss (0: never)",
-         0, 1000000, &patience},
+         0, 1000000, &o->patience},
         {"max-seconds", "S", "stop when the run has taken this long (0: no limit)", 0,
-         10000000, &max_seconds},
-        {"corpus-kb", "N", "size of the built-in corpus", 16, 100000, &corpus_kb},
+         10000000, &o->max_seconds},
+        {"corpus-kb", "N", "size of the built-in corpus", 16, 100000, &o->corpus_kb},
         {"stop-at", "N", "stop after step N (the schedule still spans --steps; 0: off)", 0,
-         10000000, &stop_at},
+         10000000, &o->stop_at},
+        {"max-skipped", "N",
+         "fail when N steps in a row are skipped for non-finite gradients (no progress)", 1,
+         1000000, &o->max_skipped},
     };
     const ex_xopt xopts[] = {
-        {"lr", "X", "peak learning rate", &lr, NULL, 1e-6, 1.0},
-        {"dropout", "P", "dropout (attention, residual, embedding)", &dropout, NULL, 0.0, 0.9},
-        {"weight-decay", "X", "AdamW weight decay (not on biases and LayerNorm)", &wd, NULL, 0.0,
-         10.0},
+        {"lr", "X", "peak learning rate", &o->lr, NULL, 1e-6, 1.0},
+        {"dropout", "P", "dropout (attention, residual, embedding)", &o->dropout, NULL, 0.0, 0.9},
+        {"weight-decay", "X", "AdamW weight decay (not on biases and LayerNorm)", &o->wd, NULL,
+         0.0, 10.0},
         {"data", "FILE", "train on this text file instead of the built-in corpus", NULL,
-         &data_path, 0, 0},
-        {"ckpt", "FILE", "checkpoint written at every evaluation and at the end", NULL, &ckpt, 0,
-         0},
-        {"resume", "FILE", "continue training from this checkpoint", NULL, &resume, 0, 0},
-        {"csv", "FILE", "write the loss curve as CSV", NULL, &csv, 0, 0},
-        {"svg", "FILE", "draw the loss curve as an SVG chart", NULL, &svg, 0, 0},
+         &o->data_path, 0, 0},
+        {"ckpt", "FILE", "checkpoint written at every evaluation and at the end", NULL, &o->ckpt,
+         0, 0},
+        {"resume", "FILE", "continue training from this checkpoint", NULL, &o->resume, 0, 0},
+        {"csv", "FILE", "write the loss curve as CSV", NULL, &o->csv, 0, 0},
+        {"svg", "FILE", "draw the loss curve as an SVG chart", NULL, &o->svg, 0, 0},
     };
-    int rc = ex_parse_args_ex(argc, argv, "Train a byte-level GPT (gpt train [options]).", opts,
-                              sizeof opts / sizeof opts[0], xopts, sizeof xopts / sizeof xopts[0]);
-    if (rc >= 0)
-        return rc;
+    return ex_parse_args_ex(argc, argv, "Train a byte-level GPT (gpt train [options]).", opts,
+                            sizeof opts / sizeof opts[0], xopts, sizeof xopts / sizeof xopts[0]);
+}
+
+/* The files a run writes. Each is checked before training starts (the
+ * CSV and the chart are written under temporary names next to theirs and
+ * renamed only at the end, the checkpoint is replaced atomically by the
+ * library), and only files actually written are named in the summary. */
+typedef struct outputs {
+    const char *ckpt;
+    int ckpt_written;
+    uint64_t ckpt_step; /* the step the written checkpoint holds */
+    ex_out csv, svg;
+    size_t csv_rows;
+} outputs;
+
+static int open_outputs(const train_opts *o, outputs *out)
+{
+    memset(out, 0, sizeof *out);
+    out->ckpt = o->ckpt;
+    if (!ex_check_output(o->ckpt, "checkpoint (--ckpt)") ||
+        (o->csv && !ex_out_open(&out->csv, o->csv, "loss curve (--csv)")))
+        return 0;
+    if (o->svg && !ex_out_open(&out->svg, o->svg, "loss chart (--svg)")) {
+        ex_out_discard(&out->csv);
+        return 0;
+    }
+    if (out->csv.f)
+        fprintf(out->csv.f, "step,train_loss,val_loss,lr\n");
+    return 1;
+}
+
+/* The loss curve so far, for the chart. */
+typedef struct curve {
+    double *step, *train, *val;
+    size_t n, cap;
+} curve;
+
+/* Everything a training run holds; released by trainer_free(). */
+typedef struct trainer {
     tb_ctx ctx;
-    if ((rc = ex_ctx_init(&ctx)) >= 0)
-        return rc;
-    if (threads)
-        ctx.num_threads = (int)threads;
-    gpt_config cfg = {layers, heads, width, context, VOCAB, (float)dropout};
-    train_state ts = {INFINITY, 0};
-    if (resume && !read_ckpt_config(&ctx, resume, &cfg, &ts))
-        return EX_EXIT_FAILURE;
-    if (gpt_config_check(&ctx, &cfg) != TB_OK) {
-        fprintf(stderr, "error: %s\n", tb_ctx_error(&ctx));
-        return EX_EXIT_USAGE;
-    }
-    /* Data. */
-    size_t len = 0;
-    char *text = data_path ? read_file(data_path, &len) : builtin_corpus(seed, corpus_kb * 1024, &len);
-    if (!text) {
-        fprintf(stderr, "error: cannot read %s\n", data_path ? data_path : "(memory)");
-        return EX_EXIT_FAILURE;
-    }
-    const size_t T = cfg.block_size, B = batch;
-    data d = {(const unsigned char *)text, len - len * VAL_PERCENT / 100, len * VAL_PERCENT / 100};
-    if (d.n_val < T + 2 || d.n_train < T + 2) {
-        fprintf(stderr, "error: %s has %zu bytes: too short for a context of %zu with a %d%% "
-                        "validation split (needs at least %zu)\n",
-                data_path ? data_path : "the corpus", len, T, VAL_PERCENT,
-                (T + 2) * 100 / VAL_PERCENT + 1);
-        free(text);
-        return EX_EXIT_FAILURE;
-    }
-    printf("gpt train: libtblocks %s, seed %llu, threads %d, kernels %s\n", tb_version_string(),
-           (unsigned long long)seed, ctx.num_threads, ex_kernel_name(&ctx));
-    printf("data: %s, %zu bytes (%zu train, %zu validation)\n",
-           data_path ? data_path : "built-in corpus", len, d.n_train, d.n_val);
-    tb_rng rng;
-    tb_rng_init(&rng, seed);
-    /* Everything below is released at `done`, whatever fails. */
     gpt m;
     gpt_acts a;
     tb_adam opt;
-    memset(&m, 0, sizeof m), memset(&a, 0, sizeof a), memset(&opt, 0, sizeof opt);
-    int32_t *x = NULL, *y = NULL;
-    double *px = NULL, *ptr = NULL, *pv = NULL;
-    FILE *csvf = NULL;
-    size_t n_pts = 0, cap_pts = steps / eval_every + 3;
-    int failed = 0;
+    tb_rng rng;
+    data d;
+    char *text;
+    tb_lr_schedule sched;
+    size_t B, T;
+    uint64_t accum;
+    int32_t *x, *y;
+    train_state ts;
+    curve c;
+} trainer;
+
+static void trainer_free(trainer *t)
+{
+    free(t->c.step), free(t->c.train), free(t->c.val), free(t->x), free(t->y), free(t->text);
+    tb_adam_free(&t->opt);
+    gpt_acts_free(&t->a);
+    gpt_free(&t->m);
+}
+
+/* The corpus, split 90/10; 0 after a message. */
+static int load_data(trainer *t, const train_opts *o)
+{
+    size_t len = 0;
+    t->text = o->data_path ? ex_read_regular(o->data_path, "training data (--data)", &len)
+                           : builtin_corpus(o->seed, o->corpus_kb * 1024, &len);
+    if (!t->text) {
+        if (!o->data_path)
+            fprintf(stderr, "error: out of memory for the built-in corpus\n");
+        return 0;
+    }
+    const size_t T = t->T;
+    t->d = (data){(const unsigned char *)t->text, len - len * VAL_PERCENT / 100,
+                  len * VAL_PERCENT / 100};
+    if (t->d.n_val < T + 2 || t->d.n_train < T + 2) {
+        ex_shown p;
+        fprintf(stderr,
+                "error: %s has %zu bytes: too short for a context of %zu with a %d%% "
+                "validation split (needs at least %zu)\n",
+                o->data_path ? ex_show(&p, o->data_path) : "the corpus", len, T, VAL_PERCENT,
+                (T + 2) * 100 / VAL_PERCENT + 1);
+        return 0;
+    }
+    return 1;
+}
+
+/* Model, activations, optimizer (and its state from --resume), buffers;
+ * 0 after a message. */
+static int build(trainer *t, const train_opts *o, const gpt_config *cfg)
+{
+    tb_ctx *ctx = &t->ctx;
     tb_adam_config oc = tb_adamw_default_config();
-    oc.lr = (float)lr;
+    oc.lr = (float)o->lr;
     oc.beta2 = 0.95f;
-    oc.weight_decay = (float)wd;
-    if (ex_failed(&ctx, gpt_init(&ctx, &m, &cfg, &rng), "building the model") ||
-        ex_failed(&ctx, gpt_acts_init(&ctx, &a, &m, B, T), "activations") ||
-        ex_failed(&ctx, tb_adam_init(&ctx, &opt, &m.params, &oc), "optimizer") ||
-        ex_failed(&ctx, tb_adam_add_group(&ctx, &opt, oc.lr, 0.0f, tb_select_no_decay, NULL, NULL),
-                  "optimizer groups")) {
-        failed = 1;
-        goto done;
+    oc.weight_decay = (float)o->wd;
+    if (ex_failed(ctx, gpt_init(ctx, &t->m, cfg, &t->rng), "building the model") ||
+        ex_failed(ctx, gpt_acts_init(ctx, &t->a, &t->m, t->B, t->T), "activations") ||
+        ex_failed(ctx, tb_adam_init(ctx, &t->opt, &t->m.params, &oc), "optimizer") ||
+        ex_failed(ctx, tb_adam_add_group(ctx, &t->opt, oc.lr, 0.0f, tb_select_no_decay, NULL, NULL),
+                  "optimizer groups"))
+        return 0;
+    if (o->resume) {
+        if (ckpt_failed(ctx,
+                        tb_checkpoint_load(ctx, o->resume, &t->m.params, &t->opt, &t->rng,
+                                           TB_CKPT_DEFAULT),
+                        o->resume))
+            return 0;
+        ex_shown p;
+        printf("resumed from %s at step %llu\n", ex_show(&p, o->resume),
+               (unsigned long long)t->opt.step);
     }
-    if (resume) {
-        if (ex_failed(&ctx,
-                      tb_checkpoint_load(&ctx, resume, &m.params, &opt, &rng, TB_CKPT_DEFAULT),
-                      "loading the checkpoint")) {
-            failed = 1;
-            goto done;
+    t->c.cap = o->steps / o->eval_every + 3;
+    t->x = malloc(t->B * t->T * sizeof(int32_t)), t->y = malloc(t->B * t->T * sizeof(int32_t));
+    t->c.step = malloc(t->c.cap * sizeof(double)), t->c.train = malloc(t->c.cap * sizeof(double));
+    t->c.val = malloc(t->c.cap * sizeof(double));
+    if (!t->x || !t->y || !t->c.step || !t->c.train || !t->c.val) {
+        fprintf(stderr, "error: out of memory for the batches\n");
+        return 0;
+    }
+    return 1;
+}
+
+typedef enum step_result { STEP_DONE, STEP_SKIPPED, STEP_FAILED } step_result;
+
+/* One optimizer step over accum micro-batches; *loss gets its mean loss.
+ * A non-finite gradient skips the step (the weights stay as they were; the
+ * schedule moves on); a non-finite loss fails the run. */
+static step_result train_step(trainer *t, double *loss)
+{
+    tb_ctx *ctx = &t->ctx;
+    tb_param_list_zero_grad(&t->m.params);
+    *loss = 0.0;
+    for (uint64_t k = 0; k < t->accum; k++) {
+        float l;
+        batch_of(&t->d, &t->rng, 0, 0, t->B, t->T, t->x, t->y);
+        if (ex_failed(ctx, gpt_forward(ctx, &t->m, &t->a, TB_MODE_TRAINING, &t->rng, t->x, t->y,
+                                       t->B, t->T, &l),
+                      "forward"))
+            return STEP_FAILED;
+        if (!isfinite(l)) {
+            fprintf(stderr,
+                    "error: step %llu: the training loss is %g: the model has diverged (try a "
+                    "lower --lr) or its weights hold NaN or infinity\n",
+                    (unsigned long long)t->opt.step + 1, (double)l);
+            return STEP_FAILED;
         }
-        printf("resumed from %s at step %llu\n", resume, (unsigned long long)opt.step);
+        if (ex_failed(ctx, gpt_backward(ctx, &t->m, &t->a, t->x, t->y, 1.0f / (float)t->accum),
+                      "backward"))
+            return STEP_FAILED;
+        *loss += l / (double)t->accum;
     }
-    if (warmup > steps / 2)
-        warmup = steps / 2; /* a short run still gets its decay */
-    const tb_lr_schedule sched = tb_lr_schedule_make(TB_LR_WARMUP_COSINE, warmup, steps, 0.1f);
-    printf("model: %zu layers, %zu heads, width %zu, context %zu, vocabulary %d (bytes): %zu "
-           "parameters\n",
-           cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, VOCAB,
-           tb_param_list_numel(&m.params, 1));
-    printf("train: %llu steps of %llu x %zu sequences x %zu tokens, AdamW lr %g (warm-up %llu, "
-           "cosine to 10%%), clip %g, dropout %g\n",
-           (unsigned long long)steps, (unsigned long long)accum, B, T, lr,
-           (unsigned long long)warmup, (double)CLIP_NORM, dropout);
-    printf("memory: activations %.1f MiB for %zu x %zu tokens, optimizer state %.1f MiB\n",
-           (double)a.bytes / 1048576.0, B, T, (double)tb_adam_state_bytes(&opt) / 1048576.0);
-    printf("%8s %10s %10s %10s %9s %9s\n", "step", "train", "val", "tokens/s", "elapsed", "eta");
-    x = malloc(B * T * sizeof(int32_t)), y = malloc(B * T * sizeof(int32_t));
-    px = malloc(cap_pts * sizeof(double)), ptr = malloc(cap_pts * sizeof(double));
-    pv = malloc(cap_pts * sizeof(double));
-    csvf = csv ? fopen(csv, "w") : NULL;
-    if (!x || !y || !px || !ptr || !pv || (csv && !csvf)) {
-        fprintf(stderr, "error: out of memory or cannot write %s\n", csv ? csv : "");
-        failed = 1;
-        goto done;
+    double gnorm;
+    tb_status s = tb_clip_grad_norm(ctx, &t->m.params, CLIP_NORM, &gnorm);
+    if (s == TB_OK)
+        s = tb_adam_step(ctx, &t->opt, tb_lr_factor(&t->sched, t->opt.step));
+    if (s == TB_ERR_NON_FINITE) {
+        fprintf(stderr, "warning: step %llu: non-finite gradient, step skipped\n",
+                (unsigned long long)t->opt.step + 1);
+        t->opt.step++; /* keep the schedule moving; the weights are unchanged */
+        return STEP_SKIPPED;
     }
-    if (csvf)
-        fprintf(csvf, "step,train_loss,val_loss,lr\n");
+    return ex_failed(ctx, s, "optimizer step") ? STEP_FAILED : STEP_DONE;
+}
+
+/* Validation, progress line, CSV row, curve point, checkpoint; 0 after a
+ * message. train_loss is NaN when every step since the last evaluation
+ * was skipped. */
+static int evaluate(trainer *t, const train_opts *o, outputs *out, double train_loss,
+                    double elapsed, uint64_t first)
+{
+    double vl = 0.0;
+    if (ex_failed(&t->ctx, val_loss(&t->ctx, &t->m, &t->a, &t->d, t->B, t->T, t->x, t->y, &vl),
+                  "validation"))
+        return 0;
+    if (!isfinite(vl)) {
+        fprintf(stderr, "error: step %llu: the validation loss is %g: the model has diverged\n",
+                (unsigned long long)t->opt.step, vl);
+        return 0;
+    }
+    const uint64_t step = t->opt.step;
+    const double done = (double)(step - first);
+    const double tps = done * (double)(t->accum * t->B * t->T) / elapsed;
+    char e1[16], e2[16], tl[16];
+    fmt_time(e1, sizeof e1, elapsed);
+    fmt_time(e2, sizeof e2, elapsed / done * (double)(o->steps - step));
+    if (isfinite(train_loss))
+        snprintf(tl, sizeof tl, "%.4f", train_loss);
+    else
+        snprintf(tl, sizeof tl, "-");
+    printf("%8llu %10s %10.4f %10.0f %9s %9s\n", (unsigned long long)step, tl, vl, tps, e1, e2);
+    fflush(stdout);
+    if (out->csv.f) {
+        fprintf(out->csv.f, "%llu,%.6f,%.6f,%.6g\n", (unsigned long long)step, train_loss, vl,
+                o->lr * tb_lr_factor(&t->sched, step - 1));
+        out->csv_rows++;
+    }
+    if (t->c.n < t->c.cap) {
+        t->c.step[t->c.n] = (double)step, t->c.train[t->c.n] = train_loss;
+        t->c.val[t->c.n] = vl, t->c.n++;
+    }
+    if (vl < t->ts.best_val) {
+        t->ts.best_val = vl;
+        t->ts.bad_evals = 0;
+    } else {
+        t->ts.bad_evals++;
+    }
+    if (ckpt_failed(&t->ctx, save_ckpt(&t->ctx, o->ckpt, &t->m, &t->opt, &t->rng, &t->ts),
+                    o->ckpt))
+        return 0;
+    out->ckpt_written = 1;
+    out->ckpt_step = step;
+    return 1;
+}
+
+/* A run that ended as asked succeeded if at least one of its steps changed
+ * the weights; 1, or 0 after a message. */
+static int made_progress(const trainer *t, uint64_t first, uint64_t skipped)
+{
+    if (t->opt.step - first > skipped)
+        return 1;
+    fprintf(stderr,
+            "error: every step of this run (%llu-%llu) was skipped for non-finite gradients: "
+            "the weights did not change\n",
+            (unsigned long long)first + 1, (unsigned long long)t->opt.step);
+    return 0;
+}
+
+/* The training loop; returns 1 with *why set when it ended as asked, 0
+ * after a message when it failed or made no progress. */
+static int train_loop(trainer *t, const train_opts *o, outputs *out, const char **why,
+                      uint64_t *skipped_total)
+{
     const double t0 = ex_seconds();
-    const uint64_t first = opt.step;
+    const uint64_t first = t->opt.step;
     double train_acc = 0.0;
-    uint64_t train_n = 0;
-    const char *stop = "all steps done";
-    while (opt.step < steps) {
-        tb_param_list_zero_grad(&m.params);
-        double loss = 0.0;
-        for (uint64_t k = 0; k < accum && !failed; k++) {
-            float l;
-            batch_of(&d, &rng, 0, 0, B, T, x, y);
-            failed = ex_failed(&ctx, gpt_forward(&ctx, &m, &a, TB_MODE_TRAINING, &rng, x, y, B, T,
-                                                 &l),
-                               "forward") ||
-                     ex_failed(&ctx, gpt_backward(&ctx, &m, &a, x, y, 1.0f / (float)accum),
-                               "backward");
-            loss += l / (double)accum;
-        }
-        if (failed)
-            break;
-        double gnorm;
-        tb_status s = tb_clip_grad_norm(&ctx, &m.params, CLIP_NORM, &gnorm);
-        if (s == TB_OK)
-            s = tb_adam_step(&ctx, &opt, tb_lr_factor(&sched, opt.step));
-        if (s == TB_ERR_NON_FINITE) {
-            fprintf(stderr, "warning: step %llu: non-finite gradient, step skipped\n",
-                    (unsigned long long)opt.step + 1);
-            opt.step++; /* keep the schedule moving; the weights are unchanged */
-            continue;
-        }
-        if (ex_failed(&ctx, s, "optimizer step")) {
-            failed = 1;
-            break;
-        }
-        train_acc += loss;
-        train_n++;
-        const double el = ex_seconds() - t0;
-        const int last = opt.step == steps || opt.step == stop_at ||
-                         (max_seconds && el > (double)max_seconds);
-        if (opt.step % eval_every != 0 && !last)
-            continue;
-        double vl = 0.0;
-        if (ex_failed(&ctx, val_loss(&ctx, &m, &a, &d, B, T, x, y, &vl), "validation")) {
-            failed = 1;
-            break;
-        }
-        const double tl = train_acc / (double)train_n;
-        train_acc = 0.0, train_n = 0;
-        const double done = (double)(opt.step - first), tps = done * (double)(accum * B * T) / el;
-        char e1[16], e2[16];
-        fmt_time(e1, sizeof e1, el);
-        fmt_time(e2, sizeof e2, el / done * (double)(steps - opt.step));
-        printf("%8llu %10.4f %10.4f %10.0f %9s %9s\n", (unsigned long long)opt.step, tl, vl, tps,
-               e1, e2);
-        fflush(stdout);
-        if (csvf)
-            fprintf(csvf, "%llu,%.6f,%.6f,%.6g\n", (unsigned long long)opt.step, tl, vl,
-                    lr * tb_lr_factor(&sched, opt.step - 1));
-        if (n_pts < cap_pts)
-            px[n_pts] = (double)opt.step, ptr[n_pts] = tl, pv[n_pts] = vl, n_pts++;
-        if (vl < ts.best_val) {
-            ts.best_val = vl;
-            ts.bad_evals = 0;
+    uint64_t train_n = 0, skipped_run = 0;
+    *why = "all steps done";
+    while (t->opt.step < o->steps) {
+        double loss;
+        const step_result r = train_step(t, &loss);
+        if (r == STEP_FAILED)
+            return 0;
+        if (r == STEP_SKIPPED) {
+            (*skipped_total)++;
+            if (++skipped_run >= o->max_skipped) {
+                fprintf(stderr,
+                        "error: %llu steps in a row skipped for non-finite gradients (steps "
+                        "%llu-%llu): training makes no progress (--max-skipped %llu)\n",
+                        (unsigned long long)skipped_run,
+                        (unsigned long long)(t->opt.step - skipped_run + 1),
+                        (unsigned long long)t->opt.step, (unsigned long long)o->max_skipped);
+                return 0;
+            }
         } else {
-            ts.bad_evals++;
+            skipped_run = 0;
+            train_acc += loss;
+            train_n++;
         }
-        if (ex_failed(&ctx, save_ckpt(&ctx, ckpt, &m, &opt, &rng, &ts), "saving the checkpoint")) {
-            failed = 1;
+        const double el = ex_seconds() - t0;
+        const int last = t->opt.step == o->steps || t->opt.step == o->stop_at ||
+                         (o->max_seconds && el > (double)o->max_seconds);
+        if (t->opt.step % o->eval_every != 0 && !last)
+            continue;
+        if (!evaluate(t, o, out, train_n ? train_acc / (double)train_n : NAN, el, first))
+            return 0;
+        train_acc = 0.0, train_n = 0;
+        if (o->patience && t->ts.bad_evals >= o->patience) {
+            *why = "early stop: the validation loss stopped improving";
             break;
         }
-        if (patience && ts.bad_evals >= patience) {
-            stop = "early stop: the validation loss stopped improving";
-            break;
-        }
-        if (last && opt.step < steps) {
-            stop = opt.step == stop_at ? "stopped at --stop-at" : "time limit (--max-seconds)";
+        if (last && t->opt.step < o->steps) {
+            *why = t->opt.step == o->stop_at ? "stopped at --stop-at" : "time limit (--max-seconds)";
             break;
         }
     }
-    const double el = ex_seconds() - t0;
+    return made_progress(t, first, *skipped_total);
+}
+
+/* Commit what the run wrote (a CSV or chart with no rows is discarded,
+ * leaving any earlier file as it was) and name exactly what was written.
+ * Returns 0 if a write failed. */
+static int finish_outputs(outputs *out, const curve *c)
+{
+    int ok = 1;
+    ex_shown p;
+    if (out->ckpt_written)
+        printf("checkpoint: %s (step %llu)\n", ex_show(&p, out->ckpt),
+               (unsigned long long)out->ckpt_step);
+    else
+        printf("checkpoint: none written\n");
+    if (out->csv.f && out->csv_rows) {
+        const char *path = ex_show(&p, out->csv.path);
+        char shown[EX_SHOWN_MAX];
+        snprintf(shown, sizeof shown, "%s", path);
+        if (ex_out_commit(&out->csv, "loss curve (--csv)"))
+            printf("loss curve: %s\n", shown);
+        else
+            ok = 0;
+    }
+    ex_out_discard(&out->csv);
+    if (out->svg.f && c->n) {
+        const ex_series ser[2] = {{"train", "#1f77b4", c->step, c->train, c->n},
+                                  {"validation", "#d62728", c->step, c->val, c->n}};
+        char shown[EX_SHOWN_MAX];
+        snprintf(shown, sizeof shown, "%s", ex_show(&p, out->svg.path));
+        if (ex_svg_plot(out->svg.f, "gpt: loss per byte (nats)", "step", "loss", ser, 2) == 0 &&
+            ex_out_commit(&out->svg, "loss chart (--svg)"))
+            printf("loss chart: %s\n", shown);
+        else
+            ok = 0;
+    }
+    ex_out_discard(&out->svg);
+    return ok;
+}
+
+/* A sample after training, so the learning is visible (one line: newlines
+ * shown as spaces, control bytes escaped). */
+static void print_sample(trainer *t, uint64_t seed)
+{
+    char raw[512], shown[EX_ESCAPED_CAP(512)];
+    size_t n = 0;
+    tb_sampler_config sc = tb_sampler_default_config();
+    sc.temperature = 0.8f;
+    sc.top_k = 40;
+    const size_t T = t->T;
+    if (T <= 8 || sample_text(&t->ctx, &t->m, "The ", T - 4 < 160 ? T - 4 : 160, seed, &sc, raw,
+                              &n) != 0)
+        return;
+    for (size_t i = 0; i < n; i++)
+        raw[i] = raw[i] == '\n' ? ' ' : raw[i];
+    printf("sample (temperature 0.8, top-k 40) after \"The \":\n  The %s\n",
+           ex_escape(raw, n, 0, shown, sizeof shown));
+}
+
+static int cmd_train(int argc, char **argv)
+{
+    train_opts o;
+    int rc = parse_train(argc, argv, &o);
+    if (rc >= 0)
+        return rc;
+    trainer t;
+    memset(&t, 0, sizeof t);
+    if ((rc = ex_ctx_init(&t.ctx)) >= 0)
+        return rc;
+    if (o.threads)
+        t.ctx.num_threads = (int)o.threads;
+    gpt_config cfg = {o.layers, o.heads, o.width, o.context, VOCAB, (float)o.dropout};
+    t.ts = (train_state){INFINITY, 0};
+    /* Everything that can be refused is refused before training starts:
+     * the checkpoint to resume, the data, every output. */
+    if (o.resume && !read_ckpt_config(&t.ctx, o.resume, &cfg, &t.ts))
+        return EX_EXIT_FAILURE;
+    if (gpt_config_check(&t.ctx, &cfg) != TB_OK) {
+        ex_shown e;
+        fprintf(stderr, "error: %s\n", ex_show(&e, tb_ctx_error(&t.ctx)));
+        return EX_EXIT_USAGE;
+    }
+    t.B = o.batch, t.T = cfg.block_size, t.accum = o.accum;
+    outputs out;
+    memset(&out, 0, sizeof out);
+    if (!load_data(&t, &o) || !open_outputs(&o, &out)) {
+        trainer_free(&t);
+        return EX_EXIT_FAILURE;
+    }
+    ex_shown p;
+    printf("gpt train: libtblocks %s, seed %llu, threads %d, kernels %s\n", tb_version_string(),
+           (unsigned long long)o.seed, t.ctx.num_threads, ex_kernel_name(&t.ctx));
+    printf("data: %s, %zu bytes (%zu train, %zu validation)\n",
+           o.data_path ? ex_show(&p, o.data_path) : "built-in corpus", t.d.n_train + t.d.n_val,
+           t.d.n_train, t.d.n_val);
+    tb_rng_init(&t.rng, o.seed);
+    int failed = !build(&t, &o, &cfg);
+    const uint64_t end = o.stop_at && o.stop_at < o.steps ? o.stop_at : o.steps;
+    if (!failed && t.opt.step >= end) {
+        fprintf(stderr,
+                "error: the checkpoint is at step %llu: nothing to train with --steps %llu%s "
+                "(raise --steps to train further)\n",
+                (unsigned long long)t.opt.step, (unsigned long long)o.steps,
+                o.stop_at ? " and --stop-at" : "");
+        ex_out_discard(&out.csv);
+        ex_out_discard(&out.svg);
+        trainer_free(&t);
+        return EX_EXIT_USAGE;
+    }
+    uint64_t warmup = o.warmup;
+    if (warmup > o.steps / 2)
+        warmup = o.steps / 2; /* a short run still gets its decay */
+    t.sched = tb_lr_schedule_make(TB_LR_WARMUP_COSINE, warmup, o.steps, 0.1f);
+    const char *why = NULL;
+    uint64_t skipped = 0;
+    const double t0 = ex_seconds();
+    const uint64_t first = t.opt.step;
     if (!failed) {
-        printf("done: %s; %llu steps in %.1f s, best validation loss %.4f; checkpoint %s\n", stop,
-               (unsigned long long)(opt.step - first), el, ts.best_val, ckpt);
-        if (csvf)
-            printf("loss curve: %s\n", csv);
-        if (svg) {
-            const ex_series ser[2] = {{"train", "#1f77b4", px, ptr, n_pts},
-                                      {"validation", "#d62728", px, pv, n_pts}};
-            if (ex_svg_plot(svg, "gpt: loss per byte (nats)", "step", "loss", ser, 2) != 0)
-                fprintf(stderr, "warning: cannot write %s\n", svg);
-            else
-                printf("loss chart: %s\n", svg);
-        }
-        /* A sample, so the learning is visible. */
-        char out[512];
-        tb_sampler_config sc = tb_sampler_default_config();
-        sc.temperature = 0.8f;
-        sc.top_k = 40;
-        if (T > 8 && sample_text(&ctx, &m, "The ", T - 4 < 160 ? T - 4 : 160, seed, &sc, out,
-                                 sizeof out) == 0)
-            printf("sample (temperature 0.8, top-k 40) after \"The \":\n  The %s\n", out);
-        printf("final: steps=%llu best_val=%.4f\n", (unsigned long long)opt.step, ts.best_val);
+        printf("model: %zu layers, %zu heads, width %zu, context %zu, vocabulary %d (bytes): %zu "
+               "parameters\n",
+               cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, VOCAB,
+               tb_param_list_numel(&t.m.params, 1));
+        printf("train: %llu steps of %llu x %zu sequences x %zu tokens, AdamW lr %g (warm-up "
+               "%llu, cosine to 10%%), clip %g, dropout %g\n",
+               (unsigned long long)o.steps, (unsigned long long)o.accum, t.B, t.T, o.lr,
+               (unsigned long long)warmup, (double)CLIP_NORM, o.dropout);
+        printf("memory: activations %.1f MiB for %zu x %zu tokens, optimizer state %.1f MiB\n",
+               (double)t.a.bytes / 1048576.0, t.B, t.T,
+               (double)tb_adam_state_bytes(&t.opt) / 1048576.0);
+        printf("%8s %10s %10s %10s %9s %9s\n", "step", "train", "val", "tokens/s", "elapsed",
+               "eta");
+        failed = !train_loop(&t, &o, &out, &why, &skipped);
     }
-done:
-    if (csvf)
-        fclose(csvf);
-    free(px), free(ptr), free(pv), free(x), free(y), free(text);
-    tb_adam_free(&opt);
-    gpt_acts_free(&a);
-    gpt_free(&m);
+    if (!failed) {
+        char note[96] = "";
+        if (skipped)
+            snprintf(note, sizeof note, " (%llu skipped: non-finite gradients)",
+                     (unsigned long long)skipped);
+        printf("done: %s; %llu steps%s in %.1f s, best validation loss %.4f\n", why,
+               (unsigned long long)(t.opt.step - first), note, ex_seconds() - t0, t.ts.best_val);
+    }
+    /* Named only if written, on success and on failure alike. */
+    if (!finish_outputs(&out, &t.c))
+        failed = 1;
+    if (!failed) {
+        print_sample(&t, o.seed);
+        printf("final: steps=%llu best_val=%.4f\n", (unsigned long long)t.opt.step,
+               t.ts.best_val);
+    }
+    trainer_free(&t);
     return failed ? EX_EXIT_FAILURE : EX_EXIT_OK;
 }
 
 /* ---- generation ----------------------------------------------------------------------- */
 
-/* Sample n_new bytes after prompt (incremental decoding); out gets them,
- * NUL-terminated (non-printable bytes shown as '?'). Returns 0 or -1. */
+/* Sample n_new bytes after prompt (incremental decoding) into out (raw
+ * bytes, *n_out of them; at most T - strlen(prompt)). Returns 0 or -1. */
 static int sample_text(tb_ctx *ctx, const gpt *m, const char *prompt, size_t n_new, uint64_t seed,
-                       const tb_sampler_config *sc, char *out, size_t cap)
+                       const tb_sampler_config *sc, char *out, size_t *n_out)
 {
     const size_t np = strlen(prompt), T = m->cfg.block_size;
-    if (cap)
-        out[0] = '\0';
-    if (np == 0 || np > T || n_new > T - np || n_new >= cap)
+    *n_out = 0;
+    if (np == 0 || np > T || n_new > T - np)
         return -1;
     gpt_decoder d;
     memset(&d, 0, sizeof d);
@@ -502,8 +724,7 @@ static int sample_text(tb_ctx *ctx, const gpt *m, const char *prompt, size_t n_n
             break;
         }
         hist[n++] = tok;
-        out[i] = tok >= 32 && tok < 127 ? (char)tok : tok == '\n' ? ' ' : '?';
-        out[i + 1] = '\0';
+        out[(*n_out)++] = (char)(unsigned char)tok;
         if (i + 1 < n_new && gpt_decoder_step(ctx, m, &d, &tok, 1, NULL) != TB_OK)
             rc = -1;
     }
@@ -680,21 +901,22 @@ typedef struct rep_stats {
     double distinct1, distinct2, rep4;
 } rep_stats;
 
-/* On the words (split at spaces and newlines) of text: distinct-1 and
- * distinct-2 (unique words / words, unique word pairs / pairs) and the
+/* On the words (split at spaces and newlines) of text[0..n): distinct-1
+ * and distinct-2 (unique words / words, unique word pairs / pairs) and the
  * repeated-4-gram rate (share of word 4-grams seen earlier in the text). */
-static rep_stats measure(const char *text)
+static rep_stats measure(const char *text, size_t len)
 {
     enum { MAXW = 512 };
     const char *w[MAXW];
     size_t wl[MAXW], n = 0;
-    for (const char *p = text; *p && n < MAXW;) {
-        while (*p == ' ' || *p == '\n')
+    const char *p = text, *end = text + len;
+    while (p < end && n < MAXW) {
+        while (p < end && (*p == ' ' || *p == '\n'))
             p++;
-        if (!*p)
+        if (p == end)
             break;
         const char *q = p;
-        while (*q && *q != ' ' && *q != '\n')
+        while (q < end && *q != ' ' && *q != '\n')
             q++;
         w[n] = p, wl[n] = (size_t)(q - p), n++;
         p = q;
@@ -727,16 +949,13 @@ static rep_stats measure(const char *text)
     return r;
 }
 
-/* hist[np..np+n) as printable text. */
-static void to_text(const int32_t *hist, size_t np, size_t n, char *out, size_t cap)
+/* hist[np..np+n) as bytes (up to an early end, -1); returns their count. */
+static size_t to_bytes(const int32_t *hist, size_t np, size_t n, char *out)
 {
     size_t k = 0;
-    for (size_t i = np; i < np + n && k + 1 < cap; i++) {
-        if (hist[i] < 0)
-            break;
-        out[k++] = hist[i] >= 32 && hist[i] < 127 ? (char)hist[i] : hist[i] == '\n' ? '\n' : '?';
-    }
-    out[k] = '\0';
+    for (size_t i = np; i < np + n && hist[i] >= 0; i++)
+        out[k++] = (char)(unsigned char)hist[i];
+    return k;
 }
 
 /* ---- generate / repetition commands ------------------------------------------------------- */
@@ -747,6 +966,7 @@ typedef struct gen_opts {
     const char *ckpt, *prompt, *strategy;
 } gen_opts;
 
+/* The model of a checkpoint, its configuration validated first. */
 static int load_model(tb_ctx *ctx, const char *ckpt, gpt *m)
 {
     gpt_config cfg;
@@ -756,8 +976,8 @@ static int load_model(tb_ctx *ctx, const char *ckpt, gpt *m)
     tb_rng rng;
     tb_rng_init(&rng, 0);
     if (!ex_failed(ctx, gpt_init(ctx, m, &cfg, &rng), "building the model") &&
-        !ex_failed(ctx, tb_checkpoint_load(ctx, ckpt, &m->params, NULL, NULL, TB_CKPT_DEFAULT),
-                   "loading the checkpoint"))
+        !ckpt_failed(ctx, tb_checkpoint_load(ctx, ckpt, &m->params, NULL, NULL, TB_CKPT_DEFAULT),
+                    ckpt))
         return 1;
     gpt_free(m);
     return 0;
@@ -792,11 +1012,13 @@ static int parse_gen(int argc, char **argv, gen_opts *g, const char *summary)
                             sizeof xopts / sizeof xopts[0]);
 }
 
-/* Run one strategy; the text generated goes to out. */
+/* Run one strategy; the bytes generated go to out (cap >= max_new),
+ * their count to *n_out. Returns 0, -1 (failed) or -2 (bad prompt). */
 static int run_strategy(tb_ctx *ctx, const gpt *m, const char *strategy,
-                        const tb_sampler_config *sc, const gen_opts *g, char *out, size_t cap)
+                        const tb_sampler_config *sc, const gen_opts *g, char *out, size_t *n_out)
 {
     const size_t np = strlen(g->prompt);
+    *n_out = 0;
     if (np == 0 || np >= m->cfg.block_size) {
         fprintf(stderr, "error: the prompt has %zu bytes; it must have 1 to %zu (the context)\n",
                 np, m->cfg.block_size - 1);
@@ -824,7 +1046,7 @@ static int run_strategy(tb_ctx *ctx, const gpt *m, const char *strategy,
         free(hist);
         return -1;
     }
-    to_text(hist, np, n, out, cap);
+    *n_out = to_bytes(hist, np, n, out);
     free(hist);
     return 0;
 }
@@ -859,11 +1081,19 @@ static int cmd_generate(int argc, char **argv)
     if (!load_model(&ctx, g.ckpt, &m))
         return EX_EXIT_FAILURE;
     const tb_sampler_config sc = sampler_of(&g, g.strategy);
-    char *out = malloc(g.max_new + 1);
-    rc = out ? run_strategy(&ctx, &m, g.strategy, &sc, &g, out, g.max_new + 1) : -1;
-    if (rc == 0)
-        printf("%s%s\n", g.prompt, out);
+    /* The prompt and the continuation as text: newlines and tabs kept,
+     * other control bytes and malformed UTF-8 escaped (ex_escape()). */
+    const size_t np = strlen(g.prompt);
+    char *out = malloc(g.max_new);
+    char *shown = malloc(EX_ESCAPED_CAP(np > g.max_new ? np : g.max_new));
+    size_t n = 0;
+    rc = out && shown ? run_strategy(&ctx, &m, g.strategy, &sc, &g, out, &n) : -1;
+    if (rc == 0) {
+        fputs(ex_escape(g.prompt, np, EX_ESC_KEEP_LINES, shown, EX_ESCAPED_CAP(np)), stdout);
+        printf("%s\n", ex_escape(out, n, EX_ESC_KEEP_LINES, shown, EX_ESCAPED_CAP(n)));
+    }
     free(out);
+    free(shown);
     gpt_free(&m);
     return rc == 0 ? EX_EXIT_OK : rc == -2 ? EX_EXIT_USAGE : EX_EXIT_FAILURE;
 }
@@ -900,30 +1130,34 @@ static int cmd_repetition(int argc, char **argv)
         {"sample, top-p 0.9", "sample", 1.0, 0.9, 1, 0, 0, 1},
         {"sample, top-p 0.9 + penalty 1.3", "sample", 1.0, 0.9, 1.3, 0, 0, 1},
     };
-    printf("gpt repetition: %s, prompt \"%s\", %llu bytes each, seed %llu\n", g.ckpt, g.prompt,
+    ex_shown sc_path, sc_prompt;
+    printf("gpt repetition: %s, prompt \"%s\", %llu bytes each, seed %llu\n",
+           ex_show(&sc_path, g.ckpt), ex_show(&sc_prompt, g.prompt),
            (unsigned long long)g.max_new, (unsigned long long)g.seed);
     printf("measures on the generated words: distinct-1 = unique words / words, distinct-2 = "
            "unique word pairs / pairs,\nrep-4 = share of word 4-grams that already occurred "
            "(higher distinct, lower rep-4: less repetition)\n\n");
     printf("%-34s %6s %10s %10s %7s\n", "strategy", "words", "distinct-1", "distinct-2", "rep-4");
-    char *out = malloc(g.max_new + 1);
+    enum { PREVIEW = 80 };
+    char *out = malloc(g.max_new);
     for (size_t i = 0; out && i < sizeof rows / sizeof rows[0]; i++) {
         gen_opts gi = g;
         gi.temperature = rows[i].temperature, gi.top_p = rows[i].top_p;
         gi.penalty = rows[i].penalty, gi.top_k = rows[i].top_k, gi.ngram = rows[i].ngram;
         gi.beams = rows[i].beams;
         const tb_sampler_config sc = sampler_of(&gi, rows[i].strategy);
-        if ((rc = run_strategy(&ctx, &m, rows[i].strategy, &sc, &gi, out, g.max_new + 1)) != 0)
+        size_t n = 0;
+        if ((rc = run_strategy(&ctx, &m, rows[i].strategy, &sc, &gi, out, &n)) != 0)
             break;
-        const rep_stats r = measure(out);
+        const rep_stats r = measure(out, n);
         printf("%-34s %6zu %10.3f %10.3f %7.3f\n", rows[i].label, r.words, r.distinct1,
                r.distinct2, r.rep4);
-        char shown[90];
-        size_t k = 0;
-        for (const char *p = out; *p && k < 80; p++)
-            shown[k++] = *p == '\n' ? '/' : *p;
-        shown[k] = '\0';
-        printf("    %s%s\n", shown, strlen(out) > 80 ? "..." : "");
+        /* One line: newlines shown as '/', control bytes escaped. */
+        char head[PREVIEW], shown[EX_ESCAPED_CAP(PREVIEW)];
+        const size_t k = n < PREVIEW ? n : PREVIEW;
+        for (size_t j = 0; j < k; j++)
+            head[j] = out[j] == '\n' ? '/' : out[j];
+        printf("    %s%s\n", ex_escape(head, k, 0, shown, sizeof shown), n > PREVIEW ? "..." : "");
     }
     free(out);
     gpt_free(&m);

@@ -9,27 +9,39 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "ex_text.h"
 #include "suites.h"
 #include "testutil.h"
 
-/* Run `<TB_EXAMPLE_DIR>/<prog> <args>`, capture stdout (up to cap bytes), and
- * return the exit status (or -1 if it did not exit normally). */
-static int run_example_env(const char *env, const char *prog, const char *args, char *out,
-                           size_t cap)
+/* Run `<env> <TB_EXAMPLE_DIR>/<prog> <args> <redirect>` through the shell,
+ * capture stdout (up to cap bytes; the captured length goes to *len if not
+ * NULL), and return the exit status (or -1 if it did not exit normally). */
+static int run_shell(const char *env, const char *prog, const char *args, const char *redirect,
+                     char *out, size_t cap, size_t *len)
 {
     const char *dir = getenv("TB_EXAMPLE_DIR");
     ck_assert_msg(dir && dir[0], "TB_EXAMPLE_DIR is not set (run the tests through make)");
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "%s %s/%s %s 2>/dev/null", env, dir, prog, args);
+    char cmd[4096];
+    const int w = snprintf(cmd, sizeof cmd, "%s %s/%s %s %s", env, dir, prog, args, redirect);
+    ck_assert_msg(w > 0 && (size_t)w < sizeof cmd, "command too long: %s", cmd);
     FILE *p = popen(cmd, "r");
     ck_assert_msg(p != NULL, "cannot run %s", cmd);
     size_t n = fread(out, 1, cap - 1, p);
     out[n] = '\0';
+    if (len)
+        *len = n;
     int st = pclose(p);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int run_example_env(const char *env, const char *prog, const char *args, char *out,
+                           size_t cap)
+{
+    return run_shell(env, prog, args, "2>/dev/null", out, cap, NULL);
 }
 
 /* The examples inherit TB_KERNEL, so each run exercises the family under
@@ -292,6 +304,506 @@ START_TEST(gpt_trains_resumes_and_generates)
 }
 END_TEST
 
+/* ---- the gpt program on bad input ------------------------------------------------- */
+
+/* A small model and run, fast under the sanitizers too. */
+#define GPT_SMALL "--layers 1 --width 32 --heads 2 --context 16 --batch 4 --corpus-kb 16 " \
+                  "--max-seconds 0"
+
+/* <TB_ORACLE_DIR>/tmp-gpt-<pid>-<name>: scratch files of one test. */
+static void gpt_tmp(char *buf, size_t cap, const char *name)
+{
+    const char *dir = getenv("TB_ORACLE_DIR");
+    ck_assert_msg(dir && dir[0], "TB_ORACLE_DIR is not set");
+    snprintf(buf, cap, "%s/tmp-gpt-%ld-%s", dir, (long)getpid(), name);
+}
+
+static int file_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+/* A checkpoint of `gpt train` (steps steps of GPT_SMALL). */
+static void gpt_train_small(const char *ckpt, int steps)
+{
+    char args[1024], out[1 << 14];
+    snprintf(args, sizeof args, "train " GPT_SMALL " --steps %d --eval-every %d --ckpt %s", steps,
+             steps, ckpt);
+    ck_assert_int_eq(run_example("gpt", args, out, sizeof out), 0);
+}
+
+/* One change to a checkpoint: floats [first, first + count) of tensor
+ * `name` set to value, or (name NULL) metadata `key` set to `text`. */
+typedef struct ckpt_edit {
+    const char *name;
+    size_t first, count;
+    float value;
+    const char *key, *text;
+} ckpt_edit;
+
+/* dst = src with the edits, written with the library's safetensors writer
+ * (every tensor and metadata pair kept, in order). */
+static void rewrite_ckpt(const char *src, const char *dst, const ckpt_edit *edits, size_t n_edits)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    tb_st_file f;
+    CHECK_OK(ctx, tb_st_open(&ctx, src, &f));
+    tb_st_entry *e = tbt_alloc(f.count * sizeof *e);
+    float **data = tbt_alloc(f.count * sizeof *data);
+    for (size_t i = 0; i < f.count; i++) {
+        const tb_st_tensor *t = &f.tensors[i];
+        data[i] = tbt_alloc((t->numel ? t->numel : 1) * sizeof(float));
+        CHECK_OK(ctx, tb_st_read_f32(&ctx, t, data[i], t->numel));
+        e[i] = (tb_st_entry){t->name, data[i], t->ndim, t->shape};
+    }
+    tb_st_meta *meta = tbt_alloc((f.n_meta + 1) * sizeof *meta);
+    memcpy(meta, f.meta, f.n_meta * sizeof *meta);
+    for (size_t k = 0; k < n_edits; k++) {
+        const ckpt_edit *ed = &edits[k];
+        int done = 0;
+        for (size_t i = 0; i < f.count && ed->name; i++)
+            if (strcmp(f.tensors[i].name, ed->name) == 0) {
+                ck_assert_uint_le(ed->first + ed->count, f.tensors[i].numel);
+                for (size_t j = ed->first; j < ed->first + ed->count; j++)
+                    data[i][j] = ed->value;
+                done = 1;
+            }
+        for (size_t i = 0; i < f.n_meta && ed->key; i++)
+            if (strcmp(meta[i].key, ed->key) == 0)
+                meta[i].value = ed->text, done = 1;
+        ck_assert_msg(done, "no tensor or metadata '%s' to edit", ed->name ? ed->name : ed->key);
+    }
+    CHECK_OK(ctx, tb_st_save(&ctx, dst, e, f.count, meta, f.n_meta));
+    for (size_t i = 0; i < f.count; i++)
+        free(data[i]);
+    free(data), free(e), free(meta);
+    tb_st_close(&f);
+}
+
+static size_t count_of(const char *s, const char *needle)
+{
+    size_t n = 0;
+    for (const char *p = s; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* A run that makes no progress fails and names no file it did not write:
+ * resuming weights that hold a NaN (the loss is NaN at once), weights
+ * whose gradient is NaN while the loss is finite (GELU's derivative at
+ * 3e38 is inf * 0: every step is skipped), and a checkpoint already at
+ * --steps. The CSV of an earlier run is left as it was. */
+START_TEST(gpt_fails_when_training_makes_no_progress)
+{
+    enum { CAP = 1 << 16 };
+    char ok[600], nan_ck[600], big_ck[600], target[600], csv[600], args[4096];
+    gpt_tmp(ok, sizeof ok, "np-ok.st");
+    gpt_tmp(nan_ck, sizeof nan_ck, "np-nan.st");
+    gpt_tmp(big_ck, sizeof big_ck, "np-gelu.st");
+    gpt_tmp(target, sizeof target, "np-never.st");
+    gpt_tmp(csv, sizeof csv, "np-old.csv");
+    char *out = tbt_alloc(CAP);
+    gpt_train_small(ok, 4);
+    const ckpt_edit nan_edit = {"wte.weight", 100, 1, NAN, NULL, NULL};
+    rewrite_ckpt(ok, nan_ck, &nan_edit, 1);
+    /* Unit 0 of the MLP: input bias 3e38 (GELU passes it through), output
+     * weights 0 (so the forward pass stays finite). */
+    const ckpt_edit gelu_edits[2] = {{"h.0.mlp.c_fc.bias", 0, 1, 3e38f, NULL, NULL},
+                                     {"h.0.mlp.c_proj.weight", 0, 32, 0.0f, NULL, NULL}};
+    rewrite_ckpt(ok, big_ck, gelu_edits, 2);
+    FILE *f = fopen(csv, "w");
+    ck_assert(f != NULL);
+    fputs("an earlier curve\n", f);
+    fclose(f);
+
+    /* NaN weights: a nonzero exit, no "done", no checkpoint, the CSV intact. */
+    snprintf(args, sizeof args, "train " GPT_SMALL " --steps 40 --resume %s --ckpt %s --csv %s",
+             nan_ck, target, csv);
+    int rc = run_shell("", "gpt", args, "2>&1", out, CAP, NULL);
+    const char *err = strstr(out, "error:");
+    printf("  gpt: resuming NaN weights: exit %d, %.*s\n", rc,
+           err ? (int)strcspn(err, "\n") : 13, err ? err : "no error line");
+    ck_assert_msg(rc == 1, "exit %d (want 1):\n%s", rc, out);
+    ck_assert_msg(strstr(out, "done:") == NULL, "reported success:\n%s", out);
+    ck_assert_msg(strstr(out, "error:") != NULL, "no error message:\n%s", out);
+    ck_assert_msg(!file_exists(target), "%s was written by a failed run", target);
+    size_t n;
+    unsigned char *kept = read_all(csv, &n);
+    ck_assert_msg(kept && strcmp((const char *)kept, "an earlier curve\n") == 0,
+                  "the earlier CSV was changed to:\n%s", kept);
+    free(kept);
+    /* The loader may refuse the NaN itself (TB_ERR_NON_FINITE); if it
+     * loads, the first step's loss is NaN and the run stops there. */
+    ck_assert_msg(strstr(out, "training loss is nan") != NULL ||
+                      strstr(out, "NaN") != NULL || strstr(out, "non-finite") != NULL,
+                  "the message does not say what is wrong:\n%s", out);
+    ck_assert_msg(strstr(out, "checkpoint: none written") != NULL || strstr(out, "model:") == NULL,
+                  "the summary does not say that no checkpoint was written:\n%s", out);
+
+    /* Finite weights, NaN gradients: stops after --max-skipped steps in a
+     * row (3 here, then the default 10), before any evaluation. */
+    snprintf(args, sizeof args,
+             "train " GPT_SMALL " --steps 40 --eval-every 20 --resume %s --ckpt %s --max-skipped 3",
+             big_ck, target);
+    rc = run_shell("", "gpt", args, "2>&1", out, CAP, NULL);
+    ck_assert_msg(rc == 1, "exit %d (want 1):\n%s", rc, out);
+    ck_assert_msg(count_of(out, "step skipped") == 3, "want 3 skipped steps:\n%s", out);
+    ck_assert_msg(strstr(out, "3 steps in a row skipped") != NULL, "no stop message:\n%s", out);
+    ck_assert_msg(strstr(out, "done:") == NULL && strstr(out, "checkpoint: none written"),
+                  "the summary claims a result:\n%s", out);
+    ck_assert_msg(!file_exists(target), "%s was written by a run without progress", target);
+    snprintf(args, sizeof args, "train " GPT_SMALL " --steps 40 --eval-every 20 --resume %s "
+             "--ckpt %s", big_ck, target);
+    rc = run_shell("", "gpt", args, "2>&1", out, CAP, NULL);
+    ck_assert_msg(rc == 1 && count_of(out, "step skipped") == 10 &&
+                      strstr(out, "10 steps in a row skipped") != NULL,
+                  "the default --max-skipped is not 10 (exit %d):\n%s", rc, out);
+    /* Fewer steps left than --max-skipped, all skipped: the run ends as
+     * asked but changed nothing, which is not a success either. */
+    snprintf(args, sizeof args, "train " GPT_SMALL " --steps 7 --eval-every 20 --resume %s "
+             "--ckpt %s", big_ck, target);
+    rc = run_shell("", "gpt", args, "2>&1", out, CAP, NULL);
+    ck_assert_msg(rc == 1 && count_of(out, "step skipped") == 3 &&
+                      strstr(out, "every step of this run (5-7) was skipped") != NULL &&
+                      strstr(out, "done:") == NULL,
+                  "a run of skipped steps only was not a failure (exit %d):\n%s", rc, out);
+    remove(target); /* its final evaluation did write the (unchanged) weights */
+    printf("  gpt: NaN gradients with a finite loss: stopped after 3 (--max-skipped 3) and 10 "
+           "(default) skipped steps, and a run of only skipped steps fails, exit 1\n");
+
+    /* Nothing left to train: refused, not reported as done. */
+    snprintf(args, sizeof args, "train " GPT_SMALL " --steps 4 --resume %s --ckpt %s", ok, target);
+    rc = run_shell("", "gpt", args, "2>&1", out, CAP, NULL);
+    ck_assert_msg(rc == 2 && strstr(out, "nothing to train") && !strstr(out, "done:"),
+                  "exit %d:\n%s", rc, out);
+    ck_assert(!file_exists(target));
+    remove(ok), remove(nan_ck), remove(big_ck), remove(csv), remove(target);
+    free(out);
+}
+END_TEST
+
+/* Outputs that cannot be written are refused before training starts (no
+ * progress line), naming the option: a CSV or checkpoint in a directory
+ * that does not exist, a chart at a directory's path, a checkpoint under a
+ * regular file, a device. */
+START_TEST(gpt_refuses_unwritable_outputs_before_training)
+{
+    enum { CAP = 1 << 15 };
+    char file[600], dir[600], args[4096];
+    gpt_tmp(file, sizeof file, "out-file");
+    gpt_tmp(dir, sizeof dir, "out-dir");
+    FILE *f = fopen(file, "w");
+    ck_assert(f != NULL);
+    fclose(f);
+    ck_assert_int_eq(mkdir(dir, 0755), 0);
+    char *out = tbt_alloc(CAP);
+    const char *oracle = getenv("TB_ORACLE_DIR");
+    struct {
+        const char *option, *what;
+        char path[700];
+    } cases[6] = {{"--csv", "--csv", ""},   {"--svg", "--svg", ""},   {"--ckpt", "--ckpt", ""},
+                  {"--ckpt", "--ckpt", ""}, {"--svg", "--svg", ""},  {"--csv", "--csv", ""}};
+    snprintf(cases[0].path, sizeof cases[0].path, "%s/no-such-dir/loss.csv", oracle);
+    snprintf(cases[1].path, sizeof cases[1].path, "%s", dir);
+    snprintf(cases[2].path, sizeof cases[2].path, "%s/no-such-dir/x.st", oracle);
+    snprintf(cases[3].path, sizeof cases[3].path, "%s/x.st", file);
+    snprintf(cases[4].path, sizeof cases[4].path, "/dev/null");
+    snprintf(cases[5].path, sizeof cases[5].path, "%s/x.csv", file);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(args, sizeof args, "train " GPT_SMALL " --steps 200 --eval-every 100 %s %s",
+                 cases[i].option, cases[i].path);
+        const int rc = run_shell("", "gpt", args, "2>&1", out, CAP, NULL);
+        ck_assert_msg(rc == 1, "%s %s: exit %d (want 1):\n%s", cases[i].option, cases[i].path, rc,
+                      out);
+        ck_assert_msg(strstr(out, "    step") == NULL && strstr(out, "model:") == NULL,
+                      "%s %s: refused only after training started:\n%s", cases[i].option,
+                      cases[i].path, out);
+        ck_assert_msg(strstr(out, cases[i].what) != NULL && strstr(out, "error:") != NULL,
+                      "%s %s: the message does not name the option:\n%s", cases[i].option,
+                      cases[i].path, out);
+    }
+    /* No temporary file is left behind. */
+    char probe[1400];
+    snprintf(probe, sizeof probe, "ls -d %s.tmp-* %s/*.tmp-* /dev/null.tmp-* 2>/dev/null | wc -l",
+             dir, dir);
+    FILE *p = popen(probe, "r");
+    int left = -1;
+    ck_assert(p && fscanf(p, "%d", &left) == 1);
+    pclose(p);
+    ck_assert_int_eq(left, 0);
+    printf("  gpt: 6 unwritable outputs refused before training\n");
+    rmdir(dir);
+    remove(file);
+    free(out);
+}
+END_TEST
+
+/* A FIFO, a directory or a device given as data or checkpoint is refused
+ * with a message before it is read (a FIFO used to block for ever: the
+ * runs are under `timeout`, so a regression fails instead of hanging). */
+START_TEST(gpt_refuses_non_regular_inputs)
+{
+    enum { CAP = 1 << 14 };
+    char fifo[600], dir[600], args[4096];
+    gpt_tmp(fifo, sizeof fifo, "in-fifo");
+    gpt_tmp(dir, sizeof dir, "in-dir");
+    ck_assert_int_eq(mkfifo(fifo, 0644), 0);
+    ck_assert_int_eq(mkdir(dir, 0755), 0);
+    char *out = tbt_alloc(CAP);
+    const struct {
+        const char *fmt, *path, *kind;
+    } cases[] = {
+        {"train --data %s --steps 1", fifo, "FIFO"},
+        {"train --resume %s --steps 1", fifo, "FIFO"},
+        {"generate --ckpt %s", fifo, "FIFO"},
+        {"repetition --ckpt %s", fifo, "FIFO"},
+        {"train --data %s --steps 1", dir, "directory"},
+        {"generate --ckpt %s", dir, "directory"},
+        {"generate --ckpt %s", "/dev/null", "character device"},
+        {"train --data %s --steps 1", "/dev/zero", "character device"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char a[1024];
+        snprintf(a, sizeof a, cases[i].fmt, cases[i].path);
+        snprintf(args, sizeof args, "%s", a);
+        const int rc = run_shell("timeout 60", "gpt", args, "2>&1", out, CAP, NULL);
+        ck_assert_msg(rc == 1, "gpt %s: exit %d (124: it blocked; want 1):\n%s", a, rc, out);
+        ck_assert_msg(strstr(out, cases[i].kind) && strstr(out, "not a regular file"),
+                      "gpt %s: the message does not say why:\n%s", a, out);
+    }
+    printf("  gpt: FIFO, directory and device inputs refused (%zu cases)\n",
+           sizeof cases / sizeof cases[0]);
+    remove(fifo);
+    rmdir(dir);
+    free(out);
+}
+END_TEST
+
+#if defined(__SANITIZE_ADDRESS__)
+#define TBT_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TBT_ASAN 1
+#endif
+#endif
+
+/* A checkpoint whose metadata asks for a million layers (26 GB) is refused
+ * from its metadata, before anything is allocated: under a 3 GB
+ * address-space limit the program exits 1 with a message naming the key,
+ * not by an abort. (AddressSanitizer reserves terabytes of shadow memory,
+ * so that build bounds the resident size through ASan instead.) A
+ * configuration that disagrees with the file's tensors is named too. */
+START_TEST(gpt_refuses_oversized_configuration_under_a_memory_limit)
+{
+    enum { CAP = 1 << 14 };
+    char ok[600], big[600], wide[600], args[4096];
+    gpt_tmp(ok, sizeof ok, "cfg-ok.st");
+    gpt_tmp(big, sizeof big, "cfg-big.st");
+    gpt_tmp(wide, sizeof wide, "cfg-wide.st");
+    gpt_train_small(ok, 2);
+    const ckpt_edit e_big = {NULL, 0, 0, 0.0f, "gpt.n_layer", "1000000"};
+    const ckpt_edit e_wide = {NULL, 0, 0, 0.0f, "gpt.n_embd", "64"};
+    rewrite_ckpt(ok, big, &e_big, 1);
+    rewrite_ckpt(ok, wide, &e_wide, 1);
+#ifdef TBT_ASAN
+    const char *limit = "ASAN_OPTIONS=\"$ASAN_OPTIONS:hard_rss_limit_mb=3000\"";
+#else
+    const char *limit = "ulimit -v 3000000 &&";
+#endif
+    char *out = tbt_alloc(CAP);
+    const struct {
+        const char *cmd, *path, *want;
+    } cases[] = {
+        {"generate --ckpt %s --max-new 4", big, "gpt.n_layer = 1000000 is outside 1..256"},
+        {"train --resume %s --steps 10", big, "gpt.n_layer = 1000000 is outside 1..256"},
+        {"repetition --ckpt %s --max-new 4", big, "gpt.n_layer = 1000000"},
+        {"generate --ckpt %s --max-new 4", wide,
+         "'wte.weight' has shape (256, 32); the configuration implies (256, 64)"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(args, sizeof args, cases[i].cmd, cases[i].path);
+        const int rc = run_shell(limit, "gpt", args, "2>&1", out, CAP, NULL);
+        ck_assert_msg(rc == 1, "gpt %s under a 3 GB limit: exit %d (want 1):\n%s", args, rc, out);
+        ck_assert_msg(strstr(out, cases[i].want) != NULL, "gpt %s: no \"%s\" in:\n%s", args,
+                      cases[i].want, out);
+        ck_assert_msg(strstr(out, "memory allocation failed") == NULL,
+                      "gpt %s: allocated before refusing:\n%s", args, out);
+    }
+    printf("  gpt: gpt.n_layer=1000000 refused under a 3 GB limit (%s), a width that disagrees "
+           "with the tensors named\n",
+#ifdef TBT_ASAN
+           "ASan hard_rss_limit_mb"
+#else
+           "ulimit -v"
+#endif
+    );
+    remove(ok), remove(big), remove(wide);
+    free(out);
+}
+END_TEST
+
+/* Bytes a terminal acts on: controls but newline and tab, and DEL. */
+static size_t raw_controls(const char *s, size_t n)
+{
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        const unsigned char c = (unsigned char)s[i];
+        bad += (c < 0x20 && c != '\n' && c != '\t') || c == 0x7f;
+    }
+    return bad;
+}
+
+/* Terminal escapes in the prompt, in generated bytes (temperature 100:
+ * nearly uniform bytes, controls included) and in file names and option
+ * values quoted by messages are printed escaped (\xHH): no raw control
+ * byte but newline and tab reaches the terminal. */
+START_TEST(gpt_escapes_control_characters)
+{
+    enum { CAP = 1 << 15 };
+    char ck[600], args[4096];
+    gpt_tmp(ck, sizeof ck, "esc.st");
+    gpt_train_small(ck, 2);
+    char *out = tbt_alloc(CAP);
+    size_t n;
+    /* ESC [ 2 J (clear the screen) and BEL in the prompt. */
+    const char *prompt = "'A\033[2J\007B'";
+    const char *cmds[] = {
+        "generate --ckpt %s --strategy greedy --max-new 20 --prompt %s",
+        "generate --ckpt %s --temperature 100 --max-new 400 --prompt %s",
+        "generate --ckpt %s --strategy beam --max-new 10 --prompt %s",
+        "repetition --ckpt %s --max-new 40 --prompt %s",
+    };
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        snprintf(args, sizeof args, cmds[i], ck, prompt);
+        const int rc = run_shell("", "gpt", args, "2>&1", out, CAP, &n);
+        ck_assert_msg(rc == 0, "gpt %s: exit %d:\n%s", args, rc, out);
+        ck_assert_msg(raw_controls(out, n) == 0, "gpt %s: %zu raw control bytes in:\n%s", args,
+                      raw_controls(out, n), out);
+        ck_assert_msg(strstr(out, "A\\x1b[2J\\x07B") != NULL, "gpt %s: prompt not shown escaped:\n%s",
+                      args, out);
+    }
+    /* Sampling at temperature 100 draws bytes nearly uniformly: some of the
+     * 400 are controls (expected ~50), shown as \xHH. */
+    snprintf(args, sizeof args, cmds[1], ck, prompt);
+    run_shell("", "gpt", args, "2>/dev/null", out, CAP, &n);
+    ck_assert_msg(count_of(out, "\\x") > 10, "few escapes in 400 random bytes:\n%s", out);
+    /* Messages quoting a file name or an option value. */
+    const char *bad[] = {
+        "train --data 'no\033]0;title\007file' --steps 1",
+        "generate --ckpt 'no\033[31mfile'",
+        "train --resume 'x\033[2Jy' --steps 1",
+        "train '--bogus\033[2J'",
+        "train --lr '1\033[2J'",
+        "train --steps '5\033[2J'",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const int rc = run_shell("", "gpt", bad[i], "2>&1", out, CAP, &n);
+        ck_assert_msg(rc != 0, "gpt %s: exit 0", bad[i]);
+        ck_assert_msg(raw_controls(out, n) == 0 && strstr(out, "\\x1b"),
+                      "gpt %s: %zu raw control bytes in:\n%s", bad[i], raw_controls(out, n), out);
+    }
+    printf("  gpt: prompt, generated bytes and quoted names/values printed without raw control "
+           "bytes (%zu runs)\n",
+           sizeof cmds / sizeof cmds[0] + 1 + sizeof bad / sizeof bad[0]);
+    remove(ck);
+    free(out);
+}
+END_TEST
+
+/* ---- the examples' text helpers (ex_text.h) ----------------------------------------- */
+
+/* Strict decimal numbers: what metadata and options accept and refuse. */
+START_TEST(ex_text_parses_decimal_strictly)
+{
+    static const struct {
+        const char *s;
+        int ok;
+        uint64_t v;
+    } ints[] = {
+        {"0", 1, 0},       {"007", 1, 7},  {"18446744073709551615", 1, UINT64_MAX},
+        {"18446744073709551616", 0, 0},    {"99999999999999999999999", 0, 0},
+        {"", 0, 0},        {"-1", 0, 0},   {"+1", 0, 0},  {" 1", 0, 0},  {"1 ", 0, 0},
+        {"0x10", 0, 0},    {"1e3", 0, 0},  {"1.0", 0, 0}, {"１", 0, 0},
+    };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        uint64_t v = 12345;
+        const int ok = ex_parse_u64(ints[i].s, &v);
+        ck_assert_msg(ok == ints[i].ok, "ex_parse_u64(\"%s\") = %d", ints[i].s, ok);
+        ck_assert_msg(ok ? v == ints[i].v : v == 12345, "ex_parse_u64(\"%s\") -> %llu", ints[i].s,
+                      (unsigned long long)v);
+    }
+    static const struct {
+        const char *s;
+        int ok;
+        double v;
+    } reals[] = {
+        {"0.25", 1, 0.25}, {"-1.5e-3", 1, -1.5e-3}, {".5", 1, 0.5},  {"5.", 1, 5.0},
+        {"1E+2", 1, 100},  {"3", 1, 3},             {"1e-400", 1, 0},
+        {"", 0, 0},        {".", 0, 0},             {"-", 0, 0},     {"e5", 0, 0},
+        {"1e", 0, 0},      {"1e+", 0, 0},           {"0x1p-2", 0, 0}, {"inf", 0, 0},
+        {"nan", 0, 0},     {"1e999", 0, 0},         {" 1", 0, 0},    {"1 ", 0, 0},
+        {"+1", 0, 0},      {"1,5", 0, 0},           {"1.2.3", 0, 0}, {"--1", 0, 0},
+    };
+    for (size_t i = 0; i < sizeof reals / sizeof reals[0]; i++) {
+        double v = 12345;
+        const int ok = ex_parse_real(reals[i].s, &v);
+        ck_assert_msg(ok == reals[i].ok, "ex_parse_real(\"%s\") = %d", reals[i].s, ok);
+        ck_assert_msg(ok ? v == reals[i].v : v == 12345, "ex_parse_real(\"%s\") -> %g",
+                      reals[i].s, v);
+    }
+}
+END_TEST
+
+/* Escaping for the terminal: controls, DEL, C1 controls and malformed
+ * UTF-8 as \xHH; printable UTF-8 kept; newline and tab kept only with
+ * EX_ESC_KEEP_LINES; a result that does not fit ends in "...". */
+START_TEST(ex_text_escapes_for_the_terminal)
+{
+    static const struct {
+        const char *in;
+        size_t n;
+        unsigned flags;
+        const char *want;
+    } cases[] = {
+        {"a\033[2Jb\007", 7, 0, "a\\x1b[2Jb\\x07"},
+        {"x\ny\tz", 5, EX_ESC_KEEP_LINES, "x\ny\tz"},
+        {"x\ny\tz", 5, 0, "x\\x0ay\\x09z"},
+        {"a\rb", 3, EX_ESC_KEEP_LINES, "a\\x0db"},
+        {"del\177", 4, 0, "del\\x7f"},
+        {"caf\303\251 \342\202\254 \360\237\230\200", 14, 0, "caf\303\251 \342\202\254 \360\237\230\200"},
+        {"\302\233[2J", 5, 0, "\\xc2\\x9b[2J"},         /* U+009B: a C1 CSI */
+        {"\302\240", 2, 0, "\302\240"},                 /* U+00A0 is printable */
+        {"\377\376", 2, 0, "\\xff\\xfe"},               /* never UTF-8 */
+        {"\300\257", 2, 0, "\\xc0\\xaf"},               /* overlong '/' */
+        {"\355\240\200", 3, 0, "\\xed\\xa0\\x80"},      /* a surrogate */
+        {"\364\220\200\200", 4, 0, "\\xf4\\x90\\x80\\x80"}, /* past U+10FFFF */
+        {"ab\342\202", 4, 0, "ab\\xe2\\x82"},           /* cut off */
+        {"a\0b", 3, 0, "a\\x00b"},
+        {"", 0, 0, ""},
+    };
+    char out[256];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ex_escape(cases[i].in, cases[i].n, cases[i].flags, out, sizeof out);
+        ck_assert_msg(strcmp(out, cases[i].want) == 0, "case %zu: got \"%s\", want \"%s\"", i, out,
+                      cases[i].want);
+    }
+    /* Sizes: exactly fitting is kept whole, one byte more is cut at a
+     * character with "...", and EX_ESCAPED_CAP always fits. */
+    ck_assert_str_eq(ex_escape("abcdefg", 7, 0, out, 8), "abcdefg");
+    ck_assert_str_eq(ex_escape("abcdefgh", 8, 0, out, 8), "abcd...");
+    ck_assert_str_eq(ex_escape("\033\033\033", 3, 0, out, 10), "\\x1b...");
+    ck_assert_str_eq(ex_escape("\303\251\303\251\303\251", 6, 0, out, 7), "\303\251\303\251\303\251");
+    ck_assert_str_eq(ex_escape("\303\251\303\251\303\251", 6, 0, out, 6), "\303\251...");
+    ck_assert_str_eq(ex_escape("abc", 3, 0, out, 3), "");
+    const char all[4] = {'\033', '\001', '\177', '\377'};
+    ck_assert_str_eq(ex_escape(all, 4, 0, out, EX_ESCAPED_CAP(4)), "\\x1b\\x01\\x7f\\xff");
+    ex_shown sh;
+    ck_assert_str_eq(ex_show(&sh, "f\033name"), "f\\x1bname");
+}
+END_TEST
+
 /* attention_scaling with a short --tmax: the table has one row per T, the
  * streaming and window paths' memory is linear in T (a fixed part -- the
  * tile scratch -- plus the same bytes for every added token) while the
@@ -383,7 +895,16 @@ Suite *suite_examples(void)
     tcase_add_test(tc, norm_compare_measures_and_is_thread_independent);
     tcase_add_test(tc, finetune_forgetting_measures_forgetting);
     tcase_add_test(tc, gpt_trains_resumes_and_generates);
+    tcase_add_test(tc, gpt_fails_when_training_makes_no_progress);
+    tcase_add_test(tc, gpt_refuses_unwritable_outputs_before_training);
+    tcase_add_test(tc, gpt_refuses_non_regular_inputs);
+    tcase_add_test(tc, gpt_refuses_oversized_configuration_under_a_memory_limit);
+    tcase_add_test(tc, gpt_escapes_control_characters);
     tcase_add_test(tc, attention_scaling_memory_and_heat_maps);
     suite_add_tcase(s, tc);
+    TCase *text = tcase_create("ex_text"); /* the examples' text helpers, in process */
+    tcase_add_test(text, ex_text_parses_decimal_strictly);
+    tcase_add_test(text, ex_text_escapes_for_the_terminal);
+    suite_add_tcase(s, text);
     return s;
 }

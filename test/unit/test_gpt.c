@@ -6,7 +6,9 @@
  * gradient (the tied wte gradient included), and every parameter after 3
  * AdamW steps; for the real 124M configuration: logits and loss. Also:
  * incremental decoding with the KV cache equals the full forward pass,
- * beam reordering, and files of another configuration are refused.
+ * beam reordering, and files of another configuration are refused; a
+ * checkpoint's configuration is validated (strict metadata, limits, the
+ * tensors it implies) before anything is allocated for it.
  *
  * ---- Tolerances -----------------------------------------------------------
  * Each quantity is compared with float32 PyTorch and with the same model in
@@ -19,11 +21,13 @@
  * wiring (a missing residual, an untied head, a wrong layout or mask)
  * changes results by O(1) of the scale. Measured maxima are printed.
  */
+#define _POSIX_C_SOURCE 200809L /* getpid */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "gpt.h"
 #include "suites.h"
@@ -273,6 +277,376 @@ START_TEST(test_gpt_refuses_other_configurations)
 }
 END_TEST
 
+/* ---- configurations read from checkpoints ----------------------------------------------- */
+
+/* One tensor of an image built in memory (zeros). */
+typedef struct img_tensor {
+    char name[TB_PARAM_NAME_MAX + 16];
+    const char *dtype;
+    size_t ndim, shape[3];
+} img_tensor;
+
+static size_t dtype_bytes(const char *d)
+{
+    return strcmp(d, "F64") == 0 || strcmp(d, "I64") == 0 ? 8
+           : strcmp(d, "F16") == 0 || strcmp(d, "BF16") == 0 ? 2
+                                                            : 4;
+}
+
+/* A safetensors image: the metadata, then the tensors in order. */
+static unsigned char *st_image(const img_tensor *t, size_t n, const tb_st_meta *meta,
+                               size_t n_meta, size_t *size)
+{
+    size_t cap = 256 + n * 256 + n_meta * 128, len = 0, off = 0;
+    char *json = tbt_alloc(cap);
+#define PUT(...) (len += (size_t)snprintf(json + len, cap - len, __VA_ARGS__))
+    PUT("{\"__metadata__\":{");
+    for (size_t i = 0; i < n_meta; i++)
+        PUT("%s\"%s\":\"%s\"", i ? "," : "", meta[i].key, meta[i].value);
+    PUT("}");
+    for (size_t i = 0; i < n; i++) {
+        size_t numel = 1;
+        PUT(",\"%s\":{\"dtype\":\"%s\",\"shape\":[", t[i].name, t[i].dtype);
+        for (size_t d = 0; d < t[i].ndim; d++) {
+            PUT("%s%zu", d ? "," : "", t[i].shape[d]);
+            numel *= t[i].shape[d];
+        }
+        const size_t bytes = numel * dtype_bytes(t[i].dtype);
+        PUT("],\"data_offsets\":[%zu,%zu]}", off, off + bytes);
+        off += bytes;
+    }
+    PUT("}");
+#undef PUT
+    ck_assert_uint_lt(len, cap);
+    unsigned char *img = tbt_alloc(8 + len + off + 1);
+    for (int b = 0; b < 8; b++)
+        img[b] = (unsigned char)((uint64_t)len >> (8 * b));
+    memcpy(img + 8, json, len);
+    free(json);
+    *size = 8 + len + off;
+    return img;
+}
+
+/* The tensors of a real model of cfg (gpt_init()'s parameter list), with
+ * the Adam state of `moments` kinds (0, 2: m and v, 3: with vmax). */
+static size_t model_tensors(const gpt_config *cfg, int moments, img_tensor *out, size_t cap)
+{
+    static const char *const prefix[4] = {"", "optimizer.m.", "optimizer.v.", "optimizer.vmax."};
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    gpt m;
+    tb_rng rng;
+    tb_rng_init(&rng, 1);
+    CHECK_OK(ctx, gpt_init(&ctx, &m, cfg, &rng));
+    size_t n = 0;
+    for (int k = 0; k <= moments; k++)
+        for (size_t i = 0; i < m.params.count && (k == 0 || k <= moments); i++) {
+            ck_assert_uint_lt(n, cap);
+            const tb_param *p = m.params.items[i].param;
+            snprintf(out[n].name, sizeof out[n].name, "%s%s", prefix[k], m.params.items[i].name);
+            out[n].dtype = "F32";
+            out[n].ndim = p->ndim;
+            for (size_t d = 0; d < p->ndim; d++)
+                out[n].shape[d] = p->shape[d];
+            n++;
+        }
+    gpt_free(&m);
+    return n;
+}
+
+enum { MAX_IMG_TENSORS = 4 * (4 + 12 * 3) + 4 };
+
+/* Tensor changes of a case. */
+typedef enum img_edit {
+    E_NONE, E_EXTRA, E_DROP_LAST, E_DTYPE, E_SHAPE, E_NDIM, E_DROP_NAMED
+} img_edit;
+
+typedef struct cfg_case {
+    const char *label;
+    const char *key[5], *value[5]; /* metadata overrides (value NULL: key removed) */
+    int moments;                   /* Adam state written: 0, 2 or 3 kinds */
+    img_edit edit;
+    const char *edit_name, *edit_arg; /* E_EXTRA: name; E_DTYPE: tensor, dtype; E_DROP_NAMED */
+    tb_status want;
+    const char *msg; /* in the message */
+} cfg_case;
+
+static const gpt_config base_cfg = {2, 2, 8, 4, 5, 0.25f};
+
+static const cfg_case cfg_cases[] = {
+    {"valid", {NULL}, {NULL}, 0, E_NONE, NULL, NULL, TB_OK, ""},
+    {"valid with Adam state", {NULL}, {NULL}, 2, E_NONE, NULL, NULL, TB_OK, ""},
+    {"valid with AMSGrad state", {NULL}, {NULL}, 3, E_NONE, NULL, NULL, TB_OK, ""},
+    {"dropout with an exponent", {"gpt.dropout"}, {"2.5e-1"}, 0, E_NONE, NULL, NULL, TB_OK, ""},
+    {"F16, BF16 and F64 tensors", {NULL}, {NULL}, 0, E_DTYPE, "ln_f.bias", "F16", TB_OK, ""},
+    {"a million layers", {"gpt.n_layer"}, {"1000000"}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT,
+     "gpt.n_layer = 1000000 is outside 1..256"},
+    {"257 layers", {"gpt.n_layer"}, {"257"}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT,
+     "gpt.n_layer = 257 is outside 1..256"},
+    {"0 layers", {"gpt.n_layer"}, {"0"}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT,
+     "gpt.n_layer = 0 is outside 1..256"},
+    {"negative", {"gpt.n_layer"}, {"-1"}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT,
+     "gpt.n_layer = '-1' is not a decimal integer"},
+    {"hexadecimal", {"gpt.n_embd"}, {"0x8"}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT,
+     "gpt.n_embd = '0x8' is not a decimal integer"},
+    {"plus sign", {"gpt.n_head"}, {"+2"}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT, "gpt.n_head"},
+    {"leading space", {"gpt.n_layer"}, {" 2"}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT, "gpt.n_layer"},
+    {"trailing space", {"gpt.n_layer"}, {"2 "}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT, "gpt.n_layer"},
+    {"fraction", {"gpt.block_size"}, {"4.0"}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT,
+     "gpt.block_size"},
+    {"empty", {"gpt.vocab_size"}, {""}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT, "gpt.vocab_size"},
+    {"2^64 overflows", {"gpt.n_layer"}, {"18446744073709551616"}, 0, E_NONE, NULL, NULL,
+     TB_ERR_FORMAT, "is not a decimal integer"},
+    {"2^64 - 1", {"gpt.n_layer"}, {"18446744073709551615"}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT,
+     "is outside 1..256"},
+    {"width not divisible by heads", {"gpt.n_head"}, {"3"}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT,
+     "gpt.n_embd = 8 is not a multiple of gpt.n_head = 3"},
+    {"width over the limit", {"gpt.n_embd"}, {"16385"}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT,
+     "gpt.n_embd = 16385 is outside 1..16384"},
+    {"vocabulary over the limit", {"gpt.vocab_size"}, {"1048577"}, 0, E_NONE, NULL, NULL,
+     TB_ERR_FORMAT, "gpt.vocab_size"},
+    {"context over the limit", {"gpt.block_size"}, {"65537"}, 0, E_NONE, NULL, NULL,
+     TB_ERR_FORMAT, "gpt.block_size"},
+    {"every size at its limit: too many parameters",
+     {"gpt.n_layer", "gpt.n_embd", "gpt.n_head", "gpt.block_size", "gpt.vocab_size"},
+     {"256", "16384", "1", "65536", "1048576"}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT,
+     "parameters, more than 2147483648"},
+    {"few parameters, too many activations",
+     {"gpt.n_layer", "gpt.n_embd", "gpt.n_head", "gpt.block_size", "gpt.vocab_size"},
+     {"1", "4096", "1", "65536", "256"}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT,
+     "bytes of activations"},
+    {"dropout hexadecimal", {"gpt.dropout"}, {"0x1p-2"}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT,
+     "gpt.dropout = '0x1p-2' is not a decimal number"},
+    {"dropout nan", {"gpt.dropout"}, {"nan"}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT, "gpt.dropout"},
+    {"dropout inf", {"gpt.dropout"}, {"inf"}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT, "gpt.dropout"},
+    {"dropout overflowing", {"gpt.dropout"}, {"1e999"}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT,
+     "gpt.dropout"},
+    {"dropout 1", {"gpt.dropout"}, {"1"}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT,
+     "gpt.dropout = 1 is outside [0, 1)"},
+    {"dropout negative", {"gpt.dropout"}, {"-0.5"}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT,
+     "outside [0, 1)"},
+    {"dropout cut exponent", {"gpt.dropout"}, {"0.5e"}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT,
+     "gpt.dropout"},
+    {"no n_head", {"gpt.n_head"}, {NULL}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT,
+     "no 'gpt.n_head' metadata"},
+    {"no dropout", {"gpt.dropout"}, {NULL}, 0, E_NONE, NULL, NULL, TB_ERR_FORMAT,
+     "no 'gpt.dropout' metadata"},
+    {"more layers than tensors", {"gpt.n_layer"}, {"3"}, 0, E_NONE, NULL, NULL, TB_ERR_NOT_FOUND,
+     "implies tensor 'h.2.ln_1.weight'"},
+    {"fewer layers than tensors", {"gpt.n_layer"}, {"1"}, 0, E_NONE, NULL, NULL,
+     TB_ERR_INVALID_ARG, "unexpected tensor 'h.1."},
+    {"another width", {"gpt.n_embd"}, {"16"}, 0, E_NONE, NULL, NULL, TB_ERR_SHAPE,
+     "'wte.weight' has shape (5, 8); the configuration implies (5, 16)"},
+    {"another context", {"gpt.block_size"}, {"5"}, 0, E_NONE, NULL, NULL, TB_ERR_SHAPE,
+     "'wpe.weight' has shape (4, 8); the configuration implies (5, 8)"},
+    {"another vocabulary", {"gpt.vocab_size"}, {"6"}, 0, E_NONE, NULL, NULL, TB_ERR_SHAPE,
+     "'wte.weight'"},
+    {"another head count (same shapes)", {"gpt.n_head"}, {"4"}, 0, E_NONE, NULL, NULL, TB_OK, ""},
+    {"an unknown tensor", {NULL}, {NULL}, 0, E_EXTRA, "h.0.ln_1.scale", NULL, TB_ERR_INVALID_ARG,
+     "unexpected tensor 'h.0.ln_1.scale'"},
+    {"a layer index with a leading zero", {NULL}, {NULL}, 0, E_EXTRA, "h.01.ln_1.weight", NULL,
+     TB_ERR_INVALID_ARG, "'h.01.ln_1.weight'"},
+    {"a layer past n_layer", {NULL}, {NULL}, 0, E_EXTRA, "h.2.ln_1.weight", NULL,
+     TB_ERR_INVALID_ARG, "'h.2.ln_1.weight'"},
+    {"a prefixed name", {NULL}, {NULL}, 0, E_EXTRA, "transformer.wte.weight", NULL,
+     TB_ERR_INVALID_ARG, "'transformer.wte.weight'"},
+    {"optimizer state of nothing", {NULL}, {NULL}, 2, E_EXTRA, "optimizer.m.bogus", NULL,
+     TB_ERR_INVALID_ARG, "'optimizer.m.bogus'"},
+    {"a parameter missing", {NULL}, {NULL}, 0, E_DROP_LAST, NULL, NULL, TB_ERR_NOT_FOUND,
+     "'ln_f.bias'"},
+    {"one moment missing", {NULL}, {NULL}, 2, E_DROP_NAMED, "optimizer.v.h.1.ln_2.bias", NULL,
+     TB_ERR_NOT_FOUND, "'optimizer.v.h.1.ln_2.bias'"},
+    {"first moments only", {NULL}, {NULL}, 2, E_DROP_NAMED, "optimizer.v.*", NULL,
+     TB_ERR_NOT_FOUND, "'optimizer.v.wte.weight'"},
+    {"an integer tensor", {NULL}, {NULL}, 0, E_DTYPE, "h.0.ln_2.bias", "I32", TB_ERR_UNSUPPORTED,
+     "'h.0.ln_2.bias' is not F32"},
+    {"a transposed weight", {NULL}, {NULL}, 0, E_SHAPE, "h.1.mlp.c_fc.weight", NULL, TB_ERR_SHAPE,
+     "'h.1.mlp.c_fc.weight' has shape (32, 8); the configuration implies (8, 32)"},
+    {"an extra dimension", {NULL}, {NULL}, 0, E_NDIM, "ln_f.weight", NULL, TB_ERR_SHAPE,
+     "'ln_f.weight' has shape (8, 1)"},
+};
+
+static tb_status run_cfg_case(const cfg_case *c, gpt_config *got, char *msg, size_t cap)
+{
+    img_tensor *t = tbt_alloc((MAX_IMG_TENSORS + 1) * sizeof *t);
+    size_t n = model_tensors(&base_cfg, c->moments, t, MAX_IMG_TENSORS);
+    switch (c->edit) {
+    case E_NONE:
+        break;
+    case E_EXTRA:
+        snprintf(t[n].name, sizeof t[n].name, "%s", c->edit_name);
+        t[n].dtype = "F32", t[n].ndim = 1, t[n].shape[0] = 8;
+        n++;
+        break;
+    case E_DROP_LAST:
+        ck_assert_str_eq(t[n - 1].name, "ln_f.bias");
+        n--;
+        break;
+    case E_DROP_NAMED: {
+        const size_t len = strlen(c->edit_name);
+        const int wild = c->edit_name[len - 1] == '*';
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++)
+            if (wild ? strncmp(t[i].name, c->edit_name, len - 1) != 0
+                     : strcmp(t[i].name, c->edit_name) != 0)
+                t[k++] = t[i];
+        ck_assert_uint_lt(k, n);
+        n = k;
+        break;
+    }
+    case E_DTYPE:
+    case E_SHAPE:
+    case E_NDIM: {
+        size_t i = 0;
+        while (i < n && strcmp(t[i].name, c->edit_name) != 0)
+            i++;
+        ck_assert_uint_lt(i, n);
+        if (c->edit == E_DTYPE) {
+            t[i].dtype = c->edit_arg;
+            if (strcmp(c->edit_arg, "F16") == 0) /* the other float types too */
+                t[0].dtype = "BF16", t[1].dtype = "F64";
+        } else if (c->edit == E_SHAPE) {
+            const size_t s0 = t[i].shape[0];
+            t[i].shape[0] = t[i].shape[1], t[i].shape[1] = s0;
+        } else {
+            t[i].ndim = 2, t[i].shape[1] = 1;
+        }
+        break;
+    }
+    }
+    gpt_config_text text;
+    tb_st_meta meta[GPT_CONFIG_N_META];
+    gpt_config_meta(&base_cfg, &text, meta);
+    size_t n_meta = GPT_CONFIG_N_META;
+    for (size_t k = 0; k < 5 && c->key[k]; k++) {
+        size_t i = 0;
+        while (i < n_meta && strcmp(meta[i].key, c->key[k]) != 0)
+            i++;
+        ck_assert_uint_lt(i, n_meta);
+        if (c->value[k])
+            meta[i].value = c->value[k];
+        else
+            meta[i] = meta[--n_meta];
+    }
+    size_t size;
+    unsigned char *img = st_image(t, n, meta, n_meta, &size);
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    tb_st_file f;
+    CHECK_OK(ctx, tb_st_parse(&ctx, img, size, &f));
+    const tb_status s = gpt_config_from_checkpoint(&ctx, &f, got);
+    snprintf(msg, cap, "%s", tb_ctx_error(&ctx));
+    tb_st_close(&f);
+    free(img);
+    free(t);
+    return s;
+}
+
+/* gpt_config_from_checkpoint() on in-memory files made from a real
+ * model's tensors: each bad metadata value or tensor is refused with the
+ * expected status and a message naming it, *cfg untouched; valid files
+ * give back the configuration they were written with. */
+START_TEST(test_gpt_config_from_checkpoint_cases)
+{
+    size_t refused = 0;
+    for (size_t i = 0; i < ARRAY_LEN(cfg_cases); i++) {
+        const cfg_case *c = &cfg_cases[i];
+        gpt_config got;
+        memset(&got, 0xA5, sizeof got);
+        gpt_config sentinel = got;
+        char msg[TB_ERROR_DETAIL_MAX];
+        const tb_status s = run_cfg_case(c, &got, msg, sizeof msg);
+        ck_assert_msg(s == c->want, "%s: %s (%s), want %s", c->label, tb_strerror(s), msg,
+                      tb_strerror(c->want));
+        if (s == TB_OK) {
+            ck_assert_uint_eq(got.n_layer, base_cfg.n_layer);
+            ck_assert_uint_eq(got.n_embd, base_cfg.n_embd);
+            ck_assert_uint_eq(got.block_size, base_cfg.block_size);
+            ck_assert_uint_eq(got.vocab_size, base_cfg.vocab_size);
+            ck_assert(got.dropout == base_cfg.dropout);
+            ck_assert_uint_eq(got.n_head, c->key[0] && strcmp(c->key[0], "gpt.n_head") == 0
+                                              ? 4
+                                              : base_cfg.n_head);
+        } else {
+            refused++;
+            ck_assert_msg(strstr(msg, c->msg) != NULL, "%s: message \"%s\" lacks \"%s\"",
+                          c->label, msg, c->msg);
+            ck_assert_msg(memcmp(&got, &sentinel, sizeof got) == 0, "%s: cfg written on error",
+                          c->label);
+        }
+    }
+    printf("  check   gpt configurations from checkpoints: %zu cases, %zu refused with the "
+           "expected status and message\n",
+           ARRAY_LEN(cfg_cases), refused);
+}
+END_TEST
+
+/* Checkpoints the library writes (parameters only, AdamW, AMSGrad) give
+ * back their configuration exactly (dropout included); the parameter
+ * count and activation size functions agree with what gpt_init and
+ * gpt_acts_init allocate; configurations past the limits are refused by
+ * gpt_init itself. */
+START_TEST(test_gpt_config_round_trips_and_limits)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    const gpt_config cfg = {3, 2, 16, 12, 7, 0.1f};
+    tb_rng rng;
+    tb_rng_init(&rng, 2);
+    gpt m;
+    CHECK_OK(ctx, gpt_init(&ctx, &m, &cfg, &rng));
+    size_t count;
+    CHECK_OK(ctx, gpt_param_count(&cfg, &count));
+    ck_assert_uint_eq(count, tb_param_list_numel(&m.params, 0));
+    gpt_acts a;
+    CHECK_OK(ctx, gpt_acts_init(&ctx, &a, &m, 3, 10));
+    size_t bytes;
+    CHECK_OK(ctx, gpt_acts_size(&ctx, &cfg, 3, 10, &bytes));
+    ck_assert_uint_eq(bytes, a.bytes);
+    gpt_acts_free(&a);
+    ck_assert_int_eq(gpt_acts_size(&ctx, &cfg, SIZE_MAX / 4, 12, &bytes), TB_ERR_OVERFLOW);
+    char path[600];
+    snprintf(path, sizeof path, "%s/tmp-gpt-cfg-%ld.st", getenv("TB_ORACLE_DIR"), (long)getpid());
+    for (int kind = 0; kind < 3; kind++) {
+        tb_adam_config oc = tb_adamw_default_config();
+        oc.amsgrad = kind == 2;
+        tb_adam opt;
+        memset(&opt, 0, sizeof opt);
+        if (kind)
+            CHECK_OK(ctx, tb_adam_init(&ctx, &opt, &m.params, &oc));
+        gpt_config_text text;
+        tb_st_meta meta[GPT_CONFIG_N_META];
+        gpt_config_meta(&cfg, &text, meta);
+        CHECK_OK(ctx, tb_checkpoint_save(&ctx, path, &m.params, kind ? &opt : NULL, &rng, meta,
+                                         GPT_CONFIG_N_META, TB_CKPT_DEFAULT));
+        tb_st_file f;
+        CHECK_OK(ctx, tb_st_open(&ctx, path, &f));
+        gpt_config got;
+        CHECK_OK(ctx, gpt_config_from_checkpoint(&ctx, &f, &got));
+        ck_assert(got.n_layer == cfg.n_layer && got.n_head == cfg.n_head &&
+                  got.n_embd == cfg.n_embd && got.block_size == cfg.block_size &&
+                  got.vocab_size == cfg.vocab_size);
+        ck_assert_msg(got.dropout == cfg.dropout, "dropout %.9g read back as %.9g",
+                      (double)cfg.dropout, (double)got.dropout);
+        tb_st_close(&f);
+        if (kind)
+            tb_adam_free(&opt);
+    }
+    remove(path);
+    gpt_free(&m);
+    /* Past the limits: refused before any allocation, naming the value. */
+    const gpt_config too_deep = {GPT_MAX_LAYER + 1, 1, 8, 4, 5, 0.0f};
+    ck_assert_int_eq(gpt_init(&ctx, &m, &too_deep, &rng), TB_ERR_INVALID_ARG);
+    ck_assert_msg(strstr(tb_ctx_error(&ctx), "gpt.n_layer = 257") != NULL, "%s",
+                  tb_ctx_error(&ctx));
+    gpt_free(&m);
+    const gpt_config too_big = {GPT_MAX_LAYER, 1, GPT_MAX_EMBD, GPT_MAX_CONTEXT, GPT_MAX_VOCAB, 0};
+    ck_assert_int_eq(gpt_init(&ctx, &m, &too_big, &rng), TB_ERR_INVALID_ARG);
+    ck_assert_msg(strstr(tb_ctx_error(&ctx), "parameters") != NULL, "%s", tb_ctx_error(&ctx));
+    gpt_free(&m);
+}
+END_TEST
+
 Suite *suite_gpt(void)
 {
     Suite *s = suite_create("gpt");
@@ -282,6 +656,8 @@ Suite *suite_gpt(void)
     tcase_add_test(tc, test_gpt_manifest);
     tcase_add_test(tc, test_gpt_kv_cache_equals_full_forward);
     tcase_add_test(tc, test_gpt_refuses_other_configurations);
+    tcase_add_test(tc, test_gpt_config_from_checkpoint_cases);
+    tcase_add_test(tc, test_gpt_config_round_trips_and_limits);
     suite_add_tcase(s, tc);
     return s;
 }
