@@ -358,8 +358,13 @@ static void rewrite_ckpt(const char *src, const char *dst, const ckpt_edit *edit
         CHECK_OK(ctx, tb_st_read_f32(&ctx, t, data[i], t->numel));
         e[i] = (tb_st_entry){t->name, data[i], t->ndim, t->shape};
     }
+    /* The edited file has no checksums (they would no longer match): it
+     * loads as a file written by another tool would, unverified. */
     tb_st_meta *meta = tbt_alloc((f.n_meta + 1) * sizeof *meta);
-    memcpy(meta, f.meta, f.n_meta * sizeof *meta);
+    size_t n_meta = 0;
+    for (size_t i = 0; i < f.n_meta; i++)
+        if (strncmp(f.meta[i].key, "tblocks.checksum.", 17) != 0)
+            meta[n_meta++] = f.meta[i];
     for (size_t k = 0; k < n_edits; k++) {
         const ckpt_edit *ed = &edits[k];
         int done = 0;
@@ -370,12 +375,12 @@ static void rewrite_ckpt(const char *src, const char *dst, const ckpt_edit *edit
                     data[i][j] = ed->value;
                 done = 1;
             }
-        for (size_t i = 0; i < f.n_meta && ed->key; i++)
+        for (size_t i = 0; i < n_meta && ed->key; i++)
             if (strcmp(meta[i].key, ed->key) == 0)
                 meta[i].value = ed->text, done = 1;
         ck_assert_msg(done, "no tensor or metadata '%s' to edit", ed->name ? ed->name : ed->key);
     }
-    CHECK_OK(ctx, tb_st_save(&ctx, dst, e, f.count, meta, f.n_meta));
+    CHECK_OK(ctx, tb_st_save(&ctx, dst, e, f.count, meta, n_meta));
     for (size_t i = 0; i < f.count; i++)
         free(data[i]);
     free(data), free(e), free(meta);
