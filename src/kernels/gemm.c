@@ -242,12 +242,19 @@ static void gemm_args_init(gemm_args *g, const tb_ctx *ctx, int trans_a, int tra
 /* Scratch of gemm_one_row for one thread's n_range columns (M = 1 with
  * the kernel's one-row function), far less than the tile path's packing
  * space: a gathered row of op(A), and the sums of up to ONE_ROW_COLS
- * columns (for every K block, against a transposed B). 0 when the tile
- * path runs instead. */
+ * columns (for every K block, against a transposed B): what one_row_fits()
+ * then accepts, so gemm_range takes the one-row path. 0 when the tile path
+ * runs instead (and keeps its own packing space). */
+/* Whether the kernel has the one-row function this product's form needs. */
+static int one_row_kernel(const gemm_args *g)
+{
+    return g->trans_b ? g->uk->dots != NULL : g->uk->rows != NULL;
+}
+
 static int one_row_scratch(const gemm_args *g, size_t n_range, size_t *a_floats,
                            size_t *b_floats)
 {
-    if (g->M != 1 || (g->trans_b ? g->uk->dots == NULL : g->uk->rows == NULL))
+    if (g->M != 1 || !one_row_kernel(g))
         return 0;
     const size_t blocks = (g->K + g->blk.kc - 1) / g->blk.kc;
     const size_t cols = min_sz(ONE_ROW_COLS, n_range);
@@ -341,10 +348,12 @@ static void one_row_update(const gemm_args *g, float *c, const float *sums, size
  * must be gathered, fits A's. Otherwise the tile path runs. */
 static int one_row_fits(const gemm_args *g)
 {
+    if (!one_row_kernel(g))
+        return 0;
     if (!g->trans_b)
-        return g->uk->rows != NULL;
+        return 1;
     const size_t blocks = (g->K + g->blk.kc - 1) / g->blk.kc;
-    return g->uk->dots != NULL && g->b_cap >= blocks && (!g->trans_a || g->a_cap >= g->K);
+    return g->b_cap >= blocks && (!g->trans_a || g->a_cap >= g->K);
 }
 
 /* Row m0 of C, columns [n0, n1), for M = 1 (decoding), without packing B.
