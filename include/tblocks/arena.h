@@ -8,6 +8,13 @@
  * that convenient: ask every block for its size, add them up with
  * tb_arena_size_add(), provide one buffer, carve it with tb_arena_alloc(),
  * and tb_arena_reset() it when the batch shape changes.
+ *
+ * Count, then carve: a layout written once as a sequence of
+ * tb_arena_alloc() calls can size its own buffer. Run it first on a
+ * counting arena (tb_arena_init_counting(): no buffer, every chunk comes
+ * back NULL and only the bytes are added up, with overflow checked), take
+ * tb_arena_required() bytes, then run the same layout on a real arena over
+ * that buffer. The two runs cannot disagree, so no size is written twice.
  */
 #ifndef TBLOCKS_ARENA_H
 #define TBLOCKS_ARENA_H
@@ -30,6 +37,7 @@ typedef struct tb_arena {
     size_t size;         /**< Bytes in the buffer. */
     size_t used;         /**< Bytes handed out so far (from the aligned start). */
     size_t peak;         /**< Largest `used` seen since init. */
+    int counting;        /**< Nonzero: a counting arena (no buffer). */
 } tb_arena;
 
 /**
@@ -52,12 +60,33 @@ tb_status tb_arena_size_add(size_t *total, size_t bytes);
 tb_status tb_arena_init(tb_arena *arena, void *buffer, size_t size);
 
 /**
+ * @brief Make a counting arena: it has no buffer, tb_arena_alloc() on it
+ * sets `*out` to NULL, returns TB_OK and only adds the chunk's rounded size
+ * to `used` (TB_ERR_OVERFLOW if the total would not fit in size_t).
+ * @param arena Arena to initialise.
+ * @return TB_OK or TB_ERR_NULL_ARG.
+ */
+tb_status tb_arena_init_counting(tb_arena *arena);
+
+/**
+ * @brief Bytes a buffer needs to hold every chunk a counting arena has
+ * counted since its init or last reset, at any alignment of the buffer
+ * (`used` plus TB_ARENA_ALIGN).
+ * @param arena A counting arena after the layout ran on it.
+ * @param bytes Receives the size.
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_OVERFLOW.
+ */
+tb_status tb_arena_required(const tb_arena *arena, size_t *bytes);
+
+/**
  * @brief Hand out `bytes` bytes aligned to TB_ARENA_ALIGN.
  * @param ctx Context (error detail).
  * @param arena Arena.
  * @param bytes Size wanted (0 gives a valid, unique-enough pointer).
- * @param out Receives the chunk; set to NULL on failure.
- * @return TB_OK, TB_ERR_NULL_ARG, or TB_ERR_BUFFER_TOO_SMALL.
+ * @param out Receives the chunk; set to NULL on failure and on a
+ *        counting arena.
+ * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_BUFFER_TOO_SMALL, or (counting
+ *         arena) TB_ERR_OVERFLOW.
  */
 tb_status tb_arena_alloc(tb_ctx *ctx, tb_arena *arena, size_t bytes, void **out);
 

@@ -179,6 +179,24 @@ tb_allocator tb_default_allocator(void);
 const char *tb_ctx_error(const tb_ctx *ctx);
 
 /**
+ * @brief Record an error detail in `ctx`, as the library's own calls do,
+ * and return `status`: for code built on the library (models, adapters,
+ * programs) that reports through the same context. The detail is
+ * `fmt` formatted as printf() would, truncated to TB_ERROR_DETAIL_MAX - 1
+ * bytes; by convention it starts with the reporting function or component
+ * ("gpt: a batch of 9 x 64 tokens; ...").
+ * @param ctx A context, or NULL (then only `status` is returned).
+ * @param status Status to return (normally an error code).
+ * @param fmt printf() format of the detail, not NULL.
+ * @return `status`.
+ */
+tb_status tb_ctx_set_error(tb_ctx *ctx, tb_status status, const char *fmt, ...)
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/**
  * @brief Forget the recorded error detail.
  * @param ctx A context, or NULL (then nothing happens).
  */

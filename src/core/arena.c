@@ -31,6 +31,28 @@ tb_status tb_arena_init(tb_arena *arena, void *buffer, size_t size)
     arena->size = size;
     arena->used = 0;
     arena->peak = 0;
+    arena->counting = 0;
+    return TB_OK;
+}
+
+tb_status tb_arena_init_counting(tb_arena *arena)
+{
+    if (!arena)
+        return TB_ERR_NULL_ARG;
+    arena->base = NULL;
+    arena->size = 0;
+    arena->used = 0;
+    arena->peak = 0;
+    arena->counting = 1;
+    return TB_OK;
+}
+
+tb_status tb_arena_required(const tb_arena *arena, size_t *bytes)
+{
+    if (!arena || !bytes)
+        return TB_ERR_NULL_ARG;
+    if (!tb_add_size(arena->used, TB_ARENA_ALIGN, bytes))
+        return TB_ERR_OVERFLOW;
     return TB_OK;
 }
 
@@ -38,6 +60,16 @@ tb_status tb_arena_alloc(tb_ctx *ctx, tb_arena *arena, size_t bytes, void **out)
 {
     if (out)
         *out = NULL;
+    if (arena && out && arena->counting) {
+        size_t r, end;
+        if (!round_up(bytes, &r) || !tb_add_size(arena->used, r, &end))
+            return tb_fail(ctx, TB_ERR_OVERFLOW, __func__,
+                           "counting arena: %zu bytes after %zu overflow", bytes, arena->used);
+        arena->used = end;
+        if (end > arena->peak)
+            arena->peak = end;
+        return TB_OK;
+    }
     if (!arena || !out || !arena->base)
         return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "arena and out must not be NULL");
     /* Offset of the first aligned byte of the buffer. */

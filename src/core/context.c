@@ -81,6 +81,17 @@ tb_status tb_fail(tb_ctx *ctx, tb_status status, const char *fn, const char *fmt
     return status;
 }
 
+tb_status tb_ctx_set_error(tb_ctx *ctx, tb_status status, const char *fmt, ...)
+{
+    if (ctx && fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(ctx->error, sizeof ctx->error, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
 tb_status tb_alloc(tb_ctx *ctx, const char *fn, size_t bytes, void **out)
 {
     *out = NULL;

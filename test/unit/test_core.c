@@ -325,6 +325,73 @@ START_TEST(arena_alignment_and_limits)
 }
 END_TEST
 
+/* A layout run on a counting arena, then on a buffer of the size it
+ * reported, fits exactly whatever the buffer's alignment; the counter
+ * refuses an overflowing total. */
+static tb_status carve3(tb_ctx *ctx, tb_arena *ar, void **p)
+{
+    const size_t sizes[3] = {10, 64, 65};
+    for (int i = 0; i < 3; i++) {
+        tb_status s = tb_arena_alloc(ctx, ar, sizes[i], &p[i]);
+        if (s != TB_OK)
+            return s;
+    }
+    return TB_OK;
+}
+
+START_TEST(arena_counts_then_carves)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    tb_arena ar;
+    void *p[3] = {&ar, &ar, &ar};
+    ck_assert_int_eq(tb_arena_init_counting(&ar), TB_OK);
+    ck_assert_int_eq(carve3(&ctx, &ar, p), TB_OK);
+    for (int i = 0; i < 3; i++)
+        ck_assert_ptr_null(p[i]);
+    ck_assert_uint_eq(ar.used, 64 + 64 + 128);
+    size_t need = 0;
+    ck_assert_int_eq(tb_arena_required(&ar, &need), TB_OK);
+    ck_assert_uint_eq(need, 64 + 64 + 128 + TB_ARENA_ALIGN);
+    for (size_t misalign = 0; misalign < TB_ARENA_ALIGN; misalign += 7) {
+        unsigned char *buf = tbt_alloc(need + TB_ARENA_ALIGN);
+        tb_arena real;
+        ck_assert_int_eq(tb_arena_init(&real, buf + misalign, need), TB_OK);
+        ck_assert_int_eq(carve3(&ctx, &real, p), TB_OK);
+        memset(p[2], 0xCD, 65); /* in bounds (ASan would tell) */
+        void *extra;            /* and nothing more fits than what was counted */
+        const int aligned = (uintptr_t)(buf + misalign) % TB_ARENA_ALIGN == 0;
+        ck_assert_int_eq(tb_arena_alloc(&ctx, &real, 64, &extra),
+                         (aligned ? TB_OK : TB_ERR_BUFFER_TOO_SMALL));
+        free(buf);
+    }
+    ck_assert_int_eq(tb_arena_alloc(&ctx, &ar, SIZE_MAX - 100, &p[0]), TB_ERR_OVERFLOW);
+    ck_assert_uint_eq(ar.used, 64 + 64 + 128); /* unchanged by the refusal */
+    ar.used = SIZE_MAX - 10;
+    ck_assert_int_eq(tb_arena_required(&ar, &need), TB_ERR_OVERFLOW);
+    ck_assert_int_eq(tb_arena_init_counting(NULL), TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_arena_required(NULL, &need), TB_ERR_NULL_ARG);
+    tb_arena_reset(&ar);
+    ck_assert_uint_eq(ar.used, 0);
+}
+END_TEST
+
+START_TEST(ctx_set_error_records_and_returns)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    ck_assert_int_eq(tb_ctx_set_error(&ctx, TB_ERR_SHAPE, "model: %d x %s", 3, "four"),
+                     TB_ERR_SHAPE);
+    ck_assert_str_eq(tb_ctx_error(&ctx), "model: 3 x four");
+    char longer[2 * TB_ERROR_DETAIL_MAX];
+    memset(longer, 'x', sizeof longer - 1);
+    longer[sizeof longer - 1] = '\0';
+    ck_assert_int_eq(tb_ctx_set_error(&ctx, TB_ERR_FORMAT, "%s", longer), TB_ERR_FORMAT);
+    ck_assert_uint_eq(strlen(tb_ctx_error(&ctx)), TB_ERROR_DETAIL_MAX - 1);
+    ck_assert_int_eq(tb_ctx_set_error(NULL, TB_ERR_STATE, "nothing"), TB_ERR_STATE);
+}
+END_TEST
+
 /* Counting allocator, optionally failing after `budget` allocations. */
 typedef struct counting {
     int allocs, frees, budget;
@@ -407,6 +474,8 @@ Suite *suite_core(void)
     tcase_add_test(tc, block_params_enumerate_by_name);
     tcase_add_test(tc, rng_reproducible_and_distributed);
     tcase_add_test(tc, arena_alignment_and_limits);
+    tcase_add_test(tc, arena_counts_then_carves);
+    tcase_add_test(tc, ctx_set_error_records_and_returns);
     tcase_add_test(tc, allocator_hooks_are_used_and_failures_reported);
     suite_add_tcase(s, tc);
     return s;
