@@ -37,7 +37,8 @@ CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsu
 TEST_SRC  := $(sort $(wildcard test/unit/*.c))
 # The unit tests also test the examples' shared model wiring (test_gpt.c);
 # GPT_OBJ is that wiring with the strict number parsing it reads files with.
-GPT_OBJ   := $(BUILD)/examples/common/gpt.o $(BUILD)/examples/common/ex_text.o
+GPT_OBJ   := $(BUILD)/examples/common/gpt.o $(BUILD)/examples/common/tfm.o \
+             $(BUILD)/examples/common/ex_arena.o $(BUILD)/examples/common/ex_text.o
 TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o) $(GPT_OBJ)
 TEST_BIN  := $(BUILD)/test/unit_tests
 ORACLE_DIR := $(BUILD)/oracle

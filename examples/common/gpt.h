@@ -25,26 +25,25 @@
 #include <stdint.h>
 
 #include "tblocks.h"
+#include "tfm.h"
 
 typedef struct gpt_config {
     size_t n_layer, n_head, n_embd, block_size, vocab_size;
     float dropout;
 } gpt_config;
 
-typedef struct gpt_block {
-    tb_layernorm ln_1, ln_2;
-    tb_linear c_attn, attn_proj, c_fc, mlp_proj; /* (in, out) layout */
-} gpt_block;
-
 typedef struct gpt {
     gpt_config cfg;
-    tb_embedding wte, wpe;
-    gpt_block *h;
-    tb_layernorm ln_f;
-    tb_linear lm_head; /* a view over wte.weight: the tied output layer */
-    tb_attention_config attn;
+    tfm t;                /* the shared stack, configured by gpt_stack_config() */
+    tb_linear lm_head;    /* a view over t.wte.weight: the tied output layer */
     tb_param_list params; /* GPT-2 names, no prefix */
 } gpt;
+
+/* The stack's configuration for a GPT-2 model: pre-LN (eps 1e-5), causal,
+ * fused c_attn in Conv1D's (in, out) layout, d_ff = 4 C, tanh GELU, final
+ * LayerNorm ln_f, one dropout probability everywhere, GPT-2's
+ * initialisation and names (tfm_names_gpt2). */
+tfm_config gpt_stack_config(const gpt_config *cfg);
 
 /*
  * Limits of a configuration, so that sizes read from a file cannot drive
@@ -126,25 +125,16 @@ tb_status gpt_param_list(tb_ctx *ctx, gpt *m, const char *prefix, tb_param_list 
  * an error naming it; nothing is written then. */
 tb_status gpt_load_weights(tb_ctx *ctx, gpt *m, const char *path);
 
-/* Activations of one training step on up to B x T tokens. */
-typedef struct gpt_layer_acts {
-    float *x, *a1, *qkv, *att, *p, *x1, *a2, *f, *g, *mo;
-    void *ln1_cache, *ln2_cache, *att_cache;
-    tb_dropout_cache drop_attn, drop_mlp;
-    tb_attention_mask mask;
-} gpt_layer_acts;
-
+/* Activations of one training step on up to B x T tokens: the stack's and
+ * the LM head's. */
 typedef struct gpt_acts {
-    size_t max_b, max_t, b, t;
-    size_t ln_cache_bytes, att_cache_bytes, ce_cache_bytes;
-    int32_t *pos;
-    float *emb, *xf, *logits, *dlogits;
-    void *lnf_cache, *ce_cache;
-    tb_dropout_cache drop_emb;
-    gpt_layer_acts *layer; /* n_layer + 1 entries: layer[n_layer].x is the output */
-    float *dx, *dt1, *dt2, *d4, *dqkv;
-    void *buffer;
-    size_t bytes;
+    tfm_acts t;            /* the stack (its input, every layer, its output t.out) */
+    float *logits;         /* (R, V) */
+    float *dlogits;        /* (R, V) */
+    void *ce_cache;        /* cross-entropy cache for R rows */
+    size_t ce_cache_bytes;
+    void *buffer;          /* the head's buffers */
+    size_t bytes;          /* of both buffers, the stack's and the head's */
 } gpt_acts;
 
 /* Bytes gpt_acts_init() allocates for up to max_b x max_t tokens of a
@@ -162,18 +152,16 @@ tb_status gpt_forward(tb_ctx *ctx, gpt *m, gpt_acts *a, tb_mode mode, tb_rng *rn
                       float *loss);
 
 /* Backward of the last forward (which had targets): ADDS dloss * the
- * gradient of the mean loss to every parameter gradient. */
+ * gradient of the mean loss to every parameter gradient. tokens are the
+ * forward's (the stack kept a pointer to them). */
 tb_status gpt_backward(tb_ctx *ctx, gpt *m, gpt_acts *a, const int32_t *tokens,
                        const int32_t *targets, float dloss);
 
 /* ---- incremental decoding -------------------------------------------------- */
 
 typedef struct gpt_decoder {
-    size_t batch, max_len, max_new, n_layer;
-    tb_kv_cache *kv; /* one per layer */
-    int32_t *pos;
-    float *x, *a, *qkv, *att, *p, *f, *logits;
-    void *buffer;
+    tfm_decoder t;  /* the stack's KV caches and buffers */
+    float *logits;  /* (batch, V) the last position's logits of each sequence */
 } gpt_decoder;
 
 /* Caches for `batch` sequences of up to max_len tokens, feeding at most

@@ -743,7 +743,7 @@ typedef struct stream {
 static tb_status stream_feed(tb_ctx *ctx, const gpt *m, stream *s, const int32_t *hist, size_t n,
                              size_t n_new)
 {
-    if (s->d.kv[0].len + n_new > s->T) {
+    if (tfm_decoder_len(&s->d.t) + n_new > s->T) {
         const size_t keep = s->T / 2;
         gpt_decoder_reset(&s->d);
         return gpt_decoder_step(ctx, m, &s->d, hist + n - keep, keep, NULL);

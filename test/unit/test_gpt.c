@@ -257,12 +257,12 @@ START_TEST(test_gpt_refuses_other_configurations)
     tb_rng rng;
     tb_rng_init(&rng, 3);
     CHECK_OK(ctx, gpt_init(&ctx, &m, &c, &rng));
-    const float w0 = m.wte.weight.value[0];
+    const float w0 = m.t.wte.weight.value[0];
     char path[600];
     snprintf(path, sizeof path, "%s/gpt_l3_h4_c32_v61/model.safetensors", getenv("TB_ORACLE_DIR"));
     ck_assert_int_eq(gpt_load_weights(&ctx, &m, path), TB_ERR_INVALID_ARG);
     ck_assert_msg(strstr(tb_ctx_error(&ctx), "h.2.") != NULL, "%s", tb_ctx_error(&ctx));
-    ck_assert(m.wte.weight.value[0] == w0);
+    ck_assert(m.t.wte.weight.value[0] == w0);
     gpt_free(&m);
     /* Same depth, other width: a shape error naming the tensor. */
     gpt_config c3 = {3, 4, 16, 32, 61, 0.0f};
