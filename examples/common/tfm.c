@@ -119,6 +119,10 @@ tb_status tfm_config_check(tb_ctx *ctx, const tfm_config *c)
                                 "and >= 0, bn_momentum = %g in [0, 1]",
                                 (double)c->norm_eps, (double)c->init_std,
                                 (double)c->bn_momentum);
+    if (c->has_pad_token && (c->pad_token_id < 0 || (size_t)c->pad_token_id >= c->vocab_size))
+        return tb_ctx_set_error(ctx, TB_ERR_INVALID_ARG,
+                                "tfm: pad_token_id = %ld is not a row of the %zu-token vocabulary",
+                                (long)c->pad_token_id, c->vocab_size);
     const tfm_names *n = c->names;
     const int fused = c->qkv == TFM_QKV_FUSED;
     if (!n || !n->wte || !n->wpe || !n->layer || !n->norm_attn || !n->norm_mlp || !n->attn_out ||
@@ -293,6 +297,8 @@ tb_status tfm_init(tb_ctx *ctx, tfm *m, const tfm_config *cfg, tb_rng *rng)
     /* Every table's default first, then (with an init_std) their normals:
      * the order GPT-2's initialisation has always drawn in. */
     TRY(tb_embedding_init(ctx, &m->wte, cfg->vocab_size, C, rng));
+    if (cfg->has_pad_token)
+        m->wte.padding_idx = cfg->pad_token_id;
     TRY(tb_embedding_init(ctx, &m->wpe, cfg->max_positions, C, rng));
     if (cfg->type_vocab_size)
         TRY(tb_embedding_init(ctx, &m->wtt, cfg->type_vocab_size, C, rng));

@@ -88,6 +88,9 @@ typedef struct tfm_config {
     size_t vocab_size;      /* rows of wte */
     size_t max_positions;   /* rows of wpe: the longest sequence */
     size_t type_vocab_size; /* rows of wtt; 0: no token-type embedding */
+    int has_pad_token;      /* nonzero: wte's row pad_token_id gets no gradient (BERT's [PAD],
+                               PyTorch's padding_idx) */
+    int32_t pad_token_id;
     tfm_norm_place norm_place;
     tfm_norm_kind norm_kind;
     int embed_norm;         /* a norm after the embeddings (BERT) */

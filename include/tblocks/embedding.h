@@ -26,6 +26,10 @@ typedef struct tb_embedding {
     size_t num_embeddings;  /**< Rows of the table (vocabulary size). */
     size_t dim;             /**< Width of one embedding. */
     tb_param weight;        /**< `(num_embeddings, dim)`. */
+    int64_t padding_idx;    /**< Row that receives no gradient (PyTorch's
+                                 `padding_idx`, e.g. BERT's [PAD] row), or -1
+                                 (tb_embedding_init()'s default) for none. Set
+                                 it after init; forward still reads the row. */
     void *storage;          /**< Owned memory for value and gradient. */
     tb_allocator allocator; /**< Hooks `storage` came from. */
 } tb_embedding;
@@ -78,7 +82,8 @@ tb_status tb_embedding_forward(tb_ctx *ctx, const tb_embedding *emb, const int32
 
 /**
  * @brief Backward: adds row i of dout into row ids[i] of weight.grad
- * (repeated ids accumulate). Deterministic for any thread count.
+ * (repeated ids accumulate), except for ids equal to `padding_idx`.
+ * Deterministic for any thread count.
  * @param ctx Context.
  * @param emb Table.
  * @param ids The forward ids.

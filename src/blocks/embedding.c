@@ -31,6 +31,7 @@ tb_status tb_embedding_init(tb_ctx *ctx, tb_embedding *emb, size_t num_embedding
     memset(w + n, 0, n * sizeof(float));
     emb->num_embeddings = num_embeddings;
     emb->dim = dim;
+    emb->padding_idx = -1;
     emb->storage = storage;
     emb->allocator = ctx->allocator;
     size_t shape[2] = {num_embeddings, dim};
@@ -144,6 +145,8 @@ tb_status tb_embedding_backward(tb_ctx *ctx, tb_embedding *emb, const int32_t *i
     for (size_t cb = 0; cb < nblocks; cb++) {
         size_t c0 = cb * block, c1 = c0 + block < d ? c0 + block : d;
         for (size_t i = 0; i < n; i++) {
+            if ((int64_t)ids[i] == emb->padding_idx)
+                continue;
             float *gr = g + (size_t)ids[i] * d;
             const float *dr = dy + i * d;
             for (size_t c = c0; c < c1; c++)

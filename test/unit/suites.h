@@ -24,6 +24,7 @@
     X(sample)         \
     X(aliasing)       \
     X(gpt)            \
+    X(tfm)            \
     X(harness)        \
     X(examples)
 
