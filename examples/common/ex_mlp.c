@@ -1,6 +1,9 @@
 /* The examples' classifier MLP (ex_mlp.h). */
 #include "ex_mlp.h"
 
+#include "ex_arena.h"
+
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,13 +14,16 @@
             return try_status_;         \
     } while (0)
 
-tb_status ex_mlp_init(tb_ctx *ctx, ex_mlp *m, size_t in, size_t hidden, size_t out, tb_rng *rng)
+tb_status ex_mlp_init(tb_ctx *ctx, ex_mlp *m, const ex_mlp_config *cfg, tb_rng *rng)
 {
     memset(m, 0, sizeof *m);
-    m->in = in, m->hidden = hidden, m->out = out;
-    TRY(tb_linear_init(ctx, &m->fc1, in, hidden, 1, rng));
-    TRY(tb_linear_init(ctx, &m->fc2, hidden, hidden, 1, rng));
-    TRY(tb_linear_init(ctx, &m->fc3, hidden, out, 1, rng));
+    if (!(cfg->dropout >= 0.0f && cfg->dropout < 1.0f))
+        return tb_ctx_set_error(ctx, TB_ERR_INVALID_ARG, "mlp: dropout %g is outside [0, 1)",
+                                (double)cfg->dropout);
+    m->cfg = *cfg;
+    TRY(tb_linear_init(ctx, &m->fc1, cfg->in, cfg->hidden, 1, rng));
+    TRY(tb_linear_init(ctx, &m->fc2, cfg->hidden, cfg->hidden, 1, rng));
+    TRY(tb_linear_init(ctx, &m->fc3, cfg->hidden, cfg->out, 1, rng));
     TRY(tb_param_list_init(ctx, &m->params));
     TRY(tb_linear_params(ctx, &m->fc1, "fc1", &m->params));
     TRY(tb_linear_params(ctx, &m->fc2, "fc2", &m->params));
@@ -34,45 +40,46 @@ void ex_mlp_free(ex_mlp *m)
     tb_linear_free(&m->fc3);
 }
 
-static tb_status carve(tb_ctx *ctx, tb_arena *arena, size_t n, float **out)
+static int mul_ok(size_t a, size_t b, size_t *out)
 {
-    void *p = NULL;
-    tb_status s = tb_arena_alloc(ctx, arena, n * sizeof(float), &p);
-    *out = p;
-    return s;
+    if (b && a > SIZE_MAX / b)
+        return 0;
+    *out = a * b;
+    return 1;
+}
+
+typedef struct layout_arg {
+    ex_mlp_acts *a;
+    const ex_mlp_config *cfg;
+} layout_arg;
+
+static tb_status acts_layout(tb_ctx *ctx, tb_arena *ar, void *arg)
+{
+    ex_mlp_acts *a = ((layout_arg *)arg)->a;
+    const ex_mlp_config *c = ((layout_arg *)arg)->cfg;
+    size_t nh, nc;
+    if (!mul_ok(a->max_rows, c->hidden, &nh) || !mul_ok(a->max_rows, c->out, &nc))
+        return tb_ctx_set_error(ctx, TB_ERR_OVERFLOW, "mlp: activations for %zu rows overflow",
+                                a->max_rows);
+    float **hidden[] = {&a->h1, &a->a1, &a->h2, &a->a2, &a->ga, &a->gb};
+    for (size_t i = 0; i < sizeof hidden / sizeof hidden[0]; i++)
+        TRY(ex_take_f32(ctx, ar, nh, hidden[i]));
+    if (c->dropout > 0.0f)
+        TRY(ex_take_f32(ctx, ar, nh, &a->d1));
+    else /* dropout is the identity: in place */
+        a->d1 = a->a1;
+    TRY(ex_take_f32(ctx, ar, nc, &a->logits));
+    TRY(ex_take_f32(ctx, ar, nc, &a->dlogits));
+    return tb_arena_alloc(ctx, ar, a->ce_cache_bytes, &a->ce_cache);
 }
 
 tb_status ex_mlp_acts_init(tb_ctx *ctx, ex_mlp_acts *a, const ex_mlp *m, size_t max_rows)
 {
     memset(a, 0, sizeof *a);
     a->max_rows = max_rows;
-    const size_t hid = max_rows * m->hidden * sizeof(float);
-    const size_t cls = max_rows * m->out * sizeof(float);
-    size_t total = 0;
     TRY(tb_cross_entropy_cache_size(max_rows, &a->ce_cache_bytes));
-    for (int i = 0; i < 6; i++) /* h1 a1 h2 a2 ga gb */
-        TRY(tb_arena_size_add(&total, hid));
-    for (int i = 0; i < 2; i++) /* logits dlogits */
-        TRY(tb_arena_size_add(&total, cls));
-    TRY(tb_arena_size_add(&total, a->ce_cache_bytes));
-    total += TB_ARENA_ALIGN;
-    a->buffer = malloc(total);
-    if (!a->buffer)
-        return TB_ERR_NO_MEMORY;
-    a->bytes = total;
-    tb_arena arena;
-    TRY(tb_arena_init(&arena, a->buffer, total));
-    const size_t nh = max_rows * m->hidden, nc = max_rows * m->out;
-    TRY(carve(ctx, &arena, nh, &a->h1));
-    TRY(carve(ctx, &arena, nh, &a->a1));
-    TRY(carve(ctx, &arena, nh, &a->h2));
-    TRY(carve(ctx, &arena, nh, &a->a2));
-    TRY(carve(ctx, &arena, nh, &a->ga));
-    TRY(carve(ctx, &arena, nh, &a->gb));
-    TRY(carve(ctx, &arena, nc, &a->logits));
-    TRY(carve(ctx, &arena, nc, &a->dlogits));
-    TRY(tb_arena_alloc(ctx, &arena, a->ce_cache_bytes, &a->ce_cache));
-    return TB_OK;
+    layout_arg arg = {a, &m->cfg};
+    return ex_layout_alloc(ctx, acts_layout, &arg, &a->buffer, &a->bytes);
 }
 
 void ex_mlp_acts_free(ex_mlp_acts *a)
@@ -81,40 +88,48 @@ void ex_mlp_acts_free(ex_mlp_acts *a)
     memset(a, 0, sizeof *a);
 }
 
-tb_status ex_mlp_forward(tb_ctx *ctx, ex_mlp *m, ex_mlp_acts *a, const float *x,
-                         const int32_t *y, size_t rows, float *loss)
+tb_status ex_mlp_forward(tb_ctx *ctx, ex_mlp *m, ex_mlp_acts *a, tb_mode mode, tb_rng *rng,
+                         const float *x, const int32_t *y, size_t rows, float *loss)
 {
+    const ex_mlp_config *c = &m->cfg;
     if (rows > a->max_rows)
-        return TB_ERR_BUFFER_TOO_SMALL;
-    tb_tensor tx = tb_tensor_2d((float *)x, rows, m->in);
-    tb_tensor h1 = tb_tensor_2d(a->h1, rows, m->hidden), a1 = tb_tensor_2d(a->a1, rows, m->hidden);
-    tb_tensor h2 = tb_tensor_2d(a->h2, rows, m->hidden), a2 = tb_tensor_2d(a->a2, rows, m->hidden);
-    tb_tensor lo = tb_tensor_2d(a->logits, rows, m->out);
+        return tb_ctx_set_error(ctx, TB_ERR_BUFFER_TOO_SMALL,
+                                "mlp: %zu rows; the activations hold %zu", rows, a->max_rows);
+    tb_tensor tx = tb_tensor_2d((float *)(uintptr_t)x, rows, c->in);
+    tb_tensor h1 = tb_tensor_2d(a->h1, rows, c->hidden), a1 = tb_tensor_2d(a->a1, rows, c->hidden);
+    tb_tensor d1 = tb_tensor_2d(a->d1, rows, c->hidden);
+    tb_tensor h2 = tb_tensor_2d(a->h2, rows, c->hidden), a2 = tb_tensor_2d(a->a2, rows, c->hidden);
+    tb_tensor lo = tb_tensor_2d(a->logits, rows, c->out);
     TRY(tb_linear_forward(ctx, &m->fc1, &tx, &h1));
-    TRY(tb_gelu_forward(ctx, TB_GELU_TANH, &h1, &a1));
-    TRY(tb_linear_forward(ctx, &m->fc2, &a1, &h2));
-    TRY(tb_gelu_forward(ctx, TB_GELU_TANH, &h2, &a2));
+    TRY(tb_gelu_forward(ctx, c->gelu, &h1, &a1));
+    TRY(tb_dropout_forward(ctx, mode, c->dropout, rng, &a1, &d1, &a->drop));
+    TRY(tb_linear_forward(ctx, &m->fc2, &d1, &h2));
+    TRY(tb_gelu_forward(ctx, c->gelu, &h2, &a2));
     TRY(tb_linear_forward(ctx, &m->fc3, &a2, &lo));
     return tb_cross_entropy_forward(ctx, NULL, &lo, y, rows, loss, a->ce_cache,
                                     a->ce_cache_bytes);
 }
 
+/* GELU and dropout may write dx over dy, so two scratch buffers carry the
+ * gradient through the hidden layers. */
 tb_status ex_mlp_backward(tb_ctx *ctx, ex_mlp *m, ex_mlp_acts *a, const float *x,
                           const int32_t *y, size_t rows, float dloss)
 {
-    tb_tensor tx = tb_tensor_2d((float *)x, rows, m->in);
-    tb_tensor h1 = tb_tensor_2d(a->h1, rows, m->hidden), a1 = tb_tensor_2d(a->a1, rows, m->hidden);
-    tb_tensor h2 = tb_tensor_2d(a->h2, rows, m->hidden), a2 = tb_tensor_2d(a->a2, rows, m->hidden);
-    tb_tensor lo = tb_tensor_2d(a->logits, rows, m->out);
-    tb_tensor dlo = tb_tensor_2d(a->dlogits, rows, m->out);
-    tb_tensor ga = tb_tensor_2d(a->ga, rows, m->hidden), gb = tb_tensor_2d(a->gb, rows, m->hidden);
+    const ex_mlp_config *c = &m->cfg;
+    tb_tensor tx = tb_tensor_2d((float *)(uintptr_t)x, rows, c->in);
+    tb_tensor h1 = tb_tensor_2d(a->h1, rows, c->hidden), d1 = tb_tensor_2d(a->d1, rows, c->hidden);
+    tb_tensor h2 = tb_tensor_2d(a->h2, rows, c->hidden), a2 = tb_tensor_2d(a->a2, rows, c->hidden);
+    tb_tensor lo = tb_tensor_2d(a->logits, rows, c->out);
+    tb_tensor dlo = tb_tensor_2d(a->dlogits, rows, c->out);
+    tb_tensor ga = tb_tensor_2d(a->ga, rows, c->hidden), gb = tb_tensor_2d(a->gb, rows, c->hidden);
     TRY(tb_cross_entropy_backward(ctx, NULL, &lo, y, rows, dloss, a->ce_cache, a->ce_cache_bytes,
                                   &dlo));
-    TRY(tb_linear_backward(ctx, &m->fc3, &a2, &dlo, &ga));
-    TRY(tb_gelu_backward(ctx, TB_GELU_TANH, &h2, &ga, &ga));
-    TRY(tb_linear_backward(ctx, &m->fc2, &a1, &ga, &gb));
-    TRY(tb_gelu_backward(ctx, TB_GELU_TANH, &h1, &gb, &gb));
-    return tb_linear_backward(ctx, &m->fc1, &tx, &gb, NULL);
+    TRY(tb_linear_backward(ctx, &m->fc3, &a2, &dlo, &ga));   /* ga = dL/da2 */
+    TRY(tb_gelu_backward(ctx, c->gelu, &h2, &ga, &ga));      /* ga = dL/dh2 */
+    TRY(tb_linear_backward(ctx, &m->fc2, &d1, &ga, &gb));    /* gb = dL/dd1 */
+    TRY(tb_dropout_backward(ctx, &a->drop, &gb, &gb));       /* gb = dL/da1 */
+    TRY(tb_gelu_backward(ctx, c->gelu, &h1, &gb, &gb));      /* gb = dL/dh1 */
+    return tb_linear_backward(ctx, &m->fc1, &tx, &gb, NULL); /* no dL/dx needed */
 }
 
 tb_status ex_mlp_evaluate(tb_ctx *ctx, ex_mlp *m, ex_mlp_acts *a, const float *x,
@@ -125,12 +140,13 @@ tb_status ex_mlp_evaluate(tb_ctx *ctx, ex_mlp *m, ex_mlp_acts *a, const float *x
     for (size_t r0 = 0; r0 < n; r0 += a->max_rows) {
         const size_t rows = n - r0 < a->max_rows ? n - r0 : a->max_rows;
         float l;
-        TRY(ex_mlp_forward(ctx, m, a, x + r0 * m->in, y + r0, rows, &l));
+        TRY(ex_mlp_forward(ctx, m, a, TB_MODE_INFERENCE, NULL, x + r0 * m->cfg.in, y + r0, rows,
+                           &l));
         total += (double)l * (double)rows;
         for (size_t r = 0; r < rows; r++) {
-            const float *row = a->logits + r * m->out;
+            const float *row = a->logits + r * m->cfg.out;
             size_t best = 0;
-            for (size_t c = 1; c < m->out; c++)
+            for (size_t c = 1; c < m->cfg.out; c++)
                 if (row[c] > row[best])
                     best = c;
             correct += (int32_t)best == y[r0 + r];

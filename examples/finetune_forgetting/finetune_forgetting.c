@@ -145,7 +145,8 @@ static tb_status accumulate(world *w, const dataset *d, size_t k, size_t rows)
     for (size_t j = 0; j < k; j++) {
         float loss;
         sample(w->rng, w->s, d, rows);
-        TRY(ex_mlp_forward(w->ctx, w->m, w->acts, w->s->x, w->s->y, rows, &loss));
+        TRY(ex_mlp_forward(w->ctx, w->m, w->acts, TB_MODE_TRAINING, NULL, w->s->x, w->s->y, rows,
+                           &loss));
         TRY(ex_mlp_backward(w->ctx, w->m, w->acts, w->s->x, w->s->y, rows, 1.0f / (float)k));
     }
     return TB_OK;
@@ -276,13 +277,14 @@ int main(int argc, char **argv)
         return EX_EXIT_FAILURE;
     }
     ex_mlp m;
+    const ex_mlp_config mlp_cfg = {2, HIDDEN, 2, TB_GELU_TANH, 0.0f}; /* no dropout */
     ex_mlp_acts acts, big_acts;
     sampler smp;
     memset(&smp, 0, sizeof smp);
     smp.order = malloc(N_TRAIN * sizeof(size_t));
     smp.next = N_TRAIN;
     const size_t micro_rows = BATCH / micro;
-    if (!smp.order || ex_failed(&ctx, ex_mlp_init(&ctx, &m, 2, HIDDEN, 2, &rng), "model") ||
+    if (!smp.order || ex_failed(&ctx, ex_mlp_init(&ctx, &m, &mlp_cfg, &rng), "model") ||
         ex_failed(&ctx, ex_mlp_acts_init(&ctx, &acts, &m, BATCH), "activations") ||
         ex_failed(&ctx, ex_mlp_acts_init(&ctx, &big_acts, &m, micro_rows), "activations"))
         return EX_EXIT_FAILURE;

@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "ex_cli.h"
+#include "ex_mlp.h"
 #include "ex_random.h"
 #include "tblocks.h"
 
@@ -112,160 +113,9 @@ static int make_spiral(tb_rng *rng, dataset *train, dataset *val)
 
 /* ---- model --------------------------------------------------------------- */
 
-typedef struct mlp {
-    tb_linear fc1, fc2, fc3;
-    tb_param_list params; /* "fc1.weight", "fc1.bias", ..., "fc3.bias" */
-} mlp;
-
-static tb_status mlp_init(tb_ctx *ctx, mlp *m, tb_rng *rng)
-{
-    TRY(tb_linear_init(ctx, &m->fc1, IN_DIM, HIDDEN, 1, rng));
-    TRY(tb_linear_init(ctx, &m->fc2, HIDDEN, HIDDEN, 1, rng));
-    TRY(tb_linear_init(ctx, &m->fc3, HIDDEN, N_CLASSES, 1, rng));
-    TRY(tb_param_list_init(ctx, &m->params));
-    TRY(tb_linear_params(ctx, &m->fc1, "fc1", &m->params));
-    TRY(tb_linear_params(ctx, &m->fc2, "fc2", &m->params));
-    TRY(tb_linear_params(ctx, &m->fc3, "fc3", &m->params));
-    return TB_OK;
-}
-
-static void mlp_free(mlp *m)
-{
-    tb_param_list_free(&m->params);
-    tb_linear_free(&m->fc1);
-    tb_linear_free(&m->fc2);
-    tb_linear_free(&m->fc3);
-}
-
-/*
- * Activation buffers for up to max_rows rows, carved from one arena. The
- * forward buffers are all kept because backward reads them: GELU backward
- * takes its input (h1, h2), linear backward takes its input (x, d1, a2),
- * cross-entropy backward takes the logits and its cache, dropout backward
- * only its small cache struct.
- */
-typedef struct activations {
-    size_t max_rows;
-    float *h1;     /* (rows, HIDDEN)    fc1 output, GELU input */
-    float *a1;     /* (rows, HIDDEN)    GELU output, dropout input */
-    float *d1;     /* (rows, HIDDEN)    dropout output, fc2 input */
-    float *h2;     /* (rows, HIDDEN)    fc2 output, GELU input */
-    float *a2;     /* (rows, HIDDEN)    GELU output, fc3 input */
-    float *logits; /* (rows, N_CLASSES) fc3 output */
-    void *ce_cache;
-    size_t ce_cache_bytes;
-    tb_dropout_cache drop_cache;
-    float *dlogits; /* (rows, N_CLASSES) */
-    float *grad_a;  /* (rows, HIDDEN) dL/da2, then dL/dh2 in place */
-    float *grad_b;  /* (rows, HIDDEN) dL/dd1, then dL/da1, then dL/dh1 in place */
-    void *buffer;   /* the arena's memory */
-} activations;
-
-/* Take n floats from the arena. */
-static tb_status carve(tb_ctx *ctx, tb_arena *arena, size_t n, float **out)
-{
-    void *p = NULL;
-    tb_status s = tb_arena_alloc(ctx, arena, n * sizeof(float), &p);
-    *out = p;
-    return s;
-}
-
-static tb_status activations_init(tb_ctx *ctx, activations *a, size_t max_rows)
-{
-    const size_t hid = max_rows * HIDDEN * sizeof(float);
-    const size_t cls = max_rows * N_CLASSES * sizeof(float);
-    size_t total = 0;
-    a->max_rows = max_rows;
-    /* Ask every consumer for its size, add the sizes up, allocate once. */
-    TRY(tb_cross_entropy_cache_size(max_rows, &a->ce_cache_bytes));
-    for (int i = 0; i < 7; i++) /* h1 a1 d1 h2 a2 grad_a grad_b */
-        TRY(tb_arena_size_add(&total, hid));
-    for (int i = 0; i < 2; i++) /* logits dlogits */
-        TRY(tb_arena_size_add(&total, cls));
-    TRY(tb_arena_size_add(&total, a->ce_cache_bytes));
-    total += TB_ARENA_ALIGN; /* the buffer itself may start unaligned */
-    a->buffer = malloc(total);
-    if (!a->buffer)
-        return TB_ERR_NO_MEMORY;
-    tb_arena arena;
-    TRY(tb_arena_init(&arena, a->buffer, total));
-    TRY(carve(ctx, &arena, max_rows * HIDDEN, &a->h1));
-    TRY(carve(ctx, &arena, max_rows * HIDDEN, &a->a1));
-    TRY(carve(ctx, &arena, max_rows * HIDDEN, &a->d1));
-    TRY(carve(ctx, &arena, max_rows * HIDDEN, &a->h2));
-    TRY(carve(ctx, &arena, max_rows * HIDDEN, &a->a2));
-    TRY(carve(ctx, &arena, max_rows * HIDDEN, &a->grad_a));
-    TRY(carve(ctx, &arena, max_rows * HIDDEN, &a->grad_b));
-    TRY(carve(ctx, &arena, max_rows * N_CLASSES, &a->logits));
-    TRY(carve(ctx, &arena, max_rows * N_CLASSES, &a->dlogits));
-    TRY(tb_arena_alloc(ctx, &arena, a->ce_cache_bytes, &a->ce_cache));
-    return TB_OK;
-}
-
-static void activations_free(activations *a)
-{
-    free(a->buffer);
-    memset(a, 0, sizeof *a);
-}
-
-/*
- * Forward pass on `rows` points; *loss receives the mean cross-entropy.
- * In TB_MODE_TRAINING dropout draws its mask from drop_rng; in
- * TB_MODE_INFERENCE it is the identity (drop_rng may be NULL).
- */
-static tb_status mlp_forward(tb_ctx *ctx, mlp *m, activations *a, tb_mode mode,
-                             tb_rng *drop_rng, float *x, const int32_t *y, size_t rows,
-                             float *loss)
-{
-    tb_tensor tx = tb_tensor_2d(x, rows, IN_DIM);
-    tb_tensor h1 = tb_tensor_2d(a->h1, rows, HIDDEN);
-    tb_tensor a1 = tb_tensor_2d(a->a1, rows, HIDDEN);
-    tb_tensor d1 = tb_tensor_2d(a->d1, rows, HIDDEN);
-    tb_tensor h2 = tb_tensor_2d(a->h2, rows, HIDDEN);
-    tb_tensor a2 = tb_tensor_2d(a->a2, rows, HIDDEN);
-    tb_tensor logits = tb_tensor_2d(a->logits, rows, N_CLASSES);
-
-    TRY(tb_linear_forward(ctx, &m->fc1, &tx, &h1));
-    TRY(tb_gelu_forward(ctx, GELU, &h1, &a1));
-    TRY(tb_dropout_forward(ctx, mode, DROPOUT_P, drop_rng, &a1, &d1, &a->drop_cache));
-    TRY(tb_linear_forward(ctx, &m->fc2, &d1, &h2));
-    TRY(tb_gelu_forward(ctx, GELU, &h2, &a2));
-    TRY(tb_linear_forward(ctx, &m->fc3, &a2, &logits));
-    TRY(tb_cross_entropy_forward(ctx, NULL, &logits, y, rows, loss, a->ce_cache,
-                                 a->ce_cache_bytes));
-    return TB_OK;
-}
-
-/*
- * Backward pass for the last mlp_forward() on the same rows, in reverse
- * order. Parameter gradients are ADDED to (the caller zeroes them first);
- * input gradients are written. GELU and dropout may write dx over dy, so
- * two scratch buffers carry the gradient through the hidden layers.
- */
-static tb_status mlp_backward(tb_ctx *ctx, mlp *m, activations *a, float *x, const int32_t *y,
-                              size_t rows)
-{
-    tb_tensor tx = tb_tensor_2d(x, rows, IN_DIM);
-    tb_tensor h1 = tb_tensor_2d(a->h1, rows, HIDDEN);
-    tb_tensor d1 = tb_tensor_2d(a->d1, rows, HIDDEN);
-    tb_tensor h2 = tb_tensor_2d(a->h2, rows, HIDDEN);
-    tb_tensor a2 = tb_tensor_2d(a->a2, rows, HIDDEN);
-    tb_tensor logits = tb_tensor_2d(a->logits, rows, N_CLASSES);
-    tb_tensor dlogits = tb_tensor_2d(a->dlogits, rows, N_CLASSES);
-    tb_tensor ga = tb_tensor_2d(a->grad_a, rows, HIDDEN);
-    tb_tensor gb = tb_tensor_2d(a->grad_b, rows, HIDDEN);
-
-    /* dloss = 1: we differentiate the mean loss itself. */
-    TRY(tb_cross_entropy_backward(ctx, NULL, &logits, y, rows, 1.0f, a->ce_cache,
-                                  a->ce_cache_bytes, &dlogits));
-    TRY(tb_linear_backward(ctx, &m->fc3, &a2, &dlogits, &ga));   /* ga = dL/da2 */
-    TRY(tb_gelu_backward(ctx, GELU, &h2, &ga, &ga));             /* ga = dL/dh2 */
-    TRY(tb_linear_backward(ctx, &m->fc2, &d1, &ga, &gb));        /* gb = dL/dd1 */
-    TRY(tb_dropout_backward(ctx, &a->drop_cache, &gb, &gb));     /* gb = dL/da1 */
-    TRY(tb_gelu_backward(ctx, GELU, &h1, &gb, &gb));             /* gb = dL/dh1 */
-    TRY(tb_linear_backward(ctx, &m->fc1, &tx, &gb, NULL));       /* no dL/dx needed */
-    return TB_OK;
-}
+/* The examples' classifier MLP (examples/common/ex_mlp.h):
+ * Linear-GELU-Dropout-Linear-GELU-Linear, "fc1.weight" ... "fc3.bias". */
+static const ex_mlp_config model_config = {IN_DIM, HIDDEN, N_CLASSES, GELU, DROPOUT_P};
 
 /* ---- optimizer ----------------------------------------------------------- */
 
@@ -291,24 +141,6 @@ static void sgd_momentum_step(tb_param_list *params, float *velocity, float lr, 
 }
 
 /* ---- evaluation ---------------------------------------------------------- */
-
-/* Mean loss and accuracy over a whole data set, in inference mode. */
-static tb_status evaluate(tb_ctx *ctx, mlp *m, activations *a, const dataset *d, float *loss,
-                          float *accuracy)
-{
-    TRY(mlp_forward(ctx, m, a, TB_MODE_INFERENCE, NULL, d->x, d->y, d->n, loss));
-    size_t correct = 0;
-    for (size_t r = 0; r < d->n; r++) {
-        const float *row = a->logits + r * N_CLASSES;
-        int32_t best = 0;
-        for (int32_t c = 1; c < N_CLASSES; c++)
-            if (row[c] > row[best])
-                best = c;
-        correct += best == d->y[r];
-    }
-    *accuracy = (float)correct / (float)d->n;
-    return TB_OK;
-}
 
 /* ---- training loop ------------------------------------------------------- */
 
@@ -339,7 +171,7 @@ static void sampler_next(sampler *s, const dataset *d)
 
 /* Train for `steps` steps, printing a progress line every tenth of the run
  * and the final line. Returns 0, or 1 after printing an error. */
-static int train(tb_ctx *ctx, mlp *m, activations *a, const dataset *train_set,
+static int train(tb_ctx *ctx, ex_mlp *m, ex_mlp_acts *a, const dataset *train_set,
                  const dataset *val_set, sampler *batches, tb_rng *drop_rng, float *velocity,
                  uint64_t steps)
 {
@@ -349,9 +181,13 @@ static int train(tb_ctx *ctx, mlp *m, activations *a, const dataset *train_set,
     double t0 = ex_seconds();
     for (uint64_t step = 0; step <= steps; step++) {
         if (step % log_every == 0 || step == steps) {
-            if (ex_failed(ctx, evaluate(ctx, m, a, train_set, &train_loss, &train_acc),
+            if (ex_failed(ctx,
+                          ex_mlp_evaluate(ctx, m, a, train_set->x, train_set->y, train_set->n,
+                                          &train_loss, &train_acc),
                           "evaluating on the training set") ||
-                ex_failed(ctx, evaluate(ctx, m, a, val_set, &val_loss, &val_acc),
+                ex_failed(ctx,
+                          ex_mlp_evaluate(ctx, m, a, val_set->x, val_set->y, val_set->n,
+                                          &val_loss, &val_acc),
                           "evaluating on the validation set"))
                 return 1;
             printf("%8llu %11.4f %11.4f %9.4f\n", (unsigned long long)step, (double)train_loss,
@@ -364,8 +200,8 @@ static int train(tb_ctx *ctx, mlp *m, activations *a, const dataset *train_set,
         sampler_next(batches, train_set);
         float loss;
         if (ex_failed(ctx,
-                      mlp_forward(ctx, m, a, TB_MODE_TRAINING, drop_rng, batches->x,
-                                  batches->y, BATCH, &loss),
+                      ex_mlp_forward(ctx, m, a, TB_MODE_TRAINING, drop_rng, batches->x,
+                                     batches->y, BATCH, &loss),
                       "forward pass"))
             return 1;
         if (!isfinite(loss)) {
@@ -374,7 +210,7 @@ static int train(tb_ctx *ctx, mlp *m, activations *a, const dataset *train_set,
             return 1;
         }
         tb_param_list_zero_grad(&m->params); /* backward adds into the gradients */
-        if (ex_failed(ctx, mlp_backward(ctx, m, a, batches->x, batches->y, BATCH),
+        if (ex_failed(ctx, ex_mlp_backward(ctx, m, a, batches->x, batches->y, BATCH, 1.0f),
                       "backward pass"))
             return 1;
         /* Cosine schedule: the step size falls smoothly from LEARNING_RATE to
@@ -428,8 +264,8 @@ int main(int argc, char **argv)
 
     /* Everything below is freed at `done`, whatever fails. */
     dataset train_set, val_set;
-    mlp model;
-    activations act;
+    ex_mlp model;
+    ex_mlp_acts act;
     sampler batches;
     float *velocity = NULL;
     size_t n_params = 0, max_rows = 0;
@@ -444,10 +280,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "error: out of memory for the data set\n");
         goto done;
     }
-    if (ex_failed(&ctx, mlp_init(&ctx, &model, &init_rng), "building the model"))
+    if (ex_failed(&ctx, ex_mlp_init(&ctx, &model, &model_config, &init_rng), "building the model"))
         goto done;
     max_rows = train_set.n > val_set.n ? train_set.n : val_set.n; /* evaluation batches */
-    if (ex_failed(&ctx, activations_init(&ctx, &act, max_rows > BATCH ? max_rows : BATCH),
+    if (ex_failed(&ctx, ex_mlp_acts_init(&ctx, &act, &model, max_rows > BATCH ? max_rows : BATCH),
                   "allocating activations"))
         goto done;
     n_params = tb_param_list_numel(&model.params, 0);
@@ -481,8 +317,8 @@ done:
     free(batches.y);
     free(batches.x);
     free(velocity);
-    activations_free(&act);
-    mlp_free(&model);
+    ex_mlp_acts_free(&act);
+    ex_mlp_free(&model);
     dataset_free(&val_set);
     dataset_free(&train_set);
     return rc;

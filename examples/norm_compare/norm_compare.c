@@ -30,9 +30,9 @@
  *
  * with MLP = Linear(C, 4C), GELU (tanh form), Linear(4C, C), Norm =
  * LayerNorm or BatchNorm (given the padding mask), and Attn a single-head
- * self-attention that ignores padded keys (the library's tb_mha with one
- * head and a key-valid mask). The optimizer (Adam) is written
- * here over the tb_param_list, as mlp_classifier writes its SGD.
+ * self-attention that ignores padded keys (a key-valid mask): the shared
+ * transformer stack of every example (examples/common/tfm.h), with the
+ * library's Adam and learning-rate schedule (optim.h, schedule.h).
  *
  * Every number printed is bitwise identical for any --threads value; only
  * the lines starting with "train:" (thread count) and "done:" (time) differ.
@@ -44,9 +44,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ex_arena.h"
 #include "ex_cli.h"
 #include "ex_random.h"
 #include "tblocks.h"
+#include "tfm.h"
 
 #define DIM 32           /* model width C (also the channels of parts 1 and 2) */
 #define HIDDEN (4 * DIM) /* MLP width */
@@ -76,10 +78,6 @@
 /* Adam with a linear warm-up and a cosine decay to LR/10. */
 #define LR 3e-3f
 #define WARMUP_STEPS 30
-#define ADAM_B1 0.9f
-#define ADAM_B2 0.999f
-#define ADAM_EPS 1e-8f
-#define PI 3.14159265358979323846
 
 /* Return the status of `call` from the enclosing function if it failed. */
 #define TRY(call)                       \
@@ -114,62 +112,9 @@ static double max_abs_diff(const float *a, const float *b, size_t n, double *sum
     return m;
 }
 
-/* ---- the norm under test: LayerNorm or BatchNorm behind one interface ----- */
+/* ---- the norm under test: LayerNorm or BatchNorm (the stack's norm kinds) -- */
 
 typedef enum norm_kind { NORM_LAYER, NORM_BATCH } norm_kind;
-
-typedef struct norm {
-    norm_kind kind;
-    tb_layernorm ln;
-    tb_batchnorm bn;
-} norm;
-
-static tb_status norm_init(tb_ctx *ctx, norm *n, norm_kind kind)
-{
-    n->kind = kind;
-    if (kind == NORM_LAYER)
-        return tb_layernorm_init(ctx, &n->ln, DIM, NORM_EPS, NORM_FLAGS);
-    return tb_batchnorm_init(ctx, &n->bn, DIM, NORM_EPS, BN_MOMENTUM, NORM_FLAGS);
-}
-
-static void norm_free(norm *n)
-{
-    tb_layernorm_free(&n->ln);
-    tb_batchnorm_free(&n->bn);
-}
-
-static tb_status norm_params(tb_ctx *ctx, norm *n, const char *prefix, tb_param_list *list)
-{
-    return n->kind == NORM_LAYER ? tb_layernorm_params(ctx, &n->ln, prefix, list)
-                                 : tb_batchnorm_params(ctx, &n->bn, prefix, list);
-}
-
-/* Cache bytes for up to `rows` rows: LayerNorm keeps per-row statistics,
- * BatchNorm per-channel ones (independent of the batch). */
-static tb_status norm_cache_size(norm_kind kind, size_t rows, size_t *bytes)
-{
-    return kind == NORM_LAYER ? tb_layernorm_cache_size(rows, bytes)
-                              : tb_batchnorm_cache_size(DIM, bytes);
-}
-
-/* LayerNorm needs neither the mode nor the padding mask: it has no batch
- * statistics, and a padded row cannot affect a real one. */
-static tb_status norm_forward(tb_ctx *ctx, norm *n, tb_mode mode, const tb_tensor *x,
-                              const uint8_t *valid, tb_tensor *y, void *cache, size_t bytes)
-{
-    if (n->kind == NORM_LAYER)
-        return tb_layernorm_forward(ctx, &n->ln, x, y, cache, bytes);
-    return tb_batchnorm_forward(ctx, &n->bn, mode, x, valid, y, cache, bytes);
-}
-
-static tb_status norm_backward(tb_ctx *ctx, norm *n, const tb_tensor *x, const uint8_t *valid,
-                               const tb_tensor *dy, const void *cache, size_t bytes,
-                               tb_tensor *dx)
-{
-    if (n->kind == NORM_LAYER)
-        return tb_layernorm_backward(ctx, &n->ln, x, dy, cache, bytes, dx);
-    return tb_batchnorm_backward(ctx, &n->bn, x, valid, dy, cache, bytes, dx);
-}
 
 static const char *norm_name(norm_kind kind)
 {
@@ -539,50 +484,58 @@ static void batch_make(batch *bt, const seqset *d, const size_t *idx, size_t b)
 
 /* ---- part 3 model ----------------------------------------------------------- */
 
-typedef struct block {
-    norm n1, n2;
-    tb_mha attn; /* one head: the task needs no more */
-    tb_linear fc1, fc2;
-} block;
+/* The stack's module names in this program (it saves no checkpoints; the
+ * names only label parameters). */
+static const tfm_names part3_names = {
+    .wte = "wte",
+    .wpe = "wpe",
+    .layer = "h.%zu",
+    .norm_attn = "norm_1",
+    .norm_mlp = "norm_2",
+    .qkv = "attn.qkv",
+    .attn_out = "attn.proj",
+    .fc_in = "mlp.fc",
+    .fc_out = "mlp.proj",
+    .final_norm = "norm_f",
+};
 
+/* The shared transformer stack (examples/common/tfm.h), pre-norm and
+ * bidirectional with padded keys masked, its norms LayerNorm or BatchNorm;
+ * the blocks' own (PyTorch's) initialisation. */
+static tfm_config part3_config(norm_kind kind)
+{
+    tfm_config c;
+    memset(&c, 0, sizeof c);
+    c.n_layer = N_LAYERS, c.n_head = ATTN_HEADS, c.d_model = DIM, c.d_ff = HIDDEN;
+    c.vocab_size = VOCAB, c.max_positions = MAX_LEN;
+    c.norm_place = TFM_PRE_NORM;
+    c.norm_kind = kind == NORM_LAYER ? TFM_LAYERNORM : TFM_BATCHNORM;
+    c.final_norm = 1;
+    c.norm_eps = NORM_EPS;
+    c.bn_momentum = BN_MOMENTUM;
+    c.qkv = TFM_QKV_FUSED;
+    c.layout = TB_LINEAR_OUT_IN;
+    c.gelu = GELU;
+    c.names = &part3_names;
+    return c;
+}
+
+/* The stack, then the caller's head: a mean over the real positions and
+ * Linear(C, 2). */
 typedef struct model {
     norm_kind kind;
-    tb_embedding tok, pos;
-    block blocks[N_LAYERS];
-    norm nf;
+    tfm t;
     tb_linear head;
     tb_param_list params;
 } model;
 
 static tb_status model_init(tb_ctx *ctx, model *m, norm_kind kind, tb_rng *rng)
 {
-    char name[64];
     m->kind = kind;
+    const tfm_config c = part3_config(kind);
     TRY(tb_param_list_init(ctx, &m->params));
-    TRY(tb_embedding_init(ctx, &m->tok, VOCAB, DIM, rng));
-    TRY(tb_embedding_init(ctx, &m->pos, MAX_LEN, DIM, rng));
-    TRY(tb_embedding_params(ctx, &m->tok, "wte", &m->params));
-    TRY(tb_embedding_params(ctx, &m->pos, "wpe", &m->params));
-    for (int l = 0; l < N_LAYERS; l++) {
-        block *b = &m->blocks[l];
-        TRY(norm_init(ctx, &b->n1, kind));
-        TRY(norm_init(ctx, &b->n2, kind));
-        TRY(tb_mha_init(ctx, &b->attn, DIM, ATTN_HEADS, 1, rng));
-        TRY(tb_linear_init(ctx, &b->fc1, DIM, HIDDEN, 1, rng));
-        TRY(tb_linear_init(ctx, &b->fc2, HIDDEN, DIM, 1, rng));
-        snprintf(name, sizeof name, "h.%d.norm_1", l);
-        TRY(norm_params(ctx, &b->n1, name, &m->params));
-        snprintf(name, sizeof name, "h.%d.attn", l);
-        TRY(tb_mha_params(ctx, &b->attn, name, &m->params));
-        snprintf(name, sizeof name, "h.%d.norm_2", l);
-        TRY(norm_params(ctx, &b->n2, name, &m->params));
-        snprintf(name, sizeof name, "h.%d.mlp.fc", l);
-        TRY(tb_linear_params(ctx, &b->fc1, name, &m->params));
-        snprintf(name, sizeof name, "h.%d.mlp.proj", l);
-        TRY(tb_linear_params(ctx, &b->fc2, name, &m->params));
-    }
-    TRY(norm_init(ctx, &m->nf, kind));
-    TRY(norm_params(ctx, &m->nf, "norm_f", &m->params));
+    TRY(tfm_init(ctx, &m->t, &c, rng));
+    TRY(tfm_params(ctx, &m->t, "", &m->params));
     TRY(tb_linear_init(ctx, &m->head, DIM, N_CLASSES, 1, rng));
     TRY(tb_linear_params(ctx, &m->head, "head", &m->params));
     return TB_OK;
@@ -591,124 +544,46 @@ static tb_status model_init(tb_ctx *ctx, model *m, norm_kind kind, tb_rng *rng)
 static void model_free(model *m)
 {
     tb_param_list_free(&m->params);
-    tb_embedding_free(&m->tok);
-    tb_embedding_free(&m->pos);
-    for (int l = 0; l < N_LAYERS; l++) {
-        norm_free(&m->blocks[l].n1);
-        norm_free(&m->blocks[l].n2);
-        tb_mha_free(&m->blocks[l].attn);
-        tb_linear_free(&m->blocks[l].fc1);
-        tb_linear_free(&m->blocks[l].fc2);
-    }
-    norm_free(&m->nf);
+    tfm_free(&m->t);
     tb_linear_free(&m->head);
 }
 
-/*
- * Activations for up to MAX_ROWS rows (BATCH sequences of MAX_LEN), carved
- * from one arena. Everything forward writes is kept for backward: linear and
- * GELU backward take their inputs, the norms their inputs and caches, the
- * attention its cache, cross-entropy its logits and cache.
- */
-typedef struct block_acts {
-    float *a1;   /* norm_1 output, attention input       (R, C) */
-    float *h1;   /* x + attention: norm_2 input           (R, C) */
-    float *a2;   /* norm_2 output, fc input                (R, C) */
-    float *f1;   /* fc output, GELU input                  (R, 4C) */
-    float *g;    /* GELU output, proj input                (R, 4C) */
-    void *n1_cache, *n2_cache, *attn_cache;
-} block_acts;
-
+/* The stack's activations for up to BATCH x MAX_LEN tokens, and the head's. */
 typedef struct acts {
-    float *x[N_LAYERS + 1]; /* the residual stream entering each block, and leaving */
-    float *pos_tmp;         /* position embeddings before they are added */
-    block_acts blk[N_LAYERS];
-    float *fo;              /* final norm output (R, C) */
-    void *nf_cache;
-    float *pooled;          /* (B, C) */
-    float *logits;          /* (B, 2) */
-    void *ce_cache;
-    /* backward */
-    float *dx, *dh1, *da;   /* (R, C) */
-    float *dg;              /* (R, 4C) */
-    float *dfo;             /* (R, C) */
-    float *dpooled;         /* (B, C) */
-    float *dlogits;         /* (B, 2) */
-    size_t norm_cache_bytes, attn_cache_bytes, ce_cache_bytes;
-    void *buffer;
+    tfm_acts t;
+    float *pooled;  /* (B, C) mean of the stack's output over the real positions */
+    float *logits;  /* (B, 2) */
+    void *ce_cache; /* cross-entropy cache for B rows */
+    float *dout;    /* (R, C) gradient w.r.t. the stack's output */
+    float *dpooled; /* (B, C) */
+    float *dlogits; /* (B, 2) */
+    size_t ce_cache_bytes;
+    void *buffer;   /* the head's buffers */
+    size_t bytes;
 } acts;
 
-static tb_status take(tb_ctx *ctx, tb_arena *arena, size_t bytes, void **out)
+static tb_status head_layout(tb_ctx *ctx, tb_arena *ar, void *arg)
 {
-    return tb_arena_alloc(ctx, arena, bytes, out);
+    acts *a = arg;
+    TRY(ex_take_f32(ctx, ar, BATCH * DIM, &a->pooled));
+    TRY(ex_take_f32(ctx, ar, BATCH * N_CLASSES, &a->logits));
+    TRY(tb_arena_alloc(ctx, ar, a->ce_cache_bytes, &a->ce_cache));
+    TRY(ex_take_f32(ctx, ar, MAX_ROWS * DIM, &a->dout));
+    TRY(ex_take_f32(ctx, ar, BATCH * DIM, &a->dpooled));
+    return ex_take_f32(ctx, ar, BATCH * N_CLASSES, &a->dlogits);
 }
 
-static tb_status takef(tb_ctx *ctx, tb_arena *arena, size_t n, float **out)
+static tb_status acts_init(tb_ctx *ctx, acts *a, const model *m)
 {
-    void *p = NULL;
-    tb_status s = tb_arena_alloc(ctx, arena, n * sizeof(float), &p);
-    *out = p;
-    return s;
-}
-
-static tb_status acts_init(tb_ctx *ctx, acts *a, const model *m, norm_kind kind)
-{
-    const size_t rc = MAX_ROWS * DIM * sizeof(float), rh = MAX_ROWS * HIDDEN * sizeof(float);
-    size_t total = 0;
-    TRY(norm_cache_size(kind, MAX_ROWS, &a->norm_cache_bytes));
-    TRY(tb_mha_cache_size(&m->blocks[0].attn, BATCH, MAX_LEN, MAX_LEN, &a->attn_cache_bytes));
+    memset(a, 0, sizeof *a);
+    TRY(tfm_acts_init(ctx, &a->t, &m->t, BATCH, MAX_LEN));
     TRY(tb_cross_entropy_cache_size(BATCH, &a->ce_cache_bytes));
-    /* (R, C): x[0..L], pos_tmp, per block a1 h1 a2, fo, dx dh1 da dfo */
-    for (int i = 0; i < N_LAYERS + 1 + 1 + 3 * N_LAYERS + 1 + 4; i++)
-        TRY(tb_arena_size_add(&total, rc));
-    for (int i = 0; i < 2 * N_LAYERS + 1; i++) /* (R, 4C): f1 g per block, dg */
-        TRY(tb_arena_size_add(&total, rh));
-    for (int i = 0; i < 2 * N_LAYERS + 1; i++)
-        TRY(tb_arena_size_add(&total, a->norm_cache_bytes));
-    for (int i = 0; i < N_LAYERS; i++)
-        TRY(tb_arena_size_add(&total, a->attn_cache_bytes));
-    for (int i = 0; i < 2; i++) { /* pooled, dpooled; logits, dlogits */
-        TRY(tb_arena_size_add(&total, BATCH * DIM * sizeof(float)));
-        TRY(tb_arena_size_add(&total, BATCH * N_CLASSES * sizeof(float)));
-    }
-    TRY(tb_arena_size_add(&total, a->ce_cache_bytes));
-    total += TB_ARENA_ALIGN;
-    a->buffer = malloc(total);
-    if (!a->buffer)
-        return TB_ERR_NO_MEMORY;
-    tb_arena arena;
-    TRY(tb_arena_init(&arena, a->buffer, total));
-    for (int i = 0; i <= N_LAYERS; i++)
-        TRY(takef(ctx, &arena, MAX_ROWS * DIM, &a->x[i]));
-    TRY(takef(ctx, &arena, MAX_ROWS * DIM, &a->pos_tmp));
-    for (int l = 0; l < N_LAYERS; l++) {
-        block_acts *b = &a->blk[l];
-        TRY(takef(ctx, &arena, MAX_ROWS * DIM, &b->a1));
-        TRY(takef(ctx, &arena, MAX_ROWS * DIM, &b->h1));
-        TRY(takef(ctx, &arena, MAX_ROWS * DIM, &b->a2));
-        TRY(takef(ctx, &arena, MAX_ROWS * HIDDEN, &b->f1));
-        TRY(takef(ctx, &arena, MAX_ROWS * HIDDEN, &b->g));
-        TRY(take(ctx, &arena, a->norm_cache_bytes, &b->n1_cache));
-        TRY(take(ctx, &arena, a->norm_cache_bytes, &b->n2_cache));
-        TRY(take(ctx, &arena, a->attn_cache_bytes, &b->attn_cache));
-    }
-    TRY(takef(ctx, &arena, MAX_ROWS * DIM, &a->fo));
-    TRY(take(ctx, &arena, a->norm_cache_bytes, &a->nf_cache));
-    TRY(takef(ctx, &arena, BATCH * DIM, &a->pooled));
-    TRY(takef(ctx, &arena, BATCH * N_CLASSES, &a->logits));
-    TRY(take(ctx, &arena, a->ce_cache_bytes, &a->ce_cache));
-    TRY(takef(ctx, &arena, MAX_ROWS * DIM, &a->dx));
-    TRY(takef(ctx, &arena, MAX_ROWS * DIM, &a->dh1));
-    TRY(takef(ctx, &arena, MAX_ROWS * DIM, &a->da));
-    TRY(takef(ctx, &arena, MAX_ROWS * DIM, &a->dfo));
-    TRY(takef(ctx, &arena, MAX_ROWS * HIDDEN, &a->dg));
-    TRY(takef(ctx, &arena, BATCH * DIM, &a->dpooled));
-    TRY(takef(ctx, &arena, BATCH * N_CLASSES, &a->dlogits));
-    return TB_OK;
+    return ex_layout_alloc(ctx, head_layout, a, &a->buffer, &a->bytes);
 }
 
 static void acts_free(acts *a)
 {
+    tfm_acts_free(&a->t);
     free(a->buffer);
     memset(a, 0, sizeof *a);
 }
@@ -723,38 +598,9 @@ static void acts_free(acts *a)
 static tb_status model_forward(tb_ctx *ctx, model *m, acts *a, tb_mode mode, const batch *bt,
                                float *loss)
 {
-    const size_t B = bt->b, T = bt->t, R = B * T;
-    tb_attention_mask keys; /* padded positions are never attended to */
-    memset(&keys, 0, sizeof keys);
-    keys.key_valid = bt->valid;
-    tb_tensor x0 = tb_tensor_3d(a->x[0], B, T, DIM), pe = tb_tensor_3d(a->pos_tmp, B, T, DIM);
-    TRY(tb_embedding_forward(ctx, &m->tok, bt->ids, R, &x0));
-    TRY(tb_embedding_forward(ctx, &m->pos, bt->pos, R, &pe));
-    TRY(tb_residual_forward(ctx, &x0, &pe, &x0));
-    for (int l = 0; l < N_LAYERS; l++) {
-        block *b = &m->blocks[l];
-        block_acts *ba = &a->blk[l];
-        tb_tensor x = tb_tensor_3d(a->x[l], B, T, DIM);
-        tb_tensor a1 = tb_tensor_3d(ba->a1, B, T, DIM), h1 = tb_tensor_3d(ba->h1, B, T, DIM);
-        tb_tensor a2 = tb_tensor_3d(ba->a2, B, T, DIM);
-        tb_tensor f1 = tb_tensor_3d(ba->f1, B, T, HIDDEN), g = tb_tensor_3d(ba->g, B, T, HIDDEN);
-        tb_tensor xn = tb_tensor_3d(a->x[l + 1], B, T, DIM);
-        /* x + Attn(Norm(x)) */
-        TRY(norm_forward(ctx, &b->n1, mode, &x, bt->valid, &a1, ba->n1_cache,
-                         a->norm_cache_bytes));
-        TRY(tb_mha_forward(ctx, &b->attn, &keys, &a1, NULL, &h1, ba->attn_cache,
-                           a->attn_cache_bytes));
-        TRY(tb_residual_forward(ctx, &x, &h1, &h1));
-        /* h1 + MLP(Norm(h1)) */
-        TRY(norm_forward(ctx, &b->n2, mode, &h1, bt->valid, &a2, ba->n2_cache,
-                         a->norm_cache_bytes));
-        TRY(tb_linear_forward(ctx, &b->fc1, &a2, &f1));
-        TRY(tb_gelu_forward(ctx, GELU, &f1, &g));
-        TRY(tb_linear_forward(ctx, &b->fc2, &g, &xn));
-        TRY(tb_residual_forward(ctx, &h1, &xn, &xn));
-    }
-    tb_tensor xl = tb_tensor_3d(a->x[N_LAYERS], B, T, DIM), fo = tb_tensor_3d(a->fo, B, T, DIM);
-    TRY(norm_forward(ctx, &m->nf, mode, &xl, bt->valid, &fo, a->nf_cache, a->norm_cache_bytes));
+    const size_t B = bt->b, T = bt->t;
+    const tfm_input in = {B, T, bt->ids, NULL, NULL, bt->valid};
+    TRY(tfm_forward(ctx, &m->t, &a->t, mode, NULL, &in));
     /* Mean over the real positions of each sequence. */
     for (size_t i = 0; i < B; i++) {
         float *p = a->pooled + i * DIM;
@@ -762,7 +608,7 @@ static tb_status model_forward(tb_ctx *ctx, model *m, acts *a, tb_mode mode, con
             p[c] = 0.0f;
         for (size_t t = 0; t < bt->len[i]; t++)
             for (size_t c = 0; c < DIM; c++)
-                p[c] += a->fo[(i * T + t) * DIM + c];
+                p[c] += a->t.out[(i * T + t) * DIM + c];
         for (size_t c = 0; c < DIM; c++)
             p[c] /= (float)bt->len[i];
     }
@@ -773,19 +619,14 @@ static tb_status model_forward(tb_ctx *ctx, model *m, acts *a, tb_mode mode, con
                                     a->ce_cache_bytes);
 }
 
-/* Backward for the last model_forward() on bt, in reverse order. Parameter
- * gradients are added to (the caller zeroes them first). */
+/* Backward for the last model_forward() on bt. Parameter gradients are
+ * added to (the caller zeroes them first). */
 static tb_status model_backward(tb_ctx *ctx, model *m, acts *a, const batch *bt)
 {
-    const size_t B = bt->b, T = bt->t, R = B * T;
-    tb_attention_mask keys;
-    memset(&keys, 0, sizeof keys);
-    keys.key_valid = bt->valid;
+    const size_t B = bt->b, T = bt->t;
     tb_tensor logits = tb_tensor_2d(a->logits, B, N_CLASSES);
     tb_tensor dlogits = tb_tensor_2d(a->dlogits, B, N_CLASSES);
     tb_tensor pooled = tb_tensor_2d(a->pooled, B, DIM), dpooled = tb_tensor_2d(a->dpooled, B, DIM);
-    tb_tensor dx = tb_tensor_3d(a->dx, B, T, DIM), dh1 = tb_tensor_3d(a->dh1, B, T, DIM);
-    tb_tensor da = tb_tensor_3d(a->da, B, T, DIM), dfo = tb_tensor_3d(a->dfo, B, T, DIM);
     TRY(tb_cross_entropy_backward(ctx, NULL, &logits, bt->label, B, 1.0f, a->ce_cache,
                                   a->ce_cache_bytes, &dlogits));
     TRY(tb_linear_backward(ctx, &m->head, &pooled, &dlogits, &dpooled));
@@ -793,76 +634,9 @@ static tb_status model_backward(tb_ctx *ctx, model *m, acts *a, const batch *bt)
     for (size_t i = 0; i < B; i++)
         for (size_t t = 0; t < T; t++)
             for (size_t c = 0; c < DIM; c++)
-                a->dfo[(i * T + t) * DIM + c] =
+                a->dout[(i * T + t) * DIM + c] =
                     t < bt->len[i] ? a->dpooled[i * DIM + c] / (float)bt->len[i] : 0.0f;
-    tb_tensor xl = tb_tensor_3d(a->x[N_LAYERS], B, T, DIM);
-    TRY(norm_backward(ctx, &m->nf, &xl, bt->valid, &dfo, a->nf_cache, a->norm_cache_bytes, &dx));
-    for (int l = N_LAYERS - 1; l >= 0; l--) {
-        block *b = &m->blocks[l];
-        block_acts *ba = &a->blk[l];
-        tb_tensor x = tb_tensor_3d(a->x[l], B, T, DIM);
-        tb_tensor a1 = tb_tensor_3d(ba->a1, B, T, DIM), h1 = tb_tensor_3d(ba->h1, B, T, DIM);
-        tb_tensor a2 = tb_tensor_3d(ba->a2, B, T, DIM);
-        tb_tensor f1 = tb_tensor_3d(ba->f1, B, T, HIDDEN), g = tb_tensor_3d(ba->g, B, T, HIDDEN);
-        tb_tensor dg = tb_tensor_3d(a->dg, B, T, HIDDEN);
-        /* dx holds dL/d(block output). MLP branch, then the skip path. */
-        TRY(tb_linear_backward(ctx, &b->fc2, &g, &dx, &dg));
-        TRY(tb_gelu_backward(ctx, GELU, &f1, &dg, &dg));
-        TRY(tb_linear_backward(ctx, &b->fc1, &a2, &dg, &da));
-        TRY(norm_backward(ctx, &b->n2, &h1, bt->valid, &da, ba->n2_cache, a->norm_cache_bytes,
-                          &dh1));
-        TRY(tb_residual_backward(ctx, &dx, &dh1)); /* dh1 = dL/dh1 */
-        /* Attention branch, then the skip path. */
-        TRY(tb_mha_backward(ctx, &b->attn, &keys, &a1, NULL, &dh1, ba->attn_cache,
-                            a->attn_cache_bytes, &da, NULL));
-        TRY(norm_backward(ctx, &b->n1, &x, bt->valid, &da, ba->n1_cache, a->norm_cache_bytes,
-                          &dx));
-        TRY(tb_residual_backward(ctx, &dh1, &dx)); /* dx = dL/dx */
-    }
-    TRY(tb_embedding_backward(ctx, &m->tok, bt->ids, R, &dx));
-    TRY(tb_embedding_backward(ctx, &m->pos, bt->pos, R, &dx));
-    return TB_OK;
-}
-
-/* ---- optimizer -------------------------------------------------------------- */
-
-/*
- * Adam (PyTorch's form, no weight decay). m and v hold one float per scalar
- * of the list, in list order. Entries without a gradient (BatchNorm's running
- * statistics) and frozen ones are skipped.
- */
-typedef struct adam {
-    float *m, *v;
-    uint64_t t;
-} adam;
-
-static void adam_step(tb_param_list *params, adam *o, float lr)
-{
-    o->t++;
-    const float bc1 = 1.0f - powf(ADAM_B1, (float)o->t);
-    const float bc2 = 1.0f - powf(ADAM_B2, (float)o->t);
-    size_t off = 0;
-    for (size_t i = 0; i < params->count; i++) {
-        tb_param *p = params->items[i].param;
-        float *m = o->m + off, *v = o->v + off;
-        off += p->numel;
-        if (!p->trainable || !p->grad)
-            continue;
-        for (size_t j = 0; j < p->numel; j++) {
-            const float g = p->grad[j];
-            m[j] = ADAM_B1 * m[j] + (1.0f - ADAM_B1) * g;
-            v[j] = ADAM_B2 * v[j] + (1.0f - ADAM_B2) * g * g;
-            p->value[j] -= lr * (m[j] / bc1) / (sqrtf(v[j] / bc2) + ADAM_EPS);
-        }
-    }
-}
-
-static float learning_rate(uint64_t step, uint64_t steps)
-{
-    if (step < WARMUP_STEPS)
-        return LR * (float)(step + 1) / (float)WARMUP_STEPS;
-    double progress = (double)(step - WARMUP_STEPS) / (double)(steps - WARMUP_STEPS + 1);
-    return LR * (float)(0.1 + 0.9 * 0.5 * (1.0 + cos(PI * progress)));
+    return tfm_backward(ctx, &m->t, &a->t, a->dout, NULL);
 }
 
 /* ---- evaluation ------------------------------------------------------------- */
@@ -932,7 +706,7 @@ static tb_status evaluate(tb_ctx *ctx, model *m, acts *a, tb_mode mode, const se
 typedef struct run {
     model m;
     acts a;
-    adam opt;
+    tb_adam opt;
     float *saved;      /* buffer snapshot for evaluate() */
     float *logits[4];  /* validation logits of the four evaluations */
     double loss_sum;   /* training loss since the last report */
@@ -944,14 +718,17 @@ typedef struct part3_result {
     double ln_logit_gap, bn_logit_gap;
 } part3_result;
 
+/* Adam (the library's, PyTorch's form, no weight decay) over the trainable
+ * parameters (not BatchNorm's running statistics). */
 static tb_status run_init(tb_ctx *ctx, run *r, norm_kind kind, tb_rng init_rng)
 {
     TRY(model_init(ctx, &r->m, kind, &init_rng));
-    TRY(acts_init(ctx, &r->a, &r->m, kind));
+    TRY(acts_init(ctx, &r->a, &r->m));
+    tb_adam_config oc = tb_adam_default_config();
+    oc.lr = LR;
+    TRY(tb_adam_init(ctx, &r->opt, &r->m.params, &oc));
     size_t n = tb_param_list_numel(&r->m.params, 0);
     int ok = 1;
-    r->opt.m = xcalloc(n, sizeof(float), &ok);
-    r->opt.v = xcalloc(n, sizeof(float), &ok);
     r->saved = xcalloc(n, sizeof(float), &ok);
     for (int i = 0; i < 4; i++)
         r->logits[i] = xcalloc(N_VAL * N_CLASSES, sizeof(float), &ok);
@@ -962,28 +739,25 @@ static void run_free(run *r)
 {
     model_free(&r->m);
     acts_free(&r->a);
-    free(r->opt.m);
-    free(r->opt.v);
+    tb_adam_free(&r->opt);
     free(r->saved);
     for (int i = 0; i < 4; i++)
         free(r->logits[i]);
 }
 
-/* One optimisation step on bt. */
-static tb_status train_step(tb_ctx *ctx, run *r, const batch *bt, float lr, uint64_t step)
+/* One optimisation step on bt at the schedule's factor lr_factor. */
+static tb_status train_step(tb_ctx *ctx, run *r, const batch *bt, float lr_factor, uint64_t step)
 {
     float loss;
     TRY(model_forward(ctx, &r->m, &r->a, TB_MODE_TRAINING, bt, &loss));
     if (!isfinite(loss)) {
-        snprintf(ctx->error, sizeof ctx->error, "the %s model's loss became %g at step %llu",
-                 norm_name(r->m.kind), (double)loss, (unsigned long long)step);
-        return TB_ERR_NON_FINITE;
+        return tb_ctx_set_error(ctx, TB_ERR_NON_FINITE, "the %s model's loss became %g at step %llu",
+                                norm_name(r->m.kind), (double)loss, (unsigned long long)step);
     }
     r->loss_sum += loss;
     tb_param_list_zero_grad(&r->m.params);
     TRY(model_backward(ctx, &r->m, &r->a, bt));
-    adam_step(&r->m.params, &r->opt, lr);
-    return TB_OK;
+    return tb_adam_step(ctx, &r->opt, lr_factor);
 }
 
 static tb_status part3(tb_ctx *ctx, uint64_t steps, tb_rng *data_rng, tb_rng *init_rng,
@@ -1019,8 +793,8 @@ static tb_status part3(tb_ctx *ctx, uint64_t steps, tb_rng *data_rng, tb_rng *in
     printf("   sequences (%.1f%% of validation labels are 'more A'); batches of %d padded to "
            "their longest\n",
            100.0 * (double)n_a / N_VAL, BATCH);
-    printf("   model: embeddings + %d pre-norm blocks (single-head tb_mha attention, MLP "
-           "%d-%d-%d),\n",
+    printf("   model: the shared stack (tfm.h): embeddings + %d pre-norm blocks (one-head "
+           "attention, MLP %d-%d-%d),\n",
            N_LAYERS, DIM, HIDDEN, DIM);
     printf("   final norm, masked mean pool, Linear(%d,%d); %zu trainable parameters each\n", DIM,
            N_CLASSES, n_params);
@@ -1033,6 +807,10 @@ static tb_status part3(tb_ctx *ctx, uint64_t steps, tb_rng *data_rng, tb_rng *in
     printf("   %6s | %8s %9s %8s | %8s %9s %8s\n", "step", "train", "val_loss", "val_acc",
            "train", "val_loss", "val_acc");
 
+    /* Linear warm-up, then a cosine decay to LR/10 (schedule.h). */
+    const tb_lr_schedule sched = tb_lr_schedule_make(TB_LR_WARMUP_COSINE, WARMUP_STEPS, steps, 0.1f);
+    if ((s = tb_lr_schedule_check(&sched)) != TB_OK)
+        goto out;
     const uint64_t log_every = steps >= 5 ? steps / 5 : 1;
     size_t next = N_TRAIN;
     for (uint64_t step = 0; step <= steps; step++) {
@@ -1069,7 +847,7 @@ static tb_status part3(tb_ctx *ctx, uint64_t steps, tb_rng *data_rng, tb_rng *in
             idx[i] = order[next++];
         }
         batch_make(bt, &train_set, idx, BATCH);
-        const float lr = learning_rate(step, steps);
+        const float lr = tb_lr_factor(&sched, step);
         for (int k = 0; k < 2; k++)
             if ((s = train_step(ctx, &runs[k], bt, lr, step)) != TB_OK)
                 goto out;
