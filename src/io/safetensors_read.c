@@ -1,29 +1,27 @@
 /*
- * safetensors reader and writer (safetensors.h).
+ * safetensors reader (safetensors.h): tb_st_parse, tb_st_open, tb_st_close,
+ * tb_st_find, tb_st_meta_get, tb_st_read_f32, tb_st_load_params.
  *
- * The reader is a small recursive-descent JSON parser specialised to the
- * header's shape, working on [p, end) of the caller's buffer: every read
- * is bounds-checked against `end`, every size computation overflow-checked.
+ * The header is read with the JSON reader of json.h, working on [p, end)
+ * of the caller's buffer: every read is bounds-checked against `end`,
+ * every size computation overflow-checked, and the tensors must cover the
+ * data section exactly.
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "../core/internal.h"
+#include "json.h"
 #include "safetensors_fd.h"
-
-#define MAX_HEADER (100u * 1000u * 1000u) /* the reference implementation's limit */
-#define MAX_DEPTH 64
 
 /* ---- dtypes -------------------------------------------------------------- */
 
@@ -51,9 +49,7 @@ static size_t dtype_size(tb_st_dtype d)
 
 typedef struct parser {
     tb_ctx *ctx;
-    const unsigned char *start, *p, *end; /* the JSON header */
-    char *pool;                   /* unescaped strings */
-    size_t pool_used, pool_cap;
+    tb_json js; /* the JSON header and the pool of its unescaped strings */
     tb_st_tensor *tensors;
     size_t count, cap;
     tb_st_meta *meta;
@@ -61,283 +57,6 @@ typedef struct parser {
     size_t data_size;
     const unsigned char *data;
 } parser;
-
-static tb_status bad_at(parser *ps, const unsigned char *at, const char *what)
-{
-    return tb_fail(ps->ctx, TB_ERR_FORMAT, "tb_st_parse", "%s at header byte %zu", what,
-                   (size_t)(at - ps->start));
-}
-
-static void skip_ws(parser *ps)
-{
-    while (ps->p < ps->end &&
-           (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\n' || *ps->p == '\r'))
-        ps->p++;
-}
-
-static int expect(parser *ps, char c)
-{
-    skip_ws(ps);
-    if (ps->p < ps->end && *ps->p == (unsigned char)c) {
-        ps->p++;
-        return 1;
-    }
-    return 0;
-}
-
-static int hex4(const unsigned char *s, unsigned *out)
-{
-    unsigned v = 0;
-    for (int i = 0; i < 4; i++) {
-        const unsigned c = s[i];
-        v <<= 4;
-        if (c >= '0' && c <= '9')
-            v |= c - '0';
-        else if (c >= 'a' && c <= 'f')
-            v |= c - 'a' + 10;
-        else if (c >= 'A' && c <= 'F')
-            v |= c - 'A' + 10;
-        else
-            return 0;
-    }
-    *out = v;
-    return 1;
-}
-
-/* Length of the valid UTF-8 sequence at s (< end), or 0. */
-static size_t utf8_len(const unsigned char *s, const unsigned char *end)
-{
-    const unsigned c = s[0];
-    size_t n;
-    unsigned min;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF)
-        n = 2, min = 0x80;
-    else if (c >= 0xE0 && c <= 0xEF)
-        n = 3, min = 0x800;
-    else if (c >= 0xF0 && c <= 0xF4)
-        n = 4, min = 0x10000;
-    else
-        return 0;
-    if ((size_t)(end - s) < n)
-        return 0;
-    unsigned cp = c & (0x7F >> n);
-    for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-        return 0;
-    return n;
-}
-
-static size_t put_utf8(unsigned cp, char *out)
-{
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        out[0] = (char)(0xC0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xE0 | (cp >> 12));
-        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        out[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    out[0] = (char)(0xF0 | (cp >> 18));
-    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    out[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
-}
-
-/* A JSON string into the pool (NUL-terminated; an embedded \u0000 is
- * refused, since names are C strings). *out points at it. The pool holds
- * as many bytes as the header, which no unescaped string set can exceed. */
-static tb_status parse_string(parser *ps, const char **out)
-{
-    skip_ws(ps);
-    if (ps->p >= ps->end || *ps->p != '"')
-        return bad_at(ps, ps->p, "expected a string");
-    ps->p++;
-    char *dst = ps->pool + ps->pool_used;
-    size_t n = 0;
-    for (;;) {
-        if (ps->p >= ps->end)
-            return bad_at(ps, ps->p, "unterminated string");
-        const unsigned c = *ps->p;
-        if (c == '"') {
-            ps->p++;
-            break;
-        }
-        if (c < 0x20)
-            return bad_at(ps, ps->p, "control character in a string");
-        if (c == '\\') {
-            if (ps->end - ps->p < 2)
-                return bad_at(ps, ps->p, "unterminated escape");
-            const unsigned e = ps->p[1];
-            ps->p += 2;
-            char ch;
-            switch (e) {
-            case '"': ch = '"'; break;
-            case '\\': ch = '\\'; break;
-            case '/': ch = '/'; break;
-            case 'b': ch = '\b'; break;
-            case 'f': ch = '\f'; break;
-            case 'n': ch = '\n'; break;
-            case 'r': ch = '\r'; break;
-            case 't': ch = '\t'; break;
-            case 'u': {
-                unsigned cp;
-                if (ps->end - ps->p < 4 || !hex4(ps->p, &cp))
-                    return bad_at(ps, ps->p, "bad \\u escape");
-                ps->p += 4;
-                if (cp >= 0xD800 && cp <= 0xDBFF) { /* a surrogate pair */
-                    unsigned lo;
-                    if (ps->end - ps->p < 6 || ps->p[0] != '\\' || ps->p[1] != 'u' ||
-                        !hex4(ps->p + 2, &lo) || lo < 0xDC00 || lo > 0xDFFF)
-                        return bad_at(ps, ps->p, "unpaired surrogate in a \\u escape");
-                    ps->p += 6;
-                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-                } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-                    return bad_at(ps, ps->p, "unpaired surrogate in a \\u escape");
-                }
-                if (cp == 0)
-                    return bad_at(ps, ps->p, "NUL character in a string");
-                n += put_utf8(cp, dst + n);
-                continue;
-            }
-            default:
-                return bad_at(ps, ps->p, "unknown escape in a string");
-            }
-            dst[n++] = ch;
-            continue;
-        }
-        const size_t len = utf8_len(ps->p, ps->end);
-        if (!len)
-            return bad_at(ps, ps->p, "invalid UTF-8 in a string");
-        memcpy(dst + n, ps->p, len);
-        n += len;
-        ps->p += len;
-    }
-    dst[n] = '\0';
-    ps->pool_used += n + 1;
-    *out = dst;
-    return TB_OK;
-}
-
-/* A non-negative JSON integer that fits in size_t (no sign, fraction or
- * exponent; no leading zeros). */
-static tb_status parse_size(parser *ps, size_t *out)
-{
-    skip_ws(ps);
-    if (ps->p >= ps->end || *ps->p < '0' || *ps->p > '9')
-        return bad_at(ps, ps->p, "expected a non-negative integer");
-    if (*ps->p == '0' && ps->end - ps->p > 1 && ps->p[1] >= '0' && ps->p[1] <= '9')
-        return bad_at(ps, ps->p, "integer with a leading zero");
-    size_t v = 0;
-    while (ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9') {
-        const size_t d = (size_t)(*ps->p - '0');
-        if (v > (SIZE_MAX - d) / 10)
-            return bad_at(ps, ps->p, "integer too large");
-        v = v * 10 + d;
-        ps->p++;
-    }
-    if (ps->p < ps->end && (*ps->p == '.' || *ps->p == 'e' || *ps->p == 'E'))
-        return bad_at(ps, ps->p, "expected an integer, found a fraction or exponent");
-    *out = v;
-    return TB_OK;
-}
-
-/* Skip any JSON value (for keys this reader does not use). */
-static tb_status skip_value(parser *ps, int depth)
-{
-    if (depth > MAX_DEPTH)
-        return bad_at(ps, ps->p, "JSON nested too deeply");
-    skip_ws(ps);
-    if (ps->p >= ps->end)
-        return bad_at(ps, ps->p, "unexpected end of header");
-    const unsigned c = *ps->p;
-    tb_status s;
-    if (c == '"') {
-        const char *tmp;
-        const size_t used = ps->pool_used;
-        s = parse_string(ps, &tmp);
-        ps->pool_used = used; /* not kept */
-        return s;
-    }
-    if (c == '{' || c == '[') {
-        const char close = c == '{' ? '}' : ']';
-        ps->p++;
-        if (expect(ps, close))
-            return TB_OK;
-        for (;;) {
-            if (c == '{') {
-                const char *tmp;
-                const size_t used = ps->pool_used;
-                if ((s = parse_string(ps, &tmp)) != TB_OK)
-                    return s;
-                ps->pool_used = used;
-                if (!expect(ps, ':'))
-                    return bad_at(ps, ps->p, "expected ':'");
-            }
-            if ((s = skip_value(ps, depth + 1)) != TB_OK)
-                return s;
-            if (expect(ps, ','))
-                continue;
-            if (expect(ps, close))
-                return TB_OK;
-            return bad_at(ps, ps->p, "expected ',' or the end of an object or array");
-        }
-    }
-    static const char *const words[] = {"true", "false", "null"};
-    for (int i = 0; i < 3; i++) {
-        const size_t len = strlen(words[i]);
-        if ((size_t)(ps->end - ps->p) >= len && memcmp(ps->p, words[i], len) == 0) {
-            ps->p += len;
-            return TB_OK;
-        }
-    }
-    if (c == '-' || (c >= '0' && c <= '9')) { /* a JSON number: -?(0|[1-9]d*)(.d+)?([eE][+-]?d+)? */
-#define DIGIT(q) ((q) < ps->end && *(q) >= '0' && *(q) <= '9')
-        const unsigned char *q = ps->p;
-        if (*q == '-')
-            q++;
-        if (!DIGIT(q))
-            return bad_at(ps, q, "bad number");
-        if (*q == '0')
-            q++;
-        else
-            while (DIGIT(q))
-                q++;
-        if (q < ps->end && *q == '.') {
-            q++;
-            if (!DIGIT(q))
-                return bad_at(ps, q, "bad number");
-            while (DIGIT(q))
-                q++;
-        }
-        if (q < ps->end && (*q == 'e' || *q == 'E')) {
-            q++;
-            if (q < ps->end && (*q == '+' || *q == '-'))
-                q++;
-            if (!DIGIT(q))
-                return bad_at(ps, q, "bad number");
-            while (DIGIT(q))
-                q++;
-        }
-#undef DIGIT
-        ps->p = q;
-        return TB_OK;
-    }
-    return bad_at(ps, ps->p, "unexpected character");
-}
 
 /* Grow an array of `elem`-byte items from *cap to at least need. */
 static tb_status grow(parser *ps, void **arr, size_t *cap, size_t need, size_t elem)
@@ -364,27 +83,28 @@ static tb_status grow(parser *ps, void **arr, size_t *cap, size_t need, size_t e
 
 static tb_status parse_metadata(parser *ps)
 {
-    skip_ws(ps);
-    if ((size_t)(ps->end - ps->p) >= 4 && memcmp(ps->p, "null", 4) == 0) {
-        ps->p += 4;
+    tb_json *js = &ps->js;
+    tb_json_skip_ws(js);
+    if ((size_t)(js->end - js->p) >= 4 && memcmp(js->p, "null", 4) == 0) {
+        js->p += 4;
         return TB_OK;
     }
-    if (!expect(ps, '{'))
-        return bad_at(ps, ps->p, "__metadata__ must be an object of strings");
-    if (expect(ps, '}'))
+    if (!tb_json_accept(js, '{'))
+        return tb_json_fail_at(js, js->p, "__metadata__ must be an object of strings");
+    if (tb_json_accept(js, '}'))
         return TB_OK;
     for (;;) {
         const char *key, *value;
         tb_status s;
-        if ((s = parse_string(ps, &key)) != TB_OK)
+        if ((s = tb_json_string(js, &key)) != TB_OK)
             return s;
-        if (!expect(ps, ':'))
-            return bad_at(ps, ps->p, "expected ':'");
-        skip_ws(ps);
-        if (ps->p >= ps->end || *ps->p != '"')
+        if (!tb_json_accept(js, ':'))
+            return tb_json_fail_at(js, js->p, "expected ':'");
+        tb_json_skip_ws(js);
+        if (js->p >= js->end || *js->p != '"')
             return tb_fail(ps->ctx, TB_ERR_FORMAT, "tb_st_parse",
                            "metadata value of '%s' is not a string", key);
-        if ((s = parse_string(ps, &value)) != TB_OK)
+        if ((s = tb_json_string(js, &value)) != TB_OK)
             return s;
         if ((s = grow(ps, (void **)&ps->meta, &ps->meta_cap, ps->n_meta + 1,
                       sizeof(tb_st_meta))) != TB_OK)
@@ -392,38 +112,39 @@ static tb_status parse_metadata(parser *ps)
         ps->meta[ps->n_meta].key = key;
         ps->meta[ps->n_meta].value = value;
         ps->n_meta++;
-        if (expect(ps, ','))
+        if (tb_json_accept(js, ','))
             continue;
-        if (expect(ps, '}'))
+        if (tb_json_accept(js, '}'))
             return TB_OK;
-        return bad_at(ps, ps->p, "expected ',' or '}' in __metadata__");
+        return tb_json_fail_at(js, js->p, "expected ',' or '}' in __metadata__");
     }
 }
 
 /* {"dtype": ..., "shape": [...], "data_offsets": [b, e]} for tensor `name`. */
 static tb_status parse_tensor(parser *ps, const char *name, tb_st_tensor *t, size_t off[2])
 {
+    tb_json *js = &ps->js;
     tb_ctx *ctx = ps->ctx;
     const char *fn = "tb_st_parse";
-    if (!expect(ps, '{'))
+    if (!tb_json_accept(js, '{'))
         return tb_fail(ctx, TB_ERR_FORMAT, fn, "entry '%s' is not an object", name);
     int have_dtype = 0, have_shape = 0, have_offsets = 0;
     memset(t, 0, sizeof *t);
     t->name = name;
-    if (!expect(ps, '}'))
+    if (!tb_json_accept(js, '}'))
         for (;;) {
             const char *key;
-            const size_t used = ps->pool_used;
-            tb_status s = parse_string(ps, &key);
+            const size_t used = js->pool_used;
+            tb_status s = tb_json_string(js, &key);
             if (s != TB_OK)
                 return s;
-            if (!expect(ps, ':'))
-                return bad_at(ps, ps->p, "expected ':'");
+            if (!tb_json_accept(js, ':'))
+                return tb_json_fail_at(js, js->p, "expected ':'");
             if (strcmp(key, "dtype") == 0) {
                 const char *d;
                 if (have_dtype++)
                     return tb_fail(ctx, TB_ERR_FORMAT, fn, "'%s': duplicate dtype", name);
-                if ((s = parse_string(ps, &d)) != TB_OK)
+                if ((s = tb_json_string(js, &d)) != TB_OK)
                     return s;
                 size_t k = 0;
                 while (k < sizeof dtypes / sizeof dtypes[0] && strcmp(dtypes[k].name, d) != 0)
@@ -435,41 +156,41 @@ static tb_status parse_tensor(parser *ps, const char *name, tb_st_tensor *t, siz
             } else if (strcmp(key, "shape") == 0) {
                 if (have_shape++)
                     return tb_fail(ctx, TB_ERR_FORMAT, fn, "'%s': duplicate shape", name);
-                if (!expect(ps, '['))
+                if (!tb_json_accept(js, '['))
                     return tb_fail(ctx, TB_ERR_FORMAT, fn, "'%s': shape is not an array", name);
-                if (!expect(ps, ']'))
+                if (!tb_json_accept(js, ']'))
                     for (;;) {
                         size_t v;
                         if (t->ndim == TB_ST_MAX_DIMS)
                             return tb_fail(ctx, TB_ERR_FORMAT, fn,
                                            "'%s': more than %d dimensions", name,
                                            TB_ST_MAX_DIMS);
-                        if ((s = parse_size(ps, &v)) != TB_OK)
+                        if ((s = tb_json_size(js, &v)) != TB_OK)
                             return s;
                         t->shape[t->ndim++] = v;
-                        if (expect(ps, ','))
+                        if (tb_json_accept(js, ','))
                             continue;
-                        if (expect(ps, ']'))
+                        if (tb_json_accept(js, ']'))
                             break;
-                        return bad_at(ps, ps->p, "expected ',' or ']' in a shape");
+                        return tb_json_fail_at(js, js->p, "expected ',' or ']' in a shape");
                     }
             } else if (strcmp(key, "data_offsets") == 0) {
                 if (have_offsets++)
                     return tb_fail(ctx, TB_ERR_FORMAT, fn, "'%s': duplicate data_offsets", name);
-                if (!expect(ps, '[') || (s = parse_size(ps, &off[0])) != TB_OK ||
-                    !expect(ps, ',') || (s = parse_size(ps, &off[1])) != TB_OK ||
-                    !expect(ps, ']'))
+                if (!tb_json_accept(js, '[') || (s = tb_json_size(js, &off[0])) != TB_OK ||
+                    !tb_json_accept(js, ',') || (s = tb_json_size(js, &off[1])) != TB_OK ||
+                    !tb_json_accept(js, ']'))
                     return tb_fail(ctx, TB_ERR_FORMAT, fn,
                                    "'%s': data_offsets must be [begin, end]", name);
-            } else if ((s = skip_value(ps, 2)) != TB_OK) {
+            } else if ((s = tb_json_skip_value(js, 2)) != TB_OK) {
                 return s;
             }
-            ps->pool_used = used; /* the key and dtype strings are not kept */
-            if (expect(ps, ','))
+            js->pool_used = used; /* the key and dtype strings are not kept */
+            if (tb_json_accept(js, ','))
                 continue;
-            if (expect(ps, '}'))
+            if (tb_json_accept(js, '}'))
                 break;
-            return bad_at(ps, ps->p, "expected ',' or '}' in a tensor entry");
+            return tb_json_fail_at(js, js->p, "expected ',' or '}' in a tensor entry");
         }
     if (!have_dtype || !have_shape || !have_offsets)
         return tb_fail(ctx, TB_ERR_FORMAT, fn, "'%s' lacks %s", name,
@@ -584,25 +305,26 @@ static tb_status check_layout(parser *ps)
 
 static tb_status parse_header(parser *ps)
 {
+    tb_json *js = &ps->js;
     tb_status s;
-    if (!expect(ps, '{'))
-        return bad_at(ps, ps->p, "the header is not a JSON object");
+    if (!tb_json_accept(js, '{'))
+        return tb_json_fail_at(js, js->p, "the header is not a JSON object");
     int have_meta = 0;
-    if (!expect(ps, '}'))
+    if (!tb_json_accept(js, '}'))
         for (;;) {
             const char *key;
-            if ((s = parse_string(ps, &key)) != TB_OK)
+            if ((s = tb_json_string(js, &key)) != TB_OK)
                 return s;
-            if (!expect(ps, ':'))
-                return bad_at(ps, ps->p, "expected ':'");
+            if (!tb_json_accept(js, ':'))
+                return tb_json_fail_at(js, js->p, "expected ':'");
             if (strcmp(key, "__metadata__") == 0) {
                 if (have_meta++)
-                    return bad_at(ps, ps->p, "duplicate __metadata__");
+                    return tb_json_fail_at(js, js->p, "duplicate __metadata__");
                 if ((s = parse_metadata(ps)) != TB_OK)
                     return s;
             } else {
                 if (!key[0]) /* the writer's rule: a tensor needs a name */
-                    return bad_at(ps, ps->p, "a tensor with an empty name");
+                    return tb_json_fail_at(js, js->p, "a tensor with an empty name");
                 if ((s = grow(ps, (void **)&ps->tensors, &ps->cap, ps->count + 1,
                               sizeof(tb_st_tensor))) != TB_OK)
                     return s;
@@ -611,15 +333,15 @@ static tb_status parse_header(parser *ps)
                     return s;
                 ps->count++;
             }
-            if (expect(ps, ','))
+            if (tb_json_accept(js, ','))
                 continue;
-            if (expect(ps, '}'))
+            if (tb_json_accept(js, '}'))
                 break;
-            return bad_at(ps, ps->p, "expected ',' or '}' in the header");
+            return tb_json_fail_at(js, js->p, "expected ',' or '}' in the header");
         }
-    skip_ws(ps);
-    if (ps->p != ps->end)
-        return bad_at(ps, ps->p, "bytes after the header's JSON object");
+    tb_json_skip_ws(js);
+    if (js->p != js->end)
+        return tb_json_fail_at(js, js->p, "bytes after the header's JSON object");
     if ((s = check_meta(ps)) != TB_OK)
         return s;
     return check_layout(ps);
@@ -655,9 +377,9 @@ static uint64_t read_u64le(const unsigned char *b)
  * length field (the cap first: a huge n is refused for what it is). */
 static tb_status check_header_length(tb_ctx *ctx, const char *fn, uint64_t n, uint64_t after)
 {
-    if (n > MAX_HEADER)
+    if (n > TB_ST_MAX_HEADER)
         return tb_fail(ctx, TB_ERR_FORMAT, fn, "header length %llu is above the %u-byte limit",
-                       (unsigned long long)n, MAX_HEADER);
+                       (unsigned long long)n, TB_ST_MAX_HEADER);
     if (n > after)
         return tb_fail(ctx, TB_ERR_FORMAT, fn,
                        "header length %llu is larger than the %llu bytes after it",
@@ -674,16 +396,17 @@ static tb_status parse_parts(tb_ctx *ctx, const unsigned char *header, size_t n,
     parser ps;
     memset(&ps, 0, sizeof ps);
     ps.ctx = ctx;
-    ps.start = ps.p = header;
-    ps.end = header + n;
+    ps.js.ctx = ctx;
+    ps.js.fn = "tb_st_parse";
+    ps.js.start = ps.js.p = header;
+    ps.js.end = header + n;
     ps.data = data;
     ps.data_size = data_size;
-    ps.pool_cap = n + 1;
     void *pool;
-    tb_status s = tb_alloc(ctx, "tb_st_parse", ps.pool_cap, &pool);
+    tb_status s = tb_alloc(ctx, "tb_st_parse", n + 1, &pool);
     if (s != TB_OK)
         return s;
-    ps.pool = pool;
+    ps.js.pool = pool;
     file->allocator = ctx->allocator;
     file->storage = pool;
     s = parse_header(&ps);
@@ -1051,483 +774,4 @@ tb_status tb_st_load_params(tb_ctx *ctx, const tb_st_file *file, tb_param_list *
     if (n_loaded)
         *n_loaded = loaded;
     return TB_OK;
-}
-
-/* ---- writer ---------------------------------------------------------------- */
-
-typedef struct sbuf {
-    tb_ctx *ctx;
-    char *p;
-    size_t len, cap;
-    tb_status status;
-} sbuf;
-
-static void sb_put(sbuf *b, const char *s, size_t n)
-{
-    if (b->status != TB_OK)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t ncap = b->cap ? b->cap : 1024;
-        while (ncap < b->len + n + 1) {
-            if (!tb_mul_size(ncap, 2, &ncap)) {
-                b->status = tb_fail(b->ctx, TB_ERR_OVERFLOW, "tb_st_save", "header too large");
-                return;
-            }
-        }
-        void *mem;
-        if ((b->status = tb_alloc(b->ctx, "tb_st_save", ncap, &mem)) != TB_OK)
-            return;
-        if (b->p) {
-            memcpy(mem, b->p, b->len);
-            tb_free_with(&b->ctx->allocator, b->p);
-        }
-        b->p = mem;
-        b->cap = ncap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void sb_str(sbuf *b, const char *s)
-{
-    sb_put(b, s, strlen(s));
-}
-
-static void sb_json_string(sbuf *b, const char *s)
-{
-    sb_put(b, "\"", 1);
-    for (; *s; s++) {
-        const unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            const char esc[2] = {'\\', (char)c};
-            sb_put(b, esc, 2);
-        } else if (c < 0x20) {
-            char esc[8];
-            snprintf(esc, sizeof esc, "\\u%04x", c);
-            sb_put(b, esc, 6);
-        } else {
-            sb_put(b, (const char *)&c, 1);
-        }
-    }
-    sb_put(b, "\"", 1);
-}
-
-static void sb_size(sbuf *b, size_t v)
-{
-    char num[32];
-    snprintf(num, sizeof num, "%zu", v);
-    sb_str(b, num);
-}
-
-/* Whether s is valid UTF-8 (the reader refuses anything else). */
-static int valid_utf8(const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s, *end = p + strlen(s);
-    while (p < end) {
-        const size_t n = utf8_len(p, end);
-        if (!n)
-            return 0;
-        p += n;
-    }
-    return 1;
-}
-
-/* Write all of buf or fail. */
-static int write_all(FILE *f, const void *buf, size_t n)
-{
-    return fwrite(buf, 1, n, f) == n;
-}
-
-/* floats as little-endian bytes, through a small buffer. */
-static int write_floats(FILE *f, const float *x, size_t n)
-{
-    unsigned char buf[4096];
-    size_t at = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, &x[i], sizeof u);
-        buf[at++] = (unsigned char)u;
-        buf[at++] = (unsigned char)(u >> 8);
-        buf[at++] = (unsigned char)(u >> 16);
-        buf[at++] = (unsigned char)(u >> 24);
-        if (at == sizeof buf) {
-            if (!write_all(f, buf, at))
-                return 0;
-            at = 0;
-        }
-    }
-    return at == 0 || write_all(f, buf, at);
-}
-
-/* ---- crash-safe replacement ------------------------------------------------- */
-
-#define PATH_CAP 4096 /* longest path handled, with its NUL (Linux's PATH_MAX) */
-#define MAX_LINKS 40  /* symbolic links followed, as Linux's path lookup allows */
-#define TMP_SUFFIX ".tmp-XXXXXX" /* mkstemp's template after the target's name */
-
-/* The last component of path. */
-static const char *base_of(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    return slash ? slash + 1 : path;
-}
-
-/* The directory part of path into dir ("." when it has none); 0 if it does
- * not fit. */
-static int dir_of(const char *path, char *dir, size_t cap)
-{
-    const char *slash = strrchr(path, '/');
-    if (!slash) {
-        if (cap < 2)
-            return 0;
-        strcpy(dir, ".");
-        return 1;
-    }
-    size_t n = (size_t)(slash - path);
-    if (n == 0)
-        n = 1; /* "/name" lives in "/" */
-    if (n >= cap)
-        return 0;
-    memcpy(dir, path, n);
-    dir[n] = '\0';
-    return 1;
-}
-
-/* fsync the directory holding path, so the rename itself is durable
- * (best effort: some file systems refuse). */
-static void sync_dir(const char *path)
-{
-    char dir[PATH_CAP];
-    if (!dir_of(path, dir, sizeof dir))
-        return;
-    const int fd = open(dir, O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        (void)fsync(fd);
-        close(fd);
-    }
-}
-
-/* The file a save to path replaces, into target: path itself, or, when
- * path is a symbolic link, the end of its chain of links (a relative link
- * resolved against the directory of the link), so the save writes through
- * the link and leaves it a link. A target that does not exist yet (a new
- * file, or a dangling link's target) is fine: the save creates it. A
- * target that exists but is not a regular file, a chain longer than
- * MAX_LINKS (a loop) or a path that names no file is refused. */
-static tb_status resolve_target(tb_ctx *ctx, const char *path, char *target)
-{
-    const char *fn = "tb_st_save";
-    const size_t room = PATH_CAP - (sizeof TMP_SUFFIX - 1); /* the temporary's name must fit */
-    if (strlen(path) >= room)
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "path is too long");
-    strcpy(target, path);
-    for (int links = 0;; links++) {
-        if (!base_of(target)[0])
-            return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "'%s' names no file (empty, or ends in '/')",
-                           target);
-        struct stat st;
-        if (lstat(target, &st) != 0) {
-            if (errno == ENOENT)
-                return TB_OK; /* created by the rename */
-            return tb_fail(ctx, TB_ERR_IO, fn, "cannot examine '%s': %s", target,
-                           strerror(errno));
-        }
-        if (!S_ISLNK(st.st_mode)) {
-            if (!S_ISREG(st.st_mode))
-                return tb_fail(ctx, TB_ERR_IO, fn,
-                               "'%s' exists and is not a regular file; it is not replaced", target);
-            return TB_OK;
-        }
-        if (links == MAX_LINKS)
-            return tb_fail(ctx, TB_ERR_IO, fn,
-                           "more than %d symbolic links from '%s' (a loop?); nothing written",
-                           MAX_LINKS, path);
-        char link[PATH_CAP];
-        const ssize_t len = readlink(target, link, sizeof link);
-        if (len < 0)
-            return tb_fail(ctx, TB_ERR_IO, fn, "cannot read the link '%s': %s", target,
-                           strerror(errno));
-        if ((size_t)len >= sizeof link)
-            return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "the link '%s' is too long", target);
-        link[len] = '\0';
-        /* A relative link is relative to the link's directory: keep that
-         * prefix of target (up to its last '/'), replace the rest. */
-        const size_t keep = link[0] == '/' ? 0 : (size_t)(base_of(target) - target);
-        if (keep + (size_t)len >= room)
-            return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "the path '%s' leads to is too long",
-                           path);
-        memcpy(target + keep, link, (size_t)len + 1);
-    }
-}
-
-/* Whether name is exactly base + ".tmp-" + 6 letters or digits (what
- * mkstemp makes of TMP_SUFFIX). */
-static int is_temp_name(const char *name, const char *base, size_t base_len)
-{
-    const size_t sfx = sizeof TMP_SUFFIX - 1, rnd = 6;
-    if (strlen(name) != base_len + sfx || memcmp(name, base, base_len) != 0 ||
-        memcmp(name + base_len, TMP_SUFFIX, sfx - rnd) != 0)
-        return 0;
-    for (const char *c = name + base_len + sfx - rnd; *c; c++)
-        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9')))
-            return 0;
-    return 1;
-}
-
-/* Remove the temporaries of target that no save is writing: regular files
- * named target + ".tmp-XXXXXX" that are not locked (a save holds an
- * exclusive flock on its temporary until it is renamed, and the kernel
- * drops it when the process dies, so an unlocked one is a killed save's
- * leftover). The name is checked to still be the file that was locked
- * before it is unlinked. Best effort: anything that cannot be opened,
- * locked or removed is left alone, as is everything on a file system
- * without flock. */
-static void remove_stale_temps(const char *target)
-{
-    char dir[PATH_CAP];
-    if (!dir_of(target, dir, sizeof dir))
-        return;
-    const char *base = base_of(target);
-    const size_t base_len = strlen(base);
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    const int dfd = dirfd(d);
-    const struct dirent *e;
-    while (dfd >= 0 && (e = readdir(d)) != NULL) {
-        if (!is_temp_name(e->d_name, base, base_len))
-            continue;
-        const int fd =
-            openat(dfd, e->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-        if (fd < 0)
-            continue;
-        struct stat held, named;
-        if (fstat(fd, &held) == 0 && S_ISREG(held.st_mode) && flock(fd, LOCK_EX | LOCK_NB) == 0 &&
-            fstatat(dfd, e->d_name, &named, AT_SYMLINK_NOFOLLOW) == 0 &&
-            named.st_dev == held.st_dev && named.st_ino == held.st_ino)
-            (void)unlinkat(dfd, e->d_name, 0);
-        close(fd); /* drops the lock */
-    }
-    closedir(d);
-}
-
-/* A fresh temporary next to target (mkstemp: created exclusively, so
- * concurrent saves never share one), mode 0644, locked (flock, exclusive)
- * through *lock_fd for as long as the save runs; the stream writes it.
- * Between mkstemp and flock another save's cleanup could take the new file
- * for a leftover and remove it; the name is checked to still be the file
- * once locked, and a new one made if not. */
-static tb_status create_temp(tb_ctx *ctx, const char *target, char *tmp, FILE **out,
-                             int *lock_fd)
-{
-    const char *fn = "tb_st_save";
-    for (int attempt = 0; attempt < 16; attempt++) {
-        snprintf(tmp, PATH_CAP, "%s" TMP_SUFFIX, target); /* fits: resolve_target checked */
-        const int fd = mkstemp(tmp);
-        if (fd < 0)
-            break;
-        int locked;
-        while ((locked = flock(fd, LOCK_EX)) != 0 && errno == EINTR)
-            ;
-        (void)locked; /* no flock on this file system: cleanups leave it alone too */
-        struct stat held, named;
-        if (fstat(fd, &held) != 0 || lstat(tmp, &named) != 0 || named.st_dev != held.st_dev ||
-            named.st_ino != held.st_ino) {
-            close(fd); /* removed under us: not ours any more */
-            errno = EAGAIN;
-            continue;
-        }
-        (void)fchmod(fd, 0644); /* mkstemp creates 0600 */
-        const int keep = dup(fd);
-        FILE *f = keep >= 0 ? fdopen(fd, "wb") : NULL;
-        if (!f) {
-            const int err = errno;
-            if (keep >= 0)
-                close(keep);
-            close(fd);
-            remove(tmp);
-            errno = err;
-            break;
-        }
-        *out = f;
-        *lock_fd = keep;
-        return TB_OK;
-    }
-    return tb_fail(ctx, TB_ERR_IO, fn, "cannot create a temporary file next to '%s': %s", target,
-                   strerror(errno));
-}
-
-tb_status tb_st_save(tb_ctx *ctx, const char *path, const tb_st_entry *entries, size_t n,
-                     const tb_st_meta *meta, size_t n_meta)
-{
-    const char *fn = __func__;
-    if (!ctx || !path || (!entries && n) || (!meta && n_meta))
-        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx, path, entries and meta must not be NULL");
-    size_t total = 0;
-    for (size_t i = 0; i < n; i++) {
-        const tb_st_entry *e = &entries[i];
-        if (!e->name || !e->name[0] || strcmp(e->name, "__metadata__") == 0)
-            return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "entry %zu has an empty or reserved name",
-                           i);
-        if (e->ndim > TB_ST_MAX_DIMS || (e->ndim && !e->shape))
-            return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "'%s': bad ndim %zu or NULL shape",
-                           e->name, e->ndim);
-        size_t numel = 1, bytes;
-        for (size_t d = 0; d < e->ndim; d++)
-            if (!tb_mul_size(numel, e->shape[d], &numel))
-                return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "'%s': size overflows", e->name);
-        if (numel && !e->data)
-            return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "'%s': data is NULL", e->name);
-        if (!tb_mul_size(numel, 4, &bytes) || !tb_add_size(total, bytes, &total))
-            return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "data size overflows");
-        for (size_t j = 0; j < i; j++)
-            if (strcmp(entries[j].name, e->name) == 0)
-                return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "duplicate tensor name '%s'",
-                               e->name);
-        if (!valid_utf8(e->name))
-            return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "tensor name %zu is not valid UTF-8", i);
-    }
-    /* Everything the reader would refuse is refused here, before the old
-     * file is touched: a save never replaces a good file with one that
-     * cannot be loaded. */
-    for (size_t i = 0; i < n_meta; i++) {
-        if (!meta[i].key || !meta[i].value)
-            return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "metadata entry %zu has a NULL key or value",
-                           i);
-        if (!valid_utf8(meta[i].key) || !valid_utf8(meta[i].value))
-            return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "metadata entry %zu is not valid UTF-8",
-                           i);
-        for (size_t j = 0; j < i; j++)
-            if (strcmp(meta[j].key, meta[i].key) == 0)
-                return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "duplicate metadata key '%s'",
-                               meta[i].key);
-    }
-    sbuf h = {ctx, NULL, 0, 0, TB_OK};
-    sb_str(&h, "{");
-    if (n_meta) {
-        sb_str(&h, "\"__metadata__\":{");
-        for (size_t i = 0; i < n_meta; i++) {
-            if (i)
-                sb_str(&h, ",");
-            sb_json_string(&h, meta[i].key);
-            sb_str(&h, ":");
-            sb_json_string(&h, meta[i].value);
-        }
-        sb_str(&h, "}");
-    }
-    size_t at = 0;
-    for (size_t i = 0; i < n; i++) {
-        const tb_st_entry *e = &entries[i];
-        size_t numel = 1;
-        for (size_t d = 0; d < e->ndim; d++)
-            numel *= e->shape[d];
-        if (i || n_meta)
-            sb_str(&h, ",");
-        sb_json_string(&h, e->name);
-        sb_str(&h, ":{\"dtype\":\"F32\",\"shape\":[");
-        for (size_t d = 0; d < e->ndim; d++) {
-            if (d)
-                sb_str(&h, ",");
-            sb_size(&h, e->shape[d]);
-        }
-        sb_str(&h, "],\"data_offsets\":[");
-        sb_size(&h, at);
-        sb_str(&h, ",");
-        sb_size(&h, at + 4 * numel);
-        sb_str(&h, "]}");
-        at += 4 * numel;
-    }
-    sb_str(&h, "}");
-    while (h.status == TB_OK && (8 + h.len) % 8 != 0)
-        sb_str(&h, " ");
-    if (h.status == TB_OK && h.len > MAX_HEADER)
-        h.status = tb_fail(ctx, TB_ERR_INVALID_ARG, fn,
-                           "the header would be %zu bytes, above the format's %u-byte limit",
-                           h.len, MAX_HEADER);
-    if (h.status != TB_OK) {
-        if (h.p)
-            tb_free_with(&ctx->allocator, h.p);
-        return h.status;
-    }
-    char target[PATH_CAP], tmp[PATH_CAP];
-    FILE *f = NULL;
-    int lock_fd = -1;
-    tb_status s = resolve_target(ctx, path, target);
-    if (s == TB_OK) {
-        /* Before writing, so their space is free for this save. Through a
-         * link, also those next to the link itself (left there by saves of
-         * earlier versions, which did not write through). */
-        remove_stale_temps(target);
-        if (strcmp(target, path) != 0)
-            remove_stale_temps(path);
-        s = create_temp(ctx, target, tmp, &f, &lock_fd);
-    }
-    if (s != TB_OK) {
-        tb_free_with(&ctx->allocator, h.p);
-        return s;
-    }
-    unsigned char len8[8];
-    for (int i = 0; i < 8; i++)
-        len8[i] = (unsigned char)((uint64_t)h.len >> (8 * i));
-    int ok = write_all(f, len8, 8) && write_all(f, h.p, h.len);
-    for (size_t i = 0; ok && i < n; i++) {
-        size_t numel = 1;
-        for (size_t d = 0; d < entries[i].ndim; d++)
-            numel *= entries[i].shape[d];
-        ok = write_floats(f, entries[i].data, numel);
-    }
-    tb_free_with(&ctx->allocator, h.p);
-    ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    int err = errno;
-    if (fclose(f) != 0) {
-        if (ok)
-            err = errno;
-        ok = 0;
-    }
-    if (!ok) {
-        remove(tmp);
-        close(lock_fd);
-        return tb_fail(ctx, TB_ERR_IO, fn, "cannot write '%s': %s (any previous '%s' is intact)",
-                       tmp, strerror(err), target);
-    }
-    /* Renamed while still locked: a cleanup never sees it unlocked. */
-    if (rename(tmp, target) != 0) {
-        err = errno;
-        remove(tmp);
-        close(lock_fd);
-        return tb_fail(ctx, TB_ERR_IO, fn, "cannot rename '%s' to '%s': %s", tmp, target,
-                       strerror(err));
-    }
-    close(lock_fd);
-    sync_dir(target);
-    return TB_OK;
-}
-
-tb_status tb_st_save_params(tb_ctx *ctx, const char *path, const tb_param_list *list,
-                            const tb_st_meta *meta, size_t n_meta)
-{
-    const char *fn = __func__;
-    if (!ctx || !list)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx and list must not be NULL");
-    tb_status s = tb_check_param_list(ctx, fn, list);
-    if (s != TB_OK)
-        return s;
-    size_t bytes;
-    if (!tb_mul_size(list->count ? list->count : 1, sizeof(tb_st_entry), &bytes))
-        return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "too many parameters");
-    void *mem;
-    s = tb_alloc(ctx, fn, bytes, &mem);
-    if (s != TB_OK)
-        return s;
-    tb_st_entry *e = mem;
-    for (size_t i = 0; i < list->count; i++) {
-        e[i].name = list->items[i].name;
-        e[i].data = list->items[i].param->value;
-        e[i].ndim = list->items[i].param->ndim;
-        e[i].shape = list->items[i].param->shape;
-    }
-    s = tb_st_save(ctx, path, e, list->count, meta, n_meta);
-    tb_free_with(&ctx->allocator, mem);
-    return s;
 }
