@@ -23,7 +23,10 @@ LDLIBS_ALL := -fopenmp -lm $(EXTRA_LDFLAGS)
 DEPFLAGS  = -MMD -MP
 
 LIB       := $(LIBOUT)/libtblocks.a
-LIB_SRC   := $(sort $(wildcard src/core/*.c src/kernels/*.c src/blocks/*.c src/io/*.c))
+# One directory per layer, lowest first (docs/conventions.md, "Layout"): a
+# source includes only its own layer's internal headers and those below.
+LIB_DIRS  := core kernels blocks train sample io
+LIB_SRC   := $(sort $(foreach d,$(LIB_DIRS),$(wildcard src/$(d)/*.c)))
 LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
 
 # Each example is examples/<name>/*.c plus the shared wiring in examples/common.

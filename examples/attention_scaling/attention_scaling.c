@@ -483,7 +483,8 @@ int main(int argc, char **argv)
     rc = ex_parse_args(argc, argv,
                            "How attention's time and memory grow with the sequence length\n"
                            "(materialised probabilities vs the streaming core vs a sliding\n"
-                           "window), and heat maps of heads that attend to different positions.",
+                           "window), and heat maps of heads that attend to different positions.\n"
+                           "It prints its measurements and writes no files.",
                            opts, sizeof opts / sizeof opts[0]);
     if (rc >= 0)
         return rc;

@@ -11,7 +11,8 @@
 static void print_usage(FILE *f, const char *prog, const char *summary, const ex_opt *opts,
                         size_t nopts, const ex_xopt *xopts, size_t nx)
 {
-    fprintf(f, "usage: %s [options]\n%s\n\noptions:\n", prog, summary);
+    fprintf(f, "usage: %s [options]\n%s\n\nWith no options it runs with the defaults below.\n"
+               "\noptions:\n", prog, summary);
     for (size_t i = 0; i < nopts; i++) {
         char lhs[64];
         snprintf(lhs, sizeof lhs, "--%s %s", opts[i].name, opts[i].metavar);
@@ -123,6 +124,51 @@ int ex_parse_args_ex(int argc, char **argv, const char *summary, const ex_opt *o
         *opt->value = v;
     }
     return -1;
+}
+
+static void print_commands(FILE *f, const char *prog, const char *summary,
+                           const ex_command *cmds, size_t ncmds)
+{
+    fprintf(f, "usage: %s COMMAND [options]\n%s\n\ncommands:\n", prog, summary);
+    for (size_t i = 0; i < ncmds; i++)
+        fprintf(f, "  %-12s %s\n", cmds[i].name, cmds[i].help);
+    fprintf(f, "\n'%s COMMAND --help' lists a command's options.\n"
+               "With no command it prints this message to stderr and exits with status %d\n"
+               "(it starts no work).\n",
+            prog, EX_EXIT_USAGE);
+}
+
+int ex_run_command(int argc, char **argv, const char *summary, const ex_command *cmds,
+                   size_t ncmds)
+{
+    const char *raw = argc > 0 && argv[0] ? argv[0] : "example";
+    ex_shown prog_shown, arg_shown;
+    const char *prog = ex_show(&prog_shown, raw);
+    if (argc < 2) {
+        print_commands(stderr, prog, summary, cmds, ncmds);
+        return EX_EXIT_USAGE;
+    }
+    const char *arg = argv[1];
+    if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+        print_commands(stdout, prog, summary, cmds, ncmds);
+        return EX_EXIT_OK;
+    }
+    for (size_t i = 0; i < ncmds; i++)
+        if (strcmp(arg, cmds[i].name) == 0) {
+            /* "<program> <command>" as the command's argv[0] (it outlives
+             * the call: the command may keep pointers into argv). */
+            static char name[EX_SHOWN_MAX];
+            snprintf(name, sizeof name, "%s %s", raw, cmds[i].name);
+            argv[1] = name;
+            return cmds[i].run(argc - 1, argv + 1);
+        }
+    if (arg[0] == '-')
+        fprintf(stderr, "%s: expected a command before '%s' (try %s --help)\n", prog,
+                ex_show(&arg_shown, arg), prog);
+    else
+        fprintf(stderr, "%s: unknown command '%s' (try %s --help)\n", prog,
+                ex_show(&arg_shown, arg), prog);
+    return EX_EXIT_USAGE;
 }
 
 int ex_failed(const tb_ctx *ctx, tb_status status, const char *what)

@@ -1,6 +1,6 @@
 /*
- * Small helpers shared by the example programs: integer command-line
- * options, reporting a failed library call, and a wall-clock timer.
+ * Small helpers shared by the example programs: command-line options and
+ * subcommands, reporting a failed library call, and a wall-clock timer.
  * Not part of the library; the examples use only its public API.
  */
 #ifndef EX_CLI_H
@@ -46,9 +46,34 @@ int ex_parse_args_ex(int argc, char **argv, const char *summary, const ex_opt *o
  * return now: EX_EXIT_OK after --help; EX_EXIT_USAGE after a message on
  * stderr for an unknown option, a missing or malformed value, a value out of
  * range, or a stray argument (values quoted through ex_show()).
+ *
+ * With no options at all it returns -1: the program runs with the
+ * defaults, and its usage says so. That is for programs (and subcommands)
+ * whose defaults are a complete, useful run; a program with subcommands
+ * dispatches with ex_run_command() first, which does no work unasked.
  */
 int ex_parse_args(int argc, char **argv, const char *summary, const ex_opt *opts,
                   size_t nopts);
+
+/* One subcommand of a program that has several (`gpt train`). */
+typedef struct ex_command {
+    const char *name; /* e.g. "train" */
+    const char *help; /* one line in the program's usage */
+    /* The command's main: argv[0] is "<program> <name>" (so its usage and
+     * messages name both), the options follow. Returns the exit code. */
+    int (*run)(int argc, char **argv);
+} ex_command;
+
+/*
+ * The main of a program with subcommands: run the command argv[1] names.
+ * Such a program starts no work unless a command is named: run with no
+ * arguments it prints its usage (the summary and the commands) to stderr
+ * and returns EX_EXIT_USAGE. `--help` or `-h` prints the usage to stdout
+ * and returns EX_EXIT_OK. An unknown command, or an option before the
+ * command, returns EX_EXIT_USAGE after a message on stderr.
+ */
+int ex_run_command(int argc, char **argv, const char *summary, const ex_command *cmds,
+                   size_t ncmds);
 
 /*
  * If status is an error, print "error: <what>: <tb_strerror(status)>

@@ -246,8 +246,9 @@ int main(int argc, char **argv)
         {"lambda", "L", "EWC strength (runs at L/10, L and 10 L)", 0, 100000000, &lambda},
     };
     int rc = ex_parse_args(argc, argv,
-                           "Pre-train an MLP on task A, fine-tune on task B three ways, and "
-                           "measure how much of task A each keeps.",
+                           "Pre-train an MLP on task A, fine-tune on task B three ways, and\n"
+                           "measure how much of task A each keeps. It prints its measurements\n"
+                           "and writes no files.",
                            opts, sizeof opts / sizeof opts[0]);
     if (rc >= 0)
         return rc;

@@ -7,6 +7,9 @@
  *   gpt generate   [options]   continue a prompt from a checkpoint
  *   gpt repetition [options]   one prompt, every strategy, repetition measured
  *
+ * Run with no command, gpt prints its usage and exits with status 2;
+ * `gpt --help` and `gpt COMMAND --help` print the usage to stdout.
+ *
  * Tokens are bytes (vocabulary 256), so any UTF-8 text works. Training
  * uses AdamW with warm-up and cosine decay, gradient clipping, gradient
  * accumulation, a train/validation split, early stopping on the validation
@@ -261,8 +264,11 @@ static int parse_train(int argc, char **argv, train_opts *o)
         {"csv", "FILE", "write the loss curve as CSV", NULL, &o->csv, 0, 0},
         {"svg", "FILE", "draw the loss curve as an SVG chart", NULL, &o->svg, 0, 0},
     };
-    return ex_parse_args_ex(argc, argv, "Train a byte-level GPT (gpt train [options]).", opts,
-                            sizeof opts / sizeof opts[0], xopts, sizeof xopts / sizeof xopts[0]);
+    return ex_parse_args_ex(argc, argv,
+                            "Train a byte-level GPT on the built-in corpus (or --data FILE),\n"
+                            "writing the checkpoint --ckpt at every evaluation and at the end.",
+                            opts, sizeof opts / sizeof opts[0], xopts,
+                            sizeof xopts / sizeof xopts[0]);
 }
 
 /* The files a run writes. Each is checked before training starts (the
@@ -1065,7 +1071,7 @@ static tb_sampler_config sampler_of(const gen_opts *g, const char *strategy)
 static int cmd_generate(int argc, char **argv)
 {
     gen_opts g;
-    int rc = parse_gen(argc, argv, &g, "Continue a prompt (gpt generate [options]).");
+    int rc = parse_gen(argc, argv, &g, "Continue a prompt from a checkpoint of gpt train.");
     if (rc >= 0)
         return rc;
     if (strcmp(g.strategy, "greedy") && strcmp(g.strategy, "sample") && strcmp(g.strategy, "beam")) {
@@ -1102,8 +1108,8 @@ static int cmd_repetition(int argc, char **argv)
 {
     gen_opts g;
     int rc = parse_gen(argc, argv, &g,
-                       "One prompt, every decoding strategy, repetition measured "
-                       "(gpt repetition [options]).");
+                       "One prompt from a checkpoint of gpt train, every decoding strategy,\n"
+                       "repetition measured.");
     if (rc >= 0)
         return rc;
     tb_ctx ctx;
@@ -1166,15 +1172,15 @@ static int cmd_repetition(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-    if (argc > 1 && strcmp(argv[1], "generate") == 0)
-        return cmd_generate(argc - 1, argv + 1);
-    if (argc > 1 && strcmp(argv[1], "repetition") == 0)
-        return cmd_repetition(argc - 1, argv + 1);
-    if (argc > 1 && strcmp(argv[1], "train") == 0)
-        return cmd_train(argc - 1, argv + 1);
-    if (argc > 1 && argv[1][0] != '-') {
-        fprintf(stderr, "usage: gpt [train|generate|repetition] [options] (try gpt train --help)\n");
-        return EX_EXIT_USAGE;
-    }
-    return cmd_train(argc, argv);
+    static const ex_command cmds[] = {
+        {"train", "train a model (writes the checkpoint --ckpt, default gpt.safetensors)",
+         cmd_train},
+        {"generate", "continue a prompt from a checkpoint", cmd_generate},
+        {"repetition", "one prompt, every decoding strategy, repetition measured",
+         cmd_repetition},
+    };
+    return ex_run_command(argc, argv,
+                          "Train a small byte-level GPT and generate text with every decoding "
+                          "strategy.",
+                          cmds, sizeof cmds / sizeof cmds[0]);
 }

@@ -248,7 +248,8 @@ int main(int argc, char **argv)
     };
     rc = ex_parse_args(argc, argv,
                            "Train an MLP classifier (Linear-GELU-Dropout-Linear-GELU-Linear)\n"
-                           "on a generated three-arm spiral with libtblocks.",
+                           "on a generated three-arm spiral with libtblocks. It prints its\n"
+                           "progress and results and writes no files.",
                            opts, sizeof opts / sizeof opts[0]);
     if (rc >= 0)
         return rc;

@@ -918,7 +918,8 @@ int main(int argc, char **argv)
     rc = ex_parse_args(argc, argv,
                            "Compare LayerNorm and BatchNorm: batch-composition, padding and\n"
                            "batch-size invariance, BatchNorm's train/inference gap, and a tiny\n"
-                           "transformer classifier trained with each.",
+                           "transformer classifier trained with each. It prints its\n"
+                           "measurements and writes no files.",
                            opts, sizeof opts / sizeof opts[0]);
     if (rc >= 0)
         return rc;

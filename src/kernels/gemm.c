@@ -620,17 +620,3 @@ tb_status tb_gemm_serial(const tb_ctx *ctx, int trans_a, int trans_b, size_t M, 
 #endif
     return TB_OK;
 }
-
-tb_status tb_gemm_batched(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, size_t K,
-                          float alpha, const float *A, size_t lda, size_t stride_a,
-                          const float *B, size_t ldb, size_t stride_b, float beta, float *C,
-                          size_t ldc, size_t stride_c, size_t batch)
-{
-    for (size_t i = 0; i < batch; i++) {
-        tb_status s = tb_gemm(ctx, trans_a, trans_b, M, N, K, alpha, A + i * stride_a, lda,
-                              B + i * stride_b, ldb, beta, C + i * stride_c, ldc);
-        if (s != TB_OK)
-            return s;
-    }
-    return TB_OK;
-}

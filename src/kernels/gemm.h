@@ -34,12 +34,6 @@ tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, siz
                   float alpha, const float *A, size_t lda, const float *B, size_t ldb,
                   float beta, float *C, size_t ldc);
 
-/* `batch` independent products; operand i starts at A + i*stride_a etc. */
-tb_status tb_gemm_batched(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, size_t K,
-                          float alpha, const float *A, size_t lda, size_t stride_a,
-                          const float *B, size_t ldb, size_t stride_b, float beta, float *C,
-                          size_t ldc, size_t stride_c, size_t batch);
-
 /* The same product on the calling thread only, with no allocation: for
  * blocks that tile their own work and call this from inside their own
  * parallel region (attention). Same kernels and rounding as tb_gemm.

@@ -5,6 +5,8 @@
  * are checked. Binaries come from $TB_EXAMPLE_DIR (set by make).
  */
 #define _POSIX_C_SOURCE 200809L
+#include <dirent.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -890,6 +892,133 @@ START_TEST(attention_scaling_memory_and_heat_maps)
 }
 END_TEST
 
+/* ---- every program as a command-line tool ------------------------------------------- */
+
+/* Run `cd <cwd> && <bin> <args> <redirect>` through the shell; the captured
+ * output and exit status as run_shell(). */
+static int run_in(const char *cwd, const char *bin, const char *args, const char *redirect,
+                  char *out, size_t cap)
+{
+    char cmd[8192];
+    const int w = snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s %s", cwd, bin, args, redirect);
+    ck_assert_msg(w > 0 && (size_t)w < sizeof cmd, "command too long: %s", cmd);
+    FILE *p = popen(cmd, "r");
+    ck_assert_msg(p != NULL, "cannot run %s", cmd);
+    const size_t n = fread(out, 1, cap - 1, p);
+    out[n] = '\0';
+    const int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Entries of a directory other than . and .. (-1 if it cannot be read). */
+static int dir_entries(const char *path)
+{
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
+    int n = 0;
+    for (const struct dirent *e; (e = readdir(d)) != NULL;)
+        n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    closedir(d);
+    return n;
+}
+
+/* Every program in TB_EXAMPLE_DIR behaves as a command-line tool: --help
+ * and -h print the usage to stdout and exit 0. A program with subcommands
+ * (its usage reads "usage: PROG COMMAND ...") run with no arguments prints
+ * that usage to stderr, nothing to stdout, exits 2 and creates no file in
+ * its working directory (gpt alone used to train and write
+ * gpt.safetensors there); each command it lists has its own --help; an
+ * option before the command or an unknown command exits 2. A program
+ * without subcommands says in its usage that it runs with its defaults
+ * when given no options. */
+START_TEST(examples_behave_as_command_line_tools)
+{
+    enum { CAP = 1 << 14 };
+    const char *rel = getenv("TB_EXAMPLE_DIR");
+    ck_assert_msg(rel && rel[0], "TB_EXAMPLE_DIR is not set (run the tests through make)");
+    char bindir[2 * PATH_MAX], cwd[600], here[PATH_MAX];
+    /* The programs run in another directory: the binaries by absolute path. */
+    ck_assert(getcwd(here, sizeof here) != NULL);
+    const int w = snprintf(bindir, sizeof bindir, "%s%s%s", rel[0] == '/' ? "" : here,
+                           rel[0] == '/' ? "" : "/", rel);
+    ck_assert(w > 0 && (size_t)w < sizeof bindir);
+    gpt_tmp(cwd, sizeof cwd, "cli-XXXXXX");
+    ck_assert_msg(mkdtemp(cwd) != NULL, "cannot create %s", cwd);
+    char *help = tbt_alloc(CAP), *h = tbt_alloc(CAP), *out = tbt_alloc(CAP);
+    DIR *d = opendir(bindir);
+    ck_assert_msg(d != NULL, "cannot list %s", bindir);
+    int n_progs = 0, n_with_commands = 0, n_commands = 0;
+    for (const struct dirent *e; (e = readdir(d)) != NULL;) {
+        char bin[2 * PATH_MAX + 256];
+        struct stat st;
+        snprintf(bin, sizeof bin, "%s/%s", bindir, e->d_name);
+        if (e->d_name[0] == '.' || stat(bin, &st) != 0 || !S_ISREG(st.st_mode) ||
+            access(bin, X_OK) != 0)
+            continue;
+        const char *prog = e->d_name;
+        n_progs++;
+        ck_assert_msg(run_in(cwd, bin, "--help", "2>/dev/null", help, CAP) == 0,
+                      "%s --help: exit status not 0", prog);
+        ck_assert_msg(strncmp(help, "usage: ", 7) == 0, "%s --help printed:\n%s", prog, help);
+        ck_assert_msg(run_in(cwd, bin, "-h", "2>/dev/null", h, CAP) == 0 && strcmp(h, help) == 0,
+                      "%s -h differs from --help:\n%s", prog, h);
+        const char *nl = strchr(help, '\n');
+        const size_t first = nl ? (size_t)(nl - help) : strlen(help);
+        char usage_line[512];
+        snprintf(usage_line, sizeof usage_line, "%.*s", (int)first, help);
+        if (!strstr(usage_line, " COMMAND")) {
+            ck_assert_msg(strstr(help, "With no options it runs with the defaults below."),
+                          "%s --help does not say what it does with no options:\n%s", prog, help);
+            continue;
+        }
+        n_with_commands++;
+        /* No arguments: usage on stderr (the --help text), nothing on
+         * stdout, status 2, and no file written. */
+        ck_assert_int_eq(run_in(cwd, bin, "", "2>/dev/null", out, CAP), 2);
+        ck_assert_msg(out[0] == '\0', "%s with no arguments printed to stdout:\n%s", prog, out);
+        ck_assert_int_eq(run_in(cwd, bin, "", "2>&1 >/dev/null", out, CAP), 2);
+        ck_assert_msg(strcmp(out, help) == 0,
+                      "%s with no arguments: stderr is not its usage:\n%s", prog, out);
+        ck_assert_msg(dir_entries(cwd) == 0, "%s with no arguments created a file in %s", prog,
+                      cwd);
+        ck_assert_int_eq(run_in(cwd, bin, "--bogus", "2>/dev/null", out, CAP), 2);
+        ck_assert_int_eq(run_in(cwd, bin, "no-such-command", "2>/dev/null", out, CAP), 2);
+        /* Each command listed under "commands:" has its own usage. */
+        const char *cmds = strstr(help, "\ncommands:\n");
+        ck_assert_msg(cmds != NULL, "%s --help lists no commands:\n%s", prog, help);
+        int listed = 0;
+        for (const char *line = cmds + 11; strncmp(line, "  ", 2) == 0;) {
+            char name[64], want[128];
+            ck_assert_int_eq(sscanf(line, " %63s", name), 1);
+            char args[128];
+            snprintf(args, sizeof args, "%s --help", name);
+            ck_assert_msg(run_in(cwd, bin, args, "2>/dev/null", out, CAP) == 0,
+                          "%s %s: exit status not 0", prog, args);
+            snprintf(want, sizeof want, " %s [options]\n", name);
+            ck_assert_msg(strncmp(out, "usage: ", 7) == 0 && strstr(out, want),
+                          "%s %s printed:\n%s", prog, args, out);
+            listed++;
+            const char *next = strchr(line, '\n');
+            if (!next)
+                break;
+            line = next + 1;
+        }
+        ck_assert_msg(listed > 0, "%s --help lists no commands:\n%s", prog, help);
+        n_commands += listed;
+        ck_assert_msg(dir_entries(cwd) == 0, "%s --help runs created a file in %s", prog, cwd);
+    }
+    closedir(d);
+    printf("  examples: %d programs print their usage for --help and -h; %d with subcommands "
+           "(%d commands) print it to stderr and exit 2 with no arguments, writing nothing\n",
+           n_progs, n_with_commands, n_commands);
+    ck_assert_msg(n_progs >= 5, "only %d programs in %s", n_progs, bindir);
+    ck_assert_msg(n_with_commands >= 1, "no program with subcommands (gpt) in %s", bindir);
+    ck_assert_int_eq(rmdir(cwd), 0);
+    free(help), free(h), free(out);
+}
+END_TEST
+
 Suite *suite_examples(void)
 {
     Suite *s = suite_create("examples");
@@ -906,6 +1035,7 @@ Suite *suite_examples(void)
     tcase_add_test(tc, gpt_refuses_oversized_configuration_under_a_memory_limit);
     tcase_add_test(tc, gpt_escapes_control_characters);
     tcase_add_test(tc, attention_scaling_memory_and_heat_maps);
+    tcase_add_test(tc, examples_behave_as_command_line_tools);
     suite_add_tcase(s, tc);
     TCase *text = tcase_create("ex_text"); /* the examples' text helpers, in process */
     tcase_add_test(text, ex_text_parses_decimal_strictly);
