@@ -38,7 +38,15 @@ extern "C" {
 /** Longest full parameter name, including the terminating NUL. */
 #define TB_PARAM_NAME_MAX 128
 
-/** @brief One learnable tensor of a block. */
+/**
+ * @brief One learnable tensor of a block.
+ *
+ * Make one with tb_param_init() (the library allocates value and gradient)
+ * or tb_param_view() (over memory you own) rather than filling the fields:
+ * both check the shape and compute `numel` with overflow checked. A block's
+ * own parameters are made by its init function and released by its free
+ * function.
+ */
 typedef struct tb_param {
     float *value;              /**< `numel` values, row-major in `shape`. */
     float *grad;               /**< `numel` gradients, or NULL if none kept. */
@@ -46,7 +54,62 @@ typedef struct tb_param {
     size_t shape[TB_MAX_DIMS]; /**< Sizes; entries past ndim are ignored. */
     size_t numel;              /**< Product of the sizes. */
     int trainable;             /**< Nonzero: backward accumulates `grad`. */
+    void *storage;             /**< Memory tb_param_init() allocated for value and
+                                    grad, released by tb_param_free(); NULL for a
+                                    view and for a block's parameters (the block
+                                    owns those). */
+    tb_allocator allocator;    /**< Hooks `storage` came from. */
 } tb_param;
+
+/** tb_param_init() flag: allocate no gradient (`grad` NULL, not trainable),
+ *  for buffers such as running statistics or a frozen table. */
+#define TB_PARAM_NO_GRAD 1u
+
+/**
+ * @brief Make a parameter of the given shape that owns its memory: zeroed
+ * values and (unless TB_PARAM_NO_GRAD) zeroed gradients, in one allocation
+ * through `ctx`'s allocator (64-byte aligned; the gradient starts on a
+ * 64-byte boundary too). Trainable exactly when it has a gradient.
+ * Release it with tb_param_free().
+ * @param ctx Context (allocator, error detail).
+ * @param param Parameter to fill; left empty (all zero) on failure.
+ * @param ndim Number of dimensions, 1..TB_MAX_DIMS.
+ * @param shape `ndim` sizes, each >= 1.
+ * @param flags 0 or TB_PARAM_NO_GRAD.
+ * @return TB_OK; TB_ERR_NULL_ARG (ctx, param or shape NULL); TB_ERR_SHAPE
+ *         (ndim 0 or above TB_MAX_DIMS, or a size of 0); TB_ERR_OVERFLOW
+ *         (the element or byte count does not fit in size_t);
+ *         TB_ERR_INVALID_ARG (unknown flags, or an allocator with a NULL
+ *         hook); TB_ERR_NO_MEMORY.
+ */
+tb_status tb_param_init(tb_ctx *ctx, tb_param *param, size_t ndim, const size_t *shape,
+                        unsigned flags);
+
+/**
+ * @brief A parameter over memory the caller owns (not copied, never freed
+ * by the library): tb_param_free() on it only clears the struct. Trainable
+ * exactly when `grad` is not NULL.
+ * @param ctx Context (error detail).
+ * @param param Parameter to fill; left empty (all zero) on failure.
+ * @param value `numel` floats (the product of the sizes).
+ * @param grad `numel` floats, or NULL for a parameter without a gradient.
+ * @param ndim Number of dimensions, 1..TB_MAX_DIMS.
+ * @param shape `ndim` sizes, each >= 1.
+ * @return TB_OK; TB_ERR_NULL_ARG (param, value or shape NULL);
+ *         TB_ERR_SHAPE (ndim 0 or above TB_MAX_DIMS, or a size of 0);
+ *         TB_ERR_OVERFLOW (the element or byte count does not fit in
+ *         size_t).
+ */
+tb_status tb_param_view(tb_ctx *ctx, tb_param *param, float *value, float *grad, size_t ndim,
+                        const size_t *shape);
+
+/**
+ * @brief Release what tb_param_init() allocated (nothing for a view or a
+ * block's parameter) and leave the struct empty. A list that still refers
+ * to the parameter is then stale (see above).
+ * @param param Parameter; NULL or an already freed parameter is fine.
+ */
+void tb_param_free(tb_param *param);
 
 /** @brief An entry of a tb_param_list: a full name and the parameter. */
 typedef struct tb_named_param {

@@ -49,11 +49,11 @@ tb_status tb_batchnorm_init(tb_ctx *ctx, tb_batchnorm *bn, size_t channels, floa
         mem[3 * C + i] = 1.0f; /* running_var */
     }
     if (flags & TB_NORM_SCALE)
-        tb_norm_vector(&bn->weight, mem, mem + 4 * C, C, 1);
+        tb_norm_vector(&bn->weight, mem, mem + 4 * C, C);
     if (flags & TB_NORM_SHIFT)
-        tb_norm_vector(&bn->bias, mem + C, mem + 5 * C, C, 1);
-    tb_norm_vector(&bn->running_mean, mem + 2 * C, NULL, C, 0);
-    tb_norm_vector(&bn->running_var, mem + 3 * C, NULL, C, 0);
+        tb_norm_vector(&bn->bias, mem + C, mem + 5 * C, C);
+    tb_norm_vector(&bn->running_mean, mem + 2 * C, NULL, C);
+    tb_norm_vector(&bn->running_var, mem + 3 * C, NULL, C);
     return TB_OK;
 }
 

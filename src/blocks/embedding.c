@@ -33,12 +33,10 @@ tb_status tb_embedding_init(tb_ctx *ctx, tb_embedding *emb, size_t num_embedding
     emb->dim = dim;
     emb->storage = storage;
     emb->allocator = ctx->allocator;
-    size_t shape[2] = {num_embeddings, dim};
-    tb_param_set_shape(&emb->weight, 2, shape);
-    emb->weight.value = w;
-    emb->weight.grad = w + n;
-    emb->weight.trainable = 1;
-    return TB_OK;
+    const size_t shape[2] = {num_embeddings, dim};
+    if ((s = tb_param_view(ctx, &emb->weight, w, w + n, 2, shape)) != TB_OK)
+        tb_embedding_free(emb);
+    return s;
 }
 
 void tb_embedding_free(tb_embedding *emb)

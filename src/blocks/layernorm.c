@@ -39,10 +39,10 @@ tb_status tb_layernorm_init(tb_ctx *ctx, tb_layernorm *ln, size_t dim, float eps
     if (flags & TB_NORM_SCALE) {
         for (size_t i = 0; i < dim; i++)
             mem[i] = 1.0f;
-        tb_norm_vector(&ln->weight, mem, mem + 2 * dim, dim, 1);
+        tb_norm_vector(&ln->weight, mem, mem + 2 * dim, dim);
     }
     if (flags & TB_NORM_SHIFT)
-        tb_norm_vector(&ln->bias, mem + dim, mem + 3 * dim, dim, 1);
+        tb_norm_vector(&ln->bias, mem + dim, mem + 3 * dim, dim);
     return TB_OK;
 }
 

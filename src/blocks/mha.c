@@ -59,18 +59,13 @@ tb_status tb_mha_init(tb_ctx *ctx, tb_mha *mha, size_t embed_dim, size_t n_heads
     mha->attn = tb_attention_default_config(n_heads, C / n_heads);
     mha->storage = mem;
     mha->allocator = ctx->allocator;
-    size_t wshape[2] = {3 * C, C}, bshape[1] = {3 * C};
-    tb_param_set_shape(&mha->in_proj_weight, 2, wshape);
-    mha->in_proj_weight.value = w;
-    mha->in_proj_weight.grad = gw;
-    mha->in_proj_weight.trainable = 1;
-    if (has_bias) {
-        tb_param_set_shape(&mha->in_proj_bias, 1, bshape);
-        mha->in_proj_bias.value = b;
-        mha->in_proj_bias.grad = gb;
-        mha->in_proj_bias.trainable = 1;
-    }
-    return TB_OK;
+    const size_t wshape[2] = {3 * C, C}, bshape[1] = {3 * C};
+    s = tb_param_view(ctx, &mha->in_proj_weight, w, gw, 2, wshape);
+    if (s == TB_OK && has_bias)
+        s = tb_param_view(ctx, &mha->in_proj_bias, b, gb, 1, bshape);
+    if (s != TB_OK)
+        tb_mha_free(mha);
+    return s;
 }
 
 void tb_mha_free(tb_mha *mha)

@@ -19,13 +19,10 @@ tb_status tb_norm_alloc(tb_ctx *ctx, const char *fn, size_t dim, size_t nvec, fl
     return TB_OK;
 }
 
-void tb_norm_vector(tb_param *p, float *value, float *grad, size_t dim, int trainable)
+void tb_norm_vector(tb_param *p, float *value, float *grad, size_t dim)
 {
-    size_t shape[1] = {dim};
-    tb_param_set_shape(p, 1, shape);
-    p->value = value;
-    p->grad = grad;
-    p->trainable = trainable;
+    /* Cannot fail: dim >= 1 and its vectors were allocated (tb_norm_alloc). */
+    (void)tb_param_view(NULL, p, value, grad, 1, &dim);
 }
 
 tb_status tb_norm_check_eps(tb_ctx *ctx, const char *fn, float eps)

@@ -32,8 +32,8 @@ typedef struct tb_norm_cache_header {
 /* Allocate `nvec` zeroed vectors of dim floats in one block. */
 tb_status tb_norm_alloc(tb_ctx *ctx, const char *fn, size_t dim, size_t nvec, float **out);
 
-/* Make p a 1-D parameter of dim elements (grad may be NULL). */
-void tb_norm_vector(tb_param *p, float *value, float *grad, size_t dim, int trainable);
+/* Make p a 1-D parameter view of dim elements (grad NULL: not trainable). */
+void tb_norm_vector(tb_param *p, float *value, float *grad, size_t dim);
 
 /* eps finite and > 0. */
 tb_status tb_norm_check_eps(tb_ctx *ctx, const char *fn, float eps);

@@ -37,7 +37,7 @@ tb_status tb_rmsnorm_init(tb_ctx *ctx, tb_rmsnorm *rn, size_t dim, float eps, un
     if (flags & TB_NORM_SCALE) {
         for (size_t i = 0; i < dim; i++)
             mem[i] = 1.0f;
-        tb_norm_vector(&rn->weight, mem, mem + dim, dim, 1);
+        tb_norm_vector(&rn->weight, mem, mem + dim, dim);
     }
     return TB_OK;
 }

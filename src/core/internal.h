@@ -134,9 +134,6 @@ tb_span tb_kv_positions_span(const char *name, const tb_kv_cache *kv, const floa
 tb_status tb_alloc(tb_ctx *ctx, const char *fn, size_t bytes, void **out);
 void tb_free_with(const tb_allocator *allocator, void *ptr);
 
-/* Fill a parameter's metadata (value/grad pointers set by the caller). */
-void tb_param_set_shape(tb_param *p, size_t ndim, const size_t *shape);
-
 /* TB_ERR_STATE naming the first entry of list whose parameter is NULL or
  * has no values: the list still refers to a block that was freed (its
  * tb_param zeroed) or never initialised. Every function that reads or

@@ -573,13 +573,11 @@ enum { LIN = 4, LOUT = 5 };
 static void bind_linear(fix *f, unsigned char *w, unsigned char *gw, unsigned char *b,
                         unsigned char *gb)
 {
-    size_t ws[2] = {LOUT, LIN}, bs[1] = {LOUT};
-    tb_param_set_shape(&f->w, 2, ws);
-    tb_param_set_shape(&f->b, 1, bs);
-    f->w.value = (float *)w, f->w.grad = (float *)gw, f->w.trainable = 1;
-    f->b.value = (float *)b, f->b.grad = (float *)gb, f->b.trainable = 1;
+    const size_t ws[2] = {LOUT, LIN}, bs[1] = {LOUT};
     tb_ctx ctx;
     tb_ctx_init(&ctx);
+    CHECK_OK(ctx, tb_param_view(&ctx, &f->w, (float *)w, (float *)gw, 2, ws));
+    CHECK_OK(ctx, tb_param_view(&ctx, &f->b, (float *)b, (float *)gb, 1, bs));
     ck_assert_int_eq(tb_linear_view(&ctx, &f->lin, &f->w, &f->b, TB_LINEAR_OUT_IN), TB_OK);
 }
 
@@ -1546,11 +1544,9 @@ enum { PA = 6, PB = 4 };
 static void setup_params(fix *f, tb_ctx *ctx)
 {
     float *storage = f->pstore;
-    size_t sa[2] = {2, 3}, sb[1] = {PB};
-    tb_param_set_shape(&f->pa, 2, sa);
-    tb_param_set_shape(&f->pb, 1, sb);
-    f->pa.value = storage, f->pa.grad = storage + PA, f->pa.trainable = 1;
-    f->pb.value = storage + 2 * PA, f->pb.grad = storage + 2 * PA + PB, f->pb.trainable = 1;
+    const size_t sa[2] = {2, 3}, sb[1] = {PB};
+    CHECK_OK(*ctx, tb_param_view(ctx, &f->pa, storage, storage + PA, 2, sa));
+    CHECK_OK(*ctx, tb_param_view(ctx, &f->pb, storage + 2 * PA, storage + 2 * PA + PB, 1, sb));
     CHECK_OK(*ctx, tb_param_list_init(ctx, &f->list));
     CHECK_OK(*ctx, tb_param_list_add(ctx, &f->list, NULL, "a", &f->pa));
     CHECK_OK(*ctx, tb_param_list_add(ctx, &f->list, NULL, "b", &f->pb));
