@@ -13,6 +13,19 @@
  * explicit (tb_param_list_zero_grad()). Backward passes skip the gradient
  * of a parameter whose `trainable` flag is 0 or whose `grad` is NULL.
  *
+ * Selecting parameters: one predicate type, tb_param_select_fn, picks
+ * entries by full name (and parameter) for everything that works on a
+ * subset: freezing (tb_param_list_set_trainable_where()) and optimizer
+ * groups (tb_adam_add_group()). Stock predicates: tb_select_prefix()
+ * (everything under a name prefix, at a component boundary) and
+ * tb_select_direct() (a module's own parameters, not its children's), and
+ * in optim.h tb_select_no_decay(). Freezing a LoRA-wrapped layer's base
+ * weights is then
+ * @code
+ * tb_param_list_set_trainable_where(&list, tb_select_direct, (void *)"h.0.attn.c_attn", 0);
+ * // freezes h.0.attn.c_attn.weight and .bias, not h.0.attn.c_attn.lora_A.weight
+ * @endcode
+ *
  * A stale list: freeing a block zeroes its tb_param structs (value NULL),
  * but a list still points at them. Every call that reads or writes the
  * values or gradients of a list's parameters (loading and saving them,
@@ -178,14 +191,66 @@ void tb_param_list_zero_grad(tb_param_list *list);
 size_t tb_param_list_numel(const tb_param_list *list, int trainable_only);
 
 /**
- * @brief Set the trainable flag of every entry whose full name starts with
- * `prefix` at a component boundary (all entries when `prefix` is NULL or
- * ""): "h.1" selects "h.1" and "h.1.attn.weight" but not "h.10.bias"; a
- * prefix ending in '.' is matched as written.
+ * @brief A predicate over a list's entries: the one type every selection
+ * of parameters uses (freezing, optimizer groups).
+ * @param name Full dotted name of the entry.
+ * @param param The entry's parameter (never NULL: entries without one are
+ *        skipped before the predicate is asked).
+ * @param user The pointer given together with the predicate.
+ * @return Nonzero to select the entry.
+ */
+typedef int (*tb_param_select_fn)(const char *name, const tb_param *param, void *user);
+
+/**
+ * @brief Stock predicate: the entries under a name prefix, at a component
+ * boundary. `user` is the prefix (`const char *`, cast to `void *`).
+ * "h.1" selects "h.1" and "h.1.attn.weight" but not "h.10.bias"; a prefix
+ * ending in '.' is matched as written ("h.1." selects "h.1.attn.weight",
+ * not "h.1"); NULL or "" selects every entry.
+ * @param name Full name.
+ * @param param Unused.
+ * @param user The prefix, or NULL.
+ * @return Nonzero if `name` is `prefix` or starts with `prefix + "."`.
+ */
+int tb_select_prefix(const char *name, const tb_param *param, void *user);
+
+/**
+ * @brief Stock predicate: the direct parameters of a module, not those of
+ * its children. `user` is the module's name (`const char *`, cast to
+ * `void *`): `name` must be that name, a '.', and exactly one more
+ * component (no further '.'). "h.0.attn.c_attn" selects
+ * "h.0.attn.c_attn.weight" and "h.0.attn.c_attn.bias" but not
+ * "h.0.attn.c_attn.lora_A.weight" nor "h.0.attn.c_attn" itself. One
+ * trailing '.' of the module name is ignored ("h.0." is "h.0"); NULL or ""
+ * is the root module, whose direct parameters are the names without a '.'.
+ * @param name Full name.
+ * @param param Unused.
+ * @param user The module name, or NULL.
+ * @return Nonzero for a direct parameter of the module.
+ */
+int tb_select_direct(const char *name, const tb_param *param, void *user);
+
+/**
+ * @brief Set the trainable flag of every entry `pred` selects.
+ * @param list List; NULL does nothing.
+ * @param pred Predicate; NULL selects nothing (returns 0, changes nothing).
+ * @param user Passed to `pred`.
+ * @param trainable New flag value (nonzero is stored as 1).
+ * @return Number of entries selected, each of which now has the flag
+ *         (whether or not it had it before); entries without a parameter
+ *         are skipped and not counted.
+ */
+size_t tb_param_list_set_trainable_where(tb_param_list *list, tb_param_select_fn pred,
+                                         void *user, int trainable);
+
+/**
+ * @brief Shorthand for tb_param_list_set_trainable_where() with
+ * tb_select_prefix(): every entry under `prefix` at a component boundary
+ * (all entries when `prefix` is NULL or "").
  * @param list List.
  * @param prefix Name prefix to match, or NULL.
  * @param trainable New flag value.
- * @return Number of entries changed.
+ * @return Number of entries selected (see tb_param_list_set_trainable_where()).
  */
 size_t tb_param_list_set_trainable(tb_param_list *list, const char *prefix, int trainable);
 

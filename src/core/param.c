@@ -203,22 +203,56 @@ size_t tb_param_list_numel(const tb_param_list *list, int trainable_only)
     return n;
 }
 
-size_t tb_param_list_set_trainable(tb_param_list *list, const char *prefix, int trainable)
+int tb_select_prefix(const char *name, const tb_param *param, void *user)
 {
-    size_t changed = 0, plen = prefix ? strlen(prefix) : 0;
-    if (!list)
+    (void)param;
+    const char *prefix = user;
+    const size_t plen = prefix ? strlen(prefix) : 0;
+    if (!name)
+        return 0;
+    /* Whole dotted components: "fc1" selects "fc1.weight" but not
+     * "fc10.weight"; a prefix ending in '.' matches as written. */
+    return plen == 0 || (strncmp(name, prefix, plen) == 0 &&
+                         (name[plen] == '\0' || name[plen] == '.' || prefix[plen - 1] == '.'));
+}
+
+int tb_select_direct(const char *name, const tb_param *param, void *user)
+{
+    (void)param;
+    const char *module = user;
+    size_t mlen = module ? strlen(module) : 0;
+    if (!name)
+        return 0;
+    if (mlen && module[mlen - 1] == '.')
+        mlen--; /* "h.0." is the module "h.0" */
+    const char *rest = name;
+    if (mlen) {
+        if (strncmp(name, module, mlen) != 0 || name[mlen] != '.')
+            return 0;
+        rest = name + mlen + 1;
+    }
+    /* Exactly one more component: non-empty, no further '.'. */
+    return rest[0] != '\0' && strchr(rest, '.') == NULL;
+}
+
+size_t tb_param_list_set_trainable_where(tb_param_list *list, tb_param_select_fn pred,
+                                         void *user, int trainable)
+{
+    size_t selected = 0;
+    if (!list || !pred)
         return 0;
     for (size_t i = 0; i < list->count; i++) {
-        const char *name = list->items[i].name;
-        if (!list->items[i].param)
+        tb_param *p = list->items[i].param;
+        if (!p || !pred(list->items[i].name, p, user))
             continue;
-        /* Match whole dotted components: "fc1" selects "fc1.weight" but not
-         * "fc10.weight"; a prefix ending in '.' matches as written. */
-        if (plen && (strncmp(name, prefix, plen) != 0 ||
-                     (name[plen] != '\0' && name[plen] != '.' && prefix[plen - 1] != '.')))
-            continue;
-        list->items[i].param->trainable = trainable ? 1 : 0;
-        changed++;
+        p->trainable = trainable ? 1 : 0;
+        selected++;
     }
-    return changed;
+    return selected;
+}
+
+size_t tb_param_list_set_trainable(tb_param_list *list, const char *prefix, int trainable)
+{
+    /* The predicate only reads the prefix. */
+    return tb_param_list_set_trainable_where(list, tb_select_prefix, (void *)prefix, trainable);
 }

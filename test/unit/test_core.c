@@ -167,6 +167,102 @@ START_TEST(param_list_basics)
 }
 END_TEST
 
+/* Selecting by predicate: freezing a LoRA-wrapped layer's own weight and
+ * bias must not freeze the adapter's parameters under the same name. */
+START_TEST(param_select_predicates)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    static const char *const names[] = {
+        "h.0.attn.c_attn.weight",        "h.0.attn.c_attn.bias",
+        "h.0.attn.c_attn.lora_A.weight", "h.0.attn.c_attn.lora_B.weight",
+        "h.0.attn.c_attn_x.weight",      "h.0.attn.c_proj.weight",
+        "h.10.attn.c_attn.weight",       "scale",
+    };
+    enum { N = sizeof names / sizeof names[0] };
+    float v[N], g[N];
+    tb_param ps[N];
+    tb_param_list list;
+    CHECK_OK(ctx, tb_param_list_init(&ctx, &list));
+    for (size_t i = 0; i < N; i++) {
+        CHECK_OK(ctx, tb_param_view(&ctx, &ps[i], &v[i], &g[i], 1, (const size_t[]){1}));
+        CHECK_OK(ctx, tb_param_list_add(&ctx, &list, NULL, names[i], &ps[i]));
+    }
+    /* The stock predicates, name by name. */
+    static const struct {
+        const char *module;
+        const char *name;
+        int prefix, direct;
+    } cases[] = {
+        {"h.0.attn.c_attn", "h.0.attn.c_attn.weight", 1, 1},
+        {"h.0.attn.c_attn", "h.0.attn.c_attn.lora_A.weight", 1, 0},
+        {"h.0.attn.c_attn", "h.0.attn.c_attn", 1, 0},
+        {"h.0.attn.c_attn", "h.0.attn.c_attn_x.weight", 0, 0},
+        {"h.0.attn.c_attn", "h.0.attn.c_attn.", 1, 0},
+        {"h.0.attn.c_attn.", "h.0.attn.c_attn.bias", 1, 1},  /* trailing dot */
+        {"h.0.attn.c_attn.", "h.0.attn.c_attn", 0, 0},
+        {"h.0.attn.c_attn.", "h.0.attn.c_attnx.bias", 0, 0},
+        {"h.1", "h.10.attn.c_attn.weight", 0, 0},
+        {"", "scale", 1, 1},                              /* the root module */
+        {"", "h.0.attn.c_attn.weight", 1, 0},
+        {NULL, "scale", 1, 1},
+        {NULL, "h.0.x", 1, 0},
+        {"h", "h.x", 1, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        void *u = (void *)cases[i].module;
+        ck_assert_msg(!tb_select_prefix(cases[i].name, &ps[0], u) == !cases[i].prefix,
+                      "prefix '%s' on '%s'", cases[i].module ? cases[i].module : "(null)",
+                      cases[i].name);
+        ck_assert_msg(!tb_select_direct(cases[i].name, &ps[0], u) == !cases[i].direct,
+                      "direct '%s' on '%s'", cases[i].module ? cases[i].module : "(null)",
+                      cases[i].name);
+    }
+    ck_assert(!tb_select_prefix(NULL, &ps[0], NULL) && !tb_select_direct(NULL, &ps[0], NULL));
+
+    /* Freeze the wrapped layer's own weight and bias: exactly those two. */
+    ck_assert_uint_eq(tb_param_list_set_trainable_where(&list, tb_select_direct,
+                                                        (void *)"h.0.attn.c_attn", 0),
+                      2);
+    for (size_t i = 0; i < N; i++)
+        ck_assert_msg(ps[i].trainable == (i >= 2), "%s: trainable %d", names[i],
+                      ps[i].trainable);
+    /* The prefix predicate would have taken the adapter too (and is what
+     * set_trainable does). */
+    ck_assert_uint_eq(tb_param_list_set_trainable_where(&list, tb_select_prefix,
+                                                        (void *)"h.0.attn.c_attn", 0),
+                      4);
+    ck_assert_int_eq(ps[2].trainable, 0);
+    ck_assert_int_eq(ps[4].trainable, 1); /* c_attn_x is another module */
+    ck_assert_uint_eq(tb_param_list_set_trainable(&list, "h.0.attn.c_attn.", 1), 4);
+    ck_assert_int_eq(ps[0].trainable, 1);
+    ck_assert_int_eq(ps[3].trainable, 1);
+    /* Edge cases: empty prefix (everything), root module, NULL predicate
+     * (nothing), NULL list. */
+    ck_assert_uint_eq(tb_param_list_set_trainable_where(&list, tb_select_prefix, (void *)"", 0),
+                      N);
+    ck_assert_uint_eq(tb_param_list_numel(&list, 1), 0);
+    ck_assert_uint_eq(tb_param_list_set_trainable_where(&list, tb_select_direct, NULL, 1), 1);
+    ck_assert_int_eq(ps[N - 1].trainable, 1);
+    ck_assert_uint_eq(tb_param_list_set_trainable_where(&list, NULL, NULL, 1), 0);
+    ck_assert_uint_eq(tb_param_list_numel(&list, 1), 1);
+    ck_assert_uint_eq(tb_param_list_set_trainable_where(NULL, tb_select_prefix, NULL, 1), 0);
+    /* The optimizer's groups take the same predicates. */
+    ck_assert_uint_eq(tb_param_list_set_trainable(&list, NULL, 1), N);
+    tb_adam opt;
+    tb_adam_config cfg = tb_adam_default_config();
+    CHECK_OK(ctx, tb_adam_init(&ctx, &opt, &list, &cfg));
+    size_t moved = 0;
+    CHECK_OK(ctx, tb_adam_add_group(&ctx, &opt, 1e-2f, 0.0f, tb_select_direct,
+                                    (void *)"h.0.attn.c_attn", &moved));
+    ck_assert_uint_eq(moved, 2);
+    ck_assert_uint_eq(opt.slots[0].group, 1);
+    ck_assert_uint_eq(opt.slots[2].group, 0);
+    tb_adam_free(&opt);
+    tb_param_list_free(&list);
+}
+END_TEST
+
 START_TEST(block_params_enumerate_by_name)
 {
     tb_ctx ctx;
@@ -613,6 +709,7 @@ Suite *suite_core(void)
     tcase_add_test(tc, ctx_set_error_records_and_returns);
     tcase_add_test(tc, allocator_hooks_are_used_and_failures_reported);
     tcase_add_test(tc, param_init_view_free);
+    tcase_add_test(tc, param_select_predicates);
     suite_add_tcase(s, tc);
     return s;
 }
