@@ -974,11 +974,10 @@ static tb_status train_step(tb_ctx *ctx, run *r, const batch *bt, float lr, uint
 {
     float loss;
     TRY(model_forward(ctx, &r->m, &r->a, TB_MODE_TRAINING, bt, &loss));
-    if (!isfinite(loss)) {
-        snprintf(ctx->error, sizeof ctx->error, "the %s model's loss became %g at step %llu",
-                 norm_name(r->m.kind), (double)loss, (unsigned long long)step);
-        return TB_ERR_NON_FINITE;
-    }
+    if (!isfinite(loss))
+        return tb_ctx_set_error(ctx, TB_ERR_NON_FINITE,
+                                "the %s model's loss became %g at step %llu",
+                                norm_name(r->m.kind), (double)loss, (unsigned long long)step);
     r->loss_sum += loss;
     tb_param_list_zero_grad(&r->m.params);
     TRY(model_backward(ctx, &r->m, &r->a, bt));
