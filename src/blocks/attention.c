@@ -27,13 +27,22 @@
 
 #define ATTN_MAGIC 0x7462415432ULL /* "tbAT2" */
 
-/* Everything the cached log-sum-exp values depend on (except the data and
- * the deterministic masks): backward refuses a cache from a call of another
- * shape or with another dropout draw. */
+/* The cache's header: the magic, then everything the cached log-sum-exp
+ * values depend on (except the data and the deterministic masks), which
+ * backward matches (tb_cache_match): a cache from a call of another shape
+ * or with another dropout draw is refused. */
+enum { ATTN_FIELDS = 10 };
 typedef struct attn_header {
-    uint64_t magic, batch, heads, t_q, t_k, head_dim, kv_heads, options;
-    uint64_t drop_p, drop_key, drop_counter;
+    uint64_t magic;
+    uint64_t field[ATTN_FIELDS]; /* as attn_fields names them */
 } attn_header;
+
+static const char *const attn_fields[ATTN_FIELDS] = {
+    "B", "H", "Tq", "Tk", "D", "n_kv_heads", "options (scale, window, causal)",
+    "dropout p (bits)", "dropout key", "dropout counter"};
+/* The size depends on B, H and Tq. */
+static const tb_cache_kind ATTN_CACHE = {ATTN_MAGIC, "tb_attention_forward",
+                                         "tb_attention_cache_size", ATTN_FIELDS, 3, attn_fields};
 
 tb_attention_config tb_attention_default_config(size_t n_heads, size_t head_dim)
 {
@@ -51,11 +60,9 @@ tb_status tb_attention_cache_size(const tb_attention_config *cfg, size_t batch, 
     size_t n;
     if (!cfg || !bytes)
         return TB_ERR_NULL_ARG;
-    if (!tb_mul_size(batch, cfg->n_heads, &n) || !tb_mul_size(n, t_q, &n) ||
-        !tb_mul_size(n, sizeof(float), &n) || !tb_add_size(n, sizeof(attn_header), &n))
+    if (!tb_mul_size(batch, cfg->n_heads, &n) || !tb_mul_size(n, t_q, &n))
         return TB_ERR_OVERFLOW;
-    *bytes = n;
-    return TB_OK;
+    return tb_cache_bytes(sizeof(attn_header), n, bytes);
 }
 
 tb_status tb_attention_dropout_draw(tb_attention_mask *mask, tb_rng *rng, float p,
@@ -244,37 +251,30 @@ static float score(const attn *a, size_t b, size_t h, size_t i, size_t j)
     return s;
 }
 
+static attn_header header_of(const attn *a)
+{
+    uint32_t scale_bits, p_bits;
+    memcpy(&scale_bits, &a->scale, sizeof scale_bits);
+    memcpy(&p_bits, &a->drop_p, sizeof p_bits);
+    const int dropout = a->drop_p > 0.0f; /* the draw matters only when dropout is on */
+    attn_header h = {ATTN_MAGIC,
+                     {a->B, a->H, a->Tq, a->Tk, a->D, a->Hkv,
+                      ((uint64_t)scale_bits << 32) ^ ((uint64_t)a->window << 1) ^
+                          (uint64_t)a->causal,
+                      p_bits, dropout ? a->drop_key : 0, dropout ? a->drop_counter : 0}};
+    return h;
+}
+
+/* The cache a call is handed (NULL allowed unless required). */
 static tb_status check_cache(tb_ctx *ctx, const char *fn, const attn *a, const void *cache,
-                             size_t bytes)
+                             size_t bytes, int required)
 {
     tb_attention_config c = tb_attention_default_config(a->H, a->D);
     size_t need;
     if (tb_attention_cache_size(&c, a->B, a->Tq, &need) != TB_OK)
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "cache size overflows");
-    if (bytes < need)
-        return tb_fail(ctx, TB_ERR_BUFFER_TOO_SMALL, fn, "cache has %zu bytes; %zu needed", bytes,
-                       need);
-    if ((uintptr_t)cache % sizeof(float) != 0)
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "cache is not aligned for float");
-    return TB_OK;
-}
-
-static attn_header header_of(const attn *a)
-{
-    uint32_t scale_bits;
-    memcpy(&scale_bits, &a->scale, sizeof scale_bits);
-    attn_header h = {ATTN_MAGIC, a->B,   a->H,   a->Tq,
-                     a->Tk,      a->D,   a->Hkv, ((uint64_t)scale_bits << 32) ^
-                                                    ((uint64_t)a->window << 1) ^ (uint64_t)a->causal,
-                     0, 0, 0};
-    uint32_t p_bits;
-    memcpy(&p_bits, &a->drop_p, sizeof p_bits);
-    h.drop_p = p_bits;
-    if (a->drop_p > 0.0f) { /* the draw matters only when dropout is on */
-        h.drop_key = a->drop_key;
-        h.drop_counter = a->drop_counter;
-    }
-    return h;
+    const attn_header h = header_of(a);
+    return tb_cache_check(ctx, fn, &ATTN_CACHE, cache, bytes, need, h.field, required);
 }
 
 /* ---- Aliasing (docs/conventions.md): no in-place form; every output is
@@ -833,7 +833,7 @@ tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
     if (out->ndim != 3 || out->shape[0] != a.B || out->shape[1] != a.Tq ||
         out->shape[2] != a.H * a.D)
         return tb_fail(ctx, TB_ERR_SHAPE, fn, "out must be (%zu, %zu, %zu)", a.B, a.Tq, a.H * a.D);
-    if (cache && (s = check_cache(ctx, fn, &a, cache, cache_bytes)) != TB_OK)
+    if ((s = check_cache(ctx, fn, &a, cache, cache_bytes, 0)) != TB_OK)
         return s;
     tb_span in[OPERAND_SPANS];
     operand_spans(&a, mask, q, k, v, in);
@@ -866,8 +866,8 @@ tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
     if (failed)
         return tiles_failed(ctx, fn);
     if (cache) {
-        attn_header hd = header_of(&a);
-        memcpy(cache, &hd, sizeof hd);
+        const attn_header hd = header_of(&a);
+        tb_cache_write(cache, &ATTN_CACHE, hd.field);
     }
     return TB_OK;
 }
@@ -910,9 +910,7 @@ tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
         (s = check_grad(ctx, fn, "dk", dk, a.Hkv, D, a.B, a.Tk)) != TB_OK ||
         (s = check_grad(ctx, fn, "dv", dv, a.Hkv, D, a.B, a.Tk)) != TB_OK)
         return s;
-    if (!cache)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cache must not be NULL");
-    if ((s = check_cache(ctx, fn, &a, cache, cache_bytes)) != TB_OK)
+    if ((s = check_cache(ctx, fn, &a, cache, cache_bytes, 1)) != TB_OK)
         return s;
     /* dq, dk and dv may share a packed buffer in disjoint columns: their
      * spans are the columns they write. */
@@ -925,13 +923,10 @@ tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
                             tb_span_heads("dv", dv, a.Hkv, D)};
     if ((s = tb_check_alias(ctx, fn, outs, 3, in, OPERAND_SPANS + 3)) != TB_OK)
         return s;
-    attn_header hd, want = header_of(&a);
-    memcpy(&hd, cache, sizeof hd);
-    if (memcmp(&hd, &want, sizeof hd) != 0)
-        return tb_fail(ctx, TB_ERR_STATE, fn,
-                       "cache was not filled by tb_attention_forward with this shape and "
-                       "configuration");
-    const float *lse = (const float *)((const unsigned char *)cache + sizeof hd);
+    const attn_header want = header_of(&a);
+    if ((s = tb_cache_match(ctx, fn, &ATTN_CACHE, cache, want.field)) != TB_OK)
+        return s;
+    const float *lse = (const float *)((const unsigned char *)cache + sizeof(attn_header));
     const size_t rows = a.B * a.H * a.Tq;
     const size_t qblocks = (a.Tq + BQ - 1) / BQ, kblocks = (a.Tk + BK - 1) / BK;
     const size_t q_tasks = a.B * a.H * qblocks, kv_tasks = a.B * a.Hkv * kblocks;

@@ -14,9 +14,16 @@
 
 #define MHA_MAGIC 0x74624D4831ULL /* "tbMH1" */
 
+/* Magic, then the fields backward matches (tb_cache_match), then unused
+ * words (the data stays 64-byte aligned after it). */
 typedef struct mha_header {
     uint64_t magic, batch, t_q, t_k, cross, reserved[3];
 } mha_header;
+
+static const char *const mha_fields[4] = {"B", "Tq", "Tk", "cross (1: mem given)"};
+/* The size depends on B, Tq and Tk. */
+static const tb_cache_kind MHA_CACHE = {MHA_MAGIC, "tb_mha_forward", "tb_mha_cache_size", 4, 3,
+                                        mha_fields};
 
 tb_status tb_mha_init(tb_ctx *ctx, tb_mha *mha, size_t embed_dim, size_t n_heads, int has_bias,
                       tb_rng *rng)
@@ -300,12 +307,10 @@ tb_status tb_mha_forward(tb_ctx *ctx, const tb_mha *mha, const tb_attention_mask
     mha_sizes z;
     if (sizes(mha, B, Tq, Tk, &z) != TB_OK)
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "cache size overflows");
-    if (!cache)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cache must not be NULL");
-    if (cache_bytes < z.total_bytes || (uintptr_t)cache % sizeof(float) != 0)
-        return tb_fail(ctx, cache_bytes < z.total_bytes ? TB_ERR_BUFFER_TOO_SMALL
-                                                        : TB_ERR_INVALID_ARG,
-                       fn, "cache must hold %zu bytes, aligned for float", z.total_bytes);
+    const uint64_t fields[4] = {B, Tq, Tk, mem != NULL};
+    if ((s = tb_cache_check(ctx, fn, &MHA_CACHE, cache, cache_bytes, z.total_bytes, fields, 1)) !=
+        TB_OK)
+        return s;
     if ((s = forward_alias(ctx, fn, mha, mask, x, mem, y, cache, z.total_bytes)) != TB_OK)
         return s;
     float *proj = (float *)((unsigned char *)cache + sizeof(mha_header));
@@ -325,8 +330,8 @@ tb_status tb_mha_forward(tb_ctx *ctx, const tb_mha *mha, const tb_attention_mask
         return s;
     if ((s = tb_linear_forward(ctx, &mha->out_proj, &att_t, y)) != TB_OK)
         return s;
-    mha_header h = {MHA_MAGIC, B, Tq, Tk, mem != NULL, {0, 0, 0}};
-    memcpy(cache, &h, sizeof h);
+    memset(cache, 0, sizeof(mha_header));
+    tb_cache_write(cache, &MHA_CACHE, fields);
     return TB_OK;
 }
 
@@ -441,19 +446,11 @@ tb_status tb_mha_backward(tb_ctx *ctx, tb_mha *mha, const tb_attention_mask *mas
     mha_sizes z;
     if (sizes(mha, B, Tq, Tk, &z) != TB_OK)
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "cache size overflows");
-    if (!cache)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cache must not be NULL");
-    if (cache_bytes < z.total_bytes)
-        return tb_fail(ctx, TB_ERR_BUFFER_TOO_SMALL, fn, "cache must hold %zu bytes",
-                       z.total_bytes);
-    if ((uintptr_t)cache % sizeof(float) != 0)
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "cache is not aligned for float");
-    mha_header h;
-    memcpy(&h, cache, sizeof h);
-    if (h.magic != MHA_MAGIC || h.batch != B || h.t_q != Tq || h.t_k != Tk ||
-        h.cross != (mem != NULL))
-        return tb_fail(ctx, TB_ERR_STATE, fn, "cache was not filled by tb_mha_forward on this "
-                                              "input");
+    const uint64_t fields[4] = {B, Tq, Tk, mem != NULL};
+    if ((s = tb_cache_check(ctx, fn, &MHA_CACHE, cache, cache_bytes, z.total_bytes, fields, 1)) !=
+            TB_OK ||
+        (s = tb_cache_match(ctx, fn, &MHA_CACHE, cache, fields)) != TB_OK)
+        return s;
     if ((s = backward_alias(ctx, fn, mha, mask, x, mem, dy, cache, z.total_bytes, dx, dmem)) !=
         TB_OK)
         return s;

@@ -868,6 +868,10 @@ START_TEST(backward_cache_from_other_key_shape)
     tb_heads kh_t4 = {&k_t4, 0}, vh_t4 = {&v_t4, 4};
     CHECK_OK(f.ctx, fwd(&f, cfg, NULL, q, &kh_t4, &vh_t4, out));
     EXPECT_BWD(&f, TB_ERR_STATE, cfg, q, k, v, out, dout, f.cache, f.bytes, dq, dk, dv);
+    /* The detail names the field that differs (src/core/cache_header.c). */
+    ck_assert_msg(strstr(tb_ctx_error(&f.ctx), "tb_attention_forward") &&
+                      strstr(tb_ctx_error(&f.ctx), "Tk = 4, this call has 5"),
+                  "%s", tb_ctx_error(&f.ctx));
 
     /* H = 4 heads of D = 1 (q, out and dout as (B, Tq, 4) views). */
     tb_attention_config cfg41 = tb_attention_default_config(EH, 1);
