@@ -178,12 +178,12 @@ tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
  * @param k Forward keys.
  * @param v Forward values.
  * @param out Forward output `(B, Tq, H*D)`.
- * @param dout Gradient w.r.t. out, same shape.
+ * @param dy Gradient w.r.t. out, same shape.
  * @param cache The cache filled by forward.
  * @param cache_bytes Size of cache.
  * @param dq Receives dL/dq, laid out like q (may share a packed buffer with
  *        dk and dv in disjoint columns); must not overlap q, k, v (their
- *        heads' columns), out, dout, the cache or the mask's arrays.
+ *        heads' columns), out, dy, the cache or the mask's arrays.
  * @param dk Receives dL/dk, laid out like k.
  * @param dv Receives dL/dv, laid out like v.
  * @return As forward (TB_ERR_INVALID_ARG also when an output overlaps an input
@@ -194,7 +194,7 @@ tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
 tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
                                 const tb_attention_mask *mask, const tb_heads *q,
                                 const tb_heads *k, const tb_heads *v, const tb_tensor *out,
-                                const tb_tensor *dout, const void *cache, size_t cache_bytes,
+                                const tb_tensor *dy, const void *cache, size_t cache_bytes,
                                 tb_heads *dq, tb_heads *dk, tb_heads *dv);
 
 /**

@@ -6,9 +6,9 @@
  * running sum l, running output, rescaled when m grows); out = acc / l, and
  * the log-sum-exp m + log l goes to the cache. Backward recomputes the
  * probabilities p_ij = exp(s_ij - lse_i) tile by tile:
- *   D_i  = dout_i . out_i
- *   dP   = dout V^T,  dS = scale * P o (dP - D)
- *   dV_j = sum_i P_ij dout_i,  dK_j = sum_i dS_ij q_i  (pass 1, per key block)
+ *   D_i  = dy_i . out_i
+ *   dP   = dy V^T,  dS = scale * P o (dP - D)
+ *   dV_j = sum_i P_ij dy_i,  dK_j = sum_i dS_ij q_i  (pass 1, per key block)
  *   dQ_i = sum_j dS_ij k_j                              (pass 2, per query block)
  * Two passes so that every gradient row has a single owner (no atomics, no
  * per-thread partial sums): results are bitwise identical for any thread
@@ -728,7 +728,7 @@ static tile_mask recompute_probs(const tb_ctx *ctx, const attn *a, const tb_vexp
 
 /* Gradient operands of the backward passes. */
 typedef struct attn_grads {
-    const float *dout, *lse, *delta; /* dout (B, Tq, H*D); lse, delta per (b, h, i) */
+    const float *dy, *lse, *delta; /* dy (B, Tq, H*D); lse, delta per (b, h, i) */
     float *dq, *dk, *dv;             /* first element of head 0 */
     size_t wdq, wdk, wdv;            /* row strides */
 } attn_grads;
@@ -769,7 +769,7 @@ static void backward_kv_block(const tb_ctx *ctx, const attn *a, const tb_vexp_op
         for (size_t i0 = ilo / BQ * BQ; i0 < ihi; i0 += BQ) {
             const size_t mq = min_sz(BQ, a->Tq - i0), row0 = (b * a->H + h) * a->Tq + i0;
             const float *qi = a->q + (b * a->Tq + i0) * a->wq + h * D;
-            const float *go = gr->dout + (b * a->Tq + i0) * HD + h * D;
+            const float *go = gr->dy + (b * a->Tq + i0) * HD + h * D;
             const tile_mask tm =
                 recompute_probs(ctx, a, vx, b, h, i0, mq, j0, jn, gr->lse + row0, w);
             if (!tm.any_visible) /* adds nothing */
@@ -801,7 +801,7 @@ static void backward_q_block(const tb_ctx *ctx, const attn *a, const tb_vexp_ops
     float *dq = gr->dq + (b * a->Tq + i0) * gr->wdq + h * D;
     for (size_t r = 0; r < mq; r++)
         memset(dq + r * gr->wdq, 0, D * sizeof(float));
-    const float *go = gr->dout + (b * a->Tq + i0) * HD + h * D;
+    const float *go = gr->dy + (b * a->Tq + i0) * HD + h * D;
     size_t lo, hi, lo_last, hi_last;
     key_range(a, b, i0, &lo, &hi);
     key_range(a, b, i0 + mq - 1, &lo_last, &hi_last);
@@ -889,7 +889,7 @@ static tb_status check_grad(tb_ctx *ctx, const char *fn, const char *name, const
 tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
                                 const tb_attention_mask *mask, const tb_heads *q,
                                 const tb_heads *k, const tb_heads *v, const tb_tensor *out,
-                                const tb_tensor *dout, const void *cache, size_t cache_bytes,
+                                const tb_tensor *dy, const void *cache, size_t cache_bytes,
                                 tb_heads *dq, tb_heads *dk, tb_heads *dv)
 {
     const char *fn = __func__;
@@ -899,12 +899,12 @@ tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
         return s;
     const size_t D = a.D, HD = a.H * a.D;
     if ((s = tb_check_tensor(ctx, fn, "out", out, NULL, NULL)) != TB_OK ||
-        (s = tb_check_tensor(ctx, fn, "dout", dout, NULL, NULL)) != TB_OK)
+        (s = tb_check_tensor(ctx, fn, "dy", dy, NULL, NULL)) != TB_OK)
         return s;
     if (out->ndim != 3 || out->shape[0] != a.B || out->shape[1] != a.Tq || out->shape[2] != HD ||
-        dout->ndim != 3 || dout->shape[0] != a.B || dout->shape[1] != a.Tq ||
-        dout->shape[2] != HD)
-        return tb_fail(ctx, TB_ERR_SHAPE, fn, "out and dout must be (%zu, %zu, %zu)", a.B, a.Tq,
+        dy->ndim != 3 || dy->shape[0] != a.B || dy->shape[1] != a.Tq ||
+        dy->shape[2] != HD)
+        return tb_fail(ctx, TB_ERR_SHAPE, fn, "out and dy must be (%zu, %zu, %zu)", a.B, a.Tq,
                        HD);
     if ((s = check_grad(ctx, fn, "dq", dq, a.H, D, a.B, a.Tq)) != TB_OK ||
         (s = check_grad(ctx, fn, "dk", dk, a.Hkv, D, a.B, a.Tk)) != TB_OK ||
@@ -917,7 +917,7 @@ tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
     tb_span in[OPERAND_SPANS + 3];
     operand_spans(&a, mask, q, k, v, in);
     in[OPERAND_SPANS] = tb_span_tensor("out", out);
-    in[OPERAND_SPANS + 1] = tb_span_tensor("dout", dout);
+    in[OPERAND_SPANS + 1] = tb_span_tensor("dy", dy);
     in[OPERAND_SPANS + 2] = cache_span(&a, cache);
     const tb_span outs[] = {tb_span_heads("dq", dq, a.H, D), tb_span_heads("dk", dk, a.Hkv, D),
                             tb_span_heads("dv", dv, a.Hkv, D)};
@@ -943,8 +943,8 @@ tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
         tb_free_with(&ctx->allocator, mem);
         return s;
     }
-    float *delta = mem; /* D_i = dout_i . out_i */
-    const float *od = out->data, *gd = dout->data;
+    float *delta = mem; /* D_i = dy_i . out_i */
+    const float *od = out->data, *gd = dy->data;
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * D)) schedule(static)
     for (size_t r = 0; r < rows; r++) {
         const size_t i = r % a.Tq, h = (r / a.Tq) % a.H, b = r / (a.Tq * a.H);
@@ -952,7 +952,7 @@ tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
         delta[r] = dot(gd + at, od + at, D);
     }
     attn_grads gr;
-    gr.dout = gd, gr.lse = lse, gr.delta = delta;
+    gr.dy = gd, gr.lse = lse, gr.delta = delta;
     gr.dq = dq->tensor->data + dq->offset, gr.wdq = dq->tensor->shape[2];
     gr.dk = dk->tensor->data + dk->offset, gr.wdk = dk->tensor->shape[2];
     gr.dv = dv->tensor->data + dv->offset, gr.wdv = dv->tensor->shape[2];

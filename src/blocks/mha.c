@@ -367,12 +367,12 @@ static int all_finite(const float *x, size_t n)
 
 /* Whether input row r (of C floats) adds nothing to the weight gradient
  * although it is not finite: its gradient row (of n) is exactly zero. */
-static int dead_garbage_row(const float *in, size_t C, const float *dout, size_t n, size_t r)
+static int dead_garbage_row(const float *in, size_t C, const float *dy, size_t n, size_t r)
 {
-    return all_zero(dout + r * n, n) && !all_finite(in + r * C, C);
+    return all_zero(dy + r * n, n) && !all_finite(in + r * C, C);
 }
 
-/* dW (n, C) += dout^T in for in (rows, C), dout (rows, n), where a row of
+/* dW (n, C) += dy^T in for in (rows, C), dy (rows, n), where a row of
  * `in` whose gradient row is exactly zero adds exactly nothing, even when it
  * holds NaN or Inf (0 x NaN would poison the whole gradient). Those rows
  * are the positions the attention masks out entirely (a key no query sees,
@@ -381,15 +381,15 @@ static int dead_garbage_row(const float *in, size_t C, const float *dout, size_t
  * them is not finite; 0 x finite adds nothing to a GEMM sum, so the result
  * has the bits of the plain product. */
 static tb_status weight_grad(tb_ctx *ctx, const char *fn, const float *in, size_t rows, size_t C,
-                             const float *dout, size_t n, float *dw)
+                             const float *dy, size_t n, float *dw)
 {
     int garbage = 0;
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * n)) \
     reduction(| : garbage) schedule(static)
     for (size_t r = 0; r < rows; r++)
-        garbage |= dead_garbage_row(in, C, dout, n, r);
+        garbage |= dead_garbage_row(in, C, dy, n, r);
     if (!garbage)
-        return tb_gemm(ctx, 1, 0, n, C, rows, 1.0f, dout, n, in, C, 1.0f, dw, C);
+        return tb_gemm(ctx, 1, 0, n, C, rows, 1.0f, dy, n, in, C, 1.0f, dw, C);
     size_t bytes;
     void *buf;
     if (!tb_mul_size(rows, C * sizeof(float), &bytes))
@@ -400,31 +400,31 @@ static tb_status weight_grad(tb_ctx *ctx, const char *fn, const float *in, size_
     float *clean = buf;
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * C)) schedule(static)
     for (size_t r = 0; r < rows; r++) {
-        if (dead_garbage_row(in, C, dout, n, r))
+        if (dead_garbage_row(in, C, dy, n, r))
             memset(clean + r * C, 0, C * sizeof(float));
         else
             memcpy(clean + r * C, in + r * C, C * sizeof(float));
     }
-    s = tb_gemm(ctx, 1, 0, n, C, rows, 1.0f, dout, n, clean, C, 1.0f, dw, C);
+    s = tb_gemm(ctx, 1, 0, n, C, rows, 1.0f, dy, n, clean, C, 1.0f, dw, C);
     tb_free_with(&ctx->allocator, buf);
     return s;
 }
 
 /* Gradients of one projection: in (rows, C) -> out (rows, n) with in_proj
- * rows r0 .. r0+n: dW += dout^T in, db += colsum(dout), din = dout W. */
+ * rows r0 .. r0+n: dW += dy^T in, db += colsum(dy), din = dy W. */
 static tb_status project_backward(tb_ctx *ctx, const char *fn, tb_mha *mha, const float *in,
-                                  size_t rows, size_t r0, size_t n, const float *dout,
+                                  size_t rows, size_t r0, size_t n, const float *dy,
                                   float *din)
 {
     const size_t C = mha->embed_dim;
     tb_status s = TB_OK;
     if (tb_param_wants_grad(&mha->in_proj_weight))
-        s = weight_grad(ctx, fn, in, rows, C, dout, n, mha->in_proj_weight.grad + r0 * C);
+        s = weight_grad(ctx, fn, in, rows, C, dy, n, mha->in_proj_weight.grad + r0 * C);
     if (s != TB_OK)
         return s;
     if (mha->has_bias && tb_param_wants_grad(&mha->in_proj_bias))
-        add_colsums(ctx, dout, rows, n, mha->in_proj_bias.grad + r0);
-    return tb_gemm(ctx, 0, 0, rows, C, n, 1.0f, dout, n, mha->in_proj_weight.value + r0 * C, C,
+        add_colsums(ctx, dy, rows, n, mha->in_proj_bias.grad + r0);
+    return tb_gemm(ctx, 0, 0, rows, C, n, 1.0f, dy, n, mha->in_proj_weight.value + r0 * C, C,
                    0.0f, din, C);
 }
 

@@ -672,7 +672,7 @@ static void t_embedding_fwd(acase *c)
     c->call = c_embedding_fwd;
 }
 
-/* backward: ids, dout | weight.grad */
+/* backward: ids, dy | weight.grad */
 static void b_embedding_bwd(fix *f, bufs p)
 {
     f->emb.weight.grad = F(p, 2);
@@ -688,7 +688,7 @@ static void t_embedding_bwd(acase *c)
 {
     c->fn = "tb_embedding_backward";
     add(c, "ids", IN, EN * sizeof(int32_t), sizeof(int32_t));
-    add_f(c, "dout", IN, EN * ED);
+    add_f(c, "dy", IN, EN * ED);
     add_f(c, "weight.grad", OUT, EV * ED);
     c->setup = setup_embedding;
     c->bind = b_embedding_bwd;
@@ -1127,7 +1127,7 @@ static void t_attn_fwd(acase *c)
     c->call = c_attn_fwd;
 }
 
-/* backward: q, k, v, key_lengths, key_valid, bias, out, dout, cache | dq,
+/* backward: q, k, v, key_lengths, key_valid, bias, out, dy, cache | dq,
  * dk, dv */
 static void fill_attn_bwd(const acase *c, fix *f, tb_ctx *ctx, bufs p)
 {
@@ -1156,7 +1156,7 @@ static void t_attn_bwd(acase *c)
     add_qkv(c, "q", "k", "v", IN);
     add_mask(c, AB, ATQ, ATK);
     add_f(c, "out", IN, AB * ATQ * AHD);
-    add_f(c, "dout", IN, AB * ATQ * AHD);
+    add_f(c, "dy", IN, AB * ATQ * AHD);
     add(c, "cache", IN, attn_cache_bytes(), sizeof(float));
     add_qkv(c, "dq", "dk", "dv", OUT);
     c->setup = setup_attn;
