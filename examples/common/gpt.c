@@ -717,7 +717,7 @@ tb_status gpt_backward(tb_ctx *ctx, gpt *m, gpt_acts *a, const int32_t *tokens,
         tb_tensor x1 = tb_tensor_3d(la->x1, B, T, C), a2 = tb_tensor_3d(la->a2, B, T, C);
         tb_tensor f = tb_tensor_3d(la->f, B, T, 4 * C), g = tb_tensor_3d(la->g, B, T, 4 * C);
         /* dx = dL/d(layer output). MLP branch: */
-        TRY(tb_dropout_backward(ctx, &la->drop_mlp, &dx, &dt1));
+        TRY(tb_dropout_backward(ctx, &dx, &la->drop_mlp, &dt1));
         TRY(tb_linear_backward(ctx, &b->mlp_proj, &g, &dt1, &d4));
         TRY(tb_gelu_backward(ctx, GELU, &f, &d4, &d4));
         TRY(tb_linear_backward(ctx, &b->c_fc, &a2, &d4, &dt2));
@@ -725,7 +725,7 @@ tb_status gpt_backward(tb_ctx *ctx, gpt *m, gpt_acts *a, const int32_t *tokens,
                                   &dt1));
         TRY(tb_residual_backward(ctx, &dx, &dt1)); /* dt1 = dL/dx1 */
         /* Attention branch: */
-        TRY(tb_dropout_backward(ctx, &la->drop_attn, &dt1, &dt2));
+        TRY(tb_dropout_backward(ctx, &dt1, &la->drop_attn, &dt2));
         TRY(tb_linear_backward(ctx, &b->attn_proj, &att, &dt2, &dx)); /* dx = dL/datt */
         tb_heads q = {&qkv, 0}, k = {&qkv, C}, v = {&qkv, 2 * C};
         tb_heads dq = {&dqkv, 0}, dk = {&dqkv, C}, dv = {&dqkv, 2 * C};
@@ -736,7 +736,7 @@ tb_status gpt_backward(tb_ctx *ctx, gpt *m, gpt_acts *a, const int32_t *tokens,
                                   &dx));
         TRY(tb_residual_backward(ctx, &dt1, &dx)); /* dx = dL/d(layer input) */
     }
-    TRY(tb_dropout_backward(ctx, &a->drop_emb, &dx, &dx));
+    TRY(tb_dropout_backward(ctx, &dx, &a->drop_emb, &dx));
     TRY(tb_embedding_backward(ctx, &m->wte, tokens, R, &dx));
     return tb_embedding_backward(ctx, &m->wpe, a->pos, R, &dx);
 }

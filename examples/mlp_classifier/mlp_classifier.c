@@ -261,7 +261,7 @@ static tb_status mlp_backward(tb_ctx *ctx, mlp *m, activations *a, float *x, con
     TRY(tb_linear_backward(ctx, &m->fc3, &a2, &dlogits, &ga));   /* ga = dL/da2 */
     TRY(tb_gelu_backward(ctx, GELU, &h2, &ga, &ga));             /* ga = dL/dh2 */
     TRY(tb_linear_backward(ctx, &m->fc2, &d1, &ga, &gb));        /* gb = dL/dd1 */
-    TRY(tb_dropout_backward(ctx, &a->drop_cache, &gb, &gb));     /* gb = dL/da1 */
+    TRY(tb_dropout_backward(ctx, &gb, &a->drop_cache, &gb));     /* gb = dL/da1 */
     TRY(tb_gelu_backward(ctx, GELU, &h1, &gb, &gb));             /* gb = dL/dh1 */
     TRY(tb_linear_backward(ctx, &m->fc1, &tx, &gb, NULL));       /* no dL/dx needed */
     return TB_OK;

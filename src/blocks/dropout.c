@@ -52,7 +52,7 @@ tb_status tb_dropout_forward(tb_ctx *ctx, tb_mode mode, float p, tb_rng *rng,
     return TB_OK;
 }
 
-tb_status tb_dropout_backward(tb_ctx *ctx, const tb_dropout_cache *cache, const tb_tensor *dy,
+tb_status tb_dropout_backward(tb_ctx *ctx, const tb_tensor *dy, const tb_dropout_cache *cache,
                               tb_tensor *dx)
 {
     const char *fn = __func__;

@@ -557,7 +557,7 @@ static tb_status c_dropout_bwd(fix *f, tb_ctx *ctx, bufs p)
     (void)f;
     const tb_dropout_cache dc = dropout_cache_of();
     tb_tensor dy = t2(p, 0, NR, NC), dx = t2(p, 1, NR, NC);
-    return tb_dropout_backward(ctx, &dc, &dy, &dx);
+    return tb_dropout_backward(ctx, &dy, &dc, &dx);
 }
 
 static void t_dropout_bwd(acase *c)

@@ -287,7 +287,7 @@ START_TEST(dropout_errors_and_modes)
     ck_assert_uint_eq(rng.counter, 0); /* failed calls do not consume the stream */
     ck_assert_int_eq(tb_dropout_forward(&ctx, TB_MODE_TRAINING, 0.5f, &rng, &xt, &yt, &c), TB_OK);
     ck_assert_uint_eq(rng.counter, 10);
-    ck_assert_int_eq(tb_dropout_backward(&ctx, &c, &y9, &y9), TB_ERR_SHAPE);
+    ck_assert_int_eq(tb_dropout_backward(&ctx, &y9, &c, &y9), TB_ERR_SHAPE);
     /* Inference needs no stream and is the identity. */
     ck_assert_int_eq(tb_dropout_forward(&ctx, TB_MODE_INFERENCE, 0.5f, NULL, &xt, &yt, &c), TB_OK);
     ck_assert(memcmp(x, y, sizeof x) == 0);
