@@ -672,7 +672,7 @@ tb_status gpt_forward(tb_ctx *ctx, gpt *m, gpt_acts *a, tb_mode mode, tb_rng *rn
         TRY(tb_layernorm_forward(ctx, &b->ln_1, &x, &a1, la->ln1_cache, a->ln_cache_bytes));
         TRY(tb_linear_forward(ctx, &b->c_attn, &a1, &qkv));
         tb_heads q = {&qkv, 0}, k = {&qkv, C}, v = {&qkv, 2 * C};
-        TRY(tb_attention_forward(ctx, &m->attn, &la->mask, &q, &k, &v, &att, la->att_cache,
+        TRY(tb_attention_forward(ctx, &m->attn, mode, &la->mask, &q, &k, &v, &att, la->att_cache,
                                  a->att_cache_bytes));
         TRY(tb_linear_forward(ctx, &b->attn_proj, &att, &pt));
         TRY(tb_dropout_forward(ctx, mode, p, rng, &pt, &pt, &la->drop_attn));

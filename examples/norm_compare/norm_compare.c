@@ -742,7 +742,7 @@ static tb_status model_forward(tb_ctx *ctx, model *m, acts *a, tb_mode mode, con
         /* x + Attn(Norm(x)) */
         TRY(norm_forward(ctx, &b->n1, mode, &x, bt->valid, &a1, ba->n1_cache,
                          a->norm_cache_bytes));
-        TRY(tb_mha_forward(ctx, &b->attn, &keys, &a1, NULL, &h1, ba->attn_cache,
+        TRY(tb_mha_forward(ctx, &b->attn, mode, &keys, &a1, NULL, &h1, ba->attn_cache,
                            a->attn_cache_bytes));
         TRY(tb_residual_forward(ctx, &x, &h1, &h1));
         /* h1 + MLP(Norm(h1)) */

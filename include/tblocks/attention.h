@@ -98,8 +98,11 @@ typedef struct tb_heads {
  * n = `dropout_counter + ((b*H + h)*Tq + i)*Tk + j` (the same draw as
  * tb_dropout_forward()), so backward regenerates the same mask from
  * the same struct (nothing T x T is stored). tb_attention_dropout_draw()
- * fills the three fields from a tb_rng and advances it. The cache records
- * the draw: backward with another draw is TB_ERR_STATE.
+ * fills the three fields from a tb_rng and advances it. Dropout applies
+ * only to a forward call in TB_MODE_TRAINING; in TB_MODE_INFERENCE the
+ * same mask struct gives the deterministic result. The cache records the
+ * mode and the draw: backward after a training forward with another draw
+ * is TB_ERR_STATE.
  */
 typedef struct tb_attention_mask {
     const int32_t *key_lengths; /**< B entries: keys j >= key_lengths[b] are masked
@@ -145,8 +148,14 @@ tb_status tb_attention_cache_size(const tb_attention_config *cfg, size_t batch, 
 
 /**
  * @brief Forward: `out = softmax(scale Q K^T + masks) V`.
+ *
+ * Training and inference (docs/conventions.md): `mode` selects the
+ * arithmetic (attention dropout, set in the mask, applies in training
+ * only); `cache` selects whether backward can follow.
  * @param ctx Context.
  * @param cfg Configuration.
+ * @param mode TB_MODE_TRAINING applies the mask's dropout;
+ *        TB_MODE_INFERENCE ignores it (the other masks apply in both).
  * @param mask Masks, or NULL.
  * @param q Queries: `(B, Tq, W)` with H heads.
  * @param k Keys: `(B, Tk, W)` with n_kv_heads heads.
@@ -155,25 +164,28 @@ tb_status tb_attention_cache_size(const tb_attention_config *cfg, size_t batch, 
  *        or v that hold their heads, the mask's arrays, or the cache (no
  *        in-place form).
  * @param cache tb_attention_cache_size() bytes aligned for float, or NULL if
- *        no backward will follow.
+ *        no backward will follow. It records the mode and the dropout draw.
  * @param cache_bytes Size of cache.
  * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_SHAPE; TB_ERR_OVERFLOW;
- *         TB_ERR_INVALID_ARG (bad configuration, key length out of range,
- *         misaligned cache; an output overlaps an input it still reads, or
- *         another output); TB_ERR_BUFFER_TOO_SMALL. Nothing is written on
- *         error.
+ *         TB_ERR_INVALID_ARG (bad configuration, unknown mode, key length
+ *         out of range, dropout outside [0, 1), misaligned cache; an output
+ *         overlaps an input it still reads, or another output);
+ *         TB_ERR_BUFFER_TOO_SMALL. Nothing is written on error.
  */
-tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
+tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg, tb_mode mode,
                                const tb_attention_mask *mask, const tb_heads *q,
                                const tb_heads *k, const tb_heads *v, tb_tensor *out, void *cache,
                                size_t cache_bytes);
 
 /**
  * @brief Backward: writes dq, dk, dv (overwriting) from the forward inputs,
- * output and cache and the output gradient.
+ * output and cache and the output gradient. It takes no mode: it follows
+ * the one the cache recorded (after an inference forward the mask's
+ * dropout is ignored, as forward ignored it).
  * @param ctx Context.
  * @param cfg The forward configuration.
- * @param mask The forward masks, or NULL.
+ * @param mask The forward masks, or NULL; after a training forward with
+ *        dropout, the same draw.
  * @param q Forward queries.
  * @param k Forward keys.
  * @param v Forward values.
@@ -189,7 +201,8 @@ tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
  * @return As forward (TB_ERR_INVALID_ARG also when an output overlaps an input
  *         it still reads, or another output), plus TB_ERR_STATE if the cache
  *         was not filled by a forward call with this shape and configuration
- *         (B, H, Tq, Tk, D, key/value heads, causal, window, scale).
+ *         (B, H, Tq, Tk, D, key/value heads, causal, window, scale) or, after
+ *         a training forward, with this dropout draw.
  */
 tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
                                 const tb_attention_mask *mask, const tb_heads *q,

@@ -9,6 +9,10 @@
  * position (O(1) memory): backward regenerates the mask instead of storing
  * it. In inference, or with p = 0, dropout is the identity; with p = 1 every
  * element is zeroed.
+ *
+ * Training and inference follow the library's one rule (docs/conventions.md):
+ * `mode` selects the arithmetic, `cache` (NULL: no backward) what is saved;
+ * backward takes no mode (the cache records whether forward dropped).
  */
 #ifndef TBLOCKS_DROPOUT_H
 #define TBLOCKS_DROPOUT_H
@@ -44,7 +48,7 @@ typedef struct tb_dropout_cache {
  * @param x Input.
  * @param y Output, same element count; may be exactly x (in place).
  * @param cache Receives what backward needs (written first: it must not
- *        overlap x).
+ *        overlap x), or NULL when no backward will follow.
  * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE or TB_ERR_INVALID_ARG (p
  *         outside [0, 1] or NaN; an output overlaps an input it still reads,
  *         or another output).

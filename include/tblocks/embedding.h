@@ -3,7 +3,8 @@
  * @brief Token embedding lookup, as torch.nn.Embedding.
  *
  * Shapes: ids `(N)` int32, out `(N..., dim)` with N rows, weight
- * `(num_embeddings, dim)` named `weight`.
+ * `(num_embeddings, dim)` named `weight`. No cache and no tb_mode: backward
+ * takes the forward ids (docs/conventions.md, "Training and inference").
  */
 #ifndef TBLOCKS_EMBEDDING_H
 #define TBLOCKS_EMBEDDING_H

@@ -31,15 +31,18 @@
  * values depend on (except the data and the deterministic masks), which
  * backward matches (tb_cache_match): a cache from a call of another shape
  * or with another dropout draw is refused. */
-enum { ATTN_FIELDS = 10 };
+enum { ATTN_FIELDS = 11, ATTN_MODE_FIELD = 7 };
 typedef struct attn_header {
     uint64_t magic;
     uint64_t field[ATTN_FIELDS]; /* as attn_fields names them */
 } attn_header;
 
+/* The mode is recorded so that backward follows the forward's arithmetic:
+ * after an inference forward the mask's dropout is ignored, as forward
+ * ignored it. */
 static const char *const attn_fields[ATTN_FIELDS] = {
     "B", "H", "Tq", "Tk", "D", "n_kv_heads", "options (scale, window, causal)",
-    "dropout p (bits)", "dropout key", "dropout counter"};
+    "mode (1: training)", "dropout p (bits)", "dropout key", "dropout counter"};
 /* The size depends on B, H and Tq. */
 static const tb_cache_kind ATTN_CACHE = {ATTN_MAGIC, "tb_attention_forward",
                                          "tb_attention_cache_size", ATTN_FIELDS, 3, attn_fields};
@@ -95,9 +98,21 @@ typedef struct attn {
     const int32_t *key_lengths;
     const uint8_t *key_valid;
     const float *bias;
+    tb_mode mode;             /* inference: no dropout, whatever the mask says */
     float drop_p, drop_scale; /* dropout probability and 1 / (1 - p) */
     uint64_t drop_key, drop_counter;
 } attn;
+
+/* Training or inference arithmetic: in inference the mask's dropout (already
+ * validated by setup) does not apply. */
+static void set_mode(attn *a, tb_mode mode)
+{
+    a->mode = mode;
+    if (mode == TB_MODE_INFERENCE) {
+        a->drop_p = 0.0f;
+        a->drop_scale = 1.0f;
+    }
+}
 
 static tb_status check_heads(tb_ctx *ctx, const char *fn, const char *name, const tb_heads *o,
                              size_t heads, size_t D, size_t *B, size_t *T, size_t *W)
@@ -129,6 +144,8 @@ static tb_status setup(tb_ctx *ctx, const char *fn, const tb_attention_config *c
     if (!ctx || !cfg)
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx and cfg must not be NULL");
     memset(a, 0, sizeof *a);
+    a->mode = TB_MODE_TRAINING;
+    a->drop_scale = 1.0f;
     a->H = cfg->n_heads;
     a->Hkv = cfg->n_kv_heads ? cfg->n_kv_heads : cfg->n_heads;
     a->D = cfg->head_dim;
@@ -261,7 +278,8 @@ static attn_header header_of(const attn *a)
                      {a->B, a->H, a->Tq, a->Tk, a->D, a->Hkv,
                       ((uint64_t)scale_bits << 32) ^ ((uint64_t)a->window << 1) ^
                           (uint64_t)a->causal,
-                      p_bits, dropout ? a->drop_key : 0, dropout ? a->drop_counter : 0}};
+                      a->mode == TB_MODE_TRAINING, p_bits, dropout ? a->drop_key : 0,
+                      dropout ? a->drop_counter : 0}};
     return h;
 }
 
@@ -818,7 +836,7 @@ static void backward_q_block(const tb_ctx *ctx, const attn *a, const tb_vexp_ops
     }
 }
 
-tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
+tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg, tb_mode mode,
                                const tb_attention_mask *mask, const tb_heads *q,
                                const tb_heads *k, const tb_heads *v, tb_tensor *out, void *cache,
                                size_t cache_bytes)
@@ -828,6 +846,9 @@ tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
     tb_status s = setup(ctx, fn, cfg, mask, q, k, v, &a);
     if (s != TB_OK)
         return s;
+    if (mode != TB_MODE_TRAINING && mode != TB_MODE_INFERENCE)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown mode %d", (int)mode);
+    set_mode(&a, mode);
     if ((s = tb_check_tensor(ctx, fn, "out", out, NULL, NULL)) != TB_OK)
         return s;
     if (out->ndim != 3 || out->shape[0] != a.B || out->shape[1] != a.Tq ||
@@ -923,6 +944,13 @@ tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
                             tb_span_heads("dv", dv, a.Hkv, D)};
     if ((s = tb_check_alias(ctx, fn, outs, 3, in, OPERAND_SPANS + 3)) != TB_OK)
         return s;
+    /* Backward follows the mode the forward recorded (an unknown value
+     * is left to the match below, which refuses it). */
+    uint64_t cached_mode;
+    memcpy(&cached_mode, (const unsigned char *)cache + (1 + ATTN_MODE_FIELD) * sizeof cached_mode,
+           sizeof cached_mode);
+    if (cached_mode == 0)
+        set_mode(&a, TB_MODE_INFERENCE);
     const attn_header want = header_of(&a);
     if ((s = tb_cache_match(ctx, fn, &ATTN_CACHE, cache, want.field)) != TB_OK)
         return s;

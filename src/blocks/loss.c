@@ -38,10 +38,12 @@ tb_status tb_cross_entropy_cache_size(size_t rows, size_t *bytes)
     return tb_cache_bytes(sizeof(ce_header), floats, bytes);
 }
 
-/* Shared argument checks of forward and backward. */
+/* Shared argument checks of forward (cache optional) and backward (cache
+ * required). */
 static tb_status check_args(tb_ctx *ctx, const char *fn, const tb_cross_entropy_config *cfg,
                             const tb_tensor *logits, const int32_t *targets, size_t n_targets,
-                            const void *cache, size_t cache_bytes, size_t *rows, size_t *cols)
+                            const void *cache, size_t cache_bytes, int cache_required,
+                            size_t *rows, size_t *cols)
 {
     if (!targets)
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "targets must not be NULL");
@@ -59,7 +61,8 @@ static tb_status check_args(tb_ctx *ctx, const char *fn, const tb_cross_entropy_
     if (tb_cross_entropy_cache_size(*rows, &need) != TB_OK)
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "cache size overflows");
     const uint64_t fields[1] = {*rows};
-    tb_status sc = tb_cache_check(ctx, fn, &CE_CACHE, cache, cache_bytes, need, fields, 1);
+    tb_status sc =
+        tb_cache_check(ctx, fn, &CE_CACHE, cache, cache_bytes, need, fields, cache_required);
     if (sc != TB_OK)
         return sc;
     for (size_t i = 0; i < n_targets; i++) {
@@ -110,13 +113,23 @@ tb_status tb_cross_entropy_forward(tb_ctx *ctx, const tb_cross_entropy_config *c
     size_t rows, cols;
     if (!loss)
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "loss must not be NULL");
-    tb_status s = check_args(ctx, fn, &cfg, logits, targets, n_targets, cache, cache_bytes,
+    tb_status s = check_args(ctx, fn, &cfg, logits, targets, n_targets, cache, cache_bytes, 0,
                              &rows, &cols);
     if (s == TB_OK)
         s = check_forward_alias(ctx, fn, logits, targets, rows, loss, cache);
     if (s != TB_OK)
         return s;
-    float *lse = (float *)((unsigned char *)cache + sizeof(ce_header));
+    /* Without a cache (no backward follows), the per-row values go to
+     * scratch for the call. */
+    void *buf = NULL;
+    float *lse;
+    if (cache) {
+        lse = (float *)((unsigned char *)cache + sizeof(ce_header));
+    } else {
+        if ((s = tb_alloc(ctx, fn, rows * 2 * sizeof(float), &buf)) != TB_OK)
+            return s;
+        lse = buf;
+    }
     float *row_loss = lse + rows;
     const float *x = logits->data;
     const int32_t ignore = cfg.ignore_index;
@@ -141,8 +154,11 @@ tb_status tb_cross_entropy_forward(tb_ctx *ctx, const tb_cross_entropy_config *c
         total += row_loss[r];
         counted++;
     }
-    ce_header h = {CE_MAGIC, rows, counted, 0};
-    memcpy(cache, &h, sizeof h);
+    tb_free_with(&ctx->allocator, buf);
+    if (cache) {
+        ce_header h = {CE_MAGIC, rows, counted, 0};
+        memcpy(cache, &h, sizeof h);
+    }
     if (counted == 0)
         *loss = 0.0f; /* documented: all-ignored batch gives 0, not NaN */
     else
@@ -158,7 +174,7 @@ tb_status tb_cross_entropy_backward(tb_ctx *ctx, const tb_cross_entropy_config *
     const char *fn = __func__;
     tb_cross_entropy_config cfg = config ? *config : tb_cross_entropy_default_config();
     size_t rows, cols;
-    tb_status s = check_args(ctx, fn, &cfg, logits, targets, n_targets, cache, cache_bytes,
+    tb_status s = check_args(ctx, fn, &cfg, logits, targets, n_targets, cache, cache_bytes, 1,
                              &rows, &cols);
     if (s == TB_OK)
         s = tb_check_matrix(ctx, fn, "dlogits", dlogits, rows, cols);

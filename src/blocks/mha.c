@@ -290,15 +290,17 @@ static void views(float *proj, size_t B, size_t Tq, size_t Tk, size_t C, int cro
     }
 }
 
-tb_status tb_mha_forward(tb_ctx *ctx, const tb_mha *mha, const tb_attention_mask *mask,
-                         const tb_tensor *x, const tb_tensor *mem, tb_tensor *y, void *cache,
-                         size_t cache_bytes)
+tb_status tb_mha_forward(tb_ctx *ctx, const tb_mha *mha, tb_mode mode,
+                         const tb_attention_mask *mask, const tb_tensor *x, const tb_tensor *mem,
+                         tb_tensor *y, void *cache, size_t cache_bytes)
 {
     const char *fn = __func__;
     size_t B, Tq, Tk;
     tb_status s = check_inputs(ctx, fn, mha, x, mem, &B, &Tq, &Tk);
     if (s != TB_OK)
         return s;
+    if (mode != TB_MODE_TRAINING && mode != TB_MODE_INFERENCE)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown mode %d", (int)mode);
     const size_t C = mha->embed_dim;
     if ((s = tb_check_tensor(ctx, fn, "y", y, NULL, NULL)) != TB_OK)
         return s;
@@ -308,27 +310,43 @@ tb_status tb_mha_forward(tb_ctx *ctx, const tb_mha *mha, const tb_attention_mask
     if (sizes(mha, B, Tq, Tk, &z) != TB_OK)
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "cache size overflows");
     const uint64_t fields[4] = {B, Tq, Tk, mem != NULL};
-    if ((s = tb_cache_check(ctx, fn, &MHA_CACHE, cache, cache_bytes, z.total_bytes, fields, 1)) !=
+    if ((s = tb_cache_check(ctx, fn, &MHA_CACHE, cache, cache_bytes, z.total_bytes, fields, 0)) !=
         TB_OK)
         return s;
     if ((s = forward_alias(ctx, fn, mha, mask, x, mem, y, cache, z.total_bytes)) != TB_OK)
         return s;
-    float *proj = (float *)((unsigned char *)cache + sizeof(mha_header));
+    /* The projections and the attention output go to the cache for
+     * backward; without one (no backward follows), to scratch for the
+     * call, and the core keeps no statistics. */
+    void *buf = NULL;
+    float *proj;
+    if (cache) {
+        proj = (float *)((unsigned char *)cache + sizeof(mha_header));
+    } else {
+        size_t scratch;
+        if (!tb_add_size(z.proj, z.att, &scratch) ||
+            !tb_mul_size(scratch, sizeof(float), &scratch))
+            return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "scratch size overflows");
+        if ((s = tb_alloc(ctx, fn, scratch, &buf)) != TB_OK)
+            return s;
+        proj = buf;
+    }
     float *att = proj + z.proj;
-    void *acache = att + z.att;
+    void *acache = cache ? (void *)(att + z.att) : NULL;
     if (!mem)
         s = project(ctx, mha, x->data, B * Tq, 0, 3 * C, proj);
     else if ((s = project(ctx, mha, x->data, B * Tq, 0, C, proj)) == TB_OK)
         s = project(ctx, mha, mem->data, B * Tk, C, 2 * C, proj + B * Tq * C);
-    if (s != TB_OK)
-        return s;
     mha_views w;
     views(proj, B, Tq, Tk, C, mem != NULL, &w);
     tb_tensor att_t = tb_tensor_3d(att, B, Tq, C);
-    if ((s = tb_attention_forward(ctx, &mha->attn, mask, &w.q, &w.k, &w.v, &att_t, acache,
-                                  z.attn_bytes)) != TB_OK)
-        return s;
-    if ((s = tb_linear_forward(ctx, &mha->out_proj, &att_t, y)) != TB_OK)
+    if (s == TB_OK)
+        s = tb_attention_forward(ctx, &mha->attn, mode, mask, &w.q, &w.k, &w.v, &att_t, acache,
+                                 acache ? z.attn_bytes : 0);
+    if (s == TB_OK)
+        s = tb_linear_forward(ctx, &mha->out_proj, &att_t, y);
+    tb_free_with(&ctx->allocator, buf);
+    if (s != TB_OK || !cache)
         return s;
     memset(cache, 0, sizeof(mha_header));
     tb_cache_write(cache, &MHA_CACHE, fields);

@@ -339,7 +339,8 @@ static void run_attention_case(const char *name, int case_index)
     void *cache = tbt_alloc(cache_bytes);
     float *outb = tbt_nan_buffer(b * tq * c);
     tb_tensor outt = tb_tensor_3d(outb, b, tq, c);
-    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, &mask, &q, &k, &v, &outt, cache, cache_bytes));
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, &mask, &q, &k, &v, &outt,
+                                       cache, cache_bytes));
 
     tbt_reft dout_r = tbt_ref_get(ref, "dout");
     ck_assert_uint_eq(dout_r.n, b * tq * c);

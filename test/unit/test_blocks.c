@@ -253,6 +253,15 @@ START_TEST(cross_entropy_errors_and_all_ignored)
     ck_assert_int_eq(
         tb_cross_entropy_backward(&ctx, NULL, &lt, ign, 3, 1.0f, cache, bytes, &dt),
         TB_ERR_STATE);
+    /* No cache (an evaluation loss): the same loss, bit for bit; backward
+     * needs one. */
+    const int32_t tg[3] = {1, -100, 3};
+    float with_cache, without;
+    CHECK_OK(ctx, tb_cross_entropy_forward(&ctx, NULL, &lt, tg, 3, &with_cache, cache, bytes));
+    CHECK_OK(ctx, tb_cross_entropy_forward(&ctx, NULL, &lt, tg, 3, &without, NULL, 0));
+    ck_assert(memcmp(&with_cache, &without, sizeof without) == 0 && without > 0.0f);
+    ck_assert_int_eq(tb_cross_entropy_backward(&ctx, NULL, &lt, tg, 3, 1.0f, NULL, bytes, &dt),
+                     TB_ERR_NULL_ARG);
     free(cache);
 }
 END_TEST
@@ -282,12 +291,20 @@ START_TEST(dropout_errors_and_modes)
                      TB_ERR_INVALID_ARG);
     ck_assert_int_eq(tb_dropout_forward(&ctx, TB_MODE_TRAINING, 0.5f, &rng, &xt, &y9, &c),
                      TB_ERR_SHAPE);
-    ck_assert_int_eq(tb_dropout_forward(&ctx, TB_MODE_TRAINING, 0.5f, &rng, &xt, &yt, NULL),
-                     TB_ERR_NULL_ARG);
     ck_assert_uint_eq(rng.counter, 0); /* failed calls do not consume the stream */
     ck_assert_int_eq(tb_dropout_forward(&ctx, TB_MODE_TRAINING, 0.5f, &rng, &xt, &yt, &c), TB_OK);
     ck_assert_uint_eq(rng.counter, 10);
     ck_assert_int_eq(tb_dropout_backward(&ctx, &y9, &c, &y9), TB_ERR_SHAPE);
+    ck_assert_int_eq(tb_dropout_backward(&ctx, &yt, NULL, &yt), TB_ERR_NULL_ARG);
+    ck_assert_ptr_nonnull(strstr(tb_ctx_error(&ctx), "tb_dropout_forward"));
+    /* No cache (no backward follows): the same mask, the stream advanced. */
+    float y2[10];
+    tb_tensor y2t = tb_tensor_1d(y2, 10);
+    rng.counter = 0;
+    ck_assert_int_eq(tb_dropout_forward(&ctx, TB_MODE_TRAINING, 0.5f, &rng, &xt, &y2t, NULL),
+                     TB_OK);
+    ck_assert_uint_eq(rng.counter, 10);
+    ck_assert(memcmp(y, y2, sizeof y) == 0);
     /* Inference needs no stream and is the identity. */
     ck_assert_int_eq(tb_dropout_forward(&ctx, TB_MODE_INFERENCE, 0.5f, NULL, &xt, &yt, &c), TB_OK);
     ck_assert(memcmp(x, y, sizeof x) == 0);
