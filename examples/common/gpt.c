@@ -668,7 +668,7 @@ tb_status gpt_forward(tb_ctx *ctx, gpt *m, gpt_acts *a, tb_mode mode, tb_rng *rn
         tb_tensor xn = tb_tensor_3d(a->layer[l + 1].x, B, T, C);
         memset(&la->mask, 0, sizeof la->mask);
         if (p > 0.0f)
-            TRY(tb_attention_dropout_draw(&la->mask, rng, p, &m->attn, B, T, T));
+            TRY(tb_attention_dropout_draw(ctx, &m->attn, &la->mask, rng, p, B, T, T));
         TRY(tb_layernorm_forward(ctx, &b->ln_1, &x, &a1, la->ln1_cache, a->ln_cache_bytes));
         TRY(tb_linear_forward(ctx, &b->c_attn, &a1, &qkv));
         tb_heads q = {&qkv, 0}, k = {&qkv, C}, v = {&qkv, 2 * C};

@@ -119,20 +119,21 @@ typedef struct tb_attention_mask {
  * @brief Turn on attention dropout for one forward/backward pair: sets
  * `mask->dropout = p` and the stream fields from `rng`, then advances `rng`
  * past the `B*H*Tq*Tk` numbers the call uses (so the next call draws a new
- * mask).
+ * mask). Nothing is changed on error.
+ * @param ctx Context (error detail).
+ * @param cfg Configuration (n_heads is used).
  * @param mask Mask struct to update (its other fields are kept).
  * @param rng Stream to draw from.
  * @param p Probability in [0, 1).
- * @param cfg Configuration (n_heads is used).
  * @param batch B.
  * @param t_q Tq.
  * @param t_k Tk.
- * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG for p outside [0, 1);
- *         TB_ERR_OVERFLOW if B*H*Tq*Tk does not fit in 64 bits.
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG for p outside [0, 1)
+ *         or NaN; TB_ERR_OVERFLOW if B*H*Tq*Tk does not fit in 64 bits.
  */
-tb_status tb_attention_dropout_draw(tb_attention_mask *mask, tb_rng *rng, float p,
-                                    const tb_attention_config *cfg, size_t batch, size_t t_q,
-                                    size_t t_k);
+tb_status tb_attention_dropout_draw(tb_ctx *ctx, const tb_attention_config *cfg,
+                                    tb_attention_mask *mask, tb_rng *rng, float p, size_t batch,
+                                    size_t t_q, size_t t_k);
 
 /**
  * @brief Bytes of cache forward needs (one float per batch row, head and

@@ -68,18 +68,21 @@ tb_status tb_attention_cache_size(const tb_attention_config *cfg, size_t batch, 
     return tb_cache_bytes(sizeof(attn_header), n, bytes);
 }
 
-tb_status tb_attention_dropout_draw(tb_attention_mask *mask, tb_rng *rng, float p,
-                                    const tb_attention_config *cfg, size_t batch, size_t t_q,
-                                    size_t t_k)
+tb_status tb_attention_dropout_draw(tb_ctx *ctx, const tb_attention_config *cfg,
+                                    tb_attention_mask *mask, tb_rng *rng, float p, size_t batch,
+                                    size_t t_q, size_t t_k)
 {
-    if (!mask || !rng || !cfg)
-        return TB_ERR_NULL_ARG;
-    if (!(p >= 0.0f && p < 1.0f))
-        return TB_ERR_INVALID_ARG;
+    const char *fn = __func__;
+    if (!cfg || !mask || !rng)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cfg, mask and rng must not be NULL");
+    if (!(p >= 0.0f && p < 1.0f)) /* also rejects NaN */
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "p = %g is outside [0, 1)", (double)p);
     size_t n;
     if (!tb_mul_size(batch, cfg->n_heads, &n) || !tb_mul_size(n, t_q, &n) ||
         !tb_mul_size(n, t_k, &n) || (uint64_t)n != n)
-        return TB_ERR_OVERFLOW;
+        return tb_fail(ctx, TB_ERR_OVERFLOW, fn,
+                       "B x H x Tq x Tk = %zu x %zu x %zu x %zu weights overflow", batch,
+                       cfg->n_heads, t_q, t_k);
     mask->dropout = p;
     mask->dropout_key = rng->key;
     mask->dropout_counter = rng->counter;

@@ -113,7 +113,8 @@ static void check_attn_grad_dropout(const grad_spec *s, float dropout)
         tb_rng rng;
         tb_rng_init(&rng, seed + 4242);
         ck_assert_int_eq(
-            tb_attention_dropout_draw(&p.mask, &rng, dropout, &p.cfg, s->b, s->tq, s->tk), TB_OK);
+            tb_attention_dropout_draw(&p.ctx, &p.cfg, &p.mask, &rng, dropout, s->b, s->tq, s->tk),
+            TB_OK);
     }
     float *bufs[3], *grads[3];
     size_t sizes[3];
@@ -373,7 +374,7 @@ START_TEST(dropout_statistics_and_reproducibility)
     size_t n = 0;
     for (int draw = 0; draw < DRAWS; draw++) {
         const uint64_t before = rng.counter;
-        CHECK_OK(ctx, tb_attention_dropout_draw(&m, &rng, p, &cfg, B, T, T));
+        CHECK_OK(ctx, tb_attention_dropout_draw(&ctx, &cfg, &m, &rng, p, B, T, T));
         ck_assert(rng.counter == before + (uint64_t)B * H * T * T);
         ck_assert(m.dropout_counter == before && m.dropout == p);
         CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, &m, &qh, &kh, &vh, &t1,
@@ -404,7 +405,7 @@ START_TEST(dropout_statistics_and_reproducibility)
                   max_dev);
     /* p = 0 through the helper: exactly 1 everywhere (the softmax sums to 1
      * up to rounding). */
-    CHECK_OK(ctx, tb_attention_dropout_draw(&m, &rng, 0.0f, &cfg, B, T, T));
+    CHECK_OK(ctx, tb_attention_dropout_draw(&ctx, &cfg, &m, &rng, 0.0f, B, T, T));
     CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, &m, &qh, &kh, &vh, &t1, NULL,
                                        0));
     for (size_t i = 0; i < B * T * C; i++)
@@ -414,8 +415,14 @@ START_TEST(dropout_statistics_and_reproducibility)
     for (size_t i = 0; i < 4; i++) {
         tb_attention_mask mb;
         memset(&mb, 0, sizeof mb);
-        ck_assert_int_eq(tb_attention_dropout_draw(&mb, &rng, bad[i], &cfg, B, T, T),
+        const uint64_t counter = rng.counter;
+        tb_ctx_clear_error(&ctx);
+        ck_assert_int_eq(tb_attention_dropout_draw(&ctx, &cfg, &mb, &rng, bad[i], B, T, T),
                          TB_ERR_INVALID_ARG);
+        ck_assert_msg(strstr(tb_ctx_error(&ctx), "tb_attention_dropout_draw: p = ") &&
+                          strstr(tb_ctx_error(&ctx), "outside [0, 1)"),
+                      "%s", tb_ctx_error(&ctx));
+        ck_assert(rng.counter == counter && mb.dropout == 0.0f); /* nothing changed */
         mb.dropout = bad[i];
         fill_sentinel(o1, B * T * C);
         ck_assert_int_eq(tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, &mb, &qh, &kh, &vh, &t1,
@@ -423,11 +430,28 @@ START_TEST(dropout_statistics_and_reproducibility)
                          TB_ERR_INVALID_ARG);
         assert_untouched(o1, B * T * C, "out after an invalid dropout");
     }
-    ck_assert_int_eq(tb_attention_dropout_draw(NULL, &rng, 0.1f, &cfg, B, T, T), TB_ERR_NULL_ARG);
-    ck_assert_int_eq(tb_attention_dropout_draw(&m, NULL, 0.1f, &cfg, B, T, T), TB_ERR_NULL_ARG);
-    ck_assert_int_eq(tb_attention_dropout_draw(&m, &rng, 0.1f, NULL, B, T, T), TB_ERR_NULL_ARG);
-    ck_assert_int_eq(tb_attention_dropout_draw(&m, &rng, 0.1f, &cfg, SIZE_MAX / 2, 4, 4),
+    /* Errors are reported through the context, like every fallible call's. */
+    tb_ctx_clear_error(&ctx);
+    ck_assert_int_eq(tb_attention_dropout_draw(&ctx, &cfg, NULL, &rng, 0.1f, B, T, T),
+                     TB_ERR_NULL_ARG);
+    ck_assert_str_eq(tb_ctx_error(&ctx),
+                     "tb_attention_dropout_draw: cfg, mask and rng must not be NULL");
+    ck_assert_int_eq(tb_attention_dropout_draw(&ctx, &cfg, &m, NULL, 0.1f, B, T, T),
+                     TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_attention_dropout_draw(&ctx, NULL, &m, &rng, 0.1f, B, T, T),
+                     TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_attention_dropout_draw(NULL, &cfg, NULL, &rng, 0.1f, B, T, T),
+                     TB_ERR_NULL_ARG); /* no context: the status alone */
+    const tb_attention_mask m_before = m;
+    const uint64_t counter = rng.counter;
+    tb_ctx_clear_error(&ctx);
+    ck_assert_int_eq(tb_attention_dropout_draw(&ctx, &cfg, &m, &rng, 0.1f, SIZE_MAX / 2, 4, 4),
                      TB_ERR_OVERFLOW);
+    ck_assert_msg(strstr(tb_ctx_error(&ctx), "tb_attention_dropout_draw: B x H x Tq x Tk"),
+                  "%s", tb_ctx_error(&ctx));
+    ck_assert(rng.counter == counter && m.dropout == m_before.dropout &&
+              m.dropout_key == m_before.dropout_key &&
+              m.dropout_counter == m_before.dropout_counter);
     free(q), free(k), free(v), free(o1), free(o2);
 }
 END_TEST
@@ -461,7 +485,7 @@ START_TEST(dropout_applies_in_training_only)
     memset(&drop, 0, sizeof drop);
     tb_rng rng;
     tb_rng_init(&rng, 9);
-    CHECK_OK(ctx, tb_attention_dropout_draw(&drop, &rng, 0.5f, &cfg, B, T, T));
+    CHECK_OK(ctx, tb_attention_dropout_draw(&ctx, &cfg, &drop, &rng, 0.5f, B, T, T));
     /* Inference with the dropout mask = no dropout, forward and backward. */
     CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_INFERENCE, &drop, &qh, &kh, &vh, &t1, c1,
                                        bytes));
@@ -515,7 +539,7 @@ START_TEST(dropout_backward_needs_the_forward_draw)
     memset(&m, 0, sizeof m);
     tb_rng rng;
     tb_rng_init(&rng, 3);
-    CHECK_OK(ctx, tb_attention_dropout_draw(&m, &rng, 0.25f, &cfg, B, T, T));
+    CHECK_OK(ctx, tb_attention_dropout_draw(&ctx, &cfg, &m, &rng, 0.25f, B, T, T));
     CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, &m, &qh, &kh, &vh, &ot, cache,
                                        bytes));
     tb_attention_mask other = m;
@@ -1317,7 +1341,7 @@ static garbage_run run_garbage(const garbage_case *gc, const garbage_plan *pl, i
     if (gc->dropout > 0.0f) {
         tb_rng rng;
         tb_rng_init(&rng, 777);
-        CHECK_OK(ctx, tb_attention_dropout_draw(&mask, &rng, gc->dropout, &cfg, m->b, m->tq,
+        CHECK_OK(ctx, tb_attention_dropout_draw(&ctx, &cfg, &mask, &rng, gc->dropout, m->b, m->tq,
                                                 m->tk));
     }
     /* Inputs: separate (B, T, C) buffers, or one packed (B, T, 3C). */

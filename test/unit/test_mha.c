@@ -670,7 +670,8 @@ static void gradcheck_mha(const char *tag, size_t c, size_t h, size_t b, size_t 
     if (dropout > 0.0f) {
         tb_rng rng;
         tb_rng_init(&rng, seed + 5);
-        CHECK_OK(p.ctx, tb_attention_dropout_draw(&p.mask, &rng, dropout, &p.m.attn, b, tq, tk));
+        CHECK_OK(p.ctx, tb_attention_dropout_draw(&p.ctx, &p.m.attn, &p.mask, &rng, dropout, b, tq,
+                                                  tk));
     }
     p.cross = cross;
     const size_t nx = b * tq * c, nm = b * tk * c;
@@ -1477,7 +1478,7 @@ START_TEST(test_mha_forward_modes_and_no_cache)
     tb_attention_mask none, drop;
     memset(&none, 0, sizeof none);
     memset(&drop, 0, sizeof drop);
-    CHECK_OK(ctx, tb_attention_dropout_draw(&drop, &rng, 0.5f, &m.attn, b, t, t));
+    CHECK_OK(ctx, tb_attention_dropout_draw(&ctx, &m.attn, &drop, &rng, 0.5f, b, t, t));
     const size_t n = b * t * c * sizeof(float);
     for (int cross = 0; cross < 2; cross++) {
         const tb_tensor *mt = cross ? &memt : NULL;
@@ -1485,7 +1486,7 @@ START_TEST(test_mha_forward_modes_and_no_cache)
             CHECK_OK(ctx, tb_mha_cache_size(&m, b, t, tk, &bytes));
             free(cache);
             cache = tbt_alloc(bytes);
-            CHECK_OK(ctx, tb_attention_dropout_draw(&drop, &rng, 0.5f, &m.attn, b, t, tk));
+            CHECK_OK(ctx, tb_attention_dropout_draw(&ctx, &m.attn, &drop, &rng, 0.5f, b, t, tk));
         }
         for (int mode = 0; mode < 2; mode++) {
             const tb_mode md = mode ? TB_MODE_TRAINING : TB_MODE_INFERENCE;
