@@ -84,8 +84,8 @@ tb_status tb_batchnorm_params(tb_ctx *ctx, tb_batchnorm *bn, const char *prefix,
     return s;
 }
 
-static const tb_cache_kind BN_CACHE = {BN_MAGIC, "tb_batchnorm_forward", "tb_batchnorm_cache_size",
-                                       1, 1, tb_norm_channels_field};
+static const tb_cache_kind BN_CACHE = {BN_MAGIC, "tb_batchnorm_forward",
+                                       "tb_batchnorm_cache_size", 1, 1, tb_norm_channels_field};
 
 tb_status tb_batchnorm_cache_size(size_t channels, size_t *bytes)
 {

@@ -69,8 +69,8 @@ tb_status tb_layernorm_params(tb_ctx *ctx, tb_layernorm *ln, const char *prefix,
     return s;
 }
 
-static const tb_cache_kind LN_CACHE = {LN_MAGIC, "tb_layernorm_forward", "tb_layernorm_cache_size", 1, 1,
-                                        tb_norm_rows_field};
+static const tb_cache_kind LN_CACHE = {LN_MAGIC, "tb_layernorm_forward",
+                                       "tb_layernorm_cache_size", 1, 1, tb_norm_rows_field};
 
 tb_status tb_layernorm_cache_size(size_t rows, size_t *bytes)
 {

@@ -61,8 +61,8 @@ tb_status tb_rmsnorm_params(tb_ctx *ctx, tb_rmsnorm *rn, const char *prefix, tb_
     return TB_OK;
 }
 
-static const tb_cache_kind RMS_CACHE = {RMS_MAGIC, "tb_rmsnorm_forward", "tb_rmsnorm_cache_size", 1, 1,
-                                        tb_norm_rows_field};
+static const tb_cache_kind RMS_CACHE = {RMS_MAGIC, "tb_rmsnorm_forward",
+                                        "tb_rmsnorm_cache_size", 1, 1, tb_norm_rows_field};
 
 tb_status tb_rmsnorm_cache_size(size_t rows, size_t *bytes)
 {

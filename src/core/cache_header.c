@@ -48,8 +48,8 @@ tb_status tb_cache_check(tb_ctx *ctx, const char *fn, const tb_cache_kind *kind,
         char shape[96];
         describe_shape(kind, fields, shape, sizeof shape);
         return tb_fail(ctx, TB_ERR_BUFFER_TOO_SMALL, fn,
-                       "cache has %zu bytes; %s%s%zu needed (%s())", cache_bytes, shape,
-                       shape[0] ? " need " : "", need, kind->size_query);
+                       "cache has %zu bytes; %zu needed%s%s (%s())", cache_bytes, need,
+                       shape[0] ? " for " : "", shape, kind->size_query);
     }
     if ((uintptr_t)cache % sizeof(float) != 0)
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "cache is not aligned for float");

@@ -37,7 +37,8 @@ tb_status tb_param_init(tb_ctx *ctx, tb_param *param, size_t ndim, const size_t 
     if (!ctx || !param || !shape)
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx, param and shape must not be NULL");
     if (flags & ~TB_PARAM_NO_GRAD)
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown flags 0x%x", flags & ~TB_PARAM_NO_GRAD);
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown flags 0x%x",
+                       flags & ~TB_PARAM_NO_GRAD);
     tb_param p;
     memset(&p, 0, sizeof p);
     tb_status s = set_shape(ctx, fn, &p, ndim, shape);
