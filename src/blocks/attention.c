@@ -25,7 +25,7 @@
 #include "../kernels/gemm.h"
 #include "../kernels/vexp.h"
 
-#define ATTN_MAGIC 0x7462415432ULL /* "tbAT2" */
+#define ATTN_MAGIC 0x7462415433ULL /* "tbAT3": the header records the mode */
 
 /* The cache's header: the magic, then everything the cached log-sum-exp
  * values depend on (except the data and the deterministic masks), which
