@@ -136,8 +136,8 @@ static tb_status forward(run *r, method m, float *out, float *probs, void *cache
     }
     if (m == M_WINDOW)
         cfg.window = WINDOW;
-    return tb_attention_forward(r->ctx, &cfg, NULL, &r->q, &r->k, &r->v, &o, cache,
-                                cache_bytes);
+    return tb_attention_forward(r->ctx, &cfg, TB_MODE_TRAINING, NULL, &r->q, &r->k, &r->v, &o,
+                                cache, cache_bytes);
 }
 
 typedef struct measure {

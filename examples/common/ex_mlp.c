@@ -127,7 +127,7 @@ tb_status ex_mlp_backward(tb_ctx *ctx, ex_mlp *m, ex_mlp_acts *a, const float *x
     TRY(tb_linear_backward(ctx, &m->fc3, &a2, &dlo, &ga));   /* ga = dL/da2 */
     TRY(tb_gelu_backward(ctx, c->gelu, &h2, &ga, &ga));      /* ga = dL/dh2 */
     TRY(tb_linear_backward(ctx, &m->fc2, &d1, &ga, &gb));    /* gb = dL/dd1 */
-    TRY(tb_dropout_backward(ctx, &a->drop, &gb, &gb));       /* gb = dL/da1 */
+    TRY(tb_dropout_backward(ctx, &gb, &a->drop, &gb));       /* gb = dL/da1 */
     TRY(tb_gelu_backward(ctx, c->gelu, &h1, &gb, &gb));      /* gb = dL/dh1 */
     return tb_linear_backward(ctx, &m->fc1, &tx, &gb, NULL); /* no dL/dx needed */
 }

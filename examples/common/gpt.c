@@ -2,7 +2,6 @@
 #include "gpt.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,23 +37,9 @@ static int add_size(size_t a, size_t b, size_t *out)
     return 1;
 }
 
-#if defined(__GNUC__) || defined(__clang__)
-#define GPT_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
-#else
-#define GPT_PRINTF(fmt, args)
-#endif
-
-/* The message in ctx, then s. */
-static tb_status fail(tb_ctx *ctx, tb_status s, const char *fmt, ...) GPT_PRINTF(3, 4);
-
-static tb_status fail(tb_ctx *ctx, tb_status s, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(ctx->error, sizeof ctx->error, fmt, ap);
-    va_end(ap);
-    return s;
-}
+/* The message in ctx, then s (tb_ctx_set_error, under a short name for this
+ * file's many messages). */
+#define fail tb_ctx_set_error
 
 /* The integer fields of a configuration: their metadata keys (which also
  * name them in messages) and limits. */

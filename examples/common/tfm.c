@@ -742,14 +742,14 @@ static tb_status layer_forward(tb_ctx *ctx, tfm *m, tfm_acts *a, size_t l, tb_mo
     memset(&y->mask, 0, sizeof y->mask);
     y->mask.key_valid = valid;
     if (pa > 0.0f)
-        TRY(tb_attention_dropout_draw(&y->mask, rng, pa, &m->attn, B, T, T));
+        TRY(tb_attention_dropout_draw(ctx, &m->attn, &y->mask, rng, pa, B, T, T));
     if (pre)
         TRY(norm_forward(ctx, &L->norm_attn, mode, &x, valid, &h1, y->norm_attn_cache, nb));
     tb_tensor qt[3];
     tb_heads hd[3];
     TRY(qkv_forward(ctx, L, c, mode, rng, y, pre ? &h1 : &x, B, T, qt, hd));
-    TRY(tb_attention_forward(ctx, &m->attn, &y->mask, &hd[0], &hd[1], &hd[2], &att, y->att_cache,
-                             a->att_cache_bytes));
+    TRY(tb_attention_forward(ctx, &m->attn, mode, &y->mask, &hd[0], &hd[1], &hd[2], &att,
+                             y->att_cache, a->att_cache_bytes));
     TRY(tfm_proj_forward(ctx, &L->attn_out, mode, rng, &att, &pt));
     TRY(tb_dropout_forward(ctx, mode, p, rng, &pt, &pt, &y->drop_attn));
     TRY(tb_residual_forward(ctx, &x, &pt, &r1));
@@ -863,14 +863,14 @@ static tb_status layer_backward(tb_ctx *ctx, tfm *m, tfm_acts *a, size_t l, floa
     dqkv_heads(c, a, dt, dh);
     if (pre) {
         /* D = dL/d(out); out = x1 + mo. MLP branch: */
-        TRY(tb_dropout_backward(ctx, &y->drop_mlp, &D, &D1));
+        TRY(tb_dropout_backward(ctx, &D, &y->drop_mlp, &D1));
         TRY(tfm_proj_backward(ctx, &L->fc_out, &g, &D1, &df));
         TRY(tb_gelu_backward(ctx, c->gelu, &f, &df, &df));
         TRY(tfm_proj_backward(ctx, &L->fc_in, &h2, &df, &D2));
         TRY(norm_backward(ctx, &L->norm_mlp, &x1, valid, &D2, y->norm_mlp_cache, nb, &D1));
         TRY(tb_residual_backward(ctx, &D, &D1)); /* D1 = dL/dx1 */
         /* Attention branch: x1 = x + p. */
-        TRY(tb_dropout_backward(ctx, &y->drop_attn, &D1, &D2));
+        TRY(tb_dropout_backward(ctx, &D1, &y->drop_attn, &D2));
         TRY(tfm_proj_backward(ctx, &L->attn_out, &att, &D2, &D)); /* D = dL/datt */
         TRY(tb_attention_backward(ctx, &m->attn, &y->mask, &q, &k, &v, &att, &D, y->att_cache,
                                   a->att_cache_bytes, &dh[0], &dh[1], &dh[2]));
@@ -881,14 +881,14 @@ static tb_status layer_backward(tb_ctx *ctx, tfm *m, tfm_acts *a, size_t l, floa
     }
     /* Post-norm. D = dL/d(out); out = norm_mlp(r2), r2 = x1 + mo. */
     TRY(norm_backward(ctx, &L->norm_mlp, &r2, valid, &D, y->norm_mlp_cache, nb, &D1));
-    TRY(tb_dropout_backward(ctx, &y->drop_mlp, &D1, &D2));
+    TRY(tb_dropout_backward(ctx, &D1, &y->drop_mlp, &D2));
     TRY(tfm_proj_backward(ctx, &L->fc_out, &g, &D2, &df));
     TRY(tb_gelu_backward(ctx, c->gelu, &f, &df, &df));
     TRY(tfm_proj_backward(ctx, &L->fc_in, &x1, &df, &D));
     TRY(tb_residual_backward(ctx, &D1, &D)); /* D = dL/dx1 */
     /* x1 = norm_attn(r1), r1 = x + p. */
     TRY(norm_backward(ctx, &L->norm_attn, &r1, valid, &D, y->norm_attn_cache, nb, &D1));
-    TRY(tb_dropout_backward(ctx, &y->drop_attn, &D1, &D2));
+    TRY(tb_dropout_backward(ctx, &D1, &y->drop_attn, &D2));
     TRY(tfm_proj_backward(ctx, &L->attn_out, &att, &D2, &D)); /* D = dL/datt */
     TRY(tb_attention_backward(ctx, &m->attn, &y->mask, &q, &k, &v, &att, &D, y->att_cache,
                               a->att_cache_bytes, &dh[0], &dh[1], &dh[2]));
@@ -919,7 +919,7 @@ tb_status tfm_backward(tb_ctx *ctx, tfm *m, tfm_acts *a, const float *dout, floa
     for (size_t l = L; l-- > 0;)
         TRY(layer_backward(ctx, m, a, l, &dx, &d1, &d2, a->dt3));
     D = tb_tensor_3d(dx, B, T, C);
-    TRY(tb_dropout_backward(ctx, &a->drop_emb, &D, &D));
+    TRY(tb_dropout_backward(ctx, &D, &a->drop_emb, &D));
     if (c->embed_norm) {
         tb_tensor emb = tb_tensor_3d(a->emb, B, T, C), D1 = tb_tensor_3d(d1, B, T, C);
         TRY(norm_backward(ctx, &m->embed_norm, &emb, valid, &D, a->embed_norm_cache,

@@ -104,8 +104,7 @@ static tb_status save_ckpt(tb_ctx *ctx, const char *path, gpt *m, const tb_adam 
 static tb_status fail_msg(tb_ctx *ctx, tb_status s, const char *msg, const char *key,
                           const char *value)
 {
-    snprintf(ctx->error, sizeof ctx->error, "%s = '%.40s' %s", key, value, msg);
-    return s;
+    return tb_ctx_set_error(ctx, s, "%s = '%.40s' %s", key, value, msg);
 }
 
 /* The training state, parsed strictly; absent (a checkpoint another
@@ -144,12 +143,10 @@ static int read_ckpt_config(tb_ctx *ctx, const char *path, gpt_config *cfg, trai
     tb_status s = tb_st_open(ctx, path, &f);
     if (s == TB_OK)
         s = gpt_config_from_checkpoint(ctx, &f, cfg);
-    if (s == TB_OK && cfg->vocab_size != VOCAB) {
-        snprintf(ctx->error, sizeof ctx->error,
-                 "gpt.vocab_size = %zu; this program is byte-level (vocabulary %d)",
-                 cfg->vocab_size, VOCAB);
-        s = TB_ERR_INVALID_ARG;
-    }
+    if (s == TB_OK && cfg->vocab_size != VOCAB)
+        s = tb_ctx_set_error(ctx, TB_ERR_INVALID_ARG,
+                             "gpt.vocab_size = %zu; this program is byte-level (vocabulary %d)",
+                             cfg->vocab_size, VOCAB);
     if (s == TB_OK && ts)
         s = read_train_state(ctx, &f, ts);
     tb_st_close(&f);

@@ -6,7 +6,8 @@
  * may be different views of it). In place (docs/conventions.md, Aliasing):
  * y may be exactly x, and dx exactly dy or x (the same memory; any other
  * overlap is refused). Backward takes the forward input x, so keep it if
- * you run backward.
+ * you run backward. No cache and no tb_mode (docs/conventions.md,
+ * "Training and inference").
  */
 #ifndef TBLOCKS_ACTIVATION_H
 #define TBLOCKS_ACTIVATION_H

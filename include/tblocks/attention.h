@@ -98,8 +98,11 @@ typedef struct tb_heads {
  * n = `dropout_counter + ((b*H + h)*Tq + i)*Tk + j` (the same draw as
  * tb_dropout_forward()), so backward regenerates the same mask from
  * the same struct (nothing T x T is stored). tb_attention_dropout_draw()
- * fills the three fields from a tb_rng and advances it. The cache records
- * the draw: backward with another draw is TB_ERR_STATE.
+ * fills the three fields from a tb_rng and advances it. Dropout applies
+ * only to a forward call in TB_MODE_TRAINING; in TB_MODE_INFERENCE the
+ * same mask struct gives the deterministic result. The cache records the
+ * mode and the draw: backward after a training forward with another draw
+ * is TB_ERR_STATE.
  */
 typedef struct tb_attention_mask {
     const int32_t *key_lengths; /**< B entries: keys j >= key_lengths[b] are masked
@@ -116,20 +119,21 @@ typedef struct tb_attention_mask {
  * @brief Turn on attention dropout for one forward/backward pair: sets
  * `mask->dropout = p` and the stream fields from `rng`, then advances `rng`
  * past the `B*H*Tq*Tk` numbers the call uses (so the next call draws a new
- * mask).
+ * mask). Nothing is changed on error.
+ * @param ctx Context (error detail).
+ * @param cfg Configuration (n_heads is used).
  * @param mask Mask struct to update (its other fields are kept).
  * @param rng Stream to draw from.
  * @param p Probability in [0, 1).
- * @param cfg Configuration (n_heads is used).
  * @param batch B.
  * @param t_q Tq.
  * @param t_k Tk.
- * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG for p outside [0, 1);
- *         TB_ERR_OVERFLOW if B*H*Tq*Tk does not fit in 64 bits.
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG for p outside [0, 1)
+ *         or NaN; TB_ERR_OVERFLOW if B*H*Tq*Tk does not fit in 64 bits.
  */
-tb_status tb_attention_dropout_draw(tb_attention_mask *mask, tb_rng *rng, float p,
-                                    const tb_attention_config *cfg, size_t batch, size_t t_q,
-                                    size_t t_k);
+tb_status tb_attention_dropout_draw(tb_ctx *ctx, const tb_attention_config *cfg,
+                                    tb_attention_mask *mask, tb_rng *rng, float p, size_t batch,
+                                    size_t t_q, size_t t_k);
 
 /**
  * @brief Bytes of cache forward needs (one float per batch row, head and
@@ -145,8 +149,14 @@ tb_status tb_attention_cache_size(const tb_attention_config *cfg, size_t batch, 
 
 /**
  * @brief Forward: `out = softmax(scale Q K^T + masks) V`.
+ *
+ * Training and inference (docs/conventions.md): `mode` selects the
+ * arithmetic (attention dropout, set in the mask, applies in training
+ * only); `cache` selects whether backward can follow.
  * @param ctx Context.
  * @param cfg Configuration.
+ * @param mode TB_MODE_TRAINING applies the mask's dropout;
+ *        TB_MODE_INFERENCE ignores it (the other masks apply in both).
  * @param mask Masks, or NULL.
  * @param q Queries: `(B, Tq, W)` with H heads.
  * @param k Keys: `(B, Tk, W)` with n_kv_heads heads.
@@ -155,46 +165,50 @@ tb_status tb_attention_cache_size(const tb_attention_config *cfg, size_t batch, 
  *        or v that hold their heads, the mask's arrays, or the cache (no
  *        in-place form).
  * @param cache tb_attention_cache_size() bytes aligned for float, or NULL if
- *        no backward will follow.
+ *        no backward will follow. It records the mode and the dropout draw.
  * @param cache_bytes Size of cache.
  * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_SHAPE; TB_ERR_OVERFLOW;
- *         TB_ERR_INVALID_ARG (bad configuration, key length out of range,
- *         misaligned cache; an output overlaps an input it still reads, or
- *         another output); TB_ERR_BUFFER_TOO_SMALL. Nothing is written on
- *         error.
+ *         TB_ERR_INVALID_ARG (bad configuration, unknown mode, key length
+ *         out of range, dropout outside [0, 1), misaligned cache; an output
+ *         overlaps an input it still reads, or another output);
+ *         TB_ERR_BUFFER_TOO_SMALL. Nothing is written on error.
  */
-tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
+tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg, tb_mode mode,
                                const tb_attention_mask *mask, const tb_heads *q,
                                const tb_heads *k, const tb_heads *v, tb_tensor *out, void *cache,
                                size_t cache_bytes);
 
 /**
  * @brief Backward: writes dq, dk, dv (overwriting) from the forward inputs,
- * output and cache and the output gradient.
+ * output and cache and the output gradient. It takes no mode: it follows
+ * the one the cache recorded (after an inference forward the mask's
+ * dropout is ignored, as forward ignored it).
  * @param ctx Context.
  * @param cfg The forward configuration.
- * @param mask The forward masks, or NULL.
+ * @param mask The forward masks, or NULL; after a training forward with
+ *        dropout, the same draw.
  * @param q Forward queries.
  * @param k Forward keys.
  * @param v Forward values.
  * @param out Forward output `(B, Tq, H*D)`.
- * @param dout Gradient w.r.t. out, same shape.
+ * @param dy Gradient w.r.t. out, same shape.
  * @param cache The cache filled by forward.
  * @param cache_bytes Size of cache.
  * @param dq Receives dL/dq, laid out like q (may share a packed buffer with
  *        dk and dv in disjoint columns); must not overlap q, k, v (their
- *        heads' columns), out, dout, the cache or the mask's arrays.
+ *        heads' columns), out, dy, the cache or the mask's arrays.
  * @param dk Receives dL/dk, laid out like k.
  * @param dv Receives dL/dv, laid out like v.
  * @return As forward (TB_ERR_INVALID_ARG also when an output overlaps an input
  *         it still reads, or another output), plus TB_ERR_STATE if the cache
  *         was not filled by a forward call with this shape and configuration
- *         (B, H, Tq, Tk, D, key/value heads, causal, window, scale).
+ *         (B, H, Tq, Tk, D, key/value heads, causal, window, scale) or, after
+ *         a training forward, with this dropout draw.
  */
 tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
                                 const tb_attention_mask *mask, const tb_heads *q,
                                 const tb_heads *k, const tb_heads *v, const tb_tensor *out,
-                                const tb_tensor *dout, const void *cache, size_t cache_bytes,
+                                const tb_tensor *dy, const void *cache, size_t cache_bytes,
                                 tb_heads *dq, tb_heads *dk, tb_heads *dv);
 
 /**

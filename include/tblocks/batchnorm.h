@@ -17,6 +17,10 @@
  *   padded positions neither contribute to the statistics nor receive
  *   gradient, and their output is 0. (PyTorch has no such option.)
  *
+ * Training and inference (docs/conventions.md): the forward takes a tb_mode
+ * because its arithmetic differs; a NULL cache means no backward follows;
+ * backward takes no mode (the cache records which statistics were used).
+ *
  * Its output for one sample depends on the other samples, on padding and on
  * the batch size: the reason transformers use LayerNorm instead
  * (examples/norm_compare measures it).

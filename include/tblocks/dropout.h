@@ -9,6 +9,10 @@
  * position (O(1) memory): backward regenerates the mask instead of storing
  * it. In inference, or with p = 0, dropout is the identity; with p = 1 every
  * element is zeroed.
+ *
+ * Training and inference follow the library's one rule (docs/conventions.md):
+ * `mode` selects the arithmetic, `cache` (NULL: no backward) what is saved;
+ * backward takes no mode (the cache records whether forward dropped).
  */
 #ifndef TBLOCKS_DROPOUT_H
 #define TBLOCKS_DROPOUT_H
@@ -44,7 +48,7 @@ typedef struct tb_dropout_cache {
  * @param x Input.
  * @param y Output, same element count; may be exactly x (in place).
  * @param cache Receives what backward needs (written first: it must not
- *        overlap x).
+ *        overlap x), or NULL when no backward will follow.
  * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE or TB_ERR_INVALID_ARG (p
  *         outside [0, 1] or NaN; an output overlaps an input it still reads,
  *         or another output).
@@ -53,17 +57,18 @@ tb_status tb_dropout_forward(tb_ctx *ctx, tb_mode mode, float p, tb_rng *rng,
                              const tb_tensor *x, tb_tensor *y, tb_dropout_cache *cache);
 
 /**
- * @brief Dropout backward: writes `dx = dy * mask / (1 - p)`.
+ * @brief Dropout backward: writes `dx = dy * mask / (1 - p)` (`dx = dy`
+ * after an inference forward).
  * @param ctx Context.
+ * @param dy Gradient w.r.t. y, same element count as the forward input.
  * @param cache Filled by the matching forward call (read before dx is
  *        written).
- * @param dy Gradient w.r.t. y, same element count as the forward input.
  * @param dx Output; may be exactly dy (in place).
  * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE or TB_ERR_INVALID_ARG
  *         (an output overlaps an input it still reads, or another output).
  */
-tb_status tb_dropout_backward(tb_ctx *ctx, const tb_dropout_cache *cache,
-                              const tb_tensor *dy, tb_tensor *dx);
+tb_status tb_dropout_backward(tb_ctx *ctx, const tb_tensor *dy, const tb_dropout_cache *cache,
+                              tb_tensor *dx);
 
 #ifdef __cplusplus
 }

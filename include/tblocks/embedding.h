@@ -3,7 +3,8 @@
  * @brief Token embedding lookup, as torch.nn.Embedding.
  *
  * Shapes: ids `(N)` int32, out `(N..., dim)` with N rows, weight
- * `(num_embeddings, dim)` named `weight`.
+ * `(num_embeddings, dim)` named `weight`. No cache and no tb_mode: backward
+ * takes the forward ids (docs/conventions.md, "Training and inference").
  */
 #ifndef TBLOCKS_EMBEDDING_H
 #define TBLOCKS_EMBEDDING_H
@@ -81,21 +82,21 @@ tb_status tb_embedding_forward(tb_ctx *ctx, const tb_embedding *emb, const int32
                                size_t n, tb_tensor *out);
 
 /**
- * @brief Backward: adds row i of dout into row ids[i] of weight.grad
+ * @brief Backward: adds row i of dy into row ids[i] of weight.grad
  * (repeated ids accumulate), except for ids equal to `padding_idx`.
  * Deterministic for any thread count.
  * @param ctx Context.
  * @param emb Table.
  * @param ids The forward ids.
  * @param n Number of ids.
- * @param dout Gradient w.r.t. the forward output, `(n..., dim)`; weight.grad
+ * @param dy Gradient w.r.t. the forward output, `(n..., dim)`; weight.grad
  *        must not overlap it or ids.
  * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE or TB_ERR_INVALID_ARG (an id
  *         out of range; an output overlaps an input it still reads, or another
  *         output), nothing written then.
  */
 tb_status tb_embedding_backward(tb_ctx *ctx, tb_embedding *emb, const int32_t *ids,
-                                size_t n, const tb_tensor *dout);
+                                size_t n, const tb_tensor *dy);
 
 #ifdef __cplusplus
 }

@@ -13,7 +13,9 @@
  * Shapes: x, y, dy, dx `(N..., C)`; weight and bias `(C)`, named `weight`
  * and `bias` (present per the TB_NORM_SCALE / TB_NORM_SHIFT flags).
  * Forward keeps each row's mean and 1/std in a caller-provided cache
- * (tb_layernorm_cache_size()) for backward.
+ * (tb_layernorm_cache_size()) for backward. Training and inference
+ * (docs/conventions.md): the same arithmetic, so no tb_mode; a NULL cache
+ * means no backward follows.
  */
 #ifndef TBLOCKS_LAYERNORM_H
 #define TBLOCKS_LAYERNORM_H

@@ -8,7 +8,8 @@
  * `(in, out)` (TB_LINEAR_IN_OUT, the layout of GPT-2 checkpoints, so their
  * weights load without a transpose), b `(out)`. Parameters are named
  * `weight` and `bias`. No activation cache is needed: backward takes the
- * forward input.
+ * forward input. The same in training and inference (no tb_mode:
+ * docs/conventions.md).
  *
  * Weight tying: tb_linear_view() makes a layer over parameters owned
  * elsewhere (a language model's output layer over the token embedding);

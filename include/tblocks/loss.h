@@ -9,6 +9,10 @@
  * (tb_cross_entropy_cache_size()); backward fuses softmax and the loss:
  * `dlogits = (softmax(logits) - onehot(target)) * dloss / divisor`.
  *
+ * The loss is the same in training and inference: it takes no tb_mode, and
+ * a NULL cache means no backward follows (docs/conventions.md, "Training
+ * and inference").
+ *
  * If every target is ignored, the mean reduction has no defined value
  * (PyTorch returns NaN); libtblocks returns a loss of 0 and a zero
  * gradient, so an all-padding batch cannot poison training.
@@ -66,12 +70,15 @@ tb_status tb_cross_entropy_cache_size(size_t rows, size_t *bytes);
  * @param loss Receives the loss.
  * @param cache At least tb_cross_entropy_cache_size(N) bytes, aligned for
  *        float; filled for backward (its first tb_cross_entropy_cache_size(N)
- *        bytes must not overlap logits, targets or loss).
+ *        bytes must not overlap logits, targets or loss). Or NULL when no
+ *        backward will follow (an evaluation loss: the per-row values then
+ *        go to scratch allocated for the call).
  * @param cache_bytes Size of cache.
  * @return TB_OK, TB_ERR_NULL_ARG, TB_ERR_SHAPE, TB_ERR_BUFFER_TOO_SMALL, or
  *         TB_ERR_INVALID_ARG for a target out of range (detail names it), a
  *         misaligned cache, or when an output overlaps an input it still
- *         reads, or another output.
+ *         reads, or another output; TB_ERR_NO_MEMORY for the scratch of a
+ *         call without a cache.
  */
 tb_status tb_cross_entropy_forward(tb_ctx *ctx, const tb_cross_entropy_config *config,
                                    const tb_tensor *logits, const int32_t *targets,

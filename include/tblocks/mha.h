@@ -15,8 +15,11 @@
  * Shapes: x, y `(B, Tq, C)`; mem `(B, Tk, C)`. The masks and the causal /
  * window options of the core apply (set them in `attn`).
  * Attention dropout (training): draw it into the mask with
- * tb_attention_dropout_draw() before each forward and give backward the same
- * mask; leave it 0 for evaluation and for tb_mha_decode().
+ * tb_attention_dropout_draw() before each forward in TB_MODE_TRAINING and
+ * give backward the same mask; TB_MODE_INFERENCE ignores it (as
+ * tb_mha_decode() does, which is inference only). Training and inference
+ * follow the library's one rule (docs/conventions.md): `mode` selects the
+ * arithmetic, `cache` (NULL: no backward) what is saved.
  *
  * Padding may hold garbage: a row of x or mem that the masks hide entirely
  * (a key no query sees whose own query, in self-attention, sees nothing; a
@@ -106,21 +109,26 @@ tb_status tb_mha_cache_size(const tb_mha *mha, size_t batch, size_t t_q, size_t 
  * cross-attention otherwise.
  * @param ctx Context.
  * @param mha Module.
+ * @param mode TB_MODE_TRAINING applies the mask's attention dropout;
+ *        TB_MODE_INFERENCE ignores it.
  * @param mask Core masks, or NULL.
  * @param x Queries' input `(B, Tq, C)`.
  * @param mem Keys' and values' input `(B, Tk, C)`, or NULL.
  * @param y Output `(B, Tq, C)`; must not overlap x, mem, the parameters,
  *        the mask's arrays or the cache (no in-place form).
- * @param cache tb_mha_cache_size() bytes aligned for float (required).
+ * @param cache tb_mha_cache_size() bytes aligned for float, filled for
+ *        backward; or NULL when no backward will follow (the projections
+ *        then go to scratch allocated for the call).
  * @param cache_bytes Size of cache.
  * @return TB_OK or the errors of tb_attention_forward() and
  *         tb_linear_forward(), TB_ERR_BUFFER_TOO_SMALL for a small cache,
- *         TB_ERR_INVALID_ARG when an output overlaps an input it still reads,
- *         or another output.
+ *         TB_ERR_INVALID_ARG for an unknown mode or when an output overlaps
+ *         an input it still reads, or another output; TB_ERR_NO_MEMORY for
+ *         the scratch of a call without a cache.
  */
-tb_status tb_mha_forward(tb_ctx *ctx, const tb_mha *mha, const tb_attention_mask *mask,
-                         const tb_tensor *x, const tb_tensor *mem, tb_tensor *y, void *cache,
-                         size_t cache_bytes);
+tb_status tb_mha_forward(tb_ctx *ctx, const tb_mha *mha, tb_mode mode,
+                         const tb_attention_mask *mask, const tb_tensor *x, const tb_tensor *mem,
+                         tb_tensor *y, void *cache, size_t cache_bytes);
 
 /**
  * @brief Backward: writes dx (and dmem for cross-attention), adds to every

@@ -24,8 +24,9 @@
  * trainable later is not known to the optimizer (make a new one).
  *
  * Parameter groups: every parameter starts in group 0 (the configuration's
- * lr and weight decay); tb_adam_add_group() moves the parameters a selector
- * picks into a new group with its own lr and weight decay. The usual "no
+ * lr and weight decay); tb_adam_add_group() moves the parameters a
+ * predicate selects (tb_param_select_fn, param.h: the same predicates that
+ * freeze parameters) into a new group with its own lr and weight decay. The usual "no
  * decay on biases and norm weights" rule is one line:
  *
  *     tb_adam_add_group(ctx, &opt, cfg.lr, 0.0f, tb_select_no_decay, NULL, NULL);
@@ -111,15 +112,6 @@ typedef struct tb_adam_slot {
 } tb_adam_slot;
 
 /**
- * @brief Selector of parameters for a group.
- * @param name Full parameter name.
- * @param param The parameter.
- * @param user The pointer given with the selector.
- * @return Nonzero to select.
- */
-typedef int (*tb_param_select_fn)(const char *name, const tb_param *param, void *user);
-
-/**
  * @brief The usual no-decay rule: selects parameters with fewer than two
  * dimensions (biases, LayerNorm/RMSNorm/BatchNorm weights and biases).
  * @param name Unused.
@@ -176,7 +168,8 @@ void tb_adam_free(tb_adam *opt);
  * @param opt Optimizer.
  * @param lr The group's learning rate (finite, >= 0).
  * @param weight_decay The group's weight decay (finite, >= 0).
- * @param select Selector.
+ * @param select Predicate (param.h): tb_select_prefix(), tb_select_direct(),
+ *        tb_select_no_decay() or your own.
  * @param user Passed to select.
  * @param n_selected Receives how many parameters moved, or NULL.
  * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG (bad values, or

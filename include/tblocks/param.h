@@ -13,6 +13,19 @@
  * explicit (tb_param_list_zero_grad()). Backward passes skip the gradient
  * of a parameter whose `trainable` flag is 0 or whose `grad` is NULL.
  *
+ * Selecting parameters: one predicate type, tb_param_select_fn, picks
+ * entries by full name (and parameter) for everything that works on a
+ * subset: freezing (tb_param_list_set_trainable_where()) and optimizer
+ * groups (tb_adam_add_group()). Stock predicates: tb_select_prefix()
+ * (everything under a name prefix, at a component boundary) and
+ * tb_select_direct() (a module's own parameters, not its children's), and
+ * in optim.h tb_select_no_decay(). Freezing a LoRA-wrapped layer's base
+ * weights is then
+ * @code
+ * tb_param_list_set_trainable_where(&list, tb_select_direct, (void *)"h.0.attn.c_attn", 0);
+ * // freezes h.0.attn.c_attn.weight and .bias, not h.0.attn.c_attn.lora_A.weight
+ * @endcode
+ *
  * A stale list: freeing a block zeroes its tb_param structs (value NULL),
  * but a list still points at them. Every call that reads or writes the
  * values or gradients of a list's parameters (loading and saving them,
@@ -38,7 +51,15 @@ extern "C" {
 /** Longest full parameter name, including the terminating NUL. */
 #define TB_PARAM_NAME_MAX 128
 
-/** @brief One learnable tensor of a block. */
+/**
+ * @brief One learnable tensor of a block.
+ *
+ * Make one with tb_param_init() (the library allocates value and gradient)
+ * or tb_param_view() (over memory you own) rather than filling the fields:
+ * both check the shape and compute `numel` with overflow checked. A block's
+ * own parameters are made by its init function and released by its free
+ * function.
+ */
 typedef struct tb_param {
     float *value;              /**< `numel` values, row-major in `shape`. */
     float *grad;               /**< `numel` gradients, or NULL if none kept. */
@@ -46,7 +67,62 @@ typedef struct tb_param {
     size_t shape[TB_MAX_DIMS]; /**< Sizes; entries past ndim are ignored. */
     size_t numel;              /**< Product of the sizes. */
     int trainable;             /**< Nonzero: backward accumulates `grad`. */
+    void *storage;             /**< Memory tb_param_init() allocated for value and
+                                    grad, released by tb_param_free(); NULL for a
+                                    view and for a block's parameters (the block
+                                    owns those). */
+    tb_allocator allocator;    /**< Hooks `storage` came from. */
 } tb_param;
+
+/** tb_param_init() flag: allocate no gradient (`grad` NULL, not trainable),
+ *  for buffers such as running statistics or a frozen table. */
+#define TB_PARAM_NO_GRAD 1u
+
+/**
+ * @brief Make a parameter of the given shape that owns its memory: zeroed
+ * values and (unless TB_PARAM_NO_GRAD) zeroed gradients, in one allocation
+ * through `ctx`'s allocator (64-byte aligned; the gradient starts on a
+ * 64-byte boundary too). Trainable exactly when it has a gradient.
+ * Release it with tb_param_free().
+ * @param ctx Context (allocator, error detail).
+ * @param param Parameter to fill; left empty (all zero) on failure.
+ * @param ndim Number of dimensions, 1..TB_MAX_DIMS.
+ * @param shape `ndim` sizes, each >= 1.
+ * @param flags 0 or TB_PARAM_NO_GRAD.
+ * @return TB_OK; TB_ERR_NULL_ARG (ctx, param or shape NULL); TB_ERR_SHAPE
+ *         (ndim 0 or above TB_MAX_DIMS, or a size of 0); TB_ERR_OVERFLOW
+ *         (the element or byte count does not fit in size_t);
+ *         TB_ERR_INVALID_ARG (unknown flags, or an allocator with a NULL
+ *         hook); TB_ERR_NO_MEMORY.
+ */
+tb_status tb_param_init(tb_ctx *ctx, tb_param *param, size_t ndim, const size_t *shape,
+                        unsigned flags);
+
+/**
+ * @brief A parameter over memory the caller owns (not copied, never freed
+ * by the library): tb_param_free() on it only clears the struct. Trainable
+ * exactly when `grad` is not NULL.
+ * @param ctx Context (error detail).
+ * @param param Parameter to fill; left empty (all zero) on failure.
+ * @param value `numel` floats (the product of the sizes).
+ * @param grad `numel` floats, or NULL for a parameter without a gradient.
+ * @param ndim Number of dimensions, 1..TB_MAX_DIMS.
+ * @param shape `ndim` sizes, each >= 1.
+ * @return TB_OK; TB_ERR_NULL_ARG (param, value or shape NULL);
+ *         TB_ERR_SHAPE (ndim 0 or above TB_MAX_DIMS, or a size of 0);
+ *         TB_ERR_OVERFLOW (the element or byte count does not fit in
+ *         size_t).
+ */
+tb_status tb_param_view(tb_ctx *ctx, tb_param *param, float *value, float *grad, size_t ndim,
+                        const size_t *shape);
+
+/**
+ * @brief Release what tb_param_init() allocated (nothing for a view or a
+ * block's parameter) and leave the struct empty. A list that still refers
+ * to the parameter is then stale (see above).
+ * @param param Parameter; NULL or an already freed parameter is fine.
+ */
+void tb_param_free(tb_param *param);
 
 /** @brief An entry of a tb_param_list: a full name and the parameter. */
 typedef struct tb_named_param {
@@ -115,14 +191,66 @@ void tb_param_list_zero_grad(tb_param_list *list);
 size_t tb_param_list_numel(const tb_param_list *list, int trainable_only);
 
 /**
- * @brief Set the trainable flag of every entry whose full name starts with
- * `prefix` at a component boundary (all entries when `prefix` is NULL or
- * ""): "h.1" selects "h.1" and "h.1.attn.weight" but not "h.10.bias"; a
- * prefix ending in '.' is matched as written.
+ * @brief A predicate over a list's entries: the one type every selection
+ * of parameters uses (freezing, optimizer groups).
+ * @param name Full dotted name of the entry.
+ * @param param The entry's parameter (never NULL: entries without one are
+ *        skipped before the predicate is asked).
+ * @param user The pointer given together with the predicate.
+ * @return Nonzero to select the entry.
+ */
+typedef int (*tb_param_select_fn)(const char *name, const tb_param *param, void *user);
+
+/**
+ * @brief Stock predicate: the entries under a name prefix, at a component
+ * boundary. `user` is the prefix (`const char *`, cast to `void *`).
+ * "h.1" selects "h.1" and "h.1.attn.weight" but not "h.10.bias"; a prefix
+ * ending in '.' is matched as written ("h.1." selects "h.1.attn.weight",
+ * not "h.1"); NULL or "" selects every entry.
+ * @param name Full name.
+ * @param param Unused.
+ * @param user The prefix, or NULL.
+ * @return Nonzero if `name` is `prefix` or starts with `prefix + "."`.
+ */
+int tb_select_prefix(const char *name, const tb_param *param, void *user);
+
+/**
+ * @brief Stock predicate: the direct parameters of a module, not those of
+ * its children. `user` is the module's name (`const char *`, cast to
+ * `void *`): `name` must be that name, a '.', and exactly one more
+ * component (no further '.'). "h.0.attn.c_attn" selects
+ * "h.0.attn.c_attn.weight" and "h.0.attn.c_attn.bias" but not
+ * "h.0.attn.c_attn.lora_A.weight" nor "h.0.attn.c_attn" itself. One
+ * trailing '.' of the module name is ignored ("h.0." is "h.0"); NULL or ""
+ * is the root module, whose direct parameters are the names without a '.'.
+ * @param name Full name.
+ * @param param Unused.
+ * @param user The module name, or NULL.
+ * @return Nonzero for a direct parameter of the module.
+ */
+int tb_select_direct(const char *name, const tb_param *param, void *user);
+
+/**
+ * @brief Set the trainable flag of every entry `pred` selects.
+ * @param list List; NULL does nothing.
+ * @param pred Predicate; NULL selects nothing (returns 0, changes nothing).
+ * @param user Passed to `pred`.
+ * @param trainable New flag value (nonzero is stored as 1).
+ * @return Number of entries selected, each of which now has the flag
+ *         (whether or not it had it before); entries without a parameter
+ *         are skipped and not counted.
+ */
+size_t tb_param_list_set_trainable_where(tb_param_list *list, tb_param_select_fn pred,
+                                         void *user, int trainable);
+
+/**
+ * @brief Shorthand for tb_param_list_set_trainable_where() with
+ * tb_select_prefix(): every entry under `prefix` at a component boundary
+ * (all entries when `prefix` is NULL or "").
  * @param list List.
  * @param prefix Name prefix to match, or NULL.
  * @param trainable New flag value.
- * @return Number of entries changed.
+ * @return Number of entries selected (see tb_param_list_set_trainable_where()).
  */
 size_t tb_param_list_set_trainable(tb_param_list *list, const char *prefix, int trainable);
 

@@ -5,7 +5,7 @@
  * Backward of a residual is the one place where an input gradient is
  * accumulated rather than written: the branch's backward writes its input
  * gradient into dx, then tb_residual_backward() adds the gradient that
- * flows through the skip path.
+ * flows through the skip path. No cache and no tb_mode (docs/conventions.md).
  */
 #ifndef TBLOCKS_RESIDUAL_H
 #define TBLOCKS_RESIDUAL_H

@@ -6,7 +6,9 @@
  * `y = x / sqrt(mean(x^2) + eps) * weight` row by row (no centring, no
  * shift). The mean of squares is accumulated in double. Shapes: x, y, dy, dx
  * `(N..., C)`; weight `(C)` named `weight` (with TB_NORM_SCALE). Forward
- * keeps each row's 1/rms in a caller-provided cache for backward.
+ * keeps each row's 1/rms in a caller-provided cache for backward (NULL: no
+ * backward follows; no tb_mode, as the arithmetic is the same in training
+ * and inference: docs/conventions.md).
  */
 #ifndef TBLOCKS_RMSNORM_H
 #define TBLOCKS_RMSNORM_H

@@ -6,7 +6,9 @@
  * positions), which get probability 0. A row whose entries are all `-inf`
  * has no defined softmax (PyTorch returns NaN); libtblocks returns a row of
  * zeros so that a fully masked row cannot poison a model with NaN. A NaN or
- * `+inf` entry makes its row NaN, as in PyTorch.
+ * `+inf` entry makes its row NaN, as in PyTorch. No cache and no tb_mode:
+ * backward takes the forward output (docs/conventions.md, "Training and
+ * inference").
  */
 #ifndef TBLOCKS_SOFTMAX_H
 #define TBLOCKS_SOFTMAX_H

@@ -6,9 +6,9 @@
  * running sum l, running output, rescaled when m grows); out = acc / l, and
  * the log-sum-exp m + log l goes to the cache. Backward recomputes the
  * probabilities p_ij = exp(s_ij - lse_i) tile by tile:
- *   D_i  = dout_i . out_i
- *   dP   = dout V^T,  dS = scale * P o (dP - D)
- *   dV_j = sum_i P_ij dout_i,  dK_j = sum_i dS_ij q_i  (pass 1, per key block)
+ *   D_i  = dy_i . out_i
+ *   dP   = dy V^T,  dS = scale * P o (dP - D)
+ *   dV_j = sum_i P_ij dy_i,  dK_j = sum_i dS_ij q_i  (pass 1, per key block)
  *   dQ_i = sum_j dS_ij k_j                              (pass 2, per query block)
  * Two passes so that every gradient row has a single owner (no atomics, no
  * per-thread partial sums): results are bitwise identical for any thread
@@ -25,15 +25,27 @@
 #include "../kernels/gemm.h"
 #include "../kernels/vexp.h"
 
-#define ATTN_MAGIC 0x7462415432ULL /* "tbAT2" */
+#define ATTN_MAGIC 0x7462415433ULL /* "tbAT3": the header records the mode */
 
-/* Everything the cached log-sum-exp values depend on (except the data and
- * the deterministic masks): backward refuses a cache from a call of another
- * shape or with another dropout draw. */
+/* The cache's header: the magic, then everything the cached log-sum-exp
+ * values depend on (except the data and the deterministic masks), which
+ * backward matches (tb_cache_match): a cache from a call of another shape
+ * or with another dropout draw is refused. */
+enum { ATTN_FIELDS = 11, ATTN_MODE_FIELD = 7 };
 typedef struct attn_header {
-    uint64_t magic, batch, heads, t_q, t_k, head_dim, kv_heads, options;
-    uint64_t drop_p, drop_key, drop_counter;
+    uint64_t magic;
+    uint64_t field[ATTN_FIELDS]; /* as attn_fields names them */
 } attn_header;
+
+/* The mode is recorded so that backward follows the forward's arithmetic:
+ * after an inference forward the mask's dropout is ignored, as forward
+ * ignored it. */
+static const char *const attn_fields[ATTN_FIELDS] = {
+    "B", "H", "Tq", "Tk", "D", "n_kv_heads", "options (scale, window, causal)",
+    "mode (1: training)", "dropout p (bits)", "dropout key", "dropout counter"};
+/* The size depends on B, H and Tq. */
+static const tb_cache_kind ATTN_CACHE = {ATTN_MAGIC, "tb_attention_forward",
+                                         "tb_attention_cache_size", ATTN_FIELDS, 3, attn_fields};
 
 tb_attention_config tb_attention_default_config(size_t n_heads, size_t head_dim)
 {
@@ -51,25 +63,26 @@ tb_status tb_attention_cache_size(const tb_attention_config *cfg, size_t batch, 
     size_t n;
     if (!cfg || !bytes)
         return TB_ERR_NULL_ARG;
-    if (!tb_mul_size(batch, cfg->n_heads, &n) || !tb_mul_size(n, t_q, &n) ||
-        !tb_mul_size(n, sizeof(float), &n) || !tb_add_size(n, sizeof(attn_header), &n))
+    if (!tb_mul_size(batch, cfg->n_heads, &n) || !tb_mul_size(n, t_q, &n))
         return TB_ERR_OVERFLOW;
-    *bytes = n;
-    return TB_OK;
+    return tb_cache_bytes(sizeof(attn_header), n, bytes);
 }
 
-tb_status tb_attention_dropout_draw(tb_attention_mask *mask, tb_rng *rng, float p,
-                                    const tb_attention_config *cfg, size_t batch, size_t t_q,
-                                    size_t t_k)
+tb_status tb_attention_dropout_draw(tb_ctx *ctx, const tb_attention_config *cfg,
+                                    tb_attention_mask *mask, tb_rng *rng, float p, size_t batch,
+                                    size_t t_q, size_t t_k)
 {
-    if (!mask || !rng || !cfg)
-        return TB_ERR_NULL_ARG;
-    if (!(p >= 0.0f && p < 1.0f))
-        return TB_ERR_INVALID_ARG;
+    const char *fn = __func__;
+    if (!cfg || !mask || !rng)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cfg, mask and rng must not be NULL");
+    if (!(p >= 0.0f && p < 1.0f)) /* also rejects NaN */
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "p = %g is outside [0, 1)", (double)p);
     size_t n;
     if (!tb_mul_size(batch, cfg->n_heads, &n) || !tb_mul_size(n, t_q, &n) ||
         !tb_mul_size(n, t_k, &n) || (uint64_t)n != n)
-        return TB_ERR_OVERFLOW;
+        return tb_fail(ctx, TB_ERR_OVERFLOW, fn,
+                       "B x H x Tq x Tk = %zu x %zu x %zu x %zu weights overflow", batch,
+                       cfg->n_heads, t_q, t_k);
     mask->dropout = p;
     mask->dropout_key = rng->key;
     mask->dropout_counter = rng->counter;
@@ -88,9 +101,21 @@ typedef struct attn {
     const int32_t *key_lengths;
     const uint8_t *key_valid;
     const float *bias;
+    tb_mode mode;             /* inference: no dropout, whatever the mask says */
     float drop_p, drop_scale; /* dropout probability and 1 / (1 - p) */
     uint64_t drop_key, drop_counter;
 } attn;
+
+/* Training or inference arithmetic: in inference the mask's dropout (already
+ * validated by setup) does not apply. */
+static void set_mode(attn *a, tb_mode mode)
+{
+    a->mode = mode;
+    if (mode == TB_MODE_INFERENCE) {
+        a->drop_p = 0.0f;
+        a->drop_scale = 1.0f;
+    }
+}
 
 static tb_status check_heads(tb_ctx *ctx, const char *fn, const char *name, const tb_heads *o,
                              size_t heads, size_t D, size_t *B, size_t *T, size_t *W)
@@ -122,6 +147,8 @@ static tb_status setup(tb_ctx *ctx, const char *fn, const tb_attention_config *c
     if (!ctx || !cfg)
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx and cfg must not be NULL");
     memset(a, 0, sizeof *a);
+    a->mode = TB_MODE_TRAINING;
+    a->drop_scale = 1.0f;
     a->H = cfg->n_heads;
     a->Hkv = cfg->n_kv_heads ? cfg->n_kv_heads : cfg->n_heads;
     a->D = cfg->head_dim;
@@ -244,37 +271,31 @@ static float score(const attn *a, size_t b, size_t h, size_t i, size_t j)
     return s;
 }
 
+static attn_header header_of(const attn *a)
+{
+    uint32_t scale_bits, p_bits;
+    memcpy(&scale_bits, &a->scale, sizeof scale_bits);
+    memcpy(&p_bits, &a->drop_p, sizeof p_bits);
+    const int dropout = a->drop_p > 0.0f; /* the draw matters only when dropout is on */
+    attn_header h = {ATTN_MAGIC,
+                     {a->B, a->H, a->Tq, a->Tk, a->D, a->Hkv,
+                      ((uint64_t)scale_bits << 32) ^ ((uint64_t)a->window << 1) ^
+                          (uint64_t)a->causal,
+                      a->mode == TB_MODE_TRAINING, p_bits, dropout ? a->drop_key : 0,
+                      dropout ? a->drop_counter : 0}};
+    return h;
+}
+
+/* The cache a call is handed (NULL allowed unless required). */
 static tb_status check_cache(tb_ctx *ctx, const char *fn, const attn *a, const void *cache,
-                             size_t bytes)
+                             size_t bytes, int required)
 {
     tb_attention_config c = tb_attention_default_config(a->H, a->D);
     size_t need;
     if (tb_attention_cache_size(&c, a->B, a->Tq, &need) != TB_OK)
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "cache size overflows");
-    if (bytes < need)
-        return tb_fail(ctx, TB_ERR_BUFFER_TOO_SMALL, fn, "cache has %zu bytes; %zu needed", bytes,
-                       need);
-    if ((uintptr_t)cache % sizeof(float) != 0)
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "cache is not aligned for float");
-    return TB_OK;
-}
-
-static attn_header header_of(const attn *a)
-{
-    uint32_t scale_bits;
-    memcpy(&scale_bits, &a->scale, sizeof scale_bits);
-    attn_header h = {ATTN_MAGIC, a->B,   a->H,   a->Tq,
-                     a->Tk,      a->D,   a->Hkv, ((uint64_t)scale_bits << 32) ^
-                                                    ((uint64_t)a->window << 1) ^ (uint64_t)a->causal,
-                     0, 0, 0};
-    uint32_t p_bits;
-    memcpy(&p_bits, &a->drop_p, sizeof p_bits);
-    h.drop_p = p_bits;
-    if (a->drop_p > 0.0f) { /* the draw matters only when dropout is on */
-        h.drop_key = a->drop_key;
-        h.drop_counter = a->drop_counter;
-    }
-    return h;
+    const attn_header h = header_of(a);
+    return tb_cache_check(ctx, fn, &ATTN_CACHE, cache, bytes, need, h.field, required);
 }
 
 /* ---- Aliasing (docs/conventions.md): no in-place form; every output is
@@ -728,7 +749,7 @@ static tile_mask recompute_probs(const tb_ctx *ctx, const attn *a, const tb_vexp
 
 /* Gradient operands of the backward passes. */
 typedef struct attn_grads {
-    const float *dout, *lse, *delta; /* dout (B, Tq, H*D); lse, delta per (b, h, i) */
+    const float *dy, *lse, *delta; /* dy (B, Tq, H*D); lse, delta per (b, h, i) */
     float *dq, *dk, *dv;             /* first element of head 0 */
     size_t wdq, wdk, wdv;            /* row strides */
 } attn_grads;
@@ -769,7 +790,7 @@ static void backward_kv_block(const tb_ctx *ctx, const attn *a, const tb_vexp_op
         for (size_t i0 = ilo / BQ * BQ; i0 < ihi; i0 += BQ) {
             const size_t mq = min_sz(BQ, a->Tq - i0), row0 = (b * a->H + h) * a->Tq + i0;
             const float *qi = a->q + (b * a->Tq + i0) * a->wq + h * D;
-            const float *go = gr->dout + (b * a->Tq + i0) * HD + h * D;
+            const float *go = gr->dy + (b * a->Tq + i0) * HD + h * D;
             const tile_mask tm =
                 recompute_probs(ctx, a, vx, b, h, i0, mq, j0, jn, gr->lse + row0, w);
             if (!tm.any_visible) /* adds nothing */
@@ -801,7 +822,7 @@ static void backward_q_block(const tb_ctx *ctx, const attn *a, const tb_vexp_ops
     float *dq = gr->dq + (b * a->Tq + i0) * gr->wdq + h * D;
     for (size_t r = 0; r < mq; r++)
         memset(dq + r * gr->wdq, 0, D * sizeof(float));
-    const float *go = gr->dout + (b * a->Tq + i0) * HD + h * D;
+    const float *go = gr->dy + (b * a->Tq + i0) * HD + h * D;
     size_t lo, hi, lo_last, hi_last;
     key_range(a, b, i0, &lo, &hi);
     key_range(a, b, i0 + mq - 1, &lo_last, &hi_last);
@@ -818,7 +839,7 @@ static void backward_q_block(const tb_ctx *ctx, const attn *a, const tb_vexp_ops
     }
 }
 
-tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
+tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg, tb_mode mode,
                                const tb_attention_mask *mask, const tb_heads *q,
                                const tb_heads *k, const tb_heads *v, tb_tensor *out, void *cache,
                                size_t cache_bytes)
@@ -828,12 +849,15 @@ tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
     tb_status s = setup(ctx, fn, cfg, mask, q, k, v, &a);
     if (s != TB_OK)
         return s;
+    if (mode != TB_MODE_TRAINING && mode != TB_MODE_INFERENCE)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown mode %d", (int)mode);
+    set_mode(&a, mode);
     if ((s = tb_check_tensor(ctx, fn, "out", out, NULL, NULL)) != TB_OK)
         return s;
     if (out->ndim != 3 || out->shape[0] != a.B || out->shape[1] != a.Tq ||
         out->shape[2] != a.H * a.D)
         return tb_fail(ctx, TB_ERR_SHAPE, fn, "out must be (%zu, %zu, %zu)", a.B, a.Tq, a.H * a.D);
-    if (cache && (s = check_cache(ctx, fn, &a, cache, cache_bytes)) != TB_OK)
+    if ((s = check_cache(ctx, fn, &a, cache, cache_bytes, 0)) != TB_OK)
         return s;
     tb_span in[OPERAND_SPANS];
     operand_spans(&a, mask, q, k, v, in);
@@ -866,8 +890,8 @@ tb_status tb_attention_forward(tb_ctx *ctx, const tb_attention_config *cfg,
     if (failed)
         return tiles_failed(ctx, fn);
     if (cache) {
-        attn_header hd = header_of(&a);
-        memcpy(cache, &hd, sizeof hd);
+        const attn_header hd = header_of(&a);
+        tb_cache_write(cache, &ATTN_CACHE, hd.field);
     }
     return TB_OK;
 }
@@ -889,7 +913,7 @@ static tb_status check_grad(tb_ctx *ctx, const char *fn, const char *name, const
 tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
                                 const tb_attention_mask *mask, const tb_heads *q,
                                 const tb_heads *k, const tb_heads *v, const tb_tensor *out,
-                                const tb_tensor *dout, const void *cache, size_t cache_bytes,
+                                const tb_tensor *dy, const void *cache, size_t cache_bytes,
                                 tb_heads *dq, tb_heads *dk, tb_heads *dv)
 {
     const char *fn = __func__;
@@ -899,39 +923,41 @@ tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
         return s;
     const size_t D = a.D, HD = a.H * a.D;
     if ((s = tb_check_tensor(ctx, fn, "out", out, NULL, NULL)) != TB_OK ||
-        (s = tb_check_tensor(ctx, fn, "dout", dout, NULL, NULL)) != TB_OK)
+        (s = tb_check_tensor(ctx, fn, "dy", dy, NULL, NULL)) != TB_OK)
         return s;
     if (out->ndim != 3 || out->shape[0] != a.B || out->shape[1] != a.Tq || out->shape[2] != HD ||
-        dout->ndim != 3 || dout->shape[0] != a.B || dout->shape[1] != a.Tq ||
-        dout->shape[2] != HD)
-        return tb_fail(ctx, TB_ERR_SHAPE, fn, "out and dout must be (%zu, %zu, %zu)", a.B, a.Tq,
+        dy->ndim != 3 || dy->shape[0] != a.B || dy->shape[1] != a.Tq ||
+        dy->shape[2] != HD)
+        return tb_fail(ctx, TB_ERR_SHAPE, fn, "out and dy must be (%zu, %zu, %zu)", a.B, a.Tq,
                        HD);
     if ((s = check_grad(ctx, fn, "dq", dq, a.H, D, a.B, a.Tq)) != TB_OK ||
         (s = check_grad(ctx, fn, "dk", dk, a.Hkv, D, a.B, a.Tk)) != TB_OK ||
         (s = check_grad(ctx, fn, "dv", dv, a.Hkv, D, a.B, a.Tk)) != TB_OK)
         return s;
-    if (!cache)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cache must not be NULL");
-    if ((s = check_cache(ctx, fn, &a, cache, cache_bytes)) != TB_OK)
+    if ((s = check_cache(ctx, fn, &a, cache, cache_bytes, 1)) != TB_OK)
         return s;
     /* dq, dk and dv may share a packed buffer in disjoint columns: their
      * spans are the columns they write. */
     tb_span in[OPERAND_SPANS + 3];
     operand_spans(&a, mask, q, k, v, in);
     in[OPERAND_SPANS] = tb_span_tensor("out", out);
-    in[OPERAND_SPANS + 1] = tb_span_tensor("dout", dout);
+    in[OPERAND_SPANS + 1] = tb_span_tensor("dy", dy);
     in[OPERAND_SPANS + 2] = cache_span(&a, cache);
     const tb_span outs[] = {tb_span_heads("dq", dq, a.H, D), tb_span_heads("dk", dk, a.Hkv, D),
                             tb_span_heads("dv", dv, a.Hkv, D)};
     if ((s = tb_check_alias(ctx, fn, outs, 3, in, OPERAND_SPANS + 3)) != TB_OK)
         return s;
-    attn_header hd, want = header_of(&a);
-    memcpy(&hd, cache, sizeof hd);
-    if (memcmp(&hd, &want, sizeof hd) != 0)
-        return tb_fail(ctx, TB_ERR_STATE, fn,
-                       "cache was not filled by tb_attention_forward with this shape and "
-                       "configuration");
-    const float *lse = (const float *)((const unsigned char *)cache + sizeof hd);
+    /* Backward follows the mode the forward recorded (an unknown value
+     * is left to the match below, which refuses it). */
+    uint64_t cached_mode;
+    memcpy(&cached_mode, (const unsigned char *)cache + (1 + ATTN_MODE_FIELD) * sizeof cached_mode,
+           sizeof cached_mode);
+    if (cached_mode == 0)
+        set_mode(&a, TB_MODE_INFERENCE);
+    const attn_header want = header_of(&a);
+    if ((s = tb_cache_match(ctx, fn, &ATTN_CACHE, cache, want.field)) != TB_OK)
+        return s;
+    const float *lse = (const float *)((const unsigned char *)cache + sizeof(attn_header));
     const size_t rows = a.B * a.H * a.Tq;
     const size_t qblocks = (a.Tq + BQ - 1) / BQ, kblocks = (a.Tk + BK - 1) / BK;
     const size_t q_tasks = a.B * a.H * qblocks, kv_tasks = a.B * a.Hkv * kblocks;
@@ -948,8 +974,8 @@ tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
         tb_free_with(&ctx->allocator, mem);
         return s;
     }
-    float *delta = mem; /* D_i = dout_i . out_i */
-    const float *od = out->data, *gd = dout->data;
+    float *delta = mem; /* D_i = dy_i . out_i */
+    const float *od = out->data, *gd = dy->data;
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * D)) schedule(static)
     for (size_t r = 0; r < rows; r++) {
         const size_t i = r % a.Tq, h = (r / a.Tq) % a.H, b = r / (a.Tq * a.H);
@@ -957,7 +983,7 @@ tb_status tb_attention_backward(tb_ctx *ctx, const tb_attention_config *cfg,
         delta[r] = dot(gd + at, od + at, D);
     }
     attn_grads gr;
-    gr.dout = gd, gr.lse = lse, gr.delta = delta;
+    gr.dy = gd, gr.lse = lse, gr.delta = delta;
     gr.dq = dq->tensor->data + dq->offset, gr.wdq = dq->tensor->shape[2];
     gr.dk = dk->tensor->data + dk->offset, gr.wdk = dk->tensor->shape[2];
     gr.dv = dv->tensor->data + dv->offset, gr.wdv = dv->tensor->shape[2];

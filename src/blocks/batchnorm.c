@@ -49,11 +49,11 @@ tb_status tb_batchnorm_init(tb_ctx *ctx, tb_batchnorm *bn, size_t channels, floa
         mem[3 * C + i] = 1.0f; /* running_var */
     }
     if (flags & TB_NORM_SCALE)
-        tb_norm_vector(&bn->weight, mem, mem + 4 * C, C, 1);
+        tb_norm_vector(&bn->weight, mem, mem + 4 * C, C);
     if (flags & TB_NORM_SHIFT)
-        tb_norm_vector(&bn->bias, mem + C, mem + 5 * C, C, 1);
-    tb_norm_vector(&bn->running_mean, mem + 2 * C, NULL, C, 0);
-    tb_norm_vector(&bn->running_var, mem + 3 * C, NULL, C, 0);
+        tb_norm_vector(&bn->bias, mem + C, mem + 5 * C, C);
+    tb_norm_vector(&bn->running_mean, mem + 2 * C, NULL, C);
+    tb_norm_vector(&bn->running_var, mem + 3 * C, NULL, C);
     return TB_OK;
 }
 
@@ -84,12 +84,23 @@ tb_status tb_batchnorm_params(tb_ctx *ctx, tb_batchnorm *bn, const char *prefix,
     return s;
 }
 
+static const tb_cache_kind BN_CACHE = {BN_MAGIC, "tb_batchnorm_forward",
+                                       "tb_batchnorm_cache_size", 1, 1, tb_norm_channels_field};
+
 tb_status tb_batchnorm_cache_size(size_t channels, size_t *bytes)
 {
-    size_t floats;
-    if (!tb_mul_size(channels, 3, &floats))
-        return TB_ERR_OVERFLOW;
-    return tb_norm_cache_bytes(floats, bytes);
+    return tb_norm_cache_bytes(channels, 3, bytes);
+}
+
+/* The cache a call is handed (NULL allowed unless required). */
+static tb_status check_cache(tb_ctx *ctx, const char *fn, size_t C, const void *cache,
+                             size_t cache_bytes, int required)
+{
+    size_t need;
+    if (tb_batchnorm_cache_size(C, &need) != TB_OK)
+        return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "cache size overflows");
+    const uint64_t fields[1] = {C};
+    return tb_cache_check(ctx, fn, &BN_CACHE, cache, cache_bytes, need, fields, required);
 }
 
 static tb_status check_io(tb_ctx *ctx, const char *fn, const tb_batchnorm *bn,
@@ -224,7 +235,7 @@ tb_status tb_batchnorm_forward(tb_ctx *ctx, tb_batchnorm *bn, tb_mode mode, cons
     if (mode != TB_MODE_TRAINING && mode != TB_MODE_INFERENCE)
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown mode %d", (int)mode);
     const size_t C = bn->channels;
-    if (cache && (s = tb_norm_check_cache(ctx, fn, cache, cache_bytes, 3 * C)) != TB_OK)
+    if ((s = check_cache(ctx, fn, C, cache, cache_bytes, 0)) != TB_OK)
         return s;
     const int batch_stats = mode == TB_MODE_TRAINING && !(bn->flags & TB_NORM_GLOBAL_STATS);
     if ((s = forward_alias(ctx, fn, bn, x, valid, rows, y, cache, batch_stats)) != TB_OK)
@@ -315,9 +326,12 @@ tb_status tb_batchnorm_backward(tb_ctx *ctx, tb_batchnorm *bn, const tb_tensor *
     if (s != TB_OK)
         return s;
     const size_t C = bn->channels;
-    tb_norm_cache_header h;
-    if ((s = tb_norm_read_cache(ctx, fn, cache, cache_bytes, 3 * C, BN_MAGIC, C, &h)) != TB_OK)
+    const uint64_t fields[1] = {C};
+    if ((s = check_cache(ctx, fn, C, cache, cache_bytes, 1)) != TB_OK ||
+        (s = tb_cache_match(ctx, fn, &BN_CACHE, cache, fields)) != TB_OK)
         return s;
+    tb_norm_cache_header h;
+    memcpy(&h, cache, sizeof h);
     const size_t n = count_valid(valid, rows);
     if (h.extra != n || h.check != mask_hash(valid, rows))
         return tb_fail(ctx, TB_ERR_STATE, fn,

@@ -9,8 +9,6 @@ tb_status tb_dropout_forward(tb_ctx *ctx, tb_mode mode, float p, tb_rng *rng,
 {
     const char *fn = __func__;
     size_t n;
-    if (!cache)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cache must not be NULL");
     if (!(p >= 0.0f && p <= 1.0f)) /* also rejects NaN */
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "p = %g is outside [0, 1]", (double)p);
     if (mode != TB_MODE_TRAINING && mode != TB_MODE_INFERENCE)
@@ -30,9 +28,13 @@ tb_status tb_dropout_forward(tb_ctx *ctx, tb_mode mode, float p, tb_rng *rng,
                            tb_span_bytes("rng", active ? rng : NULL, sizeof *rng)};
     if ((s = tb_check_alias(ctx, fn, out, 3, in, 1)) != TB_OK)
         return s;
-    memset(cache, 0, sizeof *cache);
-    cache->numel = n;
-    cache->p = p;
+    /* The cache (NULL when no backward follows) records the stream
+     * position, from which backward regenerates the mask. */
+    if (cache) {
+        memset(cache, 0, sizeof *cache);
+        cache->numel = n;
+        cache->p = p;
+    }
     const float *xd = x->data;
     float *yd = y->data;
     if (!active) {
@@ -40,9 +42,11 @@ tb_status tb_dropout_forward(tb_ctx *ctx, tb_mode mode, float p, tb_rng *rng,
             memmove(yd, xd, n * sizeof(float));
         return TB_OK;
     }
-    cache->active = 1;
-    cache->key = rng->key;
-    cache->counter = rng->counter;
+    if (cache) {
+        cache->active = 1;
+        cache->key = rng->key;
+        cache->counter = rng->counter;
+    }
     const uint64_t key = rng->key, base = rng->counter;
     const float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n)) schedule(static)
@@ -52,13 +56,14 @@ tb_status tb_dropout_forward(tb_ctx *ctx, tb_mode mode, float p, tb_rng *rng,
     return TB_OK;
 }
 
-tb_status tb_dropout_backward(tb_ctx *ctx, const tb_dropout_cache *cache, const tb_tensor *dy,
+tb_status tb_dropout_backward(tb_ctx *ctx, const tb_tensor *dy, const tb_dropout_cache *cache,
                               tb_tensor *dx)
 {
     const char *fn = __func__;
     size_t n;
     if (!cache)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cache must not be NULL");
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn,
+                       "cache must not be NULL: pass the cache tb_dropout_forward filled");
     tb_status s = tb_check_same_numel(ctx, fn, "dy", dy, "dx", dx, &n);
     if (s == TB_OK) {
         /* dx may be dy exactly (element i is read before it is written).

@@ -34,12 +34,10 @@ tb_status tb_embedding_init(tb_ctx *ctx, tb_embedding *emb, size_t num_embedding
     emb->padding_idx = -1;
     emb->storage = storage;
     emb->allocator = ctx->allocator;
-    size_t shape[2] = {num_embeddings, dim};
-    tb_param_set_shape(&emb->weight, 2, shape);
-    emb->weight.value = w;
-    emb->weight.grad = w + n;
-    emb->weight.trainable = 1;
-    return TB_OK;
+    const size_t shape[2] = {num_embeddings, dim};
+    if ((s = tb_param_view(ctx, &emb->weight, w, w + n, 2, shape)) != TB_OK)
+        tb_embedding_free(emb);
+    return s;
 }
 
 void tb_embedding_free(tb_embedding *emb)
@@ -97,12 +95,12 @@ static tb_status check_forward_alias(tb_ctx *ctx, const char *fn, const tb_embed
     return tb_check_alias(ctx, fn, o, 1, in, 2);
 }
 
-/* Rows of dout are added into weight.grad while ids and dout are read. */
+/* Rows of dy are added into weight.grad while ids and dy are read. */
 static tb_status check_backward_alias(tb_ctx *ctx, const char *fn, const tb_embedding *emb,
-                                      const int32_t *ids, size_t n, const tb_tensor *dout)
+                                      const int32_t *ids, size_t n, const tb_tensor *dy)
 {
     const tb_span in[] = {tb_span_array("ids", ids, n, sizeof *ids),
-                          tb_span_tensor("dout", dout)};
+                          tb_span_tensor("dy", dy)};
     const tb_span o[] = {table_span("weight.grad", emb, emb->weight.grad)};
     return tb_check_alias(ctx, fn, o, 1, in, 2);
 }
@@ -125,12 +123,12 @@ tb_status tb_embedding_forward(tb_ctx *ctx, const tb_embedding *emb, const int32
 }
 
 tb_status tb_embedding_backward(tb_ctx *ctx, tb_embedding *emb, const int32_t *ids, size_t n,
-                                const tb_tensor *dout)
+                                const tb_tensor *dy)
 {
-    tb_status s = check_args(ctx, __func__, emb, ids, n, dout, "dout");
+    tb_status s = check_args(ctx, __func__, emb, ids, n, dy, "dy");
     if (s != TB_OK || !tb_param_wants_grad(&emb->weight))
         return s;
-    if ((s = check_backward_alias(ctx, __func__, emb, ids, n, dout)) != TB_OK)
+    if ((s = check_backward_alias(ctx, __func__, emb, ids, n, dy)) != TB_OK)
         return s;
     /*
      * Split columns, not rows, among threads: every thread walks all ids in
@@ -140,7 +138,7 @@ tb_status tb_embedding_backward(tb_ctx *ctx, tb_embedding *emb, const int32_t *i
     const size_t d = emb->dim, block = 64;
     const size_t nblocks = (d + block - 1) / block;
     float *g = emb->weight.grad;
-    const float *dy = dout->data;
+    const float *gy = dy->data;
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n * d)) schedule(static)
     for (size_t cb = 0; cb < nblocks; cb++) {
         size_t c0 = cb * block, c1 = c0 + block < d ? c0 + block : d;
@@ -148,7 +146,7 @@ tb_status tb_embedding_backward(tb_ctx *ctx, tb_embedding *emb, const int32_t *i
             if ((int64_t)ids[i] == emb->padding_idx)
                 continue;
             float *gr = g + (size_t)ids[i] * d;
-            const float *dr = dy + i * d;
+            const float *dr = gy + i * d;
             for (size_t c = c0; c < c1; c++)
                 gr[c] += dr[c];
         }

@@ -178,7 +178,8 @@ tb_status tb_kv_cache_attend(tb_ctx *ctx, const tb_kv_cache *kv, const tb_attent
         tb_attention_mask m;
         memset(&m, 0, sizeof m);
         m.key_lengths = key_lengths ? key_lengths + b : NULL;
-        if ((s = tb_attention_forward(ctx, cfg, &m, &qh, &kh, &vh, &ob, NULL, 0)) != TB_OK)
+        if ((s = tb_attention_forward(ctx, cfg, TB_MODE_INFERENCE, &m, &qh, &kh, &vh, &ob, NULL,
+                                      0)) != TB_OK)
             return s;
     }
     return TB_OK;

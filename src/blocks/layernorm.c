@@ -39,10 +39,10 @@ tb_status tb_layernorm_init(tb_ctx *ctx, tb_layernorm *ln, size_t dim, float eps
     if (flags & TB_NORM_SCALE) {
         for (size_t i = 0; i < dim; i++)
             mem[i] = 1.0f;
-        tb_norm_vector(&ln->weight, mem, mem + 2 * dim, dim, 1);
+        tb_norm_vector(&ln->weight, mem, mem + 2 * dim, dim);
     }
     if (flags & TB_NORM_SHIFT)
-        tb_norm_vector(&ln->bias, mem + dim, mem + 3 * dim, dim, 1);
+        tb_norm_vector(&ln->bias, mem + dim, mem + 3 * dim, dim);
     return TB_OK;
 }
 
@@ -69,12 +69,12 @@ tb_status tb_layernorm_params(tb_ctx *ctx, tb_layernorm *ln, const char *prefix,
     return s;
 }
 
+static const tb_cache_kind LN_CACHE = {LN_MAGIC, "tb_layernorm_forward",
+                                       "tb_layernorm_cache_size", 1, 1, tb_norm_rows_field};
+
 tb_status tb_layernorm_cache_size(size_t rows, size_t *bytes)
 {
-    size_t floats;
-    if (!tb_mul_size(rows, 3, &floats))
-        return TB_ERR_OVERFLOW;
-    return tb_norm_cache_bytes(floats, bytes);
+    return tb_norm_cache_bytes(rows, 3, bytes);
 }
 
 /* The block as the shared row-norm entry points see it; NULL if ctx or ln
@@ -91,7 +91,7 @@ static const tb_rownorm_spec *spec_of(tb_ctx *ctx, const char *fn, const tb_laye
         return NULL;
     }
     const int scale = (ln->flags & TB_NORM_SCALE) != 0, shift = (ln->flags & TB_NORM_SHIFT) != 0;
-    sp->magic = LN_MAGIC;
+    sp->kind = &LN_CACHE;
     sp->dim = ln->dim;
     sp->center = 1;
     sp->eps = ln->eps;

@@ -57,18 +57,12 @@ tb_status tb_linear_init_layout(tb_ctx *ctx, tb_linear *layer, size_t in_feature
     size_t wshape[2] = {out_features, in_features};
     if (layout == TB_LINEAR_IN_OUT)
         wshape[0] = in_features, wshape[1] = out_features;
-    tb_param_set_shape(&layer->weight, 2, wshape);
-    layer->weight.value = w;
-    layer->weight.grad = gw;
-    layer->weight.trainable = 1;
-    if (has_bias) {
-        size_t bshape[1] = {out_features};
-        tb_param_set_shape(&layer->bias, 1, bshape);
-        layer->bias.value = b;
-        layer->bias.grad = gb;
-        layer->bias.trainable = 1;
-    }
-    return TB_OK;
+    s = tb_param_view(ctx, &layer->weight, w, gw, 2, wshape);
+    if (s == TB_OK && has_bias)
+        s = tb_param_view(ctx, &layer->bias, b, gb, 1, &out_features);
+    if (s != TB_OK)
+        tb_linear_free(layer);
+    return s;
 }
 
 tb_status tb_linear_view(tb_ctx *ctx, tb_linear *layer, const tb_param *weight,
@@ -89,10 +83,14 @@ tb_status tb_linear_view(tb_ctx *ctx, tb_linear *layer, const tb_param *weight,
     layer->in_features = in;
     layer->out_features = out;
     layer->layout = layout;
-    layer->weight = *weight; /* the same value and grad pointers */
+    /* The same value and grad pointers; the copies own nothing, whoever
+     * owns the originals (tb_param_free() on them must not free it twice). */
+    layer->weight = *weight;
+    layer->weight.storage = NULL;
     if (bias) {
         layer->has_bias = 1;
         layer->bias = *bias;
+        layer->bias.storage = NULL;
     }
     return TB_OK;
 }

@@ -13,10 +13,14 @@
 
 typedef struct ce_header {
     uint64_t magic;
-    uint64_t rows;
-    uint64_t counted;
+    uint64_t rows;    /* matched by backward (tb_cache_match) */
+    uint64_t counted; /* read by backward */
     uint64_t reserved;
 } ce_header;
+
+static const char *const ce_fields[1] = {"rows"};
+static const tb_cache_kind CE_CACHE = {CE_MAGIC, "tb_cross_entropy_forward",
+                                       "tb_cross_entropy_cache_size", 1, 1, ce_fields};
 
 tb_cross_entropy_config tb_cross_entropy_default_config(void)
 {
@@ -28,22 +32,21 @@ tb_cross_entropy_config tb_cross_entropy_default_config(void)
 
 tb_status tb_cross_entropy_cache_size(size_t rows, size_t *bytes)
 {
-    size_t n;
-    if (!bytes)
-        return TB_ERR_NULL_ARG;
-    if (!tb_mul_size(rows, 2 * sizeof(float), &n) || !tb_add_size(n, sizeof(ce_header), &n))
+    size_t floats;
+    if (!tb_mul_size(rows, 2, &floats))
         return TB_ERR_OVERFLOW;
-    *bytes = n;
-    return TB_OK;
+    return tb_cache_bytes(sizeof(ce_header), floats, bytes);
 }
 
-/* Shared argument checks of forward and backward. */
+/* Shared argument checks of forward (cache optional) and backward (cache
+ * required). */
 static tb_status check_args(tb_ctx *ctx, const char *fn, const tb_cross_entropy_config *cfg,
                             const tb_tensor *logits, const int32_t *targets, size_t n_targets,
-                            const void *cache, size_t cache_bytes, size_t *rows, size_t *cols)
+                            const void *cache, size_t cache_bytes, int cache_required,
+                            size_t *rows, size_t *cols)
 {
-    if (!targets || !cache)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "targets and cache must not be NULL");
+    if (!targets)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "targets must not be NULL");
     if (cfg->reduction != TB_REDUCTION_MEAN && cfg->reduction != TB_REDUCTION_SUM)
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown reduction %d", (int)cfg->reduction);
     tb_status s = tb_check_tensor(ctx, fn, "logits", logits, rows, cols);
@@ -55,11 +58,13 @@ static tb_status check_args(tb_ctx *ctx, const char *fn, const tb_cross_entropy_
     if (*cols > INT32_MAX)
         return tb_fail(ctx, TB_ERR_SHAPE, fn, "%zu classes exceed INT32_MAX", *cols);
     size_t need;
-    if (tb_cross_entropy_cache_size(*rows, &need) != TB_OK || cache_bytes < need)
-        return tb_fail(ctx, TB_ERR_BUFFER_TOO_SMALL, fn, "cache has %zu bytes; %zu rows need %zu",
-                       cache_bytes, *rows, need);
-    if ((uintptr_t)cache % sizeof(float) != 0)
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "cache is not aligned for float");
+    if (tb_cross_entropy_cache_size(*rows, &need) != TB_OK)
+        return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "cache size overflows");
+    const uint64_t fields[1] = {*rows};
+    tb_status sc =
+        tb_cache_check(ctx, fn, &CE_CACHE, cache, cache_bytes, need, fields, cache_required);
+    if (sc != TB_OK)
+        return sc;
     for (size_t i = 0; i < n_targets; i++) {
         int32_t t = targets[i];
         if (t != cfg->ignore_index && (t < 0 || (size_t)t >= *cols))
@@ -108,13 +113,23 @@ tb_status tb_cross_entropy_forward(tb_ctx *ctx, const tb_cross_entropy_config *c
     size_t rows, cols;
     if (!loss)
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "loss must not be NULL");
-    tb_status s = check_args(ctx, fn, &cfg, logits, targets, n_targets, cache, cache_bytes,
+    tb_status s = check_args(ctx, fn, &cfg, logits, targets, n_targets, cache, cache_bytes, 0,
                              &rows, &cols);
     if (s == TB_OK)
         s = check_forward_alias(ctx, fn, logits, targets, rows, loss, cache);
     if (s != TB_OK)
         return s;
-    float *lse = (float *)((unsigned char *)cache + sizeof(ce_header));
+    /* Without a cache (no backward follows), the per-row values go to
+     * scratch for the call. */
+    void *buf = NULL;
+    float *lse;
+    if (cache) {
+        lse = (float *)((unsigned char *)cache + sizeof(ce_header));
+    } else {
+        if ((s = tb_alloc(ctx, fn, rows * 2 * sizeof(float), &buf)) != TB_OK)
+            return s;
+        lse = buf;
+    }
     float *row_loss = lse + rows;
     const float *x = logits->data;
     const int32_t ignore = cfg.ignore_index;
@@ -139,8 +154,11 @@ tb_status tb_cross_entropy_forward(tb_ctx *ctx, const tb_cross_entropy_config *c
         total += row_loss[r];
         counted++;
     }
-    ce_header h = {CE_MAGIC, rows, counted, 0};
-    memcpy(cache, &h, sizeof h);
+    tb_free_with(&ctx->allocator, buf);
+    if (cache) {
+        ce_header h = {CE_MAGIC, rows, counted, 0};
+        memcpy(cache, &h, sizeof h);
+    }
     if (counted == 0)
         *loss = 0.0f; /* documented: all-ignored batch gives 0, not NaN */
     else
@@ -156,7 +174,7 @@ tb_status tb_cross_entropy_backward(tb_ctx *ctx, const tb_cross_entropy_config *
     const char *fn = __func__;
     tb_cross_entropy_config cfg = config ? *config : tb_cross_entropy_default_config();
     size_t rows, cols;
-    tb_status s = check_args(ctx, fn, &cfg, logits, targets, n_targets, cache, cache_bytes,
+    tb_status s = check_args(ctx, fn, &cfg, logits, targets, n_targets, cache, cache_bytes, 1,
                              &rows, &cols);
     if (s == TB_OK)
         s = tb_check_matrix(ctx, fn, "dlogits", dlogits, rows, cols);
@@ -164,11 +182,11 @@ tb_status tb_cross_entropy_backward(tb_ctx *ctx, const tb_cross_entropy_config *
         s = check_backward_alias(ctx, fn, logits, targets, rows, cache, dlogits);
     if (s != TB_OK)
         return s;
+    const uint64_t fields[1] = {rows};
+    if ((s = tb_cache_match(ctx, fn, &CE_CACHE, cache, fields)) != TB_OK)
+        return s;
     ce_header h;
     memcpy(&h, cache, sizeof h);
-    if (h.magic != CE_MAGIC || h.rows != rows)
-        return tb_fail(ctx, TB_ERR_STATE, fn,
-                       "cache was not filled by tb_cross_entropy_forward on %zu rows", rows);
     const float *lse = (const float *)((const unsigned char *)cache + sizeof(ce_header));
     float scale = 0.0f;
     if (h.counted > 0)

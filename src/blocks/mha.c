@@ -14,9 +14,16 @@
 
 #define MHA_MAGIC 0x74624D4831ULL /* "tbMH1" */
 
+/* Magic, then the fields backward matches (tb_cache_match), then unused
+ * words (the data stays 64-byte aligned after it). */
 typedef struct mha_header {
     uint64_t magic, batch, t_q, t_k, cross, reserved[3];
 } mha_header;
+
+static const char *const mha_fields[4] = {"B", "Tq", "Tk", "cross (1: mem given)"};
+/* The size depends on B, Tq and Tk. */
+static const tb_cache_kind MHA_CACHE = {MHA_MAGIC, "tb_mha_forward", "tb_mha_cache_size", 4, 3,
+                                        mha_fields};
 
 tb_status tb_mha_init(tb_ctx *ctx, tb_mha *mha, size_t embed_dim, size_t n_heads, int has_bias,
                       tb_rng *rng)
@@ -59,18 +66,13 @@ tb_status tb_mha_init(tb_ctx *ctx, tb_mha *mha, size_t embed_dim, size_t n_heads
     mha->attn = tb_attention_default_config(n_heads, C / n_heads);
     mha->storage = mem;
     mha->allocator = ctx->allocator;
-    size_t wshape[2] = {3 * C, C}, bshape[1] = {3 * C};
-    tb_param_set_shape(&mha->in_proj_weight, 2, wshape);
-    mha->in_proj_weight.value = w;
-    mha->in_proj_weight.grad = gw;
-    mha->in_proj_weight.trainable = 1;
-    if (has_bias) {
-        tb_param_set_shape(&mha->in_proj_bias, 1, bshape);
-        mha->in_proj_bias.value = b;
-        mha->in_proj_bias.grad = gb;
-        mha->in_proj_bias.trainable = 1;
-    }
-    return TB_OK;
+    const size_t wshape[2] = {3 * C, C}, bshape[1] = {3 * C};
+    s = tb_param_view(ctx, &mha->in_proj_weight, w, gw, 2, wshape);
+    if (s == TB_OK && has_bias)
+        s = tb_param_view(ctx, &mha->in_proj_bias, b, gb, 1, bshape);
+    if (s != TB_OK)
+        tb_mha_free(mha);
+    return s;
 }
 
 void tb_mha_free(tb_mha *mha)
@@ -288,15 +290,17 @@ static void views(float *proj, size_t B, size_t Tq, size_t Tk, size_t C, int cro
     }
 }
 
-tb_status tb_mha_forward(tb_ctx *ctx, const tb_mha *mha, const tb_attention_mask *mask,
-                         const tb_tensor *x, const tb_tensor *mem, tb_tensor *y, void *cache,
-                         size_t cache_bytes)
+tb_status tb_mha_forward(tb_ctx *ctx, const tb_mha *mha, tb_mode mode,
+                         const tb_attention_mask *mask, const tb_tensor *x, const tb_tensor *mem,
+                         tb_tensor *y, void *cache, size_t cache_bytes)
 {
     const char *fn = __func__;
     size_t B, Tq, Tk;
     tb_status s = check_inputs(ctx, fn, mha, x, mem, &B, &Tq, &Tk);
     if (s != TB_OK)
         return s;
+    if (mode != TB_MODE_TRAINING && mode != TB_MODE_INFERENCE)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown mode %d", (int)mode);
     const size_t C = mha->embed_dim;
     if ((s = tb_check_tensor(ctx, fn, "y", y, NULL, NULL)) != TB_OK)
         return s;
@@ -305,33 +309,47 @@ tb_status tb_mha_forward(tb_ctx *ctx, const tb_mha *mha, const tb_attention_mask
     mha_sizes z;
     if (sizes(mha, B, Tq, Tk, &z) != TB_OK)
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "cache size overflows");
-    if (!cache)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cache must not be NULL");
-    if (cache_bytes < z.total_bytes || (uintptr_t)cache % sizeof(float) != 0)
-        return tb_fail(ctx, cache_bytes < z.total_bytes ? TB_ERR_BUFFER_TOO_SMALL
-                                                        : TB_ERR_INVALID_ARG,
-                       fn, "cache must hold %zu bytes, aligned for float", z.total_bytes);
+    const uint64_t fields[4] = {B, Tq, Tk, mem != NULL};
+    if ((s = tb_cache_check(ctx, fn, &MHA_CACHE, cache, cache_bytes, z.total_bytes, fields, 0)) !=
+        TB_OK)
+        return s;
     if ((s = forward_alias(ctx, fn, mha, mask, x, mem, y, cache, z.total_bytes)) != TB_OK)
         return s;
-    float *proj = (float *)((unsigned char *)cache + sizeof(mha_header));
+    /* The projections and the attention output go to the cache for
+     * backward; without one (no backward follows), to scratch for the
+     * call, and the core keeps no statistics. */
+    void *buf = NULL;
+    float *proj;
+    if (cache) {
+        proj = (float *)((unsigned char *)cache + sizeof(mha_header));
+    } else {
+        size_t scratch;
+        if (!tb_add_size(z.proj, z.att, &scratch) ||
+            !tb_mul_size(scratch, sizeof(float), &scratch))
+            return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "scratch size overflows");
+        if ((s = tb_alloc(ctx, fn, scratch, &buf)) != TB_OK)
+            return s;
+        proj = buf;
+    }
     float *att = proj + z.proj;
-    void *acache = att + z.att;
+    void *acache = cache ? (void *)(att + z.att) : NULL;
     if (!mem)
         s = project(ctx, mha, x->data, B * Tq, 0, 3 * C, proj);
     else if ((s = project(ctx, mha, x->data, B * Tq, 0, C, proj)) == TB_OK)
         s = project(ctx, mha, mem->data, B * Tk, C, 2 * C, proj + B * Tq * C);
-    if (s != TB_OK)
-        return s;
     mha_views w;
     views(proj, B, Tq, Tk, C, mem != NULL, &w);
     tb_tensor att_t = tb_tensor_3d(att, B, Tq, C);
-    if ((s = tb_attention_forward(ctx, &mha->attn, mask, &w.q, &w.k, &w.v, &att_t, acache,
-                                  z.attn_bytes)) != TB_OK)
+    if (s == TB_OK)
+        s = tb_attention_forward(ctx, &mha->attn, mode, mask, &w.q, &w.k, &w.v, &att_t, acache,
+                                 acache ? z.attn_bytes : 0);
+    if (s == TB_OK)
+        s = tb_linear_forward(ctx, &mha->out_proj, &att_t, y);
+    tb_free_with(&ctx->allocator, buf);
+    if (s != TB_OK || !cache)
         return s;
-    if ((s = tb_linear_forward(ctx, &mha->out_proj, &att_t, y)) != TB_OK)
-        return s;
-    mha_header h = {MHA_MAGIC, B, Tq, Tk, mem != NULL, {0, 0, 0}};
-    memcpy(cache, &h, sizeof h);
+    memset(cache, 0, sizeof(mha_header));
+    tb_cache_write(cache, &MHA_CACHE, fields);
     return TB_OK;
 }
 
@@ -367,12 +385,12 @@ static int all_finite(const float *x, size_t n)
 
 /* Whether input row r (of C floats) adds nothing to the weight gradient
  * although it is not finite: its gradient row (of n) is exactly zero. */
-static int dead_garbage_row(const float *in, size_t C, const float *dout, size_t n, size_t r)
+static int dead_garbage_row(const float *in, size_t C, const float *dy, size_t n, size_t r)
 {
-    return all_zero(dout + r * n, n) && !all_finite(in + r * C, C);
+    return all_zero(dy + r * n, n) && !all_finite(in + r * C, C);
 }
 
-/* dW (n, C) += dout^T in for in (rows, C), dout (rows, n), where a row of
+/* dW (n, C) += dy^T in for in (rows, C), dy (rows, n), where a row of
  * `in` whose gradient row is exactly zero adds exactly nothing, even when it
  * holds NaN or Inf (0 x NaN would poison the whole gradient). Those rows
  * are the positions the attention masks out entirely (a key no query sees,
@@ -381,15 +399,15 @@ static int dead_garbage_row(const float *in, size_t C, const float *dout, size_t
  * them is not finite; 0 x finite adds nothing to a GEMM sum, so the result
  * has the bits of the plain product. */
 static tb_status weight_grad(tb_ctx *ctx, const char *fn, const float *in, size_t rows, size_t C,
-                             const float *dout, size_t n, float *dw)
+                             const float *dy, size_t n, float *dw)
 {
     int garbage = 0;
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * n)) \
     reduction(| : garbage) schedule(static)
     for (size_t r = 0; r < rows; r++)
-        garbage |= dead_garbage_row(in, C, dout, n, r);
+        garbage |= dead_garbage_row(in, C, dy, n, r);
     if (!garbage)
-        return tb_gemm(ctx, 1, 0, n, C, rows, 1.0f, dout, n, in, C, 1.0f, dw, C);
+        return tb_gemm(ctx, 1, 0, n, C, rows, 1.0f, dy, n, in, C, 1.0f, dw, C);
     size_t bytes;
     void *buf;
     if (!tb_mul_size(rows, C * sizeof(float), &bytes))
@@ -400,31 +418,31 @@ static tb_status weight_grad(tb_ctx *ctx, const char *fn, const float *in, size_
     float *clean = buf;
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * C)) schedule(static)
     for (size_t r = 0; r < rows; r++) {
-        if (dead_garbage_row(in, C, dout, n, r))
+        if (dead_garbage_row(in, C, dy, n, r))
             memset(clean + r * C, 0, C * sizeof(float));
         else
             memcpy(clean + r * C, in + r * C, C * sizeof(float));
     }
-    s = tb_gemm(ctx, 1, 0, n, C, rows, 1.0f, dout, n, clean, C, 1.0f, dw, C);
+    s = tb_gemm(ctx, 1, 0, n, C, rows, 1.0f, dy, n, clean, C, 1.0f, dw, C);
     tb_free_with(&ctx->allocator, buf);
     return s;
 }
 
 /* Gradients of one projection: in (rows, C) -> out (rows, n) with in_proj
- * rows r0 .. r0+n: dW += dout^T in, db += colsum(dout), din = dout W. */
+ * rows r0 .. r0+n: dW += dy^T in, db += colsum(dy), din = dy W. */
 static tb_status project_backward(tb_ctx *ctx, const char *fn, tb_mha *mha, const float *in,
-                                  size_t rows, size_t r0, size_t n, const float *dout,
+                                  size_t rows, size_t r0, size_t n, const float *dy,
                                   float *din)
 {
     const size_t C = mha->embed_dim;
     tb_status s = TB_OK;
     if (tb_param_wants_grad(&mha->in_proj_weight))
-        s = weight_grad(ctx, fn, in, rows, C, dout, n, mha->in_proj_weight.grad + r0 * C);
+        s = weight_grad(ctx, fn, in, rows, C, dy, n, mha->in_proj_weight.grad + r0 * C);
     if (s != TB_OK)
         return s;
     if (mha->has_bias && tb_param_wants_grad(&mha->in_proj_bias))
-        add_colsums(ctx, dout, rows, n, mha->in_proj_bias.grad + r0);
-    return tb_gemm(ctx, 0, 0, rows, C, n, 1.0f, dout, n, mha->in_proj_weight.value + r0 * C, C,
+        add_colsums(ctx, dy, rows, n, mha->in_proj_bias.grad + r0);
+    return tb_gemm(ctx, 0, 0, rows, C, n, 1.0f, dy, n, mha->in_proj_weight.value + r0 * C, C,
                    0.0f, din, C);
 }
 
@@ -446,19 +464,11 @@ tb_status tb_mha_backward(tb_ctx *ctx, tb_mha *mha, const tb_attention_mask *mas
     mha_sizes z;
     if (sizes(mha, B, Tq, Tk, &z) != TB_OK)
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "cache size overflows");
-    if (!cache)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cache must not be NULL");
-    if (cache_bytes < z.total_bytes)
-        return tb_fail(ctx, TB_ERR_BUFFER_TOO_SMALL, fn, "cache must hold %zu bytes",
-                       z.total_bytes);
-    if ((uintptr_t)cache % sizeof(float) != 0)
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "cache is not aligned for float");
-    mha_header h;
-    memcpy(&h, cache, sizeof h);
-    if (h.magic != MHA_MAGIC || h.batch != B || h.t_q != Tq || h.t_k != Tk ||
-        h.cross != (mem != NULL))
-        return tb_fail(ctx, TB_ERR_STATE, fn, "cache was not filled by tb_mha_forward on this "
-                                              "input");
+    const uint64_t fields[4] = {B, Tq, Tk, mem != NULL};
+    if ((s = tb_cache_check(ctx, fn, &MHA_CACHE, cache, cache_bytes, z.total_bytes, fields, 1)) !=
+            TB_OK ||
+        (s = tb_cache_match(ctx, fn, &MHA_CACHE, cache, fields)) != TB_OK)
+        return s;
     if ((s = backward_alias(ctx, fn, mha, mask, x, mem, dy, cache, z.total_bytes, dx, dmem)) !=
         TB_OK)
         return s;

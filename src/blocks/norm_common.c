@@ -19,13 +19,10 @@ tb_status tb_norm_alloc(tb_ctx *ctx, const char *fn, size_t dim, size_t nvec, fl
     return TB_OK;
 }
 
-void tb_norm_vector(tb_param *p, float *value, float *grad, size_t dim, int trainable)
+void tb_norm_vector(tb_param *p, float *value, float *grad, size_t dim)
 {
-    size_t shape[1] = {dim};
-    tb_param_set_shape(p, 1, shape);
-    p->value = value;
-    p->grad = grad;
-    p->trainable = trainable;
+    /* Cannot fail: dim >= 1 and its vectors were allocated (tb_norm_alloc). */
+    (void)tb_param_view(NULL, p, value, grad, 1, &dim);
 }
 
 tb_status tb_norm_check_eps(tb_ctx *ctx, const char *fn, float eps)
@@ -36,48 +33,15 @@ tb_status tb_norm_check_eps(tb_ctx *ctx, const char *fn, float eps)
     return TB_OK;
 }
 
-tb_status tb_norm_cache_bytes(size_t floats, size_t *bytes)
+const char *const tb_norm_rows_field[1] = {"rows"};
+const char *const tb_norm_channels_field[1] = {"channels"};
+
+tb_status tb_norm_cache_bytes(size_t count, size_t per, size_t *bytes)
 {
-    size_t n;
-    if (!bytes)
-        return TB_ERR_NULL_ARG;
-    if (!tb_mul_size(floats, sizeof(float), &n) ||
-        !tb_add_size(n, sizeof(tb_norm_cache_header), &n))
+    size_t floats;
+    if (!tb_mul_size(count, per, &floats))
         return TB_ERR_OVERFLOW;
-    *bytes = n;
-    return TB_OK;
-}
-
-tb_status tb_norm_check_cache(tb_ctx *ctx, const char *fn, const void *cache, size_t bytes,
-                              size_t floats)
-{
-    size_t need;
-    if (tb_norm_cache_bytes(floats, &need) != TB_OK)
-        return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "cache size overflows");
-    if (bytes < need)
-        return tb_fail(ctx, TB_ERR_BUFFER_TOO_SMALL, fn, "cache has %zu bytes; %zu needed", bytes,
-                       need);
-    if ((uintptr_t)cache % sizeof(float) != 0)
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "cache is not aligned for float");
-    return TB_OK;
-}
-
-tb_status tb_norm_read_cache(tb_ctx *ctx, const char *fn, const void *cache, size_t bytes,
-                             size_t floats, uint64_t magic, size_t count,
-                             tb_norm_cache_header *h)
-{
-    if (!cache)
-        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "cache must not be NULL");
-    tb_status s = tb_norm_check_cache(ctx, fn, cache, bytes, floats);
-    if (s != TB_OK)
-        return s;
-    memcpy(h, cache, sizeof *h);
-    if (h->magic != magic || h->count != count)
-        return tb_fail(ctx, TB_ERR_STATE, fn,
-                       "cache was not filled by the matching forward call on this input "
-                       "(%zu rows or channels)",
-                       count);
-    return TB_OK;
+    return tb_cache_bytes(sizeof(tb_norm_cache_header), floats, bytes);
 }
 
 void tb_norm_combine(const double *partial, size_t nchunks, size_t width, double *out)
@@ -275,6 +239,19 @@ static tb_status rownorm_backward_alias(tb_ctx *ctx, const char *fn, const tb_ro
     return tb_check_alias(ctx, fn, out, 3, in, 4);
 }
 
+/* The cache a row-norm call on `rows` rows is handed (NULL allowed unless
+ * required); its size was not checked before. */
+static tb_status rownorm_check_cache(tb_ctx *ctx, const char *fn, const tb_rownorm_spec *sp,
+                                     const void *cache, size_t cache_bytes, size_t rows,
+                                     int required)
+{
+    size_t need;
+    if (tb_norm_cache_bytes(rows, 3, &need) != TB_OK)
+        return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "cache size overflows");
+    const uint64_t fields[1] = {rows};
+    return tb_cache_check(ctx, fn, sp->kind, cache, cache_bytes, need, fields, required);
+}
+
 tb_status tb_rownorm_forward_op(tb_ctx *ctx, const char *fn, const tb_rownorm_spec *sp,
                                 const tb_tensor *x, tb_tensor *y, void *cache,
                                 size_t cache_bytes)
@@ -283,14 +260,14 @@ tb_status tb_rownorm_forward_op(tb_ctx *ctx, const char *fn, const tb_rownorm_sp
     tb_status s = rownorm_check_io(ctx, fn, sp, x, "y", y, &rows);
     if (s != TB_OK)
         return s;
-    if (cache && (s = tb_norm_check_cache(ctx, fn, cache, cache_bytes, rows * 3)) != TB_OK)
+    if ((s = rownorm_check_cache(ctx, fn, sp, cache, cache_bytes, rows, 0)) != TB_OK)
         return s;
     if ((s = rownorm_forward_alias(ctx, fn, sp, x, y, cache, rows)) != TB_OK)
         return s;
     tb_rownorm_forward(ctx, rows, sp->dim, sp->center, sp->eps, sp->w, sp->b, x->data, y->data,
                        cache ? tb_norm_cache_data(cache) : NULL);
     if (cache) {
-        tb_norm_cache_header h = {sp->magic, rows, 0, 0, 0};
+        tb_norm_cache_header h = {sp->kind->magic, rows, 0, 0, 0};
         memcpy(cache, &h, sizeof h);
     }
     return TB_OK;
@@ -306,9 +283,9 @@ tb_status tb_rownorm_backward_op(tb_ctx *ctx, const char *fn, const tb_rownorm_s
         s = tb_check_matrix(ctx, fn, "dx", dx, rows, sp->dim);
     if (s != TB_OK)
         return s;
-    tb_norm_cache_header h;
-    if ((s = tb_norm_read_cache(ctx, fn, cache, cache_bytes, rows * 3, sp->magic, rows, &h)) !=
-        TB_OK)
+    const uint64_t fields[1] = {rows};
+    if ((s = rownorm_check_cache(ctx, fn, sp, cache, cache_bytes, rows, 1)) != TB_OK ||
+        (s = tb_cache_match(ctx, fn, sp->kind, cache, fields)) != TB_OK)
         return s;
     const size_t C = sp->dim;
     if ((s = rownorm_backward_alias(ctx, fn, sp, x, dy, cache, rows, dx)) != TB_OK)

@@ -20,7 +20,8 @@ static inline size_t tb_norm_chunk_rows(size_t rows)
     return c < 4 ? 4 : c > 64 ? 64 : c;
 }
 
-/* Cache header written by forward, checked by backward. */
+/* Cache header written by forward, checked by backward (words 0 and 1
+ * through tb_cache_check / tb_cache_match, the rest by BatchNorm itself). */
 typedef struct tb_norm_cache_header {
     uint64_t magic;
     uint64_t count;  /* rows (LayerNorm/RMSNorm) or channels (BatchNorm) */
@@ -29,26 +30,22 @@ typedef struct tb_norm_cache_header {
     uint64_t check;  /* BatchNorm: hash of the padding mask; otherwise 0 */
 } tb_norm_cache_header;
 
+/* The names of a norm cache's one matched field: rows, or channels. */
+extern const char *const tb_norm_rows_field[1];
+extern const char *const tb_norm_channels_field[1];
+
 /* Allocate `nvec` zeroed vectors of dim floats in one block. */
 tb_status tb_norm_alloc(tb_ctx *ctx, const char *fn, size_t dim, size_t nvec, float **out);
 
-/* Make p a 1-D parameter of dim elements (grad may be NULL). */
-void tb_norm_vector(tb_param *p, float *value, float *grad, size_t dim, int trainable);
+/* Make p a 1-D parameter view of dim elements (grad NULL: not trainable). */
+void tb_norm_vector(tb_param *p, float *value, float *grad, size_t dim);
 
 /* eps finite and > 0. */
 tb_status tb_norm_check_eps(tb_ctx *ctx, const char *fn, float eps);
 
-/* Cache checks: size >= header + floats * sizeof(float), float aligned. */
-tb_status tb_norm_check_cache(tb_ctx *ctx, const char *fn, const void *cache, size_t bytes,
-                              size_t floats);
-/* Backward's view of a forward cache: non-NULL, large enough, aligned,
- * written by the forward call of this block (magic) on `count` rows or
- * channels. Copies the header to *h. */
-tb_status tb_norm_read_cache(tb_ctx *ctx, const char *fn, const void *cache, size_t bytes,
-                             size_t floats, uint64_t magic, size_t count,
-                             tb_norm_cache_header *h);
-/* Bytes for a header plus `floats` floats (TB_ERR_OVERFLOW if too large). */
-tb_status tb_norm_cache_bytes(size_t floats, size_t *bytes);
+/* Bytes of a norm cache: the header plus `per` floats for each of `count`
+ * rows or channels (TB_ERR_NULL_ARG, TB_ERR_OVERFLOW). */
+tb_status tb_norm_cache_bytes(size_t count, size_t per, size_t *bytes);
 static inline float *tb_norm_cache_data(void *cache)
 {
     return (float *)((unsigned char *)cache + sizeof(tb_norm_cache_header));
@@ -111,11 +108,11 @@ tb_status tb_rownorm_backward(tb_ctx *ctx, const char *fn, size_t rows, size_t C
                               const float *dy, float *dx, float *dw, float *db);
 
 /* What the LayerNorm and RMSNorm entry points share: a block described by
- * its cache magic, width, centring, eps and parameter pointers (NULL where
+ * its cache kind, width, centring, eps and parameter pointers (NULL where
  * absent; dw/db NULL where no gradient is wanted). The _op functions do the
  * argument, cache and overlap checks, then run the row kernel. */
 typedef struct tb_rownorm_spec {
-    uint64_t magic;
+    const tb_cache_kind *kind;
     size_t dim;
     int center;
     float eps;

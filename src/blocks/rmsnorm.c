@@ -37,7 +37,7 @@ tb_status tb_rmsnorm_init(tb_ctx *ctx, tb_rmsnorm *rn, size_t dim, float eps, un
     if (flags & TB_NORM_SCALE) {
         for (size_t i = 0; i < dim; i++)
             mem[i] = 1.0f;
-        tb_norm_vector(&rn->weight, mem, mem + dim, dim, 1);
+        tb_norm_vector(&rn->weight, mem, mem + dim, dim);
     }
     return TB_OK;
 }
@@ -61,12 +61,12 @@ tb_status tb_rmsnorm_params(tb_ctx *ctx, tb_rmsnorm *rn, const char *prefix, tb_
     return TB_OK;
 }
 
+static const tb_cache_kind RMS_CACHE = {RMS_MAGIC, "tb_rmsnorm_forward",
+                                        "tb_rmsnorm_cache_size", 1, 1, tb_norm_rows_field};
+
 tb_status tb_rmsnorm_cache_size(size_t rows, size_t *bytes)
 {
-    size_t floats;
-    if (!tb_mul_size(rows, 3, &floats))
-        return TB_ERR_OVERFLOW;
-    return tb_norm_cache_bytes(floats, bytes);
+    return tb_norm_cache_bytes(rows, 3, bytes);
 }
 
 /* The block as the shared row-norm entry points see it; NULL if ctx or rn
@@ -83,7 +83,7 @@ static const tb_rownorm_spec *spec_of(tb_ctx *ctx, const char *fn, const tb_rmsn
         return NULL;
     }
     const int scale = (rn->flags & TB_NORM_SCALE) != 0;
-    sp->magic = RMS_MAGIC;
+    sp->kind = &RMS_CACHE;
     sp->dim = rn->dim;
     sp->center = 0;
     sp->eps = rn->eps;

@@ -130,12 +130,47 @@ void tb_attention_mask_spans(const tb_attention_mask *mask, size_t B, size_t Tq,
 tb_span tb_kv_positions_span(const char *name, const tb_kv_cache *kv, const float *buf,
                              size_t t0, size_t n);
 
+/*
+ * Activation caches (src/core/cache_header.c): the one check every block
+ * with a `*_cache_size()` query runs. A cache starts with a header of
+ * uint64_t words: word 0 is the block's magic (which forward filled it),
+ * words 1..n_fields what a backward call must find equal (shapes,
+ * options), then any words of the block's own, then the data (aligned for
+ * float).
+ */
+typedef struct tb_cache_kind {
+    uint64_t magic;           /* header word 0 */
+    const char *forward;      /* the call that fills it ("tb_layernorm_forward") */
+    const char *size_query;   /* the call that sizes it ("tb_layernorm_cache_size") */
+    size_t n_fields;          /* header words 1..n_fields that backward matches */
+    size_t n_shape;           /* the first n_shape of them determine the size */
+    const char *const *field; /* their names, for the messages */
+} tb_cache_kind;
+
+/* header_bytes + floats * sizeof(float) into *bytes; TB_ERR_NULL_ARG,
+ * TB_ERR_OVERFLOW (no context: the size queries take none). */
+tb_status tb_cache_bytes(size_t header_bytes, size_t floats, size_t *bytes);
+
+/* A cache a call is handed: NULL is TB_OK unless `required` (then
+ * TB_ERR_NULL_ARG); fewer than `need` bytes is TB_ERR_BUFFER_TOO_SMALL (the
+ * detail names the shape fields of `fields`, which may be NULL, and the
+ * size query); not aligned for float is TB_ERR_INVALID_ARG. */
+tb_status tb_cache_check(tb_ctx *ctx, const char *fn, const tb_cache_kind *kind,
+                         const void *cache, size_t cache_bytes, size_t need,
+                         const uint64_t *fields, int required);
+
+/* Backward's check of a cache that passed tb_cache_check(): written by
+ * kind->forward (magic) for this call (words 1..n_fields equal to
+ * fields[0..n_fields)); TB_ERR_STATE naming the first word that differs. */
+tb_status tb_cache_match(tb_ctx *ctx, const char *fn, const tb_cache_kind *kind,
+                         const void *cache, const uint64_t *fields);
+
+/* Write the magic and fields[0..n_fields) at the start of cache. */
+void tb_cache_write(void *cache, const tb_cache_kind *kind, const uint64_t *fields);
+
 /* Allocate and free through ctx's allocator (64-byte aligned). */
 tb_status tb_alloc(tb_ctx *ctx, const char *fn, size_t bytes, void **out);
 void tb_free_with(const tb_allocator *allocator, void *ptr);
-
-/* Fill a parameter's metadata (value/grad pointers set by the caller). */
-void tb_param_set_shape(tb_param *p, size_t ndim, const size_t *shape);
 
 /* TB_ERR_STATE naming the first entry of list whose parameter is NULL or
  * has no values: the list still refers to a block that was freed (its

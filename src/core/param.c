@@ -3,14 +3,94 @@
 
 #include "internal.h"
 
-void tb_param_set_shape(tb_param *p, size_t ndim, const size_t *shape)
+/* The shape checks of tb_param_init and tb_param_view: 1..TB_MAX_DIMS sizes,
+ * each >= 1, numel * sizeof(float) in size_t. Fills the shape fields. */
+static tb_status set_shape(tb_ctx *ctx, const char *fn, tb_param *p, size_t ndim,
+                           const size_t *shape)
 {
+    if (ndim == 0 || ndim > TB_MAX_DIMS)
+        return tb_fail(ctx, TB_ERR_SHAPE, fn, "ndim is %zu; a parameter has 1 to %d dimensions",
+                       ndim, TB_MAX_DIMS);
+    size_t numel = 1, bytes;
+    for (size_t i = 0; i < ndim; i++) {
+        if (shape[i] == 0)
+            return tb_fail(ctx, TB_ERR_SHAPE, fn, "shape[%zu] is 0; every size must be >= 1", i);
+        if (!tb_mul_size(numel, shape[i], &numel))
+            return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "the element count overflows at shape[%zu]",
+                           i);
+    }
+    if (!tb_mul_size(numel, sizeof(float), &bytes))
+        return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "%zu elements do not fit in size_t bytes", numel);
     p->ndim = ndim;
-    p->numel = 1;
     for (size_t i = 0; i < TB_MAX_DIMS; i++)
         p->shape[i] = i < ndim ? shape[i] : 0;
-    for (size_t i = 0; i < ndim; i++)
-        p->numel *= shape[i];
+    p->numel = numel;
+    return TB_OK;
+}
+
+tb_status tb_param_init(tb_ctx *ctx, tb_param *param, size_t ndim, const size_t *shape,
+                        unsigned flags)
+{
+    const char *fn = __func__;
+    if (param)
+        memset(param, 0, sizeof *param);
+    if (!ctx || !param || !shape)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "ctx, param and shape must not be NULL");
+    if (flags & ~TB_PARAM_NO_GRAD)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown flags 0x%x",
+                       flags & ~TB_PARAM_NO_GRAD);
+    tb_param p;
+    memset(&p, 0, sizeof p);
+    tb_status s = set_shape(ctx, fn, &p, ndim, shape);
+    if (s != TB_OK)
+        return s;
+    /* Values, then the gradient from the next 64-byte boundary. */
+    const int with_grad = !(flags & TB_PARAM_NO_GRAD);
+    size_t vbytes = p.numel * sizeof(float), gofs = vbytes, total = vbytes;
+    if (with_grad && (!tb_add_size(vbytes, 63, &gofs) ||
+                      !tb_add_size(gofs / 64 * 64, vbytes, &total)))
+        return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "%zu values and their gradients overflow",
+                       p.numel);
+    gofs = gofs / 64 * 64;
+    void *mem;
+    if ((s = tb_alloc(ctx, fn, total, &mem)) != TB_OK)
+        return s;
+    memset(mem, 0, total);
+    p.value = mem;
+    p.grad = with_grad ? (float *)(void *)((unsigned char *)mem + gofs) : NULL;
+    p.trainable = with_grad;
+    p.storage = mem;
+    p.allocator = ctx->allocator;
+    *param = p;
+    return TB_OK;
+}
+
+tb_status tb_param_view(tb_ctx *ctx, tb_param *param, float *value, float *grad, size_t ndim,
+                        const size_t *shape)
+{
+    const char *fn = __func__;
+    if (param)
+        memset(param, 0, sizeof *param);
+    if (!param || !value || !shape)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "param, value and shape must not be NULL");
+    tb_param p;
+    memset(&p, 0, sizeof p);
+    tb_status s = set_shape(ctx, fn, &p, ndim, shape);
+    if (s != TB_OK)
+        return s;
+    p.value = value;
+    p.grad = grad;
+    p.trainable = grad != NULL;
+    *param = p;
+    return TB_OK;
+}
+
+void tb_param_free(tb_param *param)
+{
+    if (!param)
+        return;
+    tb_free_with(&param->allocator, param->storage);
+    memset(param, 0, sizeof *param);
 }
 
 tb_status tb_check_param_list(tb_ctx *ctx, const char *fn, const tb_param_list *list)
@@ -124,22 +204,56 @@ size_t tb_param_list_numel(const tb_param_list *list, int trainable_only)
     return n;
 }
 
-size_t tb_param_list_set_trainable(tb_param_list *list, const char *prefix, int trainable)
+int tb_select_prefix(const char *name, const tb_param *param, void *user)
 {
-    size_t changed = 0, plen = prefix ? strlen(prefix) : 0;
-    if (!list)
+    (void)param;
+    const char *prefix = user;
+    const size_t plen = prefix ? strlen(prefix) : 0;
+    if (!name)
+        return 0;
+    /* Whole dotted components: "fc1" selects "fc1.weight" but not
+     * "fc10.weight"; a prefix ending in '.' matches as written. */
+    return plen == 0 || (strncmp(name, prefix, plen) == 0 &&
+                         (name[plen] == '\0' || name[plen] == '.' || prefix[plen - 1] == '.'));
+}
+
+int tb_select_direct(const char *name, const tb_param *param, void *user)
+{
+    (void)param;
+    const char *module = user;
+    size_t mlen = module ? strlen(module) : 0;
+    if (!name)
+        return 0;
+    if (mlen && module[mlen - 1] == '.')
+        mlen--; /* "h.0." is the module "h.0" */
+    const char *rest = name;
+    if (mlen) {
+        if (strncmp(name, module, mlen) != 0 || name[mlen] != '.')
+            return 0;
+        rest = name + mlen + 1;
+    }
+    /* Exactly one more component: non-empty, no further '.'. */
+    return rest[0] != '\0' && strchr(rest, '.') == NULL;
+}
+
+size_t tb_param_list_set_trainable_where(tb_param_list *list, tb_param_select_fn pred,
+                                         void *user, int trainable)
+{
+    size_t selected = 0;
+    if (!list || !pred)
         return 0;
     for (size_t i = 0; i < list->count; i++) {
-        const char *name = list->items[i].name;
-        if (!list->items[i].param)
+        tb_param *p = list->items[i].param;
+        if (!p || !pred(list->items[i].name, p, user))
             continue;
-        /* Match whole dotted components: "fc1" selects "fc1.weight" but not
-         * "fc10.weight"; a prefix ending in '.' matches as written. */
-        if (plen && (strncmp(name, prefix, plen) != 0 ||
-                     (name[plen] != '\0' && name[plen] != '.' && prefix[plen - 1] != '.')))
-            continue;
-        list->items[i].param->trainable = trainable ? 1 : 0;
-        changed++;
+        p->trainable = trainable ? 1 : 0;
+        selected++;
     }
-    return changed;
+    return selected;
+}
+
+size_t tb_param_list_set_trainable(tb_param_list *list, const char *prefix, int trainable)
+{
+    /* The predicate only reads the prefix. */
+    return tb_param_list_set_trainable_where(list, tb_select_prefix, (void *)prefix, trainable);
 }

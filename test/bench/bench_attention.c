@@ -132,8 +132,8 @@ static void run_fwd(void *arg)
 {
     attn_run *r = arg;
     check(r->ctx,
-          tb_attention_forward(r->ctx, &r->cfg, NULL, &r->q, &r->k, &r->v, r->out, r->cache,
-                               r->cache_bytes),
+          tb_attention_forward(r->ctx, &r->cfg, TB_MODE_TRAINING, NULL, &r->q, &r->k, &r->v, r->out,
+                               r->cache, r->cache_bytes),
           "forward");
 }
 

@@ -38,6 +38,7 @@
 typedef struct weights {
     tb_param *p;
     char (*names)[64];
+    size_t (*shapes)[2]; /* (rows, cols), cols 0 for a vector */
     size_t n, cap, floats;
     tb_param_list list;
 } weights;
@@ -57,14 +58,10 @@ static void add(weights *w, const char *name, size_t rows, size_t cols)
         fprintf(stderr, "bench_checkpoint: too many tensors\n");
         exit(1);
     }
-    tb_param *p = &w->p[w->n];
-    memset(p, 0, sizeof *p);
-    p->ndim = cols ? 2 : 1;
-    p->shape[0] = rows;
-    p->shape[1] = cols;
-    p->numel = rows * (cols ? cols : 1);
+    w->shapes[w->n][0] = rows;
+    w->shapes[w->n][1] = cols;
     snprintf(w->names[w->n], sizeof w->names[0], "%s", name);
-    w->floats += p->numel;
+    w->floats += rows * (cols ? cols : 1);
     w->n++;
 }
 
@@ -100,7 +97,8 @@ static void weights_init(tb_ctx *ctx, weights *w, size_t L, size_t V)
     w->cap = 4 + 12 * L;
     w->p = calloc(w->cap, sizeof *w->p);
     w->names = calloc(w->cap, sizeof *w->names);
-    if (!w->p || !w->names) {
+    w->shapes = calloc(w->cap, sizeof *w->shapes);
+    if (!w->p || !w->names || !w->shapes) {
         fprintf(stderr, "bench_checkpoint: out of memory\n");
         exit(1);
     }
@@ -112,7 +110,8 @@ static void weights_init(tb_ctx *ctx, weights *w, size_t L, size_t V)
     check(ctx, tb_param_list_init(ctx, &w->list), "list");
     size_t at = 0;
     for (size_t i = 0; i < w->n; i++) {
-        w->p[i].value = values + at;
+        const size_t nd = w->shapes[i][1] ? 2 : 1;
+        check(ctx, tb_param_view(ctx, &w->p[i], values + at, NULL, nd, w->shapes[i]), "view");
         at += w->p[i].numel;
         check(ctx, tb_param_list_add(ctx, &w->list, NULL, w->names[i], &w->p[i]), "add");
     }
@@ -256,6 +255,6 @@ int main(void)
     remove(plain);
     tb_param_list_free(&w.list);
     free(w.p[0].value);
-    free(w.p), free(w.names);
+    free(w.p), free(w.names), free(w.shapes);
     return 0;
 }

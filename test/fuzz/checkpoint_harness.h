@@ -192,7 +192,7 @@ static inline int fzc_run(const uint8_t *data, size_t size, const char *path, tb
     unsigned flags = (mode & FZC_ALLOW_NONFINITE) ? TB_CKPT_ALLOW_NONFINITE : TB_CKPT_DEFAULT;
     if (mode & FZC_UNKNOWN_FLAG)
         flags |= 1u << 7;
-    ctx.error[0] = '\0';
+    tb_ctx_clear_error(&ctx);
     const tb_status s = tb_checkpoint_load(&ctx, path, &m.list,
                                            (mode & FZC_PARAMS_ONLY) ? NULL : &m.opt,
                                            (mode & FZC_NO_RNG) ? NULL : &m.rng, flags);
@@ -202,7 +202,7 @@ static inline int fzc_run(const uint8_t *data, size_t size, const char *path, tb
         verdict = FZC_UNKNOWN_STATUS;
     else if (s != TB_OK && memcmp(&before, &after, sizeof before) != 0)
         verdict = FZC_CHANGED_ON_ERROR;
-    else if (s != TB_OK && ctx.error[0] == '\0')
+    else if (s != TB_OK && tb_ctx_error(&ctx)[0] == '\0')
         verdict = FZC_NO_MESSAGE;
     else if (s == TB_OK && (mode & FZC_UNKNOWN_FLAG))
         verdict = FZC_UNKNOWN_FLAG_ACCEPTED;

@@ -297,7 +297,7 @@ static void validate(const tb_st_file *f)
         abort(); /* the validation must not allocate */
     if (s == TB_OK)
         check_accepted(&ctx, f, &cfg);
-    else if (!ctx.error[0])
+    else if (!tb_ctx_error(&ctx)[0])
         abort(); /* every refusal says why */
 }
 

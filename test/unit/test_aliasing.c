@@ -557,7 +557,7 @@ static tb_status c_dropout_bwd(fix *f, tb_ctx *ctx, bufs p)
     (void)f;
     const tb_dropout_cache dc = dropout_cache_of();
     tb_tensor dy = t2(p, 0, NR, NC), dx = t2(p, 1, NR, NC);
-    return tb_dropout_backward(ctx, &dc, &dy, &dx);
+    return tb_dropout_backward(ctx, &dy, &dc, &dx);
 }
 
 static void t_dropout_bwd(acase *c)
@@ -573,13 +573,11 @@ enum { LIN = 4, LOUT = 5 };
 static void bind_linear(fix *f, unsigned char *w, unsigned char *gw, unsigned char *b,
                         unsigned char *gb)
 {
-    size_t ws[2] = {LOUT, LIN}, bs[1] = {LOUT};
-    tb_param_set_shape(&f->w, 2, ws);
-    tb_param_set_shape(&f->b, 1, bs);
-    f->w.value = (float *)w, f->w.grad = (float *)gw, f->w.trainable = 1;
-    f->b.value = (float *)b, f->b.grad = (float *)gb, f->b.trainable = 1;
+    const size_t ws[2] = {LOUT, LIN}, bs[1] = {LOUT};
     tb_ctx ctx;
     tb_ctx_init(&ctx);
+    CHECK_OK(ctx, tb_param_view(&ctx, &f->w, (float *)w, (float *)gw, 2, ws));
+    CHECK_OK(ctx, tb_param_view(&ctx, &f->b, (float *)b, (float *)gb, 1, bs));
     ck_assert_int_eq(tb_linear_view(&ctx, &f->lin, &f->w, &f->b, TB_LINEAR_OUT_IN), TB_OK);
 }
 
@@ -674,7 +672,7 @@ static void t_embedding_fwd(acase *c)
     c->call = c_embedding_fwd;
 }
 
-/* backward: ids, dout | weight.grad */
+/* backward: ids, dy | weight.grad */
 static void b_embedding_bwd(fix *f, bufs p)
 {
     f->emb.weight.grad = F(p, 2);
@@ -690,7 +688,7 @@ static void t_embedding_bwd(acase *c)
 {
     c->fn = "tb_embedding_backward";
     add(c, "ids", IN, EN * sizeof(int32_t), sizeof(int32_t));
-    add_f(c, "dout", IN, EN * ED);
+    add_f(c, "dy", IN, EN * ED);
     add_f(c, "weight.grad", OUT, EV * ED);
     c->setup = setup_embedding;
     c->bind = b_embedding_bwd;
@@ -1112,8 +1110,8 @@ static tb_status c_attn_fwd(fix *f, tb_ctx *ctx, bufs p)
     attn_ops o;
     attn_views(p, 0, 1, 2, &o);
     tb_tensor out = tb_tensor_3d(F(p, 6), AB, ATQ, AHD);
-    return tb_attention_forward(ctx, &f->acfg, &f->mask, &o.q, &o.k, &o.v, &out, p[7],
-                                attn_cache_bytes());
+    return tb_attention_forward(ctx, &f->acfg, TB_MODE_TRAINING, &f->mask, &o.q, &o.k, &o.v, &out,
+                                p[7], attn_cache_bytes());
 }
 
 static void t_attn_fwd(acase *c)
@@ -1129,7 +1127,7 @@ static void t_attn_fwd(acase *c)
     c->call = c_attn_fwd;
 }
 
-/* backward: q, k, v, key_lengths, key_valid, bias, out, dout, cache | dq,
+/* backward: q, k, v, key_lengths, key_valid, bias, out, dy, cache | dq,
  * dk, dv */
 static void fill_attn_bwd(const acase *c, fix *f, tb_ctx *ctx, bufs p)
 {
@@ -1138,8 +1136,8 @@ static void fill_attn_bwd(const acase *c, fix *f, tb_ctx *ctx, bufs p)
     attn_ops o;
     attn_views(p, 0, 1, 2, &o);
     tb_tensor out = tb_tensor_3d(F(p, 6), AB, ATQ, AHD);
-    CHECK_OK(*ctx, tb_attention_forward(ctx, &f->acfg, &f->mask, &o.q, &o.k, &o.v, &out, p[8],
-                                        attn_cache_bytes()));
+    CHECK_OK(*ctx, tb_attention_forward(ctx, &f->acfg, TB_MODE_TRAINING, &f->mask, &o.q, &o.k, &o.v,
+                                        &out, p[8], attn_cache_bytes()));
 }
 
 static tb_status c_attn_bwd(fix *f, tb_ctx *ctx, bufs p)
@@ -1158,7 +1156,7 @@ static void t_attn_bwd(acase *c)
     add_qkv(c, "q", "k", "v", IN);
     add_mask(c, AB, ATQ, ATK);
     add_f(c, "out", IN, AB * ATQ * AHD);
-    add_f(c, "dout", IN, AB * ATQ * AHD);
+    add_f(c, "dy", IN, AB * ATQ * AHD);
     add(c, "cache", IN, attn_cache_bytes(), sizeof(float));
     add_qkv(c, "dq", "dk", "dv", OUT);
     c->setup = setup_attn;
@@ -1345,7 +1343,8 @@ static tb_status c_mha_fwd(fix *f, tb_ctx *ctx, bufs p)
     tb_tensor x = tb_tensor_3d(F(p, MF_X), MB, MTQ, MC);
     tb_tensor mem = tb_tensor_3d(F(p, MF_MEM), MB, MTK, MC);
     tb_tensor y = tb_tensor_3d(F(p, MF_Y), MB, MTQ, MC);
-    return tb_mha_forward(ctx, &f->mha, &f->mask, &x, &mem, &y, p[MF_CACHE], mha_cache(1));
+    return tb_mha_forward(ctx, &f->mha, TB_MODE_TRAINING, &f->mask, &x, &mem, &y, p[MF_CACHE],
+                          mha_cache(1));
 }
 
 static void add_mha_params(acase *c)
@@ -1397,7 +1396,8 @@ static void fill_mha_bwd(const acase *c, fix *f, tb_ctx *ctx, bufs p)
     tb_tensor mem = tb_tensor_3d(F(p, MG_MEM), MB, MTK, MC);
     tb_tensor yt = tb_tensor_3d(y, MB, MTQ, MC);
     CHECK_OK(*ctx,
-             tb_mha_forward(ctx, &f->mha, &f->mask, &x, &mem, &yt, p[MG_CACHE], mha_cache(1)));
+             tb_mha_forward(ctx, &f->mha, TB_MODE_TRAINING, &f->mask, &x, &mem, &yt, p[MG_CACHE],
+                            mha_cache(1)));
 }
 
 static tb_status c_mha_bwd(fix *f, tb_ctx *ctx, bufs p)
@@ -1463,7 +1463,8 @@ static void fill_mha_self(const acase *c, fix *f, tb_ctx *ctx, bufs p)
     fill_plain(c, f, ctx, p);
     float y[MB * MTQ * MC];
     tb_tensor x = tb_tensor_3d(F(p, MS_X), MB, MTQ, MC), yt = tb_tensor_3d(y, MB, MTQ, MC);
-    CHECK_OK(*ctx, tb_mha_forward(ctx, &f->mha, NULL, &x, NULL, &yt, p[MS_CACHE], mha_cache(0)));
+    CHECK_OK(*ctx, tb_mha_forward(ctx, &f->mha, TB_MODE_TRAINING, NULL, &x, NULL, &yt, p[MS_CACHE],
+                                  mha_cache(0)));
 }
 
 static tb_status c_mha_self(fix *f, tb_ctx *ctx, bufs p)
@@ -1546,11 +1547,9 @@ enum { PA = 6, PB = 4 };
 static void setup_params(fix *f, tb_ctx *ctx)
 {
     float *storage = f->pstore;
-    size_t sa[2] = {2, 3}, sb[1] = {PB};
-    tb_param_set_shape(&f->pa, 2, sa);
-    tb_param_set_shape(&f->pb, 1, sb);
-    f->pa.value = storage, f->pa.grad = storage + PA, f->pa.trainable = 1;
-    f->pb.value = storage + 2 * PA, f->pb.grad = storage + 2 * PA + PB, f->pb.trainable = 1;
+    const size_t sa[2] = {2, 3}, sb[1] = {PB};
+    CHECK_OK(*ctx, tb_param_view(ctx, &f->pa, storage, storage + PA, 2, sa));
+    CHECK_OK(*ctx, tb_param_view(ctx, &f->pb, storage + 2 * PA, storage + 2 * PA + PB, 1, sb));
     CHECK_OK(*ctx, tb_param_list_init(ctx, &f->list));
     CHECK_OK(*ctx, tb_param_list_add(ctx, &f->list, NULL, "a", &f->pa));
     CHECK_OK(*ctx, tb_param_list_add(ctx, &f->list, NULL, "b", &f->pb));
@@ -1847,7 +1846,7 @@ START_TEST(mha_cross_backward_dx_over_mem)
     tb_tensor xt = tb_tensor_3d(x, B, TQ, C), mt = tb_tensor_3d(mem, B, TK, C);
     tb_tensor dyt = tb_tensor_3d(dy, B, TQ, C), yt = tb_tensor_3d(y, B, TQ, C);
     tb_tensor dmt = tb_tensor_3d(dmem, B, TK, C), dxt = tb_tensor_3d(dx, B, TQ, C);
-    CHECK_OK(ctx, tb_mha_forward(&ctx, &m, NULL, &xt, &mt, &yt, cache, bytes));
+    CHECK_OK(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, NULL, &xt, &mt, &yt, cache, bytes));
 
     /* The right gradients, out of place. */
     float want[192], mem_before[B * TK * C];
@@ -1903,7 +1902,8 @@ START_TEST(packed_gradients_are_not_an_overlap)
     size_t bytes;
     CHECK_OK(ctx, tb_attention_cache_size(&cfg, B, T, &bytes));
     void *cache = tbt_alloc(bytes);
-    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, NULL, &q, &k, &v, &ot, cache, bytes));
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, NULL, &q, &k, &v, &ot, cache,
+                                       bytes));
 
     float *sep = tbt_alloc(3 * N * sizeof(float)), *packed = tbt_alloc(3 * N * sizeof(float));
     tb_tensor sq = tb_tensor_3d(sep, B, T, C), sk = tb_tensor_3d(sep + N, B, T, C);
@@ -1944,11 +1944,13 @@ START_TEST(unread_columns_are_not_an_overlap)
     tb_tensor qt = tb_tensor_3d(q, 1, 1, C), kt = tb_tensor_3d(kk, 1, TK, C);
     tb_tensor vt = tb_tensor_3d(wide, 1, TK, WV), wt = tb_tensor_3d(want, 1, 1, C);
     tb_heads qh = {&qt, 0}, kh = {&kt, 0}, vh = {&vt, 0};
-    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, NULL, &qh, &kh, &vh, &wt, NULL, 0));
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, NULL, &qh, &kh, &vh, &wt, NULL,
+                                       0));
     memcpy(copy, wide, sizeof wide);
     /* out in row 0's columns [C, 2C), which v does not read: accepted. */
     tb_tensor o = tb_tensor_3d(wide + C, 1, 1, C);
-    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, NULL, &qh, &kh, &vh, &o, NULL, 0));
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, NULL, &qh, &kh, &vh, &o, NULL,
+                                       0));
     ck_assert(memcmp(wide + C, want, sizeof want) == 0);
     for (size_t r = 0; r < TK; r++)
         ck_assert(memcmp(wide + r * WV, copy + r * WV, C * sizeof(float)) == 0);
@@ -1956,7 +1958,8 @@ START_TEST(unread_columns_are_not_an_overlap)
     memcpy(wide, copy, sizeof wide);
     tb_tensor o1 = tb_tensor_3d(wide + C + 1, 1, 1, C);
     tb_ctx_clear_error(&ctx);
-    ck_assert_int_eq(tb_attention_forward(&ctx, &cfg, NULL, &qh, &kh, &vh, &o1, NULL, 0),
+    ck_assert_int_eq(tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, NULL, &qh, &kh, &vh, &o1,
+                                          NULL, 0),
                      TB_ERR_INVALID_ARG);
     ck_assert_str_eq(tb_ctx_error(&ctx), "tb_attention_forward: out overlaps v");
     ck_assert(memcmp(wide, copy, sizeof wide) == 0);

@@ -85,8 +85,8 @@ typedef struct attn_prob {
 static double attn_loss(void *user)
 {
     attn_prob *p = user;
-    CHECK_OK(p->ctx, tb_attention_forward(&p->ctx, &p->cfg, &p->mask, &p->q, &p->k, &p->v,
-                                          &p->outt, NULL, 0));
+    CHECK_OK(p->ctx, tb_attention_forward(&p->ctx, &p->cfg, TB_MODE_TRAINING, &p->mask, &p->q,
+                                          &p->k, &p->v, &p->outt, NULL, 0));
     return tbt_dot(p->w, p->out, p->n_out);
 }
 
@@ -113,7 +113,8 @@ static void check_attn_grad_dropout(const grad_spec *s, float dropout)
         tb_rng rng;
         tb_rng_init(&rng, seed + 4242);
         ck_assert_int_eq(
-            tb_attention_dropout_draw(&p.mask, &rng, dropout, &p.cfg, s->b, s->tq, s->tk), TB_OK);
+            tb_attention_dropout_draw(&p.ctx, &p.cfg, &p.mask, &rng, dropout, s->b, s->tq, s->tk),
+            TB_OK);
     }
     float *bufs[3], *grads[3];
     size_t sizes[3];
@@ -157,8 +158,8 @@ static void check_attn_grad_dropout(const grad_spec *s, float dropout)
     size_t bytes;
     CHECK_OK(p.ctx, tb_attention_cache_size(&p.cfg, s->b, s->tq, &bytes));
     void *cache = tbt_alloc(bytes);
-    CHECK_OK(p.ctx, tb_attention_forward(&p.ctx, &p.cfg, &p.mask, &p.q, &p.k, &p.v, &p.outt,
-                                         cache, bytes));
+    CHECK_OK(p.ctx, tb_attention_forward(&p.ctx, &p.cfg, TB_MODE_TRAINING, &p.mask, &p.q, &p.k,
+                                         &p.v, &p.outt, cache, bytes));
     CHECK_OK(p.ctx, tb_attention_backward(&p.ctx, &p.cfg, &p.mask, &p.q, &p.k, &p.v, &p.outt,
                                           &wt, cache, bytes, &dq, &dk, &dv));
     char label[160];
@@ -373,12 +374,14 @@ START_TEST(dropout_statistics_and_reproducibility)
     size_t n = 0;
     for (int draw = 0; draw < DRAWS; draw++) {
         const uint64_t before = rng.counter;
-        CHECK_OK(ctx, tb_attention_dropout_draw(&m, &rng, p, &cfg, B, T, T));
+        CHECK_OK(ctx, tb_attention_dropout_draw(&ctx, &cfg, &m, &rng, p, B, T, T));
         ck_assert(rng.counter == before + (uint64_t)B * H * T * T);
         ck_assert(m.dropout_counter == before && m.dropout == p);
-        CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, &m, &qh, &kh, &vh, &t1, NULL, 0));
+        CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, &m, &qh, &kh, &vh, &t1,
+                                           NULL, 0));
         /* The same draw gives the same bits. */
-        CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, &m, &qh, &kh, &vh, &t2, NULL, 0));
+        CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, &m, &qh, &kh, &vh, &t2,
+                                           NULL, 0));
         ck_assert(memcmp(o1, o2, sizeof(float) * B * T * C) == 0);
         for (size_t r = 0; r < B * T; r++)
             for (size_t h = 0; h < H; h++) {
@@ -402,8 +405,9 @@ START_TEST(dropout_statistics_and_reproducibility)
                   max_dev);
     /* p = 0 through the helper: exactly 1 everywhere (the softmax sums to 1
      * up to rounding). */
-    CHECK_OK(ctx, tb_attention_dropout_draw(&m, &rng, 0.0f, &cfg, B, T, T));
-    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, &m, &qh, &kh, &vh, &t1, NULL, 0));
+    CHECK_OK(ctx, tb_attention_dropout_draw(&ctx, &cfg, &m, &rng, 0.0f, B, T, T));
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, &m, &qh, &kh, &vh, &t1, NULL,
+                                       0));
     for (size_t i = 0; i < B * T * C; i++)
         ck_assert_msg(fabs(o1[i] - 1.0f) < 1e-5f, "p = 0: out[%zu] = %g", i, (double)o1[i]);
     /* Invalid probabilities. */
@@ -411,20 +415,106 @@ START_TEST(dropout_statistics_and_reproducibility)
     for (size_t i = 0; i < 4; i++) {
         tb_attention_mask mb;
         memset(&mb, 0, sizeof mb);
-        ck_assert_int_eq(tb_attention_dropout_draw(&mb, &rng, bad[i], &cfg, B, T, T),
+        const uint64_t counter = rng.counter;
+        tb_ctx_clear_error(&ctx);
+        ck_assert_int_eq(tb_attention_dropout_draw(&ctx, &cfg, &mb, &rng, bad[i], B, T, T),
                          TB_ERR_INVALID_ARG);
+        ck_assert_msg(strstr(tb_ctx_error(&ctx), "tb_attention_dropout_draw: p = ") &&
+                          strstr(tb_ctx_error(&ctx), "outside [0, 1)"),
+                      "%s", tb_ctx_error(&ctx));
+        ck_assert(rng.counter == counter && mb.dropout == 0.0f); /* nothing changed */
         mb.dropout = bad[i];
         fill_sentinel(o1, B * T * C);
-        ck_assert_int_eq(tb_attention_forward(&ctx, &cfg, &mb, &qh, &kh, &vh, &t1, NULL, 0),
+        ck_assert_int_eq(tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, &mb, &qh, &kh, &vh, &t1,
+                                              NULL, 0),
                          TB_ERR_INVALID_ARG);
         assert_untouched(o1, B * T * C, "out after an invalid dropout");
     }
-    ck_assert_int_eq(tb_attention_dropout_draw(NULL, &rng, 0.1f, &cfg, B, T, T), TB_ERR_NULL_ARG);
-    ck_assert_int_eq(tb_attention_dropout_draw(&m, NULL, 0.1f, &cfg, B, T, T), TB_ERR_NULL_ARG);
-    ck_assert_int_eq(tb_attention_dropout_draw(&m, &rng, 0.1f, NULL, B, T, T), TB_ERR_NULL_ARG);
-    ck_assert_int_eq(tb_attention_dropout_draw(&m, &rng, 0.1f, &cfg, SIZE_MAX / 2, 4, 4),
+    /* Errors are reported through the context, like every fallible call's. */
+    tb_ctx_clear_error(&ctx);
+    ck_assert_int_eq(tb_attention_dropout_draw(&ctx, &cfg, NULL, &rng, 0.1f, B, T, T),
+                     TB_ERR_NULL_ARG);
+    ck_assert_str_eq(tb_ctx_error(&ctx),
+                     "tb_attention_dropout_draw: cfg, mask and rng must not be NULL");
+    ck_assert_int_eq(tb_attention_dropout_draw(&ctx, &cfg, &m, NULL, 0.1f, B, T, T),
+                     TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_attention_dropout_draw(&ctx, NULL, &m, &rng, 0.1f, B, T, T),
+                     TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_attention_dropout_draw(NULL, &cfg, NULL, &rng, 0.1f, B, T, T),
+                     TB_ERR_NULL_ARG); /* no context: the status alone */
+    const tb_attention_mask m_before = m;
+    const uint64_t counter = rng.counter;
+    tb_ctx_clear_error(&ctx);
+    ck_assert_int_eq(tb_attention_dropout_draw(&ctx, &cfg, &m, &rng, 0.1f, SIZE_MAX / 2, 4, 4),
                      TB_ERR_OVERFLOW);
+    ck_assert_msg(strstr(tb_ctx_error(&ctx), "tb_attention_dropout_draw: B x H x Tq x Tk"),
+                  "%s", tb_ctx_error(&ctx));
+    ck_assert(rng.counter == counter && m.dropout == m_before.dropout &&
+              m.dropout_key == m_before.dropout_key &&
+              m.dropout_counter == m_before.dropout_counter);
     free(q), free(k), free(v), free(o1), free(o2);
+}
+END_TEST
+
+/* The mode selects the arithmetic (docs/conventions.md): inference ignores
+ * the mask's dropout, in forward and, through the mode the cache records,
+ * in backward; an unknown mode is refused. */
+START_TEST(dropout_applies_in_training_only)
+{
+    enum { B = 2, H = 2, T = 11, D = 3, C = H * D, N = B * T * C };
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 2);
+    tb_attention_config cfg = tb_attention_default_config(H, D);
+    cfg.causal = 1;
+    float *x = tbt_alloc(3 * N * sizeof(float)), *o1 = tbt_alloc(N * sizeof(float));
+    float *o2 = tbt_alloc(N * sizeof(float)), *dy = tbt_alloc(N * sizeof(float));
+    float *g1 = tbt_alloc(3 * N * sizeof(float)), *g2 = tbt_alloc(3 * N * sizeof(float));
+    tbt_fill_uniform(x, 3 * N, -1.0f, 1.0f, 21);
+    tbt_fill_uniform(dy, N, -1.0f, 1.0f, 22);
+    tb_tensor xt = tb_tensor_3d(x, B, T, 3 * C), t1 = tb_tensor_3d(o1, B, T, C);
+    tb_tensor t2 = tb_tensor_3d(o2, B, T, C), dyt = tb_tensor_3d(dy, B, T, C);
+    tb_tensor gt1 = tb_tensor_3d(g1, B, T, 3 * C), gt2 = tb_tensor_3d(g2, B, T, 3 * C);
+    tb_heads qh = {&xt, 0}, kh = {&xt, C}, vh = {&xt, 2 * C};
+    tb_heads dq1 = {&gt1, 0}, dk1 = {&gt1, C}, dv1 = {&gt1, 2 * C};
+    tb_heads dq2 = {&gt2, 0}, dk2 = {&gt2, C}, dv2 = {&gt2, 2 * C};
+    size_t bytes;
+    CHECK_OK(ctx, tb_attention_cache_size(&cfg, B, T, &bytes));
+    void *c1 = tbt_alloc(bytes), *c2 = tbt_alloc(bytes);
+    tb_attention_mask none, drop;
+    memset(&none, 0, sizeof none);
+    memset(&drop, 0, sizeof drop);
+    tb_rng rng;
+    tb_rng_init(&rng, 9);
+    CHECK_OK(ctx, tb_attention_dropout_draw(&ctx, &cfg, &drop, &rng, 0.5f, B, T, T));
+    /* Inference with the dropout mask = no dropout, forward and backward. */
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_INFERENCE, &drop, &qh, &kh, &vh, &t1, c1,
+                                       bytes));
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, &none, &qh, &kh, &vh, &t2, c2,
+                                       bytes));
+    ck_assert(memcmp(o1, o2, N * sizeof(float)) == 0);
+    CHECK_OK(ctx, tb_attention_backward(&ctx, &cfg, &drop, &qh, &kh, &vh, &t1, &dyt, c1, bytes,
+                                        &dq1, &dk1, &dv1));
+    CHECK_OK(ctx, tb_attention_backward(&ctx, &cfg, &none, &qh, &kh, &vh, &t2, &dyt, c2, bytes,
+                                        &dq2, &dk2, &dv2));
+    ck_assert(memcmp(g1, g2, 3 * N * sizeof(float)) == 0);
+    /* Training applies it. */
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, &drop, &qh, &kh, &vh, &t1,
+                                       NULL, 0));
+    ck_assert_msg(memcmp(o1, o2, N * sizeof(float)) != 0, "dropout 0.5 changed nothing");
+    /* A training cache is not an inference one: the recorded mode differs. */
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, &none, &qh, &kh, &vh, &t1, c1,
+                                       bytes));
+    memset(c2, 0, bytes);
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_INFERENCE, &none, &qh, &kh, &vh, &t2, c2,
+                                       bytes));
+    ck_assert(memcmp(c1, c2, bytes) != 0);
+    fill_sentinel(o1, N);
+    ck_assert_int_eq(tb_attention_forward(&ctx, &cfg, (tb_mode)5, &none, &qh, &kh, &vh, &t1, c1,
+                                          bytes),
+                     TB_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(tb_ctx_error(&ctx), "mode"));
+    assert_untouched(o1, N, "out after an unknown mode");
+    free(x), free(o1), free(o2), free(dy), free(g1), free(g2), free(c1), free(c2);
 }
 END_TEST
 
@@ -449,8 +539,9 @@ START_TEST(dropout_backward_needs_the_forward_draw)
     memset(&m, 0, sizeof m);
     tb_rng rng;
     tb_rng_init(&rng, 3);
-    CHECK_OK(ctx, tb_attention_dropout_draw(&m, &rng, 0.25f, &cfg, B, T, T));
-    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, &m, &qh, &kh, &vh, &ot, cache, bytes));
+    CHECK_OK(ctx, tb_attention_dropout_draw(&ctx, &cfg, &m, &rng, 0.25f, B, T, T));
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, &m, &qh, &kh, &vh, &ot, cache,
+                                       bytes));
     tb_attention_mask other = m;
     other.dropout_counter++;
     tb_attention_mask none;
@@ -540,7 +631,8 @@ static void fixture_free(fixture *f)
 static tb_status fwd(fixture *f, const tb_attention_config *cfg, const tb_attention_mask *m,
                      const tb_heads *q, const tb_heads *k, const tb_heads *v, tb_tensor *out)
 {
-    return tb_attention_forward(&f->ctx, cfg, m, q, k, v, out, f->cache, f->bytes);
+    return tb_attention_forward(&f->ctx, cfg, TB_MODE_TRAINING, m, q, k, v, out, f->cache,
+                                f->bytes);
 }
 
 /* Forward must fail with `want` and write neither out nor the cache. */
@@ -569,11 +661,13 @@ START_TEST(forward_errors)
     tb_tensor *out = &f.outt;
     /* The fixture itself is valid (and so is a NULL mask or a NULL cache). */
     CHECK_OK(f.ctx, fwd(&f, cfg, NULL, q, k, v, out));
-    CHECK_OK(f.ctx, tb_attention_forward(&f.ctx, cfg, NULL, q, k, v, out, NULL, 0));
+    CHECK_OK(f.ctx, tb_attention_forward(&f.ctx, cfg, TB_MODE_TRAINING, NULL, q, k, v, out, NULL,
+                                         0));
 
     /* NULL arguments. */
     fill_sentinel(f.out, EB * ETQ * EC);
-    ck_assert_int_eq(tb_attention_forward(NULL, cfg, NULL, q, k, v, out, f.cache, f.bytes),
+    ck_assert_int_eq(tb_attention_forward(NULL, cfg, TB_MODE_TRAINING, NULL, q, k, v, out, f.cache,
+                                          f.bytes),
                      TB_ERR_NULL_ARG);
     assert_untouched(f.out, EB * ETQ * EC, "out");
     EXPECT_FWD(&f, TB_ERR_NULL_ARG, NULL, NULL, q, k, v, out);
@@ -675,12 +769,15 @@ START_TEST(forward_errors)
     /* Cache: too small, misaligned (both untouched). */
     fill_sentinel(f.out, EB * ETQ * EC);
     memset(f.cbuf, 0x77, f.bytes + 64);
-    ck_assert_int_eq(tb_attention_forward(&f.ctx, cfg, NULL, q, k, v, out, f.cache, f.bytes - 1),
+    ck_assert_int_eq(tb_attention_forward(&f.ctx, cfg, TB_MODE_TRAINING, NULL, q, k, v, out,
+                                          f.cache, f.bytes - 1),
                      TB_ERR_BUFFER_TOO_SMALL);
-    ck_assert_int_eq(tb_attention_forward(&f.ctx, cfg, NULL, q, k, v, out, f.cache, 0),
+    ck_assert_int_eq(tb_attention_forward(&f.ctx, cfg, TB_MODE_TRAINING, NULL, q, k, v, out,
+                                          f.cache, 0),
                      TB_ERR_BUFFER_TOO_SMALL);
     ck_assert_int_eq(
-        tb_attention_forward(&f.ctx, cfg, NULL, q, k, v, out, f.cbuf + 1, f.bytes + 8),
+        tb_attention_forward(&f.ctx, cfg, TB_MODE_TRAINING, NULL, q, k, v, out, f.cbuf + 1,
+                             f.bytes + 8),
         TB_ERR_INVALID_ARG);
     assert_untouched(f.out, EB * ETQ * EC, "out");
     for (size_t i = 0; i < f.bytes + 64; i++)
@@ -721,9 +818,11 @@ START_TEST(packed_overlap_errors)
     tb_heads q = {&qkvt, 0}, k = {&qkvt, C}, v = {&qkvt, 2 * C};
     tb_attention_config cfg = tb_attention_default_config(HH, D);
     cfg.causal = 1;
-    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, NULL, &q, &k, &v, &outt, NULL, 0));
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, NULL, &q, &k, &v, &outt, NULL,
+                                       0));
     tb_tensor out_in = tb_tensor_3d(qkv + 2 * C * B * T, B, T, C); /* last third of the buffer */
-    ck_assert_int_eq(tb_attention_forward(&ctx, &cfg, NULL, &q, &k, &v, &out_in, NULL, 0),
+    ck_assert_int_eq(tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, NULL, &q, &k, &v, &out_in,
+                                          NULL, 0),
                      TB_ERR_INVALID_ARG);
     /* Gradients into the packed buffer of the inputs: overlap. */
     size_t bytes;
@@ -732,7 +831,8 @@ START_TEST(packed_overlap_errors)
     float *dout = tbt_alloc(B * T * C * sizeof(float));
     tbt_fill_uniform(dout, B * T * C, -1, 1, 10);
     tb_tensor doutt = tb_tensor_3d(dout, B, T, C);
-    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, NULL, &q, &k, &v, &outt, cache, bytes));
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, NULL, &q, &k, &v, &outt, cache,
+                                       bytes));
     float *saved = tbt_alloc(B * T * 3 * C * sizeof(float));
     memcpy(saved, qkv, B * T * 3 * C * sizeof(float));
     ck_assert_int_eq(tb_attention_backward(&ctx, &cfg, NULL, &q, &k, &v, &outt, &doutt, cache,
@@ -868,6 +968,10 @@ START_TEST(backward_cache_from_other_key_shape)
     tb_heads kh_t4 = {&k_t4, 0}, vh_t4 = {&v_t4, 4};
     CHECK_OK(f.ctx, fwd(&f, cfg, NULL, q, &kh_t4, &vh_t4, out));
     EXPECT_BWD(&f, TB_ERR_STATE, cfg, q, k, v, out, dout, f.cache, f.bytes, dq, dk, dv);
+    /* The detail names the field that differs (src/core/cache_header.c). */
+    ck_assert_msg(strstr(tb_ctx_error(&f.ctx), "tb_attention_forward") &&
+                      strstr(tb_ctx_error(&f.ctx), "Tk = 4, this call has 5"),
+                  "%s", tb_ctx_error(&f.ctx));
 
     /* H = 4 heads of D = 1 (q, out and dout as (B, Tq, 4) views). */
     tb_attention_config cfg41 = tb_attention_default_config(EH, 1);
@@ -1002,7 +1106,8 @@ static void check_masked_case(const masked_case *mc)
     size_t bytes;
     CHECK_OK(ctx, tb_attention_cache_size(&cfg, mc->b, mc->tq, &bytes));
     void *cache = tbt_alloc(bytes);
-    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, &mask, &qh, &kh, &vh, &outt, cache, bytes));
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, &mask, &qh, &kh, &vh, &outt,
+                                       cache, bytes));
     CHECK_OK(ctx, tb_attention_backward(&ctx, &cfg, &mask, &qh, &kh, &vh, &outt, &doutt, cache,
                                         bytes, &dqh, &dkh, &dvh));
     CHECK_OK(ctx, tb_attention_probs(&ctx, &cfg, &mask, &qh, &kh, &pt));
@@ -1236,7 +1341,7 @@ static garbage_run run_garbage(const garbage_case *gc, const garbage_plan *pl, i
     if (gc->dropout > 0.0f) {
         tb_rng rng;
         tb_rng_init(&rng, 777);
-        CHECK_OK(ctx, tb_attention_dropout_draw(&mask, &rng, gc->dropout, &cfg, m->b, m->tq,
+        CHECK_OK(ctx, tb_attention_dropout_draw(&ctx, &cfg, &mask, &rng, gc->dropout, m->b, m->tq,
                                                 m->tk));
     }
     /* Inputs: separate (B, T, C) buffers, or one packed (B, T, 3C). */
@@ -1283,7 +1388,8 @@ static garbage_run run_garbage(const garbage_case *gc, const garbage_plan *pl, i
     size_t bytes;
     CHECK_OK(ctx, tb_attention_cache_size(&cfg, m->b, m->tq, &bytes));
     void *cache = tbt_alloc(bytes);
-    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, &mask, &qh, &kh, &vh, &outt, cache, bytes));
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, &mask, &qh, &kh, &vh, &outt,
+                                       cache, bytes));
     CHECK_OK(ctx, tb_attention_backward(&ctx, &cfg, &mask, &qh, &kh, &vh, &outt, &doutt, cache,
                                         bytes, &dqh, &dkh, &dvh));
     CHECK_OK(ctx, tb_attention_probs(&ctx, &cfg, &mask, &qh, &kh, &pt));
@@ -1620,7 +1726,8 @@ static run_out run_attention(int threads)
         size_t bytes;
         CHECK_OK(ctx, tb_attention_cache_size(&cfg, sh->b, sh->tq, &bytes));
         void *cache = tbt_alloc(bytes);
-        CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, &mask, &qh, &kh, &vh, &outt, cache, bytes));
+        CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, &mask, &qh, &kh, &vh,
+                                           &outt, cache, bytes));
         CHECK_OK(ctx, tb_attention_backward(&ctx, &cfg, &mask, &qh, &kh, &vh, &outt, &doutt,
                                             cache, bytes, &dqh, &dkh, &dvh));
         CHECK_OK(ctx, tb_attention_probs(&ctx, &cfg, &mask, &qh, &kh, &pt));
@@ -1699,6 +1806,7 @@ Suite *suite_attention(void)
     tcase_add_test(tg, vexp_accuracy);
     tcase_add_test(tg, dropout_statistics_and_reproducibility);
     tcase_add_test(tg, dropout_backward_needs_the_forward_draw);
+    tcase_add_test(tg, dropout_applies_in_training_only);
     suite_add_tcase(s, tg);
     TCase *te = tcase_create("errors");
     tcase_add_test(te, forward_errors);

@@ -295,6 +295,8 @@ static void run_attention_case(const char *name, int case_index)
         q = (tb_heads){&qt, 0}, k = (tb_heads){&kt, 0}, v = (tb_heads){&vt, 0};
     }
 
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 2);
     /* Masks. key_valid bytes: any nonzero value means valid. */
     tb_attention_mask mask = {NULL, NULL, NULL, 0.0f, 0, 0};
     uint8_t *valid = NULL;
@@ -322,9 +324,8 @@ static void run_attention_case(const char *name, int case_index)
         tb_rng_init(&rng, (uint64_t)tbt_ref_i32_scalar(ref, "dropout_seed"));
         rng.counter = (uint64_t)tbt_ref_i32_scalar(ref, "dropout_counter");
         const tb_rng before = rng;
-        ck_assert_int_eq(tb_attention_dropout_draw(&mask, &rng, tbt_ref_scalar(ref, "dropout"),
-                                                   &cfg, b, tq, tk),
-                         TB_OK);
+        const float p = tbt_ref_scalar(ref, "dropout");
+        ck_assert_int_eq(tb_attention_dropout_draw(&ctx, &cfg, &mask, &rng, p, b, tq, tk), TB_OK);
         ck_assert(mask.dropout_key == before.key && mask.dropout_counter == before.counter);
         ck_assert(rng.counter == before.counter + (uint64_t)(b * h * tq * tk));
     }
@@ -332,14 +333,13 @@ static void run_attention_case(const char *name, int case_index)
     const int32_t *row_masked = tbt_ref_i32(ref, "row_masked", &nrm);
     ck_assert_uint_eq(nrm, b * tq);
 
-    tb_ctx ctx;
-    tbt_ctx_init(&ctx, 2);
     size_t cache_bytes;
     CHECK_OK(ctx, tb_attention_cache_size(&cfg, b, tq, &cache_bytes));
     void *cache = tbt_alloc(cache_bytes);
     float *outb = tbt_nan_buffer(b * tq * c);
     tb_tensor outt = tb_tensor_3d(outb, b, tq, c);
-    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, &mask, &q, &k, &v, &outt, cache, cache_bytes));
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, &mask, &q, &k, &v, &outt,
+                                       cache, cache_bytes));
 
     tbt_reft dout_r = tbt_ref_get(ref, "dout");
     ck_assert_uint_eq(dout_r.n, b * tq * c);

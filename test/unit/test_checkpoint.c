@@ -807,7 +807,8 @@ START_TEST(test_nonfinite_detected_in_every_float_dtype)
     tb_ctx ctx;
     tbt_ctx_init(&ctx, 1);
     float xv[4] = {1, 2, 3, 4};
-    tb_param x = {xv, NULL, 1, {4}, 4, 0};
+    tb_param x;
+    CHECK_OK(ctx, tb_param_view(&ctx, &x, xv, NULL, 1, (const size_t[]){4}));
     tb_param_list list;
     CHECK_OK(ctx, tb_param_list_init(&ctx, &list));
     CHECK_OK(ctx, tb_param_list_add(&ctx, &list, NULL, "x", &x));
@@ -869,7 +870,8 @@ START_TEST(test_nonfinite_found_across_scan_blocks)
     tbt_ctx_init(&ctx, 1);
     enum { N = 3000 };
     float *xv = tbt_alloc(N * sizeof(float)), *bits = tbt_alloc(N * sizeof(float));
-    tb_param x = {xv, NULL, 1, {N}, N, 0};
+    tb_param x;
+    CHECK_OK(ctx, tb_param_view(&ctx, &x, xv, NULL, 1, (const size_t[]){N}));
     tb_param_list list;
     CHECK_OK(ctx, tb_param_list_init(&ctx, &list));
     CHECK_OK(ctx, tb_param_list_add(&ctx, &list, NULL, "x", &x));

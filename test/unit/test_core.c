@@ -121,13 +121,7 @@ START_TEST(param_list_basics)
     tb_param ps[41];
     char name[32];
     for (int i = 0; i < 41; i++) { /* 40 entries force the list to grow twice */
-        memset(&ps[i], 0, sizeof ps[i]);
-        ps[i].value = &v[i];
-        ps[i].grad = &g[i];
-        ps[i].ndim = 1;
-        ps[i].shape[0] = 1;
-        ps[i].numel = 1;
-        ps[i].trainable = 1;
+        CHECK_OK(ctx, tb_param_view(&ctx, &ps[i], &v[i], &g[i], 1, (const size_t[]){1}));
         g[i] = 1.0f;
         snprintf(name, sizeof name, "p%d", i);
         if (i < 40)
@@ -170,6 +164,102 @@ START_TEST(param_list_basics)
     tb_param_list_free(&list);
     tb_param_list_free(&list); /* idempotent */
     tb_param_list_free(NULL);
+}
+END_TEST
+
+/* Selecting by predicate: freezing a LoRA-wrapped layer's own weight and
+ * bias must not freeze the adapter's parameters under the same name. */
+START_TEST(param_select_predicates)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    static const char *const names[] = {
+        "h.0.attn.c_attn.weight",        "h.0.attn.c_attn.bias",
+        "h.0.attn.c_attn.lora_A.weight", "h.0.attn.c_attn.lora_B.weight",
+        "h.0.attn.c_attn_x.weight",      "h.0.attn.c_proj.weight",
+        "h.10.attn.c_attn.weight",       "scale",
+    };
+    enum { N = sizeof names / sizeof names[0] };
+    float v[N], g[N];
+    tb_param ps[N];
+    tb_param_list list;
+    CHECK_OK(ctx, tb_param_list_init(&ctx, &list));
+    for (size_t i = 0; i < N; i++) {
+        CHECK_OK(ctx, tb_param_view(&ctx, &ps[i], &v[i], &g[i], 1, (const size_t[]){1}));
+        CHECK_OK(ctx, tb_param_list_add(&ctx, &list, NULL, names[i], &ps[i]));
+    }
+    /* The stock predicates, name by name. */
+    static const struct {
+        const char *module;
+        const char *name;
+        int prefix, direct;
+    } cases[] = {
+        {"h.0.attn.c_attn", "h.0.attn.c_attn.weight", 1, 1},
+        {"h.0.attn.c_attn", "h.0.attn.c_attn.lora_A.weight", 1, 0},
+        {"h.0.attn.c_attn", "h.0.attn.c_attn", 1, 0},
+        {"h.0.attn.c_attn", "h.0.attn.c_attn_x.weight", 0, 0},
+        {"h.0.attn.c_attn", "h.0.attn.c_attn.", 1, 0},
+        {"h.0.attn.c_attn.", "h.0.attn.c_attn.bias", 1, 1},  /* trailing dot */
+        {"h.0.attn.c_attn.", "h.0.attn.c_attn", 0, 0},
+        {"h.0.attn.c_attn.", "h.0.attn.c_attnx.bias", 0, 0},
+        {"h.1", "h.10.attn.c_attn.weight", 0, 0},
+        {"", "scale", 1, 1},                              /* the root module */
+        {"", "h.0.attn.c_attn.weight", 1, 0},
+        {NULL, "scale", 1, 1},
+        {NULL, "h.0.x", 1, 0},
+        {"h", "h.x", 1, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        void *u = (void *)cases[i].module;
+        ck_assert_msg(!tb_select_prefix(cases[i].name, &ps[0], u) == !cases[i].prefix,
+                      "prefix '%s' on '%s'", cases[i].module ? cases[i].module : "(null)",
+                      cases[i].name);
+        ck_assert_msg(!tb_select_direct(cases[i].name, &ps[0], u) == !cases[i].direct,
+                      "direct '%s' on '%s'", cases[i].module ? cases[i].module : "(null)",
+                      cases[i].name);
+    }
+    ck_assert(!tb_select_prefix(NULL, &ps[0], NULL) && !tb_select_direct(NULL, &ps[0], NULL));
+
+    /* Freeze the wrapped layer's own weight and bias: exactly those two. */
+    ck_assert_uint_eq(tb_param_list_set_trainable_where(&list, tb_select_direct,
+                                                        (void *)"h.0.attn.c_attn", 0),
+                      2);
+    for (size_t i = 0; i < N; i++)
+        ck_assert_msg(ps[i].trainable == (i >= 2), "%s: trainable %d", names[i],
+                      ps[i].trainable);
+    /* The prefix predicate would have taken the adapter too (and is what
+     * set_trainable does). */
+    ck_assert_uint_eq(tb_param_list_set_trainable_where(&list, tb_select_prefix,
+                                                        (void *)"h.0.attn.c_attn", 0),
+                      4);
+    ck_assert_int_eq(ps[2].trainable, 0);
+    ck_assert_int_eq(ps[4].trainable, 1); /* c_attn_x is another module */
+    ck_assert_uint_eq(tb_param_list_set_trainable(&list, "h.0.attn.c_attn.", 1), 4);
+    ck_assert_int_eq(ps[0].trainable, 1);
+    ck_assert_int_eq(ps[3].trainable, 1);
+    /* Edge cases: empty prefix (everything), root module, NULL predicate
+     * (nothing), NULL list. */
+    ck_assert_uint_eq(tb_param_list_set_trainable_where(&list, tb_select_prefix, (void *)"", 0),
+                      N);
+    ck_assert_uint_eq(tb_param_list_numel(&list, 1), 0);
+    ck_assert_uint_eq(tb_param_list_set_trainable_where(&list, tb_select_direct, NULL, 1), 1);
+    ck_assert_int_eq(ps[N - 1].trainable, 1);
+    ck_assert_uint_eq(tb_param_list_set_trainable_where(&list, NULL, NULL, 1), 0);
+    ck_assert_uint_eq(tb_param_list_numel(&list, 1), 1);
+    ck_assert_uint_eq(tb_param_list_set_trainable_where(NULL, tb_select_prefix, NULL, 1), 0);
+    /* The optimizer's groups take the same predicates. */
+    ck_assert_uint_eq(tb_param_list_set_trainable(&list, NULL, 1), N);
+    tb_adam opt;
+    tb_adam_config cfg = tb_adam_default_config();
+    CHECK_OK(ctx, tb_adam_init(&ctx, &opt, &list, &cfg));
+    size_t moved = 0;
+    CHECK_OK(ctx, tb_adam_add_group(&ctx, &opt, 1e-2f, 0.0f, tb_select_direct,
+                                    (void *)"h.0.attn.c_attn", &moved));
+    ck_assert_uint_eq(moved, 2);
+    ck_assert_uint_eq(opt.slots[0].group, 1);
+    ck_assert_uint_eq(opt.slots[2].group, 0);
+    tb_adam_free(&opt);
+    tb_param_list_free(&list);
 }
 END_TEST
 
@@ -461,6 +551,147 @@ START_TEST(allocator_hooks_are_used_and_failures_reported)
 }
 END_TEST
 
+/* tb_param_init / tb_param_view / tb_param_free: shapes, ownership, errors. */
+START_TEST(param_init_view_free)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    counting c = {0, 0, -1};
+    ctx.allocator.alloc = counting_alloc;
+    ctx.allocator.free = counting_free;
+    ctx.allocator.user = &c;
+    tb_param p;
+    const size_t s3[3] = {2, 3, 5};
+    CHECK_OK(ctx, tb_param_init(&ctx, &p, 3, s3, 0));
+    ck_assert_int_eq(c.allocs, 1); /* value and gradient in one allocation */
+    ck_assert_uint_eq(p.ndim, 3);
+    ck_assert_uint_eq(p.shape[0], 2);
+    ck_assert_uint_eq(p.shape[2], 5);
+    ck_assert_uint_eq(p.shape[3], 0);
+    ck_assert_uint_eq(p.numel, 30);
+    ck_assert_int_eq(p.trainable, 1);
+    ck_assert_ptr_nonnull(p.value);
+    ck_assert_ptr_nonnull(p.grad);
+    ck_assert_ptr_eq(p.storage, p.value);
+    ck_assert_uint_eq((uintptr_t)p.value % 64, 0);
+    ck_assert_uint_eq((uintptr_t)p.grad % 64, 0);
+    ck_assert((unsigned char *)p.grad >= (unsigned char *)(p.value + p.numel));
+    for (size_t i = 0; i < p.numel; i++)
+        ck_assert(p.value[i] == 0.0f && p.grad[i] == 0.0f);
+    /* It works with the rest of the library: listed, counted, zeroed. */
+    tb_param_list list;
+    CHECK_OK(ctx, tb_param_list_init(&ctx, &list));
+    CHECK_OK(ctx, tb_param_list_add(&ctx, &list, "m", "w", &p));
+    ck_assert_uint_eq(tb_param_list_numel(&list, 1), 30);
+    tb_param_list_free(&list);
+    tb_param_free(&p);
+    ck_assert_int_eq(c.frees, 2); /* the list's entries, then the parameter */
+    ck_assert_ptr_null(p.value);
+    ck_assert_ptr_null(p.storage);
+    ck_assert_uint_eq(p.numel, 0);
+    tb_param_free(&p); /* idempotent */
+    tb_param_free(NULL);
+    ck_assert_int_eq(c.frees, 2);
+
+    /* No gradient: one vector, not trainable. */
+    const size_t s1[1] = {7};
+    CHECK_OK(ctx, tb_param_init(&ctx, &p, 1, s1, TB_PARAM_NO_GRAD));
+    ck_assert_ptr_null(p.grad);
+    ck_assert_int_eq(p.trainable, 0);
+    ck_assert_uint_eq(p.numel, 7);
+    tb_param_free(&p);
+    ck_assert_int_eq(c.allocs, 3);
+    ck_assert_int_eq(c.frees, 3);
+
+    /* Errors: each leaves the struct empty and allocates nothing. */
+    const size_t s5[5] = {1, 1, 1, 1, 1}, zero[2] = {3, 0};
+    const size_t over[2] = {SIZE_MAX / 2, 3}, over_bytes[1] = {SIZE_MAX / 2};
+    const size_t over_grad[1] = {SIZE_MAX / 4}; /* values fit, values + gradients do not */
+    const struct {
+        tb_ctx *ctx;
+        tb_param *p;
+        size_t ndim;
+        const size_t *shape;
+        unsigned flags;
+        tb_status want;
+        const char *detail;
+    } bad[] = {
+        {NULL, &p, 1, s1, 0, TB_ERR_NULL_ARG, NULL},
+        {&ctx, NULL, 1, s1, 0, TB_ERR_NULL_ARG, "param"},
+        {&ctx, &p, 1, NULL, 0, TB_ERR_NULL_ARG, "shape"},
+        {&ctx, &p, 0, s1, 0, TB_ERR_SHAPE, "ndim is 0"},
+        {&ctx, &p, 5, s5, 0, TB_ERR_SHAPE, "ndim is 5"},
+        {&ctx, &p, 2, zero, 0, TB_ERR_SHAPE, "shape[1] is 0"},
+        {&ctx, &p, 2, over, 0, TB_ERR_OVERFLOW, "overflows"},
+        {&ctx, &p, 1, over_bytes, TB_PARAM_NO_GRAD, TB_ERR_OVERFLOW, "size_t"},
+        {&ctx, &p, 1, over_grad, 0, TB_ERR_OVERFLOW, "gradients"},
+        {&ctx, &p, 1, s1, 0x10u, TB_ERR_INVALID_ARG, "flags"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        memset(&p, 0xAB, sizeof p);
+        tb_ctx_clear_error(&ctx);
+        ck_assert_int_eq(tb_param_init(bad[i].ctx, bad[i].p, bad[i].ndim, bad[i].shape,
+                                       bad[i].flags),
+                         bad[i].want);
+        if (bad[i].p)
+            ck_assert(p.value == NULL && p.grad == NULL && p.storage == NULL && p.numel == 0);
+        if (bad[i].detail)
+            ck_assert_msg(strstr(tb_ctx_error(&ctx), bad[i].detail) &&
+                              strstr(tb_ctx_error(&ctx), "tb_param_init: "),
+                          "case %zu: '%s'", i, tb_ctx_error(&ctx));
+    }
+    ck_assert_int_eq(c.allocs, 3);
+    /* Allocator failure: TB_ERR_NO_MEMORY, the struct empty. */
+    c.budget = c.allocs;
+    ck_assert_int_eq(tb_param_init(&ctx, &p, 3, s3, 0), TB_ERR_NO_MEMORY);
+    ck_assert_ptr_null(p.value);
+    ck_assert_ptr_null(p.storage);
+    tb_param_free(&p);
+    ck_assert_int_eq(c.frees, 3);
+    c.budget = -1;
+
+    /* A view: the caller's memory, never freed by the library. */
+    float v[6] = {1, 2, 3, 4, 5, 6}, g[6] = {0};
+    const size_t s2[2] = {2, 3};
+    CHECK_OK(ctx, tb_param_view(&ctx, &p, v, g, 2, s2));
+    ck_assert_ptr_eq(p.value, v);
+    ck_assert_ptr_eq(p.grad, g);
+    ck_assert_ptr_null(p.storage);
+    ck_assert_uint_eq(p.numel, 6);
+    ck_assert_int_eq(p.trainable, 1);
+    tb_param_free(&p); /* clears the struct only */
+    ck_assert_int_eq(c.frees, 3);
+    ck_assert_ptr_null(p.value);
+    ck_assert(v[5] == 6.0f);
+    CHECK_OK(ctx, tb_param_view(&ctx, &p, v, NULL, 2, s2));
+    ck_assert_int_eq(p.trainable, 0);
+    ck_assert_int_eq(tb_param_view(&ctx, &p, NULL, g, 2, s2), TB_ERR_NULL_ARG);
+    ck_assert_ptr_null(p.grad);
+    ck_assert_int_eq(tb_param_view(&ctx, NULL, v, g, 2, s2), TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_param_view(&ctx, &p, v, g, 2, NULL), TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_param_view(&ctx, &p, v, g, 0, s2), TB_ERR_SHAPE);
+    ck_assert_int_eq(tb_param_view(&ctx, &p, v, g, 5, s5), TB_ERR_SHAPE);
+    ck_assert_int_eq(tb_param_view(&ctx, &p, v, g, 2, zero), TB_ERR_SHAPE);
+    ck_assert_int_eq(tb_param_view(&ctx, &p, v, g, 2, over), TB_ERR_OVERFLOW);
+    ck_assert_int_eq(tb_param_view(&ctx, &p, v, g, 1, over_bytes), TB_ERR_OVERFLOW);
+    ck_assert_ptr_null(p.value);
+    ck_assert_int_eq(tb_param_view(NULL, &p, v, g, 0, s2), TB_ERR_SHAPE); /* no ctx: status only */
+    ck_assert_int_eq(c.allocs, 3);
+
+    /* A layer viewing a parameter does not take ownership of it. */
+    CHECK_OK(ctx, tb_param_init(&ctx, &p, 2, s2, 0));
+    tb_linear lin;
+    CHECK_OK(ctx, tb_linear_view(&ctx, &lin, &p, NULL, TB_LINEAR_OUT_IN));
+    ck_assert_ptr_null(lin.weight.storage);
+    tb_linear_free(&lin);
+    tb_param_free(&lin.weight);
+    ck_assert_int_eq(c.frees, 3);
+    tb_param_free(&p);
+    ck_assert_int_eq(c.frees, 4);
+    ck_assert_int_eq(c.allocs, 4);
+}
+END_TEST
+
 Suite *suite_core(void)
 {
     Suite *s = suite_create("core");
@@ -477,6 +708,8 @@ Suite *suite_core(void)
     tcase_add_test(tc, arena_counts_then_carves);
     tcase_add_test(tc, ctx_set_error_records_and_returns);
     tcase_add_test(tc, allocator_hooks_are_used_and_failures_reported);
+    tcase_add_test(tc, param_init_view_free);
+    tcase_add_test(tc, param_select_predicates);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -268,7 +268,7 @@ static void check_ew(enum op_kind kind, const char *name, size_t rows, size_t co
         tb_rng r = p.rng0;
         tb_dropout_cache c;
         ck_assert_int_eq(tb_dropout_forward(&p.ctx, TB_MODE_TRAINING, p.p, &r, &x, &y, &c), TB_OK);
-        ck_assert_int_eq(tb_dropout_backward(&p.ctx, &c, &dy, &dxt), TB_OK);
+        ck_assert_int_eq(tb_dropout_backward(&p.ctx, &dy, &c, &dxt), TB_OK);
         break;
     }
     case OP_RESIDUAL: /* the branch contributed nothing here: dx starts at 0 */

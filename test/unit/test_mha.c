@@ -393,8 +393,8 @@ START_TEST(test_mha_oracle_case)
     }
     size_t cache_bytes;
     void *cache = alloc_cache(&ctx, &m, b, tq, tk, &cache_bytes);
-    CHECK_OK(ctx, tb_mha_forward(&ctx, &m, &mask, &xt, cross ? &memt : NULL, &yt, cache,
-                                 cache_bytes));
+    CHECK_OK(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, &mask, &xt, cross ? &memt : NULL, &yt,
+                                 cache, cache_bytes));
     CHECK_OK(ctx, tb_mha_backward(&ctx, &m, &mask, &xt, cross ? &memt : NULL, &dyt, cache,
                                   cache_bytes, &dxt, cross ? &dmemt : NULL));
 
@@ -577,7 +577,7 @@ START_TEST(test_mha_backward_accumulates)
         size_t bytes;
         void *cache = alloc_cache(&ctx, &m, b, t, tkk, &bytes);
         const tb_tensor *mp = cross ? &memt : NULL;
-        CHECK_OK(ctx, tb_mha_forward(&ctx, &m, NULL, &xt, mp, &yt, cache, bytes));
+        CHECK_OK(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, NULL, &xt, mp, &yt, cache, bytes));
         CHECK_OK(ctx, tb_mha_backward(&ctx, &m, NULL, &xt, mp, &dyt, cache, bytes, &dx1t,
                                       cross ? &dm1t : NULL));
         tb_param *const ps[4] = {&m.in_proj_weight, &m.in_proj_bias, &m.out_proj.weight,
@@ -649,8 +649,8 @@ typedef struct mha_prob {
 static double mha_loss(void *user)
 {
     mha_prob *p = user;
-    CHECK_OK(p->ctx, tb_mha_forward(&p->ctx, &p->m, &p->mask, &p->xt, p->cross ? &p->memt : NULL,
-                                    &p->yt, p->cache, p->cache_bytes));
+    CHECK_OK(p->ctx, tb_mha_forward(&p->ctx, &p->m, TB_MODE_TRAINING, &p->mask, &p->xt,
+                                    p->cross ? &p->memt : NULL, &p->yt, p->cache, p->cache_bytes));
     return tbt_dot(p->w, p->y, p->ny);
 }
 
@@ -670,7 +670,8 @@ static void gradcheck_mha(const char *tag, size_t c, size_t h, size_t b, size_t 
     if (dropout > 0.0f) {
         tb_rng rng;
         tb_rng_init(&rng, seed + 5);
-        CHECK_OK(p.ctx, tb_attention_dropout_draw(&p.mask, &rng, dropout, &p.m.attn, b, tq, tk));
+        CHECK_OK(p.ctx, tb_attention_dropout_draw(&p.ctx, &p.m.attn, &p.mask, &rng, dropout, b, tq,
+                                                  tk));
     }
     p.cross = cross;
     const size_t nx = b * tq * c, nm = b * tk * c;
@@ -812,7 +813,8 @@ START_TEST(test_mha_decode_matches_forward)
         tb_tensor xt = tb_tensor_3d(x, b, t, c), yt = tb_tensor_3d(y, b, t, c);
         size_t bytes;
         void *cache = alloc_cache(&ctx, &m, b, t, t, &bytes);
-        CHECK_OK(ctx, tb_mha_forward(&ctx, &m, NULL, &xt, NULL, &yt, cache, bytes));
+        CHECK_OK(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, NULL, &xt, NULL, &yt, cache,
+                                     bytes));
         tb_kv_cache kv;
         CHECK_OK(ctx, tb_kv_cache_init(&ctx, &kv, b, t + 2, h, c / h));
         for (size_t g = 0; g < ARRAY_LEN(groups); g++) {
@@ -877,7 +879,8 @@ START_TEST(test_kv_cache_attend_gqa)
     tb_heads qh = {&qt, 0}, kh = {&kvt, 1}, vh = {&kvt, 1 + ckv};
     float *full = tbt_nan_buffer(b * t * cq);
     tb_tensor fullt = tb_tensor_3d(full, b, t, cq);
-    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, NULL, &qh, &kh, &vh, &fullt, NULL, 0));
+    CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, NULL, &qh, &kh, &vh, &fullt,
+                                       NULL, 0));
 
     tb_kv_cache kv;
     CHECK_OK(ctx, tb_kv_cache_init(&ctx, &kv, b, t, hkv, d));
@@ -923,7 +926,8 @@ START_TEST(test_kv_cache_attend_gqa)
         cfg.causal = causal;
         float *o1 = tbt_nan_buffer(b * 3 * cq), *o2 = tbt_nan_buffer(b * 3 * cq);
         tb_tensor o1t = tb_tensor_3d(o1, b, 3, cq), o2t = tb_tensor_3d(o2, b, 3, cq);
-        CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, &mask, &q3h, &kh, &vh, &o1t, NULL, 0));
+        CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, &mask, &q3h, &kh, &vh,
+                                           &o1t, NULL, 0));
         CHECK_OK(ctx, tb_kv_cache_attend(&ctx, &kv, &cfg, lens, &q3h, &o2t));
         assert_bitwise(causal ? "kv attend key lengths, causal" : "kv attend key lengths", o2,
                        o1, b * 3 * cq);
@@ -1152,48 +1156,62 @@ START_TEST(test_mha_errors)
 
     /* forward */
     fill_sentinel(y, b * t * c);
-    CHECK_ERR(ctx, tb_mha_forward(NULL, &m, NULL, &xt, NULL, &yt, cache, big_bytes),
+    CHECK_ERR(ctx, tb_mha_forward(NULL, &m, TB_MODE_TRAINING, NULL, &xt, NULL, &yt, cache,
+                                  big_bytes),
               TB_ERR_NULL_ARG);
-    CHECK_ERR(ctx, tb_mha_forward(&ctx, NULL, NULL, &xt, NULL, &yt, cache, big_bytes),
+    CHECK_ERR(ctx, tb_mha_forward(&ctx, NULL, TB_MODE_TRAINING, NULL, &xt, NULL, &yt, cache,
+                                  big_bytes),
               TB_ERR_NULL_ARG);
-    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, NULL, NULL, NULL, &yt, cache, big_bytes),
+    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, NULL, NULL, NULL, &yt, cache,
+                                  big_bytes),
               TB_ERR_NULL_ARG);
-    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, NULL, &xt, NULL, NULL, cache, big_bytes),
+    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, NULL, &xt, NULL, NULL, cache,
+                                  big_bytes),
               TB_ERR_NULL_ARG);
-    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, NULL, &xt, NULL, &yt, NULL, big_bytes),
-              TB_ERR_NULL_ARG);
-    CHECK_ERR(ctx, tb_mha_forward(&ctx, &zero, NULL, &xt, NULL, &yt, cache, big_bytes),
+    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, (tb_mode)2, NULL, &xt, NULL, &yt, cache, big_bytes),
+              TB_ERR_INVALID_ARG); /* unknown mode (a NULL cache is inference: see below) */
+    CHECK_ERR(ctx, tb_mha_forward(&ctx, &zero, TB_MODE_TRAINING, NULL, &xt, NULL, &yt, cache,
+                                  big_bytes),
               TB_ERR_STATE);
     tb_tensor bad = tb_tensor_2d(x, b * t, c);
-    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, NULL, &bad, NULL, &yt, cache, big_bytes),
+    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, NULL, &bad, NULL, &yt, cache,
+                                  big_bytes),
               TB_ERR_SHAPE);
     bad = tb_tensor_3d(x, b, t * 2, c / 2); /* last dimension != C */
-    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, NULL, &bad, NULL, &yt, cache, big_bytes),
+    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, NULL, &bad, NULL, &yt, cache,
+                                  big_bytes),
               TB_ERR_SHAPE);
     bad = tb_tensor_3d(y, b, t - 1, c); /* y has the wrong T */
-    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, NULL, &xt, NULL, &bad, cache, big_bytes),
+    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, NULL, &xt, NULL, &bad, cache,
+                                  big_bytes),
               TB_ERR_SHAPE);
     bad = tb_tensor_3d(mem, 1, tk, c); /* mem has another batch size */
-    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, NULL, &xt, &bad, &yt, cache, big_bytes),
+    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, NULL, &xt, &bad, &yt, cache,
+                                  big_bytes),
               TB_ERR_SHAPE);
     bad = tb_tensor_3d(mem, b, tk * 2, c / 2);
-    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, NULL, &xt, &bad, &yt, cache, big_bytes),
+    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, NULL, &xt, &bad, &yt, cache,
+                                  big_bytes),
               TB_ERR_SHAPE);
-    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, NULL, &xt, NULL, &xt, cache, big_bytes),
+    CHECK_ERR(ctx,
+              tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, NULL, &xt, NULL, &xt, cache, big_bytes),
               TB_ERR_INVALID_ARG); /* y overlaps x */
     const int32_t too_long[2] = {5, 6};
     tb_attention_mask mask;
     memset(&mask, 0, sizeof mask);
     mask.key_lengths = too_long;
-    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, &mask, &xt, NULL, &yt, cache, big_bytes),
+    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, &mask, &xt, NULL, &yt, cache,
+                                  big_bytes),
               TB_ERR_INVALID_ARG);
     /* Small or misaligned cache. */
-    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, NULL, &xt, NULL, &yt, cache, self_bytes - 1),
+    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, NULL, &xt, NULL, &yt, cache,
+                                  self_bytes - 1),
               TB_ERR_BUFFER_TOO_SMALL);
-    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, NULL, &xt, &memt, &yt, cache, cross_bytes - 1),
+    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, NULL, &xt, &memt, &yt, cache,
+                                  cross_bytes - 1),
               TB_ERR_BUFFER_TOO_SMALL);
-    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, NULL, &xt, NULL, &yt, (char *)cache + 2,
-                                  self_bytes + 8),
+    CHECK_ERR(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, NULL, &xt, NULL, &yt,
+                                  (char *)cache + 2, self_bytes + 8),
               TB_ERR_INVALID_ARG);
     assert_untouched(y, b * t * c, "y");
 
@@ -1203,19 +1221,23 @@ START_TEST(test_mha_errors)
     CHECK_ERR(ctx, tb_mha_backward(&ctx, &m, NULL, &xt, NULL, &dyt, cache, big_bytes, &dxt, NULL),
               TB_ERR_STATE);
     tb_tensor x3 = tb_tensor_3d(x, b, 3, c), y3 = tb_tensor_3d(y, b, 3, c);
-    CHECK_OK(ctx, tb_mha_forward(&ctx, &m, NULL, &x3, NULL, &y3, cache, big_bytes));
+    CHECK_OK(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, NULL, &x3, NULL, &y3, cache,
+                                 big_bytes));
     CHECK_ERR(ctx, tb_mha_backward(&ctx, &m, NULL, &xt, NULL, &dyt, cache, big_bytes, &dxt, NULL),
               TB_ERR_STATE);
     tb_tensor x1 = tb_tensor_3d(x, 1, t, c), y1 = tb_tensor_3d(y, 1, t, c);
-    CHECK_OK(ctx, tb_mha_forward(&ctx, &m, NULL, &x1, NULL, &y1, cache, big_bytes));
+    CHECK_OK(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, NULL, &x1, NULL, &y1, cache,
+                                 big_bytes));
     CHECK_ERR(ctx, tb_mha_backward(&ctx, &m, NULL, &xt, NULL, &dyt, cache, big_bytes, &dxt, NULL),
               TB_ERR_STATE);
     tb_tensor mem5 = tb_tensor_3d(mem, b, t, c), dmem5 = tb_tensor_3d(dmem, b, t, c);
-    CHECK_OK(ctx, tb_mha_forward(&ctx, &m, NULL, &xt, NULL, &yt, cache, big_bytes));
+    CHECK_OK(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, NULL, &xt, NULL, &yt, cache,
+                                 big_bytes));
     CHECK_ERR(ctx, tb_mha_backward(&ctx, &m, NULL, &xt, &mem5, &dyt, cache, big_bytes, &dxt,
                                    &dmem5),
               TB_ERR_STATE); /* self cache, cross call */
-    CHECK_OK(ctx, tb_mha_forward(&ctx, &m, NULL, &xt, &memt, &yt, cache, big_bytes));
+    CHECK_OK(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, NULL, &xt, &memt, &yt, cache,
+                                 big_bytes));
     CHECK_ERR(ctx, tb_mha_backward(&ctx, &m, NULL, &xt, NULL, &dyt, cache, big_bytes, &dxt, NULL),
               TB_ERR_STATE); /* cross cache, self call */
     tb_tensor mem3 = tb_tensor_3d(mem, b, 3, c), dmem3 = tb_tensor_3d(dmem, b, 3, c);
@@ -1361,7 +1383,8 @@ static void run_threads(int threads, size_t b, size_t t, size_t tk, size_t c, si
     tb_tensor dmemt = cross ? tb_tensor_3d(r->dmem, b, tk, c) : xt;
     size_t bytes;
     void *cache = alloc_cache(&ctx, &m, b, t, cross ? tk : t, &bytes);
-    CHECK_OK(ctx, tb_mha_forward(&ctx, &m, NULL, &xt, cross ? &memt : NULL, &yt, cache, bytes));
+    CHECK_OK(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, NULL, &xt, cross ? &memt : NULL, &yt,
+                                 cache, bytes));
     CHECK_OK(ctx, tb_mha_backward(&ctx, &m, NULL, &xt, cross ? &memt : NULL, &dyt, cache, bytes,
                                   &dxt, cross ? &dmemt : NULL));
     r->gw = dup_floats(m.in_proj_weight.grad, 3 * c * c);
@@ -1427,6 +1450,68 @@ static void check_threads(size_t b, size_t t, size_t tk, size_t c, size_t h, int
     }
     free_run(&r1);
 }
+
+/* Training and inference (docs/conventions.md): a NULL cache means no
+ * backward follows and gives the same y bit for bit; TB_MODE_INFERENCE
+ * ignores the mask's attention dropout, TB_MODE_TRAINING applies it. */
+START_TEST(test_mha_forward_modes_and_no_cache)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 2);
+    tb_rng rng;
+    tb_rng_init(&rng, 5);
+    tb_mha m;
+    const size_t c = 8, h = 2, b = 2, t = 6, tk = 5;
+    CHECK_OK(ctx, tb_mha_init(&ctx, &m, c, h, 1, &rng));
+    m.attn.causal = 1;
+    float *x = tbt_alloc(b * t * c * sizeof(float)), *mem = tbt_alloc(b * tk * c * sizeof(float));
+    float *y1 = tbt_alloc(b * t * c * sizeof(float)), *y2 = tbt_alloc(b * t * c * sizeof(float));
+    float *y3 = tbt_alloc(b * t * c * sizeof(float));
+    tbt_fill_uniform(x, b * t * c, -1, 1, 7);
+    tbt_fill_uniform(mem, b * tk * c, -1, 1, 8);
+    tb_tensor xt = tb_tensor_3d(x, b, t, c), memt = tb_tensor_3d(mem, b, tk, c);
+    tb_tensor t1 = tb_tensor_3d(y1, b, t, c), t2 = tb_tensor_3d(y2, b, t, c);
+    tb_tensor t3 = tb_tensor_3d(y3, b, t, c);
+    size_t bytes;
+    CHECK_OK(ctx, tb_mha_cache_size(&m, b, t, t, &bytes));
+    void *cache = tbt_alloc(bytes);
+    tb_attention_mask none, drop;
+    memset(&none, 0, sizeof none);
+    memset(&drop, 0, sizeof drop);
+    CHECK_OK(ctx, tb_attention_dropout_draw(&ctx, &m.attn, &drop, &rng, 0.5f, b, t, t));
+    const size_t n = b * t * c * sizeof(float);
+    for (int cross = 0; cross < 2; cross++) {
+        const tb_tensor *mt = cross ? &memt : NULL;
+        if (cross) {
+            CHECK_OK(ctx, tb_mha_cache_size(&m, b, t, tk, &bytes));
+            free(cache);
+            cache = tbt_alloc(bytes);
+            CHECK_OK(ctx, tb_attention_dropout_draw(&ctx, &m.attn, &drop, &rng, 0.5f, b, t, tk));
+        }
+        for (int mode = 0; mode < 2; mode++) {
+            const tb_mode md = mode ? TB_MODE_TRAINING : TB_MODE_INFERENCE;
+            CHECK_OK(ctx, tb_mha_forward(&ctx, &m, md, &drop, &xt, mt, &t1, cache, bytes));
+            CHECK_OK(ctx, tb_mha_forward(&ctx, &m, md, &drop, &xt, mt, &t2, NULL, 0));
+            ck_assert_msg(memcmp(y1, y2, n) == 0, "cross %d mode %d: a NULL cache changed y",
+                          cross, mode);
+        }
+        /* Inference ignores the dropout in the mask; training applies it. */
+        CHECK_OK(ctx, tb_mha_forward(&ctx, &m, TB_MODE_INFERENCE, &none, &xt, mt, &t3, NULL, 0));
+        CHECK_OK(ctx, tb_mha_forward(&ctx, &m, TB_MODE_INFERENCE, &drop, &xt, mt, &t1, NULL, 0));
+        ck_assert(memcmp(y1, y3, n) == 0);
+        CHECK_OK(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, &drop, &xt, mt, &t1, NULL, 0));
+        ck_assert_msg(memcmp(y1, y3, n) != 0, "training with dropout 0.5 changed nothing");
+    }
+    /* Backward needs the cache. */
+    float *dx = tbt_alloc(n);
+    tb_tensor dxt = tb_tensor_3d(dx, b, t, c);
+    CHECK_ERR(ctx, tb_mha_backward(&ctx, &m, &none, &xt, NULL, &t3, NULL, bytes, &dxt, NULL),
+              TB_ERR_NULL_ARG);
+    ck_assert_ptr_nonnull(strstr(tb_ctx_error(&ctx), "tb_mha_forward"));
+    free(x), free(mem), free(y1), free(y2), free(y3), free(dx), free(cache);
+    tb_mha_free(&m);
+}
+END_TEST
 
 START_TEST(test_mha_threads_bitwise)
 {
@@ -1591,7 +1676,8 @@ static run_out run_mha_garbage(const mha_garbage *g, int threads, const float *g
     tb_tensor dmt = tb_tensor_3d(mem ? r.dmem : r.dx, b, tk, c);
     size_t bytes;
     void *cache = alloc_cache(&ctx, &m, b, tq, tk, &bytes);
-    CHECK_OK(ctx, tb_mha_forward(&ctx, &m, &g->mask, &xt, mem ? &mt : NULL, &yt, cache, bytes));
+    CHECK_OK(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, &g->mask, &xt, mem ? &mt : NULL, &yt,
+                                 cache, bytes));
     CHECK_OK(ctx, tb_mha_backward(&ctx, &m, &g->mask, &xt, mem ? &mt : NULL, &dyt, cache, bytes,
                                   &dxt, mem ? &dmt : NULL));
     r.gw = dup_floats(m.in_proj_weight.grad, 3 * c * c);
@@ -1849,6 +1935,7 @@ Suite *suite_mha(void)
     tcase_add_test(tc, test_mha_gradcheck_cross);
     tcase_add_test(tc, test_mha_errors);
     tcase_add_test(tc, test_mha_threads_bitwise);
+    tcase_add_test(tc, test_mha_forward_modes_and_no_cache);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("kv_cache");

@@ -48,7 +48,7 @@ static const char *const clip_cases[] = {"clip_below", "clip_above", "clip_tiny"
  * trainable, p3 (4) frozen. */
 typedef struct four {
     tb_param p[4];
-    float *mem;
+    float *mem; /* every value and gradient, (value, grad) per parameter */
     tb_param_list list;
 } four;
 
@@ -59,19 +59,15 @@ static void four_init(tb_ctx *ctx, four *f)
     static const char *const names[4] = {"p0", "p1", "p2", "p3"};
     memset(f, 0, sizeof *f);
     f->mem = tbt_alloc(2 * (51 + 17 + 17 + 4) * sizeof(float));
+    memset(f->mem, 0, 2 * (51 + 17 + 17 + 4) * sizeof(float));
     float *at = f->mem;
     CHECK_OK(*ctx, tb_param_list_init(ctx, &f->list));
     for (int i = 0; i < 4; i++) {
         tb_param *p = &f->p[i];
-        p->ndim = ndims[i];
-        p->shape[0] = shapes[i][0];
-        p->shape[1] = shapes[i][1];
-        p->numel = ndims[i] == 2 ? shapes[i][0] * shapes[i][1] : shapes[i][0];
-        p->value = at;
-        p->grad = at + p->numel;
-        at += 2 * p->numel;
+        const size_t n = ndims[i] == 2 ? shapes[i][0] * shapes[i][1] : shapes[i][0];
+        CHECK_OK(*ctx, tb_param_view(ctx, p, at, at + n, ndims[i], shapes[i]));
+        at += 2 * n;
         p->trainable = i < 3;
-        memset(p->grad, 0, p->numel * sizeof(float));
         CHECK_OK(*ctx, tb_param_list_add(ctx, &f->list, NULL, names[i], p));
     }
 }
@@ -650,13 +646,8 @@ static float *run_big(int threads)
     float *v = tbt_alloc(2 * N * sizeof(float));
     tbt_fill_uniform(v, N, -1, 1, 9);
     tb_param p;
-    memset(&p, 0, sizeof p);
-    p.ndim = 1;
-    p.shape[0] = N;
-    p.numel = N;
-    p.value = v;
-    p.grad = v + N;
-    p.trainable = 1;
+    const size_t shape[1] = {N};
+    CHECK_OK(ctx, tb_param_view(&ctx, &p, v, v + N, 1, shape));
     tb_param_list list;
     CHECK_OK(ctx, tb_param_list_init(&ctx, &list));
     CHECK_OK(ctx, tb_param_list_add(&ctx, &list, NULL, "w", &p));

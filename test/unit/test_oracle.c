@@ -588,7 +588,7 @@ START_TEST(test_oracle_dropout)
                   kept, DROP_N, mean, sigma);
 
     /* (c) backward: dy * mask / (1 - p) with the forward's mask. */
-    CHECK_OK(ctx, tb_dropout_backward(&ctx, &cache, &dyt, &dxt));
+    CHECK_OK(ctx, tb_dropout_backward(&ctx, &dyt, &cache, &dxt));
     for (size_t i = 0; i < DROP_N; i++) {
         float want = y[i] != 0.0f ? dy[i] * scale : 0.0f;
         ck_assert_msg(dx[i] == want, "dropout dx[%zu] = %.9g, want %.9g (kept=%d)", i,
@@ -613,7 +613,7 @@ START_TEST(test_oracle_dropout)
         for (size_t i = 0; i < DROP_N; i++)
             y[i] = dx[i] = NAN;
         CHECK_OK(ctx, tb_dropout_forward(&ctx, modes[k], ps[k], &rng, &xt, &yt, &cache));
-        CHECK_OK(ctx, tb_dropout_backward(&ctx, &cache, &dyt, &dxt));
+        CHECK_OK(ctx, tb_dropout_backward(&ctx, &dyt, &cache, &dxt));
         ck_assert_msg(memcmp(y, x, DROP_N * sizeof(float)) == 0, "dropout %s p=%g is not identity",
                       k == 0 ? "inference" : "training", (double)ps[k]);
         ck_assert_msg(memcmp(dx, dy, DROP_N * sizeof(float)) == 0,
@@ -624,7 +624,7 @@ START_TEST(test_oracle_dropout)
     for (size_t i = 0; i < DROP_N; i++)
         y[i] = dx[i] = NAN;
     CHECK_OK(ctx, tb_dropout_forward(&ctx, TB_MODE_TRAINING, 1.0f, &rng, &xt, &yt, &cache));
-    CHECK_OK(ctx, tb_dropout_backward(&ctx, &cache, &dyt, &dxt));
+    CHECK_OK(ctx, tb_dropout_backward(&ctx, &dyt, &cache, &dxt));
     for (size_t i = 0; i < DROP_N; i++)
         ck_assert_msg(y[i] == 0.0f && dx[i] == 0.0f, "dropout p=1: y[%zu]=%g dx[%zu]=%g", i,
                       (double)y[i], i, (double)dx[i]);

@@ -433,11 +433,7 @@ static void pset_init(tb_ctx *ctx, pset *s, size_t bias_len, float fill)
     CHECK_OK(*ctx, tb_param_list_init(ctx, &s->list));
     for (int i = 0; i < 3; i++) {
         tb_param *p = &s->p[i];
-        p->ndim = nd[i];
-        p->shape[0] = shapes[i][0];
-        p->shape[1] = shapes[i][1];
-        p->numel = nd[i] == 2 ? shapes[i][0] * shapes[i][1] : shapes[i][0];
-        p->value = at;
+        CHECK_OK(*ctx, tb_param_view(ctx, p, at, NULL, nd[i], shapes[i]));
         at += p->numel;
         p->trainable = 1;
         for (size_t k = 0; k < p->numel; k++)

@@ -150,7 +150,8 @@ START_TEST(attention_cache_stays_in_its_size)
             size_t bytes;
             CHECK_OK(ctx, tb_attention_cache_size(&cfg, b, tq, &bytes));
             guarded g = guarded_alloc(bytes);
-            CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, NULL, &qh, &kh, &vh, &ot, g.buf, bytes));
+            CHECK_OK(ctx, tb_attention_forward(&ctx, &cfg, TB_MODE_TRAINING, NULL, &qh, &kh, &vh,
+                                               &ot, g.buf, bytes));
             CHECK_OK(ctx, tb_attention_backward(&ctx, &cfg, NULL, &qh, &kh, &vh, &ot, &gt, g.buf,
                                                 bytes, &dqh, &dkh, &dvh));
             char what[96];
@@ -190,8 +191,8 @@ START_TEST(mha_cache_stays_in_its_size)
             size_t bytes;
             CHECK_OK(ctx, tb_mha_cache_size(&m, 1, tq, tkv, &bytes));
             guarded g = guarded_alloc(bytes);
-            CHECK_OK(ctx, tb_mha_forward(&ctx, &m, NULL, &xt, cross ? &mt : NULL, &yt, g.buf,
-                                         bytes));
+            CHECK_OK(ctx, tb_mha_forward(&ctx, &m, TB_MODE_TRAINING, NULL, &xt, cross ? &mt : NULL,
+                                         &yt, g.buf, bytes));
             CHECK_OK(ctx, tb_mha_backward(&ctx, &m, NULL, &xt, cross ? &mt : NULL, &dyt, g.buf,
                                           bytes, &dxt, cross ? &dmt : NULL));
             char what[96];

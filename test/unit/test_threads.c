@@ -75,7 +75,7 @@ static run_result run_all_blocks(int threads)
     append(&r, dy, N * OUT);
     tb_dropout_cache dc;
     ck_assert_int_eq(tb_dropout_forward(&ctx, TB_MODE_TRAINING, 0.25f, &rng, &yt, &yt, &dc), TB_OK);
-    ck_assert_int_eq(tb_dropout_backward(&ctx, &dc, &dyt, &dyt), TB_OK);
+    ck_assert_int_eq(tb_dropout_backward(&ctx, &dyt, &dc, &dyt), TB_OK);
     ck_assert_int_eq(tb_relu_backward(&ctx, &yt, &dyt, &dyt), TB_OK);
     ck_assert_int_eq(tb_residual_backward(&ctx, &dyt, &yt), TB_OK);
     append(&r, y, N * OUT);
