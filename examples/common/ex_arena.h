@@ -11,6 +11,23 @@
 
 #include "tblocks.h"
 
+/* *out = a * b or a + b; 0 (and *out unchanged) if it does not fit in size_t. */
+static inline int ex_mul_size(size_t a, size_t b, size_t *out)
+{
+    if (b && a > (size_t)-1 / b)
+        return 0;
+    *out = a * b;
+    return 1;
+}
+
+static inline int ex_add_size(size_t a, size_t b, size_t *out)
+{
+    if (a > (size_t)-1 - b)
+        return 0;
+    *out = a + b;
+    return 1;
+}
+
 /* n elements of elem bytes from ar (NULL on a counting arena);
  * TB_ERR_OVERFLOW if n * elem does not fit in size_t. */
 tb_status ex_take(tb_ctx *ctx, tb_arena *ar, size_t n, size_t elem, void **out);

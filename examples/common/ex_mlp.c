@@ -40,14 +40,6 @@ void ex_mlp_free(ex_mlp *m)
     tb_linear_free(&m->fc3);
 }
 
-static int mul_ok(size_t a, size_t b, size_t *out)
-{
-    if (b && a > SIZE_MAX / b)
-        return 0;
-    *out = a * b;
-    return 1;
-}
-
 typedef struct layout_arg {
     ex_mlp_acts *a;
     const ex_mlp_config *cfg;
@@ -58,7 +50,7 @@ static tb_status acts_layout(tb_ctx *ctx, tb_arena *ar, void *arg)
     ex_mlp_acts *a = ((layout_arg *)arg)->a;
     const ex_mlp_config *c = ((layout_arg *)arg)->cfg;
     size_t nh, nc;
-    if (!mul_ok(a->max_rows, c->hidden, &nh) || !mul_ok(a->max_rows, c->out, &nc))
+    if (!ex_mul_size(a->max_rows, c->hidden, &nh) || !ex_mul_size(a->max_rows, c->out, &nc))
         return tb_ctx_set_error(ctx, TB_ERR_OVERFLOW, "mlp: activations for %zu rows overflow",
                                 a->max_rows);
     float **hidden[] = {&a->h1, &a->a1, &a->h2, &a->a2, &a->ga, &a->gb};

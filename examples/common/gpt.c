@@ -20,23 +20,6 @@
 #define LN_EPS 1e-5f
 #define GELU TB_GELU_TANH /* GPT-2's "gelu_new" */
 
-/* a * b and a + b, or 0 on overflow. */
-static int mul_size(size_t a, size_t b, size_t *out)
-{
-    if (b && a > SIZE_MAX / b)
-        return 0;
-    *out = a * b;
-    return 1;
-}
-
-static int add_size(size_t a, size_t b, size_t *out)
-{
-    if (a > SIZE_MAX - b)
-        return 0;
-    *out = a + b;
-    return 1;
-}
-
 /* The message in ctx, then s (tb_ctx_set_error, under a short name for this
  * file's many messages). */
 #define fail tb_ctx_set_error
@@ -72,10 +55,10 @@ tb_status gpt_param_count(const gpt_config *c, size_t *count)
     const size_t C = c->n_embd;
     size_t c2, layer, all, vt, t;
     /* L (12 C^2 + 13 C) + (V + T) C + 2 C */
-    if (!mul_size(C, C, &c2) || !mul_size(c2, 12, &layer) || !mul_size(C, 13, &t) ||
-        !add_size(layer, t, &layer) || !mul_size(layer, c->n_layer, &all) ||
-        !add_size(c->vocab_size, c->block_size, &vt) || !mul_size(vt, C, &vt) ||
-        !add_size(all, vt, &all) || !mul_size(C, 2, &t) || !add_size(all, t, &all))
+    if (!ex_mul_size(C, C, &c2) || !ex_mul_size(c2, 12, &layer) || !ex_mul_size(C, 13, &t) ||
+        !ex_add_size(layer, t, &layer) || !ex_mul_size(layer, c->n_layer, &all) ||
+        !ex_add_size(c->vocab_size, c->block_size, &vt) || !ex_mul_size(vt, C, &vt) ||
+        !ex_add_size(all, vt, &all) || !ex_mul_size(C, 2, &t) || !ex_add_size(all, t, &all))
         return TB_ERR_OVERFLOW;
     *count = all;
     return TB_OK;
@@ -389,7 +372,7 @@ static tb_status head_layout(tb_ctx *ctx, tb_arena *ar, void *arg)
 {
     head_layout_arg *h = arg;
     size_t RV;
-    if (!mul_size(h->rows, h->vocab, &RV))
+    if (!ex_mul_size(h->rows, h->vocab, &RV))
         return fail(ctx, TB_ERR_OVERFLOW, "gpt: %zu x %zu logits overflow", h->rows, h->vocab);
     TRY(ex_take_f32(ctx, ar, RV, &h->a->logits));
     TRY(ex_take_f32(ctx, ar, RV, &h->a->dlogits));
@@ -404,12 +387,12 @@ tb_status gpt_acts_size(tb_ctx *ctx, const gpt_config *cfg, size_t max_b, size_t
     memset(&a, 0, sizeof a);
     size_t stack, head, R;
     TRY(tfm_acts_size(ctx, &tc, max_b, max_t, &stack));
-    if (!mul_size(max_b, max_t, &R))
+    if (!ex_mul_size(max_b, max_t, &R))
         return fail(ctx, TB_ERR_OVERFLOW, "gpt: %zu x %zu tokens overflow", max_b, max_t);
     TRY(tb_cross_entropy_cache_size(R, &a.ce_cache_bytes));
     head_layout_arg h = {&a, R, cfg->vocab_size};
     TRY(ex_layout_size(ctx, head_layout, &h, &head));
-    if (!add_size(stack, head, bytes))
+    if (!ex_add_size(stack, head, bytes))
         return fail(ctx, TB_ERR_OVERFLOW, "gpt: activations for %zu x %zu tokens overflow",
                     max_b, max_t);
     return TB_OK;
@@ -477,7 +460,7 @@ tb_status gpt_decoder_init(tb_ctx *ctx, gpt_decoder *d, const gpt *m, size_t bat
     memset(d, 0, sizeof *d);
     TRY(tfm_decoder_init(ctx, &d->t, &m->t, batch, max_len, max_new));
     size_t bv;
-    if (!mul_size(batch, m->cfg.vocab_size, &bv) || !mul_size(bv, sizeof(float), &bv))
+    if (!ex_mul_size(batch, m->cfg.vocab_size, &bv) || !ex_mul_size(bv, sizeof(float), &bv))
         return fail(ctx, TB_ERR_OVERFLOW, "gpt: %zu x %zu logits overflow", batch,
                     m->cfg.vocab_size);
     d->logits = malloc(bv);

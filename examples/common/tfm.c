@@ -48,27 +48,11 @@ const tfm_names tfm_names_bert = {
 
 /* ---- sizes ---------------------------------------------------------------------- */
 
-static int mul_size(size_t a, size_t b, size_t *out)
-{
-    if (b && a > SIZE_MAX / b)
-        return 0;
-    *out = a * b;
-    return 1;
-}
-
-static int add_size(size_t a, size_t b, size_t *out)
-{
-    if (a > SIZE_MAX - b)
-        return 0;
-    *out = a + b;
-    return 1;
-}
-
 /* a * b added to *total; 0 on overflow. */
 static int add_product(size_t *total, size_t a, size_t b)
 {
     size_t p;
-    return mul_size(a, b, &p) && add_size(*total, p, total);
+    return ex_mul_size(a, b, &p) && ex_add_size(*total, p, total);
 }
 
 static tb_status bad(tb_ctx *ctx, const char *field, size_t v, size_t lo, size_t hi)
@@ -136,10 +120,10 @@ tb_status tfm_config_check(tb_ctx *ctx, const tfm_config *c)
     size_t layer = 0, all = 0;
     const size_t C = c->d_model, F = c->d_ff;
     if (!add_product(&layer, 4 * C, C) || !add_product(&layer, 2 * C, F) ||
-        !add_product(&layer, 9, C) || !add_size(layer, F, &layer) ||
+        !add_product(&layer, 9, C) || !ex_add_size(layer, F, &layer) ||
         !add_product(&all, layer, c->n_layer) || !add_product(&all, c->vocab_size, C) ||
         !add_product(&all, c->max_positions, C) || !add_product(&all, c->type_vocab_size, C) ||
-        !add_product(&all, 8, C) || !mul_size(all, sizeof(float), &all))
+        !add_product(&all, 8, C) || !ex_mul_size(all, sizeof(float), &all))
         return tb_ctx_set_error(ctx, TB_ERR_INVALID_ARG, "tfm: the parameter count overflows");
     return TB_OK;
 }
@@ -598,9 +582,9 @@ static tb_status acts_header(tb_ctx *ctx, tfm_acts *a, const tfm_config *c, size
                                 "tfm: activations for %zu x %zu tokens (at most %zu positions)",
                                 max_b, max_t, c->max_positions);
     size_t R, widest = 0;
-    if (!mul_size(max_b, max_t, &R) || !add_product(&widest, 3, c->d_model) ||
-        !add_product(&widest, 2, c->d_ff) || !mul_size(R, widest, &widest) ||
-        !mul_size(widest, sizeof(float), &widest))
+    if (!ex_mul_size(max_b, max_t, &R) || !add_product(&widest, 3, c->d_model) ||
+        !add_product(&widest, 2, c->d_ff) || !ex_mul_size(R, widest, &widest) ||
+        !ex_mul_size(widest, sizeof(float), &widest))
         return tb_ctx_set_error(ctx, TB_ERR_OVERFLOW,
                                 "tfm: activations for %zu x %zu tokens overflow", max_b, max_t);
     a->max_b = max_b, a->max_t = max_t;
@@ -964,9 +948,9 @@ tb_status tfm_decoder_init(tb_ctx *ctx, tfm_decoder *d, const tfm *m, size_t bat
     const size_t L = c->n_layer, C = c->d_model, F = c->d_ff;
     /* R (7 C + F + 1) values (floats and int32 positions) */
     size_t R, per_row = 0, bytes;
-    if (!mul_size(batch, max_new, &R) || !add_product(&per_row, 7, C) ||
-        !add_size(per_row, F + 1, &per_row) || !mul_size(R, per_row, &bytes) ||
-        !mul_size(bytes, sizeof(float), &bytes))
+    if (!ex_mul_size(batch, max_new, &R) || !add_product(&per_row, 7, C) ||
+        !ex_add_size(per_row, F + 1, &per_row) || !ex_mul_size(R, per_row, &bytes) ||
+        !ex_mul_size(bytes, sizeof(float), &bytes))
         return tb_ctx_set_error(ctx, TB_ERR_OVERFLOW,
                                 "tfm: decoder for %zu sequences, %zu per step overflows", batch,
                                 max_new);
