@@ -56,7 +56,10 @@ TEST_KERNELS ?= portable avx2 avx512
 FAMILY_TOOL ?= $(BUILD)/test/kernel_family
 PER_FAMILY  := sh test/scripts/per_family.sh "$(TEST_KERNELS)" $(FAMILY_TOOL)
 ORACLE_STAMP := $(ORACLE_DIR)/.stamp
+# One generator per block (and per reference model); tbref.py is the code
+# they share (the writer): not a generator, but a change to it regenerates.
 ORACLE_PY := $(sort $(wildcard test/oracle/gen_*.py))
+ORACLE_LIB := test/oracle/tbref.py
 
 # Every test/bench/*.c but the shared harness is a benchmark program; the
 # harness is compiled once and linked into each of them.
@@ -186,7 +189,7 @@ $(BUILD)/test/kernel_family: test/tools/kernel_family.c $(LIB) $(FLAGS_STAMP)
 	$(CC) $(CFLAGS_ALL) -o $@ $< $(LIB) $(LDLIBS_ALL)
 
 # PyTorch reference data for the oracle tests (regenerated when a script changes).
-$(ORACLE_STAMP): $(ORACLE_PY)
+$(ORACLE_STAMP): $(ORACLE_PY) $(ORACLE_LIB)
 	@mkdir -p $(ORACLE_DIR)
 	@for g in $(ORACLE_PY); do echo "$(PYTHON) $$g --out $(ORACLE_DIR)"; \
 	    $(PYTHON) $$g --out $(ORACLE_DIR) || exit 1; done

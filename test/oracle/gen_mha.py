@@ -6,7 +6,7 @@ with random non-trivial weights and biases, run forward and backward
 (autograd) in float32 on the CPU with one thread, and the same module in
 float64 on the same float32 numbers (``<name>_f64``, rounded to float32).
 Files are written as ``<out>/<case>.tbref`` with the writer of
-gen_reference.py (imported: it has no side effects at import); the case
+tbref.py (imported: it has no side effects at import); the case
 names go to ``<out>/mha_cases.txt`` (test_mha.c checks that it tests
 exactly those).
 
@@ -44,7 +44,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gen_reference as gr  # noqa: E402  (exits with a message without torch/numpy)
+import tbref as gr  # noqa: E402  (exits with a message without torch/numpy)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -35,7 +35,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gen_reference as gr  # noqa: E402  (exits with a message without torch/numpy)
+import tbref as gr  # noqa: E402  (exits with a message without torch/numpy)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -16,7 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gen_reference as gr  # noqa: E402
+import tbref as gr  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

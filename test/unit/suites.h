@@ -7,16 +7,20 @@
 
 #define TBT_SUITES(X) \
     X(core)           \
-    X(blocks)         \
-    X(gradcheck)      \
     X(threads)        \
     X(gemm)           \
     X(scratch)        \
-    X(oracle)         \
-    X(norm)           \
-    X(norm_oracle)    \
+    X(linear)         \
+    X(embedding)      \
+    X(activation)     \
+    X(softmax)        \
+    X(dropout)        \
+    X(residual)       \
+    X(loss)           \
+    X(layernorm)      \
+    X(rmsnorm)        \
+    X(batchnorm)      \
     X(attention)      \
-    X(attention_oracle) \
     X(mha)            \
     X(optim)          \
     X(safetensors)    \

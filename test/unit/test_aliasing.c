@@ -2093,6 +2093,28 @@ START_TEST(extent_past_the_address_space)
 }
 END_TEST
 
+START_TEST(partial_overlap_is_rejected)
+{
+    /* In place (same pointer) is allowed; an output shifted into its input
+     * would be read after being overwritten, so it is refused. */
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 2);
+    float buf[40];
+    tbt_fill_uniform(buf, 40, -1, 1, 9);
+    tb_tensor a = tb_tensor_2d(buf, 4, 8), shifted = tb_tensor_2d(buf + 3, 4, 8);
+    ck_assert_int_eq(tb_gelu_forward(&ctx, TB_GELU_TANH, &a, &shifted), TB_ERR_INVALID_ARG);
+    ck_assert_int_eq(tb_relu_forward(&ctx, &a, &shifted), TB_ERR_INVALID_ARG);
+    ck_assert_int_eq(tb_softmax_forward(&ctx, &a, &shifted), TB_ERR_INVALID_ARG);
+    ck_assert_int_eq(tb_residual_forward(&ctx, &a, &a, &shifted), TB_ERR_INVALID_ARG);
+    tb_layernorm ln;
+    ck_assert_int_eq(tb_layernorm_init(&ctx, &ln, 8, 1e-5f, TB_NORM_SCALE | TB_NORM_SHIFT), TB_OK);
+    ck_assert_int_eq(tb_layernorm_forward(&ctx, &ln, &a, &shifted, NULL, 0), TB_ERR_INVALID_ARG);
+    ck_assert_int_eq(tb_layernorm_forward(&ctx, &ln, &a, &a, NULL, 0), TB_OK); /* in place */
+    tb_layernorm_free(&ln);
+    ck_assert_int_eq(tb_gelu_forward(&ctx, TB_GELU_TANH, &a, &a), TB_OK);
+}
+END_TEST
+
 Suite *suite_aliasing(void)
 {
     Suite *s = suite_create("aliasing");
@@ -2109,6 +2131,7 @@ Suite *suite_aliasing(void)
     tcase_add_test(tc, spans_match_a_byte_map);
     tcase_add_test(tc, exact_in_place_only_where_allowed);
     tcase_add_test(tc, extent_past_the_address_space);
+    tcase_add_test(tc, partial_overlap_is_rejected);
     suite_add_tcase(s, tc);
     return s;
 }

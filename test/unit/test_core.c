@@ -692,6 +692,80 @@ START_TEST(param_init_view_free)
 }
 END_TEST
 
+/* Every block's cache goes through one header check (src/core/cache_header.c):
+ * the same statuses, and details that name the forward call, the size
+ * query and the field that differs. */
+static void expect_detail(const tb_ctx *ctx, tb_status got, tb_status want, const char *a,
+                          const char *b)
+{
+    ck_assert_msg(got == want, "got %s, expected %s (%s)", tb_strerror(got), tb_strerror(want),
+                  tb_ctx_error(ctx));
+    ck_assert_msg(strstr(tb_ctx_error(ctx), a) && (!b || strstr(tb_ctx_error(ctx), b)),
+                  "detail '%s' lacks '%s' or '%s'", tb_ctx_error(ctx), a, b ? b : "");
+}
+
+START_TEST(cache_headers_are_checked_alike)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    enum { R = 6, C = 4 };
+    float x[R * C], y[R * C], dx[R * C];
+    tbt_fill_uniform(x, R * C, -1, 1, 3);
+    tb_tensor xt = tb_tensor_2d(x, R, C), yt = tb_tensor_2d(y, R, C), dxt = tb_tensor_2d(dx, R, C);
+    tb_tensor x5 = tb_tensor_2d(x, R - 1, C), y5 = tb_tensor_2d(y, R - 1, C);
+    tb_tensor dx5 = tb_tensor_2d(dx, R - 1, C);
+    size_t ln_bytes, ce_bytes;
+    CHECK_OK(ctx, tb_layernorm_cache_size(R, &ln_bytes));
+    CHECK_OK(ctx, tb_cross_entropy_cache_size(R, &ce_bytes));
+    const size_t big = ln_bytes > ce_bytes ? ln_bytes : ce_bytes;
+    unsigned char *cache = tbt_alloc(big + 16);
+    memset(cache, 0, big + 16);
+    tb_layernorm ln;
+    CHECK_OK(ctx, tb_layernorm_init(&ctx, &ln, C, 1e-5f, TB_NORM_SCALE | TB_NORM_SHIFT));
+    /* LayerNorm: missing, too small, misaligned, never filled, other rows. */
+    expect_detail(&ctx, tb_layernorm_backward(&ctx, &ln, &xt, &yt, NULL, ln_bytes, &dxt),
+                  TB_ERR_NULL_ARG, "cache must not be NULL", "tb_layernorm_forward");
+    expect_detail(&ctx, tb_layernorm_backward(&ctx, &ln, &xt, &yt, cache, ln_bytes - 1, &dxt),
+                  TB_ERR_BUFFER_TOO_SMALL, "rows = 6", "tb_layernorm_cache_size()");
+    expect_detail(&ctx, tb_layernorm_forward(&ctx, &ln, &xt, &yt, cache, ln_bytes - 1),
+                  TB_ERR_BUFFER_TOO_SMALL, "rows = 6", "tb_layernorm_cache_size()");
+    expect_detail(&ctx, tb_layernorm_backward(&ctx, &ln, &xt, &yt, cache + 2, ln_bytes, &dxt),
+                  TB_ERR_INVALID_ARG, "not aligned for float", NULL);
+    expect_detail(&ctx, tb_layernorm_backward(&ctx, &ln, &xt, &yt, cache, ln_bytes, &dxt),
+                  TB_ERR_STATE, "not filled by tb_layernorm_forward", "another block's");
+    CHECK_OK(ctx, tb_layernorm_forward(&ctx, &ln, &xt, &yt, cache, ln_bytes));
+    expect_detail(&ctx, tb_layernorm_backward(&ctx, &ln, &x5, &y5, cache, ln_bytes, &dx5),
+                  TB_ERR_STATE, "filled with rows = 6", "this call has 5");
+    /* A LayerNorm cache is not an RMSNorm one (the same layout, another magic). */
+    tb_rmsnorm rn;
+    CHECK_OK(ctx, tb_rmsnorm_init(&ctx, &rn, C, 1e-5f, TB_NORM_SCALE));
+    expect_detail(&ctx, tb_rmsnorm_backward(&ctx, &rn, &xt, &yt, cache, ln_bytes, &dxt),
+                  TB_ERR_STATE, "not filled by tb_rmsnorm_forward", NULL);
+    CHECK_OK(ctx, tb_layernorm_backward(&ctx, &ln, &xt, &yt, cache, ln_bytes, &dxt));
+    /* Cross-entropy: the same checks and words. */
+    const int32_t tg[R] = {0, 1, 2, 3, 0, 1};
+    float loss;
+    expect_detail(&ctx, tb_cross_entropy_backward(&ctx, NULL, &xt, tg, R, 1.0f, NULL, ce_bytes,
+                                                  &dxt),
+                  TB_ERR_NULL_ARG, "cache must not be NULL", "tb_cross_entropy_forward");
+    expect_detail(&ctx, tb_cross_entropy_forward(&ctx, NULL, &xt, tg, R, &loss, cache,
+                                                 ce_bytes - 1),
+                  TB_ERR_BUFFER_TOO_SMALL, "rows = 6", "tb_cross_entropy_cache_size()");
+    expect_detail(&ctx, tb_cross_entropy_backward(&ctx, NULL, &xt, tg, R, 1.0f, cache, ce_bytes,
+                                                  &dxt),
+                  TB_ERR_STATE, "not filled by tb_cross_entropy_forward", "another block's");
+    CHECK_OK(ctx, tb_cross_entropy_forward(&ctx, NULL, &xt, tg, R, &loss, cache, ce_bytes));
+    expect_detail(&ctx, tb_cross_entropy_backward(&ctx, NULL, &x5, tg, R - 1, 1.0f, cache,
+                                                  ce_bytes, &dx5),
+                  TB_ERR_STATE, "filled with rows = 6", "this call has 5");
+    expect_detail(&ctx, tb_layernorm_backward(&ctx, &ln, &xt, &yt, cache, ln_bytes, &dxt),
+                  TB_ERR_STATE, "not filled by tb_layernorm_forward", NULL);
+    tb_rmsnorm_free(&rn);
+    tb_layernorm_free(&ln);
+    free(cache);
+}
+END_TEST
+
 Suite *suite_core(void)
 {
     Suite *s = suite_create("core");
@@ -710,6 +784,7 @@ Suite *suite_core(void)
     tcase_add_test(tc, allocator_hooks_are_used_and_failures_reported);
     tcase_add_test(tc, param_init_view_free);
     tcase_add_test(tc, param_select_predicates);
+    tcase_add_test(tc, cache_headers_are_checked_alike);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -14,7 +14,7 @@
 #include "suites.h"
 #include "testutil.h"
 
-/* The Linear tolerances of test_oracle.c (see the justification there). */
+/* The Linear tolerances of test_linear.c (see the justification there). */
 static const double H_RTOL = 2e-5, H_ATOL = 2e-6;
 
 static const char *const H_CASE = "linear_17x33x50_bias";

@@ -26,7 +26,7 @@
  * U_block^T |input|; din_proj_bias: sum U_block; dout_proj_weight:
  * |dy|^T U_att; dout_proj_bias: sum |dy|), where U_att = p|v| and U_dq,
  * U_dk, U_dv are the attention core's own term magnitudes (as in
- * test_attention_oracle.c), so the error an implementation carries out of
+ * the oracle of test_attention.c), so the error an implementation carries out of
  * the core is covered as well as the final GEMM's rounding. in_proj
  * gradients are compared block by block (q, k, v rows) with their own
  * units, so a wrong block cannot hide behind a larger one.
@@ -81,7 +81,7 @@ static const double RTOL = 1e-5;
 static const double ATOL64_REL = 2e-6, ATOL32_REL = 3e-6;
 static const double ZERO_REF_REL = 1e-6;
 
-/* Finite differences (as test_gradcheck.c, test_attention.c). */
+/* Finite differences (as TBT_FD_* of testutil.h, test_attention.c). */
 #define H_STEP 1e-2f
 #define GC_RTOL 1e-2
 #define GC_ATOL 1e-3
@@ -622,7 +622,7 @@ END_TEST
  *
  * L = sum(w .* y) for a fixed random w (dL/dy = w), forward in float, L in
  * double, central differences with h = 1e-2, rtol 1e-2, atol 1e-3 (as
- * test_gradcheck.c and test_attention.c). Rounding: y has at most 2*4*6 =
+ * TBT_FD_* of testutil.h and test_attention.c). Rounding: y has at most 2*4*6 =
  * 48 elements of |y| <~ 2, each with a few ulp of error, so L moves by
  * float rounding of at most ~48 * 2 * 2.4e-7 ~ 2.3e-5 (far less in
  * practice: unaffected elements are bitwise equal in both evaluations),

@@ -1,0 +1,314 @@
+/*
+ * tb_gelu_* and tb_relu_*: errors and edge cases, finite differences,
+ * PyTorch oracle (F.gelu both forms, F.relu). elementwise_errors and
+ * elementwise_gradients each cover the element-wise and row ops together
+ * (also softmax, dropout and the residual add); they live here, with the
+ * first block they test (docs/adding_a_block.md, "Test layout").
+ * Oracle cases: the block is run on the exact inputs, weights and upstream
+ * gradients that test/oracle/gen_activation.py fed to PyTorch, and its results are
+ * compared with PyTorch's (tolerance rule and conventions: testutil.h;
+ * outputs pre-filled with NaN, parameter gradients zeroed first because
+ * backward ADDS into them). Finite differences: tbt_gradcheck() with the
+ * shared step and tolerance of testutil.h (TBT_FD_*).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "suites.h"
+#include "testutil.h"
+
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+START_TEST(elementwise_errors)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 2);
+    float a[6], b[6], c[5];
+    tbt_fill_uniform(a, 6, -1, 1, 2);
+    tbt_fill_uniform(b, 6, -1, 1, 3);
+    tb_tensor at = tb_tensor_2d(a, 2, 3), bt = tb_tensor_1d(b, 6), ct = tb_tensor_1d(c, 5);
+    ck_assert_int_eq(tb_gelu_forward(&ctx, (tb_gelu_approx)9, &at, &bt), TB_ERR_INVALID_ARG);
+    ck_assert_int_eq(tb_gelu_forward(&ctx, TB_GELU_EXACT, &at, &ct), TB_ERR_SHAPE);
+    ck_assert_int_eq(tb_gelu_backward(&ctx, TB_GELU_TANH, &at, &bt, &ct), TB_ERR_SHAPE);
+    ck_assert_int_eq(tb_relu_forward(&ctx, &at, &ct), TB_ERR_SHAPE);
+    ck_assert_int_eq(tb_relu_backward(&ctx, &at, &ct, &bt), TB_ERR_SHAPE);
+    ck_assert_int_eq(tb_residual_forward(&ctx, &at, &ct, &bt), TB_ERR_SHAPE);
+    ck_assert_int_eq(tb_residual_backward(&ctx, &at, &ct), TB_ERR_SHAPE);
+    ck_assert_int_eq(tb_gelu_forward(NULL, TB_GELU_EXACT, &at, &bt), TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_relu_forward(&ctx, NULL, &bt), TB_ERR_NULL_ARG);
+    /* Views of the same element count but different shapes are accepted. */
+    ck_assert_int_eq(tb_relu_forward(&ctx, &at, &bt), TB_OK);
+    /* ReLU: gradient 0 at exactly 0 (as PyTorch); NaN propagates forward. */
+    float z[3] = {0.0f, NAN, -0.0f}, g[3] = {1, 1, 1}, o[3];
+    tb_tensor zt = tb_tensor_1d(z, 3), gt = tb_tensor_1d(g, 3), ot = tb_tensor_1d(o, 3);
+    ck_assert_int_eq(tb_relu_backward(&ctx, &zt, &gt, &ot), TB_OK);
+    ck_assert(o[0] == 0.0f && o[2] == 0.0f);
+    ck_assert_int_eq(tb_relu_forward(&ctx, &zt, &ot), TB_OK);
+    ck_assert(isnan(o[1]));
+    /* Residual: forward adds, backward accumulates. */
+    float x1[3] = {1, 2, 3}, f1[3] = {10, 20, 30}, y1[3], dx1[3] = {1, 1, 1};
+    tb_tensor x1t = tb_tensor_1d(x1, 3), f1t = tb_tensor_1d(f1, 3), y1t = tb_tensor_1d(y1, 3),
+              dx1t = tb_tensor_1d(dx1, 3);
+    ck_assert_int_eq(tb_residual_forward(&ctx, &x1t, &f1t, &y1t), TB_OK);
+    ck_assert(y1[0] == 11 && y1[1] == 22 && y1[2] == 33);
+    ck_assert_int_eq(tb_residual_backward(&ctx, &x1t, &dx1t), TB_OK);
+    ck_assert(dx1[0] == 2 && dx1[1] == 3 && dx1[2] == 4);
+}
+END_TEST
+
+/* ---- elementwise and row ops --------------------------------------------- */
+
+enum op_kind { OP_GELU_EXACT, OP_GELU_TANH, OP_RELU, OP_SOFTMAX, OP_DROPOUT, OP_RESIDUAL };
+
+typedef struct ew_prob {
+    tb_ctx ctx;
+    enum op_kind kind;
+    float *x, *f, *y, *w;
+    size_t rows, cols;
+    tb_rng rng0; /* dropout: every forward starts from the same stream position */
+    float p;
+} ew_prob;
+
+static tb_status ew_forward(ew_prob *p)
+{
+    tb_tensor x = tb_tensor_2d(p->x, p->rows, p->cols), y = tb_tensor_2d(p->y, p->rows, p->cols);
+    switch (p->kind) {
+    case OP_GELU_EXACT: return tb_gelu_forward(&p->ctx, TB_GELU_EXACT, &x, &y);
+    case OP_GELU_TANH: return tb_gelu_forward(&p->ctx, TB_GELU_TANH, &x, &y);
+    case OP_RELU: return tb_relu_forward(&p->ctx, &x, &y);
+    case OP_SOFTMAX: return tb_softmax_forward(&p->ctx, &x, &y);
+    case OP_DROPOUT: {
+        tb_rng r = p->rng0;
+        tb_dropout_cache c;
+        return tb_dropout_forward(&p->ctx, TB_MODE_TRAINING, p->p, &r, &x, &y, &c);
+    }
+    case OP_RESIDUAL: {
+        tb_tensor f = tb_tensor_2d(p->f, p->rows, p->cols);
+        return tb_residual_forward(&p->ctx, &x, &f, &y);
+    }
+    }
+    return TB_ERR_INVALID_ARG;
+}
+
+static double ew_loss(void *user)
+{
+    ew_prob *p = user;
+    ck_assert_int_eq(ew_forward(p), TB_OK);
+    return tbt_dot(p->w, p->y, p->rows * p->cols);
+}
+
+static void check_ew(enum op_kind kind, const char *name, size_t rows, size_t cols)
+{
+    ew_prob p;
+    memset(&p, 0, sizeof p);
+    tbt_ctx_init(&p.ctx, 1);
+    p.kind = kind, p.rows = rows, p.cols = cols, p.p = 0.3f;
+    tb_rng_init(&p.rng0, 99);
+    size_t n = rows * cols;
+    p.x = tbt_alloc(n * sizeof(float));
+    p.f = tbt_alloc(n * sizeof(float));
+    p.y = tbt_alloc(n * sizeof(float));
+    p.w = tbt_alloc(n * sizeof(float));
+    float *dx = tbt_alloc(n * sizeof(float));
+    /* Keep ReLU inputs a few steps away from its kink at 0. */
+    tbt_fill_away_from_zero(p.x, n, -4, 4, 5 * TBT_FD_H, rows * 31 + cols);
+    tbt_fill_uniform(p.f, n, -1, 1, 3);
+    tbt_fill_uniform(p.w, n, -1, 1, 4);
+    if (kind == OP_RELU && n == 1) /* a single negative input has gradient 0 */
+        p.x[0] = fabsf(p.x[0]);
+    ck_assert_int_eq(ew_forward(&p), TB_OK);
+    tb_tensor x = tb_tensor_2d(p.x, rows, cols), y = tb_tensor_2d(p.y, rows, cols),
+              dy = tb_tensor_2d(p.w, rows, cols), dxt = tb_tensor_2d(dx, rows, cols);
+    switch (kind) {
+    case OP_GELU_EXACT:
+        ck_assert_int_eq(tb_gelu_backward(&p.ctx, TB_GELU_EXACT, &x, &dy, &dxt), TB_OK);
+        break;
+    case OP_GELU_TANH:
+        ck_assert_int_eq(tb_gelu_backward(&p.ctx, TB_GELU_TANH, &x, &dy, &dxt), TB_OK);
+        break;
+    case OP_RELU: ck_assert_int_eq(tb_relu_backward(&p.ctx, &x, &dy, &dxt), TB_OK); break;
+    case OP_SOFTMAX: ck_assert_int_eq(tb_softmax_backward(&p.ctx, &y, &dy, &dxt), TB_OK); break;
+    case OP_DROPOUT: {
+        tb_rng r = p.rng0;
+        tb_dropout_cache c;
+        ck_assert_int_eq(tb_dropout_forward(&p.ctx, TB_MODE_TRAINING, p.p, &r, &x, &y, &c), TB_OK);
+        ck_assert_int_eq(tb_dropout_backward(&p.ctx, &dy, &c, &dxt), TB_OK);
+        break;
+    }
+    case OP_RESIDUAL: /* the branch contributed nothing here: dx starts at 0 */
+        memset(dx, 0, n * sizeof(float));
+        ck_assert_int_eq(tb_residual_backward(&p.ctx, &dy, &dxt), TB_OK);
+        break;
+    }
+    char label[96];
+    snprintf(label, sizeof label, "%s[%zux%zu].dx", name, rows, cols);
+    tbt_gradcheck(label, p.x, n, dx, ew_loss, &p, TBT_FD_H, TBT_FD_RTOL, TBT_FD_ATOL, TBT_FD_MAX_CHECKS);
+    free(p.x), free(p.f), free(p.y), free(p.w), free(dx);
+}
+
+START_TEST(elementwise_gradients)
+{
+    static const size_t shapes[][2] = {{1, 1}, {3, 17}, {17, 33}};
+    for (size_t s = 0; s < 3; s++) {
+        size_t r = shapes[s][0], c = shapes[s][1];
+        check_ew(OP_GELU_EXACT, "gelu_exact", r, c);
+        check_ew(OP_GELU_TANH, "gelu_tanh", r, c);
+        check_ew(OP_RELU, "relu", r, c);
+        check_ew(OP_RESIDUAL, "residual", r, c);
+        if (r * c > 1) /* a 1x1 softmax is constant; dropout of 1 may drop it */
+            check_ew(OP_SOFTMAX, "softmax", r, c);
+        if (r * c > 1)
+            check_ew(OP_DROPOUT, "dropout", r, c);
+    }
+}
+END_TEST
+
+/* ---- GELU ----------------------------------------------------------------
+ *
+ * x covers [-6, 6] (a grid including 0 and both ends, plus random values),
+ * |dy| < 1. Both sides evaluate the same closed forms in float32 with
+ * different erf/tanh/exp implementations (each accurate to a few ulp).
+ *   rtol 1e-5: ~170 ulp, room for the libm differences on large outputs
+ *              (|y| up to 6) while a 1e-3 error fails;
+ *   atol 3e-6: for x << 0 both forms evaluate 1 + erf(.) / 1 + tanh(.)
+ *              and 1 - tanh^2 with catastrophic cancellation: these are
+ *              only known to ~1-2 ulp of 1 (6e-8 .. 1.2e-7), multiplied by
+ *              0.5 |x| <= 3 (forward) or 0.5 |x| |du/dx| <= 14 (tanh
+ *              backward), i.e. up to ~1.7e-6 absolute on EACH side on
+ *              results that are themselves tiny. Measured against float64
+ *              PyTorch: torch's own float32 exact-GELU forward is off by
+ *              9e-7 (x = -3.41, y = -1.09e-3) and its tanh-GELU gradient by
+ *              6.5e-7; ours by up to 1.2e-6 (tanh gradient, x = -5.1).
+ *              3e-6 is at most 3e-6 of the largest references (1.1 .. 6),
+ *              so a 1e-3 error on any element above 3e-3 fails.
+ */
+const double GELU_RTOL = 1e-5, GELU_ATOL = 3e-6; /* also test_residual.c */
+
+/* Against float64 PyTorch (rounded to float32) the library's GELU, written
+ * without the cancellation (erfc, sigmoid forms), must be accurate to a few
+ * ulp everywhere: rtol 2e-6 (~16 ulp), atol 2e-7 (the tails, where |y| and
+ * |dx| fall below 1e-3, are accurate to a few ulp of themselves). */
+static const double GELU64_RTOL = 2e-6, GELU64_ATOL = 2e-7;
+
+static const char *const gelu_cases[] = {
+    "gelu_exact_17x33", "gelu_tanh_17x33", "gelu_exact_2x3x50",
+    "gelu_tanh_2x3x50", "gelu_exact_1x3",  "gelu_tanh_1x3",
+};
+
+START_TEST(test_oracle_gelu)
+{
+    const char *name = gelu_cases[_i];
+    tbt_ref *ref = tbt_ref_load(name);
+    const int32_t form = tbt_ref_i32_scalar(ref, "approximate");
+    ck_assert(form == 0 || form == 1);
+    const tb_gelu_approx approx = form == 0 ? TB_GELU_EXACT : TB_GELU_TANH;
+    tbt_reft x = tbt_ref_get(ref, "x"), dy = tbt_ref_get(ref, "dy");
+    tbt_reft y_ref = tbt_ref_get(ref, "y"), dx_ref = tbt_ref_get(ref, "dx");
+
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 2);
+    float *xb = tbt_ref_dup(&x), *dyb = tbt_ref_dup(&dy);
+    float *yb = tbt_nan_buffer(y_ref.n), *dxb = tbt_nan_buffer(dx_ref.n);
+    tb_tensor xt = tbt_view_like(xb, &x), dyt = tbt_view_like(dyb, &dy);
+    tb_tensor yt = tbt_view_like(yb, &y_ref), dxt = tbt_view_like(dxb, &dx_ref);
+    CHECK_OK(ctx, tb_gelu_forward(&ctx, approx, &xt, &yt));
+    CHECK_OK(ctx, tb_gelu_backward(&ctx, approx, &xt, &dyt, &dxt));
+
+    char blk[96], sx[32], lbl[128];
+    tbt_shape_str(sx, sizeof sx, x.ndim, x.shape);
+    snprintf(blk, sizeof blk, "gelu_%s[%s]", form == 0 ? "exact" : "tanh", sx);
+    tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, "y"), yb, y_ref.data, y_ref.n, GELU_RTOL,
+                     GELU_ATOL);
+    tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, "dx"), dxb, dx_ref.data, dx_ref.n, GELU_RTOL,
+                     GELU_ATOL);
+    tbt_reft y64 = tbt_ref_get(ref, "y_f64"), dx64 = tbt_ref_get(ref, "dx_f64");
+    tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, "y_vs_f64"), yb, y64.data, y64.n, GELU64_RTOL,
+                     GELU64_ATOL);
+    tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, "dx_vs_f64"), dxb, dx64.data, dx64.n,
+                     GELU64_RTOL, GELU64_ATOL);
+    free(xb);
+    free(dyb);
+    free(yb);
+    free(dxb);
+    tbt_ref_free(ref);
+}
+END_TEST
+
+/* ---- ReLU ----------------------------------------------------------------
+ *
+ * ReLU and its gradient involve no rounding at all (a select), so both must
+ * be bit-exact: rtol 0, atol 0. The inputs include exact zeros and a -0.0,
+ * where PyTorch's gradient is 0.
+ */
+static const char *const relu_cases[] = {"relu_17x50", "relu_3x1"};
+
+START_TEST(test_oracle_relu)
+{
+    tbt_ref *ref = tbt_ref_load(relu_cases[_i]);
+    tbt_reft x = tbt_ref_get(ref, "x"), dy = tbt_ref_get(ref, "dy");
+    tbt_reft y_ref = tbt_ref_get(ref, "y"), dx_ref = tbt_ref_get(ref, "dx");
+
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 2);
+    float *xb = tbt_ref_dup(&x), *dyb = tbt_ref_dup(&dy);
+    float *yb = tbt_nan_buffer(y_ref.n), *dxb = tbt_nan_buffer(dx_ref.n);
+    tb_tensor xt = tbt_view_like(xb, &x), dyt = tbt_view_like(dyb, &dy);
+    tb_tensor yt = tbt_view_like(yb, &y_ref), dxt = tbt_view_like(dxb, &dx_ref);
+    CHECK_OK(ctx, tb_relu_forward(&ctx, &xt, &yt));
+    CHECK_OK(ctx, tb_relu_backward(&ctx, &xt, &dyt, &dxt));
+
+    char blk[96], sx[32], lbl[128];
+    tbt_shape_str(sx, sizeof sx, x.ndim, x.shape);
+    snprintf(blk, sizeof blk, "relu[%s]", sx);
+    tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, "y"), yb, y_ref.data, y_ref.n, 0.0, 0.0);
+    tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, "dx"), dxb, dx_ref.data, dx_ref.n, 0.0, 0.0);
+    free(xb);
+    free(dyb);
+    free(yb);
+    free(dxb);
+    tbt_ref_free(ref);
+}
+END_TEST
+
+/* ---- Coverage: every case gen_activation.py wrote is tested here ---------------- */
+
+static int case_is_tested(const char *name, const void *user)
+{
+    (void)user;
+    for (size_t k = 0; k < ARRAY_LEN(gelu_cases); k++)
+        if (strcmp(gelu_cases[k], name) == 0)
+            return 1;
+    for (size_t k = 0; k < ARRAY_LEN(relu_cases); k++)
+        if (strcmp(relu_cases[k], name) == 0)
+            return 1;
+    return 0;
+}
+
+START_TEST(test_activation_all_cases_tested)
+{
+    ck_assert_uint_gt(
+        tbt_check_manifest("activation_cases.txt", "test_activation.c", case_is_tested, NULL), 0);
+}
+END_TEST
+
+Suite *suite_activation(void)
+{
+    Suite *s = suite_create("activation");
+    TCase *t0 = tcase_create("errors");
+    tcase_add_test(t0, elementwise_errors);
+    suite_add_tcase(s, t0);
+    TCase *t1 = tcase_create("finite_differences");
+    tcase_set_timeout(t1, 120);
+    tcase_add_test(t1, elementwise_gradients);
+    suite_add_tcase(s, t1);
+    TCase *t2 = tcase_create("pytorch");
+    tcase_set_timeout(t2, 60);
+    tcase_add_loop_test(t2, test_oracle_gelu, 0, (int)ARRAY_LEN(gelu_cases));
+    tcase_add_loop_test(t2, test_oracle_relu, 0, (int)ARRAY_LEN(relu_cases));
+    tcase_add_test(t2, test_activation_all_cases_tested);
+    suite_add_tcase(s, t2);
+    return s;
+}
