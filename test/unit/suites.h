@@ -23,6 +23,8 @@
     X(attention)      \
     X(mha)            \
     X(optim)          \
+    X(schedule)       \
+    X(grad)           \
     X(safetensors)    \
     X(checkpoint)     \
     X(sample)         \

@@ -3,7 +3,7 @@
  *   - files written by the real safetensors.torch.save_file (F32, F16,
  *     BF16, F64; a scalar, an empty tensor; F16 subnormals and infinities;
  *     metadata; a name with quotes and non-ASCII) read bit for bit like
- *     torch's own float32 conversion (test/oracle/gen_optim.py);
+ *     torch's own float32 conversion (test/oracle/gen_safetensors.py);
  *   - files written here load in safetensors.torch.load_file with the
  *     exact values and metadata (test/oracle/st_verify.py, run from here);
  *   - every kind of malformed file is refused with TB_ERR_FORMAT (header

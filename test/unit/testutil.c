@@ -907,3 +907,31 @@ tbt_norm_units tbt_norm_row_units(const float *x, const float *dy, const float *
 }
 
 /* ---- LayerNorm ------------------------------------------------------------ */
+
+/* ---- four parameters (testutil.h) ---- */
+
+void tbt_four_init(tb_ctx *ctx, tbt_four *f)
+{
+    static const size_t shapes[4][2] = {{17, 3}, {17, 0}, {1, 17}, {4, 0}};
+    static const size_t ndims[4] = {2, 1, 2, 1};
+    static const char *const names[4] = {"p0", "p1", "p2", "p3"};
+    memset(f, 0, sizeof *f);
+    f->mem = tbt_alloc(2 * (51 + 17 + 17 + 4) * sizeof(float));
+    memset(f->mem, 0, 2 * (51 + 17 + 17 + 4) * sizeof(float));
+    float *at = f->mem;
+    CHECK_OK(*ctx, tb_param_list_init(ctx, &f->list));
+    for (int i = 0; i < 4; i++) {
+        tb_param *p = &f->p[i];
+        const size_t n = ndims[i] == 2 ? shapes[i][0] * shapes[i][1] : shapes[i][0];
+        CHECK_OK(*ctx, tb_param_view(ctx, p, at, at + n, ndims[i], shapes[i]));
+        at += 2 * n;
+        p->trainable = i < 3;
+        CHECK_OK(*ctx, tb_param_list_add(ctx, &f->list, NULL, names[i], p));
+    }
+}
+
+void tbt_four_free(tbt_four *f)
+{
+    tb_param_list_free(&f->list);
+    free(f->mem);
+}

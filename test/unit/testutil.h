@@ -294,4 +294,16 @@ void tbt_norm_check_zero_at_scale(const tbt_ref *ref, const char *blk, const cha
 tbt_norm_units tbt_norm_row_units(const float *x, const float *dy, const float *w, size_t rows, size_t c,
                        float eps, int centred);
 
+
+/* Four parameters as test/oracle/gen_optim.py's and gen_grad.py's: p0
+ * (17, 3), p1 (17), p2 (1, 17) trainable, p3 (4) frozen, in one list
+ * ("p0".."p3"); values and gradients zero. */
+typedef struct tbt_four {
+    tb_param p[4];
+    float *mem; /* every value and gradient, (value, grad) per parameter */
+    tb_param_list list;
+} tbt_four;
+void tbt_four_init(tb_ctx *ctx, tbt_four *f);
+void tbt_four_free(tbt_four *f);
+
 #endif /* TBT_TESTUTIL_H */
