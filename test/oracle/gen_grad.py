@@ -7,10 +7,8 @@ the clipped gradients. Case names go to clip_cases.txt; the C test checks
 that it tests exactly those.
 """
 
-import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tbref as gr  # noqa: E402  (exits with a message without torch/numpy)
@@ -41,23 +39,5 @@ CLIP_CASES = [
 ]
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", required=True, help="output directory")
-    args = ap.parse_args()
-    t0 = time.time()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    os.makedirs(args.out, exist_ok=True)
-    cases = CLIP_CASES
-    total = 0
-    for name, thunk in cases:
-        total += gr.write_tbref(os.path.join(args.out, name + ".tbref"), thunk())
-    with open(os.path.join(args.out, "clip_cases.txt"), "w") as f:
-        f.write("".join(name + "\n" for name, _ in cases))
-    print("gen_grad.py: torch %s, %d cases, %.1f KiB in %s (%.1f s)"
-          % (torch.__version__, len(cases), total / 1024.0, args.out, time.time() - t0))
-
-
 if __name__ == "__main__":
-    main()
+    gr.main("gen_grad.py", [("clip_cases.txt", CLIP_CASES)])

@@ -9,10 +9,8 @@ read from a LambdaLR on an optimizer whose lr is 1. Case names go to
 sched_cases.txt; the C test checks that it tests exactly those.
 """
 
-import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tbref as gr  # noqa: E402  (exits with a message without torch/numpy)
@@ -68,23 +66,5 @@ SCHED_CASES = [
 ]
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", required=True, help="output directory")
-    args = ap.parse_args()
-    t0 = time.time()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    os.makedirs(args.out, exist_ok=True)
-    cases = SCHED_CASES
-    total = 0
-    for name, thunk in cases:
-        total += gr.write_tbref(os.path.join(args.out, name + ".tbref"), thunk())
-    with open(os.path.join(args.out, "sched_cases.txt"), "w") as f:
-        f.write("".join(name + "\n" for name, _ in cases))
-    print("gen_schedule.py: transformers %s, %d cases, %.1f KiB in %s (%.1f s)"
-          % (transformers.__version__, len(cases), total / 1024.0, args.out, time.time() - t0))
-
-
 if __name__ == "__main__":
-    main()
+    gr.main("gen_schedule.py", [("sched_cases.txt", SCHED_CASES)])
