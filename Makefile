@@ -40,8 +40,9 @@ CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsu
 TEST_SRC  := $(sort $(wildcard test/unit/*.c))
 # The unit tests also test the examples' shared model wiring (test_gpt.c);
 # GPT_OBJ is that wiring with the strict number parsing it reads files with.
-GPT_OBJ   := $(BUILD)/examples/common/gpt.o $(BUILD)/examples/common/tfm.o \
-             $(BUILD)/examples/common/ex_arena.o $(BUILD)/examples/common/ex_text.o
+GPT_SRC   := examples/common/gpt.c examples/common/tfm.c examples/common/ex_arena.c \
+             examples/common/ex_text.c
+GPT_OBJ   := $(GPT_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o) $(GPT_OBJ)
 TEST_BIN  := $(BUILD)/test/unit_tests
 ORACLE_DIR := $(BUILD)/oracle
@@ -253,7 +254,7 @@ FUZZ_DICT_checkpoint  := test/fuzz/checkpoint.dict
 FUZZ_TARGETS += gpt_config
 FUZZ_SEEDS_gpt_config := test/fuzz/corpus_gpt
 FUZZ_DICT_gpt_config  := test/fuzz/gpt_config.dict
-FUZZ_SRC_gpt_config   := examples/common/gpt.c examples/common/ex_text.c
+FUZZ_SRC_gpt_config   := $(GPT_SRC)
 FUZZ_OPTS_gpt_config  := -malloc_limit_mb=64
 
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)

@@ -167,19 +167,15 @@ static int kind_of(const char *name, const char **param)
     return 0;
 }
 
-static int spec_cmp(const void *a, const void *b)
-{
-    return strcmp(((const tfm_param_spec *)a)->name, ((const tfm_param_spec *)b)->name);
-}
-
 /* The first tensor of a kind the configuration implies and the file lacks
- * (specs in parameter order). */
+ * (in parameter order). */
 static tb_status name_missing(tb_ctx *ctx, const tb_st_file *f, const gpt_config *c,
-                              const tfm_param_spec *specs, size_t n, int kind, size_t have)
+                              const tfm_config *tc, size_t n, int kind, size_t have)
 {
     char full[TB_PARAM_NAME_MAX + 16];
-    for (size_t k = 0; k < n; k++) {
-        snprintf(full, sizeof full, "%s%s", kind_prefix[kind], specs[k].name);
+    tfm_param_spec sp;
+    for (size_t k = 0; tfm_param_spec_at(tc, "", k, &sp); k++) {
+        snprintf(full, sizeof full, "%s%s", kind_prefix[kind], sp.name);
         if (!tb_st_find(f, full))
             return fail(ctx, TB_ERR_NOT_FOUND,
                         "gpt: the configuration (%zu layers) implies tensor '%s', which the "
@@ -190,38 +186,33 @@ static tb_status name_missing(tb_ctx *ctx, const tb_st_file *f, const gpt_config
                 kind_prefix[kind]);
 }
 
-/* One file tensor against the sorted specs. */
+/* One file tensor: a parameter of the configuration (or its Adam state)
+ * with the parameter's shape, in a float dtype. */
 static tb_status check_tensor(tb_ctx *ctx, const tb_st_tensor *t, const gpt_config *c,
-                              const tfm_param_spec *sorted, size_t n, size_t count[N_KINDS])
+                              const tfm_config *tc, size_t count[N_KINDS])
 {
     const char *pname;
     const int kind = kind_of(t->name, &pname);
-    tfm_param_spec key;
-    if (strlen(pname) >= sizeof key.name)
+    tfm_param_spec sp;
+    if (!tfm_param_spec_of(tc, "", pname, &sp))
         return fail(ctx, TB_ERR_INVALID_ARG,
                     "gpt: unexpected tensor '%.80s': not part of a model of %zu layers", t->name,
                     c->n_layer);
-    memcpy(key.name, pname, strlen(pname) + 1);
-    const tfm_param_spec *sp = bsearch(&key, sorted, n, sizeof *sorted, spec_cmp);
-    if (!sp)
-        return fail(ctx, TB_ERR_INVALID_ARG,
-                    "gpt: unexpected tensor '%.80s': not part of a model of %zu layers", t->name,
-                    c->n_layer);
-    if (t->ndim != sp->ndim || t->shape[0] != sp->shape[0] ||
-        (sp->ndim == 2 && t->shape[1] != sp->shape[1])) {
+    if (t->ndim != sp.ndim || t->shape[0] != sp.shape[0] ||
+        (sp.ndim == 2 && t->shape[1] != sp.shape[1])) {
         char got[64] = "(";
         for (size_t d = 0; d < t->ndim && strlen(got) < 40; d++)
             snprintf(got + strlen(got), sizeof got - strlen(got), "%s%zu", d ? ", " : "",
                      t->shape[d]);
         snprintf(got + strlen(got), sizeof got - strlen(got), ")");
-        return sp->ndim == 1 ? fail(ctx, TB_ERR_SHAPE,
-                                    "gpt: tensor '%.80s' has shape %s; the configuration "
-                                    "implies (%zu)",
-                                    t->name, got, sp->shape[0])
-                             : fail(ctx, TB_ERR_SHAPE,
-                                    "gpt: tensor '%.80s' has shape %s; the configuration "
-                                    "implies (%zu, %zu)",
-                                    t->name, got, sp->shape[0], sp->shape[1]);
+        return sp.ndim == 1 ? fail(ctx, TB_ERR_SHAPE,
+                                   "gpt: tensor '%.80s' has shape %s; the configuration "
+                                   "implies (%zu)",
+                                   t->name, got, sp.shape[0])
+                            : fail(ctx, TB_ERR_SHAPE,
+                                   "gpt: tensor '%.80s' has shape %s; the configuration "
+                                   "implies (%zu, %zu)",
+                                   t->name, got, sp.shape[0], sp.shape[1]);
     }
     if (!float_dtype(t->dtype))
         return fail(ctx, TB_ERR_UNSUPPORTED, "gpt: tensor '%.80s' is not F32, F16, BF16 or F64",
@@ -231,32 +222,24 @@ static tb_status check_tensor(tb_ctx *ctx, const tb_st_tensor *t, const gpt_conf
 }
 
 /* The file's tensors are exactly the parameters of c, each with its shape,
- * and optionally the Adam state of all of them. */
+ * and optionally the Adam state of all of them. Allocates nothing: each
+ * name is looked up in the stack's name table (tfm_param_spec_of()). */
 static tb_status check_tensors(tb_ctx *ctx, const tb_st_file *f, const gpt_config *c)
 {
     const tfm_config tc = gpt_stack_config(c);
-    tfm_param_spec *specs = NULL, *sorted = NULL;
-    size_t n = 0, count[N_KINDS] = {0, 0, 0, 0};
-    TRY(tfm_param_specs(ctx, &tc, "", &specs, &n));
-    sorted = malloc(n * sizeof *sorted);
-    tb_status s = sorted ? TB_OK : fail(ctx, TB_ERR_NO_MEMORY, "gpt: no memory for %zu names", n);
-    if (s == TB_OK) {
-        memcpy(sorted, specs, n * sizeof *sorted);
-        qsort(sorted, n, sizeof *sorted, spec_cmp);
-    }
-    for (size_t i = 0; s == TB_OK && i < f->count; i++)
-        s = check_tensor(ctx, &f->tensors[i], c, sorted, n, count);
+    size_t count[N_KINDS] = {0, 0, 0, 0};
+    const size_t n = tfm_param_spec_count(&tc);
+    for (size_t i = 0; i < f->count; i++)
+        TRY(check_tensor(ctx, &f->tensors[i], c, &tc, count));
     /* Names are unique (the parser refuses duplicates) and each maps to a
      * parameter, so a full count means every one is there. */
-    if (s == TB_OK && count[0] != n)
-        s = name_missing(ctx, f, c, specs, n, 0, count[0]);
+    if (count[0] != n)
+        return name_missing(ctx, f, c, &tc, n, 0, count[0]);
     const int with_state = count[1] || count[2] || count[3];
-    for (int k = 1; s == TB_OK && with_state && k < N_KINDS; k++)
+    for (int k = 1; with_state && k < N_KINDS; k++)
         if (count[k] != n && !(k == 3 && count[k] == 0)) /* vmax only with AMSGrad */
-            s = name_missing(ctx, f, c, specs, n, k, count[k]);
-    free(sorted);
-    free(specs);
-    return s;
+            return name_missing(ctx, f, c, &tc, n, k, count[k]);
+    return TB_OK;
 }
 
 tb_status gpt_config_from_checkpoint(tb_ctx *ctx, const tb_st_file *f, gpt_config *cfg)

@@ -428,19 +428,29 @@ tb_status tfm_params(tb_ctx *ctx, tfm *m, const char *prefix, tb_param_list *lis
     return walk(ctx, &m->cfg, m, prefix ? prefix : "", add_params, list);
 }
 
-/* Specs being collected: count only (specs NULL) or fill. */
+/* Specs being collected: count only (specs NULL) or fill; or, with `want`
+ * set, looked for: the one named want is copied to *found. */
 typedef struct spec_sink {
     tfm_param_spec *specs;
     size_t count;
+    const char *want;
+    tfm_param_spec *found;
+    int hit;
+    size_t want_at; /* with found: copy the spec at this index (SIZE_MAX: none) */
 } spec_sink;
 
 static void spec_put(spec_sink *k, const char *mod_name, const char *suffix, size_t ndim,
                      size_t s0, size_t s1)
 {
-    if (k->specs) {
-        tfm_param_spec *p = &k->specs[k->count];
+    tfm_param_spec one, *p = k->specs ? &k->specs[k->count] : &one;
+    const int at = k->found && k->want_at == k->count;
+    if (k->specs || k->want || at) {
         snprintf(p->name, sizeof p->name, "%s.%s", mod_name, suffix);
         p->ndim = ndim, p->shape[0] = s0, p->shape[1] = ndim == 2 ? s1 : 0;
+    }
+    if (at || (k->want && !k->hit && strcmp(p->name, k->want) == 0)) {
+        *k->found = *p;
+        k->hit = 1;
     }
     k->count++;
 }
@@ -475,6 +485,79 @@ static tb_status add_specs(tb_ctx *ctx, void *user, const tfm_config *c, const m
     return TB_OK;
 }
 
+/* The layer index of rest ("<pre><digits><post>." with the digits in
+ * canonical decimal and below n_layer, pre and post around the layer
+ * format's %zu), its start and length; 0 if rest names no layer. */
+static int layer_of(const tfm_config *c, const char *rest, size_t *at, size_t *len)
+{
+    const char *fmt = c->names->layer, *hole = strstr(fmt, "%zu");
+    if (!hole)
+        return 0;
+    const size_t npre = (size_t)(hole - fmt), npost = strlen(hole + 3);
+    if (strncmp(rest, fmt, npre) != 0)
+        return 0;
+    const char *d = rest + npre, *e = d;
+    size_t l = 0;
+    while (*e >= '0' && *e <= '9') {
+        l = l * 10 + (size_t)(*e - '0');
+        if (l >= c->n_layer)
+            return 0;
+        e++;
+    }
+    if (e == d || (*d == '0' && e - d > 1) || strncmp(e, hole + 3, npost) != 0 ||
+        e[npost] != '.')
+        return 0;
+    *at = npre, *len = (size_t)(e - d);
+    return 1;
+}
+
+int tfm_param_spec_of(const tfm_config *cfg, const char *prefix, const char *name,
+                      tfm_param_spec *spec)
+{
+    const size_t np = prefix ? strlen(prefix) : 0;
+    if (!cfg || !cfg->names || !cfg->names->layer || !name ||
+        strncmp(name, prefix ? prefix : "", np) != 0)
+        return 0;
+    const char *rest = name + np;
+    /* Layer l's parameters have layer 0's names and shapes: look up the
+     * name with the index replaced by 0 in a one-layer walk. */
+    char key[TB_PARAM_NAME_MAX];
+    size_t at, len;
+    if (strlen(rest) >= sizeof key)
+        return 0;
+    if (layer_of(cfg, rest, &at, &len)) {
+        memcpy(key, rest, at);
+        key[at] = '0';
+        memcpy(key + at + 1, rest + at + len, strlen(rest + at + len) + 1);
+    } else {
+        memcpy(key, rest, strlen(rest) + 1);
+    }
+    tfm_config one = *cfg;
+    one.n_layer = 1;
+    tfm_param_spec found;
+    spec_sink k = {NULL, 0, key, &found, 0, SIZE_MAX};
+    if (walk(NULL, &one, NULL, "", add_specs, &k) != TB_OK || !k.hit)
+        return 0;
+    snprintf(spec->name, sizeof spec->name, "%s", name);
+    spec->ndim = found.ndim, spec->shape[0] = found.shape[0], spec->shape[1] = found.shape[1];
+    return 1;
+}
+
+size_t tfm_param_spec_count(const tfm_config *cfg)
+{
+    spec_sink k = {NULL, 0, NULL, NULL, 0, SIZE_MAX};
+    return cfg && cfg->names && walk(NULL, cfg, NULL, "", add_specs, &k) == TB_OK ? k.count : 0;
+}
+
+int tfm_param_spec_at(const tfm_config *cfg, const char *prefix, size_t index,
+                      tfm_param_spec *spec)
+{
+    if (!cfg || !cfg->names)
+        return 0;
+    spec_sink k = {NULL, 0, NULL, spec, 0, index};
+    return walk(NULL, cfg, NULL, prefix ? prefix : "", add_specs, &k) == TB_OK && k.hit;
+}
+
 tb_status tfm_param_specs(tb_ctx *ctx, const tfm_config *cfg, const char *prefix,
                           tfm_param_spec **specs, size_t *count)
 {
@@ -483,7 +566,7 @@ tb_status tfm_param_specs(tb_ctx *ctx, const tfm_config *cfg, const char *prefix
     TRY(tfm_config_check(ctx, cfg));
     if (!prefix)
         prefix = "";
-    spec_sink k = {NULL, 0};
+    spec_sink k = {NULL, 0, NULL, NULL, 0, SIZE_MAX};
     TRY(walk(ctx, cfg, NULL, prefix, add_specs, &k));
     k.specs = calloc(k.count ? k.count : 1, sizeof *k.specs);
     if (!k.specs)

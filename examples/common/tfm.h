@@ -139,6 +139,19 @@ typedef struct tfm_param_spec {
 tb_status tfm_param_specs(tb_ctx *ctx, const tfm_config *cfg, const char *prefix,
                           tfm_param_spec **specs, size_t *count);
 
+/* The spec of the one parameter called name (prefix included) in a valid
+ * configuration: 1 and *spec filled, or 0 if the configuration has no such
+ * parameter. Allocates nothing and costs one walk of a single layer (a
+ * layer's parameters are named by the layer format, e.g. "h.%zu", with the
+ * index in canonical decimal below n_layer). */
+int tfm_param_spec_of(const tfm_config *cfg, const char *prefix, const char *name,
+                      tfm_param_spec *spec);
+/* How many tensors tfm_params() lists for a valid configuration, and the one
+ * at index (1, or 0 past the end); neither allocates. */
+size_t tfm_param_spec_count(const tfm_config *cfg);
+int tfm_param_spec_at(const tfm_config *cfg, const char *prefix, size_t index,
+                      tfm_param_spec *spec);
+
 /* ---- projections: one indirection for every Linear -------------------------- */
 
 /* An adapter that takes over a projection. It wraps the projection's Linear

@@ -494,6 +494,30 @@ START_TEST(test_tfm_config_check_and_specs)
     ck_assert_str_eq(specs[5 + 10].name, "bert.encoder.layer.0.intermediate.dense.weight");
     ck_assert_uint_eq(specs[5 + 10].shape[0], 200); /* (out, in) */
     ck_assert_uint_eq(specs[5 + 10].shape[1], 80);
+    /* Looked up one at a time, without allocating, the same specs. */
+    ck_assert_uint_eq(tfm_param_spec_count(&c), n);
+    for (size_t i = 0; i < n; i++) {
+        tfm_param_spec one, at;
+        ck_assert(tfm_param_spec_of(&c, "bert.", specs[i].name, &one));
+        ck_assert(tfm_param_spec_at(&c, "bert.", i, &at));
+        ck_assert_str_eq(one.name, specs[i].name);
+        ck_assert_str_eq(at.name, specs[i].name);
+        ck_assert(one.ndim == specs[i].ndim && at.ndim == specs[i].ndim);
+        ck_assert(one.shape[0] == specs[i].shape[0] && one.shape[1] == specs[i].shape[1]);
+        ck_assert(at.shape[0] == specs[i].shape[0] && at.shape[1] == specs[i].shape[1]);
+    }
+    tfm_param_spec nospec;
+    ck_assert(!tfm_param_spec_at(&c, "bert.", n, &nospec));
+    static const char *const not_params[] = {
+        "bert.encoder.layer.3.output.dense.weight",  /* layer 3 of 3 */
+        "bert.encoder.layer.01.output.dense.weight", /* not canonical */
+        "bert.encoder.layer..output.dense.weight",   "encoder.layer.0.output.dense.weight",
+        "bert.encoder.layer.0.output.dense",         "bert.pooler.dense.weight",
+        "bert.encoder.layer.0.output.dense.weight.x", "bert.encoder.layer.99999999999999999999.x",
+    };
+    for (size_t i = 0; i < sizeof not_params / sizeof not_params[0]; i++)
+        ck_assert_msg(!tfm_param_spec_of(&c, "bert.", not_params[i], &nospec), "%s",
+                      not_params[i]);
     /* The specs are what tfm_params() lists. */
     tfm m;
     tb_rng rng;
