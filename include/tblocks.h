@@ -13,6 +13,7 @@
 #include "tblocks/rng.h"
 #include "tblocks/arena.h"
 #include "tblocks/linear.h"
+#include "tblocks/lora.h"
 #include "tblocks/embedding.h"
 #include "tblocks/activation.h"
 #include "tblocks/softmax.h"

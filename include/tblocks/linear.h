@@ -45,8 +45,10 @@ typedef struct tb_linear {
     tb_linear_layout layout; /**< Weight layout. */
     tb_param weight;        /**< `(out, in)` or `(in, out)`, see layout. */
     tb_param bias;          /**< `(out)`; value and grad NULL if !has_bias. */
-    void *storage;          /**< Owned memory for values and gradients (NULL for a view). */
-    tb_allocator allocator; /**< Hooks `storage` came from. */
+    void *storage;          /**< Owned memory for the values (NULL for a view). */
+    void *grad_storage;     /**< Owned memory for the gradients (NULL for a view
+                                 or after tb_linear_freeze()). */
+    tb_allocator allocator; /**< Hooks `storage` and `grad_storage` came from. */
 } tb_linear;
 
 /**
@@ -96,6 +98,16 @@ tb_status tb_linear_init_layout(tb_ctx *ctx, tb_linear *layer, size_t in_feature
 tb_status tb_linear_view(tb_ctx *ctx, tb_linear *layer, const tb_param *weight,
                          const tb_param *bias, tb_linear_layout layout);
 
+
+/**
+ * @brief Freeze the layer: release its gradient buffers (weight.grad and
+ * bias.grad become NULL) and mark both parameters not trainable, so no
+ * gradient or optimizer state exists for them (LoRA's base layer). The
+ * values do not move. On a view only the view's own copies are marked
+ * (the owner's gradient memory stays). Idempotent.
+ * @param layer Layer (NULL or empty is fine).
+ */
+void tb_linear_freeze(tb_linear *layer);
 
 /**
  * @brief Release a layer's memory; the struct is left empty.

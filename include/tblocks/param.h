@@ -23,7 +23,7 @@
  * weights is then
  * @code
  * tb_param_list_set_trainable_where(&list, tb_select_direct, (void *)"h.0.attn.c_attn", 0);
- * // freezes h.0.attn.c_attn.weight and .bias, not h.0.attn.c_attn.lora_A.weight
+ * // freezes h.0.attn.c_attn.weight and .bias, not h.0.attn.c_attn.lora_A.default.weight
  * @endcode
  *
  * A stale list: freeing a block zeroes its tb_param structs (value NULL),
@@ -220,7 +220,7 @@ int tb_select_prefix(const char *name, const tb_param *param, void *user);
  * `void *`): `name` must be that name, a '.', and exactly one more
  * component (no further '.'). "h.0.attn.c_attn" selects
  * "h.0.attn.c_attn.weight" and "h.0.attn.c_attn.bias" but not
- * "h.0.attn.c_attn.lora_A.weight" nor "h.0.attn.c_attn" itself. One
+ * "h.0.attn.c_attn.lora_A.default.weight" nor "h.0.attn.c_attn" itself. One
  * trailing '.' of the module name is ignored ("h.0." is "h.0"); NULL or ""
  * is the root module, whose direct parameters are the names without a '.'.
  * @param name Full name.

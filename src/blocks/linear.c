@@ -28,23 +28,30 @@ tb_status tb_linear_init_layout(tb_ctx *ctx, tb_linear *layer, size_t in_feature
                        in_features, out_features);
     size_t wn, n, bytes;
     if (!tb_mul_size(in_features, out_features, &wn) ||
-        !tb_add_size(wn, has_bias ? out_features : 0, &n) || !tb_mul_size(n, 2, &n) ||
+        !tb_add_size(wn, has_bias ? out_features : 0, &n) ||
         !tb_mul_size(n, sizeof(float), &bytes))
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "%zu x %zu parameters overflow", out_features,
                        in_features);
-    void *storage;
+    /* Values and gradients in two allocations, so tb_linear_freeze() can
+     * release the gradients without moving the values. */
+    void *storage, *grad_storage;
     tb_status s = tb_alloc(ctx, fn, bytes, &storage);
     if (s != TB_OK)
         return s;
+    if ((s = tb_alloc(ctx, fn, bytes, &grad_storage)) != TB_OK) {
+        tb_free_with(&ctx->allocator, storage);
+        return s;
+    }
     float *mem = storage;
     size_t nb = has_bias ? out_features : 0;
-    float *w = mem, *b = mem + wn, *gw = mem + wn + nb, *gb = gw + wn;
+    float *w = mem, *b = mem + wn, *gw = grad_storage, *gb = gw + wn;
     float bound = 1.0f / sqrtf((float)in_features);
     s = tb_rng_fill_uniform(ctx, rng, w, wn, -bound, bound);
     if (s == TB_OK && has_bias)
         s = tb_rng_fill_uniform(ctx, rng, b, nb, -bound, bound);
     if (s != TB_OK) {
         tb_free_with(&ctx->allocator, mem);
+        tb_free_with(&ctx->allocator, grad_storage);
         return s;
     }
     memset(gw, 0, (wn + nb) * sizeof(float));
@@ -53,6 +60,7 @@ tb_status tb_linear_init_layout(tb_ctx *ctx, tb_linear *layer, size_t in_feature
     layer->has_bias = has_bias ? 1 : 0;
     layer->layout = layout;
     layer->storage = mem;
+    layer->grad_storage = grad_storage;
     layer->allocator = ctx->allocator;
     size_t wshape[2] = {out_features, in_features};
     if (layout == TB_LINEAR_IN_OUT)
@@ -95,12 +103,25 @@ tb_status tb_linear_view(tb_ctx *ctx, tb_linear *layer, const tb_param *weight,
     return TB_OK;
 }
 
+void tb_linear_freeze(tb_linear *layer)
+{
+    if (!layer)
+        return;
+    if (layer->grad_storage)
+        tb_free_with(&layer->allocator, layer->grad_storage);
+    layer->grad_storage = NULL;
+    layer->weight.grad = NULL, layer->weight.trainable = 0;
+    layer->bias.grad = NULL, layer->bias.trainable = 0;
+}
+
 void tb_linear_free(tb_linear *layer)
 {
     if (!layer)
         return;
     if (layer->storage)
         tb_free_with(&layer->allocator, layer->storage);
+    if (layer->grad_storage)
+        tb_free_with(&layer->allocator, layer->grad_storage);
     memset(layer, 0, sizeof *layer);
 }
 
