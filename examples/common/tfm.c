@@ -388,19 +388,19 @@ static tb_status walk(tb_ctx *ctx, const tfm_config *c, tfm *m, const char *pref
         if (pre)
             VISIT(layer, n->norm_attn, MOD_NORM, C, 0, &L->norm_attn);
         if (c->qkv == TFM_QKV_FUSED) {
-            VISIT(layer, n->qkv, MOD_PROJ, C, 3 * C, &L->qkv.linear);
+            VISIT(layer, n->qkv, MOD_PROJ, C, 3 * C, &L->qkv);
         } else {
-            VISIT(layer, n->q, MOD_PROJ, C, C, &L->q.linear);
-            VISIT(layer, n->k, MOD_PROJ, C, C, &L->k.linear);
-            VISIT(layer, n->v, MOD_PROJ, C, C, &L->v.linear);
+            VISIT(layer, n->q, MOD_PROJ, C, C, &L->q);
+            VISIT(layer, n->k, MOD_PROJ, C, C, &L->k);
+            VISIT(layer, n->v, MOD_PROJ, C, C, &L->v);
         }
-        VISIT(layer, n->attn_out, MOD_PROJ, C, C, &L->attn_out.linear);
+        VISIT(layer, n->attn_out, MOD_PROJ, C, C, &L->attn_out);
         if (!pre)
             VISIT(layer, n->norm_attn, MOD_NORM, C, 0, &L->norm_attn);
         if (pre)
             VISIT(layer, n->norm_mlp, MOD_NORM, C, 0, &L->norm_mlp);
-        VISIT(layer, n->fc_in, MOD_PROJ, C, F, &L->fc_in.linear);
-        VISIT(layer, n->fc_out, MOD_PROJ, F, C, &L->fc_out.linear);
+        VISIT(layer, n->fc_in, MOD_PROJ, C, F, &L->fc_in);
+        VISIT(layer, n->fc_out, MOD_PROJ, F, C, &L->fc_out);
         if (!pre)
             VISIT(layer, n->norm_mlp, MOD_NORM, C, 0, &L->norm_mlp);
     }
@@ -419,13 +419,32 @@ static tb_status add_params(tb_ctx *ctx, void *list, const tfm_config *c, const 
     case MOD_NORM:
         return norm_params(ctx, mod->block, mod->name, list);
     default:
-        return tb_linear_params(ctx, mod->block, mod->name, list);
+        return tb_linear_params(ctx, &((tfm_proj *)mod->block)->linear, mod->name, list);
     }
 }
 
 tb_status tfm_params(tb_ctx *ctx, tfm *m, const char *prefix, tb_param_list *list)
 {
     return walk(ctx, &m->cfg, m, prefix ? prefix : "", add_params, list);
+}
+
+typedef struct proj_sink {
+    tfm_proj_visit fn;
+    void *user;
+} proj_sink;
+
+static tb_status visit_proj(tb_ctx *ctx, void *user, const tfm_config *c, const module *mod)
+{
+    (void)c;
+    const proj_sink *sink = user;
+    return mod->kind == MOD_PROJ ? sink->fn(ctx, sink->user, mod->name, mod->block) : TB_OK;
+}
+
+tb_status tfm_visit_projs(tb_ctx *ctx, tfm *m, const char *prefix, tfm_proj_visit fn,
+                          void *user)
+{
+    proj_sink sink = {fn, user};
+    return walk(ctx, &m->cfg, m, prefix ? prefix : "", visit_proj, &sink);
 }
 
 /* Specs being collected: count only (specs NULL) or fill; or, with `want`

@@ -217,6 +217,14 @@ void tfm_free(tfm *m);
  * "bert."), named by cfg.names, in computation order. */
 tb_status tfm_params(tb_ctx *ctx, tfm *m, const char *prefix, tb_param_list *list);
 
+/* Call fn on every projection, in tfm_params() order, with its module name
+ * (prefix + the names table's, e.g. "h.0.attn.c_attn"): how an adapter
+ * finds the Linears it wraps (examples/common/tfm_lora.h). Stops at the
+ * first status fn returns other than TB_OK and returns it. */
+typedef tb_status (*tfm_proj_visit)(tb_ctx *ctx, void *user, const char *name, tfm_proj *p);
+tb_status tfm_visit_projs(tb_ctx *ctx, tfm *m, const char *prefix, tfm_proj_visit fn,
+                          void *user);
+
 /* ---- forward and backward --------------------------------------------------------- */
 
 /* One batch's input. ids or embeds, not both; the pointers must stay valid
