@@ -431,6 +431,9 @@ tb_status gpt_backward(tb_ctx *ctx, gpt *m, gpt_acts *a, const int32_t *tokens,
     tb_tensor out = tb_tensor_2d(a->t.out, R, C), dout = tb_tensor_2d(a->t.dt1, R, C);
     TRY(tb_cross_entropy_backward(ctx, NULL, &lo, targets, R, dloss, a->ce_cache,
                                   a->ce_cache_bytes, &dlo));
+    /* The head is tied to wte: one parameter, so it trains exactly when wte
+     * does (the view holds a copy of the flag, taken when it was made). */
+    m->lm_head.weight.trainable = m->t.wte.weight.trainable;
     TRY(tb_linear_backward(ctx, &m->lm_head, &out, &dlo, &dout)); /* into wte.grad */
     return tfm_backward(ctx, &m->t, &a->t, a->t.dt1, NULL);
 }
