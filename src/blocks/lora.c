@@ -346,7 +346,8 @@ size_t tb_lora_frozen_bytes(const tb_lora *lora)
 
 /* Header: magic, the matched fields, then one record per adapter used
  * (slot): its dropout cache. Data after it, per slot in forward order:
- * u = A dropout(x) (R, r), then for DoRA v (R, out) (the magnitude term's
+ * uT = A dropout(x)^T (r, R) (transposed: every rank-r product then has r
+ * as its M, which the micro-kernels tile far better than an N of r), then for DoRA v (R, out) (the magnitude term's
  * input: base_nobias + s B u) and norm (out). */
 #define LORA_MAGIC 0x4c6f5241634b3031ull /* "LoRAcK01" */
 #define LORA_FIELDS 5
@@ -586,12 +587,12 @@ tb_status tb_lora_forward(tb_ctx *ctx, const tb_lora *lora, tb_mode mode, tb_rng
         float *u = data ? data : u_s;
         if (data)
             data += R * r;
-        /* u (R, r) = dropout(x) A^T */
-        if ((s = tb_gemm(ctx, 0, 1, R, r, in, 1.0f, xin, in, ad->A.value, in, 0.0f, u, r)) !=
+        /* uT (r, R) = A dropout(x)^T */
+        if ((s = tb_gemm(ctx, 0, 1, r, R, in, 1.0f, ad->A.value, in, xin, in, 0.0f, u, R)) !=
             TB_OK)
             goto done;
-        if (!ad->config.use_dora) { /* y += s u B^T */
-            if ((s = tb_gemm(ctx, 0, 1, R, out, r, sc, u, r, ad->B.value, r, 1.0f, y->data,
+        if (!ad->config.use_dora) { /* y += s uT^T B^T */
+            if ((s = tb_gemm(ctx, 1, 1, R, out, r, sc, u, R, ad->B.value, r, 1.0f, y->data,
                              out)) != TB_OK)
                 goto done;
         } else {
@@ -611,8 +612,8 @@ tb_status tb_lora_forward(tb_ctx *ctx, const tb_lora *lora, tb_mode mode, tb_rng
                     for (size_t o = 0; o < out; o++)
                         v[row * out + o] = b ? yd[row * out + o] - b[o] : yd[row * out + o];
             }
-            /* t = s u B^T; y += (g - 1) v + g t; v += t (what dm needs) */
-            if ((s = tb_gemm(ctx, 0, 1, R, out, r, sc, u, r, ad->B.value, r, 0.0f, t, out)) !=
+            /* t = s uT^T B^T; y += (g - 1) v + g t; v += t (what dm needs) */
+            if ((s = tb_gemm(ctx, 1, 1, R, out, r, sc, u, R, ad->B.value, r, 0.0f, t, out)) !=
                 TB_OK)
                 goto done;
             const float *m = ad->magnitude.value;
@@ -689,23 +690,24 @@ tb_status tb_lora_backward(tb_ctx *ctx, tb_lora *lora, const tb_tensor *x, const
         any_dora |= ad->config.use_dora;
         r_max = ad->config.rank > r_max ? ad->config.rank : r_max;
     }
-    /* Scratch: d_run and e (R, out) for DoRA, dh (R, r), dropout(x) then its
-     * gradient (R, in). */
-    size_t sd = 0, sh = 0, sx = 0, total = 0, bytes;
+    /* Scratch: d_run and e (R, out) for DoRA, dhT (r, R), dB^T (r, out),
+     * dropout(x) then its gradient (R, in). */
+    size_t sd = 0, sh = 0, sb = 0, sx = 0, total = 0, bytes;
     int ok = 1;
     if (any_dora)
         ok &= tb_mul_size(R, out, &sd);
-    ok &= tb_mul_size(R, r_max, &sh);
+    ok &= tb_mul_size(R, r_max, &sh) && tb_mul_size(out, r_max, &sb);
     if (any_drop)
         ok &= tb_mul_size(R, in, &sx);
     ok &= tb_mul_size(sd, 2, &total) && tb_add_size(total, sh, &total) &&
-          tb_add_size(total, sx, &total) && tb_mul_size(total, sizeof(float), &bytes);
+          tb_add_size(total, sb, &total) && tb_add_size(total, sx, &total) &&
+          tb_mul_size(total, sizeof(float), &bytes);
     if (!ok)
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "scratch for %zu rows overflows", R);
     void *mem = NULL;
     if (total > 0 && (s = tb_alloc(ctx, fn, bytes, &mem)) != TB_OK)
         return s;
-    float *d_run_s = mem, *e = d_run_s + sd, *dh = e + sd, *xd = dh + sh;
+    float *d_run_s = mem, *e = d_run_s + sd, *dh = e + sd, *dbt = dh + sh, *xd = dbt + sb;
     const float *d_run = dy->data;
     if (any_dora) {
         memcpy(d_run_s, dy->data, R * out * sizeof(float));
@@ -756,19 +758,24 @@ tb_status tb_lora_backward(tb_ctx *ctx, tb_lora *lora, const tb_tensor *x, const
                     e[row * out + o] = m[o] / norm[o] * d_run[row * out + o];
             dt = e;
         }
-        /* dh = s dt B (R, r); dB += s dt^T u; dA += dh^T dropout(x) */
-        if ((s = tb_gemm(ctx, 0, 0, R, r, out, sc, dt, out, ad->B.value, r, 0.0f, dh, r)) != TB_OK)
+        /* dhT = s B^T dt^T (r, R); dB += (s uT dt)^T; dA += dhT dropout(x) */
+        if ((s = tb_gemm(ctx, 1, 1, r, R, out, sc, ad->B.value, r, dt, out, 0.0f, dh, R)) != TB_OK)
             goto done;
-        if (tb_param_wants_grad(&ad->B) &&
-            (s = tb_gemm(ctx, 1, 0, out, r, R, sc, dt, out, u, r, 1.0f, ad->B.grad, r)) != TB_OK)
-            goto done;
+        if (tb_param_wants_grad(&ad->B)) {
+            if ((s = tb_gemm(ctx, 0, 0, r, out, R, sc, u, R, dt, out, 0.0f, dbt, out)) != TB_OK)
+                goto done;
+            float *gb = ad->B.grad;
+            for (size_t o = 0; o < out; o++)
+                for (size_t k = 0; k < r; k++)
+                    gb[o * r + k] += dbt[k * out + o];
+        }
         if (tb_param_wants_grad(&ad->A) &&
-            (s = tb_gemm(ctx, 1, 0, r, in, R, 1.0f, dh, r, xin, in, 1.0f, ad->A.grad, in)) != TB_OK)
+            (s = tb_gemm(ctx, 0, 0, r, in, R, 1.0f, dh, R, xin, in, 1.0f, ad->A.grad, in)) != TB_OK)
             goto done;
         if (dc->active) {
             /* d dropout(x) = dh A (+ ((g - 1) d_run) W for DoRA), then the mask */
             if (dx || ad->config.use_dora) {
-                if ((s = tb_gemm(ctx, 0, 0, R, in, r, 1.0f, dh, r, ad->A.value, in, 0.0f, xd,
+                if ((s = tb_gemm(ctx, 1, 0, R, in, r, 1.0f, dh, R, ad->A.value, in, 0.0f, xd,
                                  in)) != TB_OK)
                     goto done;
             }
@@ -796,7 +803,7 @@ tb_status tb_lora_backward(tb_ctx *ctx, tb_lora *lora, const tb_tensor *x, const
             }
         } else {
             if (dx) {
-                if ((s = tb_gemm(ctx, 0, 0, R, in, r, 1.0f, dh, r, ad->A.value, in, dx_beta,
+                if ((s = tb_gemm(ctx, 1, 0, R, in, r, 1.0f, dh, R, ad->A.value, in, dx_beta,
                                  dx->data, in)) != TB_OK)
                     goto done;
                 dx_beta = 1.0f;
