@@ -14,6 +14,7 @@
 #include "tblocks/arena.h"
 #include "tblocks/linear.h"
 #include "tblocks/lora.h"
+#include "tblocks/lstm.h"
 #include "tblocks/embedding.h"
 #include "tblocks/activation.h"
 #include "tblocks/softmax.h"
