@@ -656,17 +656,26 @@ tb_status tb_lstm_backward(tb_ctx *ctx, tb_lstm *lstm, const tb_tensor *x,
                 (s = tb_gemm(ctx, 1, 0, H4, in, bt, 1.0f, dG, H4, xin, in, 1.0f,
                              lstm->w_ih[k].grad, in)) != TB_OK)
                 break;
-            tb_param *bias[2] = {&lstm->b_ih[k], &lstm->b_hh[k]};
-            for (int i = 0; i < 2; i++) {
-                if (!tb_param_wants_grad(bias[i]))
-                    continue;
-                float *gb = bias[i]->grad;
+            /* Both biases get the column sums of dG, each column summed over
+             * rows in order (threads take column chunks; rows stream through). */
+            const int gi = tb_param_wants_grad(&lstm->b_ih[k]);
+            const int gh = tb_param_wants_grad(&lstm->b_hh[k]);
+            if (gi || gh) {
+                float *gbi = lstm->b_ih[k].grad, *gbh = lstm->b_hh[k].grad;
+                const size_t chunk = 64, n_chunks = (H4 + chunk - 1) / chunk;
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)bt * H4)) schedule(static)
-                for (size_t j = 0; j < H4; j++) {
-                    float acc = 0.0f;
+                for (size_t c = 0; c < n_chunks; c++) {
+                    float acc[64] = {0};
+                    const size_t j0 = c * chunk, nj = H4 - j0 < chunk ? H4 - j0 : chunk;
                     for (size_t r = 0; r < bt; r++)
-                        acc += dG[r * H4 + j];
-                    gb[j] += acc;
+                        for (size_t j = 0; j < nj; j++)
+                            acc[j] += dG[r * H4 + j0 + j];
+                    for (size_t j = 0; j < nj; j++) {
+                        if (gi)
+                            gbi[j0 + j] += acc[j];
+                        if (gh)
+                            gbh[j0 + j] += acc[j];
+                    }
                 }
             }
             /* d(layer input) = sum over directions of dG W_ih */
