@@ -15,6 +15,7 @@
 #include "tblocks/linear.h"
 #include "tblocks/lora.h"
 #include "tblocks/lstm.h"
+#include "tblocks/ptuning.h"
 #include "tblocks/embedding.h"
 #include "tblocks/activation.h"
 #include "tblocks/softmax.h"
