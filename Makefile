@@ -149,6 +149,7 @@ ifneq ($(filter x86_64%,$(shell $(CC) -dumpmachine)),)
 $(BUILD)/src/kernels/gemm_avx2.o: KERNEL_FLAGS = -O3 -mavx2 -mfma -ffp-contract=off
 $(BUILD)/src/kernels/gemm_avx512.o: KERNEL_FLAGS = -O3 -mavx512f -mfma -ffp-contract=off
 $(BUILD)/src/kernels/vexp_avx512.o: KERNEL_FLAGS = -O3 -mavx512f -ffp-contract=off
+$(BUILD)/src/kernels/vexp_avx2.o: KERNEL_FLAGS = -O3 -mavx2 -ffp-contract=off
 endif
 $(BUILD)/src/kernels/gemm_portable.o: KERNEL_FLAGS = -O3 -ffp-contract=off
 $(BUILD)/src/kernels/gemm.o: KERNEL_FLAGS = -O3 -ffp-contract=off

@@ -5,6 +5,7 @@
 
 #include "../core/internal.h"
 #include "../kernels/gemm.h"
+#include "../kernels/vexp.h"
 
 /* ---- set-up ----------------------------------------------------------------------- */
 
@@ -272,17 +273,13 @@ static units plan_units(const tb_ctx *ctx, const lstm_shape *sh)
     const size_t w1 = tb_gemm_serial_work(ctx, u.rows, 4 * sh->H, sh->H);
     const size_t w2 = tb_gemm_serial_work(ctx, u.rows, sh->H, 4 * sh->H);
     u.work = w1 > w2 ? w1 : w2;
-    u.per = (u.work + 3 * u.rows * sh->H + 15) / 16 * 16;
+    u.per = (u.work + 3 * u.rows * sh->H + sh->H + 15) / 16 * 16;
     return u;
-}
-
-static inline float sigmoidf_(float v)
-{
-    return 1.0f / (1.0f + expf(-v));
 }
 
 typedef struct fwd_layer {
     const tb_lstm *m;
+    const tb_vexp_ops *vx; /* the family's activations */
     const lstm_shape *sh;
     const int32_t *lengths;
     layer_views v;
@@ -324,15 +321,9 @@ static tb_status forward_unit(const tb_ctx *ctx, const fwd_layer *f, size_t d, s
                 memset(y, 0, H * sizeof(float));
                 continue;
             }
-            for (size_t j = 0; j < H; j++) {
-                const float ig = sigmoidf_(g[j]), fg = sigmoidf_(g[H + j]);
-                const float gg = tanhf(g[2 * H + j]), og = sigmoidf_(g[3 * H + j]);
-                const float cn = fg * cp[j] + ig * gg;
-                g[j] = ig, g[H + j] = fg, g[2 * H + j] = gg, g[3 * H + j] = og;
-                c[j] = cn, cp[j] = cn;
-                h[j] = og * tanhf(cn);
-                y[j] = h[j];
-            }
+            f->vx->lstm_cell(g, cp, h, H); /* gates activated, cp = c_t, h = h_t */
+            memcpy(c, cp, H * sizeof(float));
+            memcpy(y, h, H * sizeof(float));
         }
     }
     for (size_t b = b0; b < b1; b++) {
@@ -450,7 +441,7 @@ tb_status tb_lstm_forward(tb_ctx *ctx, const tb_lstm *lstm, tb_mode mode, tb_rng
         }
         if (s != TB_OK)
             break;
-        fwd_layer job = {lstm, &sh, lengths, v, l, h0, c0, h_n, c_n};
+        fwd_layer job = {lstm, tb_vexp_select(ctx), &sh, lengths, v, l, h0, c0, h_n, c_n};
         RUN_UNITS(ctx, u, forward_unit);
     }
     if (s == TB_OK) {
@@ -466,6 +457,7 @@ tb_status tb_lstm_forward(tb_ctx *ctx, const tb_lstm *lstm, tb_mode mode, tb_rng
 
 typedef struct bwd_layer {
     const tb_lstm *m;
+    const tb_vexp_ops *vx;
     const lstm_shape *sh;
     const int32_t *lengths;
     layer_views v;
@@ -483,6 +475,7 @@ static tb_status backward_unit(const tb_ctx *ctx, const bwd_layer *f, size_t d, 
     const size_t H = sh->H, T = sh->T, D = sh->D, H4 = 4 * H, k = f->l * D + d;
     const size_t nr = b1 - b0;
     float *work = scratch, *dh = scratch + u->work, *dc = dh + u->rows * H, *tmp = dc + u->rows * H;
+    float *tc = tmp + u->rows * H; /* tanh(c_t) of one row */
     for (size_t b = b0; b < b1; b++) {
         const size_t off = (k * sh->B + b) * H;
         for (size_t j = 0; j < H; j++) {
@@ -510,15 +503,16 @@ static tb_status backward_unit(const tb_ctx *ctx, const bwd_layer *f, size_t d, 
                       : Cc + (b * T + (d == 0 ? tt - 1 : tt + 1)) * H;
             const float *dy = f->dY + (b * T + tt) * D * H + d * H;
             float *dhb = dh + (b - b0) * H, *dcb = dc + (b - b0) * H;
+            f->vx->tanh(c, tc, H); /* as forward computed it */
             for (size_t j = 0; j < H; j++) {
                 const float ig = g[j], fg = g[H + j], gg = g[2 * H + j], og = g[3 * H + j];
-                const float tc = tanhf(c[j]), dhj = dy[j] + dhb[j];
-                const float dcj = dcb[j] + dhj * og * (1.0f - tc * tc);
+                const float dhj = dy[j] + dhb[j];
+                const float dcj = dcb[j] + dhj * og * (1.0f - tc[j] * tc[j]);
                 const float cp = cprev ? cprev[j] : 0.0f;
                 dg[j] = dcj * gg * ig * (1.0f - ig);
                 dg[H + j] = dcj * cp * fg * (1.0f - fg);
                 dg[2 * H + j] = dcj * ig * (1.0f - gg * gg);
-                dg[3 * H + j] = dhj * tc * og * (1.0f - og);
+                dg[3 * H + j] = dhj * tc[j] * og * (1.0f - og);
                 dcb[j] = dcj * fg;
             }
         }
@@ -608,8 +602,8 @@ tb_status tb_lstm_backward(tb_ctx *ctx, tb_lstm *lstm, const tb_tensor *x,
     memcpy(dYcur, dy->data, bt * DH * sizeof(float));
     for (size_t l = sh.L; l-- > 0 && s == TB_OK;) {
         const layer_views v = views_of(lstm, data, sh.B, sh.T, l);
-        bwd_layer job = {lstm, &sh, lengths, v, l, c0, dh_n, dc_n, dh0, dc0, dYcur,
-                         {dGs, dGs + bt * H4}};
+        bwd_layer job = {lstm, tb_vexp_select(ctx), &sh, lengths, v, l, c0, dh_n, dc_n,
+                         dh0, dc0, dYcur, {dGs, dGs + bt * H4}};
         RUN_UNITS(ctx, u, backward_unit);
         if (s != TB_OK)
             break;

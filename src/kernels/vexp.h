@@ -7,6 +7,13 @@
  * only (for the AVX-512 version: 16 lanes, lane = j % 16, then a fixed
  * tree), so results do not depend on threads or on what else is in memory.
  *
+ * lstm_cell and tanh (the LSTM's activations): the portable version calls
+ * expf and tanhf; the AVX2 and AVX-512 versions build sigmoid(x) =
+ * 1 / (1 + exp(-x)) and tanh on the same exponential (tanh(x) = 1 - 2 /
+ * (1 + exp(2x)) for |x| >= 0.25, an odd Taylor polynomial of degree 11
+ * below, where the former would cancel): a few ulp, checked against double
+ * precision in test_lstm.c.
+ *
  * Families: the portable version calls the C library's expf; the AVX-512
  * version uses a degree-6 polynomial on [-ln2/2, ln2/2] after the usual
  * reduction x = n ln2 + r (relative error below 2.5e-7 where the result is
@@ -25,6 +32,12 @@ typedef struct tb_vexp_ops {
     /* Largest of x[0..n), -inf for n = 0 (NaN lanes are ignored unless
      * all are NaN). */
     float (*max)(const float *x, size_t n);
+    /* One LSTM cell row: g[0..4H) holds the gate pre-activations [i f g o]
+     * and becomes sigmoid(i), sigmoid(f), tanh(g), sigmoid(o); c[0..H)
+     * holds the previous cell state and becomes f c + i g; h[j] = o tanh(c). */
+    void (*lstm_cell)(float *g, float *c, float *h, size_t H);
+    /* y[j] = tanh(x[j]) for j < n (y may be x). */
+    void (*tanh)(const float *x, float *y, size_t n);
 } tb_vexp_ops;
 
 /* The functions of the context's kernel family. */
@@ -33,5 +46,10 @@ const tb_vexp_ops *tb_vexp_select(const tb_ctx *ctx);
 extern const tb_vexp_ops tb_vexp_portable;
 /* Its members are NULL in builds without AVX-512 support. */
 extern const tb_vexp_ops tb_vexp_avx512;
+/* The AVX2 family's: its own lstm_cell and tanh, the portable exp_sub_sum
+ * and max (all NULL in builds without AVX2 support). */
+extern const tb_vexp_ops tb_vexp_avx2;
+float tb_exp_sub_sum_portable(float *x, size_t n, float sub);
+float tb_max_portable(const float *x, size_t n);
 
 #endif /* TB_KERNELS_VEXP_H */

@@ -1,0 +1,122 @@
+/* The LSTM activations for AVX2 (compiled with -mavx2; called only on CPUs
+ * that have it). See vexp.h. */
+#include "vexp.h"
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#include <math.h>
+
+/* exp(x) for 8 lanes, as vexp_avx512.c's exp16: n = round(x log2 e),
+ * r = x - n ln2 (two-part ln2), the Cephes degree-6 polynomial, times 2^n
+ * built in the exponent bits (n in [-126, 127] after clamping; the lanes
+ * below -87.34 give 0, above 88.72 +inf). Separate multiplies and adds. */
+static __m256 exp8(__m256 x)
+{
+    const __m256 lo = _mm256_set1_ps(-87.33654f), hi = _mm256_set1_ps(88.72283f);
+    const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    const __m256 over = _mm256_cmp_ps(x, hi, _CMP_GT_OQ);
+    x = _mm256_min_ps(hi, _mm256_max_ps(lo, x));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f)));
+    r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(-2.12194440e-4f)));
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r),
+                      _mm256_set1_ps(1.0f));
+    /* 2^n: n + 127 in the exponent field; n >= -126 here, so normal. */
+    __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+    e = _mm256_max_epi32(e, _mm256_set1_epi32(1));
+    const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
+    __m256 y = _mm256_mul_ps(p, scale);
+    y = _mm256_andnot_ps(under, y);
+    return _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), over);
+}
+
+static __m256 sigmoid8(__m256 x)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
+    return _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+
+/* tanh: the odd Taylor polynomial of degree 11 for |x| < 0.25, else
+ * sign(x) (1 - 2 / (1 + exp(2|x|))). */
+static __m256 tanh8(__m256 x)
+{
+    const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
+    const __m256 ax = _mm256_andnot_ps(sign, x);
+    const __m256 e = exp8(_mm256_add_ps(ax, ax));
+    const __m256 big = _mm256_sub_ps(
+        one, _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(one, e)));
+    const __m256 x2 = _mm256_mul_ps(x, x);
+    __m256 q = _mm256_set1_ps(-0.0088632355f); /* -1382/155925 */
+    q = _mm256_add_ps(_mm256_mul_ps(q, x2), _mm256_set1_ps(0.021869488f));  /* 62/2835 */
+    q = _mm256_add_ps(_mm256_mul_ps(q, x2), _mm256_set1_ps(-0.053968254f)); /* -17/315 */
+    q = _mm256_add_ps(_mm256_mul_ps(q, x2), _mm256_set1_ps(0.13333334f));   /* 2/15 */
+    q = _mm256_add_ps(_mm256_mul_ps(q, x2), _mm256_set1_ps(-0.33333334f));  /* -1/3 */
+    const __m256 small = _mm256_add_ps(x, _mm256_mul_ps(_mm256_mul_ps(q, x2), x));
+    const __m256 use_small = _mm256_cmp_ps(ax, _mm256_set1_ps(0.25f), _CMP_LT_OQ);
+    const __m256 signed_big = _mm256_or_ps(big, _mm256_and_ps(sign, x));
+    /* NaN: the comparison is false, big is NaN: NaN out. */
+    return _mm256_blendv_ps(signed_big, small, use_small);
+}
+
+static void lstm_cell_avx2(float *g, float *c, float *h, size_t H)
+{
+    size_t j = 0;
+    for (; j + 8 <= H; j += 8) {
+        const __m256 ig = sigmoid8(_mm256_loadu_ps(g + j));
+        const __m256 fg = sigmoid8(_mm256_loadu_ps(g + H + j));
+        const __m256 gg = tanh8(_mm256_loadu_ps(g + 2 * H + j));
+        const __m256 og = sigmoid8(_mm256_loadu_ps(g + 3 * H + j));
+        const __m256 cn = _mm256_add_ps(_mm256_mul_ps(fg, _mm256_loadu_ps(c + j)),
+                                        _mm256_mul_ps(ig, gg));
+        _mm256_storeu_ps(g + j, ig);
+        _mm256_storeu_ps(g + H + j, fg);
+        _mm256_storeu_ps(g + 2 * H + j, gg);
+        _mm256_storeu_ps(g + 3 * H + j, og);
+        _mm256_storeu_ps(c + j, cn);
+        _mm256_storeu_ps(h + j, _mm256_mul_ps(og, tanh8(cn)));
+    }
+    /* The tail through the same vector code, one lane at a time (so that
+     * an element's value does not depend on where H ends). */
+    for (; j < H; j++) {
+        float v[4] = {g[j], g[H + j], g[2 * H + j], g[3 * H + j]};
+        float out[8];
+        _mm256_storeu_ps(out, sigmoid8(_mm256_set1_ps(v[0])));
+        const float ig = out[0];
+        _mm256_storeu_ps(out, sigmoid8(_mm256_set1_ps(v[1])));
+        const float fg = out[0];
+        _mm256_storeu_ps(out, tanh8(_mm256_set1_ps(v[2])));
+        const float gg = out[0];
+        _mm256_storeu_ps(out, sigmoid8(_mm256_set1_ps(v[3])));
+        const float og = out[0];
+        const float cn = fg * c[j] + ig * gg;
+        _mm256_storeu_ps(out, tanh8(_mm256_set1_ps(cn)));
+        g[j] = ig, g[H + j] = fg, g[2 * H + j] = gg, g[3 * H + j] = og;
+        c[j] = cn;
+        h[j] = og * out[0];
+    }
+}
+
+static void tanh_avx2(const float *x, float *y, size_t n)
+{
+    size_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(y + j, tanh8(_mm256_loadu_ps(x + j)));
+    for (; j < n; j++) {
+        float out[8];
+        _mm256_storeu_ps(out, tanh8(_mm256_set1_ps(x[j])));
+        y[j] = out[0];
+    }
+}
+
+const tb_vexp_ops tb_vexp_avx2 = {tb_exp_sub_sum_portable, tb_max_portable, lstm_cell_avx2,
+                                  tanh_avx2};
+#else
+const tb_vexp_ops tb_vexp_avx2 = {0, 0, 0, 0};
+#endif
