@@ -12,7 +12,7 @@
  * 1 / (1 + exp(-x)) and tanh on the same exponential (tanh(x) = 1 - 2 /
  * (1 + exp(2x)) for |x| >= 0.25, an odd Taylor polynomial of degree 11
  * below, where the former would cancel): a few ulp, checked against double
- * precision in test_lstm.c.
+ * precision in test_attention.c (vexp_lstm_accuracy).
  *
  * Families: the portable version calls the C library's expf; the AVX-512
  * version uses a degree-6 polynomial on [-ln2/2, ln2/2] after the usual

@@ -342,6 +342,72 @@ START_TEST(vexp_accuracy)
 }
 END_TEST
 
+/* The LSTM's activations (vexp.h lstm_cell and tanh), per family, against
+ * double precision: tanh over a sweep and at the edges, and whole cells on
+ * rows of every length 1..40 (the vector tails), each element's value the
+ * same whatever the row's length. */
+START_TEST(vexp_lstm_accuracy)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    const tb_vexp_ops *vx = tb_vexp_select(&ctx);
+    enum { N = 100003 };
+    float *x = tbt_alloc(N * sizeof(float)), *y = tbt_alloc(N * sizeof(float));
+    for (size_t j = 0; j < N; j++)
+        x[j] = -12.0f + 24.0f * (float)j / (float)(N - 1);
+    x[0] = 0.0f, x[1] = 1e-30f, x[2] = -3e-5f, x[3] = NAN, x[4] = INFINITY, x[5] = -INFINITY;
+    x[6] = 0.2499f, x[7] = 0.25f, x[8] = -0.2501f, x[9] = 100.0f;
+    vx->tanh(x, y, N);
+    double worst = 0.0, worst_x = 0.0;
+    for (size_t j = 0; j < N; j++) {
+        if (j == 3) {
+            ck_assert_msg(isnan(y[j]), "tanh(NaN) = %g", (double)y[j]);
+            continue;
+        }
+        const double want = tanh((double)x[j]);
+        const double err = fabs(y[j] - want) / (fabs(want) > 1e-37 ? fabs(want) : 1.0);
+        if (err > worst)
+            worst = err, worst_x = x[j];
+    }
+    printf("  check   lstm activations (%s): tanh max relative error %.2e (at x = %.4g)\n",
+           vx == &tb_vexp_avx512 ? "avx512" : vx == &tb_vexp_avx2 ? "avx2" : "portable", worst,
+           worst_x);
+    ck_assert_msg(worst < 4e-7, "tanh relative error %g at x = %g", worst, worst_x);
+    ck_assert_msg(y[4] == 1.0f && y[5] == -1.0f && y[0] == 0.0f, "tanh(+-inf), tanh(0)");
+    /* Cells: rows of length H = 1..40 over the same leading elements. */
+    float g[4 * 40], c[40], h[40], g40[4 * 40], c40[40], h40[40];
+    double wcell = 0.0;
+    for (size_t H = 1; H <= 40; H++) {
+        for (size_t k = 0; k < 4; k++)
+            for (size_t j = 0; j < 40; j++)
+                g40[k * 40 + j] = -9.0f + 0.4519f * (float)((j * 7 + k * 13) % 40);
+        for (size_t j = 0; j < 40; j++)
+            c40[j] = -2.0f + 0.1f * (float)j;
+        for (size_t k = 0; k < 4; k++)
+            memcpy(g + k * H, g40 + k * 40, H * sizeof(float));
+        memcpy(c, c40, H * sizeof(float));
+        vx->lstm_cell(g, c, h, H);
+        vx->lstm_cell(g40, c40, h40, 40);
+        for (size_t j = 0; j < H; j++) {
+            const double cp = -2.0f + 0.1f * (float)j;
+            double pre[4];
+            for (size_t k = 0; k < 4; k++)
+                pre[k] = -9.0f + 0.4519f * (float)((j * 7 + k * 13) % 40);
+            const double ig = 1.0 / (1.0 + exp(-pre[0])), fg = 1.0 / (1.0 + exp(-pre[1]));
+            const double gg = tanh(pre[2]), og = 1.0 / (1.0 + exp(-pre[3]));
+            const double cn = fg * cp + ig * gg, hn = og * tanh(cn);
+            wcell = fmax(wcell, fmax(fabs(c[j] - cn), fabs(h[j] - hn)));
+            ck_assert_msg(h[j] == h40[j] && c[j] == c40[j] && g[j] == g40[j] &&
+                              g[3 * H + j] == g40[3 * 40 + j],
+                          "element %zu of a row of %zu differs from a row of 40", j, H);
+        }
+    }
+    ck_assert_msg(wcell < 1e-6, "lstm cell error %g", wcell);
+    free(x);
+    free(y);
+}
+END_TEST
+
 /* ======================================================================
  * Attention dropout: what the mask does, reproducibility, errors
  * ==================================================================== */
@@ -2273,6 +2339,7 @@ Suite *suite_attention(void)
     tcase_add_test(tg, gradients_gqa_and_packed);
     tcase_add_test(tg, gradients_with_dropout);
     tcase_add_test(tg, vexp_accuracy);
+    tcase_add_test(tg, vexp_lstm_accuracy);
     tcase_add_test(tg, dropout_statistics_and_reproducibility);
     tcase_add_test(tg, dropout_backward_needs_the_forward_draw);
     tcase_add_test(tg, dropout_applies_in_training_only);
