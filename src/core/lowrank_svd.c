@@ -29,20 +29,22 @@ static void qr_mgs(size_t m, size_t r, double *c, double *R)
     for (size_t j = 0; j < r; j++) {
         double *v = c + j * m;
         const double norm0 = sqrt(dot(v, v, m));
-        if (norm0 > 0.0) {
-            for (int pass = 0; pass < 2; pass++)
-                for (size_t i = 0; i < j; i++) {
-                    if (R[i * r + i] == 0.0) /* a zero column of Q */
-                        continue;
-                    const double *q = c + i * m;
-                    const double h = dot(q, v, m);
-                    for (size_t e = 0; e < m; e++)
-                        v[e] -= h * q[e];
-                    R[i * r + j] += h;
-                }
-        }
-        const double nrm = norm0 > 0.0 ? sqrt(dot(v, v, m)) : 0.0;
-        if (!(nrm > DEPENDENT_TOL * norm0)) {
+        if (norm0 == 0.0)
+            continue; /* a zero column: Q's column and R[j][j] stay 0 */
+        for (int pass = 0; pass < 2; pass++)
+            for (size_t i = 0; i < j; i++) {
+                if (R[i * r + i] == 0.0) /* a zero column of Q */
+                    continue;
+                const double *q = c + i * m;
+                const double h = dot(q, v, m);
+                for (size_t e = 0; e < m; e++)
+                    v[e] -= h * q[e];
+                R[i * r + j] += h;
+            }
+        /* Written so that a NaN (from a NaN or infinite input) is not taken
+         * for a dependent column: it goes on into Q, R and the result. */
+        const double nrm = sqrt(dot(v, v, m));
+        if (nrm <= DEPENDENT_TOL * norm0) {
             memset(v, 0, m * sizeof(double));
             continue; /* R[j][j] stays 0 */
         }

@@ -41,7 +41,9 @@
  * holds the columns of U (m x r) and y those of V (n x r), and sigma[0..r)
  * the singular values, descending, >= 0, with P = U diag(sigma) V^T to
  * rounding. Columns j with sigma[j] > 0 are orthonormal (to rounding); a
- * column of U whose sigma is 0 is zero. fn names the public caller in the
+ * column of U whose sigma is 0 is zero. A NaN or infinite input gives NaN
+ * in sigma (it is never taken for a zero column, so it cannot vanish from
+ * the result). fn names the public caller in the
  * error detail. Returns TB_OK, TB_ERR_OVERFLOW or TB_ERR_NO_MEMORY (x, y
  * and sigma then unchanged). m, n, r >= 1; not otherwise validated.
  */
