@@ -246,10 +246,10 @@ START_TEST(test_oracle_lora_combine)
     fixture_init(&f, in, out, conv ? TB_LINEAR_IN_OUT : TB_LINEAR_OUT_IN, 2, 7);
     memcpy(f.lin.weight.value, w.data, w.n * sizeof(float));
     memcpy(f.lin.bias.value, b.data, b.n * sizeof(float));
-    char nm[3][8];
+    char nm[3][16];
     const char *names[3];
     for (int k = 0; k < n_src; k++) {
-        char key[16];
+        char key[32];
         snprintf(nm[k], sizeof nm[k], "s%d", k);
         names[k] = nm[k];
         snprintf(key, sizeof key, "A%d", k);
@@ -755,7 +755,7 @@ START_TEST(combine_refusals)
     f.lora.adapter[0].config.alpha = 8.0f;
 
     /* Too many adapters: with TB_LORA_MAX_ADAPTERS present, refused. */
-    char nm[TB_LORA_MAX_ADAPTERS][8];
+    char nm[TB_LORA_MAX_ADAPTERS][32];
     for (size_t i = f.lora.n_adapters; i < TB_LORA_MAX_ADAPTERS; i++) {
         snprintf(nm[i], sizeof nm[i], "m%zu", i);
         CHECK_OK(f.ctx, tb_lora_combine(ctx, L, nm[i], ab, w, 2, LIN, 0));
