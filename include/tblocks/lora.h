@@ -314,11 +314,14 @@ tb_status tb_lora_merge(tb_ctx *ctx, tb_lora *lora, const char *name, int safe);
 tb_status tb_lora_unmerge(tb_ctx *ctx, tb_lora *lora);
 
 /** @brief How tb_lora_combine() builds the new adapter (PEFT's
- *  add_weighted_adapter combination_type). */
+ *  add_weighted_adapter combination_type). s_i is source i's scaling. */
 typedef enum tb_lora_combine_type {
-    /** A = sum sign_i sqrt(|w_i s_i|) A_i, B = sum sqrt(|w_i s_i|) B_i; equal ranks. */
+    /** A = sum sign_i sqrt(|w_i s_i|) A_i, B = sum sqrt(|w_i s_i|) B_i, sign_i
+     *  the sign of w_i s_i (on A only); equal ranks; rank = that rank. Not
+     *  B A = sum w_i s_i B_i A_i in general (cross terms): PEFT's rough one. */
     TB_LORA_COMBINE_LINEAR = 0,
-    /** A = [w_i s_i A_i] stacked by rows, B = [B_i] side by side; rank = sum of ranks. */
+    /** A = [w_i s_i A_i] stacked by rows, B = [B_i] side by side; rank = sum
+     *  of ranks; B A = sum w_i s_i B_i A_i exactly. */
     TB_LORA_COMBINE_CAT = 1,
     /** The best rank-k approximation of sum w_i s_i B_i A_i (B = U_k S_k,
      *  A = V_k^T); k = svd_rank, or the largest rank when 0. */
@@ -332,6 +335,29 @@ typedef enum tb_lora_combine_type {
  * PEFT), added inactive. With one source the type is LINEAR (as PEFT).
  * SVD's factors are unique only up to the signs of singular vectors: their
  * product B A is what to compare.
+ *
+ * Decisions (documented, tested):
+ * - As PEFT, the factors carry the whole weighted sum and the new scaling
+ *   multiplies it: when the first source uses rsLoRA, forward adds
+ *   sqrt(r) times the sum (PEFT's behaviour, kept for equal results).
+ * - SVD never forms the `(out, in)` sum: with the thin factors
+ *   `[w_i s_i B_i]` `(out, R)` and `[A_i]` `(R, in)`, R = sum of ranks, both
+ *   are QR-factorised and the small R x R core is split by one-sided
+ *   Jacobi, all in double on one thread (about 6 (in + out) R^2 flops).
+ *   Dependent or zero columns (B = 0 from the default initialisation, a
+ *   source named twice) are handled. If k exceeds R, the ranks past R are
+ *   zero (B's columns and A's rows), so B A is still the exact sum; PEFT
+ *   fills them with singular vectors of zero singular values (equal
+ *   product) and fails for k > min(in, out), which is allowed here.
+ * - Sources may repeat, be inactive or be merged (their A and B are used);
+ *   svd_rank is ignored unless the type is SVD with two or more sources.
+ * - DoRA sources are refused: the combination takes only A and B, and
+ *   PEFT gives the new adapter DoRA's magnitude vector from its own
+ *   initial values (overwritten afterwards), not from the sources, so the
+ *   result would not describe them.
+ * - The result is the same bitwise for every thread count and kernel
+ *   family (no matrix kernel is used); a duplicate new name is an error
+ *   (PEFT returns silently).
  * @param ctx Context.
  * @param lora Layer.
  * @param new_name Name of the new adapter (not already used).
@@ -342,8 +368,10 @@ typedef enum tb_lora_combine_type {
  * @param svd_rank SVD only: the rank k >= 1, or 0 for the largest source rank.
  * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_NOT_FOUND; TB_ERR_DUPLICATE
  *         (new_name in use); TB_ERR_INVALID_ARG (unequal ranks for LINEAR, a DoRA source, bad name or weight,
- *         unknown type, too many adapters); TB_ERR_OVERFLOW;
- *         TB_ERR_NO_MEMORY. On error the layer is unchanged.
+ *         unknown type, n = 0, too many adapters); TB_ERR_STATE (lora not
+ *         initialised); TB_ERR_NON_FINITE (a factor of the result is NaN or
+ *         infinite: a source holds one, or w_i s_i overflows float);
+ *         TB_ERR_OVERFLOW; TB_ERR_NO_MEMORY. On error the layer is unchanged.
  */
 tb_status tb_lora_combine(tb_ctx *ctx, tb_lora *lora, const char *new_name,
                           const char *const *names, const float *weights, size_t n,

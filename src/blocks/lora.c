@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "../core/internal.h"
+#include "../core/lowrank_svd.h"
 #include "../kernels/gemm.h"
 
 /* ---- configuration and names ------------------------------------------------------ */
@@ -952,5 +953,196 @@ tb_status tb_lora_unmerge(tb_ctx *ctx, tb_lora *lora)
         lora->n_merged = 0;
     }
     tb_free_with(&ctx->allocator, mem);
+    return s;
+}
+
+/* ---- combining adapters (PEFT's add_weighted_adapter) ----------------------------------- */
+
+/* A source's scaling in double, as PEFT's Python float: alpha / r or alpha / sqrt(r). */
+static double scaling_double(const tb_lora_config *c)
+{
+    const double r = (double)c->rank;
+    return c->use_rslora ? (double)c->alpha / sqrt(r) : (double)c->alpha / r;
+}
+
+/* LINEAR: A = sum_i sign_i sqrt|w_i s_i| A_i, B = sum_i sqrt|w_i s_i| B_i
+ * (sign_i the sign of w_i s_i, on A only), summed in double. */
+static void combine_linear(const tb_lora_adapter *const *src, const double *ws, size_t n,
+                           tb_lora_adapter *ad)
+{
+    const size_t na = ad->A.numel, nb = ad->B.numel;
+    for (size_t e = 0; e < na; e++) {
+        double acc = 0.0;
+        for (size_t i = 0; i < n; i++)
+            acc += (ws[i] >= 0.0 ? 1.0 : -1.0) * sqrt(fabs(ws[i])) * src[i]->A.value[e];
+        ad->A.value[e] = (float)acc;
+    }
+    for (size_t e = 0; e < nb; e++) {
+        double acc = 0.0;
+        for (size_t i = 0; i < n; i++)
+            acc += sqrt(fabs(ws[i])) * src[i]->B.value[e];
+        ad->B.value[e] = (float)acc;
+    }
+}
+
+/* CAT: A's rows are w_i s_i A_i stacked in source order, B's columns the
+ * B_i side by side (rank sum r_i). */
+static void combine_cat(const tb_lora *lora, const tb_lora_adapter *const *src,
+                        const double *ws, size_t n, tb_lora_adapter *ad)
+{
+    const size_t in = lora->in_features, out = lora->out_features, k = ad->config.rank;
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        const size_t r = src[i]->config.rank;
+        const float *A = src[i]->A.value, *B = src[i]->B.value;
+        for (size_t e = 0; e < r * in; e++)
+            ad->A.value[off * in + e] = (float)(ws[i] * (double)A[e]);
+        for (size_t o = 0; o < out; o++)
+            memcpy(&ad->B.value[o * k + off], &B[o * r], r * sizeof(float));
+        off += r;
+    }
+}
+
+/* SVD: the best rank-k approximation of sum_i w_i s_i B_i A_i from the
+ * thin factors [w_i s_i B_i] (out x R) and [A_i] (R x in), R = sum r_i:
+ * B = U_k diag(sigma_k), A = V_k^T; ranks past R stay zero. */
+static tb_status combine_svd(tb_ctx *ctx, const char *fn, const tb_lora *lora,
+                             const tb_lora_adapter *const *src, const double *ws, size_t n,
+                             size_t R, tb_lora_adapter *ad)
+{
+    const size_t in = lora->in_features, out = lora->out_features, k = ad->config.rank;
+    size_t nx, ny, total, bytes;
+    if (!tb_mul_size(out, R, &nx) || !tb_mul_size(in, R, &ny) || !tb_add_size(nx, ny, &total) ||
+        !tb_add_size(total, R, &total) || !tb_mul_size(total, sizeof(double), &bytes))
+        return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "SVD of rank %zu on %zu x %zu overflows", R, out,
+                       in);
+    void *mem;
+    tb_status s = tb_alloc(ctx, fn, bytes, &mem);
+    if (s != TB_OK)
+        return s;
+    double *x = mem, *y = x + nx, *sigma = y + ny;
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        const size_t r = src[i]->config.rank;
+        const float *A = src[i]->A.value, *B = src[i]->B.value;
+        for (size_t j = 0; j < r; j++) {
+            double *xc = x + (off + j) * out, *yc = y + (off + j) * in;
+            for (size_t o = 0; o < out; o++)
+                xc[o] = ws[i] * (double)B[o * r + j];
+            for (size_t c = 0; c < in; c++)
+                yc[c] = (double)A[j * in + c];
+        }
+        off += r;
+    }
+    if ((s = tb_lowrank_svd(ctx, fn, out, in, R, x, y, sigma)) == TB_OK) {
+        const size_t kk = k < R ? k : R;
+        for (size_t j = 0; j < kk; j++) {
+            for (size_t o = 0; o < out; o++)
+                ad->B.value[o * k + j] = (float)(sigma[j] * x[j * out + o]);
+            for (size_t c = 0; c < in; c++)
+                ad->A.value[j * in + c] = (float)y[j * in + c];
+        }
+    }
+    tb_free_with(&ctx->allocator, mem);
+    return s;
+}
+
+tb_status tb_lora_combine(tb_ctx *ctx, tb_lora *lora, const char *new_name,
+                          const char *const *names, const float *weights, size_t n,
+                          tb_lora_combine_type type, size_t svd_rank)
+{
+    const char *fn = __func__;
+    tb_status s = check_lora(ctx, fn, lora);
+    if (s != TB_OK)
+        return s;
+    if (!new_name || !names || !weights)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "new_name, names and weights must not be NULL");
+    if (n == 0)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "no source adapters (n = 0)");
+    if (type != TB_LORA_COMBINE_LINEAR && type != TB_LORA_COMBINE_CAT &&
+        type != TB_LORA_COMBINE_SVD)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown combination type %d", (int)type);
+    for (size_t i = 0; i < n; i++)
+        if (!names[i])
+            return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "names[%zu] is NULL", i);
+    if ((s = check_new_adapter(ctx, fn, lora, new_name)) != TB_OK)
+        return s;
+    /* Sources: known, plain LoRA, finite weights; w_i s_i in double. The
+     * ranks are summed with an overflow check (names may repeat). */
+    const tb_lora_adapter **src;
+    double *ws;
+    {
+        void *mem;
+        size_t bytes;
+        if (!tb_mul_size(n, sizeof *src + sizeof *ws, &bytes))
+            return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "%zu source adapters overflow", n);
+        if ((s = tb_alloc(ctx, fn, bytes, &mem)) != TB_OK)
+            return s;
+        ws = mem;
+        src = (const tb_lora_adapter **)(ws + n);
+    }
+    size_t r_sum = 0, r_max = 0;
+    for (size_t i = 0; i < n && s == TB_OK; i++) {
+        const int at = tb_lora_find(lora, names[i]);
+        if (at < 0) {
+            s = tb_fail(ctx, TB_ERR_NOT_FOUND, fn, "no adapter '%.40s'", names[i]);
+            break;
+        }
+        src[i] = &lora->adapter[at];
+        const tb_lora_config *c = &src[i]->config;
+        if (c->use_dora)
+            s = tb_fail(ctx, TB_ERR_INVALID_ARG, fn,
+                        "adapter '%s' is DoRA: combining takes only A and B, and the new "
+                        "adapter's magnitude would not describe the sources",
+                        src[i]->name);
+        else if (!isfinite(weights[i]))
+            s = tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "weights[%zu] is not finite", i);
+        else if (!tb_add_size(r_sum, c->rank, &r_sum))
+            s = tb_fail(ctx, TB_ERR_OVERFLOW, fn, "the sum of the source ranks overflows");
+        ws[i] = (double)weights[i] * scaling_double(c);
+        r_max = c->rank > r_max ? c->rank : r_max;
+    }
+    const tb_lora_combine_type how = n == 1 ? TB_LORA_COMBINE_LINEAR : type;
+    size_t rank = 0;
+    if (s == TB_OK) {
+        if (how == TB_LORA_COMBINE_LINEAR) {
+            rank = src[0]->config.rank;
+            for (size_t i = 1; i < n && s == TB_OK; i++)
+                if (src[i]->config.rank != rank)
+                    s = tb_fail(ctx, TB_ERR_INVALID_ARG, fn,
+                                "LINEAR needs equal ranks: '%s' has %zu, '%s' has %zu",
+                                src[0]->name, rank, src[i]->name, src[i]->config.rank);
+        } else if (how == TB_LORA_COMBINE_CAT) {
+            rank = r_sum;
+        } else {
+            rank = svd_rank ? svd_rank : r_max;
+        }
+    }
+    tb_lora_adapter ad;
+    memset(&ad, 0, sizeof ad);
+    if (s == TB_OK) {
+        /* PEFT: the first source's configuration with r = alpha = the new rank. */
+        tb_lora_config c = src[0]->config;
+        c.rank = rank;
+        c.alpha = (float)rank;
+        s = adapter_alloc(ctx, fn, lora, new_name, &c, &ad);
+    }
+    if (s == TB_OK) {
+        if (how == TB_LORA_COMBINE_LINEAR)
+            combine_linear(src, ws, n, &ad);
+        else if (how == TB_LORA_COMBINE_CAT)
+            combine_cat(lora, src, ws, n, &ad);
+        else
+            s = combine_svd(ctx, fn, lora, src, ws, n, r_sum, &ad);
+        if (s == TB_OK && (!all_finite(ad.A.value, ad.A.numel) ||
+                           !all_finite(ad.B.value, ad.B.numel)))
+            s = tb_fail(ctx, TB_ERR_NON_FINITE, fn,
+                        "combining into '%s' gives NaN or infinite values", new_name);
+        if (s != TB_OK)
+            adapter_free(&ad);
+    }
+    if (s == TB_OK)
+        lora->adapter[lora->n_adapters++] = ad; /* inactive: there are other adapters */
+    tb_free_with(&ctx->allocator, ws);
     return s;
 }

@@ -22,6 +22,7 @@
     X(batchnorm)      \
     X(attention)      \
     X(mha)            \
+    X(lora_combine)   \
     X(optim)          \
     X(schedule)       \
     X(grad)           \
