@@ -536,9 +536,11 @@ tb_status tb_lora_forward(tb_ctx *ctx, const tb_lora *lora, tb_mode mode, tb_rng
         ins[k++] = tb_span_floats("weight", base->weight.value, in * out);
         ins[k++] = tb_span_floats("bias", base->has_bias ? base->bias.value : NULL, out);
         k += param_spans(lora, idx, n, ins + k, 0);
+        /* The stream is a state the call advances (after y is written). */
         const tb_span outs[] = {tb_span_tensor("y", y),
-                                tb_span_bytes("cache", cache, cache ? need : 0)};
-        if ((s = tb_check_alias(ctx, fn, outs, 2, ins, k)) != TB_OK)
+                                tb_span_bytes("cache", cache, cache ? need : 0),
+                                tb_span_bytes("rng", any_drop ? rng : NULL, sizeof *rng)};
+        if ((s = tb_check_alias(ctx, fn, outs, 3, ins, k)) != TB_OK)
             return s;
     }
     /* Scratch: dropout(x) (R, in); without a cache u (R, r) and v (R, out);

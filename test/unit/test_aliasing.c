@@ -777,6 +777,47 @@ static void t_lora_fwd(acase *c)
     c->call = c_lora_fwd;
 }
 
+/* forward with the adapter's dropout active: the stream it advances is an
+ * output too: x, weight, bias, lora_A, lora_B, lora_magnitude_vector | y,
+ * cache, rng */
+enum { LF_RNG = LF_CACHE + 1 };
+
+static void setup_lora_drop(fix *f, tb_ctx *ctx)
+{
+    setup_lora(f, ctx);
+    tb_lora_free(&f->lora);
+    CHECK_OK(*ctx, tb_lora_init(ctx, &f->lora, &f->lin));
+    tb_rng rng;
+    tb_rng_init(&rng, 18);
+    tb_lora_config c = tb_lora_config_default(LR);
+    c.use_dora = 1;
+    c.dropout = 0.5f;
+    c.init = TB_LORA_INIT_RANDOM;
+    CHECK_OK(*ctx, tb_lora_add(ctx, &f->lora, "d", &c, &rng));
+}
+
+static void fill_lora_drop(const acase *c, fix *f, tb_ctx *ctx, bufs p)
+{
+    fill_plain(c, f, ctx, p);
+    tb_rng_init((tb_rng *)p[LF_RNG], 77);
+}
+
+static tb_status c_lora_fwd_drop(fix *f, tb_ctx *ctx, bufs p)
+{
+    tb_tensor x = t2(p, LF_X, NR, LIN), y = t2(p, LF_Y, NR, LOUT);
+    return tb_lora_forward(ctx, &f->lora, TB_MODE_TRAINING, (tb_rng *)p[LF_RNG], &x, &y,
+                           p[LF_CACHE], lora_cache());
+}
+
+static void t_lora_fwd_drop(acase *c)
+{
+    t_lora_fwd(c);
+    add(c, "rng", OUT, sizeof(tb_rng), 8);
+    c->setup = setup_lora_drop;
+    c->fill = fill_lora_drop;
+    c->call = c_lora_fwd_drop;
+}
+
 /* backward: x, dy, weight, cache, lora_A, lora_B, lora_magnitude_vector |
  * dx, and the three gradients */
 enum { LG_X, LG_DY, LG_W, LG_CACHE, LG_A, LG_DX = LG_A + 3, LG_GA };
@@ -1926,7 +1967,7 @@ static void t_normal(acase *c)
 static void (*const tables[])(acase *) = {
     t_gelu_fwd,   t_gelu_bwd,   t_relu_fwd,    t_relu_bwd,     t_softmax_fwd, t_softmax_bwd,
     t_residual_fwd, t_residual_bwd, t_dropout_fwd, t_dropout_bwd, t_linear_fwd, t_linear_bwd,
-    t_lora_fwd,   t_lora_bwd,
+    t_lora_fwd,   t_lora_fwd_drop, t_lora_bwd,
     t_embedding_fwd, t_embedding_bwd, t_ce_fwd,   t_ce_bwd,       t_ln_fwd,      t_ln_bwd,
     t_rn_fwd,     t_rn_bwd,     t_bn_fwd,      t_bn_bwd,       t_attn_fwd,    t_attn_bwd,
     t_attn_probs, t_kv_append,  t_kv_attend,   t_mha_fwd,      t_mha_bwd,     t_mha_self_bwd,
