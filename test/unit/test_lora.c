@@ -4,7 +4,8 @@
  * differences, dropout by its own masks, initialisation, the frozen base,
  * merge and unmerge, adapter management, errors, threads and
  * tb_lora_target_matches(). The aliasing tables of tb_lora_forward() and
- * tb_lora_backward() are in test_aliasing.c.
+ * tb_lora_backward() are in test_aliasing.c, the cache's guard-zone run in
+ * test_scratch.c.
  *
  * Oracle: the layer is built from the file (base weight and bias, then
  * each adapter added with its configuration and its A, B, m overwritten
@@ -241,6 +242,23 @@ static void oracle_run(tb_ctx *ctx, const tbt_ref *ref, oracle_layer *L, size_t 
             want_adv += L->lora.adapter[act[1 + i]].config.dropout > 0.0f ? R * L->in : 0;
     ck_assert_uint_eq(rng.counter - c0, want_adv);
     CHECK_OK(*ctx, tb_lora_backward(ctx, &L->lora, &xt, &dyt, &dxt, cache, bytes));
+    {
+        /* Without a cache (no backward follows): the same y, bitwise; the
+         * stream advances the same. Disabled: the base layer's y, bitwise. */
+        float *y2 = tbt_nan_buffer(y_ref.n);
+        tb_tensor y2t = tbt_view_like(y2, &y_ref);
+        tb_rng r2;
+        tb_rng_init(&r2, (uint64_t)flags[2]);
+        CHECK_OK(*ctx, tb_lora_forward(ctx, &L->lora, mode, &r2, &xt, &y2t, NULL, 0));
+        ck_assert_msg(memcmp(y2, yb, y_ref.n * sizeof(float)) == 0, "%s: y without a cache", blk);
+        ck_assert_uint_eq(r2.counter - c0, want_adv);
+        if (flags[0]) {
+            CHECK_OK(*ctx, tb_linear_forward(ctx, &L->lin, &xt, &y2t));
+            ck_assert_msg(memcmp(y2, yb, y_ref.n * sizeof(float)) == 0,
+                          "%s: disabled is not the base layer's y", blk);
+        }
+        free(y2);
+    }
     vs_peft(Q_Y, blk, "y", yb, &y_ref);
     vs_peft(Q_DX, blk, "dx", dxb, &dx_ref);
     for (size_t j = 0; j < L->n_ad; j++) {
@@ -265,6 +283,34 @@ static void oracle_run(tb_ctx *ctx, const tbt_ref *ref, oracle_layer *L, size_t 
             else
                 all_zero(blk, lbl, got[q], n[q]);
         }
+    }
+    /* dx = NULL: the same parameter gradients, bitwise (added again: 2x). */
+    {
+        float *g1 = NULL;
+        size_t ng = 0;
+        for (size_t j = 0; j < L->n_ad; j++)
+            ng += L->lora.adapter[j].A.numel + L->lora.adapter[j].B.numel +
+                  L->lora.adapter[j].magnitude.numel;
+        g1 = tbt_alloc(ng * sizeof(float));
+        for (int pass = 0; pass < 2; pass++) {
+            size_t o = 0;
+            for (size_t j = 0; j < L->n_ad; j++) {
+                tb_lora_adapter *ad = &L->lora.adapter[j];
+                float *gs[3] = {ad->A.grad, ad->B.grad, ad->magnitude.grad};
+                const size_t ns[3] = {ad->A.numel, ad->B.numel, ad->magnitude.numel};
+                for (int q = 0; q < 3; q++)
+                    for (size_t i = 0; i < ns[q]; i++, o++) {
+                        if (pass == 0)
+                            g1[o] = gs[q][i];
+                        else
+                            ck_assert_msg(gs[q][i] == 2.0f * g1[o],
+                                          "%s: backward without dx: gradient %zu differs", blk, o);
+                    }
+            }
+            if (pass == 0)
+                CHECK_OK(*ctx, tb_lora_backward(ctx, &L->lora, &xt, &dyt, NULL, cache, bytes));
+        }
+        free(g1);
     }
     free(xb), free(dyb), free(yb), free(dxb), free(cache);
 }
@@ -1106,7 +1152,8 @@ START_TEST(lora_merge_refusals)
     ck_assert_ptr_nonnull(strstr(tb_ctx_error(&ctx), "'d'"));
     tbt_assert_untouched(y, R * OUT);
     /* A plain adapter unmerged next to the merged one still adds: [p, q]
-     * with p merged equals [p, q] unmerged (within the merge tolerance). */
+     * with p merged equals [p, q] unmerged (|y| ~ 1 over in = 5 products:
+     * rtol 1e-5, atol 1e-6 are ~16 ulp; a dropped q is off by ~0.1). */
     const char *pq[2] = {"p", "q"};
     CHECK_OK(ctx, tb_lora_set_active(&ctx, &l, pq, 2));
     CHECK_OK(ctx, tb_lora_forward(&ctx, &l, TB_MODE_INFERENCE, NULL, &xt, &yt, NULL, 0));
