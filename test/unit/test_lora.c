@@ -273,7 +273,7 @@ static void oracle_run(tb_ctx *ctx, const tbt_ref *ref, oracle_layer *L, size_t 
         const float *got[3] = {ad->A.grad, ad->B.grad, ad->magnitude.grad};
         const size_t n[3] = {ad->A.numel, ad->B.numel, ad->magnitude.numel};
         for (int q = 0; q < (ad->config.use_dora ? 3 : 2); q++) {
-            char lbl[16];
+            char lbl[32];
             snprintf(lbl, sizeof lbl, "%s%zu", what[q], j);
             snprintf(nm, sizeof nm, "run%zu_%s", k, lbl);
             tbt_reft g = tbt_ref_get(ref, nm);
@@ -1417,6 +1417,182 @@ START_TEST(lora_rejects_bad_input)
 }
 END_TEST
 
+/* ---- out of memory ----------------------------------------------------------
+ * An allocator that fails from its k-th request on, for k = 0, 1, ... until
+ * the call succeeds: every refused call returns TB_ERR_NO_MEMORY and leaves
+ * the layer, the stream, the gradients and dx as they were (the products'
+ * packing scratch is requested part way through forward and backward); a
+ * cache a failed forward overwrote is refused by backward. */
+typedef struct failing {
+    int left;
+    tb_allocator inner;
+} failing;
+
+static void *failing_alloc(void *user, size_t size, size_t alignment)
+{
+    failing *f = user;
+    if (f->left-- <= 0)
+        return NULL;
+    return f->inner.alloc(f->inner.user, size, alignment);
+}
+
+static void failing_free(void *user, void *ptr)
+{
+    failing *f = user;
+    f->inner.free(f->inner.user, ptr);
+}
+
+static tb_ctx failing_ctx(failing *f, int k)
+{
+    tb_ctx c;
+    tbt_ctx_init(&c, 2);
+    f->left = k;
+    f->inner = tb_default_allocator();
+    c.allocator.alloc = failing_alloc;
+    c.allocator.free = failing_free;
+    c.allocator.user = f;
+    return c;
+}
+
+static size_t grads_of(const tb_lora *l, float *to)
+{
+    size_t k = 0;
+    for (size_t j = 0; j < l->n_adapters; j++) {
+        const tb_lora_adapter *ad = &l->adapter[j];
+        const tb_param *p[3] = {&ad->A, &ad->B, &ad->magnitude};
+        for (int q = 0; q < 3; q++) {
+            if (to)
+                memcpy(to + k, p[q]->grad, p[q]->numel * sizeof(float));
+            k += p[q]->numel;
+        }
+    }
+    return k;
+}
+
+START_TEST(lora_out_of_memory_changes_nothing)
+{
+    enum { R = 17, IN = 33, OUT = 50 };
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 2);
+    tb_linear lin;
+    make_base(&ctx, &lin, IN, OUT, 1, TB_LINEAR_IN_OUT, 8);
+    tb_lora l;
+    CHECK_OK(ctx, tb_lora_init(&ctx, &l, &lin));
+    tb_rng rng;
+    tb_rng_init(&rng, 9);
+    failing fa;
+    tb_lora snap;
+    int k, fails = 0;
+    /* add */
+    const tb_lora_config cfgs[2] = {cfg_of(3, 5.0f, 0, 0, 0.2f), cfg_of(8, 8.0f, 1, 1, 0.3f)};
+    const char *names[2] = {"p", "d"};
+    for (int j = 0; j < 2; j++)
+        for (k = 0;; k++) {
+            tb_ctx c = failing_ctx(&fa, k);
+            memcpy(&snap, &l, sizeof l);
+            const tb_rng r0 = rng;
+            const tb_status st = tb_lora_add(&c, &l, names[j], &cfgs[j], &rng);
+            if (st == TB_OK)
+                break;
+            ck_assert_int_eq(st, TB_ERR_NO_MEMORY);
+            ck_assert(memcmp(&snap, &l, sizeof l) == 0);
+            ck_assert(rng.counter == r0.counter);
+            fails++;
+        }
+    CHECK_OK(ctx, tb_lora_set_active(&ctx, &l, names, 2));
+    float *x = tbt_alloc(R * IN * sizeof(float)), *dy = tbt_alloc(R * OUT * sizeof(float));
+    float *y = tbt_alloc(R * OUT * sizeof(float)), *dx = tbt_alloc(R * IN * sizeof(float));
+    tbt_fill_uniform(x, R * IN, -1, 1, 1);
+    tbt_fill_uniform(dy, R * OUT, -1, 1, 2);
+    tb_tensor xt = tb_tensor_2d(x, R, IN), yt = tb_tensor_2d(y, R, OUT);
+    tb_tensor dyt = tb_tensor_2d(dy, R, OUT), dxt = tb_tensor_2d(dx, R, IN);
+    size_t bytes;
+    unsigned char *cache = cache_for(&l, R, &bytes), *cache0 = tbt_alloc(bytes);
+    const size_t ng = grads_of(&l, NULL);
+    float *g0 = tbt_alloc(ng * sizeof(float)), *g1 = tbt_alloc(ng * sizeof(float));
+    /* forward */
+    CHECK_OK(ctx, tb_lora_forward(&ctx, &l, TB_MODE_TRAINING, &rng, &xt, &yt, cache, bytes));
+    int forward_fails = 0;
+    for (k = 0;; k++) {
+        tb_ctx c = failing_ctx(&fa, k);
+        memcpy(&snap, &l, sizeof l);
+        memcpy(cache0, cache, bytes);
+        const tb_rng r0 = rng;
+        const tb_status st = tb_lora_forward(&c, &l, TB_MODE_TRAINING, &rng, &xt, &yt, cache,
+                                             bytes);
+        if (st == TB_OK)
+            break;
+        ck_assert_int_eq(st, TB_ERR_NO_MEMORY);
+        ck_assert(memcmp(&snap, &l, sizeof l) == 0);
+        ck_assert_msg(rng.key == r0.key && rng.counter == r0.counter,
+                      "failed forward (allocation %d) moved the stream by %llu", k,
+                      (unsigned long long)(rng.counter - r0.counter));
+        if (memcmp(cache0, cache, bytes) != 0) {
+            tbt_fill_sentinel(dx, R * IN);
+            ck_assert_msg(tb_lora_backward(&ctx, &l, &xt, &dyt, &dxt, cache, bytes) ==
+                              TB_ERR_STATE,
+                          "backward took a cache a failed forward (allocation %d) overwrote", k);
+            tbt_assert_untouched(dx, R * IN);
+            memcpy(cache, cache0, bytes); /* the previous forward's, still consistent */
+        }
+        forward_fails++;
+    }
+    ck_assert_int_gt(forward_fails, 2); /* the products' scratch, not only the first request */
+    /* backward */
+    zero_grads(&l);
+    CHECK_OK(ctx, tb_lora_backward(&ctx, &l, &xt, &dyt, &dxt, cache, bytes));
+    int backward_fails = 0;
+    for (k = 0;; k++) {
+        tb_ctx c = failing_ctx(&fa, k);
+        tbt_fill_sentinel(dx, R * IN);
+        grads_of(&l, g0);
+        const tb_status st = tb_lora_backward(&c, &l, &xt, &dyt, &dxt, cache, bytes);
+        if (st == TB_OK)
+            break;
+        ck_assert_int_eq(st, TB_ERR_NO_MEMORY);
+        tbt_assert_untouched(dx, R * IN);
+        grads_of(&l, g1);
+        ck_assert_msg(memcmp(g0, g1, ng * sizeof(float)) == 0,
+                      "failed backward (allocation %d) changed a gradient", k);
+        backward_fails++;
+    }
+    ck_assert_int_gt(backward_fails, 2);
+    /* merge (DoRA alone, then the plain one) and unmerge */
+    float *w0 = tbt_alloc(IN * OUT * sizeof(float));
+    const char *order[2] = {"d", "p"};
+    for (int j = 0; j < 2; j++)
+        for (k = 0;; k++) {
+            tb_ctx c = failing_ctx(&fa, k);
+            memcpy(w0, lin.weight.value, IN * OUT * sizeof(float));
+            const size_t nm = l.n_merged;
+            const tb_status st = tb_lora_merge(&c, &l, order[j], 1);
+            if (st == TB_OK)
+                break;
+            ck_assert_int_eq(st, TB_ERR_NO_MEMORY);
+            ck_assert(memcmp(w0, lin.weight.value, IN * OUT * sizeof(float)) == 0);
+            ck_assert_uint_eq(l.n_merged, nm);
+            fails++;
+        }
+    for (k = 0;; k++) {
+        tb_ctx c = failing_ctx(&fa, k);
+        memcpy(w0, lin.weight.value, IN * OUT * sizeof(float));
+        const tb_status st = tb_lora_unmerge(&c, &l);
+        if (st == TB_OK)
+            break;
+        ck_assert_int_eq(st, TB_ERR_NO_MEMORY);
+        ck_assert(memcmp(w0, lin.weight.value, IN * OUT * sizeof(float)) == 0);
+        ck_assert_uint_eq(l.n_merged, 2);
+        fails++;
+    }
+    ck_assert_uint_eq(l.n_merged, 0);
+    printf("  lora out of memory: %d refused adds/merges/unmerges, %d forwards, %d backwards "
+           "changed nothing\n", fails, forward_fails, backward_fails);
+    free(x), free(dy), free(y), free(dx), free(cache), free(cache0), free(g0), free(g1), free(w0);
+    tb_lora_free(&l);
+    tb_linear_free(&lin);
+}
+END_TEST
+
 /* ---- threads: bitwise identical for 1, 2 and 3 threads ------------------------
  * Shapes large enough that every parallel loop is split (work >= 32768). */
 typedef struct thr_out {
@@ -1525,6 +1701,7 @@ Suite *suite_lora(void)
     tcase_add_test(t0, lora_adapter_management);
     tcase_add_test(t0, lora_rejects_bad_input);
     tcase_add_test(t0, lora_target_matches);
+    tcase_add_test(t0, lora_out_of_memory_changes_nothing);
     suite_add_tcase(s, t0);
     TCase *t1 = tcase_create("finite_differences");
     tcase_set_timeout(t1, 120);
