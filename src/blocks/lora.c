@@ -724,9 +724,9 @@ tb_status tb_lora_backward(tb_ctx *ctx, tb_lora *lora, const tb_tensor *x, const
      * put back if a product's packing scratch fails part way (so that a
      * TB_ERR_NO_MEMORY writes nothing, as documented). */
     size_t sd = 0, sh = 0, sx = 0, sb = dx ? R * in : 0, total = 0, bytes;
-    for (size_t i = 0; i < n; i++)
-        sb += backup_grads(&lora->adapter[idx[i]], NULL, 0);
     int ok = 1;
+    for (size_t i = 0; i < n; i++)
+        ok &= tb_add_size(sb, backup_grads(&lora->adapter[idx[i]], NULL, 0), &sb);
     if (any_dora)
         ok &= tb_mul_size(R, out, &sd);
     ok &= tb_mul_size(R, r_max, &sh);

@@ -1461,7 +1461,7 @@ static size_t grads_of(const tb_lora *l, float *to)
         const tb_lora_adapter *ad = &l->adapter[j];
         const tb_param *p[3] = {&ad->A, &ad->B, &ad->magnitude};
         for (int q = 0; q < 3; q++) {
-            if (to)
+            if (to && p[q]->numel) /* a plain adapter's magnitude is empty (NULL) */
                 memcpy(to + k, p[q]->grad, p[q]->numel * sizeof(float));
             k += p[q]->numel;
         }
