@@ -524,6 +524,7 @@ tb_status tb_lora_forward(tb_ctx *ctx, const tb_lora *lora, tb_mode mode, tb_rng
     }
     if (any_drop && !rng)
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "rng must not be NULL when dropout is active");
+    const tb_rng rng_at_call = any_drop ? *rng : (tb_rng){0, 0};
     if (!cache_floats(lora, idx, n, R, &floats) ||
         tb_cache_bytes(LORA_HEADER_BYTES, floats, &need) != TB_OK)
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "cache size for %zu rows overflows", R);
@@ -538,9 +539,11 @@ tb_status tb_lora_forward(tb_ctx *ctx, const tb_lora *lora, tb_mode mode, tb_rng
         ins[k++] = tb_span_floats("weight", base->weight.value, in * out);
         ins[k++] = tb_span_floats("bias", base->has_bias ? base->bias.value : NULL, out);
         k += param_spans(lora, idx, n, ins + k, 0);
+        /* The stream is a state the call advances (after y is written). */
         const tb_span outs[] = {tb_span_tensor("y", y),
-                                tb_span_bytes("cache", cache, cache ? need : 0)};
-        if ((s = tb_check_alias(ctx, fn, outs, 2, ins, k)) != TB_OK)
+                                tb_span_bytes("cache", cache, cache ? need : 0),
+                                tb_span_bytes("rng", any_drop ? rng : NULL, sizeof *rng)};
+        if ((s = tb_check_alias(ctx, fn, outs, 3, ins, k)) != TB_OK)
             return s;
     }
     /* Scratch: dropout(x) (R, in); without a cache u (R, r) and v (R, out);
@@ -634,12 +637,39 @@ tb_status tb_lora_forward(tb_ctx *ctx, const tb_lora *lora, tb_mode mode, tb_rng
     if (cache)
         tb_cache_write(cache, &LORA_CACHE, fields);
 done:
+    if (s != TB_OK) {
+        /* A product's packing scratch failed part way: the stream goes back
+         * to where it was, and the cache (partly overwritten) loses its tag
+         * so that no backward takes it for the forward it held before. */
+        if (any_drop)
+            *rng = rng_at_call;
+        if (cache)
+            memset(cache, 0, sizeof(uint64_t));
+    }
     if (mem)
         tb_free_with(&ctx->allocator, mem);
     return s;
 }
 
 /* ---- backward ------------------------------------------------------------------------- */
+
+/* The gradients backward adds into for one adapter, copied to `to` (restore
+ * 0) or back from it (restore 1); `to` NULL only counts. Returns floats. */
+static size_t backup_grads(tb_lora_adapter *ad, float *to, int restore)
+{
+    tb_param *p[3] = {&ad->A, &ad->B, &ad->magnitude};
+    size_t k = 0;
+    for (int j = 0; j < (ad->config.use_dora ? 3 : 2); j++) {
+        if (!tb_param_wants_grad(p[j]))
+            continue;
+        if (to && restore)
+            memcpy(p[j]->grad, to + k, p[j]->numel * sizeof(float));
+        else if (to)
+            memcpy(to + k, p[j]->grad, p[j]->numel * sizeof(float));
+        k += p[j]->numel;
+    }
+    return k;
+}
 
 tb_status tb_lora_backward(tb_ctx *ctx, tb_lora *lora, const tb_tensor *x, const tb_tensor *dy,
                            tb_tensor *dx, const void *cache, size_t cache_bytes)
@@ -692,23 +722,36 @@ tb_status tb_lora_backward(tb_ctx *ctx, tb_lora *lora, const tb_tensor *x, const
         r_max = ad->config.rank > r_max ? ad->config.rank : r_max;
     }
     /* Scratch: d_run and e (R, out) for DoRA, dhT (r, R), dB^T (r, out),
-     * dropout(x) then its gradient (R, in). */
-    size_t sd = 0, sh = 0, sb = 0, sx = 0, total = 0, bytes;
+     * dropout(x) then its gradient (R, in); and a copy of dx and of the
+     * gradients it adds into, put back if a product's packing scratch fails
+     * part way (so that a TB_ERR_NO_MEMORY writes nothing, as documented). */
+    size_t sd = 0, sh = 0, st = 0, sx = 0, sb = dx ? R * in : 0, total = 0, bytes;
     int ok = 1;
+    for (size_t i = 0; i < n; i++)
+        ok &= tb_add_size(sb, backup_grads(&lora->adapter[idx[i]], NULL, 0), &sb);
     if (any_dora)
         ok &= tb_mul_size(R, out, &sd);
-    ok &= tb_mul_size(R, r_max, &sh) && tb_mul_size(out, r_max, &sb);
+    ok &= tb_mul_size(R, r_max, &sh) && tb_mul_size(out, r_max, &st);
     if (any_drop)
         ok &= tb_mul_size(R, in, &sx);
     ok &= tb_mul_size(sd, 2, &total) && tb_add_size(total, sh, &total) &&
-          tb_add_size(total, sb, &total) && tb_add_size(total, sx, &total) &&
+          tb_add_size(total, st, &total) && tb_add_size(total, sx, &total) &&
+          tb_add_size(total, sb, &total) &&
           tb_mul_size(total, sizeof(float), &bytes);
     if (!ok)
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "scratch for %zu rows overflows", R);
     void *mem = NULL;
     if (total > 0 && (s = tb_alloc(ctx, fn, bytes, &mem)) != TB_OK)
         return s;
-    float *d_run_s = mem, *e = d_run_s + sd, *dh = e + sd, *dbt = dh + sh, *xd = dbt + sb;
+    float *d_run_s = mem, *e = d_run_s + sd, *dh = e + sd, *dbt = dh + sh, *xd = dbt + st;
+    float *bk = xd + sx;
+    {
+        float *b = bk;
+        if (dx)
+            memcpy(b, dx->data, R * in * sizeof(float)), b += R * in;
+        for (size_t i = 0; i < n; i++)
+            b += backup_grads(&lora->adapter[idx[i]], b, 0);
+    }
     const float *d_run = dy->data;
     if (any_dora) {
         memcpy(d_run_s, dy->data, R * out * sizeof(float));
@@ -821,6 +864,13 @@ tb_status tb_lora_backward(tb_ctx *ctx, tb_lora *lora, const tb_tensor *x, const
     if (dx)
         s = base_input_grad(ctx, base, R, d_run, dx->data, dx_beta);
 done:
+    if (s != TB_OK) {
+        float *b = bk;
+        if (dx)
+            memcpy(dx->data, b, R * in * sizeof(float)), b += R * in;
+        for (size_t i = 0; i < n; i++)
+            b += backup_grads(&lora->adapter[idx[i]], b, 1);
+    }
     if (mem)
         tb_free_with(&ctx->allocator, mem);
     return s;

@@ -11,6 +11,7 @@
     X(gemm)           \
     X(scratch)        \
     X(linear)         \
+    X(lora)           \
     X(embedding)      \
     X(activation)     \
     X(softmax)        \

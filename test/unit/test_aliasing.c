@@ -48,6 +48,7 @@ typedef struct abuf {
 typedef struct fix {
     tb_param w, b;
     tb_linear lin;
+    tb_lora lora; /* over lin (its base), one DoRA adapter */
     tb_embedding emb;
     tb_layernorm ln;
     tb_rmsnorm rn;
@@ -376,6 +377,7 @@ static size_t run_table(const acase *c)
         f.opt.m = f.opt_m, f.opt.v = f.opt_v, f.opt.vmax = f.opt_vmax;
     if (f.ewc_anchor)
         f.ewc.anchor = f.ewc_anchor, f.ewc.fisher = f.ewc_fisher;
+    tb_lora_free(&f.lora); /* its adapter's storage is its own; only pointers were moved */
     tb_linear_free(&f.lin);
     tb_embedding_free(&f.emb);
     tb_layernorm_free(&f.ln);
@@ -694,6 +696,172 @@ static void t_embedding_bwd(acase *c)
     c->bind = b_embedding_bwd;
     c->fill = fill_ids;
     c->call = c_embedding_bwd;
+}
+
+/* ---- LoRA ---------------------------------------------------------------
+ * One DoRA adapter (rank LR) on a 4 -> 5 layer: every buffer a forward or
+ * backward touches (the magnitude only exists for DoRA). */
+
+enum { LR = 2 };
+
+static void setup_lora(fix *f, tb_ctx *ctx)
+{
+    tb_rng rng;
+    tb_rng_init(&rng, 17);
+    CHECK_OK(*ctx, tb_linear_init(ctx, &f->lin, LIN, LOUT, 1, &rng));
+    CHECK_OK(*ctx, tb_lora_init(ctx, &f->lora, &f->lin));
+    tb_lora_config c = tb_lora_config_default(LR);
+    c.use_dora = 1;
+    c.init = TB_LORA_INIT_RANDOM;
+    CHECK_OK(*ctx, tb_lora_add(ctx, &f->lora, "d", &c, &rng));
+}
+
+static size_t lora_cache(void)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    fix f;
+    memset(&f, 0, sizeof f);
+    setup_lora(&f, &ctx);
+    size_t bytes;
+    ck_assert_int_eq(tb_lora_cache_size(&f.lora, NR, &bytes), TB_OK);
+    tb_lora_free(&f.lora);
+    tb_linear_free(&f.lin);
+    return bytes;
+}
+
+static void bind_lora_values(fix *f, bufs p, size_t iw, size_t ib, size_t ia)
+{
+    tb_lora_adapter *ad = &f->lora.adapter[0];
+    f->lin.weight.value = F(p, iw);
+    f->lin.bias.value = ib ? F(p, ib) : f->spare; /* backward does not read the bias */
+    ad->A.value = F(p, ia);
+    ad->B.value = F(p, ia + 1);
+    ad->magnitude.value = F(p, ia + 2);
+}
+
+/* forward: x, weight, bias, lora_A, lora_B, lora_magnitude_vector | y, cache */
+enum { LF_X, LF_W, LF_B, LF_A, LF_Y = LF_A + 3, LF_CACHE };
+
+static void b_lora_fwd(fix *f, bufs p)
+{
+    bind_lora_values(f, p, LF_W, LF_B, LF_A);
+}
+
+static tb_status c_lora_fwd(fix *f, tb_ctx *ctx, bufs p)
+{
+    tb_tensor x = t2(p, LF_X, NR, LIN), y = t2(p, LF_Y, NR, LOUT);
+    return tb_lora_forward(ctx, &f->lora, TB_MODE_TRAINING, NULL, &x, &y, p[LF_CACHE],
+                           lora_cache());
+}
+
+static void add_lora_values(acase *c)
+{
+    add_f(c, "lora_A", IN, LR * LIN);
+    add_f(c, "lora_B", IN, LOUT * LR);
+    add_f(c, "lora_magnitude_vector", IN, LOUT);
+}
+
+static void t_lora_fwd(acase *c)
+{
+    c->fn = "tb_lora_forward";
+    add_f(c, "x", IN, NR * LIN);
+    add_f(c, "weight", IN, LOUT * LIN);
+    add_f(c, "bias", IN, LOUT);
+    add_lora_values(c);
+    add_f(c, "y", OUT, NR * LOUT);
+    add(c, "cache", OUT, lora_cache(), sizeof(float));
+    c->setup = setup_lora;
+    c->bind = b_lora_fwd;
+    c->fill = fill_plain;
+    c->call = c_lora_fwd;
+}
+
+/* forward with the adapter's dropout active: the stream it advances is an
+ * output too: x, weight, bias, lora_A, lora_B, lora_magnitude_vector | y,
+ * cache, rng */
+enum { LF_RNG = LF_CACHE + 1 };
+
+static void setup_lora_drop(fix *f, tb_ctx *ctx)
+{
+    setup_lora(f, ctx);
+    tb_lora_free(&f->lora);
+    CHECK_OK(*ctx, tb_lora_init(ctx, &f->lora, &f->lin));
+    tb_rng rng;
+    tb_rng_init(&rng, 18);
+    tb_lora_config c = tb_lora_config_default(LR);
+    c.use_dora = 1;
+    c.dropout = 0.5f;
+    c.init = TB_LORA_INIT_RANDOM;
+    CHECK_OK(*ctx, tb_lora_add(ctx, &f->lora, "d", &c, &rng));
+}
+
+static void fill_lora_drop(const acase *c, fix *f, tb_ctx *ctx, bufs p)
+{
+    fill_plain(c, f, ctx, p);
+    tb_rng_init((tb_rng *)p[LF_RNG], 77);
+}
+
+static tb_status c_lora_fwd_drop(fix *f, tb_ctx *ctx, bufs p)
+{
+    tb_tensor x = t2(p, LF_X, NR, LIN), y = t2(p, LF_Y, NR, LOUT);
+    return tb_lora_forward(ctx, &f->lora, TB_MODE_TRAINING, (tb_rng *)p[LF_RNG], &x, &y,
+                           p[LF_CACHE], lora_cache());
+}
+
+static void t_lora_fwd_drop(acase *c)
+{
+    t_lora_fwd(c);
+    add(c, "rng", OUT, sizeof(tb_rng), 8);
+    c->setup = setup_lora_drop;
+    c->fill = fill_lora_drop;
+    c->call = c_lora_fwd_drop;
+}
+
+/* backward: x, dy, weight, cache, lora_A, lora_B, lora_magnitude_vector |
+ * dx, and the three gradients */
+enum { LG_X, LG_DY, LG_W, LG_CACHE, LG_A, LG_DX = LG_A + 3, LG_GA };
+
+static void b_lora_bwd(fix *f, bufs p)
+{
+    tb_lora_adapter *ad = &f->lora.adapter[0];
+    bind_lora_values(f, p, LG_W, 0, LG_A);
+    ad->A.grad = F(p, LG_GA);
+    ad->B.grad = F(p, LG_GA + 1);
+    ad->magnitude.grad = F(p, LG_GA + 2);
+}
+
+static void fill_lora_bwd(const acase *c, fix *f, tb_ctx *ctx, bufs p)
+{
+    fill_plain(c, f, ctx, p);
+    float y[NR * LOUT];
+    tb_tensor x = t2(p, LG_X, NR, LIN), yt = tb_tensor_2d(y, NR, LOUT);
+    CHECK_OK(*ctx, tb_lora_forward(ctx, &f->lora, TB_MODE_TRAINING, NULL, &x, &yt, p[LG_CACHE],
+                                   lora_cache()));
+}
+
+static tb_status c_lora_bwd(fix *f, tb_ctx *ctx, bufs p)
+{
+    tb_tensor x = t2(p, LG_X, NR, LIN), dy = t2(p, LG_DY, NR, LOUT), dx = t2(p, LG_DX, NR, LIN);
+    return tb_lora_backward(ctx, &f->lora, &x, &dy, &dx, p[LG_CACHE], lora_cache());
+}
+
+static void t_lora_bwd(acase *c)
+{
+    c->fn = "tb_lora_backward";
+    add_f(c, "x", IN, NR * LIN);
+    add_f(c, "dy", IN, NR * LOUT);
+    add_f(c, "weight", IN, LOUT * LIN);
+    add(c, "cache", IN, lora_cache(), sizeof(float));
+    add_lora_values(c);
+    add_f(c, "dx", OUT, NR * LIN);
+    add_f(c, "lora_A.grad", OUT, LR * LIN);
+    add_f(c, "lora_B.grad", OUT, LOUT * LR);
+    add_f(c, "lora_magnitude_vector.grad", OUT, LOUT);
+    c->setup = setup_lora;
+    c->bind = b_lora_bwd;
+    c->fill = fill_lora_bwd;
+    c->call = c_lora_bwd;
 }
 
 /* ---- cross-entropy ------------------------------------------------------ */
@@ -1799,6 +1967,7 @@ static void t_normal(acase *c)
 static void (*const tables[])(acase *) = {
     t_gelu_fwd,   t_gelu_bwd,   t_relu_fwd,    t_relu_bwd,     t_softmax_fwd, t_softmax_bwd,
     t_residual_fwd, t_residual_bwd, t_dropout_fwd, t_dropout_bwd, t_linear_fwd, t_linear_bwd,
+    t_lora_fwd,   t_lora_fwd_drop, t_lora_bwd,
     t_embedding_fwd, t_embedding_bwd, t_ce_fwd,   t_ce_bwd,       t_ln_fwd,      t_ln_bwd,
     t_rn_fwd,     t_rn_bwd,     t_bn_fwd,      t_bn_bwd,       t_attn_fwd,    t_attn_bwd,
     t_attn_probs, t_kv_append,  t_kv_attend,   t_mha_fwd,      t_mha_bwd,     t_mha_self_bwd,

@@ -1,7 +1,7 @@
 /*
  * Caller-sized buffers stay within the size their query returned: every
  * block that takes a cache sized by a `*_cache_size()` call (LayerNorm,
- * RMSNorm, BatchNorm, cross-entropy, the attention core, MHA) is run
+ * RMSNorm, BatchNorm, cross-entropy, the attention core, MHA, LoRA) is run
  * forward and backward, on the kernel family of this run, on odd shapes
  * (1, 3, 17; head sizes across the micro-kernel tiles; key counts on both
  * sides of the attention tiles), in a buffer of exactly that many bytes
@@ -208,6 +208,58 @@ START_TEST(mha_cache_stays_in_its_size)
 }
 END_TEST
 
+/* LoRA: the cache holds per adapter (R, r), and for DoRA (R, out) + (out):
+ * plain, DoRA, dropout and several adapters, on odd shapes and both layouts. */
+START_TEST(lora_cache_stays_in_its_size)
+{
+    static const size_t shapes[][3] = {{1, 1, 1}, {3, 17, 5}, {17, 3, 33}, {5, 65, 50}};
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 2);
+    size_t n = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (int variant = 0; variant < 4; variant++) {
+            const size_t R = shapes[si][0], in = shapes[si][1], out = shapes[si][2];
+            tb_rng rng;
+            tb_rng_init(&rng, 40 + n);
+            tb_linear lin;
+            CHECK_OK(ctx, tb_linear_init_layout(&ctx, &lin, in, out, variant & 1,
+                                                variant & 2 ? TB_LINEAR_IN_OUT : TB_LINEAR_OUT_IN,
+                                                &rng));
+            tb_lora l;
+            CHECK_OK(ctx, tb_lora_init(&ctx, &l, &lin));
+            tb_lora_config c = tb_lora_config_default(1 + 3 * (size_t)variant);
+            c.init = TB_LORA_INIT_RANDOM;
+            c.use_dora = variant >= 1;
+            c.dropout = variant == 1 || variant == 3 ? 0.25f : 0.0f;
+            CHECK_OK(ctx, tb_lora_add(&ctx, &l, "a", &c, &rng));
+            c.use_dora = !c.use_dora;
+            c.rank = 3;
+            CHECK_OK(ctx, tb_lora_add(&ctx, &l, "b", &c, &rng));
+            const char *both[2] = {"b", "a"};
+            CHECK_OK(ctx, tb_lora_set_active(&ctx, &l, both, (size_t)1 + (variant > 0)));
+            float *x = filled(R * in, 30 + n), *dy = filled(R * out, 31 + n);
+            float *y = tbt_alloc(R * out * sizeof(float)), *dx = tbt_alloc(R * in * sizeof(float));
+            tb_tensor xt = tb_tensor_2d(x, R, in), yt = tb_tensor_2d(y, R, out);
+            tb_tensor dyt = tb_tensor_2d(dy, R, out), dxt = tb_tensor_2d(dx, R, in);
+            size_t bytes;
+            CHECK_OK(ctx, tb_lora_cache_size(&l, R, &bytes));
+            guarded g = guarded_alloc(bytes);
+            CHECK_OK(ctx, tb_lora_forward(&ctx, &l, TB_MODE_TRAINING, &rng, &xt, &yt, g.buf, bytes));
+            CHECK_OK(ctx, tb_lora_backward(&ctx, &l, &xt, &dyt, &dxt, g.buf, bytes));
+            char what[96];
+            snprintf(what, sizeof what, "lora R=%zu in=%zu out=%zu variant %d", R, in, out, variant);
+            guarded_check(&g, what);
+            free(g.mem);
+            free(x), free(dy), free(y), free(dx);
+            tb_lora_free(&l);
+            tb_linear_free(&lin);
+            n++;
+        }
+    printf("  scratch: %zu LoRA layers (%s) forward + backward within their cache size\n", n,
+           tb_kernel_name(tbt_test_kernel()));
+}
+END_TEST
+
 Suite *suite_scratch(void)
 {
     Suite *s = suite_create("scratch");
@@ -216,6 +268,7 @@ Suite *suite_scratch(void)
     tcase_add_test(tc, norm_caches_stay_in_their_size);
     tcase_add_test(tc, attention_cache_stays_in_its_size);
     tcase_add_test(tc, mha_cache_stays_in_its_size);
+    tcase_add_test(tc, lora_cache_stays_in_its_size);
     suite_add_tcase(s, tc);
     return s;
 }
