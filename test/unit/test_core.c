@@ -520,11 +520,27 @@ START_TEST(allocator_hooks_are_used_and_failures_reported)
     ck_assert_int_eq(tb_embedding_init(&ctx, &emb, 4, 4, &rng), TB_OK);
     ck_assert_int_eq(tb_param_list_init(&ctx, &list), TB_OK);
     ck_assert_int_eq(tb_linear_params(&ctx, &lin, "l", &list), TB_OK);
-    ck_assert_int_eq(c.allocs, 3);
+    /* The Linear's values and gradients are two allocations (so that
+     * tb_linear_freeze() can release the gradients alone). */
+    ck_assert_int_eq(c.allocs, 4);
+    tb_linear_freeze(&lin);
+    ck_assert_int_eq(c.frees, 1);
+    ck_assert_ptr_null(lin.weight.grad);
+    ck_assert_ptr_null(lin.bias.grad);
+    ck_assert_ptr_nonnull(lin.weight.value);
+    ck_assert_int_eq(lin.weight.trainable, 0);
+    tb_linear_freeze(&lin); /* idempotent */
+    ck_assert_int_eq(c.frees, 1);
     tb_param_list_free(&list);
     tb_linear_free(&lin);
     tb_embedding_free(&emb);
-    ck_assert_int_eq(c.frees, 3);
+    ck_assert_int_eq(c.frees, 4);
+
+    /* The gradients' allocation fails after the values': nothing leaks. */
+    c.budget = c.allocs + 1;
+    ck_assert_int_eq(tb_linear_init(&ctx, &lin, 4, 4, 1, &rng), TB_ERR_NO_MEMORY);
+    ck_assert_int_eq(c.allocs, c.frees);
+    ck_assert_ptr_null(lin.storage);
 
     c.budget = c.allocs; /* every further allocation fails */
     ck_assert_int_eq(tb_linear_init(&ctx, &lin, 4, 4, 1, &rng), TB_ERR_NO_MEMORY);
