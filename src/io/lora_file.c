@@ -1088,8 +1088,11 @@ tb_status tb_lora_file_open(tb_ctx *ctx, const char *dir, tb_lora_file *f)
         s = tb_fail(ctx, TB_ERR_NO_MEMORY, fn, "no memory for a file name");
     if (s == TB_OK)
         s = read_small_file(ctx, cpath, TB_LORA_FILE_MAX_CONFIG, &cfg, &clen);
-    if (s == TB_OK)
-        s = tb_st_open(ctx, wpath, &f->st);
+    if (s == TB_OK && (s = tb_st_open(ctx, wpath, &f->st)) != TB_OK) {
+        char msg[sizeof ctx->error];
+        snprintf(msg, sizeof msg, "%s", ctx->error);
+        s = tb_fail(ctx, s, fn, "%s: %s", wpath, msg); /* the reader's words, with the file */
+    }
     if (s == TB_OK)
         s = build(ctx, cfg, clen, f);
     free(cpath);

@@ -30,6 +30,7 @@
     X(sample)         \
     X(aliasing)       \
     X(gpt)            \
+    X(lora_file)      \
     X(tfm)            \
     X(harness)        \
     X(examples)
