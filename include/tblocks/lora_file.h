@@ -61,7 +61,9 @@
  * - A tensor key without the "base_model.model." prefix is TB_ERR_FORMAT;
  *   one with it but another suffix (lora_embedding_A, a bias, a
  *   modules_to_save copy) is TB_ERR_UNSUPPORTED. Values must be F32, F16,
- *   BF16 or F64 and finite.
+ *   BF16 or F64 (else TB_ERR_FORMAT) and finite: a NaN or infinity is
+ *   TB_ERR_NON_FINITE naming the tensor and element, as tb_checkpoint_load()
+ *   refuses one (found by tb_lora_file_apply(), which converts the values).
  * - A file whose A, B or m disagrees with the configuration (a rank other
  *   than r after rank_pattern, B's rank other than A's, a missing A or B,
  *   m without use_dora or missing with it) is TB_ERR_FORMAT naming the
@@ -219,8 +221,9 @@ const tb_lora_file_module *tb_lora_file_find(const tb_lora_file *f, const char *
  * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_NOT_FOUND (a module of the file
  *         matches none given, named); TB_ERR_SHAPE (A or B disagrees with
  *         its layer's in/out features; the tensor and both shapes named);
- *         TB_ERR_INVALID_ARG (a module name given twice); TB_ERR_FORMAT (a
- *         non-finite value, the tensor named); the errors of
+ *         TB_ERR_INVALID_ARG (a module name given twice); TB_ERR_NON_FINITE
+ *         (a NaN or infinity, the tensor and element named); TB_ERR_STATE (f
+ *         not open, a layer not initialised); the errors of
  *         tb_lora_add() (a duplicate adapter name, a DoRA adapter on a
  *         merged layer, too many adapters).
  */

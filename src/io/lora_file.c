@@ -239,7 +239,8 @@ tb_status tb_lora_file_save(tb_ctx *ctx, const char *dir, const char *adapter,
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "info->target_modules is NULL");
     if ((info->task_type && !utf8_ok(info->task_type)) ||
         (info->base_model_name_or_path && !utf8_ok(info->base_model_name_or_path)))
-        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "task_type and base_model_name_or_path must be UTF-8");
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn,
+                       "task_type and base_model_name_or_path must be UTF-8");
     for (size_t i = 0; i < info->n_target_modules; i++)
         if (!info->target_modules[i] || !utf8_ok(info->target_modules[i]) ||
             !info->target_modules[i][0])
@@ -788,16 +789,18 @@ static tb_status read_config(tb_json *js, config_read *cr)
     if (!tb_json_accept(js, '}')) {
         for (;;) {
             const char *key;
+            const size_t used = js->pool_used;
             if ((s = tb_json_string(js, &key)) != TB_OK) {
                 (void)json_fail(js, js->p, "expected a key string");
                 return s;
             }
             if (!tb_json_accept(js, ':'))
                 return json_fail(js, js->p, "expected ':'");
-            const size_t used = js->pool_used;
+            /* Keys are dropped from the pool (a copy long enough for every
+             * recognised key names it). */
             char kbuf[64];
             snprintf(kbuf, sizeof kbuf, "%s", key);
-            js->pool_used = used; /* the key stays readable in kbuf */
+            js->pool_used = used;
             if ((s = read_key(js, cr, kbuf)) != TB_OK)
                 return s;
             if (tb_json_accept(js, ','))
@@ -811,7 +814,8 @@ static tb_status read_config(tb_json *js, config_read *cr)
     if (js->p != js->end)
         return json_fail(js, js->p, "text after the configuration object");
     if (!(cr->seen & 1u))
-        return tb_fail(js->ctx, TB_ERR_FORMAT, js->fn, "no \"peft_type\": not a PEFT configuration");
+        return tb_fail(js->ctx, TB_ERR_FORMAT, js->fn,
+                       "no \"peft_type\": not a PEFT configuration");
     if (!(cr->seen & 2u))
         return tb_fail(js->ctx, TB_ERR_FORMAT, js->fn, "no \"r\" (the rank)");
     return TB_OK;
@@ -958,7 +962,8 @@ static tb_status index_modules(tb_ctx *ctx, tb_json *js, config_read *cr, tb_lor
                            "tensor '%.200s' is a DoRA magnitude, but use_dora is false",
                            m->magnitude->name);
         if (m->magnitude && (m->magnitude->ndim != 1 || m->magnitude->shape[0] != m->out_features))
-            return shape_fail(ctx, fn, m->magnitude, "the magnitude must be (out) like lora_B's rows");
+            return shape_fail(ctx, fn, m->magnitude,
+                              "the magnitude must be (out) like lora_B's rows");
     }
     return TB_OK;
 }
@@ -971,8 +976,9 @@ static tb_status build(tb_ctx *ctx, const void *config_json, size_t config_len, 
     tb_status s;
     if (config_len > TB_LORA_FILE_MAX_CONFIG) {
         tb_lora_file_close(f);
-        return tb_fail(ctx, TB_ERR_FORMAT, fn, TB_LORA_FILE_CONFIG " is %zu bytes, over the %u limit",
-                       config_len, TB_LORA_FILE_MAX_CONFIG);
+        return tb_fail(ctx, TB_ERR_FORMAT, fn,
+                       TB_LORA_FILE_CONFIG " is %zu bytes, over the %u limit", config_len,
+                       TB_LORA_FILE_MAX_CONFIG);
     }
     /* Storage: the configuration's string pool, the modules, their names. */
     size_t names = 0;
@@ -1169,7 +1175,7 @@ tb_status tb_lora_file_apply(tb_ctx *ctx, const tb_lora_file *f, const char *ada
                 break;
             for (size_t e = 0; e < t[j]->numel; e++)
                 if (!isfinite(stage[off + e])) {
-                    s = tb_fail(ctx, TB_ERR_FORMAT, fn,
+                    s = tb_fail(ctx, TB_ERR_NON_FINITE, fn,
                                 "tensor '%.200s' holds a NaN or infinite value (element %zu)",
                                 t[j]->name, e);
                     break;

@@ -70,8 +70,8 @@ static int flf_known_status(tb_status s)
 {
     return s == TB_OK || s == TB_ERR_NULL_ARG || s == TB_ERR_INVALID_ARG || s == TB_ERR_SHAPE ||
            s == TB_ERR_OVERFLOW || s == TB_ERR_NO_MEMORY || s == TB_ERR_NOT_FOUND ||
-           s == TB_ERR_DUPLICATE || s == TB_ERR_FORMAT || s == TB_ERR_STATE ||
-           s == TB_ERR_UNSUPPORTED;
+           s == TB_ERR_DUPLICATE || s == TB_ERR_FORMAT || s == TB_ERR_NON_FINITE ||
+           s == TB_ERR_STATE || s == TB_ERR_UNSUPPORTED;
 }
 
 /* Whether layer i still holds exactly "keep" with the values of a fresh setup. */
