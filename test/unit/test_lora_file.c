@@ -102,6 +102,46 @@ static double check_logits(const char *label, const float *got, const float *wan
     return worst / scale;
 }
 
+static char *make_tmpdir(void);
+static void rm_rf(const char *dir);
+
+/* Saving what was loaded writes PEFT's file again: the same keys, shapes
+ * and bytes, and configurations that read back the same per module. */
+static void resave_equals(tb_ctx *ctx, const tfm_lora *tl, const char *peft_dir)
+{
+    char *dir = make_tmpdir();
+    char ours[900];
+    snprintf(ours, sizeof ours, "%s/again", dir);
+    CHECK_OK(*ctx, tfm_lora_save(ctx, tl, ours, "default", "transformer.", NULL));
+    tb_lora_file a, b;
+    CHECK_OK(*ctx, tb_lora_file_open(ctx, peft_dir, &a));
+    CHECK_OK(*ctx, tb_lora_file_open(ctx, ours, &b));
+    ck_assert_uint_eq(a.st.count, b.st.count);
+    for (size_t i = 0; i < a.st.count; i++) {
+        const tb_st_tensor *ta = &a.st.tensors[i], *tb = tb_st_find(&b.st, ta->name);
+        ck_assert_msg(tb != NULL, "our file lacks PEFT's key %s", ta->name);
+        ck_assert(ta->dtype == TB_ST_F32 && tb->dtype == TB_ST_F32 && ta->ndim == tb->ndim);
+        ck_assert_msg(ta->nbytes == tb->nbytes && memcmp(ta->data, tb->data, ta->nbytes) == 0,
+                      "%s differs", ta->name);
+    }
+    ck_assert_str_eq(tb_st_meta_get(&b.st, "format"), "pt");
+    ck_assert_uint_eq(a.n_modules, b.n_modules);
+    for (size_t i = 0; i < a.n_modules; i++) {
+        const tb_lora_file_module *ma = &a.modules[i], *mb = tb_lora_file_find(&b, ma->name);
+        ck_assert(mb != NULL);
+        ck_assert_uint_eq(ma->config.rank, mb->config.rank);
+        ck_assert(ma->config.alpha == mb->config.alpha && ma->config.dropout == mb->config.dropout);
+        ck_assert(!ma->config.use_rslora == !mb->config.use_rslora);
+        ck_assert(!ma->config.use_dora == !mb->config.use_dora && ma->config.init == mb->config.init);
+    }
+    ck_assert_int_eq(a.fan_in_fan_out, b.fan_in_fan_out);
+    ck_assert_str_eq(a.task_type, b.task_type);
+    tb_lora_file_close(&a);
+    tb_lora_file_close(&b);
+    rm_rf(dir);
+    free(dir);
+}
+
 START_TEST(test_peft_adapter_gives_peft_logits)
 {
     const char *name = peft_cases[_i];
@@ -124,6 +164,7 @@ START_TEST(test_peft_adapter_gives_peft_logits)
     snprintf(dir, sizeof dir, "%s/%s/adapter", oracle_dir(), name);
     CHECK_OK(ctx, tfm_lora_load(&ctx, &tl, &m.t, dir, "default", "transformer."));
     ck_assert_uint_gt(tl.n_sites, 0);
+    resave_equals(&ctx, &tl, dir);
     /* rank_pattern / alpha_pattern as PEFT applies them */
     if (strcmp(name, "peft_patterns") == 0) {
         static const struct {
