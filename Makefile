@@ -258,6 +258,12 @@ FUZZ_DICT_gpt_config  := test/fuzz/gpt_config.dict
 FUZZ_SRC_gpt_config   := $(GPT_SRC)
 FUZZ_OPTS_gpt_config  := -malloc_limit_mb=64
 
+# PEFT LoRA adapter files: tb_lora_file_parse() and tb_lora_file_apply()
+# (seeds: test/fuzz/gen_lora_file_corpus.py; replayed by test_lora_file.c).
+FUZZ_TARGETS += lora_file
+FUZZ_SEEDS_lora_file := test/fuzz/corpus_lora_file test/fuzz/regressions_lora_file
+FUZZ_DICT_lora_file  := test/fuzz/lora_file.dict
+
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
 FUZZ_DEPS := $(LIB_SRC) $(wildcard include/*.h include/tblocks/*.h src/*/*.h test/fuzz/*.h examples/common/*.h)
 

@@ -34,6 +34,7 @@
 #include "tblocks/grad.h"
 #include "tblocks/safetensors.h"
 #include "tblocks/checkpoint.h"
+#include "tblocks/lora_file.h"
 #include "tblocks/sample.h"
 
 #endif /* TBLOCKS_H */

@@ -1,6 +1,7 @@
 /* LoRA on the shared transformer stack (tfm_lora.h). */
 #include "tfm_lora.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,6 +72,26 @@ static int matches_any(const char *name, const char *const *keys, size_t n, size
     return 0;
 }
 
+/* The site of a projection, made (and the projection taken over) if new. */
+static tb_status site_of(tb_ctx *ctx, tfm_lora *tl, const char *module, tfm_proj *p,
+                         tfm_lora_site **out)
+{
+    tfm_lora_site *st = tfm_lora_find(tl, module);
+    if (!st) {
+        if (tl->n_sites == tl->cap_sites)
+            return tb_ctx_set_error(ctx, TB_ERR_STATE, "tfm_lora: more projections than counted");
+        st = &tl->sites[tl->n_sites];
+        memset(st, 0, sizeof *st);
+        snprintf(st->module, sizeof st->module, "%s", module);
+        st->proj = p;
+        TRY(tb_lora_init(ctx, &st->lora, &p->linear));
+        tl->n_sites++;
+        p->ops = &site_ops, p->self = st;
+    }
+    *out = st;
+    return TB_OK;
+}
+
 typedef struct add_job {
     tfm_lora *tl;
     const char *name;
@@ -86,19 +107,8 @@ static tb_status add_at(tb_ctx *ctx, void *user, const char *module, tfm_proj *p
     const tfm_lora_spec *sp = job->spec;
     if (!matches_any(module, sp->targets, sp->n_targets, NULL))
         return TB_OK;
-    tfm_lora *tl = job->tl;
-    tfm_lora_site *st = tfm_lora_find(tl, module);
-    if (!st) {
-        if (tl->n_sites == tl->cap_sites)
-            return tb_ctx_set_error(ctx, TB_ERR_STATE, "tfm_lora: more projections than counted");
-        st = &tl->sites[tl->n_sites];
-        memset(st, 0, sizeof *st);
-        snprintf(st->module, sizeof st->module, "%s", module);
-        st->proj = p;
-        TRY(tb_lora_init(ctx, &st->lora, &p->linear));
-        tl->n_sites++;
-        p->ops = &site_ops, p->self = st;
-    }
+    tfm_lora_site *st;
+    TRY(site_of(ctx, job->tl, module, p, &st));
     tb_lora_config c = sp->config;
     size_t k;
     if (matches_any(module, sp->rank_keys, sp->n_ranks, &k))
@@ -117,13 +127,25 @@ static tb_status count_proj(tb_ctx *ctx, void *user, const char *module, tfm_pro
     return TB_OK;
 }
 
-/* Take adapter `name` out of every site again (after a failed add), and the
- * sites made for it. */
-static void undo_add(tb_ctx *ctx, tfm_lora *tl, const char *name, size_t sites_before)
+/* Room for a site at every projection of m (once per tfm_lora). */
+static tb_status sites_for(tb_ctx *ctx, tfm_lora *tl, tfm *m)
 {
-    for (size_t i = 0; i < tl->n_sites; i++)
-        if (tb_lora_find(&tl->sites[i].lora, name) >= 0)
-            (void)tb_lora_delete(ctx, &tl->sites[i].lora, name);
+    if (tl->sites)
+        return TB_OK;
+    size_t n = 0;
+    TRY(tfm_visit_projs(ctx, m, "", count_proj, &n));
+    tl->sites = calloc(n ? n : 1, sizeof *tl->sites);
+    if (!tl->sites)
+        return tb_ctx_set_error(ctx, TB_ERR_NO_MEMORY, "tfm_lora: no memory for %zu sites", n);
+    tl->cap_sites = n;
+    tl->model = m;
+    return TB_OK;
+}
+
+/* Drop the sites made after the first `sites_before` (their adapters too):
+ * their projections are plain again. */
+static void drop_sites(tfm_lora *tl, size_t sites_before)
+{
     while (tl->n_sites > sites_before) {
         tfm_lora_site *st = &tl->sites[--tl->n_sites];
         st->proj->ops = NULL, st->proj->self = NULL;
@@ -131,6 +153,16 @@ static void undo_add(tb_ctx *ctx, tfm_lora *tl, const char *name, size_t sites_b
         free(st->cache);
         memset(st, 0, sizeof *st);
     }
+}
+
+/* Take adapter `name` out of every site again (after a failed add), and the
+ * sites made for it. */
+static void undo_add(tb_ctx *ctx, tfm_lora *tl, const char *name, size_t sites_before)
+{
+    for (size_t i = 0; i < tl->n_sites; i++)
+        if (tb_lora_find(&tl->sites[i].lora, name) >= 0)
+            (void)tb_lora_delete(ctx, &tl->sites[i].lora, name);
+    drop_sites(tl, sites_before);
 }
 
 tb_status tfm_lora_add(tb_ctx *ctx, tfm_lora *tl, tfm *m, const char *name,
@@ -143,16 +175,7 @@ tb_status tfm_lora_add(tb_ctx *ctx, tfm_lora *tl, tfm *m, const char *name,
     if (tl->model && tl->model != m)
         return tb_ctx_set_error(ctx, TB_ERR_INVALID_ARG,
                                 "tfm_lora_add: these adapters belong to another model");
-    if (!tl->sites) {
-        size_t n = 0;
-        TRY(tfm_visit_projs(ctx, m, "", count_proj, &n));
-        tl->sites = calloc(n ? n : 1, sizeof *tl->sites);
-        if (!tl->sites)
-            return tb_ctx_set_error(ctx, TB_ERR_NO_MEMORY, "tfm_lora_add: no memory for %zu sites",
-                                    n);
-        tl->cap_sites = n;
-        tl->model = m;
-    }
+    TRY(sites_for(ctx, tl, m));
     add_job job = {tl, name, spec, rng, 0, tl->n_sites};
     tb_status s = tfm_visit_projs(ctx, m, "", add_at, &job);
     if (s == TB_OK && job.added == 0)
@@ -252,4 +275,158 @@ void tfm_lora_free(tfm_lora *tl)
     }
     free(tl->sites);
     memset(tl, 0, sizeof *tl);
+}
+
+/* ---- PEFT adapter files ---------------------------------------------------------- */
+
+/* Whether some projection of the model ends in `last` but is not one of
+ * the holders (then the bare final part would make PEFT wrap it too). */
+typedef struct target_job {
+    tfm_lora *tl;
+    const char *adapter;
+    const char *last;
+    int stray;
+} target_job;
+
+static const char *last_part(const char *name)
+{
+    const char *d = strrchr(name, '.');
+    return d ? d + 1 : name;
+}
+
+static tb_status find_stray(tb_ctx *ctx, void *user, const char *module, tfm_proj *p)
+{
+    (void)ctx, (void)p;
+    target_job *job = user;
+    if (strcmp(last_part(module), job->last) != 0)
+        return TB_OK;
+    const tfm_lora_site *st = tfm_lora_find(job->tl, module);
+    if (!st || tb_lora_find(&st->lora, job->adapter) < 0)
+        job->stray = 1;
+    return TB_OK;
+}
+
+tb_status tfm_lora_save(tb_ctx *ctx, const tfm_lora *tl, const char *dir, const char *adapter,
+                        const char *prefix, const char *base_model_name_or_path)
+{
+    if (!tl || !dir || !adapter)
+        return tb_ctx_set_error(ctx, TB_ERR_NULL_ARG, "tfm_lora_save: a required argument is NULL");
+    if (!prefix)
+        prefix = "";
+    const size_t n = tl->n_sites;
+    tb_lora_module *mods = calloc(n ? n : 1, sizeof *mods);
+    char (*names)[TB_PARAM_NAME_MAX] = calloc(n ? n : 1, sizeof *names);
+    const char **targets = calloc(n ? n : 1, sizeof *targets);
+    tb_status s = TB_OK;
+    size_t nm = 0, nt = 0;
+    if (!mods || !names || !targets) {
+        s = tb_ctx_set_error(ctx, TB_ERR_NO_MEMORY, "tfm_lora_save: no memory for %zu sites", n);
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        tfm_lora_site *st = &tl->sites[i];
+        if (tb_lora_find(&st->lora, adapter) < 0)
+            continue;
+        const int k = snprintf(names[nm], sizeof names[nm], "%s%s", prefix, st->module);
+        if (k < 0 || (size_t)k >= sizeof names[nm]) {
+            s = tb_ctx_set_error(ctx, TB_ERR_INVALID_ARG, "tfm_lora_save: name '%s%s' too long",
+                                 prefix, st->module);
+            goto done;
+        }
+        mods[nm].name = names[nm];
+        mods[nm].lora = &st->lora;
+        nm++;
+    }
+    /* target_modules: each distinct final part, or the full names of its
+     * holders when the part also ends a projection without the adapter. */
+    for (size_t i = 0; i < n; i++) {
+        const tfm_lora_site *st = &tl->sites[i];
+        if (tb_lora_find(&st->lora, adapter) < 0)
+            continue;
+        const char *last = last_part(st->module);
+        target_job job = {(tfm_lora *)(uintptr_t)tl, adapter, last, 0};
+        if (tl->model &&
+            (s = tfm_visit_projs(ctx, tl->model, "", find_stray, &job)) != TB_OK)
+            goto done;
+        if (job.stray) { /* this holder by its full name */
+            for (size_t j = 0; j < nm; j++)
+                if (mods[j].lora == &st->lora)
+                    targets[nt++] = mods[j].name;
+        } else {
+            int seen = 0;
+            for (size_t j = 0; j < nt && !seen; j++)
+                seen = strcmp(targets[j], last) == 0;
+            if (!seen)
+                targets[nt++] = last;
+        }
+    }
+    const tb_lora_save_info info = {"CAUSAL_LM", base_model_name_or_path, targets, nt};
+    s = tb_lora_file_save(ctx, dir, adapter, mods, nm, &info);
+done:
+    free(mods);
+    free(names);
+    free(targets);
+    return s;
+}
+
+/* The projections the file names: sites made for them, pairs collected. */
+typedef struct load_job {
+    tfm_lora *tl;
+    const tb_lora_file *f;
+    const char *prefix;
+    tb_lora_module *mods;
+    char (*names)[TB_PARAM_NAME_MAX];
+    size_t n;
+} load_job;
+
+static tb_status load_at(tb_ctx *ctx, void *user, const char *module, tfm_proj *p)
+{
+    load_job *job = user;
+    char full[TB_PARAM_NAME_MAX];
+    const int k = snprintf(full, sizeof full, "%s%s", job->prefix, module);
+    if (k < 0 || (size_t)k >= sizeof full || !tb_lora_file_find(job->f, full))
+        return TB_OK;
+    tfm_lora_site *st;
+    TRY(site_of(ctx, job->tl, module, p, &st));
+    memcpy(job->names[job->n], full, sizeof full);
+    job->mods[job->n].name = job->names[job->n];
+    job->mods[job->n].lora = &st->lora;
+    job->n++;
+    return TB_OK;
+}
+
+tb_status tfm_lora_load(tb_ctx *ctx, tfm_lora *tl, tfm *m, const char *dir, const char *adapter,
+                        const char *prefix)
+{
+    if (!tl || !m || !dir || !adapter)
+        return tb_ctx_set_error(ctx, TB_ERR_NULL_ARG, "tfm_lora_load: a required argument is NULL");
+    if (tl->model && tl->model != m)
+        return tb_ctx_set_error(ctx, TB_ERR_INVALID_ARG,
+                                "tfm_lora_load: these adapters belong to another model");
+    tb_lora_file f;
+    TRY(tb_lora_file_open(ctx, dir, &f));
+    const int fresh = tl->sites == NULL;
+    tb_status s = sites_for(ctx, tl, m);
+    const size_t n = f.n_modules, sites_before = tl->n_sites;
+    load_job job = {tl, &f, prefix ? prefix : "", calloc(n, sizeof *job.mods),
+                    calloc(n, sizeof *job.names), 0};
+    if (s == TB_OK && (!job.mods || !job.names))
+        s = tb_ctx_set_error(ctx, TB_ERR_NO_MEMORY, "tfm_lora_load: no memory for %zu modules", n);
+    if (s == TB_OK)
+        s = tfm_visit_projs(ctx, m, "", load_at, &job);
+    /* A module of the file the model lacks is named by tb_lora_file_apply
+     * (it matches none of the pairs). */
+    if (s == TB_OK)
+        s = tb_lora_file_apply(ctx, &f, adapter, job.mods, job.n, NULL);
+    if (s != TB_OK) {
+        drop_sites(tl, sites_before);
+        if (fresh && tl->n_sites == 0) {
+            free(tl->sites);
+            tfm_lora_init(tl);
+        }
+    }
+    free(job.mods);
+    free(job.names);
+    tb_lora_file_close(&f);
+    return s;
 }

@@ -87,6 +87,31 @@ void tfm_lora_set_enabled(tfm_lora *tl, int enabled);
 tb_status tfm_lora_merge(tb_ctx *ctx, tfm_lora *tl, const char *name, int safe);
 tb_status tfm_lora_unmerge(tb_ctx *ctx, tfm_lora *tl);
 
+/* ---- PEFT adapter files (tblocks/lora_file.h) ----------------------------------
+ *
+ * tfm_lora_save() writes adapter `adapter` of every site holding it as a
+ * PEFT adapter directory (adapter_model.safetensors, adapter_config.json)
+ * that PeftModel.from_pretrained() loads onto the Hugging Face model: module
+ * names are prefix + the site's (prefix "transformer." gives
+ * GPT2LMHeadModel's names), task_type "CAUSAL_LM", and target_modules the
+ * distinct final name parts of the holders (["c_attn"]); where a final part
+ * also ends a projection without the adapter (c_proj of attn and mlp, only
+ * one adapted), the holders are listed by full name instead, so that PEFT
+ * wraps nothing else. base_model_name_or_path may be NULL (null).
+ *
+ * tfm_lora_load() reads such a directory (PEFT's or ours): every module of
+ * the file, prefix + a projection's name, gets a site as needed and the
+ * adapter with the file's values and configuration (rank_pattern and
+ * alpha_pattern applied), added as tb_lora_add() adds (active only at a
+ * site's first). A module the model lacks (or not under prefix) is
+ * TB_ERR_NOT_FOUND; every error of tb_lora_file_open() and
+ * tb_lora_file_apply(). On error nothing changes: the sites made for the
+ * call are dropped again and no adapter is left added. */
+tb_status tfm_lora_save(tb_ctx *ctx, const tfm_lora *tl, const char *dir, const char *adapter,
+                        const char *prefix, const char *base_model_name_or_path);
+tb_status tfm_lora_load(tb_ctx *ctx, tfm_lora *tl, tfm *m, const char *dir, const char *adapter,
+                        const char *prefix);
+
 /* Bytes of frozen gradients the sites' base layers no longer keep. */
 size_t tfm_lora_frozen_bytes(const tfm_lora *tl);
 

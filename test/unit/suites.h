@@ -32,6 +32,7 @@
     X(sample)         \
     X(aliasing)       \
     X(gpt)            \
+    X(lora_file)      \
     X(tfm)            \
     X(harness)        \
     X(examples)
