@@ -31,6 +31,7 @@
     X(aliasing)       \
     X(gpt)            \
     X(tfm)            \
+    X(ptuning_input)  \
     X(harness)        \
     X(examples)
 
