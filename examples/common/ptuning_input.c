@@ -285,6 +285,7 @@ static tb_status write_config(tb_ctx *ctx, const char *path, const tb_ptuning_co
     fprintf(f, ",\n  \"encoder_dropout\": %.9g%s,\n", (double)cfg->encoder_dropout,
             cfg->encoder_dropout == 0.0f ? ".0" : "");
     fprintf(f, "  \"encoder_hidden_size\": %zu,\n", cfg->encoder_hidden_size);
+    /* PEFT's MLP encoder ignores encoder_num_layers (and warns unless it is its default 2). */
     fprintf(f, "  \"encoder_num_layers\": %zu,\n",
             cfg->type == TB_PTUNING_LSTM ? cfg->encoder_num_layers : (size_t)2);
     fprintf(f, "  \"encoder_reparameterization_type\": \"%s\",\n",
