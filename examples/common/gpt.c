@@ -407,13 +407,22 @@ tb_status gpt_forward(tb_ctx *ctx, gpt *m, gpt_acts *a, tb_mode mode, tb_rng *rn
                       const int32_t *tokens, const int32_t *targets, size_t B, size_t T,
                       float *loss)
 {
+    const tfm_input in = {B, T, tokens, NULL, NULL, NULL};
+    return gpt_forward_input(ctx, m, a, mode, rng, &in, targets, loss);
+}
+
+tb_status gpt_forward_input(tb_ctx *ctx, gpt *m, gpt_acts *a, tb_mode mode, tb_rng *rng,
+                            const tfm_input *in, const int32_t *targets, float *loss)
+{
+    if (!in)
+        return fail(ctx, TB_ERR_NULL_ARG, "gpt: no input");
+    const size_t B = in->batch, T = in->seq;
     if (B > a->t.max_b || T > a->t.max_t || !B || !T)
         return fail(ctx, TB_ERR_SHAPE,
                     "gpt: a batch of %zu x %zu tokens; the activations hold %zu x %zu", B, T,
                     a->t.max_b, a->t.max_t);
     const size_t R = B * T, C = m->cfg.n_embd, V = m->cfg.vocab_size;
-    const tfm_input in = {B, T, tokens, NULL, NULL, NULL};
-    TRY(tfm_forward(ctx, &m->t, &a->t, mode, rng, &in));
+    TRY(tfm_forward(ctx, &m->t, &a->t, mode, rng, in));
     tb_tensor out = tb_tensor_2d(a->t.out, R, C), lo = tb_tensor_2d(a->logits, R, V);
     TRY(tb_linear_forward(ctx, &m->lm_head, &out, &lo));
     if (targets)
@@ -426,6 +435,12 @@ tb_status gpt_backward(tb_ctx *ctx, gpt *m, gpt_acts *a, const int32_t *tokens,
                        const int32_t *targets, float dloss)
 {
     (void)tokens; /* the stack kept them */
+    return gpt_backward_embeds(ctx, m, a, targets, dloss, NULL);
+}
+
+tb_status gpt_backward_embeds(tb_ctx *ctx, gpt *m, gpt_acts *a, const int32_t *targets,
+                              float dloss, float *d_embeds)
+{
     const size_t R = a->t.b * a->t.t, C = m->cfg.n_embd, V = m->cfg.vocab_size;
     tb_tensor lo = tb_tensor_2d(a->logits, R, V), dlo = tb_tensor_2d(a->dlogits, R, V);
     tb_tensor out = tb_tensor_2d(a->t.out, R, C), dout = tb_tensor_2d(a->t.dt1, R, C);
@@ -435,7 +450,7 @@ tb_status gpt_backward(tb_ctx *ctx, gpt *m, gpt_acts *a, const int32_t *tokens,
      * does (the view holds a copy of the flag, taken when it was made). */
     m->lm_head.weight.trainable = m->t.wte.weight.trainable;
     TRY(tb_linear_backward(ctx, &m->lm_head, &out, &dlo, &dout)); /* into wte.grad */
-    return tfm_backward(ctx, &m->t, &a->t, a->t.dt1, NULL);
+    return tfm_backward(ctx, &m->t, &a->t, a->t.dt1, d_embeds);
 }
 
 /* ---- incremental decoding ---------------------------------------------------------------- */

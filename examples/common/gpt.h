@@ -157,6 +157,17 @@ tb_status gpt_forward(tb_ctx *ctx, gpt *m, gpt_acts *a, tb_mode mode, tb_rng *rn
 tb_status gpt_backward(tb_ctx *ctx, gpt *m, gpt_acts *a, const int32_t *tokens,
                        const int32_t *targets, float dloss);
 
+/* The same on any input of the stack (tfm_input: token ids or input
+ * embeddings (B, T, C), key_valid): what P-tuning feeds (ptuning_input.h).
+ * gpt_forward() is this with in = {B, T, tokens}. */
+tb_status gpt_forward_input(tb_ctx *ctx, gpt *m, gpt_acts *a, tb_mode mode, tb_rng *rng,
+                            const tfm_input *in, const int32_t *targets, float *loss);
+
+/* gpt_backward(), and when d_embeds is non-NULL the gradient w.r.t. the
+ * stack's input embeddings (B, T, C) written there (tfm_backward()). */
+tb_status gpt_backward_embeds(tb_ctx *ctx, gpt *m, gpt_acts *a, const int32_t *targets,
+                              float dloss, float *d_embeds);
+
 /* ---- incremental decoding -------------------------------------------------- */
 
 typedef struct gpt_decoder {

@@ -730,6 +730,34 @@ void tfm_acts_free(tfm_acts *a)
     memset(a, 0, sizeof *a);
 }
 
+/* ---- freezing ---------------------------------------------------------------------------- */
+
+static tb_status freeze_proj(tb_ctx *ctx, void *user, const char *name, tfm_proj *p)
+{
+    (void)ctx, (void)user, (void)name;
+    tb_linear_freeze(&p->linear);
+    return TB_OK;
+}
+
+tb_status tfm_freeze(tb_ctx *ctx, tfm *m, size_t *kept_grad_bytes)
+{
+    TRY(tfm_visit_projs(ctx, m, "", freeze_proj, NULL));
+    tb_param_list list;
+    TRY(tb_param_list_init(ctx, &list));
+    tb_status s = tfm_params(ctx, m, "", &list);
+    size_t kept = 0;
+    for (size_t i = 0; s == TB_OK && i < list.count; i++) {
+        tb_param *q = list.items[i].param;
+        q->trainable = 0;
+        if (q->grad)
+            kept += q->numel * sizeof(float);
+    }
+    tb_param_list_free(&list);
+    if (s == TB_OK && kept_grad_bytes)
+        *kept_grad_bytes = kept;
+    return s;
+}
+
 /* ---- forward ----------------------------------------------------------------------------- */
 
 static tb_status check_input(tb_ctx *ctx, const tfm *m, const tfm_acts *a, const tfm_input *in)

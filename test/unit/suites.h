@@ -34,6 +34,7 @@
     X(gpt)            \
     X(lora_file)      \
     X(tfm)            \
+    X(ptuning_input)  \
     X(harness)        \
     X(examples)
 
