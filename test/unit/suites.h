@@ -31,6 +31,7 @@
     X(aliasing)       \
     X(gpt)            \
     X(tfm)            \
+    X(prefix_tuning)  \
     X(harness)        \
     X(examples)
 
