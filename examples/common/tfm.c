@@ -724,7 +724,8 @@ static tb_status acts_header(tb_ctx *ctx, tfm_acts *a, const tfm_config *c, size
     /* With a prefix, also max_b (n + max_t) (4 C floats + 1 byte). */
     if (!ex_mul_size(max_b, max_t, &R) || !add_product(&widest, 3, c->d_model) ||
         !add_product(&widest, 2, c->d_ff) || !ex_mul_size(R, widest, &widest) ||
-        !ex_mul_size(widest, sizeof(float), &widest) || !ex_mul_size(max_b, max_t + n_prefix, &Rk) ||
+        !ex_mul_size(widest, sizeof(float), &widest) ||
+        !ex_mul_size(max_b, max_t + n_prefix, &Rk) ||
         !add_product(&kv, 4 * sizeof(float) + 1, c->d_model) || !ex_mul_size(Rk, kv, &kv))
         return tb_ctx_set_error(ctx, TB_ERR_OVERFLOW,
                                 "tfm: activations for %zu x %zu tokens overflow", max_b, max_t);

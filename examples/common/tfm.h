@@ -17,8 +17,9 @@
  *
  * attn is causal or bidirectional; a key-valid mask (B, T) keeps every
  * query away from padding. A deep prompt (tfm_prefix: prefix tuning,
- * P-tuning v2) puts n trainable keys and values in front of every layer's. qkv is one fused projection C -> 3C (GPT-2's
- * c_attn) or three C -> C ones (BERT's query, key, value). Every projection
+ * P-tuning v2) puts n trainable keys and values in front of every
+ * layer's. qkv is one fused projection C -> 3C (GPT-2's c_attn) or three
+ * C -> C ones (BERT's query, key, value). Every projection
  * is a tfm_proj: a Linear the stack owns, through one indirection that an
  * adapter (LoRA) can take over without any call site here changing.
  *

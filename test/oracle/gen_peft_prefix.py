@@ -12,11 +12,11 @@ parameters set to random values (saved as p:<name>, PEFT's names without
 
 * a batch with labels whose last row is padded, on the right or (n = 7) on
   the left (attention_mask 0 on the padding, label -100 there; the
-  positions of the real tokens do not depend on the padding): logits (B, T, V) at every position, the
-  loss, and the gradient of every prefix parameter (g:<name>), in float32
-  and with the same model in float64 (*_f64, g64:<name>); targets are the
-  labels shifted as transformers' loss shifts them (-100 at the last
-  position);
+  positions of the real tokens do not depend on the padding): logits
+  (B, T, V) at every position, the loss, and the gradient of every prefix
+  parameter (g:<name>), in float32 and with the same model in float64
+  (*_f64, g64:<name>); targets are the labels shifted as transformers'
+  loss shifts them (-100 at the last position);
 * a batch without padding and without labels (tokens2, logits2), for the
   incremental decoder;
 * without a projection, the adapter PEFT's save_pretrained writes
@@ -72,7 +72,8 @@ def case(out_dir, name, seed, n_layer, n_head, n_embd, vocab, n, b, t, pad, left
     enc = pm.prompt_encoder["default"]
     with torch.no_grad():
         for pn, p in enc.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (1.0 if pn.startswith("embedding") else 0.3))
+            scale = 1.0 if pn.startswith("embedding") else 0.3
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
     pm64 = get_peft_model(base64, PrefixTuningConfig(**pcfg)).eval()
     enc64 = pm64.prompt_encoder["default"]
     enc64.load_state_dict({k: v.double() for k, v in enc.state_dict().items()})

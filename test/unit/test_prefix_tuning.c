@@ -425,8 +425,8 @@ START_TEST(test_prefix_trains_only_the_prefix)
         free(before[i]);
     }
     free(before);
-    printf("  check   prefix-only training: loss %.4f -> %.4f in 30 AdamW steps (lr 0.2), the model's %zu "
-           "tensors unchanged\n",
+    printf("  check   prefix-only training: loss %.4f -> %.4f in 30 AdamW steps (lr 0.2), the "
+           "model's %zu tensors unchanged\n",
            (double)first, (double)loss, np);
     tb_adam_free(&opt);
     gpt_acts_free(&a);
