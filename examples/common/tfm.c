@@ -338,6 +338,32 @@ void tfm_free(tfm *m)
     memset(m, 0, sizeof *m);
 }
 
+tb_status tfm_set_prefix(tb_ctx *ctx, tfm *m, const tfm_prefix *p)
+{
+    if (!m || !m->layers)
+        return tb_ctx_set_error(ctx, TB_ERR_NULL_ARG, "tfm: a prefix for no model");
+    if (!p) {
+        m->prefix = NULL;
+        return TB_OK;
+    }
+    const tfm_config *c = &m->cfg;
+    if (!p->n || p->n > TFM_MAX_POSITIONS || p->ld < c->d_model ||
+        p->first_position >= c->max_positions)
+        return tb_ctx_set_error(ctx, TB_ERR_INVALID_ARG,
+                                "tfm: a prefix of %zu positions (1..%zu), row stride %zu (at "
+                                "least %zu), first position %zu (below %zu)",
+                                p->n, (size_t)TFM_MAX_POSITIONS, p->ld, c->d_model,
+                                p->first_position, c->max_positions);
+    if (!p->key || !p->value)
+        return tb_ctx_set_error(ctx, TB_ERR_NULL_ARG, "tfm: a prefix without keys or values");
+    for (size_t l = 0; l < c->n_layer; l++)
+        if (!p->key[l] || !p->value[l])
+            return tb_ctx_set_error(ctx, TB_ERR_NULL_ARG,
+                                    "tfm: the prefix has no keys or values for layer %zu", l);
+    m->prefix = p;
+    return TB_OK;
+}
+
 /* ---- modules and their names ------------------------------------------------------ */
 
 typedef enum module_kind { MOD_EMBEDDING, MOD_NORM, MOD_PROJ } module_kind;
@@ -668,6 +694,15 @@ static tb_status acts_layout(tb_ctx *ctx, tb_arena *ar, void *arg)
     F32(a->dqkv, R * 3 * C);
     RAW(raw, R * sizeof(int32_t));
     a->pos = raw;
+    if (a->max_prefix) {
+        const size_t Rk = a->max_b * (a->max_prefix + a->max_t); /* acts_header checked it */
+        F32(a->pk, Rk * C);
+        F32(a->pv, Rk * C);
+        F32(a->dpk, Rk * C);
+        F32(a->dpv, Rk * C);
+        RAW(raw, Rk);
+        a->pvalid = raw;
+    }
 #undef F32
 #undef RAW
     return TB_OK;
@@ -676,20 +711,25 @@ static tb_status acts_layout(tb_ctx *ctx, tb_arena *ar, void *arg)
 /* Capacity and cache sizes; R (3C + 2F) floats must fit in size_t, which
  * bounds every product of the layout (its sums are checked there). */
 static tb_status acts_header(tb_ctx *ctx, tfm_acts *a, const tfm_config *c, size_t max_b,
-                             size_t max_t)
+                             size_t max_t, size_t n_prefix)
 {
     memset(a, 0, sizeof *a);
-    if (!max_b || !max_t || max_t > c->max_positions)
+    if (!max_b || !max_t || max_t > c->max_positions || n_prefix > TFM_MAX_POSITIONS)
         return tb_ctx_set_error(ctx, TB_ERR_INVALID_ARG,
-                                "tfm: activations for %zu x %zu tokens (at most %zu positions)",
-                                max_b, max_t, c->max_positions);
-    size_t R, widest = 0;
+                                "tfm: activations for %zu x %zu tokens (at most %zu positions), "
+                                "prefix %zu (at most %zu)",
+                                max_b, max_t, c->max_positions, n_prefix,
+                                (size_t)TFM_MAX_POSITIONS);
+    size_t R, widest = 0, Rk, kv = 0;
+    /* With a prefix, also max_b (n + max_t) (4 C floats + 1 byte). */
     if (!ex_mul_size(max_b, max_t, &R) || !add_product(&widest, 3, c->d_model) ||
         !add_product(&widest, 2, c->d_ff) || !ex_mul_size(R, widest, &widest) ||
-        !ex_mul_size(widest, sizeof(float), &widest))
+        !ex_mul_size(widest, sizeof(float), &widest) ||
+        !ex_mul_size(max_b, max_t + n_prefix, &Rk) ||
+        !add_product(&kv, 4 * sizeof(float) + 1, c->d_model) || !ex_mul_size(Rk, kv, &kv))
         return tb_ctx_set_error(ctx, TB_ERR_OVERFLOW,
                                 "tfm: activations for %zu x %zu tokens overflow", max_b, max_t);
-    a->max_b = max_b, a->max_t = max_t;
+    a->max_b = max_b, a->max_t = max_t, a->max_prefix = n_prefix;
     tb_attention_config att = tb_attention_default_config(c->n_head, c->d_model / c->n_head);
     att.causal = c->causal != 0;
     TRY(norm_cache_size(c, R, &a->norm_cache_bytes));
@@ -697,20 +737,26 @@ static tb_status acts_header(tb_ctx *ctx, tfm_acts *a, const tfm_config *c, size
     return TB_OK;
 }
 
-tb_status tfm_acts_size(tb_ctx *ctx, const tfm_config *cfg, size_t max_b, size_t max_t,
-                        size_t *bytes)
+tb_status tfm_acts_size_prefix(tb_ctx *ctx, const tfm_config *cfg, size_t max_b, size_t max_t,
+                               size_t n_prefix, size_t *bytes)
 {
     tfm_acts a;
     tfm_layer_acts counted;
-    TRY(acts_header(ctx, &a, cfg, max_b, max_t));
+    TRY(acts_header(ctx, &a, cfg, max_b, max_t, n_prefix));
     acts_layout_arg arg = {&a, cfg, &counted};
     return ex_layout_size(ctx, acts_layout, &arg, bytes);
+}
+
+tb_status tfm_acts_size(tb_ctx *ctx, const tfm_config *cfg, size_t max_b, size_t max_t,
+                        size_t *bytes)
+{
+    return tfm_acts_size_prefix(ctx, cfg, max_b, max_t, 0, bytes);
 }
 
 tb_status tfm_acts_init(tb_ctx *ctx, tfm_acts *a, const tfm *m, size_t max_b, size_t max_t)
 {
     tfm_layer_acts counted;
-    TRY(acts_header(ctx, a, &m->cfg, max_b, max_t));
+    TRY(acts_header(ctx, a, &m->cfg, max_b, max_t, m->prefix ? m->prefix->n : 0));
     a->layer = calloc(m->cfg.n_layer + 1, sizeof *a->layer);
     if (!a->layer)
         return tb_ctx_set_error(ctx, TB_ERR_NO_MEMORY, "tfm: no memory for the activations");
@@ -773,6 +819,17 @@ static tb_status check_input(tb_ctx *ctx, const tfm *m, const tfm_acts *a, const
         return tb_ctx_set_error(ctx, TB_ERR_INVALID_ARG,
                                 "tfm: token types given to a model without a token-type "
                                 "embedding");
+    const tfm_prefix *pf = m->prefix;
+    if (pf && pf->n > a->max_prefix)
+        return tb_ctx_set_error(ctx, TB_ERR_BUFFER_TOO_SMALL,
+                                "tfm: a prefix of %zu positions; the activations hold %zu "
+                                "(initialise them after tfm_set_prefix())",
+                                pf->n, a->max_prefix);
+    if (pf && pf->first_position + in->seq > m->cfg.max_positions)
+        return tb_ctx_set_error(ctx, TB_ERR_SHAPE,
+                                "tfm: %zu tokens from position %zu (after the prefix) pass the "
+                                "%zu positions",
+                                in->seq, pf->first_position, m->cfg.max_positions);
     return TB_OK;
 }
 
@@ -785,8 +842,9 @@ static tb_status embed_forward(tb_ctx *ctx, tfm *m, tfm_acts *a, tb_mode mode, t
     const size_t B = in->batch, T = in->seq, R = B * T, C = m->cfg.d_model;
     tb_tensor emb = tb_tensor_3d(a->emb, B, T, C), x0 = tb_tensor_3d(a->layer[0].x, B, T, C);
     tb_tensor rows = tb_tensor_3d(a->dt1, B, T, C);
+    const size_t p0 = m->prefix ? m->prefix->first_position : 0;
     for (size_t r = 0; r < R; r++)
-        a->pos[r] = (int32_t)(r % T);
+        a->pos[r] = (int32_t)(p0 + r % T);
     TRY(tb_embedding_forward(ctx, &m->wpe, a->pos, R, &rows));
     if (in->ids) {
         TRY(tb_embedding_forward(ctx, &m->wte, in->ids, R, &emb));
@@ -836,6 +894,61 @@ static tb_status qkv_forward(tb_ctx *ctx, tfm_layer *L, const tfm_config *c, tb_
     return TB_OK;
 }
 
+/* Layer l's keys and values with the prefix in front: pk, pv (B, n + T, C)
+ * hold the prefix's n rows, then the T rows of the projections' heads k
+ * and v (each (B, T, W) from its offset), in every batch row; k and v then
+ * view pk and pv. */
+static void prefix_kv(const tfm_prefix *pf, size_t l, size_t B, size_t T, size_t C, float *pk,
+                      float *pv, tb_tensor kt[2], tb_heads *k, tb_heads *v)
+{
+    const size_t n = pf->n, Tk = n + T, row = C * sizeof(float);
+    const size_t wk = k->tensor->shape[2], wv = v->tensor->shape[2];
+    for (size_t b = 0; b < B; b++) {
+        float *ok = pk + b * Tk * C, *ov = pv + b * Tk * C;
+        for (size_t i = 0; i < n; i++) {
+            memcpy(ok + i * C, pf->key[l] + i * pf->ld, row);
+            memcpy(ov + i * C, pf->value[l] + i * pf->ld, row);
+        }
+        for (size_t t = 0; t < T; t++) {
+            memcpy(ok + (n + t) * C, k->tensor->data + (b * T + t) * wk + k->offset, row);
+            memcpy(ov + (n + t) * C, v->tensor->data + (b * T + t) * wv + v->offset, row);
+        }
+    }
+    kt[0] = tb_tensor_3d(pk, B, Tk, C);
+    kt[1] = tb_tensor_3d(pv, B, Tk, C);
+    k->tensor = &kt[0], k->offset = 0;
+    v->tensor = &kt[1], v->offset = 0;
+}
+
+/* The backward of prefix_kv: the token rows of dpk, dpv (B, n + T, C) into
+ * the projections' gradient heads dk, dv; the prefix rows summed over the
+ * batch (in batch order) into the prefix's gradients, if it has them. */
+static void prefix_kv_backward(const tfm_prefix *pf, size_t l, size_t B, size_t T, size_t C,
+                               const float *dpk, const float *dpv, const tb_heads *dk,
+                               const tb_heads *dv)
+{
+    const size_t n = pf->n, Tk = n + T, row = C * sizeof(float);
+    const size_t wk = dk->tensor->shape[2], wv = dv->tensor->shape[2];
+    for (size_t b = 0; b < B; b++)
+        for (size_t t = 0; t < T; t++) {
+            memcpy(dk->tensor->data + (b * T + t) * wk + dk->offset, dpk + (b * Tk + n + t) * C,
+                   row);
+            memcpy(dv->tensor->data + (b * T + t) * wv + dv->offset, dpv + (b * Tk + n + t) * C,
+                   row);
+        }
+    float *gk = pf->dkey ? pf->dkey[l] : NULL, *gv = pf->dvalue ? pf->dvalue[l] : NULL;
+    for (size_t b = 0; b < B; b++)
+        for (size_t i = 0; i < n; i++) {
+            const float *sk = dpk + (b * Tk + i) * C, *sv = dpv + (b * Tk + i) * C;
+            if (gk)
+                for (size_t j = 0; j < C; j++)
+                    gk[i * pf->ld + j] += sk[j];
+            if (gv)
+                for (size_t j = 0; j < C; j++)
+                    gv[i * pf->ld + j] += sv[j];
+        }
+}
+
 static tb_status layer_forward(tb_ctx *ctx, tfm *m, tfm_acts *a, size_t l, tb_mode mode,
                                tb_rng *rng, float p, float pa)
 {
@@ -853,15 +966,19 @@ static tb_status layer_forward(tb_ctx *ctx, tfm *m, tfm_acts *a, size_t l, tb_mo
     tb_tensor g = tb_tensor_3d(y->g, B, T, F), mo = tb_tensor_3d(y->mo, B, T, C);
     tb_tensor xn = tb_tensor_3d(a->layer[l + 1].x, B, T, C);
     tb_tensor r2 = pre ? xn : tb_tensor_3d(y->r2, B, T, C);
+    const tfm_prefix *pf = m->prefix;
+    const size_t Tk = pf ? pf->n + T : T;
     memset(&y->mask, 0, sizeof y->mask);
-    y->mask.key_valid = valid;
+    y->mask.key_valid = pf && valid ? a->pvalid : valid;
     if (pa > 0.0f)
-        TRY(tb_attention_dropout_draw(ctx, &m->attn, &y->mask, rng, pa, B, T, T));
+        TRY(tb_attention_dropout_draw(ctx, &m->attn, &y->mask, rng, pa, B, T, Tk));
     if (pre)
         TRY(norm_forward(ctx, &L->norm_attn, mode, &x, valid, &h1, y->norm_attn_cache, nb));
-    tb_tensor qt[3];
+    tb_tensor qt[3], kt[2];
     tb_heads hd[3];
     TRY(qkv_forward(ctx, L, c, mode, rng, y, pre ? &h1 : &x, B, T, qt, hd));
+    if (pf)
+        prefix_kv(pf, l, B, T, C, a->pk, a->pv, kt, &hd[1], &hd[2]);
     TRY(tb_attention_forward(ctx, &m->attn, mode, &y->mask, &hd[0], &hd[1], &hd[2], &att,
                              y->att_cache, a->att_cache_bytes));
     TRY(tfm_proj_forward(ctx, &L->attn_out, mode, rng, &att, &pt));
@@ -890,6 +1007,14 @@ tb_status tfm_forward(tb_ctx *ctx, tfm *m, tfm_acts *a, tb_mode mode, tb_rng *rn
     const float p = train ? c->hidden_dropout : 0.0f, pa = train ? c->attn_dropout : 0.0f;
     a->in = *in;
     a->b = in->batch, a->t = in->seq;
+    a->n_prefix = m->prefix ? m->prefix->n : 0;
+    if (m->prefix && in->key_valid) { /* the prefix keys are valid in every row */
+        const size_t n = a->n_prefix, T = in->seq;
+        for (size_t b = 0; b < in->batch; b++) {
+            memset(a->pvalid + b * (n + T), 1, n);
+            memcpy(a->pvalid + b * (n + T) + n, in->key_valid + b * T, T);
+        }
+    }
     TRY(embed_forward(ctx, m, a, mode, rng, p));
     for (size_t l = 0; l < c->n_layer; l++)
         TRY(layer_forward(ctx, m, a, l, mode, rng, p, pa));
@@ -964,7 +1089,7 @@ static tb_status layer_backward(tb_ctx *ctx, tfm *m, tfm_acts *a, size_t l, floa
     tb_tensor dt[3];
     tb_heads dh[3];
     tb_heads q = {NULL, 0}, k = {NULL, 0}, v = {NULL, 0};
-    tb_tensor qt[3];
+    tb_tensor qt[3], kt[2], dkt[2];
     if (c->qkv == TFM_QKV_FUSED) {
         qt[0] = tb_tensor_3d(y->qkv, B, T, 3 * C);
         q.tensor = k.tensor = v.tensor = &qt[0];
@@ -975,6 +1100,18 @@ static tb_status layer_backward(tb_ctx *ctx, tfm *m, tfm_acts *a, size_t l, floa
         q.tensor = &qt[0], k.tensor = &qt[1], v.tensor = &qt[2];
     }
     dqkv_heads(c, a, dt, dh);
+    /* With a prefix the attention's keys and values are rebuilt (pk, pv)
+     * and its dk, dv land in dpk, dpv (datt[1], datt[2]); prefix_kv_backward
+     * hands them on. Without one datt is dh. */
+    const tfm_prefix *pf = m->prefix;
+    tb_heads datt[3] = {dh[0], dh[1], dh[2]};
+    if (pf) {
+        prefix_kv(pf, l, B, T, C, a->pk, a->pv, kt, &k, &v);
+        dkt[0] = tb_tensor_3d(a->dpk, B, pf->n + T, C);
+        dkt[1] = tb_tensor_3d(a->dpv, B, pf->n + T, C);
+        datt[1].tensor = &dkt[0], datt[1].offset = 0;
+        datt[2].tensor = &dkt[1], datt[2].offset = 0;
+    }
     if (pre) {
         /* D = dL/d(out); out = x1 + mo. MLP branch: */
         TRY(tb_dropout_backward(ctx, &D, &y->drop_mlp, &D1));
@@ -987,7 +1124,9 @@ static tb_status layer_backward(tb_ctx *ctx, tfm *m, tfm_acts *a, size_t l, floa
         TRY(tb_dropout_backward(ctx, &D1, &y->drop_attn, &D2));
         TRY(tfm_proj_backward(ctx, &L->attn_out, &att, &D2, &D)); /* D = dL/datt */
         TRY(tb_attention_backward(ctx, &m->attn, &y->mask, &q, &k, &v, &att, &D, y->att_cache,
-                                  a->att_cache_bytes, &dh[0], &dh[1], &dh[2]));
+                                  a->att_cache_bytes, &datt[0], &datt[1], &datt[2]));
+        if (pf)
+            prefix_kv_backward(pf, l, B, T, C, a->dpk, a->dpv, &dh[1], &dh[2]);
         TRY(qkv_backward(ctx, L, c, a, &h1, &D2, &D3));
         TRY(norm_backward(ctx, &L->norm_attn, &x, valid, &D2, y->norm_attn_cache, nb, &D));
         TRY(tb_residual_backward(ctx, &D1, &D)); /* D = dL/dx */
@@ -1005,7 +1144,9 @@ static tb_status layer_backward(tb_ctx *ctx, tfm *m, tfm_acts *a, size_t l, floa
     TRY(tb_dropout_backward(ctx, &D1, &y->drop_attn, &D2));
     TRY(tfm_proj_backward(ctx, &L->attn_out, &att, &D2, &D)); /* D = dL/datt */
     TRY(tb_attention_backward(ctx, &m->attn, &y->mask, &q, &k, &v, &att, &D, y->att_cache,
-                              a->att_cache_bytes, &dh[0], &dh[1], &dh[2]));
+                              a->att_cache_bytes, &datt[0], &datt[1], &datt[2]));
+    if (pf)
+        prefix_kv_backward(pf, l, B, T, C, a->dpk, a->dpv, &dh[1], &dh[2]);
     TRY(qkv_backward(ctx, L, c, a, &x, &D2, &D3));
     TRY(tb_residual_backward(ctx, &D1, &D2)); /* D2 = dL/dx */
     float *t = *dx; /* the result is in d2: rotate it into dx */
@@ -1018,6 +1159,9 @@ tb_status tfm_backward(tb_ctx *ctx, tfm *m, tfm_acts *a, const float *dout, floa
     const tfm_config *c = &m->cfg;
     if (!a->b || !dout)
         return tb_ctx_set_error(ctx, TB_ERR_STATE, "tfm: backward without a forward or dout");
+    if (a->n_prefix != (m->prefix ? m->prefix->n : 0))
+        return tb_ctx_set_error(ctx, TB_ERR_STATE,
+                                "tfm: the prefix changed between forward and backward");
     const size_t B = a->b, T = a->t, R = B * T, C = c->d_model, L = c->n_layer;
     const uint8_t *valid = a->in.key_valid;
     float *dx = a->dx, *d1 = a->dt1, *d2 = a->dt2;
@@ -1062,6 +1206,34 @@ tb_status tfm_backward(tb_ctx *ctx, tfm *m, tfm_acts *a, const float *dout, floa
 
 /* ---- incremental decoding ------------------------------------------------------------------ */
 
+/* Empty every cache, then append each layer's prefix (if any) for every
+ * sequence, as a step appends its tokens. */
+static tb_status decoder_enter_prefix(tb_ctx *ctx, tfm_decoder *d)
+{
+    for (size_t l = 0; l < d->n_layer; l++)
+        tb_kv_cache_reset(&d->kv[l]);
+    const tfm_prefix *pf = d->prefix;
+    if (!pf)
+        return TB_OK;
+    const size_t B = d->batch, n = d->n_prefix, C = d->kv[0].n_kv_heads * d->kv[0].head_dim;
+    tb_tensor kt = tb_tensor_3d(d->pk, B, n, C), vt = tb_tensor_3d(d->pv, B, n, C);
+    const tb_heads k = {&kt, 0}, v = {&vt, 0};
+    for (size_t l = 0; l < d->n_layer; l++) {
+        for (size_t b = 0; b < B; b++)
+            for (size_t i = 0; i < n; i++) {
+                memcpy(d->pk + (b * n + i) * C, pf->key[l] + i * pf->ld, C * sizeof(float));
+                memcpy(d->pv + (b * n + i) * C, pf->value[l] + i * pf->ld, C * sizeof(float));
+            }
+        const tb_status s = tb_kv_cache_append(ctx, &d->kv[l], &k, &v);
+        if (s != TB_OK) { /* step refuses caches without the prefix */
+            for (size_t j = 0; j < d->n_layer; j++)
+                tb_kv_cache_reset(&d->kv[j]);
+            return s;
+        }
+    }
+    return TB_OK;
+}
+
 tb_status tfm_decoder_init(tb_ctx *ctx, tfm_decoder *d, const tfm *m, size_t batch,
                            size_t max_len, size_t max_new)
 {
@@ -1070,21 +1242,26 @@ tb_status tfm_decoder_init(tb_ctx *ctx, tfm_decoder *d, const tfm *m, size_t bat
     if (!c->causal)
         return tb_ctx_set_error(ctx, TB_ERR_INVALID_ARG,
                                 "tfm: incremental decoding needs a causal stack");
-    if (!batch || !max_len || !max_new || max_len > c->max_positions || max_new > max_len)
+    const tfm_prefix *pf = m->prefix;
+    const size_t np = pf ? pf->n : 0, p0 = pf ? pf->first_position : 0;
+    if (!batch || !max_len || !max_new || max_len > c->max_positions - p0 || max_new > max_len)
         return tb_ctx_set_error(ctx, TB_ERR_INVALID_ARG,
                                 "tfm: decoder for %zu sequences of %zu tokens, %zu per step (at "
-                                "most %zu positions)",
-                                batch, max_len, max_new, c->max_positions);
+                                "most %zu positions from position %zu)",
+                                batch, max_len, max_new, c->max_positions - p0, p0);
     const size_t L = c->n_layer, C = c->d_model, F = c->d_ff;
-    /* R (7 C + F + 1) values (floats and int32 positions) */
-    size_t R, per_row = 0, bytes;
+    /* R (7 C + F + 1) values (floats and int32 positions), and with a
+     * prefix 2 batch n C floats */
+    size_t R, per_row = 0, bytes, pb = 0;
     if (!ex_mul_size(batch, max_new, &R) || !add_product(&per_row, 7, C) ||
         !ex_add_size(per_row, F + 1, &per_row) || !ex_mul_size(R, per_row, &bytes) ||
+        !ex_mul_size(batch, np, &pb) || !add_product(&bytes, 2 * pb, C) ||
         !ex_mul_size(bytes, sizeof(float), &bytes))
         return tb_ctx_set_error(ctx, TB_ERR_OVERFLOW,
                                 "tfm: decoder for %zu sequences, %zu per step overflows", batch,
                                 max_new);
     d->batch = batch, d->max_len = max_len, d->max_new = max_new;
+    d->prefix = pf, d->n_prefix = np;
     d->kv = calloc(L, sizeof *d->kv);
     d->n_layer = d->kv ? L : 0;
     d->buffer = malloc(bytes);
@@ -1097,10 +1274,14 @@ tb_status tfm_decoder_init(tb_ctx *ctx, tfm_decoder *d, const tfm *m, size_t bat
     d->p = at, at += R * C;
     d->qkv = at, at += R * 3 * C;
     d->f = at, at += R * F;
+    if (np) {
+        d->pk = at, at += batch * np * C;
+        d->pv = at, at += batch * np * C;
+    }
     d->pos = (int32_t *)at;
     for (size_t l = 0; l < L; l++)
-        TRY(tb_kv_cache_init(ctx, &d->kv[l], batch, max_len, c->n_head, C / c->n_head));
-    return TB_OK;
+        TRY(tb_kv_cache_init(ctx, &d->kv[l], batch, max_len + np, c->n_head, C / c->n_head));
+    return decoder_enter_prefix(ctx, d);
 }
 
 void tfm_decoder_free(tfm_decoder *d)
@@ -1114,13 +1295,19 @@ void tfm_decoder_free(tfm_decoder *d)
 
 size_t tfm_decoder_len(const tfm_decoder *d)
 {
-    return d->n_layer ? d->kv[0].len : 0;
+    return d->n_layer && d->kv[0].len >= d->n_prefix ? d->kv[0].len - d->n_prefix : 0;
 }
 
 void tfm_decoder_reset(tfm_decoder *d)
 {
-    for (size_t l = 0; l < d->n_layer; l++)
-        tb_kv_cache_reset(&d->kv[l]);
+    if (!d->prefix) {
+        for (size_t l = 0; l < d->n_layer; l++)
+            tb_kv_cache_reset(&d->kv[l]);
+        return;
+    }
+    tb_ctx ctx; /* for the appends' messages; they cannot fail on caches init sized */
+    tb_ctx_init(&ctx);
+    (void)decoder_enter_prefix(&ctx, d);
 }
 
 tb_status tfm_decoder_step(tb_ctx *ctx, const tfm *m, tfm_decoder *d, const int32_t *ids,
@@ -1128,16 +1315,22 @@ tb_status tfm_decoder_step(tb_ctx *ctx, const tfm *m, tfm_decoder *d, const int3
 {
     const tfm_config *c = &m->cfg;
     const size_t B = d->batch, C = c->d_model, F = c->d_ff, L = c->n_layer;
-    const size_t start = d->n_layer ? d->kv[0].len : 0, R = B * n;
+    const size_t start = tfm_decoder_len(d), R = B * n;
     const int pre = c->norm_place == TFM_PRE_NORM;
     const tb_mode inf = TB_MODE_INFERENCE;
+    if (m->prefix != d->prefix || (d->n_prefix && (!d->n_layer || d->kv[0].len < d->n_prefix)))
+        return tb_ctx_set_error(ctx, TB_ERR_STATE,
+                                "tfm: the model's prefix is not the one the decoder holds "
+                                "(initialise the decoder after tfm_set_prefix(), and reset it "
+                                "after an error)");
     if (!n || n > d->max_new || start + n > d->max_len)
         return tb_ctx_set_error(ctx, TB_ERR_BUFFER_TOO_SMALL,
                                 "tfm: %zu new tokens after %zu; the decoder takes %zu per step, "
                                 "%zu in all",
                                 n, start, d->max_new, d->max_len);
+    const size_t p0 = d->prefix ? d->prefix->first_position : 0;
     for (size_t r = 0; r < R; r++)
-        d->pos[r] = (int32_t)(start + r % n);
+        d->pos[r] = (int32_t)(p0 + start + r % n);
     tb_tensor x = tb_tensor_3d(d->x, B, n, C), h = tb_tensor_3d(d->h, B, n, C);
     tb_tensor att = tb_tensor_3d(d->att, B, n, C), pt = tb_tensor_3d(d->p, B, n, C);
     tb_tensor f = tb_tensor_3d(d->f, B, n, F);

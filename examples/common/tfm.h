@@ -16,8 +16,10 @@
  *   out: (-> final norm) (B, T, C)
  *
  * attn is causal or bidirectional; a key-valid mask (B, T) keeps every
- * query away from padding. qkv is one fused projection C -> 3C (GPT-2's
- * c_attn) or three C -> C ones (BERT's query, key, value). Every projection
+ * query away from padding. A deep prompt (tfm_prefix: prefix tuning,
+ * P-tuning v2) puts n trainable keys and values in front of every
+ * layer's. qkv is one fused projection C -> 3C (GPT-2's c_attn) or three
+ * C -> C ones (BERT's query, key, value). Every projection
  * is a tfm_proj: a Linear the stack owns, through one indirection that an
  * adapter (LoRA) can take over without any call site here changing.
  *
@@ -198,6 +200,28 @@ typedef struct tfm_layer {
     tfm_proj fc_out;    /* F -> C */
 } tfm_layer;
 
+/* A deep prompt (prefix tuning, P-tuning v2): per layer, n key and n
+ * value rows prepended to the layer's keys and values before attention,
+ * the same for every batch row. With T tokens a layer's attention sees
+ * Tk = n + T keys: keys 0..n-1 are the prefix (always valid, whatever the
+ * padding), key n + t is token t, and with causal attention token t sees
+ * keys 0..n+t (the core's masks are aligned at the end). The arrays belong
+ * to the caller (examples/common/prefix_tuning.h fills them from PEFT's
+ * prefix tensor); the stack reads the values at every forward (and the
+ * decoder at every reset) and adds into the gradients in backward. */
+typedef struct tfm_prefix {
+    size_t n;              /* prefix positions per layer, >= 1 */
+    size_t ld;             /* floats from one row to the next in every array below, >= C */
+    size_t first_position; /* wpe position of token 0 (transformers counts the prefix as past
+                              tokens: n) */
+    float *const *key;     /* n_layer pointers: layer l's keys (n, C) with row stride ld, heads
+                              side by side as the layer's own keys */
+    float *const *value;   /* n_layer pointers: layer l's values, the same layout */
+    float *const *dkey;    /* n_layer pointers: where backward adds dL/dkey (summed over the
+                              batch), same layout; NULL (array or entry): no gradient */
+    float *const *dvalue;  /* the same for the values */
+} tfm_prefix;
+
 typedef struct tfm {
     tfm_config cfg;
     tb_embedding wte;   /* (V, C) */
@@ -206,12 +230,21 @@ typedef struct tfm {
     tfm_norm embed_norm, final_norm;
     tfm_layer *layers;  /* n_layer */
     tb_attention_config attn;
+    const tfm_prefix *prefix; /* NULL: none (tfm_set_prefix()); not owned */
 } tfm;
 
 /* Build the blocks, initialised as cfg says from rng (in a fixed order:
  * the embeddings, then each layer's modules in computation order). */
 tb_status tfm_init(tb_ctx *ctx, tfm *m, const tfm_config *cfg, tb_rng *rng);
 void tfm_free(tfm *m);
+
+/* Attach a deep prompt (or detach it with NULL): checked (n >= 1, ld >= C,
+ * first_position below max_positions, every key and value pointer given),
+ * then kept by pointer; p must outlive its use. Activations and decoders
+ * size their buffers for the prefix the model has when they are
+ * initialised: initialise them after attaching. Without a prefix every
+ * result is bitwise what it was before prefixes existed. */
+tb_status tfm_set_prefix(tb_ctx *ctx, tfm *m, const tfm_prefix *p);
 
 /* Append every parameter to list under prefix ("" or e.g. "transformer.",
  * "bert."), named by cfg.names, in computation order. */
@@ -287,13 +320,23 @@ typedef struct tfm_acts {
     float *dt3;                  /* (R, C), separate q, k, v only (else NULL) */
     float *df;                   /* (R, F) */
     float *dqkv;                 /* (R, 3C) */
+    /* A deep prompt's buffers (for the model's prefix at tfm_acts_init()): */
+    size_t max_prefix;           /* prefix positions they hold; 0: none (no buffers) */
+    size_t n_prefix;             /* the last forward's (0: it had no prefix) */
+    float *pk, *pv;              /* (B, n + T, C) each: one layer's keys and values with the
+                                    prefix in front (rebuilt per layer in forward and backward) */
+    float *dpk, *dpv;            /* (B, n + T, C) their gradients */
+    uint8_t *pvalid;             /* (B, n + T) key_valid with the prefix keys valid */
     void *buffer;
     size_t bytes;
 } tfm_acts;
 
-/* Bytes tfm_acts_init() allocates for up to max_b x max_t tokens. */
+/* Bytes tfm_acts_init() allocates for up to max_b x max_t tokens; with
+ * _prefix, for a model with a prefix of n_prefix positions (0: none). */
 tb_status tfm_acts_size(tb_ctx *ctx, const tfm_config *cfg, size_t max_b, size_t max_t,
                         size_t *bytes);
+tb_status tfm_acts_size_prefix(tb_ctx *ctx, const tfm_config *cfg, size_t max_b, size_t max_t,
+                               size_t n_prefix, size_t *bytes);
 tb_status tfm_acts_init(tb_ctx *ctx, tfm_acts *a, const tfm *m, size_t max_b, size_t max_t);
 void tfm_acts_free(tfm_acts *a);
 
@@ -322,16 +365,24 @@ typedef struct tfm_decoder {
     float *att, *p;    /* (batch * max_new, C) */
     float *qkv;        /* (batch * max_new, 3C) */
     float *f;          /* (batch * max_new, F) */
+    const tfm_prefix *prefix; /* the model's at init, or NULL */
+    size_t n_prefix;   /* its positions, held at the front of every cache (0: none) */
+    float *pk, *pv;    /* (batch, n_prefix, C) the prefix of one layer for every sequence */
     void *buffer;
 } tfm_decoder;
 
 /* KV caches for `batch` sequences of up to max_len tokens, fed at most
- * max_new per call. Only for causal stacks. */
+ * max_new per call. Only for causal stacks. With a prefix on the model
+ * (tfm_set_prefix() before this call) every layer's cache holds its n
+ * prefix positions in front of the tokens (max_len + n positions): they
+ * are entered at init and at every reset (reading the prefix's values
+ * then), and the tokens take positions first_position, first_position + 1,
+ * ... as in tfm_forward(). */
 tb_status tfm_decoder_init(tb_ctx *ctx, tfm_decoder *d, const tfm *m, size_t batch,
                            size_t max_len, size_t max_new);
 void tfm_decoder_free(tfm_decoder *d);
 void tfm_decoder_reset(tfm_decoder *d);
-/* Tokens per sequence the caches hold. */
+/* Tokens per sequence the caches hold (the prefix not counted). */
 size_t tfm_decoder_len(const tfm_decoder *d);
 
 /* Feed n new tokens per sequence (ids (batch, n)); the outputs of the new
