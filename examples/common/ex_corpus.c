@@ -24,6 +24,9 @@ const ex_grammar ex_grammar_garden = {garden_subj, N_OF(garden_subj), garden_ver
                                       N_OF(garden_verb), garden_obj, N_OF(garden_obj),
                                       garden_tail, N_OF(garden_tail)};
 
+static const char *const kitchen_subj[] = {"the cook",   "a hungry child", "the baker",
+                                           "my uncle",   "the waiter",     "a tired guest",
+                                           "the butcher", "our landlady"};
 static const char *const kitchen_verb[] = {"bakes", "tastes", "slices", "stirs",
                                            "cooks", "pours",  "boils",  "peels"};
 static const char *const kitchen_obj[] = {"a warm loaf",   "the sweet jam",  "a bowl of soup",
@@ -32,7 +35,7 @@ static const char *const kitchen_obj[] = {"a warm loaf",   "the sweet jam",  "a 
 static const char *const kitchen_tail[] = {"before noon",  "for supper",   "at the stove",
                                            "by the window", "on monday",   "without a word"};
 
-const ex_grammar ex_grammar_kitchen = {garden_subj, N_OF(garden_subj), kitchen_verb,
+const ex_grammar ex_grammar_kitchen = {kitchen_subj, N_OF(kitchen_subj), kitchen_verb,
                                        N_OF(kitchen_verb), kitchen_obj, N_OF(kitchen_obj),
                                        kitchen_tail, N_OF(kitchen_tail)};
 

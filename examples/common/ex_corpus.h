@@ -2,9 +2,9 @@
  * Built-in text corpora for the examples: sentences from a small grammar
  * (subject, verb, object, and now and then a tail), so that nothing has to
  * be downloaded and a model's progress is easy to read. One grammar is the
- * gpt example's corpus; the others share its subjects and change the rest,
- * so that a model trained on one has something to keep and something to
- * relearn on another (examples/lora_finetune).
+ * gpt example's corpus; the kitchen one has the same form and spelling
+ * conventions but other words, a second task for a model trained on the
+ * first (examples/lora_finetune).
  */
 #ifndef EX_CORPUS_H
 #define EX_CORPUS_H
@@ -25,7 +25,7 @@ typedef struct ex_grammar {
 
 /* "The cat sees the red ball in the garden." (the gpt example's corpus). */
 extern const ex_grammar ex_grammar_garden;
-/* The same subjects in a kitchen: "The cat bakes a warm loaf before noon." */
+/* A kitchen: "The cook bakes a warm loaf before noon." */
 extern const ex_grammar ex_grammar_kitchen;
 
 /* At least `target` bytes of sentences (one in three with a tail; a space
