@@ -32,6 +32,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#ifdef __GLIBC__
+#include <malloc.h> /* malloc_trim */
+#endif
 
 #include "ex_cli.h"
 #include "ex_corpus.h"
@@ -136,28 +139,37 @@ static void list_bytes(const tb_param_list *l, size_t *values, size_t *grads)
     }
 }
 
-/* Peak resident memory: Linux's VmHWM, reset to the current resident size
- * by writing "5" to /proc/self/clear_refs. -1 where that is not available. */
-static void rss_peak_reset(void)
+/* Resident memory, Linux only (-1 elsewhere): a field of /proc/self/status
+ * in KiB, VmRSS (now) or VmHWM (the peak since the last reset). */
+static long proc_kib(const char *field)
 {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kib = -1;
+    const size_t n = strlen(field);
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, field, n) == 0 && line[n] == ':')
+            kib = strtol(line + n + 1, NULL, 10);
+    if (f)
+        fclose(f);
+    return kib;
+}
+
+/* Start measuring a phase's peak: VmHWM is reset to the current resident
+ * size by writing "5" to /proc/self/clear_refs. glibc keeps memory an
+ * earlier phase freed (its mmap threshold grows with the blocks freed), so
+ * malloc_trim() hands that back first; otherwise the next phase would
+ * reuse it unseen and the peak would be the earlier phase's. */
+static void rss_phase_start(void)
+{
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
     FILE *f = fopen("/proc/self/clear_refs", "w");
     if (f) {
         fputs("5", f);
         fclose(f);
     }
-}
-
-static long rss_peak_kib(void)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long kib = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, "VmHWM:", 6) == 0)
-            kib = strtol(line + 6, NULL, 10);
-    if (f)
-        fclose(f);
-    return kib;
 }
 
 /* FNV-1a over the values of a list: equal runs have equal weights bit for bit. */
@@ -353,7 +365,7 @@ static tb_status adapt(world *w, const run_opts *o, const method *me, const floa
     memset(r, 0, sizeof *r);
     tb_rng rng;
     tb_rng_init(&rng, o->seed + 2); /* adapters' initial values, then the batches */
-    rss_peak_reset();
+    rss_phase_start();
     tb_status s = fresh_model(w, &m, pre);
     tb_param_list *list = &m.params;
     if (s == TB_OK && me->lora) {
@@ -386,7 +398,7 @@ static tb_status adapt(world *w, const run_opts *o, const method *me, const floa
     if (s == TB_OK)
         s = train(w, &m, &a, list, &opt, &w->task[1], o->steps, &rng, &r->ms_per_step);
     if (s == TB_OK) {
-        r->rss_kib = rss_peak_kib();
+        r->rss_kib = proc_kib("VmHWM");
         r->trainable = tb_param_list_numel(list, 1);
         size_t values = 0, grads = 0, lv = 0, lg = 0;
         list_bytes(&m.params, &values, &grads);
@@ -626,9 +638,9 @@ static int cmd_run(int argc, char **argv)
                (unsigned long long)o.steps, o.lr_full, o.lr_lora);
         printf("   adapters on c_attn and attn.c_proj of every layer, alpha = 2r (scale 2); "
                "MLP, embeddings, LayerNorms frozen\n");
-        printf("   resident memory before: %ld KiB (the process: code, corpora, the "
-               "pre-trained copy)\n\n",
-               rss_peak_kib());
+        rss_phase_start();
+        printf("   resident before each: %ld KiB (code, corpora, the pre-trained copy)\n\n",
+               proc_kib("VmRSS"));
         printf("   %-17s %9s %10s %10s %11s %10s %8s %8s %8s\n", "", "trainable", "grads KiB",
                "Adam KiB", "memory KiB", "peak RSS", "ms/step", "task 1", "task 2");
         fflush(stdout);
@@ -656,8 +668,9 @@ static int cmd_run(int argc, char **argv)
         printf("   grads: the gradient buffers that exist, %.1f KiB of them (LoRA, DoRA) the "
                "frozen embeddings' and LayerNorms'\n",
                (double)res[1].frozen_grad_bytes / 1024.0);
-        printf("   memory: values + grads + Adam + activations + adapter caches; peak RSS "
-               "(KiB): the process's peak during the phase\n\n");
+        printf("   memory: values + grads + Adam + activations + adapter caches, as allocated; "
+               "peak RSS: the process's\n   peak resident KiB during the phase (VmHWM reset "
+               "at its start)\n\n");
         printf("3. greedy continuations after adapting:\n");
         for (int k = 0; k < 4; k++) {
             char label[40];
