@@ -54,6 +54,7 @@
 #define BASE_FILE "base.safetensors"
 #define SEED_KEY "lora_finetune.seed"
 #define CORPUS_KEY "lora_finetune.corpus_kb"
+#define BATCH_KEY "lora_finetune.batch" /* the validation windows depend on it */
 
 /* The attention projections the adapters wrap: c_attn (C -> 3C) and the
  * attention's output projection. "attn.c_proj" matches h.{i}.attn.c_proj
@@ -448,7 +449,7 @@ static int parse_run(int argc, char **argv, run_opts *o)
         {"layers", "N", "transformer blocks", 1, 48, &o->layers},
         {"heads", "N", "attention heads (must divide --width)", 1, 64, &o->heads},
         {"width", "C", "model width", 8, 4096, &o->width},
-        {"context", "T", "context length in bytes (at least 16)", 16, 2048, &o->context},
+        {"context", "T", "context length in bytes", 16, 2048, &o->context},
         {"batch", "B", "sequences per step", 1, 1024, &o->batch},
         {"seed", "N", "seed (corpora, initial weights, adapters, batches)", 0, UINT64_MAX,
          &o->seed},
@@ -520,15 +521,17 @@ static int prepare_dir(const char *dir)
 static tb_status save_base(tb_ctx *ctx, const run_opts *o, gpt *m)
 {
     gpt_config_text text;
-    tb_st_meta meta[GPT_CONFIG_N_META + 2];
+    tb_st_meta meta[GPT_CONFIG_N_META + 3];
     gpt_config_meta(&m->cfg, &text, meta);
-    char seed[24], kb[24], path[4096];
+    char seed[24], kb[24], batch[24], path[4096];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)o->seed);
     snprintf(kb, sizeof kb, "%llu", (unsigned long long)o->corpus_kb);
+    snprintf(batch, sizeof batch, "%llu", (unsigned long long)o->batch);
     meta[GPT_CONFIG_N_META] = (tb_st_meta){SEED_KEY, seed};
     meta[GPT_CONFIG_N_META + 1] = (tb_st_meta){CORPUS_KEY, kb};
+    meta[GPT_CONFIG_N_META + 2] = (tb_st_meta){BATCH_KEY, batch};
     snprintf(path, sizeof path, "%s/%s", o->dir, BASE_FILE);
-    return tb_checkpoint_save(ctx, path, &m->params, NULL, NULL, meta, GPT_CONFIG_N_META + 2,
+    return tb_checkpoint_save(ctx, path, &m->params, NULL, NULL, meta, GPT_CONFIG_N_META + 3,
                               TB_CKPT_DEFAULT);
 }
 #endif
@@ -744,24 +747,27 @@ static int cmd_reload(int argc, char **argv)
         return EX_EXIT_FAILURE;
     /* The configuration and the corpora's seed, validated before anything
      * is allocated for them. */
-    uint64_t seed = 0, kb = 0;
+    uint64_t seed = 0, kb = 0, batch = 0;
     tb_st_file f;
     tb_status s = tb_st_open(ctx, path, &f);
     if (s == TB_OK) {
         s = gpt_config_from_checkpoint(ctx, &f, &w.cfg);
         const char *sv = tb_st_meta_get(&f, SEED_KEY), *kv = tb_st_meta_get(&f, CORPUS_KEY);
-        if (s == TB_OK && (!sv || !kv || !ex_parse_u64(sv, &seed) || !ex_parse_u64(kv, &kb) ||
-                           kb < 16 || kb > 100000 || w.cfg.vocab_size != VOCAB ||
-                           w.cfg.block_size < 16))
-            s = tb_ctx_set_error(ctx, TB_ERR_FORMAT, "not a base checkpoint of lora_finetune run "
-                                                     "(%s, %s, vocabulary, context)",
-                                 SEED_KEY, CORPUS_KEY);
+        const char *bv = tb_st_meta_get(&f, BATCH_KEY);
+        if (s == TB_OK &&
+            (!sv || !kv || !bv || !ex_parse_u64(sv, &seed) || !ex_parse_u64(kv, &kb) ||
+             !ex_parse_u64(bv, &batch) || kb < 16 || kb > 100000 || batch < 1 || batch > 1024 ||
+             w.cfg.vocab_size != VOCAB || w.cfg.block_size < 16))
+            s = tb_ctx_set_error(ctx, TB_ERR_FORMAT,
+                                 "not a base checkpoint of lora_finetune run (%s, %s, %s, "
+                                 "vocabulary, context)",
+                                 SEED_KEY, CORPUS_KEY, BATCH_KEY);
         tb_st_close(&f);
     }
     ex_shown p;
     if (ex_failed(ctx, s, ex_show(&p, path)))
         return EX_EXIT_FAILURE;
-    w.B = 16, w.T = w.cfg.block_size;
+    w.B = (size_t)batch, w.T = w.cfg.block_size;
     if (!world_init(&w, seed, kb)) {
         world_free(&w);
         return EX_EXIT_FAILURE;
