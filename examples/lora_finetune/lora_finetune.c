@@ -688,8 +688,8 @@ static int cmd_run(int argc, char **argv)
         printf("   (before adapting: task 1 %.4f, task 2 %.4f; validation losses in nats per "
                "byte)\n",
                pre_loss[0], pre_loss[1]);
-        printf("   grads: the gradient buffers that exist, %.1f KiB of them (LoRA, DoRA) the "
-               "frozen embeddings' and LayerNorms'\n",
+        printf("   grads: every gradient buffer that exists; with LoRA and DoRA %.1f KiB of it are "
+               "the frozen\n   embeddings' and LayerNorms' (frozen by flag, not released)\n",
                (double)res[1].frozen_grad_bytes / 1024.0);
         printf("   memory: values + grads + Adam + activations + adapter caches, as allocated; "
                "peak RSS: the process's\n   peak resident KiB during the phase (VmHWM reset "
