@@ -22,7 +22,10 @@
  * The adapter files (PEFT's adapter_model.safetensors and
  * adapter_config.json, through tfm_lora_save() / tfm_lora_load()) are
  * built with TFM_LORA_HAS_FILES defined; without it, `run` checks the
- * merge in its own process only and there is no `reload`.
+ * merge in its own process only and there is no `reload`. The switch is
+ * temporary: once tfm_lora.h declares those two functions, it defines
+ * TFM_LORA_HAS_FILES next to them (test_examples.c reads the same macro),
+ * or the #ifdefs go.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
