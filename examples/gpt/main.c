@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "ex_cli.h"
+#include "ex_corpus.h"
 #include "ex_file.h"
 #include "ex_plot.h"
 #include "ex_random.h"
@@ -34,44 +35,6 @@
 #define VAL_PERCENT 10
 #define VAL_BATCHES 8
 #define CLIP_NORM 1.0f
-
-/* ---- the built-in corpus ------------------------------------------------------- */
-
-/* Sentences from a small grammar: easy to recognise when the model has
- * learnt them, varied enough that it must learn spelling, word order and
- * punctuation rather than memorise one string. */
-static char *builtin_corpus(uint64_t seed, size_t target, size_t *len)
-{
-    static const char *const subj[] = {"the cat", "a small dog", "the old man", "my sister",
-                                       "the teacher", "a young bird", "the farmer", "our neighbour"};
-    static const char *const verb[] = {"sees", "likes", "finds", "follows", "paints", "feeds",
-                                       "calls", "watches"};
-    static const char *const obj[] = {"the red ball", "a green apple", "the quiet river",
-                                      "a tall tree", "the bright moon", "a wooden boat",
-                                      "the morning sun", "an open door"};
-    static const char *const tail[] = {"in the garden", "after dinner", "every morning",
-                                       "near the house", "on sunday", "with great care"};
-    char *buf = malloc(target + 256);
-    if (!buf)
-        return NULL;
-    tb_rng rng;
-    tb_rng_init(&rng, seed);
-    size_t at = 0;
-    while (at < target) {
-        const char *s = subj[ex_rand_below(&rng, 8)], *v = verb[ex_rand_below(&rng, 8)];
-        const char *o = obj[ex_rand_below(&rng, 8)];
-        int n;
-        if (ex_rand_below(&rng, 3) == 0)
-            n = snprintf(buf + at, 256, "%c%s %s %s %s.%s", s[0] - 32, s + 1, v, o,
-                         tail[ex_rand_below(&rng, 6)], ex_rand_below(&rng, 4) ? " " : "\n");
-        else
-            n = snprintf(buf + at, 256, "%c%s %s %s.%s", s[0] - 32, s + 1, v, o,
-                         ex_rand_below(&rng, 4) ? " " : "\n");
-        at += (size_t)n;
-    }
-    *len = at;
-    return buf;
-}
 
 /* ---- checkpoints ------------------------------------------------------------------ */
 
@@ -332,7 +295,8 @@ static int load_data(trainer *t, const train_opts *o)
 {
     size_t len = 0;
     t->text = o->data_path ? ex_read_regular(o->data_path, "training data (--data)", &len)
-                           : builtin_corpus(o->seed, o->corpus_kb * 1024, &len);
+                           : ex_grammar_text(&ex_grammar_garden, o->seed,
+                                             o->corpus_kb * 1024, &len);
     if (!t->text) {
         if (!o->data_path)
             fprintf(stderr, "error: out of memory for the built-in corpus\n");

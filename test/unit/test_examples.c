@@ -17,6 +17,7 @@
 
 #include "ex_text.h"
 #include "suites.h"
+#include "tfm_lora.h" /* TFM_LORA_HAS_FILES: the adapter files and lora_finetune reload */
 #include "testutil.h"
 
 /* Run `<env> <TB_EXAMPLE_DIR>/<prog> <args> <redirect>` through the shell,
@@ -892,6 +893,157 @@ START_TEST(attention_scaling_memory_and_heat_maps)
 }
 END_TEST
 
+/* ---- lora_finetune ------------------------------------------------------------------- */
+
+/* About a second per run (ten under the sanitizers); the orderings the test
+ * asserts hold with a margin for every kernel family and seeds 1 and 2. */
+#define LORA_SMALL "--pretrain-steps 200 --steps 60 --layers 2 --width 32 --heads 2 " \
+                   "--context 32 --batch 8 --corpus-kb 16"
+
+/* The value of "key=" in line (NAN if absent). */
+static double field_of(const char *line, const char *key)
+{
+    char want[64];
+    snprintf(want, sizeof want, " %s=", key);
+    const char *p = strstr(line, want);
+    return p ? strtod(p + strlen(want), NULL) : NAN;
+}
+
+/* The lines a run prints the same for any thread count: the final values
+ * (losses to 9 digits, byte counts), the weights' checksums and the greedy
+ * continuations (every line with a quoted text), concatenated. */
+static void deterministic_lines(const char *out, char *keep, size_t cap)
+{
+    size_t n = 0;
+    keep[0] = '\0';
+    for (const char *line = out; *line;) {
+        const char *end = strchr(line, '\n');
+        const size_t len = end ? (size_t)(end - line + 1) : strlen(line);
+        if ((strncmp(line, "final:", 6) == 0 || strncmp(line, "checksums:", 10) == 0 ||
+             memchr(line, '"', len)) &&
+            n + len < cap) {
+            memcpy(keep + n, line, len);
+            n += len;
+            keep[n] = '\0';
+        }
+        line += len;
+    }
+}
+
+#ifdef TFM_LORA_HAS_FILES
+/* Remove what lora_finetune run writes in its --dir, and the directory;
+ * returns how many of the files were there. */
+static int remove_lora_dir(const char *dir)
+{
+    static const char *const names[] = {"base.safetensors", "adapter_model.safetensors",
+                                        "adapter_config.json"};
+    int found = 0;
+    for (size_t i = 0; i < 3; i++) {
+        char file[700];
+        snprintf(file, sizeof file, "%s/%s", dir, names[i]);
+        found += unlink(file) == 0;
+    }
+    rmdir(dir);
+    return found;
+}
+#endif
+
+/* lora_finetune: the trainable counts are the LoRA formula, the frozen
+ * Linears keep no gradient buffers, LoRA keeps more of task 1 and learns
+ * less of task 2 than full fine-tuning, the merged adapter decodes as the
+ * unmerged one, and 1 and 2 threads give the same numbers bit for bit. */
+START_TEST(lora_finetune_compares_and_merges)
+{
+    enum { CAP = 1 << 15 };
+    char *a = tbt_alloc(CAP), *b = tbt_alloc(CAP), *ka = tbt_alloc(CAP), *kb = tbt_alloc(CAP);
+    char dir[600], args[1024];
+    gpt_tmp(dir, sizeof dir, "lora");
+#ifdef TFM_LORA_HAS_FILES
+    /* An unusable --dir is refused before any training; then a real run. */
+    snprintf(args, sizeof args, "run " LORA_SMALL " --threads 2 --dir /dev/null/x");
+    ck_assert_int_eq(run_example("lora_finetune", args, b, CAP), 1);
+    char dir2[600];
+    gpt_tmp(dir2, sizeof dir2, "lora2");
+    snprintf(args, sizeof args, "run " LORA_SMALL " --threads 2 --dir %s", dir2);
+    ck_assert_int_eq(run_example("lora_finetune", args, b, CAP), 0);
+    snprintf(args, sizeof args, "run " LORA_SMALL " --threads 1 --dir %s", dir);
+#else
+    ck_assert_int_eq(run_example("lora_finetune", "run " LORA_SMALL " --threads 2", b, CAP), 0);
+    snprintf(args, sizeof args, "run " LORA_SMALL " --threads 1");
+#endif
+    ck_assert_int_eq(run_example("lora_finetune", args, a, CAP), 0);
+    assert_kernel_banner("lora_finetune", a);
+    const char *fin = strstr(a, "\nfinal: ");
+    ck_assert_msg(fin != NULL, "no final line in:\n%s", a);
+    const size_t L = 2, C = 32, V = 256, T = 32;
+    const size_t n_model = V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C;
+    /* Embeddings and LayerNorms: frozen by flag, their gradients still allocated. */
+    const size_t frozen = V * C + T * C + L * 4 * C + 2 * C;
+    /* c_attn (C -> 3C) and attn.c_proj (C -> C): r (C + 3C) + r (C + C) per layer. */
+    const size_t lora4 = L * 6 * 4 * C, lora16 = L * 6 * 16 * C, dora4 = lora4 + L * 4 * C;
+    ck_assert_uint_eq((size_t)field_of(fin, "full_n"), n_model);
+    ck_assert_uint_eq((size_t)field_of(fin, "lora4_n"), lora4);
+    ck_assert_uint_eq((size_t)field_of(fin, "lora16_n"), lora16);
+    ck_assert_uint_eq((size_t)field_of(fin, "dora4_n"), dora4);
+    ck_assert_uint_eq((size_t)field_of(fin, "full_grad"), 4 * n_model);
+    ck_assert_uint_eq((size_t)field_of(fin, "lora4_grad"), 4 * (lora4 + frozen));
+    ck_assert_uint_eq((size_t)field_of(fin, "lora16_grad"), 4 * (lora16 + frozen));
+    ck_assert_uint_eq((size_t)field_of(fin, "dora4_grad"), 4 * (dora4 + frozen));
+    const double full_adam = field_of(fin, "full_adam"), lora4_adam = field_of(fin, "lora4_adam");
+    ck_assert_msg(full_adam >= 8.0 * (double)n_model && lora4_adam >= 8.0 * (double)lora4 &&
+                      lora4_adam < full_adam / 20,
+                  "Adam state: full %g, LoRA r=4 %g bytes", full_adam, lora4_adam);
+    const double pre1 = field_of(fin, "pre_t1"), pre2 = field_of(fin, "pre_t2");
+    const double f1 = field_of(fin, "full_t1"), f2 = field_of(fin, "full_t2");
+    const double l1 = field_of(fin, "lora4_t1"), l2 = field_of(fin, "lora4_t2");
+    const double h2 = field_of(fin, "lora16_t2"), d2 = field_of(fin, "dora4_t2");
+    printf("  lora_finetune: task 1 / task 2 losses: pre-trained %.3f / %.3f, full %.3f / %.3f, "
+           "LoRA r=4 %.3f / %.3f, r=16 task 2 %.3f, DoRA r=4 task 2 %.3f\n",
+           pre1, pre2, f1, f2, l1, l2, h2, d2);
+    ck_assert_msg(pre1 < pre2, "pre-training did not favour task 1: %g vs %g", pre1, pre2);
+    ck_assert_msg(f2 < pre2 && l2 < pre2 && h2 < pre2 && d2 < pre2,
+                  "a way did not learn task 2 (before %g: %g %g %g %g)", pre2, f2, l2, h2, d2);
+    ck_assert_msg(l1 < f1, "LoRA r=4 kept less of task 1 (%g) than full fine-tuning (%g)", l1, f1);
+    ck_assert_msg(f2 < h2 && h2 < l2, "task 2: full %g, LoRA r=16 %g, r=4 %g (should rise)", f2,
+                  h2, l2);
+    ck_assert_msg(field_of(fin, "merged_equal") == 1.0 && field_of(fin, "max_logit_diff") < 1e-3,
+                  "merged LoRA decodes differently:\n%s", a);
+    deterministic_lines(a, ka, CAP);
+    deterministic_lines(b, kb, CAP);
+    ck_assert_msg(strstr(ka, "checksums:") != NULL, "no checksums in:\n%s", a);
+    ck_assert_msg(strcmp(ka, kb) == 0, "1-thread and 2-thread outputs differ:\n%s\n---\n%s", ka,
+                  kb);
+#ifdef TFM_LORA_HAS_FILES
+    /* A fresh process loads the base and the adapter: the same task 2 loss
+     * to 9 digits, the same greedy text, and merged == unmerged again. */
+    char *r = tbt_alloc(CAP), want[256];
+    snprintf(args, sizeof args, "reload --dir %s --threads 2", dir);
+    ck_assert_int_eq(run_example("lora_finetune", args, r, CAP), 0);
+    const char *rf = strstr(r, "final: ");
+    ck_assert_msg(rf != NULL, "no final line in:\n%s", r);
+    ck_assert_msg(field_of(rf, "reload_t2") == l2 && field_of(rf, "reload_t1") == l1,
+                  "reloaded adapter: task 2 %.9g, run %.9g", field_of(rf, "reload_t2"), l2);
+    ck_assert_msg(field_of(rf, "merged_equal") == 1.0, "reload: merged differs:\n%s", r);
+    const char *g = strstr(a, "   LoRA r=4          \"");
+    ck_assert_ptr_nonnull(g);
+    snprintf(want, sizeof want, "unmerged: %.*s", (int)(strchr(g, '\n') - g - 21), g + 21);
+    ck_assert_msg(strstr(r, want) != NULL, "reload decodes differently from run:\n%s\n%s", want,
+                  r);
+    ck_assert_msg(remove_lora_dir(dir) == 3, "run did not write its three files in %s", dir);
+    remove_lora_dir(dir2);
+    free(r);
+#else
+    (void)dir;
+#endif
+    char small[4096];
+    ck_assert_int_eq(run_example("lora_finetune", "run --heads 3", small, sizeof small), 2);
+    ck_assert_int_eq(run_example("lora_finetune", "run --bogus", small, sizeof small), 2);
+    ck_assert_int_eq(run_example("lora_finetune", "run --steps 0", small, sizeof small), 2);
+    ck_assert_int_eq(run_example("lora_finetune", "run --help", small, sizeof small), 0);
+    free(a), free(b), free(ka), free(kb);
+}
+END_TEST
+
 /* ---- every program as a command-line tool ------------------------------------------- */
 
 /* Run `cd <cwd> && <bin> <args> <redirect>` through the shell; the captured
@@ -1035,6 +1187,7 @@ Suite *suite_examples(void)
     tcase_add_test(tc, gpt_refuses_oversized_configuration_under_a_memory_limit);
     tcase_add_test(tc, gpt_escapes_control_characters);
     tcase_add_test(tc, attention_scaling_memory_and_heat_maps);
+    tcase_add_test(tc, lora_finetune_compares_and_merges);
     tcase_add_test(tc, examples_behave_as_command_line_tools);
     suite_add_tcase(s, tc);
     TCase *text = tcase_create("ex_text"); /* the examples' text helpers, in process */
