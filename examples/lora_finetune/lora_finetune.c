@@ -19,13 +19,9 @@
  * times and the resident memory) are bitwise the same for any --threads.
  * docs/lora_finetune.md explains the output.
  *
- * The adapter files (PEFT's adapter_model.safetensors and
- * adapter_config.json, through tfm_lora_save() / tfm_lora_load()) are
- * built with TFM_LORA_HAS_FILES defined; without it, `run` checks the
- * merge in its own process only and there is no `reload`. The switch is
- * temporary: once tfm_lora.h declares those two functions, it defines
- * TFM_LORA_HAS_FILES next to them (test_examples.c reads the same macro),
- * or the #ifdefs go.
+ * The adapter is saved as PEFT's adapter_model.safetensors and
+ * adapter_config.json (tfm_lora_save()); `reload` loads it in a fresh
+ * process (tfm_lora_load()), merges it and compares generation.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -444,13 +440,11 @@ static tb_status adapt(world *w, const run_opts *o, const method *me, const floa
         s = greedy(ctx, &m, n_generate(&m), r->text, NULL);
     if (s == TB_OK && mc)
         s = check_merge(ctx, &m, &tl, mc);
-#ifdef TFM_LORA_HAS_FILES
     if (s == TB_OK && mc) {
         char base[4096];
         snprintf(base, sizeof base, "%s/%s", o->dir, BASE_FILE);
         s = tfm_lora_save(ctx, &tl, o->dir, ADAPTER, "transformer.", base);
     }
-#endif
     tb_adam_free(&opt);
     gpt_acts_free(&a);
     tb_param_list_free(&lora_list);
@@ -483,20 +477,16 @@ static int parse_run(int argc, char **argv, run_opts *o)
         {"lr-pretrain", "X", "peak learning rate of pre-training", &o->lr_pre, NULL, 1e-6, 1.0},
         {"lr-full", "X", "peak learning rate of full fine-tuning", &o->lr_full, NULL, 1e-6, 1.0},
         {"lr-lora", "X", "peak learning rate of LoRA and DoRA", &o->lr_lora, NULL, 1e-6, 1.0},
-#ifdef TFM_LORA_HAS_FILES
         {"dir", "DIR", "directory for the base checkpoint and the LoRA r=4 adapter", NULL,
          &o->dir, 0, 0},
-#endif
     };
     return ex_parse_args_ex(argc, argv,
                             "Pre-train a byte-level GPT on task 1, adapt it to task 2 by full\n"
                             "fine-tuning, LoRA r=4, LoRA r=16 and DoRA r=4, and compare what each\n"
                             "costs and keeps; check that the merged LoRA model decodes as the\n"
                             "unmerged one"
-#ifdef TFM_LORA_HAS_FILES
                             ", and save the base and the LoRA r=4 adapter to --dir\n"
                             "(lora_finetune reload reads them in a fresh process)"
-#endif
                             ".",
                             opts, sizeof opts / sizeof opts[0], xopts,
                             sizeof xopts / sizeof xopts[0]);
@@ -521,7 +511,6 @@ static int world_init(world *w, uint64_t seed, uint64_t corpus_kb)
     return 1;
 }
 
-#ifdef TFM_LORA_HAS_FILES
 /* The output directory exists (made if it does not) and takes the base
  * checkpoint; 0 after a message. */
 static int prepare_dir(const char *dir)
@@ -557,7 +546,6 @@ static tb_status save_base(tb_ctx *ctx, const run_opts *o, gpt *m)
     return tb_checkpoint_save(ctx, path, &m->params, NULL, NULL, meta, GPT_CONFIG_N_META + 3,
                               TB_CKPT_DEFAULT);
 }
-#endif
 
 static int cmd_run(int argc, char **argv)
 {
@@ -578,10 +566,8 @@ static int cmd_run(int argc, char **argv)
         fprintf(stderr, "error: %s\n", ex_show(&e, tb_ctx_error(ctx)));
         return EX_EXIT_USAGE;
     }
-#ifdef TFM_LORA_HAS_FILES
     if (!prepare_dir(o.dir))
         return EX_EXIT_FAILURE;
-#endif
     w.B = o.batch, w.T = o.context;
     if (!world_init(&w, o.seed, o.corpus_kb)) {
         world_free(&w);
@@ -624,10 +610,8 @@ static int cmd_run(int argc, char **argv)
                  ex_failed(ctx, val_loss(&w, &m, &a, &w.task[1], &pre_loss[1]), "validation") ||
                  ex_failed(ctx, greedy(ctx, &m, n_generate(&m), pre_text, NULL), "generation");
     }
-#ifdef TFM_LORA_HAS_FILES
     if (!failed)
         failed = ex_failed(ctx, save_base(ctx, &o, &m), "saving the base checkpoint");
-#endif
     float *pre = NULL;
     if (!failed) {
         printf("   %.1f ms/step; validation loss (nats/byte): task 1 %.4f, task 2 %.4f\n", ms,
@@ -709,15 +693,11 @@ static int cmd_run(int argc, char **argv)
         show_text("   merged:   ", mc.merged);
         printf("   %s token for token; largest logit difference %.3g\n",
                mc.equal ? "equal" : "DIFFERENT", mc.max_diff);
-#ifdef TFM_LORA_HAS_FILES
         ex_shown p;
         printf("   adapter saved: %s/adapter_model.safetensors, adapter_config.json; base "
                "%s/%s\n",
                ex_show(&p, o.dir), p.text, BASE_FILE);
         printf("   next, in a fresh process: lora_finetune reload --dir %s\n", p.text);
-#else
-        printf("   (adapter files not built: TFM_LORA_HAS_FILES is not defined)\n");
-#endif
         printf("\ndone: %.1f s\n", ex_seconds() - t_start);
         printf("final: pre_t1=%.9g pre_t2=%.9g", pre_loss[0], pre_loss[1]);
         for (int k = 0; k < 4; k++)
@@ -738,7 +718,6 @@ static int cmd_run(int argc, char **argv)
 
 /* ---- reload ------------------------------------------------------------------------------- */
 
-#ifdef TFM_LORA_HAS_FILES
 static int cmd_reload(int argc, char **argv)
 {
     uint64_t threads = 0;
@@ -846,15 +825,12 @@ static int cmd_reload(int argc, char **argv)
     world_free(&w);
     return failed ? EX_EXIT_FAILURE : mc.equal ? EX_EXIT_OK : EX_EXIT_FAILURE;
 }
-#endif
 
 int main(int argc, char **argv)
 {
     static const ex_command cmds[] = {
         {"run", "pre-train, adapt four ways, compare, check the merge", cmd_run},
-#ifdef TFM_LORA_HAS_FILES
         {"reload", "in a fresh process: load the saved adapter, merge, compare", cmd_reload},
-#endif
     };
     return ex_run_command(argc, argv,
                           "Full fine-tuning, LoRA and DoRA on a small byte-level GPT, compared.",

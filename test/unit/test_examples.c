@@ -17,7 +17,6 @@
 
 #include "ex_text.h"
 #include "suites.h"
-#include "tfm_lora.h" /* TFM_LORA_HAS_FILES: the adapter files and lora_finetune reload */
 #include "testutil.h"
 
 /* Run `<env> <TB_EXAMPLE_DIR>/<prog> <args> <redirect>` through the shell,
@@ -930,7 +929,6 @@ static void deterministic_lines(const char *out, char *keep, size_t cap)
     }
 }
 
-#ifdef TFM_LORA_HAS_FILES
 /* Remove what lora_finetune run writes in its --dir, and the directory;
  * returns how many of the files were there. */
 static int remove_lora_dir(const char *dir)
@@ -946,7 +944,6 @@ static int remove_lora_dir(const char *dir)
     rmdir(dir);
     return found;
 }
-#endif
 
 /* lora_finetune: the trainable counts are the LoRA formula, the frozen
  * Linears keep no gradient buffers, LoRA keeps more of task 1 and learns
@@ -958,7 +955,6 @@ START_TEST(lora_finetune_compares_and_merges)
     char *a = tbt_alloc(CAP), *b = tbt_alloc(CAP), *ka = tbt_alloc(CAP), *kb = tbt_alloc(CAP);
     char dir[600], args[1024];
     gpt_tmp(dir, sizeof dir, "lora");
-#ifdef TFM_LORA_HAS_FILES
     /* An unusable --dir is refused before any training; then a real run. */
     snprintf(args, sizeof args, "run " LORA_SMALL " --threads 2 --dir /dev/null/x");
     ck_assert_int_eq(run_example("lora_finetune", args, b, CAP), 1);
@@ -967,10 +963,6 @@ START_TEST(lora_finetune_compares_and_merges)
     snprintf(args, sizeof args, "run " LORA_SMALL " --threads 2 --dir %s", dir2);
     ck_assert_int_eq(run_example("lora_finetune", args, b, CAP), 0);
     snprintf(args, sizeof args, "run " LORA_SMALL " --threads 1 --dir %s", dir);
-#else
-    ck_assert_int_eq(run_example("lora_finetune", "run " LORA_SMALL " --threads 2", b, CAP), 0);
-    snprintf(args, sizeof args, "run " LORA_SMALL " --threads 1");
-#endif
     ck_assert_int_eq(run_example("lora_finetune", args, a, CAP), 0);
     assert_kernel_banner("lora_finetune", a);
     const char *fin = strstr(a, "\nfinal: ");
@@ -1013,7 +1005,6 @@ START_TEST(lora_finetune_compares_and_merges)
     ck_assert_msg(strstr(ka, "checksums:") != NULL, "no checksums in:\n%s", a);
     ck_assert_msg(strcmp(ka, kb) == 0, "1-thread and 2-thread outputs differ:\n%s\n---\n%s", ka,
                   kb);
-#ifdef TFM_LORA_HAS_FILES
     /* A fresh process loads the base and the adapter: the same task 2 loss
      * to 9 digits, the same greedy text, and merged == unmerged again. */
     char *r = tbt_alloc(CAP), want[256];
@@ -1032,9 +1023,6 @@ START_TEST(lora_finetune_compares_and_merges)
     ck_assert_msg(remove_lora_dir(dir) == 3, "run did not write its three files in %s", dir);
     remove_lora_dir(dir2);
     free(r);
-#else
-    (void)dir;
-#endif
     char small[4096];
     ck_assert_int_eq(run_example("lora_finetune", "run --heads 3", small, sizeof small), 2);
     ck_assert_int_eq(run_example("lora_finetune", "run --bogus", small, sizeof small), 2);
