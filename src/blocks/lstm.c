@@ -616,6 +616,22 @@ tb_status tb_lstm_backward(tb_ctx *ctx, tb_lstm *lstm, const tb_tensor *x,
         /* The layer's input, as forward saw it. */
         const size_t in = layer_in(lstm, l);
         const float *xin = x->data;
+        if (l == 0 && lengths) {
+            /* The caller's padding may hold anything, NaN included, and
+             * 0 * NaN is NaN: W_ih's gradient reads x with its padded steps
+             * zeroed (dX is free at layer 0: dx goes straight to the caller). */
+            int padded = 0;
+            for (size_t b = 0; b < sh.B && !padded; b++)
+                padded = (size_t)lengths[b] < sh.T;
+            if (padded) {
+                for (size_t b = 0; b < sh.B; b++) {
+                    const size_t len = (size_t)lengths[b], row = b * sh.T * in;
+                    memcpy(dX + row, x->data + row, len * in * sizeof(float));
+                    memset(dX + row + len * in, 0, (sh.T - len) * in * sizeof(float));
+                }
+                xin = dX;
+            }
+        }
         const tb_dropout_cache *dc = l > 0 ? drop_rec((void *)(uintptr_t)cache, l - 1) : NULL;
         if (l > 0) {
             const layer_views prev = views_of(lstm, data, sh.B, sh.T, l - 1);

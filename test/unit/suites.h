@@ -22,6 +22,7 @@
     X(batchnorm)      \
     X(attention)      \
     X(mha)            \
+    X(lstm)           \
     X(optim)          \
     X(schedule)       \
     X(grad)           \
