@@ -23,6 +23,7 @@
     X(attention)      \
     X(mha)            \
     X(lstm)           \
+    X(ptuning)        \
     X(optim)          \
     X(schedule)       \
     X(grad)           \
