@@ -412,6 +412,8 @@ tb_status tb_lstm_forward(tb_ctx *ctx, const tb_lstm *lstm, tb_mode mode, tb_rng
         (s = check_state(ctx, fn, "h_n", h_n, &sh)) != TB_OK ||
         (s = check_state(ctx, fn, "c_n", c_n, &sh)) != TB_OK)
         return s;
+    if (mode != TB_MODE_TRAINING && mode != TB_MODE_INFERENCE)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown mode %d", (int)mode);
     const float p = lstm->config.dropout;
     const int drop = mode == TB_MODE_TRAINING && p > 0.0f && sh.L > 1;
     if (drop && !rng)

@@ -268,6 +268,8 @@ tb_status tb_ptuning_forward(tb_ctx *ctx, const tb_ptuning *p, tb_mode mode, tb_
     TRY(check_p(ctx, fn, p));
     const size_t n = p->config.num_virtual_tokens, d = p->config.token_dim;
     TRY(tb_check_matrix(ctx, fn, "out", out, n, d));
+    if (mode != TB_MODE_TRAINING && mode != TB_MODE_INFERENCE)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown mode %d", (int)mode);
     pt_layout lay;
     if (!layout_of(p, &lay))
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "cache size overflows");

@@ -256,6 +256,10 @@ START_TEST(lstm_call_errors)
         ck_assert_int_eq(FWD(&x, lens, &h0, &c0, &y, bads[i], &cn, r.cache, cb), TB_ERR_SHAPE);
         ck_assert_int_eq(FWD(&x, lens, &h0, &c0, &y, &hn, bads[i], r.cache, cb), TB_ERR_SHAPE);
     }
+    ck_assert_int_eq(tb_lstm_forward(ctx, &r.m, (tb_mode)3, &rng, &x, lens, &h0, &c0, &y, &hn,
+                                     &cn, r.cache, cb),
+                     TB_ERR_INVALID_ARG);
+    ck_assert(strstr(tb_ctx_error(ctx), "unknown mode") != NULL);
     /* lengths outside 1..T */
     const int32_t l0[3] = {4, 0, 3}, lbig[3] = {5, 1, 3}, lneg[3] = {4, -1, 3};
     const int32_t *lbad[] = {l0, lbig, lneg};

@@ -119,6 +119,8 @@ START_TEST(ptuning_call_errors)
         ck_assert_int_eq(tb_ptuning_forward(&ctx, &p, M, &rng, &bad, cache, cb), TB_ERR_SHAPE);
         ck_assert_int_eq(tb_ptuning_forward(&ctx, &p, M, &rng, &bad2, cache, cb), TB_ERR_SHAPE);
         (void)bad3;
+        ck_assert_int_eq(tb_ptuning_forward(&ctx, &p, (tb_mode)3, &rng, &out, cache, cb),
+                         TB_ERR_INVALID_ARG);
         ck_assert_int_eq(tb_ptuning_forward(&ctx, &p, M, &rng, &out, cache, cb - 1),
                          TB_ERR_BUFFER_TOO_SMALL);
         ck_assert_int_eq(tb_ptuning_forward(&ctx, &p, M, &rng, &out, cache + 2, cb),
