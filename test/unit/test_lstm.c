@@ -748,6 +748,51 @@ START_TEST(lstm_padding)
 }
 END_TEST
 
+/* One initial state given, the other NULL: NULL means zeros, bitwise, and
+ * the gradients of both states are still written when asked for. */
+START_TEST(lstm_partial_initial_state)
+{
+    const int32_t lens[3] = {5, 2, 4};
+    const lopts o = {2, 1, 3, 5, 3, 4, lens, 1, 1, 1, 0.0f, TB_MODE_TRAINING, 2, 901};
+    for (int which = 0; which < 2; which++) {
+        lrun a, b;
+        lrun_init(&a, &o);
+        lrun_init(&b, &o);
+        float *keep = which ? b.h0 : b.c0; /* b: this one NULL; a: the same as zeros */
+        memset(which ? a.h0 : a.c0, 0, a.S * sizeof(float));
+        if (which)
+            b.h0 = NULL;
+        else
+            b.c0 = NULL;
+        CHECK_OK(a.ctx, lrun_forward(&a));
+        CHECK_OK(b.ctx, lrun_forward(&b));
+        CHECK_OK(a.ctx, lrun_backward(&a));
+        CHECK_OK(b.ctx, lrun_backward(&b));
+        const size_t DH = a.D * a.H;
+        ck_assert(memcmp(a.y, b.y, a.B * a.T * DH * 4) == 0);
+        ck_assert(memcmp(a.hn, b.hn, a.S * 4) == 0 && memcmp(a.cn, b.cn, a.S * 4) == 0);
+        ck_assert(memcmp(a.dx, b.dx, a.B * a.T * a.in * 4) == 0);
+        ck_assert(memcmp(a.dh0, b.dh0, a.S * 4) == 0 && memcmp(a.dc0, b.dc0, a.S * 4) == 0);
+        for (size_t k = 0; k < 4; k++)
+            for (int i = 0; i < 4; i++)
+                ck_assert(memcmp(lparam(&a.m, k, i)->grad, lparam(&b.m, k, i)->grad,
+                                 lparam(&a.m, k, i)->numel * 4) == 0);
+        /* and the cache remembers which one was given */
+        tb_tensor x = tb_tensor_3d(b.x, b.B, b.T, b.in), dy = tb_tensor_3d(b.wy, b.B, b.T, DH);
+        tb_tensor st = st3(&b, keep);
+        ck_assert_int_eq(tb_lstm_backward(&b.ctx, &b.m, &x, lens, which ? &st : NULL,
+                                          which ? NULL : &st, &dy, NULL, NULL, NULL, NULL, NULL,
+                                          b.cache, b.cache_bytes),
+                         TB_ERR_STATE);
+        if (which)
+            b.h0 = keep;
+        else
+            b.c0 = keep;
+        lrun_free(&a), lrun_free(&b);
+    }
+}
+END_TEST
+
 /* ---- threads --------------------------------------------------------------------
  * The recurrence splits rows into threads/D blocks, so 1, 2, 3 and 5
  * threads give different blocks (and, for B = 7, blocks of unequal size);
@@ -973,6 +1018,7 @@ Suite *suite_lstm(void)
     tcase_set_timeout(t2, 120);
     tcase_add_test(t2, lstm_dropout);
     tcase_add_test(t2, lstm_padding);
+    tcase_add_test(t2, lstm_partial_initial_state);
     tcase_add_test(t2, lstm_threads);
     suite_add_tcase(s, t2);
     TCase *t3 = tcase_create("pytorch");
