@@ -270,6 +270,12 @@ tb_status tb_ptuning_forward(tb_ctx *ctx, const tb_ptuning *p, tb_mode mode, tb_
     TRY(tb_check_matrix(ctx, fn, "out", out, n, d));
     if (mode != TB_MODE_TRAINING && mode != TB_MODE_INFERENCE)
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown mode %d", (int)mode);
+    /* The LSTM's dropout stream is checked here, not by the LSTM: the
+     * embedding writes the cache before the LSTM runs. */
+    const int drop = mode == TB_MODE_TRAINING && p->config.type == TB_PTUNING_LSTM &&
+                     p->config.encoder_dropout > 0.0f && p->config.encoder_num_layers > 1;
+    if (drop && !rng)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "rng must not be NULL when dropout is active");
     pt_layout lay;
     if (!layout_of(p, &lay))
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "cache size overflows");
@@ -283,8 +289,6 @@ tb_status tb_ptuning_forward(tb_ctx *ctx, const tb_ptuning *p, tb_mode mode, tb_
         tb_span ins[PT_MAX_PARAMS];
         for (size_t i = 0; i < ps.n; i++)
             ins[i] = tb_span_floats(ps.value[i], ps.p[i]->value, ps.p[i]->numel);
-        const int drop = mode == TB_MODE_TRAINING && p->config.type == TB_PTUNING_LSTM &&
-                         p->config.encoder_dropout > 0.0f && p->config.encoder_num_layers > 1;
         const tb_span outs[] = {tb_span_tensor("out", out),
                                 tb_span_bytes("cache", cache, cache ? lay.total : 0),
                                 tb_span_bytes("rng", drop ? rng : NULL, sizeof *rng)};
