@@ -136,9 +136,10 @@ tb_status tb_lstm_cache_size(const tb_lstm *lstm, size_t batch, size_t steps, si
  * @param c_n Final cell states `(L*D, B, H)`, or NULL.
  * @param cache tb_lstm_cache_size() bytes, filled for backward, or NULL.
  * @param cache_bytes Its size.
- * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_SHAPE; TB_ERR_INVALID_ARG (a length
- *         outside 1..T; outputs overlapping inputs or each other; misaligned
- *         cache); TB_ERR_BUFFER_TOO_SMALL; TB_ERR_STATE; TB_ERR_OVERFLOW;
+ * @return TB_OK; TB_ERR_NULL_ARG (also rng NULL when dropout is active);
+ *         TB_ERR_SHAPE; TB_ERR_INVALID_ARG (an unknown mode; a length outside
+ *         1..T; outputs overlapping inputs, the weights or each other;
+ *         misaligned cache); TB_ERR_BUFFER_TOO_SMALL; TB_ERR_STATE; TB_ERR_OVERFLOW;
  *         TB_ERR_NO_MEMORY (scratch; nothing written).
  */
 tb_status tb_lstm_forward(tb_ctx *ctx, const tb_lstm *lstm, tb_mode mode, tb_rng *rng,

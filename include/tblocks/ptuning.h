@@ -111,8 +111,10 @@ tb_status tb_ptuning_cache_size(const tb_ptuning *p, size_t *bytes);
  * @param out Output `(n, d)`.
  * @param cache tb_ptuning_cache_size() bytes, filled for backward, or NULL.
  * @param cache_bytes Its size.
- * @return TB_OK; TB_ERR_NULL_ARG, TB_ERR_SHAPE, TB_ERR_STATE,
- *         TB_ERR_BUFFER_TOO_SMALL, TB_ERR_INVALID_ARG, TB_ERR_NO_MEMORY.
+ * @return TB_OK; TB_ERR_NULL_ARG (also rng NULL when the LSTM's dropout is
+ *         active), TB_ERR_SHAPE, TB_ERR_STATE, TB_ERR_BUFFER_TOO_SMALL,
+ *         TB_ERR_INVALID_ARG (an unknown mode, a misaligned cache, out or
+ *         the cache overlapping a parameter or each other), TB_ERR_NO_MEMORY.
  */
 tb_status tb_ptuning_forward(tb_ctx *ctx, const tb_ptuning *p, tb_mode mode, tb_rng *rng,
                              tb_tensor *out, void *cache, size_t cache_bytes);
@@ -125,7 +127,9 @@ tb_status tb_ptuning_forward(tb_ctx *ctx, const tb_ptuning *p, tb_mode mode, tb_
  * @param cache The forward's cache.
  * @param cache_bytes Its size.
  * @return TB_OK; TB_ERR_NULL_ARG, TB_ERR_SHAPE, TB_ERR_STATE,
- *         TB_ERR_BUFFER_TOO_SMALL, TB_ERR_INVALID_ARG, TB_ERR_NO_MEMORY.
+ *         TB_ERR_BUFFER_TOO_SMALL, TB_ERR_INVALID_ARG (a gradient
+ *         overlapping dout, the cache, a parameter or another gradient),
+ *         TB_ERR_NO_MEMORY.
  */
 tb_status tb_ptuning_backward(tb_ctx *ctx, tb_ptuning *p, const tb_tensor *dout,
                               const void *cache, size_t cache_bytes);

@@ -114,6 +114,38 @@ tb_status tb_lstm_params(tb_ctx *ctx, tb_lstm *lstm, const char *prefix, tb_para
     return s;
 }
 
+/* The parameters as spans, for the aliasing check: values (inputs: read
+ * after the first write) and, when wanted, gradients (outputs), named as
+ * tb_lstm_params() names them ("weight_ih_l0", "weight_ih_l0.grad"). */
+#define LSTM_SPANS (4 * 2 * TB_LSTM_MAX_LAYERS)
+typedef struct lstm_names {
+    char value[LSTM_SPANS][32];
+    char grad[LSTM_SPANS][40];
+} lstm_names;
+
+static size_t param_spans(const tb_lstm *m, lstm_names *nm, tb_span *values, tb_span *grads)
+{
+    static const char *const base[4] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
+    size_t n = 0;
+    for (size_t l = 0; l < m->config.num_layers; l++)
+        for (size_t d = 0; d < m->dirs; d++) {
+            const size_t k = l * m->dirs + d;
+            const tb_param *ps[4] = {&m->w_ih[k], &m->w_hh[k], &m->b_ih[k], &m->b_hh[k]};
+            for (int i = 0; i < 4; i++, n++) {
+                snprintf(nm->value[n], sizeof nm->value[n], "%s_l%zu%s", base[i], l,
+                         d ? "_reverse" : "");
+                snprintf(nm->grad[n], sizeof nm->grad[n], "%s.grad", nm->value[n]);
+                if (values)
+                    values[n] = tb_span_floats(nm->value[n], ps[i]->value, ps[i]->numel);
+                if (grads)
+                    grads[n] = tb_span_floats(nm->grad[n],
+                                              tb_param_wants_grad(ps[i]) ? ps[i]->grad : NULL,
+                                              ps[i]->numel);
+            }
+        }
+    return n;
+}
+
 /* ---- cache ---------------------------------------------------------------------- */
 
 /* Header: magic, the matched fields, the dropout caches of layers 0..L-2,
@@ -371,6 +403,8 @@ tb_status tb_lstm_forward(tb_ctx *ctx, const tb_lstm *lstm, tb_mode mode, tb_rng
         (s = check_state(ctx, fn, "h_n", h_n, &sh)) != TB_OK ||
         (s = check_state(ctx, fn, "c_n", c_n, &sh)) != TB_OK)
         return s;
+    if (mode != TB_MODE_TRAINING && mode != TB_MODE_INFERENCE)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown mode %d", (int)mode);
     const float p = lstm->config.dropout;
     const int drop = mode == TB_MODE_TRAINING && p > 0.0f && sh.L > 1;
     if (drop && !rng)
@@ -383,13 +417,18 @@ tb_status tb_lstm_forward(tb_ctx *ctx, const tb_lstm *lstm, tb_mode mode, tb_rng
     if ((s = tb_cache_check(ctx, fn, &LSTM_CACHE, cache, cache_bytes, need, fields, 0)) != TB_OK)
         return s;
     {
-        const tb_span ins[] = {tb_span_tensor("x", x), tb_span_tensor("h0", h0),
-                               tb_span_tensor("c0", c0),
-                               tb_span_array("lengths", lengths, lengths ? sh.B : 0, 4)};
+        /* The weights are read layer after layer, after the first writes. */
+        lstm_names nm;
+        tb_span ins[4 + LSTM_SPANS];
+        ins[0] = tb_span_tensor("x", x), ins[1] = tb_span_tensor("h0", h0);
+        ins[2] = tb_span_tensor("c0", c0);
+        ins[3] = tb_span_array("lengths", lengths, lengths ? sh.B : 0, 4);
+        const size_t np = param_spans(lstm, &nm, ins + 4, NULL);
         const tb_span outs[] = {tb_span_tensor("y", y), tb_span_tensor("h_n", h_n),
                                 tb_span_tensor("c_n", c_n),
-                                tb_span_bytes("cache", cache, cache ? need : 0)};
-        if ((s = tb_check_alias(ctx, fn, outs, 4, ins, 4)) != TB_OK)
+                                tb_span_bytes("cache", cache, cache ? need : 0),
+                                tb_span_bytes("rng", drop ? rng : NULL, sizeof *rng)};
+        if ((s = tb_check_alias(ctx, fn, outs, 5, ins, 4 + np)) != TB_OK)
             return s;
     }
     /* Scratch: the cache's layout when no cache is given, the dropped-out
@@ -562,9 +601,11 @@ tb_status tb_lstm_backward(tb_ctx *ctx, tb_lstm *lstm, const tb_tensor *x,
     if ((s = tb_cache_check(ctx, fn, &LSTM_CACHE, cache, cache_bytes, need, fields, 1)) != TB_OK ||
         (s = tb_cache_match(ctx, fn, &LSTM_CACHE, cache, fields)) != TB_OK)
         return s;
-    const size_t np = sh.L * sh.D;
     {
-        tb_span ins[8], outs[3 + 4 * 2 * TB_LSTM_MAX_LAYERS];
+        /* W_ih and W_hh are read by every layer's products, after the
+         * first writes (the biases are not read). */
+        lstm_names nm;
+        tb_span ins[8 + LSTM_SPANS], outs[3 + LSTM_SPANS], vals[LSTM_SPANS];
         size_t ni = 0, no = 0;
         ins[ni++] = tb_span_tensor("x", x);
         ins[ni++] = tb_span_tensor("dy", dy);
@@ -577,13 +618,11 @@ tb_status tb_lstm_backward(tb_ctx *ctx, tb_lstm *lstm, const tb_tensor *x,
         outs[no++] = tb_span_tensor("dx", dx);
         outs[no++] = tb_span_tensor("dh0", dh0);
         outs[no++] = tb_span_tensor("dc0", dc0);
-        for (size_t k = 0; k < np; k++) {
-            tb_param *ps[4] = {&lstm->w_ih[k], &lstm->w_hh[k], &lstm->b_ih[k], &lstm->b_hh[k]};
-            for (int i = 0; i < 4; i++)
-                outs[no++] = tb_span_floats("parameter gradient",
-                                            tb_param_wants_grad(ps[i]) ? ps[i]->grad : NULL,
-                                            ps[i]->numel);
-        }
+        const size_t np = param_spans(lstm, &nm, vals, outs + no);
+        no += np;
+        for (size_t i = 0; i < np; i++)
+            if (i % 4 < 2)
+                ins[ni++] = vals[i];
         if ((s = tb_check_alias(ctx, fn, outs, no, ins, ni)) != TB_OK)
             return s;
     }
@@ -610,6 +649,22 @@ tb_status tb_lstm_backward(tb_ctx *ctx, tb_lstm *lstm, const tb_tensor *x,
         /* The layer's input, as forward saw it. */
         const size_t in = layer_in(lstm, l);
         const float *xin = x->data;
+        if (l == 0 && lengths) {
+            /* The caller's padding may hold anything, NaN included, and
+             * 0 * NaN is NaN: W_ih's gradient reads x with its padded steps
+             * zeroed (dX is free at layer 0: dx goes straight to the caller). */
+            int padded = 0;
+            for (size_t b = 0; b < sh.B && !padded; b++)
+                padded = (size_t)lengths[b] < sh.T;
+            if (padded) {
+                for (size_t b = 0; b < sh.B; b++) {
+                    const size_t len = (size_t)lengths[b], row = b * sh.T * in;
+                    memcpy(dX + row, x->data + row, len * in * sizeof(float));
+                    memset(dX + row + len * in, 0, (sh.T - len) * in * sizeof(float));
+                }
+                xin = dX;
+            }
+        }
         const tb_dropout_cache *dc = l > 0 ? drop_rec((void *)(uintptr_t)cache, l - 1) : NULL;
         if (l > 0) {
             const layer_views prev = views_of(lstm, data, sh.B, sh.T, l - 1);

@@ -103,6 +103,46 @@ tb_status tb_ptuning_params(tb_ctx *ctx, tb_ptuning *p, const char *prefix, tb_p
     return TB_OK;
 }
 
+/* Every parameter with its local name (as tb_ptuning_params() without a
+ * prefix), for the aliasing checks. */
+#define PT_MAX_PARAMS (1 + 8 * TB_LSTM_MAX_LAYERS + 6)
+typedef struct pt_params {
+    size_t n;
+    const tb_param *p[PT_MAX_PARAMS];
+    char value[PT_MAX_PARAMS][48];
+    char grad[PT_MAX_PARAMS][56];
+} pt_params;
+
+static void collect(const tb_ptuning *p, pt_params *out)
+{
+    size_t n = 0;
+    out->p[n] = &p->embedding.weight;
+    snprintf(out->value[n++], sizeof out->value[0], "embedding.weight");
+    if (p->config.type == TB_PTUNING_LSTM) {
+        static const char *const base[4] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
+        const tb_lstm *m = &p->lstm;
+        for (size_t l = 0; l < m->config.num_layers; l++)
+            for (size_t d = 0; d < m->dirs; d++) {
+                const size_t k = l * m->dirs + d;
+                const tb_param *ps[4] = {&m->w_ih[k], &m->w_hh[k], &m->b_ih[k], &m->b_hh[k]};
+                for (int i = 0; i < 4; i++) {
+                    out->p[n] = ps[i];
+                    snprintf(out->value[n++], sizeof out->value[0], "lstm_head.%s_l%zu%s",
+                             base[i], l, d ? "_reverse" : "");
+                }
+            }
+    }
+    for (size_t i = 0; i < p->n_mlp; i++) {
+        out->p[n] = &p->mlp[i].weight;
+        snprintf(out->value[n++], sizeof out->value[0], "mlp_head.%zu.weight", 2 * i);
+        out->p[n] = &p->mlp[i].bias;
+        snprintf(out->value[n++], sizeof out->value[0], "mlp_head.%zu.bias", 2 * i);
+    }
+    for (size_t i = 0; i < n; i++)
+        snprintf(out->grad[i], sizeof out->grad[0], "%s.grad", out->value[i]);
+    out->n = n;
+}
+
 /* ---- cache ------------------------------------------------------------------- */
 
 /* Header: magic and fields (64 bytes), the LSTM's cache (64-byte rounded),
@@ -228,6 +268,14 @@ tb_status tb_ptuning_forward(tb_ctx *ctx, const tb_ptuning *p, tb_mode mode, tb_
     TRY(check_p(ctx, fn, p));
     const size_t n = p->config.num_virtual_tokens, d = p->config.token_dim;
     TRY(tb_check_matrix(ctx, fn, "out", out, n, d));
+    if (mode != TB_MODE_TRAINING && mode != TB_MODE_INFERENCE)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown mode %d", (int)mode);
+    /* The LSTM's dropout stream is checked here, not by the LSTM: the
+     * embedding writes the cache before the LSTM runs. */
+    const int drop = mode == TB_MODE_TRAINING && p->config.type == TB_PTUNING_LSTM &&
+                     p->config.encoder_dropout > 0.0f && p->config.encoder_num_layers > 1;
+    if (drop && !rng)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "rng must not be NULL when dropout is active");
     pt_layout lay;
     if (!layout_of(p, &lay))
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "cache size overflows");
@@ -235,11 +283,16 @@ tb_status tb_ptuning_forward(tb_ctx *ctx, const tb_ptuning *p, tb_mode mode, tb_
     fill_fields(p, fields);
     TRY(tb_cache_check(ctx, fn, &PT_CACHE, cache, cache_bytes, lay.total, fields, 0));
     {
-        const tb_span ins[] = {tb_span_floats("embedding.weight", p->embedding.weight.value,
-                                              n * d)};
+        /* Every parameter value is read after the cache's first write. */
+        pt_params ps;
+        collect(p, &ps);
+        tb_span ins[PT_MAX_PARAMS];
+        for (size_t i = 0; i < ps.n; i++)
+            ins[i] = tb_span_floats(ps.value[i], ps.p[i]->value, ps.p[i]->numel);
         const tb_span outs[] = {tb_span_tensor("out", out),
-                                tb_span_bytes("cache", cache, cache ? lay.total : 0)};
-        TRY(tb_check_alias(ctx, fn, outs, 2, ins, 1));
+                                tb_span_bytes("cache", cache, cache ? lay.total : 0),
+                                tb_span_bytes("rng", drop ? rng : NULL, sizeof *rng)};
+        TRY(tb_check_alias(ctx, fn, outs, 3, ins, ps.n));
     }
     void *mem = NULL;
     int32_t *ids;
@@ -303,6 +356,22 @@ tb_status tb_ptuning_backward(tb_ctx *ctx, tb_ptuning *p, const tb_tensor *dout,
     fill_fields(p, fields);
     TRY(tb_cache_check(ctx, fn, &PT_CACHE, cache, cache_bytes, lay.total, fields, 1));
     TRY(tb_cache_match(ctx, fn, &PT_CACHE, cache, fields));
+    {
+        /* Gradients are added layer by layer while dout, the cache and the
+         * weights are still read. */
+        pt_params ps;
+        collect(p, &ps);
+        tb_span ins[2 + PT_MAX_PARAMS], outs[PT_MAX_PARAMS];
+        ins[0] = tb_span_tensor("dout", dout);
+        ins[1] = tb_span_bytes("cache", cache, lay.total);
+        for (size_t i = 0; i < ps.n; i++) {
+            ins[2 + i] = tb_span_floats(ps.value[i], ps.p[i]->value, ps.p[i]->numel);
+            outs[i] = tb_span_floats(ps.grad[i],
+                                     tb_param_wants_grad(ps.p[i]) ? ps.p[i]->grad : NULL,
+                                     ps.p[i]->numel);
+        }
+        TRY(tb_check_alias(ctx, fn, outs, ps.n, ins, 2 + ps.n));
+    }
     /* Scratch: one (n, W) buffer, one (n, d) + (n, W). */
     void *mem;
     TRY(tb_alloc(ctx, fn, n * (2 * W + d) * sizeof(float), &mem));

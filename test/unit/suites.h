@@ -24,6 +24,8 @@
     X(attention)      \
     X(mha)            \
     X(lora_combine)   \
+    X(lstm)           \
+    X(ptuning)        \
     X(optim)          \
     X(schedule)       \
     X(grad)           \

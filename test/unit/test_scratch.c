@@ -1,7 +1,8 @@
 /*
  * Caller-sized buffers stay within the size their query returned: every
  * block that takes a cache sized by a `*_cache_size()` call (LayerNorm,
- * RMSNorm, BatchNorm, cross-entropy, the attention core, MHA, LoRA) is run
+ * RMSNorm, BatchNorm, cross-entropy, the attention core, MHA, LoRA, the
+ * LSTM and the P-tuning encoder) is run
  * forward and backward, on the kernel family of this run, on odd shapes
  * (1, 3, 17; head sizes across the micro-kernel tiles; key counts on both
  * sides of the attention tiles), in a buffer of exactly that many bytes
@@ -260,6 +261,65 @@ START_TEST(lora_cache_stays_in_its_size)
 }
 END_TEST
 
+/* The LSTM on odd shapes, 1-3 layers, both directions, with lengths and
+ * training dropout; the prompt encoder of both types. */
+START_TEST(lstm_caches_stay_in_their_size)
+{
+    static const size_t shapes[][5] = {/* B, T, in, H, layers */
+                                       {1, 1, 1, 1, 1}, {3, 7, 17, 5, 2}, {2, 17, 3, 33, 3}};
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 2);
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int bidir = 0; bidir < 2; bidir++) {
+            const size_t B = shapes[s][0], T = shapes[s][1], in = shapes[s][2], H = shapes[s][3];
+            const size_t L = shapes[s][4], D = bidir ? 2 : 1;
+            tb_rng rng;
+            tb_rng_init(&rng, 40 + s);
+            tb_lstm m;
+            const tb_lstm_config c = {in, H, L, bidir, 0.25f};
+            CHECK_OK(ctx, tb_lstm_init(&ctx, &m, &c, &rng));
+            int32_t lens[3] = {(int32_t)T, 1, (int32_t)(T + 1) / 2};
+            float *x = filled(B * T * in, 5 + s), *dy = filled(B * T * D * H, 6 + s);
+            float *y = tbt_alloc(B * T * D * H * sizeof(float)), *dx = tbt_alloc(B * T * in * sizeof(float));
+            tb_tensor xt = tb_tensor_3d(x, B, T, in), yt = tb_tensor_3d(y, B, T, D * H);
+            tb_tensor dyt = tb_tensor_3d(dy, B, T, D * H), dxt = tb_tensor_3d(dx, B, T, in);
+            size_t bytes;
+            CHECK_OK(ctx, tb_lstm_cache_size(&m, B, T, &bytes));
+            guarded g = guarded_alloc(bytes);
+            CHECK_OK(ctx, tb_lstm_forward(&ctx, &m, TB_MODE_TRAINING, &rng, &xt, lens, NULL, NULL,
+                                          &yt, NULL, NULL, g.buf, bytes));
+            CHECK_OK(ctx, tb_lstm_backward(&ctx, &m, &xt, lens, NULL, NULL, &dyt, NULL, NULL, &dxt,
+                                           NULL, NULL, g.buf, bytes));
+            guarded_check(&g, "lstm");
+            free(g.mem), free(x), free(dy), free(y), free(dx);
+            tb_lstm_free(&m);
+        }
+    for (int type = 0; type < 2; type++)
+        for (size_t s = 0; s < 2; s++) {
+            tb_rng rng;
+            tb_rng_init(&rng, 50 + s);
+            tb_ptuning p;
+            tb_ptuning_config c;
+            memset(&c, 0, sizeof c);
+            c.num_virtual_tokens = s ? 20 : 1, c.token_dim = s ? 17 : 7;
+            c.encoder_hidden_size = s ? 16 : 5, c.encoder_num_layers = s + 1;
+            c.type = (tb_ptuning_encoder)type, c.encoder_dropout = 0.25f;
+            CHECK_OK(ctx, tb_ptuning_init(&ctx, &p, &c, &rng));
+            const size_t n = c.num_virtual_tokens, d = c.token_dim;
+            float *o = tbt_alloc(n * d * sizeof(float)), *dout = filled(n * d, 9);
+            tb_tensor ot = tb_tensor_2d(o, n, d), dt = tb_tensor_2d(dout, n, d);
+            size_t bytes;
+            CHECK_OK(ctx, tb_ptuning_cache_size(&p, &bytes));
+            guarded g = guarded_alloc(bytes);
+            CHECK_OK(ctx, tb_ptuning_forward(&ctx, &p, TB_MODE_TRAINING, &rng, &ot, g.buf, bytes));
+            CHECK_OK(ctx, tb_ptuning_backward(&ctx, &p, &dt, g.buf, bytes));
+            guarded_check(&g, "ptuning");
+            free(g.mem), free(o), free(dout);
+            tb_ptuning_free(&p);
+        }
+}
+END_TEST
+
 Suite *suite_scratch(void)
 {
     Suite *s = suite_create("scratch");
@@ -269,6 +329,7 @@ Suite *suite_scratch(void)
     tcase_add_test(tc, attention_cache_stays_in_its_size);
     tcase_add_test(tc, mha_cache_stays_in_its_size);
     tcase_add_test(tc, lora_cache_stays_in_its_size);
+    tcase_add_test(tc, lstm_caches_stay_in_their_size);
     suite_add_tcase(s, tc);
     return s;
 }
