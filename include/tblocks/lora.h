@@ -49,9 +49,10 @@
  *   layer's; while anything is merged that is refused (PEFT would unmerge
  *   inside forward; here forward never changes the layer).
  * - The cache (tb_lora_cache_size()) holds what backward needs for the
- *   active set at the time of the call: per adapter A dropout(x) `(R, r)`,
- *   dropout(x) `(R, in)` when its dropout is active, and for DoRA the
- *   magnitude term's input `(R, out)` and g `(out)`.
+ *   active set at the time of the call: per adapter A dropout(x)^T
+ *   `(r, R)`, its dropout mask's stream position (backward regenerates
+ *   dropout(x) from x), and for DoRA the magnitude term's input `(R, out)`
+ *   and the norms `(out)`.
  */
 #ifndef TBLOCKS_LORA_H
 #define TBLOCKS_LORA_H
@@ -250,7 +251,8 @@ tb_status tb_lora_cache_size(const tb_lora *lora, size_t rows, size_t *bytes);
  * @param lora Layer.
  * @param mode TB_MODE_TRAINING applies the adapters' dropout.
  * @param rng Stream for dropout masks (advanced once per adapter with
- *        active dropout, by R * in); may be NULL when no dropout is active.
+ *        active dropout, by R * in); may be NULL when no dropout is active;
+ *        must not overlap y or the cache.
  * @param x Input `(N..., in)`.
  * @param y Output `(N..., out)`; must not overlap x, the parameters or the
  *        cache.
