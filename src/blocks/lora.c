@@ -493,27 +493,47 @@ static size_t param_spans(const tb_lora *lora, const size_t *idx, size_t n, tb_s
 
 #define LORA_MAX_SPANS (6 + 3 * TB_LORA_MAX_ADAPTERS)
 
+/* The layer, x (R rows of in) and the output-shaped tensor t (R, out) of a
+ * forward or backward call; *rows receives R. */
+static tb_status check_call(tb_ctx *ctx, const char *fn, const tb_lora *lora, const tb_tensor *x,
+                            const char *t_name, const tb_tensor *t, size_t *rows)
+{
+    tb_status s = check_lora(ctx, fn, lora);
+    size_t cin;
+    if (s != TB_OK || (s = tb_check_tensor(ctx, fn, "x", x, rows, &cin)) != TB_OK)
+        return s;
+    if (cin != lora->in_features)
+        return tb_fail(ctx, TB_ERR_SHAPE, fn, "x has last dimension %zu, expected in_features %zu",
+                       cin, lora->in_features);
+    return tb_check_matrix(ctx, fn, t_name, t, *rows, lora->out_features);
+}
+
+/* The adapters a call on R rows uses (idx, *n), its cache's size and the
+ * header fields it must carry. */
+static tb_status plan_cache(tb_ctx *ctx, const char *fn, const tb_lora *lora, size_t R,
+                            size_t *idx, size_t *n, size_t *need, uint64_t *fields)
+{
+    size_t floats;
+    *n = used_slots(lora, idx);
+    if (!cache_floats(lora, idx, *n, R, &floats) ||
+        tb_cache_bytes(LORA_HEADER_BYTES, floats, need) != TB_OK)
+        return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "cache size for %zu rows overflows", R);
+    cache_fields(lora, idx, *n, R, fields);
+    return TB_OK;
+}
+
 tb_status tb_lora_forward(tb_ctx *ctx, const tb_lora *lora, tb_mode mode, tb_rng *rng,
                           const tb_tensor *x, tb_tensor *y, void *cache, size_t cache_bytes)
 {
     const char *fn = __func__;
-    tb_status s = check_lora(ctx, fn, lora);
-    if (s != TB_OK)
+    size_t R, idx[TB_LORA_MAX_ADAPTERS], n, need;
+    uint64_t fields[LORA_FIELDS];
+    tb_status s = check_call(ctx, fn, lora, x, "y", y, &R);
+    if (s != TB_OK || (s = plan_cache(ctx, fn, lora, R, idx, &n, &need, fields)) != TB_OK ||
+        (s = check_merge_state(ctx, fn, lora, idx, n)) != TB_OK)
         return s;
     const tb_linear *base = lora->base;
     const size_t in = lora->in_features, out = lora->out_features;
-    size_t R, cin;
-    if ((s = tb_check_tensor(ctx, fn, "x", x, &R, &cin)) != TB_OK)
-        return s;
-    if (cin != in)
-        return tb_fail(ctx, TB_ERR_SHAPE, fn, "x has last dimension %zu, expected in_features %zu",
-                       cin, in);
-    if ((s = tb_check_matrix(ctx, fn, "y", y, R, out)) != TB_OK)
-        return s;
-    size_t idx[TB_LORA_MAX_ADAPTERS], floats, need;
-    const size_t n = used_slots(lora, idx);
-    if ((s = check_merge_state(ctx, fn, lora, idx, n)) != TB_OK)
-        return s;
     int any_drop = 0, any_dora = 0;
     size_t r_max = 0;
     for (size_t i = 0; i < n; i++) {
@@ -525,11 +545,6 @@ tb_status tb_lora_forward(tb_ctx *ctx, const tb_lora *lora, tb_mode mode, tb_rng
     if (any_drop && !rng)
         return tb_fail(ctx, TB_ERR_NULL_ARG, fn, "rng must not be NULL when dropout is active");
     const tb_rng rng_at_call = any_drop ? *rng : (tb_rng){0, 0};
-    if (!cache_floats(lora, idx, n, R, &floats) ||
-        tb_cache_bytes(LORA_HEADER_BYTES, floats, &need) != TB_OK)
-        return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "cache size for %zu rows overflows", R);
-    uint64_t fields[LORA_FIELDS];
-    cache_fields(lora, idx, n, R, fields);
     if ((s = tb_cache_check(ctx, fn, &LORA_CACHE, cache, cache_bytes, need, fields, 0)) != TB_OK)
         return s;
     {
@@ -675,28 +690,15 @@ tb_status tb_lora_backward(tb_ctx *ctx, tb_lora *lora, const tb_tensor *x, const
                            tb_tensor *dx, const void *cache, size_t cache_bytes)
 {
     const char *fn = __func__;
-    tb_status s = check_lora(ctx, fn, lora);
-    if (s != TB_OK)
+    size_t R, idx[TB_LORA_MAX_ADAPTERS], n, need;
+    uint64_t fields[LORA_FIELDS];
+    tb_status s = check_call(ctx, fn, lora, x, "dy", dy, &R);
+    if (s != TB_OK ||
+        (dx && (s = tb_check_matrix(ctx, fn, "dx", dx, R, lora->in_features)) != TB_OK) ||
+        (s = plan_cache(ctx, fn, lora, R, idx, &n, &need, fields)) != TB_OK)
         return s;
     const tb_linear *base = lora->base;
     const size_t in = lora->in_features, out = lora->out_features;
-    size_t R, cin;
-    if ((s = tb_check_tensor(ctx, fn, "x", x, &R, &cin)) != TB_OK)
-        return s;
-    if (cin != in)
-        return tb_fail(ctx, TB_ERR_SHAPE, fn, "x has last dimension %zu, expected in_features %zu",
-                       cin, in);
-    if ((s = tb_check_matrix(ctx, fn, "dy", dy, R, out)) != TB_OK)
-        return s;
-    if (dx && (s = tb_check_matrix(ctx, fn, "dx", dx, R, in)) != TB_OK)
-        return s;
-    size_t idx[TB_LORA_MAX_ADAPTERS], floats, need;
-    const size_t n = used_slots(lora, idx);
-    if (!cache_floats(lora, idx, n, R, &floats) ||
-        tb_cache_bytes(LORA_HEADER_BYTES, floats, &need) != TB_OK)
-        return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "cache size for %zu rows overflows", R);
-    uint64_t fields[LORA_FIELDS];
-    cache_fields(lora, idx, n, R, fields);
     if ((s = tb_cache_check(ctx, fn, &LORA_CACHE, cache, cache_bytes, need, fields, 1)) != TB_OK ||
         (s = tb_cache_match(ctx, fn, &LORA_CACHE, cache, fields)) != TB_OK)
         return s;
