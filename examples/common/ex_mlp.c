@@ -6,13 +6,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define TRY(call)                       \
-    do {                                \
-        tb_status try_status_ = (call); \
-        if (try_status_ != TB_OK)       \
-            return try_status_;         \
-    } while (0)
+#include "ex_try.h"
 
 tb_status ex_mlp_init(tb_ctx *ctx, ex_mlp *m, const ex_mlp_config *cfg, tb_rng *rng)
 {

@@ -9,13 +9,7 @@
 
 #include "ex_arena.h"
 #include "ex_text.h"
-
-#define TRY(call)                       \
-    do {                                \
-        tb_status try_status_ = (call); \
-        if (try_status_ != TB_OK)       \
-            return try_status_;         \
-    } while (0)
+#include "ex_try.h"
 
 #define LN_EPS 1e-5f
 #define GELU TB_GELU_TANH /* GPT-2's "gelu_new" */

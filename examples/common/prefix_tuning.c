@@ -7,13 +7,7 @@
 #include <string.h>
 
 #include "ex_arena.h"
-
-#define TRY(call)                       \
-    do {                                \
-        tb_status try_status_ = (call); \
-        if (try_status_ != TB_OK)       \
-            return try_status_;         \
-    } while (0)
+#include "ex_try.h"
 
 /* Point the stack's per-layer arrays at kv (n, 2LC) and its gradient dkv:
  * layer l's key at column 2lC, its value at (2l + 1)C, rows 2LC apart. */

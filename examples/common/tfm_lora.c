@@ -5,13 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define TRY(call)                    \
-    do {                             \
-        const tb_status s_ = (call); \
-        if (s_ != TB_OK)             \
-            return s_;               \
-    } while (0)
+#include "ex_try.h"
 
 /* ---- the projection ops: a site's tb_lora in place of the Linear ----------------- */
 

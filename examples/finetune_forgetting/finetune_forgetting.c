@@ -37,6 +37,7 @@
 #include "ex_mlp.h"
 #include "ex_random.h"
 #include "tblocks.h"
+#include "ex_try.h"
 
 #define HIDDEN 64
 #define N_TRAIN 2000
@@ -49,13 +50,6 @@
 #define LR_SMALL 1e-3f
 #define WD_SMALL 1e-2f
 #define N_RUNS 5
-
-#define TRY(call)                       \
-    do {                                \
-        tb_status try_status_ = (call); \
-        if (try_status_ != TB_OK)       \
-            return try_status_;         \
-    } while (0)
 
 /* ---- data ------------------------------------------------------------------ */
 

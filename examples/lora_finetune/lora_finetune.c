@@ -43,6 +43,7 @@
 #include "gpt.h"
 #include "tblocks.h"
 #include "tfm_lora.h"
+#include "ex_try.h"
 
 #define VOCAB 256
 #define VAL_PERCENT 10
@@ -60,13 +61,6 @@
  * but not h.{i}.mlp.c_proj (PEFT's rule: a whole final part of the name). */
 static const char *const TARGETS[] = {"c_attn", "attn.c_proj"};
 #define N_TARGETS 2
-
-#define TRY(call)                       \
-    do {                                \
-        tb_status try_status_ = (call); \
-        if (try_status_ != TB_OK)       \
-            return try_status_;         \
-    } while (0)
 
 /* ---- data -------------------------------------------------------------------------- */
 

@@ -25,6 +25,7 @@
 #include "ex_mlp.h"
 #include "ex_random.h"
 #include "tblocks.h"
+#include "ex_try.h"
 
 #define IN_DIM 2
 #define HIDDEN 64
@@ -39,12 +40,6 @@
 #define PI 3.14159265358979323846
 
 /* Return the status of `call` from the enclosing function if it failed. */
-#define TRY(call)                        \
-    do {                                 \
-        tb_status try_status_ = (call);  \
-        if (try_status_ != TB_OK)        \
-            return try_status_;          \
-    } while (0)
 
 /* ---- data ---------------------------------------------------------------- */
 

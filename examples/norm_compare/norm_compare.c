@@ -49,6 +49,7 @@
 #include "ex_random.h"
 #include "tblocks.h"
 #include "tfm.h"
+#include "ex_try.h"
 
 #define DIM 32           /* model width C (also the channels of parts 1 and 2) */
 #define HIDDEN (4 * DIM) /* MLP width */
@@ -80,12 +81,6 @@
 #define WARMUP_STEPS 30
 
 /* Return the status of `call` from the enclosing function if it failed. */
-#define TRY(call)                       \
-    do {                                \
-        tb_status try_status_ = (call); \
-        if (try_status_ != TB_OK)       \
-            return try_status_;         \
-    } while (0)
 
 /* ---- small helpers -------------------------------------------------------- */
 
