@@ -443,6 +443,7 @@ tb_status gpt_backward_embeds(tb_ctx *ctx, gpt *m, gpt_acts *a, const int32_t *t
     /* The head is tied to wte: one parameter, so it trains exactly when wte
      * does (the view holds a copy of the flag, taken when it was made). */
     m->lm_head.weight.trainable = m->t.wte.weight.trainable;
+    m->lm_head.weight.grad = m->t.wte.weight.grad; /* NULL once wte is frozen */
     TRY(tb_linear_backward(ctx, &m->lm_head, &out, &dlo, &dout)); /* into wte.grad */
     return tfm_backward(ctx, &m->t, &a->t, a->t.dt1, d_embeds);
 }

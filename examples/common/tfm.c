@@ -782,6 +782,10 @@ static tb_status freeze_proj(tb_ctx *ctx, void *user, const char *name, tfm_proj
 tb_status tfm_freeze(tb_ctx *ctx, tfm *m, size_t *kept_grad_bytes)
 {
     TRY(tfm_visit_projs(ctx, m, "", freeze_proj, NULL));
+    tb_embedding_freeze(&m->wte);
+    tb_embedding_freeze(&m->wpe);
+    if (m->cfg.type_vocab_size)
+        tb_embedding_freeze(&m->wtt);
     tb_param_list list;
     TRY(tb_param_list_init(ctx, &list));
     tb_status s = tfm_params(ctx, m, "", &list);

@@ -260,12 +260,12 @@ tb_status tfm_visit_projs(tb_ctx *ctx, tfm *m, const char *prefix, tfm_proj_visi
 
 /* Freeze the whole stack (a frozen base model under an adapter that is
  * not a projection's, e.g. P-tuning): every projection's Linear with
- * tb_linear_freeze() (its gradient buffers released), every other
- * parameter (embeddings, norms) marked not trainable. Backward then adds
- * no parameter gradient of the stack and still computes the activations'
- * gradients (d_embeds). The embeddings and norms keep their gradient
- * buffers (one allocation with their values): *kept_grad_bytes (may be
- * NULL) receives their size. */
+ * tb_linear_freeze() and the embeddings with tb_embedding_freeze() (their
+ * gradient buffers released), the norms marked not trainable. Backward then
+ * adds no parameter gradient of the stack and still computes the
+ * activations' gradients (d_embeds). Only the norms keep their (small)
+ * gradient buffers, one allocation with their values: *kept_grad_bytes (may
+ * be NULL) receives their size (4 C floats per norm). */
 tb_status tfm_freeze(tb_ctx *ctx, tfm *m, size_t *kept_grad_bytes);
 
 /* ---- forward and backward --------------------------------------------------------- */

@@ -31,8 +31,10 @@ typedef struct tb_embedding {
                                  `padding_idx`, e.g. BERT's [PAD] row), or -1
                                  (tb_embedding_init()'s default) for none. Set
                                  it after init; forward still reads the row. */
-    void *storage;          /**< Owned memory for value and gradient. */
-    tb_allocator allocator; /**< Hooks `storage` came from. */
+    void *storage;          /**< Owned memory for the values. */
+    void *grad_storage;     /**< Owned memory for the gradient (NULL after
+                                 tb_embedding_freeze()). */
+    tb_allocator allocator; /**< Hooks `storage` and `grad_storage` came from. */
 } tb_embedding;
 
 /**
@@ -48,6 +50,15 @@ typedef struct tb_embedding {
  */
 tb_status tb_embedding_init(tb_ctx *ctx, tb_embedding *emb, size_t num_embeddings,
                             size_t dim, tb_rng *rng);
+
+/**
+ * @brief Freeze the table: release its gradient buffer (weight.grad
+ * becomes NULL) and mark it not trainable, so neither a gradient nor
+ * optimizer state exists for it (a frozen model under P-tuning or LoRA).
+ * The values do not move, so views over them stay valid. Idempotent.
+ * @param emb Table (NULL or empty is fine).
+ */
+void tb_embedding_freeze(tb_embedding *emb);
 
 /**
  * @brief Release the table's memory; the struct is left empty.

@@ -16,28 +16,47 @@ tb_status tb_embedding_init(tb_ctx *ctx, tb_embedding *emb, size_t num_embedding
                        "num_embeddings (%zu) must be in [1, INT32_MAX] and dim (%zu) >= 1",
                        num_embeddings, dim);
     size_t n, bytes;
-    if (!tb_mul_size(num_embeddings, dim, &n) || !tb_mul_size(n, 2 * sizeof(float), &bytes))
+    if (!tb_mul_size(num_embeddings, dim, &n) || !tb_mul_size(n, sizeof(float), &bytes))
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "%zu x %zu table overflows", num_embeddings,
                        dim);
-    void *storage;
+    /* Values and gradient in two allocations, so that tb_embedding_freeze()
+     * can release the gradient without moving the values (views over the
+     * table, such as a tied output layer, keep pointing at them). */
+    void *storage, *grad_storage;
     tb_status s = tb_alloc(ctx, fn, bytes, &storage);
     if (s != TB_OK)
         return s;
-    float *w = storage;
-    if ((s = tb_rng_fill_normal(ctx, rng, w, n, 0.0f, 1.0f)) != TB_OK) {
+    if ((s = tb_alloc(ctx, fn, bytes, &grad_storage)) != TB_OK) {
         tb_free_with(&ctx->allocator, storage);
         return s;
     }
-    memset(w + n, 0, n * sizeof(float));
+    float *w = storage, *g = grad_storage;
+    if ((s = tb_rng_fill_normal(ctx, rng, w, n, 0.0f, 1.0f)) != TB_OK) {
+        tb_free_with(&ctx->allocator, storage);
+        tb_free_with(&ctx->allocator, grad_storage);
+        return s;
+    }
+    memset(g, 0, bytes);
     emb->num_embeddings = num_embeddings;
     emb->dim = dim;
     emb->padding_idx = -1;
     emb->storage = storage;
+    emb->grad_storage = grad_storage;
     emb->allocator = ctx->allocator;
     const size_t shape[2] = {num_embeddings, dim};
-    if ((s = tb_param_view(ctx, &emb->weight, w, w + n, 2, shape)) != TB_OK)
+    if ((s = tb_param_view(ctx, &emb->weight, w, g, 2, shape)) != TB_OK)
         tb_embedding_free(emb);
     return s;
+}
+
+void tb_embedding_freeze(tb_embedding *emb)
+{
+    if (!emb)
+        return;
+    if (emb->grad_storage)
+        tb_free_with(&emb->allocator, emb->grad_storage);
+    emb->grad_storage = NULL;
+    emb->weight.grad = NULL, emb->weight.trainable = 0;
 }
 
 void tb_embedding_free(tb_embedding *emb)
@@ -45,6 +64,8 @@ void tb_embedding_free(tb_embedding *emb)
     if (!emb)
         return;
     tb_free_with(&emb->allocator, emb->storage);
+    if (emb->grad_storage)
+        tb_free_with(&emb->allocator, emb->grad_storage);
     memset(emb, 0, sizeof *emb);
 }
 

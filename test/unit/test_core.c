@@ -520,9 +520,10 @@ START_TEST(allocator_hooks_are_used_and_failures_reported)
     ck_assert_int_eq(tb_embedding_init(&ctx, &emb, 4, 4, &rng), TB_OK);
     ck_assert_int_eq(tb_param_list_init(&ctx, &list), TB_OK);
     ck_assert_int_eq(tb_linear_params(&ctx, &lin, "l", &list), TB_OK);
-    /* The Linear's values and gradients are two allocations (so that
-     * tb_linear_freeze() can release the gradients alone). */
-    ck_assert_int_eq(c.allocs, 4);
+    /* The Linear's and the table's values and gradients are two allocations
+     * each (so that tb_linear_freeze() and tb_embedding_freeze() can release
+     * the gradients alone). */
+    ck_assert_int_eq(c.allocs, 5);
     tb_linear_freeze(&lin);
     ck_assert_int_eq(c.frees, 1);
     ck_assert_ptr_null(lin.weight.grad);
@@ -531,10 +532,16 @@ START_TEST(allocator_hooks_are_used_and_failures_reported)
     ck_assert_int_eq(lin.weight.trainable, 0);
     tb_linear_freeze(&lin); /* idempotent */
     ck_assert_int_eq(c.frees, 1);
+    tb_embedding_freeze(&emb);
+    ck_assert_int_eq(c.frees, 2);
+    ck_assert_ptr_null(emb.weight.grad);
+    ck_assert_ptr_nonnull(emb.weight.value);
+    tb_embedding_freeze(&emb); /* idempotent */
+    ck_assert_int_eq(c.frees, 2);
     tb_param_list_free(&list);
     tb_linear_free(&lin);
     tb_embedding_free(&emb);
-    ck_assert_int_eq(c.frees, 4);
+    ck_assert_int_eq(c.frees, 5);
 
     /* The gradients' allocation fails after the values': nothing leaks. */
     c.budget = c.allocs + 1;

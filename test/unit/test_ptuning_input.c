@@ -13,8 +13,8 @@
  *    and bitwise against an input built by hand here from the documented
  *    positions (forward and the gathered prompt gradient);
  *  - the frozen model: no gradient reaches any of its parameters, its
- *    projections hold no gradient buffers, the bytes still held are the
- *    embeddings' and norms' (tfm_freeze()'s count), the optimizer holds
+ *    projections and embeddings hold no gradient buffers, the bytes still
+ *    held are the norms' (tfm_freeze()'s count), the optimizer holds
  *    state for the encoder only;
  *  - export: ptin_export_peft() after two training steps loads with
  *    PeftModel.from_pretrained (test/oracle/peft_ptuning_verify.py, run
@@ -218,8 +218,8 @@ static size_t assert_model_untouched(const fixture *f)
                           np->name, j, (double)q->grad[j]);
     }
     /* Every Linear of every layer (c_attn, attn.c_proj, c_fc, mlp.c_proj:
-     * weight and bias) released its gradient. */
-    ck_assert_uint_eq(released, 8 * f->m.cfg.n_layer);
+     * weight and bias) and both embeddings (wte, wpe) released theirs. */
+    ck_assert_uint_eq(released, 8 * f->m.cfg.n_layer + 2);
     return held;
 }
 
@@ -258,14 +258,15 @@ START_TEST(test_ptuning_input_vs_peft)
         e_g = fmax(e_g, compare2(lbl, np->param->grad, g32.data, g64.data, g32.n, GRAD_RTOL,
                                  GRAD_ATOL_REL));
     }
-    /* Nothing reached the model; what it still holds is the embeddings' and
-     * norms' gradient buffers: (V + block) C + 4 C per layer + 2 C floats. */
+    /* Nothing reached the model; what it still holds is the norms'
+     * gradient buffers: 4 C per layer + 2 C floats (the embeddings' and
+     * projections' are released). */
     const size_t held = assert_model_untouched(&f);
     const size_t C = f.d;
     ck_assert_uint_eq(held, f.kept_grad_bytes);
-    ck_assert_uint_eq(held, ((f.m.cfg.vocab_size + f.m.cfg.block_size) * C +
-                             4 * C * f.m.cfg.n_layer + 2 * C) *
-                                sizeof(float));
+    ck_assert_uint_eq(held, (4 * C * f.m.cfg.n_layer + 2 * C) * sizeof(float));
+    ck_assert_ptr_null(f.m.t.wte.weight.grad);
+    ck_assert_ptr_null(f.m.t.wpe.weight.grad);
     /* An optimizer on the encoder's list: state for the encoder only. */
     tb_adam opt;
     const tb_adam_config acfg = tb_adamw_default_config();
