@@ -72,8 +72,9 @@ tb_status bert_cls_forward(tb_ctx *ctx, bert_cls *h, const float *out, size_t B,
                            const int32_t *labels, float *loss);
 
 /* Backward of the last forward with labels for dL/dloss = dloss: dout
- * (B, T, C) (the last forward's shape) written (position 0 of each row: the pooler's input gradient;
- * the rest 0), the trainable Linears' gradients added. */
+ * (B, T, C), the last forward's shape, written (position 0 of each row:
+ * the pooler's input gradient; every other position 0), the trainable
+ * Linears' gradients added. */
 tb_status bert_cls_backward(tb_ctx *ctx, bert_cls *h, float dloss, float *dout);
 
 #endif /* EX_BERT_CLS_H */

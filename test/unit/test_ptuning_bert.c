@@ -356,7 +356,8 @@ START_TEST(test_ptuning_bert_documented_layout)
     ck_assert_msg(memcmp(logits, f.h.logits, B * K * sizeof(float)) == 0,
                   "%s: logits differ from the hand-built input's", f.name);
     ck_assert(loss == loss2);
-    float *dout = tbt_alloc(B * T * C * sizeof(float)), *demb = tbt_alloc(B * T * C * sizeof(float));
+    float *dout = tbt_alloc(B * T * C * sizeof(float));
+    float *demb = tbt_alloc(B * T * C * sizeof(float));
     CHECK_OK(f.ctx, bert_cls_backward(&f.ctx, &f.h, 1.0f, dout));
     CHECK_OK(f.ctx, tfm_backward(&f.ctx, &f.m, &f.a, dout, demb));
     float *dp2 = tbt_alloc(n * C * sizeof(float));
