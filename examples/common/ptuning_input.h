@@ -56,9 +56,11 @@
  *   - key_valid: 1 at every virtual position, the attention mask at the
  *     real ones (PEFT prepends ones), as for the decoder;
  *   - no token labels: the labels (B) are the head's (bert_cls.h), whose
- *     pooler reads position 0 of every row, i.e. the FIRST VIRTUAL TOKEN's
- *     output, not [CLS]'s (as under PEFT: BertPooler takes hidden[:, 0] of
- *     the extended sequence).
+ *     pooler reads position 0 of every row, i.e. in prefix mode the FIRST
+ *     VIRTUAL TOKEN's output, not [CLS]'s (as under PEFT: BertPooler takes
+ *     hidden[:, 0] of the extended sequence; [CLS] at n is attended to
+ *     like any other token). A template with g_0 = 0 would give the pooler
+ *     [CLS] instead (PEFT has no templates).
  * ptin_bert_cls_forward() / _backward() wire it: encode, build, the
  * bidirectional stack, the head and its cross-entropy; backward runs the
  * head (its classifier's gradients added, as PEFT trains the classifier),
