@@ -40,6 +40,7 @@ static tb_status layout(tb_ctx *ctx, tb_arena *ar, void *obj)
     TRY(ex_take_f32(ctx, ar, RC, &p->d_embeds));
     TRY(ex_take(ctx, ar, R, sizeof(int32_t), (void **)&p->targets));
     TRY(ex_take(ctx, ar, R, sizeof(int32_t), (void **)&p->slot));
+    TRY(ex_take(ctx, ar, R, sizeof(int32_t), (void **)&p->type_ids));
     TRY(ex_take(ctx, ar, R, sizeof(uint8_t), (void **)&p->key_valid));
     if (p->enc_cache_bytes)
         TRY(tb_arena_alloc(ctx, ar, p->enc_cache_bytes, &p->enc_cache));
@@ -180,6 +181,33 @@ tb_status ptin_build(tb_ctx *ctx, ptin *p, const tb_embedding *wte, const float 
     return TB_OK;
 }
 
+tb_status ptin_build_encoder(tb_ctx *ctx, ptin *p, const tfm *m, const float *prompts,
+                             const int32_t *ids, const int32_t *type_ids,
+                             const uint8_t *attention_mask, const size_t *cuts, size_t B, size_t L)
+{
+    if (!m)
+        return fail(ctx, TB_ERR_NULL_ARG, "ptin: build needs the model");
+    if (type_ids && !m->cfg.type_vocab_size)
+        return fail(ctx, TB_ERR_INVALID_ARG,
+                    "ptin: token types given to a model without a token-type embedding");
+    if (type_ids && p && B <= p->max_b && L <= p->max_l) /* the shape is ptin_build()'s to refuse */
+        for (size_t i = 0; i < B * L; i++)
+            if (type_ids[i] < 0 || (size_t)type_ids[i] >= m->cfg.type_vocab_size)
+                return fail(ctx, TB_ERR_INVALID_ARG,
+                            "ptin: row %zu, token %zu: token type %d outside 0..%zu", i / L,
+                            i % L, (int)type_ids[i], m->cfg.type_vocab_size - 1);
+    TRY(ptin_build(ctx, p, &m->wte, prompts, ids, attention_mask, NULL, cuts, B, L));
+    if (!type_ids)
+        return TB_OK; /* the stack's default: type 0 everywhere, as BERT's buffered zeros */
+    const size_t T = p->n + L;
+    for (size_t j = 0; j < B * T; j++) {
+        const int32_t s = p->slot[j];
+        p->type_ids[j] = s < 0 ? 0 : type_ids[(j / T) * L + (size_t)s];
+    }
+    p->in.type_ids = p->type_ids;
+    return TB_OK;
+}
+
 const int32_t *ptin_targets(const ptin *p)
 {
     return p && p->has_targets ? p->targets : NULL;
@@ -240,6 +268,36 @@ tb_status ptin_gpt_backward(tb_ctx *ctx, gpt *m, gpt_acts *a, ptin *p, tb_ptunin
     if (!p->has_targets)
         return fail(ctx, TB_ERR_STATE, "ptin: backward after a forward without labels");
     TRY(gpt_backward_embeds(ctx, m, a, p->targets, dloss, p->d_embeds));
+    return ptin_backward(ctx, p, enc);
+}
+
+/* ---- BERT sequence classification ---------------------------------------------------- */
+
+tb_status ptin_bert_cls_forward(tb_ctx *ctx, tfm *m, tfm_acts *a, bert_cls *h, ptin *p,
+                                const tb_ptuning *enc, tb_mode mode, tb_rng *rng,
+                                const int32_t *ids, const int32_t *type_ids,
+                                const uint8_t *attention_mask, const int32_t *labels,
+                                const size_t *cuts, size_t B, size_t L, float *loss)
+{
+    if (!m || !a || !h || !p)
+        return fail(ctx, TB_ERR_NULL_ARG, "ptin: no model, activations, head or buffers");
+    if (m->cfg.causal)
+        return fail(ctx, TB_ERR_INVALID_ARG, "ptin: a classifier on a causal stack");
+    if (enc)
+        TRY(ptin_encode(ctx, p, enc, mode, rng));
+    TRY(ptin_build_encoder(ctx, p, m, p->prompts, ids, type_ids, attention_mask, cuts, B, L));
+    TRY(tfm_forward(ctx, m, a, mode, rng, &p->in));
+    return bert_cls_forward(ctx, h, a->out, B, p->in.seq, labels, loss);
+}
+
+tb_status ptin_bert_cls_backward(tb_ctx *ctx, tfm *m, tfm_acts *a, bert_cls *h, ptin *p,
+                                 tb_ptuning *enc, float dloss)
+{
+    if (!m || !a || !h || !p || !enc)
+        return fail(ctx, TB_ERR_NULL_ARG, "ptin: no model, activations, head, buffers or encoder");
+    /* dout in a->dt1: tfm_backward() reads it before using it as scratch. */
+    TRY(bert_cls_backward(ctx, h, dloss, a->dt1));
+    TRY(tfm_backward(ctx, m, a, a->dt1, p->d_embeds));
     return ptin_backward(ctx, p, enc);
 }
 

@@ -2,8 +2,10 @@
  * P-tuning on the shared transformer stack: the prompt encoder's n virtual
  * tokens (tblocks/ptuning.h) inserted into a frozen model's input as input
  * embeddings (tfm_input.embeds), as Hugging Face PEFT's
- * PeftModelForCausalLM does for P_TUNING, plus the original P-tuning's
- * templates, PEFT-format export and the freezing of the model.
+ * PeftModelForCausalLM (a GPT-2 decoder) and
+ * PeftModelForSequenceClassification (a BERT encoder with a classifier) do
+ * for P_TUNING, plus the original P-tuning's templates, PEFT-format export
+ * and the freezing of the model.
  *
  * ---- Where the virtual tokens go ------------------------------------------
  * A template is G >= 2 groups of virtual tokens g_0 .. g_{G-1} (summing to
@@ -38,6 +40,31 @@
  * position has none. So the virtual positions' own labels are ignored, but
  * the position just before a real token predicts it: in prefix mode the
  * last virtual token predicts labels[0], as under PEFT.
+ *
+ * ---- An encoder with a classifier (BERT, SEQ_CLS) ------------------------------
+ * PeftModelForSequenceClassification builds the same prefix: the n prompts
+ * are concatenated before the embeddings of the whole tokenized input, so
+ * before [CLS] (ptin_build_encoder(); templates work the same way, the
+ * original P-tuning's encoder layout):
+ *   - positions: the stack's 0 .. n+L-1 over virtual and real tokens alike:
+ *     BertEmbeddings given inputs_embeds and no position_ids takes
+ *     arange(n + L) (PEFT drops any position_ids it is given), so [CLS]
+ *     sits at position n and padding keeps its positions;
+ *   - token types: 0 at every virtual position (PEFT prepends n zeros to
+ *     token_type_ids), the row's own at the real ones; with no token types
+ *     (NULL) the stack's default 0 everywhere, as BERT's buffered zeros;
+ *   - key_valid: 1 at every virtual position, the attention mask at the
+ *     real ones (PEFT prepends ones), as for the decoder;
+ *   - no token labels: the labels (B) are the head's (bert_cls.h), whose
+ *     pooler reads position 0 of every row, i.e. in prefix mode the FIRST
+ *     VIRTUAL TOKEN's output, not [CLS]'s (as under PEFT: BertPooler takes
+ *     hidden[:, 0] of the extended sequence; [CLS] at n is attended to
+ *     like any other token). A template with g_0 = 0 would give the pooler
+ *     [CLS] instead (PEFT has no templates).
+ * ptin_bert_cls_forward() / _backward() wire it: encode, build, the
+ * bidirectional stack, the head and its cross-entropy; backward runs the
+ * head (its classifier's gradients added, as PEFT trains the classifier),
+ * the frozen stack down to d_embeds and the gather below.
  *
  * ---- Training ---------------------------------------------------------------
  * The encoder runs once per step (ptin_encode()), its (n, d) output is
@@ -76,6 +103,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "bert_cls.h"
 #include "gpt.h"
 #include "tblocks.h"
 #include "tfm.h"
@@ -104,6 +132,7 @@ typedef struct ptin {
     uint8_t *key_valid;      /* (max_b, n + max_l) */
     int32_t *targets;        /* (max_b, n + max_l) shifted targets, -100 ignored */
     int32_t *slot;           /* (max_b, n + max_l): t >= 0 real token t, -1 - v virtual v */
+    int32_t *type_ids;       /* (max_b, n + max_l) token types (ptin_build_encoder()) */
     void *enc_cache;         /* the encoder's training cache */
     size_t enc_cache_bytes;
     size_t b, l;             /* the last ptin_build() */
@@ -135,6 +164,15 @@ tb_status ptin_build(tb_ctx *ctx, ptin *p, const tb_embedding *wte, const float 
                      const int32_t *ids, const uint8_t *attention_mask, const int32_t *labels,
                      const size_t *cuts, size_t B, size_t L);
 
+/* An encoder's input (see above): ptin_build() without token labels, with
+ * m's wte, and token types type_ids (B, L) (NULL: none) moved to the real
+ * tokens' positions, 0 at the virtual ones (p->in.type_ids). Also
+ * TB_ERR_INVALID_ARG for a token type outside m's wtt (naming the row and
+ * token) or token types for a model without one. */
+tb_status ptin_build_encoder(tb_ctx *ctx, ptin *p, const tfm *m, const float *prompts,
+                             const int32_t *ids, const int32_t *type_ids,
+                             const uint8_t *attention_mask, const size_t *cuts, size_t B, size_t L);
+
 /* The targets of the last build, or NULL if it had no labels. */
 const int32_t *ptin_targets(const ptin *p);
 
@@ -161,6 +199,25 @@ tb_status ptin_gpt_forward(tb_ctx *ctx, gpt *m, gpt_acts *a, ptin *p, const tb_p
  * frozen model, then into enc's gradients (ADDED, scaled by dloss). */
 tb_status ptin_gpt_backward(tb_ctx *ctx, gpt *m, gpt_acts *a, ptin *p, tb_ptuning *enc,
                             float dloss);
+
+/* ---- BERT sequence classification under P-tuning ------------------------------------ */
+
+/* encode (enc, or NULL: p->prompts as they are), ptin_build_encoder(),
+ * tfm_forward() on the bidirectional stack m (a->max_t >= n + L), the head
+ * h: logits (B, K) in h->logits, and with labels (B) (class ids or -100)
+ * *loss as BertForSequenceClassification's under PEFT. */
+tb_status ptin_bert_cls_forward(tb_ctx *ctx, tfm *m, tfm_acts *a, bert_cls *h, ptin *p,
+                                const tb_ptuning *enc, tb_mode mode, tb_rng *rng,
+                                const int32_t *ids, const int32_t *type_ids,
+                                const uint8_t *attention_mask, const int32_t *labels,
+                                const size_t *cuts, size_t B, size_t L, float *loss);
+
+/* Backward of the last ptin_bert_cls_forward() with labels: the head (its
+ * trainable Linears' gradients ADDED), the frozen stack down to d_embeds
+ * (a->dt1 holds the head's dout), then enc's gradients (ADDED), all scaled
+ * by dloss. */
+tb_status ptin_bert_cls_backward(tb_ctx *ctx, tfm *m, tfm_acts *a, bert_cls *h, ptin *p,
+                                 tb_ptuning *enc, float dloss);
 
 /* ---- PEFT export ---------------------------------------------------------------------- */
 

@@ -37,6 +37,7 @@
     X(lora_file)      \
     X(tfm)            \
     X(ptuning_input)  \
+    X(ptuning_bert)   \
     X(prefix_tuning)  \
     X(harness)        \
     X(examples)
