@@ -287,6 +287,7 @@ static void fill_fields(const lstm_shape *sh, const tb_tensor *h0, const tb_tens
 
 typedef struct units {
     size_t n, blocks, rows; /* units, row blocks per direction, rows per block */
+    int threads;            /* threads that run them: at most the context's, 1 for small work */
     size_t per;             /* floats of scratch per unit */
     size_t work;            /* of which tb_gemm_serial's */
 } units;
@@ -302,6 +303,13 @@ static units plan_units(const tb_ctx *ctx, const lstm_shape *sh)
         u.blocks = sh->B;
     u.rows = (sh->B + u.blocks - 1) / u.blocks;
     u.n = u.blocks * sh->D;
+    /* The recurrence's work: 2 (4H x H) multiply-adds per row, step and
+     * direction, forward or backward. Units never outnumber the threads the
+     * context allows (with one thread a bidirectional layer's two
+     * directions run one after the other). */
+    const int by_work =
+        tb_threads_for(ctx, 8.0 * (double)sh->B * (double)sh->T * (double)sh->H * sh->H * sh->D);
+    u.threads = (size_t)by_work < u.n ? by_work : (int)u.n;
     const size_t w1 = tb_gemm_serial_work(ctx, u.rows, 4 * sh->H, sh->H);
     const size_t w2 = tb_gemm_serial_work(ctx, u.rows, sh->H, 4 * sh->H);
     u.work = w1 > w2 ? w1 : w2;
@@ -372,7 +380,7 @@ static tb_status forward_unit(const tb_ctx *ctx, const fwd_layer *f, size_t d, s
 #define RUN_UNITS(ctx, u, call)                                                          \
     do {                                                                                 \
         tb_status first_ = TB_OK;                                                        \
-        _Pragma("omp parallel for num_threads((int)(u).n) schedule(static)")              \
+        _Pragma("omp parallel for num_threads((u).threads) schedule(static)")             \
         for (size_t un_ = 0; un_ < (u).n; un_++) {                                        \
             const size_t d_ = un_ / (u).blocks, blk_ = un_ % (u).blocks;                  \
             const size_t b0_ = blk_ * (u).rows;                                          \
