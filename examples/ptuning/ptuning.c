@@ -59,7 +59,7 @@
 typedef struct opts {
     uint64_t pre_steps, steps, seeds, layers, heads, width, context, batch, seed, threads,
         corpus_kb, n_virtual, hidden, eval_every;
-    double lr_pre, lr, target;
+    double lr_pre, lr, lr_plain, target;
 } opts;
 
 /* What every phase shares. The adaptation windows are L = context - n
@@ -295,7 +295,7 @@ static tb_status adapt(world *w, gpt *m, gpt_acts *a0, const opts *o, int kind, 
     ex_rss_phase_start();
     tb_status s = way_init(w, m, o, kind, &init_rng, &wy);
     tb_adam_config oc = tb_adamw_default_config();
-    oc.lr = (float)o->lr;
+    oc.lr = (float)(kind == W_PLAIN ? o->lr_plain : o->lr);
     oc.beta2 = 0.95f;
     oc.weight_decay = 0.0f;
     const tb_lr_schedule sched =
@@ -353,7 +353,7 @@ static int parse(int argc, char **argv, opts *o)
 {
     *o = (opts){.pre_steps = 800, .steps = 300, .seeds = 3, .layers = 2, .heads = 4,
                 .width = 64, .context = 48, .batch = 16, .seed = 1, .corpus_kb = 200,
-                .n_virtual = 8, .hidden = 0, .eval_every = 20, .lr_pre = 3e-3, .lr = 1e-2,
+                .n_virtual = 8, .hidden = 0, .eval_every = 20, .lr_pre = 3e-3, .lr = 1e-2, .lr_plain = 1e-1,
                 .target = 0.0};
     const ex_opt op[] = {
         {"pretrain-steps", "N", "AdamW steps on task 1", 1, 1000000, &o->pre_steps},
@@ -377,7 +377,9 @@ static int parse(int argc, char **argv, opts *o)
     };
     const ex_xopt xo[] = {
         {"lr-pretrain", "X", "peak learning rate of pre-training", &o->lr_pre, NULL, 1e-6, 1.0},
-        {"lr", "X", "peak learning rate of every way", &o->lr, NULL, 1e-6, 1.0},
+        {"lr", "X", "peak learning rate of P-tuning and prefix tuning", &o->lr, NULL, 1e-6, 1.0},
+        {"lr-plain", "X", "peak learning rate of the plain prompts", &o->lr_plain, NULL, 1e-6,
+         10.0},
         {"target", "X",
          "task-2 validation loss to count steps to (0: 90% of the way from the frozen "
          "model's loss to the worst way's mean final loss)",
@@ -479,9 +481,9 @@ int main(int argc, char **argv)
                "%.4f, task 2 %.4f\n",
                w.L, pre[0], pre[1]);
         printf("\n2. learning task 2 through %zu virtual tokens, four ways, from the frozen "
-               "model:\n   %llu AdamW steps each, lr %g, %llu seeds; task-2 validation every %llu "
-               "steps\n",
-               w.n, (unsigned long long)o.steps, o.lr, (unsigned long long)o.seeds,
+               "model:\n   %llu AdamW steps each, lr %g (plain prompts %g), %llu seeds; task-2 "
+               "validation every %llu steps\n",
+               w.n, (unsigned long long)o.steps, o.lr, o.lr_plain, (unsigned long long)o.seeds,
                (unsigned long long)o.eval_every);
         ex_rss_phase_start();
         printf("   resident before each: %ld KiB (code, corpora, the frozen model)\n",
