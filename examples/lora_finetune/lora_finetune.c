@@ -31,13 +31,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#ifdef __GLIBC__
-#include <malloc.h> /* malloc_trim */
-#endif
 
 #include "ex_cli.h"
 #include "ex_corpus.h"
 #include "ex_file.h"
+#include "ex_finetune.h"
 #include "ex_random.h"
 #include "ex_text.h"
 #include "gpt.h"
@@ -64,37 +62,14 @@ static const char *const TARGETS[] = {"c_attn", "attn.c_proj"};
 
 /* ---- data -------------------------------------------------------------------------- */
 
-typedef struct corpus {
-    char *text;
-    size_t n_train, n_val; /* the first n_train bytes train, the next n_val validate */
-} corpus;
+typedef ex_ft_corpus corpus;
 
-static int corpus_make(const ex_grammar *g, uint64_t seed, size_t bytes, size_t T, corpus *c)
-{
-    size_t len = 0;
-    c->text = ex_grammar_text(g, seed, bytes, &len);
-    if (!c->text)
-        return 0;
-    c->n_val = len * VAL_PERCENT / 100;
-    c->n_train = len - c->n_val;
-    return c->n_val >= T + 2;
-}
-
-/* B windows of T+1 bytes: from random training offsets, or (val) from
- * fixed offsets spread over the validation part. */
+/* B windows of T+1 bytes (ex_ft_windows()): training ones from rng, or
+ * validation batch idx of VAL_BATCHES. */
 static void windows(const corpus *c, tb_rng *rng, int val, size_t idx, size_t B, size_t T,
                     int32_t *x, int32_t *y)
 {
-    const unsigned char *bytes = (const unsigned char *)c->text;
-    for (size_t b = 0; b < B; b++) {
-        const size_t off = val ? c->n_train + (c->n_val - T - 1) * (idx * B + b) /
-                                                  (VAL_BATCHES * B)
-                               : ex_rand_below(rng, c->n_train - T - 1);
-        for (size_t t = 0; t < T; t++) {
-            x[b * T + t] = bytes[off + t];
-            y[b * T + t] = bytes[off + t + 1];
-        }
-    }
+    ex_ft_windows(c, rng, val, idx, VAL_BATCHES, B, T, x, y);
 }
 
 /* What every phase shares. */
@@ -117,64 +92,6 @@ static tb_status val_loss(world *w, gpt *m, gpt_acts *a, const corpus *c, double
     }
     *out = sum / VAL_BATCHES;
     return TB_OK;
-}
-
-/* ---- measuring -------------------------------------------------------------------------- */
-
-/* Bytes of the values and of the gradient buffers that exist (grad not
- * NULL, trainable or not) of a list's parameters. */
-static void list_bytes(const tb_param_list *l, size_t *values, size_t *grads)
-{
-    for (size_t i = 0; i < l->count; i++) {
-        const tb_param *p = l->items[i].param;
-        *values += p->numel * sizeof(float);
-        if (p->grad)
-            *grads += p->numel * sizeof(float);
-    }
-}
-
-/* Resident memory, Linux only (-1 elsewhere): a field of /proc/self/status
- * in KiB, VmRSS (now) or VmHWM (the peak since the last reset). */
-static long proc_kib(const char *field)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long kib = -1;
-    const size_t n = strlen(field);
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, field, n) == 0 && line[n] == ':')
-            kib = strtol(line + n + 1, NULL, 10);
-    if (f)
-        fclose(f);
-    return kib;
-}
-
-/* Start measuring a phase's peak: VmHWM is reset to the current resident
- * size by writing "5" to /proc/self/clear_refs. glibc keeps memory an
- * earlier phase freed (its mmap threshold grows with the blocks freed), so
- * malloc_trim() hands that back first; otherwise the next phase would
- * reuse it unseen and the peak would be the earlier phase's. */
-static void rss_phase_start(void)
-{
-#ifdef __GLIBC__
-    malloc_trim(0);
-#endif
-    FILE *f = fopen("/proc/self/clear_refs", "w");
-    if (f) {
-        fputs("5", f);
-        fclose(f);
-    }
-}
-
-/* FNV-1a over the values of a list: equal runs have equal weights bit for bit. */
-static uint64_t checksum(const tb_param_list *l, uint64_t h)
-{
-    for (size_t i = 0; i < l->count; i++) {
-        const unsigned char *b = (const unsigned char *)l->items[i].param->value;
-        for (size_t k = 0; k < l->items[i].param->numel * sizeof(float); k++)
-            h = (h ^ b[k]) * 1099511628211ull;
-    }
-    return h;
 }
 
 /* ---- generation ------------------------------------------------------------------------- */
@@ -379,7 +296,7 @@ static tb_status adapt(world *w, const run_opts *o, const method *me, const floa
     memset(r, 0, sizeof *r);
     tb_rng rng;
     tb_rng_init(&rng, o->seed + 2); /* adapters' initial values, then the batches */
-    rss_phase_start();
+    ex_rss_phase_start();
     tb_status s = fresh_model(w, &m, pre);
     tb_param_list *list = &m.params;
     if (s == TB_OK && me->lora) {
@@ -412,20 +329,20 @@ static tb_status adapt(world *w, const run_opts *o, const method *me, const floa
     if (s == TB_OK)
         s = train(w, &m, &a, list, &opt, &w->task[1], o->steps, &rng, &r->ms_per_step);
     if (s == TB_OK) {
-        r->rss_kib = proc_kib("VmHWM");
+        r->rss_kib = ex_proc_kib("VmHWM");
         r->trainable = tb_param_list_numel(list, 1);
         size_t values = 0, grads = 0, lv = 0, lg = 0;
-        list_bytes(&m.params, &values, &grads);
+        ex_ft_list_bytes(&m.params, &values, &grads);
         r->frozen_grad_bytes = me->lora ? grads : 0;
         if (me->lora)
-            list_bytes(&lora_list, &lv, &lg);
+            ex_ft_list_bytes(&lora_list, &lv, &lg);
         r->grad_bytes = grads + lg;
         r->adam_bytes = tb_adam_state_bytes(&opt);
         size_t caches = 0;
         for (size_t i = 0; i < tl.n_sites; i++)
             caches += tl.sites[i].cache_bytes;
         r->accounted_bytes = values + lv + r->grad_bytes + r->adam_bytes + a.bytes + caches;
-        r->sum = checksum(list, checksum(&m.params, 14695981039346656037ull));
+        r->sum = ex_ft_checksum(list, ex_ft_checksum(&m.params, EX_FNV_OFFSET));
         s = val_loss(w, &m, &a, &w->task[0], &r->loss[0]);
     }
     if (s == TB_OK)
@@ -496,8 +413,10 @@ static int world_init(world *w, uint64_t seed, uint64_t corpus_kb)
     w->x = malloc(w->B * w->T * sizeof(int32_t));
     w->y = malloc(w->B * w->T * sizeof(int32_t));
     if (!w->x || !w->y ||
-        !corpus_make(&ex_grammar_garden, seed, corpus_kb * 1024, w->T, &w->task[0]) ||
-        !corpus_make(&ex_grammar_kitchen, seed + 1, corpus_kb * 1024, w->T, &w->task[1])) {
+        !ex_ft_corpus_make(&ex_grammar_garden, seed, corpus_kb * 1024, w->T, VAL_PERCENT,
+                           &w->task[0]) ||
+        !ex_ft_corpus_make(&ex_grammar_kitchen, seed + 1, corpus_kb * 1024, w->T, VAL_PERCENT,
+                           &w->task[1])) {
         fprintf(stderr, "error: out of memory for the corpora, or --corpus-kb too small for "
                         "the context\n");
         return 0;
@@ -642,9 +561,9 @@ static int cmd_run(int argc, char **argv)
                (unsigned long long)o.steps, o.lr_full, o.lr_lora);
         printf("   adapters on c_attn and attn.c_proj of every layer, alpha = 2r (scale 2); "
                "MLP, embeddings, LayerNorms frozen\n");
-        rss_phase_start();
+        ex_rss_phase_start();
         printf("   resident before each: %ld KiB (code, corpora, the pre-trained copy)\n\n",
-               proc_kib("VmRSS"));
+               ex_proc_kib("VmRSS"));
         printf("   %-17s %9s %10s %10s %11s %10s %8s %8s %8s\n", "", "trainable", "grads KiB",
                "Adam KiB", "memory KiB", "peak RSS", "ms/step", "task 1", "task 2");
         fflush(stdout);

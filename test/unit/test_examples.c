@@ -1032,6 +1032,81 @@ START_TEST(lora_finetune_compares_and_merges)
 }
 END_TEST
 
+/* ---- ptuning ------------------------------------------------------------------------- */
+
+/* The learning run (one thread: a few seconds, the LSTM encoder's steps
+ * most of it) and a tiny one for the thread comparison (two threads on a
+ * loaded machine are slow, so that one is kept short). */
+#define PTUNING_SMALL "--pretrain-steps 300 --steps 150 --seeds 2 --layers 2 --width 32 " \
+                      "--heads 2 --context 32 --batch 8 --corpus-kb 16 --virtual 4 "      \
+                      "--encoder-hidden 16 --eval-every 5"
+#define PTUNING_TINY "--pretrain-steps 20 --steps 10 --seeds 1 --layers 2 --width 32 " \
+                     "--heads 2 --context 32 --batch 4 --corpus-kb 16 --virtual 4 "   \
+                     "--encoder-hidden 16 --eval-every 5"
+
+/* ptuning: the trainable counts are the encoders' and the prefix's
+ * formulas, only they hold gradients and AdamW state, the frozen model's
+ * task-1 loss and weights come out bit for bit unchanged, every way lowers
+ * the task-2 loss in every seed, and 1 and 2 threads print the same
+ * numbers. */
+START_TEST(ptuning_learns_through_virtual_tokens)
+{
+    enum { CAP = 1 << 15 };
+    char *a = tbt_alloc(CAP), *b = tbt_alloc(CAP), *ka = tbt_alloc(CAP), *kb = tbt_alloc(CAP);
+    ck_assert_int_eq(run_example("ptuning", PTUNING_SMALL " --threads 1", a, CAP), 0);
+    assert_kernel_banner("ptuning", a);
+    const char *fin = strstr(a, "\nfinal: ");
+    ck_assert_msg(fin != NULL, "no final line in:\n%s", a);
+    const size_t L = 2, C = 32, n = 4, H = 16;
+    const size_t plain = n * C;
+    const size_t mlp = n * C + (C * H + H) + (H * H + H) + (H * C + C);
+    /* BiLSTM(C, H, 2 layers): per direction 4H (in + H) weights and two 4H biases. */
+    const size_t lstm = n * C + 2 * (4 * H * (C + H) + 8 * H) + 2 * (4 * H * (2 * H + H) + 8 * H) +
+                        (2 * H * 2 * H + 2 * H) + (2 * H * C + C);
+    const size_t prefix = n * 2 * L * C;
+    const char *keys[4] = {"lstm", "mlp", "plain", "prefix"};
+    const size_t want[4] = {lstm, mlp, plain, prefix};
+    const double pre2 = field_of(fin, "pre_t2");
+    printf("  ptuning: task 2 before %.3f;", pre2);
+    for (int k = 0; k < 4; k++) {
+        char key[32];
+        snprintf(key, sizeof key, "%s_n", keys[k]);
+        ck_assert_uint_eq((size_t)field_of(fin, key), want[k]);
+        snprintf(key, sizeof key, "%s_grad", keys[k]);
+        ck_assert_uint_eq((size_t)field_of(fin, key), 4 * want[k]);
+        snprintf(key, sizeof key, "%s_adam", keys[k]);
+        ck_assert_msg(field_of(fin, key) >= 8.0 * (double)want[k] &&
+                          field_of(fin, key) < 8.0 * (double)want[k] + 65536.0,
+                      "%s: AdamW state %g bytes for %zu parameters", keys[k], field_of(fin, key),
+                      want[k]);
+        snprintf(key, sizeof key, "%s_t2max", keys[k]);
+        const double worst = field_of(fin, key);
+        snprintf(key, sizeof key, "%s_t2", keys[k]);
+        printf(" %s %.3f (worst seed %.3f)", keys[k], field_of(fin, key), worst);
+        ck_assert_msg(worst < pre2 - 0.01, "%s did not lower the task-2 loss in every seed: %g "
+                                           "vs %g before",
+                      keys[k], worst, pre2);
+    }
+    printf("\n");
+    ck_assert_msg(field_of(fin, "frozen_ok") == 1.0, "the frozen model changed:\n%s", a);
+    ck_assert_msg(strstr(a, "bitwise unchanged in every run") != NULL, "%s", a);
+    ck_assert_int_eq(run_example("ptuning", PTUNING_TINY " --threads 1", a, CAP), 0);
+    ck_assert_int_eq(run_example("ptuning", PTUNING_TINY " --threads 2", b, CAP), 0);
+    deterministic_lines(a, ka, CAP);
+    deterministic_lines(b, kb, CAP);
+    ck_assert_msg(strstr(ka, "checksums:") != NULL, "no checksums in:\n%s", a);
+    ck_assert_msg(strcmp(ka, kb) == 0, "1-thread and 2-thread outputs differ:\n%s\n---\n%s", ka,
+                  kb);
+    char small[4096];
+    ck_assert_int_eq(run_example("ptuning", "--heads 3", small, sizeof small), 2);
+    ck_assert_int_eq(run_example("ptuning", "--bogus", small, sizeof small), 2);
+    ck_assert_int_eq(run_example("ptuning", "--steps 0", small, sizeof small), 2);
+    ck_assert_int_eq(run_example("ptuning", "--virtual 41", small, sizeof small), 2);
+    ck_assert_int_eq(run_example("ptuning", "--help", small, sizeof small), 0);
+    free(a), free(b), free(ka), free(kb);
+}
+END_TEST
+
 /* ---- every program as a command-line tool ------------------------------------------- */
 
 /* Run `cd <cwd> && <bin> <args> <redirect>` through the shell; the captured
@@ -1176,6 +1251,7 @@ Suite *suite_examples(void)
     tcase_add_test(tc, gpt_escapes_control_characters);
     tcase_add_test(tc, attention_scaling_memory_and_heat_maps);
     tcase_add_test(tc, lora_finetune_compares_and_merges);
+    tcase_add_test(tc, ptuning_learns_through_virtual_tokens);
     tcase_add_test(tc, examples_behave_as_command_line_tools);
     suite_add_tcase(s, tc);
     TCase *text = tcase_create("ex_text"); /* the examples' text helpers, in process */
