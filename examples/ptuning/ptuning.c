@@ -41,6 +41,7 @@
 #include "prefix_tuning.h"
 #include "ptuning_input.h"
 #include "tblocks.h"
+#include "ex_try.h"
 
 #define VOCAB 256
 #define VAL_PERCENT 10
@@ -48,13 +49,6 @@
 #define CLIP_NORM 1.0f
 #define MAX_SEEDS 16
 #define IGNORE (-100)
-
-#define TRY(call)                       \
-    do {                                \
-        tb_status try_status_ = (call); \
-        if (try_status_ != TB_OK)       \
-            return try_status_;         \
-    } while (0)
 
 typedef struct opts {
     uint64_t pre_steps, steps, seeds, layers, heads, width, context, batch, seed, threads,
