@@ -786,6 +786,17 @@ tb_status tfm_freeze(tb_ctx *ctx, tfm *m, size_t *kept_grad_bytes)
     tb_embedding_freeze(&m->wpe);
     if (m->cfg.type_vocab_size)
         tb_embedding_freeze(&m->wtt);
+    /* The norms (a BatchNorm only by flag: its gradients share an
+     * allocation with its running statistics). */
+    tfm_norm *norms[2 + 2 * TFM_MAX_LAYER];
+    size_t nn = 0;
+    norms[nn++] = &m->embed_norm, norms[nn++] = &m->final_norm;
+    for (size_t l = 0; l < m->cfg.n_layer; l++)
+        norms[nn++] = &m->layers[l].norm_attn, norms[nn++] = &m->layers[l].norm_mlp;
+    for (size_t i = 0; i < nn; i++) {
+        tb_layernorm_freeze(&norms[i]->ln);
+        tb_rmsnorm_freeze(&norms[i]->rms);
+    }
     tb_param_list list;
     TRY(tb_param_list_init(ctx, &list));
     tb_status s = tfm_params(ctx, m, "", &list);

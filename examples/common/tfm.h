@@ -259,13 +259,14 @@ tb_status tfm_visit_projs(tb_ctx *ctx, tfm *m, const char *prefix, tfm_proj_visi
                           void *user);
 
 /* Freeze the whole stack (a frozen base model under an adapter that is
- * not a projection's, e.g. P-tuning): every projection's Linear with
- * tb_linear_freeze() and the embeddings with tb_embedding_freeze() (their
- * gradient buffers released), the norms marked not trainable. Backward then
- * adds no parameter gradient of the stack and still computes the
- * activations' gradients (d_embeds). Only the norms keep their (small)
- * gradient buffers, one allocation with their values: *kept_grad_bytes (may
- * be NULL) receives their size (4 C floats per norm). */
+ * not a projection's, e.g. P-tuning): every projection's Linear, the
+ * embeddings and the LayerNorms or RMSNorms with their *_freeze() (gradient
+ * buffers released), so the stack keeps no gradient buffer and needs no
+ * optimizer state. Backward then adds no parameter gradient of the stack
+ * and still computes the activations' gradients (d_embeds). A BatchNorm
+ * (norm_compare's) is only marked not trainable: its gradients share an
+ * allocation with its running statistics; *kept_grad_bytes (may be NULL)
+ * receives the bytes of gradient buffers still held (0 without BatchNorm). */
 tb_status tfm_freeze(tb_ctx *ctx, tfm *m, size_t *kept_grad_bytes);
 
 /* ---- forward and backward --------------------------------------------------------- */

@@ -467,7 +467,7 @@ int main(int argc, char **argv)
                w.cfg.n_layer, w.cfg.n_head, w.cfg.n_embd, w.cfg.block_size,
                tb_param_list_numel(&m.params, 0), ms);
         printf("   frozen (tfm_freeze): trainable %zu; %.1f KiB of values, %.1f KiB of gradient "
-               "buffers kept (embeddings, LayerNorms)\n",
+               "buffers kept\n",
                tb_param_list_numel(&m.params, 1),
                (double)(tb_param_list_numel(&m.params, 0) * sizeof(float)) / 1024.0,
                (double)kept / 1024.0);
@@ -559,7 +559,7 @@ int main(int argc, char **argv)
                "%llu seeds)\n",
                pre[0], pre[1], (unsigned long long)o.seeds);
         printf("   grad+Adam: KiB of the trainable parameters' gradients and AdamW's state "
-               "(the frozen model's\n   %.1f KiB of kept gradient buffers are the same for "
+               "(the frozen model\n   keeps %.1f KiB of gradient buffers, the same for "
                "every way and not counted)\n",
                (double)kept / 1024.0);
         printf("   memory: the way's values + grad + Adam + activations + its input buffers, as "

@@ -39,9 +39,20 @@ typedef struct tb_layernorm {
     unsigned flags;         /**< TB_NORM_SCALE and/or TB_NORM_SHIFT. */
     tb_param weight;        /**< `(C)`, initialised to 1; empty without SCALE. */
     tb_param bias;          /**< `(C)`, initialised to 0; empty without SHIFT. */
-    void *storage;          /**< Owned memory for values and gradients. */
-    tb_allocator allocator; /**< Hooks `storage` came from. */
+    void *storage;          /**< Owned memory for the values. */
+    void *grad_storage;     /**< Owned memory for the gradients (NULL after
+                                 tb_layernorm_freeze()). */
+    tb_allocator allocator; /**< Hooks `storage` and `grad_storage` came from. */
 } tb_layernorm;
+
+/**
+ * @brief Freeze the block: release its gradient buffers (the parameters'
+ * grad become NULL) and mark it not trainable, so no gradient or optimizer
+ * state exists for it (a frozen model under an adapter). The values do not
+ * move. Idempotent.
+ * @param ln Block (NULL or empty is fine).
+ */
+void tb_layernorm_freeze(tb_layernorm *ln);
 
 /**
  * @brief Allocate a LayerNorm (weight 1, bias 0, gradients 0).

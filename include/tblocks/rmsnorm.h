@@ -31,9 +31,20 @@ typedef struct tb_rmsnorm {
     float eps;              /**< Added to the mean of squares. */
     unsigned flags;         /**< 0 or TB_NORM_SCALE. */
     tb_param weight;        /**< `(C)`, initialised to 1; empty without SCALE. */
-    void *storage;          /**< Owned memory for value and gradient. */
-    tb_allocator allocator; /**< Hooks `storage` came from. */
+    void *storage;          /**< Owned memory for the values. */
+    void *grad_storage;     /**< Owned memory for the gradients (NULL after
+                                 tb_rmsnorm_freeze()). */
+    tb_allocator allocator; /**< Hooks `storage` and `grad_storage` came from. */
 } tb_rmsnorm;
+
+/**
+ * @brief Freeze the block: release its gradient buffers (the parameters'
+ * grad become NULL) and mark it not trainable, so no gradient or optimizer
+ * state exists for it (a frozen model under an adapter). The values do not
+ * move. Idempotent.
+ * @param rn Block (NULL or empty is fine).
+ */
+void tb_rmsnorm_freeze(tb_rmsnorm *rn);
 
 /**
  * @brief Allocate an RMSNorm (weight 1, gradient 0).

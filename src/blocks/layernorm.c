@@ -27,23 +27,41 @@ tb_status tb_layernorm_init(tb_ctx *ctx, tb_layernorm *ln, size_t dim, float eps
     tb_status s = tb_norm_check_eps(ctx, fn, eps);
     if (s != TB_OK)
         return s;
-    float *mem;
-    /* weight, bias, their gradients (allocated even if unused: 4 small vectors) */
-    if ((s = tb_norm_alloc(ctx, fn, dim, 4, &mem)) != TB_OK)
+    float *mem, *grad;
+    /* weight and bias, then their gradients in a second allocation (so that
+     * tb_layernorm_freeze() can release them alone); allocated even if
+     * unused: 2 + 2 small vectors */
+    if ((s = tb_norm_alloc(ctx, fn, dim, 2, &mem)) != TB_OK)
         return s;
+    if ((s = tb_norm_alloc(ctx, fn, dim, 2, &grad)) != TB_OK) {
+        tb_free_with(&ctx->allocator, mem);
+        return s;
+    }
     ln->dim = dim;
     ln->eps = eps;
     ln->flags = flags;
     ln->storage = mem;
+    ln->grad_storage = grad;
     ln->allocator = ctx->allocator;
     if (flags & TB_NORM_SCALE) {
         for (size_t i = 0; i < dim; i++)
             mem[i] = 1.0f;
-        tb_norm_vector(&ln->weight, mem, mem + 2 * dim, dim);
+        tb_norm_vector(&ln->weight, mem, grad, dim);
     }
     if (flags & TB_NORM_SHIFT)
-        tb_norm_vector(&ln->bias, mem + dim, mem + 3 * dim, dim);
+        tb_norm_vector(&ln->bias, mem + dim, grad + dim, dim);
     return TB_OK;
+}
+
+void tb_layernorm_freeze(tb_layernorm *ln)
+{
+    if (!ln)
+        return;
+    if (ln->grad_storage)
+        tb_free_with(&ln->allocator, ln->grad_storage);
+    ln->grad_storage = NULL;
+    ln->weight.grad = NULL, ln->weight.trainable = 0;
+    ln->bias.grad = NULL, ln->bias.trainable = 0;
 }
 
 void tb_layernorm_free(tb_layernorm *ln)
@@ -51,6 +69,8 @@ void tb_layernorm_free(tb_layernorm *ln)
     if (!ln)
         return;
     tb_free_with(&ln->allocator, ln->storage);
+    if (ln->grad_storage)
+        tb_free_with(&ln->allocator, ln->grad_storage);
     memset(ln, 0, sizeof *ln);
 }
 

@@ -26,20 +26,37 @@ tb_status tb_rmsnorm_init(tb_ctx *ctx, tb_rmsnorm *rn, size_t dim, float eps, un
     tb_status s = tb_norm_check_eps(ctx, fn, eps);
     if (s != TB_OK)
         return s;
-    float *mem;
-    if ((s = tb_norm_alloc(ctx, fn, dim, 2, &mem)) != TB_OK)
+    float *mem, *grad;
+    /* The weight, and its gradient in a second allocation (so that
+     * tb_rmsnorm_freeze() can release it alone). */
+    if ((s = tb_norm_alloc(ctx, fn, dim, 1, &mem)) != TB_OK)
         return s;
+    if ((s = tb_norm_alloc(ctx, fn, dim, 1, &grad)) != TB_OK) {
+        tb_free_with(&ctx->allocator, mem);
+        return s;
+    }
     rn->dim = dim;
     rn->eps = eps;
     rn->flags = flags;
     rn->storage = mem;
+    rn->grad_storage = grad;
     rn->allocator = ctx->allocator;
     if (flags & TB_NORM_SCALE) {
         for (size_t i = 0; i < dim; i++)
             mem[i] = 1.0f;
-        tb_norm_vector(&rn->weight, mem, mem + dim, dim);
+        tb_norm_vector(&rn->weight, mem, grad, dim);
     }
     return TB_OK;
+}
+
+void tb_rmsnorm_freeze(tb_rmsnorm *rn)
+{
+    if (!rn)
+        return;
+    if (rn->grad_storage)
+        tb_free_with(&rn->allocator, rn->grad_storage);
+    rn->grad_storage = NULL;
+    rn->weight.grad = NULL, rn->weight.trainable = 0;
 }
 
 void tb_rmsnorm_free(tb_rmsnorm *rn)
@@ -47,6 +64,8 @@ void tb_rmsnorm_free(tb_rmsnorm *rn)
     if (!rn)
         return;
     tb_free_with(&rn->allocator, rn->storage);
+    if (rn->grad_storage)
+        tb_free_with(&rn->allocator, rn->grad_storage);
     memset(rn, 0, sizeof *rn);
 }
 

@@ -571,6 +571,33 @@ START_TEST(allocator_hooks_are_used_and_failures_reported)
                      TB_ERR_OVERFLOW);
     ck_assert_int_eq(tb_embedding_init(&ctx, &emb, (size_t)INT32_MAX + 1, 1, &rng),
                      TB_ERR_INVALID_ARG);
+    /* LayerNorm and RMSNorm: values and gradients apart, freeze releases
+     * the gradients alone. */
+    ctx.allocator.alloc = counting_alloc;
+    ctx.allocator.free = counting_free;
+    ctx.allocator.user = &c;
+    c.allocs = c.frees = 0, c.budget = -1;
+    tb_layernorm ln;
+    tb_rmsnorm rn;
+    ck_assert_int_eq(tb_layernorm_init(&ctx, &ln, 5, 1e-5f, TB_NORM_SCALE | TB_NORM_SHIFT), TB_OK);
+    ck_assert_int_eq(tb_rmsnorm_init(&ctx, &rn, 5, 1e-5f, TB_NORM_SCALE), TB_OK);
+    ck_assert_int_eq(c.allocs, 4);
+    tb_layernorm_freeze(&ln);
+    tb_rmsnorm_freeze(&rn);
+    ck_assert_int_eq(c.frees, 2);
+    ck_assert_ptr_null(ln.weight.grad);
+    ck_assert_ptr_null(ln.bias.grad);
+    ck_assert_ptr_null(rn.weight.grad);
+    ck_assert(ln.weight.value[0] == 1.0f && rn.weight.value[4] == 1.0f);
+    ck_assert_int_eq(ln.weight.trainable + ln.bias.trainable + rn.weight.trainable, 0);
+    tb_layernorm_free(&ln);
+    tb_rmsnorm_free(&rn);
+    ck_assert_int_eq(c.frees, 4);
+    c.allocs = c.frees = 0, c.budget = 1; /* the gradients' allocation fails */
+    ck_assert_int_eq(tb_layernorm_init(&ctx, &ln, 5, 1e-5f, TB_NORM_SCALE), TB_ERR_NO_MEMORY);
+    ck_assert_int_eq(c.allocs, 1);
+    ck_assert_int_eq(c.frees, 1); /* nothing leaks */
+    ctx.allocator = tb_default_allocator();
 }
 END_TEST
 

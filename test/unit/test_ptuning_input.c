@@ -13,8 +13,8 @@
  *    and bitwise against an input built by hand here from the documented
  *    positions (forward and the gathered prompt gradient);
  *  - the frozen model: no gradient reaches any of its parameters, its
- *    projections and embeddings hold no gradient buffers, the bytes still
- *    held are the norms' (tfm_freeze()'s count), the optimizer holds
+ *    parameters hold no gradient buffers (tfm_freeze()'s count of bytes
+ *    still held is 0), the optimizer holds
  *    state for the encoder only;
  *  - export: ptin_export_peft() after two training steps loads with
  *    PeftModel.from_pretrained (test/oracle/peft_ptuning_verify.py, run
@@ -217,9 +217,10 @@ static size_t assert_model_untouched(const fixture *f)
             ck_assert_msg(q->grad[j] == 0.0f, "%s.grad[%zu] = %g: the frozen model got a gradient",
                           np->name, j, (double)q->grad[j]);
     }
-    /* Every Linear of every layer (c_attn, attn.c_proj, c_fc, mlp.c_proj:
-     * weight and bias) and both embeddings (wte, wpe) released theirs. */
-    ck_assert_uint_eq(released, 8 * f->m.cfg.n_layer + 2);
+    /* Every parameter released its gradient: per layer the four Linears'
+     * weight and bias and the two LayerNorms' weight and bias, the two
+     * embeddings (wte, wpe) and ln_f's weight and bias. */
+    ck_assert_uint_eq(released, 12 * f->m.cfg.n_layer + 4);
     return held;
 }
 
@@ -258,13 +259,11 @@ START_TEST(test_ptuning_input_vs_peft)
         e_g = fmax(e_g, compare2(lbl, np->param->grad, g32.data, g64.data, g32.n, GRAD_RTOL,
                                  GRAD_ATOL_REL));
     }
-    /* Nothing reached the model; what it still holds is the norms'
-     * gradient buffers: 4 C per layer + 2 C floats (the embeddings' and
-     * projections' are released). */
+    /* Nothing reached the model, and it holds no gradient buffer at all
+     * (projections, embeddings and LayerNorms released theirs). */
     const size_t held = assert_model_untouched(&f);
-    const size_t C = f.d;
     ck_assert_uint_eq(held, f.kept_grad_bytes);
-    ck_assert_uint_eq(held, (4 * C * f.m.cfg.n_layer + 2 * C) * sizeof(float));
+    ck_assert_uint_eq(held, 0);
     ck_assert_ptr_null(f.m.t.wte.weight.grad);
     ck_assert_ptr_null(f.m.t.wpe.weight.grad);
     /* An optimizer on the encoder's list: state for the encoder only. */
