@@ -9,7 +9,7 @@
  *          most 15% more than the base.
  *   gpt    one GPT-2 124M training step (B = 4, T = 64, fp32, AdamW,
  *          dropout 0) with LoRA r = 8 on every c_attn and everything else
- *          frozen, against full fine-tuning of the same model in the same
+ *          frozen (tfm_freeze: no gradient buffer left), against full fine-tuning of the same model in the same
  *          run: time per step, and the bytes of gradients + optimizer state
  *          actually allocated; beside it PEFT + PyTorch for the same model
  *          (test/bench/torch_gpt2_step.py in "lora" mode), skipped and said
@@ -244,8 +244,10 @@ static void bench_gpt_lora(tb_ctx *ctx, const bench_machine *mach)
             tfm_lora_spec spec = {targets, 1, tb_lora_config_default(RANK), NULL, NULL, 0,
                                   NULL, NULL, 0};
             spec.config.alpha = 16.0f;
-            tb_param_list_set_trainable(&m.params, NULL, 0);
-            if (tfm_lora_add(ctx, &tl, &m.t, "default", &spec, &rng) != TB_OK ||
+            /* The whole model frozen with its gradient buffers released
+             * (tfm_freeze), then the adapters on c_attn. */
+            if (tfm_freeze(ctx, &m.t, NULL) != TB_OK ||
+                tfm_lora_add(ctx, &tl, &m.t, "default", &spec, &rng) != TB_OK ||
                 tfm_lora_params(ctx, &tl, "", &list) != TB_OK)
                 die(ctx, "lora setup");
         } else {
@@ -260,9 +262,8 @@ static void bench_gpt_lora(tb_ctx *ctx, const bench_machine *mach)
         trainer tr = {ctx, &m, &a, &opt, &list, x, y};
         ms[lora_on] = 1e3 * median_step(&tr, steps);
         trainable[lora_on] = tb_param_list_numel(&list, 1);
-        /* Gradient buffers allocated: the trainable ones, plus for LoRA the
-         * frozen parameters' that are still allocated (embeddings, norms,
-         * biases outside c_attn: frozen by flag, not released). */
+        /* Gradient buffers allocated: the trainable ones, plus for LoRA any
+         * frozen parameter's still allocated (none after tfm_freeze). */
         gbytes[lora_on] = lora_on ? 0 : grad_bytes(&list);
         if (lora_on) {
             for (size_t i = 0; i < m.params.count; i++)
@@ -275,9 +276,9 @@ static void bench_gpt_lora(tb_ctx *ctx, const bench_machine *mach)
                "%7.1f MB%s\n",
                lora_on ? "LoRA r=8" : "full", ms[lora_on], trainable[lora_on],
                gbytes[lora_on] / 1e6, obytes[lora_on] / 1e6,
-               lora_on ? "  (c_attn weights' gradients released)" : "");
+               lora_on ? "  (the frozen model's gradients released)" : "");
         if (lora_on)
-            printf("  %-14s frozen c_attn gradient bytes released: %.1f MB\n", "",
+            printf("  %-14s of which the c_attn weights' (tb_lora_frozen_bytes): %.1f MB\n", "",
                    tfm_lora_frozen_bytes(&tl) / 1e6);
         bench_tsv("lora_gpt\t%s\t%.3f\t%zu\t%zu\t%zu", lora_on ? "lora8" : "full", ms[lora_on],
                   trainable[lora_on], gbytes[lora_on], obytes[lora_on]);
