@@ -6,7 +6,8 @@
  * and direction; backward twice that), and the fraction of the FMA peak
  * measured in the same run; beside it torch.nn.LSTM on the same shapes,
  * timed by test/bench/torch_lstm.py in a child process in the same run
- * (skipped, and said so, without torch). BENCH_LSTM_TORCH=0 skips PyTorch.
+ * (skipped, and said so, without torch); against our AVX2 family, PyTorch
+ * capped at AVX2. BENCH_LSTM_TORCH=0 skips PyTorch.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -39,14 +40,15 @@ static void step(void *arg)
     }
 }
 
-static double torch_ms(int threads, int reps, char *ver, size_t cap)
+static double torch_ms(int threads, int reps, int avx2, char *ver, size_t cap)
 {
     snprintf(ver, cap, "not run");
     if (bench_env_double("BENCH_LSTM_TORCH", 1) == 0)
         return 0.0;
     char cmd[256];
-    snprintf(cmd, sizeof cmd, "python3 test/bench/torch_lstm.py %d %d %d %d %d %d %d %d 2>/dev/null",
-             B, T, IN, H, LAYERS, BI, threads, reps);
+    snprintf(cmd, sizeof cmd,
+             "python3 test/bench/torch_lstm.py %d %d %d %d %d %d %d %d %s 2>/dev/null", B, T, IN,
+             H, LAYERS, BI, threads, reps, avx2 ? "avx2" : "native");
     FILE *p = popen(cmd, "r");
     if (!p)
         return 0.0;
@@ -109,7 +111,8 @@ int main(void)
     printf("  %-20s %9.3f ms (%.3f..%.3f, %d reps)  %7.1f GFLOP/s  %5.1f%% of peak\n", "ours",
            s.median * 1e3, s.min * 1e3, s.max * 1e3, s.reps, gf, bench_pct(gf, mach.peak));
     char ver[160];
-    const double tm = torch_ms(ctx.num_threads, s.reps < 5 ? 5 : s.reps, ver, sizeof ver);
+    const int avx2 = mach.family == TB_KERNEL_AVX2; /* PyTorch capped at AVX2 too */
+    const double tm = torch_ms(ctx.num_threads, s.reps < 5 ? 5 : s.reps, avx2, ver, sizeof ver);
     if (tm > 0) {
         printf("  %-20s %9.3f ms                          %7.1f GFLOP/s  (torch %s)\n",
                "torch.nn.LSTM", tm, flops / (tm * 1e-3) * 1e-9, ver);

@@ -1,13 +1,22 @@
 #!/usr/bin/env python3
 """PyTorch's side of bench_lstm.c: torch.nn.LSTM (batch_first) forward +
 backward on the shapes given, timed in this process. Arguments: B T in H
-layers bidirectional(0/1) threads reps. Prints "torch_lstm_ms <median>" and
-"torch_version <v>"."""
+layers bidirectional(0/1) threads reps [avx2]. Prints "torch_lstm_ms
+<median>" and "torch_version <v>". A ninth argument "avx2" caps PyTorch at
+AVX2 (ATen, MKL, oneDNN), as torch_gpt2_step.py does: what it runs on an
+AVX2-only CPU, for comparison with libtblocks' AVX2 family forced on an
+AVX-512 machine."""
+import os
 import statistics
 import sys
 import time
 
-import torch
+if len(sys.argv) > 9 and sys.argv[9] == "avx2":  # before torch loads
+    os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
+    os.environ["MKL_ENABLE_INSTRUCTIONS"] = "AVX2"
+    os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+    os.environ["DNNL_MAX_CPU_ISA"] = "AVX2"
+import torch  # noqa: E402
 
 
 def main():
