@@ -79,6 +79,7 @@ static void bench_layers(tb_ctx *ctx, const bench_machine *m)
     printf("  %-22s %10s %10s %9s\n", "case", "base ms", "lora ms", "overhead");
     bench_tsv("#lora_layer\tcase\trows\tin\tout\tbase_ms\tlora_ms\toverhead_pct");
     double worst = 0.0;
+    int ran = 0;
     tb_rng rng;
     tb_rng_init(&rng, 1);
     for (size_t c = 0; c < n_cases; c++) {
@@ -118,6 +119,7 @@ static void bench_layers(tb_ctx *ctx, const bench_machine *m)
             tl_ms = sl.median * 1e3 < tl_ms ? sl.median * 1e3 : tl_ms;
         }
         const double over = 100.0 * (tl_ms / tb_ms - 1.0);
+        ran = 1;
         worst = over > worst ? over : worst;
         printf("  %-22s %10.3f %10.3f %8.1f%%\n", name + 11, tb_ms, tl_ms, over);
         bench_tsv("lora_layer\t%s\t%zu\t%zu\t%zu\t%.4f\t%.4f\t%.2f", name, R, in, out, tb_ms,
@@ -127,8 +129,9 @@ static void bench_layers(tb_ctx *ctx, const bench_machine *m)
         tb_lora_free(&lora);
         tb_linear_free(&lin);
     }
-    printf("  worst overhead %.1f%% (target: <= 15%%); kernel family %s, %s, %d threads\n", worst,
-           tb_kernel_name(m->family), m->cpu, m->threads);
+    if (ran)
+        printf("  worst overhead %.1f%% (target: <= 15%%); kernel family %s, %s, %d threads\n",
+               worst, tb_kernel_name(m->family), m->cpu, m->threads);
 }
 
 /* ---- GPT-2 124M step ---- */
@@ -278,7 +281,8 @@ static void bench_gpt_lora(tb_ctx *ctx, const bench_machine *mach)
                gbytes[lora_on] / 1e6, obytes[lora_on] / 1e6,
                lora_on ? "  (the frozen model's gradients released)" : "");
         if (lora_on)
-            printf("  %-14s of which the c_attn weights' (tb_lora_frozen_bytes): %.1f MB\n", "",
+            printf("  %-14s released for the wrapped c_attn weights alone (tb_lora_frozen_bytes): "
+                   "%.1f MB\n", "",
                    tfm_lora_frozen_bytes(&tl) / 1e6);
         bench_tsv("lora_gpt\t%s\t%.3f\t%zu\t%zu\t%zu", lora_on ? "lora8" : "full", ms[lora_on],
                   trainable[lora_on], gbytes[lora_on], obytes[lora_on]);
