@@ -24,6 +24,8 @@ need_pkg check           sh -c 'pkg-config --exists check'
 need_pkg doxygen         have doxygen
 need_pkg python3         have python3
 need_pkg python3-pip     python3 -m pip --version
+# Real English text for the tokenizer and BERT tests (/usr/share/games/fortunes).
+need_pkg fortunes        test -f /usr/share/games/fortunes/fortunes
 
 if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ]; then
