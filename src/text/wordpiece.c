@@ -521,7 +521,13 @@ static void normalize_char(wp_state *s, uint32_t c, const tb_uprop *p)
     }
     if (p->flags & TB_UP_BREAK)
         flush_run(s);
-    if (p->flags & TB_UP_STRIP) {
+    if (p->flags & TB_UP_HANGUL) { /* Unicode's arithmetic decomposition, starters only */
+        const uint32_t h = c - 0xAC00u;
+        lower_split(s, 0x1100u + h / 588u, tb_uprop_of(0x1100u + h / 588u), 0);
+        lower_split(s, 0x1161u + (h % 588u) / 28u, tb_uprop_of(0x1161u + (h % 588u) / 28u), 0);
+        if (h % 28u)
+            lower_split(s, 0x11A7u + h % 28u, tb_uprop_of(0x11A7u + h % 28u), 0);
+    } else if (p->flags & TB_UP_STRIP) {
         for (unsigned k = 0; k < p->strip_len; k++) {
             const uint32_t d = tb_useq[p->strip_off + k];
             const tb_uprop *pd = tb_uprop_of(d);

@@ -11,11 +11,13 @@
  * which keeps the sanitizer pass short; the plain build checks all of them.
  */
 #include <check.h>
+#include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../fuzz/wordpiece_harness.h"
 #include "suites.h"
 #include "testutil.h"
 
@@ -544,6 +546,39 @@ START_TEST(test_wordpiece_hostile)
 }
 END_TEST
 
+/* The fuzz target's seeds: every property holds, and each seed's outcome is
+ * what its name says ("vocab-bad": refused, the others accepted). */
+START_TEST(test_wordpiece_fuzz_seeds)
+{
+    const char *dir = "test/fuzz/corpus_wordpiece";
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    size_t seeds = 0;
+    ck_assert_msg(d != NULL, "cannot open %s", dir);
+    while ((e = readdir(d)) != NULL) {
+        char p[1024];
+        FILE *f;
+        unsigned char buf[4096];
+        size_t len;
+        tb_status s;
+        int verdict;
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        f = fopen(p, "rb");
+        ck_assert_msg(f != NULL, "cannot open %s", p);
+        len = fread(buf, 1, sizeof buf, f);
+        fclose(f);
+        verdict = fwp_run(buf, len, &s);
+        ck_assert_msg(verdict == FWP_FINE, "%s: fuzz property %d violated", p, verdict);
+        ck_assert_msg((s == TB_OK) == (strstr(e->d_name, "-bad") == NULL), "seed %s: %s", p, tb_strerror(s));
+        seeds++;
+    }
+    closedir(d);
+    ck_assert_uint_ge(seeds, 8);
+}
+END_TEST
+
 Suite *suite_wordpiece(void)
 {
     Suite *s = suite_create("wordpiece");
@@ -557,6 +592,7 @@ Suite *suite_wordpiece(void)
     tcase_add_test(tc, test_wordpiece_small);
     tcase_add_test(tc, test_wordpiece_errors);
     tcase_add_test(tc, test_wordpiece_hostile);
+    tcase_add_test(tc, test_wordpiece_fuzz_seeds);
     suite_add_tcase(s, tc);
     return s;
 }
