@@ -88,9 +88,9 @@ typedef struct tb_wordpiece {
     char *strings_;          /**< Every token, NUL-terminated, in line order. */
     uint32_t *offsets_;      /**< vocab_size offsets into strings_. */
     /** Trie of the tokens over their bytes: edge (parent << 8 | byte) -> child,
-     *  in an open-addressing hash of edge_mask_ + 1 slots (key 0: empty). */
-    uint64_t *edge_keys_;
-    uint32_t *edge_child_;   /**< Child node of each slot. */
+     *  in an open-addressing hash of edge_mask_ + 1 slots of two words each,
+     *  the key (0: empty) and the child, side by side (one cache line per probe). */
+    uint64_t *edges_;
     size_t edge_mask_;       /**< Slots - 1 (a power of two minus one). */
     int32_t *node_id_;       /**< Token id ending at each node, -1 if none (node 0: root). */
     size_t n_nodes_;         /**< Nodes of the trie. */
