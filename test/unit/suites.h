@@ -38,6 +38,7 @@
     X(tfm)            \
     X(ptuning_input)  \
     X(ptuning_bert)   \
+    X(bert_heads)     \
     X(prefix_tuning)  \
     X(harness)        \
     X(examples)
