@@ -102,3 +102,37 @@ tb_status bert_config_from_meta(tb_ctx *ctx, const tb_st_file *file, bert_config
     *cfg = c;
     return TB_OK;
 }
+
+tb_status bert_encoder_load(tb_ctx *ctx, const char *path, bert_config *cfg, tfm *m,
+                            tb_rng *rng)
+{
+    if (!path || !cfg || !m || !rng)
+        return tb_ctx_set_error(ctx, TB_ERR_NULL_ARG, "bert_ckpt: NULL argument");
+    tb_st_file f;
+    tb_status s = tb_st_open(ctx, path, &f);
+    if (s != TB_OK)
+        return s;
+    bert_config c;
+    tb_param_list list;
+    memset(m, 0, sizeof *m);
+    memset(&list, 0, sizeof list);
+    s = bert_config_from_meta(ctx, &f, &c);
+    if (s == TB_OK) {
+        const tfm_config t = bert_tfm_config(&c);
+        s = tfm_init(ctx, m, &t, rng);
+    }
+    if (s == TB_OK)
+        s = tb_param_list_init(ctx, &list);
+    if (s == TB_OK)
+        s = tfm_params(ctx, m, "bert.", &list);
+    if (s == TB_OK)
+        s = tb_st_load_params(ctx, &f, &list, TB_ST_ALLOW_UNEXPECTED, NULL, NULL);
+    tb_param_list_free(&list);
+    tb_st_close(&f);
+    if (s != TB_OK) {
+        tfm_free(m);
+        return s;
+    }
+    *cfg = c;
+    return TB_OK;
+}

@@ -38,4 +38,19 @@ void bert_config_to_meta(const bert_config *cfg, bert_config_text *text,
  * or a configuration out of range. */
 tb_status bert_config_from_meta(tb_ctx *ctx, const tb_st_file *f, bert_config *cfg);
 
+/* A pre-trained encoder from a checkpoint with a bert_config in its
+ * metadata (bert_pretrain's, or any file so written): the configuration
+ * read and checked, the stack built (*m, from rng, then every one of its
+ * tensors overwritten) and loaded by name under "bert." (the file's other
+ * tensors, a head's cls.* and the optimizer's state, are ignored; every
+ * encoder tensor must be there, with its shape). A pooler is not part of
+ * it (BertForMaskedLM has none): a classifier starts its own, as
+ * transformers does when it loads BertForSequenceClassification from a
+ * masked-LM checkpoint. *cfg is written only on success; *m is built in
+ * place (do not copy it: lists point into it) and left empty on failure;
+ * free it with tfm_free(). Dropout as the file says (set m->cfg's to change it
+ * before the first forward). */
+tb_status bert_encoder_load(tb_ctx *ctx, const char *path, bert_config *cfg, tfm *m,
+                            tb_rng *rng);
+
 #endif /* EX_BERT_CKPT_H */

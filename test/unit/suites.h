@@ -39,6 +39,7 @@
     X(ptuning_input)  \
     X(ptuning_bert)   \
     X(bert_heads)     \
+    X(bert_pretrain)  \
     X(prefix_tuning)  \
     X(harness)        \
     X(examples)
