@@ -264,7 +264,7 @@ static int load_corpus(const opts *o, corpus *c)
             char *part = ex_read_regular(path, "fortune file", &n);
             if (!part)
                 continue;
-            char *grown = realloc(c->text, c->len + n + 3);
+            char *grown = realloc(c->text, c->len + n + 4); /* "\n%\n" and a NUL */
             if (!grown) {
                 free(part);
                 fprintf(stderr, "error: no memory for the text\n");

@@ -98,12 +98,41 @@ static void load_case(tb_ctx *ctx, const char *name, tb_param_list *list)
     tb_st_close(&f);
 }
 
+/* The kinds of tensor the worst errors are reported by. */
+enum { K_EMB, K_ATTN, K_FFN, K_NORM, K_HEAD, N_KINDS };
+static const char *const KIND_NAMES[N_KINDS] = {"embeddings", "attention", "feed-forward",
+                                                "LayerNorms", "head"};
+
+static int kind_of(const char *name)
+{
+    if (strstr(name, "LayerNorm"))
+        return K_NORM;
+    if (strncmp(name, "cls.", 4) == 0 || strncmp(name, "classifier", 10) == 0 ||
+        strstr(name, "pooler"))
+        return K_HEAD;
+    if (strstr(name, "embeddings"))
+        return K_EMB;
+    if (strstr(name, "attention"))
+        return K_ATTN;
+    return K_FFN;
+}
+
+static double worst_kind[N_KINDS]; /* of the last compare_grads() */
+
+static void print_kinds(const char *what)
+{
+    printf("  check   %-22s  worst gradient error by kind (of scale, vs float64):", what);
+    for (int k = 0; k < N_KINDS; k++)
+        printf(" %s %.2e%s", KIND_NAMES[k], worst_kind[k], k + 1 < N_KINDS ? "," : "\n");
+}
+
 /* Every gradient in list against g:<name> / g64:<name>; the key bias's
  * (exactly zero in exact arithmetic: a constant added to every score of a
  * query cancels in the softmax) must be noise against the query bias's. */
 static double compare_grads(const char *what, const tbt_ref *ref, const tb_param_list *list)
 {
     double worst = 0.0;
+    memset(worst_kind, 0, sizeof worst_kind);
     for (size_t i = 0; i < list->count; i++) {
         const tb_named_param *np = &list->items[i];
         char k32[200], k64[200], lbl[260];
@@ -122,7 +151,10 @@ static double compare_grads(const char *what, const tbt_ref *ref, const tb_param
                           "%s: not ~0 against the query bias's %g", np->name, qscale);
             continue;
         }
-        worst = fmax(worst, compare2(lbl, np->param->grad, g32.data, g64.data, g32.n));
+        const double e = compare2(lbl, np->param->grad, g32.data, g64.data, g32.n);
+        const int k = kind_of(np->name);
+        worst_kind[k] = fmax(worst_kind[k], e);
+        worst = fmax(worst, e);
     }
     return worst;
 }
@@ -234,6 +266,7 @@ START_TEST(test_mlm_vs_transformers)
     for (size_t k = 0; k < n_lab; k++)
         ck_assert_int_ne(labels[r.h.rows[k]], -100);
     const double e_g = compare_grads("bert_mlm.rows", ref, &r.params);
+    print_kinds("BertForMaskedLM");
     /* One thread: the same bits. */
     tb_ctx ctx1;
     tbt_ctx_init(&ctx1, 1);
@@ -338,6 +371,7 @@ START_TEST(test_cls_vs_transformers)
                                  tbt_ref_get(ref, "logits_f64").data, B * K);
     check_loss("bert_cls", loss, ref);
     const double e_g = compare_grads("bert_cls", ref, &r.params);
+    print_kinds("BertForSeqClassif.");
     /* The inference forward (the callers' bert_cls_forward()): the same bits. */
     float loss_inf = NAN;
     CHECK_OK(ctx, bert_cls_forward(&ctx, &r.h, r.a.out, B, T, labels, &loss_inf));
