@@ -125,12 +125,30 @@ static int parse(int argc, char **argv, opts *o)
 
 /* ---- data --------------------------------------------------------------------------- */
 
+/* The tokenizer seam: a document's text -> ids, and which ids may not
+ * start a sequence (the rest of a character or word). Bytes here; the
+ * WordPiece tokenizer would fill the same two (its "##" pieces continue a
+ * word). */
+static size_t tokenize(const char *text, size_t len, int32_t *ids)
+{
+    for (size_t i = 0; i < len; i++)
+        ids[i] = TOK_BYTE0 + (unsigned char)text[i];
+    return len; /* one id per byte: at most len ids for len bytes */
+}
+
+static int continues(int32_t id)
+{
+    return id >= TOK_BYTE0 && ((id - TOK_BYTE0) & 0xC0) == 0x80; /* a UTF-8 continuation byte */
+}
+
 typedef struct corpus {
     char *text;
     size_t len;
-    size_t *start, *count; /* every sequence's bytes: text[start, start + count) */
+    int32_t *ids;          /* every document's tokens, one after the other */
+    size_t n_ids;
+    size_t *start, *count; /* every sequence's tokens: ids[start, start + count) */
     size_t n;
-    size_t tokens;         /* bytes in sequences */
+    size_t tokens;         /* tokens in sequences */
 } corpus;
 
 /* The first offset that is not valid UTF-8 (RFC 3629: no overlongs,
@@ -179,32 +197,35 @@ static int is_space(char c)
 }
 
 /* Append the sequences of one document text[a, b) (trimmed), each at most
- * per bytes. */
+ * per tokens, none starting with a continuing token (unless a single
+ * character or word is longer than a sequence). */
 static int add_doc(corpus *c, size_t a, size_t b, size_t per, size_t *cap)
 {
     while (a < b && is_space(c->text[a]))
         a++;
     while (b > a && is_space(c->text[b - 1]))
         b--;
-    while (a < b) {
+    size_t i = c->n_ids;
+    const size_t end = i + tokenize(c->text + a, b - a, c->ids + i);
+    c->n_ids = end;
+    while (i < end) {
         if (c->n == *cap) {
             const size_t nc = *cap ? 2 * *cap : 1024;
-            size_t *s = realloc(c->start, nc * sizeof *s);
-            if (!s)
+            size_t *st = realloc(c->start, nc * sizeof *st);
+            if (!st)
                 return 0;
-            c->start = s;
+            c->start = st;
             size_t *k = realloc(c->count, nc * sizeof *k);
             if (!k)
                 return 0;
             c->count = k, *cap = nc;
         }
-        size_t n = b - a < per ? b - a : per;
-        /* Do not split a UTF-8 character between two sequences. */
-        while (n < b - a && n > 1 && ((unsigned char)c->text[a + n] & 0xC0) == 0x80)
+        size_t n = end - i < per ? end - i : per;
+        while (n < end - i && n > 1 && continues(c->ids[i + n]))
             n--;
-        c->start[c->n] = a, c->count[c->n] = n, c->n++;
+        c->start[c->n] = i, c->count[c->n] = n, c->n++;
         c->tokens += n;
-        a += n;
+        i += n;
     }
     return 1;
 }
@@ -297,7 +318,8 @@ static int load_corpus(const opts *o, corpus *c)
         fprintf(stderr, "error: data %s: holds a NUL byte: not text\n", ex_show(&sh, what));
         return 0;
     }
-    if (!split(c, (size_t)o->seq - 2)) {
+    c->ids = malloc((c->len ? c->len : 1) * sizeof *c->ids); /* tokenize(): <= 1 id per byte */
+    if (!c->ids || !split(c, (size_t)o->seq - 2)) {
         fprintf(stderr, "error: no memory for the sequences\n");
         return 0;
     }
@@ -313,7 +335,7 @@ static int load_corpus(const opts *o, corpus *c)
 
 static void corpus_free(corpus *c)
 {
-    free(c->text), free(c->start), free(c->count);
+    free(c->text), free(c->ids), free(c->start), free(c->count);
     memset(c, 0, sizeof *c);
 }
 
@@ -461,7 +483,7 @@ static int trainer_init(trainer *t, const opts *o)
     return 1;
 }
 
-/* The batch: B sequences drawn from the stream, [CLS] bytes [SEP] [PAD]...;
+/* The batch: B sequences drawn from the stream, [CLS] tokens [SEP] [PAD]...;
  * *real receives the real tokens. */
 static void draw_batch(trainer *t, const corpus *c, size_t B, size_t T, size_t *real)
 {
@@ -470,11 +492,9 @@ static void draw_batch(trainer *t, const corpus *c, size_t B, size_t T, size_t *
         const size_t k = (size_t)(tb_rng_next(&t->rng) % c->n);
         int32_t *row = t->ids + b * T;
         uint8_t *v = t->valid + b * T;
-        const unsigned char *s = (const unsigned char *)c->text + c->start[k];
         const size_t n = c->count[k];
         row[0] = TOK_CLS;
-        for (size_t i = 0; i < n; i++)
-            row[1 + i] = TOK_BYTE0 + s[i];
+        memcpy(row + 1, c->ids + c->start[k], n * sizeof *row);
         row[1 + n] = TOK_SEP;
         for (size_t i = n + 2; i < T; i++)
             row[i] = TOK_PAD;
