@@ -459,6 +459,67 @@ START_TEST(test_mlm_finite_differences)
 }
 END_TEST
 
+
+/* Bad arguments are refused before anything is written; a frozen wte
+ * (tfm_freeze) gets nothing from the tied decoder while the head's own
+ * parameters still train; a batch without labelled rows has loss 0 and no
+ * gradient. */
+START_TEST(test_mlm_checks_and_freezing)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    const bert_config bc = tiny_config();
+    const size_t B = 2, T = 5, R = B * T, C = bc.hidden_size;
+    const int32_t ids[10] = {3, 7, 11, 4, 9, 5, 8, 0, 0, 0};
+    int32_t labels[10] = {-100, 12, -100, 6, -100, 17, -100, -100, -100, -100};
+    const tfm_input in = {B, T, ids, NULL, NULL, NULL};
+    mlm_run r;
+    mlm_setup(&ctx, &r, &bc, B, T, NULL, 5);
+    float loss;
+    CHECK_OK(ctx, tfm_forward(&ctx, &r.m, &r.a, TB_MODE_INFERENCE, NULL, &in));
+    /* More rows than the head holds, a label outside the vocabulary. */
+    ck_assert_int_eq(bert_mlm_forward(&ctx, &r.h, r.a.out, B + 1, T, NULL, 1, NULL),
+                     TB_ERR_SHAPE);
+    labels[3] = (int32_t)bc.vocab_size;
+    ck_assert_int_eq(bert_mlm_forward(&ctx, &r.h, r.a.out, B, T, labels, 0, &loss),
+                     TB_ERR_INVALID_ARG);
+    labels[3] = -5;
+    ck_assert_int_eq(bert_mlm_forward(&ctx, &r.h, r.a.out, B, T, labels, 0, &loss),
+                     TB_ERR_INVALID_ARG);
+    labels[3] = 6;
+    /* No labels: logits of every row, no backward. */
+    CHECK_OK(ctx, bert_mlm_forward(&ctx, &r.h, r.a.out, B, T, NULL, 0, NULL));
+    ck_assert_uint_eq(r.h.m, R);
+    ck_assert_int_eq(bert_mlm_backward(&ctx, &r.h, 1.0f, r.dout), TB_ERR_STATE);
+    /* Nothing labelled: loss 0, dout 0, no gradient. */
+    int32_t none[10];
+    for (size_t i = 0; i < R; i++)
+        none[i] = -100;
+    tb_param_list_zero_grad(&r.params);
+    loss = NAN;
+    CHECK_OK(ctx, bert_mlm_forward(&ctx, &r.h, r.a.out, B, T, none, 0, &loss));
+    ck_assert_float_eq(loss, 0.0f);
+    tbt_fill_uniform(r.dout, R * C, 1.0f, 2.0f, 1);
+    CHECK_OK(ctx, bert_mlm_backward(&ctx, &r.h, 1.0f, r.dout));
+    ck_assert(max_abs(r.dout, R * C) == 0.0);
+    ck_assert(max_abs(r.h.bias.grad, bc.vocab_size) == 0.0);
+    /* Frozen stack: the tied decoder adds nothing to wte (it has no
+     * gradient buffer any more), the head's bias and transform still get
+     * theirs. */
+    CHECK_OK(ctx, tfm_freeze(&ctx, &r.m, NULL));
+    ck_assert_ptr_null(r.m.wte.weight.grad);
+    tb_param_list_zero_grad(&r.params);
+    CHECK_OK(ctx, tfm_forward(&ctx, &r.m, &r.a, TB_MODE_INFERENCE, NULL, &in));
+    CHECK_OK(ctx, bert_mlm_forward(&ctx, &r.h, r.a.out, B, T, labels, 0, &loss));
+    CHECK_OK(ctx, bert_mlm_backward(&ctx, &r.h, 1.0f, r.dout));
+    ck_assert(max_abs(r.h.bias.grad, bc.vocab_size) > 0.0);
+    ck_assert(max_abs(r.h.dense.weight.grad, C * C) > 0.0);
+    ck_assert(max_abs(r.dout, R * C) > 0.0);
+    CHECK_OK(ctx, tfm_backward(&ctx, &r.m, &r.a, r.dout, NULL));
+    mlm_free(&r);
+}
+END_TEST
+
 typedef struct fd_cls {
     tb_ctx *ctx;
     cls_run *r;
@@ -759,6 +820,7 @@ Suite *suite_bert_heads(void)
     tcase_add_test(tc, test_cls_vs_transformers);
     tcase_add_test(tc, test_mlm_finite_differences);
     tcase_add_test(tc, test_cls_finite_differences);
+    tcase_add_test(tc, test_mlm_checks_and_freezing);
     tcase_add_test(tc, test_cls_dropout_semantics);
     tcase_add_test(tc, test_mask_proportions);
     tcase_add_test(tc, test_config_meta_roundtrip);
