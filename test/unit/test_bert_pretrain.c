@@ -273,6 +273,66 @@ START_TEST(bert_pretrain_refuses_bad_input)
 }
 END_TEST
 
+
+/* WordPiece tokens (--vocab): a small vocab.txt written here (the
+ * specials, the letters, their ## pieces, a few words): a run resumes bit
+ * for bit, the checkpoint says wordpiece and holds the vocabulary's size,
+ * and resuming it without --vocab is refused. */
+START_TEST(bert_pretrain_wordpiece)
+{
+    enum { CAP = 1 << 15 };
+    char data[600], vocab[600], a[600], b[600], c[600], args[4096];
+    tmp(data, sizeof data, "wp.txt"), tmp(vocab, sizeof vocab, "vocab.txt");
+    tmp(a, sizeof a, "wa.st"), tmp(b, sizeof b, "wb.st"), tmp(c, sizeof c, "wc.st");
+    write_text(data);
+    char v[4096] = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n";
+    size_t n_vocab = 5;
+    for (char ch = 'a'; ch <= 'z'; ch++) {
+        char line[8];
+        snprintf(line, sizeof line, "%c\n##%c\n", ch, ch);
+        strcat(v, line);
+        n_vocab += 2;
+    }
+    strcat(v, ".\n,\n;\nthe\nis\nnot\n##ing\n");
+    n_vocab += 7;
+    write_file(vocab, v, strlen(v));
+    char *o1 = tbt_alloc(CAP), *o2 = tbt_alloc(CAP);
+    snprintf(args, sizeof args, TINY " --vocab %s --data %s --steps 6 --ckpt %s", vocab, data, a);
+    ck_assert_msg(run(args, o1, CAP) == 0, "WordPiece run failed:\n%s", o1);
+    ck_assert_msg(strstr(o1, "WordPiece") != NULL, "no WordPiece in:\n%s", o1);
+    snprintf(args, sizeof args, TINY " --vocab %s --data %s --steps 6 --stop-at 3 --ckpt %s",
+             vocab, data, b);
+    ck_assert_msg(run(args, o2, CAP) == 0, "%s", o2);
+    snprintf(args, sizeof args, "--data %s --steps 6 --resume %s --ckpt %s", data, b, c);
+    ck_assert_msg(run(args, o2, CAP) == 1 && strstr(o2, "trained on wordpiece tokens"),
+                  "resume without --vocab:\n%s", o2);
+    snprintf(args, sizeof args, "--vocab %s --data %s --steps 6 --resume %s --ckpt %s", vocab,
+             data, b, c);
+    ck_assert_msg(run(args, o2, CAP) == 0, "%s", o2);
+    size_t na, nc;
+    unsigned char *fa = read_all(a, &na), *fc = read_all(c, &nc);
+    ck_assert_msg(na == nc && memcmp(fa, fc, na) == 0, "WordPiece: 6 steps != 3 + resume + 3");
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    tb_st_file f;
+    CHECK_OK(ctx, tb_st_open(&ctx, a, &f));
+    ck_assert_str_eq(tb_st_meta_get(&f, "bert_pretrain.tokenizer"), "wordpiece");
+    char nv[32];
+    snprintf(nv, sizeof nv, "%zu", n_vocab);
+    ck_assert_str_eq(tb_st_meta_get(&f, "bert.vocab_size"), nv);
+    tb_st_close(&f);
+    /* A vocabulary without [MASK] is refused. */
+    write_file(vocab, "[PAD]\n[UNK]\n[CLS]\n[SEP]\na\n", 24);
+    snprintf(args, sizeof args, TINY " --vocab %s --data %s --steps 2 --ckpt %s", vocab, data, c);
+    ck_assert_msg(run(args, o2, CAP) == 1 && strstr(o2, "[MASK]"), "%s", o2);
+    printf("  check   bert_pretrain WordPiece  a %zu-token vocab.txt: 6 steps = 3 + resume + 3 "
+           "bit for bit\n",
+           n_vocab);
+    free(fa), free(fc), free(o1), free(o2);
+    remove(a), remove(b), remove(c), remove(data), remove(vocab);
+}
+END_TEST
+
 Suite *suite_bert_pretrain(void)
 {
     Suite *s = suite_create("bert_pretrain");
@@ -281,6 +341,7 @@ Suite *suite_bert_pretrain(void)
     tcase_add_test(tc, bert_pretrain_resumes_bitwise);
     tcase_add_test(tc, bert_pretrain_learns);
     tcase_add_test(tc, bert_pretrain_refuses_bad_input);
+    tcase_add_test(tc, bert_pretrain_wordpiece);
     suite_add_tcase(s, tc);
     return s;
 }
