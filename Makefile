@@ -43,7 +43,8 @@ TEST_SRC  := $(sort $(wildcard test/unit/*.c))
 GPT_SRC   := examples/common/gpt.c examples/common/tfm.c examples/common/ex_arena.c \
              examples/common/ex_text.c examples/common/tfm_lora.c \
              examples/common/ptuning_input.c examples/common/prefix_tuning.c \
-             examples/common/bert_cls.c examples/common/bert_config.c
+             examples/common/bert_cls.c examples/common/bert_config.c \
+             examples/common/bert_model.c examples/common/ex_json.c examples/common/ex_file.c
 GPT_OBJ   := $(GPT_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o) $(GPT_OBJ)
 TEST_BIN  := $(BUILD)/test/unit_tests
@@ -265,6 +266,11 @@ FUZZ_OPTS_gpt_config  := -malloc_limit_mb=64
 FUZZ_TARGETS += lora_file
 FUZZ_SEEDS_lora_file := test/fuzz/corpus_lora_file test/fuzz/regressions_lora_file
 FUZZ_DICT_lora_file  := test/fuzz/lora_file.dict
+
+# The examples' JSON reader for configuration files (examples/common/ex_json.c).
+FUZZ_TARGETS += ex_json
+FUZZ_SEEDS_ex_json := test/fuzz/corpus_ex_json
+FUZZ_SRC_ex_json   := examples/common/ex_json.c
 
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
 FUZZ_DEPS := $(LIB_SRC) $(wildcard include/*.h include/tblocks/*.h src/*/*.h test/fuzz/*.h examples/common/*.h)
