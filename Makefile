@@ -25,7 +25,7 @@ DEPFLAGS  = -MMD -MP
 LIB       := $(LIBOUT)/libtblocks.a
 # One directory per layer, lowest first (docs/conventions.md, "Layout"): a
 # source includes only its own layer's internal headers and those below.
-LIB_DIRS  := core kernels blocks train sample io
+LIB_DIRS  := core kernels blocks train sample text io
 LIB_SRC   := $(sort $(foreach d,$(LIB_DIRS),$(wildcard src/$(d)/*.c)))
 LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
 
