@@ -507,3 +507,104 @@ tb_status bert_embed_ids(tb_ctx *ctx, bert_model *m, const int32_t *const *ids,
     free(bids), free(valid), free(ord);
     return s;
 }
+
+/* ---- text ------------------------------------------------------------------------ */
+
+tb_status bert_tokenizer_load(tb_ctx *ctx, const bert_model *m, tb_wordpiece *wp)
+{
+    if (!m || !m->vocab_path || !wp)
+        return fail(ctx, TB_ERR_NULL_ARG, "bert_tokenizer_load: no model or tokenizer");
+    tb_wordpiece_config c = tb_wordpiece_default_config();
+    c.lowercase = m->lowercase, c.split_cjk = m->split_cjk;
+    c.strip_accents = m->strip_accents == BERT_ACCENTS_STRIP  ? TB_WP_ACCENTS_STRIP
+                      : m->strip_accents == BERT_ACCENTS_KEEP ? TB_WP_ACCENTS_KEEP
+                                                              : TB_WP_ACCENTS_AUTO;
+    tb_status s = tb_wordpiece_load(ctx, wp, m->vocab_path, &c);
+    if (s != TB_OK)
+        return fail(ctx, s, "%s: %s", m->vocab_path, tb_ctx_error(ctx));
+    if (wp->vocab_size > m->cfg.vocab_size || wp->cls_id < 0 || wp->sep_id < 0 ||
+        wp->unk_id < 0) {
+        s = fail(ctx, wp->vocab_size > m->cfg.vocab_size ? TB_ERR_SHAPE : TB_ERR_NOT_FOUND,
+                 "%s: %zu entries (config.json: vocab_size %zu)%s", m->vocab_path, wp->vocab_size,
+                 m->cfg.vocab_size,
+                 wp->cls_id < 0 || wp->sep_id < 0 || wp->unk_id < 0
+                     ? "; [CLS], [SEP] or [UNK] missing" : "");
+        tb_wordpiece_free(wp);
+    }
+    return s;
+}
+
+/* The offset of the first byte that is not well-formed UTF-8, or len. */
+static size_t utf8_prefix(const unsigned char *s, size_t len)
+{
+    for (size_t i = 0; i < len;) {
+        const unsigned c = s[i];
+        size_t k;
+        unsigned char lo = 0x80, hi = 0xbf;
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (c >= 0xc2 && c <= 0xdf)
+            k = 2;
+        else if (c >= 0xe0 && c <= 0xef)
+            k = 3, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+        else if (c >= 0xf0 && c <= 0xf4)
+            k = 4, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+        else
+            return i;
+        if (len - i < k || s[i + 1] < lo || s[i + 1] > hi)
+            return i;
+        for (size_t j = 2; j < k; j++)
+            if (s[i + j] < 0x80 || s[i + j] > 0xbf)
+                return i;
+        i += k;
+    }
+    return len;
+}
+
+/* Sentences are tokenized and embedded this many at a time (bounded id
+ * buffers whatever n is; sorting by length works within a chunk). */
+#define BERT_TEXT_CHUNK 1024
+
+tb_status bert_embed(tb_ctx *ctx, bert_model *m, const tb_wordpiece *wp,
+                     const char *const *texts, const size_t *lens, size_t n, size_t max_len,
+                     const bert_embed_opts *opts, float *out)
+{
+    if (!ctx || !m || !m->vocab_path || !wp || !opts || (n && (!texts || !lens || !out)))
+        return fail(ctx, TB_ERR_NULL_ARG, "bert_embed: a required argument is NULL");
+    if (!max_len)
+        max_len = m->max_seq_length;
+    if (max_len < 2 || max_len > m->cfg.max_position_embeddings)
+        return fail(ctx, TB_ERR_INVALID_ARG, "bert_embed: max_len %zu outside 2..%zu (the "
+                    "model's positions)", max_len, m->cfg.max_position_embeddings);
+    for (size_t i = 0; i < n; i++) {
+        if (!texts[i] && lens[i])
+            return fail(ctx, TB_ERR_NULL_ARG, "bert_embed: sentence %zu is NULL", i);
+        const size_t bad = lens[i] ? utf8_prefix((const unsigned char *)texts[i], lens[i]) : 0;
+        if (lens[i] && bad < lens[i])
+            return fail(ctx, TB_ERR_FORMAT, "bert_embed: sentence %zu is not valid UTF-8 "
+                        "(byte %zu: 0x%02x)", i, bad, (unsigned char)texts[i][bad]);
+    }
+    const size_t chunk = n < BERT_TEXT_CHUNK ? n : BERT_TEXT_CHUNK;
+    int32_t *ids = chunk ? malloc(chunk * max_len * sizeof *ids) : NULL;
+    const int32_t **rows = chunk ? malloc(chunk * sizeof *rows) : NULL;
+    size_t *nt = chunk ? malloc(chunk * sizeof *nt) : NULL;
+    tb_status s = TB_OK;
+    if (chunk && (!ids || !rows || !nt))
+        s = fail(ctx, TB_ERR_NO_MEMORY, "bert_embed: out of memory");
+    for (size_t start = 0; s == TB_OK && start < n; start += chunk) {
+        const size_t k = n - start < chunk ? n - start : chunk;
+        for (size_t j = 0; s == TB_OK && j < k; j++) {
+            rows[j] = ids + j * max_len;
+            s = tb_wordpiece_encode(ctx, wp, texts[start + j], lens[start + j], NULL, 0, max_len,
+                                    ids + j * max_len, NULL, &nt[j]);
+            if (s != TB_OK)
+                s = fail(ctx, s, "bert_embed: sentence %zu: %s", start + j, tb_ctx_error(ctx));
+        }
+        if (s == TB_OK)
+            s = bert_embed_ids(ctx, m, rows, nt, k, opts, out + start * m->cfg.hidden_size);
+    }
+    free(ids), free(rows), free(nt);
+    return s;
+}

@@ -115,4 +115,25 @@ bert_embed_opts bert_embed_default_opts(void);
 tb_status bert_embed_ids(tb_ctx *ctx, bert_model *m, const int32_t *const *ids,
                          const size_t *lens, size_t n, const bert_embed_opts *opts, float *out);
 
+/* ---- text: the folder's tokenizer and sentences in ------------------------------ */
+
+/* The folder's WordPiece tokenizer: vocab.txt with tokenizer_config.json's
+ * options (do_lower_case, strip_accents, tokenize_chinese_chars). The
+ * vocabulary must hold [CLS], [SEP] and [UNK], and have as many entries as
+ * config.json's vocab_size or fewer (TB_ERR_SHAPE otherwise). Free with
+ * tb_wordpiece_free(). */
+tb_status bert_tokenizer_load(tb_ctx *ctx, const bert_model *m, tb_wordpiece *wp);
+
+/*
+ * Embeddings of n UTF-8 sentences (texts[i], lens[i] bytes; no NUL needed)
+ * into out (n, C), as SentenceTransformer.encode computes them: each is
+ * tokenized as [CLS] sentence [SEP], truncated to max_len tokens (0: the
+ * folder's max_seq_length; at most max_position_embeddings), then embedded
+ * as bert_embed_ids() does. A sentence that is not valid UTF-8 is refused
+ * (TB_ERR_FORMAT naming the sentence and the byte), before any work.
+ */
+tb_status bert_embed(tb_ctx *ctx, bert_model *m, const tb_wordpiece *wp,
+                     const char *const *texts, const size_t *lens, size_t n, size_t max_len,
+                     const bert_embed_opts *opts, float *out);
+
 #endif /* EX_BERT_MODEL_H */

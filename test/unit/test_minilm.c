@@ -7,7 +7,7 @@
  *  - the encoder's last hidden state equals transformers' BertModel's;
  *  - embeddings of a few hundred real sentences (Debian's fortunes, 5 to
  *    256 tokens, some truncated) equal sentence-transformers' encode to
- *    max |diff| <= 1e-5, for batch sizes 32 and 16 (padded batches) and
+ *    max |diff| <= 1e-5, for batch sizes 32 and 64 (padded batches) and
  *    1 (a subset), which agree with each other as closely;
  *  - every query's ten nearest sentences are sentence-transformers' ten, in
  *    its order;
@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -266,15 +267,15 @@ START_TEST(minilm_embeddings_and_rankings_match_sentence_transformers)
 #else
     const size_t n_all = s.n, n_one = 24;
 #endif
-    /* Every sentence in padded batches of 32 and of 16 (other neighbours,
+    /* Every sentence in padded batches of 32 and of 64 (other neighbours,
      * other padding); the first few alone (no padding at all). */
     float *e32 = embed_and_check(&ctx, &m, &s, n_all, 32, want.data);
-    float *e16 = embed_and_check(&ctx, &m, &s, n_all, 16, want.data);
+    float *e64 = embed_and_check(&ctx, &m, &s, n_all, 64, want.data);
     float *e1 = embed_and_check(&ctx, &m, &s, n_one, 1, want.data);
-    const double d16 = max_abs_diff(e32, e16, n_all * C), d1 = max_abs_diff(e32, e1, n_one * C);
-    printf("  minilm: batch 32 vs 16: max |diff| %.3g; vs 1: %.3g%s\n", d16, d1,
-           d16 == 0 && d1 == 0 ? " (bitwise equal)" : " (rounding of the padded batches)");
-    ck_assert_msg(d16 <= EMB_TOL && d1 <= EMB_TOL, "batch composition changes embeddings");
+    const double d64 = max_abs_diff(e32, e64, n_all * C), d1 = max_abs_diff(e32, e1, n_one * C);
+    printf("  minilm: batch 32 vs 64: max |diff| %.3g; vs 1: %.3g%s\n", d64, d1,
+           d64 == 0 && d1 == 0 ? " (bitwise equal)" : " (rounding of the padded batches)");
+    ck_assert_msg(d64 <= EMB_TOL && d1 <= EMB_TOL, "batch composition changes embeddings");
 #ifdef TBT_ASAN
     /* The rankings need every sentence: the reference's embeddings stand
      * in for the ones not computed here (the first n_all were checked). */
@@ -286,7 +287,7 @@ START_TEST(minilm_embeddings_and_rankings_match_sentence_transformers)
 #else
     check_rankings(&ctx, &m, ref, e32, s.n);
 #endif
-    free(e32), free(e16), free(e1);
+    free(e32), free(e64), free(e1);
     tokens_free(&s);
     bert_model_close(&m);
     tbt_ref_free(ref);
@@ -661,6 +662,250 @@ START_TEST(ex_json_fuzz_seeds_replay)
 }
 END_TEST
 
+/* ---- text in: the folder's tokenizer (tb_wordpiece) ------------------------------- */
+
+/* The generator's sentences.txt (or queries.txt) as lines. */
+typedef struct text_set {
+    char *buf;
+    size_t n;
+    const char **text;
+    size_t *len;
+} text_set;
+
+static text_set read_lines(const char *name)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/minilm/%s", getenv("TB_ORACLE_DIR"), name);
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    const long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    text_set t = {tbt_alloc((size_t)size + 1), 0, NULL, NULL};
+    ck_assert_uint_eq(fread(t.buf, 1, (size_t)size, f), (size_t)size);
+    fclose(f);
+    for (long i = 0; i < size; i++)
+        t.n += t.buf[i] == '\n';
+    t.text = tbt_alloc(t.n * sizeof(char *));
+    t.len = tbt_alloc(t.n * sizeof(size_t));
+    char *p = t.buf;
+    for (size_t i = 0; i < t.n; i++) {
+        char *nl = strchr(p, '\n');
+        t.text[i] = p, t.len[i] = (size_t)(nl - p);
+        p = nl + 1;
+    }
+    return t;
+}
+
+static void text_free(text_set *t)
+{
+    free(t->buf), free(t->text), free(t->len);
+}
+
+START_TEST(minilm_tokenizer_gives_the_reference_ids_and_embeddings)
+{
+    char dir[1024];
+    model_dir(dir, sizeof dir);
+    tbt_ref *ref = load_ref();
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 2);
+    bert_model m;
+    CHECK_OK(ctx, bert_model_open(&ctx, &m, dir));
+    tb_wordpiece wp;
+    CHECK_OK(ctx, bert_tokenizer_load(&ctx, &m, &wp));
+    ck_assert_uint_eq(wp.vocab_size, 30522);
+    text_set t = read_lines("sentences.txt");
+    token_set s = tokens(ref, "ids", "lengths");
+    ck_assert_uint_eq(t.n, s.n);
+    /* Every sentence's ids, [CLS] ... [SEP] truncated to max_seq_length,
+     * are BertTokenizerFast's (the embeddings then follow from the test
+     * above). */
+    int32_t ids[256];
+    for (size_t i = 0; i < t.n; i++) {
+        size_t n;
+        CHECK_OK(ctx, tb_wordpiece_encode(&ctx, &wp, t.text[i], t.len[i], NULL, 0,
+                                          m.max_seq_length, ids, NULL, &n));
+        ck_assert_msg(n == s.lens[i] && memcmp(ids, s.ids[i], n * sizeof(int32_t)) == 0,
+                      "sentence %zu: the tokenizer's ids differ from BertTokenizerFast's", i);
+    }
+    /* Text in, embeddings out, on a subset (the ids of all were checked). */
+#ifdef TBT_ASAN
+    const size_t n_text = 4;
+#else
+    const size_t n_text = 32;
+#endif
+    const size_t C = m.cfg.hidden_size;
+    float *e = tbt_nan_buffer(n_text * C);
+    bert_embed_opts o = bert_embed_default_opts();
+    CHECK_OK(ctx, bert_embed(&ctx, &m, &wp, t.text, t.len, n_text, 0, &o, e));
+    const double err = max_abs_diff(e, tbt_ref_get(ref, "embeddings").data, n_text * C);
+    printf("  minilm: tokenizer ids equal BertTokenizerFast's for all %zu sentences; text -> "
+           "embedding for %zu: max |diff| vs sentence-transformers %.3g\n", t.n, n_text, err);
+    ck_assert_msg(err <= EMB_TOL, "text: max |diff| %.3g", err);
+    /* Not UTF-8, and a max_len beyond the positions: refused, nothing run. */
+    const char *bad[2] = {"fine", "caf\xe9 au lait"};
+    const size_t bad_len[2] = {4, 12};
+    ck_assert_int_eq(bert_embed(&ctx, &m, &wp, bad, bad_len, 2, 0, &o, e), TB_ERR_FORMAT);
+    ck_assert_msg(strstr(tb_ctx_error(&ctx), "sentence 1 is not valid UTF-8 (byte 3: 0xe9)"),
+                  "%s", tb_ctx_error(&ctx));
+    ck_assert_int_eq(bert_embed(&ctx, &m, &wp, bad, bad_len, 1, 513, &o, e), TB_ERR_INVALID_ARG);
+    ck_assert_int_eq(bert_embed(&ctx, &m, &wp, bad, bad_len, 1, 1, &o, e), TB_ERR_INVALID_ARG);
+    /* --max-len: the first 8 tokens only, exactly BertTokenizerFast's
+     * truncation: [CLS] + 6 pieces + [SEP]. */
+    size_t n8;
+    CHECK_OK(ctx, tb_wordpiece_encode(&ctx, &wp, t.text[8], t.len[8], NULL, 0, 8, ids, NULL, &n8));
+    ck_assert_uint_eq(n8, 8);
+    ck_assert(memcmp(ids, s.ids[8], 7 * sizeof(int32_t)) == 0);
+    ck_assert_int_eq(ids[7], wp.sep_id);
+    free(e);
+    text_free(&t);
+    tokens_free(&s);
+    tb_wordpiece_free(&wp);
+    bert_model_close(&m);
+    tbt_ref_free(ref);
+}
+END_TEST
+
+/* ---- the embed program, run as a user would ---------------------------------------- */
+
+static int run_embed(const char *args, const char *redirect, char *out, size_t cap)
+{
+    const char *bin = getenv("TB_EXAMPLE_DIR");
+    ck_assert_msg(bin && bin[0], "TB_EXAMPLE_DIR is not set (run the tests through make)");
+    char cmd[8192];
+    const int w = snprintf(cmd, sizeof cmd, "%s/embed %s %s", bin, args, redirect);
+    ck_assert(w > 0 && (size_t)w < sizeof cmd);
+    FILE *p = popen(cmd, "r");
+    ck_assert(p != NULL);
+    const size_t n = fread(out, 1, cap - 1, p);
+    out[n] = '\0';
+    const int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+START_TEST(embed_program_ranks_and_embeds)
+{
+    enum { CAP = 1 << 20 };
+    char dir[1024];
+    model_dir(dir, sizeof dir);
+    tbt_ref *ref = load_ref();
+    const char *odir = getenv("TB_ORACLE_DIR");
+    text_set t = read_lines("sentences.txt"), q = read_lines("queries.txt");
+    tbt_reft emb = tbt_ref_get(ref, "embeddings"), qemb = tbt_ref_get(ref, "query_emb");
+    const size_t C = emb.shape[1];
+#ifdef TBT_ASAN
+    const size_t n_rank = 12, n_queries = 1;
+#else
+    const size_t n_rank = 40, n_queries = 1;
+#endif
+    /* The file to rank: the first n_rank sentences, and an empty line
+     * (skipped) in the middle. */
+    char file[256];
+    snprintf(file, sizeof file, "/tmp/tbt_embed_XXXXXX");
+    const int fd = mkstemp(file);
+    ck_assert(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    for (size_t i = 0; i < n_rank; i++) {
+        fwrite(t.text[i], 1, t.len[i], f);
+        fputs(i == 2 ? "\n\n" : "\n", f);
+    }
+    fclose(f);
+    char *out = tbt_alloc(CAP);
+    char args[4096];
+    for (size_t j = 0; j < n_queries; j++) {
+        snprintf(args, sizeof args, "'%s' --query '%.*s' --rank %s --top 3 --threads 2", dir,
+                 (int)q.len[j], q.text[j], file);
+        ck_assert_int_eq(run_embed(args, "2>/dev/null", out, CAP), 0);
+        /* The expected order: sentence-transformers' embeddings' cosines. */
+        double *sc = tbt_alloc(n_rank * sizeof(double));
+        for (size_t i = 0; i < n_rank; i++) {
+            double d = 0;
+            for (size_t c = 0; c < C; c++)
+                d += (double)qemb.data[j * C + c] * emb.data[i * C + c];
+            sc[i] = d;
+        }
+        const char *line = out;
+        for (size_t r = 0; r < 3; r++) {
+            size_t best = 0;
+            for (size_t i = 1; i < n_rank; i++)
+                best = sc[i] > sc[best] ? i : best;
+            size_t rank, lineno;
+            double score;
+            ck_assert_msg(sscanf(line, "%zu\t%lf\t%zu\t", &rank, &score, &lineno) == 3,
+                          "embed --rank printed:\n%.2000s", out);
+            const size_t want_line = best + 1 + (best > 2); /* the empty line after line 3 */
+            ck_assert_msg(rank == r + 1 && lineno == want_line && fabs(score - sc[best]) < 1e-5,
+                          "query %zu rank %zu: line %zu score %.6f, expected line %zu score %.6f",
+                          j, r + 1, lineno, score, want_line, sc[best]);
+            const char *text = line;
+            for (int tabs = 0; tabs < 3 && text; tabs++)
+                text = strchr(text, '\t') ? strchr(text, '\t') + 1 : NULL;
+            ck_assert(text && strncmp(text, t.text[best], t.len[best] < 60 ? t.len[best] : 60)
+                                  == 0);
+            sc[best] = -INFINITY;
+            line = strchr(line, '\n');
+            ck_assert(line != NULL);
+            line++;
+        }
+        ck_assert_msg(*line == '\0', "more than --top 3 lines:\n%.2000s", out);
+        free(sc);
+    }
+    /* Embeddings of the first 3 lines as TSV (--file), and as binary rows
+     * from stdin. */
+    snprintf(args, sizeof args, "'%s' --file %s --batch 2 --threads 1 --max-len 256", dir, file);
+    ck_assert_int_eq(run_embed(args, "2>/dev/null", out, CAP), 0);
+    const char *p = out;
+    float *got = tbt_alloc(3 * C * sizeof(float));
+    for (size_t i = 0; i < 3 * C; i++) {
+        char *end;
+        got[i] = strtof(p, &end);
+        ck_assert_msg(end != p, "embed --file: not %zu numbers:\n%.500s", 3 * C, out);
+        ck_assert(*end == ((i + 1) % C ? '\t' : '\n'));
+        p = end + 1;
+    }
+    ck_assert_msg(max_abs_diff(got, emb.data, 3 * C) <= EMB_TOL, "embed tsv: max |diff| %.3g",
+                  max_abs_diff(got, emb.data, 3 * C));
+    snprintf(args, sizeof args, "'%s' --format bin < %s", dir, file);
+    size_t lines_in = n_rank + 1;
+    ck_assert_int_eq(run_embed(args, "2>/dev/null | head -c 4608", out, CAP), 0);
+    ck_assert(lines_in > 3);
+    float bin3[3 * 384];
+    ck_assert_uint_eq(C, 384);
+    memcpy(bin3, out, sizeof bin3);
+    ck_assert_msg(memcmp(bin3, got, sizeof bin3) == 0, "--format bin differs from tsv");
+    /* Bad input: a line that is not UTF-8 (named), a folder that is not a
+     * model, bad options. */
+    char bad[256];
+    snprintf(bad, sizeof bad, "/tmp/tbt_embed_bad_XXXXXX");
+    const int bfd = mkstemp(bad);
+    ck_assert(bfd >= 0);
+    ck_assert(write(bfd, "good\nalso good\ncaf\xe9\n", 20) == 20);
+    close(bfd);
+    snprintf(args, sizeof args, "'%s' --file %s", dir, bad);
+    ck_assert_int_eq(run_embed(args, "2>&1 >/dev/null", out, CAP), 1);
+    ck_assert_msg(strstr(out, "line 3") && strstr(out, "UTF-8"), "non-UTF-8 line: %s", out);
+    snprintf(args, sizeof args, "%s --file %s", odir, bad);
+    ck_assert_int_eq(run_embed(args, "2>&1 >/dev/null", out, CAP), 1);
+    ck_assert_msg(strstr(out, "config.json"), "not a model folder: %s", out);
+    snprintf(args, sizeof args, "'%s' --query x", dir);
+    ck_assert_int_eq(run_embed(args, "2>/dev/null", out, CAP), 2);
+    snprintf(args, sizeof args, "'%s' --format csv", dir);
+    ck_assert_int_eq(run_embed(args, "2>/dev/null </dev/null", out, CAP), 2);
+    snprintf(args, sizeof args, "'%s' --max-len 600", dir);
+    ck_assert_int_eq(run_embed(args, "2>/dev/null </dev/null", out, CAP), 2);
+    snprintf(args, sizeof args, "'%s' --batch 0", dir);
+    ck_assert_int_eq(run_embed(args, "2>/dev/null </dev/null", out, CAP), 2);
+    ck_assert_int_eq(run_embed("--bogus", "2>/dev/null", out, CAP), 2);
+    ck_assert_int_eq(run_embed("", "2>/dev/null", out, CAP), 2);
+    ck_assert_int_eq(run_embed("--help", "2>/dev/null", out, CAP), 0);
+    ck_assert(strncmp(out, "usage: embed MODEL_DIR", 22) == 0);
+    unlink(bad), unlink(file);
+    free(out), free(got);
+    text_free(&t), text_free(&q);
+    tbt_ref_free(ref);
+}
+END_TEST
+
 Suite *suite_minilm(void)
 {
     Suite *s = suite_create("minilm");
@@ -672,6 +917,8 @@ Suite *suite_minilm(void)
     tcase_add_test(tc, minilm_thread_count_does_not_change_results);
     tcase_add_test(tc, minilm_refuses_bad_folders);
     tcase_add_test(tc, minilm_refuses_bad_tokens);
+    tcase_add_test(tc, minilm_tokenizer_gives_the_reference_ids_and_embeddings);
+    tcase_add_test(tc, embed_program_ranks_and_embeds);
     suite_add_tcase(s, tc);
     TCase *js = tcase_create("ex_json");
     tcase_add_test(js, ex_json_accepts_json_and_nothing_else);
