@@ -469,7 +469,7 @@ tb_status bert_embed_ids(tb_ctx *ctx, bert_model *m, const int32_t *const *ids,
     for (size_t start = 0; start < n && s == TB_OK;) {
         const size_t T = ord[start].len; /* the longest of this batch */
         size_t B = opts->batch;
-        if (opts->max_tokens && B * T > opts->max_tokens)
+        if (opts->max_tokens && B > opts->max_tokens / T) /* B * T > max_tokens, no overflow */
             B = opts->max_tokens / T ? opts->max_tokens / T : 1;
         if (B > n - start)
             B = n - start;

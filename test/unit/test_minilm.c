@@ -48,7 +48,7 @@
 #endif
 #endif
 
-#define MINILM_ASAN_N 24
+#define MINILM_ASAN_N 8
 #define EMB_TOL 1e-5 /* the bar: max |diff| vs sentence-transformers */
 
 static void model_dir(char *buf, size_t cap)
@@ -91,6 +91,33 @@ static token_set tokens(const tbt_ref *ref, const char *ids_name, const char *le
 static void tokens_free(token_set *t)
 {
     free(t->ids), free(t->lens);
+}
+
+#ifdef TBT_ASAN
+/* Indices of the first `want` sentences of at most `max_tokens` tokens (in
+ * file order; the generator interleaves the lengths). */
+static size_t short_ones(const token_set *t, size_t max_tokens, size_t want, size_t *idx)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < t->n && k < want; i++)
+        if (t->lens[i] <= max_tokens)
+            idx[k++] = i;
+    ck_assert_uint_eq(k, want);
+    return k;
+}
+#endif
+
+/* A token set of the sentences idx[0..k) and their reference rows. */
+static token_set subset(const token_set *t, const size_t *idx, size_t k, const float *ref,
+                        size_t C, float **ref_out)
+{
+    token_set s = {k, tbt_alloc(k * sizeof(int32_t *)), tbt_alloc(k * sizeof(size_t))};
+    *ref_out = tbt_alloc(k * C * sizeof(float));
+    for (size_t j = 0; j < k; j++) {
+        s.ids[j] = t->ids[idx[j]], s.lens[j] = t->lens[idx[j]];
+        memcpy(*ref_out + j * C, ref + idx[j] * C, C * sizeof(float));
+    }
+    return s;
 }
 
 static double now(void)
@@ -263,27 +290,35 @@ START_TEST(minilm_embeddings_and_rankings_match_sentence_transformers)
     const size_t C = m.cfg.hidden_size;
     ck_assert_uint_eq(want.n, s.n * C);
 #ifdef TBT_ASAN
-    const size_t n_all = MINILM_ASAN_N, n_one = 8;
+    /* The sanitizer build runs ~20x slower: MINILM_ASAN_N sentences of at
+     * most 40 tokens, and the rankings on the reference's embeddings of
+     * the others. */
+    size_t idx[MINILM_ASAN_N];
+    float *want_sub;
+    const size_t n_all = short_ones(&s, 40, MINILM_ASAN_N, idx), n_one = n_all / 2;
+    token_set run = subset(&s, idx, n_all, want.data, C, &want_sub);
 #else
     const size_t n_all = s.n, n_one = 24;
+    token_set run = s;
+    const float *want_sub = want.data;
 #endif
     /* Every sentence in padded batches of 32 and of 64 (other neighbours,
      * other padding); the first few alone (no padding at all). */
-    float *e32 = embed_and_check(&ctx, &m, &s, n_all, 32, want.data);
-    float *e64 = embed_and_check(&ctx, &m, &s, n_all, 64, want.data);
-    float *e1 = embed_and_check(&ctx, &m, &s, n_one, 1, want.data);
+    float *e32 = embed_and_check(&ctx, &m, &run, n_all, 32, want_sub);
+    float *e64 = embed_and_check(&ctx, &m, &run, n_all, 64, want_sub);
+    float *e1 = embed_and_check(&ctx, &m, &run, n_one, 1, want_sub);
     const double d64 = max_abs_diff(e32, e64, n_all * C), d1 = max_abs_diff(e32, e1, n_one * C);
     printf("  minilm: batch 32 vs 64: max |diff| %.3g; vs 1: %.3g%s\n", d64, d1,
            d64 == 0 && d1 == 0 ? " (bitwise equal)" : " (rounding of the padded batches)");
     ck_assert_msg(d64 <= EMB_TOL && d1 <= EMB_TOL, "batch composition changes embeddings");
 #ifdef TBT_ASAN
-    /* The rankings need every sentence: the reference's embeddings stand
-     * in for the ones not computed here (the first n_all were checked). */
     float *all = tbt_alloc(s.n * C * sizeof(float));
     memcpy(all, want.data, s.n * C * sizeof(float));
-    memcpy(all, e32, n_all * C * sizeof(float));
+    for (size_t j = 0; j < n_all; j++)
+        memcpy(all + idx[j] * C, e32 + j * C, C * sizeof(float));
     check_rankings(&ctx, &m, ref, all, s.n);
-    free(all);
+    free(all), free(want_sub);
+    tokens_free(&run);
 #else
     check_rankings(&ctx, &m, ref, e32, s.n);
 #endif
@@ -304,8 +339,20 @@ START_TEST(minilm_thread_count_does_not_change_results)
     tbt_ctx_init(&c2, 2);
     bert_model m;
     CHECK_OK(c2, bert_model_open(&c2, &m, dir));
-    token_set s = tokens(ref, "ids", "lengths");
-    s.n = 16; /* the generator interleaves lengths: short to truncated */
+    token_set all = tokens(ref, "ids", "lengths");
+#ifdef TBT_ASAN
+    size_t idx[MINILM_ASAN_N];
+    const size_t n_sub = short_ones(&all, 40, MINILM_ASAN_N, idx);
+#else
+    size_t idx[16]; /* the first 16: 9 to 219 tokens */
+    const size_t n_sub = 16;
+    for (size_t i = 0; i < n_sub; i++)
+        idx[i] = i;
+#endif
+    float *unused;
+    token_set s = subset(&all, idx, n_sub, tbt_ref_get(ref, "embeddings").data, 384, &unused);
+    free(unused);
+    tokens_free(&all);
     const size_t C = m.cfg.hidden_size;
     float *a = tbt_nan_buffer(s.n * C), *b = tbt_nan_buffer(s.n * C);
     bert_embed_opts o = bert_embed_default_opts();
@@ -730,15 +777,26 @@ START_TEST(minilm_tokenizer_gives_the_reference_ids_and_embeddings)
     }
     /* Text in, embeddings out, on a subset (the ids of all were checked). */
 #ifdef TBT_ASAN
-    const size_t n_text = 4;
+    size_t idx[4];
+    const size_t n_text = short_ones(&s, 40, 4, idx);
 #else
+    size_t idx[32];
     const size_t n_text = 32;
+    for (size_t i = 0; i < n_text; i++)
+        idx[i] = i;
 #endif
     const size_t C = m.cfg.hidden_size;
-    float *e = tbt_nan_buffer(n_text * C);
+    float *e = tbt_nan_buffer(n_text * C), *want_sub;
+    const char *texts[32];
+    size_t tlen[32];
+    for (size_t j = 0; j < n_text; j++)
+        texts[j] = t.text[idx[j]], tlen[j] = t.len[idx[j]];
+    token_set unused = subset(&s, idx, n_text, tbt_ref_get(ref, "embeddings").data, C, &want_sub);
+    tokens_free(&unused);
     bert_embed_opts o = bert_embed_default_opts();
-    CHECK_OK(ctx, bert_embed(&ctx, &m, &wp, t.text, t.len, n_text, 0, &o, e));
-    const double err = max_abs_diff(e, tbt_ref_get(ref, "embeddings").data, n_text * C);
+    CHECK_OK(ctx, bert_embed(&ctx, &m, &wp, texts, tlen, n_text, 0, &o, e));
+    const double err = max_abs_diff(e, want_sub, n_text * C);
+    free(want_sub);
     printf("  minilm: tokenizer ids equal BertTokenizerFast's for all %zu sentences; text -> "
            "embedding for %zu: max |diff| vs sentence-transformers %.3g\n", t.n, n_text, err);
     ck_assert_msg(err <= EMB_TOL, "text: max |diff| %.3g", err);
@@ -793,10 +851,16 @@ START_TEST(embed_program_ranks_and_embeds)
     text_set t = read_lines("sentences.txt"), q = read_lines("queries.txt");
     tbt_reft emb = tbt_ref_get(ref, "embeddings"), qemb = tbt_ref_get(ref, "query_emb");
     const size_t C = emb.shape[1];
+    size_t pick[40]; /* the sentences of the file, in its order */
 #ifdef TBT_ASAN
-    const size_t n_rank = 12, n_queries = 1;
+    const size_t n_queries = 1;
+    token_set ts = tokens(ref, "ids", "lengths");
+    const size_t n_rank = short_ones(&ts, 40, 6, pick);
+    tokens_free(&ts);
 #else
     const size_t n_rank = 40, n_queries = 1;
+    for (size_t i = 0; i < n_rank; i++)
+        pick[i] = i;
 #endif
     /* The file to rank: the first n_rank sentences, and an empty line
      * (skipped) in the middle. */
@@ -806,7 +870,7 @@ START_TEST(embed_program_ranks_and_embeds)
     ck_assert(fd >= 0);
     FILE *f = fdopen(fd, "w");
     for (size_t i = 0; i < n_rank; i++) {
-        fwrite(t.text[i], 1, t.len[i], f);
+        fwrite(t.text[pick[i]], 1, t.len[pick[i]], f);
         fputs(i == 2 ? "\n\n" : "\n", f);
     }
     fclose(f);
@@ -821,7 +885,7 @@ START_TEST(embed_program_ranks_and_embeds)
         for (size_t i = 0; i < n_rank; i++) {
             double d = 0;
             for (size_t c = 0; c < C; c++)
-                d += (double)qemb.data[j * C + c] * emb.data[i * C + c];
+                d += (double)qemb.data[j * C + c] * emb.data[pick[i] * C + c];
             sc[i] = d;
         }
         const char *line = out;
@@ -840,8 +904,8 @@ START_TEST(embed_program_ranks_and_embeds)
             const char *text = line;
             for (int tabs = 0; tabs < 3 && text; tabs++)
                 text = strchr(text, '\t') ? strchr(text, '\t') + 1 : NULL;
-            ck_assert(text && strncmp(text, t.text[best], t.len[best] < 60 ? t.len[best] : 60)
-                                  == 0);
+            const size_t sb = pick[best];
+            ck_assert(text && strncmp(text, t.text[sb], t.len[sb] < 60 ? t.len[sb] : 60) == 0);
             sc[best] = -INFINITY;
             line = strchr(line, '\n');
             ck_assert(line != NULL);
@@ -863,8 +927,12 @@ START_TEST(embed_program_ranks_and_embeds)
         ck_assert(*end == ((i + 1) % C ? '\t' : '\n'));
         p = end + 1;
     }
-    ck_assert_msg(max_abs_diff(got, emb.data, 3 * C) <= EMB_TOL, "embed tsv: max |diff| %.3g",
-                  max_abs_diff(got, emb.data, 3 * C));
+    float want3[3 * 384];
+    ck_assert_uint_eq(C, 384);
+    for (size_t i = 0; i < 3; i++)
+        memcpy(want3 + i * C, emb.data + pick[i] * C, C * sizeof(float));
+    ck_assert_msg(max_abs_diff(got, want3, 3 * C) <= EMB_TOL, "embed tsv: max |diff| %.3g",
+                  max_abs_diff(got, want3, 3 * C));
     snprintf(args, sizeof args, "'%s' --format bin < %s", dir, file);
     size_t lines_in = n_rank + 1;
     ck_assert_int_eq(run_embed(args, "2>/dev/null | head -c 4608", out, CAP), 0);
