@@ -573,6 +573,65 @@ START_TEST(minilm_refuses_bad_folders)
 }
 END_TEST
 
+/* The same weights under BertForMaskedLM-style names ("bert." prefix, a
+ * head tensor besides): the prefix is detected, the head ignored, and the
+ * embeddings are bitwise the original's. */
+START_TEST(minilm_loads_prefixed_checkpoints)
+{
+    char src[1024], p[2048];
+    model_dir(src, sizeof src);
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 2);
+    snprintf(p, sizeof p, "%s/model.safetensors", src);
+    tb_st_file f;
+    CHECK_OK(ctx, tb_st_open(&ctx, p, &f));
+    tb_st_entry *ent = tbt_alloc((f.count + 1) * sizeof *ent);
+    char **names = tbt_alloc(f.count * sizeof(char *));
+    float **vals = tbt_alloc(f.count * sizeof(float *));
+    size_t k = 0;
+    for (size_t i = 0; i < f.count; i++) {
+        const tb_st_tensor *t = &f.tensors[i];
+        if (t->dtype != TB_ST_F32) /* embeddings.position_ids (I64): not a parameter */
+            continue;
+        names[i] = tbt_alloc(strlen(t->name) + 6);
+        sprintf(names[i], "bert.%s", t->name);
+        vals[i] = tbt_alloc((t->numel ? t->numel : 1) * sizeof(float));
+        CHECK_OK(ctx, tb_st_read_f32(&ctx, t, vals[i], t->numel));
+        ent[k].name = names[i], ent[k].data = vals[i], ent[k].ndim = t->ndim;
+        ent[k].shape = t->shape;
+        k++;
+    }
+    ck_assert_uint_ge(k, 100);
+    static float head[7] = {1, 2, 3, 4, 5, 6, 7};
+    const size_t head_shape[1] = {7};
+    ent[k].name = "cls.predictions.bias", ent[k].data = head;
+    ent[k].ndim = 1, ent[k].shape = head_shape;
+    char tmp[256];
+    make_folder(tmp, sizeof tmp, src);
+    snprintf(p, sizeof p, "%s/model.safetensors", tmp);
+    unlink(p);
+    CHECK_OK(ctx, tb_st_save(&ctx, p, ent, k + 1, NULL, 0));
+    for (size_t i = 0; i < f.count; i++)
+        free(names[i]), free(vals[i]);
+    free(names), free(vals), free(ent);
+    tb_st_close(&f);
+    bert_model a, b;
+    CHECK_OK(ctx, bert_model_open(&ctx, &a, src));
+    CHECK_OK(ctx, bert_model_open(&ctx, &b, tmp));
+    ck_assert_str_eq(b.prefix, "bert.");
+    const int32_t s0[] = {101, 7592, 2088, 102}, s1[] = {101, 1037, 4937, 2003, 2006, 1996, 102};
+    const int32_t *rows[2] = {s0, s1};
+    const size_t lens[2] = {4, 7};
+    float ea[2 * 384], eb[2 * 384];
+    bert_embed_opts o = bert_embed_default_opts();
+    CHECK_OK(ctx, bert_embed_ids(&ctx, &a, rows, lens, 2, &o, ea));
+    CHECK_OK(ctx, bert_embed_ids(&ctx, &b, rows, lens, 2, &o, eb));
+    ck_assert_msg(memcmp(ea, eb, sizeof ea) == 0, "prefixed checkpoint embeds differently");
+    bert_model_close(&a), bert_model_close(&b);
+    remove_folder(tmp);
+}
+END_TEST
+
 START_TEST(minilm_refuses_bad_tokens)
 {
     char dir[1024];
@@ -985,6 +1044,7 @@ Suite *suite_minilm(void)
     tcase_add_test(tc, minilm_thread_count_does_not_change_results);
     tcase_add_test(tc, minilm_refuses_bad_folders);
     tcase_add_test(tc, minilm_refuses_bad_tokens);
+    tcase_add_test(tc, minilm_loads_prefixed_checkpoints);
     tcase_add_test(tc, minilm_tokenizer_gives_the_reference_ids_and_embeddings);
     tcase_add_test(tc, embed_program_ranks_and_embeds);
     suite_add_tcase(s, tc);
