@@ -267,6 +267,12 @@ FUZZ_TARGETS += lora_file
 FUZZ_SEEDS_lora_file := test/fuzz/corpus_lora_file test/fuzz/regressions_lora_file
 FUZZ_DICT_lora_file  := test/fuzz/lora_file.dict
 
+# The WordPiece tokenizer: texts (any bytes, every configuration) with a
+# built-in vocabulary, and vocabularies (test/fuzz/wordpiece_harness.h;
+# seeds replayed by test_wordpiece.c).
+FUZZ_TARGETS += wordpiece
+FUZZ_SEEDS_wordpiece := test/fuzz/corpus_wordpiece
+
 # The examples' JSON reader for configuration files (examples/common/ex_json.c).
 FUZZ_TARGETS += ex_json
 FUZZ_SEEDS_ex_json := test/fuzz/corpus_ex_json

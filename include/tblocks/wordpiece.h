@@ -65,8 +65,8 @@ typedef struct tb_wordpiece_config {
 } tb_wordpiece_config;
 
 /**
- * @brief The configuration of bert-base-uncased and all-MiniLM-L6-v2:
- * lowercase 1, strip_accents AUTO, split_cjk 1, max_chars_per_word 100.
+ * @brief The configuration of bert-base-uncased and all-MiniLM-L6-v2.
+ * @return lowercase 1, strip_accents AUTO, split_cjk 1, max_chars_per_word 100.
  */
 tb_wordpiece_config tb_wordpiece_default_config(void);
 
@@ -88,9 +88,9 @@ typedef struct tb_wordpiece {
     char *strings_;          /**< Every token, NUL-terminated, in line order. */
     uint32_t *offsets_;      /**< vocab_size offsets into strings_. */
     /** Trie of the tokens over their bytes: edge (parent << 8 | byte) -> child,
-     *  in an open-addressing hash of edge_mask_ + 1 slots (key 0: empty). */
-    uint64_t *edge_keys_;
-    uint32_t *edge_child_;   /**< Child node of each slot. */
+     *  in an open-addressing hash of edge_mask_ + 1 slots of two words each,
+     *  the key (0: empty) and the child, side by side (one cache line per probe). */
+    uint64_t *edges_;
     size_t edge_mask_;       /**< Slots - 1 (a power of two minus one). */
     int32_t *node_id_;       /**< Token id ending at each node, -1 if none (node 0: root). */
     size_t n_nodes_;         /**< Nodes of the trie. */
@@ -107,10 +107,11 @@ typedef struct tb_wordpiece {
  * Face's loaders (a dict filled in line order) do, and the earlier ids keep
  * their text for token() (tokenizers' vocab_r would forget them).
  *
- * @param ctx  Context (errors, allocator).
- * @param wp   Filled on success; on failure zeroed (tb_wordpiece_free() is safe).
- * @param vocab `len` bytes (need not be NUL-terminated).
- * @param cfg  Options; NULL means tb_wordpiece_default_config().
+ * @param ctx   Context (errors, allocator).
+ * @param wp    Filled on success; on failure zeroed (tb_wordpiece_free() is safe).
+ * @param vocab The file's bytes (need not be NUL-terminated).
+ * @param len   Bytes of vocab.
+ * @param cfg   Options; NULL means tb_wordpiece_default_config().
  * @return TB_OK; TB_ERR_NULL_ARG (ctx, wp, or vocab with len > 0);
  *   TB_ERR_INVALID_ARG (empty vocabulary, strip_accents not a
  *   tb_wordpiece_accents value); TB_ERR_FORMAT (a line that is not valid
@@ -123,12 +124,19 @@ tb_status tb_wordpiece_init(tb_ctx *ctx, tb_wordpiece *wp, const char *vocab, si
 
 /**
  * @brief tb_wordpiece_init() on the contents of the file `vocab_path`.
+ * @param ctx        Context (errors, allocator).
+ * @param wp         Filled on success; zeroed on failure.
+ * @param vocab_path Path of a vocab.txt.
+ * @param cfg        Options; NULL means tb_wordpiece_default_config().
  * @return as tb_wordpiece_init(); TB_ERR_IO when the file cannot be opened or read.
  */
 tb_status tb_wordpiece_load(tb_ctx *ctx, tb_wordpiece *wp, const char *vocab_path,
                             const tb_wordpiece_config *cfg);
 
-/** @brief Release a tokenizer (NULL, zeroed or already freed: no-op); zeroes it. */
+/**
+ * @brief Release a tokenizer; zeroes it.
+ * @param wp NULL, zeroed or already freed: no-op.
+ */
 void tb_wordpiece_free(tb_wordpiece *wp);
 
 /**
@@ -138,6 +146,14 @@ void tb_wordpiece_free(tb_wordpiece *wp);
  * the number of pieces of the whole text: call with cap 0 (ids may then be
  * NULL) to size the buffer. Linear time; memory: a word buffer of
  * min(max_chars_per_word + 1, 3 len + 1) characters, on the stack up to 256.
+ *
+ * @param ctx  Context (errors, allocator of a large word buffer).
+ * @param wp   An initialised tokenizer (only read).
+ * @param text `len` bytes of UTF-8 (invalid sequences are removed); may be NULL when len is 0.
+ * @param len  Bytes of text.
+ * @param ids  Room for cap ids, or NULL with cap 0.
+ * @param cap  Ids that fit in ids.
+ * @param n    The number of pieces of the whole text.
  *
  * @return TB_OK; TB_ERR_NULL_ARG (ctx, wp, n, text with len > 0, ids with
  *   cap > 0); TB_ERR_STATE (wp not initialised); TB_ERR_NOT_FOUND (a word
@@ -160,8 +176,12 @@ tb_status tb_wordpiece_tokenize(tb_ctx *ctx, const tb_wordpiece *wp, const char 
  * are equal, the other way round when b is shorter. A single sentence
  * keeps its first max_len - 2 pieces. No padding.
  *
- * @param a, alen  The first sentence (UTF-8; a may be NULL when alen is 0).
- * @param b, blen  The second sentence, or b NULL for a single sentence.
+ * @param ctx      Context (errors).
+ * @param wp       An initialised tokenizer (only read).
+ * @param a        The first sentence (UTF-8; may be NULL when alen is 0).
+ * @param alen     Bytes of a.
+ * @param b        The second sentence, or NULL for a single sentence.
+ * @param blen     Bytes of b.
  * @param max_len  At most this many tokens (>= 2; >= 3 with b).
  * @param ids      Room for max_len ids; ids[0 .. *n) written.
  * @param type_ids NULL, or room for max_len: 0 for [CLS] a [SEP], 1 for b [SEP].
@@ -176,12 +196,16 @@ tb_status tb_wordpiece_encode(tb_ctx *ctx, const tb_wordpiece *wp, const char *a
 
 /**
  * @brief The text of token `id` (the vocabulary's line, without its line end).
+ * @param wp An initialised tokenizer.
+ * @param id A token id.
  * @return NULL if wp is NULL or id is outside 0 .. vocab_size - 1.
  */
 const char *tb_wordpiece_token(const tb_wordpiece *wp, int32_t id);
 
 /**
  * @brief The id of a token given exactly (no normalization): "##ing", "[CLS]".
+ * @param wp    An initialised tokenizer.
+ * @param token A NUL-terminated token.
  * @return the id (the last line holding it), -1 if absent or an argument is NULL.
  */
 int32_t tb_wordpiece_id(const tb_wordpiece *wp, const char *token);

@@ -17,7 +17,8 @@ enum {
     TB_UP_CJK = 8,    /* CJK ideograph: surrounded by spaces (tokenize_chinese_chars) */
     TB_UP_BREAK = 16, /* its NFD holds a starter: ends a run of reorderable marks */
     TB_UP_STRIP = 32, /* accent stripping maps it to useq[strip_off .. + strip_len) */
-    TB_UP_LOWER = 64  /* lower-casing maps it to useq[lower_off .. + lower_len) */
+    TB_UP_LOWER = 64, /* lower-casing maps it to useq[lower_off .. + lower_len) */
+    TB_UP_HANGUL = 128 /* a precomposed Hangul syllable: NFD is arithmetic (L V [T] jamo) */
 };
 
 /* One record; code points share records (tb_uprops is indexed by two stages). */

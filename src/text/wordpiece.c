@@ -137,9 +137,9 @@ static uint32_t trie_child(const tb_wordpiece *wp, uint32_t node, unsigned char 
     const uint64_t key = ((uint64_t)node << 8) | b;
     size_t s = edge_hash(key, wp->edge_mask_);
     for (;;) {
-        const uint64_t k = wp->edge_keys_[s];
+        const uint64_t k = wp->edges_[2 * s];
         if (k == key)
-            return wp->edge_child_[s];
+            return (uint32_t)wp->edges_[2 * s + 1];
         if (k == 0)
             return WP_NONE;
         s = (s + 1) & wp->edge_mask_;
@@ -150,32 +150,26 @@ static uint32_t trie_child(const tb_wordpiece *wp, uint32_t node, unsigned char 
 static tb_status trie_grow(tb_ctx *ctx, tb_wordpiece *wp, const char *fn)
 {
     const size_t old = wp->edge_mask_ + 1, slots = old * 2;
-    uint64_t *keys;
-    uint32_t *child;
+    uint64_t *e;
     tb_status st;
-    size_t kb, cb;
-    if (!tb_mul_size(slots, sizeof *keys, &kb) || !tb_mul_size(slots, sizeof *child, &cb))
+    size_t bytes;
+    if (!tb_mul_size(slots, 2 * sizeof *e, &bytes))
         return tb_fail(ctx, TB_ERR_OVERFLOW, fn, "trie of %zu edges", old);
-    if ((st = tb_alloc(ctx, fn, kb, (void **)&keys)) != TB_OK)
+    if ((st = tb_alloc(ctx, fn, bytes, (void **)&e)) != TB_OK)
         return st;
-    if ((st = tb_alloc(ctx, fn, cb, (void **)&child)) != TB_OK) {
-        tb_free_with(&ctx->allocator, keys);
-        return st;
-    }
-    memset(keys, 0, kb);
+    memset(e, 0, bytes);
     for (size_t i = 0; i < old; i++) {
-        if (wp->edge_keys_[i]) {
-            size_t s = edge_hash(wp->edge_keys_[i], slots - 1);
-            while (keys[s])
+        const uint64_t key = wp->edges_[2 * i];
+        if (key) {
+            size_t s = edge_hash(key, slots - 1);
+            while (e[2 * s])
                 s = (s + 1) & (slots - 1);
-            keys[s] = wp->edge_keys_[i];
-            child[s] = wp->edge_child_[i];
+            e[2 * s] = key;
+            e[2 * s + 1] = wp->edges_[2 * i + 1];
         }
     }
-    tb_free_with(&ctx->allocator, wp->edge_keys_);
-    tb_free_with(&ctx->allocator, wp->edge_child_);
-    wp->edge_keys_ = keys;
-    wp->edge_child_ = child;
+    tb_free_with(&ctx->allocator, wp->edges_);
+    wp->edges_ = e;
     wp->edge_mask_ = slots - 1;
     return TB_OK;
 }
@@ -196,10 +190,10 @@ static tb_status trie_insert(tb_ctx *ctx, tb_wordpiece *wp, const char *fn, cons
             c = (uint32_t)wp->n_nodes_++;
             wp->node_id_[c] = -1;
             s = edge_hash(key, wp->edge_mask_);
-            while (wp->edge_keys_[s])
+            while (wp->edges_[2 * s])
                 s = (s + 1) & wp->edge_mask_;
-            wp->edge_keys_[s] = key;
-            wp->edge_child_[s] = c;
+            wp->edges_[2 * s] = key;
+            wp->edges_[2 * s + 1] = c;
             (*n_edges)++;
         }
         node = c;
@@ -216,8 +210,7 @@ void tb_wordpiece_free(tb_wordpiece *wp)
         return;
     tb_free_with(&wp->allocator_, wp->strings_);
     tb_free_with(&wp->allocator_, wp->offsets_);
-    tb_free_with(&wp->allocator_, wp->edge_keys_);
-    tb_free_with(&wp->allocator_, wp->edge_child_);
+    tb_free_with(&wp->allocator_, wp->edges_);
     tb_free_with(&wp->allocator_, wp->node_id_);
     memset(wp, 0, sizeof *wp);
 }
@@ -274,11 +267,9 @@ tb_status tb_wordpiece_init(tb_ctx *ctx, tb_wordpiece *wp, const char *vocab, si
     if ((st = tb_alloc(ctx, fn, bytes, (void **)&wp->node_id_)) != TB_OK)
         goto fail;
     wp->edge_mask_ = 1023;
-    if ((st = tb_alloc(ctx, fn, 1024 * sizeof(uint64_t), (void **)&wp->edge_keys_)) != TB_OK)
+    if ((st = tb_alloc(ctx, fn, 2048 * sizeof(uint64_t), (void **)&wp->edges_)) != TB_OK)
         goto fail;
-    if ((st = tb_alloc(ctx, fn, 1024 * sizeof(uint32_t), (void **)&wp->edge_child_)) != TB_OK)
-        goto fail;
-    memset(wp->edge_keys_, 0, 1024 * sizeof(uint64_t));
+    memset(wp->edges_, 0, 2048 * sizeof(uint64_t));
     wp->node_id_[0] = -1;
     wp->n_nodes_ = 1;
     memcpy(wp->strings_, vocab, len);
@@ -521,7 +512,13 @@ static void normalize_char(wp_state *s, uint32_t c, const tb_uprop *p)
     }
     if (p->flags & TB_UP_BREAK)
         flush_run(s);
-    if (p->flags & TB_UP_STRIP) {
+    if (p->flags & TB_UP_HANGUL) { /* Unicode's arithmetic decomposition, starters only */
+        const uint32_t h = c - 0xAC00u;
+        lower_split(s, 0x1100u + h / 588u, tb_uprop_of(0x1100u + h / 588u), 0);
+        lower_split(s, 0x1161u + (h % 588u) / 28u, tb_uprop_of(0x1161u + (h % 588u) / 28u), 0);
+        if (h % 28u)
+            lower_split(s, 0x11A7u + h % 28u, tb_uprop_of(0x11A7u + h % 28u), 0);
+    } else if (p->flags & TB_UP_STRIP) {
         for (unsigned k = 0; k < p->strip_len; k++) {
             const uint32_t d = tb_useq[p->strip_off + k];
             const tb_uprop *pd = tb_uprop_of(d);
@@ -608,7 +605,7 @@ static tb_status run_text(tb_ctx *ctx, const char *fn, wp_state *s, const char *
 
 static tb_status check_wp(tb_ctx *ctx, const char *fn, const tb_wordpiece *wp)
 {
-    if (!wp->offsets_ || !wp->node_id_ || !wp->edge_keys_)
+    if (!wp->offsets_ || !wp->node_id_ || !wp->edges_)
         return tb_fail(ctx, TB_ERR_STATE, fn, "wp is not an initialised tokenizer");
     return TB_OK;
 }

@@ -237,8 +237,12 @@ def main():
     corpus = [("text_bytes", tb), ("text_nbytes", gr.i32(nbytes)), ("text_off", toff.astype(np.int32)),
               ("counts", np.array([len(flines), len(uniq), len(hand), len(cpl)], dtype=np.int32)),
               ("cfg", np.array([[int(lo), accents_c(st), int(cj), 100] for lo, st, cj in CONFIGS], dtype=np.int32))]
+    lengths0 = None
     for k, tok in enumerate(toks):
-        ids, off = flat(tokenize_all(tok, texts))
+        lists = tokenize_all(tok, texts)
+        if k == 0:
+            lengths0 = [len(x) for x in lists]
+        ids, off = flat(lists)
         corpus += [("ids%d" % k, ids), ("ids_off%d" % k, off.astype(np.int32))]
 
     # pairs and truncation (configuration 0)
@@ -254,7 +258,7 @@ def main():
             rng.choice([2, 3, 4, 5, 8, 16, 64, 512])
         pairs.append((a, b, ml))
     # long against long and the edge lengths explicitly
-    long_a = [i for i in pool if len(tokenize_all(tok, [texts[i]])[0]) > 40][:6]
+    long_a = [i for i in pool if lengths0[i] > 40][:6]
     for a in long_a:
         for b in long_a[:3]:
             for ml in (3, 4, 5, 10, 11, 41, 64):

@@ -55,7 +55,7 @@ WANT_TOKENIZERS = "0.23.3"
 BLOCK = 128  # code points per second-stage block
 MAXCP = 0x110000
 
-F_DROP, F_SPACE, F_PUNCT, F_CJK, F_BREAK, F_STRIP, F_LOWER = 1, 2, 4, 8, 16, 32, 64
+F_DROP, F_SPACE, F_PUNCT, F_CJK, F_BREAK, F_STRIP, F_LOWER, F_HANGUL = 1, 2, 4, 8, 16, 32, 64, 128
 
 CJK_RANGES = [(0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
               (0x2B740, 0x2B81F), (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F)]
@@ -175,7 +175,12 @@ def main():
         if brk[cp]:
             f |= F_BREAK
         so = sl = lo_ = ll = 0
-        if strip[cp] != c:
+        if 0xAC00 <= cp <= 0xD7A3:  # Hangul syllables: NFD is arithmetic (wordpiece.c)
+            h = cp - 0xAC00
+            jamo = chr(0x1100 + h // 588) + chr(0x1161 + (h % 588) // 28) + (chr(0x11A7 + h % 28) if h % 28 else "")
+            assert strip[cp] == jamo and lower[cp] == c and f == F_BREAK, hex(cp)
+            f |= F_HANGUL
+        elif strip[cp] != c:
             f |= F_STRIP
             so, sl = seq_ref(strip[cp])
         if lower[cp] != c:
