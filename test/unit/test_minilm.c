@@ -55,10 +55,12 @@
  * passes embed the first MINILM_PORTABLE_N sentences (lengths interleaved:
  * 5 to 256 tokens) and the rankings use the reference's embeddings for the
  * rest, so `make check` stays within its time. */
+#ifndef TBT_ASAN
 static int portable_family(void)
 {
     return tbt_test_kernel() == TB_KERNEL_PORTABLE;
 }
+#endif
 #define EMB_TOL 1e-5 /* the bar: max |diff| vs sentence-transformers */
 
 static void model_dir(char *buf, size_t cap)
