@@ -54,6 +54,46 @@ def case(seed, n, d, scale):
             ("dlogit_scale_f64", ds64.float().reshape(1))]
 
 
+def case_clipmodel(seed):
+    """A tiny random CLIPModel's own forward(return_loss=True): the projected
+    embeddings its forward computes are caught with hooks on the two
+    projections (with their gradients), and compared with its loss,
+    logits_per_image and logit_scale.grad."""
+    from transformers import CLIPConfig, CLIPModel
+    torch.manual_seed(seed)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=12, bos_token_id=0,
+                         eos_token_id=2, pad_token_id=1),
+        vision_config=dict(hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=8, patch_size=4, num_channels=3),
+        projection_dim=12)
+    m = CLIPModel(cfg).eval()
+    caught = {}
+
+    def hook(name):
+        def f(_mod, _inp, out):
+            out.retain_grad()
+            caught[name] = out
+        return f
+
+    m.visual_projection.register_forward_hook(hook("img"))
+    m.text_projection.register_forward_hook(hook("txt"))
+    n = 6
+    ids = torch.randint(3, 50, (n, 7))
+    ids[:, -1] = 2  # eos: the pooled position
+    px = torch.randn(n, 3, 8, 8)
+    out = m(input_ids=ids, pixel_values=px, return_loss=True)
+    out.loss.backward(torch.tensor(0.75))
+    img, txt = caught["img"], caught["txt"]
+    return [("img", img.detach()), ("txt", txt.detach()),
+            ("logit_scale", m.logit_scale.detach().reshape(1)), ("dloss", f32_scalar(0.75)),
+            ("loss", out.loss.detach().reshape(1)),
+            ("logits_per_image", out.logits_per_image.detach().contiguous()),
+            ("dimg", img.grad), ("dtxt", txt.grad),
+            ("dlogit_scale", m.logit_scale.grad.reshape(1))]
+
+
 def build_cases():
     """(case name, thunk). Names must match test/unit/test_contrastive.c."""
     c = []
@@ -65,6 +105,7 @@ def build_cases():
             c.append(("contrastive_n%d_d%d" % (n, d),
                       lambda n=n, d=d, sc=sc, k=k: case(500 + k, n, d, sc)))
             k += 1
+    c.append(("contrastive_clipmodel", lambda: case_clipmodel(600)))
     return c
 
 

@@ -286,10 +286,37 @@ START_TEST(contrastive_vs_pytorch)
 }
 END_TEST
 
+/* A tiny random CLIPModel's own forward(return_loss=True): its projected
+ * embeddings (caught with hooks, with their autograd gradients), its loss,
+ * logits_per_image and logit_scale.grad; float32 only, same tolerances. */
+START_TEST(contrastive_vs_clipmodel)
+{
+    tbt_ref *ref = tbt_ref_load("contrastive_clipmodel");
+    tbt_reft img = tbt_ref_get(ref, "img"), txt = tbt_ref_get(ref, "txt");
+    const size_t n = img.shape[0], d = img.shape[1];
+    const float s = tbt_ref_scalar(ref, "logit_scale"), dloss = tbt_ref_scalar(ref, "dloss");
+    run_out o = run_case(2, img.data, txt.data, s, dloss, n, d);
+    static const char *const names[] = {"loss", "logits_per_image", "dimg", "dtxt",
+                                        "dlogit_scale"};
+    const float *got[] = {&o.loss, o.lpi, o.di, o.dt, &o.ds};
+    char blk[96], lbl[160];
+    snprintf(blk, sizeof blk, "CLIPModel[N=%zu,D=%zu]", n, d);
+    for (size_t k = 0; k < ARRAY_LEN(names); k++) {
+        tbt_reft r = tbt_ref_get(ref, names[k]);
+        tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, names[k]), got[k], r.data, r.n, RTOL32,
+                         ATOL32 * max_abs(r.data, r.n));
+    }
+    free_out(&o);
+    tbt_ref_free(ref);
+}
+END_TEST
+
 static int case_is_tested(const char *name, const void *user)
 {
     (void)user;
     char buf[64];
+    if (strcmp(name, "contrastive_clipmodel") == 0)
+        return 1;
     for (int k = 0; k < (int)N_CASES; k++) {
         case_name(buf, sizeof buf, k);
         if (strcmp(buf, name) == 0)
@@ -302,7 +329,7 @@ START_TEST(contrastive_all_cases_tested)
 {
     ck_assert_uint_eq(tbt_check_manifest("contrastive_cases.txt", "test_contrastive.c",
                                          case_is_tested, NULL),
-                      N_CASES);
+                      N_CASES + 1);
 }
 END_TEST
 
@@ -387,6 +414,7 @@ Suite *suite_contrastive(void)
     TCase *t2 = tcase_create("pytorch");
     tcase_set_timeout(t2, 120);
     tcase_add_loop_test(t2, contrastive_vs_pytorch, 0, (int)N_CASES);
+    tcase_add_test(t2, contrastive_vs_clipmodel);
     tcase_add_test(t2, contrastive_all_cases_tested);
     suite_add_tcase(s, t2);
     return s;
