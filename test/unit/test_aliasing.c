@@ -952,10 +952,10 @@ static size_t cl_cache_bytes(void)
 
 static tb_param cl_scale(float *value, float *grad)
 {
-    tb_param s;
-    memset(&s, 0, sizeof s);
-    s.value = value, s.grad = grad, s.ndim = 1, s.shape[0] = 1, s.numel = 1, s.trainable = 1;
-    return s;
+    tb_param p;
+    const size_t one = 1;
+    ck_assert_int_eq(tb_param_view(NULL, &p, value, grad, 1, &one), TB_OK);
+    return p;
 }
 
 /* forward: img, txt, logit_scale | cache, loss, logits_per_image */

@@ -19,8 +19,8 @@
 static tb_param scale_param(float *value, float *grad)
 {
     tb_param p;
-    memset(&p, 0, sizeof p);
-    p.value = value, p.grad = grad, p.ndim = 1, p.shape[0] = 1, p.numel = 1, p.trainable = 1;
+    const size_t one = 1;
+    ck_assert_int_eq(tb_param_view(NULL, &p, value, grad, 1, &one), TB_OK);
     return p;
 }
 
@@ -79,8 +79,10 @@ START_TEST(contrastive_errors)
                      TB_ERR_SHAPE);
     ck_assert_int_eq(tb_contrastive_forward(&ctx, &it, &tt, &p, &loss, &bad_lt, cache, bytes),
                      TB_ERR_SHAPE);
-    tb_param p2 = p;
-    p2.numel = 2;
+    float two[2] = {1.0f, 1.0f};
+    const size_t n2 = 2;
+    tb_param p2;
+    CHECK_OK(ctx, tb_param_view(&ctx, &p2, two, NULL, 1, &n2));
     ck_assert_int_eq(tb_contrastive_forward(&ctx, &it, &tt, &p2, &loss, NULL, cache, bytes),
                      TB_ERR_SHAPE);
     ck_assert_int_eq(tb_contrastive_forward(&ctx, &it, &tt, &p, &loss, NULL, cache, bytes - 4),
@@ -173,7 +175,9 @@ START_TEST(contrastive_clamp)
     ck_assert_int_eq(tb_contrastive_clamp_scale(&ctx, &bad, &p), TB_ERR_INVALID_ARG);
     ck_assert_int_eq(tb_contrastive_clamp_scale(&ctx, NULL, NULL), TB_ERR_NULL_ARG);
     ck_assert_int_eq(tb_contrastive_init_scale(&ctx, NULL, NULL), TB_ERR_NULL_ARG);
-    p.numel = 3;
+    float three[3] = {0};
+    const size_t n3 = 3;
+    CHECK_OK(ctx, tb_param_view(&ctx, &p, three, NULL, 1, &n3));
     ck_assert_int_eq(tb_contrastive_clamp_scale(&ctx, NULL, &p), TB_ERR_SHAPE);
 }
 END_TEST
