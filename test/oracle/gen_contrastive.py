@@ -39,8 +39,12 @@ def case(seed, n, d, scale):
     g = gen(seed)
     # Unnormalised projections of different row norms (0.1 .. 10), and an
     # image row 0 close to text row 0 so some pairs are easy.
-    img = torch.randn((n, d), generator=g) * torch.exp(torch.empty(n, 1).uniform_(-2.3, 2.3, generator=g))
-    txt = torch.randn((n, d), generator=g) * torch.exp(torch.empty(n, 1).uniform_(-2.3, 2.3, generator=g))
+    def rows():
+        norms = torch.exp(torch.empty(n, 1).uniform_(-2.3, 2.3, generator=g))
+        return torch.randn((n, d), generator=g) * norms
+
+    img = rows()
+    txt = rows()
     txt[0] = img[0] * 0.7 + 0.3 * txt[0]
     s = torch.tensor(scale, dtype=torch.float32)
     dloss = torch.tensor(0.75)
