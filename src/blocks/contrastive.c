@@ -108,6 +108,24 @@ static tb_status check_shapes(tb_ctx *ctx, const char *fn, const tb_tensor *img,
     return TB_OK;
 }
 
+/* a . b in double, four interleaved partial sums combined in a fixed order
+ * (independent chains: about 4x the speed of one, same result for any
+ * thread count). */
+static double dot_d(const float *a, const float *b, size_t n)
+{
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    size_t k = 0;
+    for (; k + 4 <= n; k += 4) {
+        s0 += (double)a[k] * b[k];
+        s1 += (double)a[k + 1] * b[k + 1];
+        s2 += (double)a[k + 2] * b[k + 2];
+        s3 += (double)a[k + 3] * b[k + 3];
+    }
+    for (; k < n; k++)
+        s0 += (double)a[k] * b[k];
+    return (s0 + s1) + (s2 + s3);
+}
+
 static uint64_t float_bits(float f)
 {
     uint32_t u;
@@ -124,9 +142,7 @@ static void normalise_rows(tb_ctx *ctx, const float *x, size_t rows, size_t d, f
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * d)) schedule(static)
     for (size_t r = 0; r < rows; r++) {
         const float *xr = x + r * d;
-        double ss = 0.0;
-        for (size_t k = 0; k < d; k++)
-            ss += (double)xr[k] * xr[k];
+        const double ss = dot_d(xr, xr, d);
         if (!isfinite(ss)) {
             inv[r] = NAN;
             continue;
@@ -213,10 +229,7 @@ tb_status tb_contrastive_forward(tb_ctx *ctx, const tb_tensor *img, const tb_ten
         const float *tr = tn + r * d;
         for (size_t c = 0; c < n; c++) {
             const float *ic = in_ + c * d;
-            double dot = 0.0;
-            for (size_t k = 0; k < d; k++)
-                dot += (double)tr[k] * ic[k];
-            lpt[r * n + c] = (float)dot * e;
+            lpt[r * n + c] = (float)dot_d(tr, ic, d) * e;
         }
         float m = -INFINITY;
         for (size_t c = 0; c < n; c++)
@@ -273,10 +286,7 @@ static inline float grad_at(const float *lpt, const float *lse_r, const float *l
 /* dx (d) = (dxn - xn (xn . dxn)) * inv, in place on dx holding dxn. */
 static void normalise_backward(float *dx, const float *xn, size_t d, float inv)
 {
-    double dot = 0.0;
-    for (size_t k = 0; k < d; k++)
-        dot += (double)xn[k] * dx[k];
-    const float fd = (float)dot;
+    const float fd = (float)dot_d(xn, dx, d);
     for (size_t k = 0; k < d; k++)
         dx[k] = (dx[k] - xn[k] * fd) * inv;
 }
