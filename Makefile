@@ -157,10 +157,10 @@ $(BUILD)/src/kernels/vexp_avx2.o: KERNEL_FLAGS = -O3 -mavx2 -ffp-contract=off
 endif
 $(BUILD)/src/kernels/gemm_portable.o: KERNEL_FLAGS = -O3 -ffp-contract=off
 $(BUILD)/src/kernels/gemm.o: KERNEL_FLAGS = -O3 -ffp-contract=off
-# Row and column reductions of the normalization blocks and attention's
-# tile loops: -O3 to vectorise.
+# Row and column reductions of the normalization blocks, attention's
+# tile loops and the contrastive loss's row products: -O3 to vectorise.
 $(BUILD)/src/blocks/norm_common.o $(BUILD)/src/blocks/batchnorm.o \
-$(BUILD)/src/blocks/attention.o: KERNEL_FLAGS = -O3
+$(BUILD)/src/blocks/attention.o $(BUILD)/src/blocks/contrastive.o: KERNEL_FLAGS = -O3
 # The checkpoint loader's scan for NaN and infinities: -O3 to vectorise
 # (a read at memory speed instead of a fifth of it).
 $(BUILD)/src/io/checkpoint.o: KERNEL_FLAGS = -O3

@@ -22,6 +22,7 @@
 #include "tblocks/dropout.h"
 #include "tblocks/residual.h"
 #include "tblocks/loss.h"
+#include "tblocks/contrastive.h"
 #include "tblocks/norm.h"
 #include "tblocks/layernorm.h"
 #include "tblocks/rmsnorm.h"

@@ -81,7 +81,7 @@ tb_status tfm_config_check(tb_ctx *ctx, const tfm_config *c)
     if ((unsigned)c->norm_place > TFM_POST_NORM || (unsigned)c->norm_kind > TFM_RMSNORM ||
         (unsigned)c->qkv > TFM_QKV_SEPARATE ||
         (c->layout != TB_LINEAR_OUT_IN && c->layout != TB_LINEAR_IN_OUT) ||
-        (c->gelu != TB_GELU_EXACT && c->gelu != TB_GELU_TANH))
+        (c->gelu != TB_GELU_EXACT && c->gelu != TB_GELU_TANH && c->gelu != TB_GELU_QUICK))
         return tb_ctx_set_error(ctx, TB_ERR_INVALID_ARG,
                                 "tfm: an unknown norm place, norm kind, qkv form, layout or GELU");
     if (!(c->hidden_dropout >= 0.0f && c->hidden_dropout < 1.0f) ||

@@ -103,7 +103,7 @@ typedef struct tfm_config {
     tfm_qkv_form qkv;
     tb_linear_layout layout; /* every projection's weight layout: TB_LINEAR_IN_OUT as
                                 GPT-2's Conv1D, TB_LINEAR_OUT_IN as nn.Linear */
-    tb_gelu_approx gelu;    /* TB_GELU_TANH (GPT-2's gelu_new) or TB_GELU_EXACT (BERT) */
+    tb_gelu_approx gelu;    /* TB_GELU_TANH (GPT-2's gelu_new), TB_GELU_EXACT (BERT) or TB_GELU_QUICK (CLIP) */
     float hidden_dropout;   /* after the embeddings and on each branch's output */
     float attn_dropout;     /* on the attention weights */
     /* Initialisation: 0 keeps each block's own default (PyTorch's);

@@ -1,6 +1,7 @@
 /**
  * @file activation.h
- * @brief Elementwise activations: GELU (exact and tanh forms) and ReLU.
+ * @brief Elementwise activations: GELU (exact, tanh and CLIP's quick
+ * forms) and ReLU.
  *
  * x, y, dy and dx must all have the same number of elements (their shapes
  * may be different views of it). In place (docs/conventions.md, Aliasing):
@@ -26,7 +27,11 @@ typedef enum tb_gelu_approx {
     TB_GELU_EXACT = 0,
     /** `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))` (GPT-2;
      *  torch: approximate='tanh'). */
-    TB_GELU_TANH = 1
+    TB_GELU_TANH = 1,
+    /** `x sigmoid(1.702 x)` (OpenAI CLIP's `quick_gelu`; transformers'
+     *  QuickGELUActivation). Not a torch `approximate=` value. Values are
+     *  pinned: new forms are appended. */
+    TB_GELU_QUICK = 2
 } tb_gelu_approx;
 
 /**

@@ -1,4 +1,4 @@
-/* GELU (exact and tanh forms) and ReLU, forward and backward. */
+/* GELU (exact, tanh and quick forms) and ReLU, forward and backward. */
 #include <math.h>
 
 #include "../core/internal.h"
@@ -7,6 +7,7 @@
 #define TB_INV_SQRT_2PI 0.39894228040143267794f /* 1/sqrt(2 pi) */
 #define TB_SQRT_2_PI 0.79788456080286535588f    /* sqrt(2/pi) */
 #define TB_GELU_C 0.044715f
+#define TB_GELU_QUICK_A 1.702f /* CLIP's quick_gelu: x sigmoid(1.702 x) */
 
 /*
  * Written to avoid cancellation for negative x: 0.5 (1 + erf(z)) is computed
@@ -44,6 +45,19 @@ static inline float gelu_tanh_grad(float x)
     return s + 2.0f * x * s * (1.0f - s) * du;
 }
 
+static inline float gelu_quick(float x)
+{
+    return x * sigmoid(TB_GELU_QUICK_A * x);
+}
+
+/* d/dx x s(a x) = s + a x s (1 - s); s (1 - s) has no cancellation in
+ * either tail (1 - s is exact for s < 0.5 and tiny for x >> 0). */
+static inline float gelu_quick_grad(float x)
+{
+    float s = sigmoid(TB_GELU_QUICK_A * x);
+    return s + TB_GELU_QUICK_A * x * s * (1.0f - s);
+}
+
 /* Forward: y may be x exactly (each element is read before it is written). */
 static tb_status check_forward_alias(tb_ctx *ctx, const char *fn, const tb_tensor *x,
                                      const tb_tensor *y)
@@ -65,7 +79,7 @@ static tb_status check_backward_alias(tb_ctx *ctx, const char *fn, const tb_tens
 
 static tb_status check_approx(tb_ctx *ctx, const char *fn, tb_gelu_approx approx)
 {
-    if (approx != TB_GELU_EXACT && approx != TB_GELU_TANH)
+    if (approx != TB_GELU_EXACT && approx != TB_GELU_TANH && approx != TB_GELU_QUICK)
         return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "unknown GELU approximation %d", (int)approx);
     return TB_OK;
 }
@@ -86,10 +100,14 @@ tb_status tb_gelu_forward(tb_ctx *ctx, tb_gelu_approx approx, const tb_tensor *x
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n)) schedule(static)
         for (size_t i = 0; i < n; i++)
             yd[i] = gelu_exact(xd[i]);
-    } else {
+    } else if (approx == TB_GELU_TANH) {
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n)) schedule(static)
         for (size_t i = 0; i < n; i++)
             yd[i] = gelu_tanh(xd[i]);
+    } else {
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n)) schedule(static)
+        for (size_t i = 0; i < n; i++)
+            yd[i] = gelu_quick(xd[i]);
     }
     return TB_OK;
 }
@@ -113,10 +131,14 @@ tb_status tb_gelu_backward(tb_ctx *ctx, tb_gelu_approx approx, const tb_tensor *
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n)) schedule(static)
         for (size_t i = 0; i < n; i++)
             o[i] = g[i] * gelu_exact_grad(xd[i]);
-    } else {
+    } else if (approx == TB_GELU_TANH) {
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n)) schedule(static)
         for (size_t i = 0; i < n; i++)
             o[i] = g[i] * gelu_tanh_grad(xd[i]);
+    } else {
+#pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n)) schedule(static)
+        for (size_t i = 0; i < n; i++)
+            o[i] = g[i] * gelu_quick_grad(xd[i]);
     }
     return TB_OK;
 }

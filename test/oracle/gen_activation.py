@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch references for tb_gelu_* and tb_relu_* (test/unit/test_activation.c):
-F.gelu (both forms, with float64 results) and F.relu; cases listed in
+F.gelu (both forms, with float64 results), transformers' QuickGELUActivation
+(CLIP's quick_gelu, also with float64 results) and F.relu; cases listed in
 ``<out>/activation_cases.txt``.
 """
 
@@ -25,18 +26,29 @@ def gelu_inputs(shape, g):
     return x.reshape(shape).contiguous()
 
 
+FORMS = {"none": 0, "tanh": 1, "quick": 2}  # tb_gelu_approx values
+
+
+def gelu_fn(approximate):
+    if approximate == "quick":
+        from transformers.activations import QuickGELUActivation
+        return QuickGELUActivation()
+    return lambda t: F.gelu(t, approximate=approximate)
+
+
 def case_gelu(seed, shape, approximate):
     g = gen(seed)
+    f = gelu_fn(approximate)
     x = leaf(gelu_inputs(shape, g))
-    y = F.gelu(x, approximate=approximate)
+    y = f(x)
     dy = uniform(shape, -1.0, 1.0, g)
     y.backward(dy)
     # The same inputs through float64 PyTorch: the accuracy reference (the
     # float32 result above carries PyTorch's own cancellation error for x << 0).
     x64 = x.detach().double().requires_grad_(True)
-    y64 = F.gelu(x64, approximate=approximate)
+    y64 = f(x64)
     y64.backward(dy.double())
-    return [("approximate", i32(0 if approximate == "none" else 1)), ("x", x), ("dy", dy),
+    return [("approximate", i32(FORMS[approximate])), ("x", x), ("dy", dy),
             ("y", y), ("dx", x.grad), ("y_f64", y64.detach().float()),
             ("dx_f64", x64.grad.float())]
 
@@ -63,6 +75,7 @@ def build_cases():
     for shape, tag in (((17, 33), "17x33"), ((2, 3, 50), "2x3x50"), ((1, 3), "1x3")):
         c.append(("gelu_exact_" + tag, lambda shape=shape: case_gelu(300 + len(shape), shape, "none")))
         c.append(("gelu_tanh_" + tag, lambda shape=shape: case_gelu(310 + len(shape), shape, "tanh")))
+        c.append(("gelu_quick_" + tag, lambda shape=shape: case_gelu(320 + len(shape), shape, "quick")))
     # ReLU (including exact zeros).
     c.append(("relu_17x50", lambda: case_relu(400, (17, 50))))
     c.append(("relu_3x1", lambda: case_relu(401, (3, 1))))

@@ -18,6 +18,7 @@
     X(dropout)        \
     X(residual)       \
     X(loss)           \
+    X(contrastive)    \
     X(layernorm)      \
     X(rmsnorm)        \
     X(batchnorm)      \

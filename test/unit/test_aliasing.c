@@ -939,6 +939,81 @@ static void t_ce_bwd(acase *c)
     c->call = c_ce_bwd;
 }
 
+/* ---- contrastive loss --------------------------------------------------- */
+
+enum { CLN = 3, CLD = 4 };
+
+static size_t cl_cache_bytes(void)
+{
+    size_t bytes;
+    ck_assert_int_eq(tb_contrastive_cache_size(CLN, CLD, &bytes), TB_OK);
+    return bytes;
+}
+
+static tb_param cl_scale(float *value, float *grad)
+{
+    tb_param p;
+    const size_t one = 1;
+    ck_assert_int_eq(tb_param_view(NULL, &p, value, grad, 1, &one), TB_OK);
+    return p;
+}
+
+/* forward: img, txt, logit_scale | cache, loss, logits_per_image */
+static tb_status c_cl_fwd(fix *f, tb_ctx *ctx, bufs p)
+{
+    (void)f;
+    tb_tensor img = t2(p, 0, CLN, CLD), txt = t2(p, 1, CLN, CLD), lpi = t2(p, 5, CLN, CLN);
+    tb_param s = cl_scale(F(p, 2), NULL);
+    return tb_contrastive_forward(ctx, &img, &txt, &s, F(p, 4), &lpi, p[3], cl_cache_bytes());
+}
+
+static void t_cl_fwd(acase *c)
+{
+    c->fn = "tb_contrastive_forward";
+    add_f(c, "img", IN, CLN * CLD);
+    add_f(c, "txt", IN, CLN * CLD);
+    add_f(c, "logit_scale", IN, 1);
+    add(c, "cache", OUT, cl_cache_bytes(), sizeof(float));
+    add_f(c, "loss", OUT, 1);
+    add_f(c, "logits_per_image", OUT, CLN * CLN);
+    c->fill = fill_plain;
+    c->call = c_cl_fwd;
+}
+
+/* backward: img, txt, cache, logit_scale | dimg, dtxt, logit_scale.grad */
+static void fill_cl_bwd(const acase *c, fix *f, tb_ctx *ctx, bufs p)
+{
+    fill_plain(c, f, ctx, p);
+    tb_tensor img = t2(p, 0, CLN, CLD), txt = t2(p, 1, CLN, CLD);
+    tb_param s = cl_scale(F(p, 3), NULL);
+    float loss;
+    CHECK_OK(*ctx, tb_contrastive_forward(ctx, &img, &txt, &s, &loss, NULL, p[2],
+                                          cl_cache_bytes()));
+}
+
+static tb_status c_cl_bwd(fix *f, tb_ctx *ctx, bufs p)
+{
+    (void)f;
+    tb_tensor img = t2(p, 0, CLN, CLD), txt = t2(p, 1, CLN, CLD);
+    tb_tensor di = t2(p, 4, CLN, CLD), dt = t2(p, 5, CLN, CLD);
+    tb_param s = cl_scale(F(p, 3), F(p, 6));
+    return tb_contrastive_backward(ctx, &img, &txt, &s, 0.5f, p[2], cl_cache_bytes(), &di, &dt);
+}
+
+static void t_cl_bwd(acase *c)
+{
+    c->fn = "tb_contrastive_backward";
+    add_f(c, "img", IN, CLN * CLD);
+    add_f(c, "txt", IN, CLN * CLD);
+    add(c, "cache", IN, cl_cache_bytes(), sizeof(float));
+    add_f(c, "logit_scale", IN, 1);
+    add_f(c, "dimg", OUT, CLN * CLD);
+    add_f(c, "dtxt", OUT, CLN * CLD);
+    add_f(c, "logit_scale.grad", OUT, 1);
+    c->fill = fill_cl_bwd;
+    c->call = c_cl_bwd;
+}
+
 /* ---- LayerNorm, RMSNorm, BatchNorm -------------------------------------- */
 
 static size_t ln_cache_bytes(void)
@@ -2277,7 +2352,7 @@ static void (*const tables[])(acase *) = {
     t_gelu_fwd,   t_gelu_bwd,   t_relu_fwd,    t_relu_bwd,     t_softmax_fwd, t_softmax_bwd,
     t_residual_fwd, t_residual_bwd, t_dropout_fwd, t_dropout_bwd, t_linear_fwd, t_linear_bwd,
     t_lora_fwd,   t_lora_fwd_drop, t_lora_bwd,
-    t_embedding_fwd, t_embedding_bwd, t_ce_fwd,   t_ce_bwd,       t_ln_fwd,      t_ln_bwd,
+    t_embedding_fwd, t_embedding_bwd, t_ce_fwd,   t_ce_bwd,       t_cl_fwd,      t_cl_bwd,      t_ln_fwd,      t_ln_bwd,
     t_rn_fwd,     t_rn_bwd,     t_bn_fwd,      t_bn_bwd,       t_attn_fwd,    t_attn_bwd,
     t_attn_probs, t_kv_append,  t_kv_attend,   t_mha_fwd,      t_mha_bwd,     t_mha_self_bwd,
     t_mha_decode, t_lstm_fwd,   t_lstm_bwd,    t_pt_fwd,       t_pt_bwd,      t_adam,

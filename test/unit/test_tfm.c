@@ -402,16 +402,23 @@ START_TEST(test_tfm_variants_by_finite_differences)
         tfm_norm_kind kind;
         tfm_qkv_form qkv;
         int causal;
+        int quick_gelu; /* CLIP's MLP activation instead of small_config's */
     } v[] = {
-        {"post-norm fused causal", TFM_POST_NORM, TFM_LAYERNORM, TFM_QKV_FUSED, 1},
-        {"pre-norm separate RMSNorm", TFM_PRE_NORM, TFM_RMSNORM, TFM_QKV_SEPARATE, 0},
-        {"pre-norm separate BatchNorm", TFM_PRE_NORM, TFM_BATCHNORM, TFM_QKV_SEPARATE, 0},
-        {"post-norm separate BatchNorm causal", TFM_POST_NORM, TFM_BATCHNORM, TFM_QKV_SEPARATE, 1},
+        {"post-norm fused causal", TFM_POST_NORM, TFM_LAYERNORM, TFM_QKV_FUSED, 1, 0},
+        {"pre-norm separate RMSNorm", TFM_PRE_NORM, TFM_RMSNORM, TFM_QKV_SEPARATE, 0, 0},
+        {"pre-norm separate BatchNorm", TFM_PRE_NORM, TFM_BATCHNORM, TFM_QKV_SEPARATE, 0, 0},
+        {"post-norm separate BatchNorm causal", TFM_POST_NORM, TFM_BATCHNORM, TFM_QKV_SEPARATE, 1,
+         0},
+        /* CLIP's text tower: pre-LN, separate q/k/v, causal, quick GELU */
+        {"pre-norm separate causal quick GELU", TFM_PRE_NORM, TFM_LAYERNORM, TFM_QKV_SEPARATE, 1,
+         1},
     };
     for (size_t k = 0; k < sizeof v / sizeof v[0]; k++) {
         fd_case f;
         tbt_ctx_init(&f.ctx, 2);
-        const tfm_config c = small_config(v[k].place, v[k].kind, v[k].qkv, v[k].causal);
+        tfm_config c = small_config(v[k].place, v[k].kind, v[k].qkv, v[k].causal);
+        if (v[k].quick_gelu)
+            c.gelu = TB_GELU_QUICK;
         tb_rng rng;
         tb_rng_init(&rng, 11 + k);
         CHECK_OK(f.ctx, tfm_init(&f.ctx, &f.m, &c, &rng));
@@ -483,6 +490,11 @@ START_TEST(test_tfm_config_check_and_specs)
     tbt_ctx_init(&ctx, 1);
     tfm_config c = bert_config(3, 5, 80, 200, 301, 2, 40);
     CHECK_OK(ctx, tfm_config_check(&ctx, &c));
+    c.gelu = TB_GELU_QUICK; /* CLIP's; one past the last form is refused */
+    CHECK_OK(ctx, tfm_config_check(&ctx, &c));
+    c.gelu = (tb_gelu_approx)(TB_GELU_QUICK + 1);
+    ck_assert_int_eq(tfm_config_check(&ctx, &c), TB_ERR_INVALID_ARG);
+    c.gelu = TB_GELU_EXACT;
     tfm_param_spec *specs;
     size_t n;
     CHECK_OK(ctx, tfm_param_specs(&ctx, &c, "bert.", &specs, &n));
