@@ -319,17 +319,37 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Accuracy etc. over the eval indices, in mode. */
-static tb_status evaluate(world *w, model *md, const cls_set *set, const size_t *idx, size_t n,
+static const cls_set *sort_set;
+
+static int cmp_by_len(const void *a, const void *b)
+{
+    const size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    const size_t lx = sort_set->len[x], ly = sort_set->len[y];
+    return lx != ly ? (lx > ly) - (lx < ly) : (x > y) - (x < y);
+}
+
+/* Accuracy etc. over the eval indices, in mode. The batches are taken in
+ * order of length (length bucketing, as evaluation loops do to save
+ * padding): in inference mode every row is computed on its own, so the
+ * order changes nothing; in training mode BatchNorm's batch statistics
+ * then come from sequences of similar length, unlike training's. */
+static tb_status evaluate(world *w, model *md, const cls_set *set, const size_t *idx0, size_t n,
                           tb_mode mode, tb_rng *rng, cls_metrics *met)
 {
     cls_metrics_init(met, set->n_classes);
+    size_t *idx = malloc((n ? n : 1) * sizeof *idx);
+    if (!idx)
+        return tb_ctx_set_error(&w->ctx, TB_ERR_NO_MEMORY, "no memory for the evaluation order");
+    memcpy(idx, idx0, n * sizeof *idx);
+    sort_set = set;
+    qsort(idx, n, sizeof *idx, cmp_by_len);
+    tb_status s = TB_OK;
     const size_t K = set->n_classes;
-    for (size_t s = 0; s < n; s += w->max_b) {
-        const size_t B = n - s < w->max_b ? n - s : w->max_b;
-        const size_t T = load_batch(w, set, idx + s, B);
-        TRY(model_forward(w, md, set, mode, rng, B, T, 0, NULL));
-        for (size_t b = 0; b < B; b++) {
+    for (size_t s0 = 0; s == TB_OK && s0 < n; s0 += w->max_b) {
+        const size_t B = n - s0 < w->max_b ? n - s0 : w->max_b;
+        const size_t T = load_batch(w, set, idx + s0, B);
+        s = model_forward(w, md, set, mode, rng, B, T, 0, NULL);
+        for (size_t b = 0; s == TB_OK && b < B; b++) {
             const float *z = md->h.logits + b * K;
             size_t best = 0;
             for (size_t k = 1; k < K; k++)
@@ -337,7 +357,8 @@ static tb_status evaluate(world *w, model *md, const cls_set *set, const size_t 
             cls_metrics_add(met, w->labels[b], (int32_t)best);
         }
     }
-    return TB_OK;
+    free(idx);
+    return s;
 }
 
 /* Train and evaluate one run. base: start values of the encoder and pooler
@@ -598,11 +619,11 @@ static const char SUMMARY[] =
 
 static int parse(int argc, char **argv, opts *o)
 {
-    *o = (opts){.steps = 400, .batch = 32, .layers = 2, .heads = 4, .width = 64, .ff = 128,
+    *o = (opts){.steps = 300, .batch = 32, .layers = 2, .heads = 4, .width = 64, .ff = 128,
                 .positions = 64, .seed = 1, .threads = 0, .rank = 8, .n_virtual = 8,
-                .enc_hidden = 0, .classes = 4, .examples = 3000, .min_len = 8, .max_len = 20,
+                .enc_hidden = 0, .classes = 3, .examples = 3000, .min_len = 8, .max_len = 16,
                 .max_words = 2000, .max_per_class = 300, .eval_percent = 20, .log_every = 50,
-                .base_steps = 400, .lr = 2e-3, .lr_peft = 1e-2, .alpha = 16, .lora_dropout = 0.0,
+                .base_steps = 300, .lr = 5e-3, .lr_peft = 1e-2, .alpha = 16, .lora_dropout = 0.0,
                 .dropout = 0.0, .wd = 0.01, .method = "full", .init = "random",
                 .model_dir = NULL, .data_dir = NULL, .eval_dir = NULL, .vocab = NULL,
                 .fortune_dir = DEFAULT_FORTUNE_DIR, .fortune_files = "computers,food,startrek",

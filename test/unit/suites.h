@@ -39,6 +39,7 @@
     X(ptuning_input)  \
     X(ptuning_bert)   \
     X(prefix_tuning)  \
+    X(bert_classify)  \
     X(harness)        \
     X(examples)
 
