@@ -58,6 +58,25 @@
 #include "tfm.h"
 #include "tfm_lora.h"
 
+/* The pieces other branches add, used when they are in the tree: the
+ * pre-training program's checkpoints (bert_ckpt.h), a model folder such as
+ * MiniLM's (bert_model.h) and the WordPiece tokenizer (tblocks/wordpiece.h).
+ * Without them the options that need them are refused with a message. */
+#if defined(__has_include)
+#if __has_include("bert_ckpt.h")
+#include "bert_ckpt.h"
+#define BC_HAVE_CKPT 1
+#endif
+#if __has_include("bert_model.h")
+#include "bert_model.h"
+#define BC_HAVE_MODEL 1
+#endif
+#if __has_include("tblocks/wordpiece.h")
+#include "tblocks/wordpiece.h"
+#define BC_HAVE_WORDPIECE 1
+#endif
+#endif
+
 #define CLIP_NORM 1.0f
 #define DEFAULT_FORTUNE_DIR "/usr/share/games/fortunes"
 
@@ -114,6 +133,11 @@ typedef struct world {
     uint8_t *valid;
     size_t *read;
     int quiet; /* no progress lines (the compare runs) */
+    /* A pre-trained encoder to start from (--init FILE, --model-dir DIR):
+     * the values of its tfm_params() entries, in order; NULL: random. */
+    float *start;
+    size_t start_entries;
+    const char *start_name;
 } world;
 
 /* ---- the model and its three ways of training -------------------------------------------- */
@@ -163,9 +187,9 @@ static void list_get(const tb_param_list *l, float *dst)
     }
 }
 
-static void list_set(tb_param_list *l, const float *src)
+static void list_set(tb_param_list *l, const float *src, size_t entries)
 {
-    for (size_t i = 0; i < l->count; i++) {
+    for (size_t i = 0; i < l->count && i < entries; i++) {
         memcpy(l->items[i].param->value, src, l->items[i].param->numel * sizeof(float));
         src += l->items[i].param->numel;
     }
@@ -190,7 +214,7 @@ static tfm_config run_tfm_config(const world *w, const run_spec *rs, size_t voca
  * start from, or NULL: random), freeze what the method freezes, add its
  * trainable parts. T: the longest real input. */
 static tb_status model_init(world *w, model *md, const run_spec *rs, const cls_set *set,
-                            size_t T, const float *base, tb_rng *rng)
+                            size_t T, const float *base, size_t base_entries, tb_rng *rng)
 {
     tb_ctx *ctx = &w->ctx;
     const opts *o = w->o;
@@ -213,7 +237,7 @@ static tb_status model_init(world *w, model *md, const run_spec *rs, const cls_s
     TRY(tfm_params(ctx, &md->m, "bert.", &md->base));
     TRY(tb_linear_params(ctx, &md->h.pooler, "bert.pooler.dense", &md->base));
     if (base)
-        list_set(&md->base, base);
+        list_set(&md->base, base, base_entries);
     md->hin = malloc(w->max_b * C * sizeof(float));
     md->dh = malloc(w->max_b * C * sizeof(float));
     if (!md->hin || !md->dh)
@@ -364,7 +388,7 @@ static tb_status evaluate(world *w, model *md, const cls_set *set, const size_t 
 /* Train and evaluate one run. base: start values of the encoder and pooler
  * (NULL: random); save_base: receives them after training (NULL: not). */
 static tb_status run(world *w, const run_spec *rs, const data *d, const float *base,
-                     float *save_base, result *r)
+                     size_t base_entries, float *save_base, result *r)
 {
     tb_ctx *ctx = &w->ctx;
     const opts *o = w->o;
@@ -382,7 +406,7 @@ static tb_status run(world *w, const run_spec *rs, const data *d, const float *b
     size_t *idx = malloc(w->max_b * sizeof(size_t));
     tb_status s = times && idx ? TB_OK : tb_ctx_set_error(ctx, TB_ERR_NO_MEMORY, "no memory");
     if (s == TB_OK)
-        s = model_init(w, &md, rs, set, T, base, &init_rng);
+        s = model_init(w, &md, rs, set, T, base, base_entries, &init_rng);
     if (s == TB_OK) {
         r->base_before = ex_ft_checksum(&md.base, EX_FNV_OFFSET);
         const size_t head = md.h.classifier.weight.numel + md.h.classifier.bias.numel;
@@ -502,9 +526,51 @@ static int all_indices(size_t n, size_t **idx)
     return *idx != NULL;
 }
 
-/* The texts' data: split (or --eval-dir), vocabulary from the training
- * part, both tokenised to T positions. */
-static int text_data(const opts *o, cls_texts *t, cls_texts *et, size_t T, data *d)
+/* How texts become ids: a given tokeniser (bytes for bert_pretrain's
+ * checkpoints, WordPiece for --vocab and --model-dir), or (fn NULL) the
+ * word vocabulary of the training split. */
+typedef struct text_tok {
+    cls_tokenize_fn fn;
+    void *user;
+    cls_special sp;
+    size_t vocab_size;
+    const char *what;
+#ifdef BC_HAVE_WORDPIECE
+    tb_wordpiece wp;
+    tb_ctx *ctx;
+#endif
+} text_tok;
+
+#ifdef BC_HAVE_WORDPIECE
+static int wp_tokenize(void *user, const char *text, size_t len, int32_t *ids, size_t cap,
+                       size_t *n)
+{
+    text_tok *tk = user;
+    return !ex_failed(tk->ctx, tb_wordpiece_tokenize(tk->ctx, &tk->wp, text, len, ids, cap, n),
+                      "WordPiece");
+}
+
+/* tk from a loaded tokenizer: its special ids (every one must exist). */
+static int wp_use(text_tok *tk, tb_ctx *ctx, const char *what)
+{
+    const tb_wordpiece *wp = &tk->wp;
+    if (wp->pad_id < 0 || wp->unk_id < 0 || wp->cls_id < 0 || wp->sep_id < 0) {
+        fprintf(stderr, "error: the vocabulary of %s lacks [PAD], [UNK], [CLS] or [SEP]\n", what);
+        return 0;
+    }
+    tk->ctx = ctx, tk->fn = wp_tokenize, tk->user = tk;
+    tk->sp = (cls_special){wp->pad_id, wp->unk_id, wp->cls_id, wp->sep_id};
+    tk->vocab_size = wp->vocab_size;
+    tk->what = "WordPiece";
+    return 1;
+}
+#endif
+
+/* The texts' data: split (or --eval-dir), the vocabulary (from the
+ * training part, unless tk gives a tokeniser), both tokenised to T
+ * positions. */
+static int text_data(const opts *o, cls_texts *t, cls_texts *et, size_t T, size_t positions,
+                     const text_tok *tk, data *d)
 {
     /* Split on a throw-away set of labels only (no tokens yet). */
     cls_set lab;
@@ -531,29 +597,39 @@ static int text_data(const opts *o, cls_texts *t, cls_texts *et, size_t T, data 
         return 0;
     }
     cls_vocab v;
-    if (!cls_vocab_build(&v, t, d->train, d->n_train, (size_t)o->max_words))
-        return 0;
-    int ok = cls_set_from_texts(&d->set, t, cls_vocab_tokenize, &v, &cls_special_default,
-                                cls_vocab_size(&v), T);
+    memset(&v, 0, sizeof v);
+    cls_tokenize_fn fn = tk->fn;
+    void *user = tk->user;
+    const cls_special *sp = &tk->sp;
+    size_t vocab = tk->vocab_size;
+    if (!fn) {
+        if (!cls_vocab_build(&v, t, d->train, d->n_train, (size_t)o->max_words))
+            return 0;
+        fn = cls_vocab_tokenize, user = &v, sp = &cls_special_default;
+        vocab = cls_vocab_size(&v);
+    }
+    int ok = cls_set_from_texts(&d->set, t, fn, user, sp, vocab, T);
     if (ok && et->n) {
-        ok = cls_set_from_texts(&d->eval_set, et, cls_vocab_tokenize, &v, &cls_special_default,
-                                cls_vocab_size(&v), T);
+        ok = cls_set_from_texts(&d->eval_set, et, fn, user, sp, vocab, T);
         free(d->eval);
         ok = ok && all_indices(et->n, &d->eval);
         d->n_eval = et->n;
         d->es = &d->eval_set;
     } else
         d->es = &d->set;
-    printf("data: %zu classes, %zu training and %zu evaluation examples; word vocabulary of "
-           "%zu (the training part's %llu most frequent words + 4 specials)\n",
-           t->n_classes, d->n_train, d->n_eval, cls_vocab_size(&v),
-           (unsigned long long)o->max_words);
+    if (tk->fn)
+        printf("data: %zu classes, %zu training and %zu evaluation examples; %s tokens "
+               "(vocabulary %zu)\n",
+               t->n_classes, d->n_train, d->n_eval, tk->what, vocab);
+    else
+        printf("data: %zu classes, %zu training and %zu evaluation examples; word vocabulary of "
+               "%zu (the training part's %llu most frequent words + 4 specials)\n",
+               t->n_classes, d->n_train, d->n_eval, vocab, (unsigned long long)o->max_words);
     if (ok && (d->set.n_truncated || (et->n && d->eval_set.n_truncated)))
         printf("note: %zu examples longer than %zu tokens ([CLS] and [SEP] included) were cut to "
-               "%zu (the position table holds %llu%s)\n",
-               d->set.n_truncated + (et->n ? d->eval_set.n_truncated : 0), T, T,
-               (unsigned long long)o->positions,
-               T < o->positions ? ", P-tuning's virtual tokens take the rest" : "");
+               "%zu (the position table holds %zu%s)\n",
+               d->set.n_truncated + (et->n ? d->eval_set.n_truncated : 0), T, T, positions,
+               T < positions ? ", P-tuning's virtual tokens take the rest" : "");
     cls_vocab_free(&v);
     return ok;
 }
@@ -741,6 +817,7 @@ static int parse(int argc, char **argv, opts *o)
                 (unsigned long long)o->min_len, (unsigned long long)o->max_len);
         return EX_EXIT_USAGE;
     }
+#ifndef BC_HAVE_WORDPIECE
     if (o->vocab) {
         fprintf(stderr, "%s: --vocab: the WordPiece tokenizer (include/tblocks/wordpiece.h) is "
                         "not in this build yet; texts use the word vocabulary built from the "
@@ -748,15 +825,37 @@ static int parse(int argc, char **argv, opts *o)
                 prog);
         return EX_EXIT_USAGE;
     }
+#endif
+#ifndef BC_HAVE_MODEL
     if (o->model_dir) {
         fprintf(stderr, "%s: --model-dir: the model-folder loader (examples/common/"
                         "bert_model.h) is not in this build yet\n",
                 prog);
         return EX_EXIT_USAGE;
     }
-    if (strcmp(o->init, "random") != 0) {
+#endif
+    const int init_file = strcmp(o->init, "random") != 0;
+#ifndef BC_HAVE_CKPT
+    if (init_file) {
         fprintf(stderr, "%s: --init: the pre-training program's checkpoints (examples/common/"
                         "bert_ckpt.h) are not in this build yet; use --init random\n",
+                prog);
+        return EX_EXIT_USAGE;
+    }
+#endif
+    if (init_file && o->model_dir) {
+        fprintf(stderr, "%s: --init FILE and --model-dir exclude each other\n", prog);
+        return EX_EXIT_USAGE;
+    }
+    if ((init_file || o->model_dir) && !o->data_dir && !o->fortunes) {
+        fprintf(stderr, "%s: a pre-trained encoder (--init FILE, --model-dir) needs texts "
+                        "(--data-dir or --fortunes): the built-in task has its own vocabulary\n",
+                prog);
+        return EX_EXIT_USAGE;
+    }
+    if (o->model_dir && o->vocab) {
+        fprintf(stderr, "%s: --model-dir brings its own vocab.txt; --vocab is for the other "
+                        "starts\n",
                 prog);
         return EX_EXIT_USAGE;
     }
@@ -772,20 +871,19 @@ static int compare(world *w, const opts *o, data *d)
     result r[N_METHODS], causal, bi, ln, bn;
     w->quiet = 1;
     const int builtin = !o->data_dir && !o->fortunes;
-    /* The base LoRA and P-tuning adapt: on the built-in task, the encoder
-     * of a full fine-tuning run on another labelling of the same kind of
-     * sequences ((a - b) mod K); on texts, the full fine-tuning run of the
-     * texts themselves is not a fair base, so the base is a fine-tuning
-     * run on the built-in task... which has another vocabulary: texts
-     * start LoRA and P-tuning from the random encoder instead (said in the
-     * table). */
+    /* The base table (i)'s three methods start from: a pre-trained encoder
+     * when one is given (--init, --model-dir); else on the built-in task
+     * the encoder and pooler of a full fine-tuning run on another labelling
+     * of the same kind of sequences ((a - b) mod K); else (texts) the
+     * random encoder (said in the table). Tables (ii) and (iii) compare
+     * architectures and always start from random weights. */
     const run_spec base_rs = {M_FULL, 0, TFM_LAYERNORM, (float)o->dropout, o->base_steps, lr, 0,
                               "base"};
-    size_t nb = 0;
+    size_t nb = 0, base_entries = 0;
     float *base = NULL;
     if (ex_failed(ctx, base_floats(w, &base_rs, &d->set, &nb), "the base model"))
         return EX_EXIT_FAILURE;
-    if (builtin) {
+    if (builtin && !w->start) {
         base = malloc(nb * sizeof(float));
         data bd;
         if (!base || !builtin_data(o, CLS_BUILTIN_DIFF, o->seed + 100, &bd)) {
@@ -797,20 +895,25 @@ static int compare(world *w, const opts *o, data *d)
                "other sequences), %llu steps ...\n",
                (unsigned long long)o->classes, (unsigned long long)o->base_steps);
         fflush(stdout);
-        const int bad = ex_failed(ctx, run(w, &base_rs, &bd, NULL, base, &br), "the base model");
+        const int bad =
+            ex_failed(ctx, run(w, &base_rs, &bd, NULL, 0, base, &br), "the base model");
         data_free(&bd);
         if (bad) {
             free(base);
             return EX_EXIT_FAILURE;
         }
         printf("   its accuracy on its own task: %.4f\n\n", br.acc);
+        base_entries = (size_t)-1;
     }
+    const float *b0 = w->start ? w->start : base;
+    if (w->start)
+        base_entries = w->start_entries;
     for (int k = 0; k < N_METHODS; k++) {
         const run_spec rs = {k, 0, TFM_LAYERNORM, (float)o->dropout, o->steps,
                              k == M_FULL ? lr : lrp, 0, METHOD_LABEL[k]};
         printf("(i) %s ...\n", METHOD_LABEL[k]);
         fflush(stdout);
-        if (ex_failed(ctx, run(w, &rs, d, base, NULL, &r[k]), METHOD_LABEL[k])) {
+        if (ex_failed(ctx, run(w, &rs, d, b0, base_entries, NULL, &r[k]), METHOD_LABEL[k])) {
             free(base);
             return EX_EXIT_FAILURE;
         }
@@ -825,20 +928,21 @@ static int compare(world *w, const opts *o, data *d)
     const run_spec bn_rs = {M_FULL, 0, TFM_BATCHNORM, 0.0f, o->steps, lrb, 1, "batchnorm"};
     printf("(ii) bidirectional, causal ...\n");
     fflush(stdout);
-    if (ex_failed(ctx, run(w, &bi_rs, d, NULL, NULL, &bi), "bidirectional") ||
-        ex_failed(ctx, run(w, &ca_rs, d, NULL, NULL, &causal), "causal"))
+    if (ex_failed(ctx, run(w, &bi_rs, d, NULL, 0, NULL, &bi), "bidirectional") ||
+        ex_failed(ctx, run(w, &ca_rs, d, NULL, 0, NULL, &causal), "causal"))
         return EX_EXIT_FAILURE;
     printf("(iii) LayerNorm, BatchNorm ...\n");
     fflush(stdout);
-    if (ex_failed(ctx, run(w, &ln_rs, d, NULL, NULL, &ln), "layernorm") ||
-        ex_failed(ctx, run(w, &bn_rs, d, NULL, NULL, &bn), "batchnorm"))
+    if (ex_failed(ctx, run(w, &ln_rs, d, NULL, 0, NULL, &ln), "layernorm") ||
+        ex_failed(ctx, run(w, &bn_rs, d, NULL, 0, NULL, &bn), "batchnorm"))
         return EX_EXIT_FAILURE;
     const double chance = 1.0 / (double)d->set.n_classes;
 
     printf("\n(i) full fine-tuning vs LoRA vs P-tuning, %llu steps each, from %s\n",
            (unsigned long long)o->steps,
-           builtin ? "the base model (encoder + pooler; a new classifier)"
-                   : "the same random encoder (texts have no base model here)");
+           w->start ? w->start_name
+           : builtin ? "the base model (encoder + pooler; a new classifier)"
+                     : "the same random encoder (texts have no base model here)");
     printf("   %-22s %10s %10s %12s %12s %9s %9s %9s\n", "method", "params", "trainable",
            "grad bytes", "Adam bytes", "ms/step", "accuracy", "macro F1");
     for (int k = 0; k < N_METHODS; k++)
@@ -892,6 +996,107 @@ static int compare(world *w, const opts *o, data *d)
     return EX_EXIT_OK;
 }
 
+/* ---- the starting point ------------------------------------------------------------------ */
+
+#if defined(BC_HAVE_CKPT) || defined(BC_HAVE_MODEL)
+/* Keep the values of a loaded encoder's parameters (tfm_params() order) as
+ * the start of every run; w->bc becomes its configuration. */
+static int keep_start(world *w, tfm *m, const bert_config *cfg, const char *name)
+{
+    tb_param_list l;
+    tb_status s = tb_param_list_init(&w->ctx, &l);
+    if (s == TB_OK)
+        s = tfm_params(&w->ctx, m, "bert.", &l);
+    if (s == TB_OK) {
+        w->start = malloc((list_floats(&l) ? list_floats(&l) : 1) * sizeof(float));
+        if (!w->start)
+            s = tb_ctx_set_error(&w->ctx, TB_ERR_NO_MEMORY, "no memory for the encoder");
+        else
+            list_get(&l, w->start), w->start_entries = l.count;
+    }
+    tb_param_list_free(&l);
+    if (ex_failed(&w->ctx, s, "the pre-trained encoder"))
+        return 0;
+    w->bc = *cfg;
+    w->start_name = name;
+    return 1;
+}
+#endif
+
+/* --init FILE or --model-dir DIR: the encoder (w->start, w->bc) and the
+ * tokeniser its vocabulary needs (tk). Returns 0 after a message. */
+static int load_start(world *w, const opts *o, text_tok *tk)
+{
+    tb_ctx *ctx = &w->ctx;
+    (void)ctx, (void)tk, (void)o;
+#ifdef BC_HAVE_WORDPIECE
+    if (o->vocab) {
+        if (ex_failed(ctx, tb_wordpiece_load(ctx, &tk->wp, o->vocab, NULL), "--vocab") ||
+            !wp_use(tk, ctx, o->vocab))
+            return 0;
+    }
+#endif
+#ifdef BC_HAVE_CKPT
+    if (strcmp(o->init, "random") != 0) {
+        tfm m;
+        bert_config cfg;
+        tb_rng rng;
+        tb_rng_init(&rng, o->seed);
+        if (!ex_check_regular(o->init, "checkpoint (--init)") ||
+            ex_failed(ctx, bert_encoder_load(ctx, o->init, &cfg, &m, &rng), "--init"))
+            return 0;
+        /* Its tokeniser: bert_pretrain writes bert_pretrain.tokenizer = bytes. */
+        tb_st_file f;
+        const char *kind = NULL;
+        char kbuf[32] = "";
+        if (tb_st_open(ctx, o->init, &f) == TB_OK) {
+            kind = tb_st_meta_get(&f, "bert_pretrain.tokenizer");
+            if (kind)
+                snprintf(kbuf, sizeof kbuf, "%s", kind);
+            tb_st_close(&f);
+        }
+        int ok = keep_start(w, &m, &cfg, "the --init checkpoint's encoder (a new pooler and "
+                                         "classifier)");
+        tfm_free(&m);
+        if (!ok)
+            return 0;
+        if (!tk->fn) {
+            if (strcmp(kbuf, "bytes") != 0 || cfg.vocab_size < CLS_BYTE_VOCAB) {
+                ex_shown sk;
+                fprintf(stderr, "error: --init: the checkpoint's tokenizer is '%s', not bytes "
+                                "with %d ids; give its vocabulary with --vocab\n",
+                        ex_show(&sk, kbuf), CLS_BYTE_VOCAB);
+                return 0;
+            }
+            tk->fn = cls_bytes_tokenize, tk->user = NULL, tk->sp = cls_special_default;
+            tk->vocab_size = cfg.vocab_size, tk->what = "byte";
+        }
+    }
+#endif
+#ifdef BC_HAVE_MODEL
+    if (o->model_dir) {
+        bert_model bm;
+        if (ex_failed(ctx, bert_model_open(ctx, &bm, o->model_dir), "--model-dir"))
+            return 0;
+        int ok = keep_start(w, &bm.m, &bm.cfg, "the --model-dir encoder (its pooler not loaded: "
+                                               "a new pooler and classifier)");
+        ok = ok && !ex_failed(ctx, bert_tokenizer_load(ctx, &bm, &tk->wp), "--model-dir") &&
+             wp_use(tk, ctx, o->model_dir);
+        bert_model_close(&bm);
+        if (!ok)
+            return 0;
+    }
+#endif
+    if (tk->fn && tk->vocab_size > w->bc.vocab_size && w->start) {
+        fprintf(stderr, "error: the tokenizer has %zu ids, the encoder's vocabulary %zu\n",
+                tk->vocab_size, w->bc.vocab_size);
+        return 0;
+    }
+    if (w->start)
+        tk->vocab_size = w->bc.vocab_size; /* the embedding table's rows */
+    return 1;
+}
+
 /* ---- main ---------------------------------------------------------------------------------------- */
 
 int main(int argc, char **argv)
@@ -917,6 +1122,16 @@ int main(int argc, char **argv)
     printf("bert_classify: libtblocks %s, seed %llu, threads %d, kernels %s\n",
            tb_version_string(), (unsigned long long)o.seed, ctx->num_threads,
            ex_kernel_name(ctx));
+    text_tok tk;
+    memset(&tk, 0, sizeof tk);
+    if (!load_start(&w, &o, &tk)) {
+#ifdef BC_HAVE_WORDPIECE
+        tb_wordpiece_free(&tk.wp);
+#endif
+        free(w.start);
+        return EX_EXIT_FAILURE;
+    }
+    const size_t positions = w.bc.max_position_embeddings;
 
     data d;
     memset(&d, 0, sizeof d);
@@ -926,12 +1141,13 @@ int main(int argc, char **argv)
     /* P-tuning's virtual tokens take n positions of the table: texts are cut to the rest
      * whenever P-tuning runs, so --compare's methods see the same tokens. */
     const int uses_pt = o.compare || method_of(o.method) == M_PTUNING;
-    const size_t T_text = (size_t)o.positions - (uses_pt ? (size_t)o.n_virtual : 0);
-    if (uses_pt && o.n_virtual + 3 > o.positions) {
-        fprintf(stderr, "error: --virtual %llu leaves fewer than 3 of the %llu positions\n",
-                (unsigned long long)o.n_virtual, (unsigned long long)o.positions);
+    if (uses_pt && o.n_virtual + 3 > positions) {
+        fprintf(stderr, "error: --virtual %llu leaves fewer than 3 of the %zu positions\n",
+                (unsigned long long)o.n_virtual, positions);
+        free(w.start);
         return EX_EXIT_USAGE;
     }
+    const size_t T_text = positions - (uses_pt ? (size_t)o.n_virtual : 0);
     if (o.data_dir || o.fortunes) {
         size_t skipped = 0;
         if (o.data_dir)
@@ -943,7 +1159,7 @@ int main(int argc, char **argv)
             if (ok && skipped)
                 printf("note: %zu fortunes that are not UTF-8 were skipped\n", skipped);
         }
-        ok = ok && text_data(&o, &t, &et, T_text, &d);
+        ok = ok && text_data(&o, &t, &et, T_text, positions, &tk, &d);
         cls_texts_free(&t), cls_texts_free(&et);
     } else {
         if (o.max_len + (uses_pt ? o.n_virtual : 0) > o.positions) {
@@ -961,6 +1177,10 @@ int main(int argc, char **argv)
     }
     if (!ok) {
         data_free(&d);
+#ifdef BC_HAVE_WORDPIECE
+        tb_wordpiece_free(&tk.wp);
+#endif
+        free(w.start);
         return EX_EXIT_FAILURE;
     }
     w.max_b = (size_t)o.batch;
@@ -973,11 +1193,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "error: out of memory\n");
         rc = EX_EXIT_FAILURE;
     } else if (o.compare) {
-        printf("model: BERT encoder, %llu layers, width %llu, %llu heads, intermediate %llu, "
-               "%llu positions; batch %llu\n\n",
-               (unsigned long long)o.layers, (unsigned long long)o.width,
-               (unsigned long long)o.heads, (unsigned long long)o.ff,
-               (unsigned long long)o.positions, (unsigned long long)o.batch);
+        printf("model: BERT encoder, %zu layers, width %zu, %zu heads, intermediate %zu, "
+               "%zu positions; batch %llu\n\n",
+               w.bc.num_hidden_layers, w.bc.hidden_size, w.bc.num_attention_heads,
+               w.bc.intermediate_size, w.bc.max_position_embeddings,
+               (unsigned long long)o.batch);
         rc = compare(&w, &o, &d);
     } else {
         const int method = method_of(o.method);
@@ -989,17 +1209,17 @@ int main(int argc, char **argv)
                              (float)(method == M_FULL ? o.lr : o.lr_peft),
                              strcmp(o.norm, "batch") == 0,
                              METHOD_LABEL[method]};
-        printf("model: BERT encoder (%s attention, %s), %llu layers, width %llu, %llu heads, "
-               "intermediate %llu, %llu positions, from %s\n",
+        printf("model: BERT encoder (%s attention, %s), %zu layers, width %zu, %zu heads, "
+               "intermediate %zu, %zu positions, from %s\n",
                o.attention, rs.norm == TFM_BATCHNORM ? "BatchNorm" : "LayerNorm",
-               (unsigned long long)o.layers, (unsigned long long)o.width,
-               (unsigned long long)o.heads, (unsigned long long)o.ff,
-               (unsigned long long)o.positions, o.init);
+               w.bc.num_hidden_layers, w.bc.hidden_size, w.bc.num_attention_heads,
+               w.bc.intermediate_size, w.bc.max_position_embeddings,
+               w.start ? w.start_name : "random weights");
         printf("%s: %llu AdamW steps of %llu examples, lr %g\n", METHOD_LABEL[method],
                (unsigned long long)o.steps, (unsigned long long)o.batch, (double)rs.lr);
         fflush(stdout);
         result r;
-        if (ex_failed(ctx, run(&w, &rs, &d, NULL, NULL, &r), METHOD_LABEL[method]))
+        if (ex_failed(ctx, run(&w, &rs, &d, w.start, w.start_entries, NULL, &r), METHOD_LABEL[method]))
             rc = EX_EXIT_FAILURE;
         else {
             print_result(&rs, &r, d.es);
@@ -1020,5 +1240,9 @@ int main(int argc, char **argv)
         printf("done: %.1f s\n", ex_seconds() - t_start);
     free(w.ids), free(w.valid), free(w.labels), free(w.read);
     data_free(&d);
+#ifdef BC_HAVE_WORDPIECE
+    tb_wordpiece_free(&tk.wp);
+#endif
+    free(w.start);
     return rc;
 }

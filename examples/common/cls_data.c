@@ -795,6 +795,16 @@ int cls_vocab_tokenize(void *user, const char *text, size_t len, int32_t *ids, s
     return 1;
 }
 
+int cls_bytes_tokenize(void *user, const char *text, size_t len, int32_t *ids, size_t cap,
+                       size_t *n)
+{
+    (void)user;
+    for (size_t i = 0; i < len && i < cap; i++)
+        ids[i] = CLS_BYTE0 + (int32_t)(unsigned char)text[i];
+    *n = len;
+    return 1;
+}
+
 /* ---- metrics ----------------------------------------------------------------------------- */
 
 void cls_metrics_init(cls_metrics *m, size_t K)

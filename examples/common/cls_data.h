@@ -157,6 +157,17 @@ size_t cls_vocab_size(const cls_vocab *v);
 int cls_vocab_tokenize(void *user, const char *text, size_t len, int32_t *ids, size_t cap,
                        size_t *n);
 
+/* ---- bytes (bert_pretrain's tokeniser) ------------------------------------------------ */
+
+/* Every byte one token, id CLS_BYTE0 + byte, as examples/bert_pretrain
+ * numbers them ([PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4, bytes
+ * 5..260): the tokeniser of its checkpoints (metadata
+ * bert_pretrain.tokenizer = bytes). user is unused. */
+#define CLS_BYTE0 5
+#define CLS_BYTE_VOCAB 261
+int cls_bytes_tokenize(void *user, const char *text, size_t len, int32_t *ids, size_t cap,
+                       size_t *n);
+
 /* ---- evaluation ------------------------------------------------------------------------ */
 
 typedef struct cls_metrics {
