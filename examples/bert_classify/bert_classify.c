@@ -49,6 +49,7 @@
 #include "bert_config.h"
 #include "cls_data.h"
 #include "ex_cli.h"
+#include "ex_file.h"
 #include "ex_finetune.h"
 #include "ex_random.h"
 #include "ex_text.h"
@@ -67,13 +68,13 @@
 #include "bert_ckpt.h"
 #define BC_HAVE_CKPT 1
 #endif
+#if __has_include("tblocks/wordpiece.h")
+#include "tblocks/wordpiece.h"
+#define BC_HAVE_WORDPIECE 1
 #if __has_include("bert_model.h")
 #include "bert_model.h"
 #define BC_HAVE_MODEL 1
 #endif
-#if __has_include("tblocks/wordpiece.h")
-#include "tblocks/wordpiece.h"
-#define BC_HAVE_WORDPIECE 1
 #endif
 #endif
 
