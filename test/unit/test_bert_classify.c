@@ -358,6 +358,124 @@ START_TEST(fortunes_classify)
 }
 END_TEST
 
+/* ---- pre-trained starts ------------------------------------------------------------------- */
+
+/* Run a shell command; its exit status (-1 if it did not exit). */
+static int sh(const char *cmd)
+{
+    const int st = system(cmd);
+    return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* --init FILE: in a build with examples/bert_pretrain, a checkpoint it
+ * writes starts full fine-tuning (the encoder changes) and LoRA (the frozen
+ * encoder bitwise unchanged) on the fortunes in its byte tokens, and a file
+ * that is no checkpoint is refused; in a build without it, --init FILE is
+ * refused (exit 2) with a message naming the missing piece. */
+START_TEST(init_from_a_pretraining_checkpoint)
+{
+    char *out = tbt_alloc(CAP);
+    char bin[1024], root[512], ckpt[1024], args[4096], cmd[8192];
+    snprintf(bin, sizeof bin, "%s/bert_pretrain", getenv("TB_EXAMPLE_DIR"));
+    tmp_dir(root, sizeof root);
+    snprintf(ckpt, sizeof ckpt, "%s/pre.safetensors", root);
+    if (access(bin, X_OK) != 0) {
+        put_file(root, "pre.safetensors", "x", 1);
+        snprintf(args, sizeof args, "--init '%s' --fortunes --steps 1", ckpt);
+        ck_assert_int_eq(run_bc(args, "2>&1", out, CAP), 2);
+        ck_assert_msg(strstr(out, "not in this build yet"), "%s", out);
+        printf("  bert_classify --init: refused (no bert_pretrain in this build)\n");
+    } else {
+        snprintf(cmd, sizeof cmd, "'%s' --steps 3 --width 16 --ff 32 --heads 2 --positions 64 "
+                                  "--seq 32 --batch 4 --threads 1 --ckpt '%s' >/dev/null 2>&1",
+                 bin, ckpt);
+        ck_assert_int_eq(sh(cmd), 0);
+        for (int k = 0; k < 2; k++) {
+            snprintf(args, sizeof args, "--init '%s' --fortunes --max-per-class 20 --steps 3 "
+                                        "--batch 8 --threads 1 --method %s",
+                     ckpt, k ? "lora" : "full");
+            ck_assert_msg(run_bc(args, "2>&1", out, CAP) == 0, "%s", out);
+            ck_assert_msg(strstr(out, "byte tokens (vocabulary 261)") &&
+                              strstr(out, "from the --init checkpoint's encoder"),
+                          "%s", out);
+            char before[32], after[32];
+            field_text(out, "base_before", before, sizeof before);
+            field_text(out, "base_after", after, sizeof after);
+            ck_assert_msg((strcmp(before, after) == 0) == (k == 1), "%s", out);
+        }
+        /* Not a checkpoint; the built-in task (its own vocabulary). */
+        put_file(root, "bad.safetensors", "not a safetensors file", 22);
+        snprintf(args, sizeof args, "--init '%s/bad.safetensors' --fortunes --steps 1", root);
+        ck_assert_int_eq(run_bc(args, "2>&1", out, CAP), 1);
+        ck_assert_msg(strstr(out, "error: --init"), "%s", out);
+        snprintf(args, sizeof args, "--init '%s' --steps 1", ckpt);
+        ck_assert_int_eq(run_bc(args, "2>&1", out, CAP), 2);
+        ck_assert_msg(strstr(out, "needs texts"), "%s", out);
+        printf("  bert_classify --init: bert_pretrain's checkpoint starts full and LoRA\n");
+    }
+    rm_tree(root);
+    free(out);
+}
+END_TEST
+
+/* --model-dir DIR: in a build with the model-folder loader, a folder with
+ * a missing file (vocab.txt, model.safetensors) or a config.json that does
+ * not match the tensors is refused with a message (exit 1); without the
+ * loader the option is refused (exit 2) naming the missing piece. The real
+ * MiniLM folder is opened by a short LoRA run when the loader is there. */
+START_TEST(model_folder_checks)
+{
+    char *out = tbt_alloc(CAP);
+    char root[512], args[4096], cmd[8192];
+    tmp_dir(root, sizeof root);
+    snprintf(args, sizeof args, "--model-dir '%s' --fortunes --steps 1", root);
+    const int rc = run_bc(args, "2>&1", out, CAP);
+    if (strstr(out, "not in this build yet")) {
+        ck_assert_int_eq(rc, 2);
+        printf("  bert_classify --model-dir: refused (no model-folder loader in this build)\n");
+    } else {
+        ck_assert_msg(rc == 1 && strstr(out, "--model-dir"), "an empty folder: %d\n%s", rc, out);
+        char dir[1024], path[1024];
+        snprintf(path, sizeof path, "%s/minilm/model_dir.txt", getenv("TB_ORACLE_DIR"));
+        FILE *f = fopen(path, "r");
+        ck_assert_msg(f != NULL, "cannot open %s (run test/oracle/gen_minilm.py)", path);
+        ck_assert(fgets(dir, sizeof dir, f) != NULL);
+        fclose(f);
+        dir[strcspn(dir, "\n")] = '\0';
+        /* Everything but vocab.txt; then everything but model.safetensors; then a
+         * config.json whose width disagrees with the tensors. */
+        snprintf(cmd, sizeof cmd, "cp -r '%s/.' '%s/' && rm '%s/vocab.txt'", dir, root, root);
+        ck_assert_int_eq(sh(cmd), 0);
+        ck_assert_int_eq(run_bc(args, "2>&1", out, CAP), 1);
+        ck_assert_msg(strstr(out, "vocab"), "%s", out);
+        snprintf(cmd, sizeof cmd, "cp '%s/vocab.txt' '%s/' && rm '%s/model.safetensors'", dir,
+                 root, root);
+        ck_assert_int_eq(sh(cmd), 0);
+        ck_assert_int_eq(run_bc(args, "2>&1", out, CAP), 1);
+        ck_assert_msg(strstr(out, "model.safetensors"), "%s", out);
+        snprintf(cmd, sizeof cmd,
+                 "cp '%s/model.safetensors' '%s/' && sed -i 's/\"hidden_size\": 384/"
+                 "\"hidden_size\": 192/' '%s/config.json'",
+                 dir, root, root);
+        ck_assert_int_eq(sh(cmd), 0);
+        ck_assert_int_eq(run_bc(args, "2>&1", out, CAP), 1);
+        ck_assert_msg(strstr(out, "error: --model-dir"), "%s", out);
+#ifndef TBT_ASAN
+        snprintf(args, sizeof args, "--model-dir '%s' --fortunes --max-per-class 5 --steps 1 "
+                                    "--batch 4 --method lora",
+                 dir);
+        ck_assert_msg(run_bc(args, "2>&1", out, CAP) == 0, "%s", out);
+        ck_assert_msg(strstr(out, "WordPiece tokens (vocabulary 30522)") &&
+                          strstr(out, "6 layers, width 384"),
+                      "%s", out);
+#endif
+        printf("  bert_classify --model-dir: bad folders refused, MiniLM opened\n");
+    }
+    rm_tree(root);
+    free(out);
+}
+END_TEST
+
 /* --compare: three tables and the final line, with the frozen encoder
  * unchanged under LoRA and P-tuning and the trainable counts ordered. */
 START_TEST(compare_prints_tables)
@@ -403,6 +521,8 @@ Suite *suite_bert_classify(void)
     tcase_add_test(tc, thread_count_changes_nothing);
     tcase_add_test(tc, text_folders_and_bad_input);
     tcase_add_test(tc, fortunes_classify);
+    tcase_add_test(tc, init_from_a_pretraining_checkpoint);
+    tcase_add_test(tc, model_folder_checks);
     tcase_add_test(tc, compare_prints_tables);
     suite_add_tcase(s, tc);
     return s;
