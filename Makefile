@@ -25,7 +25,7 @@ DEPFLAGS  = -MMD -MP
 LIB       := $(LIBOUT)/libtblocks.a
 # One directory per layer, lowest first (docs/conventions.md, "Layout"): a
 # source includes only its own layer's internal headers and those below.
-LIB_DIRS  := core kernels blocks train sample io
+LIB_DIRS  := core kernels blocks train sample text io
 LIB_SRC   := $(sort $(foreach d,$(LIB_DIRS),$(wildcard src/$(d)/*.c)))
 LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
 
@@ -265,6 +265,12 @@ FUZZ_OPTS_gpt_config  := -malloc_limit_mb=64
 FUZZ_TARGETS += lora_file
 FUZZ_SEEDS_lora_file := test/fuzz/corpus_lora_file test/fuzz/regressions_lora_file
 FUZZ_DICT_lora_file  := test/fuzz/lora_file.dict
+
+# The WordPiece tokenizer: texts (any bytes, every configuration) with a
+# built-in vocabulary, and vocabularies (test/fuzz/wordpiece_harness.h;
+# seeds replayed by test_wordpiece.c).
+FUZZ_TARGETS += wordpiece
+FUZZ_SEEDS_wordpiece := test/fuzz/corpus_wordpiece
 
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
 FUZZ_DEPS := $(LIB_SRC) $(wildcard include/*.h include/tblocks/*.h src/*/*.h test/fuzz/*.h examples/common/*.h)

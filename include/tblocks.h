@@ -36,5 +36,6 @@
 #include "tblocks/checkpoint.h"
 #include "tblocks/lora_file.h"
 #include "tblocks/sample.h"
+#include "tblocks/wordpiece.h"
 
 #endif /* TBLOCKS_H */

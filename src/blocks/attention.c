@@ -522,20 +522,6 @@ static tile_mask mask_tile(const attn *a, size_t b, size_t i0, size_t mq, size_t
     return tm;
 }
 
-/* Whether the n floats at x are all finite (8 fixed lanes: vectorisable). */
-static int row_finite(const float *x, size_t n)
-{
-    float acc[8] = {0};
-    size_t d = 0;
-    for (; d + 8 <= n; d += 8)
-        for (int l = 0; l < 8; l++)
-            acc[l] += x[d + l] - x[d + l]; /* 0, or NaN for NaN and +-Inf */
-    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (; d < n; d++)
-        s += x[d] - x[d];
-    return s == 0.0f;
-}
-
 /* C (n_out x D, ldc) += op(A) X: one of the products of a tile's
  * coefficients (P or dS: zero at masked pairs) and operand rows X (n_in
  * rows of D floats, ldx apart). keys_out = 0: the outputs are the tile's
@@ -564,7 +550,7 @@ static void masked_product(const tb_ctx *ctx, const tile_ws *w, const tile_mask 
     size_t n_bad = 0;
     int all_dead = 1;
     for (size_t k = 0; k < n_in; k++)
-        if (hid[k] && !row_finite(X + k * ldx, D)) {
+        if (hid[k] && !tb_all_finite(X + k * ldx, D)) {
             bad[n_bad++] = (unsigned char)k;
             all_dead &= hid[k] == n_out;
         }

@@ -907,14 +907,6 @@ static void scale_rows(tb_ctx *ctx, const tb_lora *lora, float *W, const float *
         }
 }
 
-static int all_finite(const float *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(p[i]))
-            return 0;
-    return 1;
-}
-
 tb_status tb_lora_merge(tb_ctx *ctx, tb_lora *lora, const char *name, int safe)
 {
     const char *fn = __func__;
@@ -962,7 +954,7 @@ tb_status tb_lora_merge(tb_ctx *ctx, tb_lora *lora, const char *name, int safe)
         if (s == TB_OK && ad->config.use_dora)
             scale_rows(ctx, lora, W, ad->magnitude.value, norm, 0);
     }
-    if (s == TB_OK && safe && !all_finite(W, wn))
+    if (s == TB_OK && safe && !tb_all_finite(W, wn))
         s = tb_fail(ctx, TB_ERR_NON_FINITE, fn,
                     "merging adapter%s '%s' gives NaN or infinite weights; nothing merged",
                     n > 1 ? "s starting with" : "", lora->adapter[idx[0]].name);
@@ -1186,8 +1178,8 @@ tb_status tb_lora_combine(tb_ctx *ctx, tb_lora *lora, const char *new_name,
             combine_cat(lora, src, ws, n, &ad);
         else
             s = combine_svd(ctx, fn, lora, src, ws, n, r_sum, &ad);
-        if (s == TB_OK && (!all_finite(ad.A.value, ad.A.numel) ||
-                           !all_finite(ad.B.value, ad.B.numel)))
+        if (s == TB_OK && (!tb_all_finite(ad.A.value, ad.A.numel) ||
+                           !tb_all_finite(ad.B.value, ad.B.numel)))
             s = tb_fail(ctx, TB_ERR_NON_FINITE, fn,
                         "combining into '%s' gives NaN or infinite values", new_name);
         if (s != TB_OK)

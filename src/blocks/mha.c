@@ -375,19 +375,11 @@ static int all_zero(const float *x, size_t n)
     return 1;
 }
 
-static int all_finite(const float *x, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(x[i]))
-            return 0;
-    return 1;
-}
-
 /* Whether input row r (of C floats) adds nothing to the weight gradient
  * although it is not finite: its gradient row (of n) is exactly zero. */
 static int dead_garbage_row(const float *in, size_t C, const float *dy, size_t n, size_t r)
 {
-    return all_zero(dy + r * n, n) && !all_finite(in + r * C, C);
+    return all_zero(dy + r * n, n) && !tb_all_finite(in + r * C, C);
 }
 
 /* dW (n, C) += dy^T in for in (rows, C), dy (rows, n), where a row of

@@ -47,6 +47,21 @@ static inline int tb_add_size(size_t a, size_t b, size_t *out)
     return 1;
 }
 
+/* Whether the n floats at x are all finite: x - x is 0, or NaN for NaN and
+ * +-Inf, summed in 8 fixed lanes (vectorisable, no branch per element). */
+static inline int tb_all_finite(const float *x, size_t n)
+{
+    float acc[8] = {0};
+    size_t d = 0;
+    for (; d + 8 <= n; d += 8)
+        for (int l = 0; l < 8; l++)
+            acc[l] += x[d + l] - x[d + l];
+    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; d < n; d++)
+        s += x[d] - x[d];
+    return s == 0.0f;
+}
+
 /*
  * Validate a view: non-NULL, data non-NULL, 1 <= ndim <= TB_MAX_DIMS, every
  * size >= 1, numel * sizeof(float) fits. On success stores rows (product of

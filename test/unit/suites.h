@@ -32,6 +32,7 @@
     X(safetensors)    \
     X(checkpoint)     \
     X(sample)         \
+    X(wordpiece)      \
     X(aliasing)       \
     X(gpt)            \
     X(lora_file)      \

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""PyTorch's side of bench_bert.c, timed in this process.
+
+  torch_bert.py train L H C F V T B THREADS REPS ISA
+      one training step (forward, backward, AdamW) of transformers'
+      BertForSequenceClassification (2 labels, dropout 0 as in the C
+      benchmark, full-length sequences) in float32: prints
+      "torch_train_ms <median>".
+
+ISA "avx2" caps PyTorch at AVX2 (ATen, MKL and oneDNN), for comparison with
+libtblocks' AVX2 kernel family forced on an AVX-512 machine. A line
+"torch_version <v>" is printed first."""
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+MODE = sys.argv[1] if len(sys.argv) > 1 else ""
+ISA = sys.argv[-1] if len(sys.argv) > 2 else "native"
+if ISA == "avx2":  # read when the libraries load: before importing torch
+    os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
+    os.environ["MKL_ENABLE_INSTRUCTIONS"] = "AVX2"
+    os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+    os.environ["DNNL_MAX_CPU_ISA"] = "AVX2"
+import torch  # noqa: E402
+
+
+def timed(step, reps):
+    step()  # warm-up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * statistics.median(times)
+
+
+def train(args):
+    from transformers import BertConfig, BertForSequenceClassification
+    layers, heads, width, ff, vocab, t, b, threads, reps = map(int, args[:9])
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = BertConfig(num_hidden_layers=layers, num_attention_heads=heads, hidden_size=width,
+                     intermediate_size=ff, vocab_size=vocab, max_position_embeddings=512,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=2)
+    model = BertForSequenceClassification(cfg).float().train()
+    x = torch.randint(1, vocab, (b, t))
+    y = torch.randint(0, 2, (b,))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        model(input_ids=x, labels=y).loss.backward()
+        opt.step()
+    print("torch_train_ms %.3f" % timed(step, reps))
+
+
+def main():
+    print("torch_version %s (CPU capability %s)"
+          % (torch.__version__, torch.backends.cpu.get_cpu_capability()))
+    sys.stdout.flush()
+    if MODE == "train":
+        train(sys.argv[2:])
+    else:
+        sys.exit("torch_bert.py: unknown mode %r" % MODE)
+
+
+if __name__ == "__main__":
+    main()
