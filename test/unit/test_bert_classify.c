@@ -339,6 +339,36 @@ START_TEST(text_folders_and_bad_input)
 }
 END_TEST
 
+/* --vocab FILE: texts tokenized by WordPiece (tblocks/wordpiece.h) with
+ * that vocabulary; one without [CLS] is refused. */
+START_TEST(wordpiece_vocabulary)
+{
+    char *out = tbt_alloc(CAP);
+    char root[512], d[1024], args[4096];
+    tmp_dir(root, sizeof root);
+    snprintf(d, sizeof d, "%s/data", root);
+    ck_assert_int_eq(mkdir(d, 0700), 0);
+    make_data(d, 20);
+    static const char vocab[] = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\ncat\ndog\nnumber\n"
+                                "purr\n##s\nbark\nand\nsleep\nat\npost\n##man\n.\n;\n!\n";
+    put_file(root, "vocab.txt", vocab, sizeof vocab - 1);
+    snprintf(args, sizeof args, "--data-dir '%s' --vocab '%s/vocab.txt' --steps 40 --width 16 "
+                                "--ff 32 --heads 2 --batch 16 --threads 1",
+             d, root);
+    ck_assert_msg(run_bc(args, "2>&1", out, CAP) == 0, "%s", out);
+    ck_assert_msg(strstr(out, "WordPiece tokens (vocabulary 20)"), "%s", out);
+    const double acc = field(out, "acc");
+    printf("  bert_classify --vocab: accuracy %.3f on cats vs dogs in WordPiece tokens\n", acc);
+    ck_assert_msg(acc >= 0.99, "accuracy %g", acc);
+    static const char no_cls[] = "[PAD]\n[UNK]\n[SEP]\nthe\n";
+    put_file(root, "vocab.txt", no_cls, sizeof no_cls - 1);
+    ck_assert_int_eq(run_bc(args, "2>&1", out, CAP), 1);
+    ck_assert_msg(strstr(out, "lacks [PAD], [UNK], [CLS] or [SEP]"), "%s", out);
+    rm_tree(root);
+    free(out);
+}
+END_TEST
+
 /* Debian's fortunes (apt-get install fortunes; make check's deps install
  * them): three files, three classes, a short run that parses. */
 START_TEST(fortunes_classify)
@@ -520,6 +550,7 @@ Suite *suite_bert_classify(void)
     tcase_add_test(tc, bidirectional_beats_causal);
     tcase_add_test(tc, thread_count_changes_nothing);
     tcase_add_test(tc, text_folders_and_bad_input);
+    tcase_add_test(tc, wordpiece_vocabulary);
     tcase_add_test(tc, fortunes_classify);
     tcase_add_test(tc, init_from_a_pretraining_checkpoint);
     tcase_add_test(tc, model_folder_checks);
