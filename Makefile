@@ -43,7 +43,8 @@ TEST_SRC  := $(sort $(wildcard test/unit/*.c))
 GPT_SRC   := examples/common/gpt.c examples/common/tfm.c examples/common/ex_arena.c \
              examples/common/ex_text.c examples/common/tfm_lora.c \
              examples/common/ptuning_input.c examples/common/prefix_tuning.c \
-             examples/common/bert_cls.c examples/common/bert_config.c
+             examples/common/bert_cls.c examples/common/bert_config.c \
+             examples/common/bert_mlm.c examples/common/bert_ckpt.c examples/common/bert_mask.c
 GPT_OBJ   := $(GPT_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o) $(GPT_OBJ)
 TEST_BIN  := $(BUILD)/test/unit_tests

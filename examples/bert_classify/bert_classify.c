@@ -233,6 +233,9 @@ static tb_status model_init(world *w, model *md, const run_spec *rs, const cls_s
     const size_t C = cfg.d_model;
     TRY(tfm_init(ctx, &md->m, &cfg, rng));
     TRY(bert_cls_init(ctx, &md->h, C, set->n_classes, w->max_b, rng));
+    /* BertForSequenceClassification's dropout on the pooled output:
+     * classifier_dropout None, so hidden_dropout_prob (--dropout). */
+    TRY(bert_cls_set_dropout(ctx, &md->h, bert_cls_dropout_p(-1.0f, rs->dropout)));
     TRY(tb_param_list_init(ctx, &md->base));
     TRY(tb_param_list_init(ctx, &md->train));
     TRY(tfm_params(ctx, &md->m, "bert.", &md->base));
@@ -301,7 +304,8 @@ static tb_status model_forward(world *w, model *md, const cls_set *set, tb_mode 
         const size_t r = set->read_cls ? 0 : w->read[b] + md->n_virtual;
         memcpy(md->hin + b * C, md->a.out + (b * Tt + r) * C, C * sizeof(float));
     }
-    return bert_cls_forward(ctx, &md->h, md->hin, B, 1, with_labels ? w->labels : NULL, loss);
+    return bert_cls_forward_mode(ctx, &md->h, mode, rng, md->hin, B, 1,
+                                 with_labels ? w->labels : NULL, loss);
 }
 
 static tb_status model_backward(world *w, model *md, const cls_set *set, size_t B)
@@ -1061,6 +1065,11 @@ static int load_start(world *w, const opts *o, text_tok *tk)
         tfm_free(&m);
         if (!ok)
             return 0;
+        if (tk->fn && strcmp(kbuf, "bytes") == 0) {
+            fprintf(stderr, "error: --init: the checkpoint was trained on byte tokens; --vocab "
+                            "would give it other ids\n");
+            return 0;
+        }
         if (!tk->fn) {
             if (strcmp(kbuf, "bytes") != 0 || cfg.vocab_size < CLS_BYTE_VOCAB) {
                 ex_shown sk;

@@ -26,6 +26,7 @@ static tb_status layout(tb_ctx *ctx, tb_arena *ar, void *obj)
                     h->d);
     TRY(ex_take_f32(ctx, ar, BC, &h->first));
     TRY(ex_take_f32(ctx, ar, BC, &h->pooled));
+    TRY(ex_take_f32(ctx, ar, BC, &h->dropped));
     TRY(ex_take_f32(ctx, ar, BK, &h->logits));
     TRY(ex_take_f32(ctx, ar, BK, &h->dlogits));
     TRY(ex_take_f32(ctx, ar, BC, &h->dpooled));
@@ -87,13 +88,39 @@ void bert_cls_freeze_pooler(bert_cls *h)
         tb_linear_freeze(&h->pooler);
 }
 
+float bert_cls_dropout_p(float classifier_dropout, float hidden_dropout_prob)
+{
+    return classifier_dropout >= 0.0f ? classifier_dropout : hidden_dropout_prob;
+}
+
+tb_status bert_cls_set_dropout(tb_ctx *ctx, bert_cls *h, float p)
+{
+    if (!h)
+        return fail(ctx, TB_ERR_NULL_ARG, "bert_cls: no head");
+    if (!(p >= 0.0f && p < 1.0f))
+        return fail(ctx, TB_ERR_INVALID_ARG, "bert_cls: dropout %g outside [0, 1)", (double)p);
+    h->dropout = p;
+    return TB_OK;
+}
+
 tb_status bert_cls_forward(tb_ctx *ctx, bert_cls *h, const float *out, size_t B, size_t T,
                            const int32_t *labels, float *loss)
+{
+    return bert_cls_forward_mode(ctx, h, TB_MODE_INFERENCE, NULL, out, B, T, labels, loss);
+}
+
+tb_status bert_cls_forward_mode(tb_ctx *ctx, bert_cls *h, tb_mode mode, tb_rng *rng,
+                                const float *out, size_t B, size_t T, const int32_t *labels,
+                                float *loss)
 {
     if (!h || !h->buffer || !out)
         return fail(ctx, TB_ERR_NULL_ARG, "bert_cls: forward needs the head and the output");
     if (labels && !loss)
         return fail(ctx, TB_ERR_NULL_ARG, "bert_cls: labels given but nowhere to put the loss");
+    const int drop = mode == TB_MODE_TRAINING && h->dropout > 0.0f;
+    if (drop && !rng)
+        return fail(ctx, TB_ERR_NULL_ARG, "bert_cls: training with dropout %g needs an rng",
+                    (double)h->dropout);
     if (!B || !T || B > h->max_b)
         return fail(ctx, TB_ERR_SHAPE, "bert_cls: %zu rows of %zu positions; the head holds %zu",
                     B, T, h->max_b);
@@ -105,8 +132,11 @@ tb_status bert_cls_forward(tb_ctx *ctx, bert_cls *h, const float *out, size_t B,
     TRY(tb_linear_forward(ctx, &h->pooler, &x, &y));
     for (size_t i = 0; i < B * C; i++)
         h->pooled[i] = tanhf(h->pooled[i]);
+    tb_tensor yd = tb_tensor_2d(h->dropped, B, C);
+    TRY(tb_dropout_forward(ctx, drop ? TB_MODE_TRAINING : TB_MODE_INFERENCE, h->dropout,
+                           drop ? rng : NULL, &y, &yd, &h->drop));
     tb_tensor z = tb_tensor_2d(h->logits, B, K);
-    TRY(tb_linear_forward(ctx, &h->classifier, &y, &z));
+    TRY(tb_linear_forward(ctx, &h->classifier, &yd, &z));
     if (labels) {
         const tb_cross_entropy_config ce = tb_cross_entropy_default_config();
         TRY(tb_cross_entropy_forward(ctx, &ce, &z, labels, B, loss, h->ce_cache,
@@ -127,8 +157,9 @@ tb_status bert_cls_backward(tb_ctx *ctx, bert_cls *h, float dloss, float *dout)
     tb_tensor z = tb_tensor_2d(h->logits, B, K), dz = tb_tensor_2d(h->dlogits, B, K);
     TRY(tb_cross_entropy_backward(ctx, &ce, &z, h->labels, B, dloss, h->ce_cache,
                                   h->ce_cache_bytes, &dz));
-    tb_tensor y = tb_tensor_2d(h->pooled, B, C), dy = tb_tensor_2d(h->dpooled, B, C);
-    TRY(tb_linear_backward(ctx, &h->classifier, &y, &dz, &dy));
+    tb_tensor yd = tb_tensor_2d(h->dropped, B, C), dy = tb_tensor_2d(h->dpooled, B, C);
+    TRY(tb_linear_backward(ctx, &h->classifier, &yd, &dz, &dy));
+    TRY(tb_dropout_backward(ctx, &dy, &h->drop, &dy)); /* in place */
     for (size_t i = 0; i < B * C; i++) /* tanh' = 1 - tanh^2 */
         h->dpooled[i] *= 1.0f - h->pooled[i] * h->pooled[i];
     tb_tensor x = tb_tensor_2d(h->first, B, C), dx = tb_tensor_2d(h->dfirst, B, C);

@@ -39,6 +39,8 @@
     X(tfm)            \
     X(ptuning_input)  \
     X(ptuning_bert)   \
+    X(bert_heads)     \
+    X(bert_pretrain)  \
     X(prefix_tuning)  \
     X(bert_classify)  \
     X(harness)        \
