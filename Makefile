@@ -44,7 +44,8 @@ GPT_SRC   := examples/common/gpt.c examples/common/tfm.c examples/common/ex_aren
              examples/common/ex_text.c examples/common/tfm_lora.c \
              examples/common/ptuning_input.c examples/common/prefix_tuning.c \
              examples/common/bert_cls.c examples/common/bert_config.c \
-             examples/common/bert_mlm.c examples/common/bert_ckpt.c examples/common/bert_mask.c
+             examples/common/bert_mlm.c examples/common/bert_ckpt.c examples/common/bert_mask.c \
+             examples/common/bert_model.c examples/common/ex_json.c examples/common/ex_file.c
 GPT_OBJ   := $(GPT_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o) $(GPT_OBJ)
 TEST_BIN  := $(BUILD)/test/unit_tests
@@ -272,6 +273,11 @@ FUZZ_DICT_lora_file  := test/fuzz/lora_file.dict
 # seeds replayed by test_wordpiece.c).
 FUZZ_TARGETS += wordpiece
 FUZZ_SEEDS_wordpiece := test/fuzz/corpus_wordpiece
+
+# The examples' JSON reader for configuration files (examples/common/ex_json.c).
+FUZZ_TARGETS += ex_json
+FUZZ_SEEDS_ex_json := test/fuzz/corpus_ex_json
+FUZZ_SRC_ex_json   := examples/common/ex_json.c
 
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
 FUZZ_DEPS := $(LIB_SRC) $(wildcard include/*.h include/tblocks/*.h src/*/*.h test/fuzz/*.h examples/common/*.h)

@@ -42,6 +42,7 @@
     X(bert_heads)     \
     X(bert_pretrain)  \
     X(prefix_tuning)  \
+    X(minilm)         \
     X(bert_classify)  \
     X(harness)        \
     X(examples)
