@@ -44,6 +44,7 @@
     X(bert_pretrain)  \
     X(prefix_tuning)  \
     X(minilm)         \
+    X(bert_classify)  \
     X(harness)        \
     X(examples)
 
