@@ -59,24 +59,9 @@
 #include "tfm.h"
 #include "tfm_lora.h"
 
-/* The pieces other branches add, used when they are in the tree: the
- * pre-training program's checkpoints (bert_ckpt.h), a model folder such as
- * MiniLM's (bert_model.h) and the WordPiece tokenizer (tblocks/wordpiece.h).
- * Without them the options that need them are refused with a message. */
-#if defined(__has_include)
-#if __has_include("bert_ckpt.h")
 #include "bert_ckpt.h"
-#define BC_HAVE_CKPT 1
-#endif
-#if __has_include("tblocks/wordpiece.h")
-#include "tblocks/wordpiece.h"
-#define BC_HAVE_WORDPIECE 1
-#if __has_include("bert_model.h")
 #include "bert_model.h"
-#define BC_HAVE_MODEL 1
-#endif
-#endif
-#endif
+#include "tblocks/wordpiece.h"
 
 #define CLIP_NORM 1.0f
 #define DEFAULT_FORTUNE_DIR "/usr/share/games/fortunes"
@@ -540,13 +525,10 @@ typedef struct text_tok {
     cls_special sp;
     size_t vocab_size;
     const char *what;
-#ifdef BC_HAVE_WORDPIECE
     tb_wordpiece wp;
     tb_ctx *ctx;
-#endif
 } text_tok;
 
-#ifdef BC_HAVE_WORDPIECE
 static int wp_tokenize(void *user, const char *text, size_t len, int32_t *ids, size_t cap,
                        size_t *n)
 {
@@ -569,7 +551,6 @@ static int wp_use(text_tok *tk, tb_ctx *ctx, const char *what)
     tk->what = "WordPiece";
     return 1;
 }
-#endif
 
 /* The texts' data: split (or --eval-dir), the vocabulary (from the
  * training part, unless tk gives a tokeniser), both tokenised to T
@@ -822,32 +803,7 @@ static int parse(int argc, char **argv, opts *o)
                 (unsigned long long)o->min_len, (unsigned long long)o->max_len);
         return EX_EXIT_USAGE;
     }
-#ifndef BC_HAVE_WORDPIECE
-    if (o->vocab) {
-        fprintf(stderr, "%s: --vocab: the WordPiece tokenizer (include/tblocks/wordpiece.h) is "
-                        "not in this build yet; texts use the word vocabulary built from the "
-                        "training split\n",
-                prog);
-        return EX_EXIT_USAGE;
-    }
-#endif
-#ifndef BC_HAVE_MODEL
-    if (o->model_dir) {
-        fprintf(stderr, "%s: --model-dir: the model-folder loader (examples/common/"
-                        "bert_model.h) is not in this build yet\n",
-                prog);
-        return EX_EXIT_USAGE;
-    }
-#endif
     const int init_file = strcmp(o->init, "random") != 0;
-#ifndef BC_HAVE_CKPT
-    if (init_file) {
-        fprintf(stderr, "%s: --init: the pre-training program's checkpoints (examples/common/"
-                        "bert_ckpt.h) are not in this build yet; use --init random\n",
-                prog);
-        return EX_EXIT_USAGE;
-    }
-#endif
     if (init_file && o->model_dir) {
         fprintf(stderr, "%s: --init FILE and --model-dir exclude each other\n", prog);
         return EX_EXIT_USAGE;
@@ -1003,7 +959,6 @@ static int compare(world *w, const opts *o, data *d)
 
 /* ---- the starting point ------------------------------------------------------------------ */
 
-#if defined(BC_HAVE_CKPT) || defined(BC_HAVE_MODEL)
 /* Keep the values of a loaded encoder's parameters (tfm_params() order) as
  * the start of every run; w->bc becomes its configuration. */
 static int keep_start(world *w, tfm *m, const bert_config *cfg, const char *name)
@@ -1026,7 +981,6 @@ static int keep_start(world *w, tfm *m, const bert_config *cfg, const char *name
     w->start_name = name;
     return 1;
 }
-#endif
 
 /* --init FILE or --model-dir DIR: the encoder (w->start, w->bc) and the
  * tokeniser its vocabulary needs (tk). Returns 0 after a message. */
@@ -1034,14 +988,11 @@ static int load_start(world *w, const opts *o, text_tok *tk)
 {
     tb_ctx *ctx = &w->ctx;
     (void)ctx, (void)tk, (void)o;
-#ifdef BC_HAVE_WORDPIECE
     if (o->vocab) {
         if (ex_failed(ctx, tb_wordpiece_load(ctx, &tk->wp, o->vocab, NULL), "--vocab") ||
             !wp_use(tk, ctx, o->vocab))
             return 0;
     }
-#endif
-#ifdef BC_HAVE_CKPT
     if (strcmp(o->init, "random") != 0) {
         tfm m;
         bert_config cfg;
@@ -1082,8 +1033,6 @@ static int load_start(world *w, const opts *o, text_tok *tk)
             tk->vocab_size = cfg.vocab_size, tk->what = "byte";
         }
     }
-#endif
-#ifdef BC_HAVE_MODEL
     if (o->model_dir) {
         bert_model bm;
         if (ex_failed(ctx, bert_model_open(ctx, &bm, o->model_dir), "--model-dir"))
@@ -1096,7 +1045,6 @@ static int load_start(world *w, const opts *o, text_tok *tk)
         if (!ok)
             return 0;
     }
-#endif
     if (tk->fn && tk->vocab_size > w->bc.vocab_size && w->start) {
         fprintf(stderr, "error: the tokenizer has %zu ids, the encoder's vocabulary %zu\n",
                 tk->vocab_size, w->bc.vocab_size);
@@ -1135,9 +1083,7 @@ int main(int argc, char **argv)
     text_tok tk;
     memset(&tk, 0, sizeof tk);
     if (!load_start(&w, &o, &tk)) {
-#ifdef BC_HAVE_WORDPIECE
         tb_wordpiece_free(&tk.wp);
-#endif
         free(w.start);
         return EX_EXIT_FAILURE;
     }
@@ -1187,9 +1133,7 @@ int main(int argc, char **argv)
     }
     if (!ok) {
         data_free(&d);
-#ifdef BC_HAVE_WORDPIECE
         tb_wordpiece_free(&tk.wp);
-#endif
         free(w.start);
         return EX_EXIT_FAILURE;
     }
@@ -1250,9 +1194,7 @@ int main(int argc, char **argv)
         printf("done: %.1f s\n", ex_seconds() - t_start);
     free(w.ids), free(w.valid), free(w.labels), free(w.read);
     data_free(&d);
-#ifdef BC_HAVE_WORDPIECE
     tb_wordpiece_free(&tk.wp);
-#endif
     free(w.start);
     return rc;
 }
