@@ -277,7 +277,7 @@ FUZZ_SEEDS_wordpiece := test/fuzz/corpus_wordpiece
 # The examples' JSON reader for configuration files (examples/common/ex_json.c).
 FUZZ_TARGETS += ex_json
 FUZZ_SEEDS_ex_json := test/fuzz/corpus_ex_json
-FUZZ_SRC_ex_json   := examples/common/ex_json.c
+FUZZ_SRC_ex_json   := examples/common/ex_json.c examples/common/ex_text.c
 
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
 FUZZ_DEPS := $(LIB_SRC) $(wildcard include/*.h include/tblocks/*.h src/*/*.h test/fuzz/*.h examples/common/*.h)

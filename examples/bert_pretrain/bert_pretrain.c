@@ -220,46 +220,6 @@ typedef struct corpus {
     tb_ctx *ctx;           /* for the tokenizer's errors */
 } corpus;
 
-/* The first offset that is not valid UTF-8 (RFC 3629: no overlongs,
- * surrogates or values above U+10FFFF), or len. */
-static size_t utf8_bad(const unsigned char *s, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        const unsigned c = s[i];
-        size_t n;
-        unsigned lo = 0x80, hi = 0xBF;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if (c >= 0xC2 && c <= 0xDF)
-            n = 1;
-        else if (c >= 0xE0 && c <= 0xEF) {
-            n = 2;
-            if (c == 0xE0)
-                lo = 0xA0;
-            if (c == 0xED)
-                hi = 0x9F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            n = 3;
-            if (c == 0xF0)
-                lo = 0x90;
-            if (c == 0xF4)
-                hi = 0x8F;
-        } else
-            return i;
-        if (len - i <= n)
-            return i;
-        for (size_t k = 1; k <= n; k++) {
-            const unsigned d = s[i + k];
-            if (d < (k == 1 ? lo : 0x80) || d > (k == 1 ? hi : 0xBF))
-                return i;
-        }
-        i += n + 1;
-    }
-    return len;
-}
-
 static int is_space(char c)
 {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
@@ -399,7 +359,7 @@ static int load_corpus(tb_ctx *ctx, const opts *o, corpus *c)
             memcpy(c->text, FALLBACK_TEXT, c->len + 1);
         }
     }
-    const size_t bad = utf8_bad((const unsigned char *)c->text, c->len);
+    const size_t bad = ex_utf8_valid_prefix(c->text, c->len);
     if (bad < c->len) {
         fprintf(stderr, "error: data %s: not UTF-8 text (byte 0x%02x at offset %zu)\n",
                 ex_show(&sh, what), (unsigned char)c->text[bad], bad);

@@ -8,6 +8,7 @@
 
 #include "ex_file.h"
 #include "ex_json.h"
+#include "ex_text.h"
 #include "ex_try.h"
 
 #define fail tb_ctx_set_error
@@ -534,35 +535,6 @@ tb_status bert_tokenizer_load(tb_ctx *ctx, const bert_model *m, tb_wordpiece *wp
     return s;
 }
 
-/* The offset of the first byte that is not well-formed UTF-8, or len. */
-static size_t utf8_prefix(const unsigned char *s, size_t len)
-{
-    for (size_t i = 0; i < len;) {
-        const unsigned c = s[i];
-        size_t k;
-        unsigned char lo = 0x80, hi = 0xbf;
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        if (c >= 0xc2 && c <= 0xdf)
-            k = 2;
-        else if (c >= 0xe0 && c <= 0xef)
-            k = 3, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
-        else if (c >= 0xf0 && c <= 0xf4)
-            k = 4, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
-        else
-            return i;
-        if (len - i < k || s[i + 1] < lo || s[i + 1] > hi)
-            return i;
-        for (size_t j = 2; j < k; j++)
-            if (s[i + j] < 0x80 || s[i + j] > 0xbf)
-                return i;
-        i += k;
-    }
-    return len;
-}
-
 /* Sentences are tokenized and embedded this many at a time (bounded id
  * buffers whatever n is; sorting by length works within a chunk). */
 #define BERT_TEXT_CHUNK 1024
@@ -581,7 +553,7 @@ tb_status bert_embed(tb_ctx *ctx, bert_model *m, const tb_wordpiece *wp,
     for (size_t i = 0; i < n; i++) {
         if (!texts[i] && lens[i])
             return fail(ctx, TB_ERR_NULL_ARG, "bert_embed: sentence %zu is NULL", i);
-        const size_t bad = lens[i] ? utf8_prefix((const unsigned char *)texts[i], lens[i]) : 0;
+        const size_t bad = lens[i] ? ex_utf8_valid_prefix(texts[i], lens[i]) : 0;
         if (lens[i] && bad < lens[i])
             return fail(ctx, TB_ERR_FORMAT, "bert_embed: sentence %zu is not valid UTF-8 "
                         "(byte %zu: 0x%02x)", i, bad, (unsigned char)texts[i][bad]);

@@ -24,46 +24,6 @@ static void oom(void)
     fprintf(stderr, "error: out of memory\n");
 }
 
-/* Offset of the first byte that is not part of well-formed UTF-8 (no
- * overlong forms, surrogates or code points above U+10FFFF), or len. */
-static size_t utf8_bad_offset(const unsigned char *s, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        const unsigned c = s[i];
-        size_t n;
-        unsigned lo = 0x80, hi = 0xbf;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if (c >= 0xc2 && c <= 0xdf)
-            n = 1;
-        else if (c >= 0xe0 && c <= 0xef) {
-            n = 2;
-            if (c == 0xe0)
-                lo = 0xa0;
-            if (c == 0xed)
-                hi = 0x9f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            n = 3;
-            if (c == 0xf0)
-                lo = 0x90;
-            if (c == 0xf4)
-                hi = 0x8f;
-        } else
-            return i;
-        if (len - i <= n)
-            return i;
-        for (size_t k = 1; k <= n; k++) {
-            const unsigned d = s[i + k];
-            if (d < (k == 1 ? lo : 0x80) || d > (k == 1 ? hi : 0xbf))
-                return i;
-        }
-        i += n + 1;
-    }
-    return len;
-}
-
 /* ---- texts ------------------------------------------------------------------------ */
 
 void cls_texts_free(cls_texts *t)
@@ -183,7 +143,7 @@ static int check_text(const char *path, const char *text, size_t len)
         fprintf(stderr, "error: example file %s is empty\n", ex_show(&sp, path));
         return 0;
     }
-    const size_t bad = utf8_bad_offset((const unsigned char *)text, len);
+    const size_t bad = ex_utf8_valid_prefix(text, len);
     if (bad < len) {
         fprintf(stderr, "error: example file %s is not UTF-8 text: byte 0x%02x at offset %zu\n",
                 ex_show(&sp, path), (unsigned)(unsigned char)text[bad], bad);
@@ -377,7 +337,7 @@ int cls_texts_load_fortunes(cls_texts *t, const char *dir, const char *files,
                 while (e > b && (all[e - 1] == '\n' || all[e - 1] == ' ' || all[e - 1] == '\t'))
                     e--;
                 if (e > b) {
-                    if (utf8_bad_offset((const unsigned char *)all + b, e - b) < e - b)
+                    if (ex_utf8_valid_prefix(all + b, e - b) < e - b)
                         (*skipped)++;
                     else {
                         if (n_f == cap_f) {

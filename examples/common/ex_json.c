@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ex_text.h"
+
 /* A node while parsing: children by index (index + 1; 0 is none), turned
  * into pointers once the node array stops moving. */
 typedef struct pnode {
@@ -85,38 +87,6 @@ static int hex4(const unsigned char *s, unsigned *out)
     return 1;
 }
 
-/* Length of the well-formed UTF-8 sequence at s[0..avail), or 0. */
-static size_t utf8_len(const unsigned char *s, size_t avail)
-{
-    const unsigned char c = s[0];
-    size_t n;
-    unsigned char lo = 0x80, hi = 0xbf; /* range of the second byte */
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf)
-        n = 2;
-    else if (c >= 0xe0 && c <= 0xef) {
-        n = 3;
-        if (c == 0xe0)
-            lo = 0xa0; /* overlong */
-        else if (c == 0xed)
-            hi = 0x9f; /* surrogates */
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        n = 4;
-        if (c == 0xf0)
-            lo = 0x90; /* overlong */
-        else if (c == 0xf4)
-            hi = 0x8f; /* above U+10FFFF */
-    } else
-        return 0;
-    if (avail < n || s[1] < lo || s[1] > hi)
-        return 0;
-    for (size_t i = 2; i < n; i++)
-        if (s[i] < 0x80 || s[i] > 0xbf)
-            return 0;
-    return n;
-}
-
 static size_t put_utf8(char *o, unsigned cp)
 {
     if (cp < 0x80) {
@@ -185,7 +155,7 @@ static tb_status parse_string(parser *p, const char **out, size_t *out_len)
             o += put_utf8(o, cp);
             continue;
         }
-        const size_t k = utf8_len(p->s + p->pos, p->n - p->pos);
+        const size_t k = ex_utf8_seq_len(p->s + p->pos, p->n - p->pos);
         if (!k)
             return fail_at(p, p->pos, "invalid UTF-8 in a string");
         memcpy(o, p->s + p->pos, k);

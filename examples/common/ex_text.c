@@ -71,31 +71,52 @@ int ex_parse_real(const char *s, double *out)
     return 1;
 }
 
+size_t ex_utf8_seq_len(const unsigned char *s, size_t avail)
+{
+    const unsigned char c = s[0];
+    size_t n;
+    unsigned char lo = 0x80, hi = 0xbf; /* range of the second byte */
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        n = 2;
+    else if (c >= 0xe0 && c <= 0xef)
+        n = 3, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf; /* overlong; surrogates */
+    else if (c >= 0xf0 && c <= 0xf4)
+        n = 4, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf; /* overlong; > U+10FFFF */
+    else
+        return 0;
+    if (avail < n || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < n; i++)
+        if (s[i] < 0x80 || s[i] > 0xbf)
+            return 0;
+    return n;
+}
+
+size_t ex_utf8_valid_prefix(const char *s, size_t len)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < len) {
+        const size_t k = ex_utf8_seq_len(u + i, len - i);
+        if (k == 0)
+            return i;
+        i += k;
+    }
+    return len;
+}
+
 /* Length of the well-formed UTF-8 sequence of a printable character at
  * s[0..n), or 0 (a control, C1 control, malformed or cut-off sequence). */
 static size_t printable_utf8(const unsigned char *s, size_t n)
 {
     const unsigned char c = s[0];
-    if (c >= 0x20 && c < 0x7f)
-        return 1;
-    size_t len;
-    unsigned char lo = 0x80, hi = 0xbf; /* range of the second byte */
-    if (c >= 0xc2 && c <= 0xdf)
-        len = 2;
-    else if (c >= 0xe0 && c <= 0xef)
-        len = 3, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
-    else if (c >= 0xf0 && c <= 0xf4)
-        len = 4, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
-    else
-        return 0;
-    if (n < len || s[1] < lo || s[1] > hi)
-        return 0;
-    for (size_t i = 2; i < len; i++)
-        if (s[i] < 0x80 || s[i] > 0xbf)
-            return 0;
-    if (c == 0xc2 && s[1] <= 0x9f)
+    if (c < 0x80)
+        return c >= 0x20 && c < 0x7f;
+    if (c == 0xc2 && n >= 2 && s[1] <= 0x9f)
         return 0; /* U+0080-U+009F: C1 controls (0x9b is a CSI) */
-    return len;
+    return ex_utf8_seq_len(s, n);
 }
 
 /* Bytes the escaped form of s[0..n) takes: len bytes for a kept

@@ -9,6 +9,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Length of the well-formed UTF-8 sequence at s[0..avail) (avail >= 1):
+ * 1 to 4, or 0 for a malformed or cut-off one (RFC 3629: no overlong
+ * forms, surrogates or code points above U+10FFFF). The one UTF-8 check of
+ * the examples. */
+size_t ex_utf8_seq_len(const unsigned char *s, size_t avail);
+
+/* The offset of the first byte of s[0..len) that is not part of
+ * well-formed UTF-8, or len when all of it is. */
+size_t ex_utf8_valid_prefix(const char *s, size_t len);
+
 /* An unsigned decimal integer: digits only (no sign, spaces, "0x" or other
  * prefix), no overflow. Returns 1 and sets *out, or 0 (and leaves *out). */
 int ex_parse_u64(const char *s, uint64_t *out);
