@@ -397,11 +397,10 @@ static int sh(const char *cmd)
     return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-/* --init FILE: in a build with examples/bert_pretrain, a checkpoint it
- * writes starts full fine-tuning (the encoder changes) and LoRA (the frozen
- * encoder bitwise unchanged) on the fortunes in its byte tokens, and a file
- * that is no checkpoint is refused; in a build without it, --init FILE is
- * refused (exit 2) with a message naming the missing piece. */
+/* --init FILE: a checkpoint examples/bert_pretrain writes starts full
+ * fine-tuning (the encoder changes) and LoRA (the frozen encoder bitwise
+ * unchanged) on the fortunes in its byte tokens, and a file that is no
+ * checkpoint is refused. */
 START_TEST(init_from_a_pretraining_checkpoint)
 {
     char *out = tbt_alloc(CAP);
@@ -409,13 +408,8 @@ START_TEST(init_from_a_pretraining_checkpoint)
     snprintf(bin, sizeof bin, "%s/bert_pretrain", getenv("TB_EXAMPLE_DIR"));
     tmp_dir(root, sizeof root);
     snprintf(ckpt, sizeof ckpt, "%s/pre.safetensors", root);
-    if (access(bin, X_OK) != 0) {
-        put_file(root, "pre.safetensors", "x", 1);
-        snprintf(args, sizeof args, "--init '%s' --fortunes --steps 1", ckpt);
-        ck_assert_int_eq(run_bc(args, "2>&1", out, CAP), 2);
-        ck_assert_msg(strstr(out, "not in this build yet"), "%s", out);
-        printf("  bert_classify --init: refused (no bert_pretrain in this build)\n");
-    } else {
+    ck_assert_msg(access(bin, X_OK) == 0, "no program %s", bin);
+    {
         snprintf(cmd, sizeof cmd, "'%s' --steps 3 --width 16 --ff 32 --heads 2 --positions 64 "
                                   "--seq 32 --batch 4 --threads 1 --ckpt '%s' >/dev/null 2>&1",
                  bin, ckpt);
@@ -448,11 +442,10 @@ START_TEST(init_from_a_pretraining_checkpoint)
 }
 END_TEST
 
-/* --model-dir DIR: in a build with the model-folder loader, a folder with
- * a missing file (vocab.txt, model.safetensors) or a config.json that does
- * not match the tensors is refused with a message (exit 1); without the
- * loader the option is refused (exit 2) naming the missing piece. The real
- * MiniLM folder is opened by a short LoRA run when the loader is there. */
+/* --model-dir DIR: a folder with a missing file (vocab.txt,
+ * model.safetensors) or a config.json that does not match the tensors is
+ * refused with a message (exit 1); the real MiniLM folder is opened by a
+ * short LoRA run. */
 START_TEST(model_folder_checks)
 {
     char *out = tbt_alloc(CAP);
@@ -460,10 +453,7 @@ START_TEST(model_folder_checks)
     tmp_dir(root, sizeof root);
     snprintf(args, sizeof args, "--model-dir '%s' --fortunes --steps 1", root);
     const int rc = run_bc(args, "2>&1", out, CAP);
-    if (strstr(out, "not in this build yet")) {
-        ck_assert_int_eq(rc, 2);
-        printf("  bert_classify --model-dir: refused (no model-folder loader in this build)\n");
-    } else {
+    {
         ck_assert_msg(rc == 1 && strstr(out, "--model-dir"), "an empty folder: %d\n%s", rc, out);
         char dir[1024], path[1024];
         snprintf(path, sizeof path, "%s/minilm/model_dir.txt", getenv("TB_ORACLE_DIR"));
