@@ -20,14 +20,6 @@
 #include "suites.h"
 #include "testutil.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define TBT_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define TBT_ASAN 1
-#endif
-#endif
-
 enum { CAP = 1 << 16 };
 
 /* Run `<TB_EXAMPLE_DIR>/bert_classify <args> <redirect>`; stdout (and what

@@ -40,14 +40,6 @@
 #include "testutil.h"
 #include "tfm.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define TBT_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define TBT_ASAN 1
-#endif
-#endif
-
 static double max_abs(const float *x, size_t n)
 {
     double m = 0.0;

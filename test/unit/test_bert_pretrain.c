@@ -28,14 +28,6 @@
 #include "testutil.h"
 #include "tfm.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define TBT_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define TBT_ASAN 1
-#endif
-#endif
-
 /* `<TB_EXAMPLE_DIR>/bert_pretrain <args> 2>&1`: stdout and stderr in out,
  * the exit status returned (-1 if it did not exit). */
 static int run(const char *args, char *out, size_t cap)

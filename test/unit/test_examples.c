@@ -595,14 +595,6 @@ START_TEST(gpt_refuses_non_regular_inputs)
 }
 END_TEST
 
-#if defined(__SANITIZE_ADDRESS__)
-#define TBT_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define TBT_ASAN 1
-#endif
-#endif
-
 /* A checkpoint whose metadata asks for a million layers (26 GB) is refused
  * from its metadata, before anything is allocated: under a 3 GB
  * address-space limit the program exits 1 with a message naming the key,

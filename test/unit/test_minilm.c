@@ -41,14 +41,6 @@
 #include "suites.h"
 #include "testutil.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define TBT_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define TBT_ASAN 1
-#endif
-#endif
-
 #define MINILM_ASAN_N 8
 #define MINILM_PORTABLE_N 48
 

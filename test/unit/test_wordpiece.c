@@ -21,14 +21,6 @@
 #include "suites.h"
 #include "testutil.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define TBT_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define TBT_ASAN 1
-#endif
-#endif
-
 #define WP_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 static const char *const wp_cases[] = {"wordpiece_corpus", "wordpiece_pairs"};

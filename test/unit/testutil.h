@@ -306,4 +306,15 @@ typedef struct tbt_four {
 void tbt_four_init(tb_ctx *ctx, tbt_four *f);
 void tbt_four_free(tbt_four *f);
 
+/* TBT_ASAN: defined in the AddressSanitizer build (`make sanitize`), where
+ * tests that run whole models or programs use smaller sizes (each says
+ * which) because the instrumented code runs several times slower. */
+#if defined(__SANITIZE_ADDRESS__)
+#define TBT_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TBT_ASAN 1
+#endif
+#endif
+
 #endif /* TBT_TESTUTIL_H */
