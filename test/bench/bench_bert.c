@@ -263,8 +263,9 @@ static void embed_pass(void *arg)
         e->failed = 1;
 }
 
-static int bench_embed(tb_ctx *ctx)
+static int bench_embed(tb_ctx *ctx, const bench_machine *mach)
 {
+    const int avx2 = mach->family == TB_KERNEL_AVX2;
     enum { N = 256, BATCH = 32 };
     char dir[1024];
     if (minilm_dir(dir, sizeof dir) != 0) {
@@ -329,13 +330,13 @@ static int bench_embed(tb_ctx *ctx)
            ours, reps);
     bench_tsv("bert_embed\tours\t%.2f\t%.4f", (double)n / ours, ours);
     char args[1400], ver[160];
-    snprintf(args, sizeof args, "embed '%s' %s %d %d %d native", dir, path, BATCH,
-             ctx->num_threads, reps);
+    snprintf(args, sizeof args, "embed '%s' %s %d %d %d %s", dir, path, BATCH,
+             ctx->num_threads, reps, avx2 ? "avx2" : "native");
     const double tp = torch_time(args, "torch_embed_s", ver, sizeof ver);
     if (tp > 0) {
         printf("  %-28s %9.1f sentences/s (%.3f s per pass)  (torch %s, sentence-transformers "
-               "encode, same threads)\n",
-               "sentence-transformers", (double)n / tp, tp, ver);
+               "encode, same threads%s)\n",
+               "sentence-transformers", (double)n / tp, tp, ver, avx2 ? ", capped at AVX2" : "");
         printf("  ours / sentence-transformers: %.2fx faster\n", tp / ours);
         bench_tsv("bert_embed\tsentence_transformers\t%.2f\t%.4f", (double)n / tp, tp);
     } else {
@@ -359,6 +360,6 @@ int main(void)
     if (bench_selected("bert_train"))
         rc |= bench_train(&ctx, &mach);
     if (bench_selected("bert_embed"))
-        rc |= bench_embed(&ctx);
+        rc |= bench_embed(&ctx, &mach);
     return rc;
 }
