@@ -2005,15 +2005,6 @@ static const char *const attention_cases[] = {
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static double max_abs(const float *x, size_t n)
-{
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++)
-        if (fabs((double)x[i]) > m)
-            m = fabs((double)x[i]);
-    return m;
-}
-
 static size_t ref_size(const tbt_ref *ref, const char *name)
 {
     const int32_t v = tbt_ref_i32_scalar(ref, name);
@@ -2041,8 +2032,8 @@ static void check_vs(const tbt_ref *ref, const char *blk, const char *name, cons
     tbt_reft w32 = tbt_ref_get(ref, name), w64 = tbt_ref_get(ref, nm64);
     ck_assert_uint_eq(w32.n, n);
     ck_assert_uint_eq(w64.n, n);
-    if (max_abs(w64.data, n) <= ZERO_REF_REL * unit) {
-        const double m = max_abs(got, n), atol = ATOL64_REL * unit;
+    if (tbt_max_abs_f(w64.data, n) <= ZERO_REF_REL * unit) {
+        const double m = tbt_max_abs_f(got, n), atol = ATOL64_REL * unit;
         int finite = 1;
         for (size_t i = 0; i < n; i++)
             finite &= isfinite(got[i]) != 0;

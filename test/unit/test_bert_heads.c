@@ -40,30 +40,6 @@
 #include "testutil.h"
 #include "tfm.h"
 
-static double max_abs(const float *x, size_t n)
-{
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++)
-        m = fmax(m, fabs((double)x[i]));
-    return m;
-}
-
-/* got vs float32 and float64 torch; returns max |got - want64| / max|want64|. */
-static double compare2(const char *label, const float *got, const float *want,
-                       const float *want64, size_t n)
-{
-    const double scale = max_abs(want64, n), atol = 1e-4 * scale;
-    char l2[256];
-    ck_assert_msg(scale > 0.0, "%s: the reference is all zero", label);
-    tbt_assert_close(label, got, want, n, 1e-4, atol);
-    snprintf(l2, sizeof l2, "%s_vs_f64", label);
-    tbt_assert_close(l2, got, want64, n, 1e-4, atol);
-    double worst = 0.0;
-    for (size_t i = 0; i < n; i++)
-        worst = fmax(worst, fabs((double)got[i] - (double)want64[i]));
-    return worst / scale;
-}
-
 static bert_config ref_config(const tbt_ref *ref)
 {
     bert_config c = bert_config_base();
@@ -137,13 +113,13 @@ static double compare_grads(const char *what, const tbt_ref *ref, const tb_param
         if (nl > 8 && strcmp(np->name + nl - 8, "key.bias") == 0) {
             char qb[200];
             snprintf(qb, sizeof qb, "g64:%.*squery.bias", (int)(nl - 8), np->name);
-            const double qscale = max_abs(tbt_ref_get(ref, qb).data, g32.n);
-            ck_assert_msg(qscale > 0 && max_abs(np->param->grad, g32.n) <= 1e-5 * qscale &&
-                              max_abs(g64.data, g64.n) <= 1e-9 * qscale,
+            const double qscale = tbt_max_abs_f(tbt_ref_get(ref, qb).data, g32.n);
+            ck_assert_msg(qscale > 0 && tbt_max_abs_f(np->param->grad, g32.n) <= 1e-5 * qscale &&
+                              tbt_max_abs_f(g64.data, g64.n) <= 1e-9 * qscale,
                           "%s: not ~0 against the query bias's %g", np->name, qscale);
             continue;
         }
-        const double e = compare2(lbl, np->param->grad, g32.data, g64.data, g32.n);
+        const double e = tbt_assert_close_f32_f64(lbl, np->param->grad, g32.data, g64.data, g32.n, 1e-4, 1e-4);
         const int k = kind_of(np->name);
         worst_kind[k] = fmax(worst_kind[k], e);
         worst = fmax(worst, e);
@@ -247,8 +223,8 @@ START_TEST(test_mlm_vs_transformers)
     /* All positions: the logits BertForMaskedLM returns. */
     float loss = mlm_step(&ctx, &r, &in, labels, 1, 1.0f);
     ck_assert_uint_eq(r.h.m, R);
-    const double e_lo = compare2("bert_mlm.logits", r.h.logits, lo.data,
-                                 tbt_ref_get(ref, "logits_f64").data, R * V);
+    const double e_lo = tbt_assert_close_f32_f64("bert_mlm.logits", r.h.logits, lo.data,
+                                 tbt_ref_get(ref, "logits_f64").data, R * V, 1e-4, 1e-4);
     check_loss("bert_mlm (all positions)", loss, ref);
     const double e_g_all = compare_grads("bert_mlm.all", ref, &r.params);
     /* The training path: the labelled rows only, the same loss and gradients. */
@@ -359,8 +335,8 @@ START_TEST(test_cls_vs_transformers)
     tb_rng rng;
     tb_rng_init(&rng, 9);
     const float loss = cls_step(&ctx, &r, &in, labels, TB_MODE_TRAINING, &rng, 1.0f);
-    const double e_lo = compare2("bert_cls.logits", r.h.logits, tbt_ref_get(ref, "logits").data,
-                                 tbt_ref_get(ref, "logits_f64").data, B * K);
+    const double e_lo = tbt_assert_close_f32_f64("bert_cls.logits", r.h.logits, tbt_ref_get(ref, "logits").data,
+                                 tbt_ref_get(ref, "logits_f64").data, B * K, 1e-4, 1e-4);
     check_loss("bert_cls", loss, ref);
     const double e_g = compare_grads("bert_cls", ref, &r.params);
     print_kinds("BertForSeqClassif.");
@@ -493,8 +469,8 @@ START_TEST(test_mlm_checks_and_freezing)
     ck_assert_float_eq(loss, 0.0f);
     tbt_fill_uniform(r.dout, R * C, 1.0f, 2.0f, 1);
     CHECK_OK(ctx, bert_mlm_backward(&ctx, &r.h, 1.0f, r.dout));
-    ck_assert(max_abs(r.dout, R * C) == 0.0);
-    ck_assert(max_abs(r.h.bias.grad, bc.vocab_size) == 0.0);
+    ck_assert(tbt_max_abs_f(r.dout, R * C) == 0.0);
+    ck_assert(tbt_max_abs_f(r.h.bias.grad, bc.vocab_size) == 0.0);
     /* Frozen stack: the tied decoder adds nothing to wte (it has no
      * gradient buffer any more), the head's bias and transform still get
      * theirs. */
@@ -504,9 +480,9 @@ START_TEST(test_mlm_checks_and_freezing)
     CHECK_OK(ctx, tfm_forward(&ctx, &r.m, &r.a, TB_MODE_INFERENCE, NULL, &in));
     CHECK_OK(ctx, bert_mlm_forward(&ctx, &r.h, r.a.out, B, T, labels, 0, &loss));
     CHECK_OK(ctx, bert_mlm_backward(&ctx, &r.h, 1.0f, r.dout));
-    ck_assert(max_abs(r.h.bias.grad, bc.vocab_size) > 0.0);
-    ck_assert(max_abs(r.h.dense.weight.grad, C * C) > 0.0);
-    ck_assert(max_abs(r.dout, R * C) > 0.0);
+    ck_assert(tbt_max_abs_f(r.h.bias.grad, bc.vocab_size) > 0.0);
+    ck_assert(tbt_max_abs_f(r.h.dense.weight.grad, C * C) > 0.0);
+    ck_assert(tbt_max_abs_f(r.dout, R * C) > 0.0);
     CHECK_OK(ctx, tfm_backward(&ctx, &r.m, &r.a, r.dout, NULL));
     mlm_free(&r);
 }

@@ -24,14 +24,6 @@ static tb_param scale_param(float *value, float *grad)
     return p;
 }
 
-static double max_abs(const float *x, size_t n)
-{
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++)
-        m = fmax(m, fabs((double)x[i]));
-    return m;
-}
-
 /* ---- bad input ------------------------------------------------------------------------------ */
 
 START_TEST(contrastive_errors)
@@ -210,13 +202,13 @@ static void check_tensor(const char *blk, const char *what, const float *got, co
     char lbl[160];
     tbt_reft r32 = tbt_ref_get(ref, name32), r64 = tbt_ref_get(ref, name64);
     if (zero) {
-        double g = max_abs(got, r32.n), w = max_abs(r64.data, r64.n);
+        double g = tbt_max_abs_f(got, r32.n), w = tbt_max_abs_f(r64.data, r64.n);
         printf("  zero %s.%s max|got|=%.3e max|f64|=%.3e\n", blk, what, g, w);
         ck_assert_msg(g <= 1e-6 && w <= 1e-6, "%s.%s: should be 0: got %g, f64 %g", blk, what, g,
                       w);
         return;
     }
-    const double s32 = max_abs(r32.data, r32.n), s64 = max_abs(r64.data, r64.n);
+    const double s32 = tbt_max_abs_f(r32.data, r32.n), s64 = tbt_max_abs_f(r64.data, r64.n);
     tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, what), got, r32.data, r32.n, RTOL32,
                      ATOL32 * s32);
     char w64[64];
@@ -308,7 +300,7 @@ START_TEST(contrastive_vs_clipmodel)
     for (size_t k = 0; k < ARRAY_LEN(names); k++) {
         tbt_reft r = tbt_ref_get(ref, names[k]);
         tbt_assert_close(tbt_label(lbl, sizeof lbl, blk, names[k]), got[k], r.data, r.n, RTOL32,
-                         ATOL32 * max_abs(r.data, r.n));
+                         ATOL32 * tbt_max_abs_f(r.data, r.n));
     }
     free_out(&o);
     tbt_ref_free(ref);

@@ -37,31 +37,6 @@
 
 static const char *const gpt_cases[] = {"gpt_l2_h3_c24_v37", "gpt_l3_h4_c32_v61", "gpt_124m"};
 
-static double max_abs(const float *x, size_t n)
-{
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++)
-        m = fabs((double)x[i]) > m ? fabs((double)x[i]) : m;
-    return m;
-}
-
-/* got vs want (float32 torch) and want64 (float64 torch), scaled tolerance;
- * returns the largest |got - want64| / max|want64|. */
-static double compare2(const char *label, const float *got, const float *want,
-                       const float *want64, size_t n, double rtol, double atol_rel, double atol_abs)
-{
-    const double scale = max_abs(want64, n);
-    const double atol = atol_abs > 0 ? atol_abs : atol_rel * scale;
-    char l2[256];
-    tbt_assert_close(label, got, want, n, rtol, atol);
-    snprintf(l2, sizeof l2, "%s_vs_f64", label);
-    tbt_assert_close(l2, got, want64, n, rtol, atol);
-    double worst = 0.0;
-    for (size_t i = 0; i < n; i++)
-        worst = fmax(worst, fabs((double)got[i] - (double)want64[i]));
-    return scale > 0 ? worst / scale : worst;
-}
-
 static void model_of(tb_ctx *ctx, const tbt_ref *ref, gpt *m, const char *name)
 {
     gpt_config c;
@@ -99,8 +74,8 @@ START_TEST(test_gpt_vs_gpt2lmheadmodel)
     CHECK_OK(ctx, gpt_forward(&ctx, &m, &a, TB_MODE_TRAINING, NULL, tokens, targets, B, T, &loss));
     char lbl[256];
     snprintf(lbl, sizeof lbl, "%s.logits", name);
-    const double e_logits = compare2(lbl, a.logits, tok.data, tbt_ref_get(ref, "logits_f64").data,
-                                     B * T * V, 1e-4, 1e-4, 0);
+    const double e_logits = tbt_assert_close_f32_f64(lbl, a.logits, tok.data, tbt_ref_get(ref, "logits_f64").data,
+                                     B * T * V, 1e-4, 1e-4);
     const float want_loss = tbt_ref_scalar(ref, "loss_f64");
     ck_assert_msg(fabsf(loss - want_loss) <= 1e-5f * fabsf(want_loss), "%s: loss %.7f, torch %.7f",
                   name, (double)loss, (double)want_loss);
@@ -117,8 +92,8 @@ START_TEST(test_gpt_vs_gpt2lmheadmodel)
             tbt_reft g32 = tbt_ref_get(ref, k32), g64 = tbt_ref_get(ref, k64);
             ck_assert_uint_eq(g32.n, np->param->numel);
             snprintf(lbl, sizeof lbl, "%s.grad.%s", name, np->name);
-            e_grad = fmax(e_grad, compare2(lbl, np->param->grad, g32.data, g64.data, g32.n, 1e-4,
-                                           1e-4, 0));
+            e_grad = fmax(e_grad, tbt_assert_close_f32_f64(lbl, np->param->grad, g32.data, g64.data, g32.n, 1e-4,
+                                           1e-4));
             n_grads++;
         }
         /* 3 AdamW steps as torch.optim.AdamW(lr=1e-3, weight_decay=0.01). */
@@ -149,7 +124,7 @@ START_TEST(test_gpt_vs_gpt2lmheadmodel)
             snprintf(k, sizeof k, "after3:%s", np->name);
             snprintf(kg, sizeof kg, "g64:%s", np->name);
             tbt_reft w = tbt_ref_get(ref, k), g64 = tbt_ref_get(ref, kg);
-            const double gscale = max_abs(g64.data, g64.n);
+            const double gscale = tbt_max_abs_f(g64.data, g64.n);
             const size_t nl = strlen(np->name);
             const int is_qkv_bias = nl > 16 && strcmp(np->name + nl - 16, "attn.c_attn.bias") == 0;
             for (size_t j = 0; j < w.n; j++) {

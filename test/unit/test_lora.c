@@ -72,11 +72,6 @@ static tb_lora_config cfg_of(size_t r, float alpha, int rslora, int dora, float 
     return c;
 }
 
-static double max_abs(const float *x, size_t n)
-{
-    return tbt_max_abs_f(x, n);
-}
-
 /* ---- the PEFT oracle ------------------------------------------------------
  *
  * Tolerances (element i passes when |got - want| <= atol + rtol |want|):
@@ -114,7 +109,7 @@ static void vs_peft(int q, const char *blk, const char *what, const float *got,
 {
     char lbl[160];
     snprintf(lbl, sizeof lbl, "%s.%s", blk, what);
-    const double atol = LORA_ATOL_REL * max_abs(want->data, want->n);
+    const double atol = LORA_ATOL_REL * tbt_max_abs_f(want->data, want->n);
     tbt_assert_close(lbl, got, want->data, want->n, LORA_RTOL, atol);
     for (size_t i = 0; i < want->n; i++) {
         const double e = fabs((double)got[i] - (double)want->data[i]);
@@ -345,7 +340,7 @@ static void oracle_merge(tb_ctx *ctx, const tbt_ref *ref, oracle_layer *L, const
      * against our own W, and PEFT's within the oracle tolerance). */
     vs_peft(Q_MERGED, blk, "unmerged weight", L->lin.weight.value, &uw);
     tbt_assert_close("unmerge restores W", L->lin.weight.value, w0, wn, 0.0,
-                     8.0 * 0x1p-24 * (max_abs(w0, wn) + max_abs(mw.data, wn)));
+                     8.0 * 0x1p-24 * (tbt_max_abs_f(w0, wn) + tbt_max_abs_f(mw.data, wn)));
     free(w0), free(xb), free(yb);
 }
 
@@ -613,7 +608,7 @@ static void check_fd(const fd_spec *sp, const char *tag)
         }
         fd_backward(&p, dx);
         tb_lora_adapter *ad = &p.lora.adapter[sp->n - 1];
-        const double dm = max_abs(ad->magnitude.grad, p.out);
+        const double dm = tbt_max_abs_f(ad->magnitude.grad, p.out);
         ck_assert_msg(dm < 1e-5, "lora[%s]: dm = %g with w orthogonal to y - b", tag, dm);
         snprintf(label, sizeof label, "lora[%s].dA%zu(w orth)", tag, sp->n - 1);
         tbt_gradcheck(label, ad->A.value, ad->A.numel, ad->A.grad, fd_loss, &p, LORA_FD_H_NORM,
@@ -761,7 +756,7 @@ static void check_dropout_semantics(int layout, int dora)
     char lbl[64];
     snprintf(lbl, sizeof lbl, "lora dropout %s%s y", dora ? "dora" : "plain",
              layout ? ",in_out" : "");
-    tbt_assert_close(lbl, y0, wantf, R * OUT, LORA_RTOL, LORA_ATOL_REL * max_abs(wantf, R * OUT));
+    tbt_assert_close(lbl, y0, wantf, R * OUT, LORA_RTOL, LORA_ATOL_REL * tbt_max_abs_f(wantf, R * OUT));
     /* and it differs from the no-dropout output (the mask did something) */
     ck_assert(tbt_compare(y0, y1, R * OUT, 1e-3, 1e-3).n_bad > 0);
     free(want), free(c0), free(c1);
@@ -937,8 +932,8 @@ START_TEST(lora_frozen_base_and_params)
         ck_assert(memcmp(w0, lin.weight.value, IN * OUT * sizeof(float)) == 0);
         if (bias)
             ck_assert(memcmp(b0, lin.bias.value, sizeof b0) == 0);
-        ck_assert(max_abs(l.adapter[0].A.grad, l.adapter[0].A.numel) > 0);
-        ck_assert(max_abs(l.adapter[1].magnitude.grad, OUT) > 0);
+        ck_assert(tbt_max_abs_f(l.adapter[0].A.grad, l.adapter[0].A.numel) > 0);
+        ck_assert(tbt_max_abs_f(l.adapter[1].magnitude.grad, OUT) > 0);
 
         /* Names as PEFT's state dict, A, B (m) per adapter in order. */
         tb_param_list list;
@@ -977,7 +972,7 @@ START_TEST(lora_frozen_base_and_params)
         CHECK_OK(ctx, tb_lora_forward(&ctx, &l, TB_MODE_TRAINING, &rng, &xt, &yt, cache, bytes));
         CHECK_OK(ctx, tb_lora_backward(&ctx, &l, &xt, &dyt, &dxt, cache, bytes));
         all_zero("frozen", "dB", l.adapter[0].B.grad, l.adapter[0].B.numel);
-        ck_assert(max_abs(l.adapter[0].A.grad, l.adapter[0].A.numel) > 0);
+        ck_assert(tbt_max_abs_f(l.adapter[0].A.grad, l.adapter[0].A.numel) > 0);
         free(w0), free(cache);
         tb_lora_free(&l);
         ck_assert_ptr_null(l.base);
@@ -1090,7 +1085,7 @@ static void check_merge_matches(int layout, int dora, size_t n_plain)
     CHECK_OK(ctx, tb_lora_unmerge(&ctx, &l));
     ck_assert_uint_eq(l.n_merged, 0);
     tbt_assert_close("lora unmerge restores W", lin.weight.value, w0, IN * OUT, 0.0,
-                     8.0 * 0x1p-24 * (max_abs(w0, IN * OUT) + max_abs(w1, IN * OUT)));
+                     8.0 * 0x1p-24 * (tbt_max_abs_f(w0, IN * OUT) + tbt_max_abs_f(w1, IN * OUT)));
     CHECK_OK(ctx, tb_lora_unmerge(&ctx, &l)); /* nothing merged: fine */
     CHECK_OK(ctx, tb_lora_delete(&ctx, &l, act[0]));
     free(u), free(w0), free(w1);

@@ -98,15 +98,6 @@ static const double ZERO_REF_REL = 1e-6;
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static double max_abs(const float *x, size_t n)
-{
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++)
-        if (fabs((double)x[i]) > m)
-            m = fabs((double)x[i]);
-    return m;
-}
-
 static void fill_sentinel(float *x, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -273,8 +264,8 @@ static void check_quantity(const char *blk, const char *what, const float *got,
     char lbl[192];
     ck_assert_msg(unit > 0 && isfinite(unit), "%s.%s: unit %g", blk, what, unit);
     snprintf(lbl, sizeof lbl, "%s.%s", blk, what);
-    if (max_abs(w64, n) <= ZERO_REF_REL * unit) {
-        const double m = max_abs(got, n), atol = ATOL64_REL * unit;
+    if (tbt_max_abs_f(w64, n) <= ZERO_REF_REL * unit) {
+        const double m = tbt_max_abs_f(got, n), atol = ATOL64_REL * unit;
         int finite = 1;
         for (size_t i = 0; i < n; i++)
             finite &= isfinite(got[i]) != 0;
@@ -533,16 +524,16 @@ START_TEST(test_mha_init_values)
     const size_t c = 64;
     CHECK_OK(ctx, tb_mha_init(&ctx, &m, c, 4, 1, &rng));
     const double xb = sqrt(6.0 / (4.0 * (double)c)), ob = 1.0 / sqrt((double)c);
-    const double mi = max_abs(m.in_proj_weight.value, 3 * c * c);
-    const double mo = max_abs(m.out_proj.weight.value, c * c);
+    const double mi = tbt_max_abs_f(m.in_proj_weight.value, 3 * c * c);
+    const double mo = tbt_max_abs_f(m.out_proj.weight.value, c * c);
     ck_assert_msg(mi <= xb * (1 + 1e-6) && mi > 0.95 * xb, "in_proj max %g, bound %g", mi, xb);
     ck_assert_msg(mo <= ob * (1 + 1e-6) && mo > 0.95 * ob, "out_proj max %g, bound %g", mo, ob);
-    ck_assert(max_abs(m.in_proj_bias.value, 3 * c) == 0.0);
-    ck_assert(max_abs(m.out_proj.bias.value, c) == 0.0);
-    ck_assert(max_abs(m.in_proj_weight.grad, 3 * c * c) == 0.0);
-    ck_assert(max_abs(m.in_proj_bias.grad, 3 * c) == 0.0);
-    ck_assert(max_abs(m.out_proj.weight.grad, c * c) == 0.0);
-    ck_assert(max_abs(m.out_proj.bias.grad, c) == 0.0);
+    ck_assert(tbt_max_abs_f(m.in_proj_bias.value, 3 * c) == 0.0);
+    ck_assert(tbt_max_abs_f(m.out_proj.bias.value, c) == 0.0);
+    ck_assert(tbt_max_abs_f(m.in_proj_weight.grad, 3 * c * c) == 0.0);
+    ck_assert(tbt_max_abs_f(m.in_proj_bias.grad, 3 * c) == 0.0);
+    ck_assert(tbt_max_abs_f(m.out_proj.weight.grad, c * c) == 0.0);
+    ck_assert(tbt_max_abs_f(m.out_proj.bias.grad, c) == 0.0);
     tb_mha_free(&m);
 }
 END_TEST
@@ -597,7 +588,7 @@ START_TEST(test_mha_backward_accumulates)
             snprintf(lbl, sizeof lbl, "mha[%s].%s after 2 backward", cross ? "cross" : "self",
                      pn[i]);
             tbt_assert_close(lbl, ps[i]->grad, g1[i], ps[i]->numel, 1e-6,
-                             1e-6 * max_abs(g1[i], ps[i]->numel));
+                             1e-6 * tbt_max_abs_f(g1[i], ps[i]->numel));
             free(g1[i]);
         }
         assert_bitwise("dx of the second backward", dx2, dx1, nx);
@@ -1083,8 +1074,8 @@ START_TEST(test_kv_cache_errors)
     assert_untouched(o, b * 3 * h * d, "attend output");
     /* Length 0 is in range: batch row 0 sees no key and gets zeros. */
     CHECK_OK(ctx, tb_kv_cache_attend(&ctx, &kv, &cfg, ok_lens, &qh, &ot));
-    ck_assert(max_abs(o, 3 * h * d) == 0.0);
-    ck_assert(max_abs(o + 3 * h * d, 3 * h * d) > 0.0);
+    ck_assert(tbt_max_abs_f(o, 3 * h * d) == 0.0);
+    ck_assert(tbt_max_abs_f(o + 3 * h * d, 3 * h * d) > 0.0);
     /* After reset the cache is empty again. */
     tb_kv_cache_reset(&kv);
     CHECK_ERR(ctx, tb_kv_cache_attend(&ctx, &kv, &cfg, NULL, &qh, &ot), TB_ERR_STATE);

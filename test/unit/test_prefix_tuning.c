@@ -35,30 +35,6 @@
 static const char *const pfx_cases[] = {"pfx_l2_h4_c32_n3", "pfx_l2_h2_c48_n1",
                                         "pfx_l2_h3_c36_n7", "pfx_l2_h4_c40_n3_proj"};
 
-static double max_abs(const float *x, size_t n)
-{
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++)
-        m = fmax(m, fabs((double)x[i]));
-    return m;
-}
-
-/* got vs want (float32 torch) and want64 (float64 torch), rtol 1e-4, atol
- * 1e-4 of want64's scale; returns max |got - want64| / scale. */
-static double compare2(const char *label, const float *got, const float *want,
-                       const float *want64, size_t n)
-{
-    const double scale = max_abs(want64, n), atol = 1e-4 * scale;
-    char l2[256];
-    tbt_assert_close(label, got, want, n, 1e-4, atol);
-    snprintf(l2, sizeof l2, "%s_vs_f64", label);
-    tbt_assert_close(l2, got, want64, n, 1e-4, atol);
-    double worst = 0.0;
-    for (size_t i = 0; i < n; i++)
-        worst = fmax(worst, fabs((double)got[i] - (double)want64[i]));
-    return scale > 0 ? worst / scale : worst;
-}
-
 /* One case: the GPT-2 model (frozen), the prefix with PEFT's values, the
  * prefix's parameter list. */
 typedef struct fixture {
@@ -170,8 +146,8 @@ START_TEST(test_prefix_vs_peft)
     char lbl[256];
     snprintf(lbl, sizeof lbl, "%s.logits", name);
     const double e_logits =
-        compare2(lbl, a.logits, tbt_ref_get(f.ref, "logits").data,
-                 tbt_ref_get(f.ref, "logits_f64").data, f.B * f.T * f.V);
+        tbt_assert_close_f32_f64(lbl, a.logits, tbt_ref_get(f.ref, "logits").data,
+                 tbt_ref_get(f.ref, "logits_f64").data, f.B * f.T * f.V, 1e-4, 1e-4);
     const float want_loss = tbt_ref_scalar(f.ref, "loss_f64");
     const double e_loss = fabs((double)loss - want_loss) / fabs(want_loss);
     ck_assert_msg(e_loss <= 1e-5, "%s: loss %.7f, torch (float64) %.7f", name, (double)loss,
@@ -184,14 +160,14 @@ START_TEST(test_prefix_vs_peft)
         snprintf(k64, sizeof k64, "g64:%s", np->name);
         tbt_reft g32 = tbt_ref_get(f.ref, k32), g64 = tbt_ref_get(f.ref, k64);
         ck_assert_uint_eq(g32.n, np->param->numel);
-        ck_assert_msg(max_abs(g64.data, g64.n) > 0.0, "%s: an all-zero reference", k64);
+        ck_assert_msg(tbt_max_abs_f(g64.data, g64.n) > 0.0, "%s: an all-zero reference", k64);
         snprintf(lbl, sizeof lbl, "%s.grad.%s", name, np->name);
-        e_grad = fmax(e_grad, compare2(lbl, np->param->grad, g32.data, g64.data, g32.n));
+        e_grad = fmax(e_grad, tbt_assert_close_f32_f64(lbl, np->param->grad, g32.data, g64.data, g32.n, 1e-4, 1e-4));
     }
     /* The model is frozen: no gradient reached it. */
     for (size_t i = 0; i < f.m.params.count; i++) {
         const tb_param *p = f.m.params.items[i].param;
-        ck_assert_msg(max_abs(p->grad, p->numel) == 0.0, "%s: frozen, yet it has a gradient",
+        ck_assert_msg(tbt_max_abs_f(p->grad, p->numel) == 0.0, "%s: frozen, yet it has a gradient",
                       f.m.params.items[i].name);
     }
     printf("  check   %s: n = %zu, logits, loss and %zu prefix gradient%s vs PEFT (float64): "
@@ -232,7 +208,7 @@ START_TEST(test_prefix_decoder)
     CHECK_OK(ctx, gpt_forward(&ctx, &f.m, &a, TB_MODE_INFERENCE, NULL, tokens, NULL, B, T, NULL));
     char lbl[256];
     snprintf(lbl, sizeof lbl, "%s.full_forward_vs_peft", name);
-    tbt_assert_close(lbl, a.logits, want.data, B * T * V, 1e-4, 1e-4 * max_abs(want.data, want.n));
+    tbt_assert_close(lbl, a.logits, want.data, B * T * V, 1e-4, 1e-4 * tbt_max_abs_f(want.data, want.n));
     gpt_decoder d;
     CHECK_OK(ctx, gpt_decoder_init(&ctx, &d, &f.m, B, T, P));
     ck_assert_uint_eq(d.t.kv[0].len, f.n);
@@ -259,7 +235,7 @@ START_TEST(test_prefix_decoder)
         ck_assert_msg(memcmp(dec, a.logits, B * T * V * sizeof(float)) == 0,
                       "%s: decoding differs from the full forward pass", name);
         snprintf(lbl, sizeof lbl, "%s.decoder_vs_peft", name);
-        compare2(lbl, dec, want.data, want.data, B * T * V);
+        tbt_assert_close_f32_f64(lbl, dec, want.data, want.data, B * T * V, 1e-4, 1e-4);
     }
     /* The context is full (T tokens after the prefix). */
     ck_assert_int_eq(gpt_decoder_step(&ctx, &f.m, &d, in, 1, NULL), TB_ERR_BUFFER_TOO_SMALL);
@@ -343,7 +319,7 @@ START_TEST(test_prefix_none_is_bitwise_unchanged)
     }
     ck_assert(memcmp(d[0].logits, d[1].logits, 2 * V * sizeof(float)) == 0);
     /* The prefix got nothing (it was detached). */
-    ck_assert(max_abs(f[1].p.embedding.weight.grad, f[1].p.embedding.weight.numel) == 0.0);
+    ck_assert(tbt_max_abs_f(f[1].p.embedding.weight.grad, f[1].p.embedding.weight.numel) == 0.0);
     printf("  check   no prefix: logits, loss, %zu gradients and decoding bitwise as a stack "
            "that never had one\n",
            f[0].m.params.count);

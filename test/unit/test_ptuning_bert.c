@@ -55,29 +55,6 @@ static const char *const pb_cases[] = {"ptbert_lstm_c32", "ptbert_mlp_c48"};
 #define RTOL 1e-4
 #define ATOL_REL 1e-4
 
-static double max_abs(const float *x, size_t n)
-{
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++)
-        m = fmax(m, fabs((double)x[i]));
-    return m;
-}
-
-/* got vs float32 and float64 PEFT; the largest |got - want64| / max|want64|. */
-static double compare2(const char *label, const float *got, const float *want,
-                       const float *want64, size_t n)
-{
-    const double scale = max_abs(want64, n), atol = ATOL_REL * scale;
-    char l2[300];
-    tbt_assert_close(label, got, want, n, RTOL, atol);
-    snprintf(l2, sizeof l2, "%s_vs_f64", label);
-    tbt_assert_close(l2, got, want64, n, RTOL, atol);
-    double worst = 0.0;
-    for (size_t i = 0; i < n; i++)
-        worst = fmax(worst, fabs((double)got[i] - (double)want64[i]));
-    return scale > 0 ? worst / scale : worst;
-}
-
 typedef struct fixture {
     tbt_ref *ref;
     const char *name;
@@ -257,11 +234,11 @@ START_TEST(test_ptuning_bert_vs_peft)
         }
     char lbl[300];
     snprintf(lbl, sizeof lbl, "%s.prompts", name);
-    const double e_pr = compare2(lbl, f.p.prompts, tbt_ref_get(f.ref, "prompts").data,
-                                 tbt_ref_get(f.ref, "prompts_f64").data, f.n * f.d);
+    const double e_pr = tbt_assert_close_f32_f64(lbl, f.p.prompts, tbt_ref_get(f.ref, "prompts").data,
+                                 tbt_ref_get(f.ref, "prompts_f64").data, f.n * f.d, RTOL, ATOL_REL);
     snprintf(lbl, sizeof lbl, "%s.logits", name);
-    const double e_lo = compare2(lbl, f.h.logits, tbt_ref_get(f.ref, "logits").data,
-                                 tbt_ref_get(f.ref, "logits_f64").data, B * f.K);
+    const double e_lo = tbt_assert_close_f32_f64(lbl, f.h.logits, tbt_ref_get(f.ref, "logits").data,
+                                 tbt_ref_get(f.ref, "logits_f64").data, B * f.K, RTOL, ATOL_REL);
     const float want32 = tbt_ref_scalar(f.ref, "loss"), want64 = tbt_ref_scalar(f.ref, "loss_f64");
     ck_assert_msg(fabsf(loss - want64) <= 1e-5f * fabsf(want64) &&
                       fabsf(loss - want32) <= 1e-5f * fabsf(want32),
@@ -276,9 +253,9 @@ START_TEST(test_ptuning_bert_vs_peft)
         snprintf(k64, sizeof k64, "g64:%s", np->name);
         const tbt_reft g32 = tbt_ref_get(f.ref, k32), g64 = tbt_ref_get(f.ref, k64);
         ck_assert_uint_eq(g32.n, np->param->numel);
-        ck_assert(max_abs(g64.data, g64.n) > 0.0);
+        ck_assert(tbt_max_abs_f(g64.data, g64.n) > 0.0);
         snprintf(lbl, sizeof lbl, "%s.grad.%s", name, np->name);
-        e_g = fmax(e_g, compare2(lbl, np->param->grad, g32.data, g64.data, g32.n));
+        e_g = fmax(e_g, tbt_assert_close_f32_f64(lbl, np->param->grad, g32.data, g64.data, g32.n, RTOL, ATOL_REL));
     }
     for (size_t i = 0; i < f.cls_params.count; i++) {
         const tb_named_param *np = &f.cls_params.items[i];
@@ -289,7 +266,7 @@ START_TEST(test_ptuning_bert_vs_peft)
         const tbt_reft g32 = tbt_ref_get(f.ref, k32), g64 = tbt_ref_get(f.ref, k64);
         ck_assert_uint_eq(g32.n, np->param->numel);
         snprintf(lbl, sizeof lbl, "%s.grad.%s", name, np->name);
-        e_c = fmax(e_c, compare2(lbl, np->param->grad, g32.data, g64.data, g32.n));
+        e_c = fmax(e_c, tbt_assert_close_f32_f64(lbl, np->param->grad, g32.data, g64.data, g32.n, RTOL, ATOL_REL));
     }
     assert_frozen_untouched(&f);
     printf("  check   %-16s %s prefix on BERT: prompts %.2e, logits %.2e, %zu encoder gradients "
@@ -367,7 +344,7 @@ START_TEST(test_ptuning_bert_documented_layout)
                 dp2[v * C + c] += demb[(b * T + v) * C + c];
     ck_assert_msg(memcmp(dp, dp2, n * C * sizeof(float)) == 0,
                   "%s: the prompt gradient differs from the hand-gathered one", f.name);
-    ck_assert(max_abs(dp, n * C) > 0.0);
+    ck_assert(tbt_max_abs_f(dp, n * C) > 0.0);
 
     /* No token types is all-zero token types. */
     int32_t *zeros = tbt_alloc(B * L * sizeof(int32_t));

@@ -64,29 +64,6 @@ static const char *const pt_cases[] = {"ptin_lstm_c32", "ptin_mlp_c48", "ptin_tp
 #define OUT_RTOL 1e-4
 #define OUT_ATOL_REL 1e-4
 
-static double max_abs(const float *x, size_t n)
-{
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++)
-        m = fabs((double)x[i]) > m ? fabs((double)x[i]) : m;
-    return m;
-}
-
-/* got vs float32 and float64 PEFT; the largest |got - want64| / max|want64|. */
-static double compare2(const char *label, const float *got, const float *want,
-                       const float *want64, size_t n, double rtol, double atol_rel)
-{
-    const double atol = atol_rel * max_abs(want64, n);
-    char l2[300];
-    tbt_assert_close(label, got, want, n, rtol, atol);
-    snprintf(l2, sizeof l2, "%s_vs_f64", label);
-    tbt_assert_close(l2, got, want64, n, rtol, atol);
-    double worst = 0.0, scale = max_abs(want64, n);
-    for (size_t i = 0; i < n; i++)
-        worst = fmax(worst, fabs((double)got[i] - (double)want64[i]));
-    return scale > 0 ? worst / scale : worst;
-}
-
 /* One case: the base model (frozen), the encoder with PEFT's initial values,
  * the batch and the buffers. */
 typedef struct fixture {
@@ -233,11 +210,11 @@ START_TEST(test_ptuning_input_vs_peft)
     forward(&f, TB_MODE_TRAINING, NULL, &loss);
     char lbl[300];
     snprintf(lbl, sizeof lbl, "%s.prompts", name);
-    const double e_pr = compare2(lbl, f.p.prompts, tbt_ref_get(f.ref, "prompts").data,
+    const double e_pr = tbt_assert_close_f32_f64(lbl, f.p.prompts, tbt_ref_get(f.ref, "prompts").data,
                                  tbt_ref_get(f.ref, "prompts_f64").data, f.n * f.d, OUT_RTOL,
                                  OUT_ATOL_REL);
     snprintf(lbl, sizeof lbl, "%s.logits", name);
-    const double e_lo = compare2(lbl, f.a.logits, tbt_ref_get(f.ref, "logits").data,
+    const double e_lo = tbt_assert_close_f32_f64(lbl, f.a.logits, tbt_ref_get(f.ref, "logits").data,
                                  tbt_ref_get(f.ref, "logits_f64").data, f.B * f.T * f.V, OUT_RTOL,
                                  OUT_ATOL_REL);
     const float want32 = tbt_ref_scalar(f.ref, "loss"), want64 = tbt_ref_scalar(f.ref, "loss_f64");
@@ -256,7 +233,7 @@ START_TEST(test_ptuning_input_vs_peft)
         const tbt_reft g32 = tbt_ref_get(f.ref, k32), g64 = tbt_ref_get(f.ref, k64);
         ck_assert_uint_eq(g32.n, np->param->numel);
         snprintf(lbl, sizeof lbl, "%s.grad.%s", name, np->name);
-        e_g = fmax(e_g, compare2(lbl, np->param->grad, g32.data, g64.data, g32.n, GRAD_RTOL,
+        e_g = fmax(e_g, tbt_assert_close_f32_f64(lbl, np->param->grad, g32.data, g64.data, g32.n, GRAD_RTOL,
                                  GRAD_ATOL_REL));
     }
     /* Nothing reached the model, and it holds no gradient buffer at all
@@ -373,7 +350,7 @@ START_TEST(test_ptuning_input_documented_positions)
                 dp2[v * C + c] += demb[(b * T + pv[b * n + v]) * C + c];
     ck_assert_msg(memcmp(dp, dp2, n * C * sizeof(float)) == 0,
                   "%s: the prompt gradient differs from the hand-gathered one", f.name);
-    ck_assert(max_abs(dp, n * C) > 0.0);
+    ck_assert(tbt_max_abs_f(dp, n * C) > 0.0);
     assert_model_untouched(&f);
     printf("  check   %-18s %zu virtual rows at the documented positions; logits and the prompt "
            "gradient equal the hand-built input's bitwise\n",

@@ -33,29 +33,6 @@
 #include "testutil.h"
 #include "tfm.h"
 
-static double max_abs(const float *x, size_t n)
-{
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++)
-        m = fmax(m, fabs((double)x[i]));
-    return m;
-}
-
-/* got vs float32 and float64 torch; returns max |got - want64| / max|want64|. */
-static double compare2(const char *label, const float *got, const float *want,
-                       const float *want64, size_t n)
-{
-    const double scale = max_abs(want64, n), atol = 1e-4 * scale;
-    char l2[256];
-    tbt_assert_close(label, got, want, n, 1e-4, atol);
-    snprintf(l2, sizeof l2, "%s_vs_f64", label);
-    tbt_assert_close(l2, got, want64, n, 1e-4, atol);
-    double worst = 0.0;
-    for (size_t i = 0; i < n; i++)
-        worst = fmax(worst, fabs((double)got[i] - (double)want64[i]));
-    return scale > 0 ? worst / scale : worst;
-}
-
 static tfm_config bert_config(size_t L, size_t H, size_t C, size_t F, size_t V, size_t types,
                               size_t positions)
 {
@@ -208,10 +185,10 @@ START_TEST(test_tfm_vs_bertmodel)
     bert_setup(&ctx, &r, ref, B, T);
     const tfm_input in = {B, T, ids, NULL, types, valid};
     bert_step(&ctx, &r, &in, w_h, w_p);
-    const double e_h = compare2("tfm_bert.hidden", r.a.out, hid.data,
-                                tbt_ref_get(ref, "hidden_f64").data, B * T * C);
-    const double e_p = compare2("tfm_bert.pooled", r.pool.pooled, tbt_ref_get(ref, "pooled").data,
-                                tbt_ref_get(ref, "pooled_f64").data, B * C);
+    const double e_h = tbt_assert_close_f32_f64("tfm_bert.hidden", r.a.out, hid.data,
+                                tbt_ref_get(ref, "hidden_f64").data, B * T * C, 1e-4, 1e-4);
+    const double e_p = tbt_assert_close_f32_f64("tfm_bert.pooled", r.pool.pooled, tbt_ref_get(ref, "pooled").data,
+                                tbt_ref_get(ref, "pooled_f64").data, B * C, 1e-4, 1e-4);
     double e_g = 0.0;
     for (size_t i = 0; i < r.params.count; i++) {
         const tb_named_param *np = &r.params.items[i];
@@ -228,13 +205,13 @@ START_TEST(test_tfm_vs_bertmodel)
              * check is that it is noise against the query bias's gradient. */
             char qb[200];
             snprintf(qb, sizeof qb, "g64:%.*squery.bias", (int)(nl - 8), np->name);
-            const double qscale = max_abs(tbt_ref_get(ref, qb).data, g32.n);
-            ck_assert_msg(qscale > 0 && max_abs(np->param->grad, g32.n) <= 1e-5 * qscale &&
-                              max_abs(g64.data, g64.n) <= 1e-9 * qscale,
+            const double qscale = tbt_max_abs_f(tbt_ref_get(ref, qb).data, g32.n);
+            ck_assert_msg(qscale > 0 && tbt_max_abs_f(np->param->grad, g32.n) <= 1e-5 * qscale &&
+                              tbt_max_abs_f(g64.data, g64.n) <= 1e-9 * qscale,
                           "%s: not ~0 against the query bias's %g", np->name, qscale);
             continue;
         }
-        e_g = fmax(e_g, compare2(lbl, np->param->grad, g32.data, g64.data, g32.n));
+        e_g = fmax(e_g, tbt_assert_close_f32_f64(lbl, np->param->grad, g32.data, g64.data, g32.n, 1e-4, 1e-4));
     }
     /* Input embeddings instead of ids: the rows wte gives, so the same
      * output bit for bit, and torch's gradient w.r.t. inputs_embeds. */
@@ -246,13 +223,13 @@ START_TEST(test_tfm_vs_bertmodel)
     bert_step(&ctx, &e, &ein, w_h, w_p);
     ck_assert_msg(memcmp(e.a.out, r.a.out, B * T * C * sizeof(float)) == 0,
                   "embeddings in: the output differs from the ids path");
-    const double e_d = compare2("tfm_bert.d_embeds", e.d_embeds, tbt_ref_get(ref, "d_embeds").data,
-                                tbt_ref_get(ref, "d_embeds_f64").data, B * T * C);
+    const double e_d = tbt_assert_close_f32_f64("tfm_bert.d_embeds", e.d_embeds, tbt_ref_get(ref, "d_embeds").data,
+                                tbt_ref_get(ref, "d_embeds_f64").data, B * T * C, 1e-4, 1e-4);
     ck_assert_msg(memcmp(e.d_embeds, r.d_embeds, B * T * C * sizeof(float)) == 0,
                   "the input-embedding gradient differs between the ids and embeddings paths");
     /* With embeddings in, wte receives no gradient; with ids it received
      * exactly d_embeds scattered to the ids' rows (checked by the oracle). */
-    ck_assert(max_abs(e.m.wte.weight.grad, e.m.wte.weight.numel) == 0.0);
+    ck_assert(tbt_max_abs_f(e.m.wte.weight.grad, e.m.wte.weight.numel) == 0.0);
     /* One thread: the same bits. */
     bert_run one;
     tb_ctx ctx1;
@@ -464,8 +441,8 @@ START_TEST(test_tfm_variants_by_finite_differences)
              * zero, which is checked instead. */
             if (c.norm_kind == TFM_BATCHNORM && c.norm_place == TFM_POST_NORM &&
                 (strstr(nm, "value.bias") || strstr(nm, "output.dense.bias"))) {
-                ck_assert_msg(max_abs(p->grad, p->numel) <= 1e-4, "%s: %s not ~0 (%g)",
-                              v[k].name, nm, max_abs(p->grad, p->numel));
+                ck_assert_msg(tbt_max_abs_f(p->grad, p->numel) <= 1e-4, "%s: %s not ~0 (%g)",
+                              v[k].name, nm, tbt_max_abs_f(p->grad, p->numel));
                 continue;
             }
             snprintf(lbl, sizeof lbl, "tfm %s: %s", v[k].name, pl.items[i].name);

@@ -418,6 +418,20 @@ double tbt_max_abs_f(const float *x, size_t n)
     return m;
 }
 
+double tbt_assert_close_f32_f64(const char *label, const float *got, const float *want,
+                                const float *want64, size_t n, double rtol, double atol_rel)
+{
+    const double scale = tbt_max_abs_f(want64, n), atol = atol_rel * scale;
+    char l2[320];
+    tbt_assert_close(label, got, want, n, rtol, atol);
+    snprintf(l2, sizeof l2, "%s_vs_f64", label);
+    tbt_assert_close(l2, got, want64, n, rtol, atol);
+    double worst = 0.0;
+    for (size_t i = 0; i < n; i++)
+        worst = fmax(worst, fabs((double)got[i] - (double)want64[i]));
+    return scale > 0 ? worst / scale : worst;
+}
+
 double tbt_max_abs_d(const double *x, size_t n)
 {
     double m = 0.0;

@@ -269,6 +269,13 @@ void tbt_assert_untouched_what(const float *x, size_t n, const char *what);
 void tbt_fill_spread(float *x, size_t n, size_t c, int along_rows, uint64_t seed);
 double tbt_max_abs_f(const float *x, size_t n);
 double tbt_max_abs_d(const double *x, size_t n);
+/* got against a float32 reference want and a float64 one want64 (stored
+ * as float), both with rtol and atol = atol_rel * max|want64| (an all-zero
+ * reference fails: tbt_assert_close() refuses a degenerate one); the second
+ * is labelled "<label>_vs_f64". Returns max |got - want64| / max|want64|,
+ * the error the tests report. */
+double tbt_assert_close_f32_f64(const char *label, const float *got, const float *want,
+                                const float *want64, size_t n, double rtol, double atol_rel);
 void tbt_assert_close_d(const char *label, const float *got, const double *want, size_t n,
                            double rtol, double atol);
 void tbt_assert_all_finite(const char *what, const float *x, size_t n);
