@@ -6,13 +6,7 @@
 #include <string.h>
 
 #include "ex_arena.h"
-
-#define TRY(call)                       \
-    do {                                \
-        tb_status try_status_ = (call); \
-        if (try_status_ != TB_OK)       \
-            return try_status_;         \
-    } while (0)
+#include "ex_try.h"
 
 #define fail tb_ctx_set_error
 

@@ -18,29 +18,14 @@ ISA "avx2" caps PyTorch at AVX2 (ATen, MKL and oneDNN), for comparison with
 libtblocks' AVX2 kernel family forced on an AVX-512 machine. A line
 "torch_version <v>" is printed first."""
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 MODE = sys.argv[1] if len(sys.argv) > 1 else ""
 ISA = sys.argv[-1] if len(sys.argv) > 2 else "native"
-if ISA == "avx2":  # read when the libraries load: before importing torch
-    os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
-    os.environ["MKL_ENABLE_INSTRUCTIONS"] = "AVX2"
-    os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
-    os.environ["DNNL_MAX_CPU_ISA"] = "AVX2"
+from torch_common import cap_isa, timed  # noqa: E402
+cap_isa(ISA)  # before torch loads
 import torch  # noqa: E402
-
-
-def timed(step, reps):
-    step()  # warm-up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return 1000.0 * statistics.median(times)
 
 
 def train(args):

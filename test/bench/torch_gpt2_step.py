@@ -16,30 +16,15 @@ PEFT's LoRA of rank r (alpha 16, dropout 0) on every c_attn, the rest
 frozen ("torch_lora_ms"), and the full fp32 step ("torch_fp32_ms") of the
 same model; without peft it prints nothing and exits with status 1."""
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 ISA = sys.argv[9] if len(sys.argv) > 9 else "native"
 LORA = sys.argv[10] if len(sys.argv) > 10 else ""
-if ISA == "avx2":  # read when the libraries load: before importing torch
-    os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
-    os.environ["MKL_ENABLE_INSTRUCTIONS"] = "AVX2"
-    os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
-    os.environ["DNNL_MAX_CPU_ISA"] = "AVX2"
+from torch_common import cap_isa, timed  # noqa: E402
+cap_isa(ISA)  # before torch loads
 import torch  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
-
-
-def timed(step, reps):
-    step()  # warm-up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return 1000.0 * statistics.median(times)
 
 
 def time_lora(model, x, rank, reps):
@@ -94,13 +79,7 @@ def main():
     else:
         modes.append(("torch_bf16_ms", True))
     for name, ac in modes:
-        step(ac)  # warm-up
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            step(ac)
-            times.append(time.perf_counter() - t0)
-        print("%s %.3f" % (name, 1000.0 * statistics.median(times)))
+        print("%s %.3f" % (name, timed(lambda ac=ac: step(ac), reps)))
         sys.stdout.flush()
 
 

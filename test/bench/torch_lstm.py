@@ -7,15 +7,10 @@ AVX2 (ATen, MKL, oneDNN), as torch_gpt2_step.py does: what it runs on an
 AVX2-only CPU, for comparison with libtblocks' AVX2 family forced on an
 AVX-512 machine."""
 import os
-import statistics
 import sys
-import time
 
-if len(sys.argv) > 9 and sys.argv[9] == "avx2":  # before torch loads
-    os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
-    os.environ["MKL_ENABLE_INSTRUCTIONS"] = "AVX2"
-    os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
-    os.environ["DNNL_MAX_CPU_ISA"] = "AVX2"
+from torch_common import cap_isa, timed  # noqa: E402
+cap_isa(sys.argv[9] if len(sys.argv) > 9 else "native")  # before torch loads
 import torch  # noqa: E402
 
 
@@ -35,13 +30,7 @@ def main():
 
     print("torch_version %s (CPU capability %s)"
           % (torch.__version__, torch.backends.cpu.get_cpu_capability()))
-    step()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    print("torch_lstm_ms %.3f" % (1000.0 * statistics.median(times)))
+    print("torch_lstm_ms %.3f" % timed(step, reps))
 
 
 if __name__ == "__main__":
