@@ -132,7 +132,9 @@ END_TEST
 
 /* norm_compare measures LayerNorm's invariance (exactly 0), BatchNorm's
  * dependence on the batch (clearly nonzero), trains a LayerNorm transformer
- * that solves its task (the default run, on 2 threads), and prints the same
+ * that solves its task (150 steps on 2 threads: the default 400 take 2.7x
+ * as long; measured LN validation accuracy at 150 steps 1.000, 1.000, 0.998
+ * for seeds 1-3), and prints the same
  * numbers for 1 and 2 threads (a shorter run of each: every part runs, the
  * training for fewer steps; a thread-dependent sum shows at the first step,
  * and the full run on one thread would triple the test's time under the
@@ -141,7 +143,7 @@ START_TEST(norm_compare_measures_and_is_thread_independent)
 {
     enum { CAP = 1 << 16 };
     char *a = tbt_alloc(CAP), *b = tbt_alloc(CAP), *c = tbt_alloc(CAP);
-    ck_assert_int_eq(run_example("norm_compare", "--threads 2", a, CAP), 0);
+    ck_assert_int_eq(run_example("norm_compare", "--threads 2 --steps 150", a, CAP), 0);
     ck_assert_int_eq(run_example("norm_compare", "--threads 1 --steps 50", b, CAP), 0);
     ck_assert_int_eq(run_example("norm_compare", "--threads 2 --steps 50", c, CAP), 0);
     assert_kernel_banner("norm_compare", a);
@@ -159,7 +161,8 @@ START_TEST(norm_compare_measures_and_is_thread_independent)
            ln_val, bn_val, ln_bs1, bn_bs1, inv_ln, inv_bn);
     ck_assert_msg(inv_ln == 0.0, "LayerNorm output changed with the batch: %g", inv_ln);
     ck_assert_msg(inv_bn > 1e-3, "BatchNorm output did not depend on the batch: %g", inv_bn);
-    /* Observed: 1.0000 for seeds 1-4 at the default steps (chance is about 0.5). */
+    /* Observed: 1.0000 for seeds 1-4 at 400 steps, 0.998-1.000 for seeds 1-3
+     * at 150 (chance is about 0.5). */
     ck_assert_msg(ln_val > 0.95f, "LayerNorm validation accuracy %g <= 0.95", ln_val);
     ck_assert_msg(ln_bs1 == ln_val, "LayerNorm accuracy differs at batch size 1: %g vs %g",
                   ln_bs1, ln_val);
