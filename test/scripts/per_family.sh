@@ -7,7 +7,8 @@
 # by name as NOT RUN, never skipped silently; anything else from the tool
 # (an unknown name, a crash), the portable family (which runs everywhere)
 # reported as not run, a failing run, or no family run at all, fails. Ends
-# with a line naming the families run and not run.
+# with a line naming the families run and not run; each family's run
+# reports its wall time.
 set -u
 families=$1
 tool=$2
@@ -30,7 +31,9 @@ for k in $families; do
         exit 1
     fi
     echo "== $label, kernel family $k"
+    start=$(date +%s)
     TB_KERNEL=$k "$@" || { echo "== $label, kernel family $k: FAILED" >&2; exit 1; }
+    echo "== $label, kernel family $k: passed in $(( $(date +%s) - start )) s"
     ran="$ran $k"
 done
 if [ -z "$ran" ]; then

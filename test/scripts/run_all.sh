@@ -143,6 +143,7 @@ TOOL
     echo "$out"
     echo "$out" | grep -q "kernel family avx512: NOT RUN" || return 1
     echo "$out" | grep -q "kernel families run: portable avx2; not run on this CPU: avx512" || return 1
+    echo "$out" | grep -q "kernel family avx2: passed in [0-9]* s" || return 1
     if sh test/scripts/per_family.sh "portable avx2" /bin/false t true; then return 1; fi
     if sh test/scripts/per_family.sh "avx512" "$TMP/fake_tool" t true; then return 1; fi
     if sh test/scripts/per_family.sh "portable" "$TMP/fake_tool" t false; then return 1; fi
