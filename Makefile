@@ -108,7 +108,8 @@ DEBUG_FLAGS    := -DTB_DEBUG
 SANITIZE_ENV   := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
                   LSAN_OPTIONS=suppressions=$(CURDIR)/test/lsan.supp:print_suppressions=0
 
-.PHONY: all lib examples check deps test test-unit test-scripts sanitize fuzz fuzz-seeds bench docs demo \
+.PHONY: all lib examples check deps test test-build test-unit test-scripts sanitize sanitize-build \
+        fuzz fuzz-build fuzz-seeds bench docs demo \
         install uninstall clean help
 
 all: lib examples
@@ -198,7 +199,7 @@ $(BUILD)/test/kernel_family: test/tools/kernel_family.c $(LIB) $(FLAGS_STAMP)
 # The generators are independent (each writes its own cases and manifest)
 # and each runs PyTorch on one thread, so ORACLE_JOBS of them run at once
 # (default: the online CPUs); any failure fails the target.
-ORACLE_JOBS ?= $(shell getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
+ORACLE_JOBS ?= $(JOBS)
 $(ORACLE_STAMP): $(ORACLE_PY) $(ORACLE_LIB)
 	@mkdir -p $(ORACLE_DIR)
 	@printf '%s\n' $(ORACLE_PY) | xargs -P $(ORACLE_JOBS) -I{} sh -c \
@@ -209,12 +210,21 @@ deps:
 	sh test/scripts/install_deps.sh
 
 # What CI runs (through the README's command): dependencies, then everything,
-# then every fuzz target for a bounded time each.
+# then every fuzz target for a bounded time each. Each stage is first built
+# with JOBS compilers at once (default: the online CPUs), then run (the test
+# runs themselves use every core through OpenMP).
 CHECK_FUZZ_SECONDS ?= 10
+JOBS ?= $(shell getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
 check: deps
+	$(MAKE) -j$(JOBS) test-build
 	$(MAKE) test
+	$(MAKE) -j$(JOBS) sanitize-build
 	$(MAKE) sanitize
+	$(MAKE) -j$(JOBS) fuzz-build
 	$(MAKE) fuzz FUZZ_SECONDS=$(CHECK_FUZZ_SECONDS)
+
+# Everything `make test` runs, built (and the oracles generated).
+test-build: $(TEST_BIN) $(ORACLE_STAMP) $(FAMILY_TOOL) all
 
 test: test-unit test-scripts
 
@@ -225,11 +235,15 @@ test-unit: $(TEST_BIN) $(ORACLE_STAMP) $(FAMILY_TOOL) all
 test-scripts: all $(FAMILY_TOOL)
 	@$(PER_FAMILY) "script tests" sh test/scripts/run_all.sh "$(CC)" "$(CXX)"
 
-sanitize: $(FAMILY_TOOL)
-	$(MAKE) BUILD=build/sanitize LIBOUT=build/sanitize/lib FAMILY_TOOL=$(CURDIR)/$(FAMILY_TOOL) \
+SANITIZE_MAKE = $(MAKE) BUILD=build/sanitize LIBOUT=build/sanitize/lib \
+	    FAMILY_TOOL=$(CURDIR)/$(FAMILY_TOOL) \
 	    EXTRA_CFLAGS="$(SANITIZE_FLAGS) $(DEBUG_FLAGS)" EXTRA_LDFLAGS="$(SANITIZE_FLAGS)" \
-	    ORACLE_DIR=$(ORACLE_DIR) TEST_ENV="$(SANITIZE_ENV)" \
-	    TEST_LABEL="under ASan+UBSan" test-unit
+	    ORACLE_DIR=$(ORACLE_DIR) TEST_ENV="$(SANITIZE_ENV)" TEST_LABEL="under ASan+UBSan"
+sanitize: $(FAMILY_TOOL)
+	$(SANITIZE_MAKE) test-unit
+
+sanitize-build: $(FAMILY_TOOL) $(ORACLE_STAMP)
+	$(SANITIZE_MAKE) test-build
 
 # ---- fuzzing (libFuzzer, clang) ------------------------------------------------
 # Every target test/fuzz/fuzz_<name>.c in FUZZ_TARGETS is built with the
@@ -244,8 +258,9 @@ sanitize: $(FAMILY_TOOL)
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_DIR     := $(BUILD)/fuzz
-FUZZ_FLAGS   := -std=c11 -g -O1 -fopenmp -fsanitize=fuzzer,address,undefined \
-                -fno-sanitize-recover=undefined -Iinclude -Isrc -Iexamples/common
+FUZZ_BASE    := -std=c11 -g -O1 -fopenmp -fno-sanitize-recover=undefined \
+                -Iinclude -Isrc -Iexamples/common
+FUZZ_FLAGS   := $(FUZZ_BASE) -fsanitize=fuzzer,address,undefined
 FUZZ_TARGETS := safetensors checkpoint
 # tb_st_parse: the parser of untrusted safetensors files (its corpus and
 # artifacts keep their original places).
@@ -284,11 +299,27 @@ FUZZ_SEEDS_ex_json := test/fuzz/corpus_ex_json
 FUZZ_SRC_ex_json   := examples/common/ex_json.c examples/common/ex_text.c
 
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
-FUZZ_DEPS := $(LIB_SRC) $(wildcard include/*.h include/tblocks/*.h src/*/*.h test/fuzz/*.h examples/common/*.h)
+FUZZ_HDRS := $(wildcard include/*.h include/tblocks/*.h src/*/*.h)
+FUZZ_DEPS := $(FUZZ_HDRS) $(wildcard test/fuzz/*.h examples/common/*.h)
+# The library, compiled once for every target with the fuzzer's coverage
+# instrumentation and sanitizers (fuzzer-no-link: libFuzzer's main comes
+# with each target's link).
+FUZZ_LIB     := $(FUZZ_DIR)/libtblocks_fuzz.a
+FUZZ_LIB_OBJ := $(LIB_SRC:src/%.c=$(FUZZ_DIR)/obj/%.o)
 
-$(FUZZ_DIR)/fuzz_%: test/fuzz/fuzz_%.c $(FUZZ_DEPS) $$(FUZZ_SRC_$$*)
+$(FUZZ_DIR)/obj/%.o: src/%.c $(FUZZ_HDRS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_BASE) -fsanitize=fuzzer-no-link,address,undefined -c $< -o $@
+
+$(FUZZ_LIB): $(FUZZ_LIB_OBJ)
+	rm -f $@
+	$(AR) rcs $@ $^
+
+$(FUZZ_DIR)/fuzz_%: test/fuzz/fuzz_%.c $(FUZZ_DEPS) $(FUZZ_LIB) $$(FUZZ_SRC_$$*)
 	@mkdir -p $(FUZZ_DIR)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(FUZZ_SRC_$*) $(LIB_SRC) -lm
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(FUZZ_SRC_$*) $(FUZZ_LIB) -lm
+
+fuzz-build: $(FUZZ_BINS)
 
 # One target's run: `make fuzz-run-<name>`; `make fuzz` runs them all, one
 # after the other (`make -k fuzz` goes on past a target that crashed).
