@@ -82,6 +82,7 @@ clip_config clip_default_config(void)
     c.projection_dim = 32;
     c.norm_eps = 1e-5f;
     c.logit_scale_init = 2.6592f;
+    c.init_std = 0.02f;
     return c;
 }
 
@@ -109,7 +110,7 @@ tfm_config clip_text_stack_config(const clip_config *cfg)
     t.qkv = TFM_QKV_SEPARATE;
     t.layout = TB_LINEAR_OUT_IN;
     t.gelu = TB_GELU_QUICK;
-    t.init_std = 0.02f;
+    t.init_std = cfg->init_std;
     t.names = &tfm_names_clip_text;
     return t;
 }
@@ -165,6 +166,9 @@ tb_status clip_config_check(tb_ctx *ctx, const clip_config *c)
                     (long)c->eos_token_id, c->text_vocab ? c->text_vocab - 1 : 0);
     if (!isfinite(c->logit_scale_init))
         return fail(ctx, TB_ERR_INVALID_ARG, "logit_scale_init is not finite");
+    if (!(c->init_std > 0.0f) || !isfinite(c->init_std))
+        return fail(ctx, TB_ERR_INVALID_ARG, "init_std %g is not finite and > 0",
+                    (double)c->init_std);
     tfm_config t = clip_text_stack_config(c), v = clip_vision_stack_config(c);
     tb_status s = tfm_config_check(ctx, &t);
     if (s != TB_OK)
@@ -199,7 +203,8 @@ static tb_status build(tb_ctx *ctx, clip_model *m, const clip_config *cfg, tb_rn
     TRY(tfm_init(ctx, &m->text, &tc, rng));
     TRY(tfm_init(ctx, &m->vision, &vc, rng));
     TRY(tb_linear_init_layout(ctx, &m->patch, K, Cv, 0, TB_LINEAR_OUT_IN, rng));
-    TRY(tb_rng_fill_normal(ctx, rng, m->patch.weight.value, m->patch.weight.numel, 0.0f, 0.02f));
+    TRY(tb_rng_fill_normal(ctx, rng, m->patch.weight.value, m->patch.weight.numel, 0.0f,
+                           cfg->init_std));
     const size_t shape4[4] = {Cv, cfg->channels, p, p};
     TRY(tb_param_view(ctx, &m->patch_weight, m->patch.weight.value, m->patch.weight.grad, 4,
                       shape4));

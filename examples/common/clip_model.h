@@ -95,12 +95,14 @@ typedef struct clip_config {
     size_t projection_dim;     /* projection_dim, P */
     float norm_eps;            /* layer_norm_eps of both towers (CLIP: 1e-5) */
     float logit_scale_init;    /* logit_scale_init_value (CLIP: ln(1/0.07) = 2.6592) */
+    float init_std;            /* initializer_range: N(0, init_std) for the embeddings and the
+                                  towers' projections (CLIP: 0.02); > 0 */
 } clip_config;
 
 /* CLIP ViT-B/32's text tower shape scaled down: a valid small default
  * (vocab 64, 16 positions, widths 32, 2 layers, 2 heads, ff 4x, 24 x 24
  * images in 8 x 8 patches of 3 channels, P 32, eps 1e-5, ln(1/0.07),
- * eos_token_id = vocab - 1). */
+ * eos_token_id = vocab - 1, init_std 0.02). */
 clip_config clip_default_config(void);
 
 /* Every size in range (tfm's limits for the towers, image_size a multiple
@@ -111,7 +113,7 @@ clip_config clip_default_config(void);
 tb_status clip_config_check(tb_ctx *ctx, const clip_config *cfg);
 
 /* The two stacks' configurations (pre-LN LayerNorm, separate q/k/v in
- * nn.Linear's (out, in) layout, quick GELU, no dropout, N(0, 0.02)
+ * nn.Linear's (out, in) layout, quick GELU, no dropout, N(0, init_std)
  * initialisation with zero biases). */
 tfm_config clip_text_stack_config(const clip_config *cfg);
 tfm_config clip_vision_stack_config(const clip_config *cfg);
@@ -133,7 +135,7 @@ typedef struct clip_model {
 } clip_model;
 
 /* Build the model from rng (the text stack, the vision stack, the patch
- * embedding N(0, 0.02), class embedding N(0, Cv^-1/2), post_layernorm 1
+ * embedding N(0, init_std), class embedding N(0, Cv^-1/2), post_layernorm 1
  * and 0, the projections N(0, C^-1/2) as transformers initialises them,
  * logit_scale = logit_scale_init). */
 tb_status clip_init(tb_ctx *ctx, clip_model *m, const clip_config *cfg, tb_rng *rng);
