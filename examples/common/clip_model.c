@@ -335,7 +335,8 @@ static tb_status acts_layout(tb_ctx *ctx, tb_arena *ar, void *obj)
     size_t BN, BN1, BT;
     if (!ex_mul_size(B, N, &BN) || !ex_mul_size(B, N + 1, &BN1) || !ex_mul_size(B, T, &BT) ||
         !ex_mul_size(BN, K, &(size_t){0}) || !ex_mul_size(BN1, Cv, &(size_t){0}) ||
-        !ex_mul_size(BT, Ct, &(size_t){0}))
+        !ex_mul_size(BT, Ct, &(size_t){0}) || !ex_mul_size(B, B, &(size_t){0}) ||
+        !ex_mul_size(B, Cm > P ? Cm : P, &(size_t){0}))
         return fail(ctx, TB_ERR_OVERFLOW, "activations for %zu x %zu overflow", B, T);
     TRY(ex_take(ctx, ar, B, sizeof(size_t), (void **)&a->eos));
     TRY(ex_take_f32(ctx, ar, BN * K, &a->patches));
@@ -425,6 +426,7 @@ tb_status clip_encode_image(tb_ctx *ctx, clip_model *m, clip_acts *a, const floa
     const size_t S = c->image_size, p = c->patch_size, G = S / p, N = G * G, ch = c->channels;
     const size_t K = ch * p * p, Cv = c->vision_width, P = c->projection_dim;
     a->have_image = 0;
+    a->have_loss = 0;
     if (height != S || width != S)
         return fail(ctx, TB_ERR_SHAPE,
                     "a %zu x %zu image; the model takes %zu x %zu (image_size), in %zu x %zu "
@@ -478,6 +480,7 @@ tb_status clip_encode_text(tb_ctx *ctx, clip_model *m, clip_acts *a, const int32
     const clip_config *c = &m->cfg;
     const size_t Ct = c->text_width, P = c->projection_dim;
     a->have_text = 0;
+    a->have_loss = 0;
     if (!B || B > a->max_b || !T || T > a->max_t)
         return fail(ctx, TB_ERR_SHAPE,
                     "%zu texts of %zu tokens; the activations hold 1..%zu of 1..%zu", B, T,
@@ -534,6 +537,7 @@ tb_status clip_forward(tb_ctx *ctx, clip_model *m, clip_acts *a, const float *pi
     float l = 0.0f;
     TRY(tb_contrastive_forward(ctx, &I, &X, &m->logit_scale, &l, &Lg, a->con_cache,
                                a->con_cache_bytes));
+    a->have_loss = 1;
     if (loss)
         *loss = l;
     return TB_OK;
@@ -545,8 +549,9 @@ tb_status clip_backward(tb_ctx *ctx, clip_model *m, clip_acts *a, float dloss, f
 {
     if (!m || !a)
         return fail(ctx, TB_ERR_NULL_ARG, "no model or activations");
-    if (!a->have_image || !a->have_text)
-        return fail(ctx, TB_ERR_STATE, "backward without a clip_forward() before it");
+    if (!a->have_loss || !a->have_image || !a->have_text)
+        return fail(ctx, TB_ERR_STATE,
+                    "backward without a clip_forward() before it (or a second backward of one)");
     const clip_config *c = &m->cfg;
     const size_t B = a->b, T = a->t, P = c->projection_dim, Ct = c->text_width;
     const size_t Cv = c->vision_width, S = c->image_size, p = c->patch_size, G = S / p;
@@ -597,6 +602,6 @@ tb_status clip_backward(tb_ctx *ctx, clip_model *m, clip_acts *a, float dloss, f
                 }
     /* a->pe now holds the patch embeddings' gradient: the next forward
      * rewrites it. */
-    a->have_image = 0; /* one backward per forward */
+    a->have_loss = 0; /* one backward per forward */
     return TB_OK;
 }

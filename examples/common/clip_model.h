@@ -157,6 +157,7 @@ typedef struct clip_acts {
     size_t max_b, max_t;
     size_t b, t;               /* the last forward's (t: text length) */
     int have_image, have_text; /* which towers the last forward ran */
+    int have_loss;             /* a clip_forward() awaits its backward */
     tfm_acts text, vision;
     const int32_t *ids;        /* the last forward's (B, T) ids */
     size_t *eos;               /* (B) the pooled position of each text */
@@ -210,8 +211,9 @@ tb_status clip_forward(tb_ctx *ctx, clip_model *m, clip_acts *a, const float *pi
                        size_t height, size_t width, const int32_t *ids,
                        const uint8_t *key_valid, size_t B, size_t T, float *loss);
 
-/* Backward of the last clip_forward() for an upstream gradient dloss (1
- * for the plain loss): ADDS every parameter's gradient, and writes the
+/* Backward of the last clip_forward() (once; TB_ERR_STATE without one,
+ * after a second backward, or after an encode_* call since) for an
+ * upstream gradient dloss (1 for the plain loss): ADDS every parameter's gradient, and writes the
  * gradient w.r.t. the pixels (B, ch, S, S) into dpixels if it is not NULL. */
 tb_status clip_backward(tb_ctx *ctx, clip_model *m, clip_acts *a, float dloss, float *dpixels);
 

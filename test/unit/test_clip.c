@@ -324,6 +324,13 @@ START_TEST(test_clip_bad_input)
     CHECK_OK(*ctx, clip_acts_init(ctx, &fresh, &f.m, B, T));
     ck_assert_int_eq(clip_backward(ctx, &f.m, &fresh, 1.0f, NULL), TB_ERR_STATE);
     clip_acts_free(&fresh);
+    /* one backward per forward; an encode call in between also voids it */
+    forward(&f);
+    CHECK_OK(*ctx, clip_backward(ctx, &f.m, &f.a, 1.0f, NULL));
+    ck_assert_int_eq(clip_backward(ctx, &f.m, &f.a, 1.0f, NULL), TB_ERR_STATE);
+    forward(&f);
+    CHECK_OK(*ctx, clip_encode_text(ctx, &f.m, &f.a, f.ids, f.valid, B, T));
+    ck_assert_int_eq(clip_backward(ctx, &f.m, &f.a, 1.0f, NULL), TB_ERR_STATE);
     ck_assert_int_eq(clip_acts_init(ctx, &fresh, &f.m, B, f.m.cfg.text_positions + 1),
                      TB_ERR_SHAPE);
     clip_acts_free(&fresh);
