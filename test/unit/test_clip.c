@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "clip_model.h"
+#include "ex_png.h"
 #include "suites.h"
 #include "testutil.h"
 
@@ -437,6 +438,82 @@ START_TEST(test_clip_clamp_scale)
 }
 END_TEST
 
+/* The PNG writer of clip_pairs (examples/common/ex_png.h): the check
+ * values of CRC-32 ("123456789" -> 0xCBF43926) and Adler-32 ("Wikipedia"
+ * -> 0x11E60398), and an image large enough for two stored deflate blocks
+ * (150 x 150: 67650 filtered bytes > 65535) parsed back: signature, chunk
+ * lengths and CRCs, IHDR, the zlib header, each block's LEN/NLEN, the
+ * pixels with their filter bytes, the Adler-32, IEND. */
+static uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+START_TEST(test_clip_png_writer)
+{
+    ck_assert_uint_eq(ex_png_crc32(0, (const uint8_t *)"123456789", 9), 0xCBF43926u);
+    ck_assert_uint_eq(ex_png_adler32(1, (const uint8_t *)"Wikipedia", 9), 0x11E60398u);
+    const size_t W = 150, H = 150, raw = H * (1 + 3 * W);
+    uint8_t *rgb = tbt_alloc(W * H * 3);
+    for (size_t i = 0; i < W * H * 3; i++)
+        rgb[i] = (uint8_t)(i * 7 + i / 3);
+    const size_t n = ex_png_size(W, H);
+    ck_assert_uint_eq(n, 8 + 25 + 12 + (2 + 2 * 5 + raw + 4) + 12);
+    uint8_t *png = tbt_alloc(n);
+    ck_assert_uint_eq(ex_png_encode(rgb, W, H, png, n - 1), 0); /* short buffer */
+    ck_assert_uint_eq(ex_png_encode(rgb, 0, H, png, n), 0);
+    ck_assert_uint_eq(ex_png_encode(NULL, W, H, png, n), 0);
+    ck_assert_uint_eq(ex_png_size(EX_PNG_MAX_SIDE + 1, 1), 0);
+    ck_assert_uint_eq(ex_png_encode(rgb, W, H, png, n), n);
+    ck_assert(memcmp(png, "\x89PNG\r\n\x1a\n", 8) == 0);
+    const uint8_t *c = png + 8;
+    const char *const types[3] = {"IHDR", "IDAT", "IEND"};
+    const uint8_t *idat = NULL;
+    size_t idat_len = 0;
+    for (int k = 0; k < 3; k++) {
+        const size_t len = be32(c);
+        ck_assert(memcmp(c + 4, types[k], 4) == 0);
+        ck_assert_uint_eq(be32(c + 8 + len), ex_png_crc32(0, c + 4, 4 + len));
+        if (k == 0) {
+            ck_assert_uint_eq(len, 13);
+            ck_assert_uint_eq(be32(c + 8), W);
+            ck_assert_uint_eq(be32(c + 12), H);
+            ck_assert(memcmp(c + 16, "\x08\x02\0\0\0", 5) == 0);
+        }
+        if (k == 1)
+            idat = c + 8, idat_len = len;
+        c += 12 + len;
+    }
+    ck_assert_ptr_eq(c, png + n);
+    ck_assert(idat[0] == 0x78 && idat[1] == 0x01 && (idat[0] * 256 + idat[1]) % 31 == 0);
+    uint8_t *got = tbt_alloc(raw);
+    size_t at = 2, have = 0, blocks = 0;
+    for (int final = 0; !final;) {
+        final = idat[at] & 1;
+        ck_assert_uint_eq(idat[at] >> 1, 0); /* BTYPE 00: stored */
+        const size_t len = idat[at + 1] | (size_t)idat[at + 2] << 8;
+        const size_t nlen = idat[at + 3] | (size_t)idat[at + 4] << 8;
+        ck_assert_uint_eq(len ^ nlen, 0xffff);
+        ck_assert_uint_le(have + len, raw);
+        memcpy(got + have, idat + at + 5, len);
+        have += len;
+        at += 5 + len;
+        blocks++;
+    }
+    ck_assert_uint_eq(blocks, 2);
+    ck_assert_uint_eq(have, raw);
+    ck_assert_uint_eq(at + 4, idat_len);
+    ck_assert_uint_eq(be32(idat + at), ex_png_adler32(1, got, raw));
+    for (size_t y = 0; y < H; y++) {
+        ck_assert_uint_eq(got[y * (1 + 3 * W)], 0); /* filter: none */
+        ck_assert(memcmp(got + y * (1 + 3 * W) + 1, rgb + y * 3 * W, 3 * W) == 0);
+    }
+    free(got);
+    free(png);
+    free(rgb);
+}
+END_TEST
+
 Suite *suite_clip(void)
 {
     Suite *s = suite_create("clip");
@@ -448,6 +525,7 @@ Suite *suite_clip(void)
     tcase_add_test(tc, test_clip_finite_differences);
     tcase_add_test(tc, test_clip_bad_input);
     tcase_add_test(tc, test_clip_clamp_scale);
+    tcase_add_test(tc, test_clip_png_writer);
     suite_add_tcase(s, tc);
     return s;
 }
