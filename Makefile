@@ -45,7 +45,8 @@ GPT_SRC   := examples/common/gpt.c examples/common/tfm.c examples/common/ex_aren
              examples/common/ptuning_input.c examples/common/prefix_tuning.c \
              examples/common/bert_cls.c examples/common/bert_config.c \
              examples/common/bert_mlm.c examples/common/bert_ckpt.c examples/common/bert_mask.c \
-             examples/common/bert_model.c examples/common/ex_json.c examples/common/ex_file.c
+             examples/common/bert_model.c examples/common/ex_json.c examples/common/ex_file.c \
+             examples/common/clip_model.c examples/common/ex_png.c
 GPT_OBJ   := $(GPT_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o) $(GPT_OBJ)
 TEST_BIN  := $(BUILD)/test/unit_tests

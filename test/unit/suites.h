@@ -45,6 +45,7 @@
     X(prefix_tuning)  \
     X(minilm)         \
     X(bert_classify)  \
+    X(clip)           \
     X(harness)        \
     X(examples)
 
