@@ -233,8 +233,12 @@ test-unit: $(TEST_BIN) $(ORACLE_STAMP) $(FAMILY_TOOL) all
 	@$(PER_FAMILY) "unit, oracle and example tests$(if $(TEST_LABEL), $(TEST_LABEL))" \
 	    env $(TEST_ENV) TB_EXAMPLE_DIR=$(BUILD)/bin TB_ORACLE_DIR=$(ORACLE_DIR) $(TEST_BIN)
 
+# The script tests that run library code, once per family; the ones that
+# only build (headers, docs, clang, rebuilds: TB_KERNEL cannot change them)
+# once. test/scripts/run_all.sh says which is which.
 test-scripts: all $(FAMILY_TOOL)
-	@$(PER_FAMILY) "script tests" sh test/scripts/run_all.sh "$(CC)" "$(CXX)"
+	sh test/scripts/run_all.sh "$(CC)" "$(CXX)" build
+	@$(PER_FAMILY) "script tests that run the library" sh test/scripts/run_all.sh "$(CC)" "$(CXX)" run
 
 SANITIZE_MAKE = $(MAKE) BUILD=build/sanitize LIBOUT=build/sanitize/lib \
 	    FAMILY_TOOL=$(CURDIR)/$(FAMILY_TOOL) \

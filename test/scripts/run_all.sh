@@ -9,11 +9,23 @@
 #   clang     the library, examples, unit tests and benchmarks build with clang
 #             and -Werror
 #   deps      incremental build: a header or flag change rebuilds dependents
-# Usage: run_all.sh CC CXX   (prints "N passed, M failed"; exits 1 on failure)
+# Usage: run_all.sh CC CXX [all|build|run]
+#   (prints "N passed, M failed"; exits 1 on failure)
+# PART picks the tests: `run` the two that run library code (install, readme:
+# they take the kernel family from TB_KERNEL, and make check runs them once
+# per family), `build` the rest (they compile, link or generate and run no
+# library code, so TB_KERNEL, which only selects kernels at run time, cannot
+# change them: make check runs them once), `all` (default) both.
 set -u
 cd "$(dirname "$0")/../.."
 CC=${1:-cc}
 CXX=${2:-c++}
+PART=${3:-all}
+case "$PART" in
+all | build | run) ;;
+*) echo "run_all.sh: unknown part '$PART' (all, build or run)" >&2; exit 2 ;;
+esac
+want() { [ "$PART" = all ] || [ "$PART" = "$1" ]; }
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT INT TERM
 pass=0
@@ -28,6 +40,7 @@ run() { # run NAME COMMAND...: record pass/fail of a command, log on failure
 CWARN="-Wall -Wextra -Wpedantic -Werror"
 # ---- headers ----------------------------------------------------------------
 headers="tblocks.h $(cd include && ls tblocks/*.h)"
+want build || headers=""
 for h in $headers; do
     printf '#include "%s"\n#include "%s"\nint main(void) { return 0; }\n' "$h" "$h" > "$TMP/h.c"
     cp "$TMP/h.c" "$TMP/h.cpp"
@@ -79,7 +92,7 @@ install_test() {
     left=$(find "$DEST" -type f | wc -l)
     [ "$left" -eq 0 ] || { echo "uninstall left files:"; find "$DEST" -type f; return 1; }
 }
-run "install to DESTDIR, link with pkg-config only, run, uninstall" install_test
+want run && run "install to DESTDIR, link with pkg-config only, run, uninstall" install_test
 
 # ---- README example ------------------------------------------------------------
 readme_test() {
@@ -89,17 +102,19 @@ readme_test() {
     $CC -std=c11 $CWARN -Iinclude -o "$TMP/readme" "$TMP/readme.c" lib/libtblocks.a -fopenmp -lm || return 1
     "$TMP/readme"
 }
-run "README example equals docs/readme_example.c, builds and runs" readme_test
+want run && run "README example equals docs/readme_example.c, builds and runs" readme_test
 
 # ---- docs ---------------------------------------------------------------------
-if command -v doxygen >/dev/null 2>&1; then
+if ! want build; then
+    :
+elif command -v doxygen >/dev/null 2>&1; then
     run "make docs has no warnings" make -s docs BUILD="$TMP/docbuild"
 else
     bad "make docs: doxygen is not installed"
 fi
 
 # ---- clang build ------------------------------------------------------------------
-if [ "$CC" != clang ]; then
+if want build && [ "$CC" != clang ]; then
     if command -v clang >/dev/null 2>&1; then
         run "library, examples, unit tests and benchmarks build with clang -Werror" \
             make -s CC=clang BUILD="$TMP/clang" LIBOUT="$TMP/clang/lib" all \
@@ -126,7 +141,7 @@ deps_test() {
     $M WERROR= lib > "$TMP/b4" 2>&1 || return 1
     [ "$(compiles "$TMP/b4")" -gt 0 ] || { echo "changing flags rebuilt nothing"; return 1; }
 }
-run "make -j builds; a header or flag change rebuilds, nothing else does" deps_test
+want build && run "make -j builds; a header or flag change rebuilds, nothing else does" deps_test
 
 # ---- per-family runner ----------------------------------------------------------
 # per_family.sh names a family the CPU lacks as NOT RUN and goes on, but fails
@@ -152,7 +167,7 @@ TOOL
     if sh test/scripts/per_family.sh "portable" "$TMP/none_tool" t true; then return 1; fi
     return 0
 }
-run "per-family runner: NOT RUN named, unanswerable tool / nothing run / failure fail" per_family_test
+want build && run "per-family runner: NOT RUN named, unanswerable tool / nothing run / failure fail" per_family_test
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
