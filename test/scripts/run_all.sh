@@ -9,6 +9,8 @@
 #   clang     the library, examples, unit tests and benchmarks build with clang
 #             and -Werror
 #   deps      incremental build: a header or flag change rebuilds dependents
+#   guide     every docs/guide/ page's program runs at a small size and prints
+#             the shape its page shows (test/scripts/guide.py --fast)
 # Usage: run_all.sh CC CXX   (prints "N passed, M failed"; exits 1 on failure)
 set -u
 cd "$(dirname "$0")/../.."
@@ -127,6 +129,10 @@ deps_test() {
     [ "$(compiles "$TMP/b4")" -gt 0 ] || { echo "changing flags rebuilt nothing"; return 1; }
 }
 run "make -j builds; a header or flag change rebuilds, nothing else does" deps_test
+
+# ---- the guide ------------------------------------------------------------------
+run "guide: every page's demonstration runs (fast mode) and has its page's shape" \
+    python3 test/scripts/guide.py --fast
 
 # ---- per-family runner ----------------------------------------------------------
 # per_family.sh names a family the CPU lacks as NOT RUN and goes on, but fails
