@@ -15,7 +15,9 @@ output must contain (its shape: table headers and the like).
                       kernel family and wall time. Nothing else in a page changes.
   guide.py --fast     fast mode (`make guide-fast`, and the script tests of
                       `make check`): runs every fast command and fails if one
-                      exits nonzero or its output lacks a line of the shape;
+                      exits nonzero or its output lacks a line of the shape,
+                      or if the full command names an option its program's
+                      --help no longer lists;
                       checks that every page has its markers, that the
                       committed output shows the same shape, and that the
                       index links every page. Writes nothing.
@@ -28,6 +30,7 @@ import argparse
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -121,6 +124,39 @@ class Runner:
                 out = (e.stdout or b"").decode("utf-8", errors="replace")
             self.done[cmd] = (rc, out, time.monotonic() - t0)
         return self.done[cmd]
+
+
+def programs(cmd):
+    """[(program, subcommand or None, [--options])] of each `&&` part of cmd."""
+    out = []
+    for part in cmd.split("&&"):
+        tok = shlex.split(part)
+        if not tok:
+            continue
+        sub = tok[1] if len(tok) > 1 and not tok[1].startswith("-") else None
+        out.append((tok[0], sub, [t.split("=")[0] for t in tok if t.startswith("--")]))
+    return out
+
+
+def full_command_problems(demo, runner):
+    """Fast mode runs the small command; this checks that the full one would
+    still parse: the same programs and subcommands, and every option it
+    passes listed by that program's --help."""
+    full, fast = programs(demo["full"]), programs(demo["fast"])
+    if [(p, s) for p, s, _ in full] != [(p, s) for p, s, _ in fast]:
+        return [f"{demo['demo']}: the fast command runs other programs than the full one"]
+    problems = []
+    for prog, sub, opts in full:
+        helpcmd = " ".join(shlex.quote(x) for x in [prog] + ([sub] if sub else []) + ["--help"])
+        rc, out, _ = runner.run(helpcmd)
+        if rc != 0:
+            problems.append(f"{demo['demo']}: `{helpcmd}` exited with {rc}")
+            continue
+        lost = [o for o in opts if not re.search(re.escape(o) + r"\b", out)]
+        if lost:
+            problems.append(f"{demo['demo']}: `{helpcmd}` does not list {', '.join(lost)}, "
+                            f"which the page's command `{demo['full']}` passes")
+    return problems
 
 
 def cpu_model():
@@ -249,6 +285,7 @@ def main():
                             + ("" if shown is not None else f" (no line matches from {d['from']!r})"))
             continue
         if args.fast:
+            failures += full_command_problems(d, runner)
             continue
         date, cpu, system, fam = info
         part = ("Part of the output" if "from" in d or "until" in d else "The output")
