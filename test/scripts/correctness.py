@@ -72,9 +72,14 @@ def parse_log(path):
                 continue
             m = RX_COMPARE.match(line)
             if m:
-                cur["compare"].append((m.group(1), int(m.group(2)), float(m.group(3)),
+                err, frac = float(m.group(3)), float(m.group(7))
+                # An exact comparison (rtol = atol = 0) that found no difference
+                # used none of its tolerance (older lines printed 0/0 as inf).
+                if err == 0.0:
+                    frac = 0.0
+                cur["compare"].append((m.group(1), int(m.group(2)), err,
                                        float(m.group(4)), float(m.group(5)), float(m.group(6)),
-                                       float(m.group(7))))
+                                       frac))
                 continue
             m = RX_GRAD.match(line)
             if m:

@@ -55,7 +55,8 @@ tbt_cmp tbt_compare(const float *got, const float *want, size_t n, double rtol, 
         if (isnan(err))
             err = INFINITY;
         double excess = err - (atol + rtol * fabs(w));
-        double frac = err / (atol + rtol * fabs(w));
+        /* exact comparisons (rtol = atol = 0) use none of it when equal */
+        double frac = err == 0.0 ? 0.0 : err / (atol + rtol * fabs(w));
         if (isnan(frac) || frac > c.max_tol_frac)
             c.max_tol_frac = isnan(frac) ? INFINITY : frac;
         if (excess > worst_excess) {
@@ -123,7 +124,7 @@ void tbt_gradcheck_impl(const char *file, int line, const char *label, float *x,
         double ana = analytic[i];
         double err = fabs(num - ana);
         double excess = err - (atol + rtol * fabs(num));
-        double frac = err / (atol + rtol * fabs(num));
+        double frac = err == 0.0 ? 0.0 : err / (atol + rtol * fabs(num));
         if (isnan(frac) || frac > max_frac)
             max_frac = isnan(frac) ? INFINITY : frac;
         if (!(excess <= 0))
