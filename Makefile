@@ -110,7 +110,7 @@ SANITIZE_ENV   := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=pri
                   LSAN_OPTIONS=suppressions=$(CURDIR)/test/lsan.supp:print_suppressions=0
 
 .PHONY: all lib examples check deps test test-build test-unit test-scripts sanitize sanitize-build \
-        fuzz fuzz-build fuzz-seeds bench docs demo \
+        fuzz fuzz-build fuzz-seeds bench docs demo guide guide-fast correctness \
         install uninstall clean help
 
 all: lib examples
@@ -127,6 +127,8 @@ help:
 	@echo "make sanitize   the unit and oracle tests under ASan+UBSan"
 	@echo "make bench      benchmarks (ratios to measured machine peaks)"
 	@echo "make docs       Doxygen HTML in build/docs (warnings fail)"
+	@echo "make guide      re-run docs/guide/'s demonstrations, rewrite their outputs (guide-fast: check only)"
+	@echo "make correctness  run the unit tests in one family, rewrite docs/correctness.md's figures"
 	@echo "make install    install into \$$(DESTDIR)\$$(PREFIX) (default /usr/local)"
 	@echo "make uninstall  remove what install put there"
 	@echo "make clean      remove build outputs"
@@ -386,6 +388,28 @@ demo: $(BUILD)/bin/gpt
 	$(BUILD)/bin/gpt train --ckpt $(DEMO_CKPT) --csv $(BUILD)/gpt_demo_loss.csv \
 	    --svg $(BUILD)/gpt_demo_loss.svg
 	$(BUILD)/bin/gpt repetition --ckpt $(DEMO_CKPT) --max-new 300
+
+# ---- the guide and the correctness page ------------------------------------
+# docs/guide/guide.manifest lists every page's demonstration. `make guide`
+# runs each one's command (in this build: build/bin) and rewrites only the
+# pages' output sections; `make guide-fast` runs each at a small size and
+# fails if one no longer runs or lost its page's shape (the script tests run
+# it in every family). GUIDE_ONLY=name,name restricts both.
+GUIDE_PY = $(PYTHON) test/scripts/guide.py --family-tool $(FAMILY_TOOL) $(if $(GUIDE_ONLY),--only $(GUIDE_ONLY))
+guide: all $(FAMILY_TOOL)
+	$(GUIDE_PY)
+
+guide-fast: all $(FAMILY_TOOL)
+	$(GUIDE_PY) --fast
+
+# Every unit-test suite once, in one family (CORRECTNESS_KERNEL, default the
+# best this CPU runs), then the worst errors per suite into docs/correctness.md.
+CORRECTNESS_LOG := $(BUILD)/correctness/unit.log
+correctness: $(TEST_BIN) $(ORACLE_STAMP) $(FAMILY_TOOL) all
+	@fam=$${CORRECTNESS_KERNEL:-$$(TB_KERNEL=auto $(FAMILY_TOOL))} || exit 1; \
+	TB_KERNEL=$$fam sh test/scripts/correctness_run.sh $(TEST_BIN) $(ORACLE_DIR) $(BUILD)/bin \
+	    $(CORRECTNESS_LOG) && \
+	$(PYTHON) test/scripts/correctness.py --log $(CORRECTNESS_LOG) --family $$fam --doc docs/correctness.md
 
 # ---- install ---------------------------------------------------------------
 

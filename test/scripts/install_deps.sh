@@ -22,6 +22,8 @@ need_pkg libclang-rt-14-dev sh -c 'test -n "$(ls /usr/lib/llvm-*/lib/clang/*/lib
 need_pkg pkg-config      have pkg-config
 need_pkg check           sh -c 'pkg-config --exists check'
 need_pkg doxygen         have doxygen
+# Graphviz: the architecture diagram of the Doxygen main page (docs/architecture.dot).
+need_pkg graphviz        have dot
 need_pkg python3         have python3
 need_pkg python3-pip     python3 -m pip --version
 # Real English text for the tokenizer and BERT tests (/usr/share/games/fortunes).

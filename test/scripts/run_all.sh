@@ -9,9 +9,12 @@
 #   clang     the library, examples, unit tests and benchmarks build with clang
 #             and -Werror
 #   deps      incremental build: a header or flag change rebuilds dependents
+#   guide     every docs/guide/ page's program runs at a small size and prints
+#             the shape its page shows (test/scripts/guide.py --fast)
 # Usage: run_all.sh CC CXX [all|build|run]
 #   (prints "N passed, M failed"; exits 1 on failure)
-# PART picks the tests: `run` the two that run library code (install, readme:
+# PART picks the tests: `run` the three that run library code (install,
+# readme, guide:
 # they take the kernel family from TB_KERNEL, and make check runs them once
 # per family), `build` the rest (they compile, link or generate and run no
 # library code, so TB_KERNEL, which only selects kernels at run time, cannot
@@ -142,6 +145,10 @@ deps_test() {
     [ "$(compiles "$TMP/b4")" -gt 0 ] || { echo "changing flags rebuilt nothing"; return 1; }
 }
 want build && run "make -j builds; a header or flag change rebuilds, nothing else does" deps_test
+
+# ---- the guide ------------------------------------------------------------------
+want run && run "guide: every page's demonstration runs (fast mode) and has its page's shape" \
+    python3 test/scripts/guide.py --fast
 
 # ---- per-family runner ----------------------------------------------------------
 # per_family.sh names a family the CPU lacks as NOT RUN and goes on, but fails

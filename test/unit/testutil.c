@@ -55,6 +55,10 @@ tbt_cmp tbt_compare(const float *got, const float *want, size_t n, double rtol, 
         if (isnan(err))
             err = INFINITY;
         double excess = err - (atol + rtol * fabs(w));
+        /* exact comparisons (rtol = atol = 0) use none of it when equal */
+        double frac = err == 0.0 ? 0.0 : err / (atol + rtol * fabs(w));
+        if (isnan(frac) || frac > c.max_tol_frac)
+            c.max_tol_frac = isnan(frac) ? INFINITY : frac;
         if (excess > worst_excess) {
             worst_excess = excess;
             c.worst = i;
@@ -76,8 +80,9 @@ void tbt_assert_close_impl(const char *file, int line, const char *label, const 
                            const float *want, size_t n, double rtol, double atol)
 {
     tbt_cmp c = tbt_compare(got, want, n, rtol, atol);
-    printf("  compare %-40s n=%-7zu max_abs=%.3e max_rel=%.3e (rtol=%.0e atol=%.0e)%s\n", label,
-           n, c.max_abs_err, c.max_rel_err, rtol, atol, c.ok ? "" : "  MISMATCH");
+    printf("  compare %-40s n=%-7zu max_abs=%.3e max_rel=%.3e (rtol=%.0e atol=%.0e) of_tol=%.3g%s\n",
+           label, n, c.max_abs_err, c.max_rel_err, rtol, atol, c.max_tol_frac,
+           c.ok ? "" : "  MISMATCH");
     fflush(stdout);
     if (c.degenerate)
         ck_abort_msg("%s:%d %s: reference is degenerate (max |want| = %g <= 10*atol); "
@@ -104,7 +109,7 @@ void tbt_gradcheck_impl(const char *file, int line, const char *label, float *x,
 {
     size_t checks = (max_checks && n > max_checks) ? max_checks : n;
     size_t n_bad = 0, worst = 0;
-    double max_num = 0.0, max_err = 0.0, worst_excess = -INFINITY, worst_num = 0;
+    double max_num = 0.0, max_err = 0.0, worst_excess = -INFINITY, worst_num = 0, max_frac = 0.0;
     for (size_t c = 0; c < checks; c++) {
         size_t i = checks == n ? c : (size_t)((double)c * (double)(n - 1) / (double)(checks - 1 ? checks - 1 : 1));
         float xi = x[i];
@@ -119,6 +124,9 @@ void tbt_gradcheck_impl(const char *file, int line, const char *label, float *x,
         double ana = analytic[i];
         double err = fabs(num - ana);
         double excess = err - (atol + rtol * fabs(num));
+        double frac = err == 0.0 ? 0.0 : err / (atol + rtol * fabs(num));
+        if (isnan(frac) || frac > max_frac)
+            max_frac = isnan(frac) ? INFINITY : frac;
         if (!(excess <= 0))
             n_bad++;
         if (excess > worst_excess || isnan(excess)) {
@@ -131,8 +139,9 @@ void tbt_gradcheck_impl(const char *file, int line, const char *label, float *x,
         if (err > max_err)
             max_err = err;
     }
-    printf("  gradcheck %-38s checked=%-6zu max|num|=%.3e max_err=%.3e (rtol=%.0e atol=%.0e)%s\n",
-           label, checks, max_num, max_err, rtol, atol, n_bad ? "  MISMATCH" : "");
+    printf("  gradcheck %-38s checked=%-6zu max|num|=%.3e max_err=%.3e (rtol=%.0e atol=%.0e) "
+           "of_tol=%.3g%s\n",
+           label, checks, max_num, max_err, rtol, atol, max_frac, n_bad ? "  MISMATCH" : "");
     fflush(stdout);
     if (!(max_num > 10.0 * atol))
         ck_abort_msg("%s:%d %s: numeric gradient is degenerate (max %g <= 10*atol)", file, line,

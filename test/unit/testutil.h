@@ -49,6 +49,7 @@ typedef struct tbt_cmp {
     double max_abs_err;  /* max |got - want| */
     double max_rel_err;  /* max |got - want| / max(|want|, tiny) over elements */
     double max_ref;      /* max |want| */
+    double max_tol_frac; /* max |got - want| / (atol + rtol |want|): above 1 fails */
     size_t worst;        /* index of the element with the largest excess */
     size_t n_bad;        /* elements outside the tolerance */
     int degenerate;      /* reference too small to test anything */
@@ -57,8 +58,10 @@ typedef struct tbt_cmp {
 
 tbt_cmp tbt_compare(const float *got, const float *want, size_t n, double rtol, double atol);
 
-/* Compare, print one summary line "label: max_abs=.. max_rel=.. n=..", and
- * fail the current test (with the worst element) on a mismatch. */
+/* Compare, print one summary line "compare label n=.. max_abs=.. max_rel=..
+ * (rtol=.. atol=..) of_tol=.." (of_tol: max_tol_frac, the share of the
+ * tolerance the worst element used; test/scripts/correctness.py reads these
+ * lines), and fail the current test (with the worst element) on a mismatch. */
 void tbt_assert_close_impl(const char *file, int line, const char *label, const float *got,
                            const float *want, size_t n, double rtol, double atol);
 #define tbt_assert_close(label, got, want, n, rtol, atol) \
