@@ -232,6 +232,8 @@ def main():
                     help="seconds per command (default: 120 fast, 1800 full)")
     args = ap.parse_args()
     os.chdir(ROOT)
+    # The commands write their files (checkpoints, adapters) under build/guide.
+    os.makedirs(os.path.join("build", "guide"), exist_ok=True)
     demos = parse_manifest(args.manifest)
     if args.only:
         want = set(args.only.split(","))
