@@ -15,6 +15,17 @@
  * accumulation, a train/validation split, early stopping on the validation
  * loss and checkpoints that --resume continues exactly. Everything is
  * seeded: the loss curve is the same for any --threads.
+ *
+ * Data-parallel (docs/data_parallel.md): build/bin/gpt_mpi is this program
+ * built with EX_GPT_MPI and libtblocks_mpi; `mpirun -np P gpt_mpi train
+ * ...` splits each step's --accum micro-batches over the P processes
+ * (tb_dp_split()) and reduces their gradients in micro-batch order
+ * (tb_dp_reducer), so the loss curve and the checkpoint are bitwise those
+ * of one process (`gpt train`, which runs the same arithmetic with the
+ * one-process communicator). Each micro-batch draws its windows and
+ * dropout from its own stream (tb_dp_rng() of the checkpoint's stream, the
+ * step and the micro-batch index). Every rank holds the whole model and
+ * computes the same update; only rank 0 prints and writes files.
  */
 #include <math.h>
 #include <stdint.h>
@@ -30,6 +41,13 @@
 #include "ex_text.h"
 #include "gpt.h"
 #include "tblocks.h"
+#ifdef EX_GPT_MPI
+#include "tblocks_mpi.h"
+#endif
+
+/* The processes training runs on: the one-process communicator, or (in
+ * gpt_mpi) MPI_COMM_WORLD's, set up by main(). */
+static tb_comm g_comm;
 
 #define VOCAB 256
 #define VAL_PERCENT 10
@@ -280,11 +298,16 @@ typedef struct trainer {
     int32_t *x, *y;
     train_state ts;
     curve c;
+    const tb_comm *comm; /* the processes (rank 0 prints and writes) */
+    tb_dp_reducer red;   /* this rank's micro-batch gradients, reduced in order */
+    float *losses;       /* accum micro-batch losses of the last step */
 } trainer;
 
 static void trainer_free(trainer *t)
 {
     free(t->c.step), free(t->c.train), free(t->c.val), free(t->x), free(t->y), free(t->text);
+    free(t->losses);
+    tb_dp_reducer_free(&t->red);
     tb_adam_free(&t->opt);
     gpt_acts_free(&t->a);
     gpt_free(&t->m);
@@ -330,7 +353,9 @@ static int build(trainer *t, const train_opts *o, const gpt_config *cfg)
         ex_failed(ctx, gpt_acts_init(ctx, &t->a, &t->m, t->B, t->T), "activations") ||
         ex_failed(ctx, tb_adam_init(ctx, &t->opt, &t->m.params, &oc), "optimizer") ||
         ex_failed(ctx, tb_adam_add_group(ctx, &t->opt, oc.lr, 0.0f, tb_select_no_decay, NULL, NULL),
-                  "optimizer groups"))
+                  "optimizer groups") ||
+        ex_failed(ctx, tb_dp_reducer_init(ctx, &t->red, t->comm, &t->m.params, t->accum),
+                  "gradient reduction buffers"))
         return 0;
     if (o->resume) {
         if (ckpt_failed(ctx,
@@ -346,7 +371,8 @@ static int build(trainer *t, const train_opts *o, const gpt_config *cfg)
     t->x = malloc(t->B * t->T * sizeof(int32_t)), t->y = malloc(t->B * t->T * sizeof(int32_t));
     t->c.step = malloc(t->c.cap * sizeof(double)), t->c.train = malloc(t->c.cap * sizeof(double));
     t->c.val = malloc(t->c.cap * sizeof(double));
-    if (!t->x || !t->y || !t->c.step || !t->c.train || !t->c.val) {
+    t->losses = malloc(t->accum * sizeof(float));
+    if (!t->x || !t->y || !t->c.step || !t->c.train || !t->c.val || !t->losses) {
         fprintf(stderr, "error: out of memory for the batches\n");
         return 0;
     }
@@ -356,20 +382,36 @@ static int build(trainer *t, const train_opts *o, const gpt_config *cfg)
 typedef enum step_result { STEP_DONE, STEP_SKIPPED, STEP_FAILED } step_result;
 
 /* One optimizer step over accum micro-batches; *loss gets its mean loss.
- * A non-finite gradient skips the step (the weights stay as they were; the
- * schedule moves on); a non-finite loss fails the run. */
+ * This rank computes its micro-batches (tb_dp_split()), each from zeroed
+ * gradients with its own random stream; tb_dp_reducer_reduce() gives every
+ * rank the sum over all micro-batches in index order, so the step is the
+ * same for any number of processes. A non-finite gradient skips the step
+ * (the weights stay as they were; the schedule moves on); a non-finite
+ * loss fails the run (on every rank: each sees every loss). */
 static step_result train_step(trainer *t, double *loss)
 {
     tb_ctx *ctx = &t->ctx;
-    tb_param_list_zero_grad(&t->m.params);
     *loss = 0.0;
-    for (uint64_t k = 0; k < t->accum; k++) {
+    for (size_t k = t->red.first; k < t->red.first + t->red.count; k++) {
         float l;
-        batch_of(&t->d, &t->rng, 0, 0, t->B, t->T, t->x, t->y);
-        if (ex_failed(ctx, gpt_forward(ctx, &t->m, &t->a, TB_MODE_TRAINING, &t->rng, t->x, t->y,
+        tb_rng rs;
+        tb_dp_rng(&rs, &t->rng, t->opt.step, k);
+        tb_param_list_zero_grad(&t->m.params);
+        batch_of(&t->d, &rs, 0, 0, t->B, t->T, t->x, t->y);
+        if (ex_failed(ctx, gpt_forward(ctx, &t->m, &t->a, TB_MODE_TRAINING, &rs, t->x, t->y,
                                        t->B, t->T, &l),
-                      "forward"))
+                      "forward") ||
+            ex_failed(ctx, gpt_backward(ctx, &t->m, &t->a, t->x, t->y, 1.0f / (float)t->accum),
+                      "backward") ||
+            ex_failed(ctx, tb_dp_reducer_store(ctx, &t->red, &t->m.params, k, l),
+                      "storing the gradient"))
             return STEP_FAILED;
+    }
+    if (ex_failed(ctx, tb_dp_reducer_reduce(ctx, &t->red, &t->m.params, t->losses),
+                  "reducing the gradients"))
+        return STEP_FAILED;
+    for (uint64_t k = 0; k < t->accum; k++) {
+        const float l = t->losses[k];
         if (!isfinite(l)) {
             fprintf(stderr,
                     "error: step %llu: the training loss is %g: the model has diverged (try a "
@@ -377,9 +419,6 @@ static step_result train_step(trainer *t, double *loss)
                     (unsigned long long)t->opt.step + 1, (double)l);
             return STEP_FAILED;
         }
-        if (ex_failed(ctx, gpt_backward(ctx, &t->m, &t->a, t->x, t->y, 1.0f / (float)t->accum),
-                      "backward"))
-            return STEP_FAILED;
         *loss += l / (double)t->accum;
     }
     double gnorm;
@@ -437,9 +476,23 @@ static int evaluate(trainer *t, const train_opts *o, outputs *out, double train_
     } else {
         t->ts.bad_evals++;
     }
-    if (ckpt_failed(&t->ctx, save_ckpt(&t->ctx, o->ckpt, &t->m, &t->opt, &t->rng, &t->ts),
-                    o->ckpt))
+    /* Rank 0 writes; every rank learns whether it could. */
+    int saved = 1;
+    if (t->comm->rank == 0)
+        saved = !ckpt_failed(&t->ctx,
+                             save_ckpt(&t->ctx, o->ckpt, &t->m, &t->opt, &t->rng, &t->ts),
+                             o->ckpt);
+    if (ex_failed(&t->ctx, tb_comm_broadcast(&t->ctx, t->comm, &saved, sizeof saved, 0),
+                  "sharing the checkpoint's status"))
         return 0;
+    if (!saved) {
+        if (t->comm->rank != 0)
+            fprintf(stderr, "error: rank %zu: rank 0 could not write the checkpoint\n",
+                    t->comm->rank);
+        return 0;
+    }
+    if (t->comm->rank != 0)
+        return 1;
     out->ckpt_written = 1;
     out->ckpt_step = step;
     return 1;
@@ -589,9 +642,10 @@ static int cmd_train(int argc, char **argv)
         return EX_EXIT_USAGE;
     }
     t.B = o.batch, t.T = cfg.block_size, t.accum = o.accum;
+    t.comm = &g_comm;
     outputs out;
     memset(&out, 0, sizeof out);
-    if (!load_data(&t, &o) || !open_outputs(&o, &out)) {
+    if (!load_data(&t, &o) || (t.comm->rank == 0 && !open_outputs(&o, &out))) {
         trainer_free(&t);
         return EX_EXIT_FAILURE;
     }
@@ -635,6 +689,12 @@ static int cmd_train(int argc, char **argv)
         printf("memory: activations %.1f MiB for %zu x %zu tokens, optimizer state %.1f MiB\n",
                (double)t.a.bytes / 1048576.0, t.B, t.T,
                (double)tb_adam_state_bytes(&t.opt) / 1048576.0);
+        printf("processes: %zu (rank 0 computes %zu of the %llu micro-batches of a step; "
+               "their gradients are summed in micro-batch order)%s\n",
+               t.comm->size, t.red.count, (unsigned long long)o.accum,
+               o.accum < t.comm->size ? ": fewer micro-batches (--accum) than processes, some "
+                                        "are idle"
+                                      : "");
         printf("%8s %10s %10s %10s %9s %9s\n", "step", "train", "val", "tokens/s", "elapsed",
                "eta");
         failed = !train_loop(&t, &o, &out, &why, &skipped);
@@ -1133,6 +1193,27 @@ static int cmd_repetition(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+#ifdef EX_GPT_MPI
+    /* Every rank runs the command; only rank 0's stdout is kept. A rank
+     * that fails takes the job down (MPI_Abort) rather than leave the
+     * others waiting in a collective. */
+    if (MPI_Init(&argc, &argv) != MPI_SUCCESS) {
+        fprintf(stderr, "error: MPI_Init failed\n");
+        return EX_EXIT_FAILURE;
+    }
+    tb_ctx mctx;
+    tb_ctx_init(&mctx);
+    if (tb_mpi_comm_init(&mctx, &g_comm, MPI_COMM_WORLD) != TB_OK) {
+        fprintf(stderr, "error: %s\n", tb_ctx_error(&mctx));
+        MPI_Abort(MPI_COMM_WORLD, EX_EXIT_FAILURE);
+    }
+    if (g_comm.rank != 0 && !freopen("/dev/null", "w", stdout)) {
+        fprintf(stderr, "error: rank %zu: cannot silence stdout\n", g_comm.rank);
+        MPI_Abort(MPI_COMM_WORLD, EX_EXIT_FAILURE);
+    }
+#else
+    tb_comm_single(&g_comm);
+#endif
     static const ex_command cmds[] = {
         {"train", "train a model (writes the checkpoint --ckpt, default gpt.safetensors)",
          cmd_train},
@@ -1140,8 +1221,18 @@ int main(int argc, char **argv)
         {"repetition", "one prompt, every decoding strategy, repetition measured",
          cmd_repetition},
     };
-    return ex_run_command(argc, argv,
-                          "Train a small byte-level GPT and generate text with every decoding "
-                          "strategy.",
-                          cmds, sizeof cmds / sizeof cmds[0]);
+    const int rc = ex_run_command(argc, argv,
+                                  "Train a small byte-level GPT and generate text with every "
+                                  "decoding strategy.",
+                                  cmds, sizeof cmds / sizeof cmds[0]);
+#ifdef EX_GPT_MPI
+    if (rc != EX_EXIT_OK) {
+        fflush(stdout);
+        fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, rc);
+    }
+    tb_mpi_comm_free(&g_comm);
+    MPI_Finalize();
+#endif
+    return rc;
 }
