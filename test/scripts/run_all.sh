@@ -9,6 +9,9 @@
 #   clang     the library, examples, unit tests and benchmarks build with clang
 #             and -Werror
 #   deps      incremental build: a header or flag change rebuilds dependents
+#   mpi       tblocks_mpi.h compiles as C11 and C++ with the MPI wrapper's
+#             flags; data-parallel gpt over MPI (test/scripts/mpi_gpt.sh):
+#             P = 1, 2, 3 bitwise, resume across P, a killed rank
 # Usage: run_all.sh CC CXX   (prints "N passed, M failed"; exits 1 on failure)
 set -u
 cd "$(dirname "$0")/../.."
@@ -152,6 +155,25 @@ TOOL
     return 0
 }
 run "per-family runner: NOT RUN named, unanswerable tool / nothing run / failure fail" per_family_test
+
+# ---- MPI ------------------------------------------------------------------------
+if command -v mpicc >/dev/null 2>&1; then
+    MPIFLAGS=$(mpicc --showme:compile | sed 's/-I/-isystem /g')
+    printf '#include "tblocks_mpi.h"\n#include "tblocks_mpi.h"\nint main(void) { return 0; }\n' > "$TMP/m.c"
+    cp "$TMP/m.c" "$TMP/m.cpp"
+    # shellcheck disable=SC2086
+    run "header tblocks_mpi.h compiles as C11 ($CC)" $CC -std=c11 $CWARN -Iinclude $MPIFLAGS -c "$TMP/m.c" -o "$TMP/m.o"
+    # shellcheck disable=SC2086
+    run "header tblocks_mpi.h compiles as C++ ($CXX)" $CXX -std=c++11 $CWARN -Iinclude $MPIFLAGS -c "$TMP/m.cpp" -o "$TMP/m.o"
+else
+    bad "MPI: mpicc is not installed (make deps installs openmpi-bin and libopenmpi-dev)"
+fi
+if sh test/scripts/mpi_gpt.sh build >"$TMP/log" 2>&1; then
+    ok "data-parallel gpt over MPI (test/scripts/mpi_gpt.sh):"
+    sed 's/^/    /' "$TMP/log"
+else
+    bad "data-parallel gpt over MPI (test/scripts/mpi_gpt.sh)"
+fi
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
