@@ -29,6 +29,10 @@
  * micro-batch (tb_dp_rng(): a function of a base stream, the step and the
  * micro-batch index), never to a process.
  *
+ * ZeRO-1 (tb_zero) shards AdamW's moments across the ranks: each rank
+ * updates its slice of the flattened parameters and the parameters are
+ * all-gathered, bitwise as one unsharded optimizer.
+ *
  * Cost: every rank receives all n_micro gradients (n_micro x the trainable
  * parameter count floats of memory and traffic per step). That is the price
  * of the simplest fixed order; a fixed tree over micro-batch index would
@@ -41,6 +45,7 @@
 #include <stdint.h>
 
 #include "context.h"
+#include "optim.h"
 #include "param.h"
 #include "rng.h"
 #include "status.h"
@@ -224,6 +229,126 @@ tb_status tb_dp_reducer_store(tb_ctx *ctx, tb_dp_reducer *r, const tb_param_list
  */
 tb_status tb_dp_reducer_reduce(tb_ctx *ctx, tb_dp_reducer *r, tb_param_list *list,
                                float *losses);
+
+/* ---- ZeRO-1: the optimizer state sharded across ranks ------------------------ */
+
+/**
+ * @brief ZeRO stage 1: AdamW whose moments are sharded across the ranks.
+ *
+ * The list's trainable parameters (with gradients, in list order) are seen
+ * as one flat vector of N floats; rank r owns the contiguous shard
+ * [floor(r N / P), floor((r + 1) N / P)). `opt` is an ordinary tb_adam over
+ * views of that shard (one 1-D view per parameter piece, under the
+ * parameter's name), so it holds about 2 N / P floats of moments instead of
+ * 2 N. tb_zero_step() updates the shard from the (already reduced, equal on
+ * every rank) gradients and all-gathers the parameters. Adam's update is
+ * element by element, so the result is bitwise that of one tb_adam over the
+ * whole list (tested for 1..5 ranks).
+ */
+typedef struct tb_zero {
+    const tb_comm *comm;    /**< The communicator (not owned). */
+    size_t numel;           /**< N: trainable floats over all parameters. */
+    size_t lo;              /**< This rank's shard: [lo, hi) of the flat vector. */
+    size_t hi;              /**< End of the shard. */
+    size_t n_params;        /**< Trainable list entries at init. */
+    tb_param *views;        /**< n_views views of shard pieces (value and grad). */
+    size_t *view_of;        /**< n_views: the list index each view is part of. */
+    size_t *view_at;        /**< n_views: the view's first element in its parameter. */
+    size_t n_views;         /**< Shard pieces. */
+    tb_param_list list;     /**< The views, named as their parameters. */
+    tb_adam opt;            /**< AdamW over the shard. */
+    float *flat;            /**< N floats: all-gathered parameter values. */
+    float *save;            /**< 4 (hi - lo) floats: the shard before a step. */
+    size_t *recv_bytes;     /**< comm->size shard sizes in bytes. */
+    tb_allocator allocator; /**< Hooks the buffers came from. */
+} tb_zero;
+
+/**
+ * @brief Shard the list's trainable parameters over comm and set up AdamW
+ * (cfg) for this rank's shard.
+ * @param ctx Context.
+ * @param z State to initialise; left empty on failure.
+ * @param comm Communicator; must outlive z.
+ * @param list Parameters; every rank must pass the same list (same names,
+ *        shapes and values).
+ * @param cfg Optimizer configuration (as tb_adam_init()).
+ * @return As tb_adam_init(); TB_ERR_OVERFLOW; TB_ERR_NO_MEMORY.
+ */
+tb_status tb_zero_init(tb_ctx *ctx, tb_zero *z, const tb_comm *comm, const tb_param_list *list,
+                       const tb_adam_config *cfg);
+
+/** @brief Release z's state and buffers (NULL or an empty z is fine). */
+void tb_zero_free(tb_zero *z);
+
+/**
+ * @brief tb_adam_add_group() for a sharded optimizer: `select` is asked
+ * about the FULL parameters (name and shape), as it would be for an
+ * unsharded tb_adam over list, and every shard piece of a selected
+ * parameter moves into the new group.
+ * @param ctx Context.
+ * @param z State.
+ * @param list The list z was made for.
+ * @param lr The group's learning rate.
+ * @param weight_decay The group's weight decay.
+ * @param select Predicate (param.h).
+ * @param user Passed to select.
+ * @param n_selected Receives how many full parameters were selected, or NULL.
+ * @return As tb_adam_add_group(); TB_ERR_STATE if the list changed.
+ */
+tb_status tb_zero_add_group(tb_ctx *ctx, tb_zero *z, const tb_param_list *list, float lr,
+                            float weight_decay, tb_param_select_fn select, void *user,
+                            size_t *n_selected);
+
+/**
+ * @brief One AdamW step of this rank's shard, then the parameters
+ * all-gathered into every parameter of list. A collective. If the step is
+ * refused on any rank (TB_ERR_NON_FINITE: a non-finite gradient or an
+ * overflow in that rank's shard), it is refused on every rank: shards that
+ * were updated are restored, every rank's `opt.skipped` counts it, and
+ * nothing changes anywhere.
+ * @param ctx Context.
+ * @param z State.
+ * @param list The list z was made for (its gradients equal on every rank).
+ * @param lr_factor As tb_adam_step().
+ * @return TB_OK; as tb_adam_step(); TB_ERR_STATE if the list changed; or
+ *         the communicator's status.
+ */
+tb_status tb_zero_step(tb_ctx *ctx, tb_zero *z, tb_param_list *list, float lr_factor);
+
+/**
+ * @brief This rank's optimizer memory: its shard's moments and slots
+ * (tb_adam_state_bytes()) plus the step's buffers (the gathered parameters
+ * and the shard's saved copy).
+ * @param z State.
+ * @return Bytes (0 for NULL).
+ */
+size_t tb_zero_state_bytes(const tb_zero *z);
+
+/**
+ * @brief Fill `full`, an unsharded tb_adam over the same list (made with
+ * tb_adam_init() with the same configuration; its groups are not
+ * changed), with every rank's moments, the step and the skipped count: a
+ * coherent optimizer state, e.g. for tb_checkpoint_save(). A collective;
+ * every rank receives the whole state.
+ * @param ctx Context.
+ * @param z State.
+ * @param full Receives the state; must have the list's trainable
+ *        parameters in list order.
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG (full does not match,
+ *         or AMSGrad differs); TB_ERR_NO_MEMORY; or the communicator's status.
+ */
+tb_status tb_zero_gather_state(tb_ctx *ctx, tb_zero *z, tb_adam *full);
+
+/**
+ * @brief Take this rank's shard of the moments, the step and the skipped
+ * count from `full` (an unsharded state, e.g. just loaded from a
+ * checkpoint written by any number of processes). Not a collective.
+ * @param ctx Context.
+ * @param z State.
+ * @param full The unsharded state over the same list.
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG (full does not match).
+ */
+tb_status tb_zero_scatter_state(tb_ctx *ctx, tb_zero *z, const tb_adam *full);
 
 #ifdef __cplusplus
 }

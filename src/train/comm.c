@@ -307,3 +307,354 @@ tb_status tb_dp_reducer_reduce(tb_ctx *ctx, tb_dp_reducer *r, tb_param_list *lis
             losses[k] = all[k * stride + r->numel];
     return TB_OK;
 }
+
+/* ---- ZeRO-1 ------------------------------------------------------------------------- */
+
+/* The slots of opt have offsets 0, n_0, n_0 + n_1, ...: its moments are the
+ * flat vector of its parameters in slot order. */
+static int flat_state(const tb_adam *opt)
+{
+    size_t off = 0;
+    for (size_t i = 0; i < opt->n_slots; i++) {
+        if (opt->slots[i].offset != off)
+            return 0;
+        off += opt->slots[i].param->numel;
+    }
+    return off == opt->n_state;
+}
+
+void tb_zero_free(tb_zero *z)
+{
+    if (!z)
+        return;
+    tb_adam_free(&z->opt);
+    tb_param_list_free(&z->list);
+    tb_free_with(&z->allocator, z->views);
+    tb_free_with(&z->allocator, z->view_of);
+    tb_free_with(&z->allocator, z->view_at);
+    tb_free_with(&z->allocator, z->flat);
+    tb_free_with(&z->allocator, z->save);
+    tb_free_with(&z->allocator, z->recv_bytes);
+    memset(z, 0, sizeof *z);
+}
+
+/* The shard of rank r of P over N floats. */
+static void shard_of(size_t N, size_t P, size_t r, size_t *lo, size_t *hi)
+{
+    /* r * N may overflow for huge N: split as (r * (N / P)) + r * (N % P) / P. */
+    const size_t q = N / P, m = N % P;
+    *lo = r * q + (r * m) / P;
+    *hi = (r + 1) * q + ((r + 1) * m) / P;
+}
+
+tb_status tb_zero_init(tb_ctx *ctx, tb_zero *z, const tb_comm *comm, const tb_param_list *list,
+                       const tb_adam_config *cfg)
+{
+    if (!ctx || !z || !list || !cfg)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "ctx, z, list and cfg must not be NULL");
+    memset(z, 0, sizeof *z);
+    tb_status s = tb_comm_check(ctx, comm);
+    if (s != TB_OK || (s = tb_check_param_list(ctx, __func__, list)) != TB_OK)
+        return s;
+    for (size_t i = 0; i < list->count; i++) {
+        const tb_param *p = list->items[i].param;
+        if (p->trainable && !p->grad)
+            return tb_fail(ctx, TB_ERR_INVALID_ARG, __func__,
+                           "trainable parameter '%s' has no gradient buffer", list->items[i].name);
+    }
+    tb_zero t;
+    memset(&t, 0, sizeof t);
+    t.comm = comm;
+    t.allocator = ctx->allocator;
+    t.n_params = grad_params(list, &t.numel);
+    shard_of(t.numel, comm->size, comm->rank, &t.lo, &t.hi);
+    /* The pieces: every parameter that meets [lo, hi). */
+    size_t nv = 0, off = 0;
+    for (size_t i = 0; i < list->count; i++) {
+        const tb_param *p = list->items[i].param;
+        if (!tb_param_wants_grad(p))
+            continue;
+        if (off < t.hi && off + p->numel > t.lo)
+            nv++;
+        off += p->numel;
+    }
+    size_t flat_b, save_b, sizes_b;
+    const size_t shard = t.hi - t.lo;
+    if (!tb_mul_size(t.numel, sizeof(float), &flat_b) || !tb_mul_size(shard, 4 * sizeof(float), &save_b) ||
+        !tb_mul_size(comm->size, sizeof(size_t), &sizes_b))
+        return tb_fail(ctx, TB_ERR_OVERFLOW, __func__, "%zu parameters", t.numel);
+    void *a = NULL, *b = NULL, *c = NULL, *d = NULL, *e = NULL, *f = NULL;
+    if ((s = tb_alloc(ctx, __func__, nv * sizeof(tb_param), &a)) != TB_OK ||
+        (s = tb_alloc(ctx, __func__, nv * sizeof(size_t), &b)) != TB_OK ||
+        (s = tb_alloc(ctx, __func__, nv * sizeof(size_t), &c)) != TB_OK ||
+        (s = tb_alloc(ctx, __func__, flat_b, &d)) != TB_OK ||
+        (s = tb_alloc(ctx, __func__, save_b, &e)) != TB_OK ||
+        (s = tb_alloc(ctx, __func__, sizes_b, &f)) != TB_OK) {
+        void *all[6] = {a, b, c, d, e, f};
+        for (int i = 0; i < 6; i++)
+            tb_free_with(&t.allocator, all[i]);
+        return s;
+    }
+    t.views = a, t.view_of = b, t.view_at = c, t.flat = d, t.save = e, t.recv_bytes = f;
+    memset(t.views, 0, nv * sizeof(tb_param));
+    for (size_t r = 0; r < comm->size; r++) {
+        size_t l, h;
+        shard_of(t.numel, comm->size, r, &l, &h);
+        t.recv_bytes[r] = (h - l) * sizeof(float);
+    }
+    s = tb_param_list_init(ctx, &t.list);
+    off = 0;
+    for (size_t i = 0; s == TB_OK && i < list->count; i++) {
+        tb_param *p = list->items[i].param;
+        if (!tb_param_wants_grad(p))
+            continue;
+        if (off < t.hi && off + p->numel > t.lo) {
+            const size_t from = t.lo > off ? t.lo - off : 0;
+            const size_t to = t.hi < off + p->numel ? t.hi - off : p->numel;
+            const size_t n = to - from;
+            tb_param *v = &t.views[t.n_views];
+            s = tb_param_view(ctx, v, p->value + from, p->grad + from, 1, &n);
+            if (s == TB_OK)
+                s = tb_param_list_add(ctx, &t.list, "", list->items[i].name, v);
+            t.view_of[t.n_views] = i;
+            t.view_at[t.n_views] = from;
+            t.n_views++;
+        }
+        off += p->numel;
+    }
+    /* A rank with an empty shard (N < P) has no optimizer slots; tb_adam
+     * accepts an empty list. */
+    if (s == TB_OK)
+        s = tb_adam_init(ctx, &t.opt, &t.list, cfg);
+    if (s == TB_OK && !flat_state(&t.opt))
+        s = tb_fail(ctx, TB_ERR_STATE, __func__, "the optimizer's state is not laid out in "
+                                                 "list order");
+    if (s != TB_OK) {
+        tb_zero_free(&t);
+        return s;
+    }
+    *z = t;
+    return TB_OK;
+}
+
+static int select_none(const char *name, const tb_param *param, void *user)
+{
+    (void)name, (void)param, (void)user;
+    return 0;
+}
+
+/* The list still has the trainable parameters z was made for. */
+static tb_status zero_same_list(tb_ctx *ctx, const char *fn, const tb_zero *z,
+                                const tb_param_list *list)
+{
+    tb_status s = tb_check_param_list(ctx, fn, list);
+    if (s != TB_OK)
+        return s;
+    size_t numel;
+    const size_t n = grad_params(list, &numel);
+    if (n != z->n_params || numel != z->numel)
+        return tb_fail(ctx, TB_ERR_STATE, fn,
+                       "the list has %zu trainable parameters (%zu floats); the optimizer was "
+                       "made for %zu (%zu)",
+                       n, numel, z->n_params, z->numel);
+    for (size_t i = 0; i < z->n_views; i++) {
+        const tb_param *p = z->view_of[i] < list->count ? list->items[z->view_of[i]].param : NULL;
+        if (!p || z->views[i].value != p->value + z->view_at[i])
+            return tb_fail(ctx, TB_ERR_STATE, fn, "the list's parameters moved since tb_zero_init");
+    }
+    return TB_OK;
+}
+
+tb_status tb_zero_add_group(tb_ctx *ctx, tb_zero *z, const tb_param_list *list, float lr,
+                            float weight_decay, tb_param_select_fn select, void *user,
+                            size_t *n_selected)
+{
+    if (!z || !list || !select)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "z, list and select must not be NULL");
+    tb_status s = zero_same_list(ctx, __func__, z, list);
+    if (s != TB_OK)
+        return s;
+    /* A new group that selects nothing, then the pieces of the selected
+     * parameters moved into it. */
+    if ((s = tb_adam_add_group(ctx, &z->opt, lr, weight_decay, select_none, NULL, NULL)) !=
+        TB_OK)
+        return s;
+    const size_t g = z->opt.n_groups - 1;
+    size_t n = 0;
+    for (size_t i = 0; i < list->count; i++) {
+        const tb_param *p = list->items[i].param;
+        if (!tb_param_wants_grad(p) || !select(list->items[i].name, p, user))
+            continue;
+        n++;
+        for (size_t v = 0; v < z->opt.n_slots; v++)
+            if (z->view_of[v] == i)
+                z->opt.slots[v].group = g;
+    }
+    if (n_selected)
+        *n_selected = n;
+    return TB_OK;
+}
+
+/* The shard's values and moments, in flat order, to or from z->save. */
+static void shard_copy(tb_zero *z, int restore)
+{
+    const size_t n = z->hi - z->lo;
+    float *sv = z->save, *sm = sv + n, *svv = sm + n, *sx = svv + n;
+    size_t off = 0;
+    for (size_t i = 0; i < z->n_views; i++) {
+        tb_param *p = &z->views[i];
+        float *parts[2] = {p->value, sv + off};
+        if (restore)
+            memcpy(parts[0], parts[1], p->numel * sizeof(float));
+        else
+            memcpy(parts[1], parts[0], p->numel * sizeof(float));
+        off += p->numel;
+    }
+    if (n == 0)
+        return;
+    float *state[3] = {z->opt.m, z->opt.v, z->opt.vmax};
+    float *copy[3] = {sm, svv, sx};
+    for (int k = 0; k < 3; k++) {
+        if (!state[k])
+            continue;
+        if (restore)
+            memcpy(state[k], copy[k], n * sizeof(float));
+        else
+            memcpy(copy[k], state[k], n * sizeof(float));
+    }
+}
+
+tb_status tb_zero_step(tb_ctx *ctx, tb_zero *z, tb_param_list *list, float lr_factor)
+{
+    if (!z || !list || !z->comm)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "z (initialised) and list must not be "
+                                                      "NULL");
+    tb_status s = zero_same_list(ctx, __func__, z, list);
+    if (s != TB_OK)
+        return s;
+    /* Step the shard, then agree: any rank's refusal is every rank's. */
+    shard_copy(z, 0);
+    const tb_status mine = tb_adam_step(ctx, &z->opt, lr_factor);
+    const size_t P = z->comm->size;
+    int32_t st[64], *all = st;
+    void *heap = NULL;
+    if (P > 64) {
+        if ((s = tb_alloc(ctx, __func__, P * sizeof(int32_t), &heap)) != TB_OK)
+            return s; /* the peers then fail in the communicator */
+        all = heap;
+    }
+    size_t four[64], *sizes = four;
+    void *heap2 = NULL;
+    if (P > 64) {
+        if ((s = tb_alloc(ctx, __func__, P * sizeof(size_t), &heap2)) != TB_OK) {
+            tb_free_with(&z->allocator, heap);
+            return s;
+        }
+        sizes = heap2;
+    }
+    for (size_t r = 0; r < P; r++)
+        sizes[r] = sizeof(int32_t);
+    const int32_t me = (int32_t)mine;
+    s = tb_comm_allgatherv(ctx, z->comm, &me, sizeof me, all, sizes);
+    size_t bad = P;
+    for (size_t r = 0; s == TB_OK && r < P && bad == P; r++)
+        if (all[r] != TB_OK)
+            bad = r;
+    const tb_status first_bad = bad < P ? (tb_status)all[bad] : TB_OK;
+    tb_free_with(&z->allocator, heap);
+    tb_free_with(&z->allocator, heap2);
+    if (s != TB_OK)
+        return s;
+    if (bad < P) {
+        if (mine == TB_OK) {
+            shard_copy(z, 1);
+            z->opt.step--;
+            z->opt.skipped++;
+            return tb_fail(ctx, first_bad, __func__,
+                           "rank %zu refused its shard's step (%s): no rank changed anything",
+                           bad, tb_strerror(first_bad));
+        }
+        return mine; /* tb_adam_step's own message, nothing changed */
+    }
+    /* All-gather the parameters: this rank's shard is contiguous in the
+     * flat vector; pack it into save (free now), gather, unpack. */
+    size_t off = 0;
+    for (size_t i = 0; i < z->n_views; i++) {
+        memcpy(z->save + off, z->views[i].value, z->views[i].numel * sizeof(float));
+        off += z->views[i].numel;
+    }
+    const size_t n = z->hi - z->lo;
+    if ((s = tb_comm_allgatherv(ctx, z->comm, n ? z->save : NULL, n * sizeof(float), z->flat,
+                                z->recv_bytes)) != TB_OK)
+        return s;
+    off = 0;
+    for (size_t i = 0; i < list->count; i++) {
+        tb_param *p = list->items[i].param;
+        if (!tb_param_wants_grad(p))
+            continue;
+        memcpy(p->value, z->flat + off, p->numel * sizeof(float));
+        off += p->numel;
+    }
+    return TB_OK;
+}
+
+size_t tb_zero_state_bytes(const tb_zero *z)
+{
+    if (!z)
+        return 0;
+    return tb_adam_state_bytes(&z->opt) + z->numel * sizeof(float) +
+           4 * (z->hi - z->lo) * sizeof(float);
+}
+
+/* full is an unsharded optimizer over z's parameters. */
+static tb_status check_full(tb_ctx *ctx, const char *fn, const tb_zero *z, const tb_adam *full)
+{
+    if (full->n_state != z->numel || full->n_slots != z->n_params || !flat_state(full))
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn,
+                       "full has %zu slots (%zu floats); the sharded optimizer covers %zu (%zu)",
+                       full->n_slots, full->n_state, z->n_params, z->numel);
+    if ((full->vmax != NULL) != (z->opt.vmax != NULL) && z->hi > z->lo)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, fn, "AMSGrad differs");
+    return TB_OK;
+}
+
+tb_status tb_zero_gather_state(tb_ctx *ctx, tb_zero *z, tb_adam *full)
+{
+    if (!z || !full || !z->comm)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "z and full must not be NULL");
+    tb_status s = check_full(ctx, __func__, z, full);
+    if (s != TB_OK)
+        return s;
+    const size_t n = z->hi - z->lo;
+    float *state[3] = {z->opt.m, z->opt.v, z->opt.vmax};
+    float *into[3] = {full->m, full->v, full->vmax};
+    for (int k = 0; k < 3 && s == TB_OK; k++) {
+        if (!into[k])
+            continue;
+        s = tb_comm_allgatherv(ctx, z->comm, n ? state[k] : NULL, n * sizeof(float), into[k],
+                               z->recv_bytes);
+    }
+    if (s == TB_OK) {
+        full->step = z->opt.step;
+        full->skipped = z->opt.skipped;
+    }
+    return s;
+}
+
+tb_status tb_zero_scatter_state(tb_ctx *ctx, tb_zero *z, const tb_adam *full)
+{
+    if (!z || !full)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "z and full must not be NULL");
+    tb_status s = check_full(ctx, __func__, z, full);
+    if (s != TB_OK)
+        return s;
+    const size_t n = z->hi - z->lo;
+    const float *from[3] = {full->m, full->v, full->vmax};
+    float *state[3] = {z->opt.m, z->opt.v, z->opt.vmax};
+    for (int k = 0; k < 3 && n; k++)
+        if (state[k] && from[k])
+            memcpy(state[k], from[k] + z->lo, n * sizeof(float));
+    z->opt.step = full->step;
+    z->opt.skipped = full->skipped;
+    return TB_OK;
+}

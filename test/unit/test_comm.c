@@ -453,17 +453,26 @@ END_TEST
 
 /* ---- training: a linear regression over P fake ranks ----------------------------- */
 
-enum { IN = 6, OUT = 3, MB = 5, K_TRAIN = 5, STEPS = 6 };
+enum { IN = 6, OUT = 3, MB = 5, K_TRAIN = 5, STEPS = 6, NP = OUT * IN + OUT };
 
 typedef struct train_job {
     size_t K;
+    int zero;                 /* ZeRO-1 (tb_zero) instead of one tb_adam */
+    uint64_t from, to;        /* steps [from, to) */
+    const float *start;       /* NULL, or NP values (weight, bias) to start from */
+    const tb_adam *start_opt; /* with start: the unsharded state to start from */
+    size_t poison_rank;       /* a rank whose gradient gets a NaN before step 0 (SIZE_MAX) */
     tb_status st;
-    float w[OUT * IN], bias[OUT], loss[STEPS];
+    float w[OUT * IN], bias[OUT], loss[STEPS], m[NP], v[NP];
+    uint64_t step, skipped;
+    size_t shard_floats;      /* moments this rank holds (per moment) */
+    size_t state_bytes;
     char err[TB_ERROR_DETAIL_MAX];
 } train_job;
 
 /* Micro-batch data from the micro-batch's own stream, a Linear, the mean
- * squared error (its gradient 2 (y - t) / (MB OUT K)), AdamW. */
+ * squared error (its gradient 2 (y - t) / (MB OUT K)), AdamW with weight
+ * decay 0.1 and a no-decay group (the bias) at lr 0.02. */
 static void train_rank(tb_comm *comm, void *arg)
 {
     train_job *j = arg;
@@ -474,23 +483,50 @@ static void train_rank(tb_comm *comm, void *arg)
     tb_rng_init(&rng, 11);
     tb_linear lin;
     tb_param_list list;
-    tb_adam opt;
+    tb_adam opt, full;
+    tb_zero z;
     tb_dp_reducer r;
-    memset(&opt, 0, sizeof opt);
+    memset(&opt, 0, sizeof opt), memset(&full, 0, sizeof full), memset(&z, 0, sizeof z);
     memset(&r, 0, sizeof r);
     tb_param_list_init(&ctx, &list);
     tb_status s = tb_linear_init(&ctx, &lin, IN, OUT, 1, &rng);
     const tb_rng base = rng;
     tb_adam_config oc = tb_adamw_default_config();
     oc.lr = 0.05f;
+    oc.weight_decay = 0.1f;
     if (s == TB_OK)
         s = tb_linear_params(&ctx, &lin, "lin.", &list);
+    if (s == TB_OK && j->start) {
+        memcpy(lin.weight.value, j->start, OUT * IN * sizeof(float));
+        memcpy(lin.bias.value, j->start + OUT * IN, OUT * sizeof(float));
+    }
+    /* The unsharded state: the optimizer itself, or (ZeRO) what its state
+     * is gathered into and scattered from. */
     if (s == TB_OK)
-        s = tb_adam_init(&ctx, &opt, &list, &oc);
+        s = tb_adam_init(&ctx, &full, &list, &oc);
+    if (s == TB_OK)
+        s = tb_adam_add_group(&ctx, &full, 0.02f, 0.0f, tb_select_no_decay, NULL, NULL);
+    if (s == TB_OK && j->start_opt) {
+        memcpy(full.m, j->start_opt->m, NP * sizeof(float));
+        memcpy(full.v, j->start_opt->v, NP * sizeof(float));
+        full.step = j->start_opt->step, full.skipped = j->start_opt->skipped;
+    }
+    if (s == TB_OK && j->zero) {
+        size_t nsel = 0;
+        s = tb_zero_init(&ctx, &z, comm, &list, &oc);
+        if (s == TB_OK)
+            s = tb_zero_add_group(&ctx, &z, &list, 0.02f, 0.0f, tb_select_no_decay, NULL, &nsel);
+        if (s == TB_OK && nsel != 1)
+            s = tb_ctx_set_error(&ctx, TB_ERR_STATE, "test: %zu no-decay parameters", nsel);
+        if (s == TB_OK)
+            s = tb_zero_scatter_state(&ctx, &z, &full);
+        j->shard_floats = z.opt.n_state;
+        j->state_bytes = tb_zero_state_bytes(&z);
+    }
     if (s == TB_OK)
         s = tb_dp_reducer_init(&ctx, &r, comm, &list, j->K);
     float x[MB * IN], y[MB * OUT], dy[MB * OUT], tgt[MB * OUT], losses[MAX_K];
-    for (uint64_t step = 0; s == TB_OK && step < STEPS; step++) {
+    for (uint64_t step = j->from; s == TB_OK && step < j->to; step++) {
         for (size_t k = r.first; s == TB_OK && k < r.first + r.count; k++) {
             tb_rng rs;
             tb_dp_rng(&rs, &base, step, k);
@@ -515,21 +551,50 @@ static void train_rank(tb_comm *comm, void *arg)
         }
         if (s == TB_OK)
             s = tb_dp_reducer_reduce(&ctx, &r, &list, losses);
+        if (s == TB_OK && step == j->from && comm->rank == j->poison_rank)
+            z.views[0].grad[0] = NAN; /* only this rank's shard sees it */
         if (s == TB_OK)
-            s = tb_adam_step(&ctx, &opt, 1.0f);
+            s = j->zero ? tb_zero_step(&ctx, &z, &list, 1.0f) : tb_adam_step(&ctx, &full, 1.0f);
         float mean = 0.0f;
         for (size_t k = 0; s == TB_OK && k < j->K; k++)
             mean += losses[k] / (float)j->K;
         j->loss[step] = mean;
     }
+    if (s == TB_OK && j->zero)
+        s = tb_zero_gather_state(&ctx, &z, &full);
     j->st = s;
     memcpy(j->w, lin.weight.value, sizeof j->w);
     memcpy(j->bias, lin.bias.value, sizeof j->bias);
+    memcpy(j->m, full.m, sizeof j->m);
+    memcpy(j->v, full.v, sizeof j->v);
+    j->step = j->zero ? z.opt.step : full.step;
+    j->skipped = j->zero ? z.opt.skipped : full.skipped;
     snprintf(j->err, sizeof j->err, "%s", tb_ctx_error(&ctx));
     tb_dp_reducer_free(&r);
+    tb_zero_free(&z);
+    tb_adam_free(&full);
     tb_adam_free(&opt);
     tb_param_list_free(&list);
     tb_linear_free(&lin);
+}
+
+static train_job job_of(size_t K, int zero, uint64_t from, uint64_t to)
+{
+    train_job j;
+    memset(&j, 0, sizeof j);
+    j.K = K, j.zero = zero, j.from = from, j.to = to, j.poison_rank = SIZE_MAX;
+    return j;
+}
+
+/* The same weights, losses and moments as `want` (bitwise). */
+static int same_run(const train_job *a, const train_job *want)
+{
+    return memcmp(a->w, want->w, sizeof a->w) == 0 &&
+           memcmp(a->bias, want->bias, sizeof a->bias) == 0 &&
+           memcmp(a->loss + a->from, want->loss + a->from,
+                  (a->to - a->from) * sizeof(float)) == 0 &&
+           memcmp(a->m, want->m, sizeof a->m) == 0 && memcmp(a->v, want->v, sizeof a->v) == 0 &&
+           a->step == want->step;
 }
 
 /* STEPS AdamW steps over K_TRAIN micro-batches: the weights and the loss
@@ -538,8 +603,7 @@ static void train_rank(tb_comm *comm, void *arg)
 START_TEST(test_dp_training_bitwise)
 {
     static train_job one;
-    memset(&one, 0, sizeof one);
-    one.K = K_TRAIN;
+    one = job_of(K_TRAIN, 0, 0, STEPS);
     tb_comm single;
     tb_comm_single(&single);
     train_rank(&single, &one);
@@ -548,20 +612,149 @@ START_TEST(test_dp_training_bitwise)
                   (double)one.loss[0], (double)one.loss[STEPS - 1]);
     for (size_t P = 2; P <= 5; P++) {
         static train_job jobs[MAX_RANKS];
-        memset(jobs, 0, sizeof jobs);
         for (size_t r = 0; r < P; r++)
-            jobs[r].K = K_TRAIN;
+            jobs[r] = job_of(K_TRAIN, 0, 0, STEPS);
         run_ranks(P, train_rank, jobs, sizeof jobs[0]);
         for (size_t r = 0; r < P; r++) {
             ck_assert_msg(jobs[r].st == TB_OK, "P %zu rank %zu: %s", P, r, jobs[r].err);
-            ck_assert_msg(memcmp(jobs[r].w, one.w, sizeof one.w) == 0 &&
-                              memcmp(jobs[r].bias, one.bias, sizeof one.bias) == 0 &&
-                              memcmp(jobs[r].loss, one.loss, sizeof one.loss) == 0,
-                          "P %zu rank %zu: weights or losses differ from one process", P, r);
+            ck_assert_msg(same_run(&jobs[r], &one),
+                          "P %zu rank %zu: weights, losses or moments differ from one process",
+                          P, r);
         }
     }
     printf("  dp training: loss %.4f -> %.4f in %d steps, the same bits for 1..5 ranks\n",
            (double)one.loss[0], (double)one.loss[STEPS - 1], STEPS);
+}
+END_TEST
+
+/* ZeRO-1: the moments sharded over P = 1..5 ranks (each holds ~1/P of
+ * them), bitwise the unsharded run's weights, losses and (gathered)
+ * moments; saved state of 2 ranks resumed by 3 and by 1 continues as the
+ * straight run. */
+START_TEST(test_zero_bitwise_and_resharded)
+{
+    static train_job one;
+    one = job_of(K_TRAIN, 0, 0, STEPS);
+    tb_comm single;
+    tb_comm_single(&single);
+    train_rank(&single, &one);
+    ck_assert_msg(one.st == TB_OK, "%s", one.err);
+    static train_job z1;
+    z1 = job_of(K_TRAIN, 1, 0, STEPS);
+    train_rank(&single, &z1);
+    ck_assert_msg(z1.st == TB_OK && same_run(&z1, &one), "ZeRO on one process differs: %s",
+                  z1.err);
+    ck_assert_uint_eq(z1.shard_floats, NP);
+    for (size_t P = 2; P <= 5; P++) {
+        static train_job jobs[MAX_RANKS];
+        for (size_t r = 0; r < P; r++)
+            jobs[r] = job_of(K_TRAIN, 1, 0, STEPS);
+        run_ranks(P, train_rank, jobs, sizeof jobs[0]);
+        size_t total = 0;
+        for (size_t r = 0; r < P; r++) {
+            ck_assert_msg(jobs[r].st == TB_OK, "P %zu rank %zu: %s", P, r, jobs[r].err);
+            ck_assert_msg(same_run(&jobs[r], &one),
+                          "ZeRO P %zu rank %zu: weights, losses or moments differ from the "
+                          "unsharded optimizer", P, r);
+            ck_assert_uint_le(jobs[r].shard_floats, (NP + P - 1) / P);
+            total += jobs[r].shard_floats;
+        }
+        ck_assert_uint_eq(total, NP); /* every moment on exactly one rank */
+    }
+    /* 3 steps on 2 ranks, the gathered state resumed by 3 ranks and by 1. */
+    static train_job first[2], then3[3], then1;
+    for (int r = 0; r < 2; r++)
+        first[r] = job_of(K_TRAIN, 1, 0, 3);
+    run_ranks(2, train_rank, first, sizeof first[0]);
+    ck_assert_msg(first[0].st == TB_OK, "%s", first[0].err);
+    float start[NP];
+    memcpy(start, first[0].w, sizeof first[0].w);
+    memcpy(start + OUT * IN, first[0].bias, sizeof first[0].bias);
+    tb_adam saved;
+    memset(&saved, 0, sizeof saved);
+    saved.m = first[0].m, saved.v = first[0].v, saved.step = first[0].step;
+    for (int r = 0; r < 3; r++) {
+        then3[r] = job_of(K_TRAIN, 1, 3, STEPS);
+        then3[r].start = start, then3[r].start_opt = &saved;
+    }
+    run_ranks(3, train_rank, then3, sizeof then3[0]);
+    then1 = job_of(K_TRAIN, 0, 3, STEPS);
+    then1.start = start, then1.start_opt = &saved;
+    train_rank(&single, &then1);
+    for (int r = 0; r < 3; r++)
+        ck_assert_msg(then3[r].st == TB_OK && same_run(&then3[r], &one),
+                      "2 ranks then 3 (rank %d) differ from the straight run: %s", r,
+                      then3[r].err);
+    ck_assert_msg(then1.st == TB_OK && same_run(&then1, &one),
+                  "2 ranks then 1 unsharded differ from the straight run: %s", then1.err);
+    printf("  zero-1: sharded moments over 1..5 ranks bitwise the unsharded AdamW; 2 ranks "
+           "-> 3 and -> 1 resume exactly; per-rank state %zu of %d floats at P = 5\n",
+           (size_t)((NP + 4) / 5), NP);
+}
+END_TEST
+
+/* A step one rank's shard refuses (a NaN only it sees) is refused by
+ * every rank: nothing changes anywhere and every rank counts it. */
+START_TEST(test_zero_refusal_is_everyones)
+{
+    static train_job ref[3], jobs[3];
+    for (int r = 0; r < 3; r++) {
+        ref[r] = job_of(K_TRAIN, 1, 0, 0);
+        jobs[r] = job_of(K_TRAIN, 1, 0, 1);
+        jobs[r].poison_rank = 1;
+    }
+    run_ranks(3, train_rank, ref, sizeof ref[0]); /* no step: the initial weights */
+    run_ranks(3, train_rank, jobs, sizeof jobs[0]);
+    for (int r = 0; r < 3; r++) {
+        ck_assert_msg(jobs[r].st == TB_ERR_NON_FINITE, "rank %d: %s (%s)", r,
+                      tb_strerror(jobs[r].st), jobs[r].err);
+        ck_assert_msg(r == 1 || strstr(jobs[r].err, "rank 1 refused"), "%s", jobs[r].err);
+        ck_assert(jobs[r].step == 0 && jobs[r].skipped == 1);
+        ck_assert(memcmp(jobs[r].w, ref[r].w, sizeof ref[r].w) == 0);
+        ck_assert(memcmp(jobs[r].bias, ref[r].bias, sizeof ref[r].bias) == 0);
+    }
+}
+END_TEST
+
+START_TEST(test_zero_errors)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    three t;
+    three_init(&ctx, &t);
+    tb_comm c;
+    tb_comm_single(&c);
+    const tb_adam_config oc = tb_adamw_default_config();
+    tb_zero z;
+    ck_assert_int_eq(tb_zero_init(&ctx, &z, &c, &t.list, NULL), TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_zero_init(&ctx, &z, NULL, &t.list, &oc), TB_ERR_NULL_ARG);
+    tb_adam_config bad = oc;
+    bad.eps = 0.0f;
+    ck_assert_int_eq(tb_zero_init(&ctx, &z, &c, &t.list, &bad), TB_ERR_INVALID_ARG);
+    ck_assert_ptr_null(z.flat); /* left empty */
+    ck_assert_int_eq(tb_zero_init(&ctx, &z, &c, &t.list, &oc), TB_OK);
+    ck_assert_uint_eq(z.numel, N_A + N_B);
+    ck_assert_uint_eq(z.n_views, 2); /* the frozen parameter is not there */
+    tb_adam wrong;
+    tb_param_list two;
+    tb_param_list_init(&ctx, &two);
+    tb_param_list_add(&ctx, &two, "", "a", &t.a);
+    ck_assert_int_eq(tb_adam_init(&ctx, &wrong, &two, &oc), TB_OK);
+    ck_assert_int_eq(tb_zero_gather_state(&ctx, &z, &wrong), TB_ERR_INVALID_ARG);
+    ck_assert_int_eq(tb_zero_scatter_state(&ctx, &z, &wrong), TB_ERR_INVALID_ARG);
+    ck_assert_int_eq(tb_zero_step(&ctx, &z, &two, 1.0f), TB_ERR_STATE);
+    ck_assert_int_eq(tb_zero_add_group(&ctx, &z, &t.list, 0.1f, 0.0f, NULL, NULL, NULL),
+                     TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_zero_step(&ctx, NULL, &t.list, 1.0f), TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_zero_step(&ctx, &z, &t.list, -1.0f), TB_ERR_INVALID_ARG);
+    ck_assert_uint_eq(tb_zero_state_bytes(NULL), 0);
+    ck_assert_uint_gt(tb_zero_state_bytes(&z), 2 * (N_A + N_B) * sizeof(float));
+    tb_adam_free(&wrong);
+    tb_param_list_free(&two);
+    tb_zero_free(&z);
+    tb_zero_free(&z);
+    tb_zero_free(NULL);
+    three_free(&t);
 }
 END_TEST
 
@@ -607,6 +800,9 @@ Suite *suite_comm(void)
     tcase_add_test(tc, test_dp_reduce_missing_micro_batch);
     tcase_add_test(tc, test_dp_reducer_errors);
     tcase_add_test(tc, test_dp_training_bitwise);
+    tcase_add_test(tc, test_zero_bitwise_and_resharded);
+    tcase_add_test(tc, test_zero_refusal_is_everyones);
+    tcase_add_test(tc, test_zero_errors);
     tcase_add_test(tc, test_comm_broadcast_fake);
     suite_add_tcase(s, tc);
     return s;
