@@ -193,7 +193,7 @@ static int sample_text(tb_ctx *ctx, const gpt *m, const char *prompt, size_t n_n
 
 typedef struct train_opts {
     uint64_t steps, layers, heads, width, context, batch, accum, warmup, seed, threads;
-    uint64_t eval_every, patience, max_seconds, corpus_kb, stop_at, max_skipped;
+    uint64_t eval_every, patience, max_seconds, corpus_kb, stop_at, max_skipped, zero;
     double lr, dropout, wd;
     const char *data_path, *ckpt, *resume, *csv, *svg;
 } train_opts;
@@ -225,6 +225,10 @@ static int parse_train(int argc, char **argv, train_opts *o)
         {"corpus-kb", "N", "size of the built-in corpus", 16, 100000, &o->corpus_kb},
         {"stop-at", "N", "stop after step N (the schedule still spans --steps; 0: off)", 0,
          10000000, &o->stop_at},
+        {"zero", "0|1",
+         "ZeRO-1: shard AdamW's moments across the processes (same result, ~1/P of the "
+         "optimizer memory per process)",
+         0, 1, &o->zero},
         {"max-skipped", "N",
          "fail when N steps in a row are skipped for non-finite gradients (no progress)", 1,
          1000000, &o->max_skipped},
@@ -299,6 +303,11 @@ typedef struct trainer {
     train_state ts;
     curve c;
     const tb_comm *comm; /* the processes (rank 0 prints and writes) */
+    int zero;            /* --zero 1: the optimizer is z, opt is empty between saves */
+    tb_zero z;           /* ZeRO-1: this process's shard of AdamW */
+    tb_adam_config oc;   /* the optimizer's configuration (to rebuild opt to save) */
+    tb_adam *optp;       /* the optimizer that steps: &opt, or &z.opt */
+    size_t full_state;   /* bytes of the unsharded optimizer state */
     tb_dp_reducer red;   /* this rank's micro-batch gradients, reduced in order */
     float *losses;       /* accum micro-batch losses of the last step */
 } trainer;
@@ -308,6 +317,7 @@ static void trainer_free(trainer *t)
     free(t->c.step), free(t->c.train), free(t->c.val), free(t->x), free(t->y), free(t->text);
     free(t->losses);
     tb_dp_reducer_free(&t->red);
+    tb_zero_free(&t->z);
     tb_adam_free(&t->opt);
     gpt_acts_free(&t->a);
     gpt_free(&t->m);
@@ -342,6 +352,31 @@ static int load_data(trainer *t, const train_opts *o)
 
 /* Model, activations, optimizer (and its state from --resume), buffers;
  * 0 after a message. */
+/* The unsharded AdamW over the model (t->opt). */
+static tb_status full_opt_init(trainer *t)
+{
+    tb_status s = tb_adam_init(&t->ctx, &t->opt, &t->m.params, &t->oc);
+    if (s == TB_OK)
+        s = tb_adam_add_group(&t->ctx, &t->opt, t->oc.lr, 0.0f, tb_select_no_decay, NULL, NULL);
+    return s;
+}
+
+/* The checkpoint, written by rank 0. With ZeRO-1 every rank first gathers
+ * the moments into a temporary unsharded optimizer (a collective), so the
+ * file is the one an unsharded run writes. */
+static tb_status save_state(trainer *t, const char *path)
+{
+    tb_ctx *ctx = &t->ctx;
+    tb_status s = TB_OK;
+    if (t->zero && (s = full_opt_init(t)) == TB_OK)
+        s = tb_zero_gather_state(ctx, &t->z, &t->opt);
+    if (s == TB_OK && t->comm->rank == 0)
+        s = save_ckpt(ctx, path, &t->m, &t->opt, &t->rng, &t->ts);
+    if (t->zero)
+        tb_adam_free(&t->opt);
+    return s;
+}
+
 static int build(trainer *t, const train_opts *o, const gpt_config *cfg)
 {
     tb_ctx *ctx = &t->ctx;
@@ -349,14 +384,14 @@ static int build(trainer *t, const train_opts *o, const gpt_config *cfg)
     oc.lr = (float)o->lr;
     oc.beta2 = 0.95f;
     oc.weight_decay = (float)o->wd;
+    t->oc = oc;
     if (ex_failed(ctx, gpt_init(ctx, &t->m, cfg, &t->rng), "building the model") ||
         ex_failed(ctx, gpt_acts_init(ctx, &t->a, &t->m, t->B, t->T), "activations") ||
-        ex_failed(ctx, tb_adam_init(ctx, &t->opt, &t->m.params, &oc), "optimizer") ||
-        ex_failed(ctx, tb_adam_add_group(ctx, &t->opt, oc.lr, 0.0f, tb_select_no_decay, NULL, NULL),
-                  "optimizer groups") ||
+        ex_failed(ctx, full_opt_init(t), "optimizer") ||
         ex_failed(ctx, tb_dp_reducer_init(ctx, &t->red, t->comm, &t->m.params, t->accum),
                   "gradient reduction buffers"))
         return 0;
+    t->full_state = tb_adam_state_bytes(&t->opt);
     if (o->resume) {
         if (ckpt_failed(ctx,
                         tb_checkpoint_load(ctx, o->resume, &t->m.params, &t->opt, &t->rng,
@@ -365,7 +400,19 @@ static int build(trainer *t, const train_opts *o, const gpt_config *cfg)
             return 0;
         ex_shown p;
         printf("resumed from %s at step %llu\n", ex_show(&p, o->resume),
-               (unsigned long long)t->opt.step);
+               (unsigned long long)t->optp->step);
+    }
+    /* ZeRO-1: this rank's shard of the (possibly resumed) state; the
+     * unsharded optimizer is released until the next save. */
+    if (t->zero) {
+        if (ex_failed(ctx, tb_zero_init(ctx, &t->z, t->comm, &t->m.params, &oc), "ZeRO-1") ||
+            ex_failed(ctx, tb_zero_add_group(ctx, &t->z, &t->m.params, oc.lr, 0.0f,
+                                             tb_select_no_decay, NULL, NULL),
+                      "ZeRO-1 groups") ||
+            ex_failed(ctx, tb_zero_scatter_state(ctx, &t->z, &t->opt), "ZeRO-1 state"))
+            return 0;
+        tb_adam_free(&t->opt);
+        t->optp = &t->z.opt;
     }
     t->c.cap = o->steps / o->eval_every + 3;
     t->x = malloc(t->B * t->T * sizeof(int32_t)), t->y = malloc(t->B * t->T * sizeof(int32_t));
@@ -395,7 +442,7 @@ static step_result train_step(trainer *t, double *loss)
     for (size_t k = t->red.first; k < t->red.first + t->red.count; k++) {
         float l;
         tb_rng rs;
-        tb_dp_rng(&rs, &t->rng, t->opt.step, k);
+        tb_dp_rng(&rs, &t->rng, t->optp->step, k);
         tb_param_list_zero_grad(&t->m.params);
         batch_of(&t->d, &rs, 0, 0, t->B, t->T, t->x, t->y);
         if (ex_failed(ctx, gpt_forward(ctx, &t->m, &t->a, TB_MODE_TRAINING, &rs, t->x, t->y,
@@ -416,7 +463,7 @@ static step_result train_step(trainer *t, double *loss)
             fprintf(stderr,
                     "error: step %llu: the training loss is %g: the model has diverged (try a "
                     "lower --lr) or its weights hold NaN or infinity\n",
-                    (unsigned long long)t->opt.step + 1, (double)l);
+                    (unsigned long long)t->optp->step + 1, (double)l);
             return STEP_FAILED;
         }
         *loss += l / (double)t->accum;
@@ -424,11 +471,12 @@ static step_result train_step(trainer *t, double *loss)
     double gnorm;
     tb_status s = tb_clip_grad_norm(ctx, &t->m.params, CLIP_NORM, &gnorm);
     if (s == TB_OK)
-        s = tb_adam_step(ctx, &t->opt, tb_lr_factor(&t->sched, t->opt.step));
+        s = t->zero ? tb_zero_step(ctx, &t->z, &t->m.params, tb_lr_factor(&t->sched, t->optp->step))
+                    : tb_adam_step(ctx, &t->opt, tb_lr_factor(&t->sched, t->optp->step));
     if (s == TB_ERR_NON_FINITE) {
         fprintf(stderr, "warning: step %llu: non-finite gradient, step skipped\n",
-                (unsigned long long)t->opt.step + 1);
-        t->opt.step++; /* keep the schedule moving; the weights are unchanged */
+                (unsigned long long)t->optp->step + 1);
+        t->optp->step++; /* keep the schedule moving; the weights are unchanged */
         return STEP_SKIPPED;
     }
     return ex_failed(ctx, s, "optimizer step") ? STEP_FAILED : STEP_DONE;
@@ -446,10 +494,10 @@ static int evaluate(trainer *t, const train_opts *o, outputs *out, double train_
         return 0;
     if (!isfinite(vl)) {
         fprintf(stderr, "error: step %llu: the validation loss is %g: the model has diverged\n",
-                (unsigned long long)t->opt.step, vl);
+                (unsigned long long)t->optp->step, vl);
         return 0;
     }
-    const uint64_t step = t->opt.step;
+    const uint64_t step = t->optp->step;
     const double done = (double)(step - first);
     const double tps = done * (double)(t->accum * t->B * t->T) / elapsed;
     char e1[16], e2[16], tl[16];
@@ -479,9 +527,9 @@ static int evaluate(trainer *t, const train_opts *o, outputs *out, double train_
     /* Rank 0 writes; every rank learns whether it could. */
     int saved = 1;
     if (t->comm->rank == 0)
-        saved = !ckpt_failed(&t->ctx,
-                             save_ckpt(&t->ctx, o->ckpt, &t->m, &t->opt, &t->rng, &t->ts),
-                             o->ckpt);
+        saved = !ckpt_failed(&t->ctx, save_state(t, o->ckpt), o->ckpt);
+    else if (t->zero && ex_failed(&t->ctx, save_state(t, o->ckpt), "gathering the optimizer state"))
+        return 0;
     if (ex_failed(&t->ctx, tb_comm_broadcast(&t->ctx, t->comm, &saved, sizeof saved, 0),
                   "sharing the checkpoint's status"))
         return 0;
@@ -502,12 +550,12 @@ static int evaluate(trainer *t, const train_opts *o, outputs *out, double train_
  * the weights; 1, or 0 after a message. */
 static int made_progress(const trainer *t, uint64_t first, uint64_t skipped)
 {
-    if (t->opt.step - first > skipped)
+    if (t->optp->step - first > skipped)
         return 1;
     fprintf(stderr,
             "error: every step of this run (%llu-%llu) was skipped for non-finite gradients: "
             "the weights did not change\n",
-            (unsigned long long)first + 1, (unsigned long long)t->opt.step);
+            (unsigned long long)first + 1, (unsigned long long)t->optp->step);
     return 0;
 }
 
@@ -517,11 +565,11 @@ static int train_loop(trainer *t, const train_opts *o, outputs *out, const char 
                       uint64_t *skipped_total)
 {
     const double t0 = ex_seconds();
-    const uint64_t first = t->opt.step;
+    const uint64_t first = t->optp->step;
     double train_acc = 0.0;
     uint64_t train_n = 0, skipped_run = 0;
     *why = "all steps done";
-    while (t->opt.step < o->steps) {
+    while (t->optp->step < o->steps) {
         double loss;
         const step_result r = train_step(t, &loss);
         if (r == STEP_FAILED)
@@ -533,8 +581,8 @@ static int train_loop(trainer *t, const train_opts *o, outputs *out, const char 
                         "error: %llu steps in a row skipped for non-finite gradients (steps "
                         "%llu-%llu): training makes no progress (--max-skipped %llu)\n",
                         (unsigned long long)skipped_run,
-                        (unsigned long long)(t->opt.step - skipped_run + 1),
-                        (unsigned long long)t->opt.step, (unsigned long long)o->max_skipped);
+                        (unsigned long long)(t->optp->step - skipped_run + 1),
+                        (unsigned long long)t->optp->step, (unsigned long long)o->max_skipped);
                 return 0;
             }
         } else {
@@ -543,9 +591,9 @@ static int train_loop(trainer *t, const train_opts *o, outputs *out, const char 
             train_n++;
         }
         const double el = ex_seconds() - t0;
-        const int last = t->opt.step == o->steps || t->opt.step == o->stop_at ||
+        const int last = t->optp->step == o->steps || t->optp->step == o->stop_at ||
                          (o->max_seconds && el > (double)o->max_seconds);
-        if (t->opt.step % o->eval_every != 0 && !last)
+        if (t->optp->step % o->eval_every != 0 && !last)
             continue;
         if (!evaluate(t, o, out, train_n ? train_acc / (double)train_n : NAN, el, first))
             return 0;
@@ -554,8 +602,8 @@ static int train_loop(trainer *t, const train_opts *o, outputs *out, const char 
             *why = "early stop: the validation loss stopped improving";
             break;
         }
-        if (last && t->opt.step < o->steps) {
-            *why = t->opt.step == o->stop_at ? "stopped at --stop-at" : "time limit (--max-seconds)";
+        if (last && t->optp->step < o->steps) {
+            *why = t->optp->step == o->stop_at ? "stopped at --stop-at" : "time limit (--max-seconds)";
             break;
         }
     }
@@ -643,6 +691,8 @@ static int cmd_train(int argc, char **argv)
     }
     t.B = o.batch, t.T = cfg.block_size, t.accum = o.accum;
     t.comm = &g_comm;
+    t.zero = o.zero != 0;
+    t.optp = &t.opt;
     outputs out;
     memset(&out, 0, sizeof out);
     if (!load_data(&t, &o) || (t.comm->rank == 0 && !open_outputs(&o, &out))) {
@@ -658,11 +708,11 @@ static int cmd_train(int argc, char **argv)
     tb_rng_init(&t.rng, o.seed);
     int failed = !build(&t, &o, &cfg);
     const uint64_t end = o.stop_at && o.stop_at < o.steps ? o.stop_at : o.steps;
-    if (!failed && t.opt.step >= end) {
+    if (!failed && t.optp->step >= end) {
         fprintf(stderr,
                 "error: the checkpoint is at step %llu: nothing to train with --steps %llu%s "
                 "(raise --steps to train further)\n",
-                (unsigned long long)t.opt.step, (unsigned long long)o.steps,
+                (unsigned long long)t.optp->step, (unsigned long long)o.steps,
                 o.stop_at ? " and --stop-at" : "");
         ex_out_discard(&out.csv);
         ex_out_discard(&out.svg);
@@ -676,7 +726,7 @@ static int cmd_train(int argc, char **argv)
     const char *why = NULL;
     uint64_t skipped = 0;
     const double t0 = ex_seconds();
-    const uint64_t first = t.opt.step;
+    const uint64_t first = t.optp->step;
     if (!failed) {
         printf("model: %zu layers, %zu heads, width %zu, context %zu, vocabulary %d (bytes): %zu "
                "parameters\n",
@@ -686,9 +736,17 @@ static int cmd_train(int argc, char **argv)
                "%llu, cosine to 10%%), clip %g, dropout %g\n",
                (unsigned long long)o.steps, (unsigned long long)o.accum, t.B, t.T, o.lr,
                (unsigned long long)warmup, (double)CLIP_NORM, o.dropout);
-        printf("memory: activations %.1f MiB for %zu x %zu tokens, optimizer state %.1f MiB\n",
-               (double)t.a.bytes / 1048576.0, t.B, t.T,
-               (double)tb_adam_state_bytes(&t.opt) / 1048576.0);
+        if (t.zero)
+            printf("memory: activations %.1f MiB for %zu x %zu tokens, optimizer state %.3f MiB "
+                   "per process (ZeRO-1: 1/%zu of %.3f MiB) + %.3f MiB step buffers\n",
+                   (double)t.a.bytes / 1048576.0, t.B, t.T,
+                   (double)tb_adam_state_bytes(&t.z.opt) / 1048576.0, t.comm->size,
+                   (double)t.full_state / 1048576.0,
+                   (double)(tb_zero_state_bytes(&t.z) - tb_adam_state_bytes(&t.z.opt)) /
+                       1048576.0);
+        else
+            printf("memory: activations %.1f MiB for %zu x %zu tokens, optimizer state %.1f MiB\n",
+                   (double)t.a.bytes / 1048576.0, t.B, t.T, (double)t.full_state / 1048576.0);
         printf("processes: %zu (rank 0 computes %zu of the %llu micro-batches of a step; "
                "their gradients are summed in micro-batch order)%s\n",
                t.comm->size, t.red.count, (unsigned long long)o.accum,
@@ -705,14 +763,14 @@ static int cmd_train(int argc, char **argv)
             snprintf(note, sizeof note, " (%llu skipped: non-finite gradients)",
                      (unsigned long long)skipped);
         printf("done: %s; %llu steps%s in %.1f s, best validation loss %.4f\n", why,
-               (unsigned long long)(t.opt.step - first), note, ex_seconds() - t0, t.ts.best_val);
+               (unsigned long long)(t.optp->step - first), note, ex_seconds() - t0, t.ts.best_val);
     }
     /* Named only if written, on success and on failure alike. */
     if (!finish_outputs(&out, &t.c))
         failed = 1;
     if (!failed) {
         print_sample(&t, o.seed);
-        printf("final: steps=%llu best_val=%.4f\n", (unsigned long long)t.opt.step,
+        printf("final: steps=%llu best_val=%.4f\n", (unsigned long long)t.optp->step,
                t.ts.best_val);
     }
     trainer_free(&t);

@@ -5,8 +5,12 @@
 #             P = 1, 2, 3 write byte-identical loss curves (CSV) and
 #             checkpoints, with dropout, for an --accum that P divides and
 #             one it does not (5 micro-batches over 2 and 3 processes)
-#   resume    a run saved by 2 processes and resumed by 3, or by 1 (plain
-#             gpt), ends with the checkpoint of the uninterrupted run
+#   zero      --zero 1 (ZeRO-1: AdamW's moments sharded) on 2 and 3
+#             processes: the same bits again, and each process reports
+#             about 1/P of the unsharded optimizer state
+#   resume    a run saved by 2 processes (ZeRO-1) and resumed by 3 (ZeRO-1),
+#             or by 1 (plain gpt), ends with the checkpoint of the
+#             uninterrupted run
 #   fault     a rank killed (SIGKILL) mid-run stops the job with mpirun's
 #             message naming the signal, within a timeout (no hang); the
 #             last checkpoint is intact and resumes
@@ -75,17 +79,36 @@ else
     bad "3 processes: not exactly one report" "$TMP/p6-3.out"
 fi
 
+# ---- ZeRO-1 ---------------------------------------------------------------------------------
+for P in 2 3; do
+    if ! par "$P" "z$P" --steps 6 --accum 6 --zero 1; then
+        bad "mpirun -np $P gpt_mpi train --zero 1" "$TMP/z$P.out"
+    elif same x s6 "z$P"; then
+        ok "ZeRO-1 over $P processes: loss curve and checkpoint bitwise those of one unsharded process"
+    else
+        bad "ZeRO-1 over $P processes differs from one process" "$TMP/cmp" "$TMP/z$P.out"
+    fi
+done
+# "optimizer state X MiB per process (ZeRO-1: 1/3 of Y MiB)": X <= Y / 3 (+ rounding).
+if awk '/^memory:.*ZeRO-1: 1\/3 of/ { for (i = 1; i <= NF; i++) { if ($i == "state") x = $(i+1);
+        if ($i == "of") y = $(i+1) } found = 1 }
+        END { exit !(found && x > 0 && x <= y / 3 + 0.001) }' "$TMP/z3.out" 2>/dev/null; then
+    ok "ZeRO-1 over 3 processes: $(sed -n 's/.*optimizer state \([^+]*\) +.*/\1/p' "$TMP/z3.out")"
+else
+    bad "ZeRO-1 over 3 processes does not report 1/3 of the optimizer state" "$TMP/z3.out"
+fi
+
 # ---- resume across process counts ---------------------------------------------------------
-if par 2 r2 --steps 6 --accum 6 --stop-at 3; then
+if par 2 r2 --steps 6 --accum 6 --stop-at 3 --zero 1; then
     cp "$TMP/r2.st" "$TMP/r1.st"
-    if par 3 r3 --steps 6 --accum 6 --resume "$TMP/r2.st" && cmp -s "$TMP/r3.st" "$TMP/s6.st"; then
-        ok "saved by 2 processes at step 3, resumed by 3: the checkpoint of the straight run"
+    if par 3 r3 --steps 6 --accum 6 --resume "$TMP/r2.st" --zero 1 && cmp -s "$TMP/r3.st" "$TMP/s6.st"; then
+        ok "saved by 2 processes (ZeRO-1) at step 3, resumed by 3 (ZeRO-1): the checkpoint of the straight run"
     else
         bad "resume 2 -> 3 processes" "$TMP/r3.out"
     fi
     if "$GPT" train $COMMON --steps 6 --accum 6 --resume "$TMP/r1.st" --ckpt "$TMP/r1.st" \
         >"$TMP/r1.out" 2>&1 && cmp -s "$TMP/r1.st" "$TMP/s6.st"; then
-        ok "saved by 2 processes at step 3, resumed by 1: the checkpoint of the straight run"
+        ok "saved by 2 processes (ZeRO-1) at step 3, resumed by 1: the checkpoint of the straight run"
     else
         bad "resume 2 -> 1 process" "$TMP/r1.out"
     fi
