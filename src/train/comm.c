@@ -374,7 +374,7 @@ tb_status tb_zero_init(tb_ctx *ctx, tb_zero *z, const tb_comm *comm, const tb_pa
         const tb_param *p = list->items[i].param;
         if (!tb_param_wants_grad(p))
             continue;
-        if (off < t.hi && off + p->numel > t.lo)
+        if (t.lo < t.hi && off < t.hi && off + p->numel > t.lo)
             nv++;
         off += p->numel;
     }
@@ -408,7 +408,7 @@ tb_status tb_zero_init(tb_ctx *ctx, tb_zero *z, const tb_comm *comm, const tb_pa
         tb_param *p = list->items[i].param;
         if (!tb_param_wants_grad(p))
             continue;
-        if (off < t.hi && off + p->numel > t.lo) {
+        if (t.lo < t.hi && off < t.hi && off + p->numel > t.lo) {
             const size_t from = t.lo > off ? t.lo - off : 0;
             const size_t to = t.hi < off + p->numel ? t.hi - off : p->numel;
             const size_t n = to - from;

@@ -716,6 +716,69 @@ START_TEST(test_zero_refusal_is_everyones)
 }
 END_TEST
 
+/* Fewer parameters than ranks: a rank may own nothing and still takes
+ * part; the result is the unsharded one. */
+typedef struct tiny_job {
+    int zero;
+    tb_status st;
+    float value[2];
+    size_t n_state;
+} tiny_job;
+
+static void tiny_rank(tb_comm *comm, void *arg)
+{
+    tiny_job *j = arg;
+    tb_ctx ctx;
+    tb_ctx_init(&ctx);
+    const size_t two = 2;
+    tb_param p;
+    tb_param_list list;
+    tb_param_init(&ctx, &p, 1, &two, 0);
+    tb_param_list_init(&ctx, &list);
+    tb_param_list_add(&ctx, &list, "", "p", &p);
+    p.value[0] = 1.0f, p.value[1] = 2.0f, p.grad[0] = 0.5f, p.grad[1] = -0.25f;
+    const tb_adam_config oc = tb_adamw_default_config();
+    tb_zero z;
+    tb_adam a;
+    memset(&z, 0, sizeof z), memset(&a, 0, sizeof a);
+    if (j->zero) {
+        j->st = tb_zero_init(&ctx, &z, comm, &list, &oc);
+        for (int k = 0; j->st == TB_OK && k < 3; k++)
+            j->st = tb_zero_step(&ctx, &z, &list, 1.0f);
+        j->n_state = z.opt.n_state;
+    } else {
+        j->st = tb_adam_init(&ctx, &a, &list, &oc);
+        for (int k = 0; j->st == TB_OK && k < 3; k++)
+            j->st = tb_adam_step(&ctx, &a, 1.0f);
+    }
+    memcpy(j->value, p.value, sizeof j->value);
+    tb_zero_free(&z);
+    tb_adam_free(&a);
+    tb_param_list_free(&list);
+    tb_param_free(&p);
+}
+
+START_TEST(test_zero_more_ranks_than_parameters)
+{
+    tiny_job one = {0, TB_OK, {0, 0}, 0}, jobs[5];
+    tb_comm single;
+    tb_comm_single(&single);
+    tiny_rank(&single, &one);
+    ck_assert_int_eq(one.st, TB_OK);
+    memset(jobs, 0, sizeof jobs);
+    for (int r = 0; r < 5; r++)
+        jobs[r].zero = 1;
+    run_ranks(5, tiny_rank, jobs, sizeof jobs[0]);
+    size_t total = 0;
+    for (int r = 0; r < 5; r++) {
+        ck_assert_int_eq(jobs[r].st, TB_OK);
+        ck_assert(memcmp(jobs[r].value, one.value, sizeof one.value) == 0);
+        total += jobs[r].n_state;
+    }
+    ck_assert_uint_eq(total, 2);
+}
+END_TEST
+
 START_TEST(test_zero_errors)
 {
     tb_ctx ctx;
@@ -802,6 +865,7 @@ Suite *suite_comm(void)
     tcase_add_test(tc, test_dp_training_bitwise);
     tcase_add_test(tc, test_zero_bitwise_and_resharded);
     tcase_add_test(tc, test_zero_refusal_is_everyones);
+    tcase_add_test(tc, test_zero_more_ranks_than_parameters);
     tcase_add_test(tc, test_zero_errors);
     tcase_add_test(tc, test_comm_broadcast_fake);
     suite_add_tcase(s, tc);
