@@ -1253,8 +1253,8 @@ int main(int argc, char **argv)
 {
 #ifdef EX_GPT_MPI
     /* Every rank runs the command; only rank 0's stdout is kept. A rank
-     * that fails takes the job down (MPI_Abort) rather than leave the
-     * others waiting in a collective. */
+     * that fails takes the job down (MPI_Abort, below) rather than leave
+     * the others waiting in a collective. */
     if (MPI_Init(&argc, &argv) != MPI_SUCCESS) {
         fprintf(stderr, "error: MPI_Init failed\n");
         return EX_EXIT_FAILURE;
@@ -1284,7 +1284,10 @@ int main(int argc, char **argv)
                                   "decoding strategy.",
                                   cmds, sizeof cmds / sizeof cmds[0]);
 #ifdef EX_GPT_MPI
-    if (rc != EX_EXIT_OK) {
+    /* A failure may be one rank's (rank 0 could not open an output) while
+     * the others go on into a collective: end them all. Usage errors and
+     * success are every rank's alike (the same arguments and data). */
+    if (rc == EX_EXIT_FAILURE && g_comm.size > 1) {
         fflush(stdout);
         fflush(stderr);
         MPI_Abort(MPI_COMM_WORLD, rc);
