@@ -195,7 +195,10 @@ typedef struct tb_dp_reducer {
 tb_status tb_dp_reducer_init(tb_ctx *ctx, tb_dp_reducer *r, const tb_comm *comm,
                              const tb_param_list *list, size_t n_micro);
 
-/** @brief Release the reducer's buffers (NULL or an empty reducer is fine). */
+/**
+ * @brief Release the reducer's buffers; r is left empty.
+ * @param r Reducer; NULL or an empty reducer is fine.
+ */
 void tb_dp_reducer_free(tb_dp_reducer *r);
 
 /**
@@ -277,7 +280,10 @@ typedef struct tb_zero {
 tb_status tb_zero_init(tb_ctx *ctx, tb_zero *z, const tb_comm *comm, const tb_param_list *list,
                        const tb_adam_config *cfg);
 
-/** @brief Release z's state and buffers (NULL or an empty z is fine). */
+/**
+ * @brief Release z's optimizer state and buffers; z is left empty.
+ * @param z State; NULL or an empty z is fine.
+ */
 void tb_zero_free(tb_zero *z);
 
 /**
