@@ -14,6 +14,8 @@
 #   fault     a rank killed (SIGKILL) mid-run stops the job with mpirun's
 #             message naming the signal, within a timeout (no hang); the
 #             last checkpoint is intact and resumes
+#   comm      libtblocks_mpi's collectives and the reduction on 3 processes
+#             (test/tools/mpi_comm_check.c, built here with mpicc)
 # Every process runs one thread (2 cores: --oversubscribe for 3).
 # Usage: mpi_gpt.sh BUILD_DIR   (prints "ok - ..." lines; exits 1 on failure)
 set -u
@@ -36,6 +38,16 @@ fi
 # Open MPI refuses root without these; one thread per process.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 MPIRUN="mpirun --oversubscribe"
+
+# ---- the communicator itself ----------------------------------------------------------
+if mpicc -std=c11 -Wall -Wextra -Werror -Iinclude -fopenmp -o "$TMP/commcheck" test/tools/mpi_comm_check.c \
+    lib/libtblocks_mpi.a lib/libtblocks.a -lm >"$TMP/cc.log" 2>&1 &&
+    timeout 60 $MPIRUN -np 3 "$TMP/commcheck" >"$TMP/comm.out" 2>&1 &&
+    [ "$(grep -c '^ok rank' "$TMP/comm.out")" = 3 ]; then
+    ok "libtblocks_mpi on 3 processes: variable all-gather (an empty block), broadcast, barrier, the in-order reduction"
+else
+    bad "libtblocks_mpi on 3 processes" "$TMP/cc.log" "$TMP/comm.out"
+fi
 
 COMMON="--layers 1 --width 32 --heads 2 --context 16 --batch 4 --corpus-kb 16 --max-seconds 0 \
 --threads 1 --warmup 2 --dropout 0.1 --eval-every 3"
