@@ -1266,12 +1266,36 @@ static int cmd_repetition(int argc, char **argv)
     return rc == 0 ? EX_EXIT_OK : rc == -2 ? EX_EXIT_USAGE : EX_EXIT_FAILURE;
 }
 
+static int run_commands(int argc, char **argv)
+{
+    static const ex_command cmds[] = {
+        {"train", "train a model (writes the checkpoint --ckpt, default gpt.safetensors)",
+         cmd_train},
+        {"generate", "continue a prompt from a checkpoint", cmd_generate},
+        {"repetition", "one prompt, every decoding strategy, repetition measured",
+         cmd_repetition},
+    };
+    return ex_run_command(argc, argv,
+                          "Train a small byte-level GPT and generate text with every decoding "
+                          "strategy.",
+                          cmds, sizeof cmds / sizeof cmds[0]);
+}
+
 int main(int argc, char **argv)
 {
 #ifdef EX_GPT_MPI
-    /* Every rank runs the command; only rank 0's stdout is kept. A rank
-     * that fails takes the job down (MPI_Abort, below) rather than leave
-     * the others waiting in a collective. */
+    /* Started by a launcher (mpirun, mpiexec, srun), it joins the job;
+     * started alone it is one process and does not start MPI at all
+     * (MPI's singleton start-up costs most of a second). In a job every
+     * rank runs the command; only rank 0's stdout is kept. A rank that
+     * fails takes the job down (MPI_Abort, below) rather than leave the
+     * others waiting in a collective. */
+    const int launched = getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") ||
+                         getenv("PMI_RANK") || getenv("PMIX_RANK");
+    if (!launched) {
+        tb_comm_single(&g_comm);
+        return run_commands(argc, argv);
+    }
     int mpi_rc = MPI_SUCCESS;
     EX_MPI_UNTRACKED(mpi_rc = MPI_Init(&argc, &argv));
     if (mpi_rc != MPI_SUCCESS) {
@@ -1293,17 +1317,7 @@ int main(int argc, char **argv)
 #else
     tb_comm_single(&g_comm);
 #endif
-    static const ex_command cmds[] = {
-        {"train", "train a model (writes the checkpoint --ckpt, default gpt.safetensors)",
-         cmd_train},
-        {"generate", "continue a prompt from a checkpoint", cmd_generate},
-        {"repetition", "one prompt, every decoding strategy, repetition measured",
-         cmd_repetition},
-    };
-    const int rc = ex_run_command(argc, argv,
-                                  "Train a small byte-level GPT and generate text with every "
-                                  "decoding strategy.",
-                                  cmds, sizeof cmds / sizeof cmds[0]);
+    const int rc = run_commands(argc, argv);
 #ifdef EX_GPT_MPI
     /* A failure may be one rank's (rank 0 could not open an output) while
      * the others go on into a collective: end them all. Usage errors and

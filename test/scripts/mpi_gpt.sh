@@ -4,7 +4,8 @@
 #   bitwise   `gpt train` (one process) and `mpirun -np P gpt_mpi train` for
 #             P = 1, 2, 3 write byte-identical loss curves (CSV) and
 #             checkpoints, with dropout, for an --accum that P divides and
-#             one it does not (5 micro-batches over 2 and 3 processes)
+#             one it does not (5 micro-batches over 2 and 3 processes); and
+#             gpt_mpi started without mpirun (one process, MPI not started)
 #   zero      --zero 1 (ZeRO-1: AdamW's moments sharded) on 2 and 3
 #             processes: the same bits again, and each process reports
 #             about 1/P of the unsharded optimizer state
@@ -84,6 +85,13 @@ for K in 6 5; do
         fi
     done
 done
+# Started without a launcher, gpt_mpi is one process (MPI not started).
+if "$GPT_MPI" train $COMMON --steps 6 --accum 6 --ckpt "$TMP/alone.st" --csv "$TMP/alone.csv" \
+    >"$TMP/alone.out" 2>&1 && same x s6 alone; then
+    ok "gpt_mpi started alone: one process, the same bits"
+else
+    bad "gpt_mpi started alone" "$TMP/alone.out"
+fi
 # Only rank 0 writes and prints: one progress table, not P.
 if [ -f "$TMP/p6-3.out" ] && [ "$(grep -c '^final:' "$TMP/p6-3.out")" = 1 ]; then
     ok "3 processes print one report (rank 0)"
