@@ -487,9 +487,10 @@ static step_result train_step(trainer *t, double *loss)
     }
     double gnorm;
     tb_status s = tb_clip_grad_norm(ctx, &t->m.params, CLIP_NORM, &gnorm);
+    const float lr_factor = tb_lr_factor(&t->sched, t->optp->step);
     if (s == TB_OK)
-        s = t->zero ? tb_zero_step(ctx, &t->z, &t->m.params, tb_lr_factor(&t->sched, t->optp->step))
-                    : tb_adam_step(ctx, &t->opt, tb_lr_factor(&t->sched, t->optp->step));
+        s = t->zero ? tb_zero_step(ctx, &t->z, &t->m.params, lr_factor)
+                    : tb_adam_step(ctx, &t->opt, lr_factor);
     if (s == TB_ERR_NON_FINITE) {
         fprintf(stderr, "warning: step %llu: non-finite gradient, step skipped\n",
                 (unsigned long long)t->optp->step + 1);
@@ -545,7 +546,8 @@ static int evaluate(trainer *t, const train_opts *o, outputs *out, double train_
     int saved = 1;
     if (t->comm->rank == 0)
         saved = !ckpt_failed(&t->ctx, save_state(t, o->ckpt), o->ckpt);
-    else if (t->zero && ex_failed(&t->ctx, save_state(t, o->ckpt), "gathering the optimizer state"))
+    else if (t->zero &&
+             ex_failed(&t->ctx, save_state(t, o->ckpt), "gathering the optimizer state"))
         return 0;
     if (ex_failed(&t->ctx, tb_comm_broadcast(&t->ctx, t->comm, &saved, sizeof saved, 0),
                   "sharing the checkpoint's status"))
@@ -620,7 +622,8 @@ static int train_loop(trainer *t, const train_opts *o, outputs *out, const char 
             break;
         }
         if (last && t->optp->step < o->steps) {
-            *why = t->optp->step == o->stop_at ? "stopped at --stop-at" : "time limit (--max-seconds)";
+            *why = t->optp->step == o->stop_at ? "stopped at --stop-at"
+                                                : "time limit (--max-seconds)";
             break;
         }
     }

@@ -380,7 +380,8 @@ tb_status tb_zero_init(tb_ctx *ctx, tb_zero *z, const tb_comm *comm, const tb_pa
     }
     size_t flat_b, save_b, sizes_b;
     const size_t shard = t.hi - t.lo;
-    if (!tb_mul_size(t.numel, sizeof(float), &flat_b) || !tb_mul_size(shard, 4 * sizeof(float), &save_b) ||
+    if (!tb_mul_size(t.numel, sizeof(float), &flat_b) ||
+        !tb_mul_size(shard, 4 * sizeof(float), &save_b) ||
         !tb_mul_size(comm->size, sizeof(size_t), &sizes_b))
         return tb_fail(ctx, TB_ERR_OVERFLOW, __func__, "%zu parameters", t.numel);
     void *a = NULL, *b = NULL, *c = NULL, *d = NULL, *e = NULL, *f = NULL;
