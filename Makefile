@@ -109,11 +109,51 @@ DEBUG_FLAGS    := -DTB_DEBUG
 SANITIZE_ENV   := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
                   LSAN_OPTIONS=suppressions=$(CURDIR)/test/lsan.supp:print_suppressions=0
 
-.PHONY: all lib examples check deps test test-build test-unit test-scripts sanitize sanitize-build \
-        fuzz fuzz-build fuzz-seeds bench docs demo guide guide-fast correctness \
+.PHONY: all lib examples mpi check deps test test-build test-unit test-scripts sanitize \
+        sanitize-build fuzz fuzz-build fuzz-seeds bench docs demo guide guide-fast correctness \
         install uninstall clean help
 
-all: lib examples
+all: lib examples mpi
+
+# ---- MPI (optional) ---------------------------------------------------------
+# libtblocks_mpi.a (include/tblocks_mpi.h, mpi/*.c: comm.h's communicator
+# over MPI) and build/bin/gpt_mpi (examples/gpt/main.c built with EX_GPT_MPI)
+# are built only when the MPI compiler wrapper MPICC is found; its compile
+# and link flags are taken from it (Open MPI's --showme, MPICH's -compile-info
+# style wrappers are used as the compiler otherwise). Without it `make all`
+# says so and builds the rest.
+MPICC     ?= mpicc
+HAVE_MPI  := $(shell command -v $(MPICC) 2>/dev/null)
+MPI_LIB   := $(LIBOUT)/libtblocks_mpi.a
+MPI_SRC   := $(sort $(wildcard mpi/*.c))
+MPI_OBJ   := $(MPI_SRC:%.c=$(BUILD)/%.o)
+GPT_MPI   := $(BUILD)/bin/gpt_mpi
+ifneq ($(HAVE_MPI),)
+MPI_CFLAGS := $(patsubst -I%,-isystem %,$(shell $(MPICC) --showme:compile 2>/dev/null))
+MPI_LIBS   := $(shell $(MPICC) --showme:link 2>/dev/null)
+MPI_CC     := $(if $(MPI_LIBS),$(CC),$(MPICC))
+mpi: $(MPI_LIB) $(GPT_MPI)
+else
+mpi:
+	@echo "make: MPI compiler wrapper '$(MPICC)' not found: libtblocks_mpi.a and $(GPT_MPI) not built"
+endif
+
+$(MPI_LIB): $(MPI_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/mpi/%.o: mpi/%.c $(FLAGS_STAMP)
+	@mkdir -p $(dir $@)
+	$(MPI_CC) $(CFLAGS_ALL) $(MPI_CFLAGS) $(DEPFLAGS) -c $< -o $@
+
+$(BUILD)/examples/gpt/main_mpi.o: examples/gpt/main.c $(FLAGS_STAMP)
+	@mkdir -p $(dir $@)
+	$(MPI_CC) $(CFLAGS_ALL) $(MPI_CFLAGS) -DEX_GPT_MPI -Iexamples/common $(DEPFLAGS) -c $< -o $@
+
+$(GPT_MPI): $(BUILD)/examples/gpt/main_mpi.o $(EXAMPLE_COMMON_OBJ) $(MPI_LIB) $(LIB)
+	@mkdir -p $(dir $@)
+	$(MPI_CC) $(CFLAGS_ALL) -o $@ $(filter %.o,$^) $(MPI_LIB) $(LIB) $(MPI_LIBS) $(LDLIBS_ALL)
 
 lib: $(LIB)
 
@@ -420,20 +460,35 @@ $(BUILD)/tblocks.pc: pkgconfig/tblocks.pc.in include/tblocks/version.h
 
 .PHONY: $(BUILD)/tblocks.pc
 
-install: $(LIB) $(BUILD)/tblocks.pc
+$(BUILD)/tblocks-mpi.pc: pkgconfig/tblocks-mpi.pc.in include/tblocks/version.h
+	@mkdir -p $(dir $@)
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR_INSTALL)|' \
+	    -e 's|@INCLUDEDIR@|$(INCDIR_INSTALL)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
+
+.PHONY: $(BUILD)/tblocks-mpi.pc
+
+# libtblocks_mpi.a, its header and tblocks-mpi.pc are installed when MPI
+# was found (HAVE_MPI).
+install: $(LIB) $(BUILD)/tblocks.pc $(if $(HAVE_MPI),$(MPI_LIB) $(BUILD)/tblocks-mpi.pc)
 	install -d $(DESTDIR)$(LIBDIR_INSTALL)/pkgconfig $(DESTDIR)$(INCDIR_INSTALL)/tblocks
 	install -m 644 $(LIB) $(DESTDIR)$(LIBDIR_INSTALL)/libtblocks.a
 	install -m 644 include/tblocks.h $(DESTDIR)$(INCDIR_INSTALL)/tblocks.h
 	install -m 644 include/tblocks/*.h $(DESTDIR)$(INCDIR_INSTALL)/tblocks/
 	install -m 644 $(BUILD)/tblocks.pc $(DESTDIR)$(LIBDIR_INSTALL)/pkgconfig/tblocks.pc
+ifneq ($(HAVE_MPI),)
+	install -m 644 $(MPI_LIB) $(DESTDIR)$(LIBDIR_INSTALL)/libtblocks_mpi.a
+	install -m 644 include/tblocks_mpi.h $(DESTDIR)$(INCDIR_INSTALL)/tblocks_mpi.h
+	install -m 644 $(BUILD)/tblocks-mpi.pc $(DESTDIR)$(LIBDIR_INSTALL)/pkgconfig/tblocks-mpi.pc
+endif
 
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR_INSTALL)/libtblocks.a $(DESTDIR)$(LIBDIR_INSTALL)/pkgconfig/tblocks.pc
-	rm -f $(DESTDIR)$(INCDIR_INSTALL)/tblocks.h
+	rm -f $(DESTDIR)$(LIBDIR_INSTALL)/libtblocks_mpi.a $(DESTDIR)$(LIBDIR_INSTALL)/pkgconfig/tblocks-mpi.pc
+	rm -f $(DESTDIR)$(INCDIR_INSTALL)/tblocks.h $(DESTDIR)$(INCDIR_INSTALL)/tblocks_mpi.h
 	rm -f $(addprefix $(DESTDIR)$(INCDIR_INSTALL)/tblocks/,$(notdir $(wildcard include/tblocks/*.h)))
 	-rmdir $(DESTDIR)$(INCDIR_INSTALL)/tblocks 2>/dev/null
 
 clean:
-	rm -rf build lib/libtblocks.a
+	rm -rf build lib/libtblocks.a lib/libtblocks_mpi.a
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -33,6 +33,7 @@
 #include "tblocks/optim.h"
 #include "tblocks/schedule.h"
 #include "tblocks/grad.h"
+#include "tblocks/comm.h"
 #include "tblocks/safetensors.h"
 #include "tblocks/checkpoint.h"
 #include "tblocks/lora_file.h"

@@ -15,6 +15,17 @@
  * accumulation, a train/validation split, early stopping on the validation
  * loss and checkpoints that --resume continues exactly. Everything is
  * seeded: the loss curve is the same for any --threads.
+ *
+ * Data-parallel (docs/data_parallel.md): build/bin/gpt_mpi is this program
+ * built with EX_GPT_MPI and libtblocks_mpi; `mpirun -np P gpt_mpi train
+ * ...` splits each step's --accum micro-batches over the P processes
+ * (tb_dp_split()) and reduces their gradients in micro-batch order
+ * (tb_dp_reducer), so the loss curve and the checkpoint are bitwise those
+ * of one process (`gpt train`, which runs the same arithmetic with the
+ * one-process communicator). Each micro-batch draws its windows and
+ * dropout from its own stream (tb_dp_rng() of the checkpoint's stream, the
+ * step and the micro-batch index). Every rank holds the whole model and
+ * computes the same update; only rank 0 prints and writes files.
  */
 #include <math.h>
 #include <stdint.h>
@@ -30,6 +41,30 @@
 #include "ex_text.h"
 #include "gpt.h"
 #include "tblocks.h"
+#ifdef EX_GPT_MPI
+#include "tblocks_mpi.h"
+/* Under LeakSanitizer, what Open MPI allocates in MPI_Init and keeps past
+ * MPI_Finalize (its plugins are unloaded by then, so their frames cannot
+ * even be named in a suppression) is not this program's: leak checking
+ * is paused around those calls only. */
+#if defined(__SANITIZE_ADDRESS__)
+#define EX_LSAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define EX_LSAN 1
+#endif
+#endif
+#ifdef EX_LSAN
+#include <sanitizer/lsan_interface.h>
+#define EX_MPI_UNTRACKED(call) (__lsan_disable(), (call), __lsan_enable())
+#else
+#define EX_MPI_UNTRACKED(call) ((void)(call))
+#endif
+#endif
+
+/* The processes training runs on: the one-process communicator, or (in
+ * gpt_mpi) MPI_COMM_WORLD's, set up by main(). */
+static tb_comm g_comm;
 
 #define VOCAB 256
 #define VAL_PERCENT 10
@@ -175,7 +210,7 @@ static int sample_text(tb_ctx *ctx, const gpt *m, const char *prompt, size_t n_n
 
 typedef struct train_opts {
     uint64_t steps, layers, heads, width, context, batch, accum, warmup, seed, threads;
-    uint64_t eval_every, patience, max_seconds, corpus_kb, stop_at, max_skipped;
+    uint64_t eval_every, patience, max_seconds, corpus_kb, stop_at, max_skipped, zero;
     double lr, dropout, wd;
     const char *data_path, *ckpt, *resume, *csv, *svg;
 } train_opts;
@@ -207,6 +242,10 @@ static int parse_train(int argc, char **argv, train_opts *o)
         {"corpus-kb", "N", "size of the built-in corpus", 16, 100000, &o->corpus_kb},
         {"stop-at", "N", "stop after step N (the schedule still spans --steps; 0: off)", 0,
          10000000, &o->stop_at},
+        {"zero", "0|1",
+         "ZeRO-1: shard AdamW's moments across the processes (same result, ~1/P of the "
+         "optimizer memory per process)",
+         0, 1, &o->zero},
         {"max-skipped", "N",
          "fail when N steps in a row are skipped for non-finite gradients (no progress)", 1,
          1000000, &o->max_skipped},
@@ -280,11 +319,22 @@ typedef struct trainer {
     int32_t *x, *y;
     train_state ts;
     curve c;
+    const tb_comm *comm; /* the processes (rank 0 prints and writes) */
+    int zero;            /* --zero 1: the optimizer is z, opt is empty between saves */
+    tb_zero z;           /* ZeRO-1: this process's shard of AdamW */
+    tb_adam_config oc;   /* the optimizer's configuration (to rebuild opt to save) */
+    tb_adam *optp;       /* the optimizer that steps: &opt, or &z.opt */
+    size_t full_state;   /* bytes of the unsharded optimizer state */
+    tb_dp_reducer red;   /* this rank's micro-batch gradients, reduced in order */
+    float *losses;       /* accum micro-batch losses of the last step */
 } trainer;
 
 static void trainer_free(trainer *t)
 {
     free(t->c.step), free(t->c.train), free(t->c.val), free(t->x), free(t->y), free(t->text);
+    free(t->losses);
+    tb_dp_reducer_free(&t->red);
+    tb_zero_free(&t->z);
     tb_adam_free(&t->opt);
     gpt_acts_free(&t->a);
     gpt_free(&t->m);
@@ -319,6 +369,31 @@ static int load_data(trainer *t, const train_opts *o)
 
 /* Model, activations, optimizer (and its state from --resume), buffers;
  * 0 after a message. */
+/* The unsharded AdamW over the model (t->opt). */
+static tb_status full_opt_init(trainer *t)
+{
+    tb_status s = tb_adam_init(&t->ctx, &t->opt, &t->m.params, &t->oc);
+    if (s == TB_OK)
+        s = tb_adam_add_group(&t->ctx, &t->opt, t->oc.lr, 0.0f, tb_select_no_decay, NULL, NULL);
+    return s;
+}
+
+/* The checkpoint, written by rank 0. With ZeRO-1 every rank first gathers
+ * the moments into a temporary unsharded optimizer (a collective), so the
+ * file is the one an unsharded run writes. */
+static tb_status save_state(trainer *t, const char *path)
+{
+    tb_ctx *ctx = &t->ctx;
+    tb_status s = TB_OK;
+    if (t->zero && (s = full_opt_init(t)) == TB_OK)
+        s = tb_zero_gather_state(ctx, &t->z, &t->opt);
+    if (s == TB_OK && t->comm->rank == 0)
+        s = save_ckpt(ctx, path, &t->m, &t->opt, &t->rng, &t->ts);
+    if (t->zero)
+        tb_adam_free(&t->opt);
+    return s;
+}
+
 static int build(trainer *t, const train_opts *o, const gpt_config *cfg)
 {
     tb_ctx *ctx = &t->ctx;
@@ -326,12 +401,14 @@ static int build(trainer *t, const train_opts *o, const gpt_config *cfg)
     oc.lr = (float)o->lr;
     oc.beta2 = 0.95f;
     oc.weight_decay = (float)o->wd;
+    t->oc = oc;
     if (ex_failed(ctx, gpt_init(ctx, &t->m, cfg, &t->rng), "building the model") ||
         ex_failed(ctx, gpt_acts_init(ctx, &t->a, &t->m, t->B, t->T), "activations") ||
-        ex_failed(ctx, tb_adam_init(ctx, &t->opt, &t->m.params, &oc), "optimizer") ||
-        ex_failed(ctx, tb_adam_add_group(ctx, &t->opt, oc.lr, 0.0f, tb_select_no_decay, NULL, NULL),
-                  "optimizer groups"))
+        ex_failed(ctx, full_opt_init(t), "optimizer") ||
+        ex_failed(ctx, tb_dp_reducer_init(ctx, &t->red, t->comm, &t->m.params, t->accum),
+                  "gradient reduction buffers"))
         return 0;
+    t->full_state = tb_adam_state_bytes(&t->opt);
     if (o->resume) {
         if (ckpt_failed(ctx,
                         tb_checkpoint_load(ctx, o->resume, &t->m.params, &t->opt, &t->rng,
@@ -340,13 +417,26 @@ static int build(trainer *t, const train_opts *o, const gpt_config *cfg)
             return 0;
         ex_shown p;
         printf("resumed from %s at step %llu\n", ex_show(&p, o->resume),
-               (unsigned long long)t->opt.step);
+               (unsigned long long)t->optp->step);
+    }
+    /* ZeRO-1: this rank's shard of the (possibly resumed) state; the
+     * unsharded optimizer is released until the next save. */
+    if (t->zero) {
+        if (ex_failed(ctx, tb_zero_init(ctx, &t->z, t->comm, &t->m.params, &oc), "ZeRO-1") ||
+            ex_failed(ctx, tb_zero_add_group(ctx, &t->z, &t->m.params, oc.lr, 0.0f,
+                                             tb_select_no_decay, NULL, NULL),
+                      "ZeRO-1 groups") ||
+            ex_failed(ctx, tb_zero_scatter_state(ctx, &t->z, &t->opt), "ZeRO-1 state"))
+            return 0;
+        tb_adam_free(&t->opt);
+        t->optp = &t->z.opt;
     }
     t->c.cap = o->steps / o->eval_every + 3;
     t->x = malloc(t->B * t->T * sizeof(int32_t)), t->y = malloc(t->B * t->T * sizeof(int32_t));
     t->c.step = malloc(t->c.cap * sizeof(double)), t->c.train = malloc(t->c.cap * sizeof(double));
     t->c.val = malloc(t->c.cap * sizeof(double));
-    if (!t->x || !t->y || !t->c.step || !t->c.train || !t->c.val) {
+    t->losses = malloc(t->accum * sizeof(float));
+    if (!t->x || !t->y || !t->c.step || !t->c.train || !t->c.val || !t->losses) {
         fprintf(stderr, "error: out of memory for the batches\n");
         return 0;
     }
@@ -356,40 +446,55 @@ static int build(trainer *t, const train_opts *o, const gpt_config *cfg)
 typedef enum step_result { STEP_DONE, STEP_SKIPPED, STEP_FAILED } step_result;
 
 /* One optimizer step over accum micro-batches; *loss gets its mean loss.
- * A non-finite gradient skips the step (the weights stay as they were; the
- * schedule moves on); a non-finite loss fails the run. */
+ * This rank computes its micro-batches (tb_dp_split()), each from zeroed
+ * gradients with its own random stream; tb_dp_reducer_reduce() gives every
+ * rank the sum over all micro-batches in index order, so the step is the
+ * same for any number of processes. A non-finite gradient skips the step
+ * (the weights stay as they were; the schedule moves on); a non-finite
+ * loss fails the run (on every rank: each sees every loss). */
 static step_result train_step(trainer *t, double *loss)
 {
     tb_ctx *ctx = &t->ctx;
-    tb_param_list_zero_grad(&t->m.params);
     *loss = 0.0;
-    for (uint64_t k = 0; k < t->accum; k++) {
+    for (size_t k = t->red.first; k < t->red.first + t->red.count; k++) {
         float l;
-        batch_of(&t->d, &t->rng, 0, 0, t->B, t->T, t->x, t->y);
-        if (ex_failed(ctx, gpt_forward(ctx, &t->m, &t->a, TB_MODE_TRAINING, &t->rng, t->x, t->y,
+        tb_rng rs;
+        tb_dp_rng(&rs, &t->rng, t->optp->step, k);
+        tb_param_list_zero_grad(&t->m.params);
+        batch_of(&t->d, &rs, 0, 0, t->B, t->T, t->x, t->y);
+        if (ex_failed(ctx, gpt_forward(ctx, &t->m, &t->a, TB_MODE_TRAINING, &rs, t->x, t->y,
                                        t->B, t->T, &l),
-                      "forward"))
+                      "forward") ||
+            ex_failed(ctx, gpt_backward(ctx, &t->m, &t->a, t->x, t->y, 1.0f / (float)t->accum),
+                      "backward") ||
+            ex_failed(ctx, tb_dp_reducer_store(ctx, &t->red, &t->m.params, k, l),
+                      "storing the gradient"))
             return STEP_FAILED;
+    }
+    if (ex_failed(ctx, tb_dp_reducer_reduce(ctx, &t->red, &t->m.params, t->losses),
+                  "reducing the gradients"))
+        return STEP_FAILED;
+    for (uint64_t k = 0; k < t->accum; k++) {
+        const float l = t->losses[k];
         if (!isfinite(l)) {
             fprintf(stderr,
                     "error: step %llu: the training loss is %g: the model has diverged (try a "
                     "lower --lr) or its weights hold NaN or infinity\n",
-                    (unsigned long long)t->opt.step + 1, (double)l);
+                    (unsigned long long)t->optp->step + 1, (double)l);
             return STEP_FAILED;
         }
-        if (ex_failed(ctx, gpt_backward(ctx, &t->m, &t->a, t->x, t->y, 1.0f / (float)t->accum),
-                      "backward"))
-            return STEP_FAILED;
         *loss += l / (double)t->accum;
     }
     double gnorm;
     tb_status s = tb_clip_grad_norm(ctx, &t->m.params, CLIP_NORM, &gnorm);
+    const float lr_factor = tb_lr_factor(&t->sched, t->optp->step);
     if (s == TB_OK)
-        s = tb_adam_step(ctx, &t->opt, tb_lr_factor(&t->sched, t->opt.step));
+        s = t->zero ? tb_zero_step(ctx, &t->z, &t->m.params, lr_factor)
+                    : tb_adam_step(ctx, &t->opt, lr_factor);
     if (s == TB_ERR_NON_FINITE) {
         fprintf(stderr, "warning: step %llu: non-finite gradient, step skipped\n",
-                (unsigned long long)t->opt.step + 1);
-        t->opt.step++; /* keep the schedule moving; the weights are unchanged */
+                (unsigned long long)t->optp->step + 1);
+        t->optp->step++; /* keep the schedule moving; the weights are unchanged */
         return STEP_SKIPPED;
     }
     return ex_failed(ctx, s, "optimizer step") ? STEP_FAILED : STEP_DONE;
@@ -407,10 +512,10 @@ static int evaluate(trainer *t, const train_opts *o, outputs *out, double train_
         return 0;
     if (!isfinite(vl)) {
         fprintf(stderr, "error: step %llu: the validation loss is %g: the model has diverged\n",
-                (unsigned long long)t->opt.step, vl);
+                (unsigned long long)t->optp->step, vl);
         return 0;
     }
-    const uint64_t step = t->opt.step;
+    const uint64_t step = t->optp->step;
     const double done = (double)(step - first);
     const double tps = done * (double)(t->accum * t->B * t->T) / elapsed;
     char e1[16], e2[16], tl[16];
@@ -437,9 +542,24 @@ static int evaluate(trainer *t, const train_opts *o, outputs *out, double train_
     } else {
         t->ts.bad_evals++;
     }
-    if (ckpt_failed(&t->ctx, save_ckpt(&t->ctx, o->ckpt, &t->m, &t->opt, &t->rng, &t->ts),
-                    o->ckpt))
+    /* Rank 0 writes; every rank learns whether it could. */
+    int saved = 1;
+    if (t->comm->rank == 0)
+        saved = !ckpt_failed(&t->ctx, save_state(t, o->ckpt), o->ckpt);
+    else if (t->zero &&
+             ex_failed(&t->ctx, save_state(t, o->ckpt), "gathering the optimizer state"))
         return 0;
+    if (ex_failed(&t->ctx, tb_comm_broadcast(&t->ctx, t->comm, &saved, sizeof saved, 0),
+                  "sharing the checkpoint's status"))
+        return 0;
+    if (!saved) {
+        if (t->comm->rank != 0)
+            fprintf(stderr, "error: rank %zu: rank 0 could not write the checkpoint\n",
+                    t->comm->rank);
+        return 0;
+    }
+    if (t->comm->rank != 0)
+        return 1;
     out->ckpt_written = 1;
     out->ckpt_step = step;
     return 1;
@@ -449,12 +569,12 @@ static int evaluate(trainer *t, const train_opts *o, outputs *out, double train_
  * the weights; 1, or 0 after a message. */
 static int made_progress(const trainer *t, uint64_t first, uint64_t skipped)
 {
-    if (t->opt.step - first > skipped)
+    if (t->optp->step - first > skipped)
         return 1;
     fprintf(stderr,
             "error: every step of this run (%llu-%llu) was skipped for non-finite gradients: "
             "the weights did not change\n",
-            (unsigned long long)first + 1, (unsigned long long)t->opt.step);
+            (unsigned long long)first + 1, (unsigned long long)t->optp->step);
     return 0;
 }
 
@@ -464,11 +584,11 @@ static int train_loop(trainer *t, const train_opts *o, outputs *out, const char 
                       uint64_t *skipped_total)
 {
     const double t0 = ex_seconds();
-    const uint64_t first = t->opt.step;
+    const uint64_t first = t->optp->step;
     double train_acc = 0.0;
     uint64_t train_n = 0, skipped_run = 0;
     *why = "all steps done";
-    while (t->opt.step < o->steps) {
+    while (t->optp->step < o->steps) {
         double loss;
         const step_result r = train_step(t, &loss);
         if (r == STEP_FAILED)
@@ -480,8 +600,8 @@ static int train_loop(trainer *t, const train_opts *o, outputs *out, const char 
                         "error: %llu steps in a row skipped for non-finite gradients (steps "
                         "%llu-%llu): training makes no progress (--max-skipped %llu)\n",
                         (unsigned long long)skipped_run,
-                        (unsigned long long)(t->opt.step - skipped_run + 1),
-                        (unsigned long long)t->opt.step, (unsigned long long)o->max_skipped);
+                        (unsigned long long)(t->optp->step - skipped_run + 1),
+                        (unsigned long long)t->optp->step, (unsigned long long)o->max_skipped);
                 return 0;
             }
         } else {
@@ -490,9 +610,9 @@ static int train_loop(trainer *t, const train_opts *o, outputs *out, const char 
             train_n++;
         }
         const double el = ex_seconds() - t0;
-        const int last = t->opt.step == o->steps || t->opt.step == o->stop_at ||
+        const int last = t->optp->step == o->steps || t->optp->step == o->stop_at ||
                          (o->max_seconds && el > (double)o->max_seconds);
-        if (t->opt.step % o->eval_every != 0 && !last)
+        if (t->optp->step % o->eval_every != 0 && !last)
             continue;
         if (!evaluate(t, o, out, train_n ? train_acc / (double)train_n : NAN, el, first))
             return 0;
@@ -501,8 +621,9 @@ static int train_loop(trainer *t, const train_opts *o, outputs *out, const char 
             *why = "early stop: the validation loss stopped improving";
             break;
         }
-        if (last && t->opt.step < o->steps) {
-            *why = t->opt.step == o->stop_at ? "stopped at --stop-at" : "time limit (--max-seconds)";
+        if (last && t->optp->step < o->steps) {
+            *why = t->optp->step == o->stop_at ? "stopped at --stop-at"
+                                                : "time limit (--max-seconds)";
             break;
         }
     }
@@ -589,9 +710,12 @@ static int cmd_train(int argc, char **argv)
         return EX_EXIT_USAGE;
     }
     t.B = o.batch, t.T = cfg.block_size, t.accum = o.accum;
+    t.comm = &g_comm;
+    t.zero = o.zero != 0;
+    t.optp = &t.opt;
     outputs out;
     memset(&out, 0, sizeof out);
-    if (!load_data(&t, &o) || !open_outputs(&o, &out)) {
+    if (!load_data(&t, &o) || (t.comm->rank == 0 && !open_outputs(&o, &out))) {
         trainer_free(&t);
         return EX_EXIT_FAILURE;
     }
@@ -604,11 +728,11 @@ static int cmd_train(int argc, char **argv)
     tb_rng_init(&t.rng, o.seed);
     int failed = !build(&t, &o, &cfg);
     const uint64_t end = o.stop_at && o.stop_at < o.steps ? o.stop_at : o.steps;
-    if (!failed && t.opt.step >= end) {
+    if (!failed && t.optp->step >= end) {
         fprintf(stderr,
                 "error: the checkpoint is at step %llu: nothing to train with --steps %llu%s "
                 "(raise --steps to train further)\n",
-                (unsigned long long)t.opt.step, (unsigned long long)o.steps,
+                (unsigned long long)t.optp->step, (unsigned long long)o.steps,
                 o.stop_at ? " and --stop-at" : "");
         ex_out_discard(&out.csv);
         ex_out_discard(&out.svg);
@@ -622,7 +746,7 @@ static int cmd_train(int argc, char **argv)
     const char *why = NULL;
     uint64_t skipped = 0;
     const double t0 = ex_seconds();
-    const uint64_t first = t.opt.step;
+    const uint64_t first = t.optp->step;
     if (!failed) {
         printf("model: %zu layers, %zu heads, width %zu, context %zu, vocabulary %d (bytes): %zu "
                "parameters\n",
@@ -632,9 +756,23 @@ static int cmd_train(int argc, char **argv)
                "%llu, cosine to 10%%), clip %g, dropout %g\n",
                (unsigned long long)o.steps, (unsigned long long)o.accum, t.B, t.T, o.lr,
                (unsigned long long)warmup, (double)CLIP_NORM, o.dropout);
-        printf("memory: activations %.1f MiB for %zu x %zu tokens, optimizer state %.1f MiB\n",
-               (double)t.a.bytes / 1048576.0, t.B, t.T,
-               (double)tb_adam_state_bytes(&t.opt) / 1048576.0);
+        if (t.zero)
+            printf("memory: activations %.1f MiB for %zu x %zu tokens, optimizer state %.3f MiB "
+                   "per process (ZeRO-1: 1/%zu of %.3f MiB) + %.3f MiB step buffers\n",
+                   (double)t.a.bytes / 1048576.0, t.B, t.T,
+                   (double)tb_adam_state_bytes(&t.z.opt) / 1048576.0, t.comm->size,
+                   (double)t.full_state / 1048576.0,
+                   (double)(tb_zero_state_bytes(&t.z) - tb_adam_state_bytes(&t.z.opt)) /
+                       1048576.0);
+        else
+            printf("memory: activations %.1f MiB for %zu x %zu tokens, optimizer state %.1f MiB\n",
+                   (double)t.a.bytes / 1048576.0, t.B, t.T, (double)t.full_state / 1048576.0);
+        printf("processes: %zu (rank 0 computes %zu of the %llu micro-batches of a step; "
+               "their gradients are summed in micro-batch order)%s\n",
+               t.comm->size, t.red.count, (unsigned long long)o.accum,
+               o.accum < t.comm->size ? ": fewer micro-batches (--accum) than processes, some "
+                                        "are idle"
+                                      : "");
         printf("%8s %10s %10s %10s %9s %9s\n", "step", "train", "val", "tokens/s", "elapsed",
                "eta");
         failed = !train_loop(&t, &o, &out, &why, &skipped);
@@ -645,14 +783,14 @@ static int cmd_train(int argc, char **argv)
             snprintf(note, sizeof note, " (%llu skipped: non-finite gradients)",
                      (unsigned long long)skipped);
         printf("done: %s; %llu steps%s in %.1f s, best validation loss %.4f\n", why,
-               (unsigned long long)(t.opt.step - first), note, ex_seconds() - t0, t.ts.best_val);
+               (unsigned long long)(t.optp->step - first), note, ex_seconds() - t0, t.ts.best_val);
     }
     /* Named only if written, on success and on failure alike. */
     if (!finish_outputs(&out, &t.c))
         failed = 1;
     if (!failed) {
         print_sample(&t, o.seed);
-        printf("final: steps=%llu best_val=%.4f\n", (unsigned long long)t.opt.step,
+        printf("final: steps=%llu best_val=%.4f\n", (unsigned long long)t.optp->step,
                t.ts.best_val);
     }
     trainer_free(&t);
@@ -1131,7 +1269,7 @@ static int cmd_repetition(int argc, char **argv)
     return rc == 0 ? EX_EXIT_OK : rc == -2 ? EX_EXIT_USAGE : EX_EXIT_FAILURE;
 }
 
-int main(int argc, char **argv)
+static int run_commands(int argc, char **argv)
 {
     static const ex_command cmds[] = {
         {"train", "train a model (writes the checkpoint --ckpt, default gpt.safetensors)",
@@ -1144,4 +1282,55 @@ int main(int argc, char **argv)
                           "Train a small byte-level GPT and generate text with every decoding "
                           "strategy.",
                           cmds, sizeof cmds / sizeof cmds[0]);
+}
+
+int main(int argc, char **argv)
+{
+#ifdef EX_GPT_MPI
+    /* Started by a launcher (mpirun, mpiexec, srun), it joins the job;
+     * started alone it is one process and does not start MPI at all
+     * (MPI's singleton start-up costs most of a second). In a job every
+     * rank runs the command; only rank 0's stdout is kept. A rank that
+     * fails takes the job down (MPI_Abort, below) rather than leave the
+     * others waiting in a collective. */
+    const int launched = getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") ||
+                         getenv("PMI_RANK") || getenv("PMIX_RANK");
+    if (!launched) {
+        tb_comm_single(&g_comm);
+        return run_commands(argc, argv);
+    }
+    int mpi_rc = MPI_SUCCESS;
+    EX_MPI_UNTRACKED(mpi_rc = MPI_Init(&argc, &argv));
+    if (mpi_rc != MPI_SUCCESS) {
+        fprintf(stderr, "error: MPI_Init failed\n");
+        return EX_EXIT_FAILURE;
+    }
+    tb_ctx mctx;
+    tb_ctx_init(&mctx);
+    tb_status ms = TB_OK;
+    EX_MPI_UNTRACKED(ms = tb_mpi_comm_init(&mctx, &g_comm, MPI_COMM_WORLD));
+    if (ms != TB_OK) {
+        fprintf(stderr, "error: %s\n", tb_ctx_error(&mctx));
+        MPI_Abort(MPI_COMM_WORLD, EX_EXIT_FAILURE);
+    }
+    if (g_comm.rank != 0 && !freopen("/dev/null", "w", stdout)) {
+        fprintf(stderr, "error: rank %zu: cannot silence stdout\n", g_comm.rank);
+        MPI_Abort(MPI_COMM_WORLD, EX_EXIT_FAILURE);
+    }
+#else
+    tb_comm_single(&g_comm);
+#endif
+    const int rc = run_commands(argc, argv);
+#ifdef EX_GPT_MPI
+    /* A failure may be one rank's (rank 0 could not open an output) while
+     * the others go on into a collective: end them all. Usage errors and
+     * success are every rank's alike (the same arguments and data). */
+    if (rc == EX_EXIT_FAILURE && g_comm.size > 1) {
+        fflush(stdout);
+        fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, rc);
+    }
+    EX_MPI_UNTRACKED((tb_mpi_comm_free(&g_comm), MPI_Finalize()));
+#endif
+    return rc;
 }

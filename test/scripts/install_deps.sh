@@ -28,6 +28,9 @@ need_pkg python3         have python3
 need_pkg python3-pip     python3 -m pip --version
 # Real English text for the tokenizer and BERT tests (/usr/share/games/fortunes).
 need_pkg fortunes        test -f /usr/share/games/fortunes/fortunes
+# Open MPI, for libtblocks_mpi.a, gpt_mpi and the data-parallel tests.
+need_pkg openmpi-bin     have mpirun
+need_pkg libopenmpi-dev  have mpicc
 
 if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ]; then

@@ -11,14 +11,17 @@
 #   deps      incremental build: a header or flag change rebuilds dependents
 #   guide     every docs/guide/ page's program runs at a small size and prints
 #             the shape its page shows (test/scripts/guide.py --fast)
+#   mpi       tblocks_mpi.h compiles as C11 and C++ with the MPI wrapper's
+#             flags; data-parallel gpt over MPI (test/scripts/mpi_gpt.sh):
+#             P = 1, 2, 3 bitwise, resume across P, a killed rank
 # Usage: run_all.sh CC CXX [all|build|run]
 #   (prints "N passed, M failed"; exits 1 on failure)
-# PART picks the tests: `run` the three that run library code (install,
-# readme, guide:
-# they take the kernel family from TB_KERNEL, and make check runs them once
-# per family), `build` the rest (they compile, link or generate and run no
-# library code, so TB_KERNEL, which only selects kernels at run time, cannot
-# change them: make check runs them once), `all` (default) both.
+# PART picks the tests: `run` the four that run library code (install,
+# readme, guide, mpi's gpt runs: they take the kernel family from TB_KERNEL,
+# and make check runs them once per family), `build` the rest (they
+# compile, link or generate and run no library code, so TB_KERNEL, which
+# only selects kernels at run time, cannot change them: make check runs
+# them once), `all` (default) both.
 set -u
 cd "$(dirname "$0")/../.."
 CC=${1:-cc}
@@ -175,6 +178,29 @@ TOOL
     return 0
 }
 want build && run "per-family runner: NOT RUN named, unanswerable tool / nothing run / failure fail" per_family_test
+
+# ---- MPI ------------------------------------------------------------------------
+if ! want build; then
+    :
+elif command -v mpicc >/dev/null 2>&1; then
+    MPIFLAGS=$(mpicc --showme:compile | sed 's/-I/-isystem /g')
+    printf '#include "tblocks_mpi.h"\n#include "tblocks_mpi.h"\nint main(void) { return 0; }\n' > "$TMP/m.c"
+    cp "$TMP/m.c" "$TMP/m.cpp"
+    # shellcheck disable=SC2086
+    run "header tblocks_mpi.h compiles as C11 ($CC)" $CC -std=c11 $CWARN -Iinclude $MPIFLAGS -c "$TMP/m.c" -o "$TMP/m.o"
+    # shellcheck disable=SC2086
+    run "header tblocks_mpi.h compiles as C++ ($CXX)" $CXX -std=c++11 $CWARN -Iinclude $MPIFLAGS -c "$TMP/m.cpp" -o "$TMP/m.o"
+else
+    bad "MPI: mpicc is not installed (make deps installs openmpi-bin and libopenmpi-dev)"
+fi
+if ! want run; then
+    :
+elif sh test/scripts/mpi_gpt.sh build >"$TMP/log" 2>&1; then
+    ok "data-parallel gpt over MPI (test/scripts/mpi_gpt.sh):"
+    sed 's/^/    /' "$TMP/log"
+else
+    bad "data-parallel gpt over MPI (test/scripts/mpi_gpt.sh)"
+fi
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -30,6 +30,7 @@
     X(optim)          \
     X(schedule)       \
     X(grad)           \
+    X(comm)           \
     X(safetensors)    \
     X(checkpoint)     \
     X(sample)         \

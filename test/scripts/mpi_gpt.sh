@@ -1,0 +1,180 @@
+#!/bin/sh
+# Data-parallel GPT training over MPI (docs/data_parallel.md), on this
+# machine with Open MPI's mpirun:
+#   bitwise   `gpt train` (one process) and `mpirun -np P gpt_mpi train` for
+#             P = 1, 2, 3 write byte-identical loss curves (CSV) and
+#             checkpoints, with dropout, for an --accum that P divides and
+#             one it does not (5 micro-batches over 2 and 3 processes); and
+#             gpt_mpi started without mpirun (one process, MPI not started)
+#   zero      --zero 1 (ZeRO-1: AdamW's moments sharded) on 2 and 3
+#             processes: the same bits again, and each process reports
+#             about 1/P of the unsharded optimizer state
+#   resume    a run saved by 2 processes (ZeRO-1) and resumed by 3 (ZeRO-1),
+#             or by 1 (plain gpt), ends with the checkpoint of the
+#             uninterrupted run
+#   fault     a rank killed (SIGKILL) mid-run stops the job with mpirun's
+#             message naming the signal, within a timeout (no hang); the
+#             last checkpoint is intact and resumes
+#   comm      libtblocks_mpi's collectives and the reduction on 3 processes
+#             (test/tools/mpi_comm_check.c, built here with mpicc)
+# Every process runs one thread (2 cores: --oversubscribe for 3).
+# Usage: mpi_gpt.sh BUILD_DIR   (prints "ok - ..." lines; exits 1 on failure)
+set -u
+cd "$(dirname "$0")/../.."
+B=${1:-build}
+GPT=$B/bin/gpt
+GPT_MPI=$B/bin/gpt_mpi
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT INT TERM
+pass=0
+fail=0
+ok() { pass=$((pass + 1)); echo "ok - $1"; }
+bad() { fail=$((fail + 1)); echo "not ok - $1"; shift; for f; do [ -f "$f" ] && sed 's/^/    /' "$f" | tail -30; done; }
+
+if ! command -v mpirun >/dev/null 2>&1 || [ ! -x "$GPT_MPI" ]; then
+    bad "MPI: mpirun or $GPT_MPI missing (make deps installs openmpi-bin and libopenmpi-dev; make all then builds gpt_mpi)"
+    echo "$pass passed, $fail failed"
+    exit 1
+fi
+# Open MPI refuses root without these; one thread per process.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+MPIRUN="mpirun --oversubscribe"
+
+# ---- the communicator itself ----------------------------------------------------------
+if mpicc -std=c11 -Wall -Wextra -Werror -Iinclude -fopenmp -o "$TMP/commcheck" test/tools/mpi_comm_check.c \
+    lib/libtblocks_mpi.a lib/libtblocks.a -lm >"$TMP/cc.log" 2>&1 &&
+    timeout 60 $MPIRUN -np 3 "$TMP/commcheck" >"$TMP/comm.out" 2>&1 &&
+    [ "$(grep -c '^ok rank' "$TMP/comm.out")" = 3 ]; then
+    ok "libtblocks_mpi on 3 processes: variable all-gather (an empty block), broadcast, barrier, the in-order reduction"
+else
+    bad "libtblocks_mpi on 3 processes" "$TMP/cc.log" "$TMP/comm.out"
+fi
+
+COMMON="--layers 1 --width 32 --heads 2 --context 16 --batch 4 --corpus-kb 16 --max-seconds 0 \
+--threads 1 --warmup 2 --dropout 0.1 --eval-every 3"
+
+# same NAME A B: the loss curves and checkpoints of runs A and B are identical.
+same() {
+    cmp "$TMP/$2.csv" "$TMP/$3.csv" >"$TMP/cmp" 2>&1 && cmp "$TMP/$2.st" "$TMP/$3.st" >>"$TMP/cmp" 2>&1
+}
+# one NAME ARGS...: plain gpt, one process.
+one() { n=$1; shift; "$GPT" train $COMMON "$@" --ckpt "$TMP/$n.st" --csv "$TMP/$n.csv" >"$TMP/$n.out" 2>&1; }
+# par P NAME ARGS...: gpt_mpi on P processes.
+par() {
+    p=$1 n=$2; shift 2
+    timeout 120 $MPIRUN -np "$p" "$GPT_MPI" train $COMMON "$@" --ckpt "$TMP/$n.st" \
+        --csv "$TMP/$n.csv" >"$TMP/$n.out" 2>&1
+}
+
+# ---- bitwise for P = 1, 2, 3 --------------------------------------------------------
+for K in 6 5; do
+    if ! one "s$K" --steps 6 --accum "$K"; then
+        bad "gpt train --accum $K (one process)" "$TMP/s$K.out"
+        continue
+    fi
+    for P in 1 2 3; do
+        [ "$K" = 5 ] && [ "$P" = 1 ] && continue
+        if ! par "$P" "p$K-$P" --steps 6 --accum "$K"; then
+            bad "mpirun -np $P gpt_mpi train --accum $K" "$TMP/p$K-$P.out"
+        elif ! grep -q "^processes: $P " "$TMP/p$K-$P.out"; then
+            bad "mpirun -np $P: the run does not report $P processes" "$TMP/p$K-$P.out"
+        elif same x "s$K" "p$K-$P"; then
+            ok "--accum $K over $P process(es): loss curve and checkpoint bitwise those of one process"
+        else
+            bad "--accum $K over $P process(es) differs from one process" "$TMP/cmp" "$TMP/s$K.csv" "$TMP/p$K-$P.csv"
+        fi
+    done
+done
+# Started without a launcher, gpt_mpi is one process (MPI not started).
+if "$GPT_MPI" train $COMMON --steps 6 --accum 6 --ckpt "$TMP/alone.st" --csv "$TMP/alone.csv" \
+    >"$TMP/alone.out" 2>&1 && same x s6 alone; then
+    ok "gpt_mpi started alone: one process, the same bits"
+else
+    bad "gpt_mpi started alone" "$TMP/alone.out"
+fi
+# Only rank 0 writes and prints: one progress table, not P.
+if [ -f "$TMP/p6-3.out" ] && [ "$(grep -c '^final:' "$TMP/p6-3.out")" = 1 ]; then
+    ok "3 processes print one report (rank 0)"
+else
+    bad "3 processes: not exactly one report" "$TMP/p6-3.out"
+fi
+
+# ---- ZeRO-1 ---------------------------------------------------------------------------------
+for P in 2 3; do
+    if ! par "$P" "z$P" --steps 6 --accum 6 --zero 1; then
+        bad "mpirun -np $P gpt_mpi train --zero 1" "$TMP/z$P.out"
+    elif same x s6 "z$P"; then
+        ok "ZeRO-1 over $P processes: loss curve and checkpoint bitwise those of one unsharded process"
+    else
+        bad "ZeRO-1 over $P processes differs from one process" "$TMP/cmp" "$TMP/z$P.out"
+    fi
+done
+# "optimizer state X MiB per process (ZeRO-1: 1/3 of Y MiB)": X <= Y / 3 (+ rounding).
+if awk '/^memory:.*ZeRO-1: 1\/3 of/ { for (i = 1; i <= NF; i++) { if ($i == "state") x = $(i+1);
+        if ($i == "of") y = $(i+1) } found = 1 }
+        END { exit !(found && x > 0 && x <= y / 3 + 0.001) }' "$TMP/z3.out" 2>/dev/null; then
+    ok "ZeRO-1 over 3 processes: $(sed -n 's/.*optimizer state \([^+]*\) +.*/\1/p' "$TMP/z3.out")"
+else
+    bad "ZeRO-1 over 3 processes does not report 1/3 of the optimizer state" "$TMP/z3.out"
+fi
+
+# ---- resume across process counts ---------------------------------------------------------
+if par 2 r2 --steps 6 --accum 6 --stop-at 3 --zero 1; then
+    cp "$TMP/r2.st" "$TMP/r1.st"
+    if par 3 r3 --steps 6 --accum 6 --resume "$TMP/r2.st" --zero 1 && cmp -s "$TMP/r3.st" "$TMP/s6.st"; then
+        ok "saved by 2 processes (ZeRO-1) at step 3, resumed by 3 (ZeRO-1): the checkpoint of the straight run"
+    else
+        bad "resume 2 -> 3 processes" "$TMP/r3.out"
+    fi
+    if "$GPT" train $COMMON --steps 6 --accum 6 --resume "$TMP/r1.st" --ckpt "$TMP/r1.st" \
+        >"$TMP/r1.out" 2>&1 && cmp -s "$TMP/r1.st" "$TMP/s6.st"; then
+        ok "saved by 2 processes (ZeRO-1) at step 3, resumed by 1: the checkpoint of the straight run"
+    else
+        bad "resume 2 -> 1 process" "$TMP/r1.out"
+    fi
+else
+    bad "mpirun -np 2 --stop-at 3" "$TMP/r2.out"
+fi
+
+# ---- a killed rank stops the job -----------------------------------------------------------
+fault_test() {
+    # A long run (checkpoint every 3 steps); once a checkpoint exists,
+    # rank 1 is killed.
+    timeout 60 $MPIRUN -np 2 "$GPT_MPI" train $COMMON --steps 1000000 --accum 2 --patience 0 \
+        --ckpt "$TMP/f.st" >"$TMP/f.out" 2>&1 &
+    job=$!
+    i=0
+    while [ ! -f "$TMP/f.st" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+    [ -f "$TMP/f.st" ] || { echo "no checkpoint after 30 s"; kill "$job"; return 1; }
+    # The ranks are the gpt_mpi processes whose ancestor is this mpirun.
+    victim=""
+    for pid in $(ps -eo pid=,comm= | awk '$2 == "gpt_mpi" {print $1}'); do
+        a=$pid
+        while [ "$a" -gt 1 ]; do
+            a=$(ps -o ppid= -p "$a" | tr -d ' ')
+            [ -n "$a" ] || break
+            [ "$a" = "$job" ] && { victim=$pid; break; }
+        done
+    done
+    [ -n "$victim" ] || { echo "no rank of job $job found"; kill "$job"; return 1; }
+    kill -9 "$victim"
+    t0=$(date +%s)
+    wait "$job"
+    rc=$?
+    t=$(($(date +%s) - t0))
+    echo "mpirun exit $rc after $t s"
+    [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] || { echo "exit $rc (124: timed out, a hang)"; return 1; }
+    grep -qi "signal 9\|killed" "$TMP/f.out" || { echo "no message naming the kill"; return 1; }
+    # The last checkpoint survives and resumes (one process).
+    cp "$TMP/f.st" "$TMP/f2.st"
+    step=$("$GPT" generate --ckpt "$TMP/f2.st" --max-new 5 >/dev/null 2>&1 && echo loadable)
+    [ "$step" = loadable ] || { echo "the last checkpoint does not load"; return 1; }
+}
+if fault_test >"$TMP/fault.log" 2>&1; then
+    ok "a killed rank stops the job with a message, no hang; the last checkpoint loads ($(tail -1 "$TMP/fault.log"))"
+else
+    bad "a killed rank" "$TMP/fault.log" "$TMP/f.out"
+fi
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
