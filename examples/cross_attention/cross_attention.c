@@ -693,7 +693,7 @@ int main(int argc, char **argv)
     if (threads > 1024)
         threads = 1024;
     const ex_opt opts[] = {
-        {"steps", "N", "training steps (batches of 32)", 100, 1000000, &steps},
+        {"steps", "N", "training steps (batches of 32)", 20, 1000000, &steps},
         {"seed", "S", "seed for the weights, the data and the noise", 0, UINT64_MAX, &seed},
         {"threads", "T", "threads the library may use", 1, 1024, &threads},
     };
@@ -715,6 +715,9 @@ int main(int argc, char **argv)
     for (int p = 0; p < N_PROMPT; p++)
         prompt_template(p, templates[p]);
 
+    /* Linear warm-up (WARMUP steps, at most half the run), cosine decay to LR / 10. */
+    const uint64_t warmup = steps / 2 < WARMUP ? steps / 2 : WARMUP;
+    const tb_lr_schedule sched = tb_lr_schedule_make(TB_LR_WARMUP_COSINE, warmup, steps, 0.1f);
     printf("cross_attention: libtblocks %s, seed %llu\n", tb_version_string(),
            (unsigned long long)seed);
     print_framing();
@@ -735,7 +738,6 @@ int main(int argc, char **argv)
     oc.lr = LR;
     if (s == TB_OK)
         s = tb_adam_init(&ctx, &opt, &m.params, &oc);
-    const tb_lr_schedule sched = tb_lr_schedule_make(TB_LR_WARMUP_COSINE, WARMUP, steps, 0.1f);
     if (s == TB_OK)
         s = tb_lr_schedule_check(&sched);
     if (ex_failed(&ctx, s, "setting up the model")) {
@@ -747,7 +749,7 @@ int main(int argc, char **argv)
            tb_param_list_numel(&m.params, 1), m.n_text, N_COLOUR, N_PATTERN);
     printf("train: %llu steps of %d samples, Adam lr %.0e (warm-up %d, cosine), threads %d, "
            "kernels %s\n",
-           (unsigned long long)steps, BATCH, (double)LR, WARMUP, ctx.num_threads,
+           (unsigned long long)steps, BATCH, (double)LR, (int)warmup, ctx.num_threads,
            ex_kernel_name(&ctx));
     printf("   %6s %12s\n", "step", "train_mse");
     double run = 0.0;
