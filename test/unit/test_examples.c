@@ -1239,6 +1239,53 @@ START_TEST(multihead_beats_one_head_at_equal_width)
 }
 END_TEST
 
+/* memory_scaling (T up to 64): the activation bytes gpt_acts_size()
+ * predicts are what gpt_acts_init() allocates and are the same per token
+ * for every B and T (measured 14696..14720 bytes: linear in B * T, no
+ * T x T term); 16 micro-batches need 1/16 of one batch's activations
+ * (1881856 vs 30098176 bytes) and accumulate the full batch's gradient to
+ * float rounding (1.2e-6 of its largest entry); LoRA r=4 has gradient
+ * buffers for its 3072 parameters only and AdamW state for them (2.4% of
+ * full fine-tuning's). 1 and 2 threads print the same. */
+START_TEST(memory_scaling_counts_real_bytes)
+{
+    enum { CAP = 1 << 14 };
+    char *a = tbt_alloc(CAP), *b = tbt_alloc(CAP);
+    ck_assert_int_eq(run_example("memory_scaling", "--max-len 64 --threads 1", a, CAP), 0);
+    ck_assert_int_eq(run_example("memory_scaling", "--max-len 64 --threads 2", b, CAP), 0);
+    assert_kernel_banner("memory_scaling", a);
+    const char *fin = strstr(a, "\nfinal: ");
+    ck_assert_msg(fin != NULL, "no final line in:\n%s", a);
+    const double pmin = field_of(fin, "per_token_min"), pmax = field_of(fin, "per_token_max");
+    const double k1 = field_of(fin, "acc_bytes_k1"), k16 = field_of(fin, "acc_bytes_k16");
+    const double rel = field_of(fin, "acc_worst_rel");
+    const double fn = field_of(fin, "full_n"), fg = field_of(fin, "full_grad");
+    const double fa = field_of(fin, "full_adam"), ln = field_of(fin, "lora_n");
+    const double lg = field_of(fin, "lora_grad"), la = field_of(fin, "lora_adam");
+    printf("  memory_scaling: %.0f..%.0f bytes per token; K=16 %.0f vs K=1 %.0f bytes, gradient "
+           "rel. diff %.2e; gradients full %.0f LoRA %.0f, AdamW full %.0f LoRA %.0f\n",
+           pmin, pmax, k16, k1, rel, fg, lg, fa, la);
+    ck_assert_msg(field_of(fin, "acts_equal") == 1.0, "predicted and allocated bytes differ:\n%s",
+                  a);
+    ck_assert_msg(pmax < 1.01 * pmin, "bytes per token vary: %g..%g", pmin, pmax);
+    ck_assert_msg(fabs(16.0 * k16 - k1) < 0.01 * k1, "micro-batch bytes %g vs batch %g", k16, k1);
+    ck_assert_msg(rel < 1e-5, "accumulated gradient differs by %g", rel);
+    ck_assert_msg(fg == 4.0 * fn && lg == 4.0 * ln, "gradient bytes: full %g for %g, LoRA %g for %g",
+                  fg, fn, lg, ln);
+    ck_assert_msg(fa >= 8.0 * fn && fa < 8.0 * fn + 65536.0 && la >= 8.0 * ln &&
+                      la < 8.0 * ln + 65536.0,
+                  "AdamW bytes: full %g for %g, LoRA %g for %g", fa, fn, la, ln);
+    ck_assert_msg(ln < 0.05 * fn, "LoRA trains %g of %g parameters", ln, fn);
+    strip_run_lines(a);
+    strip_run_lines(b);
+    ck_assert_msg(strcmp(a, b) == 0, "1-thread and 2-thread outputs differ:\n%s\n---\n%s", a, b);
+    char out[4096];
+    ck_assert_int_eq(run_example("memory_scaling", "--max-len 16", out, sizeof out), 2);
+    ck_assert_int_eq(run_example("memory_scaling", "--seed", out, sizeof out), 2);
+    free(a), free(b);
+}
+END_TEST
+
 /* ---- every program as a command-line tool ------------------------------------------- */
 
 /* Run `cd <cwd> && <bin> <args> <redirect>` through the shell; the captured
@@ -1392,6 +1439,7 @@ Suite *suite_examples(void)
     tcase_add_test(guide, cross_attention_follows_the_text);
     tcase_add_test(guide, attention_rank_causal_vs_bidirectional);
     tcase_add_test(guide, multihead_beats_one_head_at_equal_width);
+    tcase_add_test(guide, memory_scaling_counts_real_bytes);
     suite_add_tcase(s, guide);
     TCase *text = tcase_create("ex_text"); /* the examples' text helpers, in process */
     tcase_add_test(text, ex_text_parses_decimal_strictly);
