@@ -20,7 +20,9 @@
  *   3. Full fine-tuning vs LoRA (r = 4 on c_attn and attn.c_proj, the base
  *      frozen, examples/common/tfm_lora.h): trainable parameters, gradient
  *      bytes (every gradient buffer that exists), AdamW state bytes after
- *      one real step, and the activation bytes they share.
+ *      one real step, and the activation bytes they share. Both see the
+ *      same tokens; LoRA's B starts at zero, so its first loss is the
+ *      base model's.
  *
  * Every number printed is bitwise identical for any --threads value; only
  * the lines starting with "train:" and "done:" differ.
@@ -226,7 +228,9 @@ static tb_status one_way(tb_ctx *ctx, int lora, uint64_t seed, size_t B, size_t 
     if (s == TB_OK)
         s = tb_adam_init(ctx, &opt, list, &oc);
     if (s == TB_OK) {
-        random_tokens(&rng, B, T, x, y);
+        tb_rng data; /* the same tokens for both ways */
+        tb_rng_init(&data, seed ^ 0x9e3779b97f4a7c15ull);
+        random_tokens(&data, B, T, x, y);
         tb_param_list_zero_grad(list);
         s = gpt_forward(ctx, &m, &a, TB_MODE_TRAINING, NULL, x, y, B, T, &w->loss);
     }
@@ -332,8 +336,9 @@ int main(int argc, char **argv)
     printf("done: %.2f s, threads %d\n", ex_seconds() - t0, ctx.num_threads);
     printf("final: acts_equal=%d per_token_min=%zu per_token_max=%zu acc_worst_rel=%.3e "
            "acc_bytes_k1=%zu acc_bytes_k%d=%zu full_grad=%zu full_adam=%zu full_n=%zu "
-           "lora_grad=%zu lora_adam=%zu lora_n=%zu\n",
+           "lora_grad=%zu lora_adam=%zu lora_n=%zu full_loss=%.9g lora_loss=%.9g\n",
            equal, pt_min, pt_max, worst, k1, GLOBAL_B, kmax, full.grad_bytes, full.adam_bytes,
-           full.trainable, lora.grad_bytes, lora.adam_bytes, lora.trainable);
+           full.trainable, lora.grad_bytes, lora.adam_bytes, lora.trainable, (double)full.loss,
+           (double)lora.loss);
     return EX_EXIT_OK;
 }

@@ -1276,6 +1276,9 @@ START_TEST(memory_scaling_counts_real_bytes)
                       la < 8.0 * ln + 65536.0,
                   "AdamW bytes: full %g for %g, LoRA %g for %g", fa, fn, la, ln);
     ck_assert_msg(ln < 0.05 * fn, "LoRA trains %g of %g parameters", ln, fn);
+    /* LoRA's B starts at zero: its first loss is the base model's. */
+    ck_assert_msg(field_of(fin, "full_loss") == field_of(fin, "lora_loss"),
+                  "LoRA at initialisation changed the loss:\n%s", fin);
     strip_run_lines(a);
     strip_run_lines(b);
     ck_assert_msg(strcmp(a, b) == 0, "1-thread and 2-thread outputs differ:\n%s\n---\n%s", a, b);
