@@ -305,7 +305,9 @@ static void add_into(float *y, const float *x, size_t n)
         y[i] += x[i];
 }
 
-/* Forward; *loss: mean squared error of the prediction against x0. */
+/* Forward; *loss: mean squared error of the prediction against x0. The
+ * model has no dropout, so training and inference mode compute the same:
+ * every forward fills the caches (evaluation simply never calls backward). */
 static tb_status model_forward(tb_ctx *ctx, model *m, acts *a, const batch *bt, double *loss)
 {
     const size_t B = bt->b, R = B * NPOS;

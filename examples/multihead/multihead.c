@@ -207,7 +207,7 @@ int main(int argc, char **argv)
         threads = 1024;
     const ex_opt opts[] = {
         {"steps", "N", "training steps of each model (batches of 32)", 20, 1000000, &steps},
-        {"max-heads", "H", "largest head count: H = 1, 2, 4, ... up to this (1..32)", 1, 32,
+        {"max-heads", "H", "largest head count: H = 1, 2, 4, ... up to this", 1, 32,
          &max_heads},
         {"seed", "S", "seed for the weights and the data", 0, UINT64_MAX, &seed},
         {"threads", "T", "threads the library may use", 1, 1024, &threads},
