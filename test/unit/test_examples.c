@@ -1121,10 +1121,10 @@ END_TEST
 
 /* cross_attention: after 400 steps the prompt carries what the noise hides.
  * At sigma 4 the right prompt's denoising loss is well below the empty
- * prompt's (measured 0.105 vs 0.400, seed 1) and a wrong prompt's is above
- * both (0.751); at sigma 0.5 the denoiser beats returning x_t by far (0.028
+ * prompt's (measured 0.106 vs 0.409, seed 1) and a wrong prompt's is above
+ * both (0.759); at sigma 0.5 the denoiser beats returning x_t by far (0.026
  * vs 0.253); editing the text on the same pure noise moves the output to
- * the edited prompt's template (nearest of 16 in 1.000, 1.000, 0.996 of the
+ * the edited prompt's template (nearest of 16 in 1.000, 1.000, 0.992 of the
  * cases for colour, pattern, both). 1 and 2 threads print the same (a
  * 20-step run of each: every part runs; a thread-dependent sum would show
  * at the first step). */
