@@ -60,14 +60,14 @@
 #define HEADS 4
 #define N_BLOCK 2
 #define TXT_LEN 4
-#define BATCH 32
+#define BATCH 16
 #define ROWS (BATCH * NPOS)
 #define N_LEVEL 4
 #define N_COLOUR 4
 #define N_PATTERN 4
 #define N_PROMPT (N_COLOUR * N_PATTERN)
 #define P_EMPTY 0.1 /* prompt dropout while training (classifier-free guidance) */
-#define LR 2e-3f
+#define LR 4e-3f
 #define WARMUP 50
 #define N_EVAL 128  /* evaluation samples per noise level (multiple of BATCH) */
 #define N_EDIT 128  /* pure-noise cases per text edit (multiple of BATCH) */
@@ -691,11 +691,11 @@ int main(int argc, char **argv)
     int rc = ex_ctx_init(&ctx);
     if (rc >= 0)
         return rc;
-    uint64_t steps = 1200, seed = 1, threads = (uint64_t)ctx.num_threads;
+    uint64_t steps = 1500, seed = 1, threads = (uint64_t)ctx.num_threads;
     if (threads > 1024)
         threads = 1024;
     const ex_opt opts[] = {
-        {"steps", "N", "training steps (batches of 32)", 20, 1000000, &steps},
+        {"steps", "N", "training steps (batches of 16)", 20, 1000000, &steps},
         {"seed", "S", "seed for the weights, the data and the noise", 0, UINT64_MAX, &seed},
         {"threads", "T", "threads the library may use", 1, 1024, &threads},
     };
