@@ -1129,6 +1129,178 @@ START_TEST(ptuning_learns_through_virtual_tokens)
 }
 END_TEST
 
+/* ---- the guide's demonstrations (issue 17) ------------------------------------------ */
+
+/* cross_attention: after 500 steps the prompt carries what the noise hides.
+ * At sigma 4 the right prompt's denoising loss is well below the empty
+ * prompt's (measured 0.028 vs 0.375, seed 1; seed 2: 0.042 vs 0.396) and a
+ * wrong prompt's is above both (0.900); at sigma 0.5 the denoiser beats
+ * returning x_t by far (0.014 vs 0.253); editing the text on the same pure
+ * noise moves the output to the edited prompt's template (nearest of 16 in
+ * every case for colour, pattern and both; seeds 1 and 2). 1 and 2 threads print the same (a
+ * 20-step run of each: every part runs; a thread-dependent sum would show
+ * at the first step). */
+START_TEST(cross_attention_follows_the_text)
+{
+    enum { CAP = 1 << 15 };
+    char *a = tbt_alloc(CAP), *b = tbt_alloc(CAP), *c = tbt_alloc(CAP);
+    ck_assert_int_eq(run_example("cross_attention", "--steps 500 --threads 1", a, CAP), 0);
+    assert_kernel_banner("cross_attention", a);
+    const char *fin = strstr(a, "\nfinal: ");
+    ck_assert_msg(fin != NULL, "no final line in:\n%s", a);
+    const double r4 = field_of(fin, "right_s4"), e4 = field_of(fin, "empty_s4");
+    const double w4 = field_of(fin, "wrong_s4"), r05 = field_of(fin, "right_s05");
+    const double n05 = field_of(fin, "noisy_s05");
+    const double hc = field_of(fin, "colour_hit"), hp = field_of(fin, "pattern_hit");
+    const double hb = field_of(fin, "both_hit");
+    printf("  cross_attention: sigma 4 loss right %.4f empty %.4f wrong %.4f; sigma 0.5 %.4f "
+           "(x_t %.4f); edits land on B: %.3f %.3f %.3f\n",
+           r4, e4, w4, r05, n05, hc, hp, hb);
+    ck_assert_msg(r4 < 0.5 * e4, "the right prompt did not help: %g vs empty %g", r4, e4);
+    ck_assert_msg(w4 > e4, "a wrong prompt (%g) should be worse than none (%g)", w4, e4);
+    ck_assert_msg(r05 < 0.25 * n05, "no denoising at sigma 0.5: %g vs x_t %g", r05, n05);
+    ck_assert_msg(hc > 0.9 && hp > 0.9 && hb > 0.9,
+                  "editing the text did not move the output: %g %g %g", hc, hp, hb);
+    ck_assert_int_eq(run_example("cross_attention", "--steps 20 --threads 1", b, CAP), 0);
+    ck_assert_int_eq(run_example("cross_attention", "--steps 20 --threads 2", c, CAP), 0);
+    strip_run_lines(b);
+    strip_run_lines(c);
+    ck_assert_ptr_nonnull(strstr(b, "final: "));
+    ck_assert_msg(strcmp(b, c) == 0, "1-thread and 2-thread outputs differ:\n%s\n---\n%s", b, c);
+    char out[4096];
+    ck_assert_int_eq(run_example("cross_attention", "--bogus", out, sizeof out), 2);
+    ck_assert_int_eq(run_example("cross_attention", "--steps 5", out, sizeof out), 2);
+    ck_assert_int_eq(run_example("cross_attention", "--steps", out, sizeof out), 2);
+    ck_assert_int_eq(run_example("cross_attention", "--threads 0", out, sizeof out), 2);
+    free(a), free(b), free(c);
+}
+END_TEST
+
+/* attention_rank at T up to 64: every causal matrix is exactly lower
+ * triangular with a positive diagonal (full rank); with D = 2 the
+ * bidirectional one has about half the numerical rank (measured 30.0 vs
+ * 62.0 at T = 64) and a third of the effective rank (7.37 vs 23.2), while
+ * with D = 32 its effective rank is several times the D = 2 one (40.0): the
+ * low rank needs T >> D. The same numbers for 1 and 2 threads. */
+START_TEST(attention_rank_causal_vs_bidirectional)
+{
+    enum { CAP = 1 << 14 };
+    char *a = tbt_alloc(CAP), *b = tbt_alloc(CAP);
+    ck_assert_int_eq(run_example("attention_rank", "--max-len 64 --threads 1", a, CAP), 0);
+    ck_assert_int_eq(run_example("attention_rank", "--max-len 64 --threads 2", b, CAP), 0);
+    assert_kernel_banner("attention_rank", a);
+    const char *fin = strstr(a, "\nfinal: ");
+    ck_assert_msg(fin != NULL, "no final line in:\n%s", a);
+    const double bi_r = field_of(fin, "d2_bi_rank"), ca_r = field_of(fin, "d2_ca_rank");
+    const double bi_e = field_of(fin, "d2_bi_eff"), ca_e = field_of(fin, "d2_ca_eff");
+    const double bi32 = field_of(fin, "d32_bi_eff");
+    printf("  attention_rank: T=64 D=2 rank %.1f vs causal %.1f, effective %.2f vs %.2f; D=32 "
+           "bidirectional effective %.2f\n",
+           bi_r, ca_r, bi_e, ca_e, bi32);
+    ck_assert_msg(field_of(fin, "causal_triangular") == 1.0, "a causal matrix is not triangular");
+    ck_assert_msg(field_of(fin, "causal_min_diag") > 0.0, "a causal diagonal entry is 0");
+    ck_assert_msg(bi_r < 0.6 * ca_r, "D=2: bidirectional rank %g vs causal %g", bi_r, ca_r);
+    ck_assert_msg(bi_e < 0.5 * ca_e, "D=2: bidirectional effective rank %g vs causal %g", bi_e,
+                  ca_e);
+    ck_assert_msg(bi32 > 3.0 * bi_e, "D=32 effective rank %g vs D=2 %g", bi32, bi_e);
+    strip_run_lines(a);
+    strip_run_lines(b);
+    ck_assert_msg(strcmp(a, b) == 0, "1-thread and 2-thread outputs differ:\n%s\n---\n%s", a, b);
+    char out[4096];
+    ck_assert_int_eq(run_example("attention_rank", "--max-len 4", out, sizeof out), 2);
+    ck_assert_int_eq(run_example("attention_rank", "--draws x", out, sizeof out), 2);
+    free(a), free(b);
+}
+END_TEST
+
+/* multihead after 300 steps, the same weights, data and parameter count for
+ * every H: one head of width 32 gets all four tokens right in about a tenth
+ * of the positions (measured 0.109, seed 1), four heads of width 8 in all
+ * of them (1.000; eight heads 0.998), and one head's loss is many times
+ * four heads' (0.800 vs 0.051). 1 and 2 threads print the same (20 steps). */
+START_TEST(multihead_beats_one_head_at_equal_width)
+{
+    enum { CAP = 1 << 14 };
+    char *a = tbt_alloc(CAP), *b = tbt_alloc(CAP), *c = tbt_alloc(CAP);
+    ck_assert_int_eq(run_example("multihead", "--steps 300 --threads 1", a, CAP), 0);
+    assert_kernel_banner("multihead", a);
+    const char *fin = strstr(a, "\nfinal: ");
+    ck_assert_msg(fin != NULL, "no final line in:\n%s", a);
+    const double a1 = field_of(fin, "h1_all"), a2 = field_of(fin, "h2_all");
+    const double a4 = field_of(fin, "h4_all"), a8 = field_of(fin, "h8_all");
+    const double l1 = field_of(fin, "h1_loss"), l4 = field_of(fin, "h4_loss");
+    printf("  multihead: all four right with H = 1, 2, 4, 8: %.4f %.4f %.4f %.4f; loss H=1 %.4f "
+           "H=4 %.4f\n",
+           a1, a2, a4, a8, l1, l4);
+    ck_assert_msg(a1 < 0.3, "one head solved the task: %g", a1);
+    ck_assert_msg(a4 > 0.95 && a8 > 0.9, "several heads did not solve it: H=4 %g, H=8 %g", a4,
+                  a8);
+    ck_assert_msg(a1 < a2 && a2 < a4, "accuracy does not rise from H = 1 to 4: %g %g %g", a1, a2,
+                  a4);
+    ck_assert_msg(l1 > 4.0 * l4, "loss H=1 %g vs H=4 %g", l1, l4);
+    ck_assert_int_eq(run_example("multihead", "--steps 20 --threads 1", b, CAP), 0);
+    ck_assert_int_eq(run_example("multihead", "--steps 20 --threads 2", c, CAP), 0);
+    strip_run_lines(b);
+    strip_run_lines(c);
+    ck_assert_ptr_nonnull(strstr(b, "final: "));
+    ck_assert_msg(strcmp(b, c) == 0, "1-thread and 2-thread outputs differ:\n%s\n---\n%s", b, c);
+    char out[4096];
+    ck_assert_int_eq(run_example("multihead", "--max-heads 0", out, sizeof out), 2);
+    ck_assert_int_eq(run_example("multihead", "--steps 1x", out, sizeof out), 2);
+    free(a), free(b), free(c);
+}
+END_TEST
+
+/* memory_scaling (T up to 64): the activation bytes gpt_acts_size()
+ * predicts are what gpt_acts_init() allocates and are the same per token
+ * for every B and T (measured 14696..14720 bytes: linear in B * T, no
+ * T x T term); 16 micro-batches need 1/16 of one batch's activations
+ * (1881856 vs 30098176 bytes) and accumulate the full batch's gradient to
+ * float rounding (1.2e-6 of its largest entry); LoRA r=4 has gradient
+ * buffers for its 3072 parameters only and AdamW state for them (2.4% of
+ * full fine-tuning's). 1 and 2 threads print the same. */
+START_TEST(memory_scaling_counts_real_bytes)
+{
+    enum { CAP = 1 << 14 };
+    char *a = tbt_alloc(CAP), *b = tbt_alloc(CAP);
+    ck_assert_int_eq(run_example("memory_scaling", "--max-len 64 --threads 1", a, CAP), 0);
+    ck_assert_int_eq(run_example("memory_scaling", "--max-len 64 --threads 2", b, CAP), 0);
+    assert_kernel_banner("memory_scaling", a);
+    const char *fin = strstr(a, "\nfinal: ");
+    ck_assert_msg(fin != NULL, "no final line in:\n%s", a);
+    const double pmin = field_of(fin, "per_token_min"), pmax = field_of(fin, "per_token_max");
+    const double k1 = field_of(fin, "acc_bytes_k1"), k16 = field_of(fin, "acc_bytes_k16");
+    const double rel = field_of(fin, "acc_worst_rel");
+    const double fn = field_of(fin, "full_n"), fg = field_of(fin, "full_grad");
+    const double fa = field_of(fin, "full_adam"), ln = field_of(fin, "lora_n");
+    const double lg = field_of(fin, "lora_grad"), la = field_of(fin, "lora_adam");
+    printf("  memory_scaling: %.0f..%.0f bytes per token; K=16 %.0f vs K=1 %.0f bytes, gradient "
+           "rel. diff %.2e; gradients full %.0f LoRA %.0f, AdamW full %.0f LoRA %.0f\n",
+           pmin, pmax, k16, k1, rel, fg, lg, fa, la);
+    ck_assert_msg(field_of(fin, "acts_equal") == 1.0, "predicted and allocated bytes differ:\n%s",
+                  a);
+    ck_assert_msg(pmax < 1.01 * pmin, "bytes per token vary: %g..%g", pmin, pmax);
+    ck_assert_msg(fabs(16.0 * k16 - k1) < 0.01 * k1, "micro-batch bytes %g vs batch %g", k16, k1);
+    ck_assert_msg(rel < 1e-5, "accumulated gradient differs by %g", rel);
+    ck_assert_msg(fg == 4.0 * fn && lg == 4.0 * ln, "gradient bytes: full %g for %g, LoRA %g for %g",
+                  fg, fn, lg, ln);
+    ck_assert_msg(fa >= 8.0 * fn && fa < 8.0 * fn + 65536.0 && la >= 8.0 * ln &&
+                      la < 8.0 * ln + 65536.0,
+                  "AdamW bytes: full %g for %g, LoRA %g for %g", fa, fn, la, ln);
+    ck_assert_msg(ln < 0.05 * fn, "LoRA trains %g of %g parameters", ln, fn);
+    /* LoRA's B starts at zero: its first loss is the base model's. */
+    ck_assert_msg(field_of(fin, "full_loss") == field_of(fin, "lora_loss"),
+                  "LoRA at initialisation changed the loss:\n%s", fin);
+    strip_run_lines(a);
+    strip_run_lines(b);
+    ck_assert_msg(strcmp(a, b) == 0, "1-thread and 2-thread outputs differ:\n%s\n---\n%s", a, b);
+    char out[4096];
+    ck_assert_int_eq(run_example("memory_scaling", "--max-len 16", out, sizeof out), 2);
+    ck_assert_int_eq(run_example("memory_scaling", "--seed", out, sizeof out), 2);
+    free(a), free(b);
+}
+END_TEST
+
 /* ---- every program as a command-line tool ------------------------------------------- */
 
 /* Run `cd <cwd> && <bin> <args> <redirect>` through the shell; the captured
@@ -1370,6 +1542,14 @@ Suite *suite_examples(void)
     tcase_set_timeout(clip, 600);
     tcase_add_test(clip, clip_pairs_retrieves_above_baseline);
     suite_add_tcase(s, clip);
+    /* The guide's demonstrations (CK_RUN_CASE=guide runs only these). */
+    TCase *guide = tcase_create("guide");
+    tcase_set_timeout(guide, 600);
+    tcase_add_test(guide, cross_attention_follows_the_text);
+    tcase_add_test(guide, attention_rank_causal_vs_bidirectional);
+    tcase_add_test(guide, multihead_beats_one_head_at_equal_width);
+    tcase_add_test(guide, memory_scaling_counts_real_bytes);
+    suite_add_tcase(s, guide);
     TCase *text = tcase_create("ex_text"); /* the examples' text helpers, in process */
     tcase_add_test(text, ex_text_parses_decimal_strictly);
     tcase_add_test(text, ex_text_escapes_for_the_terminal);
