@@ -484,7 +484,7 @@ tb_status bert_embed_ids(tb_ctx *ctx, bert_model *m, const int32_t *const *ids,
                 s = fail(ctx, TB_ERR_NO_MEMORY, "bert_embed: out of memory");
                 break;
             }
-            if ((s = tfm_acts_init(ctx, &acts, &m->m, B, T)) != TB_OK)
+            if ((s = tfm_acts_init_inference(ctx, &acts, &m->m, B, T)) != TB_OK)
                 break;
         }
         for (size_t b = 0; b < B; b++) {

@@ -642,8 +642,28 @@ static tb_status acts_layout(tb_ctx *ctx, tb_arena *ar, void *arg)
     void *raw;
 #define F32(ptr, n) TRY(ex_take_f32(ctx, ar, (n), &(ptr)))
 #define RAW(ptr, bytes) TRY(tb_arena_alloc(ctx, ar, (bytes), &(ptr)))
+    const int infer = a->inference_only;
     for (size_t l = 0; l <= L; l++) {
         tfm_layer_acts *y = ar->counting ? la->counted : &a->layer[l];
+        if (infer && l >= 2) { /* layer 0's buffers again, the stream in l % 2's */
+            if (!ar->counting) {
+                tfm_layer_acts *y0 = &a->layer[0];
+                float *x = a->layer[l % 2].x;
+                if (l < L)
+                    *y = *y0;
+                y->x = x;
+            }
+            continue;
+        }
+        if (infer && l == 1) { /* the second stream buffer; the rest as layer 0 */
+            F32(y->x, R * C);
+            if (!ar->counting && l < L) {
+                float *x = y->x;
+                *y = a->layer[0];
+                y->x = x;
+            }
+            continue;
+        }
         F32(y->x, R * C);
         if (l == L)
             break;
@@ -662,7 +682,10 @@ static tb_status acts_layout(tb_ctx *ctx, tb_arena *ar, void *arg)
         else
             y->h2 = y->x1;
         F32(y->f, R * F);
-        F32(y->g, R * F);
+        if (infer)
+            y->g = y->f; /* GELU in place: nothing reads f after it */
+        else
+            F32(y->g, R * F);
         F32(y->mo, R * C);
         if (!pre)
             F32(y->r2, R * C);
@@ -679,21 +702,25 @@ static tb_status acts_layout(tb_ctx *ctx, tb_arena *ar, void *arg)
         F32(a->out, R * C);
         RAW(a->final_norm_cache, a->norm_cache_bytes);
     }
-    F32(a->dx, R * C);
-    F32(a->dt1, R * C);
-    F32(a->dt2, R * C);
-    if (c->qkv == TFM_QKV_SEPARATE) /* the three projections' input gradients are summed */
-        F32(a->dt3, R * C);
-    F32(a->df, R * F);
-    F32(a->dqkv, R * 3 * C);
+    F32(a->dt1, R * C); /* also the embeddings' scratch in forward */
+    if (!infer) {
+        F32(a->dx, R * C);
+        F32(a->dt2, R * C);
+        if (c->qkv == TFM_QKV_SEPARATE) /* the three projections' input gradients are summed */
+            F32(a->dt3, R * C);
+        F32(a->df, R * F);
+        F32(a->dqkv, R * 3 * C);
+    }
     RAW(raw, R * sizeof(int32_t));
     a->pos = raw;
     if (a->max_prefix) {
         const size_t Rk = a->max_b * (a->max_prefix + a->max_t); /* acts_header checked it */
         F32(a->pk, Rk * C);
         F32(a->pv, Rk * C);
-        F32(a->dpk, Rk * C);
-        F32(a->dpv, Rk * C);
+        if (!infer) {
+            F32(a->dpk, Rk * C);
+            F32(a->dpv, Rk * C);
+        }
         RAW(raw, Rk);
         a->pvalid = raw;
     }
@@ -747,10 +774,12 @@ tb_status tfm_acts_size(tb_ctx *ctx, const tfm_config *cfg, size_t max_b, size_t
     return tfm_acts_size_prefix(ctx, cfg, max_b, max_t, 0, bytes);
 }
 
-tb_status tfm_acts_init(tb_ctx *ctx, tfm_acts *a, const tfm *m, size_t max_b, size_t max_t)
+static tb_status acts_init(tb_ctx *ctx, tfm_acts *a, const tfm *m, size_t max_b, size_t max_t,
+                           int inference_only)
 {
     tfm_layer_acts counted;
     TRY(acts_header(ctx, a, &m->cfg, max_b, max_t, m->prefix ? m->prefix->n : 0));
+    a->inference_only = inference_only;
     a->layer = calloc(m->cfg.n_layer + 1, sizeof *a->layer);
     if (!a->layer)
         return tb_ctx_set_error(ctx, TB_ERR_NO_MEMORY, "tfm: no memory for the activations");
@@ -761,6 +790,28 @@ tb_status tfm_acts_init(tb_ctx *ctx, tfm_acts *a, const tfm *m, size_t max_b, si
     if (s != TB_OK)
         tfm_acts_free(a);
     return s;
+}
+
+tb_status tfm_acts_init(tb_ctx *ctx, tfm_acts *a, const tfm *m, size_t max_b, size_t max_t)
+{
+    return acts_init(ctx, a, m, max_b, max_t, 0);
+}
+
+tb_status tfm_acts_init_inference(tb_ctx *ctx, tfm_acts *a, const tfm *m, size_t max_b,
+                                  size_t max_t)
+{
+    return acts_init(ctx, a, m, max_b, max_t, 1);
+}
+
+tb_status tfm_acts_size_inference(tb_ctx *ctx, const tfm_config *cfg, size_t max_b, size_t max_t,
+                                  size_t n_prefix, size_t *bytes)
+{
+    tfm_acts a;
+    tfm_layer_acts counted;
+    TRY(acts_header(ctx, &a, cfg, max_b, max_t, n_prefix));
+    a.inference_only = 1;
+    acts_layout_arg arg = {&a, cfg, &counted};
+    return ex_layout_size(ctx, acts_layout, &arg, bytes);
 }
 
 void tfm_acts_free(tfm_acts *a)
@@ -1011,6 +1062,10 @@ tb_status tfm_forward(tb_ctx *ctx, tfm *m, tfm_acts *a, tb_mode mode, tb_rng *rn
                       const tfm_input *in)
 {
     TRY(check_input(ctx, m, a, in));
+    if (a->inference_only && mode == TB_MODE_TRAINING)
+        return tb_ctx_set_error(ctx, TB_ERR_INVALID_ARG,
+                                "tfm: inference-only activations (tfm_acts_init_inference) in "
+                                "a training forward");
     const tfm_config *c = &m->cfg;
     const int train = mode == TB_MODE_TRAINING;
     const float p = train ? c->hidden_dropout : 0.0f, pa = train ? c->attn_dropout : 0.0f;
@@ -1168,6 +1223,10 @@ tb_status tfm_backward(tb_ctx *ctx, tfm *m, tfm_acts *a, const float *dout, floa
     const tfm_config *c = &m->cfg;
     if (!a->b || !dout)
         return tb_ctx_set_error(ctx, TB_ERR_STATE, "tfm: backward without a forward or dout");
+    if (a->inference_only)
+        return tb_ctx_set_error(ctx, TB_ERR_INVALID_ARG,
+                                "tfm: backward with inference-only activations "
+                                "(tfm_acts_init_inference keeps no layer's values)");
     if (a->n_prefix != (m->prefix ? m->prefix->n : 0))
         return tb_ctx_set_error(ctx, TB_ERR_STATE,
                                 "tfm: the prefix changed between forward and backward");

@@ -328,6 +328,7 @@ typedef struct tfm_acts {
                                     prefix in front (rebuilt per layer in forward and backward) */
     float *dpk, *dpv;            /* (B, n + T, C) their gradients */
     uint8_t *pvalid;             /* (B, n + T) key_valid with the prefix keys valid */
+    int inference_only;          /* tfm_acts_init_inference()'s: one layer's buffers */
     void *buffer;
     size_t bytes;
 } tfm_acts;
@@ -340,6 +341,21 @@ tb_status tfm_acts_size_prefix(tb_ctx *ctx, const tfm_config *cfg, size_t max_b,
                                size_t n_prefix, size_t *bytes);
 tb_status tfm_acts_init(tb_ctx *ctx, tfm_acts *a, const tfm *m, size_t max_b, size_t max_t);
 void tfm_acts_free(tfm_acts *a);
+
+/* Activations for inference only (embedding, classifying, evaluating):
+ * one layer's buffers, which every layer reuses (the stream alternates
+ * between two), fc_in's output activated in place, no backward scratch:
+ * for MiniLM (6 layers) about 15% of tfm_acts_init()'s bytes. tfm_forward() runs
+ * the same layer code on them and its output a->out is bitwise what
+ * tfm_acts_init()'s give in TB_MODE_INFERENCE; a->layer[l] then holds no
+ * particular layer's values. A TB_MODE_TRAINING forward and tfm_backward()
+ * are refused (TB_ERR_INVALID_ARG). The size call takes the prefix
+ * positions of the model it will serve (0: none). Freed by
+ * tfm_acts_free(). */
+tb_status tfm_acts_size_inference(tb_ctx *ctx, const tfm_config *cfg, size_t max_b, size_t max_t,
+                                  size_t n_prefix, size_t *bytes);
+tb_status tfm_acts_init_inference(tb_ctx *ctx, tfm_acts *a, const tfm *m, size_t max_b,
+                                  size_t max_t);
 
 /* Forward: a->out (B, T, C) receives the output. In TB_MODE_TRAINING
  * dropout draws from rng (in a fixed order: embeddings, then per layer the

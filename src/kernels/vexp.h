@@ -14,6 +14,21 @@
  * below, where the former would cancel): a few ulp, checked against double
  * precision in test_attention.c (vexp_lstm_accuracy).
  *
+ * gelu and gelu_backward: the portable version is the libm formula
+ * (erfcf for the exact form, expf for the others); the AVX2 and AVX-512
+ * versions compute the exact form as
+ *   Phi(-a) = 0.5 erfc(a / sqrt 2) = exp(-a^2 / 2) t S(t - 1/2),
+ *   a = |x|, t = 1 / (1 + 0.35 a), S a degree-8 polynomial
+ * (least squares for the relative error of exp(a^2/2) Phi(-a) / t over
+ * a in [0, 13.5], coefficients refitted one by one after rounding to
+ * float: 1.4e-7 relative in float), exp(-a^2/2) with a^2 split into an
+ * exact high part and a small low part so that the tail keeps its
+ * relative accuracy (x Phi(x) for x < 0 is Phi(-a) itself, never 1 - a
+ * value near 1), and gelu'(x) = Phi(x) + x phi(x) from the same two
+ * factors. The tanh and quick forms are the portable formulas on the
+ * vector exponential. Accuracy against double precision: test_activation.c
+ * (gelu_vector_accuracy).
+ *
  * Families: the portable version calls the C library's expf; the AVX-512
  * version uses a degree-6 polynomial on [-ln2/2, ln2/2] after the usual
  * reduction x = n ln2 + r (relative error below 2.5e-7 where the result is
@@ -38,6 +53,13 @@ typedef struct tb_vexp_ops {
     void (*lstm_cell)(float *g, float *c, float *h, size_t H);
     /* y[j] = tanh(x[j]) for j < n (y may be x). */
     void (*tanh)(const float *x, float *y, size_t n);
+    /* GELU of the form approx (a tb_gelu_approx: exact, tanh or quick):
+     * y[j] = gelu(x[j]) for j < n (y may be x), and its backward
+     * dx[j] = dy[j] gelu'(x[j]) (dx may be x or dy). Each element's value
+     * depends on x[j] (and dy[j]) only, not on j or n, so any split of a
+     * tensor into calls gives the same result. */
+    void (*gelu)(int approx, const float *x, float *y, size_t n);
+    void (*gelu_backward)(int approx, const float *x, const float *dy, float *dx, size_t n);
 } tb_vexp_ops;
 
 /* The functions of the context's kernel family. */

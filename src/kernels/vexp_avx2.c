@@ -2,6 +2,8 @@
  * that have it). See vexp.h. */
 #include "vexp.h"
 
+#include "tblocks/activation.h"
+
 #if defined(__AVX2__)
 #include <immintrin.h>
 #include <math.h>
@@ -115,8 +117,158 @@ static void tanh_avx2(const float *x, float *y, size_t n)
     }
 }
 
+/* ---- GELU: vexp_avx512.c's, 8 lanes ------------------------------------------ */
+
+/* exp(-(h + l)), as vexp_avx512.c's exp_neg_hl16; 2^n built in the
+ * exponent bits as exp8 does (h > 87.33654 gives 0, NaN stays NaN). */
+static __m256 exp_neg_hl8(__m256 h, __m256 l)
+{
+    const __m256 lim = _mm256_set1_ps(87.33654f);
+    const __m256 under = _mm256_cmp_ps(h, lim, _CMP_GT_OQ);
+    const __m256 x = _mm256_sub_ps(_mm256_setzero_ps(), _mm256_min_ps(lim, h)); /* NaN kept */
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f)));
+    r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(-2.12194440e-4f)));
+    r = _mm256_sub_ps(r, l);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r),
+                      _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+    e = _mm256_max_epi32(e, _mm256_set1_epi32(1));
+    const __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(e, 23)));
+    return _mm256_andnot_ps(under, y);
+}
+
+static void gelu_parts8(__m256 a, __m256 *e, __m256 *ts)
+{
+    const __m256 half = _mm256_set1_ps(0.5f);
+    const __m256 ah = _mm256_and_ps(a, _mm256_castsi256_ps(_mm256_set1_epi32((int)0xfffff000u)));
+    const __m256 h = _mm256_mul_ps(_mm256_mul_ps(ah, ah), half);
+    const __m256 l = _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(a, ah), _mm256_add_ps(a, ah)), half);
+    *e = exp_neg_hl8(h, l);
+    const __m256 one = _mm256_set1_ps(1.0f);
+    const __m256 t = _mm256_div_ps(one, _mm256_add_ps(one, _mm256_mul_ps(a, _mm256_set1_ps(0.35f))));
+    const __m256 u = _mm256_sub_ps(t, half);
+    __m256 p = _mm256_set1_ps(-0.0295609962195158f);
+    p = _mm256_add_ps(_mm256_mul_ps(p, u), _mm256_set1_ps(0.027688782662153244f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, u), _mm256_set1_ps(0.04420861601829529f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, u), _mm256_set1_ps(-0.05619722604751587f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, u), _mm256_set1_ps(-0.08173924684524536f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, u), _mm256_set1_ps(0.08187411725521088f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, u), _mm256_set1_ps(0.28439566493034363f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, u), _mm256_set1_ps(0.34299156069755554f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, u), _mm256_set1_ps(0.2532442808151245f));
+    *ts = _mm256_mul_ps(t, p);
+}
+
+static __m256 gelu_exact8(__m256 x)
+{
+    __m256 e, ts;
+    gelu_parts8(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), x), &e, &ts);
+    const __m256 q = _mm256_mul_ps(e, ts);
+    const __m256 neg = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
+    return _mm256_mul_ps(x, _mm256_blendv_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), q), q, neg));
+}
+
+static __m256 gelu_exact_grad8(__m256 x)
+{
+    const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+    __m256 e, ts;
+    gelu_parts8(a, &e, &ts);
+    const __m256 d =
+        _mm256_mul_ps(e, _mm256_sub_ps(ts, _mm256_mul_ps(a, _mm256_set1_ps(0.39894228040143267794f))));
+    const __m256 neg = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
+    return _mm256_blendv_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), d), d, neg);
+}
+
+static __m256 gelu_tanh_u8(__m256 x)
+{
+    const __m256 cx3 =
+        _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.044715f), x), x), x);
+    return _mm256_mul_ps(_mm256_set1_ps(0.79788456080286535588f), _mm256_add_ps(x, cx3));
+}
+
+static __m256 gelu_tanh_grad8(__m256 x)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
+    const __m256 u = gelu_tanh_u8(x);
+    const __m256 s = sigmoid8(_mm256_add_ps(u, u));
+    const __m256 du = _mm256_mul_ps(
+        _mm256_set1_ps(0.79788456080286535588f),
+        _mm256_add_ps(one, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(3.0f * 0.044715f), x), x)));
+    const __m256 xs = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(2.0f), x), s);
+    return _mm256_add_ps(s, _mm256_mul_ps(_mm256_mul_ps(xs, _mm256_sub_ps(one, s)), du));
+}
+
+static __m256 gelu_quick_grad8(__m256 x)
+{
+    const __m256 one = _mm256_set1_ps(1.0f), k = _mm256_set1_ps(1.702f);
+    const __m256 s = sigmoid8(_mm256_mul_ps(k, x));
+    const __m256 kxs = _mm256_mul_ps(_mm256_mul_ps(k, x), s);
+    return _mm256_add_ps(s, _mm256_mul_ps(kxs, _mm256_sub_ps(one, s)));
+}
+
+static __m256 gelu8(int approx, __m256 x)
+{
+    if (approx == TB_GELU_EXACT)
+        return gelu_exact8(x);
+    if (approx == TB_GELU_TANH) {
+        const __m256 u = gelu_tanh_u8(x);
+        return _mm256_mul_ps(x, sigmoid8(_mm256_add_ps(u, u)));
+    }
+    return _mm256_mul_ps(x, sigmoid8(_mm256_mul_ps(_mm256_set1_ps(1.702f), x)));
+}
+
+static __m256 gelu_grad8(int approx, __m256 x)
+{
+    if (approx == TB_GELU_EXACT)
+        return gelu_exact_grad8(x);
+    if (approx == TB_GELU_TANH)
+        return gelu_tanh_grad8(x);
+    return gelu_quick_grad8(x);
+}
+
+/* Lanes j..j+7 with j + 8 > n: the first n - j loaded (the rest 0) and
+ * stored, through the same vector code (a lane's value does not depend
+ * on the others). */
+static __m256i tail_mask8(size_t left)
+{
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)left), lane);
+}
+
+static void gelu_avx2(int approx, const float *x, float *y, size_t n)
+{
+    size_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(y + j, gelu8(approx, _mm256_loadu_ps(x + j)));
+    if (j < n) {
+        const __m256i m = tail_mask8(n - j);
+        _mm256_maskstore_ps(y + j, m, gelu8(approx, _mm256_maskload_ps(x + j, m)));
+    }
+}
+
+static void gelu_backward_avx2(int approx, const float *x, const float *dy, float *dx, size_t n)
+{
+    size_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(dx + j, _mm256_mul_ps(_mm256_loadu_ps(dy + j),
+                                               gelu_grad8(approx, _mm256_loadu_ps(x + j))));
+    if (j < n) {
+        const __m256i m = tail_mask8(n - j);
+        const __m256 g = gelu_grad8(approx, _mm256_maskload_ps(x + j, m));
+        _mm256_maskstore_ps(dx + j, m, _mm256_mul_ps(_mm256_maskload_ps(dy + j, m), g));
+    }
+}
+
 const tb_vexp_ops tb_vexp_avx2 = {tb_exp_sub_sum_portable, tb_max_portable, lstm_cell_avx2,
-                                  tanh_avx2};
+                                  tanh_avx2,               gelu_avx2,       gelu_backward_avx2};
 #else
-const tb_vexp_ops tb_vexp_avx2 = {0, 0, 0, 0};
+const tb_vexp_ops tb_vexp_avx2 = {0, 0, 0, 0, 0, 0};
 #endif

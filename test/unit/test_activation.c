@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/vexp.h"
 #include "suites.h"
 #include "testutil.h"
 
@@ -286,6 +287,208 @@ START_TEST(test_oracle_relu)
 }
 END_TEST
 
+/* ---- The family's GELU against double precision --------------------------
+ *
+ * src/kernels/vexp.h's gelu and gelu_backward of the context's family
+ * (TB_KERNEL), every form, on a dense sweep of [-16, 16] (both tails: the
+ * exact form's output underflows below x = -14, its Phi(x) reaches 1 in
+ * float above x = 5.4) and on special values. Errors:
+ *   forward  |y - ref| / |ref|, less an absolute 1e-37 (~8 FLT_MIN:
+ *            results at the bottom of the normal range, where exp(-x^2/2)
+ *            leaves it, may be flushed or denormal);
+ *   backward |g - ref| / (|first term| + |second term|) of gelu' = Phi(x)
+ *            + x phi(x) (or s + x s (1 - s) ...): its value goes through 0
+ *            at x = -0.75, where no float evaluation has a relative bound,
+ *            so the error is measured against the terms it is made of.
+ * The exact form's reference is erfc and exp in double of the float x.
+ * The tanh form's argument u = sqrt(2/pi) (x + 0.044715 x^3) is itself
+ * rounded in float before the sigmoid (as torch's float kernel does), an
+ * error of up to 1e-5 relative in the far negative tail that no sigmoid
+ * can remove: its reference takes that float u (computed here with the
+ * library's operation order) and does the rest in double; the quick
+ * form's likewise takes the float 1.702f x.
+ * Bounds: 1e-6 forward and backward for every form (~8 ulp; the vector
+ * code measures below 4e-7, printed). A polynomial fitted to 1e-6 instead
+ * of 4e-8, a coefficient of degree <= 4 off in its 4th significant digit,
+ * exp(-x^2/2) without the low part of x^2 (off by up to 4% at x = -13),
+ * or the tail computed as 1 - Phi(a) (all digits lost below x = -5.4),
+ * fails. The portable family's erfcf(-x /
+ * sqrt 2) rounds its argument first: its exact form is off by up to
+ * ~3 a^2 ulp relative in the negative tail (measured 1.3e-5 at x = -14):
+ * for it the bound is 2.5e-7 a^2 (+ 1e-6), which the vector families also
+ * meet by a wide margin. */
+static double ref_phi(double x)
+{
+    return 0.5 * erfc(-x / sqrt(2.0));
+}
+
+static float tanh_u_float(float x)
+{
+    const float c = 0.044715f * x;
+    const float cx2 = c * x;
+    const float cx3 = cx2 * x;
+    const float in = x + cx3;
+    return 0.79788456080286535588f * in;
+}
+
+/* |got - want| less 1e-37 (results at the bottom of the normal range may
+ * be flushed or denormal), relative to scale. */
+static double rel_beyond_flt_min(float got, double want, double scale)
+{
+    const double d = fabs(got - want) - 1e-37;
+    if (d <= 0.0)
+        return 0.0;
+    return scale > 0.0 ? d / scale : INFINITY;
+}
+
+typedef struct gelu_err {
+    double fwd, bwd, fwd_x, bwd_x;
+} gelu_err;
+
+static void gelu_measure(int form, double x, float y, float g, double a2_bound, gelu_err *e,
+                         double *worst_scaled)
+{
+    double ref, r1, r2, one_minus_s = 0.0;
+    if (form == TB_GELU_EXACT) {
+        ref = x * ref_phi(x);
+        r1 = ref_phi(x);
+        r2 = x * exp(-0.5 * x * x) * 0.39894228040143267794; /* 1 / sqrt(2 pi) */
+    } else {
+        const float kx = 1.702f * (float)x;
+        const double k = form == TB_GELU_TANH ? 2.0 * (double)tanh_u_float((float)x) : kx;
+        const double sg = 1.0 / (1.0 + exp(-k));
+        const double dk = form == TB_GELU_TANH
+                              ? 2.0 * 0.79788456080286535588 * (1.0 + 3.0 * 0.044715 * x * x)
+                              : 1.702;
+        ref = x * sg;
+        r1 = sg;
+        r2 = x * sg * (1.0 - sg) * dk;
+        /* The formula's 1 - s is known to ulp(1) = 1.2e-7 absolute once
+         * s > 1/2 (s rounded first): the gradient's second term to
+         * 1.2e-7 |x| dk absolute (6e-6 at x = 5 with the tanh form), in
+         * every family, libm's included. */
+        one_minus_s = 1.2e-7 * fabs(x) * dk;
+    }
+    const double ef = rel_beyond_flt_min(y, ref, fabs(ref));
+    const double eb = rel_beyond_flt_min(g, r1 + r2, fabs(r1) + fabs(r2));
+    if (ef > e->fwd)
+        e->fwd = ef, e->fwd_x = x;
+    if (eb > e->bwd)
+        e->bwd = eb, e->bwd_x = x;
+    /* Against the bound that allows for a rounded argument (see above). */
+    const double lim = 1e-6 + a2_bound * x * x;
+    const double lim_b = lim + one_minus_s / (fabs(r1) + fabs(r2) + 1e-300);
+    if (ef / lim > *worst_scaled)
+        *worst_scaled = ef / lim;
+    if (eb / lim_b > *worst_scaled)
+        *worst_scaled = eb / lim_b;
+}
+
+START_TEST(gelu_vector_accuracy)
+{
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 1);
+    const tb_vexp_ops *vx = tb_vexp_select(&ctx);
+    const int portable = vx == &tb_vexp_portable;
+    const char *fam = vx == &tb_vexp_avx512 ? "avx512" : vx == &tb_vexp_avx2 ? "avx2" : "portable";
+    enum { N = 640007, NS = 22 };
+    const float special[NS] = {0.0f,   -0.0f,  1e-30f,  -1e-30f, 1e-45f, -1e-45f, 0.75179f,
+                               -0.75179f, 5.4f, -5.4f,  13.2f,   -13.2f, -13.5f,  -14.0f,
+                               -14.5f, -20.0f, 100.0f, -100.0f, 3.0e38f, -3.0e38f, 1e-6f,
+                               -1e-6f};
+    float *x = tbt_alloc(N * sizeof(float)), *y = tbt_alloc(N * sizeof(float));
+    float *g = tbt_alloc(N * sizeof(float)), *dy = tbt_alloc(N * sizeof(float));
+    for (size_t j = 0; j < N; j++)
+        x[j] = j < NS ? special[j] : -16.0f + 32.0f * (float)(j - NS) / (float)(N - NS - 1);
+    for (size_t j = 0; j < N; j++)
+        dy[j] = 1.0f;
+    for (int form = 0; form < 3; form++) {
+        vx->gelu(form, x, y, N);
+        vx->gelu_backward(form, x, dy, g, N);
+        gelu_err e = {0, 0, 0, 0};
+        double scaled = 0.0;
+        const double a2 = portable && form == TB_GELU_EXACT ? 2.5e-7 : 0.0;
+        for (size_t j = 0; j < N; j++) {
+            /* The tanh and quick formulas overflow (x^3, x s) beyond 1e12:
+             * NaN for every family, libm's included. */
+            if (form != TB_GELU_EXACT && fabsf(x[j]) > 1e12f)
+                continue;
+            /* Their sigmoid 1 / (1 + exp(-k)) is 0 (every family's, as
+             * libm's expf overflows) once k < -88.7 (x < -10.05 for tanh,
+             * -52 for quick), where x s and the gradient's x s (1 - s) du
+             * would still be normal floats: checked down to there. */
+            const float k = form == TB_GELU_TANH ? 2.0f * tanh_u_float(x[j]) : 1.702f * x[j];
+            if (form != TB_GELU_EXACT && k < -87.0f)
+                continue;
+            gelu_measure(form, x[j], y[j], g[j], a2, &e, &scaled);
+        }
+        printf("  check   gelu %s (%s): forward max relative error %.2e (at x = %.4g), backward "
+               "%.2e (at x = %.4g) vs double\n",
+               gelu_form_names[form], fam, e.fwd, e.fwd_x, e.bwd, e.bwd_x);
+        ck_assert_msg(scaled <= 1.0,
+                      "gelu %s (%s): error over its bound (forward %g at x = %g, backward %g at "
+                      "x = %g)",
+                      gelu_form_names[form], fam, e.fwd, e.fwd_x, e.bwd, e.bwd_x);
+        /* Special values: NaN stays NaN; +-inf as the portable (libm)
+         * formula gives them. */
+        const float sp[3] = {NAN, INFINITY, -INFINITY};
+        float sy[3], sg[3], py[3], pg[3], one[3] = {1, 1, 1};
+        vx->gelu(form, sp, sy, 3);
+        vx->gelu_backward(form, sp, one, sg, 3);
+        tb_vexp_portable.gelu(form, sp, py, 3);
+        tb_vexp_portable.gelu_backward(form, sp, one, pg, 3);
+        for (int k = 0; k < 3; k++)
+            ck_assert_msg((isnan(sy[k]) && isnan(py[k])) || sy[k] == py[k],
+                          "gelu %s (%s) of %g: %g, libm's formula %g", gelu_form_names[form], fam,
+                          (double)sp[k], (double)sy[k], (double)py[k]);
+        for (int k = 0; k < 3; k++)
+            ck_assert_msg((isnan(sg[k]) && isnan(pg[k])) || sg[k] == pg[k],
+                          "gelu' %s (%s) of %g: %g, libm's formula %g", gelu_form_names[form],
+                          fam, (double)sp[k], (double)sg[k], (double)pg[k]);
+        ck_assert_msg(isnan(sy[0]) && sy[1] == INFINITY, "gelu %s of NaN, +inf",
+                      gelu_form_names[form]);
+        /* Every tail length and offset gives each element the same value,
+         * in place too (y = x, dx = dy). */
+        for (size_t n = 1; n <= 40; n++) {
+            float xs[40], ys[40], gs[40], ones[40];
+            for (size_t j = 0; j < n; j++)
+                xs[j] = x[1000 + 7919 * j], ones[j] = 1.0f;
+            vx->gelu(form, xs + 0, ys, n);
+            vx->gelu_backward(form, xs, ones, gs, n);
+            for (size_t j = 0; j < n; j++)
+                ck_assert_msg(memcmp(&ys[j], &y[1000 + 7919 * j], sizeof(float)) == 0 &&
+                                  memcmp(&gs[j], &g[1000 + 7919 * j], sizeof(float)) == 0,
+                              "gelu %s (%s): element %zu of %zu differs from the sweep's",
+                              gelu_form_names[form], fam, j, n);
+            vx->gelu(form, xs, xs, n);
+            vx->gelu_backward(form, ys, ones, ones, n); /* ys = gelu values as inputs now */
+            for (size_t j = 0; j < n; j++)
+                ck_assert_msg(memcmp(&xs[j], &y[1000 + 7919 * j], sizeof(float)) == 0,
+                              "gelu %s (%s) in place", gelu_form_names[form], fam);
+        }
+    }
+    /* Through the block: the same values for 1 and 3 threads. */
+    tb_ctx c3;
+    tbt_ctx_init(&c3, 3);
+    float *y3 = tbt_alloc(N * sizeof(float));
+    tb_tensor xt = tb_tensor_1d(x, N), yt = tb_tensor_1d(y, N), y3t = tb_tensor_1d(y3, N);
+    for (int form = 0; form < 3; form++) {
+        CHECK_OK(ctx, tb_gelu_forward(&ctx, (tb_gelu_approx)form, &xt, &yt));
+        CHECK_OK(c3, tb_gelu_forward(&c3, (tb_gelu_approx)form, &xt, &y3t));
+        ck_assert(memcmp(y, y3, N * sizeof(float)) == 0);
+        tb_tensor dyt = tb_tensor_1d(dy, N);
+        CHECK_OK(ctx, tb_gelu_backward(&ctx, (tb_gelu_approx)form, &xt, &dyt, &yt));
+        CHECK_OK(c3, tb_gelu_backward(&c3, (tb_gelu_approx)form, &xt, &dyt, &y3t));
+        ck_assert(memcmp(y, y3, N * sizeof(float)) == 0);
+    }
+    free(y3);
+    free(x);
+    free(y);
+    free(g);
+    free(dy);
+}
+END_TEST
+
 /* ---- Coverage: every case gen_activation.py wrote is tested here ---------------- */
 
 static int case_is_tested(const char *name, const void *user)
@@ -323,5 +526,9 @@ Suite *suite_activation(void)
     tcase_add_loop_test(t2, test_oracle_relu, 0, (int)ARRAY_LEN(relu_cases));
     tcase_add_test(t2, test_activation_all_cases_tested);
     suite_add_tcase(s, t2);
+    TCase *t3 = tcase_create("vector_gelu");
+    tcase_set_timeout(t3, 60);
+    tcase_add_test(t3, gelu_vector_accuracy);
+    suite_add_tcase(s, t3);
     return s;
 }

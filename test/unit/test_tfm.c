@@ -459,6 +459,84 @@ START_TEST(test_tfm_variants_by_finite_differences)
 }
 END_TEST
 
+/* ---- inference-only activations ------------------------------------------------------------ */
+
+/* tfm_acts_init_inference(): the same output, bit for bit, as the full
+ * activations in TB_MODE_INFERENCE, for 1, 2 and 3 layers (the stream's
+ * two buffers alternate), every norm place and kind, fused and separate
+ * QKV, causal and padded, with a deep prompt, a batch smaller than the
+ * capacity, and twice in a row; a training forward and backward refused;
+ * the size call agrees with what init allocates, and it is smaller. */
+START_TEST(test_tfm_inference_acts)
+{
+    static const struct {
+        tfm_norm_place place;
+        tfm_norm_kind kind;
+        tfm_qkv_form qkv;
+        int causal, prefix;
+    } v[] = {
+        {TFM_POST_NORM, TFM_LAYERNORM, TFM_QKV_SEPARATE, 0, 0}, /* BERT */
+        {TFM_PRE_NORM, TFM_LAYERNORM, TFM_QKV_FUSED, 1, 0},     /* GPT-2 */
+        {TFM_PRE_NORM, TFM_RMSNORM, TFM_QKV_SEPARATE, 0, 1},
+        {TFM_POST_NORM, TFM_BATCHNORM, TFM_QKV_FUSED, 1, 1},
+    };
+    tb_ctx ctx;
+    tbt_ctx_init(&ctx, 2);
+    for (size_t k = 0; k < sizeof v / sizeof v[0]; k++)
+        for (size_t L = 1; L <= 3; L++) {
+            tfm_config c = small_config(v[k].place, v[k].kind, v[k].qkv, v[k].causal);
+            c.n_layer = L;
+            tfm m;
+            tb_rng rng;
+            tb_rng_init(&rng, 40 + k * 3 + L);
+            CHECK_OK(ctx, tfm_init(&ctx, &m, &c, &rng));
+            const size_t B = 3, T = 7, C = c.d_model, n = 2;
+            float *pk = tbt_alloc(L * n * C * sizeof(float)), *pv = tbt_alloc(L * n * C * sizeof(float));
+            float *kp[3], *vp[3];
+            CHECK_OK(ctx, tb_rng_fill_normal(&ctx, &rng, pk, L * n * C, 0.0f, 1.0f));
+            CHECK_OK(ctx, tb_rng_fill_normal(&ctx, &rng, pv, L * n * C, 0.0f, 1.0f));
+            for (size_t l = 0; l < L; l++)
+                kp[l] = pk + l * n * C, vp[l] = pv + l * n * C;
+            const tfm_prefix pf = {n, C, 0, kp, vp, NULL, NULL};
+            if (v[k].prefix)
+                CHECK_OK(ctx, tfm_set_prefix(&ctx, &m, &pf));
+            tfm_acts full, inf;
+            CHECK_OK(ctx, tfm_acts_init(&ctx, &full, &m, B, T));
+            CHECK_OK(ctx, tfm_acts_init_inference(&ctx, &inf, &m, B, T));
+            size_t bytes;
+            CHECK_OK(ctx, tfm_acts_size_inference(&ctx, &c, B, T, v[k].prefix ? n : 0, &bytes));
+            ck_assert_uint_eq(bytes, inf.bytes);
+            ck_assert_uint_lt(inf.bytes, full.bytes);
+            int32_t ids[21], types[21];
+            uint8_t valid[21];
+            for (size_t i = 0; i < B * T; i++) {
+                ids[i] = (int32_t)((i * 7 + 3) % c.vocab_size);
+                types[i] = (int32_t)(i % 2);
+                valid[i] = (uint8_t)(i % T < T - (i / T)); /* row b has b padding tokens */
+            }
+            for (size_t rep = 0; rep < 2; rep++) {
+                const size_t b = rep ? B - 1 : B; /* then a smaller batch */
+                const tfm_input in = {b, T, ids, NULL, c.type_vocab_size ? types : NULL, valid};
+                CHECK_OK(ctx, tfm_forward(&ctx, &m, &full, TB_MODE_INFERENCE, NULL, &in));
+                CHECK_OK(ctx, tfm_forward(&ctx, &m, &inf, TB_MODE_INFERENCE, NULL, &in));
+                ck_assert_msg(memcmp(full.out, inf.out, b * T * C * sizeof(float)) == 0,
+                              "variant %zu, %zu layers, batch %zu: inference-only activations "
+                              "give another output",
+                              k, L, b);
+                ck_assert_msg(tbt_max_abs_f(inf.out, b * T * C) > 0.1, "output all ~0");
+            }
+            const tfm_input in = {B, T, ids, NULL, NULL, valid};
+            ck_assert_int_eq(tfm_forward(&ctx, &m, &inf, TB_MODE_TRAINING, &rng, &in),
+                             TB_ERR_INVALID_ARG);
+            ck_assert_int_eq(tfm_backward(&ctx, &m, &inf, inf.out, NULL), TB_ERR_INVALID_ARG);
+            tfm_acts_free(&full);
+            tfm_acts_free(&inf);
+            tfm_free(&m);
+            free(pk), free(pv);
+        }
+}
+END_TEST
+
 /* ---- configurations -------------------------------------------------------------------------- */
 
 START_TEST(test_tfm_config_check_and_specs)
@@ -575,6 +653,7 @@ Suite *suite_tfm(void)
     tcase_add_test(tc, test_tfm_every_projection_goes_through_the_indirection);
     tcase_add_test(tc, test_tfm_variants_by_finite_differences);
     tcase_add_test(tc, test_tfm_config_check_and_specs);
+    tcase_add_test(tc, test_tfm_inference_acts);
     suite_add_tcase(s, tc);
     return s;
 }
