@@ -19,7 +19,7 @@ return_loss=True on a batch of images and texts:
 
 LayerNorm weights and every bias are made random (transformers initialises
 them to 1 and 0, which would hide a swapped weight and bias).
-Case names go to clip_cases.txt.
+Case names go to clip_model_cases.txt.
 """
 
 import os
@@ -132,7 +132,7 @@ def main():
         path = os.path.join(args.out, name + ".tbref")
         total += gr.write_tbref(path, case(args.out, name, **kw))
         gr.read_tbref(path)
-    with open(os.path.join(args.out, "clip_cases.txt"), "w") as f:
+    with open(os.path.join(args.out, "clip_model_cases.txt"), "w") as f:
         f.write("".join(n + "\n" for n, _ in cs))
     print("gen_clip.py: %d cases (CLIPModel), %.1f KiB of references in %s"
           % (len(cs), total / 1024.0, args.out))

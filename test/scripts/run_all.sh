@@ -149,6 +149,18 @@ deps_test() {
 }
 want build && run "make -j builds; a header or flag change rebuilds, nothing else does" deps_test
 
+# ---- oracle manifests ------------------------------------------------------------
+# The generators run in parallel into one directory: two writing the same
+# <name>_cases.txt would leave whichever finished last (gen_grad.py's and
+# gen_clip.py's clip_cases.txt once did).
+manifest_test() {
+    for f in test/oracle/gen_*.py; do
+        grep -o '"[A-Za-z0-9_]*_cases\.txt"' "$f" | sort -u
+    done | sort | uniq -d > "$TMP/dup"
+    [ ! -s "$TMP/dup" ] || { echo "manifests written by two generators:"; cat "$TMP/dup"; return 1; }
+}
+want build && run "no two oracle generators write the same case manifest" manifest_test
+
 # ---- the guide ------------------------------------------------------------------
 want run && run "guide: every page's demonstration runs (fast mode) and has its page's shape" \
     python3 test/scripts/guide.py --fast

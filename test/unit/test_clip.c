@@ -204,7 +204,7 @@ END_TEST
 START_TEST(test_clip_manifest)
 {
     const tbt_names l = {clip_cases, ARRAY_LEN(clip_cases)};
-    ck_assert_uint_eq(tbt_check_manifest("clip_cases.txt", "test_clip.c", tbt_name_listed, &l),
+    ck_assert_uint_eq(tbt_check_manifest("clip_model_cases.txt", "test_clip.c", tbt_name_listed, &l),
                       ARRAY_LEN(clip_cases));
 }
 END_TEST
