@@ -125,14 +125,12 @@ int main(int argc, char **argv)
     int rc = ex_ctx_init(&ctx);
     if (rc >= 0)
         return rc;
-    uint64_t max_len = 128, draws = 4, seed = 1, threads = (uint64_t)ctx.num_threads;
-    if (threads > 1024)
-        threads = 1024;
+    uint64_t max_len = 128, draws = 4, seed = 1, threads = 0;
     const ex_opt opts[] = {
         {"max-len", "T", "longest sequence: T = 8, 16, ... up to this", 8, MAX_T, &max_len},
         {"draws", "N", "independent Q, K draws averaged per cell", 1, 64, &draws},
         {"seed", "S", "seed for Q and K", 0, UINT64_MAX, &seed},
-        {"threads", "T", "threads the library may use", 1, 1024, &threads},
+        EX_OPT_THREADS(threads),
     };
     rc = ex_parse_args(argc, argv,
                        "The rank of a bidirectional vs a causal softmax attention matrix on the\n"
@@ -142,7 +140,7 @@ int main(int argc, char **argv)
                        opts, sizeof opts / sizeof opts[0]);
     if (rc >= 0)
         return rc;
-    ctx.num_threads = (int)threads;
+    ex_apply_threads(&ctx, threads);
     static const size_t dims[] = {2, 8, 32};
     const size_t n_dims = sizeof dims / sizeof dims[0];
     const size_t T_max = (size_t)max_len, D_max = dims[n_dims - 1], B = (size_t)draws;

@@ -470,15 +470,11 @@ int main(int argc, char **argv)
     ctx.allocator.alloc = counted_alloc;
     ctx.allocator.free = counted_free;
     ctx.allocator.user = &mem;
-    uint64_t tmax = 2048, threads = (uint64_t)ctx.num_threads;
-    if (threads > 1024)
-        threads = 1024;
-    if (threads < 1)
-        threads = 1;
+    uint64_t tmax = 2048, threads = 0;
     const ex_opt opts[] = {
         {"tmax", "T", "longest sequence of part 1 (T = 64, 128, ... up to it)", T_MIN, 4096,
          &tmax},
-        {"threads", "N", "threads the library may use", 1, 1024, &threads},
+        EX_OPT_THREADS(threads),
     };
     rc = ex_parse_args(argc, argv,
                            "How attention's time and memory grow with the sequence length\n"
@@ -488,7 +484,7 @@ int main(int argc, char **argv)
                            opts, sizeof opts / sizeof opts[0]);
     if (rc >= 0)
         return rc;
-    ctx.num_threads = (int)threads;
+    ex_apply_threads(&ctx, threads);
     printf("attention_scaling: libtblocks %s, threads %d, kernels %s\n", tb_version_string(),
            ctx.num_threads, ex_kernel_name(&ctx));
     const double t0 = ex_seconds();

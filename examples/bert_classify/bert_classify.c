@@ -721,7 +721,7 @@ static int parse(int argc, char **argv, opts *o)
         {"positions", "N", "position table (max_position_embeddings)", 8, 4096, &o->positions},
         {"seed", "N", "seed of the data, the split, the weights and the batches", 0,
          UINT64_MAX - 16, &o->seed},
-        {"threads", "N", "threads (0: OpenMP's default)", 0, 256, &o->threads},
+        EX_OPT_THREADS(o->threads),
         {"lora-rank", "R", "LoRA rank", 1, 256, &o->rank},
         {"virtual", "N", "P-tuning's virtual tokens", 1, 256, &o->n_virtual},
         {"encoder-hidden", "H", "P-tuning's encoder hidden size (0: the width)", 0, 4096,
@@ -1068,8 +1068,7 @@ int main(int argc, char **argv)
     w.o = &o;
     if ((rc = ex_ctx_init(&w.ctx)) >= 0)
         return rc;
-    if (o.threads)
-        w.ctx.num_threads = (int)o.threads;
+    ex_apply_threads(&w.ctx, o.threads);
     tb_ctx *ctx = &w.ctx;
     bert_config bc = bert_config_base();
     bc.hidden_size = (size_t)o.width, bc.num_hidden_layers = (size_t)o.layers;

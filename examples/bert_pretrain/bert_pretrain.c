@@ -104,7 +104,7 @@ static int parse(int argc, char **argv, opts *o)
          &o->positions},
         {"seed", "S", "seed of the initialisation and of the training stream", 0, UINT64_MAX,
          &o->seed},
-        {"threads", "N", "threads (0: OpenMP's default)", 0, 1024, &o->threads},
+        EX_OPT_THREADS(o->threads),
         {"log-every", "N", "steps between progress lines", 1, 100000000, &o->log_every},
         {"warmup", "N", "warm-up steps of the learning rate", 0, 100000000, &o->warmup},
     };
@@ -581,8 +581,7 @@ int main(int argc, char **argv)
     memset(&t, 0, sizeof t);
     if ((rc = ex_ctx_init(&t.ctx)) >= 0)
         return rc;
-    if (o.threads)
-        t.ctx.num_threads = (int)o.threads;
+    ex_apply_threads(&t.ctx, o.threads);
     ex_shown sh;
     if (o.resume) {
         if (!read_resume(&t.ctx, &o, &t.bc))

@@ -337,7 +337,7 @@ int main(int argc, char **argv)
     const ex_opt opts[] = {
         {"seed", "N", "random seed (weights, training pictures; the test sets use seed + 1)", 0,
          UINT64_MAX, &seed},
-        {"threads", "N", "threads (0: OpenMP's default)", 0, 256, &threads},
+        EX_OPT_THREADS(threads),
         {"steps", "N", "AdamW steps (0: only the untrained baseline)", 0, 1000000, &steps},
         {"batch", "N", "pairs per step (distinct training combinations)", 2, 96, &batch},
         {"width", "N", "width of both towers (a multiple of 4: 4 heads)", 4, 1024, &width},
@@ -376,8 +376,7 @@ int main(int argc, char **argv)
     tb_ctx ctx;
     if ((rc = ex_ctx_init(&ctx)) >= 0)
         return rc;
-    if (threads)
-        ctx.num_threads = (int)threads;
+    ex_apply_threads(&ctx, threads);
     const double t0 = ex_seconds();
     printf("clip_pairs: libtblocks %s, seed %llu, kernels %s\n\n", tb_version_string(),
            (unsigned long long)seed, ex_kernel_name(&ctx));

@@ -196,6 +196,12 @@ int ex_ctx_init(tb_ctx *ctx)
     return -1;
 }
 
+void ex_apply_threads(tb_ctx *ctx, uint64_t threads)
+{
+    if (threads > 0 && threads <= EX_MAX_THREADS)
+        ctx->num_threads = (int)threads;
+}
+
 const char *ex_kernel_name(const tb_ctx *ctx)
 {
     return tb_kernel_name(tb_ctx_kernel(ctx));

@@ -92,6 +92,16 @@ int ex_failed(const tb_ctx *ctx, tb_status status, const char *what);
  */
 int ex_ctx_init(tb_ctx *ctx);
 
+/* The `--threads N` option every program has, one way: 0 (the default)
+ * keeps the context's thread count (OpenMP's default: the cores it may
+ * use), 1..EX_MAX_THREADS sets it; ex_apply_threads() does that after the
+ * parse. Results never depend on it (every block is bitwise identical for
+ * any thread count), only the speed does. */
+#define EX_MAX_THREADS 1024
+#define EX_OPT_THREADS(var) \
+    {"threads", "N", "threads (0: OpenMP's default)", 0, EX_MAX_THREADS, &(var)}
+void ex_apply_threads(tb_ctx *ctx, uint64_t threads);
+
 /* The kernel family the calls through ctx run ("portable", "avx2",
  * "avx512"), for the programs' banners. */
 const char *ex_kernel_name(const tb_ctx *ctx);

@@ -691,13 +691,11 @@ int main(int argc, char **argv)
     int rc = ex_ctx_init(&ctx);
     if (rc >= 0)
         return rc;
-    uint64_t steps = 1500, seed = 1, threads = (uint64_t)ctx.num_threads;
-    if (threads > 1024)
-        threads = 1024;
+    uint64_t steps = 1500, seed = 1, threads = 0;
     const ex_opt opts[] = {
         {"steps", "N", "training steps (batches of 16)", 20, 1000000, &steps},
         {"seed", "S", "seed for the weights, the data and the noise", 0, UINT64_MAX, &seed},
-        {"threads", "T", "threads the library may use", 1, 1024, &threads},
+        EX_OPT_THREADS(threads),
     };
     rc = ex_parse_args(argc, argv,
                        "Stable Diffusion's text conditioning at toy size: a denoiser whose\n"
@@ -707,7 +705,7 @@ int main(int argc, char **argv)
                        opts, sizeof opts / sizeof opts[0]);
     if (rc >= 0)
         return rc;
-    ctx.num_threads = (int)threads;
+    ex_apply_threads(&ctx, threads);
 
     tb_rng master, init_rng, data_rng;
     tb_rng_init(&master, seed);

@@ -148,7 +148,7 @@ int main(int argc, char **argv)
     const char *file = NULL, *format = "tsv", *query = NULL, *rank = NULL;
     const ex_opt opts[] = {
         {"batch", "N", "sentences per forward pass", 1, 4096, &batch},
-        {"threads", "N", "threads (0: all cores)", 0, 1024, &threads},
+        EX_OPT_THREADS(threads),
         {"max-len", "N", "tokens per sentence, [CLS] and [SEP] included (0: the folder's "
          "max_seq_length)", 0, 65536, &max_len},
         {"top", "K", "lines --rank prints", 1, UINT32_MAX, &top},
@@ -200,8 +200,7 @@ int main(int argc, char **argv)
     tb_ctx ctx;
     if ((rc = ex_ctx_init(&ctx)) >= 0)
         return rc;
-    if (threads)
-        ctx.num_threads = (int)threads;
+    ex_apply_threads(&ctx, threads);
     const char *source = rank ? rank : file ? file : "stdin";
     char *buf = NULL;
     size_t len = 0;

@@ -231,7 +231,7 @@ int main(int argc, char **argv)
     uint64_t seed = 1, threads = 0, pre_steps = 600, ft_steps = 400, micro = 4, lambda = 1000;
     const ex_opt opts[] = {
         {"seed", "N", "random seed (data, initial weights, batches)", 0, UINT64_MAX, &seed},
-        {"threads", "N", "threads (0: OpenMP's default)", 0, 256, &threads},
+        EX_OPT_THREADS(threads),
         {"pretrain-steps", "N", "optimizer steps on task A", 1, 100000, &pre_steps},
         {"finetune-steps", "N", "optimizer steps on task B (at most, with early stopping)", 1,
          100000, &ft_steps},
@@ -254,8 +254,7 @@ int main(int argc, char **argv)
     tb_ctx ctx;
     if ((rc = ex_ctx_init(&ctx)) >= 0)
         return rc;
-    if (threads)
-        ctx.num_threads = (int)threads;
+    ex_apply_threads(&ctx, threads);
     const double t0 = ex_seconds();
     printf("finetune_forgetting: libtblocks %s, seed %llu, kernels %s\n\n", tb_version_string(),
            (unsigned long long)seed, ex_kernel_name(&ctx));

@@ -232,7 +232,7 @@ static int parse_train(int argc, char **argv, train_opts *o)
         {"accum", "K", "micro-batches accumulated per step", 1, 1024, &o->accum},
         {"warmup", "N", "warm-up steps", 0, 1000000, &o->warmup},
         {"seed", "N", "seed (initial weights, batches, dropout)", 0, UINT64_MAX, &o->seed},
-        {"threads", "N", "threads (0: OpenMP's default)", 0, 256, &o->threads},
+        EX_OPT_THREADS(o->threads),
         {"eval-every", "N", "steps between validation, checkpoint and progress line", 1,
          1000000, &o->eval_every},
         {"patience", "N", "stop after N evaluations without a better validation loss (0: never)",
@@ -696,8 +696,7 @@ static int cmd_train(int argc, char **argv)
     memset(&t, 0, sizeof t);
     if ((rc = ex_ctx_init(&t.ctx)) >= 0)
         return rc;
-    if (o.threads)
-        t.ctx.num_threads = (int)o.threads;
+    ex_apply_threads(&t.ctx, o.threads);
     gpt_config cfg = {o.layers, o.heads, o.width, o.context, VOCAB, (float)o.dropout};
     t.ts = (train_state){INFINITY, 0};
     /* Everything that can be refused is refused before training starts:
@@ -1099,7 +1098,7 @@ static int parse_gen(int argc, char **argv, gen_opts *g, const char *summary)
         {"no-repeat-ngram", "N", "never repeat a byte N-gram (0: off)", 0, 1000, &g->ngram},
         {"beams", "W", "beam width for --strategy beam", 1, 64, &g->beams},
         {"seed", "N", "sampling seed", 0, UINT64_MAX, &g->seed},
-        {"threads", "N", "threads (0: OpenMP's default)", 0, 256, &g->threads},
+        EX_OPT_THREADS(g->threads),
     };
     const ex_xopt xopts[] = {
         {"ckpt", "FILE", "checkpoint from gpt train", NULL, &g->ckpt, 0, 0},
@@ -1180,8 +1179,7 @@ static int cmd_generate(int argc, char **argv)
     tb_ctx ctx;
     if ((rc = ex_ctx_init(&ctx)) >= 0)
         return rc;
-    if (g.threads)
-        ctx.num_threads = (int)g.threads;
+    ex_apply_threads(&ctx, g.threads);
     gpt m;
     if (!load_model(&ctx, g.ckpt, &m))
         return EX_EXIT_FAILURE;
@@ -1214,8 +1212,7 @@ static int cmd_repetition(int argc, char **argv)
     tb_ctx ctx;
     if ((rc = ex_ctx_init(&ctx)) >= 0)
         return rc;
-    if (g.threads)
-        ctx.num_threads = (int)g.threads;
+    ex_apply_threads(&ctx, g.threads);
     gpt m;
     if (!load_model(&ctx, g.ckpt, &m))
         return EX_EXIT_FAILURE;

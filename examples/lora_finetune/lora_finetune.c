@@ -381,7 +381,7 @@ static int parse_run(int argc, char **argv, run_opts *o)
         {"batch", "B", "sequences per step", 1, 1024, &o->batch},
         {"seed", "N", "seed (corpora, initial weights, adapters, batches)", 0, UINT64_MAX,
          &o->seed},
-        {"threads", "N", "threads (0: OpenMP's default)", 0, 256, &o->threads},
+        EX_OPT_THREADS(o->threads),
         {"corpus-kb", "N", "size of each task's corpus", 16, 100000, &o->corpus_kb},
     };
     const ex_xopt xopts[] = {
@@ -470,8 +470,7 @@ static int cmd_run(int argc, char **argv)
     memset(&w, 0, sizeof w);
     if ((rc = ex_ctx_init(&w.ctx)) >= 0)
         return rc;
-    if (o.threads)
-        w.ctx.num_threads = (int)o.threads;
+    ex_apply_threads(&w.ctx, o.threads);
     tb_ctx *ctx = &w.ctx;
     w.cfg = (gpt_config){o.layers, o.heads, o.width, o.context, VOCAB, 0.0f};
     if (gpt_config_check(ctx, &w.cfg) != TB_OK) {
@@ -635,7 +634,7 @@ static int cmd_reload(int argc, char **argv)
 {
     uint64_t threads = 0;
     const char *dir = "lora_finetune_out";
-    const ex_opt opts[] = {{"threads", "N", "threads (0: OpenMP's default)", 0, 256, &threads}};
+    const ex_opt opts[] = {EX_OPT_THREADS(threads)};
     const ex_xopt xopts[] = {
         {"dir", "DIR", "the directory lora_finetune run wrote", NULL, &dir, 0, 0}};
     int rc = ex_parse_args_ex(argc, argv,
@@ -649,8 +648,7 @@ static int cmd_reload(int argc, char **argv)
     memset(&w, 0, sizeof w);
     if ((rc = ex_ctx_init(&w.ctx)) >= 0)
         return rc;
-    if (threads)
-        w.ctx.num_threads = (int)threads;
+    ex_apply_threads(&w.ctx, threads);
     tb_ctx *ctx = &w.ctx;
     char path[4096];
     const int pn = snprintf(path, sizeof path, "%s/%s", dir, BASE_FILE);

@@ -265,14 +265,12 @@ int main(int argc, char **argv)
     int rc = ex_ctx_init(&ctx);
     if (rc >= 0)
         return rc;
-    uint64_t max_len = MAX_T, seed = 1, threads = (uint64_t)ctx.num_threads;
-    if (threads > 1024)
-        threads = 1024;
+    uint64_t max_len = MAX_T, seed = 1, threads = 0;
     const ex_opt opts[] = {
         {"max-len", "T", "longest sequence of table 1: T = 32, 64, ... up to this", 32, MAX_T,
          &max_len},
         {"seed", "S", "seed for the weights and the tokens", 0, UINT64_MAX, &seed},
-        {"threads", "T", "threads the library may use", 1, 1024, &threads},
+        EX_OPT_THREADS(threads),
     };
     rc = ex_parse_args(argc, argv,
                        "Activation memory of a small GPT against batch size and sequence length,\n"
@@ -282,7 +280,7 @@ int main(int argc, char **argv)
                        opts, sizeof opts / sizeof opts[0]);
     if (rc >= 0)
         return rc;
-    ctx.num_threads = (int)threads;
+    ex_apply_threads(&ctx, threads);
     const gpt_config cfg = model_config();
     size_t n_params = 0;
     gpt_param_count(&cfg, &n_params);

@@ -232,14 +232,12 @@ int main(int argc, char **argv)
     if (rc >= 0)
         return rc;
 
-    uint64_t steps = 3000, seed = 1, threads = (uint64_t)ctx.num_threads;
-    if (threads > 1024)
-        threads = 1024;
+    uint64_t steps = 3000, seed = 1, threads = 0;
     const ex_opt opts[] = {
         {"steps", "N", "training steps", 1, 1000000, &steps},
         {"seed", "S", "seed for data, initial weights, batches and dropout", 0, UINT64_MAX,
          &seed},
-        {"threads", "T", "threads the library may use", 1, 1024, &threads},
+        EX_OPT_THREADS(threads),
     };
     rc = ex_parse_args(argc, argv,
                            "Train an MLP classifier (Linear-GELU-Dropout-Linear-GELU-Linear)\n"
@@ -248,7 +246,7 @@ int main(int argc, char **argv)
                            opts, sizeof opts / sizeof opts[0]);
     if (rc >= 0)
         return rc;
-    ctx.num_threads = (int)threads;
+    ex_apply_threads(&ctx, threads);
 
     /* Independent streams for each use, all derived from --seed. */
     tb_rng master, data_rng, init_rng, batch_rng, drop_rng;

@@ -202,15 +202,13 @@ int main(int argc, char **argv)
     int rc = ex_ctx_init(&ctx);
     if (rc >= 0)
         return rc;
-    uint64_t steps = 1500, seed = 1, max_heads = 8, threads = (uint64_t)ctx.num_threads;
-    if (threads > 1024)
-        threads = 1024;
+    uint64_t steps = 1500, seed = 1, max_heads = 8, threads = 0;
     const ex_opt opts[] = {
         {"steps", "N", "training steps of each model (batches of 32)", 20, 1000000, &steps},
         {"max-heads", "H", "largest head count: H = 1, 2, 4, ... up to this", 1, 32,
          &max_heads},
         {"seed", "S", "seed for the weights and the data", 0, UINT64_MAX, &seed},
-        {"threads", "T", "threads the library may use", 1, 1024, &threads},
+        EX_OPT_THREADS(threads),
     };
     rc = ex_parse_args(argc, argv,
                        "One attention head vs several at the same width: a one-layer causal\n"
@@ -221,7 +219,7 @@ int main(int argc, char **argv)
                        opts, sizeof opts / sizeof opts[0]);
     if (rc >= 0)
         return rc;
-    ctx.num_threads = (int)threads;
+    ex_apply_threads(&ctx, threads);
 
     tb_rng master;
     tb_rng_init(&master, seed);

@@ -901,14 +901,12 @@ int main(int argc, char **argv)
     int rc = ex_ctx_init(&ctx);
     if (rc >= 0)
         return rc;
-    uint64_t steps = 400, seed = 1, threads = (uint64_t)ctx.num_threads;
-    if (threads > 1024)
-        threads = 1024;
+    uint64_t steps = 400, seed = 1, threads = 0;
     const ex_opt opts[] = {
         {"steps", "N", "training steps of each model in part 3", 50, 1000000, &steps},
         {"seed", "S", "seed for the data, the initial weights and the batches", 0, UINT64_MAX,
          &seed},
-        {"threads", "T", "threads the library may use", 1, 1024, &threads},
+        EX_OPT_THREADS(threads),
     };
     rc = ex_parse_args(argc, argv,
                            "Compare LayerNorm and BatchNorm: batch-composition, padding and\n"
@@ -918,7 +916,7 @@ int main(int argc, char **argv)
                            opts, sizeof opts / sizeof opts[0]);
     if (rc >= 0)
         return rc;
-    ctx.num_threads = (int)threads;
+    ex_apply_threads(&ctx, threads);
 
     /* Independent streams for each use, all derived from --seed. */
     tb_rng master, feat_rng, data_rng, init_rng, batch_rng;

@@ -366,7 +366,7 @@ static int parse(int argc, char **argv, opts *o)
         {"context", "T", "context length in bytes (virtual tokens included)", 16, 2048,
          &o->context},
         {"batch", "B", "sequences per step", 1, 1024, &o->batch},
-        {"threads", "N", "threads (0: OpenMP's default)", 0, 256, &o->threads},
+        EX_OPT_THREADS(o->threads),
         {"corpus-kb", "N", "size of each task's corpus", 16, 100000, &o->corpus_kb},
     };
     const ex_xopt xo[] = {
@@ -408,8 +408,7 @@ int main(int argc, char **argv)
     memset(&w, 0, sizeof w);
     if ((rc = ex_ctx_init(&w.ctx)) >= 0)
         return rc;
-    if (o.threads)
-        w.ctx.num_threads = (int)o.threads;
+    ex_apply_threads(&w.ctx, o.threads);
     tb_ctx *ctx = &w.ctx;
     w.cfg = (gpt_config){o.layers, o.heads, o.width, o.context, VOCAB, 0.0f};
     if (gpt_config_check(ctx, &w.cfg) != TB_OK) {
