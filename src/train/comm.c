@@ -155,21 +155,29 @@ static size_t grad_params(const tb_param_list *list, size_t *numel)
     return n;
 }
 
-/* The list still has the trainable parameters r was made for. */
-static tb_status same_list(tb_ctx *ctx, const char *fn, const tb_dp_reducer *r,
-                           const tb_param_list *list)
+/* The list is valid and still has the n_params trainable parameters of
+ * numel floats that `what` (the reducer, the optimizer) was made for. */
+static tb_status list_as_made(tb_ctx *ctx, const char *fn, const char *what,
+                              const tb_param_list *list, size_t n_params, size_t numel)
 {
     tb_status s = tb_check_param_list(ctx, fn, list);
     if (s != TB_OK)
         return s;
-    size_t numel;
-    const size_t n = grad_params(list, &numel);
-    if (n != r->n_params || numel != r->numel)
+    size_t got;
+    const size_t n = grad_params(list, &got);
+    if (n != n_params || got != numel)
         return tb_fail(ctx, TB_ERR_STATE, fn,
-                       "the list has %zu trainable parameters (%zu floats); the reducer was "
+                       "the list has %zu trainable parameters (%zu floats); the %s was "
                        "made for %zu (%zu)",
-                       n, numel, r->n_params, r->numel);
+                       n, got, what, n_params, numel);
     return TB_OK;
+}
+
+/* The list still has the trainable parameters r was made for. */
+static tb_status same_list(tb_ctx *ctx, const char *fn, const tb_dp_reducer *r,
+                           const tb_param_list *list)
+{
+    return list_as_made(ctx, fn, "reducer", list, r->n_params, r->numel);
 }
 
 tb_status tb_dp_reducer_init(tb_ctx *ctx, tb_dp_reducer *r, const tb_comm *comm,
@@ -448,16 +456,9 @@ static int select_none(const char *name, const tb_param *param, void *user)
 static tb_status zero_same_list(tb_ctx *ctx, const char *fn, const tb_zero *z,
                                 const tb_param_list *list)
 {
-    tb_status s = tb_check_param_list(ctx, fn, list);
+    tb_status s = list_as_made(ctx, fn, "optimizer", list, z->n_params, z->numel);
     if (s != TB_OK)
         return s;
-    size_t numel;
-    const size_t n = grad_params(list, &numel);
-    if (n != z->n_params || numel != z->numel)
-        return tb_fail(ctx, TB_ERR_STATE, fn,
-                       "the list has %zu trainable parameters (%zu floats); the optimizer was "
-                       "made for %zu (%zu)",
-                       n, numel, z->n_params, z->numel);
     for (size_t i = 0; i < z->n_views; i++) {
         const tb_param *p = z->view_of[i] < list->count ? list->items[z->view_of[i]].param : NULL;
         if (!p || z->views[i].value != p->value + z->view_at[i])
