@@ -88,6 +88,15 @@ static void strip_run_lines(char *s)
     *w = '\0';
 }
 
+/* a and b, one run's output on 1 and on 2 threads, agree once the lines
+ * that may differ (strip_run_lines()) are gone; both are changed. */
+static void assert_same_output(char *a, char *b)
+{
+    strip_run_lines(a);
+    strip_run_lines(b);
+    ck_assert_msg(strcmp(a, b) == 0, "1-thread and 2-thread outputs differ:\n%s\n---\n%s", a, b);
+}
+
 START_TEST(mlp_demo_learns_and_is_thread_independent)
 {
     enum { CAP = 1 << 16 };
@@ -108,9 +117,7 @@ START_TEST(mlp_demo_learns_and_is_thread_independent)
     ck_assert_msg(tl < 0.3f * first_loss, "training loss did not fall: %g -> %g", first_loss, tl);
     ck_assert_msg(va > 0.9f, "validation accuracy %g <= 0.9", va);
     assert_kernel_banner("mlp_classifier", a);
-    strip_run_lines(a);
-    strip_run_lines(b);
-    ck_assert_msg(strcmp(a, b) == 0, "1-thread and 2-thread outputs differ:\n%s\n---\n%s", a, b);
+    assert_same_output(a, b);
     free(a);
     free(b);
 }
@@ -175,10 +182,8 @@ START_TEST(norm_compare_measures_and_is_thread_independent)
     ck_assert_msg(ln_val > 0.95f, "LayerNorm validation accuracy %g <= 0.95", ln_val);
     ck_assert_msg(ln_bs1 == ln_val, "LayerNorm accuracy differs at batch size 1: %g vs %g",
                   ln_bs1, ln_val);
-    strip_run_lines(b);
-    strip_run_lines(c);
+    assert_same_output(b, c);
     ck_assert_ptr_nonnull(strstr(b, "final: "));
-    ck_assert_msg(strcmp(b, c) == 0, "1-thread and 2-thread outputs differ:\n%s\n---\n%s", b, c);
     char out[4096];
     ck_assert_int_eq(run_example("norm_compare", "--bogus", out, sizeof out), 2);
     ck_assert_int_eq(run_example("norm_compare", "--steps 1", out, sizeof out), 2);
@@ -216,9 +221,7 @@ START_TEST(finetune_forgetting_measures_forgetting)
                   "less B (%g vs %g)", aes, ae, bes, be);
     ck_assert_ptr_nonnull(strstr(a, "activation memory: 25088 bytes for a micro-batch of 16, "
                                     "99968 for a whole batch of 64"));
-    strip_run_lines(a);
-    strip_run_lines(b);
-    ck_assert_msg(strcmp(a, b) == 0, "1-thread and 2-thread outputs differ:\n%s\n---\n%s", a, b);
+    assert_same_output(a, b);
     char small[4096];
     ck_assert_int_eq(run_example("finetune_forgetting", "--micro-batches 7", small, sizeof small),
                      2);
@@ -1163,10 +1166,8 @@ START_TEST(cross_attention_follows_the_text)
                   "editing the text did not move the output: %g %g %g", hc, hp, hb);
     ck_assert_int_eq(run_example("cross_attention", "--steps 20 --threads 1", b, CAP), 0);
     ck_assert_int_eq(run_example("cross_attention", "--steps 20 --threads 2", c, CAP), 0);
-    strip_run_lines(b);
-    strip_run_lines(c);
+    assert_same_output(b, c);
     ck_assert_ptr_nonnull(strstr(b, "final: "));
-    ck_assert_msg(strcmp(b, c) == 0, "1-thread and 2-thread outputs differ:\n%s\n---\n%s", b, c);
     char out[4096];
     ck_assert_int_eq(run_example("cross_attention", "--bogus", out, sizeof out), 2);
     ck_assert_int_eq(run_example("cross_attention", "--steps 5", out, sizeof out), 2);
@@ -1203,9 +1204,7 @@ START_TEST(attention_rank_causal_vs_bidirectional)
     ck_assert_msg(bi_e < 0.5 * ca_e, "D=2: bidirectional effective rank %g vs causal %g", bi_e,
                   ca_e);
     ck_assert_msg(bi32 > 3.0 * bi_e, "D=32 effective rank %g vs D=2 %g", bi32, bi_e);
-    strip_run_lines(a);
-    strip_run_lines(b);
-    ck_assert_msg(strcmp(a, b) == 0, "1-thread and 2-thread outputs differ:\n%s\n---\n%s", a, b);
+    assert_same_output(a, b);
     char out[4096];
     ck_assert_int_eq(run_example("attention_rank", "--max-len 4", out, sizeof out), 2);
     ck_assert_int_eq(run_example("attention_rank", "--draws x", out, sizeof out), 2);
@@ -1240,10 +1239,8 @@ START_TEST(multihead_beats_one_head_at_equal_width)
     ck_assert_msg(l1 > 4.0 * l4, "loss H=1 %g vs H=4 %g", l1, l4);
     ck_assert_int_eq(run_example("multihead", "--steps 20 --threads 1", b, CAP), 0);
     ck_assert_int_eq(run_example("multihead", "--steps 20 --threads 2", c, CAP), 0);
-    strip_run_lines(b);
-    strip_run_lines(c);
+    assert_same_output(b, c);
     ck_assert_ptr_nonnull(strstr(b, "final: "));
-    ck_assert_msg(strcmp(b, c) == 0, "1-thread and 2-thread outputs differ:\n%s\n---\n%s", b, c);
     char out[4096];
     ck_assert_int_eq(run_example("multihead", "--max-heads 0", out, sizeof out), 2);
     ck_assert_int_eq(run_example("multihead", "--steps 1x", out, sizeof out), 2);
@@ -1291,9 +1288,7 @@ START_TEST(memory_scaling_counts_real_bytes)
     /* LoRA's B starts at zero: its first loss is the base model's. */
     ck_assert_msg(field_of(fin, "full_loss") == field_of(fin, "lora_loss"),
                   "LoRA at initialisation changed the loss:\n%s", fin);
-    strip_run_lines(a);
-    strip_run_lines(b);
-    ck_assert_msg(strcmp(a, b) == 0, "1-thread and 2-thread outputs differ:\n%s\n---\n%s", a, b);
+    assert_same_output(a, b);
     char out[4096];
     ck_assert_int_eq(run_example("memory_scaling", "--max-len 16", out, sizeof out), 2);
     ck_assert_int_eq(run_example("memory_scaling", "--seed", out, sizeof out), 2);
@@ -1408,9 +1403,7 @@ START_TEST(clip_pairs_retrieves_above_baseline)
     ck_assert_int_eq(run_example("clip_pairs", "--threads 2 --steps 4 --width 16 --layers 1", b,
                                  CAP),
                      0);
-    strip_run_lines(a);
-    strip_run_lines(b);
-    ck_assert_msg(strcmp(a, b) == 0, "1-thread and 2-thread outputs differ:\n%s\n---\n%s", a, b);
+    assert_same_output(a, b);
     ck_assert_int_eq(run_example("clip_pairs", "--width 6", out, CAP), 2);
     ck_assert_int_eq(run_example("clip_pairs", "--batch 1", out, CAP), 2);
     ck_assert_int_eq(run_example("clip_pairs", "--bogus", out, CAP), 2);
