@@ -258,6 +258,12 @@ deps:
 # runs themselves use every core through OpenMP).
 CHECK_FUZZ_SECONDS ?= 10
 JOBS ?= $(shell getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
+# The unit/oracle/example runs (plain and under the sanitizers) run
+# FAMILY_JOBS kernel families at once (test/scripts/per_family.sh says why);
+# FAMILY_JOBS=1 runs them one after another with the output streamed. The
+# script tests always run one family at a time (they time processes out and
+# kill them).
+FAMILY_JOBS ?= $(JOBS)
 check: deps
 	$(MAKE) -j$(JOBS) test-build
 	$(MAKE) test
@@ -272,7 +278,7 @@ test-build: $(TEST_BIN) $(ORACLE_STAMP) $(FAMILY_TOOL) all
 test: test-unit test-scripts
 
 test-unit: $(TEST_BIN) $(ORACLE_STAMP) $(FAMILY_TOOL) all
-	@$(PER_FAMILY) "unit, oracle and example tests$(if $(TEST_LABEL), $(TEST_LABEL))" \
+	@TB_FAMILY_JOBS=$(FAMILY_JOBS) $(PER_FAMILY) "unit, oracle and example tests$(if $(TEST_LABEL), $(TEST_LABEL))" \
 	    env $(TEST_ENV) TB_EXAMPLE_DIR=$(BUILD)/bin TB_ORACLE_DIR=$(ORACLE_DIR) $(TEST_BIN)
 
 # The script tests that run library code, once per family; the ones that
@@ -287,10 +293,10 @@ SANITIZE_MAKE = $(MAKE) BUILD=build/sanitize LIBOUT=build/sanitize/lib \
 	    EXTRA_CFLAGS="$(SANITIZE_FLAGS) $(DEBUG_FLAGS)" EXTRA_LDFLAGS="$(SANITIZE_FLAGS)" \
 	    ORACLE_DIR=$(ORACLE_DIR) TEST_ENV="$(SANITIZE_ENV)" TEST_LABEL="under ASan+UBSan"
 sanitize: $(FAMILY_TOOL)
-	$(SANITIZE_MAKE) test-unit
+	+$(SANITIZE_MAKE) test-unit
 
 sanitize-build: $(FAMILY_TOOL) $(ORACLE_STAMP)
-	$(SANITIZE_MAKE) test-build
+	+$(SANITIZE_MAKE) test-build
 
 # ---- fuzzing (libFuzzer, clang) ------------------------------------------------
 # Every target test/fuzz/fuzz_<name>.c in FUZZ_TARGETS is built with the

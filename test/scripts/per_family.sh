@@ -9,13 +9,29 @@
 # reported as not run, a failing run, or no family run at all, fails. Ends
 # with a line naming the families run and not run; each family's run
 # reports its wall time.
+#
+# TB_FAMILY_JOBS=N (default 1) runs up to N families at once, in the order
+# given (put the slowest first). Why: one family's test run keeps only about
+# one core busy (most tests are small and single-threaded, and each forked
+# test's exit-time leak check is serial), so on 2 cores two families at
+# once take little longer than one. Each concurrent run's output goes to a
+# file and is printed whole when it ends, so runs never interleave; Check's
+# per-test timeouts are multiplied by N (CK_TIMEOUT_MULTIPLIER, unless set)
+# since the runs share the cores. Results cannot depend on it: the tests
+# demand the same bits for any thread count and any scheduling.
 set -u
 families=$1
 tool=$2
 label=$3
 shift 3
+jobs=${TB_FAMILY_JOBS:-1}
+case $jobs in
+    ''|*[!0-9]*|0) echo "== $label: TB_FAMILY_JOBS must be a positive integer, not '$jobs'" >&2
+                   exit 1 ;;
+esac
 ran=""
 not_run=""
+to_run=""
 for k in $families; do
     got=$(TB_KERNEL=$k "$tool" 2>&1)
     rc=$?
@@ -30,14 +46,72 @@ for k in $families; do
         echo "== $label: cannot tell whether family $k runs here (kernel_family exit $rc: $got)" >&2
         exit 1
     fi
-    echo "== $label, kernel family $k"
-    start=$(date +%s)
-    TB_KERNEL=$k "$@" || { echo "== $label, kernel family $k: FAILED" >&2; exit 1; }
-    echo "== $label, kernel family $k: passed in $(( $(date +%s) - start )) s"
-    ran="$ran $k"
+    to_run="$to_run $k"
 done
-if [ -z "$ran" ]; then
+if [ -z "$to_run" ]; then
     echo "== $label: no kernel family ran (asked for: '$families')" >&2
     exit 1
+fi
+
+if [ "$jobs" -eq 1 ]; then
+    for k in $to_run; do
+        echo "== $label, kernel family $k"
+        start=$(date +%s)
+        TB_KERNEL=$k "$@" || { echo "== $label, kernel family $k: FAILED" >&2; exit 1; }
+        echo "== $label, kernel family $k: passed in $(( $(date +%s) - start )) s"
+        ran="$ran $k"
+    done
+else
+    out=$(mktemp -d "${TMPDIR:-/tmp}/tb-families-XXXXXX") || exit 1
+    trap 'rm -rf "$out"' EXIT
+    trap 'exit 130' INT TERM
+    : "${CK_TIMEOUT_MULTIPLIER:=$jobs}"
+    export CK_TIMEOUT_MULTIPLIER
+    start_all=$(date +%s)
+    pending=$to_run
+    running=""
+    failed=""
+    while [ -n "$pending" ] || [ -n "$running" ]; do
+        # Start families while there is a free slot.
+        nrun=$(echo $running | wc -w)
+        while [ -n "$pending" ] && [ "$nrun" -lt "$jobs" ]; do
+            k=${pending# }; k=${k%% *}
+            pending=$(echo "$pending" | sed "s/^ *$k//")
+            echo "== $label, kernel family $k: started ($jobs at once; output follows when it ends)"
+            date +%s > "$out/$k.start"
+            ( TB_KERNEL=$k "$@" > "$out/$k.log" 2>&1; echo $? > "$out/$k.rc.new"; mv "$out/$k.rc.new" "$out/$k.rc" ) &
+            running="$running $k"
+            nrun=$((nrun + 1))
+        done
+        sleep 1
+        # Report the families that ended, in the order they end.
+        still=""
+        for k in $running; do
+            if [ -f "$out/$k.rc" ]; then
+                rc=$(cat "$out/$k.rc")
+                secs=$(( $(date +%s) - $(cat "$out/$k.start") ))
+                echo "== $label, kernel family $k (output of the concurrent run)"
+                cat "$out/$k.log"
+                if [ "$rc" -eq 0 ]; then
+                    echo "== $label, kernel family $k: passed in $secs s (sharing the cores)"
+                    ran="$ran $k"
+                else
+                    echo "== $label, kernel family $k: FAILED (exit $rc)" >&2
+                    failed="$failed $k"
+                fi
+            else
+                still="$still $k"
+            fi
+        done
+        running=$still
+        # After a failure, start nothing more; let the running ones end.
+        [ -n "$failed" ] && pending=""
+    done
+    wait
+    if [ -n "$failed" ]; then
+        echo "== $label: FAILED for kernel families:$failed" >&2
+        exit 1
+    fi
+    echo "== $label: all families in $(( $(date +%s) - start_all )) s"
 fi
 echo "== $label: kernel families run:$ran; not run on this CPU:${not_run:- none}"

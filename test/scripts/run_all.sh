@@ -187,9 +187,24 @@ TOOL
     printf '#!/bin/sh\nexit 77\n' > "$TMP/none_tool"
     chmod +x "$TMP/none_tool"
     if sh test/scripts/per_family.sh "portable" "$TMP/none_tool" t true; then return 1; fi
+    # Two at once: every family runs once with its own TB_KERNEL and its whole
+    # output is printed (not interleaved), the NOT RUN report is the same, a
+    # failure in any one family fails, and a bad job count is refused.
+    out=$(TB_FAMILY_JOBS=2 sh test/scripts/per_family.sh "portable avx2 avx512" "$TMP/fake_tool" t \
+          sh -c 'echo "begin $TB_KERNEL x$CK_TIMEOUT_MULTIPLIER"; sleep 1; echo "end $TB_KERNEL"') || return 1
+    echo "$out"
+    echo "$out" | grep -q "kernel families run: portable avx2; not run on this CPU: avx512" || return 1
+    for k in portable avx2; do
+        echo "$out" | grep -A1 "^begin $k x2\$" | grep -q "^end $k\$" || return 1
+        echo "$out" | grep -q "kernel family $k: passed in [0-9]* s" || return 1
+    done
+    [ "$(echo "$out" | grep -c '^begin ')" -eq 2 ] || return 1
+    if TB_FAMILY_JOBS=2 sh test/scripts/per_family.sh "portable avx2" "$TMP/fake_tool" t \
+        sh -c '[ "$TB_KERNEL" != avx2 ]'; then return 1; fi
+    if TB_FAMILY_JOBS=0 sh test/scripts/per_family.sh "portable" "$TMP/fake_tool" t true; then return 1; fi
     return 0
 }
-want build && run "per-family runner: NOT RUN named, unanswerable tool / nothing run / failure fail" per_family_test
+want build && run "per-family runner: NOT RUN named, unanswerable tool / nothing run / failure fail, also 2 at once" per_family_test
 
 # ---- MPI ------------------------------------------------------------------------
 if ! want build; then
