@@ -41,7 +41,7 @@ tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, siz
  * Scratch: `work` holds `work_floats` floats (any float alignment), at
  * least tb_gemm_serial_work(ctx, M', N', K') for some M' >= M, N' >= N,
  * K' >= K: the bound is taken over every micro-kernel ctx's family may
- * pick (tile shapes differ: 4 x 16 portable, 6 x 16 and 1 x 64 AVX2,
+ * pick (tile shapes differ: 6 x 8 portable, 6 x 16 and 1 x 64 AVX2,
  * 12/8/1 x 32 AVX-512), so one size covers every smaller product on that
  * family.
  * A smaller `work` returns TB_ERR_BUFFER_TOO_SMALL with C unchanged (a bug

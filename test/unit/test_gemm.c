@@ -504,6 +504,59 @@ START_TEST(gemm_reports_allocation_failure_and_leaves_c)
 }
 END_TEST
 
+/* The portable kernel's plain-loop variant (gemm_portable_plain.c). */
+extern const tb_ukernel tbt_ukernel_portable_plain;
+
+/* The two builds of the portable micro-kernel (vector extensions and plain
+ * loops) give the same bits on every tile: K depths around and past the
+ * unrolling, a packed and an in-place B, both update forms, alpha 1 and
+ * not; and both are right (against a double sum, to the K-scaled bound). */
+START_TEST(portable_kernel_builds_agree)
+{
+    const tb_ukernel *vec = &tb_ukernel_portable, *plain = &tbt_ukernel_portable_plain;
+    ck_assert_int_eq(vec->mr, plain->mr);
+    ck_assert_int_eq(vec->nr, plain->nr);
+    const size_t mr = (size_t)vec->mr, nr = (size_t)vec->nr, ldc = nr + 3;
+    const size_t depths[] = {1, 2, 3, 17, 64, 301};
+    for (size_t di = 0; di < sizeof depths / sizeof depths[0]; di++)
+        for (int inplace = 0; inplace < 2; inplace++)
+            for (int add = 0; add < 2; add++) {
+                const size_t kc = depths[di], ldb = inplace ? nr + 5 : nr;
+                const float alpha = add ? -0.37f : 1.0f;
+                float *a = tbt_alloc(kc * mr * sizeof *a), *b = tbt_alloc(kc * ldb * sizeof *b);
+                float *c0 = tbt_alloc(mr * ldc * sizeof *c0), *c1 = tbt_alloc(mr * ldc * sizeof *c1);
+                const uint64_t seed = 1000 * di + 10 * (uint64_t)inplace + (uint64_t)add;
+                tbt_fill_uniform(a, kc * mr, -1.0f, 1.0f, seed);
+                tbt_fill_uniform(b, kc * ldb, -1.0f, 1.0f, seed + 7);
+                tbt_fill_uniform(c0, mr * ldc, -1.0f, 1.0f, seed + 9);
+                memcpy(c1, c0, mr * ldc * sizeof *c0);
+                float *before = tbt_alloc(mr * ldc * sizeof *before);
+                memcpy(before, c0, mr * ldc * sizeof *c0);
+                vec->fn(kc, a, b, ldb, c0, ldc, alpha, add);
+                plain->fn(kc, a, b, ldb, c1, ldc, alpha, add);
+                ck_assert_msg(memcmp(c0, c1, mr * ldc * sizeof *c0) == 0,
+                              "portable builds differ (kc %zu, ldb %zu, add %d)", kc, ldb, add);
+                for (size_t r = 0; r < mr; r++)
+                    for (size_t j = 0; j < ldc; j++) {
+                        double want = before[r * ldc + j], bound = 0.0;
+                        if (j < nr) {
+                            double sum = 0.0, mag = 0.0;
+                            for (size_t k = 0; k < kc; k++) {
+                                sum += (double)a[k * mr + r] * b[k * ldb + j];
+                                mag += fabs((double)a[k * mr + r] * b[k * ldb + j]);
+                            }
+                            want = alpha * sum + (add ? want : 0.0);
+                            bound = 2.0 * ((double)kc + 4.0) * U * (fabs(alpha) * mag + fabs(want));
+                        }
+                        ck_assert_msg(fabs(c0[r * ldc + j] - want) <= bound,
+                                      "kc %zu row %zu col %zu: %.9g, want %.9g", kc, r, j,
+                                      (double)c0[r * ldc + j], want);
+                    }
+                free(a), free(b), free(c0), free(c1), free(before);
+            }
+}
+END_TEST
+
 START_TEST(kernel_selection)
 {
     tb_ctx ctx;
@@ -581,6 +634,7 @@ Suite *suite_gemm(void)
     TCase *tc = tcase_create("gemm");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, kernel_selection);
+    tcase_add_test(tc, portable_kernel_builds_agree);
     tcase_add_test(tc, kernel_from_environment);
     tcase_add_test(tc, gemm_matches_double_reference);
     tcase_add_test(tc, gemm_bitwise_identical_across_threads);
