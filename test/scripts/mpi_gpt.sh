@@ -12,6 +12,10 @@
 #   resume    a run saved by 2 processes (ZeRO-1) and resumed by 3 (ZeRO-1),
 #             or by 1 (plain gpt), ends with the checkpoint of the
 #             uninterrupted run
+#   tcp       two hosts made of network namespaces joined by a veth pair,
+#             TCP the only transport, mpirun's hostfile and a launcher agent
+#             (test/scripts/netns_agent.sh): the same bits (root only; else
+#             reported NOT RUN)
 #   fault     a rank killed (SIGKILL) mid-run stops the job with mpirun's
 #             message naming the signal, within a timeout (no hang); the
 #             last checkpoint is intact and resumes
@@ -25,7 +29,7 @@ B=${1:-build}
 GPT=$B/bin/gpt
 GPT_MPI=$B/bin/gpt_mpi
 TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT INT TERM
+trap 'rm -rf "$TMP"; ip netns del "tbh$$a" 2>/dev/null; ip netns del "tbh$$b" 2>/dev/null' EXIT INT TERM
 pass=0
 fail=0
 ok() { pass=$((pass + 1)); echo "ok - $1"; }
@@ -135,6 +139,44 @@ if par 2 r2 --steps 6 --accum 6 --stop-at 3 --zero 1; then
 else
     bad "mpirun -np 2 --stop-at 3" "$TMP/r2.out"
 fi
+
+# ---- two hosts over a real network: TCP between network namespaces ---------------------
+# Two "hosts" made on this machine: network namespaces joined by a veth
+# pair, 10.231.77.1 and .2. mpirun starts in the first with a hostfile of the
+# two addresses, one slot each; Open MPI's rsh launcher reaches the second
+# through test/scripts/netns_agent.sh (what ssh is on a cluster). Only TCP
+# moves data (BTL self,tcp: no shared memory; PML ob1: no UCX), and both
+# Open MPI's control channel and the data stay on the veth subnet. The
+# veth's byte counters show the traffic went over it.
+netns_test() {
+    a=tbh$$a b=tbh$$b
+    ip netns add "$a" && ip netns add "$b" || return 1
+    ip link add "v$$a" netns "$a" type veth peer name "v$$b" netns "$b" || return 1
+    ip -n "$a" addr add 10.231.77.1/24 dev "v$$a" && ip -n "$b" addr add 10.231.77.2/24 dev "v$$b" || return 1
+    for n in "$a" "$b"; do ip -n "$n" link set lo up || return 1; done
+    ip -n "$a" link set "v$$a" up && ip -n "$b" link set "v$$b" up || return 1
+    printf '10.231.77.1 slots=1\n10.231.77.2 slots=1\n' > "$TMP/hosts"
+    timeout 180 ip netns exec "$a" mpirun --hostfile "$TMP/hosts" -np 2 \
+        --mca plm_rsh_agent "$PWD/test/scripts/netns_agent.sh" --mca pml ob1 --mca btl self,tcp \
+        --mca btl_tcp_if_include 10.231.77.0/24 --mca oob_tcp_if_include 10.231.77.0/24 \
+        -x OMP_NUM_THREADS "$PWD/$GPT_MPI" train $COMMON --steps 6 --accum 6 \
+        --ckpt "$TMP/tcp.st" --csv "$TMP/tcp.csv" >"$TMP/tcp.out" 2>&1 || { echo "mpirun failed"; return 1; }
+    grep -q "^processes: 2 " "$TMP/tcp.out" || { echo "the run does not report 2 processes"; return 1; }
+    same x s6 tcp || { cat "$TMP/cmp"; return 1; }
+    rx=$(ip netns exec "$a" cat "/sys/class/net/v$$a/statistics/rx_bytes")
+    tx=$(ip netns exec "$a" cat "/sys/class/net/v$$a/statistics/tx_bytes")
+    echo "veth of host 10.231.77.1: $rx bytes in, $tx bytes out"
+    [ "${rx:-0}" -gt 100000 ] && [ "${tx:-0}" -gt 100000 ] || { echo "too little traffic on the veth"; return 1; }
+}
+netns_cleanup() { ip netns del "tbh$$a" 2>/dev/null; ip netns del "tbh$$b" 2>/dev/null; }
+if [ "$(id -u)" != 0 ]; then
+    echo "NOT RUN - two hosts over TCP (network namespaces need root; CI runs as root)"
+elif netns_test >"$TMP/netns.log" 2>&1; then
+    ok "2 hosts (network namespaces, veth, TCP only): loss curve and checkpoint bitwise those of one process ($(tail -1 "$TMP/netns.log"))"
+else
+    bad "2 hosts over TCP (network namespaces)" "$TMP/netns.log" "$TMP/tcp.out"
+fi
+netns_cleanup
 
 # ---- a killed rank stops the job -----------------------------------------------------------
 fault_test() {
