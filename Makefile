@@ -73,6 +73,8 @@ BENCH_HARNESS := test/bench/harness.c
 BENCH_SRC := $(sort $(filter-out $(BENCH_HARNESS),$(wildcard test/bench/*.c)))
 BENCH_BINS := $(BENCH_SRC:test/bench/%.c=$(BUILD)/bench/%)
 BENCH_HARNESS_OBJ := $(BUILD)/test/bench/harness.o
+# The MPI collectives benchmark (built with MPI only; run by test/bench/dp.sh).
+BENCH_COMM := $(BUILD)/bench/mpi/bench_comm
 BENCH_CFLAGS := -Isrc -O3 -march=native -ffp-contract=fast
 BENCH_LIBS := -Wl,--as-needed
 # Optional libraries the benchmarks compare against, detected here; what is
@@ -110,7 +112,7 @@ SANITIZE_ENV   := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=pri
                   LSAN_OPTIONS=suppressions=$(CURDIR)/test/lsan.supp:print_suppressions=0
 
 .PHONY: all lib examples mpi check deps test test-build test-unit test-scripts sanitize \
-        sanitize-build fuzz fuzz-build fuzz-seeds bench docs demo guide guide-fast correctness \
+        sanitize-build fuzz fuzz-build fuzz-seeds bench bench-dp docs demo guide guide-fast correctness \
         install uninstall clean help
 
 all: lib examples mpi
@@ -165,7 +167,8 @@ help:
 	@echo "make check      install missing test dependencies, then run every test"
 	@echo "make test       run every test without installing anything"
 	@echo "make sanitize   the unit and oracle tests under ASan+UBSan"
-	@echo "make bench      benchmarks (ratios to measured machine peaks)"
+	@echo "make bench      benchmarks (ratios to measured machine peaks; with MPI, bench-dp too)"
+	@echo "make bench-dp   data-parallel step times, bytes per step, collective bandwidth (MPI)"
 	@echo "make docs       Doxygen HTML in build/docs (warnings fail)"
 	@echo "make guide      re-run docs/guide/'s demonstrations, rewrite their outputs (guide-fast: check only)"
 	@echo "make correctness  run the unit tests in one family, rewrite docs/correctness.md's figures"
@@ -273,7 +276,7 @@ check: deps
 	$(MAKE) fuzz FUZZ_SECONDS=$(CHECK_FUZZ_SECONDS)
 
 # Everything `make test` runs, built (and the oracles generated).
-test-build: $(TEST_BIN) $(ORACLE_STAMP) $(FAMILY_TOOL) all
+test-build: $(TEST_BIN) $(ORACLE_STAMP) $(FAMILY_TOOL) all $(if $(HAVE_MPI),$(BENCH_COMM))
 
 test: test-unit test-scripts
 
@@ -412,6 +415,22 @@ bench: $(BENCH_BINS) $(FAMILY_TOOL)
 	fams="$${BENCH_KERNELS:-$$best $$(test "$$best" = avx512 && echo avx2)}"; \
 	sh test/scripts/per_family.sh "$$fams" $(FAMILY_TOOL) "benchmarks" \
 	    sh -c 'for b; do echo "== $$b (TB_KERNEL=$$TB_KERNEL)"; $$b || exit 1; done' sh $(BENCH_BINS)
+	@$(MAKE) --no-print-directory bench-dp
+
+# Data-parallel training over MPI (test/bench/dp.sh): step times for 1 and 2
+# processes against one process on 2 threads, bytes per step, collective
+# bandwidth. Needs MPI (skipped, and said so, without it).
+ifneq ($(HAVE_MPI),)
+bench-dp: all $(BENCH_COMM)
+	sh test/bench/dp.sh $(BUILD)
+$(BENCH_COMM): test/bench/mpi/bench_comm.c $(BENCH_HARNESS_OBJ) $(MPI_LIB) $(LIB) $(FLAGS_STAMP) $(BENCH_STAMP)
+	@mkdir -p $(dir $@)
+	$(MPI_CC) $(CFLAGS_ALL) $(BENCH_CFLAGS) $(MPI_CFLAGS) -Itest/bench $(DEPFLAGS) -o $@ $< \
+	    $(BENCH_HARNESS_OBJ) $(MPI_LIB) $(LIB) $(MPI_LIBS) $(LDLIBS_ALL)
+else
+bench-dp:
+	@echo "bench: data-parallel benchmark skipped: MPI compiler wrapper '$(MPICC)' not found"
+endif
 
 $(BENCH_HARNESS_OBJ): $(BENCH_HARNESS) test/bench/harness.h $(FLAGS_STAMP) $(BENCH_STAMP)
 	@mkdir -p $(dir $@)

@@ -320,6 +320,8 @@ typedef struct trainer {
     train_state ts;
     curve c;
     const tb_comm *comm; /* the processes (rank 0 prints and writes) */
+    tb_comm counted;     /* more than one process: comm counts what it moves */
+    tb_comm_counter counter;
     int zero;            /* --zero 1: the optimizer is z, opt is empty between saves */
     tb_zero z;           /* ZeRO-1: this process's shard of AdamW */
     tb_adam_config oc;   /* the optimizer's configuration (to rebuild opt to save) */
@@ -710,6 +712,12 @@ static int cmd_train(int argc, char **argv)
     }
     t.B = o.batch, t.T = cfg.block_size, t.accum = o.accum;
     t.comm = &g_comm;
+    if (g_comm.size > 1) {
+        if (ex_failed(&t.ctx, tb_comm_counting_init(&t.ctx, &t.counted, &t.counter, &g_comm),
+                      "communicator"))
+            return EX_EXIT_FAILURE;
+        t.comm = &t.counted;
+    }
     t.zero = o.zero != 0;
     t.optp = &t.opt;
     outputs out;
@@ -781,8 +789,16 @@ static int cmd_train(int argc, char **argv)
         if (skipped)
             snprintf(note, sizeof note, " (%llu skipped: non-finite gradients)",
                      (unsigned long long)skipped);
+        const uint64_t steps = t.optp->step - first;
         printf("done: %s; %llu steps%s in %.1f s, best validation loss %.4f\n", why,
-               (unsigned long long)(t.optp->step - first), note, ex_seconds() - t0, t.ts.best_val);
+               (unsigned long long)steps, note, ex_seconds() - t0, t.ts.best_val);
+        if (t.comm == &t.counted && steps)
+            printf("communication: %.3f MiB sent, %.3f MiB received per step by rank 0 "
+                   "(payload of %llu collectives over the run, evaluations and saves "
+                   "included)\n",
+                   (double)t.counter.counts.sent_bytes / 1048576.0 / (double)steps,
+                   (double)t.counter.counts.recv_bytes / 1048576.0 / (double)steps,
+                   (unsigned long long)t.counter.counts.calls);
     }
     /* Named only if written, on success and on failure alike. */
     if (!finish_outputs(&out, &t.c))

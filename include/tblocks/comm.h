@@ -134,6 +134,46 @@ tb_status tb_comm_broadcast(tb_ctx *ctx, const tb_comm *comm, void *buf, size_t 
 tb_status tb_comm_barrier(tb_ctx *ctx, const tb_comm *comm);
 
 /**
+ * @brief What a counting communicator (tb_comm_counting_init()) has moved:
+ * payload bytes, as the collectives' arguments define them, not what the
+ * transport puts on the wire (a ring or a tree forwards data, and headers
+ * are not counted, so the wire carries at least this much).
+ */
+typedef struct tb_comm_counts {
+    uint64_t calls;      /**< Collectives that returned TB_OK (all three kinds). */
+    uint64_t sent_bytes; /**< This rank's bytes delivered to others: an all-gather's
+                              block times (size - 1), a broadcast's buffer times
+                              (size - 1) on its root. */
+    uint64_t recv_bytes; /**< Other ranks' bytes received: an all-gather's blocks
+                              but this rank's, a broadcast's buffer off its root. */
+} tb_comm_counts;
+
+/**
+ * @brief The state of a counting communicator: the communicator it
+ * forwards to and the counts so far. Plain data the caller owns; it must
+ * outlive the communicator made from it.
+ */
+typedef struct tb_comm_counter {
+    tb_comm inner;         /**< The wrapped communicator (a copy of its fields). */
+    tb_comm_counts counts; /**< Counts since init (reset them by assigning zeros). */
+} tb_comm_counter;
+
+/**
+ * @brief Make `out` a communicator that forwards every collective to
+ * `inner` and counts, in `counter`, the calls that succeed and their
+ * payload bytes (tb_comm_counts): how a training loop measures what one
+ * step communicates. Same rank and size as inner; the collectives'
+ * results are inner's exactly.
+ * @param ctx Context (for the message); may be NULL.
+ * @param out Receives the counting communicator.
+ * @param counter Receives a copy of inner and zero counts; must outlive out.
+ * @param inner A valid communicator (tb_comm_check()).
+ * @return TB_OK; TB_ERR_NULL_ARG; TB_ERR_INVALID_ARG (inner is not valid).
+ */
+tb_status tb_comm_counting_init(tb_ctx *ctx, tb_comm *out, tb_comm_counter *counter,
+                                const tb_comm *inner);
+
+/**
  * @brief The micro-batches rank `rank` of `size` computes: the contiguous
  * indices [*first, *first + *count), with first = floor(rank n_micro /
  * size). Counts differ by at most one; a rank may get none when

@@ -103,6 +103,72 @@ tb_status tb_comm_barrier(tb_ctx *ctx, const tb_comm *comm)
     return s != TB_OK ? s : comm->barrier(comm->user, ctx);
 }
 
+/* ---- the counting communicator ------------------------------------------------- */
+
+static tb_status counting_allgatherv(void *user, tb_ctx *ctx, const void *send,
+                                     size_t send_bytes, void *recv, const size_t *recv_bytes)
+{
+    tb_comm_counter *c = user;
+    const tb_status s =
+        c->inner.allgatherv(c->inner.user, ctx, send, send_bytes, recv, recv_bytes);
+    if (s == TB_OK) {
+        uint64_t others = 0;
+        for (size_t i = 0; i < c->inner.size; i++)
+            if (i != c->inner.rank)
+                others += recv_bytes[i];
+        c->counts.calls++;
+        c->counts.sent_bytes += (uint64_t)send_bytes * (c->inner.size - 1);
+        c->counts.recv_bytes += others;
+    }
+    return s;
+}
+
+static tb_status counting_broadcast(void *user, tb_ctx *ctx, void *buf, size_t bytes, size_t root)
+{
+    tb_comm_counter *c = user;
+    const tb_status s = c->inner.broadcast(c->inner.user, ctx, buf, bytes, root);
+    if (s == TB_OK) {
+        c->counts.calls++;
+        if (root == c->inner.rank)
+            c->counts.sent_bytes += (uint64_t)bytes * (c->inner.size - 1);
+        else
+            c->counts.recv_bytes += bytes;
+    }
+    return s;
+}
+
+static tb_status counting_barrier(void *user, tb_ctx *ctx)
+{
+    tb_comm_counter *c = user;
+    const tb_status s = c->inner.barrier(c->inner.user, ctx);
+    if (s == TB_OK)
+        c->counts.calls++;
+    return s;
+}
+
+tb_status tb_comm_counting_init(tb_ctx *ctx, tb_comm *out, tb_comm_counter *counter,
+                                const tb_comm *inner)
+{
+    if (!out || !counter)
+        return tb_fail(ctx, TB_ERR_NULL_ARG, __func__, "out and counter must not be NULL");
+    const tb_status s = tb_comm_check(ctx, inner);
+    if (s != TB_OK)
+        return s;
+    if (out == inner || (const void *)counter == (const void *)inner)
+        return tb_fail(ctx, TB_ERR_INVALID_ARG, __func__,
+                       "out and counter must not be the communicator they wrap");
+    memset(counter, 0, sizeof *counter);
+    counter->inner = *inner;
+    memset(out, 0, sizeof *out);
+    out->rank = inner->rank;
+    out->size = inner->size;
+    out->user = counter;
+    out->allgatherv = counting_allgatherv;
+    out->broadcast = counting_broadcast;
+    out->barrier = counting_barrier;
+    return TB_OK;
+}
+
 /* ---- micro-batches and their random streams ------------------------------------ */
 
 tb_status tb_dp_split(size_t n_micro, size_t size, size_t rank, size_t *first, size_t *count)

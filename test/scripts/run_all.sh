@@ -125,7 +125,8 @@ if want build && [ "$CC" != clang ]; then
         run "library, examples, unit tests and benchmarks build with clang -Werror" \
             make -s CC=clang BUILD="$TMP/clang" LIBOUT="$TMP/clang/lib" all \
             "$TMP/clang/test/unit_tests" $(for b in test/bench/bench_*.c; do
-                n=${b##*/}; printf '%s ' "$TMP/clang/bench/${n%.c}"; done)
+                n=${b##*/}; printf '%s ' "$TMP/clang/bench/${n%.c}"; done) \
+            $(command -v mpicc >/dev/null 2>&1 && echo "$TMP/clang/bench/mpi/bench_comm")
     else
         bad "clang build: clang is not installed"
     fi

@@ -851,6 +851,144 @@ START_TEST(test_comm_broadcast_fake)
 }
 END_TEST
 
+/* ---- the counting communicator ---------------------------------------------------- */
+
+/* Each rank wraps its communicator with a counter and runs an all-gather of
+ * blocks of 5, 0 and 11 bytes, a broadcast of an int from rank 2, a
+ * barrier, a refused all-gather (not counted), and one gradient reduction
+ * of K = 7 micro-batches. */
+typedef struct count_job {
+    tb_status st[4];
+    tb_comm_counts after_collectives, after_reduce;
+    unsigned char got[16];
+    int value;
+    size_t count, numel;
+    float a[N_A];
+} count_job;
+
+static void count_rank(tb_comm *comm, void *arg)
+{
+    count_job *j = arg;
+    tb_ctx ctx;
+    tb_ctx_init(&ctx);
+    tb_comm c;
+    tb_comm_counter counter;
+    if ((j->st[0] = tb_comm_counting_init(&ctx, &c, &counter, comm)) != TB_OK)
+        return;
+    ck_assert_uint_eq(c.rank, comm->rank);
+    ck_assert_uint_eq(c.size, comm->size);
+    const size_t blocks[3] = {5, 0, 11};
+    unsigned char mine[11];
+    for (size_t i = 0; i < sizeof mine; i++)
+        mine[i] = (unsigned char)(10 * comm->rank + i);
+    j->st[1] = tb_comm_allgatherv(&ctx, &c, blocks[comm->rank] ? mine : NULL,
+                                  blocks[comm->rank], j->got, blocks);
+    j->value = comm->rank == 2 ? 1234 : -1;
+    if (j->st[1] == TB_OK)
+        j->st[1] = tb_comm_broadcast(&ctx, &c, &j->value, sizeof j->value, 2);
+    if (j->st[1] == TB_OK)
+        j->st[1] = tb_comm_barrier(&ctx, &c);
+    /* Every rank claims rank (r + 1) % 3 sends one byte more than it does:
+     * the fake refuses it on every rank, and nothing is counted. */
+    size_t wrong[3] = {5, 0, 11};
+    wrong[(comm->rank + 1) % 3]++;
+    unsigned char sink[32];
+    j->st[2] = tb_comm_allgatherv(&ctx, &c, wrong[comm->rank] ? mine : NULL,
+                                  wrong[comm->rank], sink, wrong);
+    j->after_collectives = counter.counts;
+    three t;
+    three_init(&ctx, &t);
+    tb_dp_reducer r;
+    j->st[3] = tb_dp_reducer_init(&ctx, &r, &c, &t.list, 7);
+    if (j->st[3] == TB_OK) {
+        for (size_t k = r.first; k < r.first + r.count; k++) {
+            tb_param_list_zero_grad(&t.list);
+            micro_grad(k, t.a.grad, N_A, 1);
+            micro_grad(k, t.b.grad, N_B, 2);
+            tb_dp_reducer_store(&ctx, &r, &t.list, k, 0.0f);
+        }
+        j->st[3] = tb_dp_reducer_reduce(&ctx, &r, &t.list, NULL);
+        j->count = r.count;
+        j->numel = r.numel;
+    }
+    memcpy(j->a, t.a.grad, sizeof j->a);
+    j->after_reduce = counter.counts;
+    tb_dp_reducer_free(&r);
+    three_free(&t);
+}
+
+START_TEST(test_comm_counting)
+{
+    count_job jobs[3];
+    memset(jobs, 0, sizeof jobs);
+    run_ranks(3, count_rank, jobs, sizeof jobs[0]);
+    float want[N_A], other[N_A];
+    reference_sum(7, N_A, 1, want, other);
+    const size_t blocks[3] = {5, 0, 11};
+    for (size_t r = 0; r < 3; r++) {
+        const count_job *j = &jobs[r];
+        ck_assert_int_eq(j->st[0], TB_OK);
+        ck_assert_int_eq(j->st[1], TB_OK);
+        ck_assert_int_eq(j->st[2], TB_ERR_INVALID_ARG);
+        ck_assert_int_eq(j->st[3], TB_OK);
+        /* The collectives' results are the wrapped communicator's. */
+        for (size_t i = 0; i < 5; i++)
+            ck_assert_uint_eq(j->got[i], i);
+        for (size_t i = 0; i < 11; i++)
+            ck_assert_uint_eq(j->got[5 + i], 20 + i);
+        ck_assert_int_eq(j->value, 1234);
+        ck_assert(memcmp(j->a, want, sizeof want) == 0);
+        /* Three collectives (the refused one not counted): this rank's block
+         * to 2 others, rank 2's int to 2 others; the others' blocks, and
+         * the int off rank 2. */
+        const size_t b = sizeof(int);
+        ck_assert_uint_eq(j->after_collectives.calls, 3);
+        ck_assert_uint_eq(j->after_collectives.sent_bytes, 2 * blocks[r] + (r == 2 ? 2 * b : 0));
+        ck_assert_uint_eq(j->after_collectives.recv_bytes, 16 - blocks[r] + (r == 2 ? 0 : b));
+        /* The reduction: one all-gather of every micro-batch's slot of
+         * numel + 2 floats (comm.h's cost): this rank's to each other rank,
+         * every other rank's to this one. */
+        ck_assert_uint_eq(j->numel, N_A + N_B);
+        const uint64_t slot = (uint64_t)(j->numel + 2) * sizeof(float);
+        ck_assert_uint_eq(j->after_reduce.calls - j->after_collectives.calls, 1);
+        ck_assert_uint_eq(j->after_reduce.sent_bytes - j->after_collectives.sent_bytes,
+                          2 * j->count * slot);
+        ck_assert_uint_eq(j->after_reduce.recv_bytes - j->after_collectives.recv_bytes,
+                          (7 - j->count) * slot);
+    }
+    ck_assert_uint_eq(jobs[0].count + jobs[1].count + jobs[2].count, 7);
+}
+END_TEST
+
+START_TEST(test_comm_counting_errors)
+{
+    tb_ctx ctx;
+    tb_ctx_init(&ctx);
+    tb_comm one, c;
+    tb_comm_single(&one);
+    tb_comm_counter counter;
+    ck_assert_int_eq(tb_comm_counting_init(&ctx, NULL, &counter, &one), TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_comm_counting_init(&ctx, &c, NULL, &one), TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_comm_counting_init(&ctx, &c, &counter, NULL), TB_ERR_NULL_ARG);
+    ck_assert_int_eq(tb_comm_counting_init(&ctx, &one, &counter, &one), TB_ERR_INVALID_ARG);
+    tb_comm bad = one;
+    bad.size = 0;
+    ck_assert_int_eq(tb_comm_counting_init(&ctx, &c, &counter, &bad), TB_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(tb_ctx_error(&ctx), "size 0"));
+    /* One process: calls counted, nothing sent or received. */
+    ck_assert_int_eq(tb_comm_counting_init(&ctx, &c, &counter, &one), TB_OK);
+    float x[3] = {1, 2, 3}, y[3] = {0};
+    const size_t bytes[1] = {sizeof x};
+    ck_assert_int_eq(tb_comm_allgatherv(&ctx, &c, x, sizeof x, y, bytes), TB_OK);
+    ck_assert(memcmp(x, y, sizeof x) == 0);
+    ck_assert_int_eq(tb_comm_broadcast(&ctx, &c, x, sizeof x, 0), TB_OK);
+    ck_assert_int_eq(tb_comm_barrier(&ctx, &c), TB_OK);
+    ck_assert_uint_eq(counter.counts.calls, 3);
+    ck_assert_uint_eq(counter.counts.sent_bytes, 0);
+    ck_assert_uint_eq(counter.counts.recv_bytes, 0);
+}
+END_TEST
+
 Suite *suite_comm(void)
 {
     Suite *s = suite_create("comm");
@@ -868,6 +1006,8 @@ Suite *suite_comm(void)
     tcase_add_test(tc, test_zero_more_ranks_than_parameters);
     tcase_add_test(tc, test_zero_errors);
     tcase_add_test(tc, test_comm_broadcast_fake);
+    tcase_add_test(tc, test_comm_counting);
+    tcase_add_test(tc, test_comm_counting_errors);
     suite_add_tcase(s, tc);
     return s;
 }
