@@ -103,6 +103,18 @@ else
     bad "3 processes: not exactly one report" "$TMP/p6-3.out"
 fi
 
+# What a step communicates: with --accum 6 over 2 processes, rank 0 sends
+# its 3 micro-batches' gradients (parameters + 2 floats each) to the other
+# rank and receives the other 3 (comm.h's cost), as gpt_mpi counts it.
+if awk '/\(bytes\): [0-9]+ parameters/ { for (i = 1; i <= NF; i++) if ($i == "parameters") n = $(i-1) }
+        /^communication:/ { s = $2; r = $5 }
+        END { want = 3 * (n + 2) * 4 / 1048576; d1 = s - want; d2 = r - want;
+              exit !(n > 0 && d1 * d1 < 1e-6 && d2 * d2 < 1e-6) }' "$TMP/p6-2.out" 2>/dev/null; then
+    ok "2 processes: $(sed -n 's/^communication: \([^(]*\).*/\1/p' "$TMP/p6-2.out")= 3 micro-batches of gradients each way"
+else
+    bad "2 processes: the communication reported is not 3 micro-batches of gradients each way" "$TMP/p6-2.out"
+fi
+
 # ---- ZeRO-1 ---------------------------------------------------------------------------------
 for P in 2 3; do
     if ! par "$P" "z$P" --steps 6 --accum 6 --zero 1; then
