@@ -271,6 +271,19 @@ static void micro_grad(size_t k, float *g, size_t n, uint64_t salt)
 
 /* What one rank does for one step: compute (here: fill) each of its
  * micro-batches' gradients into zeroed buffers, store, reduce. */
+/* Compute and store this rank's micro-batches' gradients (micro_grad, salts
+ * 1 and 2) and losses k + 0.5, all but `skip` (SIZE_MAX: none). */
+static void store_micro_batches(tb_ctx *ctx, tb_dp_reducer *r, three *t, size_t skip)
+{
+    for (size_t k = r->first; k < r->first + r->count; k++) {
+        tb_param_list_zero_grad(&t->list);
+        micro_grad(k, t->a.grad, N_A, 1);
+        micro_grad(k, t->b.grad, N_B, 2);
+        if (k != skip)
+            tb_dp_reducer_store(ctx, r, &t->list, k, (float)k + 0.5f);
+    }
+}
+
 typedef struct reduce_job {
     size_t K;
     int threads;
@@ -291,13 +304,7 @@ static void reduce_rank(tb_comm *comm, void *arg)
     tb_dp_reducer r;
     j->st_init = tb_dp_reducer_init(&ctx, &r, comm, &t.list, j->K);
     if (j->st_init == TB_OK) {
-        for (size_t k = r.first; k < r.first + r.count; k++) {
-            tb_param_list_zero_grad(&t.list);
-            micro_grad(k, t.a.grad, N_A, 1);
-            micro_grad(k, t.b.grad, N_B, 2);
-            if (k != j->skip)
-                tb_dp_reducer_store(&ctx, &r, &t.list, k, (float)k + 0.5f);
-        }
+        store_micro_batches(&ctx, &r, &t, j->skip);
         for (size_t i = 0; i < N_A; i++)
             t.a.grad[i] = -7.0f; /* what a failed reduction must leave */
         t.frozen.grad[0] = 42.0f; /* what every reduction must leave */
@@ -901,12 +908,7 @@ static void count_rank(tb_comm *comm, void *arg)
     tb_dp_reducer r;
     j->st[3] = tb_dp_reducer_init(&ctx, &r, &c, &t.list, 7);
     if (j->st[3] == TB_OK) {
-        for (size_t k = r.first; k < r.first + r.count; k++) {
-            tb_param_list_zero_grad(&t.list);
-            micro_grad(k, t.a.grad, N_A, 1);
-            micro_grad(k, t.b.grad, N_B, 2);
-            tb_dp_reducer_store(&ctx, &r, &t.list, k, 0.0f);
-        }
+        store_micro_batches(&ctx, &r, &t, SIZE_MAX);
         j->st[3] = tb_dp_reducer_reduce(&ctx, &r, &t.list, NULL);
         j->count = r.count;
         j->numel = r.numel;
