@@ -53,7 +53,8 @@ if [ -z "$to_run" ]; then
     exit 1
 fi
 
-if [ "$jobs" -eq 1 ]; then
+# One family (or one job): run in the foreground, the output streamed.
+if [ "$jobs" -eq 1 ] || [ "$(echo $to_run | wc -w)" -eq 1 ]; then
     for k in $to_run; do
         echo "== $label, kernel family $k"
         start=$(date +%s)
