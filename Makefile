@@ -203,6 +203,9 @@ $(BUILD)/src/kernels/vexp_avx512.o: KERNEL_FLAGS = -O3 -mavx512f -ffp-contract=o
 $(BUILD)/src/kernels/vexp_avx2.o: KERNEL_FLAGS = -O3 -mavx2 -ffp-contract=off
 endif
 $(BUILD)/src/kernels/gemm_portable.o: KERNEL_FLAGS = -O3 -ffp-contract=off
+# The tests' second build of the portable kernel (its plain-loop variant)
+# with the same flags, or it would not be the same arithmetic.
+$(BUILD)/test/unit/gemm_portable_plain.o: KERNEL_FLAGS = -O3 -ffp-contract=off
 $(BUILD)/src/kernels/gemm.o: KERNEL_FLAGS = -O3 -ffp-contract=off
 # Row and column reductions of the normalization blocks, attention's
 # tile loops and the contrastive loss's row products: -O3 to vectorise.
@@ -231,7 +234,7 @@ $(BUILD)/examples/%.o: examples/%.c $(FLAGS_STAMP)
 
 $(BUILD)/test/unit/%.o: test/unit/%.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -Isrc -Iexamples/common $(CHECK_CFLAGS) $(DEPFLAGS) -c $< -o $@
+	$(CC) $(CFLAGS_ALL) $(KERNEL_FLAGS) -Isrc -Iexamples/common $(CHECK_CFLAGS) $(DEPFLAGS) -c $< -o $@
 
 $(TEST_BIN): $(TEST_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
@@ -289,7 +292,7 @@ test-unit: $(TEST_BIN) $(ORACLE_STAMP) $(FAMILY_TOOL) all
 # once. test/scripts/run_all.sh says which is which.
 test-scripts: all $(FAMILY_TOOL)
 	sh test/scripts/run_all.sh "$(CC)" "$(CXX)" build
-	@$(PER_FAMILY) "script tests that run the library" sh test/scripts/run_all.sh "$(CC)" "$(CXX)" run
+	@TB_FAMILY_JOBS=1 $(PER_FAMILY) "script tests that run the library" sh test/scripts/run_all.sh "$(CC)" "$(CXX)" run
 
 SANITIZE_MAKE = $(MAKE) BUILD=build/sanitize LIBOUT=build/sanitize/lib \
 	    FAMILY_TOOL=$(CURDIR)/$(FAMILY_TOOL) \
@@ -413,7 +416,7 @@ bench: $(BENCH_BINS) $(FAMILY_TOOL)
 	@echo "bench: skipped (not installed): $(or $(strip $(BENCH_SKIPPED)),nothing)"
 	@best=$$(TB_KERNEL=auto $(FAMILY_TOOL)) || exit 1; \
 	fams="$${BENCH_KERNELS:-$$best $$(test "$$best" = avx512 && echo avx2)}"; \
-	sh test/scripts/per_family.sh "$$fams" $(FAMILY_TOOL) "benchmarks" \
+	TB_FAMILY_JOBS=1 sh test/scripts/per_family.sh "$$fams" $(FAMILY_TOOL) "benchmarks" \
 	    sh -c 'for b; do echo "== $$b (TB_KERNEL=$$TB_KERNEL)"; $$b || exit 1; done' sh $(BENCH_BINS)
 	@$(MAKE) --no-print-directory bench-dp
 

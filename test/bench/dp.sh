@@ -16,7 +16,8 @@ cd "$(dirname "$0")/../.."
 B=${1:-build}
 STEPS=${DP_STEPS:-30}
 TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT INT TERM
+trap 'rm -rf "$TMP"' EXIT
+trap 'exit 130' INT TERM
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 for f in "$B/bin/gpt" "$B/bin/gpt_mpi" "$B/bench/mpi/bench_comm"; do
     [ -x "$f" ] || { echo "dp.sh: $f is missing (make all and make bench-dp build it)" >&2; exit 1; }
@@ -42,8 +43,8 @@ ms_of() {
 }
 run one1 "$B/bin/gpt" train --threads 1
 run one2 "$B/bin/gpt" train --threads 2
-run mpi2 mpirun -np 2 "$B/bin/gpt_mpi" train --threads 1
-run zero2 mpirun -np 2 "$B/bin/gpt_mpi" train --threads 1 --zero 1
+run mpi2 mpirun --oversubscribe -np 2 "$B/bin/gpt_mpi" train --threads 1
+run zero2 mpirun --oversubscribe -np 2 "$B/bin/gpt_mpi" train --threads 1 --zero 1
 one1=$(ms_of one1) one2=$(ms_of one2) mpi2=$(ms_of mpi2) zero2=$(ms_of zero2)
 for n in one2 mpi2 zero2; do
     cmp -s "$TMP/one1.st" "$TMP/$n.st" || { echo "dp.sh: checkpoint of $n differs from one1's" >&2; exit 1; }
@@ -68,4 +69,4 @@ echo "tsv	dp	one	1	2	$one2	0	0"
 echo "tsv	dp	mpi	2	1	$mpi2	$(comm_of mpi2 | tr ' ' '\t')"
 echo "tsv	dp	zero1	2	1	$zero2	$(comm_of zero2 | tr ' ' '\t')"
 echo "== collectives on 2 processes"
-mpirun -np 2 "$B/bench/mpi/bench_comm" || { echo "dp.sh: bench_comm failed" >&2; exit 1; }
+mpirun --oversubscribe -np 2 "$B/bench/mpi/bench_comm" || { echo "dp.sh: bench_comm failed" >&2; exit 1; }

@@ -29,7 +29,9 @@ B=${1:-build}
 GPT=$B/bin/gpt
 GPT_MPI=$B/bin/gpt_mpi
 TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"; ip netns del "tbh$$a" 2>/dev/null; ip netns del "tbh$$b" 2>/dev/null' EXIT INT TERM
+cleanup() { rm -rf "$TMP"; ip netns del "tbh$$a" 2>/dev/null; ip netns del "tbh$$b" 2>/dev/null; }
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT TERM
 pass=0
 fail=0
 ok() { pass=$((pass + 1)); echo "ok - $1"; }
@@ -168,7 +170,7 @@ netns_test() {
     for n in "$a" "$b"; do ip -n "$n" link set lo up || return 1; done
     ip -n "$a" link set "v$$a" up && ip -n "$b" link set "v$$b" up || return 1
     printf '10.231.77.1 slots=1\n10.231.77.2 slots=1\n' > "$TMP/hosts"
-    timeout 180 ip netns exec "$a" mpirun --hostfile "$TMP/hosts" -np 2 \
+    timeout 180 env TB_NETNS_PREFIX="tbh$$" ip netns exec "$a" mpirun --hostfile "$TMP/hosts" -np 2 \
         --mca plm_rsh_agent "$PWD/test/scripts/netns_agent.sh" --mca pml ob1 --mca btl self,tcp \
         --mca btl_tcp_if_include 10.231.77.0/24 --mca oob_tcp_if_include 10.231.77.0/24 \
         -x OMP_NUM_THREADS "$PWD/$GPT_MPI" train $COMMON --steps 6 --accum 6 \
@@ -183,6 +185,10 @@ netns_test() {
 netns_cleanup() { ip netns del "tbh$$a" 2>/dev/null; ip netns del "tbh$$b" 2>/dev/null; }
 if [ "$(id -u)" != 0 ]; then
     echo "NOT RUN - two hosts over TCP (network namespaces need root; CI runs as root)"
+elif ! command -v ip >/dev/null 2>&1 || ! ip netns add "tbh$$probe" 2>"$TMP/probe.err" ||
+    ! ip netns del "tbh$$probe" 2>>"$TMP/probe.err"; then
+    echo "NOT RUN - two hosts over TCP: this root cannot make network namespaces" \
+         "($(command -v ip >/dev/null 2>&1 && head -1 "$TMP/probe.err" || echo "no ip command: iproute2"))"
 elif netns_test >"$TMP/netns.log" 2>&1; then
     ok "2 hosts (network namespaces, veth, TCP only): loss curve and checkpoint bitwise those of one process ($(tail -1 "$TMP/netns.log"))"
 else

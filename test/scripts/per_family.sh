@@ -16,8 +16,9 @@
 # test's exit-time leak check is serial), so on 2 cores two families at
 # once take little longer than one. Each concurrent run's output goes to a
 # file and is printed whole when it ends, so runs never interleave; Check's
-# per-test timeouts are multiplied by N (CK_TIMEOUT_MULTIPLIER, unless set)
-# since the runs share the cores. Results cannot depend on it: the tests
+# per-test timeouts are multiplied by the number running at once
+# (CK_TIMEOUT_MULTIPLIER, unless set) since the runs share the cores. An
+# interrupt (INT, TERM) stops every family's whole process tree. Results cannot depend on it: the tests
 # demand the same bits for any thread count and any scheduling.
 set -u
 families=$1
@@ -64,9 +65,20 @@ if [ "$jobs" -eq 1 ] || [ "$(echo $to_run | wc -w)" -eq 1 ]; then
     done
 else
     out=$(mktemp -d "${TMPDIR:-/tmp}/tb-families-XXXXXX") || exit 1
+    # Each family runs in a process group of its own (setsid, from
+    # util-linux; without it, only the family's top process is stopped), so
+    # that an interrupt ends every family's whole process tree before the
+    # output directory goes.
+    pids=""
+    own_group=$(command -v setsid || true)
+    stop_all() {
+        for p in $pids; do kill -TERM -"$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; done
+        wait
+    }
     trap 'rm -rf "$out"' EXIT
-    trap 'exit 130' INT TERM
-    : "${CK_TIMEOUT_MULTIPLIER:=$jobs}"
+    trap 'stop_all; exit 130' INT TERM
+    n_fam=$(echo $to_run | wc -w)
+    : "${CK_TIMEOUT_MULTIPLIER:=$((jobs < n_fam ? jobs : n_fam))}"
     export CK_TIMEOUT_MULTIPLIER
     start_all=$(date +%s)
     pending=$to_run
@@ -80,7 +92,10 @@ else
             pending=$(echo "$pending" | sed "s/^ *$k//")
             echo "== $label, kernel family $k: started ($jobs at once; output follows when it ends)"
             date +%s > "$out/$k.start"
-            ( TB_KERNEL=$k "$@" > "$out/$k.log" 2>&1; echo $? > "$out/$k.rc.new"; mv "$out/$k.rc.new" "$out/$k.rc" ) &
+            # shellcheck disable=SC2016
+            TB_KERNEL=$k $own_group sh -c '"$@" > "$0.log" 2>&1; echo $? > "$0.rc.new"; mv "$0.rc.new" "$0.rc"' \
+                "$out/$k" "$@" &
+            pids="$pids $!"
             running="$running $k"
             nrun=$((nrun + 1))
         done

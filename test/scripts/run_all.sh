@@ -191,7 +191,7 @@ TOOL
     # Two at once: every family runs once with its own TB_KERNEL and its whole
     # output is printed (not interleaved), the NOT RUN report is the same, a
     # failure in any one family fails, and a bad job count is refused.
-    out=$(TB_FAMILY_JOBS=2 sh test/scripts/per_family.sh "portable avx2 avx512" "$TMP/fake_tool" t \
+    out=$(env -u CK_TIMEOUT_MULTIPLIER TB_FAMILY_JOBS=2 sh test/scripts/per_family.sh "portable avx2 avx512" "$TMP/fake_tool" t \
           sh -c 'echo "begin $TB_KERNEL x$CK_TIMEOUT_MULTIPLIER"; sleep 1; echo "end $TB_KERNEL"') || return 1
     echo "$out"
     echo "$out" | grep -q "kernel families run: portable avx2; not run on this CPU: avx512" || return 1
@@ -203,6 +203,19 @@ TOOL
     if TB_FAMILY_JOBS=2 sh test/scripts/per_family.sh "portable avx2" "$TMP/fake_tool" t \
         sh -c '[ "$TB_KERNEL" != avx2 ]'; then return 1; fi
     if TB_FAMILY_JOBS=0 sh test/scripts/per_family.sh "portable" "$TMP/fake_tool" t true; then return 1; fi
+    # TERM while two families run stops both process trees (the families'
+    # grandchildren included) and leaves no output directory behind.
+    mkdir "$TMP/pftmp"
+    TMPDIR="$TMP/pftmp" TB_FAMILY_JOBS=2 sh test/scripts/per_family.sh "portable avx2" "$TMP/fake_tool" t \
+        sh -c 'sleep 41.37 & wait' >/dev/null 2>&1 &
+    pf=$!
+    sleep 1
+    [ "$(pgrep -fc '^sleep 41[.]37')" -eq 2 ] || { echo "the families did not start"; kill "$pf"; return 1; }
+    kill -TERM "$pf"
+    wait "$pf"
+    sleep 0.5
+    [ "$(pgrep -fc '^sleep 41[.]37')" -eq 0 ] || { echo "TERM left a family running"; return 1; }
+    [ -z "$(ls -A "$TMP/pftmp")" ] || { echo "TERM left $(ls "$TMP/pftmp")"; return 1; }
     return 0
 }
 want build && run "per-family runner: NOT RUN named, unanswerable tool / nothing run / failure fail, also 2 at once" per_family_test

@@ -269,8 +269,6 @@ static void micro_grad(size_t k, float *g, size_t n, uint64_t salt)
         g[i] *= scale;
 }
 
-/* What one rank does for one step: compute (here: fill) each of its
- * micro-batches' gradients into zeroed buffers, store, reduce. */
 /* Compute and store this rank's micro-batches' gradients (micro_grad, salts
  * 1 and 2) and losses k + 0.5, all but `skip` (SIZE_MAX: none). */
 static void store_micro_batches(tb_ctx *ctx, tb_dp_reducer *r, three *t, size_t skip)
