@@ -19,18 +19,37 @@
  *   AVX2 (6 x 16 tiles): the other way round, as BLIS does for Haswell:
  *     each NR-wide sliver of B (kc x 16, 16 KiB) stays in L1 while the
  *     kernel sweeps the A block (mc x kc, 192 KiB, in L2); kc = 256
- *     measured better than 384 (5 points of peak on NN and TN). */
+ *     measured better than 384 (5 points of peak on NN and TN). The B
+ *     block then need not stay in L2 (each sliver is used for a whole
+ *     sweep of A before the next is loaded), so for products of at least
+ *     nc_tall_m rows it is widened to nc_tall = 2048 (BLIS uses 4080 on
+ *     Haswell): A is then packed a quarter as often, which measured 2-6
+ *     points of peak on M = 1024 qkv and attention shapes (NT, NN, TN;
+ *     interleaved best-of runs, Zen 5 with AVX2 forced). Fewer rows keep
+ *     nc = 512: at M = 64 and 256 against the 50257-wide vocabulary
+ *     matrix, a 2 MiB packed B block no longer stays in L2 between being
+ *     packed and being read, and measured 2-5 points slower.
+ * The blocking changes neither what an element of C is computed from nor
+ * the order (the K blocks are the same), so it cannot change results. */
 typedef struct gemm_blocking {
     size_t kc, mc, nc;
+    size_t nc_tall, nc_tall_m; /* nc for M >= nc_tall_m rows (0: none) */
     int ir_outer;
 } gemm_blocking;
 
 static gemm_blocking family_blocking(tb_kernel family)
 {
-    gemm_blocking b = {384, 192, 512, 1};
+    gemm_blocking b = {384, 192, 512, 0, 0, 1};
     if (family == TB_KERNEL_AVX2)
-        b.kc = 256, b.ir_outer = 0;
+        b.kc = 256, b.nc_tall = 2048, b.nc_tall_m = 768, b.ir_outer = 0;
     return b;
+}
+
+/* The N block of a product of M rows (before rounding to whole slivers);
+ * it never shrinks as M grows. */
+static size_t block_nc(const gemm_blocking *b, size_t M)
+{
+    return b->nc_tall && M >= b->nc_tall_m ? b->nc_tall : b->nc;
 }
 
 static size_t min_sz(size_t a, size_t b)
@@ -220,7 +239,13 @@ typedef struct gemm_args {
  * in the L1 cache and run ~30% slower; unless M <= 8: each element of B is
  * then used so few times that copying it costs more than the aliasing) or
  * more than 32 KiB apart (the 50257-wide vocabulary matrix: every k would
- * touch a new page). */
+ * touch a new page). The AVX2 family packs it whenever M > 8: its loop
+ * order keeps one B sliver in L1 for a whole sweep of the A block, and
+ * read in place, a sliver's kc rows at the GPT-2 strides (768 and 2304
+ * floats, multiples of 1 KiB apart) fall into 4 of the 64 L1 sets and
+ * cannot stay there; packed measured 1-8 points of peak faster on the
+ * M = 64 and 256 qkv, attention and projection shapes (NN, TN;
+ * interleaved best-of runs, Zen 5 with AVX2 forced). */
 static void gemm_args_init(gemm_args *g, const tb_ctx *ctx, int trans_a, int trans_b, size_t M,
                            size_t N, size_t K, float alpha, const float *A, size_t lda,
                            const float *B, size_t ldb, float beta, float *C, size_t ldc)
@@ -229,7 +254,8 @@ static void gemm_args_init(gemm_args *g, const tb_ctx *ctx, int trans_a, int tra
     g->uk = select_ukernel(family, M);
     g->blk = family_blocking(family);
     g->trans_a = trans_a, g->trans_b = trans_b;
-    g->direct_b = !trans_b && ldb <= 8192 && (ldb % 512 != 0 || M <= 8);
+    g->direct_b = !trans_b && ldb <= 8192 && (ldb % 512 != 0 || M <= 8) &&
+                  (family != TB_KERNEL_AVX2 || M <= 8);
     g->M = M, g->N = N, g->K = K;
     g->alpha = alpha;
     g->beta = beta;
@@ -475,7 +501,7 @@ tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, siz
     g.mc = round_up(g.blk.mc, mr);
     /* Widest N range one thread handles, rounded to whole slivers. */
     size_t n_range = split_n ? ((units + (size_t)threads - 1) / (size_t)threads) * nr : N;
-    g.nc = min_sz(round_up(g.blk.nc, nr), round_up(n_range, nr));
+    g.nc = min_sz(round_up(block_nc(&g.blk, M), nr), round_up(n_range, nr));
     const size_t kc = min_sz(g.blk.kc, K ? K : 1);
     size_t a_floats = round_up(g.mc * kc, 16), b_floats = round_up(g.nc * kc, 16);
     size_t one_a, one_b; /* M = 1 without packing needs far less */
@@ -518,7 +544,8 @@ tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, siz
 
 /* Blocking and packing space of a serial product on kernel uk: A's
  * MR-tall slivers for min(M, MC) rows and B's NR-wide slivers for
- * min(N, NC) columns, both kc = min(K, KC) deep (the family's blocking).
+ * min(N, NC) columns (NC = block_nc(M), which never shrinks as M grows),
+ * both kc = min(K, KC) deep (the family's blocking).
  * Every term grows with M, N and K, so the space for (M, N, K) covers every
  * smaller product. */
 typedef struct serial_plan {
@@ -531,7 +558,7 @@ static serial_plan plan_serial(const tb_ukernel *uk, const gemm_blocking *blk, s
     const size_t mr = (size_t)uk->mr, nr = (size_t)uk->nr;
     serial_plan p;
     p.mc = min_sz(round_up(blk->mc, mr), round_up(M ? M : 1, mr));
-    p.nc = min_sz(round_up(blk->nc, nr), round_up(N ? N : 1, nr));
+    p.nc = min_sz(round_up(block_nc(blk, M), nr), round_up(N ? N : 1, nr));
     p.kc = min_sz(blk->kc, K ? K : 1);
     p.a_floats = round_up(p.mc * p.kc, 16); /* keeps B's buffer 64-byte aligned */
     p.b_floats = p.nc * p.kc;

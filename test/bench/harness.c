@@ -92,41 +92,92 @@ double bench_spread(const bench_stats *s)
     return s->median > 0 ? (s->max - s->min) / s->median : 0.0;
 }
 
-bench_stats bench_time(void (*fn)(void *arg), void *arg)
+/* The statistics of n sorted-in-place times. */
+static bench_stats stats_of(double *t, int n)
 {
-    int quick = bench_quick();
-    double min_time = bench_env_double("BENCH_MIN_TIME", quick ? 0.1 : 0.3);
-    int min_reps = (int)bench_env_double("BENCH_MIN_REPS", 3);
-    int max_reps = (int)bench_env_double("BENCH_MAX_REPS", 100);
-    int warmup = (int)bench_env_double("BENCH_WARMUP", 1);
-    if (min_reps < 1)
-        min_reps = 1;
-    if (max_reps < min_reps)
-        max_reps = min_reps;
-
-    for (int i = 0; i < warmup; i++)
-        fn(arg);
-    double *t = malloc((size_t)max_reps * sizeof *t);
-    if (!t) {
-        fprintf(stderr, "bench: out of memory\n");
-        exit(2);
-    }
-    int n = 0;
-    double total = 0;
-    while (n < max_reps && (n < min_reps || total < min_time)) {
-        double t0 = bench_now();
-        fn(arg);
-        t[n] = bench_now() - t0;
-        total += t[n++];
-    }
     qsort(t, (size_t)n, sizeof t[0], cmp_double);
     bench_stats s;
     s.reps = n;
     s.min = t[0];
     s.max = t[n - 1];
     s.median = n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+    return s;
+}
+
+/* The BENCH_* repetition settings of bench_time. */
+typedef struct rep_plan {
+    double min_time;
+    int min_reps, max_reps, warmup;
+} rep_plan;
+
+static rep_plan rep_plan_get(void)
+{
+    rep_plan p;
+    p.min_time = bench_env_double("BENCH_MIN_TIME", bench_quick() ? 0.1 : 0.3);
+    p.min_reps = (int)bench_env_double("BENCH_MIN_REPS", 3);
+    p.max_reps = (int)bench_env_double("BENCH_MAX_REPS", 1000);
+    p.warmup = (int)bench_env_double("BENCH_WARMUP", 1);
+    if (p.min_reps < 1)
+        p.min_reps = 1;
+    if (p.max_reps < p.min_reps)
+        p.max_reps = p.min_reps;
+    return p;
+}
+
+static double *times_alloc(int n)
+{
+    double *t = malloc((size_t)n * sizeof *t);
+    if (!t) {
+        fprintf(stderr, "bench: out of memory\n");
+        exit(2);
+    }
+    return t;
+}
+
+bench_stats bench_time(void (*fn)(void *arg), void *arg)
+{
+    const rep_plan p = rep_plan_get();
+    for (int i = 0; i < p.warmup; i++)
+        fn(arg);
+    double *t = times_alloc(p.max_reps);
+    int n = 0;
+    double total = 0;
+    while (n < p.max_reps && (n < p.min_reps || total < p.min_time)) {
+        double t0 = bench_now();
+        fn(arg);
+        t[n] = bench_now() - t0;
+        total += t[n++];
+    }
+    bench_stats s = stats_of(t, n);
     free(t);
     return s;
+}
+
+void bench_time_pair(void (*fa)(void *arg), void *a, void (*fb)(void *arg), void *b,
+                     bench_stats *sa, bench_stats *sb)
+{
+    const rep_plan p = rep_plan_get();
+    for (int i = 0; i < p.warmup; i++) {
+        fa(a);
+        fb(b);
+    }
+    double *ta = times_alloc(p.max_reps), *tb = times_alloc(p.max_reps);
+    int n = 0;
+    double total_a = 0, total_b = 0;
+    while (n < p.max_reps && (n < p.min_reps || total_a < p.min_time || total_b < p.min_time)) {
+        double t0 = bench_now();
+        fa(a);
+        double t1 = bench_now();
+        fb(b);
+        ta[n] = t1 - t0;
+        tb[n] = bench_now() - t1;
+        total_a += ta[n];
+        total_b += tb[n++];
+    }
+    *sa = stats_of(ta, n);
+    *sb = stats_of(tb, n);
+    free(ta);
+    free(tb);
 }
 
 /* Register-only multiply-add loops, one per instruction set a kernel family

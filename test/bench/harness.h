@@ -4,7 +4,8 @@
  *
  *   - timing: a warm-up, then repetitions chosen adaptively (at least
  *     BENCH_MIN_REPS and at least BENCH_MIN_TIME seconds in total, at most
- *     BENCH_MAX_REPS), reported as median and spread (min..max);
+ *     BENCH_MAX_REPS), reported as median and spread (min..max), or, for
+ *     two functions compared, alternating repetition by repetition;
  *   - machine ceilings measured in the same run: the fp32 peak of a
  *     register-only multiply-add loop in the vector instructions of the
  *     kernel family under test (TB_KERNEL; AVX-512 zmm FMA, AVX2 ymm FMA,
@@ -19,7 +20,8 @@
  *     lines of that kind.
  *
  * Environment: BENCH_MIN_TIME (s, default 0.3; 0.1 with BENCH_QUICK),
- * BENCH_MIN_REPS (3), BENCH_MAX_REPS (100), BENCH_WARMUP (1),
+ * BENCH_MIN_REPS (3), BENCH_MAX_REPS (1000: a fast case still gets its
+ * BENCH_MIN_TIME, long enough to outlast a spell of interference), BENCH_WARMUP (1),
  * BENCH_TRIAD_MFLOATS (64: three arrays of 64 Mi floats = 768 MiB in total).
  */
 #ifndef TB_BENCH_HARNESS_H
@@ -47,6 +49,14 @@ typedef struct bench_stats {
 /* Run fn(arg) BENCH_WARMUP times untimed, then time repetitions until both
  * the minimum count and the minimum total time are reached. */
 bench_stats bench_time(void (*fn)(void *arg), void *arg);
+
+/* As bench_time for two functions at once, their repetitions alternating
+ * (fa, fb, fa, fb, ...) until both have the minimum count and time: on a
+ * shared, noisy machine both then meet the same spells of interference,
+ * so that their ratio compares the code rather than the moments they ran
+ * in. */
+void bench_time_pair(void (*fa)(void *arg), void *a, void (*fb)(void *arg), void *b,
+                     bench_stats *sa, bench_stats *sb);
 
 /* (max - min) / median, the relative spread; 0 if median is 0. */
 double bench_spread(const bench_stats *s);

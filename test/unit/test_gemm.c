@@ -197,6 +197,9 @@ START_TEST(gemm_matches_double_reference)
              * M <= 8 (read in place); M = 1 uses the one-row kernel. */
             {0, 0, 1, 3072, 777, 0, 1.0f, 0.0f},    {0, 0, 8, 1024, 400, 0, 1.0f, 1.0f},
             {0, 0, 9, 1024, 400, 0, 1.0f, 0.0f},    {0, 1, 1, 2048, 385, 0, -1.0f, 0.5f},
+            /* Tall enough (M >= 768) for AVX2's wider N block of 2048,
+             * with a ragged last block and two K blocks. */
+            {0, 1, 770, 2300, 270, 2, -1.0f, 0.5f}, {1, 0, 800, 4500, 40, 0, 1.0f, 1.0f},
         };
         for (size_t b = 0; b < sizeof big / sizeof big[0]; b++) {
             run_case(families[f], &big[b], 2);
@@ -233,7 +236,7 @@ START_TEST(gemm_bitwise_identical_across_threads)
      * threads, splitting N (wide) and M (tall), with edge tiles. */
     static const size_t shapes[][3] = {{50, 1000, 300}, {1000, 50, 300}, {129, 131, 257},
                                        {7, 4000, 65},    {1, 3000, 700},  {2, 1500, 513},
-                                       {6, 2100, 300}};
+                                       {6, 2100, 300},   {770, 2200, 40}};
     const tb_kernel families[1] = {tbt_test_kernel()};
     for (size_t f = 0; f < 1; f++) {
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
@@ -383,6 +386,12 @@ START_TEST(gemm_serial_stays_in_its_scratch)
             serial_case(fam, ta, tb, 61, 49, ks.v[i], n);
             serial_case(fam, ta, tb, 64, 64, ks.v[i], n + 1);
         }
+        /* Both sides of the row count from which AVX2 widens the N block
+         * (768), and of that wider block (2048 columns). */
+        static const size_t tall_m[] = {767, 768, 769}, tall_n[] = {2047, 2049};
+        for (size_t i = 0; i < 3; i++)
+            for (size_t j = 0; j < 2; j++, n++)
+                serial_case(fam, ta, tb, tall_m[i], tall_n[j], 5, n);
     }
     printf("  gemm serial (%s, MR/NR of %zu kernel%s): %zu products, each in exactly "
            "tb_gemm_serial_work() floats + a guard zone\n",
