@@ -254,8 +254,8 @@ static void gemm_args_init(gemm_args *g, const tb_ctx *ctx, int trans_a, int tra
     g->uk = select_ukernel(family, M);
     g->blk = family_blocking(family);
     g->trans_a = trans_a, g->trans_b = trans_b;
-    g->direct_b = !trans_b && ldb <= 8192 && (ldb % 512 != 0 || M <= 8) &&
-                  (family != TB_KERNEL_AVX2 || M <= 8);
+    g->direct_b = !trans_b && ldb <= 8192 &&
+                  (M <= 8 || (ldb % 512 != 0 && family != TB_KERNEL_AVX2));
     g->M = M, g->N = N, g->K = K;
     g->alpha = alpha;
     g->beta = beta;

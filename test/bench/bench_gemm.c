@@ -571,17 +571,11 @@ static const char *opt(char *buf, size_t n, int has, const char *fmt, double v)
     return buf;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static double median_of(double *v, size_t n)
 {
     if (n == 0)
         return 0;
-    qsort(v, n, sizeof v[0], cmp_double);
+    bench_sort(v, n);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 

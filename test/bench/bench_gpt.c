@@ -40,12 +40,6 @@
 
 enum { L = 12, H = 12, C = 768, V = 50257, T = 64, B = 4 };
 
-static int cmp_seconds(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static double peak_rss_mib(void)
 {
     struct rusage ru;
@@ -216,7 +210,7 @@ int main(void)
          * several times and its best run counts, each run from the same
          * prompt (every run must generate the same tokens). */
         const double read_bw = bench_read_bw(ctx.num_threads, (size_t)128 << 20);
-        int runs = bench_quick() ? 2 : (int)bench_env_double("BENCH_GPT_DECODE_RUNS", 5);
+        int runs = (int)bench_env_double("BENCH_GPT_DECODE_RUNS", bench_quick() ? 2 : 5);
         if (runs < 1)
             runs = 1;
         double el = INFINITY, run_s[64];
@@ -248,7 +242,7 @@ int main(void)
                 return 1;
             }
         }
-        qsort(run_s, (size_t)runs, sizeof run_s[0], cmp_seconds);
+        bench_sort(run_s, (size_t)runs);
         const double tps = NEW / el, tps_median = NEW / run_s[runs / 2];
         const double wbytes = n_params * 4.0, bound = read_bw * 1e9 / wbytes;
         const double tbound = mach.triad * 1e9 / wbytes;

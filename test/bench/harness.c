@@ -87,6 +87,11 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+void bench_sort(double *v, size_t n)
+{
+    qsort(v, n, sizeof v[0], cmp_double);
+}
+
 double bench_spread(const bench_stats *s)
 {
     return s->median > 0 ? (s->max - s->min) / s->median : 0.0;

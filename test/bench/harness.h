@@ -58,6 +58,9 @@ bench_stats bench_time(void (*fn)(void *arg), void *arg);
 void bench_time_pair(void (*fa)(void *arg), void *a, void (*fb)(void *arg), void *b,
                      bench_stats *sa, bench_stats *sb);
 
+/* Sorts v[0..n) ascending in place (NaNs not expected). */
+void bench_sort(double *v, size_t n);
+
 /* (max - min) / median, the relative spread; 0 if median is 0. */
 double bench_spread(const bench_stats *s);
 
