@@ -31,6 +31,9 @@ need_pkg fortunes        test -f /usr/share/games/fortunes/fortunes
 # Open MPI, for libtblocks_mpi.a, gpt_mpi and the data-parallel tests.
 need_pkg openmpi-bin     have mpirun
 need_pkg libopenmpi-dev  have mpicc
+# qemu-user: CPUs this machine is not (AVX2-only, no AVX) for
+# test/scripts/emulated_cpus.sh; it runs x86_64 programs only.
+if [ "$(uname -m)" = x86_64 ]; then need_pkg qemu-user have qemu-x86_64; fi
 # iproute2 (ip netns, veth): two hosts over TCP in test/scripts/mpi_gpt.sh,
 # which only root can make (as a user that test reports NOT RUN).
 if [ "$(id -u)" = 0 ]; then need_pkg iproute2 have ip; fi

@@ -11,6 +11,11 @@
 #   deps      incremental build: a header or flag change rebuilds dependents
 #   guide     every docs/guide/ page's program runs at a small size and prints
 #             the shape its page shows (test/scripts/guide.py --fast)
+#   emulated  the library's automatic kernel choice on CPUs emulated by
+#             qemu-user: AVX2-only Intel and AMD models pick avx2 and refuse
+#             avx512, a CPU without AVX picks portable, and an example run
+#             there prints what TB_KERNEL=avx2 prints here
+#             (test/scripts/emulated_cpus.sh; it sets TB_KERNEL itself)
 #   mpi       tblocks_mpi.h compiles as C11 and C++ with the MPI wrapper's
 #             flags; data-parallel gpt over MPI (test/scripts/mpi_gpt.sh):
 #             P = 1, 2, 3 bitwise, resume across P, a killed rank
@@ -219,6 +224,18 @@ TOOL
     return 0
 }
 want build && run "per-family runner: NOT RUN named, unanswerable tool / nothing run / failure fail, also 2 at once" per_family_test
+
+# ---- emulated CPUs ------------------------------------------------------------
+# In the build part (run once): it chooses the family itself, by emulating
+# CPUs, so make check's per-family TB_KERNEL must not reach it.
+if want build; then
+    if env -u TB_KERNEL sh test/scripts/emulated_cpus.sh build >"$TMP/log" 2>&1; then
+        ok "emulated CPUs (qemu-user): automatic kernel choice without AVX-512 or AVX:"
+        sed 's/^/    /' "$TMP/log"
+    else
+        bad "emulated CPUs (qemu-user, test/scripts/emulated_cpus.sh)"
+    fi
+fi
 
 # ---- MPI ------------------------------------------------------------------------
 if ! want build; then

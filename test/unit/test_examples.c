@@ -159,9 +159,15 @@ START_TEST(norm_compare_measures_and_is_thread_independent)
 {
     enum { CAP = 1 << 16 };
     char *a = tbt_alloc(CAP), *b = tbt_alloc(CAP), *c = tbt_alloc(CAP);
-    ck_assert_int_eq(run_example("norm_compare", "--threads 2 --steps 150", a, CAP), 0);
+    /* Under the sanitizers (TBT_OUTCOMES 0) the 50-step 2-thread run stands
+     * in for the 150-step one: the invariance checks hold at any length, the
+     * accuracy is asserted in the uninstrumented pass. */
     ck_assert_int_eq(run_example("norm_compare", "--threads 1 --steps 50", b, CAP), 0);
     ck_assert_int_eq(run_example("norm_compare", "--threads 2 --steps 50", c, CAP), 0);
+    if (TBT_OUTCOMES)
+        ck_assert_int_eq(run_example("norm_compare", "--threads 2 --steps 150", a, CAP), 0);
+    else
+        memcpy(a, c, CAP);
     assert_kernel_banner("norm_compare", a);
     const char *fin = strstr(a, "final: ");
     ck_assert_msg(fin != NULL, "no final line in:\n%s", a);
@@ -179,7 +185,8 @@ START_TEST(norm_compare_measures_and_is_thread_independent)
     ck_assert_msg(inv_bn > 1e-3, "BatchNorm output did not depend on the batch: %g", inv_bn);
     /* Observed: 1.0000 for seeds 1-4 at 400 steps, 0.998-1.000 for seeds 1-3
      * at 150 (chance is about 0.5). */
-    ck_assert_msg(ln_val > 0.95f, "LayerNorm validation accuracy %g <= 0.95", ln_val);
+    if (TBT_OUTCOMES)
+        ck_assert_msg(ln_val > 0.95f, "LayerNorm validation accuracy %g <= 0.95", ln_val);
     ck_assert_msg(ln_bs1 == ln_val, "LayerNorm accuracy differs at batch size 1: %g vs %g",
                   ln_bs1, ln_val);
     assert_same_output(b, c);
@@ -1078,7 +1085,12 @@ START_TEST(ptuning_learns_through_virtual_tokens)
 {
     enum { CAP = 1 << 15 };
     char *a = tbt_alloc(CAP), *b = tbt_alloc(CAP), *ka = tbt_alloc(CAP), *kb = tbt_alloc(CAP);
-    ck_assert_int_eq(run_example("ptuning", PTUNING_SMALL " --threads 1", a, CAP), 0);
+    /* Under the sanitizers (TBT_OUTCOMES 0) the tiny run stands in for the
+     * learning run: the same model and encoder shapes, so the same counts,
+     * but too short to be sure of learning, which the uninstrumented pass
+     * asserts. */
+    const char *learn = TBT_OUTCOMES ? PTUNING_SMALL " --threads 1" : PTUNING_TINY " --threads 1";
+    ck_assert_int_eq(run_example("ptuning", learn, a, CAP), 0);
     assert_kernel_banner("ptuning", a);
     const char *fin = strstr(a, "\nfinal: ");
     ck_assert_msg(fin != NULL, "no final line in:\n%s", a);
@@ -1108,9 +1120,10 @@ START_TEST(ptuning_learns_through_virtual_tokens)
         const double worst = field_of(fin, key);
         snprintf(key, sizeof key, "%s_t2", keys[k]);
         printf(" %s %.3f (worst seed %.3f)", keys[k], field_of(fin, key), worst);
-        ck_assert_msg(worst < pre2 - 0.01, "%s did not lower the task-2 loss in every seed: %g "
-                                           "vs %g before",
-                      keys[k], worst, pre2);
+        if (TBT_OUTCOMES)
+            ck_assert_msg(worst < pre2 - 0.01,
+                          "%s did not lower the task-2 loss in every seed: %g vs %g before",
+                          keys[k], worst, pre2);
     }
     printf("\n");
     ck_assert_msg(field_of(fin, "frozen_ok") == 1.0, "the frozen model changed:\n%s", a);
@@ -1147,27 +1160,30 @@ START_TEST(cross_attention_follows_the_text)
 {
     enum { CAP = 1 << 15 };
     char *a = tbt_alloc(CAP), *b = tbt_alloc(CAP), *c = tbt_alloc(CAP);
-    ck_assert_int_eq(run_example("cross_attention", "--steps 500 --threads 1", a, CAP), 0);
-    assert_kernel_banner("cross_attention", a);
-    const char *fin = strstr(a, "\nfinal: ");
-    ck_assert_msg(fin != NULL, "no final line in:\n%s", a);
-    const double r4 = field_of(fin, "right_s4"), e4 = field_of(fin, "empty_s4");
-    const double w4 = field_of(fin, "wrong_s4"), r05 = field_of(fin, "right_s05");
-    const double n05 = field_of(fin, "noisy_s05");
-    const double hc = field_of(fin, "colour_hit"), hp = field_of(fin, "pattern_hit");
-    const double hb = field_of(fin, "both_hit");
-    printf("  cross_attention: sigma 4 loss right %.4f empty %.4f wrong %.4f; sigma 0.5 %.4f "
-           "(x_t %.4f); edits land on B: %.3f %.3f %.3f\n",
-           r4, e4, w4, r05, n05, hc, hp, hb);
-    ck_assert_msg(r4 < 0.5 * e4, "the right prompt did not help: %g vs empty %g", r4, e4);
-    ck_assert_msg(w4 > e4, "a wrong prompt (%g) should be worse than none (%g)", w4, e4);
-    ck_assert_msg(r05 < 0.25 * n05, "no denoising at sigma 0.5: %g vs x_t %g", r05, n05);
-    ck_assert_msg(hc > 0.9 && hp > 0.9 && hb > 0.9,
-                  "editing the text did not move the output: %g %g %g", hc, hp, hb);
     ck_assert_int_eq(run_example("cross_attention", "--steps 20 --threads 1", b, CAP), 0);
     ck_assert_int_eq(run_example("cross_attention", "--steps 20 --threads 2", c, CAP), 0);
+    assert_kernel_banner("cross_attention", b);
     assert_same_output(b, c);
     ck_assert_ptr_nonnull(strstr(b, "final: "));
+    /* The 500-step outcome: in the uninstrumented pass (TBT_OUTCOMES). */
+    if (TBT_OUTCOMES) {
+        ck_assert_int_eq(run_example("cross_attention", "--steps 500 --threads 1", a, CAP), 0);
+        const char *fin = strstr(a, "\nfinal: ");
+        ck_assert_msg(fin != NULL, "no final line in:\n%s", a);
+        const double r4 = field_of(fin, "right_s4"), e4 = field_of(fin, "empty_s4");
+        const double w4 = field_of(fin, "wrong_s4"), r05 = field_of(fin, "right_s05");
+        const double n05 = field_of(fin, "noisy_s05");
+        const double hc = field_of(fin, "colour_hit"), hp = field_of(fin, "pattern_hit");
+        const double hb = field_of(fin, "both_hit");
+        printf("  cross_attention: sigma 4 loss right %.4f empty %.4f wrong %.4f; sigma 0.5 %.4f "
+               "(x_t %.4f); edits land on B: %.3f %.3f %.3f\n",
+               r4, e4, w4, r05, n05, hc, hp, hb);
+        ck_assert_msg(r4 < 0.5 * e4, "the right prompt did not help: %g vs empty %g", r4, e4);
+        ck_assert_msg(w4 > e4, "a wrong prompt (%g) should be worse than none (%g)", w4, e4);
+        ck_assert_msg(r05 < 0.25 * n05, "no denoising at sigma 0.5: %g vs x_t %g", r05, n05);
+        ck_assert_msg(hc > 0.9 && hp > 0.9 && hb > 0.9,
+                      "editing the text did not move the output: %g %g %g", hc, hp, hb);
+    }
     char out[4096];
     ck_assert_int_eq(run_example("cross_attention", "--bogus", out, sizeof out), 2);
     ck_assert_int_eq(run_example("cross_attention", "--steps 5", out, sizeof out), 2);
@@ -1221,26 +1237,29 @@ START_TEST(multihead_beats_one_head_at_equal_width)
 {
     enum { CAP = 1 << 14 };
     char *a = tbt_alloc(CAP), *b = tbt_alloc(CAP), *c = tbt_alloc(CAP);
-    ck_assert_int_eq(run_example("multihead", "--steps 300 --threads 1", a, CAP), 0);
-    assert_kernel_banner("multihead", a);
-    const char *fin = strstr(a, "\nfinal: ");
-    ck_assert_msg(fin != NULL, "no final line in:\n%s", a);
-    const double a1 = field_of(fin, "h1_all"), a2 = field_of(fin, "h2_all");
-    const double a4 = field_of(fin, "h4_all"), a8 = field_of(fin, "h8_all");
-    const double l1 = field_of(fin, "h1_loss"), l4 = field_of(fin, "h4_loss");
-    printf("  multihead: all four right with H = 1, 2, 4, 8: %.4f %.4f %.4f %.4f; loss H=1 %.4f "
-           "H=4 %.4f\n",
-           a1, a2, a4, a8, l1, l4);
-    ck_assert_msg(a1 < 0.3, "one head solved the task: %g", a1);
-    ck_assert_msg(a4 > 0.95 && a8 > 0.9, "several heads did not solve it: H=4 %g, H=8 %g", a4,
-                  a8);
-    ck_assert_msg(a1 < a2 && a2 < a4, "accuracy does not rise from H = 1 to 4: %g %g %g", a1, a2,
-                  a4);
-    ck_assert_msg(l1 > 4.0 * l4, "loss H=1 %g vs H=4 %g", l1, l4);
     ck_assert_int_eq(run_example("multihead", "--steps 20 --threads 1", b, CAP), 0);
     ck_assert_int_eq(run_example("multihead", "--steps 20 --threads 2", c, CAP), 0);
+    assert_kernel_banner("multihead", b);
     assert_same_output(b, c);
     ck_assert_ptr_nonnull(strstr(b, "final: "));
+    /* The 300-step outcome: in the uninstrumented pass (TBT_OUTCOMES). */
+    if (TBT_OUTCOMES) {
+        ck_assert_int_eq(run_example("multihead", "--steps 300 --threads 1", a, CAP), 0);
+        const char *fin = strstr(a, "\nfinal: ");
+        ck_assert_msg(fin != NULL, "no final line in:\n%s", a);
+        const double a1 = field_of(fin, "h1_all"), a2 = field_of(fin, "h2_all");
+        const double a4 = field_of(fin, "h4_all"), a8 = field_of(fin, "h8_all");
+        const double l1 = field_of(fin, "h1_loss"), l4 = field_of(fin, "h4_loss");
+        printf("  multihead: all four right with H = 1, 2, 4, 8: %.4f %.4f %.4f %.4f; "
+               "loss H=1 %.4f H=4 %.4f\n",
+               a1, a2, a4, a8, l1, l4);
+        ck_assert_msg(a1 < 0.3, "one head solved the task: %g", a1);
+        ck_assert_msg(a4 > 0.95 && a8 > 0.9, "several heads did not solve it: H=4 %g, H=8 %g",
+                      a4, a8);
+        ck_assert_msg(a1 < a2 && a2 < a4, "accuracy does not rise from H = 1 to 4: %g %g %g",
+                      a1, a2, a4);
+        ck_assert_msg(l1 > 4.0 * l4, "loss H=1 %g vs H=4 %g", l1, l4);
+    }
     char out[4096];
     ck_assert_int_eq(run_example("multihead", "--max-heads 0", out, sizeof out), 2);
     ck_assert_int_eq(run_example("multihead", "--steps 1x", out, sizeof out), 2);

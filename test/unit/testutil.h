@@ -327,4 +327,21 @@ void tbt_four_free(tbt_four *f);
 #endif
 #endif
 
+/* TBT_OUTCOMES: 1 in the uninstrumented build, 0 under the sanitizers.
+ * Where a program's test asserts what long training achieves (an accuracy,
+ * a loss ratio after hundreds of steps), that run and those assertions are
+ * made in the uninstrumented pass, which make check runs for every kernel
+ * family; the sanitizer pass runs the same program through the same code
+ * (every part of it, both thread counts, bitwise equality between them,
+ * every structural check) for fewer steps. The instrumentation finds
+ * memory and undefined-behaviour errors, it does not change the arithmetic,
+ * and a long run repeats the short run's code paths at several times the
+ * cost (the pass took over 45 minutes on 2 cores with them). Each test
+ * says which of its checks these are. */
+#ifdef TBT_ASAN
+#define TBT_OUTCOMES 0
+#else
+#define TBT_OUTCOMES 1
+#endif
+
 #endif /* TBT_TESTUTIL_H */
