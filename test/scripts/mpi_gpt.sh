@@ -51,7 +51,7 @@ if mpicc -std=c11 -Wall -Wextra -Werror -Iinclude -fopenmp -o "$TMP/commcheck" t
     lib/libtblocks_mpi.a lib/libtblocks.a -lm >"$TMP/cc.log" 2>&1 &&
     timeout 60 $MPIRUN -np 3 "$TMP/commcheck" >"$TMP/comm.out" 2>&1 &&
     [ "$(grep -c '^ok rank' "$TMP/comm.out")" = 3 ]; then
-    ok "libtblocks_mpi on 3 processes: variable all-gather (an empty block), broadcast, barrier, the in-order reduction"
+    ok "libtblocks_mpi on 3 processes: variable all-gather (an empty block), broadcast, barrier, both split into calls of at most 5 bytes, the in-order reduction (split into 64-byte calls)"
 else
     bad "libtblocks_mpi on 3 processes" "$TMP/cc.log" "$TMP/comm.out"
 fi

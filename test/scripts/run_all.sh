@@ -26,7 +26,8 @@
 # and make check runs them once per family), `build` the rest (they
 # compile, link or generate and run no library code, so TB_KERNEL, which
 # only selects kernels at run time, cannot change them: make check runs
-# them once), `all` (default) both.
+# them once; the one exception, emulated, runs library code but chooses
+# the family itself, by the CPU it emulates), `all` (default) both.
 set -u
 cd "$(dirname "$0")/../.."
 CC=${1:-cc}

@@ -1,13 +1,45 @@
 /* libtblocks_mpi's communicator on a real MPI job (run by
  * test/scripts/mpi_gpt.sh with mpirun -np 3): all-gather of variable-size
  * blocks (rank r sends r * 3 bytes: rank 0 none), broadcast from the last
- * rank, barrier, the data-parallel reduction against one process's, and
- * the argument checks. Prints "ok rank R" per rank; exits 1 on a mismatch. */
+ * rank, barrier, the same split into many small MPI calls
+ * (tb_mpi_comm_set_max_call_bytes: the path collectives of more than
+ * INT_MAX bytes take), the data-parallel reduction against one process's
+ * (its collectives split too), and the argument checks. Prints "ok rank R" per rank; exits 1 on a mismatch. */
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "tblocks.h"
 #include "tblocks_mpi.h"
+
+/* MPI's profiling interface: the library (linked statically) calls these,
+ * which count the calls and the largest count, then call MPI's own. */
+static long n_bcast, n_allgatherv;
+static int max_count;
+int MPI_Bcast(void *buf, int count, MPI_Datatype type, int root, MPI_Comm comm)
+{
+    n_bcast++;
+    max_count = count > max_count ? count : max_count;
+    return PMPI_Bcast(buf, count, type, root, comm);
+}
+int MPI_Allgatherv(const void *send, int send_count, MPI_Datatype send_type, void *recv,
+                   const int recv_counts[], const int displs[], MPI_Datatype recv_type,
+                   MPI_Comm comm)
+{
+    int size = 0, total = 0;
+    MPI_Comm_size(comm, &size);
+    for (int i = 0; i < size; i++)
+        total += recv_counts[i];
+    n_allgatherv++;
+    max_count = total > max_count ? total : max_count;
+    return PMPI_Allgatherv(send, send_count, send_type, recv, recv_counts, displs, recv_type,
+                           comm);
+}
+static void reset_counts(void)
+{
+    n_bcast = n_allgatherv = 0;
+    max_count = 0;
+}
 
 static int fail(int rank, const char *what, const tb_ctx *ctx)
 {
@@ -50,6 +82,80 @@ int main(int argc, char **argv)
     if (!rc && tb_comm_allgatherv(&ctx, &c, send, sizes[rank] + 1, recv, sizes) !=
                    TB_ERR_INVALID_ARG)
         rc = fail(rank, "a bad size was not refused", &ctx);
+    /* Split collectives: at most 5 bytes per MPI call. Blocks of r * 3 + 1
+     * bytes (1, 4, 7, ...: the last ones split into pieces) of value
+     * 100 + r, and a 13-byte broadcast from rank 1 % P. */
+    if (!rc && tb_mpi_comm_set_max_call_bytes(&ctx, &c, 5) != TB_OK)
+        rc = fail(rank, "set_max_call_bytes(5)", &ctx);
+    total = 0;
+    long want_bcasts = 0;
+    for (int r = 0; r < P; r++) {
+        sizes[r] = (size_t)r * 3 + 1, total += sizes[r];
+        want_bcasts += (long)(sizes[r] + 4) / 5;
+    }
+    memset(send, 100 + rank, sizeof send);
+    memset(recv, 0, sizeof recv);
+    reset_counts();
+    if (!rc && tb_comm_allgatherv(&ctx, &c, send, sizes[rank], recv, sizes) != TB_OK)
+        rc = fail(rank, "split allgatherv", &ctx);
+    /* Within 5 bytes in all (P <= 2) one MPI_Allgatherv, else one
+     * broadcast per started 5 bytes of each block. */
+    if (!rc && (total <= 5 ? n_allgatherv != 1 || n_bcast != 0
+                           : n_allgatherv != 0 || n_bcast != want_bcasts || max_count > 5))
+        rc = fail(rank, "split allgatherv: not the expected MPI calls", &ctx);
+    off = 0;
+    for (int r = 0; r < P && !rc; r++)
+        for (size_t i = 0; i < sizes[r]; i++, off++)
+            if (recv[off] != 100 + r)
+                rc = fail(rank, "split allgatherv: wrong bytes", &ctx);
+    for (size_t i = total; i < sizeof recv && !rc; i++)
+        if (recv[i] != 0)
+            rc = fail(rank, "split allgatherv wrote past the blocks", &ctx);
+    unsigned char b13[14];
+    for (int i = 0; i < 14; i++)
+        b13[i] = rank == 1 % P ? (unsigned char)(i * 7 + 1) : 0;
+    b13[13] = (unsigned char)(200 + rank);
+    reset_counts();
+    if (!rc && tb_comm_broadcast(&ctx, &c, b13, 13, (size_t)(1 % P)) != TB_OK)
+        rc = fail(rank, "split broadcast", &ctx);
+    if (!rc && (n_bcast != 3 || max_count != 5))
+        rc = fail(rank, "split broadcast: not 3 MPI calls of at most 5 bytes", &ctx);
+    for (int i = 0; i < 13 && !rc; i++)
+        if (b13[i] != (unsigned char)(i * 7 + 1))
+            rc = fail(rank, "split broadcast: wrong bytes", &ctx);
+    if (!rc && b13[13] != (unsigned char)(200 + rank))
+        rc = fail(rank, "split broadcast wrote past its buffer", &ctx);
+    /* Split, with an empty block whose rank passes send = NULL: blocks of
+     * r * 3 bytes of value 50 + r. */
+    total = 0;
+    for (int r = 0; r < P; r++)
+        sizes[r] = (size_t)r * 3, total += sizes[r];
+    memset(send, 50 + rank, sizeof send);
+    memset(recv, 0, sizeof recv);
+    if (!rc && tb_comm_allgatherv(&ctx, &c, rank ? send : NULL, sizes[rank], recv, sizes) != TB_OK)
+        rc = fail(rank, "split allgatherv with an empty block", &ctx);
+    off = 0;
+    for (int r = 0; r < P && !rc; r++)
+        for (size_t i = 0; i < sizes[r]; i++, off++)
+            if (recv[off] != 50 + r)
+                rc = fail(rank, "split allgatherv with an empty block: wrong bytes", &ctx);
+    /* Out of range, or not an MPI communicator: refused, and the limit of
+     * 5 kept (the 13-byte broadcast is split as before). */
+    tb_comm single;
+    tb_comm_single(&single);
+    if (!rc && (tb_mpi_comm_set_max_call_bytes(&ctx, &c, 0) != TB_ERR_INVALID_ARG ||
+                tb_mpi_comm_set_max_call_bytes(&ctx, &c, (size_t)INT_MAX + 1) !=
+                    TB_ERR_INVALID_ARG ||
+                tb_mpi_comm_set_max_call_bytes(&ctx, &single, 5) != TB_ERR_INVALID_ARG ||
+                tb_mpi_comm_set_max_call_bytes(&ctx, NULL, 5) != TB_ERR_NULL_ARG))
+        rc = fail(rank, "a bad max_call_bytes was not refused", &ctx);
+    reset_counts();
+    if (!rc && (tb_comm_broadcast(&ctx, &c, b13, 13, (size_t)(1 % P)) != TB_OK || n_bcast != 3))
+        rc = fail(rank, "the limit changed after refused settings", &ctx);
+    /* The reduction below moves its gradients 64 bytes per MPI call. */
+    if (!rc && tb_mpi_comm_set_max_call_bytes(&ctx, &c, 64) != TB_OK)
+        rc = fail(rank, "set_max_call_bytes(64)", &ctx);
+    reset_counts();
     /* The reduction: 7 micro-batches of a 1000-float gradient whose values
      * span decades; the sum equals one process's in-order sum. */
     enum { N = 1000, K = 7 };
@@ -81,6 +187,8 @@ int main(int argc, char **argv)
     float losses[K];
     if (!rc && tb_dp_reducer_reduce(&ctx, &red, &list, losses) != TB_OK)
         rc = fail(rank, "reduce", &ctx);
+    if (!rc && P > 1 && (n_bcast == 0 || max_count > 64))
+        rc = fail(rank, "the reduction's collectives were not split into 64-byte calls", &ctx);
     if (!rc && memcmp(grad, want, sizeof want) != 0)
         rc = fail(rank, "the reduced gradient is not the in-order sum", &ctx);
     for (int k = 0; !rc && k < K; k++)
