@@ -129,7 +129,8 @@ fi
 if want build && [ "$CC" != clang ]; then
     if command -v clang >/dev/null 2>&1; then
         run "library, examples, unit tests and benchmarks build with clang -Werror" \
-            make -s CC=clang BUILD="$TMP/clang" LIBOUT="$TMP/clang/lib" all \
+            make -s -j"$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)" CC=clang \
+            BUILD="$TMP/clang" LIBOUT="$TMP/clang/lib" all \
             "$TMP/clang/test/unit_tests" $(for b in test/bench/bench_*.c; do
                 n=${b##*/}; printf '%s ' "$TMP/clang/bench/${n%.c}"; done) \
             $(command -v mpicc >/dev/null 2>&1 && echo "$TMP/clang/bench/mpi/bench_comm")
