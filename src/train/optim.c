@@ -343,28 +343,59 @@ static double magnitude_of(uint32_t b)
  * float rounding of the step's few operations. A slot that fails this (huge
  * or non-finite values) gets the exact check, element by element. (The
  * product step * m' is bounded too: it is formed before the division.) */
+/* Elements per chunk of the step and of its guard's pass: the chunks are
+ * only the unit of work shared among threads (each element's update is
+ * independent of every other's, and a maximum does not depend on the
+ * order it is taken in, so how they are shared cannot change a bit). */
+#define STEP_CHUNK 8192
+
+/* The largest magnitude bits of g, m, v (and vmax) and x over elements
+ * [lo, hi), folded into b[0..3]. As signed integers (a magnitude's bits
+ * are below 2^31) the maxima vectorise without SSE4.1's unsigned compare;
+ * amsgrad is a literal at every call, so the vmax read folds away. */
+static inline void magnitudes_range(const slot_view *sv, int amsgrad, size_t lo, size_t hi,
+                                    int32_t b[4])
+{
+    const float *restrict g = sv->g, *restrict m = sv->m, *restrict v = sv->v;
+    const float *restrict vm = sv->vm, *restrict x = sv->w;
+    int32_t bg = b[0], bm = b[1], bv = b[2], bx = b[3];
+    for (size_t k = lo; k < hi; k++) {
+        const int32_t gk = (int32_t)magnitude_bits(g[k]), mk = (int32_t)magnitude_bits(m[k]);
+        const int32_t vk = (int32_t)magnitude_bits(v[k]), xk = (int32_t)magnitude_bits(x[k]);
+        bg = gk > bg ? gk : bg;
+        bm = mk > bm ? mk : bm;
+        bv = vk > bv ? vk : bv;
+        if (amsgrad) {
+            const int32_t vmk = (int32_t)magnitude_bits(vm[k]);
+            bv = vmk > bv ? vmk : bv;
+        }
+        bx = xk > bx ? xk : bx;
+    }
+    b[0] = bg, b[1] = bm, b[2] = bv, b[3] = bx;
+}
+
 static int surely_finite(const tb_ctx *ctx, const tb_adam *opt, const slot_view *sv)
 {
-    uint32_t bg = 0, bm = 0, bv = 0, bx = 0;
+    int32_t bg = 0, bm = 0, bv = 0, bx = 0;
+    const size_t chunks = (sv->n + STEP_CHUNK - 1) / STEP_CHUNK;
 #pragma omp parallel for num_threads(tb_threads_for(ctx, 2.0 * (double)sv->n)) \
     reduction(max : bg, bm, bv, bx) schedule(static)
-    for (size_t k = 0; k < sv->n; k++) {
-        const uint32_t g = magnitude_bits(sv->g[k]), m = magnitude_bits(sv->m[k]);
-        const uint32_t v = magnitude_bits(sv->v[k]), vm = magnitude_bits(sv->vm[k]);
-        const uint32_t x = magnitude_bits(sv->w[k]);
-        bg = g > bg ? g : bg;
-        bm = m > bm ? m : bm;
-        bv = v > bv ? v : bv;
-        bv = vm > bv ? vm : bv;
-        bx = x > bx ? x : bx;
+    for (size_t c = 0; c < chunks; c++) {
+        const size_t lo = c * STEP_CHUNK, hi = lo + STEP_CHUNK < sv->n ? lo + STEP_CHUNK : sv->n;
+        int32_t b[4] = {bg, bm, bv, bx};
+        if (sv->amsgrad)
+            magnitudes_range(sv, 1, lo, hi, b);
+        else
+            magnitudes_range(sv, 0, lo, hi, b);
+        bg = b[0], bm = b[1], bv = b[2], bx = b[3];
     }
-    const uint32_t inf = 0x7f800000u;
+    const int32_t inf = 0x7f800000;
     if (bg >= inf || bm >= inf || bv >= inf || bx >= inf)
         return 0;
     const step_scalars *s = &sv->s;
     const int decoupled = opt->cfg.decoupled;
-    const double G = magnitude_of(bg), M = magnitude_of(bm), V = magnitude_of(bv);
-    const double X = magnitude_of(bx), wd = s->wd;
+    const double G = magnitude_of((uint32_t)bg), M = magnitude_of((uint32_t)bm);
+    const double V = magnitude_of((uint32_t)bv), X = magnitude_of((uint32_t)bx), wd = s->wd;
     const double g1 = G + (decoupled ? 0.0 : wd) * X;
     const double decay = decoupled && wd != 0.0 ? fabs((double)s->decay_mul) : 1.0;
     const double m1 = 2.0 * (M + g1), v1 = V + g1 * g1, step_m = fabs((double)s->neg_step) * m1;
@@ -384,6 +415,49 @@ static unsigned slot_faults(const tb_ctx *ctx, const tb_adam *opt, const slot_vi
     for (size_t k = 0; k < sv->n; k++)
         faults |= element_faults(opt, sv, k);
     return faults;
+}
+
+/* Elements [lo, hi) of one slot stepped. Every call passes decoupled and
+ * amsgrad as literals, so once inlined the branches on them fold away and
+ * the loop vectorises (the Makefile builds this file at -O3 with
+ * -fno-math-errno, which lets sqrtf become one instruction; results are
+ * the same: IEEE sqrt and division are correctly rounded in any width, and
+ * ISO C mode contracts nothing into FMAs). The pointers do not overlap:
+ * step_alias() checked that. */
+static inline void step_range(const slot_view *sv, float eps, int decoupled, int amsgrad,
+                              size_t lo, size_t hi)
+{
+    float *restrict w = sv->w, *restrict m = sv->m, *restrict v = sv->v;
+    float *restrict vmax = sv->vmax;
+    const float *restrict g = sv->g;
+    const step_scalars s = sv->s;
+    for (size_t k = lo; k < hi; k++) {
+        const adam_moments o =
+            moments_of(&s, decoupled, amsgrad, g[k], w[k], m[k], v[k], amsgrad ? vmax[k] : 0.0f);
+        m[k] = o.m;
+        v[k] = o.v;
+        if (amsgrad)
+            vmax[k] = o.vmax;
+        w[k] = param_of(&s, eps, amsgrad, &o);
+    }
+}
+
+/* One slot's update, written (its check passed). */
+static void step_slot(const tb_ctx *ctx, const tb_adam *opt, slot_view sv)
+{
+    const float eps = opt->cfg.eps;
+    const int variant = (opt->cfg.decoupled ? 1 : 0) + (sv.amsgrad ? 2 : 0);
+    const size_t chunks = (sv.n + STEP_CHUNK - 1) / STEP_CHUNK;
+#pragma omp parallel for num_threads(tb_threads_for(ctx, 8.0 * (double)sv.n)) schedule(static)
+    for (size_t c = 0; c < chunks; c++) {
+        const size_t lo = c * STEP_CHUNK, hi = lo + STEP_CHUNK < sv.n ? lo + STEP_CHUNK : sv.n;
+        switch (variant) {
+        case 0: step_range(&sv, eps, 0, 0, lo, hi); break;
+        case 1: step_range(&sv, eps, 1, 0, lo, hi); break;
+        case 2: step_range(&sv, eps, 0, 1, lo, hi); break;
+        default: step_range(&sv, eps, 1, 1, lo, hi); break;
+        }
+    }
 }
 
 /* Refuse the step: name the parameter, what would break and the first
@@ -442,21 +516,10 @@ tb_status tb_adam_step(tb_ctx *ctx, tb_adam *opt, float lr_factor)
             return refuse_step(ctx, fn, opt, sl, &sv, faults);
     }
     opt->step = t;
-    const float eps = opt->cfg.eps;
     for (size_t i = 0; i < opt->n_slots; i++) {
         const tb_adam_slot *sl = &opt->slots[i];
-        if (!sl->param->trainable)
-            continue;
-        const slot_view sv = view_of(opt, sl, sc);
-#pragma omp parallel for num_threads(tb_threads_for(ctx, 8.0 * (double)sv.n)) schedule(static)
-        for (size_t k = 0; k < sv.n; k++) {
-            const adam_moments o = moments_at(opt, &sv, k);
-            sv.m[k] = o.m;
-            sv.v[k] = o.v;
-            if (sv.amsgrad)
-                sv.vmax[k] = o.vmax;
-            sv.w[k] = param_of(&sv.s, eps, sv.amsgrad, &o);
-        }
+        if (sl->param->trainable)
+            step_slot(ctx, opt, view_of(opt, sl, sc));
     }
     return TB_OK;
 }
