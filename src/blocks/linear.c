@@ -222,6 +222,9 @@ tb_status tb_linear_forward(tb_ctx *ctx, const tb_linear *layer, const tb_tensor
     return TB_OK;
 }
 
+/* Columns per block of the bias gradient's column sums. */
+#define BIAS_COLS 64
+
 tb_status tb_linear_backward(tb_ctx *ctx, tb_linear *layer, const tb_tensor *x,
                              const tb_tensor *dy, tb_tensor *dx)
 {
@@ -267,15 +270,26 @@ tb_status tb_linear_backward(tb_ctx *ctx, tb_linear *layer, const tb_tensor *x,
             return s;
     }
     if (layer->has_bias && tb_param_wants_grad(&layer->bias)) {
-        /* Column sums, each column summed over rows in order by one thread. */
+        /* Column sums, each column summed over rows in order (from 0, then
+         * added to the gradient) by one thread. A thread takes a block of
+         * BIAS_COLS columns and reads the block's rows one after another,
+         * each a contiguous run (walking one column down its rows instead
+         * reads a cache line per element); the order of every column's
+         * sum is the same either way. */
         float *gb = layer->bias.grad;
         const float *d = dy->data;
+        const size_t blocks = (cout + BIAS_COLS - 1) / BIAS_COLS;
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)n * cout)) schedule(static)
-        for (size_t j = 0; j < cout; j++) {
-            float acc = 0.0f;
-            for (size_t r = 0; r < n; r++)
-                acc += d[r * cout + j];
-            gb[j] += acc;
+        for (size_t bl = 0; bl < blocks; bl++) {
+            const size_t j0 = bl * BIAS_COLS, w = cout - j0 < BIAS_COLS ? cout - j0 : BIAS_COLS;
+            float acc[BIAS_COLS] = {0};
+            for (size_t r = 0; r < n; r++) {
+                const float *row = d + r * cout + j0;
+                for (size_t j = 0; j < w; j++)
+                    acc[j] += row[j];
+            }
+            for (size_t j = 0; j < w; j++)
+                gb[j0 + j] += acc[j];
         }
     }
     return TB_OK;
