@@ -29,8 +29,9 @@
  * vector exponential. Accuracy against double precision: test_activation.c
  * (gelu_vector_accuracy).
  *
- * Families: the portable version calls the C library's expf; the AVX-512
- * version uses a degree-6 polynomial on [-ln2/2, ln2/2] after the usual
+ * Families: the portable version calls the C library's expf; the AVX2
+ * version (8 lanes, lane = j % 8, then a fixed tree) and the AVX-512
+ * version use a degree-6 polynomial on [-ln2/2, ln2/2] after the usual
  * reduction x = n ln2 + r (relative error below 2.5e-7 where the result is
  * a normal float, 0 below, +inf above; checked against double-precision exp
  * in test_attention.c: measured 8e-8).

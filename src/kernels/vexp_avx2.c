@@ -10,7 +10,7 @@
 
 /* exp(x) for 8 lanes, as vexp_avx512.c's exp16: n = round(x log2 e),
  * r = x - n ln2 (two-part ln2), the Cephes degree-6 polynomial, times 2^n
- * built in the exponent bits (n in [-126, 127] after clamping; the lanes
+ * built in the exponent bits (n in [-126, 128] after clamping; the lanes
  * below -87.34 give 0, above 88.72 +inf). Separate multiplies and adds. */
 static __m256 exp8(__m256 x)
 {
@@ -30,11 +30,16 @@ static __m256 exp8(__m256 x)
     p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(5.0000001201e-1f));
     p = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r),
                       _mm256_set1_ps(1.0f));
-    /* 2^n: n + 127 in the exponent field; n >= -126 here, so normal. */
-    __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
-    e = _mm256_max_epi32(e, _mm256_set1_epi32(1));
-    const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
-    __m256 y = _mm256_mul_ps(p, scale);
+    /* 2^n as 2^n1 2^n2 (n1 = floor(n / 2), n2 = n - n1, both normal
+     * powers: n is in [-126, 128] here, and 2^128 is not a float): the
+     * first product is exact, so the result is rounded once, as
+     * AVX-512's scalef rounds it (below 2^-126 the result is subnormal). */
+    const __m256i ni = _mm256_cvtps_epi32(n);
+    const __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+    const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+    __m256 y = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
     y = _mm256_andnot_ps(under, y);
     return _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), over);
 }
@@ -267,8 +272,59 @@ static void gelu_backward_avx2(int approx, const float *x, const float *dy, floa
     }
 }
 
-const tb_vexp_ops tb_vexp_avx2 = {tb_exp_sub_sum_portable, tb_max_portable, lstm_cell_avx2,
-                                  tanh_avx2,               gelu_avx2,       gelu_backward_avx2};
+/* x[j] = exp(x[j] - sub) in place and their sum: 8 lanes (lane = j % 8,
+ * the tail's lanes masked), then a fixed tree (halves, quarters, pairs),
+ * as vexp_avx512.c's with 16: the order depends on n only. */
+static float exp_sub_sum_avx2(float *x, size_t n, float sub)
+{
+    const __m256 s = _mm256_set1_ps(sub);
+    __m256 acc = _mm256_setzero_ps();
+    size_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 y = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), s));
+        _mm256_storeu_ps(x + j, y);
+        acc = _mm256_add_ps(acc, y);
+    }
+    if (j < n) {
+        const __m256i m = tail_mask8(n - j);
+        const __m256 y = exp8(_mm256_sub_ps(_mm256_maskload_ps(x + j, m), s));
+        _mm256_maskstore_ps(x + j, m, y);
+        acc = _mm256_add_ps(acc, _mm256_and_ps(_mm256_castsi256_ps(m), y));
+    }
+    float l[8];
+    _mm256_storeu_ps(l, acc);
+    for (int w = 4; w >= 1; w /= 2)
+        for (int i = 0; i < w; i++)
+            l[i] += l[i + w];
+    return l[0];
+}
+
+/* The largest of x[0..n): a NaN lane of x keeps the running maximum
+ * (maxps returns its second operand when either is NaN), the tail's
+ * masked lanes are -inf; -inf for n = 0. */
+static float max_avx2(const float *x, size_t n)
+{
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    __m256 m = ninf;
+    size_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        m = _mm256_max_ps(_mm256_loadu_ps(x + j), m);
+    if (j < n) {
+        const __m256i k = tail_mask8(n - j);
+        const __m256 v = _mm256_blendv_ps(ninf, _mm256_maskload_ps(x + j, k),
+                                          _mm256_castsi256_ps(k));
+        m = _mm256_max_ps(v, m);
+    }
+    float l[8];
+    _mm256_storeu_ps(l, m);
+    float r = l[0];
+    for (int i = 1; i < 8; i++)
+        r = l[i] > r ? l[i] : r;
+    return r;
+}
+
+const tb_vexp_ops tb_vexp_avx2 = {exp_sub_sum_avx2, max_avx2,  lstm_cell_avx2,
+                                  tanh_avx2,        gelu_avx2, gelu_backward_avx2};
 #else
 const tb_vexp_ops tb_vexp_avx2 = {0, 0, 0, 0, 0, 0};
 #endif
