@@ -636,8 +636,8 @@ static void forward_block(const tb_ctx *ctx, const attn *a, const tb_vexp_ops *v
                 continue;
             }
             float corr = w->m[r];
-            vx->exp_sub_sum(&corr, 1, m_new); /* exp(m_old - m_new); 0 at the start */
-            const float sum = vx->exp_sub_sum(row, jn, m_new);
+            vx->exp_sub_sum(&corr, &corr, 1, m_new); /* exp(m_old - m_new); 0 at the start */
+            const float sum = vx->exp_sub_sum(row, row, jn, m_new);
             w->l[r] = w->l[r] * corr + sum;
             w->m[r] = m_new;
             if (corr != 1.0f) {
@@ -673,7 +673,7 @@ static void probs_tile(const tb_vexp_ops *vx, size_t mq, size_t jn, const float 
         if (lse[r] == -INFINITY)
             memset(row, 0, jn * sizeof(float));
         else
-            vx->exp_sub_sum(row, jn, lse[r]);
+            vx->exp_sub_sum(row, row, jn, lse[r]);
     }
 }
 

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "../core/internal.h"
+#include "../kernels/vexp.h"
 
 #define CE_MAGIC 0x7462434531ULL /* "tbCE1" */
 
@@ -133,16 +134,14 @@ tb_status tb_cross_entropy_forward(tb_ctx *ctx, const tb_cross_entropy_config *c
     float *row_loss = lse + rows;
     const float *x = logits->data;
     const int32_t ignore = cfg.ignore_index;
+    /* The family's vector exponential (src/kernels/vexp.h): the order of
+     * each row's sum depends on cols only, never on the threads. */
+    const tb_vexp_ops *vx = tb_vexp_select(ctx);
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * cols)) schedule(static)
     for (size_t r = 0; r < rows; r++) {
         const float *xr = x + r * cols;
-        float m = -INFINITY;
-        for (size_t j = 0; j < cols; j++)
-            if (xr[j] > m)
-                m = xr[j];
-        float sum = 0.0f;
-        for (size_t j = 0; j < cols; j++)
-            sum += expf(xr[j] - m);
+        const float m = vx->max(xr, cols); /* NaN entries ignored, as by `>` */
+        const float sum = vx->exp_sub_sum(xr, NULL, cols, m);
         lse[r] = m + logf(sum);
         row_loss[r] = targets[r] == ignore ? 0.0f : lse[r] - xr[targets[r]];
     }
@@ -194,6 +193,7 @@ tb_status tb_cross_entropy_backward(tb_ctx *ctx, const tb_cross_entropy_config *
     const float *x = logits->data;
     float *d = dlogits->data;
     const int32_t ignore = cfg.ignore_index;
+    const tb_vexp_ops *vx = tb_vexp_select(ctx);
 #pragma omp parallel for num_threads(tb_threads_for(ctx, (double)rows * cols)) schedule(static)
     for (size_t r = 0; r < rows; r++) {
         const float *xr = x + r * cols;
@@ -204,8 +204,9 @@ tb_status tb_cross_entropy_backward(tb_ctx *ctx, const tb_cross_entropy_config *
             continue;
         }
         const float l = lse[r];
+        vx->exp_sub_sum(xr, dr, cols, l); /* dr may be xr: elementwise, alias-safe */
         for (size_t j = 0; j < cols; j++)
-            dr[j] = expf(xr[j] - l) * scale; /* reads xr[j] before writing: alias-safe */
+            dr[j] *= scale;
         dr[targets[r]] -= scale;
     }
     return TB_OK;

@@ -6,12 +6,14 @@
 #include "../core/internal.h"
 #include "tblocks/activation.h"
 
-float tb_exp_sub_sum_portable(float *x, size_t n, float sub)
+float tb_exp_sub_sum_portable(const float *x, float *y, size_t n, float sub)
 {
     float sum = 0.0f;
     for (size_t j = 0; j < n; j++) {
-        x[j] = expf(x[j] - sub);
-        sum += x[j];
+        const float e = expf(x[j] - sub);
+        if (y)
+            y[j] = e;
+        sum += e;
     }
     return sum;
 }

@@ -1,9 +1,9 @@
 /*
  * Vectorised exponentials for softmax-like row operations (internal).
  *
- * exp_sub_sum(x, n, sub): x[j] = exp(x[j] - sub) for j < n, in place
- * (x[j] = -inf gives exactly 0, NaN stays NaN), and returns the sum of the
- * new values. The sum is accumulated in a fixed order that depends on n
+ * exp_sub_sum(x, y, n, sub): y[j] = exp(x[j] - sub) for j < n (y may be x,
+ * in place; y = NULL stores nothing), x[j] = -inf giving exactly 0 and NaN
+ * staying NaN, and returns the sum of those values. The sum is accumulated in a fixed order that depends on n
  * only (for the AVX-512 version: 16 lanes, lane = j % 16, then a fixed
  * tree), so results do not depend on threads or on what else is in memory.
  *
@@ -44,7 +44,7 @@
 #include "tblocks/context.h"
 
 typedef struct tb_vexp_ops {
-    float (*exp_sub_sum)(float *x, size_t n, float sub);
+    float (*exp_sub_sum)(const float *x, float *y, size_t n, float sub);
     /* Largest of x[0..n), -inf for n = 0 (NaN lanes are ignored unless
      * all are NaN). */
     float (*max)(const float *x, size_t n);
@@ -69,10 +69,19 @@ const tb_vexp_ops *tb_vexp_select(const tb_ctx *ctx);
 extern const tb_vexp_ops tb_vexp_portable;
 /* Its members are NULL in builds without AVX-512 support. */
 extern const tb_vexp_ops tb_vexp_avx512;
-/* The AVX2 family's: its own lstm_cell and tanh, the portable exp_sub_sum
- * and max (all NULL in builds without AVX2 support). */
+/* Its members are NULL in builds without AVX2 support. */
 extern const tb_vexp_ops tb_vexp_avx2;
-float tb_exp_sub_sum_portable(float *x, size_t n, float sub);
+float tb_exp_sub_sum_portable(const float *x, float *y, size_t n, float sub);
 float tb_max_portable(const float *x, size_t n);
+
+/* The fixed tree the vector families close a lane sum with: halves, then
+ * quarters, ... (lanes a power of two; l is overwritten). */
+static inline float tb_lane_tree_sum(float *l, int lanes)
+{
+    for (int w = lanes / 2; w >= 1; w /= 2)
+        for (int i = 0; i < w; i++)
+            l[i] += l[i + w];
+    return l[0];
+}
 
 #endif /* TB_KERNELS_VEXP_H */

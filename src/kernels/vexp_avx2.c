@@ -272,31 +272,30 @@ static void gelu_backward_avx2(int approx, const float *x, const float *dy, floa
     }
 }
 
-/* x[j] = exp(x[j] - sub) in place and their sum: 8 lanes (lane = j % 8,
- * the tail's lanes masked), then a fixed tree (halves, quarters, pairs),
- * as vexp_avx512.c's with 16: the order depends on n only. */
-static float exp_sub_sum_avx2(float *x, size_t n, float sub)
+/* y[j] = exp(x[j] - sub) and their sum: 8 lanes (lane = j % 8, the tail's
+ * lanes masked), then the fixed tree, as vexp_avx512.c's with 16: the
+ * order depends on n only. */
+static float exp_sub_sum_avx2(const float *x, float *y, size_t n, float sub)
 {
     const __m256 s = _mm256_set1_ps(sub);
     __m256 acc = _mm256_setzero_ps();
     size_t j = 0;
     for (; j + 8 <= n; j += 8) {
-        const __m256 y = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), s));
-        _mm256_storeu_ps(x + j, y);
-        acc = _mm256_add_ps(acc, y);
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), s));
+        if (y)
+            _mm256_storeu_ps(y + j, e);
+        acc = _mm256_add_ps(acc, e);
     }
     if (j < n) {
         const __m256i m = tail_mask8(n - j);
-        const __m256 y = exp8(_mm256_sub_ps(_mm256_maskload_ps(x + j, m), s));
-        _mm256_maskstore_ps(x + j, m, y);
-        acc = _mm256_add_ps(acc, _mm256_and_ps(_mm256_castsi256_ps(m), y));
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_maskload_ps(x + j, m), s));
+        if (y)
+            _mm256_maskstore_ps(y + j, m, e);
+        acc = _mm256_add_ps(acc, _mm256_and_ps(_mm256_castsi256_ps(m), e));
     }
     float l[8];
     _mm256_storeu_ps(l, acc);
-    for (int w = 4; w >= 1; w /= 2)
-        for (int i = 0; i < w; i++)
-            l[i] += l[i + w];
-    return l[0];
+    return tb_lane_tree_sum(l, 8);
 }
 
 /* The largest of x[0..n): a NaN lane of x keeps the running maximum

@@ -37,29 +37,27 @@ static __m512 exp16(__m512 x)
                               _mm512_set1_ps(INFINITY));
 }
 
-static float exp_sub_sum_avx512(float *x, size_t n, float sub)
+static float exp_sub_sum_avx512(const float *x, float *y, size_t n, float sub)
 {
     const __m512 s = _mm512_set1_ps(sub);
     __m512 acc = _mm512_setzero_ps();
     size_t j = 0;
     for (; j + 16 <= n; j += 16) {
-        const __m512 y = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + j), s));
-        _mm512_storeu_ps(x + j, y);
-        acc = _mm512_add_ps(acc, y);
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + j), s));
+        if (y)
+            _mm512_storeu_ps(y + j, e);
+        acc = _mm512_add_ps(acc, e);
     }
     if (j < n) {
         const __mmask16 m = (__mmask16)((1u << (n - j)) - 1u);
-        const __m512 y = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + j), s));
-        _mm512_mask_storeu_ps(x + j, m, y);
-        acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(m, y));
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + j), s));
+        if (y)
+            _mm512_mask_storeu_ps(y + j, m, e);
+        acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(m, e));
     }
-    /* Fixed tree: halves, then quarters, ... */
     float l[16];
     _mm512_storeu_ps(l, acc);
-    for (int w = 8; w >= 1; w /= 2)
-        for (int i = 0; i < w; i++)
-            l[i] += l[i + w];
-    return l[0];
+    return tb_lane_tree_sum(l, 16);
 }
 
 static float max_avx512(const float *x, size_t n)

@@ -407,8 +407,19 @@ void bench_machine_measure(bench_machine *m, const tb_ctx *ctx)
         m->isa = "none";
     bench_cpu_model(m->cpu, sizeof m->cpu);
     const char *forced = getenv("TB_KERNEL");
+    /* TB_KERNEL naming the family the CPU would pick anyway (per_family.sh
+     * sets it for every family) is not forcing anything. */
+    const tb_kernel best = tb_kernel_best();
+    char how[96];
+    if (!(forced && *forced))
+        snprintf(how, sizeof how, "auto: the best this CPU runs");
+    else if (m->family == (int)best)
+        snprintf(how, sizeof how, "named by TB_KERNEL; also the best this CPU runs");
+    else
+        snprintf(how, sizeof how, "forced by TB_KERNEL; this CPU would pick %s",
+                 tb_kernel_name(best));
     printf("machine: %s; kernel family %s (%s)\n", m->cpu, tb_kernel_name((tb_kernel)m->family),
-           forced && *forced ? "forced by TB_KERNEL" : "auto: the best this CPU runs");
+           how);
     double t0 = bench_now();
     m->peak1 = bench_fma_peak(m->family, 1);
     m->peak = threads > 1 ? bench_fma_peak(m->family, threads) : m->peak1;

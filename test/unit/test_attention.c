@@ -291,9 +291,25 @@ START_TEST(vexp_accuracy)
     double worst = 0.0, worst_x = 0.0;
     /* Every n from 0 to 40 (tails of every length), then a sweep. */
     for (size_t n = 0; n <= 40; n++) {
+        float e[41];
         for (size_t j = 0; j < n; j++)
             x[j] = -3.0f + 0.37f * (float)j;
-        const float sum = vx->exp_sub_sum(x, n, 1.5f);
+        /* The three ways to call it (sum only, into another buffer, in
+         * place) give the same sum and values, bit for bit; the first two
+         * leave x alone and the first writes nothing. */
+        for (size_t j = 0; j <= n; j++)
+            e[j] = -7.0f;
+        const float sum_only = vx->exp_sub_sum(x, NULL, n, 1.5f);
+        const float sum_into = vx->exp_sub_sum(x, e, n, 1.5f);
+        ck_assert_msg(e[n] == -7.0f, "n=%zu: wrote past y[n)", n);
+        for (size_t j = 0; j < n; j++)
+            ck_assert_msg(x[j] == -3.0f + 0.37f * (float)j, "n=%zu: x[%zu] changed", n, j);
+        const float sum = vx->exp_sub_sum(x, x, n, 1.5f);
+        ck_assert_msg(sum_only == sum && sum_into == sum, "n=%zu: sums %a %a %a", n,
+                      (double)sum_only, (double)sum_into, (double)sum);
+        for (size_t j = 0; j < n; j++)
+            ck_assert_msg(x[j] == e[j], "n=%zu: in place %a, into y %a at %zu", n, (double)x[j],
+                          (double)e[j], j);
         double want = 0.0;
         for (size_t j = 0; j < n; j++)
             want += exp(-3.0 + (double)(0.37f * (float)j) - 1.5);
@@ -306,7 +322,7 @@ START_TEST(vexp_accuracy)
     x[8] = NAN;
     float *y = tbt_alloc(N * sizeof(float));
     memcpy(y, x, N * sizeof(float));
-    vx->exp_sub_sum(y, N, 0.0f);
+    vx->exp_sub_sum(y, y, N, 0.0f);
     for (size_t j = 0; j < N; j++) {
         if (j == 7) {
             ck_assert_msg(y[j] == 0.0f, "exp(-inf) = %g", (double)y[j]);
