@@ -274,6 +274,10 @@ JOBS ?= $(shell getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
 # script tests always run one family at a time (they time processes out and
 # kill them).
 FAMILY_JOBS ?= $(JOBS)
+# ...each family as UNIT_SHARDS jobs of fixed shards of the suites (by the
+# weights in test/unit/suites.h), so the cores stay busy to the end rather
+# than one of them waiting out the last family's long run.
+UNIT_SHARDS ?= 2
 check: deps
 	$(MAKE) -j$(JOBS) test-build
 	$(MAKE) test
@@ -288,13 +292,13 @@ test-build: $(TEST_BIN) $(ORACLE_STAMP) $(FAMILY_TOOL) all $(if $(HAVE_MPI),$(BE
 test: test-unit test-scripts
 
 test-unit: $(TEST_BIN) $(ORACLE_STAMP) $(FAMILY_TOOL) all
-	@TB_FAMILY_JOBS=$(FAMILY_JOBS) $(PER_FAMILY) "unit, oracle and example tests$(if $(TEST_LABEL), $(TEST_LABEL))" \
+	@TB_FAMILY_JOBS=$(FAMILY_JOBS) TB_FAMILY_SHARDS=$(UNIT_SHARDS) $(PER_FAMILY) "unit, oracle and example tests$(if $(TEST_LABEL), $(TEST_LABEL))" \
 	    env $(TEST_ENV) TB_EXAMPLE_DIR=$(BUILD)/bin TB_ORACLE_DIR=$(ORACLE_DIR) $(TEST_BIN)
 
 # The script tests that run library code, once per family; the ones that
 # only build (headers, docs, clang, rebuilds: TB_KERNEL cannot change them)
 # once. test/scripts/run_all.sh says which is which.
-test-scripts: all $(FAMILY_TOOL)
+test-scripts: all $(FAMILY_TOOL) $(TEST_BIN)
 	sh test/scripts/run_all.sh "$(CC)" "$(CXX)" build
 	@TB_FAMILY_JOBS=1 $(PER_FAMILY) "script tests that run the library" sh test/scripts/run_all.sh "$(CC)" "$(CXX)" run
 

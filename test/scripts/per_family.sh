@@ -20,6 +20,13 @@
 # (CK_TIMEOUT_MULTIPLIER, unless set) since the runs share the cores. An
 # interrupt (INT, TERM) stops every family's whole process tree. Results cannot depend on it: the tests
 # demand the same bits for any thread count and any scheduling.
+#
+# TB_FAMILY_SHARDS=S (default 1; only with TB_FAMILY_JOBS > 1) runs each
+# family as S jobs, job i with TB_TEST_SHARD=i/S (test/unit/main.c splits
+# its suites into S fixed shards by weight), so that the cores stay busy
+# to the end instead of waiting for one family's long run; the jobs are
+# queued family by family, shard by shard. Only for a command that
+# understands TB_TEST_SHARD: any other would run S times over.
 set -u
 families=$1
 tool=$2
@@ -28,6 +35,11 @@ shift 3
 jobs=${TB_FAMILY_JOBS:-1}
 case $jobs in
     ''|*[!0-9]*|0) echo "== $label: TB_FAMILY_JOBS must be a positive integer, not '$jobs'" >&2
+                   exit 1 ;;
+esac
+shards=${TB_FAMILY_SHARDS:-1}
+case $shards in
+    ''|*[!0-9]*|0) echo "== $label: TB_FAMILY_SHARDS must be a positive integer, not '$shards'" >&2
                    exit 1 ;;
 esac
 ran=""
@@ -77,46 +89,64 @@ else
     }
     trap 'rm -rf "$out"' EXIT
     trap 'stop_all; exit 130' INT TERM
-    n_fam=$(echo $to_run | wc -w)
-    : "${CK_TIMEOUT_MULTIPLIER:=$((jobs < n_fam ? jobs : n_fam))}"
+    # The jobs: a family (k), or with shards a family's shard (k.i).
+    pending=""
+    for k in $to_run; do
+        if [ "$shards" -eq 1 ]; then
+            pending="$pending $k"
+        else
+            i=1
+            while [ "$i" -le "$shards" ]; do pending="$pending $k.$i"; i=$((i + 1)); done
+        fi
+    done
+    n_jobs=$(echo $pending | wc -w)
+    : "${CK_TIMEOUT_MULTIPLIER:=$((jobs < n_jobs ? jobs : n_jobs))}"
     export CK_TIMEOUT_MULTIPLIER
+    # "kernel family avx2" or "kernel family avx2, shard 1/2" for job $1.
+    job_name() {
+        case $1 in
+            *.*) echo "kernel family ${1%.*}, shard ${1#*.}/$shards" ;;
+            *) echo "kernel family $1" ;;
+        esac
+    }
     start_all=$(date +%s)
-    pending=$to_run
     running=""
     failed=""
     while [ -n "$pending" ] || [ -n "$running" ]; do
-        # Start families while there is a free slot.
+        # Start jobs while there is a free slot.
         nrun=$(echo $running | wc -w)
         while [ -n "$pending" ] && [ "$nrun" -lt "$jobs" ]; do
-            k=${pending# }; k=${k%% *}
-            pending=$(echo "$pending" | sed "s/^ *$k//")
-            echo "== $label, kernel family $k: started ($jobs at once; output follows when it ends)"
-            date +%s > "$out/$k.start"
-            # shellcheck disable=SC2016
-            TB_KERNEL=$k $own_group sh -c '"$@" > "$0.log" 2>&1; echo $? > "$0.rc.new"; mv "$0.rc.new" "$0.rc"' \
-                "$out/$k" "$@" &
+            j=${pending# }; j=${j%% *}
+            pending=$(echo "$pending" | sed "s/^ *$j//")
+            k=${j%.*}
+            shard_env=""
+            [ "$j" != "$k" ] && shard_env="TB_TEST_SHARD=${j#*.}/$shards"
+            echo "== $label, $(job_name "$j"): started ($jobs at once; output follows when it ends)"
+            date +%s > "$out/$j.start"
+            # shellcheck disable=SC2016,SC2086
+            env TB_KERNEL=$k $shard_env $own_group sh -c '"$@" > "$0.log" 2>&1; echo $? > "$0.rc.new"; mv "$0.rc.new" "$0.rc"' \
+                "$out/$j" "$@" &
             pids="$pids $!"
-            running="$running $k"
+            running="$running $j"
             nrun=$((nrun + 1))
         done
         sleep 1
-        # Report the families that ended, in the order they end.
+        # Report the jobs that ended, in the order they end.
         still=""
-        for k in $running; do
-            if [ -f "$out/$k.rc" ]; then
-                rc=$(cat "$out/$k.rc")
-                secs=$(( $(date +%s) - $(cat "$out/$k.start") ))
-                echo "== $label, kernel family $k (output of the concurrent run)"
-                cat "$out/$k.log"
+        for j in $running; do
+            if [ -f "$out/$j.rc" ]; then
+                rc=$(cat "$out/$j.rc")
+                secs=$(( $(date +%s) - $(cat "$out/$j.start") ))
+                echo "== $label, $(job_name "$j") (output of the concurrent run)"
+                cat "$out/$j.log"
                 if [ "$rc" -eq 0 ]; then
-                    echo "== $label, kernel family $k: passed in $secs s (sharing the cores)"
-                    ran="$ran $k"
+                    echo "== $label, $(job_name "$j"): passed in $secs s (sharing the cores)"
                 else
-                    echo "== $label, kernel family $k: FAILED (exit $rc)" >&2
-                    failed="$failed $k"
+                    echo "== $label, $(job_name "$j"): FAILED (exit $rc)" >&2
+                    case " $failed " in *" ${j%.*} "*) ;; *) failed="$failed ${j%.*}" ;; esac
                 fi
             else
-                still="$still $k"
+                still="$still $j"
             fi
         done
         running=$still
@@ -128,6 +158,8 @@ else
         echo "== $label: FAILED for kernel families:$failed" >&2
         exit 1
     fi
+    # Nothing failed and nothing was left pending: every job of every family passed.
+    ran=$to_run
     echo "== $label: all families in $(( $(date +%s) - start_all )) s"
 fi
 echo "== $label: kernel families run:$ran; not run on this CPU:${not_run:- none}"

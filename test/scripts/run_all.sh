@@ -19,6 +19,8 @@
 #   mpi       tblocks_mpi.h compiles as C11 and C++ with the MPI wrapper's
 #             flags; data-parallel gpt over MPI (test/scripts/mpi_gpt.sh):
 #             P = 1, 2, 3 bitwise, resume across P, a killed rank
+#   runners   test/scripts/per_family.sh (families not run are named; jobs
+#             and shards) and the unit test binary's shards (TB_TEST_SHARD)
 # Usage: run_all.sh CC CXX [all|build|run]
 #   (prints "N passed, M failed"; exits 1 on failure)
 # PART picks the tests: `run` the four that run library code (install,
@@ -210,6 +212,25 @@ TOOL
     if TB_FAMILY_JOBS=2 sh test/scripts/per_family.sh "portable avx2" "$TMP/fake_tool" t \
         sh -c '[ "$TB_KERNEL" != avx2 ]'; then return 1; fi
     if TB_FAMILY_JOBS=0 sh test/scripts/per_family.sh "portable" "$TMP/fake_tool" t true; then return 1; fi
+    # Shards: each family runs once per shard, with TB_TEST_SHARD=i/S and its
+    # own TB_KERNEL; a failing shard fails its family; a bad count is refused.
+    out=$(TB_FAMILY_JOBS=2 TB_FAMILY_SHARDS=3 sh test/scripts/per_family.sh "portable avx2 avx512" \
+          "$TMP/fake_tool" t sh -c 'echo "ran $TB_KERNEL $TB_TEST_SHARD"') || return 1
+    echo "$out"
+    for k in portable avx2; do
+        for i in 1 2 3; do
+            [ "$(echo "$out" | grep -c "^ran $k $i/3\$")" -eq 1 ] || return 1
+            echo "$out" | grep -q "kernel family $k, shard $i/3: passed in [0-9]* s" || return 1
+        done
+    done
+    [ "$(echo "$out" | grep -c '^ran ')" -eq 6 ] || return 1
+    echo "$out" | grep -q "kernel families run: portable avx2; not run on this CPU: avx512" || return 1
+    out=$(TB_FAMILY_JOBS=2 TB_FAMILY_SHARDS=2 sh test/scripts/per_family.sh "portable avx2" "$TMP/fake_tool" t \
+          sh -c '[ "$TB_KERNEL$TB_TEST_SHARD" != avx22/2 ]' 2>&1) && return 1
+    echo "$out" | grep -q "FAILED for kernel families: avx2\$" || return 1
+    if TB_FAMILY_JOBS=2 TB_FAMILY_SHARDS=x sh test/scripts/per_family.sh "portable" "$TMP/fake_tool" t true; then
+        return 1
+    fi
     # TERM while two families run stops both process trees (the families'
     # grandchildren included) and leaves no output directory behind.
     mkdir "$TMP/pftmp"
@@ -226,6 +247,32 @@ TOOL
     return 0
 }
 want build && run "per-family runner: NOT RUN named, unanswerable tool / nothing run / failure fail, also 2 at once" per_family_test
+
+# ---- unit test shards -----------------------------------------------------------
+# The shards of the unit test binary (TB_TEST_SHARD=i/n) split its suites:
+# for every n, each suite in exactly one shard, none left out; a malformed
+# or out-of-range shard is refused.
+unit_shards_test() {
+    bin=build/test/unit_tests
+    all=$("$bin" --list | sort) || return 1
+    [ -n "$all" ] || return 1
+    n_all=$(echo "$all" | wc -l)
+    for n in 1 2 3 5 "$n_all"; do
+        i=1
+        : > "$TMP/shards"
+        while [ "$i" -le "$n" ]; do
+            TB_TEST_SHARD=$i/$n "$bin" --list >> "$TMP/shards" || return 1
+            i=$((i + 1))
+        done
+        [ "$(sort "$TMP/shards")" = "$all" ] || { echo "shards of $n do not partition the suites"; return 1; }
+    done
+    echo "$n_all suites; shards of 1, 2, 3, 5 and $n_all partition them"
+    for bad in 0/2 3/2 1/0 x 1/ /2 "1/$((n_all + 1))" 1/2x; do
+        if TB_TEST_SHARD=$bad "$bin" --list >/dev/null 2>&1; then echo "accepted TB_TEST_SHARD=$bad"; return 1; fi
+    done
+    return 0
+}
+want build && run "unit test shards partition the suites, bad shards refused" unit_shards_test
 
 # ---- emulated CPUs ------------------------------------------------------------
 # In the build part (run once): it chooses the family itself, by emulating
