@@ -3,9 +3,10 @@
  *
  * exp_sub_sum(x, y, n, sub): y[j] = exp(x[j] - sub) for j < n (y may be x,
  * in place; y = NULL stores nothing), x[j] = -inf giving exactly 0 and NaN
- * staying NaN, and returns the sum of those values. The sum is accumulated in a fixed order that depends on n
- * only (for the AVX-512 version: 16 lanes, lane = j % 16, then a fixed
- * tree), so results do not depend on threads or on what else is in memory.
+ * staying NaN, and returns the sum of those values. The sum is accumulated
+ * in a fixed order that depends on n only (for the AVX-512 version: 16
+ * lanes, lane = j % 16, then a fixed tree), so results do not depend on
+ * threads or on what else is in memory.
  *
  * lstm_cell and tanh (the LSTM's activations): the portable version calls
  * expf and tanhf; the AVX2 and AVX-512 versions build sigmoid(x) =

@@ -26,7 +26,8 @@ enum { N_SUITES = sizeof all_suites / sizeof all_suites[0] };
  * cores. The shards are fixed by suites.h alone: each suite, heaviest
  * first (ties in list order), goes to the shard with the least weight so
  * far (the lowest-numbered among equals). Every suite is in exactly one
- * shard of n (test/scripts/test_shards.sh checks it through --list).
+ * shard of n (unit_shards_test in test/scripts/run_all.sh checks it
+ * through --list).
  * Unset or empty: every suite. Returns 0 (after a message) on a malformed
  * value. */
 static int parse_shard(const char *v, unsigned *i, unsigned *n)
