@@ -475,6 +475,120 @@ static void scale_c(tb_ctx *ctx, size_t M, size_t N, float beta, float *C, size_
         scale_row(C + i * ldc, N, beta);
 }
 
+/* ---- Few rows against a transposed B: the product transposed --------------
+ * C (M x N) = alpha op(A) B^T + beta C for M <= NARROW_MAX_M: a linear
+ * layer's forward on a few tokens, e.g. M = 64 against GPT-2's 50257 x 768
+ * vocabulary matrix. The tile path packs every element of B (transposing
+ * it) to use it only M times: at M = 64 that packing took 22-27% of the
+ * product (AVX2, measured with perf). Here the product is computed as
+ * C^T = B op(A)^T instead: B's rows, contiguous in K, are read in place as
+ * the kernel's MR rows of A (tb_ukernel_arows_fn), so B is never packed and
+ * is read once, front to back; op(A)^T, M columns, is packed once (shared
+ * by the threads) into NR-wide slivers covering all of K. Each group of MR
+ * rows of B gets its MR x M block of C^T, accumulated over the K blocks in
+ * a small buffer, then stored transposed into C.
+ *
+ * Same bits as the tile path: every element of C gets the same K blocks in
+ * the same order, each the same FMA chain (a*b and b*a round alike), alpha
+ * and the add, and the same beta handling (C scaled first; the first block
+ * adds to it, or stores when beta == 0). test_gemm compares the two. */
+#define NARROW_MAX_M 64
+#define NARROW_MAX_PACK (1u << 18) /* floats of op(A)^T (1 MiB: in L2 beside B's rows) */
+
+/* Whether the product goes through gemm_narrow: the kernel has arows, B is
+ * transposed, and op(A)^T's NR-wide slivers pad M by at most an eighth
+ * (M = 64, 48, 32 and a little under; otherwise the padding costs more
+ * than packing B), all of it fitting NARROW_MAX_PACK. M and K decide, never
+ * the thread count. */
+static int narrow_fits(const gemm_args *g)
+{
+    const size_t nr = (size_t)g->uk->nr, mp = round_up(g->M, nr);
+    return g->uk->arows && g->trans_b && g->M >= nr && g->M <= NARROW_MAX_M &&
+           (mp - g->M) * 8 <= g->M && mp * g->K <= NARROW_MAX_PACK;
+}
+
+/* Rows [g0, g1) of MR-row groups of B: their C^T blocks, stored into C.
+ * s: MR x mp floats (the block), w: MR x K floats (a ragged last group's
+ * rows, zero-padded). */
+static void narrow_groups(const gemm_args *g, const float *xp, size_t mp, size_t g0, size_t g1,
+                          float *s, float *w)
+{
+    const size_t mr = (size_t)g->uk->mr, nr = (size_t)g->uk->nr, K = g->K, kc_max = g->blk.kc;
+    for (size_t grp = g0; grp < g1; grp++) {
+        const size_t n0 = grp * mr, rows = min_sz(mr, g->N - n0);
+        const float *b = g->B + n0 * g->ldb;
+        size_t ldw = g->ldb;
+        if (rows < mr) { /* never read past B's last row */
+            for (size_t r = 0; r < mr; r++)
+                for (size_t k = 0; k < K; k++)
+                    w[r * K + k] = r < rows ? b[r * g->ldb + k] : 0.0f;
+            b = w, ldw = K;
+        }
+        if (g->beta != 0.0f) /* C (already scaled by beta), transposed */
+            for (size_t r = 0; r < mr; r++)
+                for (size_t m = 0; m < mp; m++)
+                    s[r * mp + m] = r < rows && m < g->M ? g->C[m * g->ldc + n0 + r] : 0.0f;
+        for (size_t pc = 0; pc < K; pc += kc_max) {
+            const size_t kc = min_sz(kc_max, K - pc);
+            const int add = pc > 0 || g->beta != 0.0f;
+            for (size_t ms = 0; ms < mp; ms += nr)
+                g->uk->arows(kc, b + pc, ldw, xp + pc * mp + ms * kc, nr, s + ms, mp, g->alpha,
+                             add);
+        }
+        for (size_t m = 0; m < g->M; m++)
+            for (size_t r = 0; r < rows; r++)
+                g->C[m * g->ldc + n0 + r] = s[r * mp + m];
+    }
+}
+
+int tb_gemm_narrow(const tb_ctx *ctx, int trans_b, size_t M, size_t K)
+{
+    gemm_args g;
+    gemm_args_init(&g, ctx, 0, trans_b, M, 1, K, 1.0f, NULL, 1, NULL, 1, 0.0f, NULL, 1);
+    return M > 0 && K > 0 && narrow_fits(&g);
+}
+
+/* The product through the transposed form (narrow_fits() holds, K > 0,
+ * alpha != 0). */
+static tb_status gemm_narrow(tb_ctx *ctx, gemm_args *g)
+{
+    const size_t mr = (size_t)g->uk->mr, nr = (size_t)g->uk->nr, K = g->K;
+    const size_t mp = round_up(g->M, nr), groups = (g->N + mr - 1) / mr;
+    int threads = tb_threads_for(ctx, (double)g->M * (double)g->N * (double)K);
+    if ((size_t)threads > groups)
+        threads = (int)groups;
+    /* op(A)^T (shared), then per thread the C^T block and a ragged group's rows. */
+    const size_t xp_floats = mp * K, per_thread = round_up(mr * mp, 16) + round_up(mr * K, 16);
+    size_t bytes, thread_floats;
+    if (!tb_mul_size(per_thread, (size_t)threads, &thread_floats) ||
+        !tb_mul_size(round_up(xp_floats, 16) + thread_floats, sizeof(float), &bytes))
+        return tb_fail(ctx, TB_ERR_OVERFLOW, "tb_gemm", "packing buffers overflow");
+    void *mem;
+    tb_status st = tb_alloc(ctx, "tb_gemm", bytes, &mem);
+    if (st != TB_OK)
+        return st;
+    if (g->beta != 0.0f)
+        scale_c(ctx, g->M, g->N, g->beta, g->C, g->ldc);
+    float *xp = mem;
+    const size_t blocks = (K + g->blk.kc - 1) / g->blk.kc;
+#pragma omp parallel num_threads(threads)
+    {
+        /* op(A)^T[k][m] = op(A)[m][k]: a transposed B's pack of A itself
+         * when A is not transposed, an untransposed one's when it is. */
+#pragma omp for schedule(static)
+        for (size_t blk = 0; blk < blocks; blk++) {
+            const size_t pc = blk * g->blk.kc, kc = min_sz(g->blk.kc, K - pc);
+            pack_b(g->uk, g->M, kc, g->A, g->lda, !g->trans_a, pc, 0, xp + pc * mp);
+        }
+        const size_t t = (size_t)omp_get_thread_num(), nt = (size_t)omp_get_num_threads();
+        float *s = xp + round_up(xp_floats, 16) + t * per_thread;
+        narrow_groups(g, xp, mp, groups * t / nt, groups * (t + 1) / nt, s,
+                      s + round_up(mr * mp, 16));
+    }
+    tb_free_with(&ctx->allocator, mem);
+    return TB_OK;
+}
+
 tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, size_t K,
                   float alpha, const float *A, size_t lda, const float *B, size_t ldb,
                   float beta, float *C, size_t ldc)
@@ -513,6 +627,8 @@ tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, siz
         scale_c(ctx, M, N, beta, C, ldc);
         return TB_OK;
     }
+    if (narrow_fits(&g))
+        return gemm_narrow(ctx, &g);
     void *mem;
     size_t per_thread = a_floats + b_floats, bytes;
     if (!tb_mul_size(per_thread, (size_t)threads * sizeof(float), &bytes))

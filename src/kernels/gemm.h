@@ -16,6 +16,9 @@
  * N (NC) and K (KC), op(B) is packed into NR-wide slivers and, for blocks
  * of M (MC), op(A) into MR-tall slivers; a register-blocked micro-kernel
  * (gemm_ukernel.h) adds alpha * (sliver product) to each MR x NR tile.
+ * A product of at most 64 rows against a transposed B (a linear layer on a
+ * few tokens) is computed transposed instead, C^T = B op(A)^T, with B's
+ * rows read in place, so the big operand is never packed (tb_gemm_narrow).
  * Threads split the larger of M and N into contiguous ranges of whole
  * tiles. Each element of C is computed by one thread with the same
  * operations in the same order whatever the split, so the result is
@@ -50,6 +53,12 @@ tb_status tb_gemm(tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N, siz
  * every float of `work` the product must not write with a sentinel and
  * check it afterwards: a pack or kernel that wrote past its extent makes the
  * call return TB_ERR_BUFFER_TOO_SMALL (C then holds no valid result). */
+/* Whether tb_gemm computes a product of M rows, depth K, against a
+ * transposed (trans_b) or untransposed B through its transposed form
+ * C^T = B op(A)^T, B read in place (few rows against a big transposed B; see
+ * gemm_narrow in gemm.c). Same bits either way; for tests and benchmarks. */
+int tb_gemm_narrow(const tb_ctx *ctx, int trans_b, size_t M, size_t K);
+
 size_t tb_gemm_serial_work(const tb_ctx *ctx, size_t M, size_t N, size_t K);
 tb_status tb_gemm_serial(const tb_ctx *ctx, int trans_a, int trans_b, size_t M, size_t N,
                          size_t K, float alpha, const float *A, size_t lda, const float *B,

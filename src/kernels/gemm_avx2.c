@@ -11,8 +11,14 @@
 #define MR 6
 #define NR 16
 
-static void ukernel_avx2(size_t kc, const float *a, const float *b, size_t ldb, float *c,
-                         size_t ldc, float alpha, int add)
+/* The 6 x 16 tile (gemm_ukernel.h) with A's row r, element k, at
+ * a[r*a_r + k*a_k]: a packed sliver (a_r = 1, a_k = MR) or MR rows read in
+ * place (a_r = lda, a_k = 1). Both are one FMA chain per element over k in
+ * ascending order, then the rounded multiply by alpha and the add, so the
+ * two give the same bits. Inlined with constant strides into each kernel. */
+static inline __attribute__((always_inline)) void
+tile_6x16(size_t kc, const float *a, size_t a_r, size_t a_k, const float *b, size_t ldb, float *c,
+          size_t ldc, float alpha, int add)
 {
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
     __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
@@ -29,12 +35,14 @@ static void ukernel_avx2(size_t kc, const float *a, const float *b, size_t ldb, 
         const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
         /* B rows are ldb apart (B's own rows when read in place). */
         _mm_prefetch((const char *)(b + 8 * ldb), _MM_HINT_T0);
-        /* A streams from L2 (the B sliver stays in L1: see gemm.c). */
-        _mm_prefetch((const char *)(a + 96), _MM_HINT_T0);
+        /* A packed streams from L2 (the B sliver stays in L1: see gemm.c);
+         * rows in place are six sequential streams the hardware follows. */
+        if (a_k == MR)
+            _mm_prefetch((const char *)(a + 96), _MM_HINT_T0);
         __m256 ar;
-#define ROW(r, x0, x1)                        \
-    ar = _mm256_broadcast_ss(a + (r));        \
-    x0 = _mm256_fmadd_ps(ar, b0, x0);         \
+#define ROW(r, x0, x1)                                   \
+    ar = _mm256_broadcast_ss(a + (size_t)(r) * a_r);     \
+    x0 = _mm256_fmadd_ps(ar, b0, x0);                    \
     x1 = _mm256_fmadd_ps(ar, b1, x1);
         ROW(0, c00, c01)
         ROW(1, c10, c11)
@@ -43,7 +51,7 @@ static void ukernel_avx2(size_t kc, const float *a, const float *b, size_t ldb, 
         ROW(4, c40, c41)
         ROW(5, c50, c51)
 #undef ROW
-        a += MR;
+        a += a_k;
         b += ldb;
     }
     const __m256 va = _mm256_set1_ps(alpha);
@@ -65,6 +73,19 @@ static void ukernel_avx2(size_t kc, const float *a, const float *b, size_t ldb, 
     STORE(4, c40, c41)
     STORE(5, c50, c51)
 #undef STORE
+}
+
+static void ukernel_avx2(size_t kc, const float *a, const float *b, size_t ldb, float *c,
+                         size_t ldc, float alpha, int add)
+{
+    tile_6x16(kc, a, 1, MR, b, ldb, c, ldc, alpha, add);
+}
+
+/* MR rows of A read in place, lda apart (gemm_ukernel.h, tb_ukernel_arows_fn). */
+static void ukernel_avx2_arows(size_t kc, const float *a, size_t lda, const float *b, size_t ldb,
+                               float *c, size_t ldc, float alpha, int add)
+{
+    tile_6x16(kc, a, lda, 1, b, ldb, c, ldc, alpha, add);
 }
 
 /* One row (M = 1: decoding one token), 64 columns in 8 accumulators: enough
@@ -135,24 +156,33 @@ static __m256i lane_mask(size_t n)
  * with full 8-float stores in ascending k, each spilling into the next
  * groups' first floats, which their own stores then overwrite; the groups
  * whose spill would pass dst[kc*w) get masked stores instead. */
+/* How far ahead in each source row the pack fetches, in floats: 48 (three
+ * lines) measured best of 32..128 with the k-outermost order (13.5 against
+ * 11 GB/s at 128, the vocabulary matrix transposed from memory). */
+#define PACK_PF 48
 static void pack_rows_avx2(size_t w, size_t rows, size_t kc, const float *src, size_t ld,
                            float *dst)
 {
-    for (size_t r0 = 0; r0 < w; r0 += 8) {
-        const size_t nrow = w - r0 < 8 ? w - r0 : 8;                           /* stored */
-        const size_t nsrc = rows > r0 ? (rows - r0 < 8 ? rows - r0 : 8) : 0;    /* read */
-        const __m256i store_mask = lane_mask(nrow);
-        for (size_t k0 = 0; k0 < kc; k0 += 8) {
-            const size_t nk = kc - k0 < 8 ? kc - k0 : 8;
-            const __m256i load_mask = lane_mask(nk);
+    /* k outermost: all w rows advance together (16 streams for a B sliver,
+     * where 8 at a time then the other 8 left the prefetchers half the
+     * streams), and each k's group of 16 floats is written whole, not in two
+     * halves far apart in time: the pack of the GPT-2 shapes' transposed B
+     * measured 14 -> 25 GB/s from L3 and 6-10 -> 11-12 GB/s from memory
+     * (AVX2, one thread). */
+    for (size_t band = 0; band < w; band += 16) /* 16 streams at a time (w = 64: 4 bands) */
+    for (size_t k0 = 0; k0 < kc; k0 += 8) {
+        const size_t nk = kc - k0 < 8 ? kc - k0 : 8;
+        const __m256i load_mask = lane_mask(nk);
+        for (size_t r0 = band; r0 < w && r0 < band + 16; r0 += 8) {
+            const size_t nrow = w - r0 < 8 ? w - r0 : 8;                        /* stored */
+            const size_t nsrc = rows > r0 ? (rows - r0 < 8 ? rows - r0 : 8) : 0; /* read */
+            const __m256i store_mask = lane_mask(nrow);
             __m256 v[8];
             for (size_t i = 0; i < 8; i++) {
                 const float *row = src + (r0 + i) * ld + k0;
-                /* Rows are separate streams (rows of a transposed B, e.g. the
-                 * vocabulary matrix at M = 1): fetch ahead in each; measured
-                 * 23 -> 27 GB/s on that product. */
+                /* Rows are separate streams: fetch ahead in each. */
                 if (i < nsrc)
-                    _mm_prefetch((const char *)(row + 128), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(row + PACK_PF), _MM_HINT_T0);
                 v[i] = i >= nsrc    ? _mm256_setzero_ps()
                        : nk == 8    ? _mm256_loadu_ps(row)
                                     : _mm256_maskload_ps(row, load_mask);
@@ -294,10 +324,11 @@ static void dots_avx2(size_t K, size_t kc, const float *a, const float *b, size_
     }
 }
 
-const tb_ukernel tb_ukernel_avx2 = {"avx2", MR, NR, ukernel_avx2, pack_rows_avx2, 0, 0};
+const tb_ukernel tb_ukernel_avx2 = {"avx2", MR, NR, ukernel_avx2, pack_rows_avx2, 0, 0,
+                                    ukernel_avx2_arows};
 const tb_ukernel tb_ukernel_avx2_m1 = {"avx2_1x64", 1, NR1, ukernel_avx2_1x64, pack_rows_avx2,
-                                       rows_avx2, dots_avx2};
+                                       rows_avx2, dots_avx2, 0};
 #else
-const tb_ukernel tb_ukernel_avx2 = {"avx2", 6, 16, 0, 0, 0, 0};
-const tb_ukernel tb_ukernel_avx2_m1 = {"avx2_1x64", 1, 64, 0, 0, 0, 0};
+const tb_ukernel tb_ukernel_avx2 = {"avx2", 6, 16, 0, 0, 0, 0, 0};
+const tb_ukernel tb_ukernel_avx2_m1 = {"avx2_1x64", 1, 64, 0, 0, 0, 0, 0};
 #endif

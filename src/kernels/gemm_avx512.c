@@ -13,7 +13,7 @@
 
 #define ACC_DECL(r) __m512 c##r##_0 = _mm512_setzero_ps(), c##r##_1 = _mm512_setzero_ps();
 #define ACC_FMA(r)                              \
-    ar = _mm512_set1_ps(a[r]);                  \
+    ar = _mm512_set1_ps(a[(size_t)(r) * a_r]);  \
     c##r##_0 = _mm512_fmadd_ps(ar, b0, c##r##_0); \
     c##r##_1 = _mm512_fmadd_ps(ar, b1, c##r##_1);
 #define ACC_STORE(r)                                                            \
@@ -35,34 +35,51 @@
     _mm_prefetch((const char *)(c + (size_t)(r) * ldc), _MM_HINT_T0);   \
     _mm_prefetch((const char *)(c + (size_t)(r) * ldc + 16), _MM_HINT_T0);
 
-/* One step of k: two vectors of B, one broadcast of A per row. */
-#define UK_STEP(ROWS, mr)                                                 \
+/* One step of k: two vectors of B, one broadcast of A per row (row r,
+ * element k at a[r*a_r + k*a_k]). */
+#define UK_STEP(ROWS)                                                     \
     {                                                                     \
         const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16); \
         _mm_prefetch((const char *)(b + 8 * ldb), _MM_HINT_T0);           \
         __m512 ar;                                                        \
         ROWS(ACC_FMA)                                                     \
-        a += (mr);                                                        \
+        a += a_k;                                                         \
         b += ldb;                                                         \
     }
+
+#define UK_BODY(ROWS)                                                                     \
+    ROWS(ACC_DECL)                                                                        \
+    if (add) { /* C is read at the end: start fetching it now */                          \
+        ROWS(ACC_PREFETCH_C)                                                              \
+    }                                                                                     \
+    for (size_t k = 0; k < kc; k++)                                                       \
+        UK_STEP(ROWS)                                                                     \
+    const __m512 va = _mm512_set1_ps(alpha);                                              \
+    ROWS(ACC_STORE)
 
 /* C[MR x 32] += alpha * a (kc x MR) b (kc x 32); see gemm_ukernel.h. */
 #define DEFINE_UKERNEL(name, mr, ROWS)                                                    \
     static void name(size_t kc, const float *a, const float *b, size_t ldb, float *c,     \
                      size_t ldc, float alpha, int add)                                    \
     {                                                                                     \
-        ROWS(ACC_DECL)                                                                    \
-        if (add) { /* C is read at the end: start fetching it now */                      \
-            ROWS(ACC_PREFETCH_C)                                                          \
-        }                                                                                 \
-        for (size_t k = 0; k < kc; k++)                                                   \
-            UK_STEP(ROWS, mr)                                                             \
-        const __m512 va = _mm512_set1_ps(alpha);                                          \
-        ROWS(ACC_STORE)                                                                   \
+        const size_t a_r = 1, a_k = (mr);                                                 \
+        UK_BODY(ROWS)                                                                     \
+    }
+
+/* The same with A's MR rows read in place, lda apart (tb_ukernel_arows_fn):
+ * the same operations on every element, so the same bits. */
+#define DEFINE_UKERNEL_AROWS(name, ROWS)                                                  \
+    static void name(size_t kc, const float *a, size_t lda, const float *b, size_t ldb,   \
+                     float *c, size_t ldc, float alpha, int add)                          \
+    {                                                                                     \
+        const size_t a_r = lda, a_k = 1;                                                  \
+        UK_BODY(ROWS)                                                                     \
     }
 
 DEFINE_UKERNEL(ukernel_12x32, 12, ROWS12)
 DEFINE_UKERNEL(ukernel_8x32, 8, ROWS8)
+DEFINE_UKERNEL_AROWS(ukernel_12x32_arows, ROWS12)
+DEFINE_UKERNEL_AROWS(ukernel_8x32_arows, ROWS8)
 /* One row (M = 1: decoding one token): the same per-element arithmetic as
  * the wider kernels, without computing 7 rows of padding. */
 DEFINE_UKERNEL(ukernel_1x32, 1, ROWS1)
@@ -239,12 +256,14 @@ static void dots_avx512(size_t K, size_t kc, const float *a, const float *b, siz
     }
 }
 
-const tb_ukernel tb_ukernel_avx512 = {"avx512", 12, NR, ukernel_12x32, pack_rows_avx512, 0, 0};
-const tb_ukernel tb_ukernel_avx512_m8 = {"avx512_8x32", 8, NR, ukernel_8x32, pack_rows_avx512, 0, 0};
+const tb_ukernel tb_ukernel_avx512 = {"avx512", 12, NR, ukernel_12x32, pack_rows_avx512, 0, 0,
+                                      ukernel_12x32_arows};
+const tb_ukernel tb_ukernel_avx512_m8 = {"avx512_8x32", 8, NR, ukernel_8x32, pack_rows_avx512, 0, 0,
+                                         ukernel_8x32_arows};
 const tb_ukernel tb_ukernel_avx512_m1 = {"avx512_1x32", 1, NR, ukernel_1x32, pack_rows_avx512,
-                                         rows_avx512, dots_avx512};
+                                         rows_avx512, dots_avx512, 0};
 #else
-const tb_ukernel tb_ukernel_avx512 = {"avx512", 12, 32, 0, 0, 0, 0};
-const tb_ukernel tb_ukernel_avx512_m8 = {"avx512_8x32", 8, 32, 0, 0, 0, 0};
-const tb_ukernel tb_ukernel_avx512_m1 = {"avx512_1x32", 1, 32, 0, 0, 0, 0};
+const tb_ukernel tb_ukernel_avx512 = {"avx512", 12, 32, 0, 0, 0, 0, 0};
+const tb_ukernel tb_ukernel_avx512_m8 = {"avx512_8x32", 8, 32, 0, 0, 0, 0, 0};
+const tb_ukernel tb_ukernel_avx512_m1 = {"avx512_1x32", 1, 32, 0, 0, 0, 0, 0};
 #endif

@@ -130,4 +130,4 @@ static void dots_portable(size_t K, size_t kc, const float *a, const float *b, s
 }
 
 const tb_ukernel tb_ukernel_portable = {"portable", MR,           NR, ukernel_portable, 0,
-                                        rows_portable, dots_portable};
+                                        rows_portable, dots_portable, 0};

@@ -62,6 +62,19 @@ typedef void (*tb_rows_fn)(size_t kc, const float *a, const float *b, size_t ldb
 typedef void (*tb_dots_fn)(size_t K, size_t kc, const float *a, const float *b, size_t ldb,
                            size_t rows, float *acc, size_t ld_acc);
 
+/*
+ * The micro-kernel with op(A)'s MR rows read in place (optional): as
+ * tb_ukernel_fn, but a[r*lda + k] instead of a packed sliver, each row's kc
+ * floats contiguous. Every element gets the same operations in the same
+ * order as from fn (the same FMA chain: a*b and b*a round alike), so the
+ * bits are fn's. The driver uses it for a product with few rows against a
+ * transposed B (gemm.c, gemm_narrow): it computes C^T = B op(A)^T with B's
+ * rows in place as this kernel's A and op(A)^T packed as its B, so the big
+ * operand is never packed.
+ */
+typedef void (*tb_ukernel_arows_fn)(size_t kc, const float *a, size_t lda, const float *b,
+                                    size_t ldb, float *c, size_t ldc, float alpha, int add);
+
 typedef struct tb_ukernel {
     const char *name;
     int mr, nr;               /* tile shape */
@@ -69,6 +82,7 @@ typedef struct tb_ukernel {
     tb_pack_rows_fn pack_rows; /* NULL: the driver's plain C loop */
     tb_rows_fn rows;          /* NULL: one-row products go through fn */
     tb_dots_fn dots;          /* NULL: one-row products go through fn */
+    tb_ukernel_arows_fn arows; /* NULL: no in-place A (the tile path runs) */
 } tb_ukernel;
 
 /* The largest tile any kernel uses (for scratch tiles). */

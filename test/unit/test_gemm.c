@@ -302,6 +302,48 @@ START_TEST(gemm_rows_equal_one_row_products)
 }
 END_TEST
 
+/* The transposed path (tb_gemm_narrow: few rows against a transposed B, B
+ * read in place) against the tile path of tb_gemm_serial, bitwise, and
+ * against the double reference: M on both sides of every multiple of the
+ * family's NR up to 65 (which rows take the path is the family's rule), N
+ * around the kernel's MR (a ragged last group of B's rows), K across the KC
+ * blocks, op(A) both ways, alpha/beta variants, padded rows, 1-3 threads. */
+START_TEST(gemm_narrow_matches_tile_path)
+{
+    const tb_kernel fam = tbt_test_kernel();
+    tb_ctx probe;
+    tbt_ctx_init(&probe, 1);
+    ck_assert_int_eq(tb_ctx_set_kernel(&probe, fam), TB_OK);
+    /* The families with an in-place-A kernel take it at GPT-2's M = 64. */
+    ck_assert_int_eq(tb_gemm_narrow(&probe, 1, 64, 768), fam != TB_KERNEL_PORTABLE);
+    ck_assert_int_eq(tb_gemm_narrow(&probe, 0, 64, 768), 0);
+    ck_assert_int_eq(tb_gemm_narrow(&probe, 1, 65, 768), 0);
+    static const size_t ns[] = {1, 5, 6, 7, 8, 9, 11, 12, 13, 25, 100};
+    static const size_t ks[] = {1, 7, 255, 256, 257, 600};
+    size_t n = 0, narrow = 0;
+    for (size_t M = 1; M <= 65; M++) {
+        if (!tb_gemm_narrow(&probe, 1, M, 256) && M % 16 != 1)
+            continue; /* the rows the path takes, and one past each multiple of 16 */
+        for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++, n++) {
+            const size_t K = ks[(M + i) % 6];
+            gemm_case gc = {(int)((M + i) % 2), 1, M, ns[i], K, (M + i) % 3 == 0 ? 2 : 0,
+                            1.0f, 0.0f};
+            if ((M + i) % 3 == 1)
+                gc.alpha = -0.75f, gc.beta = 1.0f;
+            if ((M + i) % 3 == 2)
+                gc.beta = 0.3f;
+            narrow += tb_gemm_narrow(&probe, 1, M, K) != 0;
+            run_case_impl(fam, &gc, 1 + (int)(n % 3), 1, n % 16);
+        }
+    }
+    if (fam != TB_KERNEL_PORTABLE)
+        ck_assert_uint_ge(narrow, 80);
+    printf("  gemm transposed path (%s): %zu products (%zu through it) equal the tile path "
+           "bitwise\n",
+           tb_kernel_name(fam), n, narrow);
+}
+END_TEST
+
 /* ---- tb_gemm_serial in caller-sized scratch ------------------------------
  * The scratch bound must hold for every micro-kernel of the family: M, N
  * and K are swept over each kernel's MR and NR multiples and one either
@@ -500,6 +542,19 @@ START_TEST(gemm_reports_allocation_failure_and_leaves_c)
     memcpy(C, C0, sizeof C);
     ck_assert_int_eq(tb_gemm(&ctx, 0, 0, 3, 3, 4, 1.0f, A, 4, B, 3, 0.5f, C, 3), TB_ERR_NO_MEMORY);
     ck_assert(memcmp(C, C0, sizeof C) == 0);
+    /* The transposed path (64 rows against a transposed B) too, with the
+     * family's kernels. */
+    ck_assert_int_eq(tb_ctx_set_kernel(&ctx, tbt_test_kernel()), TB_OK);
+    float *A64 = tbt_alloc(64 * 20 * sizeof(float)), *B64 = tbt_alloc(30 * 20 * sizeof(float));
+    float *C64 = tbt_alloc(64 * 30 * sizeof(float)), *R64 = tbt_alloc(64 * 30 * sizeof(float));
+    tbt_fill_uniform(A64, 64 * 20, -1, 1, 4);
+    tbt_fill_uniform(B64, 30 * 20, -1, 1, 5);
+    tbt_fill_uniform(R64, 64 * 30, -1, 1, 6);
+    memcpy(C64, R64, 64 * 30 * sizeof(float));
+    ck_assert_int_eq(tb_gemm(&ctx, 0, 1, 64, 30, 20, 1.0f, A64, 20, B64, 20, 0.5f, C64, 30),
+                     TB_ERR_NO_MEMORY);
+    ck_assert(memcmp(C64, R64, 64 * 30 * sizeof(float)) == 0);
+    free(A64), free(B64), free(C64), free(R64);
     /* And through a block: the linear layer reports it too. */
     tb_ctx ok;
     tbt_ctx_init(&ok, 1);
@@ -650,6 +705,7 @@ Suite *suite_gemm(void)
     tcase_add_test(tc, gemm_reports_allocation_failure_and_leaves_c);
     tcase_add_test(tc, gemm_rows_equal_one_row_products);
     tcase_add_test(tc, gemm_serial_stays_in_its_scratch);
+    tcase_add_test(tc, gemm_narrow_matches_tile_path);
     tcase_add_test(tc, gemm_serial_bound_covers_smaller_products);
     tcase_add_test(tc, gemm_serial_refuses_short_scratch);
     suite_add_tcase(s, tc);
