@@ -119,25 +119,28 @@ all: lib examples mpi
 
 # ---- MPI (optional) ---------------------------------------------------------
 # libtblocks_mpi.a (include/tblocks_mpi.h, mpi/*.c: comm.h's communicator
-# over MPI) and build/bin/gpt_mpi (examples/gpt/main.c built with EX_GPT_MPI)
-# are built only when the MPI compiler wrapper MPICC is found; its compile
-# and link flags are taken from it (Open MPI's --showme, MPICH's -compile-info
-# style wrappers are used as the compiler otherwise). Without it `make all`
-# says so and builds the rest.
+# over MPI) and, for each example in MPI_EXAMPLES, build/bin/<name>_mpi (its
+# sources built with EX_MPI, plus examples/common/mpi/ex_mpi.c: the MPI
+# start-up of examples/common/ex_mpi.h) are built only when the MPI compiler
+# wrapper MPICC is found; its compile and link flags are taken from it (Open
+# MPI's --showme, MPICH's -compile-info style wrappers are used as the
+# compiler otherwise). Without it `make all` says so and builds the rest.
 MPICC     ?= mpicc
 HAVE_MPI  := $(shell command -v $(MPICC) 2>/dev/null)
 MPI_LIB   := $(LIBOUT)/libtblocks_mpi.a
 MPI_SRC   := $(sort $(wildcard mpi/*.c))
 MPI_OBJ   := $(MPI_SRC:%.c=$(BUILD)/%.o)
-GPT_MPI   := $(BUILD)/bin/gpt_mpi
+MPI_EXAMPLES     := gpt bert_classify
+MPI_EXAMPLE_BINS := $(MPI_EXAMPLES:%=$(BUILD)/bin/%_mpi)
+EX_MPI_OBJ       := $(BUILD)/examples/common/mpi/ex_mpi.o
 ifneq ($(HAVE_MPI),)
 MPI_CFLAGS := $(patsubst -I%,-isystem %,$(shell $(MPICC) --showme:compile 2>/dev/null))
 MPI_LIBS   := $(shell $(MPICC) --showme:link 2>/dev/null)
 MPI_CC     := $(if $(MPI_LIBS),$(CC),$(MPICC))
-mpi: $(MPI_LIB) $(GPT_MPI)
+mpi: $(MPI_LIB) $(MPI_EXAMPLE_BINS)
 else
 mpi:
-	@echo "make: MPI compiler wrapper '$(MPICC)' not found: libtblocks_mpi.a and $(GPT_MPI) not built"
+	@echo "make: MPI compiler wrapper '$(MPICC)' not found: libtblocks_mpi.a and $(notdir $(MPI_EXAMPLE_BINS)) not built"
 endif
 
 $(MPI_LIB): $(MPI_OBJ)
@@ -149,13 +152,22 @@ $(BUILD)/mpi/%.o: mpi/%.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(MPI_CC) $(CFLAGS_ALL) $(MPI_CFLAGS) $(DEPFLAGS) -c $< -o $@
 
-$(BUILD)/examples/gpt/main_mpi.o: examples/gpt/main.c $(FLAGS_STAMP)
+$(BUILD)/examples/common/mpi/%.o: examples/common/mpi/%.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
-	$(MPI_CC) $(CFLAGS_ALL) $(MPI_CFLAGS) -DEX_GPT_MPI -Iexamples/common $(DEPFLAGS) -c $< -o $@
+	$(MPI_CC) $(CFLAGS_ALL) $(MPI_CFLAGS) -DEX_MPI -Iexamples/common $(DEPFLAGS) -c $< -o $@
 
-$(GPT_MPI): $(BUILD)/examples/gpt/main_mpi.o $(EXAMPLE_COMMON_OBJ) $(MPI_LIB) $(LIB)
+# examples/<name>/<file>.c -> build/examples/<name>/<file>_mpi.o
+$(BUILD)/examples/%_mpi.o: examples/%.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
-	$(MPI_CC) $(CFLAGS_ALL) -o $@ $(filter %.o,$^) $(MPI_LIB) $(LIB) $(MPI_LIBS) $(LDLIBS_ALL)
+	$(MPI_CC) $(CFLAGS_ALL) $(MPI_CFLAGS) -DEX_MPI -Iexamples/common $(DEPFLAGS) -c $< -o $@
+
+define MPI_EXAMPLE_RULE
+$(BUILD)/bin/$(1)_mpi: $(patsubst examples/%.c,$(BUILD)/examples/%_mpi.o,$(wildcard examples/$(1)/*.c)) \
+    $(EX_MPI_OBJ) $(EXAMPLE_COMMON_OBJ) $(MPI_LIB) $(LIB)
+	@mkdir -p $$(dir $$@)
+	$$(MPI_CC) $$(CFLAGS_ALL) -o $$@ $$(filter %.o,$$^) $$(MPI_LIB) $$(LIB) $$(MPI_LIBS) $$(LDLIBS_ALL)
+endef
+$(foreach e,$(MPI_EXAMPLES),$(eval $(call MPI_EXAMPLE_RULE,$(e))))
 
 lib: $(LIB)
 

@@ -17,7 +17,7 @@
  * seeded: the loss curve is the same for any --threads.
  *
  * Data-parallel (docs/data_parallel.md): build/bin/gpt_mpi is this program
- * built with EX_GPT_MPI and libtblocks_mpi; `mpirun -np P gpt_mpi train
+ * built with EX_MPI and libtblocks_mpi (ex_mpi.h); `mpirun -np P gpt_mpi train
  * ...` splits each step's --accum micro-batches over the P processes
  * (tb_dp_split()) and reduces their gradients in micro-batch order
  * (tb_dp_reducer), so the loss curve and the checkpoint are bitwise those
@@ -36,35 +36,17 @@
 #include "ex_cli.h"
 #include "ex_corpus.h"
 #include "ex_file.h"
+#include "ex_mpi.h"
 #include "ex_plot.h"
 #include "ex_random.h"
 #include "ex_text.h"
 #include "gpt.h"
 #include "tblocks.h"
-#ifdef EX_GPT_MPI
-#include "tblocks_mpi.h"
-/* Under LeakSanitizer, what Open MPI allocates in MPI_Init and keeps past
- * MPI_Finalize (its plugins are unloaded by then, so their frames cannot
- * even be named in a suppression) is not this program's: leak checking
- * is paused around those calls only. */
-#if defined(__SANITIZE_ADDRESS__)
-#define EX_LSAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define EX_LSAN 1
-#endif
-#endif
-#ifdef EX_LSAN
-#include <sanitizer/lsan_interface.h>
-#define EX_MPI_UNTRACKED(call) (__lsan_disable(), (call), __lsan_enable())
-#else
-#define EX_MPI_UNTRACKED(call) ((void)(call))
-#endif
-#endif
 
 /* The processes training runs on: the one-process communicator, or (in
- * gpt_mpi) MPI_COMM_WORLD's, set up by main(). */
-static tb_comm g_comm;
+ * gpt_mpi) MPI_COMM_WORLD's, from ex_mpi_main() (set before any command
+ * runs; the commands' signature is ex_run_command's). */
+static const tb_comm *g_comm;
 
 #define VOCAB 256
 #define VAL_PERCENT 10
@@ -711,9 +693,9 @@ static int cmd_train(int argc, char **argv)
         return EX_EXIT_USAGE;
     }
     t.B = o.batch, t.T = cfg.block_size, t.accum = o.accum;
-    t.comm = &g_comm;
-    if (g_comm.size > 1) {
-        if (ex_failed(&t.ctx, tb_comm_counting_init(&t.ctx, &t.counted, &t.counter, &g_comm),
+    t.comm = g_comm;
+    if (g_comm->size > 1) {
+        if (ex_failed(&t.ctx, tb_comm_counting_init(&t.ctx, &t.counted, &t.counter, g_comm),
                       "communicator"))
             return EX_EXIT_FAILURE;
         t.comm = &t.counted;
@@ -1297,53 +1279,13 @@ static int run_commands(int argc, char **argv)
                           cmds, sizeof cmds / sizeof cmds[0]);
 }
 
+static int gpt_main(int argc, char **argv, const tb_comm *comm)
+{
+    g_comm = comm;
+    return run_commands(argc, argv);
+}
+
 int main(int argc, char **argv)
 {
-#ifdef EX_GPT_MPI
-    /* Started by a launcher (mpirun, mpiexec, srun), it joins the job;
-     * started alone it is one process and does not start MPI at all
-     * (MPI's singleton start-up costs most of a second). In a job every
-     * rank runs the command; only rank 0's stdout is kept. A rank that
-     * fails takes the job down (MPI_Abort, below) rather than leave the
-     * others waiting in a collective. */
-    const int launched = getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") ||
-                         getenv("PMI_RANK") || getenv("PMIX_RANK");
-    if (!launched) {
-        tb_comm_single(&g_comm);
-        return run_commands(argc, argv);
-    }
-    int mpi_rc = MPI_SUCCESS;
-    EX_MPI_UNTRACKED(mpi_rc = MPI_Init(&argc, &argv));
-    if (mpi_rc != MPI_SUCCESS) {
-        fprintf(stderr, "error: MPI_Init failed\n");
-        return EX_EXIT_FAILURE;
-    }
-    tb_ctx mctx;
-    tb_ctx_init(&mctx);
-    tb_status ms = TB_OK;
-    EX_MPI_UNTRACKED(ms = tb_mpi_comm_init(&mctx, &g_comm, MPI_COMM_WORLD));
-    if (ms != TB_OK) {
-        fprintf(stderr, "error: %s\n", tb_ctx_error(&mctx));
-        MPI_Abort(MPI_COMM_WORLD, EX_EXIT_FAILURE);
-    }
-    if (g_comm.rank != 0 && !freopen("/dev/null", "w", stdout)) {
-        fprintf(stderr, "error: rank %zu: cannot silence stdout\n", g_comm.rank);
-        MPI_Abort(MPI_COMM_WORLD, EX_EXIT_FAILURE);
-    }
-#else
-    tb_comm_single(&g_comm);
-#endif
-    const int rc = run_commands(argc, argv);
-#ifdef EX_GPT_MPI
-    /* A failure may be one rank's (rank 0 could not open an output) while
-     * the others go on into a collective: end them all. Usage errors and
-     * success are every rank's alike (the same arguments and data). */
-    if (rc == EX_EXIT_FAILURE && g_comm.size > 1) {
-        fflush(stdout);
-        fflush(stderr);
-        MPI_Abort(MPI_COMM_WORLD, rc);
-    }
-    EX_MPI_UNTRACKED((tb_mpi_comm_free(&g_comm), MPI_Finalize()));
-#endif
-    return rc;
+    return ex_mpi_main(argc, argv, gpt_main);
 }

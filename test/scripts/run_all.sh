@@ -18,13 +18,15 @@
 #             (test/scripts/emulated_cpus.sh; it sets TB_KERNEL itself)
 #   mpi       tblocks_mpi.h compiles as C11 and C++ with the MPI wrapper's
 #             flags; data-parallel gpt over MPI (test/scripts/mpi_gpt.sh):
-#             P = 1, 2, 3 bitwise, resume across P, a killed rank
+#             P = 1, 2, 3 bitwise, resume across P, a killed rank; data-
+#             parallel BERT fine-tuning (test/scripts/mpi_bert.sh): P = 1,
+#             2, 3 bitwise for every method, MiniLM's real weights
 #   runners   test/scripts/per_family.sh (families not run are named; jobs
 #             and shards) and the unit test binary's shards (TB_TEST_SHARD)
 # Usage: run_all.sh CC CXX [all|build|run]
 #   (prints "N passed, M failed"; exits 1 on failure)
-# PART picks the tests: `run` the four that run library code (install,
-# readme, guide, mpi's gpt runs: they take the kernel family from TB_KERNEL,
+# PART picks the tests: `run` the five that run library code (install,
+# readme, guide, mpi's gpt and BERT runs: they take the kernel family from TB_KERNEL,
 # and make check runs them once per family), `build` the rest (they
 # compile, link or generate and run no library code, so TB_KERNEL, which
 # only selects kernels at run time, cannot change them: make check runs
@@ -307,6 +309,15 @@ elif sh test/scripts/mpi_gpt.sh build >"$TMP/log" 2>&1; then
     sed 's/^/    /' "$TMP/log"
 else
     bad "data-parallel gpt over MPI (test/scripts/mpi_gpt.sh)"
+fi
+if ! want run; then
+    :
+elif sh test/scripts/mpi_bert.sh build >"$TMP/log" 2>&1; then
+    ok "data-parallel BERT fine-tuning over MPI (test/scripts/mpi_bert.sh):"
+    sed 's/^/    /' "$TMP/log"
+else
+    bad "data-parallel BERT fine-tuning over MPI (test/scripts/mpi_bert.sh)"
+    sed 's/^/    /' "$TMP/log"
 fi
 
 echo "$pass passed, $fail failed"

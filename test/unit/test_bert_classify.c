@@ -4,7 +4,8 @@
  * and reports parsable numbers with the exact trainable-parameter and
  * gradient counts; on the built-in task the bidirectional encoder beats
  * chance clearly and the causal stack does not; 1 and 2 threads print the
- * same numbers; LoRA and P-tuning leave the frozen encoder bitwise
+ * same numbers (with gradient accumulation too; the same runs over several
+ * MPI processes are test/scripts/mpi_bert.sh's); LoRA and P-tuning leave the frozen encoder bitwise
  * unchanged (its checksum); a folder per class and Debian's fortunes load;
  * bad input exits nonzero with its message; --compare prints its tables.
  */
@@ -176,9 +177,10 @@ END_TEST
 START_TEST(thread_count_changes_nothing)
 {
     char *a = tbt_alloc(CAP), *b = tbt_alloc(CAP);
-    const char *variants[4] = {"--method full --norm batch", "--method lora --lora-dropout 0.1",
-                               "--method ptuning --encoder lstm", "--method full --dropout 0.1"};
-    for (int k = 0; k < 4; k++) {
+    const char *variants[5] = {"--method full --norm batch", "--method lora --lora-dropout 0.1",
+                               "--method ptuning --encoder lstm", "--method full --dropout 0.1",
+                               "--method full --dropout 0.1 --accum 3"};
+    for (int k = 0; k < 5; k++) {
         char args[512];
         snprintf(args, sizeof args, BC_TINY " --steps 12 %s --threads 1", variants[k]);
         ck_assert_int_eq(run_bc(args, "2>&1", a, CAP), 0);
@@ -329,6 +331,8 @@ START_TEST(text_folders_and_bad_input)
     ck_assert_int_eq(run_bc("--max-len 70", "2>/dev/null", out, CAP), 2);
     ck_assert_int_eq(run_bc("--eval-dir x", "2>/dev/null", out, CAP), 2);
     ck_assert_int_eq(run_bc("--bogus", "2>/dev/null", out, CAP), 2);
+    ck_assert_int_eq(run_bc("--accum 0", "2>&1", out, CAP), 2);
+    ck_assert_msg(strstr(out, "--accum") != NULL, "%s", out);
     ck_assert_int_eq(run_bc("--help", "2>/dev/null", out, CAP), 0);
     ck_assert_msg(strstr(out, "--method") && strstr(out, "--compare"), "%s", out);
     rm_tree(root);
